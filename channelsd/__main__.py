@@ -1,0 +1,3 @@
+from channelsd.cli import main
+
+raise SystemExit(main())

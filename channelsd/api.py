@@ -1,0 +1,290 @@
+"""The Kazoo-compatible /v2 channels API: a Flask application factory over the channel table.
+
+Each request walks the same path as crossbar's cb_channels: allowed methods → authenticate →
+authorise → exists → validate → execute. Handlers only read the table (and, for actions,
+hand validated requests to channelsd.actions); they never touch a socket themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import gevent
+import orjson
+from flask import Flask, Response, g, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from channelsd import envelope
+from channelsd.envelope import ApiError
+from channelsd.listing import Filters, to_csv
+from channelsd.table import Channel, ChannelTable
+from channelsd.tokens import Token, TokenStore
+
+log = logging.getLogger("channelsd.api")
+
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "GET, PUT, POST, DELETE, OPTIONS",
+    "Access-Control-Allow-Headers": (
+        "content-type, depth, user-agent, x-http-method-override, x-file-size, "
+        "x-requested-with, if-modified-since, x-file-name, cache-control, x-auth-token, "
+        "x-kazoo-cluster-id, if-match, x-request-id, authorization, x-pretty-print"
+    ),
+    "Access-Control-Expose-Headers": (
+        "content-type, x-auth-token, x-request-id, x-kazoo-cluster-id, location, etag"
+    ),
+    "Access-Control-Max-Age": "86400",
+}
+CSV_TYPES = ("text/csv", "text/comma-separated-values", "application/octet-stream")
+# Long lists are built in slices so that event ingest keeps running meanwhile.
+YIELD_EVERY = 500
+
+
+@dataclass
+class ApiContext:
+    """What the HTTP side may use: read access to the table, tokens, and the action runner."""
+
+    table: ChannelTable
+    tokens: TokenStore
+    system_wide_channels_list: bool = False
+    max_body_bytes: int = 65536
+    # Runs a POST action or PUT metaflow; set when channelsd.actions is wired in.
+    actions: Any = None
+    nodes: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Call:
+    """One authenticated request, as the handlers see it (crossbar's cb_context)."""
+
+    token: Token
+    token_text: str
+    body: dict[str, Any] | None
+    method: str
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").lower() in ("true", "1", "yes")
+
+
+def _wants_csv() -> bool:
+    if (request.args.get("accept") or "").lower() == "csv":
+        return True
+    accept = (request.headers.get("Accept") or "").lower()
+    return any(accept.startswith(t) for t in CSV_TYPES)
+
+
+def _read_body() -> dict[str, Any] | None:
+    """The JSON body, or None when there is none (jQuery sends empty bodies with GETs)."""
+    raw = request.get_data(cache=True)
+    if not raw or not raw.strip():
+        return None
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise envelope.invalid_json(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise envelope.invalid_json("the body must be a JSON object (the request envelope)")
+    return body
+
+
+def _presented_token(body: dict[str, Any] | None) -> str | None:
+    token = request.headers.get("X-Auth-Token")
+    if token:
+        return token.strip()
+    auth = request.headers.get("Authorization")
+    if auth:
+        scheme, _, rest = auth.strip().partition(" ")
+        if scheme.lower() == "bearer":
+            return rest.strip() or None
+        if not rest:
+            return scheme
+    if body:
+        data = body.get("data")
+        for source in (data if isinstance(data, dict) else {}, body):
+            value = source.get("auth_token")
+            if isinstance(value, str) and value:
+                return value
+    return request.args.get("auth_token") or None
+
+
+def create_app(ctx: ApiContext) -> Flask:
+    """The Flask application serving /v2 over `ctx`."""
+    app = Flask("channelsd")
+    app.config["MAX_CONTENT_LENGTH"] = ctx.max_body_bytes
+    table = ctx.table
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    @app.before_request
+    def _begin() -> None:
+        g.rid = envelope.request_id(request.headers.get("X-Request-ID"))
+        g.pretty = _truthy(request.args.get("pretty_print")) or _truthy(
+            request.headers.get("X-Pretty-Print")
+        )
+
+    @app.after_request
+    def _cors(resp: Response) -> Response:
+        resp.headers.update(CORS_HEADERS)
+        return resp
+
+    @app.errorhandler(ApiError)
+    def _api_error(err: ApiError) -> Response:
+        return envelope.failure(err, g.get("rid") or envelope.request_id(None), g.get("pretty"))
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        if isinstance(exc, RequestEntityTooLarge):
+            err = ApiError(
+                413,
+                "request too large",
+                {"message": f"the body is larger than {ctx.max_body_bytes} bytes"},
+            )
+        elif exc.code == 404:
+            err = envelope.not_found(request.path)
+        elif exc.code == 405:
+            err = envelope.method_not_allowed(sorted(getattr(exc, "valid_methods", None) or []))
+        else:
+            err = ApiError(exc.code or 500, exc.name.lower(), {"message": exc.description})
+        return _api_error(err)
+
+    @app.errorhandler(Exception)
+    def _crash(exc: Exception) -> Response:
+        # A bug: log it with the request id, answer in the envelope, never a traceback.
+        log.exception(
+            "request_id=%s unhandled error on %s %s", g.get("rid"), request.method, request.path
+        )
+        return _api_error(ApiError(500, "internal error", {"message": "internal error"}))
+
+    # -- crossbar-style resource -------------------------------------------------------------
+
+    def resource(
+        allowed: tuple[str, ...], handler: Callable[..., Response]
+    ) -> Callable[..., Response]:
+        def view(**params: str) -> Response:
+            method = "GET" if request.method == "HEAD" else request.method
+            if method == "OPTIONS":
+                resp = Response(status=200)
+                resp.headers["Access-Control-Allow-Methods"] = ", ".join(("OPTIONS", *allowed))
+                return resp
+            if method not in allowed:
+                raise envelope.method_not_allowed(list(allowed))
+            body = _read_body()
+            presented = _presented_token(body)
+            if not presented:
+                raise envelope.no_token()
+            token = ctx.tokens.find(presented)
+            if token is None:
+                log.info("auth failure request_id=%s path=%s", g.rid, request.path)
+                raise envelope.bad_token()
+            return handler(Call(token, presented, body, method), **params)
+
+        view.__name__ = handler.__name__
+        return view
+
+    def route(rule: str, allowed: tuple[str, ...]) -> Callable[[Callable[..., Response]], Any]:
+        def register(handler: Callable[..., Response]) -> Any:
+            app.add_url_rule(
+                rule,
+                view_func=resource(allowed, handler),
+                methods=["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"],
+                strict_slashes=False,
+            )
+            return handler
+
+        return register
+
+    def reply(call: Call, data: Any, status: int = 200) -> Response:
+        return envelope.success(data, g.rid, call.token_text, status, g.pretty)
+
+    def authorise_account(call: Call, account_id: str) -> None:
+        if not call.token.may_see_account(account_id):
+            raise envelope.forbidden(f"this token may not see account {account_id}")
+
+    def visible(call: Call, ch: Channel) -> bool:
+        """A `user` token sees only its owner's channels (spec §6, better than Kazoo)."""
+        tok = call.token
+        if tok.role != "user":
+            return True
+        if ch.owner_id == tok.owner_id:
+            return True
+        devices = table.identity.devices_of.get(tok.owner_id or "", ())
+        return ch.authorizing_id in devices
+
+    def listing(call: Call, channels: list[Channel]) -> Response:
+        now = time.time()
+        filters = Filters(request.args.items(multi=True))
+        items = []
+        for n, ch in enumerate(channels, 1):
+            if visible(call, ch):
+                item = ch.to_item(now, table.is_stale(ch))
+                if not filters or filters.keep(item):
+                    items.append(item)
+            if n % YIELD_EVERY == 0:
+                gevent.sleep(0)
+        return respond(call, items)
+
+    def respond(call: Call, data: Any) -> Response:
+        if _wants_csv():
+            rows = data if isinstance(data, list) else [data]
+            resp = Response(to_csv(rows), status=200)
+            resp.headers["Content-Type"] = "text/csv"
+            resp.headers["X-Request-ID"] = g.rid
+            return resp
+        return reply(call, data)
+
+    def lookup(call: Call, account_id: str, uuid: str) -> Channel:
+        """The channel, or 404 alike for unknown, another account's, or not the user's."""
+        ch = table.get(uuid)
+        if ch is None or ch.account_id != account_id or not visible(call, ch):
+            raise envelope.bad_identifier(uuid)
+        return ch
+
+    # -- routes (spec §1) --------------------------------------------------------------------
+
+    @route("/v2/channels", ("GET",))
+    def system_channels(call: Call) -> Response:
+        if call.token.role != "superduper":
+            raise envelope.forbidden("the system-wide list needs a superduper token")
+        if not ctx.system_wide_channels_list:
+            raise envelope.forbidden(
+                "the system-wide list is disabled: set api.system_wide_channels_list = true"
+            )
+        return listing(call, table.all())
+
+    @route("/v2/accounts/<account_id>/channels", ("GET",))
+    def account_channels(call: Call, account_id: str) -> Response:
+        authorise_account(call, account_id)
+        return listing(call, table.by_account(account_id))
+
+    @route("/v2/accounts/<account_id>/users/<user_id>/channels", ("GET",))
+    def user_channels(call: Call, account_id: str, user_id: str) -> Response:
+        authorise_account(call, account_id)
+        if call.token.role == "user" and user_id != call.token.owner_id:
+            raise envelope.forbidden("a user token may only list its own user's channels")
+        return listing(call, table.by_user(account_id, user_id))
+
+    @route("/v2/accounts/<account_id>/devices/<device_id>/channels", ("GET",))
+    def device_channels(call: Call, account_id: str, device_id: str) -> Response:
+        authorise_account(call, account_id)
+        return listing(call, table.by_device(account_id, device_id))
+
+    @route("/v2/accounts/<account_id>/channels/<uuid>", ("GET", "POST", "PUT"))
+    def one_channel(call: Call, account_id: str, uuid: str) -> Response:
+        authorise_account(call, account_id)
+        ch = lookup(call, account_id, uuid)
+        if call.method == "GET":
+            return respond(call, ch.to_detail(time.time(), table.is_stale(ch)))
+        if ctx.actions is None:
+            raise ApiError(503, "actions unavailable", {"message": "actions are not enabled"})
+        if call.method == "POST":
+            status, data = ctx.actions.post(ch, call.body, request.args, call.token)
+        else:
+            status, data = ctx.actions.put(ch, call.body, request.args, call.token)
+        return reply(call, data, status)
+
+    return app

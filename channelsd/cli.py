@@ -1,0 +1,118 @@
+"""The `channelsd` command: run, demo, check, token new."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from channelsd import __version__
+
+DEFAULT_CONFIG = "/etc/channelsd/channelsd.toml"
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="channelsd", description=__doc__)
+    p.add_argument("--version", action="version", version=f"channelsd {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the daemon against the FreeSWITCH nodes in the config")
+    run.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="TOML config file")
+
+    check = sub.add_parser("check", help="check a config file and exit")
+    check.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="TOML config file")
+
+    demo = sub.add_parser("demo", help="run against a built-in stand-in FreeSWITCH with demo calls")
+    demo.add_argument("--host", default="127.0.0.1", help="HTTP listen address")
+    demo.add_argument("--port", type=int, default=8000, help="HTTP port (0: any free port)")
+    demo.add_argument("--calls", type=int, default=12, help="calls to keep up on average")
+
+    tok = sub.add_parser("token", help="API tokens")
+    toksub = tok.add_subparsers(dest="token_command", required=True)
+    new = toksub.add_parser("new", help="print a new random token and the TOML lines to paste")
+    new.add_argument("--account", required=True, help="account id the token belongs to")
+    new.add_argument("--role", required=True, choices=("superduper", "admin", "user"))
+    new.add_argument("--owner", help="owner (user) id; required for role user")
+    new.add_argument("--descendant", action="append", default=[], help="extra account it may see")
+    new.add_argument("--name", default="", help="a label for the operator")
+    return p
+
+
+def _token_new(args: argparse.Namespace) -> int:
+    from channelsd.tokens import new_token, toml_lines
+
+    if args.role == "user" and not args.owner:
+        print("channelsd: a 'user' token needs --owner", file=sys.stderr)
+        return 2
+    token, sha = new_token()
+    print(f"token (shown once, store it now): {token}")
+    print()
+    print("# paste into channelsd.toml:")
+    print(toml_lines(sha, args.account, args.role, args.owner, args.descendant, args.name), end="")
+    return 0
+
+
+def _load(path: str):  # -> Config, or exit with the one-line error
+    from channelsd.config import ConfigError, load
+
+    try:
+        return load(path)
+    except ConfigError as exc:
+        print(f"channelsd: config error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "token":
+        return _token_new(args)
+    if args.command == "check":
+        cfg = _load(args.config)
+        print(f"{args.config}: ok ({len(cfg.nodes)} nodes, {len(cfg.tokens)} tokens)")
+        return 0
+
+    from gevent import monkey
+
+    monkey.patch_all()
+
+    if args.command == "run":
+        cfg = _load(args.config)
+        _setup_logging(cfg.log_level)
+        if not cfg.nodes:
+            print(
+                f"channelsd: config error: {args.config}: nodes: no FreeSWITCH node configured "
+                "(use `channelsd demo` to try it without one)",
+                file=sys.stderr,
+            )
+            return 2
+        from channelsd.daemon import Daemon
+
+        daemon = Daemon(cfg)
+        try:
+            daemon.start()
+        except OSError as exc:
+            print(
+                f"channelsd: cannot listen on {cfg.http_host}:{cfg.http_port}: {exc}",
+                file=sys.stderr,
+            )
+            return 1
+        daemon.wait()
+        return 0
+
+    _setup_logging("info")
+    from channelsd.demo import run_demo
+
+    return run_demo(args.host, args.port, args.calls)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

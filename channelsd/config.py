@@ -1,0 +1,182 @@
+"""The daemon's configuration: one TOML file, checked against schemas/config.json at start.
+
+Every problem is reported as a single ConfigError line naming the file, the key and what is
+wrong, so an operator reading the journal sees the fix without a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from channelsd.tokens import Token
+
+# Spec §2: Kazoo's custom channel variables first, then plain variables a non-Kazoo
+# dialplan can set. Order matters: the first header present wins.
+DEFAULT_IDENTITY: dict[str, list[str]] = {
+    "account_id": ["variable_ecallmgr_Account-ID", "variable_account_id"],
+    "owner_id": ["variable_ecallmgr_Owner-ID", "variable_owner_id"],
+    "authorizing_id": ["variable_ecallmgr_Authorizing-ID", "variable_authorizing_id"],
+    "authorizing_type": ["variable_ecallmgr_Authorizing-Type", "variable_authorizing_type"],
+    "username": ["variable_ecallmgr_Username", "variable_user_name"],
+    "realm": ["variable_ecallmgr_Realm", "variable_domain_name"],
+    "bridge_id": ["variable_ecallmgr_Bridge-ID"],
+}
+DEFAULT_CCV_PREFIX = "variable_ecallmgr_"
+
+
+class ConfigError(Exception):
+    """A configuration problem, already phrased as the one line the operator will read."""
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    name: str
+    host: str
+    port: int = 8021
+    password: str = "ClueCon"
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    reconcile_interval: float = 60.0
+    stale_grace: float = 30.0
+    command_timeout: float = 5.0
+    connect_timeout: float = 5.0
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    heartbeat_timeout: float = 65.0
+    tombstone_ttl: float = 120.0
+
+
+@dataclass(frozen=True)
+class IdentityConfig:
+    chains: dict[str, tuple[str, ...]]
+    ccv_prefix: str = DEFAULT_CCV_PREFIX
+    device_owners: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    max_body_bytes: int = 65536
+    nodes: tuple[NodeConfig, ...] = ()
+    identity: IdentityConfig = field(
+        default_factory=lambda: IdentityConfig({k: tuple(v) for k, v in DEFAULT_IDENTITY.items()})
+    )
+    system_wide_channels_list: bool = False
+    sync: SyncConfig = field(default_factory=SyncConfig)
+    tokens: tuple[Token, ...] = ()
+    log_level: str = "info"
+
+
+def _schema() -> dict[str, Any]:
+    text = resources.files("channelsd").joinpath("schemas/config.json").read_text("utf-8")
+    return json.loads(text)
+
+
+def _dotted(path: Any) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _first_error(data: dict[str, Any]) -> str | None:
+    validator = jsonschema.Draft202012Validator(_schema())
+    errors = sorted(
+        validator.iter_errors(data), key=lambda e: (len(e.path), list(map(str, e.path)))
+    )
+    if not errors:
+        return None
+    err = errors[0]
+    key = _dotted(err.absolute_path)
+    if err.validator == "additionalProperties":
+        return f"{key}: unknown key ({err.message})"
+    if err.validator == "required":
+        return f"{key}: {err.message}"
+    if err.validator == "pattern" and err.absolute_path and err.absolute_path[-1] == "sha256":
+        return f"{key}: must be the 64 lower-case hex digits of the token's SHA-256 "
+    return f"{key}: {err.message}"
+
+
+def parse(data: dict[str, Any], path: str = "<memory>") -> Config:
+    """Build a Config from already-decoded TOML data, or raise ConfigError."""
+    problem = _first_error(data)
+    if problem:
+        raise ConfigError(f"{path}: {problem}")
+
+    http = data.get("http", {})
+    nodes = tuple(NodeConfig(**n) for n in data.get("nodes", []))
+    names = [n.name for n in nodes]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise ConfigError(f"{path}: nodes[{i}].name: duplicate node name {name!r}")
+
+    ident = data.get("identity", {})
+    chains = {k: tuple(ident.get(k, v)) for k, v in DEFAULT_IDENTITY.items()}
+    identity = IdentityConfig(
+        chains=chains,
+        ccv_prefix=ident.get("custom_channel_vars_prefix", DEFAULT_CCV_PREFIX),
+        device_owners=dict(ident.get("device_owners", {})),
+    )
+
+    sync = SyncConfig(**{k: float(v) for k, v in data.get("sync", {}).items()})
+    if sync.backoff_max < sync.backoff_initial:
+        raise ConfigError(f"{path}: sync.backoff_max: must not be below sync.backoff_initial")
+
+    tokens = []
+    seen: set[str] = set()
+    for i, t in enumerate(data.get("tokens", [])):
+        if t["sha256"] in seen:
+            raise ConfigError(f"{path}: tokens[{i}].sha256: the same token is configured twice")
+        seen.add(t["sha256"])
+        if t["role"] == "user" and "owner_id" not in t:
+            raise ConfigError(f"{path}: tokens[{i}].owner_id: a 'user' token needs its owner_id")
+        tokens.append(
+            Token(
+                sha256=t["sha256"],
+                account_id=t["account_id"],
+                role=t["role"],
+                owner_id=t.get("owner_id"),
+                descendants=frozenset(t.get("descendants", ())),
+                name=t.get("name", ""),
+            )
+        )
+
+    return Config(
+        path=path,
+        http_host=http.get("host", "127.0.0.1"),
+        http_port=http.get("port", 8000),
+        max_body_bytes=http.get("max_body_bytes", 65536),
+        nodes=nodes,
+        identity=identity,
+        system_wide_channels_list=data.get("api", {}).get("system_wide_channels_list", False),
+        sync=sync,
+        tokens=tuple(tokens),
+        log_level=data.get("logging", {}).get("level", "info"),
+    )
+
+
+def load(path: str | Path) -> Config:
+    """Read and check the TOML file at `path`; any problem is one ConfigError line."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read the file: {exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: the file is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    return parse(data, str(p))

@@ -1,0 +1,262 @@
+"""One ESL connection to a FreeSWITCH node, built on greenswitch's InboundESL.
+
+greenswitch keeps the socket, the reader greenlet, FIFO reply pairing and handler dispatch.
+What it lacks for a daemon is added here (freeswitch-esl.md §4):
+
+* it cannot parse text/event-json and URL-decodes plain events before splitting them, so
+  event bodies are decoded by channelsd.events instead;
+* a short read at EOF makes it loop forever, and an unexpected reply kills its reader while
+  `connected` stays True, so both now end the connection cleanly;
+* pending commands are never released when the socket drops, so they are failed here;
+* `send` is not serialised and has no timeout, so writes are locked and every command has
+  a deadline after which the connection is torn down (the reply order is lost by then);
+* a command containing a line break would be a second command, so it is refused outright.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket as pysocket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+import gevent.event
+import gevent.lock
+from greenswitch.esl import InboundESL, NotConnectedError
+
+from channelsd.events import EventParseError, parse_json, parse_plain
+
+log = logging.getLogger("channelsd.esl")
+
+EventHandler = Callable[[dict[str, Any]], None]
+
+
+class ESLError(Exception):
+    """Base class for connection-level failures."""
+
+
+class ConnectionLost(ESLError):
+    """The socket closed before the command was answered."""
+
+
+class CommandTimeout(ESLError):
+    """FreeSWITCH did not answer within the deadline."""
+
+
+class ProtocolError(ESLError):
+    """The peer sent something that is not ESL as FreeSWITCH speaks it."""
+
+
+class _Event:
+    """What greenswitch's dispatcher expects: an object with .headers."""
+
+    __slots__ = ("headers",)
+
+    def __init__(self, headers: dict[str, Any]) -> None:
+        self.headers = headers
+
+
+_FORBIDDEN_IN_COMMAND = frozenset("\r\n\x00\u2028\u2029\x85")
+
+
+class ESLConnection(InboundESL):
+    """An authenticated inbound ESL connection with timeouts and a clean end."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        password: str,
+        *,
+        label: str = "",
+        timeout: float = 5.0,
+        on_event: EventHandler | None = None,
+        on_parse_error: Callable[[Exception], None] | None = None,
+    ) -> None:
+        super().__init__(host, port, password, timeout=timeout)
+        self.label = label or f"{host}:{port}"
+        self._send_lock = gevent.lock.Semaphore()
+        self._on_event = on_event
+        self._on_parse_error = on_parse_error
+        self.closed = gevent.event.Event()
+        self.close_reason = ""
+        self.last_rx = time.monotonic()
+        self.parse_errors = 0
+        if on_event is not None:
+            self.register_handle("*", self._deliver)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def connect(self) -> None:
+        """Connect and authenticate within `timeout`, or raise and leave nothing running."""
+        try:
+            with gevent.Timeout(self.timeout, CommandTimeout("connect/auth timed out")):
+                super().connect()
+        except ValueError:
+            self.close("authentication refused")
+            raise ESLError("FreeSWITCH refused the ESL password") from None
+        except BaseException as exc:
+            self.close(f"connect failed: {exc}")
+            if isinstance(exc, NotConnectedError | OSError | ESLError | gevent.Timeout):
+                raise ESLError(
+                    f"cannot connect to {self.label}: {exc or type(exc).__name__}"
+                ) from None
+            raise
+        with contextlib.suppress(OSError):
+            self.sock.setsockopt(pysocket.SOL_SOCKET, pysocket.SO_KEEPALIVE, 1)
+
+    def authenticate(self) -> None:
+        reply = self._send_raw(f"auth {self.password}", log_text="auth ********")
+        if reply.headers.get("Reply-Text") != "+OK accepted":
+            raise ValueError("Invalid password.")
+
+    @property
+    def alive(self) -> bool:
+        return self.connected and not self.closed.is_set()
+
+    def close(self, reason: str = "closed") -> None:
+        """Tear down at once: never blocks, fails every pending command."""
+        if self.closed.is_set():
+            return
+        self.close_reason = reason
+        self.connected = False
+        self._run = False
+        self.closed.set()
+        pending, self._commands_sent = self._commands_sent, []
+        for result in pending:
+            if not result.ready():
+                result.set_exception(ConnectionLost(f"{self.label}: {reason}"))
+        sock = getattr(self, "sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(pysocket.SHUT_RDWR)
+            sock.close()
+        self._auth_request_event.set()
+
+    def goodbye(self, timeout: float = 2.0) -> None:
+        """Say `exit` as a polite client does, then close whatever the answer."""
+        if self.alive:
+            with contextlib.suppress(ESLError):
+                self.command("exit", timeout=timeout)
+        self.close("exit")
+
+    # -- commands ----------------------------------------------------------------------------
+
+    def command(self, text: str, timeout: float | None = None) -> Any:
+        """Send one command and wait for its reply; a missed deadline closes the connection."""
+        deadline = self.timeout if timeout is None else timeout
+        try:
+            with gevent.Timeout(deadline, False):
+                return self._send_raw(text)
+        except NotConnectedError:
+            raise ConnectionLost(f"{self.label}: not connected") from None
+        self.close(f"no reply to {text.split(' ', 2)[:2]} within {deadline}s")
+        raise CommandTimeout(f"{self.label}: no reply within {deadline}s")
+
+    def api(self, cmd: str, timeout: float | None = None) -> str:
+        """Run `api <cmd>` and return the body FreeSWITCH answered."""
+        return self.command(f"api {cmd}", timeout).data
+
+    def send(self, data: str) -> Any:  # greenswitch's name, kept for its stop()/connect()
+        return self._send_raw(data)
+
+    def _send_raw(self, data: str, log_text: str | None = None) -> Any:
+        if _FORBIDDEN_IN_COMMAND.intersection(data):
+            # Every caller validates its arguments; this is the last line of defence.
+            raise ValueError("refusing to send an ESL command containing a line break")
+        if not self.connected or self.closed.is_set():
+            raise NotConnectedError()
+        result = gevent.event.AsyncResult()
+        with self._send_lock:
+            self._commands_sent.append(result)
+            try:
+                self.sock.sendall((data + "\n\n").encode("utf-8"))
+            except OSError as exc:
+                self.close(f"write failed: {exc}")
+        log.debug("%s > %s", self.label, log_text or data)
+        return result.get()
+
+    # -- reading (runs in greenswitch's reader greenlet) -------------------------------------
+
+    def receive_events(self) -> None:
+        try:
+            super().receive_events()
+            reason = "connection closed by FreeSWITCH"
+        except Exception as exc:  # anything here means framing is lost: start over
+            reason = f"{type(exc).__name__}: {exc}"
+            log.warning("%s: reader stopped: %s", self.label, reason)
+        self.close(self.close_reason or reason)
+
+    def process_events(self) -> None:
+        super().process_events()
+        # Events read before the socket closed still happened: apply them before giving up.
+        while not self._esl_event_queue.empty():
+            event = self._esl_event_queue.get()
+            if isinstance(event, _Event) and self._on_event is not None:
+                self._safe_exec_handler(self._deliver, event)
+
+    def _read_socket(self, sock: Any, length: int) -> bytes:  # type: ignore[override]
+        data = sock.read(length)
+        if data is None or len(data) < length:
+            raise ConnectionLost(f"short read: wanted {length} bytes")
+        return data
+
+    def handle_event(self, event: Any) -> None:
+        self.last_rx = time.monotonic()
+        headers = event.headers
+        ctype = headers.get("Content-Type")
+        if ctype in ("text/event-json", "text/event-plain"):
+            body = self._read_socket(self.sock_file, self._length(headers))
+            try:
+                parsed = parse_json(body) if ctype == "text/event-json" else parse_plain(body)
+            except EventParseError as exc:
+                self.parse_errors += 1
+                if self._on_parse_error:
+                    self._on_parse_error(exc)
+                log.warning("%s: dropped an unparseable event: %s", self.label, exc)
+                return
+            self._esl_event_queue.put(_Event(parsed))
+        elif ctype in ("command/reply", "api/response"):
+            if ctype == "api/response":
+                raw = self._read_socket(self.sock_file, self._length(headers))
+                event.data = raw.decode("utf-8", "replace")
+            else:
+                event.data = headers.get("Reply-Text", "")
+            if not self._commands_sent:
+                raise ProtocolError(f"unsolicited {ctype}")
+            self._commands_sent.pop(0).set(event)
+        elif ctype == "auth/request":
+            self._auth_request_event.set()
+        elif ctype in ("text/disconnect-notice", "text/rude-rejection"):
+            if "Content-Length" in headers:
+                body = self._read_socket(self.sock_file, self._length(headers))
+                self.close_reason = body.decode("utf-8", "replace").strip() or ctype
+            if headers.get("Content-Disposition") != "linger":
+                self.close(self.close_reason or ctype)
+        elif "Content-Length" in headers:  # log/data and anything newer: skip its body
+            self._read_socket(self.sock_file, self._length(headers))
+
+    @staticmethod
+    def _length(headers: dict[str, Any]) -> int:
+        try:
+            n = int(headers["Content-Length"])
+        except (KeyError, ValueError):
+            raise ProtocolError("frame without a usable Content-Length") from None
+        if n < 0 or n > 64 * 1024 * 1024:
+            raise ProtocolError(f"implausible Content-Length {n}")
+        return n
+
+    def _deliver(self, event: _Event) -> None:
+        self._on_event(event.headers)  # type: ignore[misc]
+
+    def _safe_exec_handler(self, handler: Any, event: Any) -> None:
+        # greenswitch would log the whole event (caller PII, kilobytes); log the name only.
+        try:
+            handler(event)
+        except Exception:
+            log.exception(
+                "%s: handler failed on %s", self.label, event.headers.get("Event-Name", "?")
+            )

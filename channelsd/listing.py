@@ -1,0 +1,101 @@
+"""Crossbar-style list filters and the CSV form of a list (spec §1)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+_MISSING = object()
+
+
+def _lookup(item: Mapping[str, Any], field: str) -> Any:
+    """A key, or a dotted path into nested objects (custom_channel_vars.Account-ID)."""
+    if field in item:
+        return item[field]
+    value: Any = item
+    for part in field.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
+def _text(value: Any) -> str:
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    return str(value)
+
+
+class Filters:
+    """The filters a query string asks for; unknown parameters are simply not filters."""
+
+    def __init__(self, args: Iterable[tuple[str, str]]) -> None:
+        self.equal: list[tuple[str, str]] = []
+        self.not_equal: list[tuple[str, str]] = []
+        self.has_key: list[str] = []
+        self.key_missing: list[str] = []
+        for name, value in args:
+            if name.startswith("filter_not_"):
+                self.not_equal.append((name[len("filter_not_") :], value))
+            elif name.startswith("filter_"):
+                self.equal.append((name[len("filter_") :], value))
+            elif name == "has_key":
+                self.has_key.append(value)
+            elif name == "key_missing":
+                self.key_missing.append(value)
+
+    def __bool__(self) -> bool:
+        return bool(self.equal or self.not_equal or self.has_key or self.key_missing)
+
+    def keep(self, item: Mapping[str, Any]) -> bool:
+        for field, want in self.equal:
+            v = _lookup(item, field)
+            if v is _MISSING or _text(v) != want:
+                return False
+        for field, unwanted in self.not_equal:
+            v = _lookup(item, field)
+            if v is not _MISSING and _text(v) == unwanted:
+                return False
+        for field in self.has_key:
+            if _lookup(item, field) is _MISSING:
+                return False
+        return all(_lookup(item, field) is _MISSING for field in self.key_missing)
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: Any) -> str:
+    # Caller names are chosen by callers; a spreadsheet must not run them as formulas.
+    text = _text(value)
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def _flatten(item: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for k, v in item.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            flat.update(_flatten(v, key + "."))
+        elif isinstance(v, list):
+            flat[key] = _cell(",".join(_text(x) for x in v))
+        else:
+            flat[key] = _cell(v)
+    return flat
+
+
+def to_csv(items: Iterable[Mapping[str, Any]]) -> str:
+    """One row per item, nested objects as dotted columns, columns in first-seen order."""
+    rows = [_flatten(i) for i in items]
+    columns: dict[str, None] = {}
+    for row in rows:
+        columns.update(dict.fromkeys(row))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(columns), lineterminator="\r\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()

@@ -1,0 +1,342 @@
+"""One FreeSWITCH node: its two ESL connections, their reconnects, and table re-synchronisation.
+
+A supervisor greenlet owns the node's life cycle, as panoramisk's manager owns its
+reconnects: connect → subscribe → learn Core-UUID → reconcile → watch → on any failure tear
+down, back off with jitter, start again with fresh connections (greenswitch objects are never
+reused). Events and commands use separate connections because an `api` command blocks event
+delivery on the connection it runs on.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import gevent
+import gevent.event
+import gevent.pool
+
+from channelsd.config import NodeConfig, SyncConfig
+from channelsd.esl import ConnectionLost, ESLConnection, ESLError
+from channelsd.events import EventParseError, parse_json
+from channelsd.table import ChannelTable
+from channelsd.validate import is_uuid
+
+log = logging.getLogger("channelsd.node")
+
+# Exactly what the table needs (not ALL): channel life cycle, identity-bearing events,
+# API (uuid_setvar changes identity without a channel event), HEARTBEAT (liveness) and
+# BACKGROUND_JOB (bgapi results). CHANNEL_EXECUTE is left out: the heaviest events, and
+# nothing in the API reads them.
+SUBSCRIBED_EVENTS = (
+    "CHANNEL_CREATE",
+    "CHANNEL_DESTROY",
+    "CHANNEL_UUID",
+    "CHANNEL_STATE",
+    "CHANNEL_CALLSTATE",
+    "CHANNEL_ORIGINATE",
+    "CHANNEL_ANSWER",
+    "CHANNEL_PROGRESS",
+    "CHANNEL_PROGRESS_MEDIA",
+    "CHANNEL_BRIDGE",
+    "CHANNEL_UNBRIDGE",
+    "CHANNEL_HOLD",
+    "CHANNEL_UNHOLD",
+    "CHANNEL_PARK",
+    "CHANNEL_UNPARK",
+    "CHANNEL_HANGUP",
+    "CHANNEL_HANGUP_COMPLETE",
+    "CALL_UPDATE",
+    "API",
+    "HEARTBEAT",
+    "BACKGROUND_JOB",
+)
+
+# A channel created moments before the listing may not be in FreeSWITCH's SQL table yet
+# (it is written asynchronously); one seen this recently is never judged by the listing.
+SETTLE_SECONDS = 2.0
+HYDRATE_CONCURRENCY = 16
+
+
+class NodeUnavailable(Exception):
+    """The node is not connected, so nothing can be asked of it."""
+
+
+class ReconcileUnknown(Exception):
+    """FreeSWITCH could not list its channels: the truth is unknown, not empty."""
+
+
+@dataclass
+class ReconcileResult:
+    listed: int
+    added: int
+    removed: int
+    seconds: float
+
+
+def parse_channel_listing(body: str) -> list[dict[str, Any]]:
+    """Rows of `show channels as json`; an error reply raises instead of meaning 'none'."""
+    text = body.strip()
+    if not text.startswith("{"):
+        raise ReconcileUnknown(f"show channels answered {text[:80]!r}")
+    try:
+        data = parse_json(text.encode("utf-8"))
+    except EventParseError as exc:
+        raise ReconcileUnknown(f"show channels answered malformed JSON: {exc}") from None
+    rows = data.get("rows", [])  # FreeSWITCH omits "rows" entirely when there are none
+    if not isinstance(rows, list):
+        raise ReconcileUnknown("show channels answered rows that are not a list")
+    return [r for r in rows if isinstance(r, dict)]
+
+
+class NodeLink:
+    """Keeps one FreeSWITCH node connected and its channels in the table."""
+
+    def __init__(self, cfg: NodeConfig, table: ChannelTable, sync: SyncConfig) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self.table = table
+        self.sync = sync
+        self.state = "idle"
+        self.core_uuid: str | None = None
+        self.last_error = ""
+        self.synced = False
+        self.heartbeat: dict[str, Any] = {}
+        self.reconnects = 0
+        self.last_reconcile: ReconcileResult | None = None
+        self._events: ESLConnection | None = None
+        self._commands: ESLConnection | None = None
+        self._subscribed_at = 0.0
+        self._stopping = False
+        self._greenlet: gevent.Greenlet | None = None
+        self._kick = gevent.event.Event()
+        self._generation = 0
+        self.ready_event = gevent.event.Event()
+
+    # -- public ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._greenlet = gevent.spawn(self._supervise)
+        self._greenlet.link_exception(self._supervisor_died)
+
+    def stop(self) -> None:
+        self._stopping = True
+        for conn in (self._events, self._commands):
+            if conn is not None:
+                conn.goodbye(timeout=1.0)
+        if self._greenlet is not None:
+            self._greenlet.kill(block=True, timeout=3)
+        self.state = "stopped"
+
+    @property
+    def connected(self) -> bool:
+        return bool(self._commands and self._commands.alive and self._events and self._events.alive)
+
+    def api(self, cmd: str, timeout: float | None = None) -> str:
+        """Run an api command on this node's command connection."""
+        conn = self._commands
+        if conn is None or not conn.alive or self.state not in ("syncing", "ready"):
+            raise NodeUnavailable(self.name)
+        try:
+            return conn.api(cmd, self.sync.command_timeout if timeout is None else timeout)
+        except ConnectionLost:
+            raise NodeUnavailable(self.name) from None
+
+    def request_reconcile(self) -> None:
+        self._kick.set()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "state": self.state,
+            "connected": self.connected,
+            "synced": self.synced,
+            "core_uuid": self.core_uuid,
+            "channels": self.table.count(self.name),
+            "reconnects": self.reconnects,
+            "last_error": self.last_error,
+        }
+
+    # -- supervisor --------------------------------------------------------------------------
+
+    def _supervisor_died(self, g: gevent.Greenlet) -> None:
+        log.error("node=%s supervisor crashed: %r", self.name, g.exception)
+
+    def _supervise(self) -> None:
+        backoff = self.sync.backoff_initial
+        while not self._stopping:
+            began = time.monotonic()
+            try:
+                self._session()
+            except (ESLError, ReconcileUnknown, NodeUnavailable) as exc:
+                self.last_error = str(exc)
+                log.warning("node=%s down reason=%r", self.name, self.last_error)
+            except Exception as exc:  # a bug must not end the node's supervision
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("node=%s session failed", self.name)
+            finally:
+                self._teardown()
+            if self._stopping:
+                break
+            if time.monotonic() - began > 60:  # it had been up a while: start gently again
+                backoff = self.sync.backoff_initial
+            delay = backoff / 2 + random.uniform(0, backoff / 2)
+            backoff = min(backoff * 2, self.sync.backoff_max)
+            self.reconnects += 1
+            gevent.sleep(delay)
+
+    def _connection(self, role: str, on_event: Any = None) -> ESLConnection:
+        conn = ESLConnection(
+            self.cfg.host,
+            self.cfg.port,
+            self.cfg.password,
+            label=f"{self.name}/{role}",
+            timeout=self.sync.connect_timeout,
+            on_event=on_event,
+        )
+        conn.connect()
+        return conn
+
+    def _session(self) -> None:
+        self.state = "connecting"
+        self._events = self._connection("events", self._on_event)
+        self._commands = self._connection("commands")
+        self.state = "syncing"
+        reply = self._events.command(
+            "event json " + " ".join(SUBSCRIBED_EVENTS), self.sync.command_timeout
+        )
+        if not str(reply.data).startswith("+OK"):
+            raise ESLError(f"subscription refused: {reply.data}")
+        self._subscribed_at = time.monotonic()
+        core = self._commands.api("global_getvar core_uuid", self.sync.command_timeout).strip()
+        if core and not core.startswith("-"):
+            if self.core_uuid and core != self.core_uuid:
+                dropped = self.table.purge_node(self.name)
+                log.warning("node=%s restarted core_uuid=%s purged=%d", self.name, core, dropped)
+            self.core_uuid = core
+        log.info("node=%s connected core_uuid=%s", self.name, self.core_uuid)
+        self._reconcile_logged()
+        self.state = "ready"
+        self.ready_event.set()
+        self._watch()
+
+    def _watch(self) -> None:
+        interval = self.sync.reconcile_interval
+        next_reconcile = time.monotonic() + interval
+        events, commands = self._events, self._commands
+        assert events is not None and commands is not None
+        while not self._stopping:
+            timeout = max(0.05, min(next_reconcile - time.monotonic(), 5.0))
+            gevent.wait([events.closed, commands.closed, self._kick], timeout=timeout, count=1)
+            for conn in (events, commands):
+                if conn.closed.is_set():
+                    raise ConnectionLost(f"{conn.label}: {conn.close_reason}")
+            quiet = time.monotonic() - events.last_rx
+            if self.sync.heartbeat_timeout and quiet > self.sync.heartbeat_timeout:
+                raise ESLError(f"nothing received for {quiet:.0f}s (no HEARTBEAT)")
+            if self._kick.is_set() or time.monotonic() >= next_reconcile:
+                self._kick.clear()
+                self._reconcile_logged()
+                next_reconcile = time.monotonic() + interval
+
+    def _reconcile_logged(self) -> None:
+        try:
+            result = self.reconcile()
+        except ReconcileUnknown as exc:
+            # The listing failed but the connection works: keep what events tell us,
+            # and try again at the next interval.
+            self.synced = False
+            self.last_error = str(exc)
+            log.warning("node=%s reconcile unknown reason=%r", self.name, str(exc))
+            return
+        log.info(
+            "node=%s reconciled listed=%d added=%d removed=%d seconds=%.3f",
+            self.name,
+            result.listed,
+            result.added,
+            result.removed,
+            result.seconds,
+        )
+
+    def _teardown(self) -> None:
+        was_up = self.state in ("syncing", "ready")
+        for conn in (self._events, self._commands):
+            if conn is not None:
+                conn.close("reconnecting" if not self._stopping else "stopping")
+        self._events = self._commands = None
+        self.synced = False
+        self.ready_event.clear()
+        if self._stopping:
+            return
+        self.state = "down"
+        if was_up or not self.table.is_node_stale(self.name):
+            self.table.mark_stale(self.name)
+            self._generation += 1
+            gevent.spawn_later(self.sync.stale_grace, self._expire_stale, self._generation)
+
+    def _expire_stale(self, generation: int) -> None:
+        if generation != self._generation or self.synced or self._stopping:
+            return
+        dropped = self.table.drop_stale(self.name)
+        if dropped:
+            log.warning("node=%s stale grace over dropped=%d", self.name, dropped)
+
+    # -- table sync --------------------------------------------------------------------------
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        name = event.get("Event-Name")
+        if name == "HEARTBEAT":
+            self.heartbeat = {
+                k: event.get(k) for k in ("Session-Count", "Max-Sessions", "FreeSWITCH-Version")
+            }
+            return
+        self.table.apply(self.name, event)
+
+    def reconcile(self) -> ReconcileResult:
+        """Make the table agree with FreeSWITCH's own list of this node's channels."""
+        conn = self._commands
+        if conn is None or not conn.alive:
+            raise NodeUnavailable(self.name)
+        started = time.monotonic()
+        timeout = self.sync.command_timeout
+        rows = parse_channel_listing(conn.api("show channels as json", timeout))
+        listed = {r.get("uuid") for r in rows if isinstance(r.get("uuid"), str)}
+        known = self.table.node_uuids(self.name)
+
+        missing = [
+            u for u in listed - known if is_uuid(u) and not self.table.is_tombstoned(self.name, u)
+        ]
+
+        def dump(uuid: str) -> dict[str, Any] | None:
+            body = conn.api(f"uuid_dump {uuid} json", timeout)
+            if not body.lstrip().startswith("{"):
+                return None  # gone since the listing ("-ERR No such channel!")
+            try:
+                return parse_json(body.encode("utf-8"))
+            except EventParseError:
+                log.warning("node=%s uuid_dump %s answered malformed JSON", self.name, uuid)
+                return None
+
+        added = 0
+        pool = gevent.pool.Pool(HYDRATE_CONCURRENCY)
+        for data in pool.imap_unordered(dump, missing):
+            if data is not None and self.table.hydrate(self.name, data) is not None:
+                added += 1
+
+        # Judge by the listing only channels not heard of on this connection, or not for a
+        # while: anything newer may simply not have reached FreeSWITCH's SQL table yet.
+        cutoff = max(self._subscribed_at, started - SETTLE_SECONDS)
+        removed = 0
+        for uuid in known - listed:
+            ch = self.table.row(self.name, uuid)
+            if ch is not None and ch.last_seen < cutoff:
+                self.table.remove(self.name, uuid)
+                removed += 1
+        self.table.clear_stale(self.name)
+        self.synced = True
+        result = ReconcileResult(len(listed), added, removed, time.monotonic() - started)
+        self.last_reconcile = result
+        return result

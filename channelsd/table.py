@@ -1,0 +1,581 @@
+"""The live channel table: plain data with indices, fed by FreeSWITCH channel events.
+
+Nothing here knows about sockets or HTTP, so the table can be tested and benchmarked alone.
+Rows are keyed by (node, uuid). The rules below are forced by what a real switch sends (see
+tests/fixtures/captures/README.md):
+
+* any channel event upserts, because the first event of a leg is CHANNEL_UUID or
+  CHANNEL_STATE, not CHANNEL_CREATE;
+* CHANNEL_DESTROY removes the row and leaves a tombstone, because a CHANNEL_STATE(CS_DESTROY)
+  follows it and would otherwise bring the channel back;
+* CHANNEL_STATE / CHANNEL_CALLSTATE carry no variable_* headers, so a header that is absent
+  never erases what an earlier event said;
+* CHANNEL_BRIDGE / CHANNEL_UNBRIDGE fire once, on one leg only, naming both legs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from channelsd.config import DEFAULT_CCV_PREFIX, DEFAULT_IDENTITY
+
+GREGORIAN_OFFSET = 62167219200  # seconds from 0000-01-01 to 1970-01-01, as Kazoo counts
+
+Key = tuple[str, str]
+Event = dict[str, Any]
+
+IDENTITY_FIELDS = (
+    "account_id",
+    "owner_id",
+    "authorizing_id",
+    "authorizing_type",
+    "username",
+    "realm",
+    "bridge_id",
+)
+_CALLER_NAME = (
+    "variable_origination_caller_id_name",
+    "variable_effective_caller_id_name",
+    "Caller-Caller-ID-Name",
+)
+_CALLER_NUMBER = (
+    "variable_origination_caller_id_number",
+    "variable_effective_caller_id_number",
+    "Caller-Caller-ID-Number",
+)
+_CALLEE_NAME = (
+    "variable_origination_callee_id_name",
+    "variable_effective_callee_id_name",
+    "Caller-Callee-ID-Name",
+    "Other-Leg-Caller-ID-Name",
+)
+_CALLEE_NUMBER = (
+    "variable_origination_callee_id_number",
+    "variable_effective_callee_id_number",
+    "Caller-Callee-ID-Number",
+    "Other-Leg-Caller-ID-Number",
+)
+_PRESENCE = ("variable_presence_id", "Channel-Presence-ID")
+_INTERACTION = ("variable_ecallmgr_Call-Interaction-ID", "variable_Call-Interaction-ID")
+
+# Events after which a leg is gone for good.
+_FINAL_STATES = frozenset(("CS_DESTROY",))
+
+
+def _first(event: Event, headers: Iterable[str]) -> str | None:
+    for h in headers:
+        v = event.get(h)
+        if v:
+            if isinstance(v, list):  # a multi-valued header: its first value names it
+                v = v[0] if v else None
+                if not v:
+                    continue
+            return v
+    return None
+
+
+class Channel:
+    """One live FreeSWITCH channel as the API shows it."""
+
+    __slots__ = (
+        "node",
+        "uuid",
+        "name",
+        "direction",
+        "destination",
+        "answered",
+        "other_leg",
+        "presence_id",
+        "created_us",
+        "account_id",
+        "owner_id",
+        "authorizing_id",
+        "authorizing_type",
+        "username",
+        "realm",
+        "bridge_id",
+        "caller_id_name",
+        "caller_id_number",
+        "callee_id_name",
+        "callee_id_number",
+        "is_onhold",
+        "is_loopback",
+        "ccvs",
+        "state",
+        "call_state",
+        "interaction_id",
+        "last_seen",
+    )
+
+    def __init__(self, node: str, uuid: str) -> None:
+        self.node = node
+        self.uuid = uuid
+        self.name = self.direction = self.destination = self.other_leg = None
+        self.presence_id = self.account_id = self.owner_id = self.authorizing_id = None
+        self.authorizing_type = self.username = self.realm = self.bridge_id = None
+        self.caller_id_name = self.caller_id_number = None
+        self.callee_id_name = self.callee_id_number = None
+        self.state = self.call_state = self.interaction_id = None
+        self.ccvs: dict[str, Any] | None = None
+        self.answered = self.is_onhold = self.is_loopback = False
+        self.created_us = int(time.time() * 1_000_000)
+        self.last_seen = 0.0
+
+    @property
+    def timestamp(self) -> int:
+        """Creation time in Gregorian seconds, as Kazoo reports it."""
+        return self.created_us // 1_000_000 + GREGORIAN_OFFSET
+
+    def sort_key(self) -> tuple[int, str]:
+        return (self.created_us // 1_000_000, self.uuid)
+
+    def to_item(self, now: float, stale: bool) -> dict[str, Any]:
+        """The list item of spec §2: unknown values omitted, booleans always present."""
+        item: dict[str, Any] = {
+            "uuid": self.uuid,
+            "answered": self.answered,
+            "is_onhold": self.is_onhold,
+            "is_loopback": self.is_loopback,
+            "stale": stale,
+            "node": self.node,
+            "timestamp": self.timestamp,
+            "elapsed_s": max(0, int(now - self.created_us / 1_000_000)),
+            "bridge_id": self.bridge_id or self.uuid,
+            "custom_channel_vars": dict(self.ccvs) if self.ccvs else {},
+        }
+        for attr in _OPTIONAL_ITEM_KEYS:
+            v = getattr(self, attr)
+            if v is not None:
+                item[attr] = v
+        return item
+
+    def to_detail(self, now: float, stale: bool) -> dict[str, Any]:
+        """The single-channel object: list keys plus Kazoo's single-GET names (spec §2)."""
+        item = self.to_item(now, stale)
+        item["call_id"] = self.uuid
+        item["elapsed_seconds"] = item["elapsed_s"]
+        item["is_on_hold"] = self.is_onhold
+        if self.direction is not None:
+            item["call_direction"] = self.direction
+        if self.other_leg is not None:
+            item["other_leg_call_id"] = self.other_leg
+        if self.interaction_id is not None:
+            item["call_interaction_id"] = self.interaction_id
+        if self.name is not None:
+            item["channel_name"] = self.name
+        return item
+
+
+_OPTIONAL_ITEM_KEYS = (
+    "direction",
+    "destination",
+    "other_leg",
+    "presence_id",
+    "account_id",
+    "owner_id",
+    "authorizing_id",
+    "authorizing_type",
+    "username",
+    "realm",
+    "caller_id_name",
+    "caller_id_number",
+    "callee_id_name",
+    "callee_id_number",
+    "state",
+    "call_state",
+    "interaction_id",
+)
+
+
+class Identity:
+    """Which event headers give account, owner, device, … (spec §2 identity mapping)."""
+
+    def __init__(
+        self,
+        chains: dict[str, Iterable[str]] | None = None,
+        ccv_prefix: str = DEFAULT_CCV_PREFIX,
+        device_owners: dict[str, str] | None = None,
+    ) -> None:
+        merged = {k: tuple(v) for k, v in DEFAULT_IDENTITY.items()}
+        merged.update({k: tuple(v) for k, v in (chains or {}).items()})
+        self.chains: tuple[tuple[str, tuple[str, ...]], ...] = tuple(
+            (f, merged[f]) for f in IDENTITY_FIELDS
+        )
+        self.ccv_prefix = ccv_prefix
+        self.device_owners = dict(device_owners or {})
+        self.devices_of: dict[str, set[str]] = {}
+        for device, owner in self.device_owners.items():
+            self.devices_of.setdefault(owner, set()).add(device)
+        self.headers = frozenset(h for _, chain in self.chains for h in chain)
+
+
+class ChannelTable:
+    """All live channels of all nodes, with indices for the API's scoped reads."""
+
+    def __init__(
+        self,
+        identity: Identity | None = None,
+        tombstone_ttl: float = 120.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.identity = identity or Identity()
+        self.tombstone_ttl = tombstone_ttl
+        self._clock = clock
+        self._rows: dict[Key, Channel] = {}
+        self._by_uuid: dict[str, Channel] = {}
+        self._by_account: dict[str, dict[Key, Channel]] = {}
+        self._by_owner: dict[tuple[str, str], dict[Key, Channel]] = {}
+        self._by_device: dict[tuple[str, str], dict[Key, Channel]] = {}
+        self._by_node: dict[str, dict[Key, Channel]] = {}
+        self._tombstones: OrderedDict[Key, float] = OrderedDict()
+        # node -> when its connection dropped; its channels not heard of since are stale.
+        self._stale_since: dict[str, float] = {}
+        # Called with (kind, channel, changed-keys) after every change; the live event stream
+        # and metrics hang off this. Kept to one optional callable so ingest stays cheap.
+        self.listener: Callable[[str, Channel, Any], None] | None = None
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def get(self, uuid: str) -> Channel | None:
+        return self._by_uuid.get(uuid)
+
+    def row(self, node: str, uuid: str) -> Channel | None:
+        return self._rows.get((node, uuid))
+
+    def node_uuids(self, node: str) -> set[str]:
+        return {uuid for (_, uuid) in self._by_node.get(node, {})}
+
+    def count(self, node: str) -> int:
+        return len(self._by_node.get(node, ()))
+
+    def all(self) -> list[Channel]:
+        return sorted(self._rows.values(), key=Channel.sort_key)
+
+    def by_account(self, account_id: str) -> list[Channel]:
+        return sorted(self._by_account.get(account_id, {}).values(), key=Channel.sort_key)
+
+    def by_device(self, account_id: str, device_id: str) -> list[Channel]:
+        rows = self._by_device.get((account_id, device_id), {})
+        return sorted(rows.values(), key=Channel.sort_key)
+
+    def by_user(self, account_id: str, user_id: str) -> list[Channel]:
+        """Channels owned by the user, or authorised by one of the user's known devices."""
+        found = dict(self._by_owner.get((account_id, user_id), {}))
+        for device in self.identity.devices_of.get(user_id, ()):
+            found.update(self._by_device.get((account_id, device), {}))
+        return sorted(found.values(), key=Channel.sort_key)
+
+    def is_stale(self, ch: Channel) -> bool:
+        since = self._stale_since.get(ch.node)
+        return since is not None and ch.last_seen <= since
+
+    def is_node_stale(self, node: str) -> bool:
+        return node in self._stale_since
+
+    def is_tombstoned(self, node: str, uuid: str) -> bool:
+        expiry = self._tombstones.get((node, uuid))
+        return expiry is not None and expiry > self._clock()
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def apply(self, node: str, event: Event) -> None:
+        """Fold one FreeSWITCH event into the table."""
+        name = event.get("Event-Name")
+        if name == "API":
+            self._apply_api(node, event)
+            return
+        if not name or not (name.startswith("CHANNEL_") or name == "CALL_UPDATE"):
+            return
+        uuid = event.get("Unique-ID")
+        if not uuid or not isinstance(uuid, str):
+            return
+        if name == "CHANNEL_UUID":
+            old = event.get("Old-Unique-ID")
+            if isinstance(old, str) and old != uuid:
+                self._rename(node, old, uuid)
+        key = (node, uuid)
+        if key in self._tombstones and self.is_tombstoned(node, uuid):
+            return
+        if name == "CHANNEL_DESTROY" or event.get("Channel-State") in _FINAL_STATES:
+            self.remove(node, uuid)
+            return
+        ch = self._rows.get(key)
+        created = ch is None
+        if created:
+            ch = Channel(node, uuid)
+            other = event.get("Other-Leg-Unique-ID")
+            if other and isinstance(other, str):
+                ch.other_leg = other
+            self._insert(ch)
+        before = self._index_keys(ch)
+        self._merge(ch, event)
+        if name == "CHANNEL_ANSWER":
+            ch.answered = True
+        elif name == "CHANNEL_HOLD":
+            ch.is_onhold = True
+        elif name == "CHANNEL_UNHOLD":
+            ch.is_onhold = False
+        partner = None
+        if name == "CHANNEL_BRIDGE" or name == "CHANNEL_UNBRIDGE":
+            partner = self._bridge(node, event, name == "CHANNEL_BRIDGE")
+        if self._index_keys(ch) != before:
+            self._unindex(ch, before)
+            self._index(ch)
+        ch.last_seen = self._clock()
+        if self.listener:
+            self.listener("create" if created else "update", ch, name)
+            if partner is not None and partner is not ch:
+                self.listener("update", partner, name)
+
+    def hydrate(self, node: str, dump: Event) -> Channel | None:
+        """Add or refresh a channel from `uuid_dump <uuid> json` (a CHANNEL_DATA event)."""
+        uuid = dump.get("Unique-ID")
+        if not isinstance(uuid, str) or not uuid or self.is_tombstoned(node, uuid):
+            return None
+        event = dict(dump)
+        event["Event-Name"] = "CHANNEL_DATA"
+        self.apply(node, event)
+        return self._rows.get((node, uuid))
+
+    def remove(self, node: str, uuid: str, tombstone: bool = True) -> Channel | None:
+        key = (node, uuid)
+        ch = self._rows.pop(key, None)
+        if tombstone:
+            now = self._clock()
+            self._tombstones[key] = now + self.tombstone_ttl
+            self._tombstones.move_to_end(key)
+            self._prune_tombstones(now)
+        if ch is None:
+            return None
+        self._unindex(ch, self._index_keys(ch))
+        self._by_node[node].pop(key, None)
+        if self._by_uuid.get(uuid) is ch:
+            del self._by_uuid[uuid]
+        if self.listener:
+            self.listener("destroy", ch, None)
+        return ch
+
+    def mark_stale(self, node: str) -> None:
+        """The node's connection dropped: what we hold of it is no longer confirmed."""
+        self._stale_since.setdefault(node, self._clock())
+
+    def clear_stale(self, node: str) -> None:
+        self._stale_since.pop(node, None)
+
+    def drop_stale(self, node: str) -> int:
+        """The grace period is over: forget the node's channels not heard of since the drop."""
+        since = self._stale_since.get(node)
+        if since is None:
+            return 0
+        doomed = [ch.uuid for ch in self._by_node.get(node, {}).values() if ch.last_seen <= since]
+        for uuid in doomed:
+            self.remove(node, uuid, tombstone=False)
+        return len(doomed)
+
+    def purge_node(self, node: str) -> int:
+        """Forget every channel of a node (FreeSWITCH restarted, or stale too long)."""
+        rows = list(self._by_node.get(node, {}).values())
+        for ch in rows:
+            self.remove(node, ch.uuid, tombstone=False)
+        stale_keys = [k for k in self._tombstones if k[0] == node]
+        for k in stale_keys:
+            del self._tombstones[k]
+        return len(rows)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _merge(self, ch: Channel, e: Event) -> None:
+        """Copy what this event says; headers it lacks leave the row as it was."""
+        get = e.get
+        v = get("Channel-Name")
+        if v:
+            ch.name = v
+            if v.startswith("loopback/"):
+                ch.is_loopback = True
+        if "variable_loopback_leg" in e:
+            ch.is_loopback = True
+        v = get("Call-Direction")
+        if v:
+            ch.direction = v
+        v = get("Caller-Destination-Number")
+        if v:
+            ch.destination = v
+        v = get("Channel-State")
+        if v:
+            ch.state = v
+        v = get("Channel-Call-State")
+        if v:
+            ch.call_state = v
+        if get("Answer-State") == "answered":
+            ch.answered = True
+        v = get("Caller-Channel-Created-Time")
+        if v and v != "0":
+            with contextlib.suppress(TypeError, ValueError):
+                ch.created_us = int(v)
+        v = _first(e, _PRESENCE)
+        if v:
+            ch.presence_id = v
+        v = _first(e, _CALLER_NAME)
+        if v:
+            ch.caller_id_name = v
+        v = _first(e, _CALLER_NUMBER)
+        if v:
+            ch.caller_id_number = v
+        v = _first(e, _CALLEE_NAME)
+        if v:
+            ch.callee_id_name = v
+        v = _first(e, _CALLEE_NUMBER)
+        if v:
+            ch.callee_id_number = v
+        v = _first(e, _INTERACTION)
+        if v:
+            ch.interaction_id = v
+        for field, chain in self.identity.chains:
+            v = _first(e, chain)
+            if v:
+                setattr(ch, field, v)
+        self._merge_ccvs(ch, e)
+
+    def _merge_ccvs(self, ch: Channel, e: Event) -> None:
+        prefix = self.identity.ccv_prefix
+        cut = len(prefix)
+        found = None
+        carries_variables = False
+        for k, v in e.items():
+            if k[0] == "v" and k.startswith("variable_"):
+                carries_variables = True
+                if k.startswith(prefix):
+                    if found is None:
+                        found = {}
+                    found[k[cut:]] = v
+        # An event that carries variables carries all of them, so it is the whole truth
+        # about the custom variables; one without variables says nothing about them.
+        if carries_variables:
+            ch.ccvs = found
+
+    def _bridge(self, node: str, e: Event, bridged: bool) -> Channel | None:
+        """Set or clear other_leg on both legs; returns the leg the event was not about."""
+        a_uuid = e.get("Bridge-A-Unique-ID") or e.get("Unique-ID")
+        b_uuid = e.get("Bridge-B-Unique-ID") or e.get("Other-Leg-Unique-ID")
+        if not isinstance(a_uuid, str) or not isinstance(b_uuid, str):
+            return None
+        a = self._rows.get((node, a_uuid))
+        b = self._rows.get((node, b_uuid))
+        if bridged:
+            if a:
+                a.other_leg = b_uuid
+            if b:
+                b.other_leg = a_uuid
+        else:
+            for leg, partner in ((a, b_uuid), (b, a_uuid)):
+                if leg and leg.other_leg == partner:
+                    leg.other_leg = None
+        return b if e.get("Unique-ID") == a_uuid else a
+
+    def _apply_api(self, node: str, e: Event) -> None:
+        """uuid_setvar fires no channel event, only this API event: keep identity current."""
+        cmd = e.get("API-Command")
+        arg = e.get("API-Command-Argument")
+        if cmd not in ("uuid_setvar", "uuid_setvar_multi") or not isinstance(arg, str):
+            return
+        uuid, _, rest = arg.strip().partition(" ")
+        ch = self._rows.get((node, uuid))
+        if ch is None:
+            return
+        if cmd == "uuid_setvar":
+            var, _, value = rest.partition(" ")
+            pairs = [(var, value)]
+        else:
+            pairs = [(p.partition("=")[0], p.partition("=")[2]) for p in rest.split(";") if p]
+        before = self._index_keys(ch)
+        changed = False
+        for var, value in pairs:
+            header = "variable_" + var
+            if header.startswith(self.identity.ccv_prefix):
+                ccvs = dict(ch.ccvs or {})
+                key = header[len(self.identity.ccv_prefix) :]
+                if value:
+                    ccvs[key] = value
+                else:
+                    ccvs.pop(key, None)
+                ch.ccvs = ccvs
+                changed = True
+            for field, chain in self.identity.chains:
+                if header in chain:
+                    setattr(ch, field, value or None)
+                    changed = True
+            if header == "variable_presence_id":
+                ch.presence_id = value or None
+                changed = True
+        if not changed:
+            return
+        if self._index_keys(ch) != before:
+            self._unindex(ch, before)
+            self._index(ch)
+        if self.listener:
+            self.listener("update", ch, "API")
+
+    def _rename(self, node: str, old: str, new: str) -> None:
+        key = (node, old)
+        ch = self._rows.pop(key, None)
+        if ch is None:
+            return
+        self._unindex(ch, self._index_keys(ch))
+        self._by_node[node].pop(key, None)
+        if self._by_uuid.get(old) is ch:
+            del self._by_uuid[old]
+        ch.uuid = new
+        self._insert(ch)
+
+    def _insert(self, ch: Channel) -> None:
+        key = (ch.node, ch.uuid)
+        self._rows[key] = ch
+        self._by_uuid[ch.uuid] = ch
+        self._by_node.setdefault(ch.node, {})[key] = ch
+        self._index(ch)
+
+    @staticmethod
+    def _index_keys(ch: Channel) -> tuple[str | None, str | None, str | None]:
+        return (ch.account_id, ch.owner_id, ch.authorizing_id)
+
+    def _index(self, ch: Channel) -> None:
+        account, owner, device = ch.account_id, ch.owner_id, ch.authorizing_id
+        if account is None:
+            return
+        key = (ch.node, ch.uuid)
+        self._by_account.setdefault(account, {})[key] = ch
+        if owner is not None:
+            self._by_owner.setdefault((account, owner), {})[key] = ch
+        if device is not None:
+            self._by_device.setdefault((account, device), {})[key] = ch
+
+    def _unindex(self, ch: Channel, keys: tuple[str | None, str | None, str | None]) -> None:
+        account, owner, device = keys
+        if account is None:
+            return
+        key = (ch.node, ch.uuid)
+        for index, ikey in (
+            (self._by_account, account),
+            (self._by_owner, (account, owner)),
+            (self._by_device, (account, device)),
+        ):
+            bucket = index.get(ikey)
+            if bucket is not None:
+                bucket.pop(key, None)
+                if not bucket:
+                    del index[ikey]
+
+    def _prune_tombstones(self, now: float) -> None:
+        ts = self._tombstones
+        while ts:
+            key, expiry = next(iter(ts.items()))
+            if expiry > now:
+                break
+            del ts[key]

@@ -1,0 +1,174 @@
+"""Shared fixtures: a stand-in FreeSWITCH on loopback, a real daemon, a real HTTP client.
+
+The whole suite runs on one gevent hub (monkey-patched first thing), so the stand-in's ESL
+server, the daemon's greenlets and `requests` all talk over real loopback sockets in one
+process.
+"""
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import time  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import gevent  # noqa: E402
+import pytest  # noqa: E402
+import requests  # noqa: E402
+
+from channelsd.config import parse  # noqa: E402
+from channelsd.daemon import Daemon  # noqa: E402
+from channelsd.tokens import digest  # noqa: E402
+
+FIXTURES = Path(__file__).parent / "fixtures"
+CAPTURES = FIXTURES / "captures"
+
+# name -> (token text, account, role, owner, descendants)
+TOKENS: dict[str, tuple[str, str, str, str | None, tuple[str, ...]]] = {
+    "super": ("tok-super-0123456789", "acc0", "superduper", None, ()),
+    "admin1": ("tok-admin1-0123456789", "acc1", "admin", None, ("acc1-sub",)),
+    "user1": ("tok-user1-0123456789", "acc1", "user", "user1", ()),
+    "admin2": ("tok-admin2-0123456789", "acc2", "admin", None, ()),
+}
+
+
+def token(name: str) -> str:
+    return TOKENS[name][0]
+
+
+def config_dict(switches: list[Any], **sections: Any) -> dict[str, Any]:
+    """A config as the TOML file would hold it, pointing at the given stand-in switches."""
+    data: dict[str, Any] = {
+        "http": {"host": "127.0.0.1", "port": 0},
+        "nodes": [
+            {"name": f"fs{i + 1}", "host": "127.0.0.1", "port": sw.port, "password": "ClueCon"}
+            for i, sw in enumerate(switches)
+        ],
+        "api": {"system_wide_channels_list": True},
+        "sync": {
+            "backoff_initial": 0.05,
+            "backoff_max": 0.2,
+            "stale_grace": 30,
+            "reconcile_interval": 3600,
+            "command_timeout": 2,
+            "connect_timeout": 2,
+            "heartbeat_timeout": 0,
+        },
+        "tokens": [
+            {
+                "name": name,
+                "sha256": digest(text),
+                "account_id": acc,
+                "role": role,
+                **({"owner_id": owner} if owner else {}),
+                **({"descendants": list(desc)} if desc else {}),
+            }
+            for name, (text, acc, role, owner, desc) in TOKENS.items()
+        ],
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            data.setdefault(key, {}).update(value)
+        else:
+            data[key] = value
+    return data
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "") -> Any:
+    """Poll until predicate() is truthy. A bound against hangs, never a speed assertion."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or predicate}")
+        gevent.sleep(0.01)
+
+
+class Api:
+    """A real HTTP client for the daemon under test."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.session = requests.Session()
+
+    def request(self, method: str, path: str, tok: str | None = "super", **kw: Any):
+        headers = dict(kw.pop("headers", {}) or {})
+        if tok is not None:
+            headers.setdefault("X-Auth-Token", token(tok) if tok in TOKENS else tok)
+        return self.session.request(method, self.base + path, headers=headers, timeout=10, **kw)
+
+    def get(self, path: str, tok: str | None = "super", **kw: Any):
+        return self.request("GET", path, tok, **kw)
+
+    def data(self, path: str, tok: str | None = "super", **kw: Any) -> Any:
+        resp = self.get(path, tok, **kw)
+        assert resp.status_code == 200, resp.text
+        return resp.json()["data"]
+
+
+class Harness:
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        host, port = daemon.http_address
+        self.api = Api(f"http://{host}:{port}")
+
+    @property
+    def table(self):
+        return self.daemon.table
+
+    def node(self, name: str = "fs1"):
+        return self.daemon.nodes[name]
+
+    def wait_ready(self, timeout: float = 5.0) -> None:
+        for node in self.daemon.nodes.values():
+            wait_until(lambda n=node: n.state == "ready", timeout, f"{node.name} ready")
+
+
+@pytest.fixture
+def make_switch() -> Iterator[Callable[..., Any]]:
+    from channelsd.standin.server import StandinSwitch
+
+    made: list[Any] = []
+
+    def make(**kw: Any) -> Any:
+        kw.setdefault("hostname", f"standin{len(made) + 1}")
+        sw = StandinSwitch(**kw)
+        sw.start()
+        made.append(sw)
+        return sw
+
+    yield make
+    for sw in made:
+        sw.stop()
+
+
+@pytest.fixture
+def switch(make_switch: Callable[..., Any]) -> Any:
+    return make_switch()
+
+
+@pytest.fixture
+def make_daemon() -> Iterator[Callable[..., Harness]]:
+    made: list[Daemon] = []
+
+    def make(switches: list[Any], wait: bool = True, **sections: Any) -> Harness:
+        daemon = Daemon(parse(config_dict(switches, **sections), "test.toml"))
+        daemon.start()
+        made.append(daemon)
+        h = Harness(daemon)
+        if wait:
+            h.wait_ready()
+        return h
+
+    yield make
+    for d in made:
+        d.stop()
+
+
+@pytest.fixture
+def daemon(switch: Any, make_daemon: Callable[..., Harness]) -> Harness:
+    return make_daemon([switch])

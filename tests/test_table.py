@@ -1,0 +1,213 @@
+"""The channel table alone: plain data, no sockets (the captures' rules, one by one)."""
+
+from channelsd.table import GREGORIAN_OFFSET, ChannelTable, Identity
+
+A = "11111111-1111-4111-8111-111111111111"
+B = "22222222-2222-4222-8222-222222222222"
+CREATED_US = 1795847542705117
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def ev(name: str, uuid: str = A, **headers: str) -> dict[str, str]:
+    base = {
+        "Event-Name": name,
+        "Unique-ID": uuid,
+        "Channel-Name": f"sofia/internal/{uuid[:4]}",
+        "Call-Direction": "inbound",
+        "Caller-Channel-Created-Time": str(CREATED_US),
+    }
+    base.update({k.replace("__", "-"): v for k, v in headers.items()})
+    return base
+
+
+def with_vars(name: str, uuid: str = A, **variables: str) -> dict[str, str]:
+    e = ev(name, uuid)
+    e["variable_uuid"] = uuid
+    e.update({f"variable_{k}": v for k, v in variables.items()})
+    return e
+
+
+def test_first_event_creates_the_row_even_before_channel_create() -> None:
+    t = ChannelTable()
+    t.apply("fs1", ev("CHANNEL_STATE", **{"Channel-State": "CS_INIT"}))
+    ch = t.get(A)
+    assert ch is not None and ch.state == "CS_INIT"
+    assert ch.timestamp == CREATED_US // 1_000_000 + GREGORIAN_OFFSET
+
+
+def test_destroy_leaves_a_tombstone_so_the_trailing_cs_destroy_cannot_resurrect() -> None:
+    clock = Clock()
+    t = ChannelTable(tombstone_ttl=60, clock=clock)
+    t.apply("fs1", with_vars("CHANNEL_CREATE", account_id="acc1"))
+    t.apply("fs1", with_vars("CHANNEL_DESTROY", account_id="acc1"))
+    assert t.get(A) is None
+    t.apply("fs1", ev("CHANNEL_STATE", **{"Channel-State": "CS_DESTROY"}))
+    t.apply("fs1", ev("CHANNEL_HANGUP_COMPLETE"))  # late, reordered
+    assert t.get(A) is None and len(t) == 0 and t.by_account("acc1") == []
+    assert t.hydrate("fs1", with_vars("CHANNEL_DATA")) is None  # a ghost listing row too
+    clock.now += 61
+    t.apply("fs1", ev("CHANNEL_STATE", **{"Channel-State": "CS_INIT"}))
+    assert t.get(A) is not None  # the tombstone expired; a reused uuid is a new channel
+
+
+def test_cs_destroy_alone_removes_the_channel() -> None:
+    t = ChannelTable()
+    t.apply("fs1", ev("CHANNEL_CREATE"))
+    t.apply("fs1", ev("CHANNEL_STATE", **{"Channel-State": "CS_DESTROY"}))
+    assert t.get(A) is None
+
+
+def test_channel_uuid_renames_and_keeps_what_was_known() -> None:
+    t = ChannelTable()
+    t.apply("fs1", with_vars("CHANNEL_CREATE", uuid=B, account_id="acc1"))
+    t.apply("fs1", ev("CHANNEL_UUID", uuid=A, **{"Old-Unique-ID": B}))
+    assert t.get(B) is None
+    ch = t.get(A)
+    assert ch is not None and ch.account_id == "acc1"
+    assert [c.uuid for c in t.by_account("acc1")] == [A]
+    assert t.node_uuids("fs1") == {A}
+
+
+def test_state_events_without_variables_do_not_erase_identity() -> None:
+    t = ChannelTable()
+    t.apply("fs1", with_vars("CHANNEL_CREATE", account_id="acc1", owner_id="u1", ecallmgr_Foo="x"))
+    t.apply("fs1", ev("CHANNEL_STATE", **{"Channel-State": "CS_EXECUTE"}))
+    t.apply("fs1", ev("CHANNEL_CALLSTATE", **{"Channel-Call-State": "ACTIVE"}))
+    ch = t.get(A)
+    assert ch is not None
+    assert (ch.account_id, ch.owner_id, ch.ccvs) == ("acc1", "u1", {"Foo": "x"})
+    assert (ch.state, ch.call_state) == ("CS_EXECUTE", "ACTIVE")
+
+
+def test_kazoo_variables_win_over_plain_ones() -> None:
+    t = ChannelTable()
+    t.apply(
+        "fs1",
+        with_vars(
+            "CHANNEL_CREATE",
+            **{"ecallmgr_Account-ID": "kazoo-acc", "account_id": "plain-acc"},
+        ),
+    )
+    ch = t.get(A)
+    assert ch is not None and ch.account_id == "kazoo-acc"
+    assert ch.ccvs == {"Account-ID": "kazoo-acc"}
+
+
+def test_bridge_sets_both_legs_and_unbridge_clears_both() -> None:
+    t = ChannelTable()
+    t.apply("fs1", ev("CHANNEL_CREATE", uuid=A))
+    t.apply("fs1", ev("CHANNEL_CREATE", uuid=B))
+    bridge = {"Bridge-A-Unique-ID": A, "Bridge-B-Unique-ID": B, "Other-Leg-Unique-ID": B}
+    t.apply("fs1", {**ev("CHANNEL_BRIDGE", uuid=A), **bridge})
+    assert (t.get(A).other_leg, t.get(B).other_leg) == (B, A)
+    t.apply("fs1", {**ev("CHANNEL_UNBRIDGE", uuid=A), **bridge})
+    assert (t.get(A).other_leg, t.get(B).other_leg) == (None, None)
+    # Later events of the A leg still name B in Other-Leg-*: that must not re-bridge it.
+    t.apply("fs1", {**ev("CHANNEL_HANGUP", uuid=A), "Other-Leg-Unique-ID": B})
+    assert t.get(A).other_leg is None
+
+
+def test_answer_hold_and_unhold() -> None:
+    t = ChannelTable()
+    t.apply("fs1", ev("CHANNEL_CREATE", **{"Answer-State": "ringing"}))
+    assert not t.get(A).answered
+    t.apply("fs1", ev("CHANNEL_ANSWER"))
+    t.apply("fs1", ev("CHANNEL_HANGUP", **{"Answer-State": "hangup"}))
+    assert t.get(A).answered  # hanging up does not un-answer a call
+    t.apply("fs1", ev("CHANNEL_HOLD"))
+    assert t.get(A).is_onhold
+    t.apply("fs1", ev("CHANNEL_UNHOLD"))
+    assert not t.get(A).is_onhold
+
+
+def test_indices_follow_identity_changes() -> None:
+    t = ChannelTable(Identity(device_owners={"dev9": "user9"}))
+    t.apply("fs1", with_vars("CHANNEL_CREATE", account_id="acc1", owner_id="u1"))
+    t.apply("fs1", with_vars("CHANNEL_CREATE", uuid=B, account_id="acc1", authorizing_id="dev9"))
+    assert [c.uuid for c in t.by_user("acc1", "u1")] == [A]
+    assert [c.uuid for c in t.by_user("acc1", "user9")] == [B]
+    assert [c.uuid for c in t.by_device("acc1", "dev9")] == [B]
+    # The dialplan moves A to another account: the next event with variables says so.
+    t.apply("fs1", with_vars("CHANNEL_PARK", account_id="acc2", owner_id="u1"))
+    assert [c.uuid for c in t.by_account("acc1")] == [B]
+    assert [c.uuid for c in t.by_account("acc2")] == [A]
+    assert t.by_user("acc1", "u1") == []
+
+
+def test_uuid_setvar_api_event_updates_identity() -> None:
+    t = ChannelTable()
+    t.apply("fs1", with_vars("CHANNEL_CREATE", account_id="acc1"))
+    t.apply(
+        "fs1",
+        {
+            "Event-Name": "API",
+            "API-Command": "uuid_setvar",
+            "API-Command-Argument": f"{A} owner_id user7",
+        },
+    )
+    assert [c.uuid for c in t.by_user("acc1", "user7")] == [A]
+    t.apply(
+        "fs1",
+        {
+            "Event-Name": "API",
+            "API-Command": "uuid_setvar_multi",
+            "API-Command-Argument": f"{A} account_id=acc3;ecallmgr_Tag=blue",
+        },
+    )
+    ch = t.get(A)
+    assert ch.account_id == "acc3" and ch.ccvs == {"Tag": "blue"}
+    assert [c.uuid for c in t.by_account("acc3")] == [A]
+
+
+def test_caller_id_chain_and_loopback_detection() -> None:
+    t = ChannelTable()
+    e = with_vars("CHANNEL_CREATE", effective_caller_id_name="Eff", loopback_leg="A")
+    e["Caller-Caller-ID-Name"] = "Profile"
+    e["Caller-Caller-ID-Number"] = "1001"
+    e["Other-Leg-Caller-ID-Number"] = "2002"
+    t.apply("fs1", e)
+    item = t.get(A).to_item(now=CREATED_US / 1e6 + 7.9, stale=False)
+    assert item["caller_id_name"] == "Eff"
+    assert item["caller_id_number"] == "1001"
+    assert item["callee_id_number"] == "2002"
+    assert item["is_loopback"] is True
+    assert item["elapsed_s"] == 7
+    assert item["bridge_id"] == A
+
+
+def test_lists_are_sorted_by_timestamp_then_uuid() -> None:
+    t = ChannelTable()
+    t.apply("fs1", with_vars("CHANNEL_CREATE", uuid=B, account_id="acc1"))
+    later = with_vars("CHANNEL_CREATE", uuid="0" * 8, account_id="acc1")
+    later["Caller-Channel-Created-Time"] = str(CREATED_US + 5_000_000)
+    t.apply("fs1", later)
+    t.apply("fs1", with_vars("CHANNEL_CREATE", uuid=A, account_id="acc1"))
+    assert [c.uuid for c in t.by_account("acc1")] == [A, B, "0" * 8]
+
+
+def test_stale_marks_only_channels_not_heard_of_since_the_drop() -> None:
+    clock = Clock()
+    t = ChannelTable(clock=clock)
+    t.apply("fs1", ev("CHANNEL_CREATE", uuid=A))
+    clock.now += 1
+    t.mark_stale("fs1")
+    clock.now += 1
+    t.apply("fs1", ev("CHANNEL_CREATE", uuid=B))
+    assert t.is_stale(t.get(A)) and not t.is_stale(t.get(B))
+    assert t.drop_stale("fs1") == 1
+    assert t.get(A) is None and t.get(B) is not None
+
+
+def test_nodes_are_kept_apart() -> None:
+    t = ChannelTable()
+    t.apply("fs1", ev("CHANNEL_CREATE", uuid=A))
+    t.apply("fs2", ev("CHANNEL_CREATE", uuid=B))
+    assert t.purge_node("fs1") == 1
+    assert t.get(A) is None and t.get(B) is not None and t.node_uuids("fs2") == {B}
