@@ -104,7 +104,7 @@ def _first_error(data: dict[str, Any]) -> str | None:
     if err.validator == "required":
         return f"{key}: {err.message}"
     if err.validator == "pattern" and err.absolute_path and err.absolute_path[-1] == "sha256":
-        return f"{key}: must be the 64 lower-case hex digits of the token's SHA-256 "
+        return f"{key}: must be the 64 lower-case hex digits of the token's SHA-256"
     return f"{key}: {err.message}"
 
 
