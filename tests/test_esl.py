@@ -1,0 +1,119 @@
+"""The ESL connection over a real socket: framing, timeouts, drops, and refusing line breaks."""
+
+import time
+from typing import Any
+
+import gevent
+import pytest
+
+from channelsd.esl import CommandTimeout, ConnectionLost, ESLConnection, ESLError
+from channelsd.events import EventParseError, parse_json, parse_plain
+from conftest import wait_until
+
+
+def connect(switch: Any, **kw: Any) -> ESLConnection:
+    conn = ESLConnection("127.0.0.1", switch.port, kw.pop("password", "ClueCon"), **kw)
+    conn.connect()
+    return conn
+
+
+def test_api_round_trip_and_json_events(switch: Any) -> None:
+    seen: list[dict[str, Any]] = []
+    events = connect(switch, on_event=seen.append)
+    reply = events.command("event json CHANNEL_CREATE CHANNEL_DESTROY")
+    assert reply.data == "+OK event listener enabled json"
+    cmd = connect(switch)
+    assert cmd.api("global_getvar core_uuid").strip() == switch.core_uuid
+    a, b = switch.originate(dest="9000", variables={"account_id": "acc1"})
+    wait_until(lambda: {e["Unique-ID"] for e in seen} >= {a, b})
+    create = next(e for e in seen if e["Unique-ID"] == a)
+    assert create["Event-Name"] == "CHANNEL_CREATE"
+    assert create["variable_account_id"] == "acc1"
+    events.goodbye()
+    cmd.goodbye()
+    assert events.closed.is_set() and cmd.closed.is_set()
+
+
+def test_a_wrong_password_is_an_error_not_a_hang(switch: Any) -> None:
+    with pytest.raises(ESLError, match="password"):
+        connect(switch, password="wrong", timeout=2)
+
+
+def test_nothing_listening_is_an_error(switch: Any) -> None:
+    port = switch.port
+    switch.stop()
+    with pytest.raises(ESLError):
+        ESLConnection("127.0.0.1", port, "ClueCon", timeout=1).connect()
+
+
+def test_a_line_break_never_reaches_the_switch(switch: Any) -> None:
+    cmd = connect(switch)
+    before = list(switch.received)
+    for bad in ("uuid_kill x\n\napi system rm", "uuid_kill x\r\n", "a\x00b", "a\u2028b"):
+        with pytest.raises(ValueError):
+            cmd.api(bad)
+    assert switch.received == before
+    assert cmd.alive  # refusing a command does not break the connection
+    assert cmd.api("uuid_exists 00000000-0000-0000-0000-000000000000") == "false"
+
+
+def test_a_command_without_reply_times_out_and_closes(switch: Any) -> None:
+    cmd = connect(switch)
+    switch.hang_commands = True
+    began = time.monotonic()
+    with pytest.raises(CommandTimeout):
+        cmd.api("status", timeout=0.3)
+    assert time.monotonic() - began < 5  # bounded: the call returned, it did not hang
+    assert cmd.closed.is_set()
+
+
+def test_commands_in_flight_fail_when_the_socket_drops(switch: Any) -> None:
+    cmd = connect(switch)
+    switch.hang_commands = True
+    waiters = [gevent.spawn(cmd.api, "status", 30) for _ in range(3)]
+    wait_until(lambda: sum(1 for _, c in switch.received if c == "api status") == 3)
+    switch.drop_connections()
+    gevent.joinall(waiters, timeout=5)
+    assert all(isinstance(w.exception, ConnectionLost) for w in waiters)
+
+
+def test_commands_are_pipelined_and_paired_in_order(switch: Any) -> None:
+    cmd = connect(switch)
+    a, _ = switch.originate(dest="9000", variables={"account_id": "acc1"})
+    jobs = [
+        gevent.spawn(cmd.api, f"uuid_getvar {a} account_id" if i % 2 else "uuid_exists nope")
+        for i in range(40)
+    ]
+    gevent.joinall(jobs, timeout=10)
+    assert [j.value for j in jobs] == ["false" if i % 2 == 0 else "acc1" for i in range(40)]
+
+
+def test_plain_parser_splits_before_decoding() -> None:
+    # A caller-controlled value with an encoded newline must stay one value (greenswitch's
+    # decode-then-split turns it into a forged Unique-ID header).
+    body = (
+        b"Event-Name: CHANNEL_CREATE\n"
+        b"Unique-ID: real-uuid\n"
+        b"Caller-Caller-ID-Name: Mallory%0AUnique-ID%3A%20victim\n"
+        b"variable_empty: _undef_\n"
+        b"variable_multi: ARRAY%3A%3Aa%7C%3Ab\n"
+        b"Event-Date-Local: 2026-11-28%2006%3A30%3A15\n\n"
+    )
+    event = parse_plain(body)
+    assert event["Unique-ID"] == "real-uuid"
+    assert event["Caller-Caller-ID-Name"] == "Mallory\nUnique-ID: victim"
+    assert event["variable_empty"] == ""
+    assert event["variable_multi"] == ["a", "b"]
+    assert event["Event-Date-Local"] == "2026-11-28 06:30:15"
+
+
+def test_plain_parser_keeps_a_background_job_body() -> None:
+    body = b"Event-Name: BACKGROUND_JOB\nJob-UUID: j1\nContent-Length: 6\n\n+OK x\n"
+    event = parse_plain(body)
+    assert event["_body"] == "+OK x\n" and event["Job-UUID"] == "j1"
+
+
+@pytest.mark.parametrize("body", [b"{", b"[1]", b"\xff\xfe", b'"str"'])
+def test_json_parser_rejects_what_is_not_an_event(body: bytes) -> None:
+    with pytest.raises(EventParseError):
+        parse_json(body)

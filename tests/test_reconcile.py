@@ -1,0 +1,116 @@
+"""Liveness of the table (spec §7): reconcile on connect and on a timer, restarts, stale nodes."""
+
+from typing import Any
+
+from conftest import wait_until
+
+ACC = {"account_id": "acc1", "owner_id": "user1", "authorizing_id": "dev1"}
+
+
+def listed(h: Any, tok: str = "super") -> set[str]:
+    return {i["uuid"] for i in h.api.data("/v2/channels", tok)}
+
+
+def test_calls_up_before_the_daemon_started_are_listed_with_identity(
+    switch: Any, make_daemon: Any
+) -> None:
+    a, b = switch.bridged_call(variables_a=ACC, variables_b={"account_id": "acc1"})
+    c, d = switch.originate(dest="9000", variables={"account_id": "acc2"})
+    h = make_daemon([switch])
+    assert listed(h) == {a, b, c, d}
+    item = h.api.data(f"/v2/accounts/acc1/channels/{a}", "admin1")
+    # show channels lacks custom variables: these came from uuid_dump
+    assert (item["owner_id"], item["authorizing_id"]) == ("user1", "dev1")
+    assert item["other_leg"] == b
+    assert item["answered"] is True
+    assert item["timestamp"] == switch.channels[a].created_us // 1_000_000 + 62167219200
+    assert [c_ for c_, cmd in switch.received if cmd.startswith("api uuid_dump")] != []
+
+
+def test_a_channel_that_died_while_disconnected_is_gone_after_reconnect(
+    switch: Any, make_daemon: Any
+) -> None:
+    a, b = switch.bridged_call(variables_a=ACC, variables_b=ACC)
+    c, d = switch.bridged_call(variables_a=ACC, variables_b=ACC)
+    h = make_daemon([switch])
+    assert listed(h) == {a, b, c, d}
+    node = h.node()
+    reconnects = node.reconnects
+    switch.pause_accept(True)
+    switch.drop_connections()
+    wait_until(lambda: node.state == "down", what="node down")
+    switch.hangup(a)  # nobody hears these events
+    assert all(i["stale"] for i in h.api.data("/v2/channels"))
+    switch.pause_accept(False)
+    wait_until(lambda: node.state == "ready" and node.reconnects > reconnects, what="reconnected")
+    assert listed(h) == {c, d}
+    assert not any(i["stale"] for i in h.api.data("/v2/channels"))
+
+
+def test_stale_channels_go_after_the_grace_period(switch: Any, make_daemon: Any) -> None:
+    a, b = switch.bridged_call(variables_a=ACC, variables_b=ACC)
+    h = make_daemon([switch], sync={"stale_grace": 0.3})
+    assert listed(h) == {a, b}
+    switch.pause_accept(True)
+    switch.drop_connections()
+    wait_until(lambda: h.node().state == "down")
+    wait_until(lambda: listed(h) == set(), what="stale channels dropped")
+    switch.pause_accept(False)
+    wait_until(lambda: listed(h) == {a, b}, what="back after reconnect")
+
+
+def test_a_new_core_uuid_purges_the_node_even_when_listing_fails(
+    switch: Any, make_daemon: Any
+) -> None:
+    a, b = switch.bridged_call(variables_a=ACC, variables_b=ACC)
+    h = make_daemon([switch])
+    old_core = h.node().core_uuid
+    assert listed(h) == {a, b}
+    switch.sql_disabled = True
+    switch.restart(keep_channels=True)  # FreeSWITCH restarted (and its SQL is off)
+    wait_until(lambda: h.node().core_uuid not in (None, old_core), what="new core uuid seen")
+    wait_until(lambda: h.node().state == "ready")
+    # The channels may well still exist, but they belong to a switch that restarted:
+    # nothing known before survives, and the failed listing did not invent anything.
+    assert listed(h) == set()
+    e, f = switch.bridged_call(variables_a=ACC, variables_b=ACC)  # events still flow
+    wait_until(lambda: listed(h) == {e, f})
+
+
+def test_an_error_reply_to_the_listing_means_unknown_not_empty(
+    switch: Any, make_daemon: Any
+) -> None:
+    a, b = switch.bridged_call(variables_a=ACC, variables_b=ACC)
+    h = make_daemon([switch])
+    node = h.node()
+    switch.sql_disabled = True
+    node.request_reconcile()
+    wait_until(lambda: not node.synced, what="reconcile reported unknown")
+    assert listed(h) == {a, b}
+    switch.sql_disabled = False
+    node.request_reconcile()
+    wait_until(lambda: node.synced)
+    assert listed(h) == {a, b}
+
+
+def test_periodic_reconcile_reaps_ghosts_of_lost_events(switch: Any, make_daemon: Any) -> None:
+    a, b = switch.bridged_call(variables_a=ACC, variables_b=ACC)
+    c, d = switch.bridged_call(variables_a=ACC, variables_b=ACC)
+    h = make_daemon([switch], sync={"reconcile_interval": 0.2})
+    switch.drop_event_names = {"CHANNEL_DESTROY", "CHANNEL_STATE"}
+    switch.drop_event_fraction = 1.0
+    switch.hangup(a)
+    # The hangup events arrive (so the table knows it is hanging up) but never the destroy.
+    wait_until(lambda: listed(h) == {c, d}, timeout=10, what="ghosts reaped")
+    assert h.node().last_reconcile is not None and h.node().last_reconcile.removed >= 1
+
+
+def test_reconcile_keeps_a_channel_heard_of_moments_ago(switch: Any, make_daemon: Any) -> None:
+    h = make_daemon([switch])
+    switch.sql_disabled = False
+    a, b = switch.bridged_call(variables_a=ACC, variables_b=ACC)
+    wait_until(lambda: listed(h) == {a, b})
+    # A listing taken now that (like FreeSWITCH's asynchronous SQL) does not show them yet:
+    switch.hide_from_listing = {a, b}
+    result = h.node().reconcile()
+    assert result.removed == 0 and listed(h) == {a, b}
