@@ -8,6 +8,7 @@ import pytest
 
 from channelsd.esl import CommandTimeout, ConnectionLost, ESLConnection, ESLError
 from channelsd.events import EventParseError, parse_json, parse_plain
+
 from conftest import wait_until
 
 
