@@ -12,6 +12,7 @@ import pytest
 
 from channelsd.events import parse_json, parse_plain
 from channelsd.standin.replay import load_frames
+
 from conftest import CAPTURES, wait_until
 
 SCENARIOS = [
@@ -101,6 +102,12 @@ def cut_points(events: list[dict[str, Any]]) -> list[int]:
     return sorted(set(cuts + [len(events)]))
 
 
+def listed_if(h: Any, expected: set[str]) -> list[dict[str, dict[str, Any]]]:
+    """[the system-wide list by uuid] once it holds exactly the expected channels, else []."""
+    items = {i["uuid"]: i for i in h.api.data("/v2/channels")}
+    return [items] if set(items) == expected else []
+
+
 @pytest.mark.parametrize("fmt", ["json", "plain"])
 @pytest.mark.parametrize("sid", SCENARIOS)
 def test_replayed_capture_matches_freeswitch_at_every_cut(
@@ -119,21 +126,10 @@ def test_replayed_capture_matches_freeswitch_at_every_cut(
             truth.feed(e)
         sent = cut
         expected = truth.alive
-
-        def listed() -> dict[str, dict[str, Any]]:
-            return {i["uuid"]: i for i in h.api.data("/v2/channels")}
-
-        got = (
-            wait_until(
-                lambda: (lambda items: items if set(items) == expected else None)(listed()),
-                what=f"{fmt}/{sid} cut {cut}: channels {sorted(expected)}",
-            )
-            if expected
-            else None
-        )
-        if not expected:
-            wait_until(lambda: listed() == {}, what=f"{fmt}/{sid} cut {cut}: empty")
-            continue
+        got = wait_until(
+            lambda exp=expected: listed_if(h, exp),
+            what=f"{fmt}/{sid} cut {cut}: channels {sorted(expected)}",
+        )[0]
         for uuid, item in got.items():
             create = truth.created[uuid]
             assert item["answered"] is (uuid in truth.answered), (cut, uuid)
