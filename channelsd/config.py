@@ -7,6 +7,7 @@ wrong, so an operator reading the journal sees the fix without a traceback.
 from __future__ import annotations
 
 import json
+import string
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -16,6 +17,7 @@ from typing import Any
 import jsonschema
 
 from channelsd.tokens import Token
+from channelsd.validate import is_media
 
 # Spec §2: Kazoo's custom channel variables first, then plain variables a non-Kazoo
 # dialplan can set. Order matters: the first header present wins.
@@ -62,6 +64,30 @@ class IdentityConfig:
     device_owners: dict[str, str] = field(default_factory=dict)
 
 
+DEFAULT_INTERCEPT_ENDPOINTS = {
+    "device": "user/{target_id}@{realm}",
+    "user": "user/{target_id}@{realm}",
+    "number": "loopback/{target_id}/{context}",
+}
+TEMPLATE_FIELDS = {
+    "attended_dialstring": ("target", "context", "realm", "account_id"),
+    "intercept_endpoints": ("target_id", "context", "realm", "account_id"),
+}
+
+
+@dataclass(frozen=True)
+class ActionsConfig:
+    dialplan: str = "XML"
+    context: str = "default"
+    callflow_context: str = "default"
+    attended_dialstring: str = "loopback/{target}/{context}"
+    moh: str = "local_stream://moh"
+    record_dir: str = "/var/lib/freeswitch/recordings/channelsd"
+    intercept_endpoints: dict[str, str] = field(
+        default_factory=lambda: dict(DEFAULT_INTERCEPT_ENDPOINTS)
+    )
+
+
 @dataclass(frozen=True)
 class Config:
     path: str
@@ -76,6 +102,7 @@ class Config:
     sync: SyncConfig = field(default_factory=SyncConfig)
     tokens: tuple[Token, ...] = ()
     log_level: str = "info"
+    actions: ActionsConfig = field(default_factory=ActionsConfig)
 
 
 def _schema() -> dict[str, Any]:
@@ -152,6 +179,8 @@ def parse(data: dict[str, Any], path: str = "<memory>") -> Config:
             )
         )
 
+    actions = _actions(data.get("actions", {}), path)
+
     return Config(
         path=path,
         http_host=http.get("host", "127.0.0.1"),
@@ -163,7 +192,47 @@ def parse(data: dict[str, Any], path: str = "<memory>") -> Config:
         sync=sync,
         tokens=tuple(tokens),
         log_level=data.get("logging", {}).get("level", "info"),
+        actions=actions,
     )
+
+
+def _check_template(template: str, allowed: tuple[str, ...], key: str, path: str) -> None:
+    if any(c.isspace() for c in template):
+        raise ConfigError(f"{path}: {key}: must not contain white space")
+    try:
+        names = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {key}: bad template: {exc}") from None
+    for name in names:
+        if name not in allowed:
+            raise ConfigError(
+                f"{path}: {key}: unknown placeholder {{{name}}} (allowed: "
+                + ", ".join("{" + a + "}" for a in allowed)
+                + ")"
+            )
+
+
+def _actions(section: dict[str, Any], path: str) -> ActionsConfig:
+    endpoints = dict(DEFAULT_INTERCEPT_ENDPOINTS)
+    endpoints.update(section.get("intercept_endpoints", {}))
+    for kind, template in endpoints.items():
+        _check_template(
+            template,
+            TEMPLATE_FIELDS["intercept_endpoints"],
+            f"actions.intercept_endpoints.{kind}",
+            path,
+        )
+    values = {k: v for k, v in section.items() if k != "intercept_endpoints"}
+    cfg = ActionsConfig(**values, intercept_endpoints=endpoints)
+    _check_template(
+        cfg.attended_dialstring,
+        TEMPLATE_FIELDS["attended_dialstring"],
+        "actions.attended_dialstring",
+        path,
+    )
+    if not is_media(cfg.moh):
+        raise ConfigError(f"{path}: actions.moh: must be a media path or stream URL")
+    return cfg
 
 
 def load(path: str | Path) -> Config:

@@ -15,6 +15,7 @@ import gevent
 import gevent.event
 from gevent.pywsgi import WSGIServer
 
+from channelsd.actions import Actions
 from channelsd.api import ApiContext, create_app
 from channelsd.config import Config
 from channelsd.node import NodeLink
@@ -48,6 +49,7 @@ class Daemon:
             system_wide_channels_list=config.system_wide_channels_list,
             max_body_bytes=config.max_body_bytes,
             nodes=self.nodes,
+            actions=Actions(self.table, self.nodes, config.actions),
         )
         self.app = create_app(self.ctx)
         self.http: WSGIServer | None = None

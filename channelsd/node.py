@@ -145,6 +145,19 @@ class NodeLink:
         except ConnectionLost:
             raise NodeUnavailable(self.name) from None
 
+    def bgapi(self, cmd: str, timeout: float | None = None) -> str:
+        """Start `bgapi <cmd>`; returns FreeSWITCH's Reply-Text (`+OK Job-UUID: …`)."""
+        conn = self._commands
+        if conn is None or not conn.alive or self.state not in ("syncing", "ready"):
+            raise NodeUnavailable(self.name)
+        try:
+            reply = conn.command(
+                f"bgapi {cmd}", self.sync.command_timeout if timeout is None else timeout
+            )
+        except ConnectionLost:
+            raise NodeUnavailable(self.name) from None
+        return str(reply.data)
+
     def request_reconcile(self) -> None:
         self._kick.set()
 

@@ -108,6 +108,7 @@ class Channel:
         "state",
         "call_state",
         "interaction_id",
+        "loopback_other_leg",
         "last_seen",
     )
 
@@ -119,7 +120,7 @@ class Channel:
         self.authorizing_type = self.username = self.realm = self.bridge_id = None
         self.caller_id_name = self.caller_id_number = None
         self.callee_id_name = self.callee_id_number = None
-        self.state = self.call_state = self.interaction_id = None
+        self.state = self.call_state = self.interaction_id = self.loopback_other_leg = None
         self.ccvs: dict[str, Any] | None = None
         self.answered = self.is_onhold = self.is_loopback = False
         self.created_us = int(time.time() * 1_000_000)
@@ -188,6 +189,7 @@ _OPTIONAL_ITEM_KEYS = (
     "state",
     "call_state",
     "interaction_id",
+    "loopback_other_leg",
 )
 
 
@@ -401,6 +403,9 @@ class ChannelTable:
                 ch.is_loopback = True
         if "variable_loopback_leg" in e:
             ch.is_loopback = True
+        v = get("variable_other_loopback_leg_uuid")
+        if v:
+            ch.loopback_other_leg = v
         v = get("Call-Direction")
         if v:
             ch.direction = v

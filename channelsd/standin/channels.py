@@ -1,0 +1,1400 @@
+"""Channel/call model of the stand-in switch.
+
+Every transition emits, in order, the events a FreeSWITCH 1.11 with loopback legs put on the wire
+in the captures (see tests/fixtures/captures/SUMMARY.txt for the per-leg sequences).  Where the
+captures interleave the legs of one call differently from run to run (dispatch threads race),
+one observed interleaving is used; the per-leg order always matches the captures.
+
+Traps reproduced on purpose, because a daemon has to cope with them:
+  * CHANNEL_STATE(CS_INIT) precedes CHANNEL_CREATE; CHANNEL_STATE(CS_DESTROY) follows
+    CHANNEL_DESTROY.
+  * originate with an origination uuid fires two CODEC events under a throwaway uuid and then
+    CHANNEL_UUID (Old-Unique-ID -> Unique-ID).
+  * CHANNEL_HANGUP can precede CHANNEL_UNPARK / CHANNEL_EXECUTE_COMPLETE of the running app.
+  * CHANNEL_BRIDGE / CHANNEL_UNBRIDGE fire once, on the leg that ran ``bridge``.
+  * Channel-State-Number is the *requested* state, so it runs ahead of Channel-State.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import time
+import uuid as uuidlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import templates
+from .events import TIME_FIELDS, EventBuilder, now_us
+from .protocol import Event, Header
+
+STATE_NUMBERS = {
+    "CS_NEW": 0,
+    "CS_INIT": 1,
+    "CS_ROUTING": 2,
+    "CS_SOFT_EXECUTE": 3,
+    "CS_EXECUTE": 4,
+    "CS_EXCHANGE_MEDIA": 5,
+    "CS_PARK": 6,
+    "CS_CONSUME_MEDIA": 7,
+    "CS_HIBERNATE": 8,
+    "CS_RESET": 9,
+    "CS_HANGUP": 10,
+    "CS_REPORTING": 11,
+    "CS_DESTROY": 12,
+    "CS_NONE": 13,
+}
+CALLSTATE_NUMBERS = {
+    "DOWN": 0,
+    "DIALING": 1,
+    "RINGING": 2,
+    "EARLY": 3,
+    "ACTIVE": 4,
+    "HELD": 5,
+    "RING_WAIT": 6,
+    "HANGUP": 7,
+    "UNHELD": 8,
+}
+
+# switch_channel.c cause table (name -> Q.850 / FreeSWITCH code).
+CAUSES = {
+    "NONE": 0,
+    "UNALLOCATED_NUMBER": 1,
+    "NO_ROUTE_TRANSIT_NET": 2,
+    "NO_ROUTE_DESTINATION": 3,
+    "CHANNEL_UNACCEPTABLE": 6,
+    "CALL_AWARDED_DELIVERED": 7,
+    "NORMAL_CLEARING": 16,
+    "USER_BUSY": 17,
+    "NO_USER_RESPONSE": 18,
+    "NO_ANSWER": 19,
+    "SUBSCRIBER_ABSENT": 20,
+    "CALL_REJECTED": 21,
+    "NUMBER_CHANGED": 22,
+    "REDIRECTION_TO_NEW_DESTINATION": 23,
+    "EXCHANGE_ROUTING_ERROR": 25,
+    "DESTINATION_OUT_OF_ORDER": 27,
+    "INVALID_NUMBER_FORMAT": 28,
+    "FACILITY_REJECTED": 29,
+    "RESPONSE_TO_STATUS_ENQUIRY": 30,
+    "NORMAL_UNSPECIFIED": 31,
+    "NORMAL_CIRCUIT_CONGESTION": 34,
+    "NETWORK_OUT_OF_ORDER": 38,
+    "NORMAL_TEMPORARY_FAILURE": 41,
+    "SWITCH_CONGESTION": 42,
+    "ACCESS_INFO_DISCARDED": 43,
+    "REQUESTED_CHAN_UNAVAIL": 44,
+    "PRE_EMPTED": 45,
+    "FACILITY_NOT_SUBSCRIBED": 50,
+    "OUTGOING_CALL_BARRED": 52,
+    "INCOMING_CALL_BARRED": 54,
+    "BEARERCAPABILITY_NOTAUTH": 57,
+    "BEARERCAPABILITY_NOTAVAIL": 58,
+    "SERVICE_UNAVAILABLE": 63,
+    "BEARERCAPABILITY_NOTIMPL": 65,
+    "CHAN_NOT_IMPLEMENTED": 66,
+    "FACILITY_NOT_IMPLEMENTED": 69,
+    "SERVICE_NOT_IMPLEMENTED": 79,
+    "INVALID_CALL_REFERENCE": 81,
+    "INCOMPATIBLE_DESTINATION": 88,
+    "INVALID_MSG_UNSPECIFIED": 95,
+    "MANDATORY_IE_MISSING": 96,
+    "MESSAGE_TYPE_NONEXIST": 97,
+    "WRONG_MESSAGE": 98,
+    "IE_NONEXIST": 99,
+    "INVALID_IE_CONTENTS": 100,
+    "WRONG_CALL_STATE": 101,
+    "RECOVERY_ON_TIMER_EXPIRE": 102,
+    "MANDATORY_IE_LENGTH_ERROR": 103,
+    "PROTOCOL_ERROR": 111,
+    "INTERWORKING": 127,
+    "SUCCESS": 142,
+    "ORIGINATOR_CANCEL": 487,
+    "CRASH": 700,
+    "SYSTEM_SHUTDOWN": 701,
+    "LOSE_RACE": 702,
+    "MANAGER_REQUEST": 703,
+    "BLIND_TRANSFER": 800,
+    "ATTENDED_TRANSFER": 801,
+    "ALLOTTED_TIMEOUT": 802,
+    "USER_CHALLENGE": 803,
+    "MEDIA_TIMEOUT": 804,
+    "PICKED_OFF": 805,
+    "USER_NOT_REGISTERED": 806,
+    "PROGRESS_TIMEOUT": 807,
+    "INVALID_GATEWAY": 808,
+    "GATEWAY_DOWN": 809,
+    "INVALID_URL": 810,
+    "INVALID_PROFILE": 811,
+    "NO_PICKUP": 812,
+    "SRTP_READ_ERROR": 813,
+}
+_CAUSE_BY_CODE = {v: k for k, v in CAUSES.items()}
+# Order FreeSWITCH adds the CDR variables in at reporting time (from the captures).
+_CDR_RANK = {name: i for i, name in enumerate(templates.load()["cdr_variables"])}
+
+
+def str2cause(text: str | None, default: str = "NORMAL_CLEARING") -> str:
+    """switch_channel_str2cause: names are case-insensitive, numbers are Q.850 codes, an
+    unknown name silently becomes NORMAL_CLEARING (verified on a real switch)."""
+    if not text:
+        return default
+    text = text.strip()
+    if text.isdigit():
+        return _CAUSE_BY_CODE.get(int(text), "UNKNOWN")
+    name = text.upper()
+    return name if name in CAUSES else "NORMAL_CLEARING"
+
+
+# The capture switch's dialplan (context "default"); any other extension answers and parks.
+TONE = "tone_stream://%(1000,0,350);loops=-1"
+DIALPLAN: dict[str, list[tuple[str, str]]] = {
+    "9000": [("answer", ""), ("playback", TONE), ("park", "")],
+    "9001": [("answer", ""), ("echo", "")],
+    "9002": [("bridge", "loopback/9000/default")],
+    "9003": [("answer", ""), ("park", "")],
+    "9004": [("ring_ready", ""), ("park", "")],
+    "9005": [
+        ("answer", ""),
+        ("playback", "tone_stream://%(500,500,440);loops=5"),
+        ("playback", "tone_stream://%(500,500,480);loops=5"),
+        ("playback", "tone_stream://%(500,500,620);loops=5"),
+        ("park", ""),
+    ],
+    "9009": [("hangup", "USER_BUSY")],
+}
+NO_ROUTE = {"9999"}
+DEFAULT_ANSWERED = [("answer", ""), ("park", "")]
+DEFAULT_RINGING = [("ring_ready", ""), ("park", "")]
+
+
+def new_uuid() -> str:
+    return str(uuidlib.uuid4())
+
+
+@dataclass(eq=False)
+class Channel:
+    """One call leg.  ``variables`` holds channel variables without the ``variable_`` prefix,
+    in FreeSWITCH's order: setting a variable moves it to the end, as the captures show."""
+
+    uuid: str
+    name: str
+    direction: str
+    created_us: int
+    variables: dict[str, Any] = field(default_factory=dict)
+    state: str = "CS_NEW"
+    state_number: int = 0
+    call_state: str = "DOWN"
+    answer_state: str = "ringing"
+    hit_dialplan: bool = False
+    hangup_cause: str | None = None
+    codecs: int = 0
+    profile: dict[str, str] = field(default_factory=dict)
+    times: dict[str, int] = field(default_factory=dict)
+    other_type: str | None = None
+    other_profile: dict[str, str] | None = None
+    loopback_peer: str | None = None
+    bridge_peer: str | None = None
+    bridge_side: str | None = None  # "A" runs bridge and fires BRIDGE/UNBRIDGE, "B" is bridged
+    app: str = ""
+    app_data: str = ""
+    app_uuid: str = ""
+    app_running: bool = False
+    last_app: tuple[str, str] | None = None
+    session_id: int = 0
+    broadcast_parked: bool = False
+    parked: bool = False
+    playing: str | None = None
+    broadcast_queue: list[str] = field(default_factory=list)
+    dialplan: list[tuple[str, str]] = field(default_factory=list)
+    start_app: tuple[str, str] | None = None  # originate's &app(), run once answered/early
+    held: bool = False
+    hungup: bool = False
+    torn_down: bool = False
+    destroyed: bool = False
+    sql_call_uuid: str = ""
+    callee_direction: str = ""
+    initial: dict[str, str] = field(default_factory=dict)
+    presence_count: int = 0
+    bridge_created_epoch: str = ""
+    _caller_cache: list[Header] | None = field(default=None, repr=False)
+
+    # -- read-only conveniences for callers ------------------------------------------------
+    @property
+    def answered(self) -> bool:
+        return self.times.get("Channel-Answered-Time", 0) > 0
+
+    @property
+    def call_state_name(self) -> str:
+        return self.call_state
+
+    @property
+    def other_leg(self) -> str | None:
+        """Current bridge partner, else the Other-Leg-Unique-ID this leg's events carry."""
+        if self.bridge_peer:
+            return self.bridge_peer
+        if self.other_profile:
+            return self.other_profile.get("Unique-ID")
+        return None
+
+    @property
+    def call_uuid(self) -> str:
+        return str(self.variables.get("call_uuid") or self.uuid)
+
+    @property
+    def alive(self) -> bool:
+        """uuid_* commands find the channel (switch_core_session_locate succeeds)."""
+        return not self.hungup and not self.destroyed
+
+    # -- mutation helpers that keep the caller-profile cache honest ----------------------------
+    def set_var(self, name: str, value: Any) -> None:
+        self.variables.pop(name, None)
+        self.variables[name] = value
+
+    def del_var(self, name: str) -> None:
+        self.variables.pop(name, None)
+
+    def set_profile(self, **fields: str) -> None:
+        for k, v in fields.items():
+            self.profile[k.replace("_", "-")] = v
+        self._caller_cache = None
+
+    def set_time(self, name: str, value: int) -> None:
+        self.times[name] = value
+        self._caller_cache = None
+
+
+class SwitchError(Exception):
+    """A command failed; ``reply`` is the exact api body FreeSWITCH answers."""
+
+    def __init__(self, reply: str) -> None:
+        super().__init__(reply)
+        self.reply = reply
+
+
+class CallModel:
+    """All channels of one switch and the transitions between their states."""
+
+    def __init__(self, builder: EventBuilder, emit: Callable[[Event], None]) -> None:
+        self.b = builder
+        self.emit = emit
+        self.channels: dict[str, Channel] = {}
+        self._session_ids = itertools.count(1)
+        self.sessions_since_startup = 0
+        self.peak = 0
+        self._deferred: list[Callable[[], None]] = []
+        self._answer_waiters: dict[str, list[Callable[[], None]]] = {}
+
+    # ------------------------------------------------------------------ event helpers
+    def _ev(self, ch: Channel, name: str, pre: Iterable[Header] = (), post=(), **kw) -> None:
+        self.emit(self.b.channel(ch, name, tuple(pre), tuple(post), **kw))
+
+    def _state(self, ch: Channel, state: str, number: int | None = None) -> None:
+        ch.state = state
+        ch.state_number = STATE_NUMBERS[state] if number is None else number
+        self._ev(ch, "CHANNEL_STATE")
+
+    def _callstate(self, ch: Channel, new: str) -> None:
+        old = ch.call_state
+        ch.call_state = new
+        if new == "HANGUP":
+            ch.set_time("Channel-Hangup-Time", now_us())
+        self._ev(
+            ch,
+            "CHANNEL_CALLSTATE",
+            pre=[
+                ("Original-Channel-Call-State", old),
+                ("Channel-Call-State-Number", str(CALLSTATE_NUMBERS[new])),
+            ],
+        )
+
+    def _presence(self, ch: Channel, status: str, info: str, function: str) -> None:
+        """PRESENCE_IN, fired only for legs with a presence_id (as in s5_vars)."""
+        presence = ch.variables.get("presence_id")
+        if not presence:
+            return
+        loc = {
+            "check_presence": ("src/switch_core_state_machine.c", "check_presence", "521"),
+            "mark_answered": (
+                "src/switch_channel.c",
+                "switch_channel_perform_mark_answered",
+                "3906",
+            ),
+        }[function]
+        post = [
+            ("proto", "any"),
+            ("login", "src/switch_channel.c"),
+            ("from", str(presence)),
+            ("rpid", "unknown"),
+            ("status", status),
+            ("event_type", "presence"),
+            ("alt_event_type", "dialog"),
+            ("presence-call-info-state", info),
+            ("presence-call-direction", ch.direction),
+            ("event_count", str(ch.presence_count)),
+            ("Presence-Calling-File", loc[0]),
+            ("Presence-Calling-Function", loc[1]),
+            ("Presence-Calling-Line", loc[2]),
+        ]
+        ch.presence_count += 1
+        self._ev(ch, "PRESENCE_IN", post=post)
+
+    def _codec(self, ch: Channel, name: str | None = None) -> None:
+        """The two CODEC events every new loopback leg fires before anything else."""
+        real_name = ch.name
+        if name:
+            ch.name = name
+        ch.codecs = 1
+        self._ev(
+            ch,
+            "CODEC",
+            post=[
+                ("channel-read-codec-name", "L16"),
+                ("channel-read-codec-rate", "8000"),
+                ("channel-read-codec-bit-rate", "128000"),
+            ],
+            function="switch_core_session_set_read_codec",
+            with_profile=False,
+        )
+        ch.codecs = 2
+        self._ev(
+            ch,
+            "CODEC",
+            post=[
+                ("Channel-Write-Codec-Name", "L16"),
+                ("Channel-Write-Codec-Rate", "8000"),
+                ("Channel-Write-codec-bit-rate", "128000"),
+            ],
+            function="switch_core_session_set_write_codec",
+            with_profile=False,
+        )
+        ch.name = real_name
+
+    def _execute(self, ch: Channel, app: str, data: str = "") -> None:
+        ch.del_var("current_application_response")
+        ch.set_var("current_application", app)
+        if data:
+            ch.set_var("current_application_data", data)
+        else:
+            ch.del_var("current_application_data")
+        ch.app, ch.app_data, ch.app_uuid = app, data, new_uuid()
+        ch.app_running = True
+        post: list[Header] = [("Application", app)]
+        if data:
+            post.append(("Application-Data", data))
+        post.append(("Application-UUID", ch.app_uuid))
+        self._ev(ch, "CHANNEL_EXECUTE", post=post)
+
+    def _execute_complete(self, ch: Channel, response: str = "_none_") -> None:
+        if response != "_none_":
+            ch.set_var("current_application_response", response)
+        post: list[Header] = [("Application", ch.app)]
+        if ch.app_data:
+            post.append(("Application-Data", ch.app_data))
+        post += [("Application-Response", response), ("Application-UUID", ch.app_uuid)]
+        ch.app_running = False
+        # last_app/last_arg only appear with the CDR variables at reporting time
+        ch.last_app = (ch.app, ch.app_data)
+        self._ev(ch, "CHANNEL_EXECUTE_COMPLETE", post=post)
+
+    def _playback_event(self, ch: Channel, name: str, path: str, status: str | None) -> None:
+        kind = path.split("://", 1)[0] if "://" in path else "file"
+        post: list[Header] = [("Playback-File-Type", kind), ("Playback-File-Path", path)]
+        if status is not None:
+            post.append(("Playback-Status", status))
+        self._ev(ch, name, post=post)
+
+    # ------------------------------------------------------------------ leg creation
+    def _new_channel(self, name: str, direction: str, uid: str | None = None) -> Channel:
+        created = now_us()
+        ch = Channel(uuid=uid or new_uuid(), name=name, direction=direction, created_us=created)
+        ch.set_time("Profile-Created-Time", created)
+        ch.set_time("Channel-Created-Time", created)
+        for key in TIME_FIELDS[2:]:
+            ch.times[key] = 0
+        ch.session_id = next(self._session_ids)
+        self.sessions_since_startup += 1
+        return ch
+
+    def _register(self, ch: Channel) -> None:
+        self.channels[ch.uuid] = ch
+        self.peak = max(self.peak, len(self.channels))
+
+    def _loopback_profile(self, ch: Channel, dest: str, context: str, cid: tuple[str, str]):
+        ch.set_profile(
+            Direction=ch.direction,
+            Logical_Direction=ch.direction,
+            Dialplan="xml",
+            Caller_ID_Name=cid[0],
+            Caller_ID_Number=cid[1],
+            Orig_Caller_ID_Number=cid[1],
+            Callee_ID_Name="Outbound Call",
+            Callee_ID_Number="default",
+            ANI=cid[1],
+            Destination_Number=dest,
+            Unique_ID=ch.uuid,
+            Source="mod_loopback",
+            Context=context,
+            Channel_Name=ch.name,
+            Profile_Index="1",
+        )
+        ch.initial = {
+            "cid_name": cid[0],
+            "cid_num": cid[1],
+            "dest": dest,
+            "dialplan": "xml",
+            "context": context,
+        }
+
+    def _base_vars(self, ch: Channel, outbound_first: bool) -> None:
+        """The variables a fresh session carries (order as captured per leg type)."""
+        sid = str(ch.session_id)
+        if outbound_first:
+            ch.set_var("direction", ch.direction)
+            ch.set_var("is_outbound", "true")
+            ch.set_var("session_id", sid)
+            for k, v in (("read_codec", "L16"), ("read_rate", "8000")):
+                ch.set_var(k, v)
+            for k, v in (("write_codec", "L16"), ("write_rate", "8000")):
+                ch.set_var(k, v)
+            ch.set_var("channel_name", ch.name)
+            ch.set_var("uuid", ch.uuid)
+            ch.set_var("call_uuid", ch.uuid)
+        else:
+            ch.set_var("direction", ch.direction)
+            ch.set_var("uuid", ch.uuid)
+            ch.set_var("call_uuid", ch.uuid)
+            ch.set_var("session_id", sid)
+            ch.set_var("channel_name", ch.name)
+            for k, v in (
+                ("read_codec", "L16"),
+                ("read_rate", "8000"),
+                ("write_codec", "L16"),
+                ("write_rate", "8000"),
+            ):
+                ch.set_var(k, v)
+
+    # ------------------------------------------------------------------ originate
+    def originate(
+        self,
+        dest: str = "9000",
+        variables: dict[str, Any] | None = None,
+        *,
+        answer: bool = True,
+        app: str = "park",
+        app_arg: str = "",
+        uuid: str | None = None,
+        use_origination_uuid: bool = True,
+        context: str = "default",
+    ) -> tuple[str, str]:
+        """A loopback pair like s1/s5: a = loopback/<dest>-a runs ``app``, b = -b runs the
+        dialplan for ``dest``.  ``answer=False`` makes the b-leg ring (ring_ready + park, like
+        9004) until :meth:`answer`.  Returns (a_uuid, b_uuid)."""
+        variables = dict(variables or {})
+        if "origination_uuid" in variables:
+            uuid = str(variables.pop("origination_uuid"))
+        if uuid is None and use_origination_uuid:
+            uuid = new_uuid()
+        if dest in DIALPLAN:
+            plan = list(DIALPLAN[dest])
+            if not answer and plan and plan[0][0] == "answer":
+                plan = list(DEFAULT_RINGING)
+        else:
+            plan = list(DEFAULT_ANSWERED if answer else DEFAULT_RINGING)
+        a, b = self._loopback_pair(dest, context, variables, uuid, plan, (app, app_arg))
+        return a.uuid, b.uuid
+
+    def _loopback_pair(
+        self,
+        dest: str,
+        context: str,
+        variables: dict[str, Any],
+        origination_uuid: str | None,
+        plan: list[tuple[str, str]],
+        start_app: tuple[str, str] | None,
+        originator: Channel | None = None,
+    ) -> tuple[Channel, Channel]:
+        """Create loopback/<dest>-a (outbound) and -b (inbound, runs ``plan``)."""
+        a = self._new_channel(f"loopback/{dest}-a", "outbound", origination_uuid)
+        b = self._new_channel(f"loopback/{dest}-b", "inbound")
+        a.loopback_peer, b.loopback_peer = b.uuid, a.uuid
+        cid = ("", "0000000000")
+        if originator is not None:
+            cid = (
+                originator.profile.get("Caller-ID-Name", ""),
+                originator.profile.get("Caller-ID-Number", "0000000000"),
+            )
+        self._loopback_profile(a, dest, context, cid)
+        self._loopback_profile(b, dest, context, cid)
+        b.hit_dialplan = True
+        b.dialplan = plan
+        a.start_app = start_app
+        temp_name = f"loopback/{dest}/{context}-a"
+
+        # a-leg: codec under a throwaway uuid, then CHANNEL_UUID (origination_uuid path)
+        self._base_vars(a, outbound_first=True)
+        if originator is not None:
+            self._originatee_vars(a, originator)
+        if origination_uuid is not None:
+            temp = Channel(
+                uuid=new_uuid(), name=temp_name, direction="outbound", created_us=a.created_us
+            )
+            temp.profile, temp.times = a.profile, a.times
+            self._codec(temp)
+            a.codecs = 2
+            a.state_number = STATE_NUMBERS["CS_INIT"]
+            a.state = "CS_NONE"
+            self._ev(a, "CHANNEL_UUID", pre=[("Old-Unique-ID", temp.uuid)])
+        else:
+            a.state, a.state_number = "CS_NONE", 0
+            self._codec(a, temp_name)
+            a.state_number = STATE_NUMBERS["CS_INIT"]
+        self._register(a)
+        self._ev(a, "CHANNEL_OUTGOING")
+        self._state(a, "CS_INIT")
+        b.state, b.state_number = "CS_NONE", 0
+        self._codec(b)
+        self._register(b)
+        # variables set by the originate {} block and the loopback endpoint
+        if origination_uuid is not None:
+            a.set_var("origination_uuid", origination_uuid)
+        for k, v in variables.items():
+            a.set_var(k, v)
+        a.set_var("originate_early_media", "true")
+        if originator is not None:
+            a.set_var("originating_leg_uuid", originator.uuid)
+        a.set_var("originate_endpoint", "loopback")
+        a.set_var("other_loopback_leg_uuid", b.uuid)
+        a.set_var("loopback_leg", "A")
+        a.state_number = STATE_NUMBERS["CS_ROUTING"]
+        a.sql_call_uuid = a.call_uuid
+        self._ev(a, "CHANNEL_CREATE")
+        self._ev(a, "CHANNEL_ORIGINATE")
+        self._state(a, "CS_ROUTING")
+        if a.variables.get("presence_id"):
+            a.state_number = STATE_NUMBERS["CS_CONSUME_MEDIA"]
+            self._presence(a, "CS_ROUTING", "progressing", "check_presence")
+        self._state(a, "CS_CONSUME_MEDIA")
+
+        self._base_vars(b, outbound_first=False)
+        if origination_uuid is not None:
+            b.set_var("origination_uuid", origination_uuid)
+        for k, v in variables.items():
+            b.set_var(k, v)
+        b.set_var("other_loopback_leg_uuid", a.uuid)
+        if originator is not None:
+            b.set_var("other_loopback_from_uuid", originator.uuid)
+        b.set_var("loopback_leg", "B")
+        self._state(b, "CS_INIT")
+        b.state_number = STATE_NUMBERS["CS_ROUTING"]
+        self._ev(b, "CHANNEL_CREATE")
+        b.state = "CS_ROUTING"
+        self._callstate(b, "RINGING")
+        self._state(b, "CS_ROUTING")
+        if b.variables.get("presence_id"):
+            b.state_number = STATE_NUMBERS["CS_EXECUTE"]
+            self._presence(b, "CS_ROUTING", "alerting", "check_presence")
+        self._enter_execute(b)
+        self._continue(b)
+        return a, b
+
+    def _enter_execute(self, ch: Channel) -> None:
+        # FreeSWITCH re-sets call_uuid when the session starts executing (it moves to the end
+        # of the variable list in every capture).
+        ch.set_var("call_uuid", ch.variables.get("call_uuid", ch.uuid))
+        self._state(ch, "CS_EXECUTE")
+
+    # ------------------------------------------------------------------ dialplan interpreter
+    def _continue(self, ch: Channel) -> None:
+        """Run ``ch``'s queued applications until one blocks (park, playback, echo, bridge)."""
+        while ch.dialplan and ch.alive:
+            app, data = ch.dialplan.pop(0)
+            if self._run_app(ch, app, data):
+                break
+        self._flush_deferred()
+
+    def _run_app(self, ch: Channel, app: str, data: str) -> bool:
+        """Execute one app; True when the app keeps running (the leg blocks in it)."""
+        if app == "answer":
+            self._execute(ch, "answer")
+            if not ch.answered:
+                self._answer(ch)
+            ch.set_var("endpoint_disposition", "ANSWER")
+            self._execute_complete(ch)
+            return False
+        if app == "ring_ready":
+            self._execute(ch, "ring_ready")
+            self._ring(ch)
+            self._execute_complete(ch)
+            return False
+        if app == "playback":
+            self._execute(ch, "playback", data)
+            ch.playing = data
+            self._playback_event(ch, "PLAYBACK_START", data, None)
+            return True
+        if app == "park":
+            self._execute(ch, "park")
+            self._park_event(ch)
+            return True
+        if app == "echo":
+            self._execute(ch, "echo")
+            return True
+        if app == "hangup":
+            self._execute(ch, "hangup", data)
+            self.hangup(ch.uuid, str2cause(data))
+            return True
+        if app == "bridge":
+            self._execute(ch, "bridge", data)
+            target = data.split("/")
+            dest = target[1] if len(target) > 1 else data
+            self._bridge_app(ch, dest)
+            return True
+        # unknown applications behave like &nosuchapp(): the leg dies
+        self.hangup(ch.uuid, "DESTINATION_OUT_OF_ORDER")
+        return True
+
+    def _flush_deferred(self) -> None:
+        while self._deferred:
+            self._deferred.pop(0)()
+
+    def _park_event(self, ch: Channel) -> None:
+        ch.parked = True
+        self._ev(ch, "CHANNEL_PARK")
+
+    # ------------------------------------------------------------------ answer / progress
+    def _ring(self, ch: Channel) -> None:
+        """ring_ready on a loopback -b leg: the -a twin sees PROGRESS + RINGING first."""
+        peer = self._peer(ch)
+        for leg in ([peer] if peer else []) + [ch]:
+            if leg.times.get("Channel-Progress-Time"):
+                continue
+            leg.set_time("Channel-Progress-Time", now_us())
+            self._ev(leg, "CHANNEL_PROGRESS")
+            if leg.call_state != "RINGING":
+                self._callstate(leg, "RINGING")
+
+    def _early_media(self, ch: Channel) -> None:
+        """Pre-answer (the bridge app gives the caller early media)."""
+        peer = self._peer(ch)
+        legs = ([peer] if peer and not peer.answered else []) + [ch]
+        for leg in legs:
+            leg.set_time("Channel-Progress-Media-Time", now_us())
+            leg.answer_state = "early"
+            if leg.direction == "outbound":
+                leg.set_var("endpoint_disposition", "EARLY MEDIA")
+            self._ev(leg, "CHANNEL_PROGRESS_MEDIA")
+            self._callstate(leg, "EARLY")
+        if peer is not None and peer.start_app is not None:
+            self._start_originate_app(peer)
+
+    def _mark_answered(self, ch: Channel) -> None:
+        ch.set_time("Channel-Answered-Time", now_us())
+        ch.answer_state = "answered"
+        self._ev(ch, "CHANNEL_ANSWER")
+        self._presence(ch, "answered", "active", "mark_answered")
+        self._callstate(ch, "ACTIVE")
+        for cb in self._answer_waiters.pop(ch.uuid, []):
+            cb()
+
+    def _answer(self, ch: Channel) -> None:
+        """Answer ``ch``; a loopback twin answers too, outbound (-a) side first."""
+        peer = self._peer(ch)
+        legs = [ch]
+        if peer is not None and not peer.answered:
+            legs = [peer, ch] if peer.direction == "outbound" else [ch, peer]
+        for leg in legs:
+            if not leg.answered:
+                self._mark_answered(leg)
+        for leg in legs:
+            if leg.start_app is not None:
+                self._deferred.append(lambda leg=leg: self._start_originate_app(leg))
+
+    def _start_originate_app(self, a: Channel) -> None:
+        """Once the originated -a leg is answered (or has early media) it flips caller id
+        (CALL_UPDATE) and runs the ``&app()`` of the originate."""
+        if a.start_app is None or not a.alive:
+            return
+        app, arg = a.start_app
+        a.start_app = None
+        old_name = a.profile.get("Caller-ID-Name", "")
+        old_num = a.profile.get("Caller-ID-Number", "")
+        a.set_profile(
+            Caller_ID_Name=a.profile.get("Callee-ID-Name", ""),
+            Caller_ID_Number=a.profile.get("Callee-ID-Number", ""),
+            Callee_ID_Name=old_name,
+            Callee_ID_Number=old_num,
+        )
+        if "endpoint_disposition" not in a.variables:
+            a.set_var("endpoint_disposition", "ANSWER")
+        a.set_var("pre_transfer_caller_id_number", old_num)
+        a.set_var("channel_cid_flipped", "yes")
+        a.hit_dialplan = True
+        a.callee_direction = "RECV"
+        self._ev(a, "CALL_UPDATE", pre=[("Direction", "RECV")])
+        self._enter_execute(a)
+        a.dialplan = [(app, arg)]
+        self._continue(a)
+
+    def answer(self, uid: str) -> None:
+        """Answer a ringing leg (and its loopback twin / the bridge waiting on it)."""
+        ch = self._get(uid)
+        if ch.answered:
+            return
+        peer = self._peer(ch)
+        caller = self.channels.get(ch.variables.get("originator", ""))
+        self._answer(ch)
+        self._flush_deferred()
+        if caller is not None and caller.bridge_side == "A" and not caller.bridge_peer:
+            self._complete_bridge(caller, ch)
+        elif peer is not None and peer.other_type == "originator":
+            owner = self.channels.get(peer.variables.get("originator", ""))
+            if owner is not None and not owner.bridge_peer:
+                self._complete_bridge(owner, peer)
+
+    # ------------------------------------------------------------------ bridge
+    def _originatee_vars(self, callee: Channel, caller: Channel) -> None:
+        callee.set_var("max_forwards", "70")
+        callee.set_var("originator_codec", "L16@8000h@20i")
+        callee.set_var("originator", caller.uuid)
+        callee.set_var("signal_bond", caller.uuid)
+        callee.set_var("call_uuid", caller.uuid)
+        callee.other_type = "originator"
+        snap = dict(caller.profile)
+        snap["Logical-Direction"] = "inbound"
+        for key in TIME_FIELDS:
+            snap[key] = "0"
+        snap.update({"Screen-Bit": "true", "Privacy-Hide-Name": "false"})
+        snap["Privacy-Hide-Number"] = "false"
+        callee.other_profile = snap
+
+    def _bridge_app(self, caller: Channel, dest: str) -> None:
+        """``bridge loopback/<dest>/default`` run by ``caller`` (s2/s5: 9002 -> 9000)."""
+        caller.bridge_side = "A"
+        self._early_media(caller)
+        self._flush_deferred()
+        callee, _ = self._loopback_pair(
+            dest,
+            "default",
+            {},
+            None,
+            list(DIALPLAN.get(dest, DEFAULT_ANSWERED)),
+            None,
+            originator=caller,
+        )
+        if callee.answered and not caller.bridge_peer:
+            self._complete_bridge(caller, callee)
+
+    def _complete_bridge(self, caller: Channel, callee: Channel) -> None:
+        """The callee answered: the caller answers, CHANNEL_BRIDGE fires on the caller."""
+        if not caller.alive or not callee.alive:
+            return
+        if not caller.answered:
+            self._answer(caller)
+        caller.set_var("originated_legs", f"{callee.uuid};Outbound Call;default")
+        caller.set_var("endpoint_disposition", "ANSWER")
+        caller.set_var("originate_disposition", "SUCCESS")
+        caller.set_var("DIALSTATUS", "SUCCESS")
+        caller.set_var("originate_causes", f"{callee.uuid};NONE")
+        caller.set_var("signal_bond", callee.uuid)
+        self._link(caller, callee)
+        self._ev(
+            caller,
+            "CHANNEL_BRIDGE",
+            pre=[("Bridge-A-Unique-ID", caller.uuid), ("Bridge-B-Unique-ID", callee.uuid)],
+        )
+        self._bridge_vars(caller, callee)
+        self._state(callee, "CS_EXCHANGE_MEDIA")
+        self._flush_deferred()
+
+    def _link(self, caller: Channel, callee: Channel) -> None:
+        ts = now_us()
+        caller.bridge_peer, callee.bridge_peer = callee.uuid, caller.uuid
+        caller.bridge_side, callee.bridge_side = "A", "B"
+        caller.set_time("Channel-Bridged-Time", ts)
+        callee.set_time("Channel-Bridged-Time", ts)
+        caller.sql_call_uuid = caller.uuid
+        caller.bridge_created_epoch = str(ts // 1_000_000)
+        caller.other_type = "originatee"
+        snap = dict(callee.profile)
+        snap["Logical-Direction"] = "inbound"
+        for key in TIME_FIELDS:
+            snap[key] = str(callee.times.get(key, 0))
+        snap["Channel-Bridged-Time"] = "0"
+        snap.update({"Screen-Bit": "true", "Privacy-Hide-Name": "false"})
+        snap["Privacy-Hide-Number"] = "false"
+        caller.other_profile = snap
+        if callee.other_type is None:
+            callee.other_type = "originator"
+            snap = dict(caller.profile)
+            snap["Logical-Direction"] = "inbound"
+            for key in TIME_FIELDS:
+                snap[key] = "0"
+            snap.update({"Screen-Bit": "true", "Privacy-Hide-Name": "false"})
+            snap["Privacy-Hide-Number"] = "false"
+            callee.other_profile = snap
+
+    def _bridge_vars(self, caller: Channel, callee: Channel) -> None:
+        for me, other, role in ((caller, callee, "originator"), (callee, caller, "originatee")):
+            me.set_var("bridge_to", other.uuid)
+            me.set_var("last_bridge_to", other.uuid)
+            me.set_var("bridge_channel", other.name)
+            me.set_var("bridge_uuid", other.uuid)
+            me.set_var("last_sent_callee_id_name", other.profile.get("Callee-ID-Name", ""))
+            me.set_var("last_sent_callee_id_number", other.profile.get("Callee-ID-Number", ""))
+            me.set_var("last_bridge_role", role)
+
+    def _unbridge(self, caller: Channel, cause: str = "NORMAL_CLEARING") -> Channel | None:
+        """Caller side leaves the bridge: UNBRIDGE + EXECUTE_COMPLETE bridge."""
+        callee = self.channels.get(caller.bridge_peer or "")
+        callee_uuid = caller.bridge_peer or ""
+        caller.del_var("bridge_to")
+        caller.set_var("bridge_hangup_cause", cause)
+        self._ev(
+            caller,
+            "CHANNEL_UNBRIDGE",
+            pre=[("Bridge-A-Unique-ID", caller.uuid), ("Bridge-B-Unique-ID", callee_uuid)],
+        )
+        caller.bridge_peer = None
+        if callee is not None:
+            callee.bridge_peer = None
+            callee.del_var("bridge_to")
+        if caller.app in ("bridge", "uuid_bridge"):
+            self._execute_complete(caller)
+        return callee
+
+    def bridged_call(
+        self,
+        variables_a: dict[str, Any] | None = None,
+        variables_b: dict[str, Any] | None = None,
+        caller: tuple[str, str] = ("Alice", "1001"),
+        callee: tuple[str, str] = ("Bob", "1002"),
+        answer: bool = True,
+        name_a: str | None = None,
+        name_b: str | None = None,
+    ) -> tuple[str, str]:
+        """Two legs bridged like s2/s5's 9002-b -> 9000-a: a (inbound) runs ``bridge``, b is the
+        outbound callee.  Returns (a_uuid, b_uuid)."""
+        dest = callee[1]
+        a = self._new_channel(name_a or f"loopback/{dest}-b", "inbound")
+        a.set_profile(
+            Direction="inbound",
+            Logical_Direction="inbound",
+            Dialplan="xml",
+            Caller_ID_Name=caller[0],
+            Caller_ID_Number=caller[1],
+            Orig_Caller_ID_Number=caller[1],
+            Callee_ID_Name=callee[0],
+            Callee_ID_Number=callee[1],
+            ANI=caller[1],
+            Destination_Number=dest,
+            Unique_ID=a.uuid,
+            Source="mod_loopback",
+            Context="default",
+            Channel_Name=a.name,
+            Profile_Index="1",
+        )
+        a.initial = {
+            "cid_name": caller[0],
+            "cid_num": caller[1],
+            "dest": dest,
+            "dialplan": "xml",
+            "context": "default",
+        }
+        a.hit_dialplan = True
+        self._base_vars(a, outbound_first=False)
+        for k, v in (variables_a or {}).items():
+            a.set_var(k, v)
+        a.state, a.state_number = "CS_NONE", 0
+        self._codec(a)
+        self._register(a)
+        self._state(a, "CS_INIT")
+        a.state_number = STATE_NUMBERS["CS_ROUTING"]
+        self._ev(a, "CHANNEL_CREATE")
+        a.state = "CS_ROUTING"
+        self._callstate(a, "RINGING")
+        self._state(a, "CS_ROUTING")
+        if a.variables.get("presence_id"):
+            a.state_number = STATE_NUMBERS["CS_EXECUTE"]
+            self._presence(a, "CS_ROUTING", "alerting", "check_presence")
+        self._enter_execute(a)
+        target = f"loopback/{dest}/default"
+        self._execute(a, "bridge", target)
+        a.bridge_side = "A"
+        if answer:
+            self._early_media(a)
+
+        b = self._new_channel(name_b or f"loopback/{dest}-a", "outbound")
+        b.set_profile(
+            Direction="outbound",
+            Logical_Direction="outbound",
+            Dialplan="xml",
+            Caller_ID_Name=caller[0],
+            Caller_ID_Number=caller[1],
+            Orig_Caller_ID_Number=caller[1],
+            Callee_ID_Name=callee[0],
+            Callee_ID_Number=callee[1],
+            ANI=caller[1],
+            Destination_Number=dest,
+            Unique_ID=b.uuid,
+            Source="mod_loopback",
+            Context="default",
+            Channel_Name=b.name,
+            Profile_Index="1",
+        )
+        b.initial = dict(a.initial)
+        self._base_vars(b, outbound_first=True)
+        b.del_var("call_uuid")
+        self._originatee_vars(b, a)
+        b.set_var("originate_early_media", "true")
+        b.set_var("originating_leg_uuid", a.uuid)
+        for k, v in (variables_b or {}).items():
+            b.set_var(k, v)
+        b.state, b.state_number = "CS_NONE", 0
+        self._codec(b, f"loopback/{dest}/default-a")
+        self._register(b)
+        b.state_number = STATE_NUMBERS["CS_INIT"]
+        self._ev(b, "CHANNEL_OUTGOING")
+        self._state(b, "CS_INIT")
+        b.state_number = STATE_NUMBERS["CS_ROUTING"]
+        b.sql_call_uuid = b.call_uuid
+        self._ev(b, "CHANNEL_CREATE")
+        self._ev(b, "CHANNEL_ORIGINATE")
+        self._state(b, "CS_ROUTING")
+        self._state(b, "CS_CONSUME_MEDIA")
+        if answer:
+            self._mark_answered(b)
+            b.set_var("endpoint_disposition", "ANSWER")
+            self._complete_bridge(a, b)
+        else:
+            self._ring(b)
+            a.set_time("Channel-Progress-Time", now_us())
+            self._ev(a, "CHANNEL_PROGRESS")
+        return a.uuid, b.uuid
+
+    # ------------------------------------------------------------------ hangup
+    def hangup(self, uid: str, cause: str = "NORMAL_CLEARING") -> None:
+        """Full hangup sequence of ``uid``; loopback twins and bridge partners go down too."""
+        ch = self._get(uid)
+        self._teardown(ch, cause)
+
+    def hupall(self, cause: str = "MANAGER_REQUEST", match: tuple[str, str] | None = None):
+        """hupall: every CHANNEL_HANGUP first (as in the captures), then the teardowns."""
+        victims = [
+            ch
+            for ch in list(self.channels.values())
+            if ch.alive and (match is None or str(ch.variables.get(match[0])) == match[1])
+        ]
+        for ch in victims:
+            self._announce_hangup(ch, cause)
+        for ch in victims:
+            if not ch.torn_down:
+                self._teardown(ch, cause, announced=True)
+
+    def _announce_hangup(self, ch: Channel, cause: str) -> None:
+        ch.hungup = True
+        ch.hangup_cause = cause
+        ch.answer_state = "hangup"
+        ch.state_number = STATE_NUMBERS["CS_HANGUP"]
+        self._ev(ch, "CHANNEL_HANGUP")
+
+    def _unwind(self, ch: Channel, hangup: bool) -> None:
+        """The running application returns (hangup, break, transfer)."""
+        if ch.bridge_side == "A" and ch.bridge_peer:
+            self._unbridge(ch)
+        elif ch.parked:
+            ch.parked = False
+            self._ev(ch, "CHANNEL_UNPARK")
+            if ch.app_running:
+                self._execute_complete(ch)
+        elif ch.playing is not None:
+            path, ch.playing = ch.playing, None
+            self._playback_stop_vars(ch)
+            self._playback_event(ch, "PLAYBACK_STOP", path, "done" if hangup else "break")
+            self._execute_complete(ch, "PLAYBACK ERROR" if hangup else "FILE PLAYED")
+        elif ch.app_running and ch.bridge_side != "B":
+            self._execute_complete(ch)
+
+    def _release_a_side(self, caller: Channel) -> None:
+        """The callee left the bridge: the caller's bridge app returns, then its dialplan
+        ends (hangup NORMAL_CLEARING) unless park_after_bridge keeps it."""
+        if not caller.alive:
+            return
+        self._unbridge(caller)
+        if caller.variables.get("park_after_bridge") == "true":
+            self._state(caller, "CS_PARK")
+            self._park_event(caller)
+        else:
+            self._teardown(caller, "NORMAL_CLEARING", unwound=True)
+
+    def _playback_stop_vars(self, ch: Channel) -> None:
+        ch.set_var("playback_last_offset_pos", "8160")
+        ch.set_var("playback_seconds", "1")
+        ch.set_var("playback_ms", "1000")
+        ch.set_var("playback_samples", "8000")
+
+    def _teardown(
+        self,
+        ch: Channel,
+        cause: str,
+        announced: bool = False,
+        unwound: bool = False,
+        cascade_bridge: bool = True,
+    ) -> None:
+        """HANGUP .. HANGUP_COMPLETE, DESTROY, STATE(CS_DESTROY) for ``ch``; its loopback twin
+        is announced (CHANNEL_HANGUP) before ``ch`` reports, then both twins and any bridge
+        partner are torn down before ``ch`` is destroyed -- the s1/s2 interleaving."""
+        if ch.torn_down:
+            return
+        ch.torn_down = True
+        partner = self.channels.get(ch.bridge_peer or "") if cascade_bridge else None
+        side = ch.bridge_side
+        if not announced:
+            self._announce_hangup(ch, cause)
+        cause = ch.hangup_cause or cause
+        if not unwound:
+            self._unwind(ch, hangup=True)
+        self._state(ch, "CS_HANGUP")
+        self._callstate(ch, "HANGUP")
+        if ch.variables.get("presence_id"):
+            ch.state_number = STATE_NUMBERS["CS_REPORTING"]
+            self._presence(ch, "CS_HANGUP", "idle", "check_presence")
+        twin = self._peer(ch, alive_only=False)
+        if twin is not None and not twin.hungup:
+            self._announce_hangup(twin, cause)
+        if side == "B" and partner is not None:
+            ch.set_var("last_bridge_hangup_cause", cause)
+            ch.set_var("call_uuid", ch.uuid)
+        self._state(ch, "CS_REPORTING")
+        self._hangup_complete(ch)
+        if twin is not None and not twin.torn_down:
+            self._teardown(twin, cause, announced=True)
+        if partner is not None and not partner.torn_down:
+            if side == "B":
+                self._release_a_side(partner)
+            else:
+                self._teardown(partner, "NORMAL_CLEARING")
+        self._destroy(ch)
+
+    def _hangup_complete(self, ch: Channel) -> None:
+        cause = ch.hangup_cause or "NORMAL_CLEARING"
+        cdr = sorted(self._cdr_vars(ch, cause), key=lambda kv: _CDR_RANK.get(kv[0], 1000))
+        for k, v in cdr:
+            ch.set_var(k, v)
+        self._ev(ch, "CHANNEL_HANGUP_COMPLETE", pre=[("Hangup-Cause", cause)])
+
+    def _cdr_vars(self, ch: Channel, cause: str) -> list[tuple[str, str]]:
+        t = ch.times
+        start = t["Channel-Created-Time"]
+        end = t.get("Channel-Hangup-Time") or now_us()
+        answered = t.get("Channel-Answered-Time", 0)
+        progress = t.get("Channel-Progress-Time", 0)
+        pmedia = t.get("Channel-Progress-Media-Time", 0)
+        bridged = t.get("Channel-Bridged-Time", 0)
+
+        def stamp(us: int) -> str:
+            return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(us // 1_000_000))
+
+        out: list[tuple[str, str]] = [
+            ("hangup_cause", cause),
+            ("hangup_cause_q850", str(CAUSES.get(cause, 0))),
+            ("digits_dialed", "none"),
+            ("start_stamp", stamp(start)),
+            ("profile_start_stamp", stamp(start)),
+        ]
+        if answered:
+            out.append(("answer_stamp", stamp(answered)))
+        if progress:
+            out.append(("progress_stamp", stamp(progress)))
+        if bridged:
+            out.append(("bridge_stamp", stamp(bridged)))
+        if pmedia:
+            out.append(("progress_media_stamp", stamp(pmedia)))
+        out.append(("end_stamp", stamp(end)))
+        for name, us in (
+            ("start", start),
+            ("profile_start", start),
+            ("answer", answered),
+            ("bridge", bridged),
+            ("last_hold", t.get("Channel-Last-Hold", 0)),
+        ):
+            out += [(f"{name}_epoch", str(us // 1_000_000)), (f"{name}_uepoch", str(us))]
+        accum = t.get("Channel-Hold-Accum", 0)
+        out += [
+            ("hold_accum_seconds", str(accum // 1_000_000)),
+            ("hold_accum_usec", str(accum)),
+            ("hold_accum_ms", str(accum // 1000)),
+        ]
+        for name, us in (
+            ("resurrect", 0),
+            ("progress", progress),
+            ("progress_media", pmedia),
+            ("end", end),
+        ):
+            out += [(f"{name}_epoch", str(us // 1_000_000)), (f"{name}_uepoch", str(us))]
+        last = ch.last_app
+        if last is not None:
+            out.append(("last_app", last[0]))
+            if last[1]:
+                out.append(("last_arg", last[1]))
+        name = ch.profile.get("Caller-ID-Name", "")
+        num = ch.profile.get("Caller-ID-Number", "")
+        out.append(("caller_id", f'"{name}" <{num}>' if name else num))
+        dur = end - start
+        bill = end - answered if answered else 0
+        prog = progress - start if progress else 0
+        ans = answered - start if answered else 0
+        wait = ans
+        pm = pmedia - start if pmedia else 0
+        for suffix, div in (("sec", 1_000_000), ("msec", 1000), ("usec", 1)):
+            first = "duration" if suffix == "sec" else {"msec": "mduration", "usec": "uduration"}[
+                suffix
+            ]
+            out += [
+                (first, str(dur // div)),
+                (f"bill{suffix}", str(bill // div)),
+                (f"progress{suffix}", str(prog // div)),
+                (f"answer{suffix}", str(ans // div)),
+                (f"wait{suffix}", str(wait // div)),
+                (f"progress_media{suffix}", str(pm // div)),
+                (f"flow_bill{suffix}", str(dur // div)),
+            ]
+        if ch.profile.get("Source") == "mod_loopback":
+            out.append(("is_loopback", "1"))
+        return out
+
+    def _destroy(self, ch: Channel) -> None:
+        ch.state_number = STATE_NUMBERS["CS_DESTROY"]
+        self._ev(ch, "CHANNEL_DESTROY")
+        ch.destroyed = True
+        self.channels.pop(ch.uuid, None)
+        self._state(ch, "CS_DESTROY")
+
+    # ------------------------------------------------------------------ other controls
+    def set_variable(self, uid: str, name: str, value: Any) -> None:
+        ch = self._get(uid)
+        if value is None or value == "":
+            ch.del_var(name)
+        else:
+            ch.set_var(name, value)
+
+    def hold(self, uid: str) -> None:
+        """Hold a leg the way a SIP endpoint reports it: CALLSTATE HELD + CHANNEL_HOLD.
+        (No capture contains hold; shape derived from CHANNEL_PARK, see templates.)"""
+        ch = self._get(uid)
+        if ch.held:
+            raise SwitchError("-ERR Operation failed\n")
+        ch.held = True
+        ch.set_time("Channel-Last-Hold", now_us())
+        self._callstate(ch, "HELD")
+        self._ev(ch, "CHANNEL_HOLD")
+
+    def unhold(self, uid: str) -> None:
+        ch = self._get(uid)
+        if not ch.held:
+            raise SwitchError("-ERR Operation failed\n")
+        ch.held = False
+        last = ch.times.get("Channel-Last-Hold", 0)
+        accum = ch.times.get("Channel-Hold-Accum", 0) + max(0, now_us() - last)
+        ch.set_time("Channel-Hold-Accum", accum)
+        self._callstate(ch, "UNHELD")
+        self._callstate(ch, "ACTIVE")
+        self._ev(ch, "CHANNEL_UNHOLD")
+
+    def park(self, uid: str) -> None:
+        """uuid_park: leave the running app and sit in CS_PARK (CHANNEL_PARK, no EXECUTE)."""
+        ch = self._get(uid)
+        if ch.parked:
+            return
+        partner = self.channels.get(ch.bridge_peer or "")
+        self._unwind(ch, hangup=False)
+        if partner is not None and ch.bridge_side == "A":
+            self._teardown(partner, "NORMAL_CLEARING", cascade_bridge=False)
+        elif partner is not None and ch.bridge_side == "B":
+            self._release_a_side(partner)
+            ch.bridge_peer = None
+        ch.dialplan = []
+        self._state(ch, "CS_PARK")
+        self._park_event(ch)
+
+    def break_media(self, uid: str, all_: bool = False) -> None:
+        """uuid_break: stop the current playback; the dialplan moves on (s3_break)."""
+        ch = self._get(uid)
+        if all_:
+            ch.broadcast_queue.clear()
+        if ch.playing is None:
+            return
+        self._unwind(ch, hangup=False)
+        if ch.broadcast_queue:
+            self._broadcast_play(ch, ch.broadcast_queue.pop(0))
+        elif ch.broadcast_parked:
+            ch.parked = True  # a broadcast on a parked leg returns to park, silently
+            ch.broadcast_parked = False
+        else:
+            self._continue(ch)
+
+    def broadcast(self, uid: str, path: str, leg: str = "aleg") -> None:
+        ch = self._get(uid)
+        targets = [ch]
+        partner = self.channels.get(ch.bridge_peer or "")
+        if leg == "bleg":
+            targets = [partner] if partner else []
+        elif leg == "both":
+            targets = [ch] + ([partner] if partner else [])
+        elif leg not in ("aleg", "holdb"):
+            return  # an unknown leg word answers +OK Message sent and plays nothing
+        for t in targets:
+            if t.playing is not None:
+                t.broadcast_queue.append(path)
+                continue
+            if t.parked:
+                t.parked = False
+                t.broadcast_parked = True
+            self._broadcast_play(t, path)
+
+    def _broadcast_play(self, ch: Channel, path: str) -> None:
+        ch.set_var("current_loop", "1")
+        ch.set_var("total_loops", "1")
+        self._execute(ch, "playback", path)
+        ch.playing = path
+        self._playback_event(ch, "PLAYBACK_START", path, None)
+
+    def transfer(self, uid: str, dest: str, dialplan: str = "XML", context: str = "default"):
+        """uuid_transfer of one leg (s2_transfer); the other party of a bridge hangs up."""
+        ch = self._get(uid)
+        partner = self.channels.get(ch.bridge_peer or "")
+        if partner is not None and ch.bridge_side == "A":
+            self._teardown(partner, "NORMAL_CLEARING", cascade_bridge=False)
+            ch.state_number = STATE_NUMBERS["CS_ROUTING"]
+            ch.other_type, ch.other_profile = None, None
+            self._new_profile(ch, dest, dialplan, context)
+            self._unbridge(ch)
+            ch.state = "CS_ROUTING"
+            self._callstate(ch, "RINGING")
+            self._state(ch, "CS_ROUTING")
+            ch.state_number = STATE_NUMBERS["CS_EXECUTE"]
+            ch.state = "CS_EXECUTE"
+            self._callstate(ch, "ACTIVE")
+            self._state(ch, "CS_EXECUTE")
+        elif partner is not None and ch.bridge_side == "B":
+            ch.state_number = STATE_NUMBERS["CS_ROUTING"]
+            self._release_a_side(partner)
+            ch.bridge_peer = None
+            ch.other_type, ch.other_profile = None, None
+            self._new_profile(ch, dest, dialplan, context)
+            self._state(ch, "CS_ROUTING")
+            ch.hit_dialplan = True
+            ch.set_var("call_uuid", ch.uuid)
+            self._ev(ch, "CALL_UPDATE", pre=[("Direction", "RECV")])
+            self._state(ch, "CS_EXECUTE")
+        else:
+            ch.state_number = STATE_NUMBERS["CS_ROUTING"]
+            self._new_profile(ch, dest, dialplan, context)
+            self._unwind(ch, hangup=False)
+            self._state(ch, "CS_ROUTING")
+            self._state(ch, "CS_EXECUTE")
+        ch.broadcast_queue.clear()
+        if dest in NO_ROUTE:
+            self.hangup(ch.uuid, "NO_ROUTE_DESTINATION")
+            return
+        ch.dialplan = list(DIALPLAN.get(dest, DEFAULT_ANSWERED))
+        self._continue(ch)
+
+    def _new_profile(self, ch: Channel, dest: str, dialplan: str, context: str) -> None:
+        """A transfer gives the leg a new caller profile (index+1, RDNIS, Transfer-Source)."""
+        ts = now_us()
+        source = f"{ts // 1_000_000}:{new_uuid()}:bl_xfer:{dest}/{context}/{dialplan}"
+        old_dest = ch.profile.get("Destination-Number", "")
+        index = int(ch.profile.get("Profile-Index", "1")) + 1
+        ch.set_profile(
+            Logical_Direction="inbound",
+            Dialplan=dialplan,
+            Destination_Number=dest,
+            Transfer_Source=source,
+            Context=context,
+            RDNIS=old_dest,
+            Profile_Index=str(index),
+        )
+        ch.set_time("Channel-Transfer-Time", ts)
+        fwd = int(str(ch.variables.get("max_forwards", "71"))) - 1
+        ch.set_var("max_forwards", str(fwd))
+        history = ch.variables.get("transfer_history")
+        if history is None:
+            ch.set_var("transfer_history", source)
+        elif isinstance(history, list):
+            ch.variables["transfer_history"] = [*history, source]
+        else:
+            ch.variables["transfer_history"] = [history, source]
+        ch.set_var("transfer_source", source)
+
+    def uuid_bridge(self, uid_a: str, uid_b: str) -> str:
+        """uuid_bridge of two parked legs (s6: UNPARK, EXECUTE uuid_bridge x2, BRIDGE)."""
+        a = self._get_or(uid_a, "-ERR Invalid uuid\n")
+        b = self._get_or(uid_b, "-ERR Invalid uuid\n")
+        for leg, other in ((a, b), (b, a)):
+            partner = self.channels.get(leg.bridge_peer or "")
+            if partner is not None and partner is not other:
+                if leg.bridge_side == "A":
+                    self._unbridge(leg)
+                else:
+                    self._unbridge(partner)
+                self._teardown(partner, "NORMAL_CLEARING", unwound=partner.bridge_side == "A")
+            elif leg.parked or leg.playing is not None:
+                self._unwind(leg, hangup=False)
+            leg.dialplan = []
+        for leg in (a, b):
+            self._state(leg, "CS_HIBERNATE")
+            self._state(leg, "CS_RESET")
+            self._state(leg, "CS_SOFT_EXECUTE")
+        for leg, other, line in ((a, b, "1236"), (b, a, "1243")):
+            leg.app, leg.app_data, leg.app_uuid = "uuid_bridge", other.uuid, ""
+            leg.set_var("current_application", "uuid_bridge")
+            leg.set_var("current_application_data", other.uuid)
+            del line
+            self._ev(
+                leg,
+                "CHANNEL_EXECUTE",
+                post=[("Application", "uuid_bridge"), ("Application-Data", other.uuid)],
+                function="uuid_bridge_on_soft_execute",
+            )
+        self._link(a, b)
+        a.other_type = "originatee"
+        self._ev(a, "CHANNEL_BRIDGE", pre=[("Bridge-A-Unique-ID", a.uuid), ("Bridge-B-Unique-ID", b.uuid)])
+        self._bridge_vars(a, b)
+        self._state(b, "CS_EXCHANGE_MEDIA")
+        return b.uuid
+
+    # ------------------------------------------------------------------ lookups
+    def _peer(self, ch: Channel, alive_only: bool = True) -> Channel | None:
+        peer = self.channels.get(ch.loopback_peer or "")
+        if peer is None or (alive_only and not peer.alive):
+            return None
+        return peer
+
+    def _get(self, uid: str) -> Channel:
+        return self._get_or(uid, "-ERR No such channel!\n")
+
+    def _get_or(self, uid: str, reply: str) -> Channel:
+        ch = self.channels.get(uid)
+        if ch is None or not ch.alive:
+            raise SwitchError(reply)
+        return ch
+
+    def on_answer(self, uid: str, callback: Callable[[], None]) -> None:
+        self._answer_waiters.setdefault(uid, []).append(callback)
+
+    def live(self) -> list[Channel]:
+        return [ch for ch in self.channels.values() if not ch.destroyed]
+
+    def sessions_per_second(self) -> int:
+        cutoff = now_us() - 1_000_000
+        return sum(1 for ch in self.channels.values() if ch.created_us >= cutoff)
+
+    def reset(self) -> None:
+        self.channels.clear()
+        self._deferred.clear()
+        self._answer_waiters.clear()
+
+
+def random_session_seed() -> int:
+    return random.randrange(1, 1 << 30)
