@@ -185,6 +185,8 @@ class NodeLink:
             try:
                 self._session()
             except (ESLError, ReconcileUnknown, NodeUnavailable) as exc:
+                if self._stopping:
+                    break
                 self.last_error = str(exc)
                 log.warning("node=%s down reason=%r", self.name, self.last_error)
             except Exception as exc:  # a bug must not end the node's supervision

@@ -311,7 +311,7 @@ MODULE_CASES = [
         ["bgapi originate {{intercept_unbridged_only=true}}loopback/55/default &intercept({p})"],
     ),
     ("hold_control", {}, ["api uuid_hold toggle {p}"]),
-    ("hold_control", {"action": "unhold"}, ["api uuid_hold off {p}"]),
+    ("hold_control", {"action": "hold"}, ["api uuid_hold {p}"]),
     (
         "play",
         {"id": "/srv/sounds/hello.wav", "leg": "self"},
