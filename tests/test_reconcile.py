@@ -113,4 +113,5 @@ def test_reconcile_keeps_a_channel_heard_of_moments_ago(switch: Any, make_daemon
     # A listing taken now that (like FreeSWITCH's asynchronous SQL) does not show them yet:
     switch.hide_from_listing = {a, b}
     result = h.node().reconcile()
+    assert result.listed == 0  # the listing really left them out
     assert result.removed == 0 and listed(h) == {a, b}

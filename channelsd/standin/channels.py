@@ -18,7 +18,6 @@ Traps reproduced on purpose, because a daemon has to cope with them:
 from __future__ import annotations
 
 import itertools
-import random
 import time
 import uuid as uuidlib
 from collections.abc import Callable, Iterable
@@ -169,6 +168,18 @@ DEFAULT_ANSWERED = [("answer", ""), ("park", "")]
 DEFAULT_RINGING = [("ring_ready", ""), ("park", "")]
 
 
+def plan_for(dest: str, answer: bool = True) -> list[tuple[str, str]] | None:
+    """Applications the -b leg of loopback/<dest> runs; None means no route."""
+    if dest in NO_ROUTE:
+        return None
+    if dest in DIALPLAN:
+        plan = list(DIALPLAN[dest])
+        if not answer and plan and plan[0][0] == "answer":
+            return list(DEFAULT_RINGING)
+        return plan
+    return list(DEFAULT_ANSWERED if answer else DEFAULT_RINGING)
+
+
 def new_uuid() -> str:
     return str(uuidlib.uuid4())
 
@@ -204,12 +215,14 @@ class Channel:
     last_app: tuple[str, str] | None = None
     session_id: int = 0
     broadcast_parked: bool = False
+    outer_app: tuple[str, str, str] | None = None
     parked: bool = False
     playing: str | None = None
     broadcast_queue: list[str] = field(default_factory=list)
     dialplan: list[tuple[str, str]] = field(default_factory=list)
     start_app: tuple[str, str] | None = None  # originate's &app(), run once answered/early
     held: bool = False
+    recordings: list[str] = field(default_factory=list)
     hungup: bool = False
     torn_down: bool = False
     destroyed: bool = False
@@ -224,10 +237,6 @@ class Channel:
     @property
     def answered(self) -> bool:
         return self.times.get("Channel-Answered-Time", 0) > 0
-
-    @property
-    def call_state_name(self) -> str:
-        return self.call_state
 
     @property
     def other_leg(self) -> str | None:
@@ -287,7 +296,14 @@ class CallModel:
         self._answer_waiters: dict[str, list[Callable[[], None]]] = {}
 
     # ------------------------------------------------------------------ event helpers
-    def _ev(self, ch: Channel, name: str, pre: Iterable[Header] = (), post=(), **kw) -> None:
+    def _ev(
+        self,
+        ch: Channel,
+        name: str,
+        pre: Iterable[Header] = (),
+        post: Iterable[Header] = (),
+        **kw: Any,
+    ) -> None:
         self.emit(self.b.channel(ch, name, tuple(pre), tuple(post), **kw))
 
     def _state(self, ch: Channel, state: str, number: int | None = None) -> None:
@@ -421,7 +437,7 @@ class CallModel:
         self.channels[ch.uuid] = ch
         self.peak = max(self.peak, len(self.channels))
 
-    def _loopback_profile(self, ch: Channel, dest: str, context: str, cid: tuple[str, str]):
+    def _loopback_profile(self, ch: Channel, dest: str, context: str, cid: tuple[str, str]) -> None:
         ch.set_profile(
             Direction=ch.direction,
             Logical_Direction=ch.direction,
@@ -496,14 +512,22 @@ class CallModel:
             uuid = str(variables.pop("origination_uuid"))
         if uuid is None and use_origination_uuid:
             uuid = new_uuid()
-        if dest in DIALPLAN:
-            plan = list(DIALPLAN[dest])
-            if not answer and plan and plan[0][0] == "answer":
-                plan = list(DEFAULT_RINGING)
-        else:
-            plan = list(DEFAULT_ANSWERED if answer else DEFAULT_RINGING)
-        a, b = self._loopback_pair(dest, context, variables, uuid, plan, (app, app_arg))
+        a, b = self.originate_legs(dest, context, variables, uuid, (app, app_arg), answer)
         return a.uuid, b.uuid
+
+    def originate_legs(
+        self,
+        dest: str,
+        context: str,
+        variables: dict[str, Any],
+        origination_uuid: str | None,
+        start_app: tuple[str, str],
+        answer: bool = True,
+    ) -> tuple[Channel, Channel]:
+        """Create a loopback pair whose -b leg runs the dialplan for ``dest``."""
+        return self._loopback_pair(
+            dest, context, variables, origination_uuid, plan_for(dest, answer), start_app
+        )
 
     def _loopback_pair(
         self,
@@ -511,7 +535,7 @@ class CallModel:
         context: str,
         variables: dict[str, Any],
         origination_uuid: str | None,
-        plan: list[tuple[str, str]],
+        plan: list[tuple[str, str]] | None,
         start_app: tuple[str, str] | None,
         originator: Channel | None = None,
     ) -> tuple[Channel, Channel]:
@@ -528,19 +552,34 @@ class CallModel:
         self._loopback_profile(a, dest, context, cid)
         self._loopback_profile(b, dest, context, cid)
         b.hit_dialplan = True
-        b.dialplan = plan
+        b.dialplan = list(plan or [])
         a.start_app = start_app
         temp_name = f"loopback/{dest}/{context}-a"
 
         # a-leg: codec under a throwaway uuid, then CHANNEL_UUID (origination_uuid path)
-        self._base_vars(a, outbound_first=True)
         if originator is not None:
+            for k, v in (
+                ("direction", "outbound"),
+                ("is_outbound", "true"),
+                ("uuid", a.uuid),
+                ("session_id", str(a.session_id)),
+                ("read_codec", "L16"),
+                ("read_rate", "8000"),
+                ("write_codec", "L16"),
+                ("write_rate", "8000"),
+                ("loopback_from_uuid", originator.uuid),
+                ("channel_name", a.name),
+            ):
+                a.set_var(k, v)
             self._originatee_vars(a, originator)
+        else:
+            self._base_vars(a, outbound_first=True)
         if origination_uuid is not None:
             temp = Channel(
                 uuid=new_uuid(), name=temp_name, direction="outbound", created_us=a.created_us
             )
             temp.profile, temp.times = a.profile, a.times
+            temp.state, temp.state_number = "CS_NONE", 0
             self._codec(temp)
             a.codecs = 2
             a.state_number = STATE_NUMBERS["CS_INIT"]
@@ -552,11 +591,8 @@ class CallModel:
             a.state_number = STATE_NUMBERS["CS_INIT"]
         self._register(a)
         self._ev(a, "CHANNEL_OUTGOING")
-        self._state(a, "CS_INIT")
-        b.state, b.state_number = "CS_NONE", 0
-        self._codec(b)
-        self._register(b)
-        # variables set by the originate {} block and the loopback endpoint
+        # variables set by the originate {} block and the loopback endpoint (presence_id is
+        # already visible on the CS_INIT state event in s5_vars)
         if origination_uuid is not None:
             a.set_var("origination_uuid", origination_uuid)
         for k, v in variables.items():
@@ -567,6 +603,10 @@ class CallModel:
         a.set_var("originate_endpoint", "loopback")
         a.set_var("other_loopback_leg_uuid", b.uuid)
         a.set_var("loopback_leg", "A")
+        self._state(a, "CS_INIT")
+        b.state, b.state_number = "CS_NONE", 0
+        self._codec(b)
+        self._register(b)
         a.state_number = STATE_NUMBERS["CS_ROUTING"]
         a.sql_call_uuid = a.call_uuid
         self._ev(a, "CHANNEL_CREATE")
@@ -595,6 +635,10 @@ class CallModel:
         if b.variables.get("presence_id"):
             b.state_number = STATE_NUMBERS["CS_EXECUTE"]
             self._presence(b, "CS_ROUTING", "alerting", "check_presence")
+        if plan is None:
+            # no dialplan match: the -b leg dies in routing, its twin follows
+            self.hangup(b.uuid, "NO_ROUTE_DESTINATION")
+            return a, b
         self._enter_execute(b)
         self._continue(b)
         return a, b
@@ -630,6 +674,8 @@ class CallModel:
             return False
         if app == "playback":
             self._execute(ch, "playback", data)
+            # the playback code re-sets current_application (it moves to the end, as captured)
+            ch.set_var("current_application", "playback")
             ch.playing = data
             self._playback_event(ch, "PLAYBACK_START", data, None)
             return True
@@ -644,8 +690,13 @@ class CallModel:
             self._execute(ch, "hangup", data)
             self.hangup(ch.uuid, str2cause(data))
             return True
+        if app == "intercept":
+            self._execute(ch, "intercept", data)
+            self._intercept(ch, data)
+            return True
         if app == "bridge":
             self._execute(ch, "bridge", data)
+            ch.set_var("current_application", "bridge")
             target = data.split("/")
             dest = target[1] if len(target) > 1 else data
             self._bridge_app(ch, dest)
@@ -683,6 +734,11 @@ class CallModel:
             leg.answer_state = "early"
             if leg.direction == "outbound":
                 leg.set_var("endpoint_disposition", "EARLY MEDIA")
+            elif leg.bridge_side == "A":
+                # the bridge's originate reports early media on the caller (s5_vars)
+                leg.set_var("originate_disposition", "failure")
+                leg.set_var("DIALSTATUS", "INVALIDARGS")
+                leg.set_var("endpoint_disposition", "EARLY MEDIA")
             self._ev(leg, "CHANNEL_PROGRESS_MEDIA")
             self._callstate(leg, "EARLY")
         if peer is not None and peer.start_app is not None:
@@ -692,6 +748,10 @@ class CallModel:
         ch.set_time("Channel-Answered-Time", now_us())
         ch.answer_state = "answered"
         self._ev(ch, "CHANNEL_ANSWER")
+        if ch.other_type == "originator" or (
+            ch.variables.get("endpoint_disposition") == "EARLY MEDIA" and ch.direction == "outbound"
+        ):
+            ch.set_var("endpoint_disposition", "ANSWER")
         self._presence(ch, "answered", "active", "mark_answered")
         self._callstate(ch, "ACTIVE")
         for cb in self._answer_waiters.pop(ch.uuid, []):
@@ -733,12 +793,24 @@ class CallModel:
         a.callee_direction = "RECV"
         self._ev(a, "CALL_UPDATE", pre=[("Direction", "RECV")])
         self._enter_execute(a)
-        a.dialplan = [(app, arg)]
+        if app == "__transfer__":
+            # originate <url> <exten>: the leg runs the dialplan of that extension
+            a.dialplan = plan_for(arg) or [("hangup", "NO_ROUTE_DESTINATION")]
+        else:
+            a.dialplan = [(app, arg)]
         self._continue(a)
 
     def answer(self, uid: str) -> None:
         """Answer a ringing leg (and its loopback twin / the bridge waiting on it)."""
         ch = self._get(uid)
+        if ch.bridge_side == "A" and not ch.bridge_peer:
+            # answering a caller that waits in ``bridge`` means its callee picked up
+            callee = next(
+                (c for c in self.channels.values() if c.variables.get("originator") == ch.uuid),
+                None,
+            )
+            if callee is not None and callee.alive and not callee.answered:
+                ch = callee
         if ch.answered:
             return
         peer = self._peer(ch)
@@ -789,9 +861,13 @@ class CallModel:
         """The callee answered: the caller answers, CHANNEL_BRIDGE fires on the caller."""
         if not caller.alive or not callee.alive:
             return
+        legs = f"{callee.uuid};Outbound Call;default"
         if not caller.answered:
+            caller.set_var("originate_signal_bond", callee.uuid)
+            caller.set_var("originated_legs", legs)
             self._answer(caller)
-        caller.set_var("originated_legs", f"{callee.uuid};Outbound Call;default")
+        caller.del_var("originate_signal_bond")
+        caller.set_var("originated_legs", legs)
         caller.set_var("endpoint_disposition", "ANSWER")
         caller.set_var("originate_disposition", "SUCCESS")
         caller.set_var("DIALSTATUS", "SUCCESS")
@@ -835,11 +911,13 @@ class CallModel:
             callee.other_profile = snap
 
     def _bridge_vars(self, caller: Channel, callee: Channel) -> None:
+        callee.set_var("call_uuid", caller.uuid)
         for me, other, role in ((caller, callee, "originator"), (callee, caller, "originatee")):
             me.set_var("bridge_to", other.uuid)
             me.set_var("last_bridge_to", other.uuid)
             me.set_var("bridge_channel", other.name)
             me.set_var("bridge_uuid", other.uuid)
+            me.set_var("signal_bond", other.uuid)
             me.set_var("last_sent_callee_id_name", other.profile.get("Callee-ID-Name", ""))
             me.set_var("last_sent_callee_id_number", other.profile.get("Callee-ID-Number", ""))
             me.set_var("last_bridge_role", role)
@@ -859,7 +937,8 @@ class CallModel:
         if callee is not None:
             callee.bridge_peer = None
             callee.del_var("bridge_to")
-        if caller.app in ("bridge", "uuid_bridge"):
+        if caller.app == "bridge" and caller.app_running:
+            # uuid_bridge has no app of its own to complete (s6: UNBRIDGE straight to STATE)
             self._execute_complete(caller)
         return callee
 
@@ -920,6 +999,7 @@ class CallModel:
         self._enter_execute(a)
         target = f"loopback/{dest}/default"
         self._execute(a, "bridge", target)
+        a.set_var("current_application", "bridge")
         a.bridge_side = "A"
         if answer:
             self._early_media(a)
@@ -978,7 +1058,7 @@ class CallModel:
         ch = self._get(uid)
         self._teardown(ch, cause)
 
-    def hupall(self, cause: str = "MANAGER_REQUEST", match: tuple[str, str] | None = None):
+    def hupall(self, cause: str = "MANAGER_REQUEST", match: tuple[str, str] | None = None) -> None:
         """hupall: every CHANNEL_HANGUP first (as in the captures), then the teardowns."""
         victims = [
             ch
@@ -992,6 +1072,9 @@ class CallModel:
                 self._teardown(ch, cause, announced=True)
 
     def _announce_hangup(self, ch: Channel, cause: str) -> None:
+        if ch.bridge_side == "B" and "last_bridge_to" in ch.variables:
+            ch.set_var("last_bridge_hangup_cause", cause)
+            ch.set_var("last_bridge_role", "originatee")
         ch.hungup = True
         ch.hangup_cause = cause
         ch.answer_state = "hangup"
@@ -1049,9 +1132,13 @@ class CallModel:
         ch.torn_down = True
         partner = self.channels.get(ch.bridge_peer or "") if cascade_bridge else None
         side = ch.bridge_side
-        if not announced:
+        was_callee = side == "B" and "last_bridge_to" in ch.variables
+        if not announced and not ch.hungup:
             self._announce_hangup(ch, cause)
         cause = ch.hangup_cause or cause
+        if was_callee:
+            ch.set_var("bridge_hangup_cause", cause)
+            ch.set_var("call_uuid", ch.uuid)
         if not unwound:
             self._unwind(ch, hangup=True)
         self._state(ch, "CS_HANGUP")
@@ -1062,9 +1149,6 @@ class CallModel:
         twin = self._peer(ch, alive_only=False)
         if twin is not None and not twin.hungup:
             self._announce_hangup(twin, cause)
-        if side == "B" and partner is not None:
-            ch.set_var("last_bridge_hangup_cause", cause)
-            ch.set_var("call_uuid", ch.uuid)
         self._state(ch, "CS_REPORTING")
         self._hangup_complete(ch)
         if twin is not None and not twin.torn_down:
@@ -1147,9 +1231,11 @@ class CallModel:
         wait = ans
         pm = pmedia - start if pmedia else 0
         for suffix, div in (("sec", 1_000_000), ("msec", 1000), ("usec", 1)):
-            first = "duration" if suffix == "sec" else {"msec": "mduration", "usec": "uduration"}[
-                suffix
-            ]
+            first = (
+                "duration"
+                if suffix == "sec"
+                else {"msec": "mduration", "usec": "uduration"}[suffix]
+            )
             out += [
                 (first, str(dur // div)),
                 (f"bill{suffix}", str(bill // div)),
@@ -1212,7 +1298,7 @@ class CallModel:
             self._teardown(partner, "NORMAL_CLEARING", cascade_bridge=False)
         elif partner is not None and ch.bridge_side == "B":
             self._release_a_side(partner)
-            ch.bridge_peer = None
+            ch.bridge_peer, ch.bridge_side = None, None
         ch.dialplan = []
         self._state(ch, "CS_PARK")
         self._park_event(ch)
@@ -1228,8 +1314,13 @@ class CallModel:
         if ch.broadcast_queue:
             self._broadcast_play(ch, ch.broadcast_queue.pop(0))
         elif ch.broadcast_parked:
-            ch.parked = True  # a broadcast on a parked leg returns to park, silently
+            # a broadcast on a parked leg returns to the still-running park app, silently
+            ch.parked = True
             ch.broadcast_parked = False
+            if ch.outer_app is not None:
+                ch.app, ch.app_data, ch.app_uuid = ch.outer_app
+                ch.app_running = True
+                ch.outer_app = None
         else:
             self._continue(ch)
 
@@ -1250,16 +1341,21 @@ class CallModel:
             if t.parked:
                 t.parked = False
                 t.broadcast_parked = True
+                if t.app_running:
+                    t.outer_app = (t.app, t.app_data, t.app_uuid)
             self._broadcast_play(t, path)
 
     def _broadcast_play(self, ch: Channel, path: str) -> None:
         ch.set_var("current_loop", "1")
         ch.set_var("total_loops", "1")
         self._execute(ch, "playback", path)
+        ch.set_var("current_application", "playback")
         ch.playing = path
         self._playback_event(ch, "PLAYBACK_START", path, None)
 
-    def transfer(self, uid: str, dest: str, dialplan: str = "XML", context: str = "default"):
+    def transfer(
+        self, uid: str, dest: str, dialplan: str = "XML", context: str = "default"
+    ) -> None:
         """uuid_transfer of one leg (s2_transfer); the other party of a bridge hangs up."""
         ch = self._get(uid)
         partner = self.channels.get(ch.bridge_peer or "")
@@ -1279,7 +1375,7 @@ class CallModel:
         elif partner is not None and ch.bridge_side == "B":
             ch.state_number = STATE_NUMBERS["CS_ROUTING"]
             self._release_a_side(partner)
-            ch.bridge_peer = None
+            ch.bridge_peer, ch.bridge_side = None, None
             ch.other_type, ch.other_profile = None, None
             self._new_profile(ch, dest, dialplan, context)
             self._state(ch, "CS_ROUTING")
@@ -1327,6 +1423,54 @@ class CallModel:
             ch.variables["transfer_history"] = [history, source]
         ch.set_var("transfer_source", source)
 
+    def _intercept(self, me: Channel, arg: str) -> None:
+        """dptools ``intercept [-bleg] <uuid>`` as verified on a real switch: the target is
+        answered if ringing, its former partner hangs up PICKED_OFF, then target and
+        interceptor are uuid_bridge'd.  A missing target, or a bridged one with
+        intercept_unbridged_only=true, just ends the interceptor (NORMAL_CLEARING)."""
+        words = arg.split()
+        bleg = bool(words) and words[0] == "-bleg"
+        uid = words[-1] if words else ""
+        target = self.channels.get(uid)
+        if target is not None and bleg:
+            target = self.channels.get(target.bridge_peer or "")
+        if target is None or not target.alive or target is me:
+            self.hangup(me.uuid, "NORMAL_CLEARING")
+            return
+        partner = self.channels.get(target.bridge_peer or "")
+        if partner is not None and me.variables.get("intercept_unbridged_only") == "true":
+            self.hangup(me.uuid, "NORMAL_CLEARING")
+            return
+        if not target.answered:
+            self._answer(target)
+            self._flush_deferred()
+        if partner is not None:
+            if target.bridge_side == "A":
+                self._unbridge(target)
+            self._teardown(partner, "PICKED_OFF", cascade_bridge=False)
+            target.bridge_peer = None
+        self.uuid_bridge(me.uuid, target.uuid)
+
+    def record(self, uid: str, action: str, path: str) -> None:
+        """uuid_record start|stop|mask|unmask|pause|resume <path>; RECORD_START/STOP events
+        (shape derived from PLAYBACK_START/STOP: no capture has them)."""
+        ch = self._get_or(uid, "-ERR Cannot locate session!\n")
+        if action == "start":
+            ch.recordings.append(path)
+            self._ev(ch, "RECORD_START", post=[("Record-File-Path", path)])
+            return
+        if action == "stop":
+            paths = list(ch.recordings) if path == "all" else [path]
+            if not paths or any(p not in ch.recordings for p in paths):
+                raise SwitchError("-ERR Cannot stop record session!\n")
+            for p in paths:
+                ch.recordings.remove(p)
+                post = [("Record-File-Path", p), ("Record-Completion-Cause", "success-maxtime")]
+                self._ev(ch, "RECORD_STOP", post=post)
+            return
+        if path not in ch.recordings:
+            raise SwitchError(f"-ERR Cannot {action} recording session!\n")
+
     def uuid_bridge(self, uid_a: str, uid_b: str) -> str:
         """uuid_bridge of two parked legs (s6: UNPARK, EXECUTE uuid_bridge x2, BRIDGE)."""
         a = self._get_or(uid_a, "-ERR Invalid uuid\n")
@@ -1339,18 +1483,17 @@ class CallModel:
                 else:
                     self._unbridge(partner)
                 self._teardown(partner, "NORMAL_CLEARING", unwound=partner.bridge_side == "A")
-            elif leg.parked or leg.playing is not None:
+            elif leg.parked or leg.playing is not None or leg.app_running:
                 self._unwind(leg, hangup=False)
             leg.dialplan = []
         for leg in (a, b):
             self._state(leg, "CS_HIBERNATE")
             self._state(leg, "CS_RESET")
             self._state(leg, "CS_SOFT_EXECUTE")
-        for leg, other, line in ((a, b, "1236"), (b, a, "1243")):
+        for leg, other in ((a, b), (b, a)):
             leg.app, leg.app_data, leg.app_uuid = "uuid_bridge", other.uuid, ""
             leg.set_var("current_application", "uuid_bridge")
             leg.set_var("current_application_data", other.uuid)
-            del line
             self._ev(
                 leg,
                 "CHANNEL_EXECUTE",
@@ -1359,7 +1502,8 @@ class CallModel:
             )
         self._link(a, b)
         a.other_type = "originatee"
-        self._ev(a, "CHANNEL_BRIDGE", pre=[("Bridge-A-Unique-ID", a.uuid), ("Bridge-B-Unique-ID", b.uuid)])
+        bridge_ids = [("Bridge-A-Unique-ID", a.uuid), ("Bridge-B-Unique-ID", b.uuid)]
+        self._ev(a, "CHANNEL_BRIDGE", pre=bridge_ids)
         self._bridge_vars(a, b)
         self._state(b, "CS_EXCHANGE_MEDIA")
         return b.uuid
@@ -1394,7 +1538,3 @@ class CallModel:
         self.channels.clear()
         self._deferred.clear()
         self._answer_waiters.clear()
-
-
-def random_session_seed() -> int:
-    return random.randrange(1, 1 << 30)

@@ -110,14 +110,16 @@ class EventBuilder:
         *,
         function: str | None = None,
         with_vars: bool | None = None,
+        with_profile: bool = True,
         codec: int | None = None,
     ) -> Event:
-        """A channel event built from ``ch``'s current state."""
+        """A channel event built from ``ch``'s current state (CODEC carries no profile)."""
         hdrs = self.core(name, function)
         hdrs.extend(pre)
         hdrs.extend(basic_block(ch, codec))
-        hdrs.extend(caller_block(ch))
-        hdrs.extend(other_block(ch))
+        if with_profile:
+            hdrs.extend(caller_block(ch))
+            hdrs.extend(other_block(ch))
         if with_vars is None:
             with_vars = self._events[name]["variables"]
         if with_vars:

@@ -52,18 +52,27 @@ def _escape(match: re.Match[str]) -> str:
     return esc
 
 
+_ENCODED: dict[str, str] = {}
+
+
 def url_encode(value: str) -> str:
     """Percent-encode one plain-format header value exactly like FreeSWITCH."""
-    return _UNSAFE.sub(_escape, value)
+    # Most values (uuids, states, constants) repeat from event to event: memoise them.
+    out = _ENCODED.get(value)
+    if out is None:
+        if len(_ENCODED) > 100_000:
+            _ENCODED.clear()
+        out = _ENCODED[value] = _UNSAFE.sub(_escape, value)
+    return out
 
 
 def plain_value(value: HeaderValue) -> str:
     """Serialise a header value for text/event-plain (arrays, empty values, encoding)."""
-    if isinstance(value, list):
-        value = "ARRAY::" + "|:".join(value)
+    if value.__class__ is list:
+        value = "ARRAY::" + "|:".join(value)  # type: ignore[arg-type]
     if not value:
         return "_undef_"
-    return url_encode(value)
+    return url_encode(value)  # type: ignore[arg-type]
 
 
 @dataclass(slots=True)
@@ -97,11 +106,17 @@ class Event:
         as_dict = dict(headers)
         if len(as_dict) == len(headers):
             return orjson.dumps(as_dict)
-        # FreeSWITCH's cJSON object keeps duplicate keys (CODEC, HANGUP_COMPLETE); a dict cannot.
-        return b"{" + b",".join(orjson.dumps(k) + b":" + orjson.dumps(v) for k, v in headers) + b"}"
+        # FreeSWITCH's cJSON object keeps duplicate keys (CODEC, HANGUP_COMPLETE); a dict cannot:
+        # cut the headers where a name repeats, dump each run as an object, splice the runs.
+        runs: list[dict[str, HeaderValue]] = [{}]
+        for k, v in headers:
+            if k in runs[-1]:
+                runs.append({})
+            runs[-1][k] = v
+        return b"{" + b",".join(orjson.dumps(r)[1:-1] for r in runs) + b"}"
 
     def plain_body(self) -> bytes:
-        text = "".join(f"{k}: {plain_value(v)}\n" for k, v in self.headers)
+        text = "".join([f"{k}: {plain_value(v)}\n" for k, v in self.headers])
         if self.body is None:
             return (text + "\n").encode()
         body = self.body.encode()
@@ -110,9 +125,7 @@ class Event:
     def json_frame(self) -> bytes:
         if self._json is None:
             body = self.json_body()
-            self._json = (
-                b"Content-Length: %d\nContent-Type: text/event-json\n\n" % len(body) + body
-            )
+            self._json = b"Content-Length: %d\nContent-Type: text/event-json\n\n" % len(body) + body
         return self._json
 
     def plain_frame(self) -> bytes:
@@ -143,8 +156,8 @@ _TERMINATOR = re.compile(rb"\n\r*\n")
 class PacketReader:
     """Incremental parser for client->server command packets.
 
-    A packet ends at the first empty line; FreeSWITCH counts line feeds and lets carriage returns
-    sit between them, so ``\\n\\n``, ``\\r\\n\\r\\n`` and ``\\n\\r\\n`` all terminate.  Leading blank
+    A packet ends at the first empty line; FreeSWITCH counts line feeds and lets carriage
+    returns sit between them, so LF LF, CR LF CR LF and LF CR LF all terminate.  Leading blank
     lines are skipped.  A ``Content-Length`` header makes the packet carry that many body bytes.
     """
 

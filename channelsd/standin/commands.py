@@ -1,0 +1,405 @@
+"""The ``api`` / ``bgapi`` commands of the stand-in (mod_commands subset).
+
+Reply texts are the exact bodies recorded in the captures (s4_errors lists every error form);
+where a reply was not captured, the text follows FreeSWITCH's mod_commands as documented in the
+project's reference notes, and the code says so.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import gevent
+import gevent.event
+
+from . import listings
+from .channels import CallModel, Channel, SwitchError, new_uuid, str2cause
+
+if TYPE_CHECKING:
+    from .server import StandinSwitch
+
+VERSION = "1.11.3-dev~64bit"
+VERSION_LINE = f"FreeSWITCH Version {VERSION} ( 64bit)\n"
+SHOW_USAGE = (
+    "-USAGE: codec|endpoint|application|api|dialplan|file|timer|calls [count]|channels "
+    "[count|like <match string>]|calls|detailed_calls|bridged_calls|detailed_bridged_calls|"
+    "aliases|complete|chat|management|modules|nat_map|say|interfaces|interface_types|tasks|"
+    "limits|status\n"
+)
+ORIGINATE_USAGE = (
+    "-USAGE: <call url> <exten>|&<application_name>(<app_args>) [<dialplan>] [<context>] "
+    "[<cid_name>] [<cid_num>] [<timeout_sec>]\n"
+)
+TRANSFER_USAGE = "-USAGE: <uuid> [-bleg|-both] <dest-exten> [<dialplan>] [<context>]\n"
+NO_CHANNEL = "-ERR No such channel!\n"
+SQL_DISABLED = "-ERR SQL disabled, no data available!\n"
+
+
+def separate(text: str, limit: int = 0) -> list[str]:
+    """switch_separate_string(' '): single quotes group, backslash escapes; once ``limit``
+    arguments are reached the last one swallows the rest of the line."""
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        while i < n and text[i] == " ":
+            i += 1
+        if i >= n:
+            break
+        if limit and len(out) == limit - 1:
+            out.append(text[i:].strip("'"))
+            break
+        buf = []
+        quoted = False
+        while i < n and (quoted or text[i] != " "):
+            c = text[i]
+            if c == "\\" and i + 1 < n:
+                buf.append(text[i + 1])
+                i += 2
+                continue
+            if c == "'":
+                quoted = not quoted
+            else:
+                buf.append(c)
+            i += 1
+        out.append("".join(buf))
+    return out
+
+
+_VARS_BLOCK = re.compile(r"^\{([^}]*)\}")
+_APP = re.compile(r"^&([\w-]+)\((.*)\)$", re.S)
+
+
+class Api:
+    """Executes one api command against a :class:`StandinSwitch` and returns the body."""
+
+    def __init__(self, switch: StandinSwitch) -> None:
+        self.sw = switch
+        self.table: dict[str, Callable[[str], str | bytes]] = {
+            "show": self.show,
+            "status": self.status,
+            "version": lambda arg: VERSION_LINE,
+            "global_getvar": self.global_getvar,
+            "uuid_exists": self.uuid_exists,
+            "uuid_getvar": self.uuid_getvar,
+            "uuid_setvar": self.uuid_setvar,
+            "uuid_dump": self.uuid_dump,
+            "uuid_kill": self.uuid_kill,
+            "uuid_answer": self.uuid_answer,
+            "uuid_park": self.uuid_park,
+            "uuid_break": self.uuid_break,
+            "uuid_transfer": self.uuid_transfer,
+            "uuid_hold": self.uuid_hold,
+            "uuid_bridge": self.uuid_bridge,
+            "uuid_broadcast": self.uuid_broadcast,
+            "uuid_record": self.uuid_record,
+            "uuid_audio": self.uuid_audio,
+            "hupall": self.hupall,
+            "originate": self.originate,
+        }
+
+    def execute(self, command: str, arg: str) -> bytes:
+        """Fire the API event, run the command, return the api/response body."""
+        headers = [("API-Command", command)]
+        if arg:
+            headers.append(("API-Command-Argument", arg))
+        self.sw.emit(self.sw.builder.simple("API", headers))
+        fn = self.table.get(command)
+        if fn is None:
+            return f"-ERR {command} Command not found!\n".encode()
+        try:
+            out = fn(arg)
+        except SwitchError as exc:
+            out = exc.reply
+        if isinstance(out, str):
+            out = out.encode()
+        # mod_event_socket answers an empty result with this text (reference, not captured)
+        return out or b"-ERR no reply\n"
+
+    # -- helpers ------------------------------------------------------------------------------
+    @property
+    def model(self) -> CallModel:
+        return self.sw.model
+
+    def _live(self) -> list[Channel]:
+        return [ch for ch in self.model.channels.values() if not ch.destroyed]
+
+    def _find(self, uid: str, reply: str = NO_CHANNEL) -> Channel:
+        ch = self.model.channels.get(uid)
+        if ch is None or not ch.alive:
+            raise SwitchError(reply)
+        return ch
+
+    # -- listings -----------------------------------------------------------------------------
+    def show(self, arg: str) -> str | bytes:
+        words = arg.split()
+        if not words:
+            return SHOW_USAGE
+        what = words[0].lower()
+        rest = [w.lower() for w in words[1:]]
+        fmt = "text"
+        if rest[:2] == ["as", "json"]:
+            fmt = "json"
+        elif rest[:1] == ["count"]:
+            fmt = "count"
+        listing = ("channels", "calls", "detailed_calls", "bridged_calls")
+        if what in listing and self.sw.sql_disabled:
+            return SQL_DISABLED
+        host = self.sw.hostname
+        if what == "channels":
+            live = [ch for ch in self._live() if ch.uuid not in self.sw.hide_from_listing]
+            if rest[:1] == ["like"] and len(words) > 2:
+                needle = words[2]
+                live = [
+                    ch
+                    for ch in live
+                    if any(needle in v for v in listings.channel_row(ch, host).values())
+                ]
+            return listings.show_channels(live, host, fmt)
+        if what in ("calls", "detailed_calls", "bridged_calls", "detailed_bridged_calls"):
+            detailed = what.startswith("detailed")
+            bridged = "bridged" in what
+            return listings.show_calls(self._live(), host, fmt, detailed, bridged)
+        return SHOW_USAGE
+
+    def status(self, arg: str) -> str:
+        up_us = time.time_ns() // 1000 - self.sw.started_us
+        live = len(self._live())
+        m = self.model
+        return (
+            f"UP {uptime_text(up_us)}\n"
+            f"FreeSWITCH (Version 1.11.3-dev  64bit) is ready\n"
+            f"{m.sessions_since_startup} session(s) since startup\n"
+            f"{live} session(s) - peak {m.peak}, last 5min {m.peak} \n"
+            f"{m.sessions_per_second()} session(s) per Sec out of max 1000, peak {m.peak}, "
+            f"last 5min {m.peak} \n"
+            "1000 session(s) max\n"
+            "min idle cpu 0.00/98.20\n"
+            "Current Stack Size/Max 240K/8192K\n"
+        )
+
+    def global_getvar(self, arg: str) -> str:
+        if not arg:
+            return "".join(f"{k}={v}\n" for k, v in self.sw.global_vars().items())
+        return str(self.sw.global_vars().get(arg.strip(), ""))
+
+    # -- channel queries ------------------------------------------------------------------------
+    def uuid_exists(self, arg: str) -> str:
+        ch = self.model.channels.get(arg.strip())
+        return "true" if ch is not None and ch.alive else "false"
+
+    def uuid_getvar(self, arg: str) -> str:
+        args = separate(arg, 2)
+        if not args:
+            return "-USAGE: <uuid> <var>\n"
+        ch = self._find(args[0])
+        if len(args) < 2 or not args[1]:
+            return "-ERR No variable name specified!\n"
+        value = ch.variables.get(args[1])
+        if value is None:
+            return "_undef_"
+        if isinstance(value, list):
+            return "ARRAY::" + "|:".join(value)
+        return str(value)
+
+    def uuid_setvar(self, arg: str) -> str:
+        args = separate(arg, 3)
+        if len(args) < 2:
+            return "-USAGE: <uuid> <var> [value]\n"
+        ch = self._find(args[0])
+        if not args[1]:
+            return "-ERR No variable specified\n"
+        value = args[2] if len(args) > 2 else None
+        self.model.set_variable(ch.uuid, args[1], value)
+        return "+OK\n"
+
+    def uuid_dump(self, arg: str) -> bytes:
+        args = arg.split()
+        if not args:
+            return b"-USAGE: <uuid> [format]\n"
+        ch = self._find(args[0])
+        if len(args) > 1 and args[1] == "json":
+            return listings.uuid_dump_json(self.sw.builder, ch)
+        return listings.uuid_dump_text(self.sw.builder, ch)
+
+    # -- call control -----------------------------------------------------------------------
+    def uuid_kill(self, arg: str) -> str:
+        args = separate(arg, 2)
+        if not args:
+            return "-USAGE: <uuid> [cause]\n"
+        ch = self._find(args[0])
+        self.model.hangup(ch.uuid, str2cause(args[1] if len(args) > 1 else None))
+        return "+OK\n"
+
+    def uuid_answer(self, arg: str) -> str:
+        ch = self.model.channels.get(arg.strip())
+        if ch is None or not ch.alive:
+            return "-ERROR\n"
+        self.model.answer(ch.uuid)
+        return "+OK\n"
+
+    def uuid_park(self, arg: str) -> str:
+        if not arg.strip():
+            return "-USAGE: <uuid>\n"
+        ch = self._find(arg.split()[0])
+        self.model.park(ch.uuid)
+        return "+OK\n"
+
+    def uuid_break(self, arg: str) -> str:
+        args = arg.split()
+        if not args:
+            return "-USAGE: <uuid> [all]\n"
+        ch = self._find(args[0])
+        self.model.break_media(ch.uuid, all_="all" in args[1:])
+        return "+OK\n"
+
+    def uuid_transfer(self, arg: str) -> str:
+        args = separate(arg, 5)
+        if len(args) < 2:
+            return TRANSFER_USAGE
+        ch = self._find(args[0])
+        leg = ""
+        if args[1] in ("-bleg", "-both"):
+            leg = args[1]
+            args = separate(arg, 6)
+            args.pop(1)
+            if len(args) < 2:
+                return TRANSFER_USAGE
+        dest = args[1]
+        dialplan = args[2] if len(args) > 2 else ch.profile.get("Dialplan", "XML")
+        context = args[3] if len(args) > 3 else ch.profile.get("Context", "default")
+        partner = self.model.channels.get(ch.bridge_peer or "")
+        targets = [ch]
+        if leg == "-bleg":
+            # trap from the captures: with no bridge partner, -bleg transfers the leg itself
+            targets = [partner] if partner is not None else [ch]
+        elif leg == "-both" and partner is not None:
+            targets = [ch, partner]
+        for target in targets:
+            if target.alive:
+                self.model.transfer(target.uuid, dest, dialplan, context)
+        return "+OK\n"
+
+    def uuid_hold(self, arg: str) -> str:
+        args = arg.split()
+        mode = "on"
+        if args and args[0] in ("off", "toggle"):
+            mode = args.pop(0)
+        if not args:
+            return "-USAGE: [off|toggle] <uuid> [<display>]\n-ERR Operation failed\n"
+        ch = self.model.channels.get(args[0])
+        if ch is None or not ch.alive:
+            return "+OK Success\n"  # captured: an unknown uuid still answers +OK Success
+        if mode == "toggle":
+            mode = "off" if ch.held else "on"
+        if mode == "off":
+            self.model.unhold(ch.uuid)
+        else:
+            self.model.hold(ch.uuid)
+        return "+OK Success\n"
+
+    def uuid_bridge(self, arg: str) -> str:
+        args = arg.split()
+        if len(args) < 2:
+            return "-USAGE: <uuid> <other_uuid>\n"
+        a = self._find(args[0], "-ERR Invalid uuid\n")
+        b_uuid = args[1]
+        b = self.model.channels.get(b_uuid)
+        if (b is None or not b.alive) and len(args) > 2:
+            b_uuid = args[2]
+        b = self._find(b_uuid, "-ERR Invalid uuid\n")
+        return f"+OK {self.model.uuid_bridge(a.uuid, b.uuid)}\n"
+
+    def uuid_broadcast(self, arg: str) -> str:
+        args = separate(arg, 3)
+        if len(args) < 2:
+            return "-USAGE: <uuid> <path> [aleg|bleg|holdb|both]\n"
+        ch = self._find(args[0], "-ERR invalid uuid\n")
+        self.model.broadcast(ch.uuid, args[1], args[2] if len(args) > 2 else "aleg")
+        return "+OK Message sent\n"
+
+    def uuid_record(self, arg: str) -> str:
+        usage = "-USAGE: <uuid> [start|stop|mask|unmask] <path> [<limit>] [<recording_vars>]\n"
+        args = separate(arg, 4)
+        if len(args) < 3:
+            return usage
+        uid, action, path = args[0], args[1].lower(), args[2]
+        if action not in ("start", "stop", "mask", "unmask", "pause", "resume"):
+            return usage
+        self.model.record(uid, action, path)
+        return "+OK Success\n"
+
+    def uuid_audio(self, arg: str) -> str:
+        # mute / volume: no event of its own, so the stand-in only validates and answers
+        args = arg.split()
+        if len(args) < 2 or args[1] not in ("start", "stop"):
+            return "-USAGE: <uuid> [start [read|write] [mute|level <level>]|stop]\n"
+        self._find(args[0])
+        return "+OK\n"
+
+    def hupall(self, arg: str) -> str:
+        args = arg.split()
+        cause = str2cause(args[0]) if args else "MANAGER_REQUEST"
+        if len(args) >= 3:
+            self.model.hupall(cause, (args[1], args[2]))
+            return f"+OK hangup all channels matching [{args[1]}]=[{args[2]}] with cause: {cause}\n"
+        self.model.hupall(cause)
+        return f"+OK hangup all channels with cause {cause}\n"
+
+    def originate(self, arg: str) -> str:
+        args = separate(arg, 7)
+        if len(args) < 2:
+            return ORIGINATE_USAGE
+        url, target = args[0], args[1]
+        variables: dict[str, str] = {}
+        m = _VARS_BLOCK.match(url)
+        if m:
+            for item in m.group(1).split(","):
+                k, _, v = item.partition("=")
+                if k:
+                    variables[k.strip()] = v
+            url = url[m.end() :]
+        parts = url.split("/")
+        if parts[0] != "loopback" or len(parts) < 2 or not parts[1]:
+            return "-ERR CHAN_NOT_IMPLEMENTED\n"
+        dest = parts[1]
+        context = parts[2] if len(parts) > 2 and parts[2] else "default"
+        app = _APP.match(target)
+        start = (app.group(1), app.group(2)) if app else ("__transfer__", target)
+        timeout = float(variables.get("originate_timeout") or (args[6] if len(args) > 6 else 60))
+        uid = variables.pop("origination_uuid", None)
+        a, _b = self.model.originate_legs(dest, context, variables, uid, start)
+        # originate succeeds once the leg is answered (or has early media), even if the app
+        # it then runs kills it (captured: &nosuchapp() answers +OK <uuid>)
+        if a.answered or a.times.get("Channel-Progress-Media-Time"):
+            return f"+OK {a.uuid}\n"
+        if a.hungup or a.destroyed:
+            return f"-ERR {a.hangup_cause or 'NORMAL_CLEARING'}\n"
+        if not (a.answered or a.answer_state == "early"):
+            done = gevent.event.Event()
+            self.model.on_answer(a.uuid, done.set)
+            if not done.wait(timeout) and a.alive:
+                self.model.hangup(a.uuid, "NO_ANSWER")
+                return "-ERR NO_ANSWER\n"
+            if not a.answered:
+                return f"-ERR {a.hangup_cause or 'NORMAL_CLEARING'}\n"
+        return f"+OK {a.uuid}\n"
+
+
+def uptime_text(us: int) -> str:
+    secs, micro = divmod(us, 1_000_000)
+    ms, micro = divmod(micro, 1000)
+    mins, secs = divmod(secs, 60)
+    hours, mins = divmod(mins, 60)
+    days, hours = divmod(hours, 24)
+    years, days = divmod(days, 365)
+    return (
+        f"{years} years, {days} days, {hours} hours, {mins} minutes, {secs} seconds, "
+        f"{ms} milliseconds, {micro} microseconds"
+    )
+
+
+def job_uuid() -> str:
+    return new_uuid()
