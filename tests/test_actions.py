@@ -532,3 +532,123 @@ def test_hostile_uuid_in_the_path_is_404_and_never_sent(call: Call) -> None:
         )
         assert resp.status_code == 404
     assert call.switch.received[before:] == []
+
+
+# -- the table afterwards, seen through GET ------------------------------------------------------
+
+
+def channel(call: Call, uuid: str) -> dict[str, Any]:
+    return call.h.api.data(f"/v2/accounts/acc1/channels/{uuid}", "admin1")
+
+
+def test_blind_transfer_moves_the_channel_to_the_new_extension(call: Call) -> None:
+    ok(
+        call.post(call.p, {"data": {"action": "transfer", "target": "9001"}}),
+        200,
+        "transfer initiated",
+    )
+    wait_until(lambda: channel(call, call.p)["destination"] == "9001", what="destination 9001")
+
+
+def test_hold_shows_in_the_channel(call: Call) -> None:
+    body = {"action": "metaflow", "data": {"module": "hold_control", "data": {"action": "hold"}}}
+    ok(call.put(call.a, body), 201, "metaflow sent")
+    wait_until(lambda: channel(call, call.a)["is_onhold"] is True, what="on hold")
+    assert channel(call, call.a)["is_on_hold"] is True
+
+
+def test_intercept_bridges_the_target_to_the_interceptor(call: Call) -> None:
+    body = {"data": {"action": "intercept", "target_type": "number", "target_id": "9003"}}
+    ok(call.post(call.p, body), 200, "intercept initiated")
+    wait_until(
+        lambda: channel(call, call.p).get("other_leg") not in (None, call.p_twin),
+        what="target bridged to a new leg",
+    )
+    interceptor = channel(call, call.p)["other_leg"]
+    assert call.h.table.get(interceptor) is not None
+
+
+def test_resume_after_hangup_of_partner_is_refused(call: Call) -> None:
+    call.switch.hangup(call.b)
+    wait_until(lambda: call.h.table.get(call.b) is None)
+    resp = call.put(call.a, {"action": "metaflow", "data": {"module": "resume"}})
+    assert resp.status_code in (400, 404) and call.sent() == []
+
+
+# -- FreeSWITCH's replies, each captured -ERR string -----------------------------------------
+
+
+class FakeNode:
+    """Answers every command with one fixed reply (the mapping alone, no socket)."""
+
+    def __init__(self, reply: str) -> None:
+        self.reply = reply
+        self.sent: list[str] = []
+
+    def api(self, command: str) -> str:
+        self.sent.append(command)
+        return self.reply
+
+    bgapi = api
+
+
+@pytest.mark.parametrize(
+    ("reply", "status"),
+    [
+        ("-ERR No such channel!\n", 404),
+        ("-ERR invalid uuid\n", 404),
+        ("-ERR Invalid uuid\n", 404),
+        ("-ERR Cannot locate session!\n", 404),
+        ("-ERR Operation failed\n", 502),
+        ("-ERROR\n", 502),
+        ("-ERR nosuchcommand Command not found!\n", 502),
+        ("-USAGE: <uuid> [cause]\n", 502),
+        ("-ERR Cannot record session!\n", 502),
+        ("", 502),
+    ],
+)
+def test_each_captured_error_reply_maps_to_its_status(reply: str, status: int) -> None:
+    from channelsd.actions import Actions
+    from channelsd.envelope import ApiError
+    from channelsd.table import ChannelTable
+    from channelsd.tokens import Token
+
+    table = ChannelTable()
+    table.apply(
+        "fs1", {"Event-Name": "CHANNEL_CREATE", "Unique-ID": "u1", "variable_account_id": "a"}
+    )
+    node = FakeNode(reply)
+    actions = Actions(table, {"fs1": node})
+    with pytest.raises(ApiError) as info:
+        actions.post(
+            table.get("u1"), {"data": {"action": "hangup"}}, {}, Token("0" * 64, "a", "admin")
+        )
+    assert info.value.status == status
+    assert info.value.message == (reply.strip() or "no reply")
+    assert info.value.data == "uuid_kill"
+    assert node.sent == ["uuid_kill u1 NORMAL_CLEARING"]
+
+
+def test_a_command_in_flight_when_the_node_drops_is_503_and_not_retried(call: Call) -> None:
+    import gevent
+
+    call.switch.hang_commands = True
+    call.mark = len(call.switch.received)
+    pending = gevent.spawn(
+        call.h.api.request,
+        "POST",
+        f"/v2/accounts/acc1/channels/{call.a}",
+        "admin1",
+        json={"action": "hangup"},
+    )
+    wait_until(lambda: any("uuid_kill" in c for c in call.sent()), what="command sent")
+    call.switch.pause_accept(True)
+    call.switch.drop_connections()
+    resp = pending.get(timeout=10)
+    assert resp.status_code == 503
+    call.switch.pause_accept(False)
+    call.switch.hang_commands = False
+    wait_until(lambda: call.h.node().state == "ready", what="reconnected")
+    assert [c for c in call.sent() if "uuid_kill" in c] == [
+        f"api uuid_kill {call.a} NORMAL_CLEARING"
+    ]
