@@ -61,6 +61,15 @@ _CALLEE_NUMBER = (
 )
 _PRESENCE = ("variable_presence_id", "Channel-Presence-ID")
 _INTERACTION = ("variable_ecallmgr_Call-Interaction-ID", "variable_Call-Interaction-ID")
+# Fields read as "the first of these headers present"; identity chains come from the config.
+_FIXED_CHAINS = (
+    ("presence_id", _PRESENCE),
+    ("caller_id_name", _CALLER_NAME),
+    ("caller_id_number", _CALLER_NUMBER),
+    ("callee_id_name", _CALLEE_NAME),
+    ("callee_id_number", _CALLEE_NUMBER),
+    ("interaction_id", _INTERACTION),
+)
 
 # Events after which a leg is gone for good.
 _FINAL_STATES = frozenset(("CS_DESTROY",))
@@ -225,6 +234,7 @@ class ChannelTable:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.identity = identity or Identity()
+        self._chains = _FIXED_CHAINS + self.identity.chains
         self.tombstone_ttl = tombstone_ttl
         self._clock = clock
         self._rows: dict[Key, Channel] = {}
@@ -424,28 +434,10 @@ class ChannelTable:
         if v and v != "0":
             with contextlib.suppress(TypeError, ValueError):
                 ch.created_us = int(v)
-        v = _first(e, _PRESENCE)
-        if v:
-            ch.presence_id = v
-        v = _first(e, _CALLER_NAME)
-        if v:
-            ch.caller_id_name = v
-        v = _first(e, _CALLER_NUMBER)
-        if v:
-            ch.caller_id_number = v
-        v = _first(e, _CALLEE_NAME)
-        if v:
-            ch.callee_id_name = v
-        v = _first(e, _CALLEE_NUMBER)
-        if v:
-            ch.callee_id_number = v
-        v = _first(e, _INTERACTION)
-        if v:
-            ch.interaction_id = v
-        for field, chain in self.identity.chains:
+        for attr, chain in self._chains:
             v = _first(e, chain)
             if v:
-                setattr(ch, field, v)
+                setattr(ch, attr, v)
         self._merge_ccvs(ch, e)
 
     def _merge_ccvs(self, ch: Channel, e: Event) -> None:

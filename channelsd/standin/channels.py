@@ -942,6 +942,29 @@ class CallModel:
             self._execute_complete(caller)
         return callee
 
+    @staticmethod
+    def _bridge_profile(
+        ch: Channel, direction: str, caller: tuple[str, str], callee: tuple[str, str]
+    ) -> None:
+        """The caller profile both legs of a bridged call carry (s2/s5's 9002-b and 9000-a)."""
+        ch.set_profile(
+            Direction=direction,
+            Logical_Direction=direction,
+            Dialplan="xml",
+            Caller_ID_Name=caller[0],
+            Caller_ID_Number=caller[1],
+            Orig_Caller_ID_Number=caller[1],
+            Callee_ID_Name=callee[0],
+            Callee_ID_Number=callee[1],
+            ANI=caller[1],
+            Destination_Number=callee[1],
+            Unique_ID=ch.uuid,
+            Source="mod_loopback",
+            Context="default",
+            Channel_Name=ch.name,
+            Profile_Index="1",
+        )
+
     def bridged_call(
         self,
         variables_a: dict[str, Any] | None = None,
@@ -956,23 +979,7 @@ class CallModel:
         outbound callee.  Returns (a_uuid, b_uuid)."""
         dest = callee[1]
         a = self._new_channel(name_a or f"loopback/{dest}-b", "inbound")
-        a.set_profile(
-            Direction="inbound",
-            Logical_Direction="inbound",
-            Dialplan="xml",
-            Caller_ID_Name=caller[0],
-            Caller_ID_Number=caller[1],
-            Orig_Caller_ID_Number=caller[1],
-            Callee_ID_Name=callee[0],
-            Callee_ID_Number=callee[1],
-            ANI=caller[1],
-            Destination_Number=dest,
-            Unique_ID=a.uuid,
-            Source="mod_loopback",
-            Context="default",
-            Channel_Name=a.name,
-            Profile_Index="1",
-        )
+        self._bridge_profile(a, "inbound", caller, callee)
         a.initial = {
             "cid_name": caller[0],
             "cid_num": caller[1],
@@ -1005,23 +1012,7 @@ class CallModel:
             self._early_media(a)
 
         b = self._new_channel(name_b or f"loopback/{dest}-a", "outbound")
-        b.set_profile(
-            Direction="outbound",
-            Logical_Direction="outbound",
-            Dialplan="xml",
-            Caller_ID_Name=caller[0],
-            Caller_ID_Number=caller[1],
-            Orig_Caller_ID_Number=caller[1],
-            Callee_ID_Name=callee[0],
-            Callee_ID_Number=callee[1],
-            ANI=caller[1],
-            Destination_Number=dest,
-            Unique_ID=b.uuid,
-            Source="mod_loopback",
-            Context="default",
-            Channel_Name=b.name,
-            Profile_Index="1",
-        )
+        self._bridge_profile(b, "outbound", caller, callee)
         b.initial = dict(a.initial)
         self._base_vars(b, outbound_first=True)
         b.del_var("call_uuid")
