@@ -244,7 +244,10 @@ class NodeLink:
         events, commands = self._events, self._commands
         assert events is not None and commands is not None
         while not self._stopping:
-            timeout = max(0.05, min(next_reconcile - time.monotonic(), 5.0))
+            wake = next_reconcile
+            if self.sync.heartbeat_timeout:
+                wake = min(wake, events.last_rx + self.sync.heartbeat_timeout)
+            timeout = max(0.05, min(wake - time.monotonic(), 5.0))
             gevent.wait([events.closed, commands.closed, self._kick], timeout=timeout, count=1)
             for conn in (events, commands):
                 if conn.closed.is_set():

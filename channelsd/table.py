@@ -63,6 +63,11 @@ _PRESENCE = ("variable_presence_id", "Channel-Presence-ID")
 _INTERACTION = ("variable_ecallmgr_Call-Interaction-ID", "variable_Call-Interaction-ID")
 # Fields read as "the first of these headers present"; identity chains come from the config.
 _FIXED_CHAINS = (
+    ("direction", ("Call-Direction",)),
+    ("destination", ("Caller-Destination-Number",)),
+    ("state", ("Channel-State",)),
+    ("call_state", ("Channel-Call-State",)),
+    ("loopback_other_leg", ("variable_other_loopback_leg_uuid",)),
     ("presence_id", _PRESENCE),
     ("caller_id_name", _CALLER_NAME),
     ("caller_id_number", _CALLER_NUMBER),
@@ -413,21 +418,6 @@ class ChannelTable:
                 ch.is_loopback = True
         if "variable_loopback_leg" in e:
             ch.is_loopback = True
-        v = get("variable_other_loopback_leg_uuid")
-        if v:
-            ch.loopback_other_leg = v
-        v = get("Call-Direction")
-        if v:
-            ch.direction = v
-        v = get("Caller-Destination-Number")
-        if v:
-            ch.destination = v
-        v = get("Channel-State")
-        if v:
-            ch.state = v
-        v = get("Channel-Call-State")
-        if v:
-            ch.call_state = v
         if get("Answer-State") == "answered":
             ch.answered = True
         v = get("Caller-Channel-Created-Time")

@@ -115,3 +115,14 @@ def test_reconcile_keeps_a_channel_heard_of_moments_ago(switch: Any, make_daemon
     result = h.node().reconcile()
     assert result.listed == 0  # the listing really left them out
     assert result.removed == 0 and listed(h) == {a, b}
+
+
+def test_a_silent_switch_is_reconnected_and_a_heartbeating_one_is_not(
+    make_switch: Any, make_daemon: Any
+) -> None:
+    silent = make_switch()
+    beating = make_switch(heartbeat_interval=0.1)
+    h = make_daemon([silent, beating], sync={"heartbeat_timeout": 0.5})
+    wait_until(lambda: h.node("fs1").reconnects >= 2, what="silent node reconnected")
+    assert h.node("fs2").reconnects == 0 and h.node("fs2").state == "ready"
+    assert "no HEARTBEAT" in h.node("fs1").last_error
