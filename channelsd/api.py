@@ -20,7 +20,11 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from channelsd import envelope
 from channelsd.envelope import ApiError
+from channelsd.health import LoopMonitor, readiness
 from channelsd.listing import Filters, to_csv
+from channelsd.metrics import CONTENT_TYPE as METRICS_TYPE
+from channelsd.metrics import Metrics
+from channelsd.stream import Broker, subscribe
 from channelsd.table import Channel, ChannelTable
 from channelsd.tokens import Token, TokenStore
 
@@ -55,6 +59,9 @@ class ApiContext:
     # Runs a POST action or PUT metaflow; set when channelsd.actions is wired in.
     actions: Any = None
     nodes: Mapping[str, Any] = field(default_factory=dict)
+    broker: Broker | None = None
+    metrics: Metrics | None = None
+    loop: LoopMonitor | None = None
 
 
 @dataclass
@@ -122,6 +129,7 @@ def create_app(ctx: ApiContext) -> Flask:
 
     @app.before_request
     def _begin() -> None:
+        g.began = time.perf_counter()
         g.rid = envelope.request_id(request.headers.get("X-Request-ID"))
         g.pretty = _truthy(request.args.get("pretty_print")) or _truthy(
             request.headers.get("X-Pretty-Print")
@@ -130,6 +138,10 @@ def create_app(ctx: ApiContext) -> Flask:
     @app.after_request
     def _cors(resp: Response) -> Response:
         resp.headers.update(CORS_HEADERS)
+        if ctx.metrics is not None:
+            route = request.url_rule.rule if request.url_rule else "unmatched"
+            ctx.metrics.http_requests.labels(route, request.method, str(resp.status_code)).inc()
+            ctx.metrics.http_seconds.labels(route).observe(time.perf_counter() - g.began)
         return resp
 
     @app.errorhandler(ApiError)
@@ -244,14 +256,17 @@ def create_app(ctx: ApiContext) -> Flask:
 
     # -- routes (spec §1) --------------------------------------------------------------------
 
-    @route("/v2/channels", ("GET",))
-    def system_channels(call: Call) -> Response:
+    def system_channels_allowed(call: Call) -> None:
         if call.token.role != "superduper":
             raise envelope.forbidden("the system-wide list needs a superduper token")
         if not ctx.system_wide_channels_list:
             raise envelope.forbidden(
                 "the system-wide list is disabled: set api.system_wide_channels_list = true"
             )
+
+    @route("/v2/channels", ("GET",))
+    def system_channels(call: Call) -> Response:
+        system_channels_allowed(call)
         return listing(call, table.all())
 
     @route("/v2/accounts/<account_id>/channels", ("GET",))
@@ -284,5 +299,69 @@ def create_app(ctx: ApiContext) -> Flask:
         else:
             status, data = ctx.actions.put(ch, call.body, request.args, call.token)
         return reply(call, data, status)
+
+    # -- live events (SSE) -------------------------------------------------------------------
+
+    def stream(
+        call: Call, in_scope: Callable[[Channel], bool], snapshot: Callable[[], list[Channel]]
+    ) -> Response:
+        if ctx.broker is None:
+            raise ApiError(503, "streaming unavailable", {"message": "live events are not enabled"})
+        filters = Filters(request.args.items(multi=True))
+
+        def render(ch: Channel) -> dict[str, Any]:
+            return ch.to_item(time.time(), table.is_stale(ch))
+
+        def shown(ch: Channel) -> bool:
+            return in_scope(ch) and visible(call, ch) and (not filters or filters.keep(render(ch)))
+
+        last = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
+        body = subscribe(
+            ctx.broker, shown, lambda: [c for c in snapshot() if shown(c)], render, last
+        )
+        resp = Response(body, status=200)
+        resp.headers["Content-Type"] = "text/event-stream"
+        resp.headers["Cache-Control"] = "no-cache"
+        resp.headers["X-Accel-Buffering"] = "no"
+        resp.headers["X-Request-ID"] = g.rid
+        return resp
+
+    @route("/v2/channel_events", ("GET",))
+    def system_events(call: Call) -> Response:
+        system_channels_allowed(call)
+        return stream(call, lambda ch: True, table.all)
+
+    @route("/v2/accounts/<account_id>/channel_events", ("GET",))
+    def account_events(call: Call, account_id: str) -> Response:
+        authorise_account(call, account_id)
+        return stream(
+            call, lambda ch: ch.account_id == account_id, lambda: table.by_account(account_id)
+        )
+
+    # -- operations: no token, nothing sensitive ---------------------------------------------
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        loop = ctx.loop
+        ok = loop is None or loop.healthy
+        body = {
+            "status": "ok" if ok else "stuck",
+            "loop_lag_seconds": round(loop.lag, 4) if loop else 0,
+        }
+        return envelope.json_response(body, 200 if ok else 503, g.rid)
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        ready, nodes = readiness(ctx.nodes)
+        body = {"status": "ready" if ready else "not ready", "nodes": nodes}
+        return envelope.json_response(body, 200 if ready else 503, g.rid)
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        if ctx.metrics is None:
+            raise envelope.not_found(request.path)
+        resp = Response(ctx.metrics.render(), status=200)
+        resp.headers["Content-Type"] = METRICS_TYPE
+        return resp
 
     return app

@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
-from channelsd import __version__
+from channelsd import __version__, logs
 
 DEFAULT_CONFIG = "/etc/channelsd/channelsd.toml"
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -86,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command == "run":
         cfg = _load(args.config)
-        _setup_logging(cfg.log_level)
+        logs.setup(cfg.log_level, cfg.log_format)
         if not cfg.nodes:
             print(
                 f"channelsd: config error: {args.config}: nodes: no FreeSWITCH node configured "
@@ -108,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         daemon.wait()
         return 0
 
-    _setup_logging("info")
+    logs.setup("info")
     from channelsd.demo import run_demo
 
     return run_demo(args.host, args.port, args.calls)

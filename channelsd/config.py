@@ -102,7 +102,10 @@ class Config:
     sync: SyncConfig = field(default_factory=SyncConfig)
     tokens: tuple[Token, ...] = ()
     log_level: str = "info"
+    log_format: str = "text"
     actions: ActionsConfig = field(default_factory=ActionsConfig)
+    ready_timeout: float = 30.0
+    event_buffer: int = 10000
 
 
 def _schema() -> dict[str, Any]:
@@ -192,7 +195,10 @@ def parse(data: dict[str, Any], path: str = "<memory>") -> Config:
         sync=sync,
         tokens=tuple(tokens),
         log_level=data.get("logging", {}).get("level", "info"),
+        log_format=data.get("logging", {}).get("format", "text"),
         actions=actions,
+        ready_timeout=float(data.get("systemd", {}).get("ready_timeout", 30)),
+        event_buffer=data.get("api", {}).get("event_buffer", 10000),
     )
 
 

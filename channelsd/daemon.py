@@ -9,20 +9,27 @@ from __future__ import annotations
 
 import logging
 import signal
+import time
 from typing import Any
 
 import gevent
 import gevent.event
 from gevent.pywsgi import WSGIServer
 
+from channelsd import config as config_module
 from channelsd.actions import Actions
 from channelsd.api import ApiContext, create_app
-from channelsd.config import Config
+from channelsd.config import Config, ConfigError
+from channelsd.health import LoopMonitor, SystemdNotifier, readiness
+from channelsd.metrics import Metrics
 from channelsd.node import NodeLink
+from channelsd.stream import Broker
 from channelsd.table import ChannelTable, Identity
 from channelsd.tokens import TokenStore
 
 log = logging.getLogger("channelsd")
+
+STATUS_EVERY = 5.0
 
 
 class _AccessLog:
@@ -32,17 +39,24 @@ class _AccessLog:
         log.debug("http %s", line.rstrip())
 
 
+def _identity(cfg: Config) -> Identity:
+    ident = cfg.identity
+    return Identity(ident.chains, ident.ccv_prefix, ident.device_owners)
+
+
 class Daemon:
     """The running service: build it from a Config, start(), then wait()."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, notifier: SystemdNotifier | None = None) -> None:
         self.config = config
-        ident = config.identity
-        self.table = ChannelTable(
-            Identity(ident.chains, ident.ccv_prefix, ident.device_owners),
-            tombstone_ttl=config.sync.tombstone_ttl,
-        )
-        self.nodes = {n.name: NodeLink(n, self.table, config.sync) for n in config.nodes}
+        self.metrics = Metrics()
+        self.table = ChannelTable(_identity(config), tombstone_ttl=config.sync.tombstone_ttl)
+        self.nodes = {
+            n.name: NodeLink(n, self.table, config.sync, self.metrics) for n in config.nodes
+        }
+        self.metrics.watch(self.table, lambda: self.nodes)
+        self.notifier = notifier or SystemdNotifier()
+        self.loop = LoopMonitor(on_tick=self._tick)
         self.ctx = ApiContext(
             table=self.table,
             tokens=TokenStore(config.tokens),
@@ -50,11 +64,15 @@ class Daemon:
             max_body_bytes=config.max_body_bytes,
             nodes=self.nodes,
             actions=Actions(self.table, self.nodes, config.actions),
+            broker=Broker(self.table, config.event_buffer),
+            metrics=self.metrics,
+            loop=self.loop,
         )
         self.app = create_app(self.ctx)
         self.http: WSGIServer | None = None
         self._http_greenlet: gevent.Greenlet | None = None
         self._stopped = gevent.event.Event()
+        self._last_status = 0.0
 
     @property
     def http_address(self) -> tuple[str, int]:
@@ -74,14 +92,58 @@ class Daemon:
         self._http_greenlet.link_exception(self._crashed)
         for node in self.nodes.values():
             node.start()
+        self.loop.start()
+        gevent.spawn(self._announce_ready).link_exception(self._crashed)
         host, port = self.http_address
         log.info("listening on http://%s:%d nodes=%d", host, port, len(self.nodes))
 
+    def _announce_ready(self) -> None:
+        """READY=1 once every node connected and reconciled, or at the start timeout."""
+        deadline = time.monotonic() + self.config.ready_timeout
+        for node in self.nodes.values():
+            node.ready_event.wait(max(0.0, deadline - time.monotonic()))
+        ready, detail = readiness(self.nodes)
+        missing = [d["node"] for d in detail if not (d["connected"] and d["synced"])]
+        if missing:
+            log.warning("start timeout: not ready nodes=%s", ",".join(missing))
+        self.notifier.send("READY=1", self._status(missing))
+
+    def _status(self, missing: list[str] | None = None) -> str:
+        _, detail = readiness(self.nodes)
+        up = sum(1 for d in detail if d["connected"] and d["synced"])
+        text = f"STATUS={up}/{len(detail)} nodes ready, {len(self.table)} channels"
+        if missing:
+            text += ", waiting for " + ", ".join(missing)
+        return text
+
+    def _tick(self) -> None:
+        # Runs in the loop monitor's greenlet: only a turning hub gets here.
+        self.notifier.watchdog()
+        now = time.monotonic()
+        if now - self._last_status >= STATUS_EVERY:
+            self._last_status = now
+            self.notifier.send(self._status())
+
     def _crashed(self, g: gevent.Greenlet) -> None:
-        log.error("http server greenlet died: %r", g.exception)
+        log.error("greenlet died: %r", g.exception)
         self._stopped.set()
 
+    def reload(self) -> bool:
+        """Re-read tokens and the identity mapping (SIGHUP); connections stay up."""
+        try:
+            fresh = config_module.load(self.config.path)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running config: %s", exc)
+            return False
+        self.ctx.tokens = TokenStore(fresh.tokens)
+        self.table.set_identity(_identity(fresh))
+        self.config = fresh
+        log.info("reloaded tokens=%d", len(fresh.tokens))
+        return True
+
     def stop(self) -> None:
+        self.notifier.send("STOPPING=1")
+        self.loop.stop()
         for node in self.nodes.values():
             node.stop()
         if self.http is not None:
@@ -89,9 +151,10 @@ class Daemon:
         self._stopped.set()
 
     def wait(self) -> None:
-        """Serve until SIGTERM/SIGINT."""
+        """Serve until SIGTERM/SIGINT; SIGHUP reloads."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             gevent.signal_handler(sig, self._on_signal, sig)
+        gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(self.reload))
         self._stopped.wait()
 
     def _on_signal(self, sig: Any) -> None:

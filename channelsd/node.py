@@ -22,6 +22,7 @@ import gevent.pool
 from channelsd.config import NodeConfig, SyncConfig
 from channelsd.esl import ConnectionLost, ESLConnection, ESLError
 from channelsd.events import EventParseError, parse_json
+from channelsd.metrics import Metrics
 from channelsd.table import ChannelTable
 from channelsd.validate import is_uuid
 
@@ -54,6 +55,8 @@ SUBSCRIBED_EVENTS = (
     "HEARTBEAT",
     "BACKGROUND_JOB",
 )
+
+_SUBSCRIBED = frozenset(SUBSCRIBED_EVENTS)
 
 # A channel created moments before the listing may not be in FreeSWITCH's SQL table yet
 # (it is written asynchronously); one seen this recently is never judged by the listing.
@@ -95,8 +98,11 @@ def parse_channel_listing(body: str) -> list[dict[str, Any]]:
 class NodeLink:
     """Keeps one FreeSWITCH node connected and its channels in the table."""
 
-    def __init__(self, cfg: NodeConfig, table: ChannelTable, sync: SyncConfig) -> None:
+    def __init__(
+        self, cfg: NodeConfig, table: ChannelTable, sync: SyncConfig, metrics: Metrics | None = None
+    ) -> None:
         self.cfg = cfg
+        self.metrics = metrics
         self.name = cfg.name
         self.table = table
         self.sync = sync
@@ -137,26 +143,38 @@ class NodeLink:
 
     def api(self, cmd: str, timeout: float | None = None) -> str:
         """Run an api command on this node's command connection."""
-        conn = self._commands
-        if conn is None or not conn.alive or self.state not in ("syncing", "ready"):
-            raise NodeUnavailable(self.name)
-        try:
-            return conn.api(cmd, self.sync.command_timeout if timeout is None else timeout)
-        except ConnectionLost:
-            raise NodeUnavailable(self.name) from None
+        return str(self._command("api", cmd, timeout).data)
 
     def bgapi(self, cmd: str, timeout: float | None = None) -> str:
         """Start `bgapi <cmd>`; returns FreeSWITCH's Reply-Text (`+OK Job-UUID: …`)."""
+        return str(self._command("bgapi", cmd, timeout).data)
+
+    def _command(self, kind: str, cmd: str, timeout: float | None) -> Any:
         conn = self._commands
         if conn is None or not conn.alive or self.state not in ("syncing", "ready"):
             raise NodeUnavailable(self.name)
+        return self._timed(conn, f"{kind} {cmd}", timeout)
+
+    def _timed(self, conn: ESLConnection, text: str, timeout: float | None = None) -> Any:
+        """One command on `conn`, timed and counted by its name (never its arguments)."""
+        words = text.split(" ", 2)
+        name = words[1] if words[0] in ("api", "bgapi") and len(words) > 1 else words[0]
+        began = time.monotonic()
         try:
-            reply = conn.command(
-                f"bgapi {cmd}", self.sync.command_timeout if timeout is None else timeout
-            )
+            reply = conn.command(text, self.sync.command_timeout if timeout is None else timeout)
         except ConnectionLost:
+            self._count_error(name, "connection lost")
             raise NodeUnavailable(self.name) from None
-        return str(reply.data)
+        except ESLError as exc:
+            self._count_error(name, type(exc).__name__)
+            raise
+        if self.metrics is not None:
+            self.metrics.command_seconds.labels(self.name, name).observe(time.monotonic() - began)
+        return reply
+
+    def _count_error(self, command: str, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.command_errors.labels(self.name, command, reason).inc()
 
     def request_reconcile(self) -> None:
         self._kick.set()
@@ -174,6 +192,10 @@ class NodeLink:
         }
 
     # -- supervisor --------------------------------------------------------------------------
+
+    def _parse_error(self, exc: Exception) -> None:
+        if self.metrics is not None:
+            self.metrics.parse_errors.labels(self.name).inc()
 
     def _supervisor_died(self, g: gevent.Greenlet) -> None:
         log.error("node=%s supervisor crashed: %r", self.name, g.exception)
@@ -201,6 +223,8 @@ class NodeLink:
             delay = backoff / 2 + random.uniform(0, backoff / 2)
             backoff = min(backoff * 2, self.sync.backoff_max)
             self.reconnects += 1
+            if self.metrics is not None:
+                self.metrics.reconnects.labels(self.name).inc()
             gevent.sleep(delay)
 
     def _connection(self, role: str, on_event: Any = None) -> ESLConnection:
@@ -211,6 +235,7 @@ class NodeLink:
             label=f"{self.name}/{role}",
             timeout=self.sync.connect_timeout,
             on_event=on_event,
+            on_parse_error=self._parse_error,
         )
         conn.connect()
         return conn
@@ -226,7 +251,7 @@ class NodeLink:
         if not str(reply.data).startswith("+OK"):
             raise ESLError(f"subscription refused: {reply.data}")
         self._subscribed_at = time.monotonic()
-        core = self._commands.api("global_getvar core_uuid", self.sync.command_timeout).strip()
+        core = str(self._timed(self._commands, "api global_getvar core_uuid").data).strip()
         if core and not core.startswith("-"):
             if self.core_uuid and core != self.core_uuid:
                 dropped = self.table.purge_node(self.name)
@@ -269,7 +294,13 @@ class NodeLink:
             self.synced = False
             self.last_error = str(exc)
             log.warning("node=%s reconcile unknown reason=%r", self.name, str(exc))
+            if self.metrics is not None:
+                self.metrics.reconciles.labels(self.name, "unknown").inc()
             return
+        if self.metrics is not None:
+            self.metrics.reconciles.labels(self.name, "ok").inc()
+            self.metrics.reconcile_added.labels(self.name).inc(result.added)
+            self.metrics.reconcile_removed.labels(self.name).inc(result.removed)
         log.info(
             "node=%s reconciled listed=%d added=%d removed=%d seconds=%.3f",
             self.name,
@@ -306,6 +337,8 @@ class NodeLink:
 
     def _on_event(self, event: dict[str, Any]) -> None:
         name = event.get("Event-Name")
+        if self.metrics is not None:
+            self.metrics.event(self.name, name if name in _SUBSCRIBED else "other")
         if name == "HEARTBEAT":
             self.heartbeat = {
                 k: event.get(k) for k in ("Session-Count", "Max-Sessions", "FreeSWITCH-Version")
@@ -319,8 +352,7 @@ class NodeLink:
         if conn is None or not conn.alive:
             raise NodeUnavailable(self.name)
         started = time.monotonic()
-        timeout = self.sync.command_timeout
-        rows = parse_channel_listing(conn.api("show channels as json", timeout))
+        rows = parse_channel_listing(str(self._timed(conn, "api show channels as json").data))
         listed = {r.get("uuid") for r in rows if isinstance(r.get("uuid"), str)}
         known = self.table.node_uuids(self.name)
 
@@ -329,7 +361,7 @@ class NodeLink:
         ]
 
         def dump(uuid: str) -> dict[str, Any] | None:
-            body = conn.api(f"uuid_dump {uuid} json", timeout)
+            body = str(self._timed(conn, f"api uuid_dump {uuid} json").data)
             if not body.lstrip().startswith("{"):
                 return None  # gone since the listing ("-ERR No such channel!")
             try:

@@ -238,8 +238,7 @@ class ChannelTable:
         tombstone_ttl: float = 120.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.identity = identity or Identity()
-        self._chains = _FIXED_CHAINS + self.identity.chains
+        self.set_identity(identity or Identity())
         self.tombstone_ttl = tombstone_ttl
         self._clock = clock
         self._rows: dict[Key, Channel] = {}
@@ -271,6 +270,14 @@ class ChannelTable:
 
     def count(self, node: str) -> int:
         return len(self._by_node.get(node, ()))
+
+    def account_count(self) -> int:
+        return len(self._by_account)
+
+    def set_identity(self, identity: Identity) -> None:
+        """A new identity mapping (SIGHUP); it applies from the next event of each channel."""
+        self.identity = identity
+        self._chains = _FIXED_CHAINS + identity.chains
 
     def all(self) -> list[Channel]:
         return sorted(self._rows.values(), key=Channel.sort_key)

@@ -1,0 +1,128 @@
+"""Prometheus metrics, one registry per daemon (so tests can run several in one process).
+
+Counters on the event-ingest path are resolved once per label set and cached: a label lookup
+per event would cost more than the table update itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from channelsd.table import ChannelTable
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+
+class _StateCollector(Collector):
+    """Gauges read from the live state at scrape time instead of being kept up to date."""
+
+    def __init__(self, table: ChannelTable, nodes: Callable[[], Mapping[str, Any]]) -> None:
+        self.table = table
+        self.nodes = nodes
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        channels = GaugeMetricFamily("channelsd_channels", "Live channels", labels=["node"])
+        connected = GaugeMetricFamily(
+            "channelsd_node_connected", "1 while both ESL connections are up", labels=["node"]
+        )
+        synced = GaugeMetricFamily(
+            "channelsd_node_synced", "1 once the node's channels were reconciled", labels=["node"]
+        )
+        sessions = GaugeMetricFamily(
+            "freeswitch_sessions", "Session-Count of the node's last HEARTBEAT", labels=["node"]
+        )
+        for name, node in self.nodes().items():
+            channels.add_metric([name], self.table.count(name))
+            connected.add_metric([name], 1 if node.connected else 0)
+            synced.add_metric([name], 1 if node.synced else 0)
+            count = node.heartbeat.get("Session-Count")
+            if count is not None and str(count).isdigit():
+                sessions.add_metric([name], int(count))
+        yield channels
+        yield connected
+        yield synced
+        yield sessions
+        yield GaugeMetricFamily(
+            "channelsd_accounts",
+            "Accounts with at least one live channel",
+            value=self.table.account_count(),
+        )
+
+
+class Metrics:
+    """Every metric channelsd exports."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.events = Counter(
+            "channelsd_esl_events", "ESL events ingested", ["node", "event"], registry=r
+        )
+        self.parse_errors = Counter(
+            "channelsd_esl_event_parse_errors",
+            "Event bodies that did not parse",
+            ["node"],
+            registry=r,
+        )
+        self.reconnects = Counter(
+            "channelsd_esl_reconnects",
+            "ESL sessions that ended and were retried",
+            ["node"],
+            registry=r,
+        )
+        self.reconciles = Counter(
+            "channelsd_reconciles", "Reconciles by result", ["node", "result"], registry=r
+        )
+        self.reconcile_added = Counter(
+            "channelsd_reconcile_added_channels",
+            "Channels added by reconciles",
+            ["node"],
+            registry=r,
+        )
+        self.reconcile_removed = Counter(
+            "channelsd_reconcile_removed_channels",
+            "Channels removed by reconciles",
+            ["node"],
+            registry=r,
+        )
+        self.command_seconds = Histogram(
+            "channelsd_esl_command_duration_seconds",
+            "ESL command round trip",
+            ["node", "command"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.command_errors = Counter(
+            "channelsd_esl_command_errors",
+            "ESL commands that failed",
+            ["node", "command", "reason"],
+            registry=r,
+        )
+        self.http_requests = Counter(
+            "channelsd_http_requests", "HTTP requests", ["route", "method", "status"], registry=r
+        )
+        self.http_seconds = Histogram(
+            "channelsd_http_request_duration_seconds",
+            "HTTP request latency",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self._event_children: dict[tuple[str, str], Any] = {}
+
+    def watch(self, table: ChannelTable, nodes: Callable[[], Mapping[str, Any]]) -> None:
+        self.registry.register(_StateCollector(table, nodes))
+
+    def event(self, node: str, name: str) -> None:
+        child = self._event_children.get((node, name))
+        if child is None:
+            child = self._event_children[(node, name)] = self.events.labels(node, name)
+        child.inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,254 @@
+"""Operating the daemon: systemd notify and watchdog, health, readiness, metrics, reload."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import gevent
+import requests
+from gevent import monkey
+
+from channelsd.config import parse
+from channelsd.daemon import Daemon
+from channelsd.health import SystemdNotifier
+from channelsd.logs import JsonFormatter
+from channelsd.tokens import digest
+
+from conftest import Harness, config_dict, token, wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+real_socket = monkey.get_original("socket", "socket")
+real_sleep = monkey.get_original("time", "sleep")
+start_os_thread = monkey.get_original("_thread", "start_new_thread")
+
+
+class NotifySocket:
+    """A real AF_UNIX datagram socket standing in for systemd's NOTIFY_SOCKET.
+
+    It is read by an OS thread, so messages are time-stamped when they arrive even while
+    the gevent hub of the daemon under test is blocked.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+        self.sock = real_socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.settimeout(0.2)
+        self.messages: list[tuple[float, str]] = []
+        self._running = True
+        self._done = False
+        start_os_thread(self._read, ())
+
+    def _read(self) -> None:
+        while self._running:
+            try:
+                data = self.sock.recv(4096)
+            except OSError:
+                continue
+            self.messages.append((time.monotonic(), data.decode()))
+        self._done = True
+
+    def lines(self) -> list[str]:
+        return [line for _, m in self.messages for line in m.split("\n")]
+
+    def close(self) -> None:
+        self._running = False
+        deadline = time.monotonic() + 2
+        while not self._done and time.monotonic() < deadline:
+            real_sleep(0.05)
+        self.sock.close()
+
+
+def test_notify_ready_status_and_stopping_over_a_real_socket(switch: Any, tmp_path: Path) -> None:
+    sock = NotifySocket(tmp_path / "notify")
+    try:
+        notifier = SystemdNotifier({"NOTIFY_SOCKET": sock.path})
+        switch.bridged_call(variables_a={"account_id": "a"}, variables_b={"account_id": "a"})
+        daemon = Daemon(parse(config_dict([switch]), "t.toml"), notifier=notifier)
+        daemon.start()
+        wait_until(lambda: "READY=1" in sock.lines(), what="READY=1")
+        ready_msg = next(m for _, m in sock.messages if "READY=1" in m)
+        # READY only once the node reconciled: the status already counts its channels.
+        assert "STATUS=1/1 nodes ready, 2 channels" in ready_msg
+        daemon.stop()
+        wait_until(lambda: "STOPPING=1" in sock.lines(), what="STOPPING=1")
+    finally:
+        sock.close()
+
+
+def test_ready_after_the_start_timeout_names_the_missing_node(switch: Any, tmp_path: Path) -> None:
+    sock = NotifySocket(tmp_path / "notify")
+    try:
+        switch.pause_accept(True)
+        cfg = parse(config_dict([switch], systemd={"ready_timeout": 0.3}), "t.toml")
+        daemon = Daemon(cfg, notifier=SystemdNotifier({"NOTIFY_SOCKET": sock.path}))
+        daemon.start()
+        wait_until(lambda: "READY=1" in sock.lines(), what="READY=1 at the timeout")
+        ready_msg = next(m for _, m in sock.messages if "READY=1" in m)
+        assert ready_msg.split("\n") == [
+            "READY=1",
+            "STATUS=0/1 nodes ready, 0 channels, waiting for fs1",
+        ]
+        daemon.stop()
+    finally:
+        sock.close()
+
+
+def test_watchdog_pings_stop_while_the_hub_is_blocked(switch: Any, tmp_path: Path) -> None:
+    sock = NotifySocket(tmp_path / "notify")
+    try:
+        env = {"NOTIFY_SOCKET": sock.path, "WATCHDOG_USEC": "200000"}
+        daemon = Daemon(parse(config_dict([switch]), "t.toml"), notifier=SystemdNotifier(env))
+        daemon.start()
+        wait_until(lambda: "WATCHDOG=1" in sock.lines(), what="first ping")
+        gevent.sleep(0.5)
+        blocked_at = time.monotonic()
+        real_sleep(1.5)  # a wedged hub: nothing else can run
+        unblocked_at = time.monotonic()
+        gevent.sleep(0.6)
+        pings = [t for t, m in sock.messages if "WATCHDOG=1" in m]
+        assert not [t for t in pings if blocked_at + 0.05 < t < unblocked_at]
+        assert [t for t in pings if t < blocked_at] and [t for t in pings if t > unblocked_at]
+        daemon.stop()
+    finally:
+        sock.close()
+
+
+def test_abstract_notify_socket_address_is_understood() -> None:
+    n = SystemdNotifier({"NOTIFY_SOCKET": "@/org/freedesktop/systemd1/notify/x"})
+    assert n.address == "\0/org/freedesktop/systemd1/notify/x"
+    assert SystemdNotifier({}).enabled is False
+    assert (
+        SystemdNotifier({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}).watchdog_interval
+        is None
+    )
+
+
+def test_healthz_readyz_without_token_and_without_secrets(daemon: Harness, switch: Any) -> None:
+    resp = daemon.api.get("/healthz", tok=None)
+    assert resp.status_code == 200 and resp.json()["status"] == "ok"
+    resp = daemon.api.get("/readyz", tok=None)
+    assert resp.status_code == 200
+    assert resp.json()["nodes"] == [
+        {"node": "fs1", "state": "ready", "connected": True, "synced": True}
+    ]
+    assert "ClueCon" not in resp.text and str(switch.port) not in resp.text
+    switch.pause_accept(True)
+    switch.drop_connections()
+    wait_until(lambda: daemon.api.get("/readyz", tok=None).status_code == 503, what="not ready")
+
+
+def test_metrics_in_prometheus_format(daemon: Harness, switch: Any) -> None:
+    a, b = switch.bridged_call(
+        variables_a={"account_id": "acc1"}, variables_b={"account_id": "acc1"}
+    )
+    wait_until(lambda: daemon.table.get(b) is not None)
+    daemon.api.get("/v2/accounts/acc1/channels", "admin1")
+    daemon.api.get("/v2/accounts/acc1/channels", None)
+    resp = daemon.api.get("/metrics", tok=None)
+    assert resp.status_code == 200 and resp.headers["Content-Type"].startswith("text/plain")
+    text = resp.text
+    assert 'channelsd_channels{node="fs1"} 2.0' in text
+    assert "channelsd_accounts 1.0" in text
+    assert 'channelsd_node_connected{node="fs1"} 1.0' in text
+    assert 'channelsd_node_synced{node="fs1"} 1.0' in text
+    assert 'channelsd_esl_events_total{event="CHANNEL_CREATE",node="fs1"} 2.0' in text
+    assert 'channelsd_reconciles_total{node="fs1",result="ok"} 1.0' in text
+    assert 'channelsd_esl_command_duration_seconds_count{command="show",node="fs1"}' in text
+    route = "/v2/accounts/<account_id>/channels"
+    assert f'channelsd_http_requests_total{{method="GET",route="{route}",status="200"}} 1.0' in text
+    assert f'channelsd_http_requests_total{{method="GET",route="{route}",status="401"}} 1.0' in text
+    assert "channelsd_http_request_duration_seconds_bucket" in text
+    assert token("admin1") not in text
+
+
+def test_json_logs_carry_the_key_value_pairs() -> None:
+    import logging
+
+    record = logging.LogRecord(
+        "channelsd.node", logging.INFO, "", 0, "node=%s reconciled added=%d", ("fs1", 3), None
+    )
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry["msg"] == "node=fs1 reconciled added=3"
+    assert entry["node"] == "fs1" and entry["added"] == "3" and entry["level"] == "info"
+
+
+def test_the_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    assert analyze, "systemd-analyze is needed to check the unit (Debian package systemd)"
+    unit = (ROOT / "systemd" / "channelsd.service").read_text()
+    assert "Type=notify" in unit and "WatchdogSec=" in unit
+    exe = shutil.which("channelsd") or str(Path(sys.executable).parent / "channelsd")
+    path = tmp_path / "channelsd.service"
+    path.write_text(unit.replace("/usr/local/bin/channelsd", exe))
+    proc = subprocess.run(
+        [analyze, "verify", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "channelsd.service" not in proc.stderr, proc.stderr
+
+
+def test_sighup_reloads_tokens_without_dropping_connections(switch: Any, tmp_path: Path) -> None:
+    a, b = switch.bridged_call(
+        variables_a={"account_id": "acc1"}, variables_b={"account_id": "acc1"}
+    )
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    conf = tmp_path / "channelsd.toml"
+
+    def write(tokens: str) -> None:
+        conf.write_text(
+            f'[http]\nport = {port}\n[[nodes]]\nname = "fs1"\nhost = "127.0.0.1"\n'
+            f"port = {switch.port}\n{tokens}"
+        )
+
+    old = f'[[tokens]]\nsha256 = "{digest("old-token")}"\naccount_id = "acc1"\nrole = "admin"\n'
+    new = f'[[tokens]]\nsha256 = "{digest("new-token")}"\naccount_id = "acc1"\nrole = "admin"\n'
+    write(old)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "channelsd", "run", "-c", str(conf)],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    url = f"http://127.0.0.1:{port}/v2/accounts/acc1/channels"
+
+    def status(tok: str) -> int:
+        try:
+            return requests.get(url, headers={"X-Auth-Token": tok}, timeout=2).status_code
+        except requests.ConnectionError:
+            return 0
+
+    try:
+        wait_until(lambda: status("old-token") == 200, timeout=30, what="daemon up")
+        wait_until(lambda: len(switch.connections) == 2, what="both ESL connections up")
+        connections = list(switch.connections)
+        write(new)
+        proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: status("new-token") == 200, what="new token accepted")
+        assert status("old-token") == 401
+        write("[[tokens]]\nsha256 = 'broken'\n")  # a bad file is refused, the old config stays
+        proc.send_signal(signal.SIGHUP)
+        gevent.sleep(0.5)
+        assert status("new-token") == 200
+        assert switch.connections == connections  # the same two: no reconnect happened
+        assert {
+            c["uuid"]
+            for c in requests.get(url, headers={"X-Auth-Token": "new-token"}, timeout=2).json()[
+                "data"
+            ]
+        } == {a, b}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    err = proc.stderr.read()
+    assert "reload refused" in err and "Traceback" not in err

@@ -1,0 +1,179 @@
+"""channel_events: a Server-Sent Events stream of the table, over real HTTP."""
+
+import json
+from typing import Any
+
+import gevent
+import pytest
+import requests
+
+from conftest import Harness, token, wait_until
+
+ACC1 = {"account_id": "acc1", "owner_id": "user1"}
+ACC1_OTHER = {"account_id": "acc1", "owner_id": "user2"}
+ACC2 = {"account_id": "acc2"}
+
+
+class Subscriber:
+    """Reads an SSE stream in a greenlet; events land in .events as dicts."""
+
+    def __init__(
+        self, h: Harness, path: str, tok: str = "admin1", last_id: str | None = None
+    ) -> None:
+        headers = {"X-Auth-Token": token(tok), "Accept": "text/event-stream"}
+        if last_id is not None:
+            headers["Last-Event-ID"] = last_id
+        self.resp = requests.get(h.api.base + path, headers=headers, stream=True, timeout=30)
+        self.events: list[dict[str, Any]] = []
+        self.greenlet = gevent.spawn(self._read)
+
+    def _read(self) -> None:
+        event: dict[str, Any] = {}
+        for raw in self.resp.iter_lines(decode_unicode=True):
+            if raw == "":
+                if event:
+                    event["data"] = json.loads(event["data"])
+                    self.events.append(event)
+                event = {}
+            elif raw.startswith(":"):
+                continue
+            else:
+                key, _, value = raw.partition(": ")
+                event[key] = value
+
+    def wait_for(self, kind: str, pred: Any = lambda data: True) -> dict[str, Any]:
+        def found() -> Any:
+            return next((e for e in self.events if e["event"] == kind and pred(e["data"])), None)
+
+        return wait_until(found, what=f"{kind} event")
+
+    def close(self) -> None:
+        self.greenlet.kill()
+        self.resp.close()
+
+
+@pytest.fixture
+def sub(daemon: Harness) -> Any:
+    made: list[Subscriber] = []
+
+    def make(*args: Any, **kw: Any) -> Subscriber:
+        s = Subscriber(daemon, *args, **kw)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.close()
+
+
+def test_snapshot_then_create_update_destroy(daemon: Harness, switch: Any, sub: Any) -> None:
+    a, b = switch.bridged_call(variables_a=ACC1, variables_b=ACC1)
+    wait_until(lambda: daemon.table.get(b) is not None)
+    s = sub("/v2/accounts/acc1/channel_events")
+    assert s.resp.status_code == 200
+    assert s.resp.headers["Content-Type"] == "text/event-stream"
+    snap = s.wait_for("snapshot")
+    assert {i["uuid"] for i in snap["data"]} == {a, b}
+    c, d = switch.bridged_call(variables_a=ACC1, variables_b=ACC1)
+    created = s.wait_for("create", lambda data: data["uuid"] == c)
+    assert created["data"]["account_id"] == "acc1"
+    switch.hold(a)
+    upd = s.wait_for("update", lambda data: data["uuid"] == a and "is_onhold" in data["changed"])
+    assert upd["data"]["changed"]["is_onhold"] is True
+    switch.hangup(c)
+    s.wait_for("destroy", lambda data: data["uuid"] == c)
+    ids = [int(e["id"]) for e in s.events]
+    assert ids == sorted(ids)
+
+
+def test_scope_roles_and_filters(daemon: Harness, switch: Any, sub: Any) -> None:
+    everyone = sub("/v2/accounts/acc1/channel_events")
+    mine = sub("/v2/accounts/acc1/channel_events", tok="user1")
+    answered_only = sub("/v2/accounts/acc1/channel_events?filter_owner_id=user2")
+    for s in (everyone, mine, answered_only):
+        s.wait_for("snapshot")
+    x, _ = switch.bridged_call(variables_a=ACC2, variables_b=ACC2)
+    u1, _ = switch.bridged_call(variables_a=ACC1, variables_b=ACC1)
+    u2, _ = switch.bridged_call(variables_a=ACC1_OTHER, variables_b=ACC1_OTHER)
+    everyone.wait_for("create", lambda d: d["uuid"] == u2)
+    mine.wait_for("create", lambda d: d["uuid"] == u1)
+    answered_only.wait_for("create", lambda d: d["uuid"] == u2)
+    gevent.sleep(0.2)
+    seen = {
+        s: {e["data"].get("uuid") for e in s.events if e["event"] == "create"}
+        for s in (everyone, mine, answered_only)
+    }
+    assert x not in seen[everyone]
+    assert u2 not in seen[mine] and u1 in seen[mine]
+    assert u1 not in seen[answered_only]
+    other = requests.get(
+        daemon.api.base + "/v2/accounts/acc2/channel_events",
+        headers={"X-Auth-Token": token("admin1")},
+        timeout=5,
+    )
+    assert other.status_code == 403 and other.headers["Content-Type"] == "application/json"
+    system = requests.get(
+        daemon.api.base + "/v2/channel_events", headers={"X-Auth-Token": token("admin1")}, timeout=5
+    )
+    assert system.status_code == 403
+
+
+def test_token_in_the_query_string_works_for_eventsource(daemon: Harness) -> None:
+    resp = requests.get(
+        daemon.api.base + "/v2/channel_events",
+        params={"auth_token": token("super")},
+        stream=True,
+        timeout=5,
+    )
+    try:
+        assert resp.status_code == 200
+        first = next(resp.iter_lines(decode_unicode=True))
+        assert first.startswith("id: ")
+    finally:
+        resp.close()
+
+
+def test_resume_with_last_event_id_gets_what_was_missed(
+    daemon: Harness, switch: Any, sub: Any
+) -> None:
+    s = sub("/v2/accounts/acc1/channel_events")
+    s.wait_for("snapshot")
+    a, _ = switch.bridged_call(variables_a=ACC1, variables_b=ACC1)
+    last = s.wait_for("create", lambda d: d["uuid"] == a)["id"]
+    s.close()
+    b, _ = switch.bridged_call(variables_a=ACC1, variables_b=ACC1)  # while disconnected
+    switch.hangup(a)
+    again = sub("/v2/accounts/acc1/channel_events", last_id=last)
+    again.wait_for("create", lambda d: d["uuid"] == b)
+    again.wait_for("destroy", lambda d: d["uuid"] == a)
+    assert not [e for e in again.events if e["event"] == "snapshot"]
+
+
+def test_resume_after_too_much_was_missed_starts_with_a_snapshot(
+    switch: Any, make_daemon: Any
+) -> None:
+    h = make_daemon([switch], api={"event_buffer": 100})
+    a, _ = switch.bridged_call(variables_a=ACC1, variables_b=ACC1)
+    wait_until(lambda: h.table.get(a) is not None)
+    first = Subscriber(h, "/v2/accounts/acc1/channel_events")
+    last = first.wait_for("snapshot")["id"]
+    first.close()
+    for _ in range(10):  # far more than 100 changes
+        x, _ = switch.bridged_call(variables_a=ACC1, variables_b=ACC1)
+        switch.hangup(x)
+    again = Subscriber(h, "/v2/accounts/acc1/channel_events", last_id=last)
+    try:
+        snap = again.wait_for("snapshot")
+        assert a in {i["uuid"] for i in snap["data"]}
+    finally:
+        again.close()
+
+
+def test_many_subscribers_all_get_every_change(daemon: Harness, switch: Any, sub: Any) -> None:
+    subs = [sub("/v2/channel_events", tok="super") for _ in range(20)]
+    for s in subs:
+        s.wait_for("snapshot")
+    made = [switch.bridged_call(variables_a=ACC1, variables_b=ACC2)[0] for _ in range(5)]
+    for s in subs:
+        for uuid in made:
+            s.wait_for("create", lambda d, u=uuid: d["uuid"] == u)
