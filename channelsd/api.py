@@ -11,11 +11,12 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any
 
 import gevent
 import orjson
-from flask import Flask, Response, g, request
+from flask import Flask, Response, g, redirect, request, send_from_directory
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from channelsd import envelope
@@ -355,6 +356,24 @@ def create_app(ctx: ApiContext) -> Flask:
         ready, nodes = readiness(ctx.nodes)
         body = {"status": "ready" if ready else "not ready", "nodes": nodes}
         return envelope.json_response(body, 200 if ready else 503, g.rid)
+
+    console_dir = str(resources.files("channelsd") / "console")
+
+    @app.get("/console")
+    def console_page() -> Response:
+        # A trailing slash makes the page's relative asset URLs resolve under /console/.
+        return redirect("/console/", code=308)
+
+    @app.get("/console/")
+    @app.get("/console/<path:name>")
+    def console(name: str = "index.html") -> Response:
+        resp = send_from_directory(console_dir, name, max_age=0)
+        resp.headers["Content-Security-Policy"] = (
+            "default-src 'self'; connect-src 'self'; img-src 'self' data:; "
+            "style-src 'self'; script-src 'self'; frame-ancestors 'none'"
+        )
+        resp.headers["X-Content-Type-Options"] = "nosniff"
+        return resp
 
     @app.get("/metrics")
     def metrics() -> Response:

@@ -209,6 +209,10 @@ calls in three accounts coming and going. The API:
 
   {base}/v2
 
+Live calls board in the browser (paste a token when asked):
+
+  {base}/console/
+
 Tokens (valid for this run only):
   superduper (every account, /v2/channels):  {super_token}
   admin of account "acme" ({acme.account}):  {admin_token}

@@ -1,0 +1,1 @@
+// placeholder: the console is built in issue #7
