@@ -44,6 +44,9 @@ CORS_HEADERS = {
     ),
     "Access-Control-Max-Age": "86400",
 }
+# Every route takes every method, so that a 405 comes from the resource, which knows what it
+# allows, in the API's envelope.
+ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"]
 CSV_TYPES = ("text/csv", "text/comma-separated-values", "application/octet-stream")
 # Long lists are built in slices so that event ingest keeps running meanwhile.
 YIELD_EVERY = 500
@@ -202,7 +205,7 @@ def create_app(ctx: ApiContext) -> Flask:
             app.add_url_rule(
                 rule,
                 view_func=resource(allowed, handler),
-                methods=["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"],
+                methods=ALL_METHODS,
                 strict_slashes=False,
             )
             return handler
@@ -373,6 +376,14 @@ def create_app(ctx: ApiContext) -> Flask:
             "style-src 'self'; script-src 'self'; frame-ancestors 'none'"
         )
         resp.headers["X-Content-Type-Options"] = "nosniff"
+        return resp
+
+    openapi = resources.files("channelsd").joinpath("openapi.json").read_bytes()
+
+    @app.get("/v2/openapi.json")
+    def openapi_document() -> Response:
+        resp = Response(openapi, status=200)
+        resp.headers["Content-Type"] = envelope.JSON_TYPE
         return resp
 
     @app.get("/metrics")

@@ -26,11 +26,19 @@ _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 class ApiError(Exception):
     """An error the client gets in the spec's envelope: status, message, data."""
 
-    def __init__(self, status: int, message: str, data: Any = None, **extra: Any) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        data: Any = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.data = data
+        self.headers = headers or {}
         self.extra = extra
 
 
@@ -87,7 +95,9 @@ def failure(err: ApiError, rid: str, pretty: bool = False) -> Response:
         body["data"] = err.data
     body.update(err.extra)
     body.update(request_id=rid, timestamp=_now(), node=NODE_ID, version=__version__)
-    return json_response(body, err.status, rid, pretty)
+    resp = json_response(body, err.status, rid, pretty)
+    resp.headers.update(err.headers)
+    return resp
 
 
 # The shapes clients parse (spec §3 table).
@@ -114,7 +124,14 @@ def not_found(path: str) -> ApiError:
 
 
 def method_not_allowed(allowed: list[str]) -> ApiError:
-    return ApiError(405, "invalid_method", {"message": "method not allowed", "allowed": allowed})
+    # RFC 9110: a 405 names what is allowed. OPTIONS (CORS preflight) always is.
+    methods = list(dict.fromkeys([*allowed, *(["HEAD"] if "GET" in allowed else []), "OPTIONS"]))
+    return ApiError(
+        405,
+        "invalid_method",
+        {"message": "method not allowed", "allowed": methods},
+        headers={"Allow": ", ".join(methods)},
+    )
 
 
 def invalid_json(message: str) -> ApiError:

@@ -62,6 +62,8 @@ _SUBSCRIBED = frozenset(SUBSCRIBED_EVENTS)
 # (it is written asynchronously); one seen this recently is never judged by the listing.
 SETTLE_SECONDS = 2.0
 HYDRATE_CONCURRENCY = 16
+# A count can differ for one beat while a call is being set up or torn down.
+DRIFT_BEATS = 2
 
 
 class NodeUnavailable(Exception):
@@ -119,6 +121,7 @@ class NodeLink:
         self._stopping = False
         self._greenlet: gevent.Greenlet | None = None
         self._kick = gevent.event.Event()
+        self._drift = 0  # consecutive HEARTBEATs whose Session-Count disagreed with the table
         self._generation = 0
         self.ready_event = gevent.event.Event()
 
@@ -340,11 +343,32 @@ class NodeLink:
         if self.metrics is not None:
             self.metrics.event(self.name, name if name in _SUBSCRIBED else "other")
         if name == "HEARTBEAT":
-            self.heartbeat = {
-                k: event.get(k) for k in ("Session-Count", "Max-Sessions", "FreeSWITCH-Version")
-            }
+            self._heartbeat(event)
             return
         self.table.apply(self.name, event)
+
+    def _heartbeat(self, event: dict[str, Any]) -> None:
+        """FreeSWITCH says how many sessions it has: a table that disagrees twice in a row has
+        missed events, so reconcile now instead of at the next interval."""
+        self.heartbeat = {
+            k: event.get(k) for k in ("Session-Count", "Max-Sessions", "FreeSWITCH-Version")
+        }
+        count = event.get("Session-Count")
+        if not isinstance(count, str) or not count.isdigit():
+            return
+        if int(count) != self.table.count(self.name):
+            self._drift += 1
+            if self._drift >= DRIFT_BEATS:
+                log.warning(
+                    "node=%s session count drift freeswitch=%s table=%d: reconciling",
+                    self.name,
+                    count,
+                    self.table.count(self.name),
+                )
+                self._drift = 0
+                self.request_reconcile()
+        else:
+            self._drift = 0
 
     def reconcile(self) -> ReconcileResult:
         """Make the table agree with FreeSWITCH's own list of this node's channels."""
