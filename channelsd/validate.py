@@ -29,6 +29,8 @@ _CONTEXT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _DIALPLAN = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}")
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
 _DTMF = re.compile(r"[0-9*#A-Da-d]{1,8}")
+# att_xfer compares one digit: `*` is its hang-up (complete) key and `0` its conference key.
+_TAKEBACK = re.compile(r"[1-9#A-D]")
 # A file path or a stream URL (tone_stream://%(2000,4000,440,480);loops=-1): no spaces, and
 # no `!` (a broadcast's `app!cause` hang-up suffix).
 _MEDIA = re.compile(r"(?:/|[A-Za-z][A-Za-z0-9_+.-]{0,31}://)[A-Za-z0-9/_.,:%=+@~()#;*-]{1,255}")
@@ -97,6 +99,7 @@ FORMATS: dict[str, Callable[[object], bool]] = {
     "dialplan": is_dialplan,
     "word": _kind(_WORD),
     "dtmf": _kind(_DTMF),
+    "takeback-key": _kind(_TAKEBACK),
     "media": is_media,
     "text": is_text,
     "say-value": _kind(_SAY_VALUE),
@@ -110,6 +113,7 @@ FORMAT_MESSAGES = {
     "dialplan": "must be a dialplan name such as XML (inline is refused)",
     "word": "must be a single word: letters, digits and _ . - only",
     "dtmf": "must be DTMF digits (0-9 * # A-D), at most 8",
+    "takeback-key": "must be one key, 1-9 # or A-D (* completes and 0 conferences the transfer)",
     "media": "must be a media path or stream URL without spaces, quotes, $ { } | or ::",
     "text": "must be plain text: letters, digits, spaces and . , ? ! : ; % + / @ # * ( ) -",
     "say-value": "must be letters, digits and . @ : + / _ - only",

@@ -172,3 +172,33 @@ def make_daemon() -> Iterator[Callable[..., Harness]]:
 @pytest.fixture
 def daemon(switch: Any, make_daemon: Callable[..., Harness]) -> Harness:
     return make_daemon([switch])
+
+
+# -- reliability figures ---------------------------------------------------------------------
+# Fault and attack tests record how many cases they ran and how many held; the session writes
+# them to test-artifacts/reliability.json, from which RELIABILITY.md is filled in.
+
+FIGURES: dict[str, dict[str, Any]] = {}
+
+
+@pytest.fixture
+def figure() -> Callable[..., None]:
+    def record(name: str, **values: Any) -> None:
+        entry = FIGURES.setdefault(name, {})
+        for key, value in values.items():
+            if isinstance(value, int | float) and not isinstance(value, bool) and key in entry:
+                entry[key] += value
+            else:
+                entry[key] = value
+
+    return record
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if not FIGURES:
+        return
+    import json
+
+    out = Path(__file__).resolve().parent.parent / "test-artifacts"
+    out.mkdir(exist_ok=True)
+    (out / "reliability.json").write_text(json.dumps(FIGURES, indent=2, sort_keys=True) + "\n")

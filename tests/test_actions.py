@@ -174,13 +174,13 @@ def test_attended_transfer_runs_att_xfer_on_the_transferor(call: Call) -> None:
             "target": "2000",
             "transfer_type": "attended",
             "moh": "/srv/moh.wav",
-            "takeback_dtmf": "*1",
+            "takeback_dtmf": "9",
         }
     }
     ok(call.post(call.a, body), 200, "transfer initiated")
     assert call.sent() == [
         f"api uuid_setvar {call.b} hold_music /srv/moh.wav",
-        f"api uuid_setvar {call.a} attxfer_cancel_key *1",
+        f"api uuid_setvar {call.a} attxfer_cancel_key 9",
         f"api uuid_broadcast {call.a} att_xfer::loopback/2000/default",
     ]
 
@@ -652,3 +652,48 @@ def test_a_command_in_flight_when_the_node_drops_is_503_and_not_retried(call: Ca
     assert [c for c in call.sent() if "uuid_kill" in c] == [
         f"api uuid_kill {call.a} NORMAL_CLEARING"
     ]
+
+
+@pytest.mark.parametrize("key", ["*", "0", "*1", "##"])
+def test_takeback_keys_att_xfer_would_misread_are_refused(call: Call, key: str) -> None:
+    body = {
+        "data": {
+            "action": "transfer",
+            "target": "2000",
+            "transfer_type": "attended",
+            "takeback_dtmf": key,
+        }
+    }
+    refused(call.post(call.a, body), "takeback_dtmf", "format")
+    assert call.sent() == []
+
+
+def test_attended_transfer_end_to_end_through_the_table(call: Call) -> None:
+    body = {
+        "data": {
+            "action": "transfer",
+            "target": "2000",
+            "transfer_type": "attended",
+            "moh": "/srv/moh.wav",
+        }
+    }
+    ok(call.post(call.a, body), 200, "transfer initiated")
+    # Consultation: the transferor is bridged to the new target leg.
+    wait_until(
+        lambda: channel(call, call.a).get("other_leg") not in (None, call.b), what="consulting"
+    )
+    target = channel(call, call.a)["other_leg"]
+
+    # The target leg carries no account variables: look at it system-wide.
+    def system(uuid: str) -> dict[str, Any]:
+        return call.h.api.data(f"/v2/channels?filter_uuid={uuid}", "super")[0]
+
+    assert system(target)["destination"] == "2000"
+    # The transferor hangs up: the transferee and the target are bridged together.
+    ok(call.post(call.a, {"data": {"action": "hangup"}}), 200, "hangup initiated")
+    wait_until(
+        lambda: channel(call, call.b).get("other_leg") == target,
+        what="transferee bridged to target",
+    )
+    assert system(target)["other_leg"] == call.b
+    wait_until(lambda: call.h.table.get(call.a) is None, what="transferor gone")

@@ -13,11 +13,15 @@ Traps reproduced on purpose, because a daemon has to cope with them:
   * CHANNEL_HANGUP can precede CHANNEL_UNPARK / CHANNEL_EXECUTE_COMPLETE of the running app.
   * CHANNEL_BRIDGE / CHANNEL_UNBRIDGE fire once, on the leg that ran ``bridge``.
   * Channel-State-Number is the *requested* state, so it runs ahead of Channel-State.
+  * att_xfer (reference notes §2): a consulting transferor has two bridges at once, and a
+    Bridge-A transferor that hangs up to complete the transfer becomes a zombie -- listed, but
+    gone for uuid_* commands -- until the target<->transferee bridge ends.
 """
 
 from __future__ import annotations
 
 import itertools
+import re
 import time
 import uuid as uuidlib
 from collections.abc import Callable, Iterable
@@ -166,6 +170,12 @@ DIALPLAN: dict[str, list[tuple[str, str]]] = {
 NO_ROUTE = {"9999"}
 DEFAULT_ANSWERED = [("answer", ""), ("park", "")]
 DEFAULT_RINGING = [("ring_ready", ""), ("park", "")]
+# The capture switch's global hold_music; reference §2.3/§4.4: it was not a playable stream there.
+GLOBAL_HOLD_MUSIC = "local_stream://moh"
+# Apps a uuid_broadcast ``app::args`` path runs.  Any other ``x::y`` is still read as a file to
+# play: the reference and the captures say nothing about an unknown app in a broadcast.
+BROADCAST_APPS = frozenset({"playback", "speak", "say", "att_xfer"})
+_VARS_BLOCK = re.compile(r"^\{([^}]*)\}")
 
 
 def plan_for(dest: str, answer: bool = True) -> list[tuple[str, str]] | None:
@@ -182,6 +192,31 @@ def plan_for(dest: str, answer: bool = True) -> list[tuple[str, str]] | None:
 
 def new_uuid() -> str:
     return str(uuidlib.uuid4())
+
+
+def split_broadcast(path: str) -> tuple[str, str]:
+    """``app::args`` of a uuid_broadcast path; a plain path means playback of that path."""
+    app, sep, data = path.partition("::")
+    if sep and app in BROADCAST_APPS:
+        return app, data
+    return "playback", path
+
+
+def parse_loopback(dialstring: str) -> tuple[dict[str, str], str, str] | None:
+    """``[{k=v,..}]loopback/<ext>[/<context>]`` -> (variables, ext, context); None for any
+    other endpoint (the stand-in only has the loopback endpoint, like the capture switch)."""
+    variables: dict[str, str] = {}
+    m = _VARS_BLOCK.match(dialstring)
+    if m:
+        for item in m.group(1).split(","):
+            k, _, v = item.partition("=")
+            if k.strip():
+                variables[k.strip()] = v
+        dialstring = dialstring[m.end() :]
+    parts = dialstring.split("/")
+    if parts[0] != "loopback" or len(parts) < 2 or not parts[1]:
+        return None
+    return variables, parts[1], parts[2] if len(parts) > 2 and parts[2] else "default"
 
 
 @dataclass(eq=False)
@@ -214,11 +249,15 @@ class Channel:
     app_running: bool = False
     last_app: tuple[str, str] | None = None
     session_id: int = 0
-    broadcast_parked: bool = False
-    outer_app: tuple[str, str, str] | None = None
+    # what `show channels` lists: the last CHANNEL_EXECUTE, stale afterwards (reference §0.3)
+    sql_app: str = ""
+    sql_app_data: str = ""
+    # apps a broadcast interrupted: (app, data, app_uuid, running, parked), innermost last
+    app_stack: list[tuple[str, str, str, bool, bool]] = field(default_factory=list)
+    holding: str | None = None  # partner playing hold music for this leg's broadcast
     parked: bool = False
     playing: str | None = None
-    broadcast_queue: list[str] = field(default_factory=list)
+    broadcast_queue: list[tuple[str, str, str | None]] = field(default_factory=list)
     dialplan: list[tuple[str, str]] = field(default_factory=list)
     start_app: tuple[str, str] | None = None  # originate's &app(), run once answered/early
     held: bool = False
@@ -274,6 +313,22 @@ class Channel:
         self._caller_cache = None
 
 
+@dataclass(eq=False)
+class AttXfer:
+    """One att_xfer consultation (reference §2): the transferor runs att_xfer nested in its
+    bridge with the transferee, and dials the target."""
+
+    transferor: str
+    transferee: str | None
+    dialstring: str
+    side: str | None  # the transferor's side of the old bridge ("A" runs ``bridge``)
+    hold_ok: bool  # the transferee got playable hold music (then no zombie, reference §2.6)
+    saved_other: tuple[str | None, dict[str, str] | None]
+    saved_call_uuid: str
+    target: str | None = None
+    answered: bool = False
+
+
 class SwitchError(Exception):
     """A command failed; ``reply`` is the exact api body FreeSWITCH answers."""
 
@@ -294,6 +349,13 @@ class CallModel:
         self.peak = 0
         self._deferred: list[Callable[[], None]] = []
         self._answer_waiters: dict[str, list[Callable[[], None]]] = {}
+        # att_xfer consultations by transferor uuid, and zombie transferors (reference §2.6)
+        # -> the (target, transferee) bridge whose end finally tears them down
+        self.attxfers: dict[str, AttXfer] = {}
+        self.zombies: dict[str, AttXfer] = {}
+        # None: a Bridge-A transferor turns zombie unless the transferee had playable hold
+        # music (what the reference saw); True/False forces it either way for tests
+        self.attxfer_zombie: bool | None = None
 
     # ------------------------------------------------------------------ event helpers
     def _ev(
@@ -395,6 +457,7 @@ class CallModel:
         else:
             ch.del_var("current_application_data")
         ch.app, ch.app_data, ch.app_uuid = app, data, new_uuid()
+        ch.sql_app, ch.sql_app_data = app, data
         ch.app_running = True
         post: list[Header] = [("Application", app)]
         if data:
@@ -815,8 +878,15 @@ class CallModel:
             return
         peer = self._peer(ch)
         caller = self.channels.get(ch.variables.get("originator", ""))
+        xf, role = self._attxfer_of(ch)
+        if role != "target" and peer is not None:
+            xf, role = self._attxfer_of(peer)
         self._answer(ch)
         self._flush_deferred()
+        if xf is not None and role == "target":
+            if not xf.answered and self._alive(xf.target):
+                self._attxfer_connect(xf)
+            return
         if caller is not None and caller.bridge_side == "A" and not caller.bridge_peer:
             self._complete_bridge(caller, ch)
         elif peer is not None and peer.other_type == "originator":
@@ -890,6 +960,7 @@ class CallModel:
         caller.set_time("Channel-Bridged-Time", ts)
         callee.set_time("Channel-Bridged-Time", ts)
         caller.sql_call_uuid = caller.uuid
+        callee.sql_call_uuid = caller.uuid
         caller.bridge_created_epoch = str(ts // 1_000_000)
         caller.other_type = "originatee"
         snap = dict(callee.profile)
@@ -934,7 +1005,8 @@ class CallModel:
             pre=[("Bridge-A-Unique-ID", caller.uuid), ("Bridge-B-Unique-ID", callee_uuid)],
         )
         caller.bridge_peer = None
-        if callee is not None:
+        if callee is not None and callee.bridge_peer == caller.uuid:
+            # a transferee keeps its bond to a transferor that is consulting someone else
             callee.bridge_peer = None
             callee.del_var("bridge_to")
         if caller.app == "bridge" and caller.app_running:
@@ -1073,7 +1145,17 @@ class CallModel:
         self._ev(ch, "CHANNEL_HANGUP")
 
     def _unwind(self, ch: Channel, hangup: bool) -> None:
-        """The running application returns (hangup, break, transfer)."""
+        """The running application returns (hangup, transfer, park, uuid_bridge); apps a
+        broadcast nested on top of it return first."""
+        if ch.playing is not None:
+            self._stop_playback(ch, "done" if hangup else "break")
+            if not ch.app_stack:
+                return  # a dialplan playback: nothing runs underneath it
+        while ch.app_stack:
+            if ch.app_running:
+                self._execute_complete(ch)
+            self._unnest(ch)
+        self._release_hold(ch)
         if ch.bridge_side == "A" and ch.bridge_peer:
             self._unbridge(ch)
         elif ch.parked:
@@ -1081,13 +1163,15 @@ class CallModel:
             self._ev(ch, "CHANNEL_UNPARK")
             if ch.app_running:
                 self._execute_complete(ch)
-        elif ch.playing is not None:
-            path, ch.playing = ch.playing, None
-            self._playback_stop_vars(ch)
-            self._playback_event(ch, "PLAYBACK_STOP", path, "done" if hangup else "break")
-            self._execute_complete(ch, "PLAYBACK ERROR" if hangup else "FILE PLAYED")
         elif ch.app_running and ch.bridge_side != "B":
             self._execute_complete(ch)
+
+    def _stop_playback(self, ch: Channel, status: str) -> None:
+        """PLAYBACK_STOP + EXECUTE_COMPLETE playback, as s3_break (break) / s3's 9005 (hangup)."""
+        path, ch.playing = ch.playing or "", None
+        self._playback_stop_vars(ch)
+        self._playback_event(ch, "PLAYBACK_STOP", path, status)
+        self._execute_complete(ch, "PLAYBACK ERROR" if status == "done" else "FILE PLAYED")
 
     def _release_a_side(self, caller: Channel) -> None:
         """The callee left the bridge: the caller's bridge app returns, then its dialplan
@@ -1120,6 +1204,16 @@ class CallModel:
         partner are torn down before ``ch`` is destroyed -- the s1/s2 interleaving."""
         if ch.torn_down:
             return
+        if ch.uuid in self.zombies:
+            self._reap_zombie(ch, cause)
+            return
+        xf, role = self._attxfer_of(ch)
+        if xf is not None and role == "transferor":
+            self._attxfer_transferor_gone(xf, ch, cause, announced)
+            return
+        if xf is not None:
+            # target or transferee of a consultation: the transferor stays up (reference §2.5)
+            cascade_bridge = False
         ch.torn_down = True
         partner = self.channels.get(ch.bridge_peer or "") if cascade_bridge else None
         side = ch.bridge_side
@@ -1150,6 +1244,11 @@ class CallModel:
             else:
                 self._teardown(partner, "NORMAL_CLEARING")
         self._destroy(ch)
+        if xf is not None and role == "target":
+            self._attxfer_target_gone(xf)
+        elif xf is not None:
+            xf.transferee = None  # reference §2.5: the transferor stays bridged to T
+        self._bridge_ended(ch)
 
     def _hangup_complete(self, ch: Channel) -> None:
         cause = ch.hangup_cause or "NORMAL_CLEARING"
@@ -1283,6 +1382,7 @@ class CallModel:
         ch = self._get(uid)
         if ch.parked:
             return
+        self._attxfer_forget(ch)
         partner = self.channels.get(ch.bridge_peer or "")
         self._unwind(ch, hangup=False)
         if partner is not None and ch.bridge_side == "A":
@@ -1301,40 +1401,77 @@ class CallModel:
             ch.broadcast_queue.clear()
         if ch.playing is None:
             return
-        self._unwind(ch, hangup=False)
-        if ch.broadcast_queue:
-            self._broadcast_play(ch, ch.broadcast_queue.pop(0))
-        elif ch.broadcast_parked:
-            # a broadcast on a parked leg returns to the still-running park app, silently
-            ch.parked = True
-            ch.broadcast_parked = False
-            if ch.outer_app is not None:
-                ch.app, ch.app_data, ch.app_uuid = ch.outer_app
-                ch.app_running = True
-                ch.outer_app = None
-        else:
-            self._continue(ch)
+        self._stop_playback(ch, "break")
+        self._media_done(ch)
 
-    def broadcast(self, uid: str, path: str, leg: str = "aleg") -> None:
+    # ------------------------------------------------------------------ broadcast
+    def broadcast(self, uid: str, path: str, leg: str | None = "aleg") -> None:
+        """uuid_broadcast <uuid> <path> [leg] (reference §5.1).  ``app::args`` runs that app
+        (playback, speak, say, att_xfer); no leg word means aleg plus the partner held with its
+        hold_music; an unknown leg word plays nothing."""
         ch = self._get(uid)
-        targets = [ch]
-        partner = self.channels.get(ch.bridge_peer or "")
-        if leg == "bleg":
+        partner = self._partner(ch)
+        hold: Channel | None = None
+        if leg is None:
+            targets, hold = [ch], partner
+        elif leg in ("aleg", "holdb"):
+            targets = [ch]
+        elif leg == "bleg":
             targets = [partner] if partner else []
         elif leg == "both":
             targets = [ch] + ([partner] if partner else [])
-        elif leg not in ("aleg", "holdb"):
+        else:
             return  # an unknown leg word answers +OK Message sent and plays nothing
+        app, data = split_broadcast(path)
         for t in targets:
-            if t.playing is not None:
-                t.broadcast_queue.append(path)
-                continue
-            if t.parked:
-                t.parked = False
-                t.broadcast_parked = True
-                if t.app_running:
-                    t.outer_app = (t.app, t.app_data, t.app_uuid)
-            self._broadcast_play(t, path)
+            self._run_broadcast(t, app, data, hold if t is ch else None)
+
+    def execute_app(self, uid: str, app: str, data: str) -> None:
+        """sendmsg call-command: execute; the reference saw the same events for att_xfer as
+        ``uuid_broadcast <uuid> att_xfer::<data> aleg``."""
+        self._run_broadcast(self._get(uid), app, data, None)
+
+    def _run_broadcast(self, t: Channel, app: str, data: str, hold: Channel | None) -> None:
+        if t.playing is not None:
+            # the model lets a second broadcast wait for the current playback
+            t.broadcast_queue.append((app, data, hold.uuid if hold else None))
+            return
+        hold_ok = self._start_hold(t, hold) if hold is not None else False
+        if app == "att_xfer":
+            self._att_xfer(t, data, hold_ok)
+            return
+        self._nest(t)
+        if app == "playback":
+            self._broadcast_play(t, data)  # runs until uuid_break or hangup
+            return
+        # speak / say: EXECUTE then EXECUTE_COMPLETE and no PLAYBACK_* events (the playback
+        # events come from switch_ivr_play_file only).  The model has no clock, so they end at
+        # once, as a missing file's broadcast does (reference §5.1).
+        self._execute(t, app, data)
+        self._execute_complete(t)
+        self._media_done(t)
+
+    def _media_done(self, ch: Channel) -> None:
+        """A broadcast app on ``ch`` returned: back to what it interrupted, the partner's hold
+        music stops, the next queued broadcast runs or the dialplan goes on."""
+        if ch.app_stack:
+            self._unnest(ch)
+        self._release_hold(ch)
+        if ch.broadcast_queue:
+            app, data, hold = ch.broadcast_queue.pop(0)
+            self._run_broadcast(ch, app, data, self._partner(ch) if hold else None)
+        elif not ch.app_running and not ch.parked:
+            self._continue(ch)
+
+    @staticmethod
+    def _nest(ch: Channel) -> None:
+        """A broadcast app starts on top of whatever ``ch`` runs (park, bridge, nothing)."""
+        ch.app_stack.append((ch.app, ch.app_data, ch.app_uuid, ch.app_running, ch.parked))
+        ch.parked = False
+
+    @staticmethod
+    def _unnest(ch: Channel) -> None:
+        ch.app, ch.app_data, ch.app_uuid, ch.app_running, ch.parked = ch.app_stack.pop()
 
     def _broadcast_play(self, ch: Channel, path: str) -> None:
         ch.set_var("current_loop", "1")
@@ -1344,11 +1481,277 @@ class CallModel:
         ch.playing = path
         self._playback_event(ch, "PLAYBACK_START", path, None)
 
+    def _start_hold(self, ch: Channel, partner: Channel) -> bool:
+        """The partner hears its own hold_music while ``ch``'s broadcast runs (reference §2.3,
+        §4.4).  Returns whether that stream played.  The global default was not playable on the
+        reference switch: its playback "failed at once" -- shaped here like the captured
+        missing-file broadcast (§5.1): EXECUTE, EXECUTE_COMPLETE FILE NOT FOUND, no PLAYBACK_*."""
+        if not partner.alive or partner.playing is not None:
+            return False
+        stream = str(partner.variables.get("hold_music") or GLOBAL_HOLD_MUSIC)
+        self._nest(partner)
+        if stream == GLOBAL_HOLD_MUSIC:
+            self._execute(partner, "playback", stream)
+            self._execute_complete(partner, "FILE NOT FOUND")
+            self._unnest(partner)
+            return False
+        ch.holding = partner.uuid
+        self._broadcast_play(partner, stream)
+        return True
+
+    def _release_hold(self, ch: Channel) -> None:
+        uid, ch.holding = ch.holding, None
+        partner = self.channels.get(uid or "")
+        if partner is None or not partner.alive or partner.playing is None:
+            return
+        self._stop_playback(partner, "break")
+        self._media_done(partner)
+
+    # ------------------------------------------------------------------ attended transfer
+    def _att_xfer(self, x: Channel, dialstring: str, hold_ok: bool) -> None:
+        """att_xfer run by the transferor ``x`` inside its bridge (reference §2.1/§2.2):
+        EXECUTE att_xfer, CALLSTATE RING_WAIT, then the target T is dialled like the ``bridge``
+        app's callee (Other-Type originator, Other-Leg = x).  When T answers, x is bridged to T
+        and the old bridge with the transferee is left standing (no UNBRIDGE)."""
+        y = self._partner(x)
+        self._nest(x)
+        self._execute(x, "att_xfer", dialstring)
+        self._callstate(x, "RING_WAIT")
+        xf = AttXfer(
+            transferor=x.uuid,
+            transferee=y.uuid if y else None,
+            dialstring=dialstring,
+            side=x.bridge_side,
+            hold_ok=hold_ok,
+            saved_other=(x.other_type, x.other_profile),
+            saved_call_uuid=x.sql_call_uuid,
+        )
+        parsed = parse_loopback(dialstring)
+        if parsed is None:
+            # derived: originating to an endpoint the switch lacks fails at once
+            # (CHAN_NOT_IMPLEMENTED in s4), so att_xfer returns as when T never answers
+            self._attxfer_resume(xf, x, y, ringing=True)
+            return
+        variables, ext, context = parsed
+        t, _ = self._loopback_pair(ext, context, variables, None, plan_for(ext), None, originator=x)
+        xf.target = t.uuid
+        if y is None:
+            # reference §2.1: att_xfer with no bond -- the target it dialled died
+            # DESTINATION_OUT_OF_ORDER and att_xfer returned
+            if t.alive:
+                self.hangup(t.uuid, "DESTINATION_OUT_OF_ORDER")
+            self._attxfer_resume(xf, x, None, ringing=True)
+            return
+        self.attxfers[x.uuid] = xf
+        if not t.alive:  # no route: T died while it was dialled
+            self._attxfer_target_gone(xf)
+        elif t.answered:
+            self._attxfer_connect(xf)
+        self._flush_deferred()
+
+    def _attxfer_connect(self, xf: AttXfer) -> None:
+        """T answered (reference §2.2 step 4): ANSWER(T) has fired; transferor CALLSTATE
+        ACTIVE, then CHANNEL_BRIDGE Bridge-A=transferor Bridge-B=T.  The transferor now has
+        bridge_to/signal_bond = T; the transferee keeps bridge_to = transferor."""
+        x, t = self.channels[xf.transferor], self.channels[xf.target or ""]
+        xf.answered = True
+        self._callstate(x, "ACTIVE")
+        self._link(x, t)
+        self._ev(
+            x,
+            "CHANNEL_BRIDGE",
+            pre=[("Bridge-A-Unique-ID", x.uuid), ("Bridge-B-Unique-ID", t.uuid)],
+        )
+        self._bridge_vars(x, t)
+        # derived from the bridge app's callee (s5): the consulted leg exchanges media
+        self._state(t, "CS_EXCHANGE_MEDIA")
+
+    def _attxfer_of(self, ch: Channel) -> tuple[AttXfer | None, str]:
+        for xf in self.attxfers.values():
+            if xf.transferor == ch.uuid:
+                return xf, "transferor"
+            if xf.target == ch.uuid:
+                return xf, "target"
+            if xf.transferee == ch.uuid:
+                return xf, "transferee"
+        return None, ""
+
+    def _attxfer_forget(self, ch: Channel) -> None:
+        """Other call control on a consultation's leg: the stand-in stops tracking it (the
+        reference did not try this)."""
+        xf, role = self._attxfer_of(ch)
+        if xf is not None:
+            self.attxfers.pop(xf.transferor, None)
+
+    def _attxfer_end_app(self, x: Channel) -> None:
+        # derived: every app run by switch_core_session_exec fires EXECUTE_COMPLETE when it
+        # returns (captured for playback, park, bridge), so att_xfer does too
+        if x.app == "att_xfer" and x.app_running:
+            self._execute_complete(x)
+            if x.app_stack:
+                self._unnest(x)
+
+    def _restore_bond(self, xf: AttXfer, x: Channel, y: Channel) -> None:
+        """The transferor is back in its old bridge with the transferee."""
+        x.bridge_peer, y.bridge_peer = y.uuid, x.uuid
+        x.bridge_side = xf.side
+        y.bridge_side = "B" if xf.side == "A" else "A"
+        x.other_type, x.other_profile = xf.saved_other
+        x.sql_call_uuid = xf.saved_call_uuid
+        if xf.side == "A":
+            y.sql_call_uuid = x.uuid
+        x.set_var("bridge_to", y.uuid)
+        x.set_var("signal_bond", y.uuid)
+
+    def _attxfer_resume(self, xf: AttXfer, x: Channel, y: Channel | None, ringing: bool) -> None:
+        """Reference §2.5: T hung up or never answered -- att_xfer ends and the old bridge
+        simply resumes, with no new BRIDGE event.  The transferor's way back from RING_WAIT to
+        ACTIVE is derived (§2.2 shows the same change when T answers)."""
+        self.attxfers.pop(x.uuid, None)
+        if ringing:
+            self._callstate(x, "ACTIVE")
+        self._attxfer_end_app(x)
+        self._release_hold(x)
+        if y is not None:
+            self._restore_bond(xf, x, y)
+
+    def _attxfer_target_gone(self, xf: AttXfer) -> None:
+        """T has been torn down (killed, hung up, cancel key, no route)."""
+        self.attxfers.pop(xf.transferor, None)
+        x = self._alive(xf.transferor)
+        if x is None:
+            return
+        y = self._alive(xf.transferee)
+        if not xf.answered or y is None:
+            self._attxfer_resume(xf, x, y, ringing=not xf.answered)
+            return
+        # Cancel (reference §2.5): T hung up NORMAL_CLEARING, then the transferor is
+        # uuid_bridge'd back to the transferee: UNBRIDGE of the old bridge, then BRIDGE
+        # Bridge-A=transferor Bridge-B=transferee.  The hold music stops as att_xfer ends.
+        x.bridge_peer = None
+        self._attxfer_end_app(x)
+        self._release_hold(x)
+        self._restore_bond(xf, x, y)
+        self.uuid_bridge(x.uuid, y.uuid)
+
+    def _attxfer_transferor_gone(
+        self, xf: AttXfer, x: Channel, cause: str, announced: bool
+    ) -> None:
+        """The transferor hangs up (uuid_kill, its hangup key, its loopback twin)."""
+        self.attxfers.pop(x.uuid, None)
+        if not announced and not x.hungup:
+            self._announce_hangup(x, cause)
+        cause = x.hangup_cause or cause
+        t, y = self._alive(xf.target), self._alive(xf.transferee)
+        unwound = False
+        if t is not None and y is not None and xf.answered:
+            self._attxfer_complete(x, t, y)
+            if xf.side == "A" and (
+                not xf.hold_ok if self.attxfer_zombie is None else self.attxfer_zombie
+            ):
+                # reference §2.6: a Bridge-A transferor fires CHANNEL_HANGUP and nothing more
+                # until the new target<->transferee bridge ends; it stays listed, uuid_exists
+                # says false, its loopback twin lingers
+                self.zombies[x.uuid] = xf
+                return
+            self._attxfer_end_app(x)
+            if x.app == "bridge" and x.app_running:
+                # derived: the caller's bridge app returns once its callee left the bridge
+                x.bridge_peer = y.uuid
+                self._unbridge(x)
+            unwound = True
+        elif t is not None and y is not None:
+            # reference §2.5: hanging up while T still rings -- T died DESTINATION_OUT_OF_ORDER,
+            # the transferee ORIGINATOR_CANCEL: everybody lost
+            self._release_hold(x)
+            self._teardown(t, "DESTINATION_OUT_OF_ORDER")
+            self._teardown(y, "ORIGINATOR_CANCEL", cascade_bridge=False)
+            self._attxfer_end_app(x)
+        elif t is not None:
+            # reference §2.5: the transferee hung up earlier -- T is left in CS_PARK (FreeSWITCH
+            # hung it up about 8 s later by itself; the model has no clock for that)
+            x.bridge_peer = t.bridge_peer = None
+            if t.answered:
+                self._state(t, "CS_PARK")
+                self._park_event(t)
+            else:
+                self._teardown(t, "DESTINATION_OUT_OF_ORDER")
+            self._attxfer_end_app(x)
+        else:
+            self._attxfer_end_app(x)  # everybody else is going down too (hupall)
+        self._teardown(x, cause, announced=True, unwound=unwound, cascade_bridge=False)
+
+    def _attxfer_complete(self, x: Channel, t: Channel, y: Channel) -> None:
+        """Reference §2.4 after the transferor's CHANNEL_HANGUP: transferee and T get
+        CHANNEL_PARK, CHANNEL_UNPARK, CHANNEL_EXECUTE uuid_bridge, then CHANNEL_BRIDGE
+        Bridge-A=T Bridge-B=transferee (T ends CS_SOFT_EXECUTE, the transferee
+        CS_EXCHANGE_MEDIA).  The transferee's hold music stops when att_xfer ends (§2.3); that
+        it stops before the PARKs is derived (the uuid_bridge recipe of §2.7 shows
+        PLAYBACK_STOP before the BRIDGE)."""
+        self._release_hold(x)
+        if y.bridge_side == "A" and y.app == "bridge" and y.app_running:
+            # derived: a transferee that runs ``bridge`` (the callee was the transferor)
+            # leaves its bridge app before it is parked
+            self._unbridge(y)
+        x.bridge_peer = None
+        for leg in (y, t):
+            leg.bridge_peer = None
+            self._state(leg, "CS_PARK")
+            self._park_event(leg)
+        self.uuid_bridge(t.uuid, y.uuid)
+
+    def _reap_zombie(self, x: Channel, cause: str) -> None:
+        """Reference §2.6: when the new bridge ends the zombie fires a second CHANNEL_UNBRIDGE
+        (Bridge-B = transferee) and a late CHANNEL_EXECUTE_COMPLETE bridge, then the usual end
+        of a hangup (HANGUP_COMPLETE, DESTROY), and its loopback twin goes with it."""
+        xf = self.zombies.pop(x.uuid)
+        while x.app_stack:  # att_xfer's own return was not seen on the wire
+            self._unnest(x)
+        x.other_type, x.other_profile = xf.saved_other
+        x.bridge_side, x.bridge_peer = "A", xf.transferee
+        self._unbridge(x, x.hangup_cause or cause)
+        self._teardown(x, x.hangup_cause or cause, announced=True, unwound=True)
+
+    def _bridge_ended(self, ch: Channel) -> None:
+        """``ch`` left: a zombie transferor waiting on its bridge goes at last."""
+        for zuid, xf in list(self.zombies.items()):
+            if ch.uuid in (xf.target, xf.transferee):
+                z = self.channels.get(zuid)
+                if z is None:
+                    self.zombies.pop(zuid, None)
+                elif not z.torn_down:
+                    self._teardown(z, z.hangup_cause or "NORMAL_CLEARING", announced=True)
+
+    def recv_dtmf(self, uid: str, digits: str) -> None:
+        """uuid_recv_dtmf: the digits arrive as if the leg's phone pressed them.  Only the
+        att_xfer keys have a modelled effect (reference §2.5); they work once the target has
+        answered, read from the transferor's variables, else the target's.  Other digits
+        would reach the target as DTMF, which no capture shows, so nothing is fired."""
+        ch = self._get(uid)
+        for digit in digits:
+            xf = self.attxfers.get(ch.uuid)
+            t = self._alive(xf.target) if xf is not None and xf.answered else None
+            if t is None or not ch.alive:
+                continue
+            # Not observed, read in FreeSWITCH-derived att_xfer code (Kazoo's kz_att_xfer): a
+            # digit is compared with the first character of each key variable, the hangup
+            # key first -- so attxfer_cancel_key=*1 makes "*" complete, not cancel
+            if digit == self._attxfer_key(ch, t, "attxfer_hangup_key", "*"):
+                self.hangup(ch.uuid, "NORMAL_CLEARING")
+            elif digit == self._attxfer_key(ch, t, "attxfer_cancel_key", "#"):
+                self.hangup(t.uuid, "NORMAL_CLEARING")
+            # attxfer_conf_key (three_way) is not modelled
+
+    @staticmethod
+    def _attxfer_key(x: Channel, t: Channel, name: str, default: str) -> str:
+        return str(x.variables.get(name) or t.variables.get(name) or default)[:1]
+
     def transfer(
         self, uid: str, dest: str, dialplan: str = "XML", context: str = "default"
     ) -> None:
         """uuid_transfer of one leg (s2_transfer); the other party of a bridge hangs up."""
         ch = self._get(uid)
+        self._attxfer_forget(ch)
         partner = self.channels.get(ch.bridge_peer or "")
         if partner is not None and ch.bridge_side == "A":
             self._teardown(partner, "NORMAL_CLEARING", cascade_bridge=False)
@@ -1466,6 +1869,8 @@ class CallModel:
         """uuid_bridge of two parked legs (s6: UNPARK, EXECUTE uuid_bridge x2, BRIDGE)."""
         a = self._get_or(uid_a, "-ERR Invalid uuid\n")
         b = self._get_or(uid_b, "-ERR Invalid uuid\n")
+        for leg in (a, b):
+            self._attxfer_forget(leg)
         for leg, other in ((a, b), (b, a)):
             partner = self.channels.get(leg.bridge_peer or "")
             if partner is not None and partner is not other:
@@ -1483,6 +1888,7 @@ class CallModel:
             self._state(leg, "CS_SOFT_EXECUTE")
         for leg, other in ((a, b), (b, a)):
             leg.app, leg.app_data, leg.app_uuid = "uuid_bridge", other.uuid, ""
+            leg.sql_app, leg.sql_app_data = "uuid_bridge", other.uuid
             leg.set_var("current_application", "uuid_bridge")
             leg.set_var("current_application_data", other.uuid)
             self._ev(
@@ -1509,6 +1915,14 @@ class CallModel:
     def _get(self, uid: str) -> Channel:
         return self._get_or(uid, "-ERR No such channel!\n")
 
+    def _alive(self, uid: str | None) -> Channel | None:
+        ch = self.channels.get(uid or "")
+        return ch if ch is not None and ch.alive else None
+
+    def _partner(self, ch: Channel) -> Channel | None:
+        """The bridge partner (what ``bridge_to`` names)."""
+        return self._alive(ch.bridge_peer)
+
     def _get_or(self, uid: str, reply: str) -> Channel:
         ch = self.channels.get(uid)
         if ch is None or not ch.alive:
@@ -1529,3 +1943,5 @@ class CallModel:
         self.channels.clear()
         self._deferred.clear()
         self._answer_waiters.clear()
+        self.attxfers.clear()
+        self.zombies.clear()

@@ -39,33 +39,62 @@ SQL_DISABLED = "-ERR SQL disabled, no data available!\n"
 
 
 def separate(text: str, limit: int = 0) -> list[str]:
-    """switch_separate_string(' '): single quotes group, backslash escapes; once ``limit``
-    arguments are reached the last one swallows the rest of the line."""
-    out: list[str] = []
+    """switch_separate_string(' '): split at spaces outside single quotes; once ``limit``
+    arguments are reached the last one takes the rest of the line.  Every argument is then
+    cleaned as FreeSWITCH does: paired quotes removed (a lone quote stays), ``\\`` escapes
+    resolved, surrounding spaces trimmed -- so ``'speak::flite|kal|Hello there'`` is one
+    argument (reference §0.3)."""
+    raw: list[str] = []
     i, n = 0, len(text)
     while i < n:
         while i < n and text[i] == " ":
             i += 1
         if i >= n:
             break
-        if limit and len(out) == limit - 1:
-            out.append(text[i:].strip("'"))
+        if limit and len(raw) == limit - 1:
+            raw.append(text[i:])
             break
-        buf = []
-        quoted = False
-        while i < n and (quoted or text[i] != " "):
+        start, quoted = i, False
+        while i < n:
             c = text[i]
-            if c == "\\" and i + 1 < n:
-                buf.append(text[i + 1])
+            if c == "\\":
                 i += 2
                 continue
-            if c == "'":
+            if c == "'" and (quoted or "'" in text[i + 1 :]):
                 quoted = not quoted
-            else:
-                buf.append(c)
+            elif c == " " and not quoted:
+                break
             i += 1
-        out.append("".join(buf))
-    return out
+        raw.append(text[start:i])
+    return [_clean_arg(arg) for arg in raw]
+
+
+_UNESCAPE = {"n": "\n", "r": "\r", "t": "\t", "s": " ", "'": "'", '"': '"', "\\": "\\", " ": " "}
+
+
+def _clean_arg(arg: str) -> str:
+    out: list[str] = []
+    keep = 0  # length of ``out`` without trailing unquoted spaces
+    quoted = False
+    arg = arg.lstrip(" ")
+    i, n = 0, len(arg)
+    while i < n:
+        c = arg[i]
+        if c == "\\" and i + 1 < n and arg[i + 1] in _UNESCAPE:
+            out.append(_UNESCAPE[arg[i + 1]])
+            keep = len(out)
+            i += 2
+            continue
+        if c == "'" and (quoted or "'" in arg[i + 1 :]):
+            quoted = not quoted
+            if quoted:
+                keep = len(out)
+        else:
+            out.append(c)
+            if c != " " or quoted:
+                keep = len(out)
+        i += 1
+    return "".join(out[:keep])
 
 
 _VARS_BLOCK = re.compile(r"^\{([^}]*)\}")
@@ -94,6 +123,7 @@ class Api:
             "uuid_hold": self.uuid_hold,
             "uuid_bridge": self.uuid_bridge,
             "uuid_broadcast": self.uuid_broadcast,
+            "uuid_recv_dtmf": self.uuid_recv_dtmf,
             "uuid_record": self.uuid_record,
             "uuid_audio": self.uuid_audio,
             "hupall": self.hupall,
@@ -317,8 +347,20 @@ class Api:
         if len(args) < 2:
             return "-USAGE: <uuid> <path> [aleg|bleg|holdb|both]\n"
         ch = self._find(args[0], "-ERR invalid uuid\n")
-        self.model.broadcast(ch.uuid, args[1], args[2] if len(args) > 2 else "aleg")
+        # no leg word is not "aleg": the partner is held with hold music (reference §5.1)
+        self.model.broadcast(ch.uuid, args[1], args[2] if len(args) > 2 else None)
         return "+OK Message sent\n"
+
+    def uuid_recv_dtmf(self, arg: str) -> str:
+        # Reply text from the reference (§2.4); the trailing newline is assumed, as on every
+        # captured mod_commands reply.  Neither an unknown uuid nor missing arguments were
+        # tried: those replies take the shape of the captured uuid_kill / uuid_transfer ones.
+        args = separate(arg, 2)
+        if len(args) < 2 or not args[1]:
+            return "-USAGE: <uuid> <dtmf_data>\n"
+        ch = self._find(args[0])
+        self.model.recv_dtmf(ch.uuid, args[1])
+        return f"+OK {ch.uuid} received DTMF {args[1]}.\n"
 
     def uuid_record(self, arg: str) -> str:
         usage = "-USAGE: <uuid> [start|stop|mask|unmask] <path> [<limit>] [<recording_vars>]\n"

@@ -39,8 +39,8 @@ def channel_row(ch: Channel, hostname: str) -> dict[str, str]:
         "cid_num": p.get("Caller-ID-Number", ""),
         "ip_addr": "",
         "dest": p.get("Destination-Number", ""),
-        "application": ch.app,
-        "application_data": ch.app_data,
+        "application": ch.sql_app,
+        "application_data": ch.sql_app_data,
         "dialplan": p.get("Dialplan", ""),
         "context": p.get("Context", ""),
         "read_codec": "L16",
@@ -105,13 +105,17 @@ def show_channels(channels: Iterable[Channel], hostname: str, fmt: str) -> bytes
 
 def _call_pairs(channels: list[Channel]) -> list[tuple[Channel, Channel | None]]:
     """The basic_calls view: a channel heads a call unless it belongs to another leg's call;
-    its b-leg is the channel whose call_uuid names it."""
-    by_call: dict[str, Channel] = {}
+    its b-legs are the channels whose call_uuid names it."""
+    by_call: dict[str, list[Channel]] = {}
     for ch in channels:
         if ch.sql_call_uuid and ch.sql_call_uuid != ch.uuid:
-            by_call.setdefault(ch.sql_call_uuid, ch)
+            by_call.setdefault(ch.sql_call_uuid, []).append(ch)
     heads = [ch for ch in channels if not ch.sql_call_uuid or ch.sql_call_uuid == ch.uuid]
-    pairs = [(ch, by_call.get(ch.uuid)) for ch in heads]
+    # a transferor consulting its target heads two calls (reference §2.2: show bridged_calls
+    # lists it with the transferee and with the target)
+    pairs: list[tuple[Channel, Channel | None]] = [
+        (ch, b) for ch in heads for b in (by_call.get(ch.uuid) or [None])
+    ]
     # "order by call_created_epoch": calls without a bridge (empty string) sort first
     pairs.sort(key=lambda p: (p[0].bridge_created_epoch if p[1] else "", p[0].created_us))
     return pairs

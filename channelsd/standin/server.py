@@ -23,7 +23,7 @@ import gevent.queue
 from gevent.server import StreamServer
 
 from . import protocol
-from .channels import CallModel, Channel, new_uuid
+from .channels import BROADCAST_APPS, GLOBAL_HOLD_MUSIC, CallModel, Channel, new_uuid
 from .commands import VERSION, Api, uptime_text
 from .events import EventBuilder, now_us
 from .protocol import Event, Packet, PacketReader
@@ -342,6 +342,14 @@ class StandinSwitch:
     def hangup(self, uuid: str, cause: str = "NORMAL_CLEARING") -> None:
         self.model.hangup(uuid, cause)
 
+    def broadcast(self, uuid: str, path: str, leg: str | None = "aleg") -> None:
+        """Like ``uuid_broadcast`` (``leg=None`` is the form without a leg word)."""
+        self.model.broadcast(uuid, path, leg)
+
+    def recv_dtmf(self, uuid: str, digits: str) -> None:
+        """Like ``uuid_recv_dtmf``: the leg's phone pressed ``digits``."""
+        self.model.recv_dtmf(uuid, digits)
+
     def transfer(
         self, uuid: str, dest: str, dialplan: str = "XML", context: str = "default"
     ) -> None:
@@ -409,7 +417,7 @@ class StandinSwitch:
             "core_uuid": self.core_uuid,
             "local_ip_v4": self.builder.ipv4,
             "local_ip_v6": self.builder.ipv6,
-            "hold_music": "local_stream://moh",
+            "hold_music": GLOBAL_HOLD_MUSIC,
         }
 
     # ------------------------------------------------------------------ connection handling
@@ -626,4 +634,10 @@ class StandinSwitch:
             self.model.hangup(uid, cause)
         elif command == "execute" and headers.get("execute-app-name") == "park":
             self.model.park(uid)
+        elif command == "execute" and headers.get("execute-app-name") in BROADCAST_APPS:
+            # reference §2.1: sendmsg execute att_xfer gives the events of the aleg broadcast
+            arg = headers.get("execute-app-arg")
+            if arg is None:
+                arg = packet.body.decode("utf-8", "replace").rstrip("\n")
+            self.model.execute_app(uid, headers["execute-app-name"], arg)
         conn.send(protocol.command_reply("+OK"))
