@@ -8,6 +8,7 @@ does; a greenlet that dies is logged, never swallowed.
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import time
 from typing import Any
@@ -32,11 +33,15 @@ log = logging.getLogger("channelsd")
 STATUS_EVERY = 5.0
 
 
+_TOKEN_IN_URL = re.compile(r"(auth_token=)[^&\s\"]+")
+
+
 class _AccessLog:
-    """pywsgi writes one access line per request to this; route it into logging."""
+    """pywsgi writes one access line per request to this; route it into logging, with any
+    token in the URL (EventSource clients must put it there) masked."""
 
     def write(self, line: str) -> None:
-        log.debug("http %s", line.rstrip())
+        log.debug("http %s", _TOKEN_IN_URL.sub(r"\1********", line.rstrip()))
 
 
 def _identity(cfg: Config) -> Identity:
@@ -144,6 +149,7 @@ class Daemon:
     def stop(self) -> None:
         self.notifier.send("STOPPING=1")
         self.loop.stop()
+        self.ctx.broker.close()
         for node in self.nodes.values():
             node.stop()
         if self.http is not None:

@@ -44,7 +44,13 @@ class Broker:
         self.seq = 0
         self._wake = gevent.event.Event()
         self.subscribers = 0
+        self.closed = False
         table.listener = self._on_change
+
+    def close(self) -> None:
+        """End every stream (the daemon is stopping)."""
+        self.closed = True
+        self._wake.set()
 
     def _on_change(self, kind: str, ch: Channel, _info: Any) -> None:
         self.seq += 1
@@ -68,7 +74,7 @@ class Broker:
 
     def wait_after(self, seq: int, timeout: float) -> None:
         """Sleep until there is a change after `seq` (or the timeout); never misses one."""
-        if self.seq <= seq:
+        if self.seq <= seq and not self.closed:
             self._wake.wait(timeout)
 
 
@@ -108,7 +114,7 @@ def subscribe(
     broker.subscribers += 1
     try:
         last_write = time.monotonic()
-        while True:
+        while not broker.closed:
             changes = broker.since(position)
             if changes is None:  # this subscriber fell behind the ring
                 position = broker.seq

@@ -388,10 +388,19 @@ class ChannelTable:
 
     def mark_stale(self, node: str) -> None:
         """The node's connection dropped: what we hold of it is no longer confirmed."""
-        self._stale_since.setdefault(node, self._clock())
+        if node not in self._stale_since:
+            self._stale_since[node] = self._clock()
+            self._announce(node, "STALE")
 
     def clear_stale(self, node: str) -> None:
-        self._stale_since.pop(node, None)
+        if self._stale_since.pop(node, None) is not None:
+            self._announce(node, "FRESH")
+
+    def _announce(self, node: str, why: str) -> None:
+        # `stale` is computed, not stored: tell the listener each channel's view changed.
+        if self.listener:
+            for ch in list(self._by_node.get(node, {}).values()):
+                self.listener("update", ch, why)
 
     def drop_stale(self, node: str) -> int:
         """The grace period is over: forget the node's channels not heard of since the drop."""

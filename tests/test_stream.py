@@ -177,3 +177,34 @@ def test_many_subscribers_all_get_every_change(daemon: Harness, switch: Any, sub
     for s in subs:
         for uuid in made:
             s.wait_for("create", lambda d, u=uuid: d["uuid"] == u)
+
+
+def test_a_node_going_stale_and_back_is_streamed(daemon: Harness, switch: Any, sub: Any) -> None:
+    a, _ = switch.bridged_call(variables_a=ACC1, variables_b=ACC1)
+    wait_until(lambda: daemon.table.get(a) is not None)
+    s = sub("/v2/accounts/acc1/channel_events")
+    s.wait_for("snapshot")
+    switch.drop_connections()
+    s.wait_for("update", lambda d: d["uuid"] == a and d["changed"].get("stale") is True)
+    s.wait_for("update", lambda d: d["uuid"] == a and d["changed"].get("stale") is False)
+
+
+def test_stopping_the_daemon_ends_open_streams(switch: Any, make_daemon: Any) -> None:
+    h = make_daemon([switch])
+    s = Subscriber(h, "/v2/channel_events", tok="super")
+    s.wait_for("snapshot")
+    h.daemon.stop()
+    wait_until(lambda: s.greenlet.dead, what="stream ended")
+    s.close()
+
+
+def test_the_access_log_masks_a_token_in_the_url(caplog: Any) -> None:
+    import logging
+
+    from channelsd.daemon import _AccessLog
+
+    caplog.set_level(logging.DEBUG, logger="channelsd")
+    _AccessLog().write(
+        '127.0.0.1 - - "GET /v2/channel_events?auth_token=s3cret&x=1 HTTP/1.1" 200\n'
+    )
+    assert "s3cret" not in caplog.text and "auth_token=********&x=1" in caplog.text

@@ -1,1 +1,288 @@
-// placeholder: the console is built in issue #7
+// The operator console: sign in, follow the live channels, act on them.
+
+import { ActionDialog } from "./actions.js";
+import { Api, routes } from "./api.js";
+import { shortId } from "./format.js";
+import { LiveStream } from "./live.js";
+import * as session from "./session.js";
+import { ChannelStore } from "./store.js";
+import { ChannelsView } from "./view.js";
+
+const $ = (id) => document.getElementById(id);
+const STALE_POLL_MS = 5000;
+const OTHER = "__other__";
+
+const state = { session: null, scope: null, api: null, live: null, liveState: "" };
+const store = new ChannelStore();
+
+const view = new ChannelsView({
+  table: $("channels"),
+  empty: $("empty"),
+  counts: $("counts"),
+  store,
+  onAction: (uuid, button) => actions.open(uuid, button),
+  onFocusLost: () => $("filter").focus(),
+});
+
+const actions = new ActionDialog({
+  dialog: $("action-dialog"),
+  store,
+  api: () => state.api,
+  scope: () => state.scope,
+  onDone: (message) => toast(message),
+  onAuthLost: (message) => signOut(`${message}: sign in again.`),
+  fallbackFocus: () => $("filter").focus(),
+});
+
+// -- banner and notices -----------------------------------------------------------------------
+
+let bannerTimer = null;
+let toastTimer = null;
+
+function banner(kind, text, hideAfterMs) {
+  const el = $("banner");
+  clearTimeout(bannerTimer);
+  el.textContent = text;
+  el.dataset.kind = kind;
+  if (text && hideAfterMs) bannerTimer = setTimeout(() => banner("", ""), hideAfterMs);
+}
+
+function toast(text) {
+  const notice = $("notice");
+  clearTimeout(toastTimer);
+  notice.textContent = text;
+  toastTimer = setTimeout(() => (notice.textContent = ""), 5000);
+}
+
+function showLiveState(liveState, detail = {}) {
+  state.liveState = liveState;
+  const indicator = $("live-state");
+  indicator.dataset.state = liveState;
+  indicator.textContent = {
+    connecting: "Connecting…",
+    live: "Live",
+    down: "Reconnecting…",
+    failed: "Stopped",
+  }[liveState];
+  $("board").classList.toggle("not-live", liveState === "down" || liveState === "failed");
+  if (liveState === "live") {
+    if (detail.recovered) {
+      banner("ok", "Live updates are back: the table caught up with what was missed.", 6000);
+    } else if ($("banner").dataset.kind !== "ok") {
+      banner("", "");
+    }
+  } else if (liveState === "down") {
+    banner("warn", "Live updates interrupted: reconnecting… The table may be out of date.");
+  } else if (liveState === "failed") {
+    const err = detail.error;
+    if (err && err.status === 401) signOut(`${err.message}: sign in again.`);
+    else banner("error", `Live updates stopped: ${err ? err.message : "unknown error"}`);
+  }
+}
+
+// -- the stream -------------------------------------------------------------------------------
+
+function onEvent(kind, data) {
+  if (kind === "snapshot") store.reset(Array.isArray(data) ? data : []);
+  else if (kind === "create") store.put(data);
+  else if (kind === "update") store.patch(data.uuid, data.changed || {}, data.removed);
+  else if (kind === "destroy") store.remove(data.uuid);
+}
+
+function connect() {
+  if (state.live) state.live.stop();
+  store.reset([]);
+  const { api, scope } = state;
+  state.live = new LiveStream({
+    url: routes(scope).events,
+    token: state.session.token,
+    probe: () => session.probeScope(api, scope),
+    onEvent,
+    onState: showLiveState,
+  });
+  state.live.start();
+}
+
+async function pollStale() {
+  if (!state.live || state.liveState !== "live") return;
+  const scope = state.scope;
+  try {
+    const stale = await state.api.get(`${routes(scope).list}?filter_stale=true`);
+    if (scope === state.scope) store.setStale(new Set((stale || []).map((i) => i.uuid)));
+  } catch (err) {
+    if (err.status === 401) signOut(`${err.message}: sign in again.`);
+  }
+}
+
+// -- accounts ---------------------------------------------------------------------------------
+
+let accountsShown = "";
+
+function accountLabel(id, realm) {
+  return realm ? `${realm} (${shortId(id)})` : id;
+}
+
+function fillAccounts() {
+  const select = $("account-select");
+  const realms = store.accounts();
+  let options;
+  if (state.scope.mode === "system") {
+    const ids = [...realms.keys()].sort((a, b) =>
+      accountLabel(a, realms.get(a)).localeCompare(accountLabel(b, realms.get(b))),
+    );
+    if (view.account && !ids.includes(view.account)) ids.unshift(view.account);
+    options = [["", "All accounts"], ...ids.map((id) => [id, accountLabel(id, realms.get(id))])];
+  } else {
+    const ids = [state.scope.account, ...session.knownAccounts()];
+    const unique = [...new Set(ids)];
+    options = [
+      ...unique.map((id) => [id, accountLabel(id, realms.get(id))]),
+      [OTHER, "Other account…"],
+    ];
+  }
+  const signature = JSON.stringify(options);
+  if (signature === accountsShown) return;
+  accountsShown = signature;
+  const current = state.scope.mode === "system" ? view.account : state.scope.account;
+  select.replaceChildren(
+    ...options.map(([value, label]) => {
+      const option = document.createElement("option");
+      option.value = value;
+      option.textContent = label;
+      return option;
+    }),
+  );
+  select.value = current;
+}
+
+function onAccountChange() {
+  const select = $("account-select");
+  if (state.scope.mode === "system") {
+    view.setAccount(select.value);
+    return;
+  }
+  if (select.value === OTHER) {
+    select.value = state.scope.account;
+    $("add-account").hidden = false;
+    $("add-account-id").focus();
+    return;
+  }
+  switchAccount(select.value);
+}
+
+function switchAccount(account) {
+  state.scope = { mode: "account", account };
+  state.session = { ...state.session, account };
+  session.saveSession(state.session);
+  accountsShown = "";
+  fillAccounts();
+  connect();
+}
+
+async function onAddAccount(e) {
+  e.preventDefault();
+  const input = $("add-account-id");
+  const error = $("add-account-error");
+  const account = input.value.trim();
+  if (!account) return;
+  error.hidden = true;
+  try {
+    await session.probeAccount(state.api, account);
+  } catch (err) {
+    error.textContent = `Cannot show ${account}: ${err.message}`;
+    error.hidden = false;
+    input.focus();
+    return;
+  }
+  input.value = "";
+  $("add-account").hidden = true;
+  session.rememberAccount(account);
+  switchAccount(account);
+  $("account-select").focus();
+}
+
+// -- sign in and out --------------------------------------------------------------------------
+
+function showBoard() {
+  $("login").hidden = true;
+  $("board").hidden = false;
+  $("session").hidden = false;
+  $("add-account").hidden = true;
+  accountsShown = "";
+  view.setAccount("");
+  fillAccounts();
+  connect();
+}
+
+function signOut(message) {
+  if (state.live) state.live.stop();
+  state.live = null;
+  state.session = null;
+  session.clearSession();
+  store.reset([]);
+  banner("", "");
+  $("board").hidden = true;
+  $("session").hidden = true;
+  $("login").hidden = false;
+  $("login-token").value = "";
+  $("login-account").value = session.lastAccount();
+  const error = $("login-error");
+  error.textContent = message || "";
+  error.hidden = !message;
+  $("login-token").focus();
+}
+
+async function onLogin(e) {
+  e.preventDefault();
+  const token = $("login-token").value.trim();
+  const account = $("login-account").value.trim();
+  const error = $("login-error");
+  if (!token) {
+    error.textContent = "Enter an API token.";
+    error.hidden = false;
+    $("login-token").focus();
+    return;
+  }
+  $("login-submit").disabled = true;
+  error.hidden = true;
+  try {
+    start(await session.signIn(token, account));
+  } catch (err) {
+    error.textContent = err.status === 401 ? "This token was refused." : err.message;
+    error.hidden = false;
+    $(err.field === "account" ? "login-account" : "login-token").focus();
+  } finally {
+    $("login-submit").disabled = false;
+  }
+}
+
+function start(s) {
+  state.session = s;
+  state.api = new Api(s.token);
+  state.scope = s.mode === "system" ? { mode: "system" } : { mode: "account", account: s.account };
+  session.saveSession(s);
+  showBoard();
+  $("filter").focus();
+}
+
+// -- wiring -----------------------------------------------------------------------------------
+
+$("login-form").addEventListener("submit", onLogin);
+$("logout").addEventListener("click", () => signOut(""));
+$("filter").addEventListener("input", (e) => view.setFilter(e.target.value));
+$("account-select").addEventListener("change", onAccountChange);
+$("add-account").addEventListener("submit", onAddAccount);
+$("add-account-cancel").addEventListener("click", () => {
+  $("add-account").hidden = true;
+  $("account-select").focus();
+});
+store.subscribe(() => {
+  if (state.scope) fillAccounts();
+});
+setInterval(() => view.tick(), 1000);
+setInterval(pollStale, STALE_POLL_MS);
+
+const saved = session.savedSession();
+if (saved) start(saved);
+else signOut("");
+document.documentElement.dataset.ready = "true";

@@ -1,0 +1,231 @@
+// The per-channel actions dialog: hang up, hold toggle, break, transfer, intercept.
+// Destructive actions ask for confirmation; the API's refusal is shown as it says it.
+
+import { routes } from "./api.js";
+import * as fmt from "./format.js";
+
+const ACTIONS = {
+  hangup: {
+    verb: "Hang up",
+    done: "Hang-up sent",
+    confirm: (item, f) => `Hang up ${fmt.describe(item)} with cause ${f.cause || "NORMAL_CLEARING"}?`,
+    request: (f) => ["POST", { data: { action: "hangup", cause: f.cause || "NORMAL_CLEARING" } }],
+  },
+  hold: {
+    verb: "Toggle hold",
+    done: "Hold toggled",
+    request: () => [
+      "PUT",
+      { action: "metaflow", data: { module: "hold_control", data: { action: "toggle" } } },
+    ],
+  },
+  break: {
+    verb: "Break",
+    done: "Break sent",
+    request: (f) => ["POST", { data: { action: "break", all: f.all } }],
+  },
+  transfer: {
+    verb: "Transfer",
+    done: "Transfer sent",
+    missing: (f) => (f.target ? "" : "Enter the extension to transfer to."),
+    confirm: (item, f) =>
+      `${f.transfer_type === "attended" ? "Attended" : "Blind"} transfer of ` +
+      `${f.leg === "bleg" ? "the other leg" : "this channel"} of ${fmt.describe(item)} ` +
+      `to ${f.target}?`,
+    request: (f) => [
+      "POST",
+      { data: { action: "transfer", target: f.target, transfer_type: f.transfer_type, leg: f.leg } },
+    ],
+  },
+  intercept: {
+    verb: "Intercept",
+    done: "Intercept started",
+    missing: (f) => (f.target_id ? "" : "Enter the device, user id or number that picks up."),
+    confirm: (item, f) => `Have ${f.target_type} ${f.target_id} pick up ${fmt.describe(item)}?`,
+    request: (f) => [
+      "POST",
+      { data: { action: "intercept", target_type: f.target_type, target_id: f.target_id } },
+    ],
+  },
+};
+
+export class ActionDialog {
+  constructor({ dialog, store, api, scope, onDone, onAuthLost, fallbackFocus }) {
+    this.dialog = dialog;
+    this.form = dialog.querySelector("form");
+    this.store = store;
+    this.api = api;
+    this.scope = scope;
+    this.onDone = onDone;
+    this.onAuthLost = onAuthLost;
+    this.fallbackFocus = fallbackFocus;
+    this.el = (id) => dialog.querySelector(`#${id}`);
+    this.item = null;
+    this.opener = null;
+    this.stage = "edit";
+    this.busy = false;
+
+    this.form.addEventListener("change", (e) => {
+      if (e.target.name === "action") this.choose(e.target.value);
+      else this.toEdit();
+    });
+    this.form.addEventListener("input", () => this.toEdit());
+    this.form.addEventListener("submit", (e) => {
+      e.preventDefault();
+      this.submit();
+    });
+    this.el("action-cancel").addEventListener("click", () => {
+      if (this.stage === "confirm") {
+        this.toEdit();
+        this.el("action-submit").focus();
+      } else {
+        dialog.close();
+      }
+    });
+    dialog.addEventListener("close", () => this.restoreFocus());
+    store.subscribe(() => this.refresh());
+  }
+
+  open(uuid, opener) {
+    const item = this.store.items.get(uuid);
+    if (!item) return;
+    this.item = item;
+    this.opener = opener;
+    this.form.reset();
+    this.setText("action-subject", `${fmt.describe(item)} · ${item.uuid}`);
+    this.choose("hangup");
+    this.dialog.showModal();
+    this.form.querySelector('input[name="action"]:checked').focus();
+  }
+
+  get action() {
+    return this.form.elements.action.value;
+  }
+
+  fields() {
+    const f = this.form.elements;
+    return {
+      cause: f.cause.value.trim(),
+      all: f.all.checked,
+      target: f.target.value.trim(),
+      transfer_type: f.transfer_type.value,
+      leg: f.leg.value,
+      target_type: f.target_type.value,
+      target_id: f.target_id.value.trim(),
+    };
+  }
+
+  choose(action) {
+    for (const panel of this.dialog.querySelectorAll("[data-panel]")) {
+      panel.hidden = panel.dataset.panel !== action;
+    }
+    this.toEdit();
+    this.show("action-error", "");
+    this.show("action-done", "");
+    if (action === "hold" && this.item) {
+      this.setText(
+        "hold-help",
+        this.item.is_onhold
+          ? "The channel is on hold: this takes it off hold."
+          : "The channel is not on hold: this puts it on hold.",
+      );
+    }
+  }
+
+  toEdit() {
+    if (this.busy) return;
+    this.stage = "edit";
+    const spec = ACTIONS[this.action];
+    this.show("action-confirm", "");
+    this.el("action-choices").disabled = false;
+    this.setText("action-submit", spec.confirm ? `${spec.verb}…` : spec.verb);
+    this.el("action-submit").classList.toggle("danger", false);
+    this.setText("action-cancel", "Cancel");
+  }
+
+  submit() {
+    if (this.busy || !this.item) return;
+    const spec = ACTIONS[this.action];
+    const fields = this.fields();
+    const missing = spec.missing && spec.missing(fields);
+    if (missing) {
+      this.show("action-error", missing);
+      return;
+    }
+    if (spec.confirm && this.stage === "edit") {
+      this.stage = "confirm";
+      this.show("action-error", "");
+      this.show("action-confirm", spec.confirm(this.item, fields));
+      this.setText("action-submit", `Yes, ${spec.verb.toLowerCase()}`);
+      this.el("action-submit").classList.add("danger");
+      this.setText("action-cancel", "Back");
+      this.el("action-submit").focus();
+      return;
+    }
+    this.send(spec, fields);
+  }
+
+  async send(spec, fields) {
+    const item = this.item;
+    const [method, body] = spec.request(fields);
+    const path = routes(this.scope()).channel(item.account_id, item.uuid);
+    this.setBusy(true);
+    this.show("action-error", "");
+    try {
+      await this.api().request(method, path, body);
+    } catch (err) {
+      this.setBusy(false);
+      if (err.status === 401) {
+        this.dialog.close();
+        this.onAuthLost(err.message);
+        return;
+      }
+      this.toEdit();
+      this.show("action-error", `Refused: ${err.message}`);
+      this.el("action-submit").focus();
+      return;
+    }
+    this.setBusy(false);
+    this.dialog.close();
+    this.onDone(`${spec.done}: ${fmt.describe(item)}`);
+  }
+
+  setBusy(busy) {
+    this.busy = busy;
+    this.form.setAttribute("aria-busy", String(busy));
+    this.el("action-submit").disabled = busy;
+    this.el("action-choices").disabled = busy;
+  }
+
+  // The channel may change or end while the dialog is open.
+  refresh() {
+    if (!this.item || !this.dialog.open) return;
+    const now = this.store.items.get(this.item.uuid);
+    if (now) {
+      this.item = now;
+      return;
+    }
+    if (!this.busy) {
+      this.show("action-error", "This channel has ended.");
+      this.el("action-submit").disabled = true;
+    }
+  }
+
+  restoreFocus() {
+    const opener = this.opener;
+    this.item = null;
+    this.el("action-submit").disabled = false;
+    if (opener && opener.isConnected && !opener.disabled) opener.focus();
+    else this.fallbackFocus();
+  }
+
+  setText(id, text) {
+    this.el(id).textContent = text;
+  }
+
+  show(id, text) {
+    const el = this.el(id);
+    el.textContent = text;
+    el.hidden = !text;
+  }
+}

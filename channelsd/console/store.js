@@ -1,0 +1,139 @@
+// The live channel table as the page knows it, fed by the event stream, and grouped into calls.
+
+export const GREGORIAN_OFFSET = 62167219200; // Kazoo's timestamps count from year 0
+
+export class ChannelStore {
+  constructor() {
+    this.items = new Map();
+    this.listeners = new Set();
+    // Server clock minus browser clock, in seconds, so durations do not depend on the PC's clock.
+    this.skew = 0;
+  }
+
+  subscribe(fn) {
+    this.listeners.add(fn);
+    return () => this.listeners.delete(fn);
+  }
+
+  changed() {
+    for (const fn of this.listeners) fn();
+  }
+
+  reset(items) {
+    this.items = new Map(items.map((item) => [item.uuid, item]));
+    this.learnClock(items);
+    this.changed();
+  }
+
+  put(item) {
+    this.items.set(item.uuid, item);
+    this.learnClock([item]);
+    this.changed();
+  }
+
+  patch(uuid, changed, removed) {
+    const old = this.items.get(uuid);
+    if (!old) return;
+    const item = { ...old, ...changed };
+    for (const key of removed || []) delete item[key];
+    this.items.set(uuid, item);
+    this.changed();
+  }
+
+  remove(uuid) {
+    if (this.items.delete(uuid)) this.changed();
+  }
+
+  // The stream says nothing when a node drops; a periodic list of stale channels does.
+  setStale(staleUuids) {
+    let any = false;
+    for (const [uuid, item] of this.items) {
+      const stale = staleUuids.has(uuid);
+      if (Boolean(item.stale) !== stale) {
+        this.items.set(uuid, { ...item, stale });
+        any = true;
+      }
+    }
+    if (any) this.changed();
+  }
+
+  learnClock(items) {
+    const now = Date.now() / 1000;
+    let best = null;
+    for (const item of items) {
+      if (typeof item.timestamp !== "number" || typeof item.elapsed_s !== "number") continue;
+      const serverNow = item.timestamp - GREGORIAN_OFFSET + item.elapsed_s;
+      const sample = serverNow - now;
+      if (best === null || sample > best) best = sample;
+    }
+    if (best !== null) this.skew = best + 0.5;
+  }
+
+  // Seconds since the channel was created, ticking with the browser clock.
+  duration(item) {
+    if (typeof item.timestamp !== "number") return item.elapsed_s || 0;
+    const start = item.timestamp - GREGORIAN_OFFSET;
+    return Math.max(0, Math.floor(Date.now() / 1000 + this.skew - start));
+  }
+
+  accounts() {
+    const found = new Map();
+    for (const item of this.items.values()) {
+      if (item.account_id && !found.has(item.account_id)) {
+        found.set(item.account_id, item.realm || "");
+      } else if (item.account_id && item.realm && !found.get(item.account_id)) {
+        found.set(item.account_id, item.realm);
+      }
+    }
+    return found;
+  }
+
+  // Channels grouped by call: legs that share a bridge_id or name each other as other_leg.
+  calls() {
+    const parent = new Map();
+    const find = (x) => {
+      while (parent.get(x) !== x) {
+        parent.set(x, parent.get(parent.get(x)));
+        x = parent.get(x);
+      }
+      return x;
+    };
+    const union = (a, b) => {
+      const ra = find(a);
+      const rb = find(b);
+      if (ra !== rb) parent.set(ra, rb);
+    };
+    const byBridge = new Map();
+    for (const uuid of this.items.keys()) parent.set(uuid, uuid);
+    for (const item of this.items.values()) {
+      if (item.other_leg && this.items.has(item.other_leg)) union(item.uuid, item.other_leg);
+      const bridge = item.bridge_id;
+      if (bridge) {
+        if (byBridge.has(bridge)) union(item.uuid, byBridge.get(bridge));
+        else byBridge.set(bridge, item.uuid);
+      }
+    }
+    const groups = new Map();
+    for (const item of this.items.values()) {
+      const root = find(item.uuid);
+      if (!groups.has(root)) groups.set(root, []);
+      groups.get(root).push(item);
+    }
+    const calls = [];
+    for (const legs of groups.values()) {
+      legs.sort(byAge);
+      calls.push({ id: legs[0].uuid, legs });
+    }
+    return calls;
+  }
+}
+
+// Oldest first; within one second the inbound leg (the caller's) before the outbound one.
+export function byAge(a, b) {
+  const inbound = (x) => (x.direction === "inbound" ? 0 : 1);
+  return (
+    (a.timestamp || 0) - (b.timestamp || 0) ||
+    inbound(a) - inbound(b) ||
+    (a.uuid < b.uuid ? -1 : 1)
+  );
+}

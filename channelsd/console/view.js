@@ -1,0 +1,266 @@
+// The channels table: one <tbody> per call, one row per leg, updated in place.
+
+import * as fmt from "./format.js";
+import { byAge } from "./store.js";
+
+const COLUMNS = ["caller", "callee", "direction", "state", "answered", "hold", "duration", "node", "account"];
+const LABELS = {
+  caller: "Caller",
+  callee: "Callee",
+  direction: "Direction",
+  state: "State",
+  answered: "Answered",
+  hold: "Hold",
+  duration: "Duration",
+  node: "Node",
+  account: "Account",
+};
+
+const SORT_VALUES = {
+  caller: (i) => fmt.caller(i).toLowerCase(),
+  callee: (i) => fmt.callee(i).toLowerCase(),
+  direction: (i) => i.direction || "",
+  state: (i) => fmt.state(i).toLowerCase(),
+  answered: (i) => (i.answered ? 1 : 0),
+  hold: (i) => (i.is_onhold ? 1 : 0),
+  duration: (i) => -(i.timestamp || 0),
+  node: (i) => i.node || "",
+  account: (i) => fmt.account(i).toLowerCase(),
+};
+
+function compare(a, b) {
+  if (typeof a === "number" && typeof b === "number") return a - b;
+  return String(a).localeCompare(String(b));
+}
+
+function haystack(item) {
+  return [
+    fmt.caller(item),
+    fmt.callee(item),
+    item.destination,
+    fmt.state(item),
+    item.direction,
+    item.node,
+    item.account_id,
+    item.realm,
+    item.uuid,
+    item.username,
+    item.presence_id,
+    item.stale ? "stale" : "",
+    item.is_onhold ? "hold" : "",
+  ]
+    .filter(Boolean)
+    .join(" ")
+    .toLowerCase();
+}
+
+function setText(el, text) {
+  if (el.textContent !== text) el.textContent = text;
+}
+
+function badge(text, kind) {
+  const span = document.createElement("span");
+  span.className = `badge ${kind}`;
+  span.textContent = text;
+  return span;
+}
+
+export class ChannelsView {
+  constructor({ table, empty, counts, store, onAction, onFocusLost }) {
+    this.table = table;
+    this.empty = empty;
+    this.counts = counts;
+    this.store = store;
+    this.onAction = onAction;
+    this.onFocusLost = onFocusLost;
+    this.filter = "";
+    this.account = "";
+    this.sort = { key: "duration", dir: "desc" };
+    this.bodies = new Map(); // call id -> tbody
+    this.rows = new Map(); // uuid -> tr
+    this.pending = null;
+    store.subscribe(() => this.schedule());
+    table.querySelector("thead").addEventListener("click", (e) => this.onHeader(e));
+    table.addEventListener("click", (e) => {
+      const button = e.target.closest("button.act");
+      if (button) this.onAction(button.closest("tr").dataset.uuid, button);
+    });
+    this.showSort();
+  }
+
+  setFilter(text) {
+    this.filter = text.trim().toLowerCase();
+    this.schedule();
+  }
+
+  setAccount(accountId) {
+    this.account = accountId;
+    this.schedule();
+  }
+
+  onHeader(e) {
+    const button = e.target.closest("button");
+    const th = button && button.closest("th[data-sort]");
+    if (!th) return;
+    const key = th.dataset.sort;
+    const dir = this.sort.key === key && this.sort.dir === "asc" ? "desc" : "asc";
+    this.sort = { key, dir };
+    this.showSort();
+    this.render();
+  }
+
+  showSort() {
+    for (const th of this.table.querySelectorAll("th[data-sort]")) {
+      if (th.dataset.sort === this.sort.key) {
+        th.setAttribute("aria-sort", this.sort.dir === "asc" ? "ascending" : "descending");
+      } else {
+        th.removeAttribute("aria-sort");
+      }
+    }
+  }
+
+  schedule() {
+    if (this.pending === null) this.pending = setTimeout(() => this.render(), 30);
+  }
+
+  visibleCalls() {
+    const all = this.store.calls();
+    const shown = all.filter(
+      (call) =>
+        (!this.account || call.legs.some((l) => l.account_id === this.account)) &&
+        (!this.filter || call.legs.some((l) => haystack(l).includes(this.filter))),
+    );
+    const value = SORT_VALUES[this.sort.key];
+    const sign = this.sort.dir === "asc" ? 1 : -1;
+    shown.sort((a, b) => {
+      const byKey = compare(value(a.legs[0]), value(b.legs[0]));
+      return sign * byKey || byAge(a.legs[0], b.legs[0]);
+    });
+    return { all, shown };
+  }
+
+  render() {
+    clearTimeout(this.pending);
+    this.pending = null;
+    const { all, shown } = this.visibleCalls();
+    const names = this.store.accounts();
+    const keepBodies = new Set();
+    const keepRows = new Set();
+    shown.forEach((call, index) => {
+      let body = this.bodies.get(call.id);
+      if (!body) {
+        body = document.createElement("tbody");
+        body.className = "call";
+        this.bodies.set(call.id, body);
+      }
+      keepBodies.add(call.id);
+      body.classList.toggle("multi", call.legs.length > 1);
+      call.legs.forEach((leg, i) => {
+        let row = this.rows.get(leg.uuid);
+        if (!row) {
+          row = this.makeRow(leg.uuid);
+          this.rows.set(leg.uuid, row);
+        }
+        keepRows.add(leg.uuid);
+        this.fillRow(row, leg, names, i);
+        if (body.rows[i] !== row) body.insertBefore(row, body.rows[i] || null);
+      });
+      const current = this.table.tBodies[index];
+      if (current !== body) this.table.insertBefore(body, current || null);
+    });
+    let focusLost = false;
+    for (const [uuid, row] of this.rows) {
+      if (!keepRows.has(uuid)) {
+        focusLost ||= row.contains(document.activeElement);
+        row.remove();
+        this.rows.delete(uuid);
+      }
+    }
+    for (const [id, body] of this.bodies) {
+      if (!keepBodies.has(id)) {
+        body.remove();
+        this.bodies.delete(id);
+      }
+    }
+    this.showCounts(all, shown);
+    // A row that had the keyboard focus ended: do not leave the focus nowhere.
+    if (focusLost) this.onFocusLost();
+  }
+
+  showCounts(all, shown) {
+    const legs = (calls) => calls.reduce((n, c) => n + c.legs.length, 0);
+    const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+    let text = `${plural(shown.length, "call")}, ${plural(legs(shown), "channel")}`;
+    if (shown.length !== all.length) text += ` (of ${all.length} calls)`;
+    setText(this.counts, text);
+    this.empty.hidden = shown.length > 0;
+    setText(this.empty, all.length ? "No call matches the filter." : "No live channels.");
+  }
+
+  makeRow(uuid) {
+    const row = document.createElement("tr");
+    row.dataset.uuid = uuid;
+    for (const key of COLUMNS) {
+      const cell = document.createElement("td");
+      cell.className = `col-${key}`;
+      cell.dataset.label = LABELS[key];
+      row.append(cell);
+    }
+    const cell = document.createElement("td");
+    cell.className = "col-actions";
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "act";
+    button.textContent = "Actions";
+    cell.append(button);
+    row.append(cell);
+    return row;
+  }
+
+  fillRow(row, item, names, legIndex) {
+    const cells = row.cells;
+    row.classList.toggle("stale", Boolean(item.stale));
+    row.classList.toggle("onhold", Boolean(item.is_onhold));
+    row.classList.toggle("leg", legIndex > 0);
+    setText(cells[0], fmt.caller(item));
+    setText(cells[1], fmt.callee(item));
+    setText(cells[2], item.direction || "");
+    setText(cells[3], fmt.state(item));
+    setText(cells[4], item.answered ? "yes" : "no");
+    this.fillBadge(cells[5], item.is_onhold ? "on hold" : "", "hold");
+    cells[6].dataset.uuid = item.uuid;
+    setText(cells[6], fmt.duration(this.store.duration(item)));
+    this.fillNode(cells[7], item);
+    setText(cells[8], fmt.account(item, names));
+    if (item.account_id) cells[8].title = item.account_id;
+    const button = cells[9].firstChild;
+    const label = `Actions for ${fmt.describe(item)}${legIndex > 0 ? " (other leg)" : ""}`;
+    if (button.getAttribute("aria-label") !== label) button.setAttribute("aria-label", label);
+    button.disabled = !item.account_id;
+    button.title = item.account_id ? "" : "This channel has no account: the API cannot act on it";
+  }
+
+  fillBadge(cell, text, kind) {
+    const current = cell.firstChild;
+    if ((current ? current.textContent : "") === text) return;
+    cell.replaceChildren(...(text ? [badge(text, kind)] : []));
+  }
+
+  fillNode(cell, item) {
+    const key = `${item.node || ""}|${item.stale ? 1 : 0}`;
+    if (cell.dataset.key === key) return;
+    cell.dataset.key = key;
+    const parts = [document.createTextNode(item.node || "")];
+    if (item.stale) parts.push(" ", badge("stale", "stale"));
+    cell.replaceChildren(...parts);
+    cell.title = item.stale ? "The node is disconnected: this channel is not confirmed" : "";
+  }
+
+  // Durations tick every second without a full render.
+  tick() {
+    for (const [uuid, row] of this.rows) {
+      const item = this.store.items.get(uuid);
+      if (item) setText(row.cells[6], fmt.duration(this.store.duration(item)));
+    }
+  }
+}
