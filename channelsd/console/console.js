@@ -9,7 +9,6 @@ import { ChannelStore } from "./store.js";
 import { ChannelsView } from "./view.js";
 
 const $ = (id) => document.getElementById(id);
-const STALE_POLL_MS = 5000;
 const OTHER = "__other__";
 
 const state = { session: null, scope: null, api: null, live: null, liveState: "" };
@@ -101,17 +100,6 @@ function connect() {
     onState: showLiveState,
   });
   state.live.start();
-}
-
-async function pollStale() {
-  if (!state.live || state.liveState !== "live") return;
-  const scope = state.scope;
-  try {
-    const stale = await state.api.get(`${routes(scope).list}?filter_stale=true`);
-    if (scope === state.scope) store.setStale(new Set((stale || []).map((i) => i.uuid)));
-  } catch (err) {
-    if (err.status === 401) signOut(`${err.message}: sign in again.`);
-  }
 }
 
 // -- accounts ---------------------------------------------------------------------------------
@@ -280,7 +268,6 @@ store.subscribe(() => {
   if (state.scope) fillAccounts();
 });
 setInterval(() => view.tick(), 1000);
-setInterval(pollStale, STALE_POLL_MS);
 
 const saved = session.savedSession();
 if (saved) start(saved);

@@ -44,19 +44,6 @@ export class ChannelStore {
     if (this.items.delete(uuid)) this.changed();
   }
 
-  // The stream says nothing when a node drops; a periodic list of stale channels does.
-  setStale(staleUuids) {
-    let any = false;
-    for (const [uuid, item] of this.items) {
-      const stale = staleUuids.has(uuid);
-      if (Boolean(item.stale) !== stale) {
-        this.items.set(uuid, { ...item, stale });
-        any = true;
-      }
-    }
-    if (any) this.changed();
-  }
-
   learnClock(items) {
     const now = Date.now() / 1000;
     let best = null;
