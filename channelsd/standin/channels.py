@@ -902,13 +902,19 @@ class CallModel:
         callee.set_var("signal_bond", caller.uuid)
         callee.set_var("call_uuid", caller.uuid)
         callee.other_type = "originator"
+        callee.other_profile = self._originator_snapshot(caller)
+
+    @staticmethod
+    def _originator_snapshot(caller: Channel) -> dict[str, str]:
+        """The caller's profile as the callee's events show it under Other-Leg-* (its
+        timestamps all 0, as captured on a bridge callee)."""
         snap = dict(caller.profile)
         snap["Logical-Direction"] = "inbound"
         for key in TIME_FIELDS:
             snap[key] = "0"
         snap.update({"Screen-Bit": "true", "Privacy-Hide-Name": "false"})
         snap["Privacy-Hide-Number"] = "false"
-        callee.other_profile = snap
+        return snap
 
     def _bridge_app(self, caller: Channel, dest: str) -> None:
         """``bridge loopback/<dest>/default`` run by ``caller`` (s2/s5: 9002 -> 9000)."""
@@ -973,13 +979,7 @@ class CallModel:
         caller.other_profile = snap
         if callee.other_type is None:
             callee.other_type = "originator"
-            snap = dict(caller.profile)
-            snap["Logical-Direction"] = "inbound"
-            for key in TIME_FIELDS:
-                snap[key] = "0"
-            snap.update({"Screen-Bit": "true", "Privacy-Hide-Name": "false"})
-            snap["Privacy-Hide-Number"] = "false"
-            callee.other_profile = snap
+            callee.other_profile = self._originator_snapshot(caller)
 
     def _bridge_vars(self, caller: Channel, callee: Channel) -> None:
         callee.set_var("call_uuid", caller.uuid)
