@@ -1,0 +1,656 @@
+"""Shared pieces of the end-to-end suite (bench/run.py).
+
+* `CaptureReplay`: the real 50-call burst capture, filtered to the events channelsd subscribes
+  to, as frame templates whose uuids are made fresh for every repetition.
+* `SyntheticChannels`: live Kazoo-style channels built from the capture's own CHANNEL_CREATE and
+  CHANNEL_ANSWER events (new uuid, account, owner, device, custom channel variables).
+* `DaemonProcess`: `python -m channelsd run -c <generated toml>` in its own process.
+* `Http`: a minimal keep-alive HTTP/1.1 client on a raw socket, so that the load generator
+  costs far less CPU per request than the daemon under test.
+* `Spy`: py-spy attached to the daemon, summarised as top functions.
+
+Everything talks over 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid as uuidlib
+from collections import Counter
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from channelsd.node import SUBSCRIBED_EVENTS  # noqa: E402
+from channelsd.standin.replay import Frame, load_frames  # noqa: E402
+from channelsd.table import ChannelTable  # noqa: E402
+from channelsd.tokens import digest  # noqa: E402
+
+LOOPBACK = "127.0.0.1"
+CAPTURES = ROOT / "tests" / "fixtures" / "captures"
+BURST = "s7_burst50.events.raw.gz"
+PYTHON = sys.executable
+SUPER_TOKEN = "bench-superduper-token-0123456789"
+PASSWORD = "ClueCon"
+
+# What the replays send: the events channelsd subscribes to, less HEARTBEAT. The capture has
+# one per repetition; replayed dozens of times a second (a switch sends one per 20 s), their
+# Session-Count would trip channelsd's drift check into reconciling many times a second, and
+# a reconcile drops the synthetic channels the stand-in does not hold itself.
+REPLAYED_EVENTS = tuple(n for n in SUBSCRIBED_EVENTS if n != "HEARTBEAT")
+
+_UUID_RE = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_CORE_RE = re.compile(rb'Core-UUID"?: ?"?([0-9a-f-]{36})')
+
+
+def new_uuid() -> str:
+    return str(uuidlib.uuid4())
+
+
+# -- capture replay ------------------------------------------------------------------------
+
+
+class CaptureReplay:
+    """The burst capture's subscribed events, replayable with fresh uuids per repetition.
+
+    Every uuid in a frame's bytes (Unique-ID, Other-Leg-Unique-ID, call uuids, Job-UUIDs, the
+    uuids inside variables and bodies) is replaced by a fresh one; the switch's Core-UUID is
+    kept. uuids are all 36 bytes, but Content-Length is recomputed anyway.
+    """
+
+    def __init__(self, fmt: str, names: Iterable[str] = REPLAYED_EVENTS) -> None:
+        wanted = frozenset(names)
+        self.fmt = fmt
+        self.frames = [f for f in load_frames(CAPTURES / fmt / BURST) if f.event_name in wanted]
+        core = None
+        for f in self.frames:
+            m = _CORE_RE.search(f.raw)
+            if m:
+                core = m.group(1)
+                break
+        index: dict[bytes, int] = {}
+        self._templates: list[tuple[str, bytes, bytes, tuple[int, ...]]] = []
+        for f in self.frames:
+            head, _, body = f.raw.partition(b"\n\n")
+            rest = b"\n".join(ln for ln in head.split(b"\n") if not ln.startswith(b"Content-Len"))
+            parts = _UUID_RE.split(body)
+            found = _UUID_RE.findall(body)
+            tpl = parts[0].replace(b"%", b"%%")
+            slots: list[int] = []
+            for u, part in zip(found, parts[1:], strict=True):
+                if u == core:
+                    tpl += u
+                else:
+                    slots.append(index.setdefault(u, len(index)))
+                    tpl += b"%s"
+                tpl += part.replace(b"%", b"%%")
+            self._templates.append((f.event_name or "", rest, tpl, tuple(slots)))
+        self.n_uuids = len(index)
+        # Where the capture has every one of its 100 channels up (all originated, hupall not
+        # yet fired): the frame that first names the last channel to appear, plus one.
+        first_seen: dict[str, int] = {}
+        for i, f in enumerate(self.frames):
+            if f.unique_id and (f.event_name or "").startswith("CHANNEL_"):
+                first_seen.setdefault(f.unique_id, i)
+        self.cut = max(first_seen.values()) + 1
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    @property
+    def channel_events(self) -> int:
+        return sum(1 for f in self.frames if (f.event_name or "").startswith(("CHANNEL_", "CALL_")))
+
+    def repetition(self, limit: int | None = None) -> list[Frame]:
+        """One pass over the capture (its first `limit` frames) with fresh uuids."""
+        fresh = [new_uuid().encode() for _ in range(self.n_uuids)]
+        out = []
+        for name, rest, tpl, slots in self._templates[:limit]:
+            body = tpl % tuple([fresh[s] for s in slots])
+            raw = b"Content-Length: %d\n%s\n\n%s" % (len(body), rest, body)
+            out.append(Frame("text/event-" + self.fmt, name, None, raw))
+        return out
+
+    def stream(self, full_reps: int) -> list[Frame]:
+        """`full_reps` repetitions, then one cut where all of its 100 channels are up."""
+        frames: list[Frame] = []
+        for _ in range(full_reps):
+            frames.extend(self.repetition())
+        frames.extend(self.repetition(self.cut))
+        return frames
+
+
+def final_uuids(frames: Iterable[Frame]) -> set[str]:
+    """The channels a table holds after these json frames (channelsd's own table, offline)."""
+    table = ChannelTable()
+    for f in frames:
+        table.apply("fs1", orjson.loads(f.raw.partition(b"\n\n")[2]))
+    return {ch.uuid for ch in table.all()}
+
+
+# -- synthetic live channels -----------------------------------------------------------------
+
+_DROP_KEYS = (
+    "variable_other_loopback_leg_uuid",
+    "variable_loopback_leg",
+    "variable_originate_early_media",
+    "variable_originate_endpoint",
+    "variable_origination_uuid",
+    "variable_is_outbound",
+)
+
+
+def kazoo_id(seed: str) -> str:
+    """A 32-hex id like Kazoo's account, user and device ids."""
+    return uuidlib.uuid5(uuidlib.NAMESPACE_DNS, seed).hex
+
+
+class SyntheticChannels:
+    """Answered SIP-like channels in Kazoo accounts, from the capture's own event templates.
+
+    Each channel is two events: CHANNEL_CREATE and CHANNEL_ANSWER, both carrying every
+    variable, as FreeSWITCH sends them, with ten ecallmgr_ custom channel variables as Kazoo
+    sets them (account, owner, device, realm, username, interaction id, ...).
+    """
+
+    def __init__(self, accounts: list[str], users_per_account: int = 20) -> None:
+        frames = load_frames(CAPTURES / "json" / BURST)
+        create = next(
+            orjson.loads(f.raw.partition(b"\n\n")[2])
+            for f in frames
+            if f.event_name == "CHANNEL_CREATE"
+        )
+        uid = create["Unique-ID"]
+        answer = next(
+            orjson.loads(f.raw.partition(b"\n\n")[2])
+            for f in frames
+            if f.event_name == "CHANNEL_ANSWER" and f.unique_id == uid
+        )
+        self.templates = []
+        for tpl in (create, answer):
+            for k in _DROP_KEYS:
+                tpl.pop(k, None)
+            self.templates.append(tpl)
+        self.accounts = accounts
+        self.users = users_per_account
+        self.seq = 1_000_000
+        self.made = 0
+
+    def account_of(self, i: int) -> str:
+        return self.accounts[i % len(self.accounts)]
+
+    def channel(self, account: str, uid: str | None = None) -> tuple[str, list[Frame]]:
+        """(uuid, [CHANNEL_CREATE, CHANNEL_ANSWER]) of one new answered channel in `account`."""
+        uid = uid or new_uuid()
+        n = self.made
+        self.made += 1
+        user = n % self.users
+        realm = f"{account[:8]}.sip.example.net"
+        owner = kazoo_id(f"{account}/user{user}")
+        device = kazoo_id(f"{account}/device{user}")
+        name = f"sofia/sipinterface_1/user{user}@{realm}"
+        now_us = time.time_ns() // 1000
+        common = {
+            "Unique-ID": uid,
+            "Caller-Unique-ID": uid,
+            "Channel-Call-UUID": uid,
+            "variable_uuid": uid,
+            "variable_call_uuid": uid,
+            "Channel-Name": name,
+            "Caller-Channel-Name": name,
+            "variable_channel_name": name,
+            "Call-Direction": "inbound",
+            "Caller-Direction": "inbound",
+            "variable_direction": "inbound",
+            "Caller-Source": "mod_sofia",
+            "Caller-Caller-ID-Name": f"User {user}",
+            "Caller-Caller-ID-Number": f"{1000 + user}",
+            "Caller-Destination-Number": f"+1415555{n % 10000:04d}",
+            "Caller-Profile-Created-Time": str(now_us),
+            "Caller-Channel-Created-Time": str(now_us),
+            "variable_presence_id": f"user{user}@{realm}",
+            "variable_ecallmgr_Account-ID": account,
+            "variable_ecallmgr_Realm": realm,
+            "variable_ecallmgr_Username": f"user{user}",
+            "variable_ecallmgr_Owner-ID": owner,
+            "variable_ecallmgr_Authorizing-ID": device,
+            "variable_ecallmgr_Authorizing-Type": "device",
+            "variable_ecallmgr_Channel-Authorized": "true",
+            "variable_ecallmgr_Reseller-ID": kazoo_id("reseller"),
+            "variable_ecallmgr_Application-Name": "callflow",
+            "variable_ecallmgr_Call-Interaction-ID": f"63{n:09d}-{uid[:8]}",
+        }
+        out = []
+        for tpl in self.templates:
+            self.seq += 1
+            event = dict(tpl)
+            event.update(common)
+            event["Event-Sequence"] = str(self.seq)
+            if event["Event-Name"] == "CHANNEL_ANSWER":
+                event["Answer-State"] = "answered"
+                event["Caller-Channel-Answered-Time"] = str(now_us + 1000)
+            body = orjson.dumps(event)
+            raw = b"Content-Length: %d\nContent-Type: text/event-json\n\n%s" % (len(body), body)
+            out.append(Frame("text/event-json", event["Event-Name"], uid, raw))
+        return uid, out
+
+
+# -- the daemon under test -------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    """Child side of Popen: get SIGTERM if the bench process dies, so nothing is left behind."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+CHILDREN: list[subprocess.Popen] = []
+
+
+def spawn(argv: list[str], **kw: Any) -> subprocess.Popen:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.Popen(argv, cwd=str(ROOT), env=env, preexec_fn=_die_with_parent, **kw)
+    CHILDREN.append(proc)
+    return proc
+
+
+def _proc_cpu(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class MachineMeter:
+    """CPU the rest of the machine used: all busy CPU time less this process and its children.
+
+    The machine is shared (other work may run tests meanwhile); the report says how much.
+    """
+
+    def __init__(self) -> None:
+        self.t0, self.busy0, self.ours0 = time.monotonic(), self._busy(), self._ours()
+
+    @staticmethod
+    def _busy() -> float:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+    @staticmethod
+    def _ours() -> float:
+        import resource
+
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+        live = sum(_proc_cpu(p.pid) for p in CHILDREN if p.poll() is None)
+        return me.ru_utime + me.ru_stime + reaped.ru_utime + reaped.ru_stime + live
+
+    def foreign(self) -> float:
+        """Cores' worth (0..ncpu) of CPU used by other processes since this meter started."""
+        wall = max(1e-9, time.monotonic() - self.t0)
+        other = (self._busy() - self.busy0) - (self._ours() - self.ours0)
+        return max(0.0, other / wall)
+
+
+def wait_quiet(limit: float = 60.0, below: float = 0.15) -> float:
+    """Wait (at most `limit` s) for a second in which other processes used < `below` of a core;
+    returns the foreign load of the last second looked at."""
+    import gevent
+
+    deadline = time.monotonic() + limit
+    while True:
+        meter = MachineMeter()
+        gevent.sleep(1.0)
+        load = meter.foreign()
+        if load < below or time.monotonic() > deadline:
+            return load
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class DaemonProcess:
+    """`channelsd run -c <generated toml>` as a child process, logging to a file."""
+
+    SYNC = {
+        "reconcile_interval": 3600,
+        "stale_grace": 300,
+        "command_timeout": 30,
+        "connect_timeout": 5,
+        "backoff_initial": 0.05,
+        "backoff_max": 0.2,
+        "heartbeat_timeout": 0,
+        "tombstone_ttl": 120,
+    }
+
+    def __init__(self, workdir: Path, name: str, switch_port: int, nodelay: bool = False) -> None:
+        self.name = name
+        self.http_port = free_port()
+        self.config = workdir / f"{name}.toml"
+        self.log = workdir / f"{name}.log"
+        lines = [
+            "[http]",
+            f'host = "{LOOPBACK}"',
+            f"port = {self.http_port}",
+            "",
+            "[[nodes]]",
+            'name = "fs1"',
+            f'host = "{LOOPBACK}"',
+            f"port = {switch_port}",
+            f'password = "{PASSWORD}"',
+            "",
+            "[api]",
+            "system_wide_channels_list = true",
+            "",
+            "[sync]",
+            *[f"{k} = {_toml_value(v)}" for k, v in self.SYNC.items()],
+            "",
+            "[[tokens]]",
+            'name = "bench"',
+            f'sha256 = "{digest(SUPER_TOKEN)}"',
+            'account_id = "bench-superduper"',
+            'role = "superduper"',
+            "",
+            "[logging]",
+            'level = "info"',
+            "",
+        ]
+        self.config.write_text("\n".join(lines))
+        self._logf = open(self.log, "wb")  # noqa: SIM115 - closed in stop()
+        if nodelay:  # the what-if launcher: channelsd's Daemon plus TCP_NODELAY on the API
+            argv = [str(Path(__file__).with_name("launch_daemon.py")), "--nodelay"]
+        else:
+            argv = ["-m", "channelsd", "run"]
+        self.proc = spawn(
+            [PYTHON, *argv, "-c", str(self.config)], stdout=self._logf, stderr=subprocess.STDOUT
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log_text(self) -> str:
+        return self.log.read_text("utf-8", "replace")
+
+    def wait_log(self, pattern: str, start: int = 0, timeout: float = 30.0) -> re.Match[str]:
+        """Wait for a log line matching `pattern` at or after character `start`."""
+        import gevent
+
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            m = rx.search(self.log_text(), start)
+            if m:
+                return m
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited: {self.log_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name}: no log line /{pattern}/ within {timeout}s")
+            gevent.sleep(0.005)
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        self.wait_log(r"listening on http://", 0, timeout)
+        self.wait_log(r"node=fs1 reconciled", 0, timeout)
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self._logf.close()
+
+
+# -- HTTP -------------------------------------------------------------------------------------
+
+
+class HttpError(Exception):
+    pass
+
+
+class Http:
+    """Keep-alive HTTP/1.1 on one raw socket; responses are read by Content-Length or chunks."""
+
+    def __init__(self, port: int, token: str = SUPER_TOKEN, timeout: float = 60.0) -> None:
+        self.port = port
+        self.token = token
+        self.timeout = timeout
+        self.sock: socket.socket | None = None
+        self.buf = b""
+
+    def _connect(self) -> socket.socket:
+        sock = socket.create_connection((LOOPBACK, self.port), timeout=self.timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock, self.buf = sock, b""
+        return sock
+
+    def close(self) -> None:
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.close()
+        self.sock = None
+
+    def _fill(self) -> None:
+        assert self.sock is not None
+        data = self.sock.recv(262144)
+        if not data:
+            raise HttpError("connection closed")
+        self.buf += data
+
+    def _take(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            self._fill()
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def _line(self) -> bytes:
+        while True:
+            i = self.buf.find(b"\r\n")
+            if i >= 0:
+                out, self.buf = self.buf[:i], self.buf[i + 2 :]
+                return out
+            self._fill()
+
+    def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+        sock = self.sock or self._connect()
+        head = f"{method} {path} HTTP/1.1\r\nHost: {LOOPBACK}\r\nX-Auth-Token: {self.token}\r\n"
+        if body is not None:
+            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        sock.sendall(head.encode() + b"\r\n" + (body or b""))
+        while True:
+            i = self.buf.find(b"\r\n\r\n")
+            if i >= 0:
+                break
+            self._fill()
+        head_bytes, self.buf = self.buf[:i], self.buf[i + 4 :]
+        lines = head_bytes.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        if "content-length" in headers:
+            data = self._take(int(headers["content-length"]))
+        elif headers.get("transfer-encoding", "").lower() == "chunked":
+            chunks = []
+            while True:
+                size = int(self._line().split(b";")[0], 16)
+                if size == 0:
+                    self._line()
+                    break
+                chunks.append(self._take(size))
+                self._take(2)
+            data = b"".join(chunks)
+        else:
+            raise HttpError(f"response without a length: {headers}")
+        if headers.get("connection", "").lower() == "close":
+            self.close()
+        return status, data
+
+    def get_json(self, path: str) -> Any:
+        status, data = self.request("GET", path)
+        if status != 200:
+            raise HttpError(f"GET {path}: {status} {data[:200]!r}")
+        return orjson.loads(data)
+
+
+def wait_until(pred: Callable[[], Any], timeout: float, what: str, every: float = 0.005) -> Any:
+    import gevent
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        gevent.sleep(every)
+
+
+# -- statistics --------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100) of unsorted values."""
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = max(0, min(len(s) - 1, int(round(p / 100 * len(s) + 0.5)) - 1))
+    return s[k]
+
+
+def ms(seconds: float) -> str:
+    if seconds != seconds:  # nan
+        return "n/a"
+    v = seconds * 1000
+    return f"{v:.2f}" if v < 10 else f"{v:.1f}" if v < 100 else f"{v:,.0f}"
+
+
+# -- profiling ---------------------------------------------------------------------------------
+
+
+class Spy:
+    """py-spy sampling the daemon (without pausing it) until stop(); top functions."""
+
+    def __init__(self, pid: int, out: Path, rate: int = 200) -> None:
+        self.out = out
+        exe = Path(PYTHON).with_name("py-spy")
+        self.available = exe.exists()
+        self.proc: subprocess.Popen | None = None
+        if not self.available:  # profiles are then left out: `.venv/bin/pip install py-spy`
+            return
+        self.proc = spawn(
+            [
+                str(exe),
+                "record",
+                "--pid",
+                str(pid),
+                "--rate",
+                str(rate),
+                "--format",
+                "raw",
+                "--function",
+                "--nonblocking",
+                "--output",
+                str(out),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(0.3)  # let it attach
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def _short(frame: str) -> str:
+    """`func (path:line)` with the path made short."""
+    m = re.match(r"(.*) \((.*):(\d+)\)$", frame)
+    if not m:
+        return frame
+    func, path, line = m.groups()
+    for marker in ("site-packages/", "/lib/python3.11/"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+    path = path.replace(str(ROOT) + "/", "")
+    return f"{func} ({path}:{line})"
+
+
+def summarise_profile(path: Path, top: int = 12) -> tuple[int, list[tuple[str, float, float]]]:
+    """(samples, [(function, self %, total %)]) from py-spy's raw (collapsed) output."""
+    own: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    samples = 0
+    if not path.exists():
+        return 0, []
+    for line in path.read_text("utf-8", "replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = [_short(f) for f in stack.split(";") if f]
+        # drop the thread/process prefix frames py-spy may add
+        frames = [f for f in frames if not f.startswith(("process ", "thread "))]
+        if not frames:
+            continue
+        samples += n
+        own[frames[-1]] += n
+        for f in set(frames):
+            total[f] += n
+    if not samples:
+        return 0, []
+    by_self = [f for f, _ in own.most_common(top)]
+    # then channelsd's own callers that hold the most time, with what they call
+    by_total = [
+        f
+        for f, _ in total.most_common()
+        if f not in by_self and f.split(" (")[-1].startswith("channelsd/")
+    ]
+    rows = [(f, 100 * own[f] / samples, 100 * total[f] / samples) for f in by_self]
+    rows += [(f, 100 * own[f] / samples, 100 * total[f] / samples) for f in by_total[: top // 2]]
+    return samples, rows
