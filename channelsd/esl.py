@@ -1,7 +1,7 @@
 """One ESL connection to a FreeSWITCH node, built on greenswitch's InboundESL.
 
-greenswitch keeps the socket, the reader greenlet, FIFO reply pairing and handler dispatch.
-What it lacks for a daemon is added here (freeswitch-esl.md §4):
+greenswitch keeps the socket, the reader greenlet and FIFO reply pairing. What it lacks for a
+daemon is added here (freeswitch-esl.md §4):
 
 * it cannot parse text/event-json and URL-decodes plain events before splitting them, so
   event bodies are decoded by channelsd.events instead;
@@ -10,7 +10,9 @@ What it lacks for a daemon is added here (freeswitch-esl.md §4):
 * pending commands are never released when the socket drops, so they are failed here;
 * `send` is not serialised and has no timeout, so writes are locked and every command has
   a deadline after which the connection is torn down (the reply order is lost by then);
-* a command containing a line break would be a second command, so it is refused outright.
+* a command containing a line break would be a second command, so it is refused outright;
+* its dispatcher greenlet sits behind an unbounded queue that grows without limit in a burst,
+  so events are applied in the reader itself, which yields every YIELD_EVERY events.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ class _Event:
 
 
 _FORBIDDEN_IN_COMMAND = frozenset("\r\n\x00\u2028\u2029\x85")
+# Events applied in a row before the reader lets HTTP requests and other nodes run.
+YIELD_EVERY = 100
 
 
 class ESLConnection(InboundESL):
@@ -85,8 +89,7 @@ class ESLConnection(InboundESL):
         self.close_reason = ""
         self.last_rx = time.monotonic()
         self.parse_errors = 0
-        if on_event is not None:
-            self.register_handle("*", self._deliver)
+        self._since_yield = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -191,12 +194,9 @@ class ESLConnection(InboundESL):
         self.close(self.close_reason or reason)
 
     def process_events(self) -> None:
-        super().process_events()
-        # Events read before the socket closed still happened: apply them before giving up.
-        while not self._esl_event_queue.empty():
-            event = self._esl_event_queue.get()
-            if isinstance(event, _Event) and self._on_event is not None:
-                self._safe_exec_handler(self._deliver, event)
+        # Events are applied by the reader (handle_event); greenswitch's dispatcher greenlet
+        # has nothing to do.
+        return
 
     def _read_socket(self, sock: Any, length: int) -> bytes:  # type: ignore[override]
         data = sock.read(length)
@@ -218,10 +218,19 @@ class ESLConnection(InboundESL):
                     self._on_parse_error(exc)
                 log.warning("%s: dropped an unparseable event: %s", self.label, exc)
                 return
-            self._esl_event_queue.put(_Event(parsed))
+            # Applied here, in the reader: no queue hop, and the socket is read no faster than
+            # the table can take it (FreeSWITCH queues meanwhile), instead of an unbounded
+            # queue growing in memory while HTTP requests starve.
+            if self._on_event is not None:
+                self._safe_exec_handler(self._deliver, _Event(parsed))
+            self._since_yield += 1
+            if self._since_yield >= YIELD_EVERY:
+                self._since_yield = 0
+                gevent.sleep(0)
         elif ctype in ("command/reply", "api/response"):
             if ctype == "api/response":
                 raw = self._read_socket(self.sock_file, self._length(headers))
+                event.raw = raw  # big listings are parsed from bytes, not re-encoded
                 event.data = raw.decode("utf-8", "replace")
             else:
                 event.data = headers.get("Reply-Text", "")

@@ -114,6 +114,7 @@ class Metrics:
             registry=r,
         )
         self._event_children: dict[tuple[str, str], Any] = {}
+        self._command_children: dict[tuple[str, str], Any] = {}
 
     def watch(self, table: ChannelTable, nodes: Callable[[], Mapping[str, Any]]) -> None:
         self.registry.register(_StateCollector(table, nodes))
@@ -123,6 +124,12 @@ class Metrics:
         if child is None:
             child = self._event_children[(node, name)] = self.events.labels(node, name)
         child.inc()
+
+    def command(self, node: str, name: str, seconds: float) -> None:
+        child = self._command_children.get((node, name))
+        if child is None:
+            child = self._command_children[(node, name)] = self.command_seconds.labels(node, name)
+        child.observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

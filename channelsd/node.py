@@ -82,13 +82,13 @@ class ReconcileResult:
     seconds: float
 
 
-def parse_channel_listing(body: str) -> list[dict[str, Any]]:
+def parse_channel_listing(body: bytes) -> list[dict[str, Any]]:
     """Rows of `show channels as json`; an error reply raises instead of meaning 'none'."""
     text = body.strip()
-    if not text.startswith("{"):
-        raise ReconcileUnknown(f"show channels answered {text[:80]!r}")
+    if not text.startswith(b"{"):
+        raise ReconcileUnknown(f"show channels answered {text[:80].decode('utf-8', 'replace')!r}")
     try:
-        data = parse_json(text.encode("utf-8"))
+        data = parse_json(text)
     except EventParseError as exc:
         raise ReconcileUnknown(f"show channels answered malformed JSON: {exc}") from None
     rows = data.get("rows", [])  # FreeSWITCH omits "rows" entirely when there are none
@@ -172,7 +172,7 @@ class NodeLink:
             self._count_error(name, type(exc).__name__)
             raise
         if self.metrics is not None:
-            self.metrics.command_seconds.labels(self.name, name).observe(time.monotonic() - began)
+            self.metrics.command(self.name, name, time.monotonic() - began)
         return reply
 
     def _count_error(self, command: str, reason: str) -> None:
@@ -376,7 +376,7 @@ class NodeLink:
         if conn is None or not conn.alive:
             raise NodeUnavailable(self.name)
         started = time.monotonic()
-        rows = parse_channel_listing(str(self._timed(conn, "api show channels as json").data))
+        rows = parse_channel_listing(self._timed(conn, "api show channels as json").raw)
         listed = {r.get("uuid") for r in rows if isinstance(r.get("uuid"), str)}
         known = self.table.node_uuids(self.name)
 
@@ -385,11 +385,11 @@ class NodeLink:
         ]
 
         def dump(uuid: str) -> dict[str, Any] | None:
-            body = str(self._timed(conn, f"api uuid_dump {uuid} json").data)
-            if not body.lstrip().startswith("{"):
+            body = self._timed(conn, f"api uuid_dump {uuid} json").raw
+            if not body.lstrip().startswith(b"{"):
                 return None  # gone since the listing ("-ERR No such channel!")
             try:
-                return parse_json(body.encode("utf-8"))
+                return parse_json(body)
             except EventParseError:
                 log.warning("node=%s uuid_dump %s answered malformed JSON", self.name, uuid)
                 return None
