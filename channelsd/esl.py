@@ -52,13 +52,15 @@ class ProtocolError(ESLError):
     """The peer sent something that is not ESL as FreeSWITCH speaks it."""
 
 
-class _Event:
-    """What greenswitch's dispatcher expects: an object with .headers."""
+class _Frame:
+    """One frame's outer headers; a command's reply also gets .data (and .raw for api)."""
 
-    __slots__ = ("headers",)
+    __slots__ = ("headers", "data", "raw")
 
-    def __init__(self, headers: dict[str, Any]) -> None:
+    def __init__(self, headers: dict[str, str]) -> None:
         self.headers = headers
+        self.data: str = ""
+        self.raw: bytes = b""
 
 
 _FORBIDDEN_IN_COMMAND = frozenset("\r\n\x00\u2028\u2029\x85")
@@ -186,12 +188,33 @@ class ESLConnection(InboundESL):
 
     def receive_events(self) -> None:
         try:
-            super().receive_events()
+            self._read_frames()
             reason = "connection closed by FreeSWITCH"
         except Exception as exc:  # anything here means framing is lost: start over
+            if self.closed.is_set():
+                return  # we closed the socket under the reader ourselves
             reason = f"{type(exc).__name__}: {exc}"
             log.warning("%s: reader stopped: %s", self.label, reason)
         self.close(self.close_reason or reason)
+
+    def _read_frames(self) -> None:
+        """greenswitch's reader loop, without its per-line string building and URL-decoding
+        of the outer headers (FreeSWITCH never encodes those): the hot path of ingest."""
+        readline = self.sock_file.readline
+        while self._run:
+            headers: dict[str, str] = {}
+            while True:
+                line = readline()
+                if not line:
+                    return  # EOF
+                if line == b"\n":
+                    break
+                name, sep, value = line.decode("utf-8").rstrip("\r\n").partition(": ")
+                if not sep:
+                    raise ProtocolError(f"malformed header line {line[:60]!r}")
+                headers[name] = value
+            if headers:  # a stray blank line between frames is harmless
+                self.handle_event(_Frame(headers))
 
     def process_events(self) -> None:
         # Events are applied by the reader (handle_event); greenswitch's dispatcher greenlet
@@ -222,7 +245,13 @@ class ESLConnection(InboundESL):
             # the table can take it (FreeSWITCH queues meanwhile), instead of an unbounded
             # queue growing in memory while HTTP requests starve.
             if self._on_event is not None:
-                self._safe_exec_handler(self._deliver, _Event(parsed))
+                try:
+                    self._on_event(parsed)
+                except Exception:  # a bug in one event's handling must not end the reader;
+                    # and unlike greenswitch, log the event's name, not its (PII-laden) body
+                    log.exception(
+                        "%s: handler failed on %s", self.label, parsed.get("Event-Name", "?")
+                    )
             self._since_yield += 1
             if self._since_yield >= YIELD_EVERY:
                 self._since_yield = 0
@@ -257,15 +286,3 @@ class ESLConnection(InboundESL):
         if n < 0 or n > 64 * 1024 * 1024:
             raise ProtocolError(f"implausible Content-Length {n}")
         return n
-
-    def _deliver(self, event: _Event) -> None:
-        self._on_event(event.headers)  # type: ignore[misc]
-
-    def _safe_exec_handler(self, handler: Any, event: Any) -> None:
-        # greenswitch would log the whole event (caller PII, kilobytes); log the name only.
-        try:
-            handler(event)
-        except Exception:
-            log.exception(
-                "%s: handler failed on %s", self.label, event.headers.get("Event-Name", "?")
-            )

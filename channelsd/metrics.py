@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from channelsd.table import ChannelTable
@@ -22,9 +22,15 @@ _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 class _StateCollector(Collector):
     """Gauges read from the live state at scrape time instead of being kept up to date."""
 
-    def __init__(self, table: ChannelTable, nodes: Callable[[], Mapping[str, Any]]) -> None:
+    def __init__(
+        self,
+        table: ChannelTable,
+        nodes: Callable[[], Mapping[str, Any]],
+        event_counts: Mapping[tuple[str, str], int],
+    ) -> None:
         self.table = table
         self.nodes = nodes
+        self.event_counts = event_counts
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         channels = GaugeMetricFamily("channelsd_channels", "Live channels", labels=["node"])
@@ -44,6 +50,12 @@ class _StateCollector(Collector):
             count = node.heartbeat.get("Session-Count")
             if count is not None and str(count).isdigit():
                 sessions.add_metric([name], int(count))
+        events = CounterMetricFamily(
+            "channelsd_esl_events", "ESL events ingested", labels=["node", "event"]
+        )
+        for (node, name), count in list(self.event_counts.items()):
+            events.add_metric([node, name], count)
+        yield events
         yield channels
         yield connected
         yield synced
@@ -60,9 +72,9 @@ class Metrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self.events = Counter(
-            "channelsd_esl_events", "ESL events ingested", ["node", "event"], registry=r
-        )
+        # Counted in a plain dict and exported at scrape time: a prometheus Counter takes a
+        # lock per increment, which shows on the ingest path at 30k events/s.
+        self.event_counts: dict[tuple[str, str], int] = {}
         self.parse_errors = Counter(
             "channelsd_esl_event_parse_errors",
             "Event bodies that did not parse",
@@ -113,17 +125,15 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self._event_children: dict[tuple[str, str], Any] = {}
         self._command_children: dict[tuple[str, str], Any] = {}
 
     def watch(self, table: ChannelTable, nodes: Callable[[], Mapping[str, Any]]) -> None:
-        self.registry.register(_StateCollector(table, nodes))
+        self.registry.register(_StateCollector(table, nodes, self.event_counts))
 
     def event(self, node: str, name: str) -> None:
-        child = self._event_children.get((node, name))
-        if child is None:
-            child = self._event_children[(node, name)] = self.events.labels(node, name)
-        child.inc()
+        key = (node, name)
+        counts = self.event_counts
+        counts[key] = counts.get(key, 0) + 1
 
     def command(self, node: str, name: str, seconds: float) -> None:
         child = self._command_children.get((node, name))
