@@ -313,16 +313,14 @@ def create_app(ctx: ApiContext) -> Flask:
             raise ApiError(503, "streaming unavailable", {"message": "live events are not enabled"})
         filters = Filters(request.args.items(multi=True))
 
-        def render(ch: Channel) -> dict[str, Any]:
-            return ch.to_item(time.time(), table.is_stale(ch))
+        def scope(ch: Channel) -> bool:
+            return in_scope(ch) and visible(call, ch)
 
-        def shown(ch: Channel) -> bool:
-            return in_scope(ch) and visible(call, ch) and (not filters or filters.keep(render(ch)))
+        def keep(item: dict[str, Any]) -> bool:
+            return not filters or filters.keep(item)
 
         last = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
-        body = subscribe(
-            ctx.broker, shown, lambda: [c for c in snapshot() if shown(c)], render, last
-        )
+        body = subscribe(ctx.broker, scope, keep, snapshot, last)
         resp = Response(body, status=200)
         resp.headers["Content-Type"] = "text/event-stream"
         resp.headers["Cache-Control"] = "no-cache"

@@ -182,18 +182,6 @@ class NodeLink:
     def request_reconcile(self) -> None:
         self._kick.set()
 
-    def status(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "state": self.state,
-            "connected": self.connected,
-            "synced": self.synced,
-            "core_uuid": self.core_uuid,
-            "channels": self.table.count(self.name),
-            "reconnects": self.reconnects,
-            "last_error": self.last_error,
-        }
-
     # -- supervisor --------------------------------------------------------------------------
 
     def _parse_error(self, exc: Exception) -> None:

@@ -1,10 +1,15 @@
 """Live channel events as Server-Sent Events.
 
-Ingest pays O(1) per table change whatever the number of subscribers: the change is appended
-to a bounded ring with a sequence number and one gevent Event wakes the subscribers. Each
-subscriber greenlet then reads the ring from its own position, keeps only what its token may
-see, and diffs against what it last sent, so several changes to one channel between two
-wake-ups go out as one `update` with the changed keys.
+The work is shared, so that a crowd of subscribers does not slow ingest:
+
+* a table change costs O(1): the channel is noted as pending;
+* every PUBLISH_INTERVAL the broker turns the pending channels into messages once — renders
+  the item, diffs it against what it last published, serialises it — and appends them to a
+  bounded ring with a sequence number, then wakes the subscribers;
+* each subscriber only decides which messages it may see (scope, role, filters on the shared
+  item) and writes the shared bytes, one write per batch.
+
+Several changes to a channel within an interval go out as one message.
 """
 
 from __future__ import annotations
@@ -15,53 +20,101 @@ from collections.abc import Callable, Iterator
 from itertools import islice
 from typing import Any
 
+import gevent
 import gevent.event
 import orjson
 
 from channelsd.table import Channel, ChannelTable
 
 KEEPALIVE_SECONDS = 15.0
+PUBLISH_INTERVAL = 0.1
 # Keys that change every second by themselves: not worth an update message.
 _VOLATILE = ("elapsed_s",)
 
 
-class _Change:
-    # A destroyed Channel keeps its fields, so it still tells whom its destroy concerns.
-    __slots__ = ("seq", "kind", "channel")
+class _Message:
+    """One published change: its kind, the channel, and the bytes every subscriber shares."""
 
-    def __init__(self, seq: int, kind: str, channel: Channel) -> None:
+    __slots__ = ("seq", "kind", "uuid", "channel", "item", "data", "full")
+
+    def __init__(
+        self, seq: int, kind: str, channel: Channel, item: dict[str, Any] | None, data: bytes
+    ) -> None:
         self.seq = seq
         self.kind = kind
-        self.channel = channel
+        self.uuid = channel.uuid
+        self.channel = channel  # a destroyed Channel keeps its fields: whom it concerned
+        self.item = item
+        self.data = data
+        self.full = data if kind == "create" else (orjson.dumps(item) if item else b"")
 
 
 class Broker:
-    """The ring of recent table changes, fed by the table's listener hook."""
+    """Pending changes → published messages in a ring; fed by the table's listener hook."""
 
-    def __init__(self, table: ChannelTable, size: int = 10_000) -> None:
+    def __init__(
+        self, table: ChannelTable, size: int = 10_000, interval: float = PUBLISH_INTERVAL
+    ) -> None:
         self.table = table
-        self.ring: deque[_Change] = deque(maxlen=size)
+        self.ring: deque[_Message] = deque(maxlen=size)
         self.seq = 0
-        self._wake = gevent.event.Event()
+        self.interval = interval
         self.subscribers = 0
         self.closed = False
+        self._pending: dict[str, tuple[Channel, bool]] = {}
+        self._published: dict[str, dict[str, Any]] = {}
+        self._timer: gevent.Greenlet | None = None
+        self._wake = gevent.event.Event()
         table.listener = self._on_change
+
+    def _on_change(self, kind: str, ch: Channel, _info: Any) -> None:
+        self._pending[ch.uuid] = (ch, kind == "destroy")
+        if self._timer is None and not self.closed:
+            self._timer = gevent.spawn_later(self.interval, self.publish)
+
+    def render(self, ch: Channel) -> dict[str, Any]:
+        return ch.to_item(time.time(), self.table.is_stale(ch))
+
+    def publish(self) -> None:
+        """Turn what changed since the last call into messages (the timer calls this)."""
+        self._timer = None
+        pending, self._pending = self._pending, {}
+        for uuid, (ch, destroyed) in pending.items():
+            before = self._published.get(uuid)
+            if destroyed:
+                if before is not None:
+                    del self._published[uuid]
+                    self._append("destroy", ch, None, orjson.dumps({"uuid": uuid}))
+                continue
+            item = self.render(ch)
+            self._published[uuid] = item
+            if before is None:
+                self._append("create", ch, item, orjson.dumps(item))
+                continue
+            changed = {k: v for k, v in item.items() if before.get(k) != v and k not in _VOLATILE}
+            removed = [k for k in before if k not in item]
+            if changed or removed:
+                data: dict[str, Any] = {"uuid": uuid, "changed": changed}
+                if removed:
+                    data["removed"] = removed
+                self._append("update", ch, item, orjson.dumps(data))
+        if self.subscribers:
+            wake, self._wake = self._wake, gevent.event.Event()
+            wake.set()
+
+    def _append(self, kind: str, ch: Channel, item: dict[str, Any] | None, data: bytes) -> None:
+        self.seq += 1
+        self.ring.append(_Message(self.seq, kind, ch, item, data))
 
     def close(self) -> None:
         """End every stream (the daemon is stopping)."""
         self.closed = True
+        if self._timer is not None:
+            self._timer.kill(block=False)
         self._wake.set()
 
-    def _on_change(self, kind: str, ch: Channel, _info: Any) -> None:
-        self.seq += 1
-        self.ring.append(_Change(self.seq, kind, ch))
-        if self.subscribers:
-            # Wake everybody once; the next waiters get a fresh Event.
-            wake, self._wake = self._wake, gevent.event.Event()
-            wake.set()
-
-    def since(self, seq: int) -> list[_Change] | None:
-        """Changes after `seq`, or None when the ring no longer reaches back that far."""
+    def since(self, seq: int) -> list[_Message] | None:
+        """Messages after `seq`, or None when the ring no longer reaches back that far."""
         missed = self.seq - seq
         if missed <= 0:
             return []
@@ -73,30 +126,30 @@ class Broker:
         return newest
 
     def wait_after(self, seq: int, timeout: float) -> None:
-        """Sleep until there is a change after `seq` (or the timeout); never misses one."""
+        """Sleep until there is a message after `seq` (or the timeout); never misses one."""
         if self.seq <= seq and not self.closed:
             self._wake.wait(timeout)
 
 
-def _frame(seq: int, event: str, data: Any) -> bytes:
-    return b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, event.encode(), orjson.dumps(data))
+def _frame(seq: int, event: str, data: bytes) -> bytes:
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, event.encode(), data)
 
 
 def subscribe(
     broker: Broker,
-    visible: Callable[[Channel], bool],
+    in_scope: Callable[[Channel], bool],
+    keep: Callable[[dict[str, Any]], bool],
     snapshot: Callable[[], list[Channel]],
-    render: Callable[[Channel], dict[str, Any]],
     last_event_id: str | None,
 ) -> Iterator[bytes]:
-    """The byte stream of one subscriber: snapshot (or catch-up), then changes as they come.
+    """The byte stream of one subscriber: snapshot (or catch-up), then messages as published.
 
-    `visible(ch)` says whether this subscriber may see the channel (live or destroyed),
-    `render(ch)` builds the item the list routes would show.
+    `in_scope(ch)` says whether this subscriber may see the channel (account, role), `keep`
+    applies its filters to a rendered item.
     """
-    sent: dict[str, dict[str, Any]] = {}
+    seen: set[str] = set()
     position: int | None = None
-    # After a resume the client knows channels we have no record of having sent.
+    # After a resume the client knows channels this subscriber has no record of sending.
     resumed = False
     if last_event_id is not None and last_event_id.isdigit():
         position = int(last_event_id)
@@ -104,38 +157,29 @@ def subscribe(
         if not resumed:
             position = None  # too much was missed (or a foreign id): start over
     if position is None:
-        position = broker.seq
-        items = []
-        for ch in snapshot():
-            item = render(ch)
-            sent[ch.uuid] = item
-            items.append(item)
-        yield _frame(position, "snapshot", items)
+        position, frame, seen = _snapshot(broker, in_scope, keep, snapshot)
+        yield frame
     broker.subscribers += 1
     try:
         last_write = time.monotonic()
         while not broker.closed:
-            changes = broker.since(position)
-            if changes is None:  # this subscriber fell behind the ring
-                position = broker.seq
-                items = [render(ch) for ch in snapshot()]
-                sent = {i["uuid"]: i for i in items}
+            messages = broker.since(position)
+            if messages is None:  # this subscriber fell behind the ring
+                position, frame, seen = _snapshot(broker, in_scope, keep, snapshot)
                 resumed = False
-                yield _frame(position, "snapshot", items)
+                yield frame
                 continue
-            if changes:
-                position = changes[-1].seq
-                latest: dict[str, _Change] = {}
-                for change in changes:
-                    latest[change.channel.uuid] = change
-                # Newest change per channel, sent in sequence order so ids only ever grow.
-                for change in sorted(latest.values(), key=lambda c: c.seq):
-                    uuid = change.channel.uuid
-                    frame = _message(change, uuid, sent, visible, render, resumed)
-                    if frame is not None:
-                        yield _frame(change.seq, *frame)
-                        last_write = time.monotonic()
-            if time.monotonic() - last_write >= KEEPALIVE_SECONDS:
+            out = []
+            for msg in messages:
+                frame = _for(msg, seen, in_scope, keep, resumed)
+                if frame is not None:
+                    out.append(frame)
+            if messages:
+                position = messages[-1].seq
+            if out:
+                yield b"".join(out)  # one write per batch, not per message
+                last_write = time.monotonic()
+            elif time.monotonic() - last_write >= KEEPALIVE_SECONDS:
                 yield b": keepalive\n\n"
                 last_write = time.monotonic()
             broker.wait_after(position, KEEPALIVE_SECONDS)
@@ -143,32 +187,41 @@ def subscribe(
         broker.subscribers -= 1
 
 
-def _message(
-    change: _Change,
-    uuid: str,
-    sent: dict[str, dict[str, Any]],
-    visible: Callable[[Channel], bool],
-    render: Callable[[Channel], dict[str, Any]],
+def _snapshot(
+    broker: Broker,
+    in_scope: Callable[[Channel], bool],
+    keep: Callable[[dict[str, Any]], bool],
+    snapshot: Callable[[], list[Channel]],
+) -> tuple[int, bytes, set[str]]:
+    items = [broker.render(ch) for ch in snapshot() if in_scope(ch)]
+    items = [i for i in items if keep(i)]
+    return (
+        broker.seq,
+        _frame(broker.seq, "snapshot", orjson.dumps(items)),
+        {i["uuid"] for i in items},
+    )
+
+
+def _for(
+    msg: _Message,
+    seen: set[str],
+    in_scope: Callable[[Channel], bool],
+    keep: Callable[[dict[str, Any]], bool],
     resumed: bool,
-) -> tuple[str, Any] | None:
-    ch = change.channel
-    if change.kind == "destroy":
-        known = sent.pop(uuid, None)
-        if known is None and not (resumed and visible(ch)):
-            return None
-        return "destroy", {"uuid": uuid}
-    if not visible(ch):  # e.g. moved to another account: gone for this subscriber
-        return ("destroy", {"uuid": uuid}) if sent.pop(uuid, None) is not None else None
-    item = render(ch)
-    before = sent.get(uuid)
-    sent[uuid] = item
-    if before is None:
-        return "create", item
-    changed = {k: v for k, v in item.items() if before.get(k) != v and k not in _VOLATILE}
-    removed = [k for k in before if k not in item]
-    if not changed and not removed:
+) -> bytes | None:
+    """What this subscriber is sent for one shared message, if anything."""
+    uuid = msg.uuid
+    if msg.kind == "destroy":
+        if uuid in seen or (resumed and in_scope(msg.channel)):
+            seen.discard(uuid)
+            return _frame(msg.seq, "destroy", msg.data)
         return None
-    data: dict[str, Any] = {"uuid": uuid, "changed": changed}
-    if removed:
-        data["removed"] = removed
-    return "update", data
+    if not (in_scope(msg.channel) and keep(msg.item)):  # e.g. moved to another account
+        if uuid in seen:
+            seen.discard(uuid)
+            return _frame(msg.seq, "destroy", orjson.dumps({"uuid": uuid}))
+        return None
+    if uuid in seen and msg.kind == "update":
+        return _frame(msg.seq, "update", msg.data)
+    seen.add(uuid)  # new to this subscriber: the whole item
+    return _frame(msg.seq, "create", msg.full)
