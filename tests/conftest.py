@@ -202,3 +202,29 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     out = Path(__file__).resolve().parent.parent / "test-artifacts"
     out.mkdir(exist_ok=True)
     (out / "reliability.json").write_text(json.dumps(FIGURES, indent=2, sort_keys=True) + "\n")
+
+
+def start_demo(calls: int = 6) -> tuple[Any, str]:
+    """`channelsd demo --port 0` as a user runs it: the process and what it printed up to
+    "Stop with Ctrl-C" (URLs, tokens, curl lines)."""
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "channelsd", "demo", "--port", "0", "--calls", str(calls)],
+        cwd=Path(__file__).resolve().parent.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    lines = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        assert line, f"demo exited early: {proc.stderr.read()}"
+        lines.append(line)
+        if line.startswith("Stop with Ctrl-C"):
+            break
+    return proc, "".join(lines)

@@ -15,9 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ import gevent
 import pytest
 from gevent.server import StreamServer
 
-from conftest import Harness, token, wait_until
+from conftest import Harness, start_demo, token, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts" / "console"
@@ -176,23 +174,7 @@ def base(h: Harness) -> str:
 
 
 def _start_demo() -> tuple[subprocess.Popen, str, dict[str, str]]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "channelsd", "demo", "--port", "0", "--calls", "6"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    lines = []
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        assert line, f"demo exited early: {proc.stderr.read()}"
-        lines.append(line)
-        if line.startswith("Stop with Ctrl-C"):
-            break
-    text = "".join(lines)
+    proc, text = start_demo(calls=6)
     console = re.search(r"(http://127\.0\.0\.1:\d+/console/)", text).group(1)
     tokens = {
         "super": re.search(r"superduper .*:\s+(\S+)", text).group(1),

@@ -1,37 +1,21 @@
 """`channelsd demo`, the README's first command, as a user runs it: a real process."""
 
-import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import requests
 
+from conftest import start_demo
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_demo_serves_changing_calls_and_stops_on_sigterm() -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "channelsd", "demo", "--port", "0", "--calls", "4"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    proc, text = start_demo(calls=4)
     try:
-        lines = []
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            assert line, f"demo exited early: {proc.stderr.read()}"
-            lines.append(line)
-            if line.startswith("Stop with Ctrl-C"):
-                break
-        text = "".join(lines)
         super_token = re.search(r"superduper .*:\s+(\S+)", text).group(1)
         base = re.search(r"(http://127\.0\.0\.1:\d+)/v2", text).group(1)
         admin_line = re.search(
