@@ -16,7 +16,7 @@ from typing import Any
 
 import gevent
 import gevent.event
-from gevent.pywsgi import WSGIServer
+from gevent.pywsgi import WSGIHandler, WSGIServer
 
 from channelsd import config as config_module
 from channelsd.actions import Actions
@@ -43,6 +43,15 @@ class _AccessLog:
 
     def write(self, line: str) -> None:
         log.debug("http %s", _TOKEN_IN_URL.sub(r"\1********", line.rstrip()))
+
+
+class _FairHandler(WSGIHandler):
+    """pywsgi serves a keep-alive connection's next request at once when it is already
+    buffered; visiting the hub first lets the other connections (and ingest) have a turn."""
+
+    def handle_one_request(self) -> Any:
+        gevent.sleep(0)
+        return super().handle_one_request()
 
 
 def _identity(cfg: Config) -> Identity:
@@ -92,6 +101,7 @@ class Daemon:
             self.app,
             log=_AccessLog(),
             error_log=logging.getLogger("channelsd.http"),
+            handler_class=_FairHandler,
         )
         self.http.init_socket()  # bind now, so a taken port fails start-up, not later
         # pywsgi writes headers and body separately: without TCP_NODELAY (inherited by the
