@@ -28,6 +28,7 @@ from channelsd.table import Channel, ChannelTable
 
 KEEPALIVE_SECONDS = 15.0
 PUBLISH_INTERVAL = 0.1
+YIELD_EVERY = 500
 # Keys that change every second by themselves: not worth an update message.
 _VOLATILE = ("elapsed_s",)
 
@@ -79,12 +80,23 @@ class Broker:
         """Turn what changed since the last call into messages (the timer calls this)."""
         self._timer = None
         pending, self._pending = self._pending, {}
-        for uuid, (ch, destroyed) in pending.items():
+        if not self.subscribers:
+            # Nobody listens: render nothing and keep no copies (memory, reconcile bursts).
+            # The gap is recorded by emptying the ring, so a client resuming from before it
+            # gets a fresh snapshot instead of a silent hole.
+            if self._published or self.ring:
+                self._published.clear()
+                self.ring.clear()
+            self.seq += 1
+            return
+        for n, (uuid, (ch, destroyed)) in enumerate(pending.items(), 1):
+            if n % YIELD_EVERY == 0:
+                gevent.sleep(0)  # a reconcile can change thousands at once: let requests in
             before = self._published.get(uuid)
             if destroyed:
-                if before is not None:
-                    del self._published[uuid]
-                    self._append("destroy", ch, None, orjson.dumps({"uuid": uuid}))
+                # Even one never published: a subscriber's snapshot may hold it.
+                self._published.pop(uuid, None)
+                self._append("destroy", ch, None, orjson.dumps({"uuid": uuid}))
                 continue
             item = self.render(ch)
             self._published[uuid] = item
