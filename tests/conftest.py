@@ -1,26 +1,22 @@
 """Shared fixtures: a stand-in FreeSWITCH on loopback, a real daemon, a real HTTP client.
 
-The whole suite runs on one gevent hub (monkey-patched first thing), so the stand-in's ESL
-server, the daemon's greenlets and `requests` all talk over real loopback sockets in one
-process.
+The whole suite runs on one gevent hub (monkey-patched by tests/gevent_patch.py, loaded with
+`-p` before any plugin), so the stand-in's ESL server, the daemon's greenlets and `requests`
+all talk over real loopback sockets in one process.
 """
 
-from gevent import monkey
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
-monkey.patch_all()
+import gevent
+import pytest
+import requests
 
-import time  # noqa: E402
-from collections.abc import Callable, Iterator  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-import gevent  # noqa: E402
-import pytest  # noqa: E402
-import requests  # noqa: E402
-
-from channelsd.config import parse  # noqa: E402
-from channelsd.daemon import Daemon  # noqa: E402
-from channelsd.tokens import digest  # noqa: E402
+from channelsd.config import parse
+from channelsd.daemon import Daemon
+from channelsd.tokens import digest
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CAPTURES = FIXTURES / "captures"

@@ -689,15 +689,7 @@ class CallModel:
         if originator is not None:
             b.set_var("other_loopback_from_uuid", originator.uuid)
         b.set_var("loopback_leg", "B")
-        self._state(b, "CS_INIT")
-        b.state_number = STATE_NUMBERS["CS_ROUTING"]
-        self._ev(b, "CHANNEL_CREATE")
-        b.state = "CS_ROUTING"
-        self._callstate(b, "RINGING")
-        self._state(b, "CS_ROUTING")
-        if b.variables.get("presence_id"):
-            b.state_number = STATE_NUMBERS["CS_EXECUTE"]
-            self._presence(b, "CS_ROUTING", "alerting", "check_presence")
+        self._route_inbound(b)
         if plan is None:
             # no dialplan match: the -b leg dies in routing, its twin follows
             self.hangup(b.uuid, "NO_ROUTE_DESTINATION")
@@ -904,6 +896,19 @@ class CallModel:
         callee.other_type = "originator"
         callee.other_profile = self._originator_snapshot(caller)
 
+    def _route_inbound(self, ch: Channel) -> None:
+        """An inbound leg's start, as captured: CS_INIT, CREATE, then routing (RINGING), with
+        the presence probes a leg with a presence_id fires."""
+        self._state(ch, "CS_INIT")
+        ch.state_number = STATE_NUMBERS["CS_ROUTING"]
+        self._ev(ch, "CHANNEL_CREATE")
+        ch.state = "CS_ROUTING"
+        self._callstate(ch, "RINGING")
+        self._state(ch, "CS_ROUTING")
+        if ch.variables.get("presence_id"):
+            ch.state_number = STATE_NUMBERS["CS_EXECUTE"]
+            self._presence(ch, "CS_ROUTING", "alerting", "check_presence")
+
     @staticmethod
     def _originator_snapshot(caller: Channel) -> dict[str, str]:
         """The caller's profile as the callee's events show it under Other-Leg-* (its
@@ -1066,15 +1071,7 @@ class CallModel:
         a.state, a.state_number = "CS_NONE", 0
         self._codec(a)
         self._register(a)
-        self._state(a, "CS_INIT")
-        a.state_number = STATE_NUMBERS["CS_ROUTING"]
-        self._ev(a, "CHANNEL_CREATE")
-        a.state = "CS_ROUTING"
-        self._callstate(a, "RINGING")
-        self._state(a, "CS_ROUTING")
-        if a.variables.get("presence_id"):
-            a.state_number = STATE_NUMBERS["CS_EXECUTE"]
-            self._presence(a, "CS_ROUTING", "alerting", "check_presence")
+        self._route_inbound(a)
         self._enter_execute(a)
         target = f"loopback/{dest}/default"
         self._execute(a, "bridge", target)
