@@ -14,17 +14,18 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-import gevent
 import orjson
 from flask import Flask, Response, g, redirect, request, send_from_directory
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from channelsd import envelope
 from channelsd.envelope import ApiError
+from channelsd.fastlists import fast_lists
 from channelsd.health import LoopMonitor, readiness
-from channelsd.listing import Filters, to_csv
+from channelsd.listing import Filters, in_slices, list_json, to_csv
 from channelsd.metrics import CONTENT_TYPE as METRICS_TYPE
 from channelsd.metrics import Metrics
+from channelsd.presented import header_token, truthy, wants_csv
 from channelsd.stream import Broker, subscribe
 from channelsd.table import Channel, ChannelTable
 from channelsd.tokens import Token, TokenStore
@@ -47,9 +48,6 @@ CORS_HEADERS = {
 # Every route takes every method, so that a 405 comes from the resource, which knows what it
 # allows, in the API's envelope.
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"]
-CSV_TYPES = ("text/csv", "text/comma-separated-values", "application/octet-stream")
-# Long lists are built in slices so that event ingest keeps running meanwhile.
-YIELD_EVERY = 500
 
 
 @dataclass
@@ -66,6 +64,9 @@ class ApiContext:
     broker: Broker | None = None
     metrics: Metrics | None = None
     loop: LoopMonitor | None = None
+    # The plain list GETs answered in front of Flask (channelsd.fastlists); off in the test
+    # that compares both.
+    fast_lists: bool = True
 
 
 @dataclass
@@ -78,15 +79,8 @@ class Call:
     method: str
 
 
-def _truthy(value: str | None) -> bool:
-    return (value or "").lower() in ("true", "1", "yes")
-
-
 def _wants_csv() -> bool:
-    if (request.args.get("accept") or "").lower() == "csv":
-        return True
-    accept = (request.headers.get("Accept") or "").lower()
-    return any(accept.startswith(t) for t in CSV_TYPES)
+    return wants_csv(request.args.get("accept"), request.headers.get("Accept"))
 
 
 def _read_body() -> dict[str, Any] | None:
@@ -104,16 +98,10 @@ def _read_body() -> dict[str, Any] | None:
 
 
 def _presented_token(body: dict[str, Any] | None) -> str | None:
-    token = request.headers.get("X-Auth-Token")
-    if token:
-        return token.strip()
-    auth = request.headers.get("Authorization")
-    if auth:
-        scheme, _, rest = auth.strip().partition(" ")
-        if scheme.lower() == "bearer":
-            return rest.strip() or None
-        if not rest:
-            return scheme
+    headers = request.headers
+    token = header_token(headers.get("X-Auth-Token"), headers.get("Authorization"))
+    if token is not None:
+        return token or None
     if body:
         data = body.get("data")
         for source in (data if isinstance(data, dict) else {}, body):
@@ -135,18 +123,30 @@ def create_app(ctx: ApiContext) -> Flask:
     def _begin() -> None:
         g.began = time.perf_counter()
         g.rid = envelope.request_id(request.headers.get("X-Request-ID"))
-        g.pretty = _truthy(request.args.get("pretty_print")) or _truthy(
+        g.pretty = truthy(request.args.get("pretty_print")) or truthy(
             request.headers.get("X-Pretty-Print")
         )
 
     @app.after_request
-    def _cors(resp: Response) -> Response:
-        resp.headers.update(CORS_HEADERS)
+    def _measure(resp: Response) -> Response:
         if ctx.metrics is not None:
             route = request.url_rule.rule if request.url_rule else "unmatched"
-            ctx.metrics.http_requests.labels(route, request.method, str(resp.status_code)).inc()
-            ctx.metrics.http_seconds.labels(route).observe(time.perf_counter() - g.began)
+            ctx.metrics.http(route, request.method, resp.status_code, time.perf_counter() - g.began)
         return resp
+
+    # CORS headers go on every answer, errors included; added to the WSGI header list as
+    # it leaves, which costs nothing per header (werkzeug validates each one it is given).
+    flask_wsgi = fast_lists(ctx, app.wsgi_app) if ctx.fast_lists else app.wsgi_app
+    cors = list(CORS_HEADERS.items())
+
+    def wsgi_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            headers.extend(cors)
+            return start_response(status, headers, exc_info)
+
+        return flask_wsgi(environ, start)
+
+    app.wsgi_app = wsgi_app  # type: ignore[method-assign]
 
     @app.errorhandler(ApiError)
     def _api_error(err: ApiError) -> Response:
@@ -232,15 +232,19 @@ def create_app(ctx: ApiContext) -> Flask:
     def listing(call: Call, channels: list[Channel]) -> Response:
         now = time.time()
         filters = Filters(request.args.items(multi=True))
-        items = []
-        for n, ch in enumerate(channels, 1):
-            if visible(call, ch):
-                item = ch.to_item(now, table.is_stale(ch))
-                if not filters or filters.keep(item):
-                    items.append(item)
-            if n % YIELD_EVERY == 0:
-                gevent.sleep(0)
-        return respond(call, items)
+        if call.token.role == "user":
+            channels = [ch for ch in channels if visible(call, ch)]
+        if filters:
+            channels = [
+                ch
+                for part in in_slices(channels)
+                for ch in part
+                if filters.keep(ch.to_item(now, table.is_stale(ch)))
+            ]
+        if g.pretty or _wants_csv():  # these need the items as objects
+            items = [ch.to_item(now, table.is_stale(ch)) for p in in_slices(channels) for ch in p]
+            return respond(call, items)
+        return envelope.success_json(list_json(table, channels, now), g.rid, call.token_text)
 
     def respond(call: Call, data: Any) -> Response:
         if _wants_csv():

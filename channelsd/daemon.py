@@ -99,7 +99,8 @@ class Daemon:
         self.http = WSGIServer(
             (self.config.http_host, self.config.http_port),
             self.app,
-            log=_AccessLog(),
+            # pywsgi formats an access line for every request even when nobody reads it.
+            log=_AccessLog() if log.isEnabledFor(logging.DEBUG) else None,
             error_log=logging.getLogger("channelsd.http"),
             handler_class=_FairHandler,
         )

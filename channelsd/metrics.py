@@ -26,7 +26,7 @@ class _StateCollector(Collector):
         self,
         table: ChannelTable,
         nodes: Callable[[], Mapping[str, Any]],
-        event_counts: Mapping[tuple[str, str], int],
+        event_counts: Mapping[str, Mapping[str, int]],
     ) -> None:
         self.table = table
         self.nodes = nodes
@@ -53,8 +53,9 @@ class _StateCollector(Collector):
         events = CounterMetricFamily(
             "channelsd_esl_events", "ESL events ingested", labels=["node", "event"]
         )
-        for (node, name), count in list(self.event_counts.items()):
-            events.add_metric([node, name], count)
+        for node, counts in list(self.event_counts.items()):
+            for name, count in list(counts.items()):
+                events.add_metric([node, name], count)
         yield events
         yield channels
         yield connected
@@ -74,7 +75,7 @@ class Metrics:
         r = self.registry = CollectorRegistry()
         # Counted in a plain dict and exported at scrape time: a prometheus Counter takes a
         # lock per increment, which shows on the ingest path at 30k events/s.
-        self.event_counts: dict[tuple[str, str], int] = {}
+        self.event_counts: dict[str, dict[str, int]] = {}
         self.parse_errors = Counter(
             "channelsd_esl_event_parse_errors",
             "Event bodies that did not parse",
@@ -126,14 +127,26 @@ class Metrics:
             registry=r,
         )
         self._command_children: dict[tuple[str, str], Any] = {}
+        self._http_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def watch(self, table: ChannelTable, nodes: Callable[[], Mapping[str, Any]]) -> None:
         self.registry.register(_StateCollector(table, nodes, self.event_counts))
 
-    def event(self, node: str, name: str) -> None:
-        key = (node, name)
-        counts = self.event_counts
-        counts[key] = counts.get(key, 0) + 1
+    def event_counter(self, node: str) -> dict[str, int]:
+        """The node's event name → count dict, for its reader to bump directly."""
+        return self.event_counts.setdefault(node, {})
+
+    def http(self, route: str, method: str, status: int, seconds: float) -> None:
+        # Label children looked up once: prometheus_client takes a lock for every lookup.
+        key = (route, method, status)
+        children = self._http_children.get(key)
+        if children is None:
+            children = self._http_children[key] = (
+                self.http_requests.labels(route, method, str(status)),
+                self.http_seconds.labels(route),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def command(self, node: str, name: str, seconds: float) -> None:
         child = self._command_children.get((node, name))

@@ -105,6 +105,8 @@ class NodeLink:
     ) -> None:
         self.cfg = cfg
         self.metrics = metrics
+        # Events by name, bumped on the ingest path; exported at scrape time.
+        self._event_counts: dict[str, int] = metrics.event_counter(cfg.name) if metrics else {}
         self.name = cfg.name
         self.table = table
         self.sync = sync
@@ -326,14 +328,15 @@ class NodeLink:
 
     # -- table sync --------------------------------------------------------------------------
 
-    def _on_event(self, event: dict[str, Any]) -> None:
+    def _on_event(self, event: dict[str, Any], body: bytes | None = None) -> None:
         name = event.get("Event-Name")
-        if self.metrics is not None:
-            self.metrics.event(self.name, name if name in _SUBSCRIBED else "other")
+        counted = name if name in _SUBSCRIBED else "other"
+        counts = self._event_counts
+        counts[counted] = counts.get(counted, 0) + 1
         if name == "HEARTBEAT":
             self._heartbeat(event)
             return
-        self.table.apply(self.name, event)
+        self.table.apply(self.name, event, body)
 
     def _heartbeat(self, event: dict[str, Any]) -> None:
         """FreeSWITCH says how many sessions it has: a table that disagrees twice in a row has

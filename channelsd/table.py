@@ -15,11 +15,12 @@ tests/fixtures/captures/README.md):
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
+
+import orjson
 
 from channelsd.config import DEFAULT_CCV_PREFIX, DEFAULT_IDENTITY
 
@@ -146,9 +147,10 @@ class Channel:
         self.answered = self.is_onhold = self.is_loopback = False
         self.created_us = int(time.time() * 1_000_000)
         self.last_seen = 0.0
-        # The list item without its two moving parts (elapsed_s, stale); the table clears it
-        # whenever it changes the channel, so reads do not rebuild it every time.
-        self.cached: dict[str, Any] | None = None
+        # The list item as JSON, without its two moving parts (stale, elapsed_s) and its
+        # closing brace; the table clears it whenever it changes the channel, so lists are
+        # spliced from bytes instead of being rebuilt and serialised on every read.
+        self.cached: bytes | None = None
 
     @property
     def timestamp(self) -> int:
@@ -160,13 +162,24 @@ class Channel:
 
     def to_item(self, now: float, stale: bool) -> dict[str, Any]:
         """The list item of spec §2: unknown values omitted, booleans always present."""
-        base = self.cached
-        if base is None:
-            base = self.cached = self._build_item()
-        item = base.copy()
+        item = self._build_item()
         item["stale"] = stale
-        item["elapsed_s"] = max(0, int(now - self.created_us / 1_000_000))
+        item["elapsed_s"] = self.elapsed(now)
         return item
+
+    def item_json(self, now: float, stale: bool) -> bytes:
+        """to_item() as JSON, spliced from a cached serialisation: what lists are made of."""
+        raw = self.cached
+        if raw is None:
+            item = self._build_item()
+            del item["stale"], item["elapsed_s"]
+            raw = self.cached = orjson.dumps(item)[:-1]  # without its closing brace
+        return raw + (_STALE_TAIL if stale else _FRESH_TAIL) % max(
+            0, int(now - self.created_us / 1_000_000)
+        )
+
+    def elapsed(self, now: float) -> int:
+        return max(0, int(now - self.created_us / 1_000_000))
 
     def _build_item(self) -> dict[str, Any]:
         item: dict[str, Any] = {
@@ -204,6 +217,8 @@ class Channel:
         return item
 
 
+_FRESH_TAIL = b',"stale":false,"elapsed_s":%d}'
+_STALE_TAIL = b',"stale":true,"elapsed_s":%d}'
 _OPTIONAL_ITEM_KEYS = (
     "direction",
     "destination",
@@ -248,6 +263,40 @@ class Identity:
         self.headers = frozenset(h for _, chain in self.chains for h in chain)
 
 
+class _Bucket(dict[Key, Channel]):
+    """One index entry: its channels by key, and their list order once asked for."""
+
+    __slots__ = ("order",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.order: tuple[Channel, ...] | None = None
+
+    def add(self, key: Key, ch: Channel) -> None:
+        if self.get(key) is not ch:
+            self[key] = ch
+            self.order = None
+
+    def discard(self, key: Key) -> None:
+        if self.pop(key, None) is not None:
+            self.order = None
+
+
+def _bucket(index: dict[Any, _Bucket], ikey: Any) -> _Bucket:
+    bucket = index.get(ikey)
+    if bucket is None:
+        bucket = index[ikey] = _Bucket()
+    return bucket
+
+
+def _ordered(bucket: _Bucket | None) -> list[Channel]:
+    if not bucket:
+        return []
+    if bucket.order is None:
+        bucket.order = tuple(sorted(bucket.values(), key=Channel.sort_key))
+    return list(bucket.order)
+
+
 class ChannelTable:
     """All live channels of all nodes, with indices for the API's scoped reads."""
 
@@ -262,9 +311,10 @@ class ChannelTable:
         self._clock = clock
         self._rows: dict[Key, Channel] = {}
         self._by_uuid: dict[str, Channel] = {}
-        self._by_account: dict[str, dict[Key, Channel]] = {}
-        self._by_owner: dict[tuple[str, str], dict[Key, Channel]] = {}
-        self._by_device: dict[tuple[str, str], dict[Key, Channel]] = {}
+        self._by_account: dict[str, _Bucket] = {}
+        self._by_owner: dict[tuple[str, str], _Bucket] = {}
+        self._by_device: dict[tuple[str, str], _Bucket] = {}
+        self._all_order: tuple[Channel, ...] | None = None
         self._by_node: dict[str, dict[Key, Channel]] = {}
         self._tombstones: OrderedDict[Key, float] = OrderedDict()
         # node -> when its connection dropped; its channels not heard of since are stale.
@@ -297,16 +347,31 @@ class ChannelTable:
         """A new identity mapping (SIGHUP); it applies from the next event of each channel."""
         self.identity = identity
         self._chains = _FIXED_CHAINS + identity.chains
+        # FreeSWITCH writes header names unescaped in both event forms, so a body without
+        # these bytes has no custom channel variables (a prefix JSON would escape: no hint).
+        prefix = identity.ccv_prefix
+        plain = prefix.isprintable() and '"' not in prefix and "\\" not in prefix
+        self._ccv_probe = prefix.encode() if plain and prefix else None
+        # ... and then none of the identity headers that are custom channel variables.
+        self._chains_without_ccvs = tuple(
+            (attr, kept)
+            for attr, chain in self._chains
+            if (kept := tuple(h for h in chain if not (prefix and h.startswith(prefix))))
+        )
+
+    # Lists are in the API's order (oldest first, then uuid). The order is kept once computed
+    # until the set changes: sorting a hundred rows by a Python key is most of a list's cost.
 
     def all(self) -> list[Channel]:
-        return sorted(self._rows.values(), key=Channel.sort_key)
+        if self._all_order is None:
+            self._all_order = tuple(sorted(self._rows.values(), key=Channel.sort_key))
+        return list(self._all_order)
 
     def by_account(self, account_id: str) -> list[Channel]:
-        return sorted(self._by_account.get(account_id, {}).values(), key=Channel.sort_key)
+        return _ordered(self._by_account.get(account_id))
 
     def by_device(self, account_id: str, device_id: str) -> list[Channel]:
-        rows = self._by_device.get((account_id, device_id), {})
-        return sorted(rows.values(), key=Channel.sort_key)
+        return _ordered(self._by_device.get((account_id, device_id)))
 
     def by_user(self, account_id: str, user_id: str) -> list[Channel]:
         """Channels owned by the user, or authorised by one of the user's known devices."""
@@ -314,6 +379,12 @@ class ChannelTable:
         for device in self.identity.devices_of.get(user_id, ()):
             found.update(self._by_device.get((account_id, device), {}))
         return sorted(found.values(), key=Channel.sort_key)
+
+    def items_json(self, channels: Iterable[Channel], now: float) -> list[bytes]:
+        """Channel.item_json() of each, with its stale flag: the body of a list."""
+        if not self._stale_since:  # no node is down: nothing to look up per channel
+            return [ch.item_json(now, False) for ch in channels]
+        return [ch.item_json(now, self.is_stale(ch)) for ch in channels]
 
     def is_stale(self, ch: Channel) -> bool:
         since = self._stale_since.get(ch.node)
@@ -328,8 +399,12 @@ class ChannelTable:
 
     # -- writes ------------------------------------------------------------------------------
 
-    def apply(self, node: str, event: Event) -> None:
-        """Fold one FreeSWITCH event into the table."""
+    def apply(self, node: str, event: Event, raw: bytes | None = None) -> None:
+        """Fold one FreeSWITCH event into the table.
+
+        `raw`, the text the event was parsed from, is only a hint: an event whose text lacks
+        the custom channel variables' prefix is not scanned for them (one byte search instead
+        of a look at each of its ~150 headers)."""
         name = event.get("Event-Name")
         if name == "API":
             self._apply_api(node, event)
@@ -337,7 +412,7 @@ class ChannelTable:
         if not name or not (name.startswith("CHANNEL_") or name == "CALL_UPDATE"):
             return
         uuid = event.get("Unique-ID")
-        if not uuid or not isinstance(uuid, str):
+        if not uuid or uuid.__class__ is not str:
             return
         if name == "CHANNEL_UUID":
             old = event.get("Old-Unique-ID")
@@ -357,8 +432,8 @@ class ChannelTable:
             if other and isinstance(other, str):
                 ch.other_leg = other
             self._insert(ch)
-        before = self._index_keys(ch)
-        self._merge(ch, event)
+        before = (ch.account_id, ch.owner_id, ch.authorizing_id)
+        self._merge(ch, event, name, raw)
         if name == "CHANNEL_ANSWER":
             ch.answered = True
         elif name == "CHANNEL_HOLD":
@@ -368,7 +443,7 @@ class ChannelTable:
         partner = None
         if name == "CHANNEL_BRIDGE" or name == "CHANNEL_UNBRIDGE":
             partner = self._bridge(node, event, name == "CHANNEL_BRIDGE")
-        if self._index_keys(ch) != before:
+        if (ch.account_id, ch.owner_id, ch.authorizing_id) != before:
             self._unindex(ch, before)
             self._index(ch)
         ch.last_seen = self._clock()
@@ -393,6 +468,8 @@ class ChannelTable:
     def remove(self, node: str, uuid: str, tombstone: bool = True) -> Channel | None:
         key = (node, uuid)
         ch = self._rows.pop(key, None)
+        if ch is not None:
+            self._all_order = None
         if tombstone:
             now = self._clock()
             self._tombstones[key] = now + self.tombstone_ttl
@@ -446,7 +523,7 @@ class ChannelTable:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _merge(self, ch: Channel, e: Event) -> None:
+    def _merge(self, ch: Channel, e: Event, name: str, raw: bytes | None) -> None:
         """Copy what this event says; headers it lacks leave the row as it was."""
         get = e.get
         v = get("Channel-Name")
@@ -454,15 +531,35 @@ class ChannelTable:
             ch.name = v
             if v.startswith("loopback/"):
                 ch.is_loopback = True
-        if "variable_loopback_leg" in e:
-            ch.is_loopback = True
         if get("Answer-State") == "answered":
             ch.answered = True
         v = get("Caller-Channel-Created-Time")
         if v and v != "0":
-            with contextlib.suppress(TypeError, ValueError):
-                ch.created_us = int(v)
-        chains = self._chains if get("Event-Name") not in _NO_VARIABLES else _FIXED_CHAINS
+            try:
+                created = int(v)
+            except (TypeError, ValueError):
+                created = ch.created_us
+            if created != ch.created_us:
+                ch.created_us = created
+                self._reorder(ch)
+        if name in _NO_VARIABLES:
+            chains = _FIXED_CHAINS
+        else:
+            chains = self._chains
+            if "variable_loopback_leg" in e:
+                ch.is_loopback = True
+            # An event that carries variables carries all of them, so it is the whole truth
+            # about the custom variables; one without variables says nothing about them.
+            probe = self._ccv_probe
+            if raw is not None and probe is not None and probe not in raw:
+                found = None
+                chains = self._chains_without_ccvs
+            else:
+                prefix = self.identity.ccv_prefix
+                cut = len(prefix)
+                found = {k[cut:]: v for k, v in e.items() if k.startswith(prefix)} or None
+            if found or "variable_uuid" in e:
+                ch.ccvs = found
         # _first(), inlined: this loop runs ~20 times per event on the ingest path.
         for attr, chain in chains:
             for header in chain:
@@ -473,18 +570,6 @@ class ChannelTable:
                     if v:
                         setattr(ch, attr, v)
                     break
-        self._merge_ccvs(ch, e)
-
-    def _merge_ccvs(self, ch: Channel, e: Event) -> None:
-        # An event that carries variables carries all of them, so it is the whole truth
-        # about the custom variables; one without variables says nothing about them.
-        if e.get("Event-Name") in _NO_VARIABLES:
-            return
-        prefix = self.identity.ccv_prefix
-        cut = len(prefix)
-        found = {k[cut:]: v for k, v in e.items() if k.startswith(prefix)}
-        if found or "variable_uuid" in e:
-            ch.ccvs = found or None
 
     def _bridge(self, node: str, e: Event, bridged: bool) -> Channel | None:
         """Set or clear other_leg on both legs; returns the leg the event was not about."""
@@ -554,6 +639,7 @@ class ChannelTable:
         ch = self._rows.pop(key, None)
         if ch is None:
             return
+        self._all_order = None
         self._unindex(ch, self._index_keys(ch))
         self._by_node[node].pop(key, None)
         if self._by_uuid.get(old) is ch:
@@ -565,6 +651,7 @@ class ChannelTable:
     def _insert(self, ch: Channel) -> None:
         key = (ch.node, ch.uuid)
         self._rows[key] = ch
+        self._all_order = None
         self._by_uuid[ch.uuid] = ch
         self._by_node.setdefault(ch.node, {})[key] = ch
         self._index(ch)
@@ -578,11 +665,24 @@ class ChannelTable:
         if account is None:
             return
         key = (ch.node, ch.uuid)
-        self._by_account.setdefault(account, {})[key] = ch
+        _bucket(self._by_account, account).add(key, ch)
         if owner is not None:
-            self._by_owner.setdefault((account, owner), {})[key] = ch
+            _bucket(self._by_owner, (account, owner)).add(key, ch)
         if device is not None:
-            self._by_device.setdefault((account, device), {})[key] = ch
+            _bucket(self._by_device, (account, device)).add(key, ch)
+
+    def _reorder(self, ch: Channel) -> None:
+        """The channel's creation time changed: the lists it is in must be sorted again."""
+        self._all_order = None
+        account, owner, device = ch.account_id, ch.owner_id, ch.authorizing_id
+        for index, ikey in (
+            (self._by_account, account),
+            (self._by_owner, (account, owner)),
+            (self._by_device, (account, device)),
+        ):
+            bucket = index.get(ikey)
+            if bucket is not None:
+                bucket.order = None
 
     def _unindex(self, ch: Channel, keys: tuple[str | None, str | None, str | None]) -> None:
         account, owner, device = keys
@@ -596,7 +696,7 @@ class ChannelTable:
         ):
             bucket = index.get(ikey)
             if bucket is not None:
-                bucket.pop(key, None)
+                bucket.discard(key)
                 if not bucket:
                     del index[ikey]
 

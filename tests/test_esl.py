@@ -20,7 +20,7 @@ def connect(switch: Any, **kw: Any) -> ESLConnection:
 
 def test_api_round_trip_and_json_events(switch: Any) -> None:
     seen: list[dict[str, Any]] = []
-    events = connect(switch, on_event=seen.append)
+    events = connect(switch, on_event=lambda event, _body: seen.append(event))
     reply = events.command("event json CHANNEL_CREATE CHANNEL_DESTROY")
     assert reply.data == "+OK event listener enabled json"
     cmd = connect(switch)

@@ -1,0 +1,119 @@
+"""The plain channel lists, answered without Flask's per-request machinery.
+
+A portal polls its account's list. At a thousand requests a second Flask's request and
+response objects, routing, context push and hooks cost more than building the list itself
+(profiles in BENCHMARKS.md). This WSGI layer answers only the plain case — GET, no query
+string, no body, a header token that may see the list and is not a `user` token, JSON without
+pretty printing — from the same table reads, list builder, envelope and metrics as the Flask
+resource. Everything else, every error included, goes to the Flask app, so the API's rules
+and error shapes live in one place; tests/test_fastlists.py checks that both answer alike.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from channelsd import envelope
+from channelsd.listing import list_json
+from channelsd.presented import header_token, truthy, wants_csv
+from channelsd.table import Channel
+
+if TYPE_CHECKING:
+    from channelsd.api import ApiContext
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+# (Flask's rule, for the metrics label; the same rule as a pattern on PATH_INFO)
+_ROUTES = tuple(
+    (rule, re.compile(pattern))
+    for rule, pattern in (
+        ("/v2/channels", r"/v2/channels/?"),
+        ("/v2/accounts/<account_id>/channels", r"/v2/accounts/([^/]+)/channels/?"),
+        (
+            "/v2/accounts/<account_id>/users/<user_id>/channels",
+            r"/v2/accounts/([^/]+)/users/([^/]+)/channels/?",
+        ),
+        (
+            "/v2/accounts/<account_id>/devices/<device_id>/channels",
+            r"/v2/accounts/([^/]+)/devices/([^/]+)/channels/?",
+        ),
+    )
+)
+
+
+def _route(path: str) -> tuple[str, tuple[str, ...]] | None:
+    if not path.endswith(("/channels", "/channels/")) or not path.isascii():
+        return None  # werkzeug decodes non-ASCII paths its own way: leave those to it
+    for rule, pattern in _ROUTES:
+        m = pattern.fullmatch(path)
+        if m is not None:
+            return rule, m.groups()
+    return None
+
+
+def fast_lists(ctx: ApiContext, app: WSGIApp) -> WSGIApp:
+    """`app` with the plain list GETs answered in front of it."""
+    table = ctx.table
+
+    def channels_for(rule: str, params: tuple[str, ...], token: Any) -> list[Channel] | None:
+        """The list, or None where the Flask resource has something else to say."""
+        if token.role == "user":  # filtered per channel owner: the resource's job
+            return None
+        if not params:
+            if token.role != "superduper" or not ctx.system_wide_channels_list:
+                return None
+            return table.all()
+        account = params[0]
+        if not token.may_see_account(account):
+            return None
+        if len(params) == 1:
+            return table.by_account(account)
+        if "/users/" in rule:
+            return table.by_user(account, params[1])
+        return table.by_device(account, params[1])
+
+    def answer(environ: dict[str, Any]) -> tuple[bytes, str, str] | None:
+        get = environ.get
+        if get("REQUEST_METHOD") != "GET" or get("QUERY_STRING"):
+            return None
+        route = _route(get("PATH_INFO", ""))
+        if route is None:
+            return None
+        if get("CONTENT_LENGTH", "0") not in ("", "0") or "HTTP_TRANSFER_ENCODING" in environ:
+            return None  # a body may carry a token or be malformed: the resource decides
+        if truthy(get("HTTP_X_PRETTY_PRINT")) or wants_csv(None, get("HTTP_ACCEPT")):
+            return None
+        presented = header_token(get("HTTP_X_AUTH_TOKEN"), get("HTTP_AUTHORIZATION"))
+        token = ctx.tokens.find(presented) if presented else None
+        if token is None:
+            return None
+        rule, params = route
+        channels = channels_for(rule, params, token)
+        if channels is None:
+            return None
+        rid = envelope.request_id(get("HTTP_X_REQUEST_ID"))
+        body = envelope.success_body(list_json(table, channels, time.time()), rid, presented)
+        return body, rid, rule
+
+    def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        began = time.perf_counter()
+        done = answer(environ)
+        if done is None:
+            return app(environ, start_response)
+        body, rid, rule = done
+        start_response(
+            "200 OK",
+            [
+                ("Content-Type", envelope.JSON_TYPE),
+                ("Content-Length", str(len(body))),
+                ("X-Request-ID", rid),
+            ],
+        )
+        if ctx.metrics is not None:
+            ctx.metrics.http(rule, "GET", 200, time.perf_counter() - began)
+        return [body]
+
+    return wsgi
