@@ -22,12 +22,12 @@ from channelsd import envelope
 from channelsd.envelope import ApiError
 from channelsd.fastlists import fast_lists
 from channelsd.health import LoopMonitor, readiness
-from channelsd.listing import Filters, in_slices, list_json, to_csv
+from channelsd.listing import Filters, ListCache, in_slices, to_csv
 from channelsd.metrics import CONTENT_TYPE as METRICS_TYPE
 from channelsd.metrics import Metrics
 from channelsd.presented import header_token, truthy, wants_csv
 from channelsd.stream import Broker, subscribe
-from channelsd.table import Channel, ChannelTable
+from channelsd.table import Channel, ChannelTable, Scope
 from channelsd.tokens import Token, TokenStore
 
 log = logging.getLogger("channelsd.api")
@@ -67,6 +67,7 @@ class ApiContext:
     # The plain list GETs answered in front of Flask (channelsd.fastlists); off in the test
     # that compares both.
     fast_lists: bool = True
+    lists: ListCache = field(default_factory=ListCache)
 
 
 @dataclass
@@ -229,13 +230,14 @@ def create_app(ctx: ApiContext) -> Flask:
         devices = table.identity.devices_of.get(tok.owner_id or "", ())
         return ch.authorizing_id in devices
 
-    def listing(call: Call, channels: list[Channel]) -> Response:
+    def listing(call: Call, source: Scope | list[Channel]) -> Response:
         now = time.time()
         filters = Filters(request.args.items(multi=True))
+        channels = source.ordered() if isinstance(source, Scope) else source
         if call.token.role == "user":
-            channels = [ch for ch in channels if visible(call, ch)]
+            source = channels = [ch for ch in channels if visible(call, ch)]
         if filters:
-            channels = [
+            source = channels = [
                 ch
                 for part in in_slices(channels)
                 for ch in part
@@ -244,7 +246,8 @@ def create_app(ctx: ApiContext) -> Flask:
         if g.pretty or _wants_csv():  # these need the items as objects
             items = [ch.to_item(now, table.is_stale(ch)) for p in in_slices(channels) for ch in p]
             return respond(call, items)
-        return envelope.success_json(list_json(table, channels, now), g.rid, call.token_text)
+        data = ctx.lists.json(table, source, now)
+        return envelope.success_json(data, g.rid, call.token_text)
 
     def respond(call: Call, data: Any) -> Response:
         if _wants_csv():
@@ -275,12 +278,12 @@ def create_app(ctx: ApiContext) -> Flask:
     @route("/v2/channels", ("GET",))
     def system_channels(call: Call) -> Response:
         system_channels_allowed(call)
-        return listing(call, table.all())
+        return listing(call, table.all_scope())
 
     @route("/v2/accounts/<account_id>/channels", ("GET",))
     def account_channels(call: Call, account_id: str) -> Response:
         authorise_account(call, account_id)
-        return listing(call, table.by_account(account_id))
+        return listing(call, table.account_scope(account_id))
 
     @route("/v2/accounts/<account_id>/users/<user_id>/channels", ("GET",))
     def user_channels(call: Call, account_id: str, user_id: str) -> Response:
@@ -292,7 +295,7 @@ def create_app(ctx: ApiContext) -> Flask:
     @route("/v2/accounts/<account_id>/devices/<device_id>/channels", ("GET",))
     def device_channels(call: Call, account_id: str, device_id: str) -> Response:
         authorise_account(call, account_id)
-        return listing(call, table.by_device(account_id, device_id))
+        return listing(call, table.device_scope(account_id, device_id))
 
     @route("/v2/accounts/<account_id>/channels/<uuid>", ("GET", "POST", "PUT"))
     def one_channel(call: Call, account_id: str, uuid: str) -> Response:

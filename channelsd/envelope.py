@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import re
 import socket
-import uuid as uuidlib
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -55,11 +56,19 @@ def request_id(header: str | None) -> str:
     """Echo the client's X-Request-ID when it is a sane token, otherwise make one."""
     if header and _REQUEST_ID_RE.fullmatch(header):
         return header
-    return uuidlib.uuid4().hex
+    return os.urandom(16).hex()  # a random uuid's 32 hex digits, without building a UUID
+
+
+_stamp: tuple[int, str] = (-1, "")
 
 
 def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # Formatted once a second, not for every answer.
+    global _stamp
+    second = int(time.time())
+    if second != _stamp[0]:
+        _stamp = (second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    return _stamp[1]
 
 
 def _dump(body: dict[str, Any], pretty: bool) -> bytes:
@@ -92,7 +101,13 @@ def success_json(data: bytes, rid: str, auth_token: str | None, status: int = 20
 
 
 def success_body(data: bytes, rid: str, auth_token: str | None) -> bytes:
-    return b'{"data":' + data + b"," + orjson.dumps(_success_rest(rid, auth_token))[1:]
+    return b"".join(success_parts(data, rid, auth_token))
+
+
+def success_parts(data: bytes, rid: str, auth_token: str | None) -> tuple[bytes, bytes, bytes]:
+    """The success envelope around `data` as three pieces, for a server to write one after
+    the other: a long list is then sent as it is, never copied into a bigger buffer."""
+    return b'{"data":', data, b"," + orjson.dumps(_success_rest(rid, auth_token))[1:]
 
 
 def _success_rest(rid: str, auth_token: str | None) -> dict[str, Any]:

@@ -17,9 +17,8 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from channelsd import envelope
-from channelsd.listing import list_json
 from channelsd.presented import header_token, truthy, wants_csv
-from channelsd.table import Channel
+from channelsd.table import Channel, Scope
 
 if TYPE_CHECKING:
     from channelsd.api import ApiContext
@@ -58,24 +57,26 @@ def fast_lists(ctx: ApiContext, app: WSGIApp) -> WSGIApp:
     """`app` with the plain list GETs answered in front of it."""
     table = ctx.table
 
-    def channels_for(rule: str, params: tuple[str, ...], token: Any) -> list[Channel] | None:
+    def channels_for(
+        rule: str, params: tuple[str, ...], token: Any
+    ) -> Scope | list[Channel] | None:
         """The list, or None where the Flask resource has something else to say."""
         if token.role == "user":  # filtered per channel owner: the resource's job
             return None
         if not params:
             if token.role != "superduper" or not ctx.system_wide_channels_list:
                 return None
-            return table.all()
+            return table.all_scope()
         account = params[0]
         if not token.may_see_account(account):
             return None
         if len(params) == 1:
-            return table.by_account(account)
+            return table.account_scope(account)
         if "/users/" in rule:
             return table.by_user(account, params[1])
-        return table.by_device(account, params[1])
+        return table.device_scope(account, params[1])
 
-    def answer(environ: dict[str, Any]) -> tuple[bytes, str, str] | None:
+    def answer(environ: dict[str, Any]) -> tuple[tuple[bytes, ...], str, str] | None:
         get = environ.get
         if get("REQUEST_METHOD") != "GET" or get("QUERY_STRING"):
             return None
@@ -95,8 +96,8 @@ def fast_lists(ctx: ApiContext, app: WSGIApp) -> WSGIApp:
         if channels is None:
             return None
         rid = envelope.request_id(get("HTTP_X_REQUEST_ID"))
-        body = envelope.success_body(list_json(table, channels, time.time()), rid, presented)
-        return body, rid, rule
+        data = ctx.lists.json(table, channels, time.time())
+        return envelope.success_parts(data, rid, presented), rid, rule
 
     def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         began = time.perf_counter()
@@ -108,12 +109,12 @@ def fast_lists(ctx: ApiContext, app: WSGIApp) -> WSGIApp:
             "200 OK",
             [
                 ("Content-Type", envelope.JSON_TYPE),
-                ("Content-Length", str(len(body))),
+                ("Content-Length", str(sum(map(len, body)))),
                 ("X-Request-ID", rid),
             ],
         )
         if ctx.metrics is not None:
             ctx.metrics.http(rule, "GET", 200, time.perf_counter() - began)
-        return [body]
+        return body
 
     return wsgi

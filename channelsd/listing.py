@@ -9,7 +9,7 @@ from typing import Any
 
 import gevent
 
-from channelsd.table import Channel, ChannelTable
+from channelsd.table import Channel, ChannelTable, Scope
 
 # Long lists are built in slices so that event ingest keeps running meanwhile.
 YIELD_EVERY = 500
@@ -85,6 +85,36 @@ def list_json(table: ChannelTable, channels: list[Channel], now: float) -> bytes
     """The list as a JSON array, spliced from each channel's cached JSON."""
     parts = [item for part in in_slices(channels) for item in table.items_json(part, now)]
     return b"[" + b",".join(parts) + b"]"
+
+
+class ListCache:
+    """Lists' JSON, kept for the rest of the wall-clock second while their scope is unchanged.
+
+    elapsed_s counts whole seconds (as Kazoo does), so within one second an unchanged list
+    reads the same; a portal's many clients polling one account then cost one build a
+    second. A scope's generation moves with any change to it, so nothing stale is served,
+    and only the current second's lists are held."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._memos: dict[int, tuple[Scope, int, bytes]] = {}
+
+    def json(self, table: ChannelTable, scope: Scope | list[Channel], now: float) -> bytes:
+        """The list's JSON array; a list of channels (a user's, a filtered one) is not kept."""
+        if not isinstance(scope, Scope):
+            return list_json(table, scope, now)
+        second = int(now)
+        if second != self._second:
+            self._second, self._memos = second, {}
+        memo = self._memos.get(id(scope))
+        if memo is not None and memo[0] is scope and memo[1] == scope.gen:
+            return memo[2]
+        gen = scope.gen
+        data = list_json(table, scope.ordered(), now)
+        # Built in slices with the hub visited between them: keep it only if nothing moved.
+        if scope.gen == gen and self._second == second:
+            self._memos[id(scope)] = (scope, gen, data)
+        return data
 
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")

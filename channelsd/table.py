@@ -174,12 +174,13 @@ class Channel:
             item = self._build_item()
             del item["stale"], item["elapsed_s"]
             raw = self.cached = orjson.dumps(item)[:-1]  # without its closing brace
-        return raw + (_STALE_TAIL if stale else _FRESH_TAIL) % max(
-            0, int(now - self.created_us / 1_000_000)
-        )
+        return raw + (_STALE_TAIL if stale else _FRESH_TAIL) % self.elapsed(now)
 
     def elapsed(self, now: float) -> int:
-        return max(0, int(now - self.created_us / 1_000_000))
+        """Whole seconds now minus whole seconds at creation, as Kazoo computes it: every item
+        of an answer has timestamp + elapsed_s equal to the same now, and within one
+        wall-clock second an unchanged list reads the same."""
+        return max(0, int(now) - self.created_us // 1_000_000)
 
     def _build_item(self) -> dict[str, Any]:
         item: dict[str, Any] = {
@@ -263,38 +264,46 @@ class Identity:
         self.headers = frozenset(h for _, chain in self.chains for h in chain)
 
 
-class _Bucket(dict[Key, Channel]):
-    """One index entry: its channels by key, and their list order once asked for."""
+class Scope(dict[Key, Channel]):
+    """The channels of one list (all, an account, an owner, a device) by key, their list
+    order once asked for, and a generation that every change to the list's answer bumps:
+    a member joining, leaving or changing, or its node going stale."""
 
-    __slots__ = ("order",)
+    __slots__ = ("order", "gen")
 
     def __init__(self) -> None:
         super().__init__()
         self.order: tuple[Channel, ...] | None = None
+        self.gen = 0
 
     def add(self, key: Key, ch: Channel) -> None:
         if self.get(key) is not ch:
             self[key] = ch
             self.order = None
+            self.gen += 1
 
-    def discard(self, key: Key) -> None:
-        if self.pop(key, None) is not None:
+    def discard(self, key: Key) -> Channel | None:
+        ch = self.pop(key, None)
+        if ch is not None:
             self.order = None
+            self.gen += 1
+        return ch
+
+    def ordered(self) -> list[Channel]:
+        """Oldest first, then by uuid; sorted again only after the set changed."""
+        if self.order is None:
+            self.order = tuple(sorted(self.values(), key=Channel.sort_key))
+        return list(self.order)
 
 
-def _bucket(index: dict[Any, _Bucket], ikey: Any) -> _Bucket:
-    bucket = index.get(ikey)
-    if bucket is None:
-        bucket = index[ikey] = _Bucket()
-    return bucket
+EMPTY_SCOPE = Scope()  # what a list of nobody's channels reads; never added to
 
 
-def _ordered(bucket: _Bucket | None) -> list[Channel]:
-    if not bucket:
-        return []
-    if bucket.order is None:
-        bucket.order = tuple(sorted(bucket.values(), key=Channel.sort_key))
-    return list(bucket.order)
+def _scope(index: dict[Any, Scope], ikey: Any) -> Scope:
+    found = index.get(ikey)
+    if found is None:
+        found = index[ikey] = Scope()
+    return found
 
 
 class ChannelTable:
@@ -309,12 +318,11 @@ class ChannelTable:
         self.set_identity(identity or Identity())
         self.tombstone_ttl = tombstone_ttl
         self._clock = clock
-        self._rows: dict[Key, Channel] = {}
+        self._rows = Scope()
         self._by_uuid: dict[str, Channel] = {}
-        self._by_account: dict[str, _Bucket] = {}
-        self._by_owner: dict[tuple[str, str], _Bucket] = {}
-        self._by_device: dict[tuple[str, str], _Bucket] = {}
-        self._all_order: tuple[Channel, ...] | None = None
+        self._by_account: dict[str, Scope] = {}
+        self._by_owner: dict[tuple[str, str], Scope] = {}
+        self._by_device: dict[tuple[str, str], Scope] = {}
         self._by_node: dict[str, dict[Key, Channel]] = {}
         self._tombstones: OrderedDict[Key, float] = OrderedDict()
         # node -> when its connection dropped; its channels not heard of since are stale.
@@ -359,19 +367,26 @@ class ChannelTable:
             if (kept := tuple(h for h in chain if not (prefix and h.startswith(prefix))))
         )
 
-    # Lists are in the API's order (oldest first, then uuid). The order is kept once computed
-    # until the set changes: sorting a hundred rows by a Python key is most of a list's cost.
+    # Lists are in the API's order (oldest first, then uuid); a Scope keeps that order once
+    # computed, until the set changes: sorting by a Python key is most of a short list's cost.
 
     def all(self) -> list[Channel]:
-        if self._all_order is None:
-            self._all_order = tuple(sorted(self._rows.values(), key=Channel.sort_key))
-        return list(self._all_order)
+        return self._rows.ordered()
 
     def by_account(self, account_id: str) -> list[Channel]:
-        return _ordered(self._by_account.get(account_id))
+        return self.account_scope(account_id).ordered()
 
     def by_device(self, account_id: str, device_id: str) -> list[Channel]:
-        return _ordered(self._by_device.get((account_id, device_id)))
+        return self.device_scope(account_id, device_id).ordered()
+
+    def all_scope(self) -> Scope:
+        return self._rows
+
+    def account_scope(self, account_id: str) -> Scope:
+        return self._by_account.get(account_id) or EMPTY_SCOPE
+
+    def device_scope(self, account_id: str, device_id: str) -> Scope:
+        return self._by_device.get((account_id, device_id)) or EMPTY_SCOPE
 
     def by_user(self, account_id: str, user_id: str) -> list[Channel]:
         """Channels owned by the user, or authorised by one of the user's known devices."""
@@ -447,9 +462,9 @@ class ChannelTable:
             self._unindex(ch, before)
             self._index(ch)
         ch.last_seen = self._clock()
-        ch.cached = None
+        self._touch(ch)
         if partner is not None:
-            partner.cached = None
+            self._touch(partner)
         if self.listener:
             self.listener("create" if created else "update", ch, name)
             if partner is not None and partner is not ch:
@@ -467,9 +482,7 @@ class ChannelTable:
 
     def remove(self, node: str, uuid: str, tombstone: bool = True) -> Channel | None:
         key = (node, uuid)
-        ch = self._rows.pop(key, None)
-        if ch is not None:
-            self._all_order = None
+        ch = self._rows.discard(key)
         if tombstone:
             now = self._clock()
             self._tombstones[key] = now + self.tombstone_ttl
@@ -496,9 +509,14 @@ class ChannelTable:
             self._announce(node, "FRESH")
 
     def _announce(self, node: str, why: str) -> None:
-        # `stale` is computed, not stored: tell the listener each channel's view changed.
+        # `stale` is computed, not stored: every list holding one of these channels changed,
+        # and the listener hears of each channel.
+        channels = list(self._by_node.get(node, {}).values())
+        for ch in channels:
+            for scope in self._scopes_of(ch):
+                scope.gen += 1
         if self.listener:
-            for ch in list(self._by_node.get(node, {}).values()):
+            for ch in channels:
                 self.listener("update", ch, why)
 
     def drop_stale(self, node: str) -> int:
@@ -627,31 +645,29 @@ class ChannelTable:
                 changed = True
         if not changed:
             return
-        ch.cached = None
         if self._index_keys(ch) != before:
             self._unindex(ch, before)
             self._index(ch)
+        self._touch(ch)
         if self.listener:
             self.listener("update", ch, "API")
 
     def _rename(self, node: str, old: str, new: str) -> None:
         key = (node, old)
-        ch = self._rows.pop(key, None)
+        ch = self._rows.discard(key)
         if ch is None:
             return
-        self._all_order = None
         self._unindex(ch, self._index_keys(ch))
         self._by_node[node].pop(key, None)
         if self._by_uuid.get(old) is ch:
             del self._by_uuid[old]
         ch.uuid = new
-        ch.cached = None
         self._insert(ch)
+        self._touch(ch)
 
     def _insert(self, ch: Channel) -> None:
         key = (ch.node, ch.uuid)
-        self._rows[key] = ch
-        self._all_order = None
+        self._rows.add(key, ch)
         self._by_uuid[ch.uuid] = ch
         self._by_node.setdefault(ch.node, {})[key] = ch
         self._index(ch)
@@ -665,24 +681,36 @@ class ChannelTable:
         if account is None:
             return
         key = (ch.node, ch.uuid)
-        _bucket(self._by_account, account).add(key, ch)
+        _scope(self._by_account, account).add(key, ch)
         if owner is not None:
-            _bucket(self._by_owner, (account, owner)).add(key, ch)
+            _scope(self._by_owner, (account, owner)).add(key, ch)
         if device is not None:
-            _bucket(self._by_device, (account, device)).add(key, ch)
+            _scope(self._by_device, (account, device)).add(key, ch)
+
+    def _scopes_of(self, ch: Channel) -> list[Scope]:
+        found = [self._rows]
+        account = ch.account_id
+        if account is not None:
+            for index, ikey in (
+                (self._by_account, account),
+                (self._by_owner, (account, ch.owner_id)),
+                (self._by_device, (account, ch.authorizing_id)),
+            ):
+                scope = index.get(ikey)
+                if scope is not None:
+                    found.append(scope)
+        return found
+
+    def _touch(self, ch: Channel) -> None:
+        """The channel changed: its cached JSON and the answers of its lists are out of date."""
+        ch.cached = None
+        for scope in self._scopes_of(ch):
+            scope.gen += 1
 
     def _reorder(self, ch: Channel) -> None:
         """The channel's creation time changed: the lists it is in must be sorted again."""
-        self._all_order = None
-        account, owner, device = ch.account_id, ch.owner_id, ch.authorizing_id
-        for index, ikey in (
-            (self._by_account, account),
-            (self._by_owner, (account, owner)),
-            (self._by_device, (account, device)),
-        ):
-            bucket = index.get(ikey)
-            if bucket is not None:
-                bucket.order = None
+        for scope in self._scopes_of(ch):
+            scope.order = None
 
     def _unindex(self, ch: Channel, keys: tuple[str | None, str | None, str | None]) -> None:
         account, owner, device = keys
@@ -694,10 +722,10 @@ class ChannelTable:
             (self._by_owner, (account, owner)),
             (self._by_device, (account, device)),
         ):
-            bucket = index.get(ikey)
-            if bucket is not None:
-                bucket.discard(key)
-                if not bucket:
+            scope = index.get(ikey)
+            if scope is not None:
+                scope.discard(key)
+                if not scope:
                     del index[ikey]
 
     def _prune_tombstones(self, now: float) -> None:

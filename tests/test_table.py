@@ -173,12 +173,14 @@ def test_caller_id_chain_and_loopback_detection() -> None:
     e["Caller-Caller-ID-Number"] = "1001"
     e["Other-Leg-Caller-ID-Number"] = "2002"
     t.apply("fs1", e)
-    item = t.get(A).to_item(now=CREATED_US / 1e6 + 7.9, stale=False)
+    now = CREATED_US / 1e6 + 7.9  # created at .705 s: 7.9 s later is 8 whole seconds later
+    item = t.get(A).to_item(now=now, stale=False)
     assert item["caller_id_name"] == "Eff"
     assert item["caller_id_number"] == "1001"
     assert item["callee_id_number"] == "2002"
     assert item["is_loopback"] is True
-    assert item["elapsed_s"] == 7
+    assert item["elapsed_s"] == 8  # Kazoo's: now's whole seconds minus the timestamp's
+    assert item["timestamp"] + item["elapsed_s"] == int(now) + GREGORIAN_OFFSET
     assert item["bridge_id"] == A
 
 
@@ -211,3 +213,41 @@ def test_nodes_are_kept_apart() -> None:
     t.apply("fs2", ev("CHANNEL_CREATE", uuid=B))
     assert t.purge_node("fs1") == 1
     assert t.get(A) is None and t.get(B) is not None and t.node_uuids("fs2") == {B}
+
+
+def test_a_lists_generation_moves_with_every_change_to_its_answer() -> None:
+    clock = Clock()
+    t = ChannelTable(clock=clock)
+    t.apply("fs1", with_vars("CHANNEL_CREATE", uuid=A, account_id="acc1"))
+    t.apply("fs1", with_vars("CHANNEL_CREATE", uuid=B, account_id="acc2"))
+    acc1, acc2, everyone = t.account_scope("acc1"), t.account_scope("acc2"), t.all_scope()
+    seen = (acc1.gen, acc2.gen, everyone.gen)
+
+    t.apply("fs1", ev("CHANNEL_ANSWER", A))  # a member changes
+    assert acc1.gen > seen[0] and everyone.gen > seen[2] and acc2.gen == seen[1]
+    seen = (acc1.gen, acc2.gen, everyone.gen)
+
+    t.apply("fs1", with_vars("CHANNEL_DATA", uuid=B, account_id="acc1"))  # B moves over
+    assert t.account_scope("acc1") is acc1 and acc1.gen > seen[0]
+    assert [c.uuid for c in t.by_account("acc1")] == [A, B] and t.by_account("acc2") == []
+    seen = (acc1.gen, everyone.gen)
+
+    t.mark_stale("fs1")  # stale is part of every item
+    assert acc1.gen > seen[0] and everyone.gen > seen[1]
+    seen = (acc1.gen, everyone.gen)
+
+    t.apply("fs1", ev("CHANNEL_DESTROY", A))  # a member leaves
+    assert acc1.gen > seen[0] and everyone.gen > seen[1]
+    assert [c.uuid for c in t.by_account("acc1")] == [B]
+
+
+def test_list_order_follows_a_creation_time_learnt_later() -> None:
+    t = ChannelTable()
+    t.apply("fs1", with_vars("CHANNEL_CREATE", uuid=A, account_id="acc1"))
+    t.apply("fs1", with_vars("CHANNEL_CREATE", uuid=B, account_id="acc1"))
+    assert [c.uuid for c in t.by_account("acc1")] == [A, B]
+    earlier = ev("CHANNEL_STATE", B)
+    earlier["Caller-Channel-Created-Time"] = str(CREATED_US - 5_000_000)
+    t.apply("fs1", earlier)
+    assert [c.uuid for c in t.by_account("acc1")] == [B, A]
+    assert [c.uuid for c in t.all()] == [B, A]

@@ -1,0 +1,51 @@
+"""A list's JSON: the same as the items' own serialisation, and kept no longer than true."""
+
+from typing import Any
+
+import orjson
+from test_table import CREATED_US, A, B, ev, with_vars
+
+from channelsd.listing import ListCache, list_json
+from channelsd.table import ChannelTable
+
+NOW = CREATED_US // 1_000_000 + 30.25  # a quarter into the 30th whole second
+
+
+def table_of_two() -> ChannelTable:
+    t = ChannelTable()
+    t.apply("fs1", with_vars("CHANNEL_CREATE", uuid=A, account_id="acc1", ecallmgr_Tag="x"))
+    t.apply("fs1", with_vars("CHANNEL_CREATE", uuid=B, account_id="acc1"))
+    return t
+
+
+def test_spliced_list_is_the_items_as_json() -> None:
+    t = table_of_two()
+    t.mark_stale("fs1")
+    spliced = orjson.loads(list_json(t, t.by_account("acc1"), NOW))
+    built = [ch.to_item(NOW, t.is_stale(ch)) for ch in t.by_account("acc1")]
+    assert spliced == built and len(built) == 2
+    assert all(item["stale"] is True and item["elapsed_s"] == 30 for item in spliced)
+    assert spliced[0]["custom_channel_vars"] == {"Tag": "x"}
+
+
+def test_cache_serves_a_second_only_while_nothing_changed() -> None:
+    t = table_of_two()
+    cache = ListCache()
+    scope = t.account_scope("acc1")
+
+    def items(now: float) -> list[dict[str, Any]]:
+        return orjson.loads(cache.json(t, scope, now))
+
+    first = cache.json(t, scope, NOW)
+    assert cache.json(t, scope, NOW + 0.5) is first  # same second, same list: kept
+
+    t.apply("fs1", ev("CHANNEL_ANSWER", A))
+    assert items(NOW + 0.5)[0]["answered"] is True  # a change is seen at once
+
+    assert items(NOW + 1)[0]["elapsed_s"] == 31  # a new second is computed anew
+
+    t.apply("fs1", ev("CHANNEL_DESTROY", B))
+    assert [i["uuid"] for i in items(NOW + 1)] == [A]
+
+    filtered = [t.get(A)]  # a plain list (a user's, a filtered one) is built each time
+    assert cache.json(t, filtered, NOW + 1) is not cache.json(t, filtered, NOW + 1)
