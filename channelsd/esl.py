@@ -78,6 +78,11 @@ _JSON_EVENT_CUT = -len(_JSON_EVENT_TAIL)
 class ESLConnection(InboundESL):
     """An authenticated inbound ESL connection with timeouts and a clean end."""
 
+    # Commands sent on any connection of this process and not answered yet. While there are
+    # some, event readers let the hub run after every event instead of every YIELD_EVERY, so
+    # an action's answer is not held behind the burst of events the action itself caused.
+    awaiting = 0
+
     def __init__(
         self,
         host: str,
@@ -182,14 +187,18 @@ class ESLConnection(InboundESL):
         if not self.connected or self.closed.is_set():
             raise NotConnectedError()
         result = gevent.event.AsyncResult()
-        with self._send_lock:
-            self._commands_sent.append(result)
-            try:
-                self.sock.sendall((data + "\n\n").encode("utf-8"))
-            except OSError as exc:
-                self.close(f"write failed: {exc}")
-        log.debug("%s > %s", self.label, log_text or data)
-        return result.get()
+        ESLConnection.awaiting += 1
+        try:
+            with self._send_lock:
+                self._commands_sent.append(result)
+                try:
+                    self.sock.sendall((data + "\n\n").encode("utf-8"))
+                except OSError as exc:
+                    self.close(f"write failed: {exc}")
+            log.debug("%s > %s", self.label, log_text or data)
+            return result.get()
+        finally:
+            ESLConnection.awaiting -= 1
 
     # -- reading (runs in greenswitch's reader greenlet) -------------------------------------
 
@@ -297,7 +306,7 @@ class ESLConnection(InboundESL):
                 # and unlike greenswitch, log the event's name, not its (PII-laden) body
                 log.exception("%s: handler failed on %s", self.label, parsed.get("Event-Name", "?"))
         self._since_yield += 1
-        if self._since_yield >= YIELD_EVERY:
+        if self._since_yield >= YIELD_EVERY or ESLConnection.awaiting > len(self._commands_sent):
             self._since_yield = 0
             gevent.sleep(0)
 
