@@ -351,7 +351,7 @@ class DaemonProcess:
         "tombstone_ttl": 120,
     }
 
-    def __init__(self, workdir: Path, name: str, switch_port: int, nodelay: bool = False) -> None:
+    def __init__(self, workdir: Path, name: str, switch_port: int, nocache: bool = False) -> None:
         self.name = name
         self.http_port = free_port()
         self.config = workdir / f"{name}.toml"
@@ -385,8 +385,8 @@ class DaemonProcess:
         ]
         self.config.write_text("\n".join(lines))
         self._logf = open(self.log, "wb")  # noqa: SIM115 - closed in stop()
-        if nodelay:  # the what-if launcher: channelsd's Daemon plus TCP_NODELAY on the API
-            argv = [str(Path(__file__).with_name("launch_daemon.py")), "--nodelay"]
+        if nocache:  # the what-if launcher: channelsd's Daemon with the list cache off
+            argv = [str(Path(__file__).with_name("launch_daemon.py")), "--no-list-cache"]
         else:
             argv = ["-m", "channelsd", "run"]
         self.proc = spawn(

@@ -1,11 +1,11 @@
 """Bench-only launcher: build channelsd's Daemon from a config file and serve, like
-`channelsd run -c FILE`, optionally with TCP_NODELAY on the HTTP listening socket.
+`channelsd run -c FILE`, optionally with the per-second list cache switched off.
 
 The suite measures `python -m channelsd run` itself; this launcher exists only for the
-what-if rows of BENCHMARKS.md, which show what one suggested fix (Nagle off on the API's
-sockets; accepted sockets inherit the option from the listener on Linux) would change.
+what-if rows of BENCHMARKS.md, which show what the lists cost when every answer is built
+afresh (as when the ingested events keep changing the listed accounts).
 
-    launch_daemon.py -c FILE [--nodelay]
+    launch_daemon.py -c FILE [--no-list-cache]
 """
 
 from gevent import monkey
@@ -14,17 +14,24 @@ monkey.patch_all()
 
 import argparse  # noqa: E402
 import logging  # noqa: E402
-import socket  # noqa: E402
 import sys  # noqa: E402
+from typing import Any  # noqa: E402
 
+from channelsd import listing  # noqa: E402
 from channelsd.config import load  # noqa: E402
 from channelsd.daemon import Daemon  # noqa: E402
+from channelsd.table import Scope  # noqa: E402
+
+
+def _uncached(self: Any, table: Any, scope: Any, now: float) -> bytes:
+    channels = scope.ordered() if isinstance(scope, Scope) else scope
+    return listing.list_json(table, channels, now)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("-c", "--config", required=True)
-    ap.add_argument("--nodelay", action="store_true")
+    ap.add_argument("--no-list-cache", action="store_true")
     args = ap.parse_args()
     cfg = load(args.config)
     logging.basicConfig(
@@ -32,11 +39,10 @@ def main() -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    if args.no_list_cache:
+        listing.ListCache.json = _uncached  # type: ignore[method-assign]
     daemon = Daemon(cfg)
     daemon.start()
-    if args.nodelay:
-        assert daemon.http is not None
-        daemon.http.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     daemon.wait()
     return 0
 

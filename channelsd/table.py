@@ -16,7 +16,7 @@ tests/fixtures/captures/README.md):
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -82,6 +82,9 @@ _FIXED_CHAINS = (
 _NO_VARIABLES = frozenset(
     ("CHANNEL_STATE", "CHANNEL_CALLSTATE", "CHANNEL_OUTGOING", "CHANNEL_APPLICATION")
 )
+
+# Channels whose list JSON is kept at most: ~26 MB of Kazoo channels.
+JSON_CACHE_MAX = 20_000
 
 # Events after which a leg is gone for good.
 _FINAL_STATES = frozenset(("CS_DESTROY",))
@@ -325,6 +328,9 @@ class ChannelTable:
         self._by_device: dict[tuple[str, str], Scope] = {}
         self._by_node: dict[str, dict[Key, Channel]] = {}
         self._tombstones: OrderedDict[Key, float] = OrderedDict()
+        # Channels whose list JSON was built, oldest first (see items_json).
+        self._json_kept: deque[Channel] = deque()
+        self.json_cache_max = JSON_CACHE_MAX
         # node -> when its connection dropped; its channels not heard of since are stale.
         self._stale_since: dict[str, float] = {}
         # Called with (kind, channel, changed-keys) after every change; the live event stream
@@ -395,11 +401,21 @@ class ChannelTable:
             found.update(self._by_device.get((account_id, device), {}))
         return sorted(found.values(), key=Channel.sort_key)
 
-    def items_json(self, channels: Iterable[Channel], now: float) -> list[bytes]:
+    def items_json(self, channels: list[Channel], now: float) -> list[bytes]:
         """Channel.item_json() of each, with its stale flag: the body of a list."""
+        fresh = [ch for ch in channels if ch.cached is None]
         if not self._stale_since:  # no node is down: nothing to look up per channel
-            return [ch.item_json(now, False) for ch in channels]
-        return [ch.item_json(now, self.is_stale(ch)) for ch in channels]
+            parts = [ch.item_json(now, False) for ch in channels]
+        else:
+            parts = [ch.item_json(now, self.is_stale(ch)) for ch in channels]
+        if fresh:
+            # A Kazoo channel's JSON is ~1.3 KB: kept for the most recently listed channels
+            # only, so that memory stays bounded however many channels have been listed.
+            kept = self._json_kept
+            kept.extend(fresh)
+            while len(kept) > self.json_cache_max:
+                kept.popleft().cached = None
+        return parts
 
     def is_stale(self, ch: Channel) -> bool:
         since = self._stale_since.get(ch.node)

@@ -49,3 +49,14 @@ def test_cache_serves_a_second_only_while_nothing_changed() -> None:
 
     filtered = [t.get(A)]  # a plain list (a user's, a filtered one) is built each time
     assert cache.json(t, filtered, NOW + 1) is not cache.json(t, filtered, NOW + 1)
+
+
+def test_item_json_is_kept_for_the_most_recently_listed_channels_only() -> None:
+    t = table_of_two()
+    t.json_cache_max = 1
+    a, b = t.get(A), t.get(B)
+    first = list_json(t, [a, b], NOW)
+    assert (a.cached is None) != (b.cached is None)  # one of the two kept, not both
+    assert list_json(t, [a, b], NOW) == first  # rebuilt where dropped: the same answer
+    t.apply("fs1", ev("CHANNEL_ANSWER", A))
+    assert orjson.loads(list_json(t, [a, b], NOW))[0]["answered"] is True
