@@ -69,6 +69,14 @@ class ApiContext:
     fast_lists: bool = True
     lists: ListCache = field(default_factory=ListCache)
 
+    def system_list_refusal(self, token: Token) -> str | None:
+        """Why this token may not read the system-wide list, or None when it may."""
+        if token.role != "superduper":
+            return "the system-wide list needs a superduper token"
+        if not self.system_wide_channels_list:
+            return "the system-wide list is disabled: set api.system_wide_channels_list = true"
+        return None
+
 
 @dataclass
 class Call:
@@ -230,24 +238,23 @@ def create_app(ctx: ApiContext) -> Flask:
         devices = table.identity.devices_of.get(tok.owner_id or "", ())
         return ch.authorizing_id in devices
 
-    def listing(call: Call, source: Scope | list[Channel]) -> Response:
+    def listing(call: Call, scope: Scope | list[Channel]) -> Response:
         now = time.time()
         filters = Filters(request.args.items(multi=True))
-        channels = source.ordered() if isinstance(source, Scope) else source
-        if call.token.role == "user":
-            source = channels = [ch for ch in channels if visible(call, ch)]
-        if filters:
-            source = channels = [
+        channels = scope.ordered() if isinstance(scope, Scope) else scope  # order is kept
+        shown: Scope | list[Channel] = scope  # a whole scope's answer can be kept a second
+        if call.token.role == "user" or filters:
+            shown = channels = [
                 ch
                 for part in in_slices(channels)
                 for ch in part
-                if filters.keep(ch.to_item(now, table.is_stale(ch)))
+                if visible(call, ch)
+                and (not filters or filters.keep(ch.to_item(now, table.is_stale(ch))))
             ]
         if g.pretty or _wants_csv():  # these need the items as objects
             items = [ch.to_item(now, table.is_stale(ch)) for p in in_slices(channels) for ch in p]
             return respond(call, items)
-        data = ctx.lists.json(table, source, now)
-        return envelope.success_json(data, g.rid, call.token_text)
+        return envelope.success_json(ctx.lists.json(table, shown, now), g.rid, call.token_text)
 
     def respond(call: Call, data: Any) -> Response:
         if _wants_csv():
@@ -268,12 +275,9 @@ def create_app(ctx: ApiContext) -> Flask:
     # -- routes (spec §1) --------------------------------------------------------------------
 
     def system_channels_allowed(call: Call) -> None:
-        if call.token.role != "superduper":
-            raise envelope.forbidden("the system-wide list needs a superduper token")
-        if not ctx.system_wide_channels_list:
-            raise envelope.forbidden(
-                "the system-wide list is disabled: set api.system_wide_channels_list = true"
-            )
+        refusal = ctx.system_list_refusal(call.token)
+        if refusal is not None:
+            raise envelope.forbidden(refusal)
 
     @route("/v2/channels", ("GET",))
     def system_channels(call: Call) -> Response:

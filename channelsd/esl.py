@@ -228,6 +228,7 @@ class ESLConnection(InboundESL):
                 data = recv(RECV_BYTES)
                 if not data:
                     return  # EOF
+                self.last_rx = time.monotonic()  # liveness: bytes arrived, whatever they hold
                 buf = buf[pos:] + data if pos < len(buf) else data
                 pos = 0
                 continue
@@ -260,6 +261,7 @@ class ESLConnection(InboundESL):
                     data = recv(RECV_BYTES)
                     if not data:
                         raise ConnectionLost(f"short read: wanted {stop} bytes")
+                    self.last_rx = time.monotonic()
                     chunks.append(data)
                     have += len(data)
                 buf = b"".join(chunks)
@@ -287,7 +289,6 @@ class ESLConnection(InboundESL):
         return
 
     def _event(self, body: bytes, parse: Callable[[bytes], dict[str, Any]]) -> None:
-        self.last_rx = time.monotonic()
         try:
             parsed = parse(body)
         except EventParseError as exc:
@@ -311,7 +312,6 @@ class ESLConnection(InboundESL):
             gevent.sleep(0)
 
     def _dispatch(self, headers: dict[str, str], body: bytes | None) -> None:
-        self.last_rx = time.monotonic()
         ctype = headers.get("Content-Type")
         if ctype == "text/event-json" or ctype == "text/event-plain":
             if body is None:

@@ -64,9 +64,7 @@ def fast_lists(ctx: ApiContext, app: WSGIApp) -> WSGIApp:
         if token.role == "user":  # filtered per channel owner: the resource's job
             return None
         if not params:
-            if token.role != "superduper" or not ctx.system_wide_channels_list:
-                return None
-            return table.all_scope()
+            return table.all_scope() if ctx.system_list_refusal(token) is None else None
         account = params[0]
         if not token.may_see_account(account):
             return None

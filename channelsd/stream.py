@@ -24,11 +24,11 @@ import gevent
 import gevent.event
 import orjson
 
+from channelsd.listing import in_slices
 from channelsd.table import Channel, ChannelTable
 
 KEEPALIVE_SECONDS = 15.0
 PUBLISH_INTERVAL = 0.1
-YIELD_EVERY = 500
 # Keys that change every second by themselves: not worth an update message.
 _VOLATILE = ("elapsed_s",)
 
@@ -89,30 +89,33 @@ class Broker:
                 self.ring.clear()
             self.seq += 1
             return
-        for n, (uuid, (ch, destroyed)) in enumerate(pending.items(), 1):
-            if n % YIELD_EVERY == 0:
-                gevent.sleep(0)  # a reconcile can change thousands at once: let requests in
-            before = self._published.get(uuid)
-            if destroyed:
-                # Even one never published: a subscriber's snapshot may hold it.
-                self._published.pop(uuid, None)
-                self._append("destroy", ch, None, orjson.dumps({"uuid": uuid}))
-                continue
-            item = self.render(ch)
-            self._published[uuid] = item
-            if before is None:
-                self._append("create", ch, item, orjson.dumps(item))
-                continue
-            changed = {k: v for k, v in item.items() if before.get(k) != v and k not in _VOLATILE}
-            removed = [k for k in before if k not in item]
-            if changed or removed:
-                data: dict[str, Any] = {"uuid": uuid, "changed": changed}
-                if removed:
-                    data["removed"] = removed
-                self._append("update", ch, item, orjson.dumps(data))
+        # A reconcile can change thousands at once: rendered in slices, letting requests in.
+        for part in in_slices(list(pending.items())):
+            for uuid, (ch, destroyed) in part:
+                self._publish_one(uuid, ch, destroyed)
         if self.subscribers:
             wake, self._wake = self._wake, gevent.event.Event()
             wake.set()
+
+    def _publish_one(self, uuid: str, ch: Channel, destroyed: bool) -> None:
+        before = self._published.get(uuid)
+        if destroyed:
+            # Even one never published: a subscriber's snapshot may hold it.
+            self._published.pop(uuid, None)
+            self._append("destroy", ch, None, orjson.dumps({"uuid": uuid}))
+            return
+        item = self.render(ch)
+        self._published[uuid] = item
+        if before is None:
+            self._append("create", ch, item, orjson.dumps(item))
+            return
+        changed = {k: v for k, v in item.items() if before.get(k) != v and k not in _VOLATILE}
+        removed = [k for k in before if k not in item]
+        if changed or removed:
+            data: dict[str, Any] = {"uuid": uuid, "changed": changed}
+            if removed:
+                data["removed"] = removed
+            self._append("update", ch, item, orjson.dumps(data))
 
     def _append(self, kind: str, ch: Channel, item: dict[str, Any] | None, data: bytes) -> None:
         self.seq += 1
@@ -205,6 +208,7 @@ def _snapshot(
     keep: Callable[[dict[str, Any]], bool],
     snapshot: Callable[[], list[Channel]],
 ) -> tuple[int, bytes, set[str]]:
+    # Not in slices: the snapshot and the sequence number it ends at must be one instant.
     items = [broker.render(ch) for ch in snapshot() if in_scope(ch)]
     items = [i for i in items if keep(i)]
     return (

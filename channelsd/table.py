@@ -150,9 +150,8 @@ class Channel:
         self.answered = self.is_onhold = self.is_loopback = False
         self.created_us = int(time.time() * 1_000_000)
         self.last_seen = 0.0
-        # The list item as JSON, without its two moving parts (stale, elapsed_s) and its
-        # closing brace; the table clears it whenever it changes the channel, so lists are
-        # spliced from bytes instead of being rebuilt and serialised on every read.
+        # json_base(), kept by the table's items_json() and cleared whenever the table
+        # changes the channel: lists are spliced from bytes, not serialised on every read.
         self.cached: bytes | None = None
 
     @property
@@ -170,14 +169,11 @@ class Channel:
         item["elapsed_s"] = self.elapsed(now)
         return item
 
-    def item_json(self, now: float, stale: bool) -> bytes:
-        """to_item() as JSON, spliced from a cached serialisation: what lists are made of."""
-        raw = self.cached
-        if raw is None:
-            item = self._build_item()
-            del item["stale"], item["elapsed_s"]
-            raw = self.cached = orjson.dumps(item)[:-1]  # without its closing brace
-        return raw + (_STALE_TAIL if stale else _FRESH_TAIL) % self.elapsed(now)
+    def json_base(self) -> bytes:
+        """to_item() as JSON without its moving parts and closing brace, for `cached`."""
+        item = self._build_item()
+        del item["stale"], item["elapsed_s"]
+        return orjson.dumps(item)[:-1]
 
     def elapsed(self, now: float) -> int:
         """Whole seconds now minus whole seconds at creation, as Kazoo computes it: every item
@@ -402,19 +398,23 @@ class ChannelTable:
         return sorted(found.values(), key=Channel.sort_key)
 
     def items_json(self, channels: list[Channel], now: float) -> list[bytes]:
-        """Channel.item_json() of each, with its stale flag: the body of a list."""
-        fresh = [ch for ch in channels if ch.cached is None]
-        if not self._stale_since:  # no node is down: nothing to look up per channel
-            parts = [ch.item_json(now, False) for ch in channels]
-        else:
-            parts = [ch.item_json(now, self.is_stale(ch)) for ch in channels]
-        if fresh:
-            # A Kazoo channel's JSON is ~1.3 KB: kept for the most recently listed channels
-            # only, so that memory stays bounded however many channels have been listed.
-            kept = self._json_kept
-            kept.extend(fresh)
-            while len(kept) > self.json_cache_max:
-                kept.popleft().cached = None
+        """Each channel's list item as JSON (to_item()), spliced from its cached base: the
+        body of a list."""
+        kept = self._json_kept
+        for ch in channels:
+            if ch.cached is None:
+                ch.cached = ch.json_base()
+                kept.append(ch)
+        any_stale = bool(self._stale_since)  # no node down: nothing to look up per channel
+        parts = [
+            ch.cached
+            + (_STALE_TAIL if any_stale and self.is_stale(ch) else _FRESH_TAIL) % ch.elapsed(now)
+            for ch in channels
+        ]
+        # A Kazoo channel's base is ~1.3 KB: kept for the most recently built ones only (one
+        # entry per build), so that memory stays bounded however many have been listed.
+        while len(kept) > self.json_cache_max:
+            kept.popleft().cached = None
         return parts
 
     def is_stale(self, ch: Channel) -> bool:

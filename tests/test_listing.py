@@ -51,7 +51,7 @@ def test_cache_serves_a_second_only_while_nothing_changed() -> None:
     assert cache.json(t, filtered, NOW + 1) is not cache.json(t, filtered, NOW + 1)
 
 
-def test_item_json_is_kept_for_the_most_recently_listed_channels_only() -> None:
+def test_list_json_is_kept_for_the_most_recently_listed_channels_only() -> None:
     t = table_of_two()
     t.json_cache_max = 1
     a, b = t.get(A), t.get(B)

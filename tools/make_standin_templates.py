@@ -29,6 +29,9 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from channelsd.standin.protocol import parse_frames  # noqa: E402
+
 CORE = [
     "Event-Name",
     "Core-UUID",
@@ -93,28 +96,10 @@ DERIVED = {
 CALLING = ("Event-Calling-File", "Event-Calling-Function", "Event-Calling-Line-Number")
 
 
-def iter_frames(data: bytes):
-    """Yield (headers, body) for every ESL frame in a raw capture."""
-    pos = 0
-    while pos < len(data):
-        end = data.index(b"\n\n", pos)
-        headers = {}
-        for line in data[pos:end].decode().split("\n"):
-            name, _, value = line.partition(": ")
-            headers[name] = value
-        pos = end + 2
-        body = b""
-        if "Content-Length" in headers:
-            size = int(headers["Content-Length"])
-            body = data[pos : pos + size]
-            pos += size
-        yield headers, body
-
-
 def json_events(path: Path) -> list[list[tuple[str, object]]]:
     """Events of one capture as ordered (name, value) pairs, duplicate keys kept."""
     out = []
-    for headers, body in iter_frames(path.read_bytes()):
+    for headers, body, _raw in parse_frames(path.read_bytes()):
         if headers.get("Content-Type") != "text/event-json":
             continue
         out.append(json.loads(body, object_pairs_hook=list))
