@@ -56,6 +56,20 @@ class _StateCollector(Collector):
         for node, counts in list(self.event_counts.items()):
             for name, count in list(counts.items()):
                 events.add_metric([node, name], count)
+        refused = CounterMetricFamily(
+            "channelsd_esl_values_refused",
+            "Values from the switch refused at ingest (a Unique-ID that is not a uuid, an "
+            "object or an absurdly long text where a field's text belongs), by field",
+            labels=["field"],
+        )
+        for field, count in list(self.table.refused.items()):
+            refused.add_metric([field], count)
+        yield refused
+        yield GaugeMetricFamily(
+            "channelsd_tombstones",
+            "Destroyed channels remembered so that their late events cannot revive them",
+            value=self.table.tombstone_count(),
+        )
         yield events
         yield channels
         yield connected

@@ -80,6 +80,10 @@ class ReconcileResult:
     added: int
     removed: int
     seconds: float
+    refreshed: int = 0
+
+
+_GONE = object()  # what uuid_dump's "No such channel" means
 
 
 def parse_channel_listing(body: bytes) -> list[dict[str, Any]]:
@@ -125,6 +129,9 @@ class NodeLink:
         self._kick = gevent.event.Event()
         self._drift = 0  # consecutive HEARTBEATs whose Session-Count disagreed with the table
         self._generation = 0
+        # Set on every (re)connect: events may have been lost while down, so the next
+        # reconcile asks about every row not heard of since (see reconcile()).
+        self._unverified = True
         self.ready_event = gevent.event.Event()
 
     # -- public ------------------------------------------------------------------------------
@@ -244,6 +251,7 @@ class NodeLink:
         if not str(reply.data).startswith("+OK"):
             raise ESLError(f"subscription refused: {reply.data}")
         self._subscribed_at = time.monotonic()
+        self._unverified = True
         core = str(self._timed(self._commands, "api global_getvar core_uuid").data).strip()
         if core and not core.startswith("-"):
             if self.core_uuid and core != self.core_uuid:
@@ -295,11 +303,12 @@ class NodeLink:
             self.metrics.reconcile_added.labels(self.name).inc(result.added)
             self.metrics.reconcile_removed.labels(self.name).inc(result.removed)
         log.info(
-            "node=%s reconciled listed=%d added=%d removed=%d seconds=%.3f",
+            "node=%s reconciled listed=%d added=%d removed=%d refreshed=%d seconds=%.3f",
             self.name,
             result.listed,
             result.added,
             result.removed,
+            result.refreshed,
             result.seconds,
         )
 
@@ -320,7 +329,9 @@ class NodeLink:
             gevent.spawn_later(self.sync.stale_grace, self._expire_stale, self._generation)
 
     def _expire_stale(self, generation: int) -> None:
-        if generation != self._generation or self.synced or self._stopping:
+        # Only a node still disconnected loses its unconfirmed channels: once it is back, a
+        # failed listing means "unknown", and reconcile asks about each row instead.
+        if generation != self._generation or self.connected or self._stopping:
             return
         dropped = self.table.drop_stale(self.name)
         if dropped:
@@ -362,46 +373,74 @@ class NodeLink:
             self._drift = 0
 
     def reconcile(self) -> ReconcileResult:
-        """Make the table agree with FreeSWITCH's own list of this node's channels."""
+        """Make the table agree with FreeSWITCH about this node's channels.
+
+        The listing (`show channels`, read from FreeSWITCH's SQL view, which lags) says which
+        channels to add. It is never trusted to say a channel is gone: a known channel that is
+        missing from it, or whose state is in doubt, is asked about by `uuid_dump`, which reads
+        the live session. "No such channel" removes it (without a tombstone: only a DESTROY
+        from the switch makes one); an answer refreshes it. In doubt are rows the listing
+        omits, rows not heard of since the last reconnect (events were lost meanwhile), and rows
+        whose variables were never heard (their account is unknown, not absent). A failed
+        listing still lets the doubtful rows be checked, then raises ReconcileUnknown."""
         conn = self._commands
         if conn is None or not conn.alive:
             raise NodeUnavailable(self.name)
         started = time.monotonic()
-        rows = parse_channel_listing(self._timed(conn, "api show channels as json").raw)
-        listed = {r.get("uuid") for r in rows if isinstance(r.get("uuid"), str)}
-        known = self.table.node_uuids(self.name)
-
+        try:
+            rows = parse_channel_listing(self._timed(conn, "api show channels as json").raw)
+        except ReconcileUnknown as exc:
+            failure: ReconcileUnknown | None = exc
+            listed: set[str] = set()
+        else:
+            failure = None
+            listed = {r["uuid"] for r in rows if isinstance(r.get("uuid"), str)}
+        known = self.table.node_rows(self.name)
+        known_uuids = {ch.uuid for ch in known}
         missing = [
-            u for u in listed - known if is_uuid(u) and not self.table.is_tombstoned(self.name, u)
+            u
+            for u in listed - known_uuids
+            if is_uuid(u) and not self.table.is_tombstoned(self.name, u)
         ]
-
-        def dump(uuid: str) -> dict[str, Any] | None:
-            body = self._timed(conn, f"api uuid_dump {uuid} json").raw
-            if not body.lstrip().startswith(b"{"):
-                return None  # gone since the listing ("-ERR No such channel!")
-            try:
-                return parse_json(body)
-            except EventParseError:
-                log.warning("node=%s uuid_dump %s answered malformed JSON", self.name, uuid)
-                return None
-
-        added = 0
-        pool = gevent.pool.Pool(HYDRATE_CONCURRENCY)
-        for data in pool.imap_unordered(dump, missing):
-            if data is not None and self.table.hydrate(self.name, data) is not None:
-                added += 1
-
-        # Judge by the listing only channels not heard of on this connection, or not for a
-        # while: anything newer may simply not have reached FreeSWITCH's SQL table yet.
+        # Rows heard of moments ago may simply not have reached the SQL view yet.
         cutoff = max(self._subscribed_at, started - SETTLE_SECONDS)
-        removed = 0
-        for uuid in known - listed:
-            ch = self.table.row(self.name, uuid)
-            if ch is not None and ch.last_seen < cutoff:
-                self.table.remove(self.name, uuid)
-                removed += 1
+        doubtful = [
+            ch.uuid
+            for ch in known
+            if not ch.vars_seen
+            or (self._unverified and ch.last_seen < self._subscribed_at)
+            or (failure is None and ch.uuid not in listed and ch.last_seen < cutoff)
+        ]
+        added = removed = refreshed = 0
+        pool = gevent.pool.Pool(HYDRATE_CONCURRENCY)
+        asked = [(u, False) for u in missing] + [(u, True) for u in doubtful]
+        for uuid, was_known, data in pool.imap_unordered(lambda job: self._dump(conn, *job), asked):
+            if data is _GONE:
+                if was_known and self.table.remove(self.name, uuid, tombstone=False):
+                    removed += 1
+            elif data is not None and self.table.hydrate(self.name, data) is not None:
+                if was_known:
+                    refreshed += 1
+                else:
+                    added += 1
+        self._unverified = False
+        if failure is not None:
+            raise failure
         self.table.clear_stale(self.name)
         self.synced = True
-        result = ReconcileResult(len(listed), added, removed, time.monotonic() - started)
+        result = ReconcileResult(len(listed), added, removed, time.monotonic() - started, refreshed)
         self.last_reconcile = result
         return result
+
+    def _dump(self, conn: ESLConnection, uuid: str, was_known: bool) -> tuple[str, bool, Any]:
+        """(uuid, was_known, the channel's uuid_dump, _GONE, or None when unknown)."""
+        body = self._timed(conn, f"api uuid_dump {uuid} json").raw
+        if not body.lstrip().startswith(b"{"):
+            # "-ERR No such channel!": gone since (or a zombie, hung up and about to go)
+            gone = body.startswith(b"-ERR No such channel")
+            return uuid, was_known, _GONE if gone else None
+        try:
+            return uuid, was_known, parse_json(body)
+        except EventParseError:
+            log.warning("node=%s uuid_dump %s answered malformed JSON", self.name, uuid)
+            return uuid, was_known, None

@@ -39,11 +39,17 @@ class _Message:
     __slots__ = ("seq", "kind", "uuid", "channel", "item", "data", "full")
 
     def __init__(
-        self, seq: int, kind: str, channel: Channel, item: dict[str, Any] | None, data: bytes
+        self,
+        seq: int,
+        kind: str,
+        uuid: str,
+        channel: Channel,
+        item: dict[str, Any] | None,
+        data: bytes,
     ) -> None:
         self.seq = seq
         self.kind = kind
-        self.uuid = channel.uuid
+        self.uuid = uuid  # as it was when the change happened: a renamed channel moves on
         self.channel = channel  # a destroyed Channel keeps its fields: whom it concerned
         self.item = item
         self.data = data
@@ -102,12 +108,14 @@ class Broker:
         if destroyed:
             # Even one never published: a subscriber's snapshot may hold it.
             self._published.pop(uuid, None)
-            self._append("destroy", ch, None, orjson.dumps({"uuid": uuid}))
+            ended = ch.end_item(time.time())
+            ended["uuid"] = uuid
+            self._append("destroy", uuid, ch, None, orjson.dumps(ended))
             return
         item = self.render(ch)
         self._published[uuid] = item
         if before is None:
-            self._append("create", ch, item, orjson.dumps(item))
+            self._append("create", uuid, ch, item, orjson.dumps(item))
             return
         changed = {k: v for k, v in item.items() if before.get(k) != v and k not in _VOLATILE}
         removed = [k for k in before if k not in item]
@@ -115,11 +123,13 @@ class Broker:
             data: dict[str, Any] = {"uuid": uuid, "changed": changed}
             if removed:
                 data["removed"] = removed
-            self._append("update", ch, item, orjson.dumps(data))
+            self._append("update", uuid, ch, item, orjson.dumps(data))
 
-    def _append(self, kind: str, ch: Channel, item: dict[str, Any] | None, data: bytes) -> None:
+    def _append(
+        self, kind: str, uuid: str, ch: Channel, item: dict[str, Any] | None, data: bytes
+    ) -> None:
         self.seq += 1
-        self.ring.append(_Message(self.seq, kind, ch, item, data))
+        self.ring.append(_Message(self.seq, kind, uuid, ch, item, data))
 
     def close(self) -> None:
         """End every stream (the daemon is stopping)."""

@@ -16,13 +16,14 @@ tests/fixtures/captures/README.md):
 from __future__ import annotations
 
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
 
 from channelsd.config import DEFAULT_CCV_PREFIX, DEFAULT_IDENTITY
+from channelsd.validate import is_uuid
 
 GREGORIAN_OFFSET = 62167219200  # seconds from 0000-01-01 to 1970-01-01, as Kazoo counts
 
@@ -85,20 +86,81 @@ _NO_VARIABLES = frozenset(
 
 # Channels whose list JSON is kept at most: ~26 MB of Kazoo channels.
 JSON_CACHE_MAX = 20_000
+# Destroyed uuids remembered at most, whatever their age: a burst of hang-ups cannot grow the
+# tombstones without bound (~120 B each).
+TOMBSTONES_MAX = 200_000
+# Longest text kept from the switch for one field; longer values are refused and counted (a
+# dialplan may map identity to a SIP header a caller writes).
+MAX_VALUE_CHARS = 2048
 
 # Events after which a leg is gone for good.
 _FINAL_STATES = frozenset(("CS_DESTROY",))
 
 
+def _usable(v: Any) -> str | None:
+    """A header value as the text a field may hold, or None for one it must not.
+
+    FreeSWITCH sends strings, and arrays of strings for multi-valued variables (the first value
+    names it). Anything else (an object, a number) or an absurdly long text comes from a broken
+    or hostile source: the field keeps what it had."""
+    if v.__class__ is list:
+        v = v[0] if v else None
+    if v.__class__ is str and 0 < len(v) <= MAX_VALUE_CHARS:
+        return v
+    return None
+
+
 def _first(event: Event, headers: Iterable[str]) -> str | None:
     for h in headers:
         v = event.get(h)
-        if v:
-            if isinstance(v, list):  # a multi-valued header: its first value names it
-                v = v[0] if v else None
-                if not v:
-                    continue
+        if v and (v := _usable(v)) is not None:
             return v
+    return None
+
+
+class Ending:
+    """How a channel ended, as FreeSWITCH reports it on its last events (HANGUP,
+    HANGUP_COMPLETE, DESTROY): kept on the channel only once it hangs up."""
+
+    __slots__ = ("cause", "disposition", "duration", "billsec", "mos", "hangup_us")
+
+    def __init__(self) -> None:
+        self.cause: str | None = None
+        self.disposition: str | None = None  # variable_sip_hangup_disposition: who sent the BYE
+        self.duration: int | None = None
+        self.billsec: int | None = None
+        self.mos: float | None = None
+        self.hangup_us: int | None = None
+
+    def merge(self, e: Event) -> None:
+        cause = _first(e, ("Hangup-Cause", "variable_hangup_cause"))
+        if cause is not None:
+            self.cause = cause
+        disposition = _first(e, ("variable_sip_hangup_disposition",))
+        if disposition is not None:
+            self.disposition = disposition
+        for attr, header in (
+            ("duration", "variable_duration"),
+            ("billsec", "variable_billsec"),
+            ("hangup_us", "Caller-Channel-Hangup-Time"),
+        ):
+            n = _count(e.get(header))
+            if n is not None:
+                setattr(self, attr, n)
+        mos = _first(e, ("variable_rtp_audio_in_mos",))
+        if mos is not None:
+            try:
+                value = float(mos)
+            except ValueError:
+                value = None
+            if value is not None and 0.0 <= value <= 5.0:
+                self.mos = value
+
+
+def _count(v: Any) -> int | None:
+    """A non-negative whole number FreeSWITCH wrote as ASCII digits (microseconds fit)."""
+    if v.__class__ is str and 0 < len(v) <= 20 and v.isascii() and v.isdigit():
+        return int(v)
     return None
 
 
@@ -135,6 +197,8 @@ class Channel:
         "loopback_other_leg",
         "last_seen",
         "cached",
+        "vars_seen",
+        "ending",
     )
 
     def __init__(self, node: str, uuid: str) -> None:
@@ -150,6 +214,10 @@ class Channel:
         self.answered = self.is_onhold = self.is_loopback = False
         self.created_us = int(time.time() * 1_000_000)
         self.last_seen = 0.0
+        # Whether any event (or uuid_dump) with the channel's variables reached the table: until
+        # one does, a missing account means "not heard yet", not "none" (reconcile asks).
+        self.vars_seen = False
+        self.ending: Ending | None = None
         # json_base(), kept by the table's items_json() and cleared whenever the table
         # changes the channel: lists are spliced from bytes, not serialised on every read.
         self.cached: bytes | None = None
@@ -198,6 +266,28 @@ class Channel:
             v = getattr(self, attr)
             if v is not None:
                 item[attr] = v
+        return item
+
+    def end_item(self, now: float) -> dict[str, Any]:
+        """What the streams say when the channel goes: its uuid and, when it hung up (rather
+        than being renamed or forgotten), why and after how long, as FreeSWITCH reported it."""
+        item: dict[str, Any] = {"uuid": self.uuid}
+        end = self.ending
+        if end is None:
+            return item
+        if end.cause is not None:
+            item["hangup_cause"] = end.cause
+        if end.disposition is not None:
+            item["hangup_disposition"] = end.disposition
+        duration = end.duration
+        if duration is None:
+            until = end.hangup_us / 1_000_000 if end.hangup_us else now
+            duration = max(0, int(until) - self.created_us // 1_000_000)
+        item["duration_seconds"] = duration
+        if end.billsec is not None:
+            item["billing_seconds"] = end.billsec
+        if end.mos is not None:
+            item["mos"] = end.mos
         return item
 
     def to_detail(self, now: float, stale: bool) -> dict[str, Any]:
@@ -313,22 +403,30 @@ class ChannelTable:
         identity: Identity | None = None,
         tombstone_ttl: float = 120.0,
         clock: Callable[[], float] = time.monotonic,
+        tombstones_max: int = TOMBSTONES_MAX,
     ) -> None:
         self.set_identity(identity or Identity())
         self.tombstone_ttl = tombstone_ttl
+        self.tombstones_max = tombstones_max
         self._clock = clock
         self._rows = Scope()
+        # uuid -> its row. The same uuid on two nodes is rare (origination_uuid chosen by a
+        # dialplan, a restored switch): the first row is here, the others in _twins.
         self._by_uuid: dict[str, Channel] = {}
+        self._twins: dict[str, list[Channel]] = {}
         self._by_account: dict[str, Scope] = {}
         self._by_owner: dict[tuple[str, str], Scope] = {}
         self._by_device: dict[tuple[str, str], Scope] = {}
         self._by_node: dict[str, dict[Key, Channel]] = {}
         self._tombstones: OrderedDict[Key, float] = OrderedDict()
-        # Channels whose list JSON was built, oldest first (see items_json).
-        self._json_kept: deque[Channel] = deque()
+        # Live channels whose list JSON is kept, least recently built first (see items_json).
+        self._json_kept: OrderedDict[Key, Channel] = OrderedDict()
         self.json_cache_max = JSON_CACHE_MAX
         # node -> when its connection dropped; its channels not heard of since are stale.
         self._stale_since: dict[str, float] = {}
+        # Values from the switch refused, by the field they were meant for (bounded: field
+        # names are ours, never the switch's).
+        self.refused: dict[str, int] = {}
         # Called with (kind, channel, changed-keys) after every change; the live event stream
         # and metrics hang off this. Kept to one optional callable so ingest stays cheap.
         self.listener: Callable[[str, Channel, Any], None] | None = None
@@ -341,17 +439,30 @@ class ChannelTable:
     def get(self, uuid: str) -> Channel | None:
         return self._by_uuid.get(uuid)
 
+    def with_uuid(self, uuid: str) -> list[Channel]:
+        """Every row of this uuid, whatever its node (usually one)."""
+        first = self._by_uuid.get(uuid)
+        if first is None:
+            return []
+        return [first, *self._twins.get(uuid, ())]
+
     def row(self, node: str, uuid: str) -> Channel | None:
         return self._rows.get((node, uuid))
 
     def node_uuids(self, node: str) -> set[str]:
         return {uuid for (_, uuid) in self._by_node.get(node, {})}
 
+    def node_rows(self, node: str) -> list[Channel]:
+        return list(self._by_node.get(node, {}).values())
+
     def count(self, node: str) -> int:
         return len(self._by_node.get(node, ()))
 
     def account_count(self) -> int:
         return len(self._by_account)
+
+    def tombstone_count(self) -> int:
+        return len(self._tombstones)
 
     def set_identity(self, identity: Identity) -> None:
         """A new identity mapping (SIGHUP); it applies from the next event of each channel."""
@@ -404,17 +515,21 @@ class ChannelTable:
         for ch in channels:
             if ch.cached is None:
                 ch.cached = ch.json_base()
-                kept.append(ch)
+                key = (ch.node, ch.uuid)
+                if self._rows.get(key) is ch:  # not one removed while the list was built
+                    kept[key] = ch
+                    kept.move_to_end(key)
         any_stale = bool(self._stale_since)  # no node down: nothing to look up per channel
         parts = [
             ch.cached
             + (_STALE_TAIL if any_stale and self.is_stale(ch) else _FRESH_TAIL) % ch.elapsed(now)
             for ch in channels
         ]
-        # A Kazoo channel's base is ~1.3 KB: kept for the most recently built ones only (one
-        # entry per build), so that memory stays bounded however many have been listed.
+        # A Kazoo channel's base is ~1.3 KB: kept for the most recently built ones only, so
+        # that memory stays bounded however many have been listed. Only live channels are
+        # kept: removing a row forgets its entry (_forget).
         while len(kept) > self.json_cache_max:
-            kept.popleft().cached = None
+            kept.popitem(last=False)[1].cached = None
         return parts
 
     def is_stale(self, ch: Channel) -> bool:
@@ -428,39 +543,87 @@ class ChannelTable:
         expiry = self._tombstones.get((node, uuid))
         return expiry is not None and expiry > self._clock()
 
+    def problems(self) -> list[str]:
+        """Where the indices disagree with the rows (empty when the table is sound): what the
+        tests assert after every step, and what an operator's debug dump could show."""
+        found: list[str] = []
+        rows = dict(self._rows)
+        for key, ch in rows.items():
+            if key != (ch.node, ch.uuid):
+                found.append(f"row {key} holds {(ch.node, ch.uuid)}")
+        by_node = {k: ch for node_rows in self._by_node.values() for k, ch in node_rows.items()}
+        if by_node != rows or any(not r for r in self._by_node.values()):
+            found.append("the per-node index differs from the rows")
+        by_uuid: dict[str, list[Channel]] = {}
+        for ch in rows.values():
+            by_uuid.setdefault(ch.uuid, []).append(ch)
+        for uuid, chans in by_uuid.items():
+            if sorted(map(id, self.with_uuid(uuid))) != sorted(map(id, chans)):
+                found.append(f"uuid lookup of {uuid} differs from its rows")
+        if set(self._by_uuid) != set(by_uuid) or not set(self._twins) <= set(by_uuid):
+            found.append("the uuid index holds uuids without rows")
+        for name, index, keyf in (
+            ("account", self._by_account, lambda c: c.account_id),
+            ("owner", self._by_owner, lambda c: (c.account_id, c.owner_id)),
+            ("device", self._by_device, lambda c: (c.account_id, c.authorizing_id)),
+        ):
+            want: dict[Any, dict[Key, Channel]] = {}
+            for key, ch in rows.items():
+                ikey = keyf(ch)
+                if ch.account_id is not None and None not in (ikey if name != "account" else ()):
+                    want.setdefault(ikey, {})[key] = ch
+            have = {k: dict(v) for k, v in index.items()}
+            if have != want:
+                found.append(f"the {name} index differs from the rows")
+        for key, ch in self._json_kept.items():
+            if rows.get(key) is not ch:
+                found.append(f"the JSON cache keeps {key}, which is not a live row")
+        return found
+
     # -- writes ------------------------------------------------------------------------------
 
     def apply(self, node: str, event: Event, raw: bytes | None = None) -> None:
-        """Fold one FreeSWITCH event into the table.
+        """Fold one FreeSWITCH event into the table, whole or not at all.
 
         `raw`, the text the event was parsed from, is only a hint: an event whose text lacks
         the custom channel variables' prefix is not scanned for them (one byte search instead
-        of a look at each of its ~150 headers)."""
+        of a look at each of its ~150 headers). Values the switch should never send (objects,
+        numbers, absurd lengths, a Unique-ID that is not a uuid) are refused and counted in
+        `refused`; nothing below raises on them."""
         name = event.get("Event-Name")
+        if name.__class__ is not str:
+            return
         if name == "API":
             self._apply_api(node, event)
             return
-        if not name or not (name.startswith("CHANNEL_") or name == "CALL_UPDATE"):
+        if not (name.startswith("CHANNEL_") or name == "CALL_UPDATE"):
             return
         uuid = event.get("Unique-ID")
-        if not uuid or uuid.__class__ is not str:
+        if uuid.__class__ is not str or not uuid:
+            self._refuse("uuid")
             return
         if name == "CHANNEL_UUID":
             old = event.get("Old-Unique-ID")
-            if isinstance(old, str) and old != uuid:
+            if old.__class__ is str and old != uuid and is_uuid(uuid):
                 self._rename(node, old, uuid)
         key = (node, uuid)
         if key in self._tombstones and self.is_tombstoned(node, uuid):
             return
+        ch = self._rows.get(key)
+        # Checked once, when the uuid would become a row: a uuid reaches ESL command lines.
+        if ch is None and not is_uuid(uuid):
+            self._refuse("uuid")
+            return
         if name == "CHANNEL_DESTROY" or event.get("Channel-State") in _FINAL_STATES:
+            if ch is not None:
+                self._note_ending(ch, event)
             self.remove(node, uuid)
             return
-        ch = self._rows.get(key)
         created = ch is None
-        if created:
+        if ch is None:
             ch = Channel(node, uuid)
             other = event.get("Other-Leg-Unique-ID")
-            if other and isinstance(other, str):
+            if other.__class__ is str and is_uuid(other):
                 ch.other_leg = other
             self._insert(ch)
         before = (ch.account_id, ch.owner_id, ch.authorizing_id)
@@ -471,6 +634,8 @@ class ChannelTable:
             ch.is_onhold = True
         elif name == "CHANNEL_UNHOLD":
             ch.is_onhold = False
+        elif name == "CHANNEL_HANGUP" or name == "CHANNEL_HANGUP_COMPLETE":
+            self._note_ending(ch, event)
         partner = None
         if name == "CHANNEL_BRIDGE" or name == "CHANNEL_UNBRIDGE":
             partner = self._bridge(node, event, name == "CHANNEL_BRIDGE")
@@ -497,19 +662,19 @@ class ChannelTable:
         return self._rows.get((node, uuid))
 
     def remove(self, node: str, uuid: str, tombstone: bool = True) -> Channel | None:
+        """Forget a channel. `tombstone` only when the switch said it was destroyed: its late
+        events must not bring it back. An absence (a listing, a uuid_dump) never tombstones,
+        because FreeSWITCH's listing can lag behind a live call."""
         key = (node, uuid)
-        ch = self._rows.discard(key)
         if tombstone:
             now = self._clock()
             self._tombstones[key] = now + self.tombstone_ttl
             self._tombstones.move_to_end(key)
             self._prune_tombstones(now)
+        ch = self._rows.get(key)
         if ch is None:
             return None
-        self._unindex(ch, self._index_keys(ch))
-        self._by_node[node].pop(key, None)
-        if self._by_uuid.get(uuid) is ch:
-            del self._by_uuid[uuid]
+        self._forget(ch)
         if self.listener:
             self.listener("destroy", ch, None)
         return ch
@@ -557,25 +722,28 @@ class ChannelTable:
 
     # -- internals ---------------------------------------------------------------------------
 
+    def _refuse(self, field: str) -> None:
+        self.refused[field] = self.refused.get(field, 0) + 1
+
+    def _note_ending(self, ch: Channel, e: Event) -> None:
+        if ch.ending is None:
+            ch.ending = Ending()
+        ch.ending.merge(e)
+
     def _merge(self, ch: Channel, e: Event, name: str, raw: bytes | None) -> None:
         """Copy what this event says; headers it lacks leave the row as it was."""
         get = e.get
         v = get("Channel-Name")
-        if v:
+        if v and (v := _usable(v)) is not None:
             ch.name = v
             if v.startswith("loopback/"):
                 ch.is_loopback = True
         if get("Answer-State") == "answered":
             ch.answered = True
-        v = get("Caller-Channel-Created-Time")
-        if v and v != "0":
-            try:
-                created = int(v)
-            except (TypeError, ValueError):
-                created = ch.created_us
-            if created != ch.created_us:
-                ch.created_us = created
-                self._reorder(ch)
+        created = _count(get("Caller-Channel-Created-Time"))
+        if created and created != ch.created_us:
+            ch.created_us = created
+            self._reorder(ch)
         if name in _NO_VARIABLES:
             chains = _FIXED_CHAINS
         else:
@@ -589,27 +757,47 @@ class ChannelTable:
                 found = None
                 chains = self._chains_without_ccvs
             else:
-                prefix = self.identity.ccv_prefix
-                cut = len(prefix)
-                found = {k[cut:]: v for k, v in e.items() if k.startswith(prefix)} or None
-            if found or "variable_uuid" in e:
+                found = self._ccvs(e)
+            if "variable_uuid" in e:
+                ch.ccvs = found
+                ch.vars_seen = True
+            elif found:
                 ch.ccvs = found
         # _first(), inlined: this loop runs ~20 times per event on the ingest path.
         for attr, chain in chains:
             for header in chain:
                 v = get(header)
                 if v:
-                    if v.__class__ is list:  # a multi-valued header: its first value names it
-                        v = _first(e, chain)
-                    if v:
-                        setattr(ch, attr, v)
+                    if v.__class__ is not str or len(v) > MAX_VALUE_CHARS:
+                        v = _usable(v)
+                        if v is None:
+                            self._refuse(attr)
+                            continue  # as if absent: the next header of the chain may say
+                    setattr(ch, attr, v)
                     break
+        leg = ch.loopback_other_leg
+        if leg is not None and not is_uuid(leg):
+            ch.loopback_other_leg = None
+            self._refuse("loopback_other_leg")
+
+    def _ccvs(self, e: Event) -> dict[str, Any] | None:
+        prefix = self.identity.ccv_prefix
+        cut = len(prefix)
+        found = {}
+        for k, v in e.items():
+            if k.startswith(prefix):
+                if v.__class__ is str and len(v) <= MAX_VALUE_CHARS:
+                    found[k[cut:]] = v
+                else:
+                    self._refuse("custom_channel_vars")
+        return found or None
 
     def _bridge(self, node: str, e: Event, bridged: bool) -> Channel | None:
         """Set or clear other_leg on both legs; returns the leg the event was not about."""
         a_uuid = e.get("Bridge-A-Unique-ID") or e.get("Unique-ID")
         b_uuid = e.get("Bridge-B-Unique-ID") or e.get("Other-Leg-Unique-ID")
-        if not isinstance(a_uuid, str) or not isinstance(b_uuid, str):
+        if not (is_uuid(a_uuid) and is_uuid(b_uuid)):
+            self._refuse("other_leg")
             return None
         a = self._rows.get((node, a_uuid))
         b = self._rows.get((node, b_uuid))
@@ -642,6 +830,9 @@ class ChannelTable:
         before = self._index_keys(ch)
         changed = False
         for var, value in pairs:
+            if len(value) > MAX_VALUE_CHARS:
+                self._refuse("api_value")
+                continue
             header = "variable_" + var
             if header.startswith(self.identity.ccv_prefix):
                 ccvs = dict(ch.ccvs or {})
@@ -669,14 +860,15 @@ class ChannelTable:
             self.listener("update", ch, "API")
 
     def _rename(self, node: str, old: str, new: str) -> None:
-        key = (node, old)
-        ch = self._rows.discard(key)
+        ch = self._rows.get((node, old))
         if ch is None:
             return
-        self._unindex(ch, self._index_keys(ch))
-        self._by_node[node].pop(key, None)
-        if self._by_uuid.get(old) is ch:
-            del self._by_uuid[old]
+        # A row already under the new uuid is the same leg heard of before the rename (events
+        # reordered): the renamed row, which knows more, replaces it everywhere.
+        self.remove(node, new, tombstone=False)
+        self._forget(ch)
+        if self.listener:  # streams saw it under its old uuid: that one is gone
+            self.listener("destroy", ch, None)
         ch.uuid = new
         self._insert(ch)
         self._touch(ch)
@@ -684,9 +876,38 @@ class ChannelTable:
     def _insert(self, ch: Channel) -> None:
         key = (ch.node, ch.uuid)
         self._rows.add(key, ch)
-        self._by_uuid[ch.uuid] = ch
+        first = self._by_uuid.get(ch.uuid)
+        if first is None:
+            self._by_uuid[ch.uuid] = ch
+        elif first is not ch:
+            self._twins.setdefault(ch.uuid, []).append(ch)
         self._by_node.setdefault(ch.node, {})[key] = ch
         self._index(ch)
+
+    def _forget(self, ch: Channel) -> None:
+        """Take a row out of every index and cache: afterwards nothing here refers to it."""
+        key = (ch.node, ch.uuid)
+        self._rows.discard(key)
+        self._unindex(ch, self._index_keys(ch))
+        rows = self._by_node.get(ch.node)
+        if rows is not None:
+            rows.pop(key, None)
+            if not rows:
+                del self._by_node[ch.node]
+        uuid = ch.uuid
+        twins = self._twins.get(uuid)
+        if self._by_uuid.get(uuid) is ch:
+            if twins:
+                self._by_uuid[uuid] = twins.pop(0)
+            else:
+                del self._by_uuid[uuid]
+        elif twins and ch in twins:
+            twins.remove(ch)
+        if twins is not None and not twins:
+            del self._twins[uuid]
+        if self._json_kept.get(key) is ch:
+            del self._json_kept[key]
+        ch.cached = None
 
     @staticmethod
     def _index_keys(ch: Channel) -> tuple[str | None, str | None, str | None]:
@@ -746,6 +967,8 @@ class ChannelTable:
 
     def _prune_tombstones(self, now: float) -> None:
         ts = self._tombstones
+        while len(ts) > self.tombstones_max:
+            ts.popitem(last=False)
         while ts:
             key, expiry = next(iter(ts.items()))
             if expiry > now:

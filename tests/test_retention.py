@@ -1,0 +1,102 @@
+"""Memory follows the live set (issue #17): after thousands of calls come and go, nothing keeps
+a destroyed channel reachable but the live-event ring, which is bounded by its size."""
+
+import gc
+import itertools
+import uuid as uuidlib
+
+import gevent
+
+from channelsd.listing import ListCache
+from channelsd.stream import Broker
+from channelsd.table import Channel, ChannelTable
+
+LIVE = 50
+CHURN = 3000
+RING = 200
+
+
+def reachable_channels() -> int:
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if type(o) is Channel)
+
+
+def create(table: ChannelTable, uuid: str, account: str) -> None:
+    table.apply(
+        "fs1",
+        {
+            "Event-Name": "CHANNEL_CREATE",
+            "Unique-ID": uuid,
+            "variable_uuid": uuid,
+            "variable_ecallmgr_Account-ID": account,
+            "variable_ecallmgr_Owner-ID": f"owner-{uuid[:4]}",
+            "Caller-Channel-Created-Time": "1795847542705117",
+        },
+    )
+
+
+def destroy(table: ChannelTable, uuid: str) -> None:
+    table.apply(
+        "fs1",
+        {"Event-Name": "CHANNEL_DESTROY", "Unique-ID": uuid, "Hangup-Cause": "NORMAL_CLEARING"},
+    )
+
+
+def churn(table: ChannelTable, broker: Broker, lists: ListCache) -> set[str]:
+    """CHURN calls, LIVE up at any time, each account's list built after every create (a
+    portal polling), the broker publishing as it goes."""
+    live: list[str] = []
+    accounts = itertools.cycle([f"acc{i}" for i in range(40)])
+    now = 1795847600.0
+    for i in range(CHURN):
+        account = next(accounts)
+        uuid = str(uuidlib.UUID(int=i + 1))
+        create(table, uuid, account)
+        live.append(uuid)
+        now += 1.0  # a new second: the list cache may not answer from the last build
+        lists.json(table, table.account_scope(account), now)
+        lists.json(table, table.all_scope(), now)
+        if len(live) > LIVE:
+            destroy(table, live.pop(0))
+        if i % 50 == 0:
+            broker.publish()
+    broker.publish()
+    return set(live)
+
+
+def test_destroyed_channels_are_unreachable_without_subscribers() -> None:
+    table = ChannelTable(tombstone_ttl=3600)
+    broker = Broker(table, size=RING, interval=3600)
+    before = reachable_channels()
+    live = churn(table, broker, ListCache())
+    assert len(table) == len(live) == LIVE
+    assert reachable_channels() - before == LIVE
+    assert table.problems() == []
+    assert table.account_count() <= LIVE  # accounts without calls keep no scope
+
+
+def test_with_a_subscriber_only_the_ring_keeps_destroyed_channels() -> None:
+    table = ChannelTable(tombstone_ttl=3600)
+    broker = Broker(table, size=RING, interval=3600)
+    broker.subscribers = 1  # someone listens: messages (and their channels) are kept
+    before = reachable_channels()
+    live = churn(table, broker, ListCache())
+    extra = reachable_channels() - before - len(live)
+    assert 0 < extra <= RING
+    assert len(broker._published) == LIVE  # what was last published, per live channel only
+    broker.subscribers = 0
+    broker.publish()  # nobody listens any more: the ring empties
+    assert reachable_channels() - before == LIVE
+    gevent.sleep(0)
+
+
+def test_tombstones_are_bounded_in_number_as_well_as_time() -> None:
+    table = ChannelTable(tombstone_ttl=3600, tombstones_max=100)
+    for i in range(1000):
+        uuid = str(uuidlib.UUID(int=i + 1))
+        create(table, uuid, "acc1")
+        destroy(table, uuid)
+    assert table.tombstone_count() == 100
+    # The newest are the ones remembered: a late event of the last call cannot revive it.
+    create(table, str(uuidlib.UUID(int=1000)), "acc1")
+    assert len(table) == 0
