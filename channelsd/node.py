@@ -58,9 +58,6 @@ SUBSCRIBED_EVENTS = (
 
 _SUBSCRIBED = frozenset(SUBSCRIBED_EVENTS)
 
-# A channel created moments before the listing may not be in FreeSWITCH's SQL table yet
-# (it is written asynchronously); one seen this recently is never judged by the listing.
-SETTLE_SECONDS = 2.0
 HYDRATE_CONCURRENCY = 16
 # A count can differ for one beat while a call is being set up or torn down.
 DRIFT_BEATS = 2
@@ -252,6 +249,7 @@ class NodeLink:
             raise ESLError(f"subscription refused: {reply.data}")
         self._subscribed_at = time.monotonic()
         self._unverified = True
+        self._kick.clear()  # this session's first reconcile is about to run anyway
         core = str(self._timed(self._commands, "api global_getvar core_uuid").data).strip()
         if core and not core.startswith("-"):
             if self.core_uuid and core != self.core_uuid:
@@ -402,20 +400,21 @@ class NodeLink:
             for u in listed - known_uuids
             if is_uuid(u) and not self.table.is_tombstoned(self.name, u)
         ]
-        # Rows heard of moments ago may simply not have reached the SQL view yet.
-        cutoff = max(self._subscribed_at, started - SETTLE_SECONDS)
         doubtful = [
             ch.uuid
             for ch in known
             if not ch.vars_seen
             or (self._unverified and ch.last_seen < self._subscribed_at)
-            or (failure is None and ch.uuid not in listed and ch.last_seen < cutoff)
+            or (failure is None and ch.uuid not in listed)
         ]
         added = removed = refreshed = 0
         pool = gevent.pool.Pool(HYDRATE_CONCURRENCY)
         asked = [(u, False) for u in missing] + [(u, True) for u in doubtful]
+        lost: ESLError | NodeUnavailable | None = None
         for uuid, was_known, data in pool.imap_unordered(lambda job: self._dump(conn, *job), asked):
-            if data is _GONE:
+            if isinstance(data, ESLError | NodeUnavailable):
+                lost = data  # the connection went: the rest cannot be asked either
+            elif data is _GONE:
                 if was_known and self.table.remove(self.name, uuid, tombstone=False):
                     removed += 1
             elif data is not None and self.table.hydrate(self.name, data) is not None:
@@ -423,6 +422,8 @@ class NodeLink:
                     refreshed += 1
                 else:
                     added += 1
+        if lost is not None:
+            raise lost
         self._unverified = False
         if failure is not None:
             raise failure
@@ -433,8 +434,12 @@ class NodeLink:
         return result
 
     def _dump(self, conn: ESLConnection, uuid: str, was_known: bool) -> tuple[str, bool, Any]:
-        """(uuid, was_known, the channel's uuid_dump, _GONE, or None when unknown)."""
-        body = self._timed(conn, f"api uuid_dump {uuid} json").raw
+        """(uuid, was_known, the channel's uuid_dump, _GONE, None when unknown, or the
+        connection's failure: returned, not raised, so that a pool greenlet never dies of it)."""
+        try:
+            body = self._timed(conn, f"api uuid_dump {uuid} json").raw
+        except (ESLError, NodeUnavailable) as exc:
+            return uuid, was_known, exc
         if not body.lstrip().startswith(b"{"):
             # "-ERR No such channel!": gone since (or a zombie, hung up and about to go)
             gone = body.startswith(b"-ERR No such channel")
