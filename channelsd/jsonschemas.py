@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -49,6 +50,19 @@ RULE_MESSAGES = {
     "maximum": "Value must be at most {target}",
     "additionalProperties": "Field is not allowed",
 }
+
+
+def echoable(value: Any) -> bool:
+    """Whether a refused value can be shown back in an error body. Objects and arrays are
+    not (their depth is the client's: orjson refuses more than 254 levels), nor integers
+    beyond 64 bits (orjson refuses them), nor non-finite floats."""
+    if value is None or isinstance(value, bool | str):
+        return True
+    if isinstance(value, int):
+        return -(2**63) <= value < 2**64
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return False
 
 
 def _load(name: str) -> dict[str, Any]:
@@ -99,7 +113,8 @@ def kazoo_errors(errors: Any, prefix: str = "") -> dict[str, Any]:
                 detail = {"message": template.format(target=target)}
                 if rule != "additionalProperties":
                     detail["target"] = target
-            detail["value"] = err.instance
+            if echoable(err.instance):
+                detail["value"] = err.instance
         out.setdefault(key or "data", {})[rule] = detail
     return out
 
