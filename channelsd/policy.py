@@ -37,9 +37,9 @@ DEFAULT_MEDIA = (
 )
 # Placeholders a context or media-root template may use, from the channel's own row.
 ROW_PLACEHOLDERS = ("account_id", "realm")
-# After the root: a hidden or dot segment, an empty segment, or an encoded `.`, `/`, `\` or `%`
-# (a web server would decode them into a climb out of the root).
-_ESCAPE = re.compile(r"(?:^|/)\.|//|%(?:2e|2f|5c|25)", re.IGNORECASE)
+# After the root: an empty segment (`root//etc`), a hidden or dot segment, or an encoded `.`,
+# `/`, `\` or `%` (a web server would decode them into a climb out of the root).
+_ESCAPE = re.compile(r"^/|//|(?:^|/)\.|%(?:2e|2f|5c|25)", re.IGNORECASE)
 
 
 def _fill_each(
@@ -112,7 +112,15 @@ def context(
 
 def media(cfg: ActionsConfig, requested: str, field: str, row: Mapping[str, Value]) -> Checked:
     """A media path or stream the tenant may play, or a media id resolved via media_template."""
-    if cfg.media_template and is_media_id(requested):
+    if is_media_id(requested):
+        if not cfg.media_template:
+            raise Refusal(
+                field,
+                "media-id",
+                "Value is a media id, but no actions.media_template says where media ids are",
+                rule="policy",
+                value=requested,
+            )
         media_id = gate.check("media-id", requested, field, echo=True)
         values = {**row, "media_id": media_id}
         return gate.fill(cfg.media_template, "config.actions.media_template", "media", values)
@@ -125,8 +133,7 @@ def media(cfg: ActionsConfig, requested: str, field: str, row: Mapping[str, Valu
     raise Refusal(
         field,
         "media",
-        "Value is not an allowed media path or stream"
-        + ("" if cfg.media_template else " (media ids need actions.media_template)"),
+        "Value is not an allowed media path or stream",
         rule="policy",
         value=requested,
         target=[r.text for r in roots],

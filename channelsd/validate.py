@@ -141,6 +141,11 @@ def is_media_id(value: object) -> bool:
     return isinstance(value, str) and _MEDIA_ID.fullmatch(value) is not None
 
 
+def is_media_ref(value: object) -> bool:
+    """What a request may name as media: a path or stream, or a Kazoo media id."""
+    return is_media(value) or is_media_id(value)
+
+
 FORMATS: dict[str, Callable[[object], bool]] = {
     "uuid": is_uuid,
     "extension": is_extension,
@@ -150,6 +155,7 @@ FORMATS: dict[str, Callable[[object], bool]] = {
     "dtmf": _kind(_DTMF),
     "takeback-key": _kind(_TAKEBACK),
     "media": is_media,
+    "media-ref": is_media_ref,
     "text": is_text,
     "say-value": _kind(_SAY_VALUE),
     "hangup-cause": is_hangup_cause,
@@ -179,6 +185,8 @@ FORMAT_MESSAGES = {
     "dtmf": "must be DTMF digits (0-9 * # A-D), at most 8",
     "takeback-key": "must be one key, 1-9 # or A-D (* completes and 0 conferences the transfer)",
     "media": "must be a media path or stream URL without spaces, quotes, $ { } | :: or ..",
+    "media-ref": "must be a media path or stream URL without spaces, quotes, $ { } | :: or .., "
+    "or a media id (32 lower-case hex digits)",
     "text": "must be plain text: letters, digits, spaces and . , ? ! : ; % + / @ # * ( ) -",
     "say-value": "must be letters, digits and . @ : + / _ - only",
     "hangup-cause": "must be a FreeSWITCH hangup cause name (e.g. NORMAL_CLEARING) or Q.850 "
