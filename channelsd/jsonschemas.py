@@ -49,6 +49,7 @@ RULE_MESSAGES = {
     "minimum": "Value must be at least {target}",
     "maximum": "Value must be at most {target}",
     "additionalProperties": "Field is not allowed",
+    "maxProperties": "Value has more than {target} properties",
 }
 
 
@@ -109,8 +110,9 @@ def kazoo_errors(errors: Any, prefix: str = "") -> dict[str, Any]:
                 }
             else:
                 target = err.validator_value
-                template = RULE_MESSAGES.get(rule, err.message)
-                detail = {"message": template.format(target=target)}
+                # Never jsonschema's own message: it quotes the whole (client's) instance.
+                template = RULE_MESSAGES.get(rule, "Value does not satisfy {rule}")
+                detail = {"message": template.format(target=target, rule=rule)}
                 if rule != "additionalProperties":
                     detail["target"] = target
             if echoable(err.instance):
