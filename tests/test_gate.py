@@ -425,7 +425,7 @@ def test_hostile_config_values_never_reach_the_switch(
 
 
 def test_a_uuid_with_a_cause_in_it_cannot_hang_up_another_accounts_call(
-    target: Target,
+    target: Target, figure: Any
 ) -> None:
     victim, _ = target.switch.originate(dest="9003", variables={"account_id": "acc2"})
     wait_until(lambda: target.h.table.get(victim) is not None)
@@ -440,6 +440,7 @@ def test_a_uuid_with_a_cause_in_it_cannot_hang_up_another_accounts_call(
         row.uuid = original
     assert victim in target.switch.channels
     target.switch.hangup(victim)
+    figure("gate: hostile values from the switch (row fields x modules)", cases=1, held=1)
 
 
 @pytest.mark.parametrize(
@@ -454,7 +455,9 @@ def test_a_uuid_with_a_cause_in_it_cannot_hang_up_another_accounts_call(
         "acc1.example\napi status",
     ],
 )
-def test_a_hostile_realm_from_the_switch_is_refused_not_dialled(target: Target, realm: str) -> None:
+def test_a_hostile_realm_from_the_switch_is_refused_not_dialled(
+    target: Target, realm: str, figure: Any
+) -> None:
     # Through the real path: the stand-in's events carry the variable, ingest makes the row.
     uuid, _ = target.switch.originate(dest="9003", variables={**ALICE, "domain_name": realm})
     wait_until(lambda: (ch := target.h.table.get(uuid)) is not None and ch.realm == realm)
@@ -463,9 +466,10 @@ def test_a_hostile_realm_from_the_switch_is_refused_not_dialled(target: Target, 
     resp = target.request("POST", uuid, body)
     assert_refused(target, resp, "channel.realm", realm, mark)
     target.switch.hangup(uuid)
+    figure("gate: hostile values from the switch (row fields x modules)", cases=1, held=1)
 
 
-def test_a_row_with_a_hostile_unique_id_is_never_acted_on(target: Target) -> None:
+def test_a_row_with_a_hostile_unique_id_is_never_acted_on(target: Target, figure: Any) -> None:
     victim, _ = target.switch.originate(dest="9003", variables={"account_id": "acc2"})
     wait_until(lambda: target.h.table.get(victim) is not None)
     hostile_id = f"{victim} USER_BUSY"
@@ -485,6 +489,7 @@ def test_a_row_with_a_hostile_unique_id_is_never_acted_on(target: Target) -> Non
     assert reached(target.switch, mark, victim) == []
     assert victim in target.switch.channels
     target.switch.hangup(victim)
+    figure("gate: hostile values from the switch (row fields x modules)", cases=1, held=1)
 
 
 # -- the gate's own structure --------------------------------------------------------------------

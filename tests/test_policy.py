@@ -232,10 +232,13 @@ def test_a_context_template_needs_the_channels_account(switch: Any, make_daemon:
         ({"moh": "/x/${system(id)}"}, "actions.moh: must be a media path"),
     ],
 )
-def test_policy_and_templates_are_checked_at_start(actions: dict[str, Any], expected: str) -> None:
+def test_policy_and_templates_are_checked_at_start(
+    actions: dict[str, Any], expected: str, figure: Any
+) -> None:
     with pytest.raises(ConfigError) as info:
         parse({"actions": actions}, "c.toml")
     assert str(info.value).startswith(f"c.toml: {expected}"), str(info.value)
+    figure("policy: media, contexts and dialplans refused", cases=1, held=1)
 
 
 def test_the_default_policy() -> None:
