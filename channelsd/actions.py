@@ -297,9 +297,9 @@ class Actions:
         if plan.after is not None:
             plan.after()
         log.info(
-            "action=%s uuid=%s node=%s account=%r token=%s commands=%d",
+            "action=%s uuid=%r node=%s account=%r token=%s commands=%d",
             flow.module,
-            plan.steps[0].args[0].text if plan.steps else "-",
+            ch.uuid,
             ch.node,
             ch.account_id,
             token.name or token.account_id,
