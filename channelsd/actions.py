@@ -1,28 +1,38 @@
 """POST actions and PUT metaflows, turned into FreeSWITCH commands on the channel's own node.
 
-Every request is read, validated against its JSON Schema (field formats are the ESL value
-gate of channelsd.validate), checked against the channel's state, and only then turned into
-commands. The answer waits for FreeSWITCH's reply: `+OK` is success, anything else is an
-error in the API's envelope (spec §3 and §4). Recipes follow freeswitch-actions-verified.md.
+Every request is read and validated against its JSON Schema; then a plan of commands is built
+by channelsd.gate, the only way to make an ESL line: every argument is checked as its kind
+under the name of the field it came from, whether that is the request (`target`,
+`children._.data.id`), the channel row (`channel.realm`, `other_leg.uuid`: identity chains
+can be mapped to variables a caller controls, so rows are as hostile as requests) or the
+configuration (`config.actions.moh`). Contexts, dialplans and media also pass the tenant
+policy (channelsd.policy). A whole plan is built before its first command is sent, and every
+module of a metaflow is planned before the first one runs, so a refusal (400 in Kazoo's
+validation-error shape) means nothing was sent. The answer waits for FreeSWITCH's reply:
+`+OK` is success, anything else is an error in the API's envelope (spec §3 and §4). Recipes
+follow freeswitch-actions-verified.md.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from channelsd import envelope
+import gevent
+
+from channelsd import envelope, gate, policy
 from channelsd.config import ActionsConfig
 from channelsd.envelope import ApiError
 from channelsd.esl import CommandTimeout
-from channelsd.jsonschemas import module_schema, validate, with_defaults
+from channelsd.gate import Checked, Command, Refusal, Value, compose, fixed
+from channelsd.jsonschemas import echoable, module_schema, validate, with_defaults
 from channelsd.node import NodeUnavailable
 from channelsd.table import Channel, ChannelTable
 from channelsd.tokens import Token
-from channelsd.validate import esl_args
 
 log = logging.getLogger("channelsd.actions")
 
@@ -31,34 +41,66 @@ POST_ACTIONS = ("transfer", "hangup", "break", "callflow", "intercept")
 _GONE = ("-ERR No such channel", "-ERR invalid uuid", "-ERR Invalid uuid", "-ERR Cannot locate")
 # Names clients use for the same field (Kazoo POST: transfer-type; monster-ui: Transfer-Type).
 _ALIASES = {"transfer-type": "transfer_type", "Transfer-Type": "transfer_type"}
+_NAMES = {
+    name: (name, *[a for a, n in _ALIASES.items() if n == name]) for name in _ALIASES.values()
+}
 _LEG_WORD = {"self": "aleg", "peer": "bleg", "both": "both"}
 
+# A metaflow is a tree; only the `_` chain runs, the other branches (DTMF keys in Kazoo) are
+# validated. Both bounds keep one request's validation short (see put()).
+MAX_METAFLOW_DEPTH = 16
+MAX_METAFLOW_NODES = 64
+# An integer field given as text (a query string): ASCII digits only, and few enough of them
+# that the value stays a 64-bit integer an error body can show. "²".isdigit() is true.
+_INT_TEXT = re.compile(r"-?[0-9]{1,15}")
 
-@dataclass
-class Step:
-    """One ESL api command and what to call it in an error."""
 
-    command: str
-    name: str
-    background: bool = False  # bgapi: FreeSWITCH's +OK means "started"
+def _pause() -> None:
+    """Let the hub run other greenlets: called between metaflow nodes."""
+    gevent.sleep(0)
 
 
 @dataclass
 class Plan:
-    steps: list[Step] = field(default_factory=list)
+    steps: list[Command] = field(default_factory=list)
     after: Callable[[], None] | None = None  # bookkeeping once every step succeeded
+
+
+@dataclass
+class _Node:
+    """One validated metaflow node on the `_` chain."""
+
+    module: str
+    data: dict[str, Any]
+    prefix: str  # its request fields' prefix in error keys: "data." or "children._.data."
+    path: str  # its path in runtime errors: "" or "children._"
 
 
 def _coerce(value: Any, prop: Mapping[str, Any]) -> Any:
     """Kazoo's non-strict validation: "true" and "5" from a query string are fine."""
+    kind = prop.get("type")
+    if kind == "integer" and isinstance(value, float) and value.is_integer():
+        # JSON 3.0 is an integer to the schema; the line must say 3, never "3.0".
+        return int(value) if abs(value) < 2**53 else value
     if not isinstance(value, str):
         return value
-    kind = prop.get("type")
     if kind == "boolean" and value.lower() in ("true", "false"):
         return value.lower() == "true"
-    if kind == "integer" and value.lstrip("-").isdigit():
+    if kind == "integer" and _INT_TEXT.fullmatch(value):
         return int(value)
     return value
+
+
+def _read_fields(source: Mapping[str, Any], props: Mapping[str, Any]) -> dict[str, Any]:
+    """The declared fields of a module, under their canonical names; other keys are ignored
+    (as Kazoo does) without being looked at, so their number costs nothing."""
+    fields = {}
+    for name, prop in props.items():
+        for key in _NAMES.get(name, (name,)):
+            if key in source:
+                fields[name] = _coerce(source[key], prop)
+                break
+    return fields
 
 
 def _not_bridged() -> ApiError:
@@ -69,6 +111,47 @@ def _not_bridged() -> ApiError:
 
 def _state_error(key: str, message: str) -> ApiError:
     return envelope.validation_error({key: {"state": {"message": message}}})
+
+
+def _refused(r: Refusal) -> ApiError:
+    """A gate refusal as Kazoo's validation error naming the field."""
+    detail: dict[str, Any] = {"message": r.message, "target": r.target}
+    if r.shows_value and echoable(r.value):
+        detail["value"] = r.value
+    else:
+        # A row or configuration value: the operator must hear of it, the client gets the name.
+        log.warning("refused %s: %s (%s)", r.field, r.message, r.kind)
+    return envelope.validation_error({r.field: {r.rule: detail}})
+
+
+class _Fields:
+    """Names every value of a plan for the gate: request fields under their prefix, row
+    values as channel.<attr> or other_leg.<attr>, configuration as config.actions.<key>."""
+
+    def __init__(self, prefix: str, cfg: ActionsConfig) -> None:
+        self.prefix = prefix
+        self.cfg = cfg
+
+    def name(self, key: str) -> str:
+        return self.prefix + key
+
+    def req(self, key: str, kind: str, value: Any) -> Checked:
+        return gate.check(kind, value, self.name(key), echo=True)
+
+    def conf(self, key: str, kind: str) -> Checked:
+        return gate.check(kind, getattr(self.cfg, key), f"config.actions.{key}")
+
+    @staticmethod
+    def row(ch: Channel, attr: str, kind: str, role: str = "channel") -> Checked:
+        return gate.check(kind, getattr(ch, attr), f"{role}.{attr}")
+
+    @staticmethod
+    def row_values(ch: Channel, role: str = "channel") -> dict[str, Value]:
+        """The row placeholders of templates, checked only if a template uses them."""
+        return {
+            "account_id": lambda: _Fields.row(ch, "account_id", "account-id", role),
+            "realm": lambda: _Fields.row(ch, "realm", "realm", role),
+        }
 
 
 class Actions:
@@ -94,31 +177,22 @@ class Actions:
     ) -> tuple[int, str]:
         body = body or {}
         data = body.get("data") if isinstance(body.get("data"), dict) else {}
-
-        def read(name: str) -> Any:
-            for source in (data, body, query):
-                for key in (name, *[a for a, n in _ALIASES.items() if n == name]):
-                    if key in source:
-                        return source[key]
-            return None
-
-        action = read("action")
-        if action not in POST_ACTIONS:
-            raise ApiError(
-                400,
-                "invalid data",
-                {"message": "action must be one of: " + ", ".join(POST_ACTIONS), "value": action},
-            )
+        sources = (data, body, query)
+        action = next((s["action"] for s in sources if "action" in s), None)
+        if not isinstance(action, str) or action not in POST_ACTIONS:
+            detail = {"message": "action must be one of: " + ", ".join(POST_ACTIONS)}
+            if echoable(action):
+                detail["value"] = action
+            raise ApiError(400, "invalid data", detail)
         props = module_schema(action).get("properties", {})
-        fields = {}
-        for name, prop in props.items():
-            value = read(name)
-            if value is not None:
-                fields[name] = _coerce(value, prop)
+        fields: dict[str, Any] = {}
+        for source in reversed(sources):  # data wins over the top level, which wins over the query
+            fields.update(_read_fields(source, props))
         errors = validate(f"metaflows.{action}.json", fields)
         if errors:
             raise envelope.validation_error(errors)
-        self._run(ch, action, with_defaults(action, fields), token, path="")
+        node = _Node(action, with_defaults(action, fields), "", "")
+        self._run(ch, node, self._plan(ch, node), token)
         return 200, f"{action} initiated"
 
     def put(
@@ -137,57 +211,94 @@ class Actions:
         # Kazoo's documentation nests the metaflow one level deeper; accept that shape too.
         if "module" not in data and isinstance(data.get("data"), dict) and "module" in data["data"]:
             data = data["data"]
-        flow = self._check_flow(data, "")
-        node: dict[str, Any] | None = flow
-        path = ""
-        while node is not None:
-            self._run(ch, node["module"], node["data"], token, path)
-            child = node.get("children", {}).get("_")
-            path = f"{path}.children._" if path else "children._"
-            node = child
+        chain = self._check_flow(data)
+        # Every module planned (so every value gated) before the first command; a module's
+        # state checks are made again when it runs, after the modules before it.
+        for node in chain:
+            self._plan(ch, node, dry_run=True)
+            _pause()
+        for node in chain:
+            self._run(ch, node, self._plan(ch, node), token)
         return 201, "metaflow sent"
 
     # -- validation --------------------------------------------------------------------------
 
-    def _check_flow(self, flow: Any, prefix: str) -> dict[str, Any]:
-        """Validate a whole metaflow tree before anything runs; defaults filled in."""
-        errors = validate("metaflow.json", flow, prefix)
-        if errors:
-            raise envelope.validation_error(errors)
-        module = flow["module"]
-        raw = {_ALIASES.get(k, k): v for k, v in flow.get("data", {}).items()}
-        props = module_schema(module).get("properties", {})
-        raw = {k: _coerce(v, props.get(k, {})) for k, v in raw.items()}
-        data_prefix = f"{prefix}.data" if prefix else "data"
-        errors = validate(f"metaflows.{module}.json", raw, data_prefix)
-        if errors:
-            raise envelope.validation_error(errors)
-        checked: dict[str, Any] = {"module": module, "data": with_defaults(module, raw)}
-        children = {}
-        for name, child in flow.get("children", {}).items():
-            child_prefix = f"{prefix}.children.{name}" if prefix else f"children.{name}"
-            children[name] = self._check_flow(child, child_prefix)
-        checked["children"] = children
-        return checked
+    def _check_flow(self, root: dict[str, Any]) -> list[_Node]:
+        """Validate a metaflow tree once, node by node, without recursion, yielding to the hub
+        between nodes; bounded by MAX_METAFLOW_DEPTH and MAX_METAFLOW_NODES. Returns the `_`
+        chain (what runs), defaults filled in."""
+        chain: list[_Node] = []
+        stack: list[tuple[Any, str, int, bool]] = [(root, "", 1, True)]
+        seen = 0
+        while stack:
+            flow, path, depth, runs = stack.pop()
+            seen += 1
+            key = path or "data"
+            if seen > MAX_METAFLOW_NODES:
+                message = f"A metaflow has at most {MAX_METAFLOW_NODES} nodes"
+                raise envelope.validation_error(
+                    {key: {"maxNodes": {"message": message, "target": MAX_METAFLOW_NODES}}}
+                )
+            prefix = f"{path}." if path else ""
+            errors = validate("metaflow.json", flow, path)
+            if errors:
+                raise envelope.validation_error(errors)
+            module = flow["module"]
+            raw = flow.get("data", {})
+            fields = _read_fields(raw, module_schema(module).get("properties", {}))
+            errors = validate(f"metaflows.{module}.json", fields, f"{prefix}data")
+            if errors:
+                raise envelope.validation_error(errors)
+            if runs:
+                chain.append(_Node(module, with_defaults(module, fields), f"{prefix}data.", path))
+            children = list(flow.get("children", {}).items())
+            for name, child in reversed(children):
+                child_path = f"{prefix}children.{name.replace('.', '%2E')}"
+                if depth + 1 > MAX_METAFLOW_DEPTH:
+                    message = f"Metaflows nest at most {MAX_METAFLOW_DEPTH} levels"
+                    raise envelope.validation_error(
+                        {
+                            child_path: {
+                                "maxDepth": {"message": message, "target": MAX_METAFLOW_DEPTH}
+                            }
+                        }
+                    )
+                stack.append((child, child_path, depth + 1, runs and name == "_"))
+            _pause()
+        return chain
 
     # -- execution ---------------------------------------------------------------------------
 
-    def _run(self, ch: Channel, module: str, data: dict[str, Any], token: Token, path: str) -> None:
-        plan = getattr(self, f"_plan_{module}")(ch, data)
+    def _build(self, ch: Channel, node: _Node) -> Plan:
+        """The module's plan; Refusal for a value the gate refuses, ApiError for the state."""
+        return getattr(self, f"_plan_{node.module}")(ch, node.data, _Fields(node.prefix, self.cfg))
+
+    def _plan(self, ch: Channel, node: _Node, dry_run: bool = False) -> Plan | None:
+        try:
+            return self._build(ch, node)
+        except Refusal as r:
+            raise _refused(r) from None
+        except ApiError:
+            if dry_run:  # the state is checked again when the module runs
+                return None
+            raise
+
+    def _run(self, ch: Channel, flow: _Node, plan: Plan | None, token: Token) -> None:
+        assert plan is not None
         node = self.nodes.get(ch.node)
         if node is None:
             raise ApiError(503, "freeswitch unavailable", ch.node)
-        for step in plan.steps:
-            reply = self._send(node, step, ch)
+        for command in plan.steps:
+            reply = self._send(node, command, ch)
             if not reply.startswith("+OK"):
                 status = 404 if reply.startswith(_GONE) else 502
-                extra = {"path": path} if path else {}
-                raise ApiError(status, reply.strip() or "no reply", step.name, **extra)
+                extra = {"path": flow.path} if flow.path else {}
+                raise ApiError(status, reply.strip() or "no reply", command.name, **extra)
         if plan.after is not None:
             plan.after()
         log.info(
-            "action=%s uuid=%s node=%s account=%s token=%s commands=%d",
-            module,
+            "action=%s uuid=%r node=%s account=%r token=%s commands=%d",
+            flow.module,
             ch.uuid,
             ch.node,
             ch.account_id,
@@ -195,9 +306,12 @@ class Actions:
             len(plan.steps),
         )
 
-    def _send(self, node: Any, step: Step, ch: Channel) -> str:
+    def _send(self, node: Any, command: Command, ch: Channel) -> str:
+        # The only place a line leaves: it must be a Command's, made of gated values.
+        if not isinstance(command, Command):
+            raise TypeError(f"not a gated command: {command!r}")
         try:
-            return node.bgapi(step.command) if step.background else node.api(step.command)
+            return node.bgapi(command.line) if command.background else node.api(command.line)
         except NodeUnavailable:
             raise ApiError(503, "freeswitch unavailable", ch.node) from None
         except CommandTimeout:
@@ -212,120 +326,153 @@ class Actions:
             raise _not_bridged()
         return other
 
-    # One _plan_<module> per module: checks on the channel's state, then the commands.
+    # One _plan_<module> per module: checks on the channel's state, then the commands, every
+    # argument through the gate (f: how each value is named in a refusal).
 
-    def _plan_hangup(self, ch: Channel, d: dict[str, Any]) -> Plan:
-        cause = d["cause"] if d["cause"].isdigit() else d["cause"].upper()
-        return Plan([Step(esl_args("uuid_kill", ch.uuid, cause), "uuid_kill")])
+    def _plan_hangup(self, ch: Channel, d: dict[str, Any], f: _Fields) -> Plan:
+        cause = d["cause"]
+        if isinstance(cause, str) and cause.isascii():
+            cause = cause.upper()  # numbers are unchanged; FreeSWITCH's names are upper case
+        return Plan(
+            [Command("uuid_kill", f.row(ch, "uuid", "uuid"), f.req("cause", "hangup-cause", cause))]
+        )
 
-    def _plan_break(self, ch: Channel, d: dict[str, Any]) -> Plan:
-        args = ["uuid_break", ch.uuid] + (["all"] if d["all"] else [])
-        return Plan([Step(esl_args(*args), "uuid_break")])
+    def _plan_break(self, ch: Channel, d: dict[str, Any], f: _Fields) -> Plan:
+        args = [f.row(ch, "uuid", "uuid")] + ([fixed("all")] if d["all"] else [])
+        return Plan([Command("uuid_break", *args)])
 
-    def _plan_transfer(self, ch: Channel, d: dict[str, Any]) -> Plan:
-        context = d.get("context") or self.cfg.context
-        dialplan = d.get("dialplan") or self.cfg.dialplan
+    def _plan_transfer(self, ch: Channel, d: dict[str, Any], f: _Fields) -> Plan:
+        row = f.row_values(ch)
+        context = policy.context(self.cfg, d.get("context"), f.name("context"), "context", row)
+        dialplan = policy.dialplan(self.cfg, d.get("dialplan"), f.name("dialplan"))
+        target = f.req("target", "extension", d["target"])
+        uuid = f.row(ch, "uuid", "uuid")
         leg = d["leg"]
         if d["transfer_type"] == "blind":
             if leg == "self":
-                args = ["uuid_transfer", ch.uuid, d["target"], dialplan, context]
-            else:
-                # -bleg/-both on an unbridged channel silently transfer the channel itself.
-                self._partner(ch)
-                args = ["uuid_transfer", ch.uuid, f"-{leg}", d["target"], dialplan, context]
-            return Plan([Step(esl_args(*args), "uuid_transfer")])
+                return Plan([Command("uuid_transfer", uuid, target, dialplan, context)])
+            # -bleg/-both on an unbridged channel silently transfer the channel itself.
+            self._partner(ch)
+            return Plan(
+                [Command("uuid_transfer", uuid, fixed(f"-{leg}"), target, dialplan, context)]
+            )
         # Attended: the transferor runs att_xfer inside its bridge; the partner waits on hold.
         if leg == "both":
-            raise envelope.validation_error(
-                {"leg": {"enum": {"message": "an attended transfer moves one leg", "value": leg}}}
+            raise Refusal(
+                f.name("leg"), "leg", "an attended transfer moves one leg", rule="enum", value=leg
             )
+        moh = (
+            policy.media(self.cfg, d["moh"], f.name("moh"), row)
+            if d.get("moh") is not None
+            else f.conf("moh", "media")
+        )
+        takeback = d.get("takeback_dtmf")
+        takeback = f.req("takeback_dtmf", "takeback-key", takeback) if takeback else None
         partner = self._partner(ch)
-        transferor, transferee = (ch, partner) if leg == "self" else (partner, ch)
+        ours, theirs = ("channel", ch), ("other_leg", partner)
+        (tor_role, transferor), (tee_role, transferee) = (
+            (ours, theirs) if leg == "self" else (theirs, ours)
+        )
         if not (transferor.answered and transferee.answered):
             raise _state_error("answered", "both legs must be answered for an attended transfer")
-        dialstring = self.cfg.attended_dialstring.format(
-            target=d["target"],
-            context=context,
-            realm=transferor.realm or "",
-            account_id=transferor.account_id or "",
+        dialstring = gate.fill(
+            self.cfg.attended_dialstring,
+            "config.actions.attended_dialstring",
+            "endpoint",
+            {"target": target, "context": context, **f.row_values(transferor, tor_role)},
         )
-        moh = d.get("moh") or self.cfg.moh
-        steps = [
-            Step(esl_args("uuid_setvar", transferee.uuid, "hold_music", moh), "uuid_setvar"),
-        ]
-        if d.get("takeback_dtmf"):
-            steps.append(
-                Step(
-                    esl_args(
-                        "uuid_setvar", transferor.uuid, "attxfer_cancel_key", d["takeback_dtmf"]
-                    ),
-                    "uuid_setvar",
-                )
-            )
+        tor = f.row(transferor, "uuid", "uuid", tor_role)
+        tee = f.row(transferee, "uuid", "uuid", tee_role)
+        steps = [Command("uuid_setvar", tee, fixed("hold_music"), moh)]
+        if takeback:
+            steps.append(Command("uuid_setvar", tor, fixed("attxfer_cancel_key"), takeback))
         # No leg word: att_xfer runs on the transferor and the transferee hears its hold_music.
-        steps.append(
-            Step(
-                esl_args("uuid_broadcast", transferor.uuid, f"att_xfer::{dialstring}"),
-                "uuid_broadcast",
-            )
-        )
+        steps.append(Command("uuid_broadcast", tor, compose("att-xfer-app", dialstring=dialstring)))
         return Plan(steps)
 
-    def _plan_callflow(self, ch: Channel, d: dict[str, Any]) -> Plan:
-        context = d.get("context") or self.cfg.callflow_context
-        args = ["uuid_transfer", ch.uuid, d["id"], self.cfg.dialplan, context]
-        return Plan([Step(esl_args(*args), "uuid_transfer")])
+    def _plan_callflow(self, ch: Channel, d: dict[str, Any], f: _Fields) -> Plan:
+        row = f.row_values(ch)
+        context = policy.context(
+            self.cfg, d.get("context"), f.name("context"), "callflow_context", row
+        )
+        dialplan = policy.dialplan(self.cfg, None, f.name("dialplan"))
+        args = [f.row(ch, "uuid", "uuid"), f.req("id", "extension", d["id"]), dialplan, context]
+        return Plan([Command("uuid_transfer", *args)])
 
-    def _plan_intercept(self, ch: Channel, d: dict[str, Any]) -> Plan:
+    def _plan_intercept(self, ch: Channel, d: dict[str, Any], f: _Fields) -> Plan:
         if d["unbridged_only"] and ch.other_leg and self.table.row(ch.node, ch.other_leg):
             raise envelope.validation_error(
                 {"other_leg_call_id": {"not": {"message": "Channel is bridged (unbridged_only)"}}}
             )
-        endpoint = self.cfg.intercept_endpoints[d["target_type"]].format(
-            target_id=d["target_id"],
-            context=self.cfg.context,
-            realm=ch.realm or "",
-            account_id=ch.account_id or "",
+        row = f.row_values(ch)
+        kind = d["target_type"]
+        template = self.cfg.intercept_endpoints.get(kind)
+        endpoint = gate.fill(
+            template if isinstance(template, str) else "",
+            f"config.actions.intercept_endpoints.{kind}",
+            "endpoint",
+            {
+                "target_id": f.req("target_id", "extension", d["target_id"]),
+                "context": lambda: policy.context(self.cfg, None, "", "context", row),
+                **row,
+            },
         )
-        variables = [f"intercept_unbridged_only={'true' if d['unbridged_only'] else 'false'}"]
+        variables = [
+            gate.check(
+                "variable",
+                f"intercept_unbridged_only={'true' if d['unbridged_only'] else 'false'}",
+                gate.DAEMON,
+            )
+        ]
         if d["auto_answer"]:
-            variables.append("sip_auto_answer=true")
-        originate = "{" + ",".join(variables) + "}" + endpoint
+            variables.append(gate.check("variable", "sip_auto_answer=true", gate.DAEMON))
         # bgapi: ringing the interceptor can take as long as it likes; FreeSWITCH's +OK Job-UUID
         # says the originate is under way, and the pickup is seen as a CHANNEL_BRIDGE.
-        command = esl_args("originate", originate, f"&intercept({ch.uuid})")
-        return Plan([Step(command, "originate", background=True)])
+        url = compose("originate-url", variables=variables, endpoint=endpoint)
+        app = compose("intercept-app", uuid=f.row(ch, "uuid", "uuid"))
+        return Plan([Command("originate", url, app, background=True)])
 
-    def _plan_hold_control(self, ch: Channel, d: dict[str, Any]) -> Plan:
-        word = {"hold": [], "unhold": ["off"], "toggle": ["toggle"]}[d["action"]]
-        return Plan([Step(esl_args("uuid_hold", *word, ch.uuid), "uuid_hold")])
+    def _plan_hold_control(self, ch: Channel, d: dict[str, Any], f: _Fields) -> Plan:
+        word = {"hold": [], "unhold": [fixed("off")], "toggle": [fixed("toggle")]}[d["action"]]
+        return Plan([Command("uuid_hold", *word, f.row(ch, "uuid", "uuid"))])
 
-    def _plan_play(self, ch: Channel, d: dict[str, Any]) -> Plan:
+    def _leg(self, ch: Channel, d: dict[str, Any], f: _Fields) -> Checked:
         if d["leg"] != "self":
             self._partner(ch)
-        args = ["uuid_broadcast", ch.uuid, d["id"], _LEG_WORD[d["leg"]]]
-        return Plan([Step(esl_args(*args), "uuid_broadcast")])
+        return f.req("leg", "keyword", _LEG_WORD[d["leg"]])
 
-    def _plan_tts(self, ch: Channel, d: dict[str, Any]) -> Plan:
-        if d["leg"] != "self":
-            self._partner(ch)
-        # Quoted because the text has spaces; the text format admits no quote.
-        app = f"'speak::{d['engine']}|{d['voice']}|{d['text']}'"
-        return Plan(
-            [Step(esl_args("uuid_broadcast", ch.uuid, app, _LEG_WORD[d["leg"]]), "uuid_broadcast")]
+    def _plan_play(self, ch: Channel, d: dict[str, Any], f: _Fields) -> Plan:
+        media = policy.media(self.cfg, d["id"], f.name("id"), f.row_values(ch))
+        leg = self._leg(ch, d, f)
+        return Plan([Command("uuid_broadcast", f.row(ch, "uuid", "uuid"), media, leg)])
+
+    def _plan_tts(self, ch: Channel, d: dict[str, Any], f: _Fields) -> Plan:
+        # Quoted by the composite because the text has spaces; the text kind admits no quote.
+        app = compose(
+            "speak-app",
+            engine=f.req("engine", "word", d["engine"]),
+            voice=f.req("voice", "word", d["voice"]),
+            text=f.req("text", "text", d["text"]),
         )
+        leg = self._leg(ch, d, f)
+        return Plan([Command("uuid_broadcast", f.row(ch, "uuid", "uuid"), app, leg)])
 
-    def _plan_say(self, ch: Channel, d: dict[str, Any]) -> Plan:
-        if d["leg"] != "self":
-            self._partner(ch)
-        words = [d["language"], d["type"], d["method"]] + ([d["gender"]] if d.get("gender") else [])
-        app = "'say::" + " ".join([*words, d["text"]]) + "'"
-        return Plan(
-            [Step(esl_args("uuid_broadcast", ch.uuid, app, _LEG_WORD[d["leg"]]), "uuid_broadcast")]
+    def _plan_say(self, ch: Channel, d: dict[str, Any], f: _Fields) -> Plan:
+        gender = d.get("gender")
+        app = compose(
+            "say-app",
+            language=f.req("language", "word", d["language"]),
+            type=f.req("type", "keyword", d["type"]),
+            method=f.req("method", "keyword", d["method"]),
+            gender=f.req("gender", "keyword", gender) if gender else None,
+            value=f.req("text", "say-value", d["text"]),
         )
+        leg = self._leg(ch, d, f)
+        return Plan([Command("uuid_broadcast", f.row(ch, "uuid", "uuid"), app, leg)])
 
-    def _plan_record_call(self, ch: Channel, d: dict[str, Any]) -> Plan:
-        current = self._recordings.get(ch.uuid)
+    def _plan_record_call(self, ch: Channel, d: dict[str, Any], f: _Fields) -> Plan:
+        uuid = f.row(ch, "uuid", "uuid")
+        current = self._recordings.get(uuid.text)
         action = d["action"]
         if action == "toggle":
             action = "stop" if current else "start"
@@ -335,29 +482,38 @@ class Actions:
             # The path is always the daemon's: a client-chosen one would make FreeSWITCH create
             # directories anywhere it may write.
             stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(self._clock()))
-            path = f"{self.cfg.record_dir}/{ch.uuid}-{stamp}.{d['format']}"
-            args = ["uuid_record", ch.uuid, "start", path]
+            path = gate.fill(
+                "{dir}/{uuid}-{stamp}.{format}",
+                gate.DAEMON,
+                "file-path",
+                {
+                    "dir": f.conf("record_dir", "file-path"),
+                    "uuid": uuid,
+                    "stamp": gate.check("word", stamp, gate.DAEMON),
+                    "format": f.req("format", "keyword", d["format"]),
+                },
+            )
+            args = [uuid, fixed("start"), path]
             if d.get("time_limit"):
-                args.append(str(d["time_limit"]))
+                args.append(f.req("time_limit", "number", str(d["time_limit"])))
 
             def remember() -> None:
-                self._recordings[ch.uuid] = path
+                self._recordings[uuid.text] = path.text
 
-            return Plan([Step(esl_args(*args), "uuid_record")], after=remember)
+            return Plan([Command("uuid_record", *args)], after=remember)
         if action == "stop":
 
             def forget() -> None:
-                self._recordings.pop(ch.uuid, None)
+                self._recordings.pop(uuid.text, None)
 
-            target = current or "all"
-            return Plan(
-                [Step(esl_args("uuid_record", ch.uuid, "stop", target), "uuid_record")], forget
-            )
+            target = gate.check("file-path", current, gate.DAEMON) if current else fixed("all")
+            return Plan([Command("uuid_record", uuid, fixed("stop"), target)], forget)
         if not current:
             raise _state_error("action", "the channel is not being recorded")
-        return Plan([Step(esl_args("uuid_record", ch.uuid, action, current), "uuid_record")])
+        path = gate.check("file-path", current, gate.DAEMON)
+        return Plan([Command("uuid_record", uuid, f.req("action", "keyword", action), path)])
 
-    def _plan_resume(self, ch: Channel, d: dict[str, Any]) -> Plan:
+    def _plan_resume(self, ch: Channel, d: dict[str, Any], f: _Fields) -> Plan:
         other = self._partner(ch)
         # uuid_bridge X X answers +OK and strands X; bridging a loopback leg to its own twin
         # crashed FreeSWITCH; bridging an unanswered leg loses every party.
@@ -371,10 +527,16 @@ class Actions:
             )
         if not (ch.answered and other.answered):
             raise _state_error("answered", "both legs must be answered to bridge them")
-        return Plan([Step(esl_args("uuid_bridge", ch.uuid, other.uuid), "uuid_bridge")])
+        uuid, other_uuid = f.row(ch, "uuid", "uuid"), f.row(other, "uuid", "uuid", "other_leg")
+        return Plan([Command("uuid_bridge", uuid, other_uuid)])
 
-    def _plan_audio_level(self, ch: Channel, d: dict[str, Any]) -> Plan:
+    def _plan_audio_level(self, ch: Channel, d: dict[str, Any], f: _Fields) -> Plan:
+        uuid = f.row(ch, "uuid", "uuid")
         if d["action"] == "stop":
-            return Plan([Step(esl_args("uuid_audio", ch.uuid, "stop"), "uuid_audio")])
-        how = ["mute", "1"] if d["mute"] else ["level", str(d["level"])]
-        return Plan([Step(esl_args("uuid_audio", ch.uuid, "start", d["mode"], *how), "uuid_audio")])
+            return Plan([Command("uuid_audio", uuid, fixed("stop"))])
+        mode = f.req("mode", "keyword", d["mode"])
+        if d["mute"]:
+            how = [fixed("mute"), gate.check("number", "1", gate.DAEMON)]
+        else:
+            how = [fixed("level"), f.req("level", "number", str(d["level"]))]
+        return Plan([Command("uuid_audio", uuid, fixed("start"), mode, *how)])

@@ -7,7 +7,6 @@ wrong, so an operator reading the journal sees the fix without a traceback.
 from __future__ import annotations
 
 import json
-import string
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -16,8 +15,10 @@ from typing import Any
 
 import jsonschema
 
+from channelsd.gate import placeholders
+from channelsd.policy import DEFAULT_MEDIA, ROW_PLACEHOLDERS
 from channelsd.tokens import Token
-from channelsd.validate import is_media
+from channelsd.validate import FORMAT_MESSAGES, KINDS, is_dialplan, is_file_path, is_media
 
 # Spec §2: Kazoo's custom channel variables first, then plain variables a non-Kazoo
 # dialplan can set. Order matters: the first header present wins.
@@ -69,10 +70,6 @@ DEFAULT_INTERCEPT_ENDPOINTS = {
     "user": "user/{target_id}@{realm}",
     "number": "loopback/{target_id}/{context}",
 }
-TEMPLATE_FIELDS = {
-    "attended_dialstring": ("target", "context", "realm", "account_id"),
-    "intercept_endpoints": ("target_id", "context", "realm", "account_id"),
-}
 
 
 @dataclass(frozen=True)
@@ -86,6 +83,11 @@ class ActionsConfig:
     intercept_endpoints: dict[str, str] = field(
         default_factory=lambda: dict(DEFAULT_INTERCEPT_ENDPOINTS)
     )
+    # Tenant policy (channelsd.policy): what a request may name besides the defaults above.
+    allowed_contexts: tuple[str, ...] = ()
+    allowed_dialplans: tuple[str, ...] = ()
+    allowed_media: tuple[str, ...] = DEFAULT_MEDIA
+    media_template: str = ""
 
 
 @dataclass(frozen=True)
@@ -202,11 +204,31 @@ def parse(data: dict[str, Any], path: str = "<memory>") -> Config:
     )
 
 
-def _check_template(template: str, allowed: tuple[str, ...], key: str, path: str) -> None:
-    if any(c.isspace() for c in template):
-        raise ConfigError(f"{path}: {key}: must not contain white space")
+# Each template: the placeholders it may use, the kind of what it produces, and a sample of
+# each placeholder, so that a template which cannot produce a valid value stops start-up.
+_SAMPLES = {
+    "target": "9001",
+    "target_id": "9001",
+    "context": "default",
+    "realm": "example.com",
+    "account_id": "0123456789abcdef0123456789abcdef",
+    "media_id": "fedcba9876543210fedcba9876543210",
+}
+_TEMPLATES = {
+    "attended_dialstring": (("target", "context", "realm", "account_id"), "endpoint"),
+    "intercept_endpoints": (("target_id", "context", "realm", "account_id"), "endpoint"),
+    "context": (ROW_PLACEHOLDERS, "context"),
+    "callflow_context": (ROW_PLACEHOLDERS, "context"),
+    "allowed_contexts": (ROW_PLACEHOLDERS, "context"),
+    "allowed_media": (ROW_PLACEHOLDERS, "media-root"),
+    "media_template": ((*ROW_PLACEHOLDERS, "media_id"), "media"),
+}
+
+
+def _check_template(template: str, kind_key: str, key: str, path: str) -> None:
+    allowed, kind = _TEMPLATES[kind_key]
     try:
-        names = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+        names = placeholders(template)
     except ValueError as exc:
         raise ConfigError(f"{path}: {key}: bad template: {exc}") from None
     for name in names:
@@ -216,6 +238,14 @@ def _check_template(template: str, allowed: tuple[str, ...], key: str, path: str
                 + ", ".join("{" + a + "}" for a in allowed)
                 + ")"
             )
+    try:
+        filled = template.format(**{n: _SAMPLES[n] for n in names})
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(f"{path}: {key}: bad template: {exc}") from None
+    if not KINDS[kind](filled):
+        raise ConfigError(
+            f"{path}: {key}: {template!r} would not give a valid {kind}: {FORMAT_MESSAGES[kind]}"
+        )
 
 
 def _actions(section: dict[str, Any], path: str) -> ActionsConfig:
@@ -223,21 +253,35 @@ def _actions(section: dict[str, Any], path: str) -> ActionsConfig:
     endpoints.update(section.get("intercept_endpoints", {}))
     for kind, template in endpoints.items():
         _check_template(
-            template,
-            TEMPLATE_FIELDS["intercept_endpoints"],
-            f"actions.intercept_endpoints.{kind}",
-            path,
+            template, "intercept_endpoints", f"actions.intercept_endpoints.{kind}", path
         )
     values = {k: v for k, v in section.items() if k != "intercept_endpoints"}
+    for key in ("allowed_contexts", "allowed_dialplans", "allowed_media"):
+        if key in values:
+            values[key] = tuple(values[key])
     cfg = ActionsConfig(**values, intercept_endpoints=endpoints)
-    _check_template(
-        cfg.attended_dialstring,
-        TEMPLATE_FIELDS["attended_dialstring"],
-        "actions.attended_dialstring",
-        path,
-    )
+    for key in ("attended_dialstring", "context", "callflow_context"):
+        _check_template(getattr(cfg, key), key, f"actions.{key}", path)
+    if cfg.media_template:
+        _check_template(cfg.media_template, "media_template", "actions.media_template", path)
+    for i, template in enumerate(cfg.allowed_contexts):
+        _check_template(template, "allowed_contexts", f"actions.allowed_contexts[{i}]", path)
+    for i, root in enumerate(cfg.allowed_media):
+        key = f"actions.allowed_media[{i}]"
+        _check_template(root, "allowed_media", key, path)
+        if not root.endswith("/") or root == "/":
+            raise ConfigError(
+                f"{path}: {key}: must be a directory ending in / (not / itself) or a scheme "
+                "such as tone_stream://"
+            )
+    for i, name in enumerate((cfg.dialplan, *cfg.allowed_dialplans)):
+        if not is_dialplan(name):
+            key = "actions.dialplan" if i == 0 else f"actions.allowed_dialplans[{i - 1}]"
+            raise ConfigError(f"{path}: {key}: {name!r} {FORMAT_MESSAGES['dialplan']}")
     if not is_media(cfg.moh):
         raise ConfigError(f"{path}: actions.moh: must be a media path or stream URL")
+    if not is_file_path(cfg.record_dir):
+        raise ConfigError(f"{path}: actions.record_dir: {FORMAT_MESSAGES['file-path']}")
     return cfg
 
 

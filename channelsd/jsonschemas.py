@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -48,7 +49,21 @@ RULE_MESSAGES = {
     "minimum": "Value must be at least {target}",
     "maximum": "Value must be at most {target}",
     "additionalProperties": "Field is not allowed",
+    "maxProperties": "Value has more than {target} properties",
 }
+
+
+def echoable(value: Any) -> bool:
+    """Whether a refused value can be shown back in an error body. Objects and arrays are
+    not (their depth is the client's: orjson refuses more than 254 levels), nor integers
+    beyond 64 bits (orjson refuses them), nor non-finite floats."""
+    if value is None or isinstance(value, bool | str):
+        return True
+    if isinstance(value, int):
+        return -(2**63) <= value < 2**64
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return False
 
 
 def _load(name: str) -> dict[str, Any]:
@@ -95,11 +110,13 @@ def kazoo_errors(errors: Any, prefix: str = "") -> dict[str, Any]:
                 }
             else:
                 target = err.validator_value
-                template = RULE_MESSAGES.get(rule, err.message)
-                detail = {"message": template.format(target=target)}
+                # Never jsonschema's own message: it quotes the whole (client's) instance.
+                template = RULE_MESSAGES.get(rule, "Value does not satisfy {rule}")
+                detail = {"message": template.format(target=target, rule=rule)}
                 if rule != "additionalProperties":
                     detail["target"] = target
-            detail["value"] = err.instance
+            if echoable(err.instance):
+                detail["value"] = err.instance
         out.setdefault(key or "data", {})[rule] = detail
     return out
 

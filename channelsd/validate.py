@@ -1,4 +1,4 @@
-"""The one gate every value passes before it may appear on an ESL command line.
+"""Every kind of value that may appear on an ESL command line, and its strict pattern.
 
 ESL is line-based: a line break in an argument is a header, a blank line a second command
 (freeswitch-actions-verified §7). FreeSWITCH then re-splits arguments on spaces, quotes and
@@ -6,8 +6,10 @@ ESL is line-based: a line break in an argument is a header, a blank line a secon
 OS command in the test), runs `app::args` given as a broadcast path, and turns an unknown
 hang-up cause into NORMAL_CLEARING. So values are checked against allow-lists, never escaped.
 
-The kinds below are JSON-Schema `format`s: the action and metaflow schemas name them, and
-jsonschema reports a refusal under the `format` rule of the offending field.
+The request-facing kinds are also JSON-Schema `format`s: the action and metaflow schemas name
+them, and jsonschema reports a refusal under the `format` rule of the offending field. The
+gate (channelsd.gate) checks every argument of every command against the same kinds, whatever
+the value came from: the request, a channel row, or the configuration.
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ from collections.abc import Callable
 from jsonschema import FormatChecker
 
 # What can end a line, open a new command, a variable block, an expansion or an app, or
-# change FreeSWITCH's argument delimiter. No field allows these.
+# change FreeSWITCH's argument delimiter. No kind allows these.
 _ALWAYS_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029{}\[\]'|&$\\\"`]|\^\^|::|;;")
 
 # FreeSWITCH generates RFC 4122 text; origination_uuid lets a dialplan choose others, and SIP
 # stacks use Call-ID-like strings. Allowed: the characters those use, nothing that splits.
+# All patterns are ASCII-only: `re.ASCII` keeps \w and \d from matching other scripts' digits.
 _UUID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:+-]{0,127}")
 _EXTENSION = re.compile(r"[A-Za-z0-9*#+][A-Za-z0-9*#+._@-]{0,63}")
 _CONTEXT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -32,11 +35,38 @@ _DTMF = re.compile(r"[0-9*#A-Da-d]{1,8}")
 # att_xfer compares one digit: `*` is its hang-up (complete) key and `0` its conference key.
 _TAKEBACK = re.compile(r"[1-9#A-D]")
 # A file path or a stream URL (tone_stream://%(2000,4000,440,480);loops=-1): no spaces, and
-# no `!` (a broadcast's `app!cause` hang-up suffix).
+# no `!` (a broadcast's `app!cause` hang-up suffix). Which of them a tenant may play is the
+# media policy's business (channelsd.policy); this is only what can stand on a line.
 _MEDIA = re.compile(r"(?:/|[A-Za-z][A-Za-z0-9_+.-]{0,31}://)[A-Za-z0-9/_.,:%=+@~()#;*-]{1,255}")
+# Where an allowed media value may start (channelsd.policy): a directory ending in `/`, or a
+# scheme (`tone_stream://`) with an optional URL prefix after it.
+_MEDIA_ROOT = re.compile(
+    r"/(?:[A-Za-z0-9_.,:%=+@~-]+/)*|[A-Za-z][A-Za-z0-9_+.-]{0,31}://[A-Za-z0-9/_.,:%=+@~-]{0,255}"
+)
+# A `.` or `..` path segment: no kind that names a file or a URL may climb out of its root.
+_DOT_SEGMENT = re.compile(r"(?:^|/)\.\.?(?:/|$)")
 # Spoken text: any letters and digits, spaces and sentence punctuation.
 _TEXT = re.compile(r"[\w .,?!:;%+/@#*()-]{1,500}")
 _SAY_VALUE = re.compile(r"[A-Za-z0-9.@:+/_-]{1,128}")
+# Values read from channel rows. A realm is a domain name (or an IPv4 address); an account id
+# a Kazoo id (32 hex) or any short name of the same characters as a context.
+_REALM = re.compile(
+    r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62}))*"
+)
+_ACCOUNT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# The daemon's own words: command names, leg words, `-bleg`, `start`, `hold_music`, ….
+_KEYWORD = re.compile(r"-?[a-z][a-z0-9_]{0,31}")
+_NUMBER = re.compile(r"-?[0-9]{1,9}")
+# A dial string an endpoint template produced (user/1000@acc1.example, loopback/9001/ctx).
+_ENDPOINT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_./@:+*#=-]{0,255}")
+# A file the daemon names itself (recordings) or a directory it names them in.
+_FILE_PATH = re.compile(r"/[A-Za-z0-9_.@:+/-]{1,255}")
+# What channel variables FreeSWITCH is given in an originate `{…}` block (name=value).
+_VARIABLE = re.compile(r"[a-z][a-z0-9_]{0,63}=[a-z0-9_]{1,32}")
+# A Kazoo media id (the documented transfer example's "moh": "media_id").
+_MEDIA_ID = re.compile(r"[0-9a-f]{32}")
+# A Q.850 cause number, ASCII digits only: `isdigit()` also accepts ² and ١٧.
+_CAUSE_NUMBER = re.compile(r"[0-9]{1,3}")
 
 # The inline dialplan executes whatever applications it is given: never reachable.
 _FORBIDDEN_DIALPLANS = frozenset(("inline",))
@@ -76,20 +106,44 @@ def _kind(pattern: re.Pattern[str]) -> Callable[[object], bool]:
 is_uuid = _kind(_UUID)
 is_extension = _kind(_EXTENSION)
 is_context = _kind(_CONTEXT)
-is_media = _kind(_MEDIA)
 is_text = _kind(_TEXT)
+is_keyword = _kind(_KEYWORD)
+
+
+def _no_dot_segment(check: Callable[[object], bool]) -> Callable[[object], bool]:
+    def checked(value: object) -> bool:
+        return check(value) and _DOT_SEGMENT.search(value) is None  # type: ignore[arg-type]
+
+    return checked
+
+
+is_media = _no_dot_segment(_kind(_MEDIA))
+is_file_path = _no_dot_segment(_kind(_FILE_PATH))
 
 
 def is_dialplan(value: object) -> bool:
     return _kind(_DIALPLAN)(value) and str(value).lower() not in _FORBIDDEN_DIALPLANS
 
 
+def is_realm(value: object) -> bool:
+    return _kind(_REALM)(value) and len(value) <= 253  # type: ignore[arg-type]
+
+
 def is_hangup_cause(value: object) -> bool:
-    if not isinstance(value, str):
-        return False
-    if value.isdigit() and len(value) <= 3:
+    if not isinstance(value, str) or not value.isascii():
+        return False  # "ı".upper() is "I": only ASCII names compare as FreeSWITCH's do
+    if _CAUSE_NUMBER.fullmatch(value):
         return 1 <= int(value) <= 127  # a Q.850 cause number
     return value.upper() in HANGUP_CAUSES
+
+
+def is_media_id(value: object) -> bool:
+    return isinstance(value, str) and _MEDIA_ID.fullmatch(value) is not None
+
+
+def is_media_ref(value: object) -> bool:
+    """What a request may name as media: a path or stream, or a Kazoo media id."""
+    return is_media(value) or is_media_id(value)
 
 
 FORMATS: dict[str, Callable[[object], bool]] = {
@@ -101,9 +155,25 @@ FORMATS: dict[str, Callable[[object], bool]] = {
     "dtmf": _kind(_DTMF),
     "takeback-key": _kind(_TAKEBACK),
     "media": is_media,
+    "media-ref": is_media_ref,
     "text": is_text,
     "say-value": _kind(_SAY_VALUE),
     "hangup-cause": is_hangup_cause,
+}
+
+# Kinds only the gate uses: values from channel rows and the configuration, the daemon's own
+# words, and what templates produce.
+KINDS: dict[str, Callable[[object], bool]] = {
+    **FORMATS,
+    "realm": is_realm,
+    "account-id": _kind(_ACCOUNT_ID),
+    "keyword": is_keyword,
+    "number": _kind(_NUMBER),
+    "endpoint": _kind(_ENDPOINT),
+    "file-path": is_file_path,
+    "variable": _kind(_VARIABLE),
+    "media-id": is_media_id,
+    "media-root": _no_dot_segment(_kind(_MEDIA_ROOT)),
 }
 
 FORMAT_MESSAGES = {
@@ -114,28 +184,28 @@ FORMAT_MESSAGES = {
     "word": "must be a single word: letters, digits and _ . - only",
     "dtmf": "must be DTMF digits (0-9 * # A-D), at most 8",
     "takeback-key": "must be one key, 1-9 # or A-D (* completes and 0 conferences the transfer)",
-    "media": "must be a media path or stream URL without spaces, quotes, $ { } | or ::",
+    "media": "must be a media path or stream URL without spaces, quotes, $ { } | :: or ..",
+    "media-ref": "must be a media path or stream URL without spaces, quotes, $ { } | :: or .., "
+    "or a media id (32 lower-case hex digits)",
     "text": "must be plain text: letters, digits, spaces and . , ? ! : ; % + / @ # * ( ) -",
     "say-value": "must be letters, digits and . @ : + / _ - only",
-    "hangup-cause": "must be a FreeSWITCH hangup cause name (e.g. NORMAL_CLEARING) or Q.850 number",
+    "hangup-cause": "must be a FreeSWITCH hangup cause name (e.g. NORMAL_CLEARING) or Q.850 "
+    "number (ASCII digits 1-127)",
+    "realm": "must be a domain name: ASCII letters, digits, - and _ in dot-separated labels",
+    "account-id": "must be an account id: letters, digits and . _ - only",
+    "keyword": "must be one of the daemon's own command words",
+    "number": "must be an integer in ASCII digits",
+    "endpoint": "must be a dial string: letters, digits and _ . / @ : + * # = - only",
+    "file-path": "must be an absolute path of letters, digits and _ . @ : + / - without ..",
+    "variable": "must be a channel variable assignment name=value",
+    "media-id": "must be a media id (32 lower-case hex digits)",
+    "media-root": "must be a directory ending in / or a scheme such as tone_stream://",
 }
 
 
 def format_checker() -> FormatChecker:
-    """A jsonschema FormatChecker that knows every ESL value kind above."""
+    """A jsonschema FormatChecker that knows every request-facing ESL value kind above."""
     checker = FormatChecker(formats=())
     for name, check in FORMATS.items():
         checker.checks(name)(check)
     return checker
-
-
-_LINE_BREAKERS = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
-
-
-def esl_args(*args: str) -> str:
-    """Join the arguments of a command built from checked values, checking once more that
-    none is empty or could end the line: the last line of defence, not the validation."""
-    for a in args:
-        if not a or _LINE_BREAKERS.search(a):
-            raise ValueError(f"unsafe ESL argument {a!r}")
-    return " ".join(args)

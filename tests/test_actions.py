@@ -41,9 +41,16 @@ class Call:
         return self.h.api.request("PUT", f"/v2/accounts/acc1/channels/{uuid}", tok, json=body)
 
 
+# The tenant policy these tests run under: two extra contexts, and media under /srv/.
+POLICY = {
+    "allowed_contexts": ["ctx2", "cf"],
+    "allowed_media": ["tone_stream://", "local_stream://", "/srv/"],
+}
+
+
 @pytest.fixture
 def call(switch: Any, make_daemon: Any) -> Call:
-    h = make_daemon([switch], sync={"command_timeout": 1})
+    h = make_daemon([switch], sync={"command_timeout": 1}, actions=POLICY)
     return Call(h, switch)
 
 
