@@ -25,13 +25,14 @@ from typing import Any
 import gevent
 
 from channelsd import envelope, gate, policy
+from channelsd.channel import Channel
 from channelsd.config import ActionsConfig
 from channelsd.envelope import ApiError
 from channelsd.esl import CommandTimeout
 from channelsd.gate import Checked, Command, Refusal, Value, compose, fixed
 from channelsd.jsonschemas import echoable, module_schema, validate, with_defaults
 from channelsd.node import NodeUnavailable
-from channelsd.table import Channel, ChannelTable
+from channelsd.table import ChannelTable
 from channelsd.tokens import Token
 
 log = logging.getLogger("channelsd.actions")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -19,6 +19,8 @@ from flask import Flask, Response, g, redirect, request, send_from_directory
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from channelsd import envelope
+from channelsd.channel import Channel
+from channelsd.ended import Ended, EndedCalls
 from channelsd.envelope import ApiError
 from channelsd.fastlists import fast_lists
 from channelsd.health import LoopMonitor, readiness
@@ -27,7 +29,7 @@ from channelsd.metrics import CONTENT_TYPE as METRICS_TYPE
 from channelsd.metrics import Metrics
 from channelsd.presented import header_token, truthy, wants_csv
 from channelsd.stream import Broker, subscribe
-from channelsd.table import Channel, ChannelTable, Scope
+from channelsd.table import ChannelTable, Scope
 from channelsd.tokens import Token, TokenStore
 
 log = logging.getLogger("channelsd.api")
@@ -68,6 +70,8 @@ class ApiContext:
     # that compares both.
     fast_lists: bool = True
     lists: ListCache = field(default_factory=ListCache)
+    # Calls that ended in the last minutes (`?ended=true` on the list routes).
+    ended: EndedCalls | None = None
 
     def system_list_refusal(self, token: Token) -> str | None:
         """Why this token may not read the system-wide list, or None when it may."""
@@ -228,17 +232,42 @@ def create_app(ctx: ApiContext) -> Flask:
         if not call.token.may_see_account(account_id):
             raise envelope.forbidden(f"this token may not see account {account_id}")
 
-    def visible(call: Call, ch: Channel) -> bool:
-        """A `user` token sees only its owner's channels (spec §6, better than Kazoo)."""
+    def owned(call: Call, owner_id: str | None, device_id: str | None) -> bool:
+        """A `user` token sees only its owner's calls, or its devices' (spec §6, better than
+        Kazoo); other tokens see every call of the accounts they may see."""
         tok = call.token
-        if tok.role != "user":
+        if tok.role != "user" or owner_id == tok.owner_id:
             return True
-        if ch.owner_id == tok.owner_id:
-            return True
-        devices = table.identity.devices_of.get(tok.owner_id or "", ())
-        return ch.authorizing_id in devices
+        return device_id in table.identity.devices_of.get(tok.owner_id or "", ())
 
-    def listing(call: Call, scope: Scope | list[Channel]) -> Response:
+    def visible(call: Call, ch: Channel) -> bool:
+        return owned(call, ch.owner_id, ch.authorizing_id)
+
+    def ended_listing(call: Call, calls: Iterable[Ended]) -> Response:
+        """`?ended=true`: the calls of the last minutes, newest first, as the live list would
+        narrow them (role, filters)."""
+        filters = Filters(request.args.items(multi=True))
+        items = []
+        for part in in_slices(list(calls)):
+            for ended in part:
+                if not owned(call, ended.owner_id, ended.device_id):
+                    continue
+                item = ended.as_dict()
+                if not filters or filters.keep(item):
+                    items.append(item)
+        return respond(call, items)
+
+    def listing(
+        call: Call,
+        scope: Scope | list[Channel],
+        ended: Callable[[], Iterable[Ended]] | None = None,
+    ) -> Response:
+        if truthy(request.args.get("ended")):
+            if ctx.ended is None or ended is None:
+                raise ApiError(
+                    503, "ended calls unavailable", {"message": "ended calls are not kept"}
+                )
+            return ended_listing(call, ended())
         now = time.time()
         filters = Filters(request.args.items(multi=True))
         channels = scope.ordered() if isinstance(scope, Scope) else scope  # order is kept
@@ -282,24 +311,33 @@ def create_app(ctx: ApiContext) -> Flask:
     @route("/v2/channels", ("GET",))
     def system_channels(call: Call) -> Response:
         system_channels_allowed(call)
-        return listing(call, table.all_scope())
+        return listing(call, table.all_scope(), lambda: ctx.ended.select())
 
     @route("/v2/accounts/<account_id>/channels", ("GET",))
     def account_channels(call: Call, account_id: str) -> Response:
         authorise_account(call, account_id)
-        return listing(call, table.account_scope(account_id))
+        return listing(call, table.account_scope(account_id), lambda: ctx.ended.select(account_id))
 
     @route("/v2/accounts/<account_id>/users/<user_id>/channels", ("GET",))
     def user_channels(call: Call, account_id: str, user_id: str) -> Response:
         authorise_account(call, account_id)
         if call.token.role == "user" and user_id != call.token.owner_id:
             raise envelope.forbidden("a user token may only list its own user's channels")
-        return listing(call, table.by_user(account_id, user_id))
+        devices = table.identity.devices_of.get(user_id, ())
+        return listing(
+            call,
+            table.by_user(account_id, user_id),
+            lambda: ctx.ended.select(account_id, owner_id=user_id, devices=devices),
+        )
 
     @route("/v2/accounts/<account_id>/devices/<device_id>/channels", ("GET",))
     def device_channels(call: Call, account_id: str, device_id: str) -> Response:
         authorise_account(call, account_id)
-        return listing(call, table.device_scope(account_id, device_id))
+        return listing(
+            call,
+            table.device_scope(account_id, device_id),
+            lambda: ctx.ended.select(account_id, device_id=device_id),
+        )
 
     @route("/v2/accounts/<account_id>/channels/<uuid>", ("GET", "POST", "PUT"))
     def one_channel(call: Call, account_id: str, uuid: str) -> Response:

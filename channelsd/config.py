@@ -108,6 +108,8 @@ class Config:
     actions: ActionsConfig = field(default_factory=ActionsConfig)
     ready_timeout: float = 30.0
     event_buffer: int = 10000
+    ended_calls_minutes: float = 15.0
+    ended_calls_max: int = 10000
 
 
 def _schema() -> dict[str, Any]:
@@ -201,6 +203,8 @@ def parse(data: dict[str, Any], path: str = "<memory>") -> Config:
         actions=actions,
         ready_timeout=float(data.get("systemd", {}).get("ready_timeout", 30)),
         event_buffer=data.get("api", {}).get("event_buffer", 10000),
+        ended_calls_minutes=float(data.get("api", {}).get("ended_calls_minutes", 15)),
+        ended_calls_max=data.get("api", {}).get("ended_calls_max", 10000),
     )
 
 

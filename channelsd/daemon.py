@@ -22,6 +22,7 @@ from channelsd import config as config_module
 from channelsd.actions import Actions
 from channelsd.api import ApiContext, create_app
 from channelsd.config import Config, ConfigError
+from channelsd.ended import EndedCalls
 from channelsd.health import LoopMonitor, SystemdNotifier, readiness
 from channelsd.metrics import Metrics
 from channelsd.node import NodeLink
@@ -80,6 +81,7 @@ class Daemon:
             nodes=self.nodes,
             actions=Actions(self.table, self.nodes, config.actions),
             broker=Broker(self.table, config.event_buffer),
+            ended=self._ended_calls(config),
             metrics=self.metrics,
             loop=self.loop,
         )
@@ -88,6 +90,11 @@ class Daemon:
         self._http_greenlet: gevent.Greenlet | None = None
         self._stopped = gevent.event.Event()
         self._last_status = 0.0
+
+    def _ended_calls(self, config: Config) -> EndedCalls:
+        ended = EndedCalls(config.ended_calls_minutes * 60, config.ended_calls_max)
+        self.table.listen(ended.on_change)
+        return ended
 
     @property
     def http_address(self) -> tuple[str, int]:

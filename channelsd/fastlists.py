@@ -17,8 +17,9 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from channelsd import envelope
+from channelsd.channel import Channel
 from channelsd.presented import header_token, truthy, wants_csv
-from channelsd.table import Channel, Scope
+from channelsd.table import Scope
 
 if TYPE_CHECKING:
     from channelsd.api import ApiContext

@@ -9,7 +9,8 @@ from typing import Any
 
 import gevent
 
-from channelsd.table import Channel, ChannelTable, Scope
+from channelsd.channel import Channel
+from channelsd.table import ChannelTable, Scope
 
 # Long lists are built in slices so that event ingest keeps running meanwhile.
 YIELD_EVERY = 500

@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from channelsd.table import ChannelTable
+from channelsd.validate import whole_number
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
@@ -47,9 +48,9 @@ class _StateCollector(Collector):
             channels.add_metric([name], self.table.count(name))
             connected.add_metric([name], 1 if node.connected else 0)
             synced.add_metric([name], 1 if node.synced else 0)
-            count = node.heartbeat.get("Session-Count")
-            if count is not None and str(count).isdigit():
-                sessions.add_metric([name], int(count))
+            count = whole_number(node.heartbeat.get("Session-Count"))
+            if count is not None:
+                sessions.add_metric([name], count)
         events = CounterMetricFamily(
             "channelsd_esl_events", "ESL events ingested", labels=["node", "event"]
         )

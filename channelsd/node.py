@@ -24,14 +24,14 @@ from channelsd.esl import ConnectionLost, ESLConnection, ESLError
 from channelsd.events import EventParseError, parse_json
 from channelsd.metrics import Metrics
 from channelsd.table import ChannelTable
-from channelsd.validate import is_uuid
+from channelsd.validate import is_uuid, whole_number
 
 log = logging.getLogger("channelsd.node")
 
 # Exactly what the table needs (not ALL): channel life cycle, identity-bearing events,
-# API (uuid_setvar changes identity without a channel event), HEARTBEAT (liveness) and
-# BACKGROUND_JOB (bgapi results). CHANNEL_EXECUTE is left out: the heaviest events, and
-# nothing in the API reads them.
+# API (uuid_setvar changes identity without a channel event), RECORD_START/STOP (whoever
+# records), HEARTBEAT (liveness) and BACKGROUND_JOB (bgapi results). CHANNEL_EXECUTE is left
+# out: the heaviest events, and nothing in the API reads them.
 SUBSCRIBED_EVENTS = (
     "CHANNEL_CREATE",
     "CHANNEL_DESTROY",
@@ -51,6 +51,8 @@ SUBSCRIBED_EVENTS = (
     "CHANNEL_HANGUP",
     "CHANNEL_HANGUP_COMPLETE",
     "CALL_UPDATE",
+    "RECORD_START",
+    "RECORD_STOP",
     "API",
     "HEARTBEAT",
     "BACKGROUND_JOB",
@@ -353,10 +355,10 @@ class NodeLink:
         self.heartbeat = {
             k: event.get(k) for k in ("Session-Count", "Max-Sessions", "FreeSWITCH-Version")
         }
-        count = event.get("Session-Count")
-        if not isinstance(count, str) or not count.isdigit():
+        count = whole_number(event.get("Session-Count"))
+        if count is None:
             return
-        if int(count) != self.table.count(self.name):
+        if count != self.table.count(self.name):
             self._drift += 1
             if self._drift >= DRIFT_BEATS:
                 log.warning(

@@ -24,8 +24,9 @@ import gevent
 import gevent.event
 import orjson
 
+from channelsd.channel import Channel
 from channelsd.listing import in_slices
-from channelsd.table import Channel, ChannelTable
+from channelsd.table import ChannelTable
 
 KEEPALIVE_SECONDS = 15.0
 PUBLISH_INTERVAL = 0.1
@@ -72,7 +73,7 @@ class Broker:
         self._published: dict[str, dict[str, Any]] = {}
         self._timer: gevent.Greenlet | None = None
         self._wake = gevent.event.Event()
-        table.listener = self._on_change
+        table.listen(self._on_change)
 
     def _on_change(self, kind: str, ch: Channel, _info: Any) -> None:
         self._pending[ch.uuid] = (ch, kind == "destroy")

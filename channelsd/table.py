@@ -20,12 +20,19 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import orjson
-
+from channelsd.channel import (
+    DETAIL_CHAINS,
+    FRESH_TAIL,
+    MAX_VALUE_CHARS,
+    NUMERIC_DETAILS,
+    SECURE_MEDIA,
+    STALE_TAIL,
+    Channel,
+    Ending,
+    usable,
+)
 from channelsd.config import DEFAULT_CCV_PREFIX, DEFAULT_IDENTITY
-from channelsd.validate import is_uuid
-
-GREGORIAN_OFFSET = 62167219200  # seconds from 0000-01-01 to 1970-01-01, as Kazoo counts
+from channelsd.validate import is_uuid, whole_number
 
 Key = tuple[str, str]
 Event = dict[str, Any]
@@ -78,6 +85,9 @@ _FIXED_CHAINS = (
     ("interaction_id", _INTERACTION),
 )
 
+# Events about one channel whose names do not start with CHANNEL_.
+_OTHER_CHANNEL_EVENTS = frozenset(("CALL_UPDATE", "RECORD_START", "RECORD_STOP"))
+
 # FreeSWITCH adds no variable_* headers to these (freeswitch-esl.md §2.3): skip the variable
 # lookups for them, about a third of all channel events.
 _NO_VARIABLES = frozenset(
@@ -89,246 +99,9 @@ JSON_CACHE_MAX = 20_000
 # Destroyed uuids remembered at most, whatever their age: a burst of hang-ups cannot grow the
 # tombstones without bound (~120 B each).
 TOMBSTONES_MAX = 200_000
-# Longest text kept from the switch for one field; longer values are refused and counted (a
-# dialplan may map identity to a SIP header a caller writes).
-MAX_VALUE_CHARS = 2048
 
 # Events after which a leg is gone for good.
 _FINAL_STATES = frozenset(("CS_DESTROY",))
-
-
-def _usable(v: Any) -> str | None:
-    """A header value as the text a field may hold, or None for one it must not.
-
-    FreeSWITCH sends strings, and arrays of strings for multi-valued variables (the first value
-    names it). Anything else (an object, a number) or an absurdly long text comes from a broken
-    or hostile source: the field keeps what it had."""
-    if v.__class__ is list:
-        v = v[0] if v else None
-    if v.__class__ is str and 0 < len(v) <= MAX_VALUE_CHARS:
-        return v
-    return None
-
-
-def _first(event: Event, headers: Iterable[str]) -> str | None:
-    for h in headers:
-        v = event.get(h)
-        if v and (v := _usable(v)) is not None:
-            return v
-    return None
-
-
-class Ending:
-    """How a channel ended, as FreeSWITCH reports it on its last events (HANGUP,
-    HANGUP_COMPLETE, DESTROY): kept on the channel only once it hangs up."""
-
-    __slots__ = ("cause", "disposition", "duration", "billsec", "mos", "hangup_us")
-
-    def __init__(self) -> None:
-        self.cause: str | None = None
-        self.disposition: str | None = None  # variable_sip_hangup_disposition: who sent the BYE
-        self.duration: int | None = None
-        self.billsec: int | None = None
-        self.mos: float | None = None
-        self.hangup_us: int | None = None
-
-    def merge(self, e: Event) -> None:
-        cause = _first(e, ("Hangup-Cause", "variable_hangup_cause"))
-        if cause is not None:
-            self.cause = cause
-        disposition = _first(e, ("variable_sip_hangup_disposition",))
-        if disposition is not None:
-            self.disposition = disposition
-        for attr, header in (
-            ("duration", "variable_duration"),
-            ("billsec", "variable_billsec"),
-            ("hangup_us", "Caller-Channel-Hangup-Time"),
-        ):
-            n = _count(e.get(header))
-            if n is not None:
-                setattr(self, attr, n)
-        mos = _first(e, ("variable_rtp_audio_in_mos",))
-        if mos is not None:
-            try:
-                value = float(mos)
-            except ValueError:
-                value = None
-            if value is not None and 0.0 <= value <= 5.0:
-                self.mos = value
-
-
-def _count(v: Any) -> int | None:
-    """A non-negative whole number FreeSWITCH wrote as ASCII digits (microseconds fit)."""
-    if v.__class__ is str and 0 < len(v) <= 20 and v.isascii() and v.isdigit():
-        return int(v)
-    return None
-
-
-class Channel:
-    """One live FreeSWITCH channel as the API shows it."""
-
-    __slots__ = (
-        "node",
-        "uuid",
-        "name",
-        "direction",
-        "destination",
-        "answered",
-        "other_leg",
-        "presence_id",
-        "created_us",
-        "account_id",
-        "owner_id",
-        "authorizing_id",
-        "authorizing_type",
-        "username",
-        "realm",
-        "bridge_id",
-        "caller_id_name",
-        "caller_id_number",
-        "callee_id_name",
-        "callee_id_number",
-        "is_onhold",
-        "is_loopback",
-        "ccvs",
-        "state",
-        "call_state",
-        "interaction_id",
-        "loopback_other_leg",
-        "last_seen",
-        "cached",
-        "vars_seen",
-        "ending",
-    )
-
-    def __init__(self, node: str, uuid: str) -> None:
-        self.node = node
-        self.uuid = uuid
-        self.name = self.direction = self.destination = self.other_leg = None
-        self.presence_id = self.account_id = self.owner_id = self.authorizing_id = None
-        self.authorizing_type = self.username = self.realm = self.bridge_id = None
-        self.caller_id_name = self.caller_id_number = None
-        self.callee_id_name = self.callee_id_number = None
-        self.state = self.call_state = self.interaction_id = self.loopback_other_leg = None
-        self.ccvs: dict[str, Any] | None = None
-        self.answered = self.is_onhold = self.is_loopback = False
-        self.created_us = int(time.time() * 1_000_000)
-        self.last_seen = 0.0
-        # Whether any event (or uuid_dump) with the channel's variables reached the table: until
-        # one does, a missing account means "not heard yet", not "none" (reconcile asks).
-        self.vars_seen = False
-        self.ending: Ending | None = None
-        # json_base(), kept by the table's items_json() and cleared whenever the table
-        # changes the channel: lists are spliced from bytes, not serialised on every read.
-        self.cached: bytes | None = None
-
-    @property
-    def timestamp(self) -> int:
-        """Creation time in Gregorian seconds, as Kazoo reports it."""
-        return self.created_us // 1_000_000 + GREGORIAN_OFFSET
-
-    def sort_key(self) -> tuple[int, str]:
-        return (self.created_us // 1_000_000, self.uuid)
-
-    def to_item(self, now: float, stale: bool) -> dict[str, Any]:
-        """The list item of spec §2: unknown values omitted, booleans always present."""
-        item = self._build_item()
-        item["stale"] = stale
-        item["elapsed_s"] = self.elapsed(now)
-        return item
-
-    def json_base(self) -> bytes:
-        """to_item() as JSON without its moving parts and closing brace, for `cached`."""
-        item = self._build_item()
-        del item["stale"], item["elapsed_s"]
-        return orjson.dumps(item)[:-1]
-
-    def elapsed(self, now: float) -> int:
-        """Whole seconds now minus whole seconds at creation, as Kazoo computes it: every item
-        of an answer has timestamp + elapsed_s equal to the same now, and within one
-        wall-clock second an unchanged list reads the same."""
-        return max(0, int(now) - self.created_us // 1_000_000)
-
-    def _build_item(self) -> dict[str, Any]:
-        item: dict[str, Any] = {
-            "uuid": self.uuid,
-            "answered": self.answered,
-            "is_onhold": self.is_onhold,
-            "is_loopback": self.is_loopback,
-            "stale": False,
-            "node": self.node,
-            "timestamp": self.timestamp,
-            "elapsed_s": 0,
-            "bridge_id": self.bridge_id or self.uuid,
-            "custom_channel_vars": dict(self.ccvs) if self.ccvs else {},
-        }
-        for attr in _OPTIONAL_ITEM_KEYS:
-            v = getattr(self, attr)
-            if v is not None:
-                item[attr] = v
-        return item
-
-    def end_item(self, now: float) -> dict[str, Any]:
-        """What the streams say when the channel goes: its uuid and, when it hung up (rather
-        than being renamed or forgotten), why and after how long, as FreeSWITCH reported it."""
-        item: dict[str, Any] = {"uuid": self.uuid}
-        end = self.ending
-        if end is None:
-            return item
-        if end.cause is not None:
-            item["hangup_cause"] = end.cause
-        if end.disposition is not None:
-            item["hangup_disposition"] = end.disposition
-        duration = end.duration
-        if duration is None:
-            until = end.hangup_us / 1_000_000 if end.hangup_us else now
-            duration = max(0, int(until) - self.created_us // 1_000_000)
-        item["duration_seconds"] = duration
-        if end.billsec is not None:
-            item["billing_seconds"] = end.billsec
-        if end.mos is not None:
-            item["mos"] = end.mos
-        return item
-
-    def to_detail(self, now: float, stale: bool) -> dict[str, Any]:
-        """The single-channel object: list keys plus Kazoo's single-GET names (spec §2)."""
-        item = self.to_item(now, stale)
-        item["call_id"] = self.uuid
-        item["elapsed_seconds"] = item["elapsed_s"]
-        item["is_on_hold"] = self.is_onhold
-        if self.direction is not None:
-            item["call_direction"] = self.direction
-        if self.other_leg is not None:
-            item["other_leg_call_id"] = self.other_leg
-        if self.interaction_id is not None:
-            item["call_interaction_id"] = self.interaction_id
-        if self.name is not None:
-            item["channel_name"] = self.name
-        return item
-
-
-_FRESH_TAIL = b',"stale":false,"elapsed_s":%d}'
-_STALE_TAIL = b',"stale":true,"elapsed_s":%d}'
-_OPTIONAL_ITEM_KEYS = (
-    "direction",
-    "destination",
-    "other_leg",
-    "presence_id",
-    "account_id",
-    "owner_id",
-    "authorizing_id",
-    "authorizing_type",
-    "username",
-    "realm",
-    "caller_id_name",
-    "caller_id_number",
-    "callee_id_name",
-    "callee_id_number",
-    "state",
-    "call_state",
-    "interaction_id",
-    "loopback_other_leg",
-)
 
 
 class Identity:
@@ -427,9 +200,25 @@ class ChannelTable:
         # Values from the switch refused, by the field they were meant for (bounded: field
         # names are ours, never the switch's).
         self.refused: dict[str, int] = {}
-        # Called with (kind, channel, changed-keys) after every change; the live event stream
-        # and metrics hang off this. Kept to one optional callable so ingest stays cheap.
+        # Called with (kind, channel, changed-keys) after every change: the live event stream
+        # and the ended-calls store hang off this (see listen()).
         self.listener: Callable[[str, Channel, Any], None] | None = None
+        self._listeners: list[Callable[[str, Channel, Any], None]] = []
+
+    def listen(self, callback: Callable[[str, Channel, Any], None]) -> None:
+        """Also call `callback(kind, channel, info)` after every change. One listener is called
+        directly (ingest stays cheap), several through one fan-out."""
+        self._listeners.append(callback)
+        if len(self._listeners) == 1:
+            self.listener = callback
+        else:
+            listeners = tuple(self._listeners)
+
+            def fan_out(kind: str, ch: Channel, info: Any) -> None:
+                for listener in listeners:
+                    listener(kind, ch, info)
+
+            self.listener = fan_out
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -522,7 +311,7 @@ class ChannelTable:
         any_stale = bool(self._stale_since)  # no node down: nothing to look up per channel
         parts = [
             ch.cached
-            + (_STALE_TAIL if any_stale and self.is_stale(ch) else _FRESH_TAIL) % ch.elapsed(now)
+            + (STALE_TAIL if any_stale and self.is_stale(ch) else FRESH_TAIL) % ch.elapsed(now)
             for ch in channels
         ]
         # A Kazoo channel's base is ~1.3 KB: kept for the most recently built ones only, so
@@ -596,7 +385,7 @@ class ChannelTable:
         if name == "API":
             self._apply_api(node, event)
             return
-        if not (name.startswith("CHANNEL_") or name == "CALL_UPDATE"):
+        if not (name.startswith("CHANNEL_") or name in _OTHER_CHANNEL_EVENTS):
             return
         uuid = event.get("Unique-ID")
         if uuid.__class__ is not str or not uuid:
@@ -636,6 +425,8 @@ class ChannelTable:
             ch.is_onhold = False
         elif name == "CHANNEL_HANGUP" or name == "CHANNEL_HANGUP_COMPLETE":
             self._note_ending(ch, event)
+        elif name == "RECORD_START" or name == "RECORD_STOP":
+            self._recording(ch, event, name == "RECORD_START")
         partner = None
         if name == "CHANNEL_BRIDGE" or name == "CHANNEL_UNBRIDGE":
             partner = self._bridge(node, event, name == "CHANNEL_BRIDGE")
@@ -734,13 +525,13 @@ class ChannelTable:
         """Copy what this event says; headers it lacks leave the row as it was."""
         get = e.get
         v = get("Channel-Name")
-        if v and (v := _usable(v)) is not None:
+        if v and (v := usable(v)) is not None:
             ch.name = v
             if v.startswith("loopback/"):
                 ch.is_loopback = True
         if get("Answer-State") == "answered":
             ch.answered = True
-        created = _count(get("Caller-Channel-Created-Time"))
+        created = whole_number(get("Caller-Channel-Created-Time"))
         if created and created != ch.created_us:
             ch.created_us = created
             self._reorder(ch)
@@ -763,13 +554,14 @@ class ChannelTable:
                 ch.vars_seen = True
             elif found:
                 ch.ccvs = found
-        # _first(), inlined: this loop runs ~20 times per event on the ingest path.
+            self._details(ch, e)
+        # first(), inlined: this loop runs ~20 times per event on the ingest path.
         for attr, chain in chains:
             for header in chain:
                 v = get(header)
                 if v:
                     if v.__class__ is not str or len(v) > MAX_VALUE_CHARS:
-                        v = _usable(v)
+                        v = usable(v)
                         if v is None:
                             self._refuse(attr)
                             continue  # as if absent: the next header of the chain may say
@@ -779,6 +571,42 @@ class ChannelTable:
         if leg is not None and not is_uuid(leg):
             ch.loopback_other_leg = None
             self._refuse("loopback_other_leg")
+
+    def _details(self, ch: Channel, e: Event) -> None:
+        """The media and signalling details an event with variables carries (DETAIL_CHAINS)."""
+        details = ch.details
+        get = e.get
+        for key, chain in DETAIL_CHAINS:
+            for header in chain:
+                v = get(header)
+                if v:
+                    v = usable(v)
+                    if v is None:
+                        self._refuse(key)
+                        continue
+                    if key in NUMERIC_DETAILS:
+                        v = whole_number(v, 5)
+                        if v is None:
+                            self._refuse(key)
+                            continue
+                    if details is None:
+                        details = ch.details = {}
+                    details[key] = v
+                    break
+        for kind, header in SECURE_MEDIA:
+            if get(header) == "true":
+                if details is None:
+                    details = ch.details = {}
+                details["secure_media"] = kind
+                break
+
+    def _recording(self, ch: Channel, e: Event, started: bool) -> None:
+        path = usable(e.get("Record-File-Path"))
+        if path is None:
+            self._refuse("recording")
+            return
+        kept = tuple(p for p in ch.recordings if p != path)
+        ch.recordings = (*kept, path) if started else kept
 
     def _ccvs(self, e: Event) -> dict[str, Any] | None:
         prefix = self.identity.ccv_prefix

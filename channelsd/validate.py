@@ -121,6 +121,14 @@ is_media = _no_dot_segment(_kind(_MEDIA))
 is_file_path = _no_dot_segment(_kind(_FILE_PATH))
 
 
+def whole_number(value: object, digits: int = 18) -> int | None:
+    """A non-negative integer written in ASCII digits (at most `digits` of them, so that it
+    fits the 64 bits JSON consumers assume), or None. `str.isdigit` alone lets "²" and "١٧"
+    through, which int() then refuses or reads."""
+    ok = isinstance(value, str) and 0 < len(value) <= digits and value.isascii()
+    return int(value) if ok and value.isdigit() else None  # type: ignore[union-attr]
+
+
 def is_dialplan(value: object) -> bool:
     return _kind(_DIALPLAN)(value) and str(value).lower() not in _FORBIDDEN_DIALPLANS
 

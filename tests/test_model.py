@@ -95,8 +95,10 @@ class Node:
         self.link: Any = None
         # Something was lost since the last good reconcile: promise 2 waits for promise 3.
         self.dirty = False
-        # Calls whose destroy the daemon heard (a late event of theirs must not revive them).
-        self.heard_destroyed: list[str] = []
+        # Calls hung up by the test, in order, and those whose destroy the daemon heard (a
+        # late event of theirs must not revive them).
+        self.destroyed: list[str] = []
+        self.heard_destroyed: set[str] = set()
         # uuids a hostile switch lied about: their fields are unknowable until it says more.
         self.tainted: set[str] = set()
         self.barriers = 0
@@ -235,9 +237,11 @@ class TableModel(RuleBasedStateMachine):
         delivered = self.touch(n) and not lose_destroy
         n.switch.hangup(uuid)
         n.switch.drop_event_fraction = 0.0
+        after = live(n.switch)
+        gone = [u for u in before if u not in after]
+        n.destroyed += gone
         if delivered:
-            after = live(n.switch)
-            n.heard_destroyed += [u for u in before if u not in after]
+            n.heard_destroyed.update(gone)
 
     @precondition(lambda self: self.anything_live())
     @rule(data=st.data(), i=st.integers(0, 1), account=st.sampled_from(ACCOUNTS))
@@ -353,12 +357,10 @@ class TableModel(RuleBasedStateMachine):
     )
     def hostile(self, data: Any, i: int, kind: str) -> None:
         n = self.nodes[i]
-        if not self.touch(n):
-            return
+        # Everything is drawn before anything that depends on timing (is the daemon connected
+        # yet?): hypothesis must draw alike when it replays the example.
         rows = in_order(n.switch, live(n.switch))
-        if set(rows) - self.table.node_uuids(n.name):
-            n.dirty = True  # an event naming a live channel the daemon does not know adds it
-        event: dict[str, Any]
+        event: dict[str, Any] | None = None
         if kind in ("object", "huge") and rows:
             target = data.draw(st.sampled_from(rows))
             value: Any = {"$ne": None} if kind == "object" else "x" * 100_000
@@ -374,21 +376,23 @@ class TableModel(RuleBasedStateMachine):
         elif kind == "ghost":  # a channel the switch never had
             ghost = str(uuidlib.uuid4())
             event = {"Event-Name": "CHANNEL_CREATE", "Unique-ID": ghost, "variable_uuid": ghost}
-            n.dirty = True
         elif kind == "lying-rename" and len(rows) >= 2:
             old, new = data.draw(st.permutations(rows))[:2]
             event = {"Event-Name": "CHANNEL_UUID", "Unique-ID": new, "Old-Unique-ID": old}
-            n.dirty = True
-            n.tainted.add(new)
-        elif kind == "late" and n.heard_destroyed:
-            gone = data.draw(st.sampled_from(n.heard_destroyed))
-            event = {
-                "Event-Name": "CHANNEL_STATE",
-                "Unique-ID": gone,
-                "Channel-State": "CS_EXECUTE",
-            }
-        else:
+        elif kind == "late" and n.destroyed:
+            gone = data.draw(st.sampled_from(n.destroyed))
+            if gone in n.heard_destroyed:  # a late event of a call whose destroy it heard
+                event = {
+                    "Event-Name": "CHANNEL_STATE",
+                    "Unique-ID": gone,
+                    "Channel-State": "CS_EXECUTE",
+                }
+        if event is None or not self.touch(n):
             return
+        if set(rows) - self.table.node_uuids(n.name) or kind in ("ghost", "lying-rename"):
+            n.dirty = True  # the daemon now holds something the switch does not
+        if kind == "lying-rename":
+            n.tainted.add(event["Unique-ID"])
         n.switch.send_frames([json_frame(event)])
 
     # -- reconcile, and the promises ---------------------------------------------------------

@@ -7,9 +7,10 @@ import uuid as uuidlib
 
 import gevent
 
+from channelsd.channel import Channel
 from channelsd.listing import ListCache
 from channelsd.stream import Broker
-from channelsd.table import Channel, ChannelTable
+from channelsd.table import ChannelTable
 
 LIVE = 50
 CHURN = 3000
@@ -100,3 +101,24 @@ def test_tombstones_are_bounded_in_number_as_well_as_time() -> None:
     # The newest are the ones remembered: a late event of the last call cannot revive it.
     create(table, str(uuidlib.UUID(int=1000)), "acc1")
     assert len(table) == 0
+
+
+def test_ended_calls_are_kept_for_their_minutes_and_their_number_only() -> None:
+    from channelsd.ended import EndedCalls
+
+    clock = [1795847600.0]
+    table = ChannelTable(tombstone_ttl=3600)
+    ended = EndedCalls(keep_seconds=60, max_calls=100, clock=lambda: clock[0])
+    table.listen(ended.on_change)
+    before = reachable_channels()
+    for i in range(1000):
+        uuid = str(uuidlib.UUID(int=i + 1))
+        create(table, uuid, "acc1")
+        destroy(table, uuid)  # Hangup-Cause: an ending
+        clock[0] += 0.1
+    assert len(ended) == 100  # the number bound
+    clock[0] += 61
+    assert len(ended) == 0  # the age bound
+    assert reachable_channels() == before  # an ended call keeps its JSON, not the channel
+    table.remove("fs1", "never-hung-up")  # a removal without an ending is not a call that ended
+    assert len(ended) == 0

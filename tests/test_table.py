@@ -1,6 +1,7 @@
 """The channel table alone: plain data, no sockets (the captures' rules, one by one)."""
 
-from channelsd.table import GREGORIAN_OFFSET, ChannelTable, Identity
+from channelsd.channel import GREGORIAN_OFFSET
+from channelsd.table import ChannelTable, Identity
 
 A = "11111111-1111-4111-8111-111111111111"
 B = "22222222-2222-4222-8222-222222222222"

@@ -173,7 +173,7 @@ def test_a_rename_onto_an_existing_row_leaves_nothing_behind_in_any_list() -> No
 def test_a_rename_tells_the_streams_that_the_old_uuid_is_gone() -> None:
     t = ChannelTable()
     heard: list[tuple[str, str]] = []
-    t.listener = lambda kind, ch, _info: heard.append((kind, ch.uuid))
+    t.listen(lambda kind, ch, _info: heard.append((kind, ch.uuid)))
     t.apply("fs1", {"Event-Name": "CHANNEL_CREATE", "Unique-ID": U2, "variable_uuid": U2})
     heard.clear()
     t.apply("fs1", {"Event-Name": "CHANNEL_UUID", "Unique-ID": U1, "Old-Unique-ID": U2})
