@@ -169,7 +169,16 @@ class Actions:
         self.nodes = nodes
         self.cfg = cfg or ActionsConfig()
         self._clock = clock
-        self._recordings: dict[str, str] = {}  # uuid -> file being recorded
+        # Recordings this daemon started that the switch has not reported yet (RECORD_START
+        # is on its way on the event connection); the channel's own `recordings`, from the
+        # switch, are the truth otherwise. Forgotten with the channel, so nothing here grows
+        # with the calls ever recorded.
+        self._started: dict[tuple[str, str], str] = {}
+        table.listen(self._on_change)
+
+    def _on_change(self, kind: str, ch: Channel, info: Any) -> None:
+        if kind == "destroy" or info in ("RECORD_START", "RECORD_STOP"):
+            self._started.pop((ch.node, ch.uuid), None)
 
     # -- entry points ------------------------------------------------------------------------
 
@@ -473,7 +482,8 @@ class Actions:
 
     def _plan_record_call(self, ch: Channel, d: dict[str, Any], f: _Fields) -> Plan:
         uuid = f.row(ch, "uuid", "uuid")
-        current = self._recordings.get(uuid.text)
+        key = (ch.node, ch.uuid)
+        current = ch.recordings[-1] if ch.recordings else self._started.get(key)
         action = d["action"]
         if action == "toggle":
             action = "stop" if current else "start"
@@ -499,19 +509,22 @@ class Actions:
                 args.append(f.req("time_limit", "number", str(d["time_limit"])))
 
             def remember() -> None:
-                self._recordings[uuid.text] = path.text
+                if not ch.recordings:
+                    self._started[key] = path.text
 
             return Plan([Command("uuid_record", *args)], after=remember)
         if action == "stop":
 
             def forget() -> None:
-                self._recordings.pop(uuid.text, None)
+                self._started.pop(key, None)
 
-            target = gate.check("file-path", current, gate.DAEMON) if current else fixed("all")
+            target = (
+                gate.check("file-path", current, "channel.recording") if current else fixed("all")
+            )
             return Plan([Command("uuid_record", uuid, fixed("stop"), target)], forget)
         if not current:
             raise _state_error("action", "the channel is not being recorded")
-        path = gate.check("file-path", current, gate.DAEMON)
+        path = gate.check("file-path", current, "channel.recording")
         return Plan([Command("uuid_record", uuid, f.req("action", "keyword", action), path)])
 
     def _plan_resume(self, ch: Channel, d: dict[str, Any], f: _Fields) -> Plan:

@@ -99,7 +99,9 @@ class Node:
         # late event of theirs must not revive them).
         self.destroyed: list[str] = []
         self.heard_destroyed: set[str] = set()
-        # uuids a hostile switch lied about: their fields are unknowable until it says more.
+        # uuids a hostile switch lied about (a rename onto a live call): their fields stay
+        # unknowable (answered, once true, never goes back; a dump cannot undo it), their
+        # presence does not.
         self.tainted: set[str] = set()
         self.barriers = 0
         self.heard: set[str] = set()
@@ -412,7 +414,6 @@ class TableModel(RuleBasedStateMachine):
         n.link.reconcile()
         assert self.barrier(n)
         n.dirty = False
-        n.tainted.clear()
         self.assert_exact(n)
         # (the other node may be reconnecting meanwhile: only this one's rows hold still)
         api = sorted(c["uuid"] for c in self._system_list() if c["node"] == n.name)
