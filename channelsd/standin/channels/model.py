@@ -1,153 +1,22 @@
-"""Channel/call model of the stand-in switch.
-
-Every transition emits, in order, the events a FreeSWITCH 1.11 with loopback legs put on the wire
-in the captures (see tests/fixtures/captures/SUMMARY.txt for the per-leg sequences).  Where the
-captures interleave the legs of one call differently from run to run (dispatch threads race),
-one observed interleaving is used; the per-leg order always matches the captures.
-
-Traps reproduced on purpose, because a daemon has to cope with them:
-  * CHANNEL_STATE(CS_INIT) precedes CHANNEL_CREATE; CHANNEL_STATE(CS_DESTROY) follows
-    CHANNEL_DESTROY.
-  * originate with an origination uuid fires two CODEC events under a throwaway uuid and then
-    CHANNEL_UUID (Old-Unique-ID -> Unique-ID).
-  * CHANNEL_HANGUP can precede CHANNEL_UNPARK / CHANNEL_EXECUTE_COMPLETE of the running app.
-  * CHANNEL_BRIDGE / CHANNEL_UNBRIDGE fire once, on the leg that ran ``bridge``.
-  * Channel-State-Number is the *requested* state, so it runs ahead of Channel-State.
-  * att_xfer (reference notes §2): a consulting transferor has two bridges at once, and a
-    Bridge-A transferor that hangs up to complete the transfer becomes a zombie -- listed, but
-    gone for uuid_* commands -- until the target<->transferee bridge ends.
-"""
+"""The call model: every channel of one switch and the transitions between their states."""
 
 from __future__ import annotations
 
 import itertools
 import re
 import time
-import uuid as uuidlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from . import templates
-from .events import TIME_FIELDS, EventBuilder, now_us
-from .protocol import Event, Header
+from .. import templates
+from ..events import TIME_FIELDS, EventBuilder, now_us
+from ..protocol import Event, Header
+from .leg import Channel, SwitchError, new_uuid
+from .tables import CALLSTATE_NUMBERS, CAUSES, STATE_NUMBERS, str2cause
 
-STATE_NUMBERS = {
-    "CS_NEW": 0,
-    "CS_INIT": 1,
-    "CS_ROUTING": 2,
-    "CS_SOFT_EXECUTE": 3,
-    "CS_EXECUTE": 4,
-    "CS_EXCHANGE_MEDIA": 5,
-    "CS_PARK": 6,
-    "CS_CONSUME_MEDIA": 7,
-    "CS_HIBERNATE": 8,
-    "CS_RESET": 9,
-    "CS_HANGUP": 10,
-    "CS_REPORTING": 11,
-    "CS_DESTROY": 12,
-    "CS_NONE": 13,
-}
-CALLSTATE_NUMBERS = {
-    "DOWN": 0,
-    "DIALING": 1,
-    "RINGING": 2,
-    "EARLY": 3,
-    "ACTIVE": 4,
-    "HELD": 5,
-    "RING_WAIT": 6,
-    "HANGUP": 7,
-    "UNHELD": 8,
-}
-
-# switch_channel.c cause table (name -> Q.850 / FreeSWITCH code).
-CAUSES = {
-    "NONE": 0,
-    "UNALLOCATED_NUMBER": 1,
-    "NO_ROUTE_TRANSIT_NET": 2,
-    "NO_ROUTE_DESTINATION": 3,
-    "CHANNEL_UNACCEPTABLE": 6,
-    "CALL_AWARDED_DELIVERED": 7,
-    "NORMAL_CLEARING": 16,
-    "USER_BUSY": 17,
-    "NO_USER_RESPONSE": 18,
-    "NO_ANSWER": 19,
-    "SUBSCRIBER_ABSENT": 20,
-    "CALL_REJECTED": 21,
-    "NUMBER_CHANGED": 22,
-    "REDIRECTION_TO_NEW_DESTINATION": 23,
-    "EXCHANGE_ROUTING_ERROR": 25,
-    "DESTINATION_OUT_OF_ORDER": 27,
-    "INVALID_NUMBER_FORMAT": 28,
-    "FACILITY_REJECTED": 29,
-    "RESPONSE_TO_STATUS_ENQUIRY": 30,
-    "NORMAL_UNSPECIFIED": 31,
-    "NORMAL_CIRCUIT_CONGESTION": 34,
-    "NETWORK_OUT_OF_ORDER": 38,
-    "NORMAL_TEMPORARY_FAILURE": 41,
-    "SWITCH_CONGESTION": 42,
-    "ACCESS_INFO_DISCARDED": 43,
-    "REQUESTED_CHAN_UNAVAIL": 44,
-    "PRE_EMPTED": 45,
-    "FACILITY_NOT_SUBSCRIBED": 50,
-    "OUTGOING_CALL_BARRED": 52,
-    "INCOMING_CALL_BARRED": 54,
-    "BEARERCAPABILITY_NOTAUTH": 57,
-    "BEARERCAPABILITY_NOTAVAIL": 58,
-    "SERVICE_UNAVAILABLE": 63,
-    "BEARERCAPABILITY_NOTIMPL": 65,
-    "CHAN_NOT_IMPLEMENTED": 66,
-    "FACILITY_NOT_IMPLEMENTED": 69,
-    "SERVICE_NOT_IMPLEMENTED": 79,
-    "INVALID_CALL_REFERENCE": 81,
-    "INCOMPATIBLE_DESTINATION": 88,
-    "INVALID_MSG_UNSPECIFIED": 95,
-    "MANDATORY_IE_MISSING": 96,
-    "MESSAGE_TYPE_NONEXIST": 97,
-    "WRONG_MESSAGE": 98,
-    "IE_NONEXIST": 99,
-    "INVALID_IE_CONTENTS": 100,
-    "WRONG_CALL_STATE": 101,
-    "RECOVERY_ON_TIMER_EXPIRE": 102,
-    "MANDATORY_IE_LENGTH_ERROR": 103,
-    "PROTOCOL_ERROR": 111,
-    "INTERWORKING": 127,
-    "SUCCESS": 142,
-    "ORIGINATOR_CANCEL": 487,
-    "CRASH": 700,
-    "SYSTEM_SHUTDOWN": 701,
-    "LOSE_RACE": 702,
-    "MANAGER_REQUEST": 703,
-    "BLIND_TRANSFER": 800,
-    "ATTENDED_TRANSFER": 801,
-    "ALLOTTED_TIMEOUT": 802,
-    "USER_CHALLENGE": 803,
-    "MEDIA_TIMEOUT": 804,
-    "PICKED_OFF": 805,
-    "USER_NOT_REGISTERED": 806,
-    "PROGRESS_TIMEOUT": 807,
-    "INVALID_GATEWAY": 808,
-    "GATEWAY_DOWN": 809,
-    "INVALID_URL": 810,
-    "INVALID_PROFILE": 811,
-    "NO_PICKUP": 812,
-    "SRTP_READ_ERROR": 813,
-}
-_CAUSE_BY_CODE = {v: k for k, v in CAUSES.items()}
 # Order FreeSWITCH adds the CDR variables in at reporting time (from the captures).
 _CDR_RANK = {name: i for i, name in enumerate(templates.load()["cdr_variables"])}
-
-
-def str2cause(text: str | None, default: str = "NORMAL_CLEARING") -> str:
-    """switch_channel_str2cause: names are case-insensitive, numbers are Q.850 codes, an
-    unknown name silently becomes NORMAL_CLEARING (verified on a real switch)."""
-    if not text:
-        return default
-    text = text.strip()
-    if text.isdigit():
-        return _CAUSE_BY_CODE.get(int(text), "UNKNOWN")
-    name = text.upper()
-    return name if name in CAUSES else "NORMAL_CLEARING"
 
 
 # The capture switch's dialplan (context "default"); any other extension answers and parks.
@@ -190,10 +59,6 @@ def plan_for(dest: str, answer: bool = True) -> list[tuple[str, str]] | None:
     return list(DEFAULT_ANSWERED if answer else DEFAULT_RINGING)
 
 
-def new_uuid() -> str:
-    return str(uuidlib.uuid4())
-
-
 def split_broadcast(path: str) -> tuple[str, str]:
     """``app::args`` of a uuid_broadcast path; a plain path means playback of that path."""
     app, sep, data = path.partition("::")
@@ -220,100 +85,6 @@ def parse_loopback(dialstring: str) -> tuple[dict[str, str], str, str] | None:
 
 
 @dataclass(eq=False)
-class Channel:
-    """One call leg.  ``variables`` holds channel variables without the ``variable_`` prefix,
-    in FreeSWITCH's order: setting a variable moves it to the end, as the captures show."""
-
-    uuid: str
-    name: str
-    direction: str
-    created_us: int
-    variables: dict[str, Any] = field(default_factory=dict)
-    state: str = "CS_NEW"
-    state_number: int = 0
-    call_state: str = "DOWN"
-    answer_state: str = "ringing"
-    hit_dialplan: bool = False
-    hangup_cause: str | None = None
-    codecs: int = 0
-    profile: dict[str, str] = field(default_factory=dict)
-    times: dict[str, int] = field(default_factory=dict)
-    other_type: str | None = None
-    other_profile: dict[str, str] | None = None
-    loopback_peer: str | None = None
-    bridge_peer: str | None = None
-    bridge_side: str | None = None  # "A" runs bridge and fires BRIDGE/UNBRIDGE, "B" is bridged
-    app: str = ""
-    app_data: str = ""
-    app_uuid: str = ""
-    app_running: bool = False
-    last_app: tuple[str, str] | None = None
-    session_id: int = 0
-    # what `show channels` lists: the last CHANNEL_EXECUTE, stale afterwards (reference §0.3)
-    sql_app: str = ""
-    sql_app_data: str = ""
-    # apps a broadcast interrupted: (app, data, app_uuid, running, parked), innermost last
-    app_stack: list[tuple[str, str, str, bool, bool]] = field(default_factory=list)
-    holding: str | None = None  # partner playing hold music for this leg's broadcast
-    parked: bool = False
-    playing: str | None = None
-    broadcast_queue: list[tuple[str, str, str | None]] = field(default_factory=list)
-    dialplan: list[tuple[str, str]] = field(default_factory=list)
-    start_app: tuple[str, str] | None = None  # originate's &app(), run once answered/early
-    held: bool = False
-    recordings: list[str] = field(default_factory=list)
-    hungup: bool = False
-    torn_down: bool = False
-    destroyed: bool = False
-    sql_call_uuid: str = ""
-    callee_direction: str = ""
-    initial: dict[str, str] = field(default_factory=dict)
-    presence_count: int = 0
-    bridge_created_epoch: str = ""
-    _caller_cache: list[Header] | None = field(default=None, repr=False)
-
-    # -- read-only conveniences for callers ------------------------------------------------
-    @property
-    def answered(self) -> bool:
-        return self.times.get("Channel-Answered-Time", 0) > 0
-
-    @property
-    def other_leg(self) -> str | None:
-        """Current bridge partner, else the Other-Leg-Unique-ID this leg's events carry."""
-        if self.bridge_peer:
-            return self.bridge_peer
-        if self.other_profile:
-            return self.other_profile.get("Unique-ID")
-        return None
-
-    @property
-    def call_uuid(self) -> str:
-        return str(self.variables.get("call_uuid") or self.uuid)
-
-    @property
-    def alive(self) -> bool:
-        """uuid_* commands find the channel (switch_core_session_locate succeeds)."""
-        return not self.hungup and not self.destroyed
-
-    # -- mutation helpers that keep the caller-profile cache honest ----------------------------
-    def set_var(self, name: str, value: Any) -> None:
-        self.variables.pop(name, None)
-        self.variables[name] = value
-
-    def del_var(self, name: str) -> None:
-        self.variables.pop(name, None)
-
-    def set_profile(self, **fields: str) -> None:
-        for k, v in fields.items():
-            self.profile[k.replace("_", "-")] = v
-        self._caller_cache = None
-
-    def set_time(self, name: str, value: int) -> None:
-        self.times[name] = value
-        self._caller_cache = None
-
-
-@dataclass(eq=False)
 class AttXfer:
     """One att_xfer consultation (reference §2): the transferor runs att_xfer nested in its
     bridge with the transferee, and dials the target."""
@@ -327,14 +98,6 @@ class AttXfer:
     saved_call_uuid: str
     target: str | None = None
     answered: bool = False
-
-
-class SwitchError(Exception):
-    """A command failed; ``reply`` is the exact api body FreeSWITCH answers."""
-
-    def __init__(self, reply: str) -> None:
-        super().__init__(reply)
-        self.reply = reply
 
 
 class CallModel:
