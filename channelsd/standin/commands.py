@@ -16,7 +16,7 @@ import gevent
 import gevent.event
 
 from . import listings
-from .channels import CallModel, Channel, SwitchError, new_uuid, str2cause
+from .channels import CallModel, SwitchError, new_uuid, str2cause
 
 if TYPE_CHECKING:
     from .server import StandinSwitch
@@ -153,15 +153,6 @@ class Api:
     def model(self) -> CallModel:
         return self.sw.model
 
-    def _live(self) -> list[Channel]:
-        return [ch for ch in self.model.channels.values() if not ch.destroyed]
-
-    def _find(self, uid: str, reply: str = NO_CHANNEL) -> Channel:
-        ch = self.model.channels.get(uid)
-        if ch is None or not ch.alive:
-            raise SwitchError(reply)
-        return ch
-
     # -- listings -----------------------------------------------------------------------------
     def show(self, arg: str) -> str | bytes:
         words = arg.split()
@@ -179,7 +170,7 @@ class Api:
             return SQL_DISABLED
         host = self.sw.hostname
         if what == "channels":
-            live = [ch for ch in self._live() if ch.uuid not in self.sw.hide_from_listing]
+            live = [ch for ch in self.model.live() if ch.uuid not in self.sw.hide_from_listing]
             if rest[:1] == ["like"] and len(words) > 2:
                 needle = words[2]
                 live = [
@@ -191,12 +182,12 @@ class Api:
         if what in ("calls", "detailed_calls", "bridged_calls", "detailed_bridged_calls"):
             detailed = what.startswith("detailed")
             bridged = "bridged" in what
-            return listings.show_calls(self._live(), host, fmt, detailed, bridged)
+            return listings.show_calls(self.model.live(), host, fmt, detailed, bridged)
         return SHOW_USAGE
 
     def status(self, arg: str) -> str:
         up_us = time.time_ns() // 1000 - self.sw.started_us
-        live = len(self._live())
+        live = len(self.model.live())
         m = self.model
         return (
             f"UP {uptime_text(up_us)}\n"
@@ -217,14 +208,13 @@ class Api:
 
     # -- channel queries ------------------------------------------------------------------------
     def uuid_exists(self, arg: str) -> str:
-        ch = self.model.channels.get(arg.strip())
-        return "true" if ch is not None and ch.alive else "false"
+        return "true" if self.model.locate(arg.strip()) is not None else "false"
 
     def uuid_getvar(self, arg: str) -> str:
         args = separate(arg, 2)
         if not args:
             return "-USAGE: <uuid> <var>\n"
-        ch = self._find(args[0])
+        ch = self.model.get(args[0])
         if len(args) < 2 or not args[1]:
             return "-ERR No variable name specified!\n"
         value = ch.variables.get(args[1])
@@ -238,7 +228,7 @@ class Api:
         args = separate(arg, 3)
         if len(args) < 2:
             return "-USAGE: <uuid> <var> [value]\n"
-        ch = self._find(args[0])
+        ch = self.model.get(args[0])
         if not args[1]:
             return "-ERR No variable specified\n"
         value = args[2] if len(args) > 2 else None
@@ -249,7 +239,7 @@ class Api:
         args = arg.split()
         if not args:
             return b"-USAGE: <uuid> [format]\n"
-        ch = self._find(args[0])
+        ch = self.model.get(args[0])
         if len(args) > 1 and args[1] == "json":
             return listings.uuid_dump_json(self.sw.builder, ch)
         return listings.uuid_dump_text(self.sw.builder, ch)
@@ -259,13 +249,13 @@ class Api:
         args = separate(arg, 2)
         if not args:
             return "-USAGE: <uuid> [cause]\n"
-        ch = self._find(args[0])
+        ch = self.model.get(args[0])
         self.model.hangup(ch.uuid, str2cause(args[1] if len(args) > 1 else None))
         return "+OK\n"
 
     def uuid_answer(self, arg: str) -> str:
-        ch = self.model.channels.get(arg.strip())
-        if ch is None or not ch.alive:
+        ch = self.model.locate(arg.strip())
+        if ch is None:
             return "-ERROR\n"
         self.model.answer(ch.uuid)
         return "+OK\n"
@@ -273,7 +263,7 @@ class Api:
     def uuid_park(self, arg: str) -> str:
         if not arg.strip():
             return "-USAGE: <uuid>\n"
-        ch = self._find(arg.split()[0])
+        ch = self.model.get(arg.split()[0])
         self.model.park(ch.uuid)
         return "+OK\n"
 
@@ -281,7 +271,7 @@ class Api:
         args = arg.split()
         if not args:
             return "-USAGE: <uuid> [all]\n"
-        ch = self._find(args[0])
+        ch = self.model.get(args[0])
         self.model.break_media(ch.uuid, all_="all" in args[1:])
         return "+OK\n"
 
@@ -289,7 +279,7 @@ class Api:
         args = separate(arg, 5)
         if len(args) < 2:
             return TRANSFER_USAGE
-        ch = self._find(args[0])
+        ch = self.model.get(args[0])
         leg = ""
         if args[1] in ("-bleg", "-both"):
             leg = args[1]
@@ -319,8 +309,8 @@ class Api:
             mode = args.pop(0)
         if not args:
             return "-USAGE: [off|toggle] <uuid> [<display>]\n-ERR Operation failed\n"
-        ch = self.model.channels.get(args[0])
-        if ch is None or not ch.alive:
+        ch = self.model.locate(args[0])
+        if ch is None:
             return "+OK Success\n"  # captured: an unknown uuid still answers +OK Success
         if mode == "toggle":
             mode = "off" if ch.held else "on"
@@ -334,19 +324,18 @@ class Api:
         args = arg.split()
         if len(args) < 2:
             return "-USAGE: <uuid> <other_uuid>\n"
-        a = self._find(args[0], "-ERR Invalid uuid\n")
+        a = self.model.get(args[0], "-ERR Invalid uuid\n")
         b_uuid = args[1]
-        b = self.model.channels.get(b_uuid)
-        if (b is None or not b.alive) and len(args) > 2:
+        if self.model.locate(b_uuid) is None and len(args) > 2:
             b_uuid = args[2]
-        b = self._find(b_uuid, "-ERR Invalid uuid\n")
+        b = self.model.get(b_uuid, "-ERR Invalid uuid\n")
         return f"+OK {self.model.uuid_bridge(a.uuid, b.uuid)}\n"
 
     def uuid_broadcast(self, arg: str) -> str:
         args = separate(arg, 3)
         if len(args) < 2:
             return "-USAGE: <uuid> <path> [aleg|bleg|holdb|both]\n"
-        ch = self._find(args[0], "-ERR invalid uuid\n")
+        ch = self.model.get(args[0], "-ERR invalid uuid\n")
         # no leg word is not "aleg": the partner is held with hold music (reference §5.1)
         self.model.broadcast(ch.uuid, args[1], args[2] if len(args) > 2 else None)
         return "+OK Message sent\n"
@@ -358,7 +347,7 @@ class Api:
         args = separate(arg, 2)
         if len(args) < 2 or not args[1]:
             return "-USAGE: <uuid> <dtmf_data>\n"
-        ch = self._find(args[0])
+        ch = self.model.get(args[0])
         self.model.recv_dtmf(ch.uuid, args[1])
         return f"+OK {ch.uuid} received DTMF {args[1]}.\n"
 
@@ -378,7 +367,7 @@ class Api:
         args = arg.split()
         if len(args) < 2 or args[1] not in ("start", "stop"):
             return "-USAGE: <uuid> [start [read|write] [mute|level <level>]|stop]\n"
-        self._find(args[0])
+        self.model.get(args[0])
         return "+OK\n"
 
     def hupall(self, arg: str) -> str:

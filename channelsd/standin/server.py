@@ -357,7 +357,7 @@ class StandinSwitch:
 
     def set_variable(self, uuid: str, name: str, value: Any) -> None:
         """Like ``uuid_setvar`` from another ESL client: only an API event, no channel event."""
-        self.model._get(uuid)
+        self.model.get(uuid)
         arg = f"{uuid} {name}" + ("" if value is None else f" {value}")
         self.emit(
             self.builder.simple(
@@ -370,7 +370,7 @@ class StandinSwitch:
         """HEARTBEAT (Session-Count = live channels) followed by its RE_SCHEDULE, as captured."""
         up = now_us() - self.started_us
         m = self.model
-        live = sum(1 for ch in m.channels.values() if not ch.destroyed)
+        live = len(m.live())
         self.emit(
             self.builder.simple(
                 "HEARTBEAT",
@@ -623,8 +623,7 @@ class StandinSwitch:
 
     def _cmd_sendmsg(self, conn: Connection, rest: str, packet: Packet) -> None:
         uid = rest.strip()
-        ch = self.model.channels.get(uid)
-        if ch is None or not ch.alive:
+        if self.model.locate(uid) is None:
             conn.send(protocol.command_reply(f"-ERR invalid session id [{uid}]"))
             return
         headers = {k.lower(): v for k, v in packet.headers.items()}

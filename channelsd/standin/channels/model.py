@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -10,8 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import templates
-from ..events import TIME_FIELDS, EventBuilder, now_us
-from ..protocol import Event, Header
+from ..events import TIME_FIELDS, now_us
+from ..protocol import Header
+from .base import ModelBase
 from .leg import Channel, SwitchError, new_uuid
 from .tables import CALLSTATE_NUMBERS, CAUSES, STATE_NUMBERS, str2cause
 
@@ -100,25 +100,8 @@ class AttXfer:
     answered: bool = False
 
 
-class CallModel:
+class CallModel(ModelBase):
     """All channels of one switch and the transitions between their states."""
-
-    def __init__(self, builder: EventBuilder, emit: Callable[[Event], None]) -> None:
-        self.b = builder
-        self.emit = emit
-        self.channels: dict[str, Channel] = {}
-        self._session_ids = itertools.count(1)
-        self.sessions_since_startup = 0
-        self.peak = 0
-        self._deferred: list[Callable[[], None]] = []
-        self._answer_waiters: dict[str, list[Callable[[], None]]] = {}
-        # att_xfer consultations by transferor uuid, and zombie transferors (reference §2.6)
-        # -> the (target, transferee) bridge whose end finally tears them down
-        self.attxfers: dict[str, AttXfer] = {}
-        self.zombies: dict[str, AttXfer] = {}
-        # None: a Bridge-A transferor turns zombie unless the transferee had playable hold
-        # music (what the reference saw); True/False forces it either way for tests
-        self.attxfer_zombie: bool | None = None
 
     # ------------------------------------------------------------------ event helpers
     def _ev(
@@ -620,7 +603,7 @@ class CallModel:
 
     def answer(self, uid: str) -> None:
         """Answer a ringing leg (and its loopback twin / the bridge waiting on it)."""
-        ch = self._get(uid)
+        ch = self.get(uid)
         if ch.bridge_side == "A" and not ch.bridge_peer:
             # answering a caller that waits in ``bridge`` means its callee picked up
             callee = next(
@@ -639,7 +622,7 @@ class CallModel:
         self._answer(ch)
         self._flush_deferred()
         if xf is not None and role == "target":
-            if not xf.answered and self._alive(xf.target):
+            if not xf.answered and self.locate(xf.target):
                 self._attxfer_connect(xf)
             return
         if caller is not None and caller.bridge_side == "A" and not caller.bridge_peer:
@@ -878,7 +861,7 @@ class CallModel:
     # ------------------------------------------------------------------ hangup
     def hangup(self, uid: str, cause: str = "NORMAL_CLEARING") -> None:
         """Full hangup sequence of ``uid``; loopback twins and bridge partners go down too."""
-        ch = self._get(uid)
+        ch = self.get(uid)
         self._teardown(ch, cause)
 
     def hupall(self, cause: str = "MANAGER_REQUEST", match: tuple[str, str] | None = None) -> None:
@@ -1108,7 +1091,7 @@ class CallModel:
 
     # ------------------------------------------------------------------ other controls
     def set_variable(self, uid: str, name: str, value: Any) -> None:
-        ch = self._get(uid)
+        ch = self.get(uid)
         if value is None or value == "":
             ch.del_var(name)
         else:
@@ -1117,7 +1100,7 @@ class CallModel:
     def hold(self, uid: str) -> None:
         """Hold a leg the way a SIP endpoint reports it: CALLSTATE HELD + CHANNEL_HOLD.
         (No capture contains hold; shape derived from CHANNEL_PARK, see templates.)"""
-        ch = self._get(uid)
+        ch = self.get(uid)
         if ch.held:
             raise SwitchError("-ERR Operation failed\n")
         ch.held = True
@@ -1126,7 +1109,7 @@ class CallModel:
         self._ev(ch, "CHANNEL_HOLD")
 
     def unhold(self, uid: str) -> None:
-        ch = self._get(uid)
+        ch = self.get(uid)
         if not ch.held:
             raise SwitchError("-ERR Operation failed\n")
         ch.held = False
@@ -1139,7 +1122,7 @@ class CallModel:
 
     def park(self, uid: str) -> None:
         """uuid_park: leave the running app and sit in CS_PARK (CHANNEL_PARK, no EXECUTE)."""
-        ch = self._get(uid)
+        ch = self.get(uid)
         if ch.parked:
             return
         self._attxfer_forget(ch)
@@ -1156,7 +1139,7 @@ class CallModel:
 
     def break_media(self, uid: str, all_: bool = False) -> None:
         """uuid_break: stop the current playback; the dialplan moves on (s3_break)."""
-        ch = self._get(uid)
+        ch = self.get(uid)
         if all_:
             ch.broadcast_queue.clear()
         if ch.playing is None:
@@ -1169,7 +1152,7 @@ class CallModel:
         """uuid_broadcast <uuid> <path> [leg] (reference §5.1).  ``app::args`` runs that app
         (playback, speak, say, att_xfer); no leg word means aleg plus the partner held with its
         hold_music; an unknown leg word plays nothing."""
-        ch = self._get(uid)
+        ch = self.get(uid)
         partner = self._partner(ch)
         hold: Channel | None = None
         if leg is None:
@@ -1189,7 +1172,7 @@ class CallModel:
     def execute_app(self, uid: str, app: str, data: str) -> None:
         """sendmsg call-command: execute; the reference saw the same events for att_xfer as
         ``uuid_broadcast <uuid> att_xfer::<data> aleg``."""
-        self._run_broadcast(self._get(uid), app, data, None)
+        self._run_broadcast(self.get(uid), app, data, None)
 
     def _run_broadcast(self, t: Channel, app: str, data: str, hold: Channel | None) -> None:
         if t.playing is not None:
@@ -1378,10 +1361,10 @@ class CallModel:
     def _attxfer_target_gone(self, xf: AttXfer) -> None:
         """T has been torn down (killed, hung up, cancel key, no route)."""
         self.attxfers.pop(xf.transferor, None)
-        x = self._alive(xf.transferor)
+        x = self.locate(xf.transferor)
         if x is None:
             return
-        y = self._alive(xf.transferee)
+        y = self.locate(xf.transferee)
         if not xf.answered or y is None:
             self._attxfer_resume(xf, x, y, ringing=not xf.answered)
             return
@@ -1402,7 +1385,7 @@ class CallModel:
         if not announced and not x.hungup:
             self._announce_hangup(x, cause)
         cause = x.hangup_cause or cause
-        t, y = self._alive(xf.target), self._alive(xf.transferee)
+        t, y = self.locate(xf.target), self.locate(xf.transferee)
         unwound = False
         if t is not None and y is not None and xf.answered:
             self._attxfer_complete(x, t, y)
@@ -1487,10 +1470,10 @@ class CallModel:
         att_xfer keys have a modelled effect (reference §2.5); they work once the target has
         answered, read from the transferor's variables, else the target's.  Other digits
         would reach the target as DTMF, which no capture shows, so nothing is fired."""
-        ch = self._get(uid)
+        ch = self.get(uid)
         for digit in digits:
             xf = self.attxfers.get(ch.uuid)
-            t = self._alive(xf.target) if xf is not None and xf.answered else None
+            t = self.locate(xf.target) if xf is not None and xf.answered else None
             if t is None or not ch.alive:
                 continue
             # Not observed, read in FreeSWITCH-derived att_xfer code (Kazoo's kz_att_xfer): a
@@ -1510,7 +1493,7 @@ class CallModel:
         self, uid: str, dest: str, dialplan: str = "XML", context: str = "default"
     ) -> None:
         """uuid_transfer of one leg (s2_transfer); the other party of a bridge hangs up."""
-        ch = self._get(uid)
+        ch = self.get(uid)
         self._attxfer_forget(ch)
         partner = self.channels.get(ch.bridge_peer or "")
         if partner is not None and ch.bridge_side == "A":
@@ -1608,7 +1591,7 @@ class CallModel:
     def record(self, uid: str, action: str, path: str) -> None:
         """uuid_record start|stop|mask|unmask|pause|resume <path>; RECORD_START/STOP events
         (shape derived from PLAYBACK_START/STOP: no capture has them)."""
-        ch = self._get_or(uid, "-ERR Cannot locate session!\n")
+        ch = self.get(uid, "-ERR Cannot locate session!\n")
         if action == "start":
             ch.recordings.append(path)
             self._ev(ch, "RECORD_START", post=[("Record-File-Path", path)])
@@ -1627,8 +1610,8 @@ class CallModel:
 
     def uuid_bridge(self, uid_a: str, uid_b: str) -> str:
         """uuid_bridge of two parked legs (s6: UNPARK, EXECUTE uuid_bridge x2, BRIDGE)."""
-        a = self._get_or(uid_a, "-ERR Invalid uuid\n")
-        b = self._get_or(uid_b, "-ERR Invalid uuid\n")
+        a = self.get(uid_a, "-ERR Invalid uuid\n")
+        b = self.get(uid_b, "-ERR Invalid uuid\n")
         for leg in (a, b):
             self._attxfer_forget(leg)
         for leg, other in ((a, b), (b, a)):
@@ -1665,35 +1648,8 @@ class CallModel:
         self._state(b, "CS_EXCHANGE_MEDIA")
         return b.uuid
 
-    # ------------------------------------------------------------------ lookups
-    def _peer(self, ch: Channel, alive_only: bool = True) -> Channel | None:
-        peer = self.channels.get(ch.loopback_peer or "")
-        if peer is None or (alive_only and not peer.alive):
-            return None
-        return peer
-
-    def _get(self, uid: str) -> Channel:
-        return self._get_or(uid, "-ERR No such channel!\n")
-
-    def _alive(self, uid: str | None) -> Channel | None:
-        ch = self.channels.get(uid or "")
-        return ch if ch is not None and ch.alive else None
-
-    def _partner(self, ch: Channel) -> Channel | None:
-        """The bridge partner (what ``bridge_to`` names)."""
-        return self._alive(ch.bridge_peer)
-
-    def _get_or(self, uid: str, reply: str) -> Channel:
-        ch = self.channels.get(uid)
-        if ch is None or not ch.alive:
-            raise SwitchError(reply)
-        return ch
-
     def on_answer(self, uid: str, callback: Callable[[], None]) -> None:
         self._answer_waiters.setdefault(uid, []).append(callback)
-
-    def live(self) -> list[Channel]:
-        return [ch for ch in self.channels.values() if not ch.destroyed]
 
     def sessions_per_second(self) -> int:
         cutoff = now_us() - 1_000_000
