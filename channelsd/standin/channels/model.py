@@ -10,6 +10,14 @@ from typing import Any
 
 from .. import templates
 from ..events import TIME_FIELDS, now_us
+from .dialplan import (
+    DEFAULT_ANSWERED,
+    DIALPLAN,
+    NO_ROUTE,
+    DialplanMixin,
+    dialplan_app,
+    plan_for,
+)
 from .fire import FireMixin
 from .leg import Channel, SwitchError, new_uuid
 from .tables import CAUSES, STATE_NUMBERS, str2cause
@@ -18,44 +26,12 @@ from .tables import CAUSES, STATE_NUMBERS, str2cause
 _CDR_RANK = {name: i for i, name in enumerate(templates.load()["cdr_variables"])}
 
 
-# The capture switch's dialplan (context "default"); any other extension answers and parks.
-TONE = "tone_stream://%(1000,0,350);loops=-1"
-DIALPLAN: dict[str, list[tuple[str, str]]] = {
-    "9000": [("answer", ""), ("playback", TONE), ("park", "")],
-    "9001": [("answer", ""), ("echo", "")],
-    "9002": [("bridge", "loopback/9000/default")],
-    "9003": [("answer", ""), ("park", "")],
-    "9004": [("ring_ready", ""), ("park", "")],
-    "9005": [
-        ("answer", ""),
-        ("playback", "tone_stream://%(500,500,440);loops=5"),
-        ("playback", "tone_stream://%(500,500,480);loops=5"),
-        ("playback", "tone_stream://%(500,500,620);loops=5"),
-        ("park", ""),
-    ],
-    "9009": [("hangup", "USER_BUSY")],
-}
-NO_ROUTE = {"9999"}
-DEFAULT_ANSWERED = [("answer", ""), ("park", "")]
-DEFAULT_RINGING = [("ring_ready", ""), ("park", "")]
 # The capture switch's global hold_music; reference §2.3/§4.4: it was not a playable stream there.
 GLOBAL_HOLD_MUSIC = "local_stream://moh"
 # Apps a uuid_broadcast ``app::args`` path runs.  Any other ``x::y`` is still read as a file to
 # play: the reference and the captures say nothing about an unknown app in a broadcast.
 BROADCAST_APPS = frozenset({"playback", "speak", "say", "att_xfer"})
 _VARS_BLOCK = re.compile(r"^\{([^}]*)\}")
-
-
-def plan_for(dest: str, answer: bool = True) -> list[tuple[str, str]] | None:
-    """Applications the -b leg of loopback/<dest> runs; None means no route."""
-    if dest in NO_ROUTE:
-        return None
-    if dest in DIALPLAN:
-        plan = list(DIALPLAN[dest])
-        if not answer and plan and plan[0][0] == "answer":
-            return list(DEFAULT_RINGING)
-        return plan
-    return list(DEFAULT_ANSWERED if answer else DEFAULT_RINGING)
 
 
 def split_broadcast(path: str) -> tuple[str, str]:
@@ -99,7 +75,7 @@ class AttXfer:
     answered: bool = False
 
 
-class CallModel(FireMixin):
+class CallModel(DialplanMixin, FireMixin):
     """All channels of one switch and the transitions between their states."""
 
     # ------------------------------------------------------------------ leg creation
@@ -322,65 +298,52 @@ class CallModel(FireMixin):
         ch.set_var("call_uuid", ch.variables.get("call_uuid", ch.uuid))
         self._state(ch, "CS_EXECUTE")
 
-    # ------------------------------------------------------------------ dialplan interpreter
-    def _continue(self, ch: Channel) -> None:
-        """Run ``ch``'s queued applications until one blocks (park, playback, echo, bridge)."""
-        while ch.dialplan and ch.alive:
-            app, data = ch.dialplan.pop(0)
-            if self._run_app(ch, app, data):
-                break
-        self._flush_deferred()
+    # ------------------------------------------------------------------ dialplan apps
+    @dialplan_app("answer")
+    def _app_answer(self, ch: Channel, data: str) -> bool:
+        self._execute(ch, "answer")
+        if not ch.answered:
+            self._answer(ch)
+        ch.set_var("endpoint_disposition", "ANSWER")
+        self._execute_complete(ch)
+        return False
 
-    def _run_app(self, ch: Channel, app: str, data: str) -> bool:
-        """Execute one app; True when the app keeps running (the leg blocks in it)."""
-        if app == "answer":
-            self._execute(ch, "answer")
-            if not ch.answered:
-                self._answer(ch)
-            ch.set_var("endpoint_disposition", "ANSWER")
-            self._execute_complete(ch)
-            return False
-        if app == "ring_ready":
-            self._execute(ch, "ring_ready")
-            self._ring(ch)
-            self._execute_complete(ch)
-            return False
-        if app == "playback":
-            self._execute(ch, "playback", data)
-            # the playback code re-sets current_application (it moves to the end, as captured)
-            ch.set_var("current_application", "playback")
-            ch.playing = data
-            self._playback_event(ch, "PLAYBACK_START", data, None)
-            return True
-        if app == "park":
-            self._execute(ch, "park")
-            self._park_event(ch)
-            return True
-        if app == "echo":
-            self._execute(ch, "echo")
-            return True
-        if app == "hangup":
-            self._execute(ch, "hangup", data)
-            self.hangup(ch.uuid, str2cause(data))
-            return True
-        if app == "intercept":
-            self._execute(ch, "intercept", data)
-            self._intercept(ch, data)
-            return True
-        if app == "bridge":
-            self._execute(ch, "bridge", data)
-            ch.set_var("current_application", "bridge")
-            target = data.split("/")
-            dest = target[1] if len(target) > 1 else data
-            self._bridge_app(ch, dest)
-            return True
-        # unknown applications behave like &nosuchapp(): the leg dies
-        self.hangup(ch.uuid, "DESTINATION_OUT_OF_ORDER")
+    @dialplan_app("ring_ready")
+    def _app_ring_ready(self, ch: Channel, data: str) -> bool:
+        self._execute(ch, "ring_ready")
+        self._ring(ch)
+        self._execute_complete(ch)
+        return False
+
+    @dialplan_app("playback")
+    def _app_playback(self, ch: Channel, data: str) -> bool:
+        self._execute(ch, "playback", data)
+        # the playback code re-sets current_application (it moves to the end, as captured)
+        ch.set_var("current_application", "playback")
+        ch.playing = data
+        self._playback_event(ch, "PLAYBACK_START", data, None)
         return True
 
-    def _flush_deferred(self) -> None:
-        while self._deferred:
-            self._deferred.pop(0)()
+    @dialplan_app("hangup")
+    def _app_hangup(self, ch: Channel, data: str) -> bool:
+        self._execute(ch, "hangup", data)
+        self.hangup(ch.uuid, str2cause(data))
+        return True
+
+    @dialplan_app("intercept")
+    def _app_intercept(self, ch: Channel, data: str) -> bool:
+        self._execute(ch, "intercept", data)
+        self._intercept(ch, data)
+        return True
+
+    @dialplan_app("bridge")
+    def _app_bridge(self, ch: Channel, data: str) -> bool:
+        self._execute(ch, "bridge", data)
+        ch.set_var("current_application", "bridge")
+        target = data.split("/")
+        dest = target[1] if len(target) > 1 else data
+        self._bridge_app(ch, dest)
+        return True
 
     # ------------------------------------------------------------------ answer / progress
     def _ring(self, ch: Channel) -> None:
