@@ -19,6 +19,7 @@ from .dialplan import (
 from .fire import FireMixin
 from .leg import Channel, SwitchError, new_uuid
 from .loopback import LoopbackMixin, parse_loopback
+from .state_machine import StateMachineMixin
 from .tables import CAUSES, STATE_NUMBERS, str2cause
 
 # Order FreeSWITCH adds the CDR variables in at reporting time (from the captures).
@@ -56,32 +57,10 @@ class AttXfer:
     answered: bool = False
 
 
-class CallModel(LoopbackMixin, DialplanMixin, FireMixin):
+class CallModel(StateMachineMixin, LoopbackMixin, DialplanMixin, FireMixin):
     """All channels of one switch and the transitions between their states."""
 
-    def _enter_execute(self, ch: Channel) -> None:
-        # FreeSWITCH re-sets call_uuid when the session starts executing (it moves to the end
-        # of the variable list in every capture).
-        ch.set_var("call_uuid", ch.variables.get("call_uuid", ch.uuid))
-        self._state(ch, "CS_EXECUTE")
-
     # ------------------------------------------------------------------ dialplan apps
-    @dialplan_app("answer")
-    def _app_answer(self, ch: Channel, data: str) -> bool:
-        self._execute(ch, "answer")
-        if not ch.answered:
-            self._answer(ch)
-        ch.set_var("endpoint_disposition", "ANSWER")
-        self._execute_complete(ch)
-        return False
-
-    @dialplan_app("ring_ready")
-    def _app_ring_ready(self, ch: Channel, data: str) -> bool:
-        self._execute(ch, "ring_ready")
-        self._ring(ch)
-        self._execute_complete(ch)
-        return False
-
     @dialplan_app("playback")
     def _app_playback(self, ch: Channel, data: str) -> bool:
         self._execute(ch, "playback", data)
@@ -112,108 +91,7 @@ class CallModel(LoopbackMixin, DialplanMixin, FireMixin):
         self._bridge_app(ch, dest)
         return True
 
-    # ------------------------------------------------------------------ answer / progress
-    def _ring(self, ch: Channel) -> None:
-        """ring_ready on a loopback -b leg: the -a twin sees PROGRESS + RINGING first."""
-        peer = self._peer(ch)
-        for leg in ([peer] if peer else []) + [ch]:
-            if leg.times.get("Channel-Progress-Time"):
-                continue
-            leg.set_time("Channel-Progress-Time", now_us())
-            self._ev(leg, "CHANNEL_PROGRESS")
-            if leg.call_state != "RINGING":
-                self._callstate(leg, "RINGING")
-
-    def _early_media(self, ch: Channel) -> None:
-        """Pre-answer (the bridge app gives the caller early media)."""
-        peer = self._peer(ch)
-        legs = ([peer] if peer and not peer.answered else []) + [ch]
-        for leg in legs:
-            leg.set_time("Channel-Progress-Media-Time", now_us())
-            leg.answer_state = "early"
-            if leg.direction == "outbound":
-                leg.set_var("endpoint_disposition", "EARLY MEDIA")
-            elif leg.bridge_side == "A":
-                # the bridge's originate reports early media on the caller (s5_vars)
-                leg.set_var("originate_disposition", "failure")
-                leg.set_var("DIALSTATUS", "INVALIDARGS")
-                leg.set_var("endpoint_disposition", "EARLY MEDIA")
-            self._ev(leg, "CHANNEL_PROGRESS_MEDIA")
-            self._callstate(leg, "EARLY")
-        if peer is not None and peer.start_app is not None:
-            self._start_originate_app(peer)
-
-    def _mark_answered(self, ch: Channel) -> None:
-        ch.set_time("Channel-Answered-Time", now_us())
-        ch.answer_state = "answered"
-        self._ev(ch, "CHANNEL_ANSWER")
-        if ch.other_type == "originator" or (
-            ch.variables.get("endpoint_disposition") == "EARLY MEDIA" and ch.direction == "outbound"
-        ):
-            ch.set_var("endpoint_disposition", "ANSWER")
-        self._presence(ch, "answered", "active", "mark_answered")
-        self._callstate(ch, "ACTIVE")
-        for cb in self._answer_waiters.pop(ch.uuid, []):
-            cb()
-
-    def _answer(self, ch: Channel) -> None:
-        """Answer ``ch``; a loopback twin answers too, outbound (-a) side first."""
-        peer = self._peer(ch)
-        legs = [ch]
-        if peer is not None and not peer.answered:
-            legs = [peer, ch] if peer.direction == "outbound" else [ch, peer]
-        for leg in legs:
-            if not leg.answered:
-                self._mark_answered(leg)
-        for leg in legs:
-            if leg.start_app is not None:
-                self._deferred.append(lambda leg=leg: self._start_originate_app(leg))
-
-    def answer(self, uid: str) -> None:
-        """Answer a ringing leg (and its loopback twin / the bridge waiting on it)."""
-        ch = self.get(uid)
-        if ch.bridge_side == "A" and not ch.bridge_peer:
-            # answering a caller that waits in ``bridge`` means its callee picked up
-            callee = next(
-                (c for c in self.channels.values() if c.variables.get("originator") == ch.uuid),
-                None,
-            )
-            if callee is not None and callee.alive and not callee.answered:
-                ch = callee
-        if ch.answered:
-            return
-        peer = self._peer(ch)
-        caller = self.channels.get(ch.variables.get("originator", ""))
-        xf, role = self._attxfer_of(ch)
-        if role != "target" and peer is not None:
-            xf, role = self._attxfer_of(peer)
-        self._answer(ch)
-        self._flush_deferred()
-        if xf is not None and role == "target":
-            if not xf.answered and self.locate(xf.target):
-                self._attxfer_connect(xf)
-            return
-        if caller is not None and caller.bridge_side == "A" and not caller.bridge_peer:
-            self._complete_bridge(caller, ch)
-        elif peer is not None and peer.other_type == "originator":
-            owner = self.channels.get(peer.variables.get("originator", ""))
-            if owner is not None and not owner.bridge_peer:
-                self._complete_bridge(owner, peer)
-
     # ------------------------------------------------------------------ bridge
-    def _route_inbound(self, ch: Channel) -> None:
-        """An inbound leg's start, as captured: CS_INIT, CREATE, then routing (RINGING), with
-        the presence probes a leg with a presence_id fires."""
-        self._state(ch, "CS_INIT")
-        ch.state_number = STATE_NUMBERS["CS_ROUTING"]
-        self._ev(ch, "CHANNEL_CREATE")
-        ch.state = "CS_ROUTING"
-        self._callstate(ch, "RINGING")
-        self._state(ch, "CS_ROUTING")
-        if ch.variables.get("presence_id"):
-            ch.state_number = STATE_NUMBERS["CS_EXECUTE"]
-            self._presence(ch, "CS_ROUTING", "alerting", "check_presence")
-
     def _bridge_app(self, caller: Channel, dest: str) -> None:
         """``bridge loopback/<dest>/default`` run by ``caller`` (s2/s5: 9002 -> 9000)."""
         caller.bridge_side = "A"
