@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import templates
-from ..events import TIME_FIELDS, now_us
+from ..events import now_us
+from .bridge import BridgeMixin
+from .calls import CallsMixin
 from .dialplan import (
     DEFAULT_ANSWERED,
     DIALPLAN,
@@ -17,6 +19,7 @@ from .dialplan import (
     plan_for,
 )
 from .fire import FireMixin
+from .intercept import InterceptMixin
 from .leg import Channel, SwitchError, new_uuid
 from .loopback import LoopbackMixin, parse_loopback
 from .state_machine import StateMachineMixin
@@ -57,7 +60,15 @@ class AttXfer:
     answered: bool = False
 
 
-class CallModel(StateMachineMixin, LoopbackMixin, DialplanMixin, FireMixin):
+class CallModel(
+    CallsMixin,
+    InterceptMixin,
+    BridgeMixin,
+    StateMachineMixin,
+    LoopbackMixin,
+    DialplanMixin,
+    FireMixin,
+):
     """All channels of one switch and the transitions between their states."""
 
     # ------------------------------------------------------------------ dialplan apps
@@ -75,213 +86,6 @@ class CallModel(StateMachineMixin, LoopbackMixin, DialplanMixin, FireMixin):
         self._execute(ch, "hangup", data)
         self.hangup(ch.uuid, str2cause(data))
         return True
-
-    @dialplan_app("intercept")
-    def _app_intercept(self, ch: Channel, data: str) -> bool:
-        self._execute(ch, "intercept", data)
-        self._intercept(ch, data)
-        return True
-
-    @dialplan_app("bridge")
-    def _app_bridge(self, ch: Channel, data: str) -> bool:
-        self._execute(ch, "bridge", data)
-        ch.set_var("current_application", "bridge")
-        target = data.split("/")
-        dest = target[1] if len(target) > 1 else data
-        self._bridge_app(ch, dest)
-        return True
-
-    # ------------------------------------------------------------------ bridge
-    def _bridge_app(self, caller: Channel, dest: str) -> None:
-        """``bridge loopback/<dest>/default`` run by ``caller`` (s2/s5: 9002 -> 9000)."""
-        caller.bridge_side = "A"
-        self._early_media(caller)
-        self._flush_deferred()
-        callee, _ = self._loopback_pair(
-            dest,
-            "default",
-            {},
-            None,
-            list(DIALPLAN.get(dest, DEFAULT_ANSWERED)),
-            None,
-            originator=caller,
-        )
-        if callee.answered and not caller.bridge_peer:
-            self._complete_bridge(caller, callee)
-
-    def _complete_bridge(self, caller: Channel, callee: Channel) -> None:
-        """The callee answered: the caller answers, CHANNEL_BRIDGE fires on the caller."""
-        if not caller.alive or not callee.alive:
-            return
-        legs = f"{callee.uuid};Outbound Call;default"
-        if not caller.answered:
-            caller.set_var("originate_signal_bond", callee.uuid)
-            caller.set_var("originated_legs", legs)
-            self._answer(caller)
-        caller.del_var("originate_signal_bond")
-        caller.set_var("originated_legs", legs)
-        caller.set_var("endpoint_disposition", "ANSWER")
-        caller.set_var("originate_disposition", "SUCCESS")
-        caller.set_var("DIALSTATUS", "SUCCESS")
-        caller.set_var("originate_causes", f"{callee.uuid};NONE")
-        caller.set_var("signal_bond", callee.uuid)
-        self._link(caller, callee)
-        self._ev(
-            caller,
-            "CHANNEL_BRIDGE",
-            pre=[("Bridge-A-Unique-ID", caller.uuid), ("Bridge-B-Unique-ID", callee.uuid)],
-        )
-        self._bridge_vars(caller, callee)
-        self._state(callee, "CS_EXCHANGE_MEDIA")
-        self._flush_deferred()
-
-    def _link(self, caller: Channel, callee: Channel) -> None:
-        ts = now_us()
-        caller.bridge_peer, callee.bridge_peer = callee.uuid, caller.uuid
-        caller.bridge_side, callee.bridge_side = "A", "B"
-        caller.set_time("Channel-Bridged-Time", ts)
-        callee.set_time("Channel-Bridged-Time", ts)
-        caller.sql_call_uuid = caller.uuid
-        callee.sql_call_uuid = caller.uuid
-        caller.bridge_created_epoch = str(ts // 1_000_000)
-        caller.other_type = "originatee"
-        snap = dict(callee.profile)
-        snap["Logical-Direction"] = "inbound"
-        for key in TIME_FIELDS:
-            snap[key] = str(callee.times.get(key, 0))
-        snap["Channel-Bridged-Time"] = "0"
-        snap.update({"Screen-Bit": "true", "Privacy-Hide-Name": "false"})
-        snap["Privacy-Hide-Number"] = "false"
-        caller.other_profile = snap
-        if callee.other_type is None:
-            callee.other_type = "originator"
-            callee.other_profile = self._originator_snapshot(caller)
-
-    def _bridge_vars(self, caller: Channel, callee: Channel) -> None:
-        callee.set_var("call_uuid", caller.uuid)
-        for me, other, role in ((caller, callee, "originator"), (callee, caller, "originatee")):
-            me.set_var("bridge_to", other.uuid)
-            me.set_var("last_bridge_to", other.uuid)
-            me.set_var("bridge_channel", other.name)
-            me.set_var("bridge_uuid", other.uuid)
-            me.set_var("signal_bond", other.uuid)
-            me.set_var("last_sent_callee_id_name", other.profile.get("Callee-ID-Name", ""))
-            me.set_var("last_sent_callee_id_number", other.profile.get("Callee-ID-Number", ""))
-            me.set_var("last_bridge_role", role)
-
-    def _unbridge(self, caller: Channel, cause: str = "NORMAL_CLEARING") -> Channel | None:
-        """Caller side leaves the bridge: UNBRIDGE + EXECUTE_COMPLETE bridge."""
-        callee = self.channels.get(caller.bridge_peer or "")
-        callee_uuid = caller.bridge_peer or ""
-        caller.del_var("bridge_to")
-        caller.set_var("bridge_hangup_cause", cause)
-        self._ev(
-            caller,
-            "CHANNEL_UNBRIDGE",
-            pre=[("Bridge-A-Unique-ID", caller.uuid), ("Bridge-B-Unique-ID", callee_uuid)],
-        )
-        caller.bridge_peer = None
-        if callee is not None and callee.bridge_peer == caller.uuid:
-            # a transferee keeps its bond to a transferor that is consulting someone else
-            callee.bridge_peer = None
-            callee.del_var("bridge_to")
-        if caller.app == "bridge" and caller.app_running:
-            # uuid_bridge has no app of its own to complete (s6: UNBRIDGE straight to STATE)
-            self._execute_complete(caller)
-        return callee
-
-    @staticmethod
-    def _bridge_profile(
-        ch: Channel, direction: str, caller: tuple[str, str], callee: tuple[str, str]
-    ) -> None:
-        """The caller profile both legs of a bridged call carry (s2/s5's 9002-b and 9000-a)."""
-        ch.set_profile(
-            Direction=direction,
-            Logical_Direction=direction,
-            Dialplan="xml",
-            Caller_ID_Name=caller[0],
-            Caller_ID_Number=caller[1],
-            Orig_Caller_ID_Number=caller[1],
-            Callee_ID_Name=callee[0],
-            Callee_ID_Number=callee[1],
-            ANI=caller[1],
-            Destination_Number=callee[1],
-            Unique_ID=ch.uuid,
-            Source="mod_loopback",
-            Context="default",
-            Channel_Name=ch.name,
-            Profile_Index="1",
-        )
-
-    def bridged_call(
-        self,
-        variables_a: dict[str, Any] | None = None,
-        variables_b: dict[str, Any] | None = None,
-        caller: tuple[str, str] = ("Alice", "1001"),
-        callee: tuple[str, str] = ("Bob", "1002"),
-        answer: bool = True,
-        name_a: str | None = None,
-        name_b: str | None = None,
-    ) -> tuple[str, str]:
-        """Two legs bridged like s2/s5's 9002-b -> 9000-a: a (inbound) runs ``bridge``, b is the
-        outbound callee.  Returns (a_uuid, b_uuid)."""
-        dest = callee[1]
-        a = self._new_channel(name_a or f"loopback/{dest}-b", "inbound")
-        self._bridge_profile(a, "inbound", caller, callee)
-        a.initial = {
-            "cid_name": caller[0],
-            "cid_num": caller[1],
-            "dest": dest,
-            "dialplan": "xml",
-            "context": "default",
-        }
-        a.hit_dialplan = True
-        self._base_vars(a, outbound_first=False)
-        for k, v in (variables_a or {}).items():
-            a.set_var(k, v)
-        a.state, a.state_number = "CS_NONE", 0
-        self._codec(a)
-        self._register(a)
-        self._route_inbound(a)
-        self._enter_execute(a)
-        target = f"loopback/{dest}/default"
-        self._execute(a, "bridge", target)
-        a.set_var("current_application", "bridge")
-        a.bridge_side = "A"
-        if answer:
-            self._early_media(a)
-
-        b = self._new_channel(name_b or f"loopback/{dest}-a", "outbound")
-        self._bridge_profile(b, "outbound", caller, callee)
-        b.initial = dict(a.initial)
-        self._base_vars(b, outbound_first=True)
-        b.del_var("call_uuid")
-        self._originatee_vars(b, a)
-        b.set_var("originate_early_media", "true")
-        b.set_var("originating_leg_uuid", a.uuid)
-        for k, v in (variables_b or {}).items():
-            b.set_var(k, v)
-        b.state, b.state_number = "CS_NONE", 0
-        self._codec(b, f"loopback/{dest}/default-a")
-        self._register(b)
-        b.state_number = STATE_NUMBERS["CS_INIT"]
-        self._ev(b, "CHANNEL_OUTGOING")
-        self._state(b, "CS_INIT")
-        b.state_number = STATE_NUMBERS["CS_ROUTING"]
-        b.sql_call_uuid = b.call_uuid
-        self._ev(b, "CHANNEL_CREATE")
-        self._ev(b, "CHANNEL_ORIGINATE")
-        self._state(b, "CS_ROUTING")
-        self._state(b, "CS_CONSUME_MEDIA")
-        if answer:
-            self._mark_answered(b)
-            b.set_var("endpoint_disposition", "ANSWER")
-            self._complete_bridge(a, b)
-        else:
-            self._ring(b)
-            a.set_time("Channel-Progress-Time", now_us())
-            self._ev(a, "CHANNEL_PROGRESS")
-        return a.uuid, b.uuid
 
     # ------------------------------------------------------------------ hangup
     def hangup(self, uid: str, cause: str = "NORMAL_CLEARING") -> None:
@@ -985,34 +789,6 @@ class CallModel(StateMachineMixin, LoopbackMixin, DialplanMixin, FireMixin):
             ch.variables["transfer_history"] = [history, source]
         ch.set_var("transfer_source", source)
 
-    def _intercept(self, me: Channel, arg: str) -> None:
-        """dptools ``intercept [-bleg] <uuid>`` as verified on a real switch: the target is
-        answered if ringing, its former partner hangs up PICKED_OFF, then target and
-        interceptor are uuid_bridge'd.  A missing target, or a bridged one with
-        intercept_unbridged_only=true, just ends the interceptor (NORMAL_CLEARING)."""
-        words = arg.split()
-        bleg = bool(words) and words[0] == "-bleg"
-        uid = words[-1] if words else ""
-        target = self.channels.get(uid)
-        if target is not None and bleg:
-            target = self.channels.get(target.bridge_peer or "")
-        if target is None or not target.alive or target is me:
-            self.hangup(me.uuid, "NORMAL_CLEARING")
-            return
-        partner = self.channels.get(target.bridge_peer or "")
-        if partner is not None and me.variables.get("intercept_unbridged_only") == "true":
-            self.hangup(me.uuid, "NORMAL_CLEARING")
-            return
-        if not target.answered:
-            self._answer(target)
-            self._flush_deferred()
-        if partner is not None:
-            if target.bridge_side == "A":
-                self._unbridge(target)
-            self._teardown(partner, "PICKED_OFF", cascade_bridge=False)
-            target.bridge_peer = None
-        self.uuid_bridge(me.uuid, target.uuid)
-
     def record(self, uid: str, action: str, path: str) -> None:
         """uuid_record start|stop|mask|unmask|pause|resume <path>; RECORD_START/STOP events
         (shape derived from PLAYBACK_START/STOP: no capture has them)."""
@@ -1032,46 +808,6 @@ class CallModel(StateMachineMixin, LoopbackMixin, DialplanMixin, FireMixin):
             return
         if path not in ch.recordings:
             raise SwitchError(f"-ERR Cannot {action} recording session!\n")
-
-    def uuid_bridge(self, uid_a: str, uid_b: str) -> str:
-        """uuid_bridge of two parked legs (s6: UNPARK, EXECUTE uuid_bridge x2, BRIDGE)."""
-        a = self.get(uid_a, "-ERR Invalid uuid\n")
-        b = self.get(uid_b, "-ERR Invalid uuid\n")
-        for leg in (a, b):
-            self._attxfer_forget(leg)
-        for leg, other in ((a, b), (b, a)):
-            partner = self.channels.get(leg.bridge_peer or "")
-            if partner is not None and partner is not other:
-                if leg.bridge_side == "A":
-                    self._unbridge(leg)
-                else:
-                    self._unbridge(partner)
-                self._teardown(partner, "NORMAL_CLEARING", unwound=partner.bridge_side == "A")
-            elif leg.parked or leg.playing is not None or leg.app_running:
-                self._unwind(leg, hangup=False)
-            leg.dialplan = []
-        for leg in (a, b):
-            self._state(leg, "CS_HIBERNATE")
-            self._state(leg, "CS_RESET")
-            self._state(leg, "CS_SOFT_EXECUTE")
-        for leg, other in ((a, b), (b, a)):
-            leg.app, leg.app_data, leg.app_uuid = "uuid_bridge", other.uuid, ""
-            leg.sql_app, leg.sql_app_data = "uuid_bridge", other.uuid
-            leg.set_var("current_application", "uuid_bridge")
-            leg.set_var("current_application_data", other.uuid)
-            self._ev(
-                leg,
-                "CHANNEL_EXECUTE",
-                post=[("Application", "uuid_bridge"), ("Application-Data", other.uuid)],
-                function="uuid_bridge_on_soft_execute",
-            )
-        self._link(a, b)
-        a.other_type = "originatee"
-        bridge_ids = [("Bridge-A-Unique-ID", a.uuid), ("Bridge-B-Unique-ID", b.uuid)]
-        self._ev(a, "CHANNEL_BRIDGE", pre=bridge_ids)
-        self._bridge_vars(a, b)
-        self._state(b, "CS_EXCHANGE_MEDIA")
-        return b.uuid
 
     def sessions_per_second(self) -> int:
         cutoff = now_us() - 1_000_000
