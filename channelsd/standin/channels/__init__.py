@@ -19,7 +19,8 @@ Traps reproduced on purpose, because a daemon has to cope with them:
 """
 
 from .leg import Channel, SwitchError, new_uuid
-from .model import BROADCAST_APPS, GLOBAL_HOLD_MUSIC, CallModel
+from .media import BROADCAST_APPS, GLOBAL_HOLD_MUSIC
+from .model import CallModel
 from .tables import str2cause
 
 __all__ = [
