@@ -11,9 +11,6 @@ from ..events import now_us
 from .bridge import BridgeMixin
 from .calls import CallsMixin
 from .dialplan import (
-    DEFAULT_ANSWERED,
-    DIALPLAN,
-    NO_ROUTE,
     DialplanMixin,
     dialplan_app,
     plan_for,
@@ -21,11 +18,12 @@ from .dialplan import (
 from .fire import FireMixin
 from .hold import HoldMixin
 from .intercept import InterceptMixin
-from .leg import Channel, new_uuid
+from .leg import Channel
 from .loopback import LoopbackMixin, parse_loopback
 from .media import MediaMixin
 from .state_machine import StateMachineMixin
 from .tables import CAUSES, STATE_NUMBERS, str2cause
+from .transfer import TransferMixin
 
 # Order FreeSWITCH adds the CDR variables in at reporting time (from the captures).
 _CDR_RANK = {name: i for i, name in enumerate(templates.load()["cdr_variables"])}
@@ -48,6 +46,7 @@ class AttXfer:
 
 
 class CallModel(
+    TransferMixin,
     MediaMixin,
     HoldMixin,
     CallsMixin,
@@ -293,23 +292,6 @@ class CallModel(
         else:
             ch.set_var(name, value)
 
-    def park(self, uid: str) -> None:
-        """uuid_park: leave the running app and sit in CS_PARK (CHANNEL_PARK, no EXECUTE)."""
-        ch = self.get(uid)
-        if ch.parked:
-            return
-        self._attxfer_forget(ch)
-        partner = self.channels.get(ch.bridge_peer or "")
-        self._unwind(ch, hangup=False)
-        if partner is not None and ch.bridge_side == "A":
-            self._teardown(partner, "NORMAL_CLEARING", cascade_bridge=False)
-        elif partner is not None and ch.bridge_side == "B":
-            self._release_a_side(partner)
-            ch.bridge_peer, ch.bridge_side = None, None
-        ch.dialplan = []
-        self._state(ch, "CS_PARK")
-        self._park_event(ch)
-
     # ------------------------------------------------------------------ attended transfer
     def _att_xfer(self, x: Channel, dialstring: str, hold_ok: bool) -> None:
         """att_xfer run by the transferor ``x`` inside its bridge (reference §2.1/§2.2):
@@ -548,77 +530,6 @@ class CallModel(
     @staticmethod
     def _attxfer_key(x: Channel, t: Channel, name: str, default: str) -> str:
         return str(x.variables.get(name) or t.variables.get(name) or default)[:1]
-
-    def transfer(
-        self, uid: str, dest: str, dialplan: str = "XML", context: str = "default"
-    ) -> None:
-        """uuid_transfer of one leg (s2_transfer); the other party of a bridge hangs up."""
-        ch = self.get(uid)
-        self._attxfer_forget(ch)
-        partner = self.channels.get(ch.bridge_peer or "")
-        if partner is not None and ch.bridge_side == "A":
-            self._teardown(partner, "NORMAL_CLEARING", cascade_bridge=False)
-            ch.state_number = STATE_NUMBERS["CS_ROUTING"]
-            ch.other_type, ch.other_profile = None, None
-            self._new_profile(ch, dest, dialplan, context)
-            self._unbridge(ch)
-            ch.state = "CS_ROUTING"
-            self._callstate(ch, "RINGING")
-            self._state(ch, "CS_ROUTING")
-            ch.state_number = STATE_NUMBERS["CS_EXECUTE"]
-            ch.state = "CS_EXECUTE"
-            self._callstate(ch, "ACTIVE")
-            self._state(ch, "CS_EXECUTE")
-        elif partner is not None and ch.bridge_side == "B":
-            ch.state_number = STATE_NUMBERS["CS_ROUTING"]
-            self._release_a_side(partner)
-            ch.bridge_peer, ch.bridge_side = None, None
-            ch.other_type, ch.other_profile = None, None
-            self._new_profile(ch, dest, dialplan, context)
-            self._state(ch, "CS_ROUTING")
-            ch.hit_dialplan = True
-            ch.set_var("call_uuid", ch.uuid)
-            self._ev(ch, "CALL_UPDATE", pre=[("Direction", "RECV")])
-            self._state(ch, "CS_EXECUTE")
-        else:
-            ch.state_number = STATE_NUMBERS["CS_ROUTING"]
-            self._new_profile(ch, dest, dialplan, context)
-            self._unwind(ch, hangup=False)
-            self._state(ch, "CS_ROUTING")
-            self._state(ch, "CS_EXECUTE")
-        ch.broadcast_queue.clear()
-        if dest in NO_ROUTE:
-            self.hangup(ch.uuid, "NO_ROUTE_DESTINATION")
-            return
-        ch.dialplan = list(DIALPLAN.get(dest, DEFAULT_ANSWERED))
-        self._continue(ch)
-
-    def _new_profile(self, ch: Channel, dest: str, dialplan: str, context: str) -> None:
-        """A transfer gives the leg a new caller profile (index+1, RDNIS, Transfer-Source)."""
-        ts = now_us()
-        source = f"{ts // 1_000_000}:{new_uuid()}:bl_xfer:{dest}/{context}/{dialplan}"
-        old_dest = ch.profile.get("Destination-Number", "")
-        index = int(ch.profile.get("Profile-Index", "1")) + 1
-        ch.set_profile(
-            Logical_Direction="inbound",
-            Dialplan=dialplan,
-            Destination_Number=dest,
-            Transfer_Source=source,
-            Context=context,
-            RDNIS=old_dest,
-            Profile_Index=str(index),
-        )
-        ch.set_time("Channel-Transfer-Time", ts)
-        fwd = int(str(ch.variables.get("max_forwards", "71"))) - 1
-        ch.set_var("max_forwards", str(fwd))
-        history = ch.variables.get("transfer_history")
-        if history is None:
-            ch.set_var("transfer_history", source)
-        elif isinstance(history, list):
-            ch.variables["transfer_history"] = [*history, source]
-        else:
-            ch.variables["transfer_history"] = [history, source]
-        ch.set_var("transfer_source", source)
 
     def sessions_per_second(self) -> int:
         cutoff = now_us() - 1_000_000
