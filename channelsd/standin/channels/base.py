@@ -19,7 +19,7 @@ from ..protocol import Event
 from .leg import Channel, SwitchError
 
 if TYPE_CHECKING:
-    from .model import AttXfer
+    from .att_xfer import AttXfer
 
 
 class ModelBase:
