@@ -269,6 +269,7 @@ class AttXferMixin(ModelBase):
                 self.hangup(ch.uuid, "NORMAL_CLEARING")
             elif digit == self._attxfer_key(ch, t, "attxfer_cancel_key", "#"):
                 self.hangup(t.uuid, "NORMAL_CLEARING")
+            # attxfer_conf_key (three_way) is not modelled
 
     @staticmethod
     def _attxfer_key(x: Channel, t: Channel, name: str, default: str) -> str:

@@ -162,3 +162,15 @@ class BridgeMixin(ModelBase):
         self._bridge_vars(a, b)
         self._state(b, "CS_EXCHANGE_MEDIA")
         return b.uuid
+
+    def _release_a_side(self, caller: Channel) -> None:
+        """The callee left the bridge: the caller's bridge app returns, then its dialplan
+        ends (hangup NORMAL_CLEARING) unless park_after_bridge keeps it."""
+        if not caller.alive:
+            return
+        self._unbridge(caller)
+        if caller.variables.get("park_after_bridge") == "true":
+            self._state(caller, "CS_PARK")
+            self._park_event(caller)
+        else:
+            self._teardown(caller, "NORMAL_CLEARING", unwound=True)

@@ -101,3 +101,25 @@ class DialplanMixin(ModelBase):
     def _app_echo(self, ch: Channel, data: str) -> bool:
         self._execute(ch, "echo")
         return True
+
+    def _unwind(self, ch: Channel, hangup: bool) -> None:
+        """The running application returns (hangup, transfer, park, uuid_bridge); apps a
+        broadcast nested on top of it return first."""
+        if ch.playing is not None:
+            self._stop_playback(ch, "done" if hangup else "break")
+            if not ch.app_stack:
+                return  # a dialplan playback: nothing runs underneath it
+        while ch.app_stack:
+            if ch.app_running:
+                self._execute_complete(ch)
+            self._unnest(ch)
+        self._release_hold(ch)
+        if ch.bridge_side == "A" and ch.bridge_peer:
+            self._unbridge(ch)
+        elif ch.parked:
+            ch.parked = False
+            self._ev(ch, "CHANNEL_UNPARK")
+            if ch.app_running:
+                self._execute_complete(ch)
+        elif ch.app_running and ch.bridge_side != "B":
+            self._execute_complete(ch)
