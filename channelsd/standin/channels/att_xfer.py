@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import ModelBase
 from .dialplan import plan_for
+from .fire import FireMixin
 from .leg import Channel
 from .loopback import parse_loopback
 
@@ -34,7 +34,7 @@ class AttXfer:
     answered: bool = False
 
 
-class AttXferMixin(ModelBase):
+class AttXferMixin(FireMixin):
     """Consultation, completion, take-back and the zombie transferor."""
 
     def _att_xfer(self, x: Channel, dialstring: str, hold_ok: bool) -> None:
@@ -43,7 +43,7 @@ class AttXferMixin(ModelBase):
         app's callee (Other-Type originator, Other-Leg = x).  When T answers, x is bridged to T
         and the old bridge with the transferee is left standing (no UNBRIDGE)."""
         y = self._partner(x)
-        self._nest(x)
+        x.nest_app()
         self._execute(x, "att_xfer", dialstring)
         self._callstate(x, "RING_WAIT")
         xf = AttXfer(
@@ -118,7 +118,7 @@ class AttXferMixin(ModelBase):
         if x.app == "att_xfer" and x.app_running:
             self._execute_complete(x)
             if x.app_stack:
-                self._unnest(x)
+                x.unnest_app()
 
     def _restore_bond(self, xf: AttXfer, x: Channel, y: Channel) -> None:
         """The transferor is back in its old bridge with the transferee."""
@@ -235,7 +235,7 @@ class AttXferMixin(ModelBase):
         of a hangup (HANGUP_COMPLETE, DESTROY), and its loopback twin goes with it."""
         xf = self.zombies.pop(x.uuid)
         while x.app_stack:  # att_xfer's own return was not seen on the wire
-            self._unnest(x)
+            x.unnest_app()
         x.other_type, x.other_profile = xf.saved_other
         x.bridge_side, x.bridge_peer = "A", xf.transferee
         self._unbridge(x, x.hangup_cause or cause)

@@ -11,12 +11,12 @@ CS_SOFT_EXECUTE first (s6).
 from __future__ import annotations
 
 from ..events import TIME_FIELDS, now_us
-from .base import ModelBase
 from .dialplan import DEFAULT_ANSWERED, DIALPLAN, dialplan_app
+from .fire import FireMixin
 from .leg import Channel
 
 
-class BridgeMixin(ModelBase):
+class BridgeMixin(FireMixin):
     """Bridging two legs and taking them apart again."""
 
     @dialplan_app("bridge")

@@ -10,12 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from ..events import now_us
-from .base import ModelBase
+from .fire import FireMixin
 from .leg import Channel
 from .tables import STATE_NUMBERS
 
 
-class CallsMixin(ModelBase):
+class CallsMixin(FireMixin):
     """Whole calls set up in one call (the switch's own transitions, no shortcuts)."""
 
     def bridged_call(

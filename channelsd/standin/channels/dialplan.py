@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from .base import ModelBase
+from .fire import FireMixin
 from .leg import Channel
 
 # The capture switch's dialplan (context "default"); any other extension answers and parks.
@@ -67,7 +67,7 @@ def dialplan_app(name: str) -> Callable[[_App], _App]:
     return register
 
 
-class DialplanMixin(ModelBase):
+class DialplanMixin(FireMixin):
     """Runs a leg's queued applications."""
 
     def _continue(self, ch: Channel) -> None:
@@ -86,10 +86,6 @@ class DialplanMixin(ModelBase):
             self.hangup(ch.uuid, "DESTINATION_OUT_OF_ORDER")
             return True
         return run(self, ch, data)
-
-    def _flush_deferred(self) -> None:
-        while self._deferred:
-            self._deferred.pop(0)()
 
     @dialplan_app("park")
     def _app_park(self, ch: Channel, data: str) -> bool:
@@ -112,7 +108,7 @@ class DialplanMixin(ModelBase):
         while ch.app_stack:
             if ch.app_running:
                 self._execute_complete(ch)
-            self._unnest(ch)
+            ch.unnest_app()
         self._release_hold(ch)
         if ch.bridge_side == "A" and ch.bridge_peer:
             self._unbridge(ch)

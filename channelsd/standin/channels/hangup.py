@@ -9,14 +9,14 @@ is destroyed -- the s1/s2 interleaving.  ``hupall`` fires every CHANNEL_HANGUP f
 
 from __future__ import annotations
 
-from .base import ModelBase
 from .cdr import cdr_variables
 from .dialplan import dialplan_app
+from .fire import FireMixin
 from .leg import Channel
 from .tables import STATE_NUMBERS, str2cause
 
 
-class HangupMixin(ModelBase):
+class HangupMixin(FireMixin):
     """``uuid_kill``, ``hupall``, the ``hangup`` application and the teardown they share."""
 
     @dialplan_app("hangup")

@@ -8,11 +8,11 @@ one-way on a real switch (reference §4.3); that row belongs here.
 from __future__ import annotations
 
 from ..events import now_us
-from .base import ModelBase
+from .fire import FireMixin
 from .leg import SwitchError
 
 
-class HoldMixin(ModelBase):
+class HoldMixin(FireMixin):
     """``uuid_hold`` and ``uuid_hold off``."""
 
     def hold(self, uid: str) -> None:

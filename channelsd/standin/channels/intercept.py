@@ -7,12 +7,12 @@ Call pickup and the other §3.3 cases belong here.
 
 from __future__ import annotations
 
-from .base import ModelBase
 from .dialplan import dialplan_app
+from .fire import FireMixin
 from .leg import Channel
 
 
-class InterceptMixin(ModelBase):
+class InterceptMixin(FireMixin):
     """The ``intercept`` dialplan application."""
 
     @dialplan_app("intercept")

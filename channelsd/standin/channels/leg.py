@@ -110,6 +110,18 @@ class Channel:
         self.times[name] = value
         self._caller_cache = None
 
+    # -- the application stack a broadcast nests on -------------------------------------------
+    def nest_app(self) -> None:
+        """A broadcast app starts on top of whatever the leg runs (park, bridge, nothing)."""
+        self.app_stack.append(
+            (self.app, self.app_data, self.app_uuid, self.app_running, self.parked)
+        )
+        self.parked = False
+
+    def unnest_app(self) -> None:
+        """The nested app returned: the leg is back in what it interrupted."""
+        self.app, self.app_data, self.app_uuid, self.app_running, self.parked = self.app_stack.pop()
+
 
 class SwitchError(Exception):
     """A command failed; ``reply`` is the exact api body FreeSWITCH answers."""

@@ -14,9 +14,9 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from ..events import TIME_FIELDS, now_us
-from .base import ModelBase
+from ..events import TIME_FIELDS
 from .dialplan import plan_for
+from .fire import FireMixin
 from .leg import Channel, new_uuid
 from .tables import STATE_NUMBERS
 
@@ -40,7 +40,7 @@ def parse_loopback(dialstring: str) -> tuple[dict[str, str], str, str] | None:
     return variables, parts[1], parts[2] if len(parts) > 2 and parts[2] else "default"
 
 
-class LoopbackMixin(ModelBase):
+class LoopbackMixin(FireMixin):
     """Creates loopback pairs and originates calls over them."""
 
     def originate(
@@ -185,21 +185,6 @@ class LoopbackMixin(ModelBase):
         self._enter_execute(b)
         self._continue(b)
         return a, b
-
-    def _new_channel(self, name: str, direction: str, uid: str | None = None) -> Channel:
-        created = now_us()
-        ch = Channel(uuid=uid or new_uuid(), name=name, direction=direction, created_us=created)
-        ch.set_time("Profile-Created-Time", created)
-        ch.set_time("Channel-Created-Time", created)
-        for key in TIME_FIELDS[2:]:
-            ch.times[key] = 0
-        ch.session_id = next(self._session_ids)
-        self.sessions_since_startup += 1
-        return ch
-
-    def _register(self, ch: Channel) -> None:
-        self.channels[ch.uuid] = ch
-        self.peak = max(self.peak, len(self.channels))
 
     def _loopback_profile(self, ch: Channel, dest: str, context: str, cid: tuple[str, str]) -> None:
         ch.set_profile(

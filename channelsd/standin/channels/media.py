@@ -10,8 +10,8 @@ bug of ``switch_ivr_async.c`` (RECORD_START / RECORD_STOP).
 
 from __future__ import annotations
 
-from .base import ModelBase
 from .dialplan import dialplan_app
+from .fire import FireMixin
 from .leg import Channel, SwitchError
 
 # The capture switch's global hold_music; reference §2.3/§4.4: it was not a playable stream there.
@@ -29,7 +29,7 @@ def split_broadcast(path: str) -> tuple[str, str]:
     return "playback", path
 
 
-class MediaMixin(ModelBase):
+class MediaMixin(FireMixin):
     """Playback, broadcast, break and record on a leg."""
 
     @dialplan_app("playback")
@@ -76,7 +76,7 @@ class MediaMixin(ModelBase):
         if app == "att_xfer":
             self._att_xfer(t, data, hold_ok)
             return
-        self._nest(t)
+        t.nest_app()
         if app == "playback":
             self._broadcast_play(t, data)  # runs until uuid_break or hangup
             return
@@ -91,23 +91,13 @@ class MediaMixin(ModelBase):
         """A broadcast app on ``ch`` returned: back to what it interrupted, the partner's hold
         music stops, the next queued broadcast runs or the dialplan goes on."""
         if ch.app_stack:
-            self._unnest(ch)
+            ch.unnest_app()
         self._release_hold(ch)
         if ch.broadcast_queue:
             app, data, hold = ch.broadcast_queue.pop(0)
             self._run_broadcast(ch, app, data, self._partner(ch) if hold else None)
         elif not ch.app_running and not ch.parked:
             self._continue(ch)
-
-    @staticmethod
-    def _nest(ch: Channel) -> None:
-        """A broadcast app starts on top of whatever ``ch`` runs (park, bridge, nothing)."""
-        ch.app_stack.append((ch.app, ch.app_data, ch.app_uuid, ch.app_running, ch.parked))
-        ch.parked = False
-
-    @staticmethod
-    def _unnest(ch: Channel) -> None:
-        ch.app, ch.app_data, ch.app_uuid, ch.app_running, ch.parked = ch.app_stack.pop()
 
     def _broadcast_play(self, ch: Channel, path: str) -> None:
         ch.set_var("current_loop", "1")
@@ -125,11 +115,11 @@ class MediaMixin(ModelBase):
         if not partner.alive or partner.playing is not None:
             return False
         stream = str(partner.variables.get("hold_music") or GLOBAL_HOLD_MUSIC)
-        self._nest(partner)
+        partner.nest_app()
         if stream == GLOBAL_HOLD_MUSIC:
             self._execute(partner, "playback", stream)
             self._execute_complete(partner, "FILE NOT FOUND")
-            self._unnest(partner)
+            partner.unnest_app()
             return False
         ch.holding = partner.uuid
         self._broadcast_play(partner, stream)

@@ -9,14 +9,16 @@ The ``answer`` and ``ring_ready`` applications live here too.
 
 from __future__ import annotations
 
+from functools import partial
+
 from ..events import now_us
-from .base import ModelBase
 from .dialplan import dialplan_app
+from .fire import FireMixin
 from .leg import Channel
 from .tables import STATE_NUMBERS
 
 
-class StateMachineMixin(ModelBase):
+class StateMachineMixin(FireMixin):
     """Routing, execute, progress and answer of a leg (and its loopback twin)."""
 
     def _route_inbound(self, ch: Channel) -> None:
@@ -92,7 +94,7 @@ class StateMachineMixin(ModelBase):
                 self._mark_answered(leg)
         for leg in legs:
             if leg.start_app is not None:
-                self._deferred.append(lambda leg=leg: self._start_originate_app(leg))
+                self._deferred.append(partial(self._start_originate_app, leg))
 
     def answer(self, uid: str) -> None:
         """Answer a ringing leg (and its loopback twin / the bridge waiting on it)."""

@@ -9,13 +9,13 @@ no EXECUTE).
 from __future__ import annotations
 
 from ..events import now_us
-from .base import ModelBase
 from .dialplan import DEFAULT_ANSWERED, DIALPLAN, NO_ROUTE
+from .fire import FireMixin
 from .leg import Channel, new_uuid
 from .tables import STATE_NUMBERS
 
 
-class TransferMixin(ModelBase):
+class TransferMixin(FireMixin):
     """``uuid_transfer`` and ``uuid_park``."""
 
     def transfer(
