@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import gevent
 import gevent.event
 
-from . import listings
+from . import listings, replies
 from .channels import CallModel, SwitchError, new_uuid, str2cause
 
 if TYPE_CHECKING:
@@ -23,19 +23,6 @@ if TYPE_CHECKING:
 
 VERSION = "1.11.3-dev~64bit"
 VERSION_LINE = f"FreeSWITCH Version {VERSION} ( 64bit)\n"
-SHOW_USAGE = (
-    "-USAGE: codec|endpoint|application|api|dialplan|file|timer|calls [count]|channels "
-    "[count|like <match string>]|calls|detailed_calls|bridged_calls|detailed_bridged_calls|"
-    "aliases|complete|chat|management|modules|nat_map|say|interfaces|interface_types|tasks|"
-    "limits|status\n"
-)
-ORIGINATE_USAGE = (
-    "-USAGE: <call url> <exten>|&<application_name>(<app_args>) [<dialplan>] [<context>] "
-    "[<cid_name>] [<cid_num>] [<timeout_sec>]\n"
-)
-TRANSFER_USAGE = "-USAGE: <uuid> [-bleg|-both] <dest-exten> [<dialplan>] [<context>]\n"
-NO_CHANNEL = "-ERR No such channel!\n"
-SQL_DISABLED = "-ERR SQL disabled, no data available!\n"
 
 
 def separate(text: str, limit: int = 0) -> list[str]:
@@ -138,7 +125,7 @@ class Api:
         self.sw.emit(self.sw.builder.simple("API", headers))
         fn = self.table.get(command)
         if fn is None:
-            return f"-ERR {command} Command not found!\n".encode()
+            return replies.command_not_found(command).encode()
         try:
             out = fn(arg)
         except SwitchError as exc:
@@ -146,7 +133,7 @@ class Api:
         if isinstance(out, str):
             out = out.encode()
         # mod_event_socket answers an empty result with this text (reference, not captured)
-        return out or b"-ERR no reply\n"
+        return out or replies.NO_REPLY.encode()
 
     # -- helpers ------------------------------------------------------------------------------
     @property
@@ -157,7 +144,7 @@ class Api:
     def show(self, arg: str) -> str | bytes:
         words = arg.split()
         if not words:
-            return SHOW_USAGE
+            return replies.USAGE_SHOW
         what = words[0].lower()
         rest = [w.lower() for w in words[1:]]
         fmt = "text"
@@ -167,7 +154,7 @@ class Api:
             fmt = "count"
         listing = ("channels", "calls", "detailed_calls", "bridged_calls")
         if what in listing and self.sw.sql_disabled:
-            return SQL_DISABLED
+            return replies.SQL_DISABLED
         host = self.sw.hostname
         if what == "channels":
             live = [ch for ch in self.model.live() if ch.uuid not in self.sw.hide_from_listing]
@@ -183,7 +170,7 @@ class Api:
             detailed = what.startswith("detailed")
             bridged = "bridged" in what
             return listings.show_calls(self.model.live(), host, fmt, detailed, bridged)
-        return SHOW_USAGE
+        return replies.USAGE_SHOW
 
     def status(self, arg: str) -> str:
         up_us = time.time_ns() // 1000 - self.sw.started_us
@@ -208,18 +195,18 @@ class Api:
 
     # -- channel queries ------------------------------------------------------------------------
     def uuid_exists(self, arg: str) -> str:
-        return "true" if self.model.locate(arg.strip()) is not None else "false"
+        return replies.EXISTS if self.model.locate(arg.strip()) is not None else replies.NOT_EXISTS
 
     def uuid_getvar(self, arg: str) -> str:
         args = separate(arg, 2)
         if not args:
-            return "-USAGE: <uuid> <var>\n"
+            return replies.USAGE_GETVAR
         ch = self.model.get(args[0])
         if len(args) < 2 or not args[1]:
-            return "-ERR No variable name specified!\n"
+            return replies.NO_VARIABLE_NAME
         value = ch.variables.get(args[1])
         if value is None:
-            return "_undef_"
+            return replies.UNDEF
         if isinstance(value, list):
             return "ARRAY::" + "|:".join(value)
         return str(value)
@@ -227,18 +214,18 @@ class Api:
     def uuid_setvar(self, arg: str) -> str:
         args = separate(arg, 3)
         if len(args) < 2:
-            return "-USAGE: <uuid> <var> [value]\n"
+            return replies.USAGE_SETVAR
         ch = self.model.get(args[0])
         if not args[1]:
-            return "-ERR No variable specified\n"
+            return replies.NO_VARIABLE
         value = args[2] if len(args) > 2 else None
         self.model.set_variable(ch.uuid, args[1], value)
-        return "+OK\n"
+        return replies.OK
 
-    def uuid_dump(self, arg: str) -> bytes:
+    def uuid_dump(self, arg: str) -> str | bytes:
         args = arg.split()
         if not args:
-            return b"-USAGE: <uuid> [format]\n"
+            return replies.USAGE_DUMP
         ch = self.model.get(args[0])
         if len(args) > 1 and args[1] == "json":
             return listings.uuid_dump_json(self.sw.builder, ch)
@@ -248,37 +235,37 @@ class Api:
     def uuid_kill(self, arg: str) -> str:
         args = separate(arg, 2)
         if not args:
-            return "-USAGE: <uuid> [cause]\n"
+            return replies.USAGE_KILL
         ch = self.model.get(args[0])
         self.model.hangup(ch.uuid, str2cause(args[1] if len(args) > 1 else None))
-        return "+OK\n"
+        return replies.OK
 
     def uuid_answer(self, arg: str) -> str:
         ch = self.model.locate(arg.strip())
         if ch is None:
-            return "-ERROR\n"
+            return replies.ANSWER_FAILED
         self.model.answer(ch.uuid)
-        return "+OK\n"
+        return replies.OK
 
     def uuid_park(self, arg: str) -> str:
         if not arg.strip():
-            return "-USAGE: <uuid>\n"
+            return replies.USAGE_PARK
         ch = self.model.get(arg.split()[0])
         self.model.park(ch.uuid)
-        return "+OK\n"
+        return replies.OK
 
     def uuid_break(self, arg: str) -> str:
         args = arg.split()
         if not args:
-            return "-USAGE: <uuid> [all]\n"
+            return replies.USAGE_BREAK
         ch = self.model.get(args[0])
         self.model.break_media(ch.uuid, all_="all" in args[1:])
-        return "+OK\n"
+        return replies.OK
 
     def uuid_transfer(self, arg: str) -> str:
         args = separate(arg, 5)
         if len(args) < 2:
-            return TRANSFER_USAGE
+            return replies.USAGE_TRANSFER
         ch = self.model.get(args[0])
         leg = ""
         if args[1] in ("-bleg", "-both"):
@@ -286,7 +273,7 @@ class Api:
             args = separate(arg, 6)
             args.pop(1)
             if len(args) < 2:
-                return TRANSFER_USAGE
+                return replies.USAGE_TRANSFER
         dest = args[1]
         dialplan = args[2] if len(args) > 2 else ch.profile.get("Dialplan", "XML")
         context = args[3] if len(args) > 3 else ch.profile.get("Context", "default")
@@ -300,7 +287,7 @@ class Api:
         for target in targets:
             if target.alive:
                 self.model.transfer(target.uuid, dest, dialplan, context)
-        return "+OK\n"
+        return replies.OK
 
     def uuid_hold(self, arg: str) -> str:
         args = arg.split()
@@ -308,37 +295,37 @@ class Api:
         if args and args[0] in ("off", "toggle"):
             mode = args.pop(0)
         if not args:
-            return "-USAGE: [off|toggle] <uuid> [<display>]\n-ERR Operation failed\n"
+            return replies.USAGE_HOLD
         ch = self.model.locate(args[0])
         if ch is None:
-            return "+OK Success\n"  # captured: an unknown uuid still answers +OK Success
+            return replies.OK_SUCCESS  # captured: an unknown uuid still answers +OK Success
         if mode == "toggle":
             mode = "off" if ch.held else "on"
         if mode == "off":
             self.model.unhold(ch.uuid)
         else:
             self.model.hold(ch.uuid)
-        return "+OK Success\n"
+        return replies.OK_SUCCESS
 
     def uuid_bridge(self, arg: str) -> str:
         args = arg.split()
         if len(args) < 2:
-            return "-USAGE: <uuid> <other_uuid>\n"
-        a = self.model.get(args[0], "-ERR Invalid uuid\n")
+            return replies.USAGE_BRIDGE
+        a = self.model.get(args[0], replies.INVALID_UUID)
         b_uuid = args[1]
         if self.model.locate(b_uuid) is None and len(args) > 2:
             b_uuid = args[2]
-        b = self.model.get(b_uuid, "-ERR Invalid uuid\n")
-        return f"+OK {self.model.uuid_bridge(a.uuid, b.uuid)}\n"
+        b = self.model.get(b_uuid, replies.INVALID_UUID)
+        return replies.ok_uuid(self.model.uuid_bridge(a.uuid, b.uuid))
 
     def uuid_broadcast(self, arg: str) -> str:
         args = separate(arg, 3)
         if len(args) < 2:
-            return "-USAGE: <uuid> <path> [aleg|bleg|holdb|both]\n"
-        ch = self.model.get(args[0], "-ERR invalid uuid\n")
+            return replies.USAGE_BROADCAST
+        ch = self.model.get(args[0], replies.BROADCAST_INVALID_UUID)
         # no leg word is not "aleg": the partner is held with hold music (reference §5.1)
         self.model.broadcast(ch.uuid, args[1], args[2] if len(args) > 2 else None)
-        return "+OK Message sent\n"
+        return replies.MESSAGE_SENT
 
     def uuid_recv_dtmf(self, arg: str) -> str:
         # Reply text from the reference (§2.4); the trailing newline is assumed, as on every
@@ -346,43 +333,42 @@ class Api:
         # tried: those replies take the shape of the captured uuid_kill / uuid_transfer ones.
         args = separate(arg, 2)
         if len(args) < 2 or not args[1]:
-            return "-USAGE: <uuid> <dtmf_data>\n"
+            return replies.USAGE_RECV_DTMF
         ch = self.model.get(args[0])
         self.model.recv_dtmf(ch.uuid, args[1])
-        return f"+OK {ch.uuid} received DTMF {args[1]}.\n"
+        return replies.dtmf_received(ch.uuid, args[1])
 
     def uuid_record(self, arg: str) -> str:
-        usage = "-USAGE: <uuid> [start|stop|mask|unmask] <path> [<limit>] [<recording_vars>]\n"
         args = separate(arg, 4)
         if len(args) < 3:
-            return usage
+            return replies.USAGE_RECORD
         uid, action, path = args[0], args[1].lower(), args[2]
         if action not in ("start", "stop", "mask", "unmask", "pause", "resume"):
-            return usage
+            return replies.USAGE_RECORD
         self.model.record(uid, action, path)
-        return "+OK Success\n"
+        return replies.OK_SUCCESS
 
     def uuid_audio(self, arg: str) -> str:
         # mute / volume: no event of its own, so the stand-in only validates and answers
         args = arg.split()
         if len(args) < 2 or args[1] not in ("start", "stop"):
-            return "-USAGE: <uuid> [start [read|write] [mute|level <level>]|stop]\n"
+            return replies.USAGE_AUDIO
         self.model.get(args[0])
-        return "+OK\n"
+        return replies.OK
 
     def hupall(self, arg: str) -> str:
         args = arg.split()
         cause = str2cause(args[0]) if args else "MANAGER_REQUEST"
         if len(args) >= 3:
             self.model.hupall(cause, (args[1], args[2]))
-            return f"+OK hangup all channels matching [{args[1]}]=[{args[2]}] with cause: {cause}\n"
+            return replies.hupall_matching(args[1], args[2], cause)
         self.model.hupall(cause)
-        return f"+OK hangup all channels with cause {cause}\n"
+        return replies.hupall_done(cause)
 
     def originate(self, arg: str) -> str:
         args = separate(arg, 7)
         if len(args) < 2:
-            return ORIGINATE_USAGE
+            return replies.USAGE_ORIGINATE
         url, target = args[0], args[1]
         variables: dict[str, str] = {}
         m = _VARS_BLOCK.match(url)
@@ -394,7 +380,7 @@ class Api:
             url = url[m.end() :]
         parts = url.split("/")
         if parts[0] != "loopback" or len(parts) < 2 or not parts[1]:
-            return "-ERR CHAN_NOT_IMPLEMENTED\n"
+            return replies.err_cause("CHAN_NOT_IMPLEMENTED")
         dest = parts[1]
         context = parts[2] if len(parts) > 2 and parts[2] else "default"
         app = _APP.match(target)
@@ -405,18 +391,18 @@ class Api:
         # originate succeeds once the leg is answered (or has early media), even if the app
         # it then runs kills it (captured: &nosuchapp() answers +OK <uuid>)
         if a.answered or a.times.get("Channel-Progress-Media-Time"):
-            return f"+OK {a.uuid}\n"
+            return replies.ok_uuid(a.uuid)
         if a.hungup or a.destroyed:
-            return f"-ERR {a.hangup_cause or 'NORMAL_CLEARING'}\n"
+            return replies.err_cause(a.hangup_cause or "NORMAL_CLEARING")
         if not (a.answered or a.answer_state == "early"):
             done = gevent.event.Event()
             self.model.on_answer(a.uuid, done.set)
             if not done.wait(timeout) and a.alive:
                 self.model.hangup(a.uuid, "NO_ANSWER")
-                return "-ERR NO_ANSWER\n"
+                return replies.err_cause("NO_ANSWER")
             if not a.answered:
-                return f"-ERR {a.hangup_cause or 'NORMAL_CLEARING'}\n"
-        return f"+OK {a.uuid}\n"
+                return replies.err_cause(a.hangup_cause or "NORMAL_CLEARING")
+        return replies.ok_uuid(a.uuid)
 
 
 def uptime_text(us: int) -> str:

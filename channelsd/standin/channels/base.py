@@ -14,6 +14,7 @@ import itertools
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from .. import replies
 from ..events import TIME_FIELDS, EventBuilder, now_us
 from ..protocol import Event
 from .leg import Channel, SwitchError, new_uuid
@@ -50,7 +51,7 @@ class ModelBase:
         ch = self.channels.get(uid or "")
         return ch if ch is not None and ch.alive else None
 
-    def get(self, uid: str, reply: str = "-ERR No such channel!\n") -> Channel:
+    def get(self, uid: str, reply: str = replies.NO_SUCH_CHANNEL) -> Channel:
         """The channel while it is up; else the command fails with ``reply``."""
         ch = self.locate(uid)
         if ch is None:

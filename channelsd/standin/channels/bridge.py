@@ -10,6 +10,7 @@ CS_SOFT_EXECUTE first (s6).
 
 from __future__ import annotations
 
+from .. import replies
 from ..events import TIME_FIELDS, now_us
 from .dialplan import DEFAULT_ANSWERED, DIALPLAN, dialplan_app
 from .fire import FireMixin
@@ -125,8 +126,8 @@ class BridgeMixin(FireMixin):
 
     def uuid_bridge(self, uid_a: str, uid_b: str) -> str:
         """uuid_bridge of two parked legs (s6: UNPARK, EXECUTE uuid_bridge x2, BRIDGE)."""
-        a = self.get(uid_a, "-ERR Invalid uuid\n")
-        b = self.get(uid_b, "-ERR Invalid uuid\n")
+        a = self.get(uid_a, replies.INVALID_UUID)
+        b = self.get(uid_b, replies.INVALID_UUID)
         for leg in (a, b):
             self._attxfer_forget(leg)
         for leg, other in ((a, b), (b, a)):

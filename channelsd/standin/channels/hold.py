@@ -7,6 +7,7 @@ one-way on a real switch (reference §4.3); that row belongs here.
 
 from __future__ import annotations
 
+from .. import replies
 from ..events import now_us
 from .fire import FireMixin
 from .leg import SwitchError
@@ -20,7 +21,7 @@ class HoldMixin(FireMixin):
         (No capture contains hold; shape derived from CHANNEL_PARK, see templates.)"""
         ch = self.get(uid)
         if ch.held:
-            raise SwitchError("-ERR Operation failed\n")
+            raise SwitchError(replies.OPERATION_FAILED)
         ch.held = True
         ch.set_time("Channel-Last-Hold", now_us())
         self._callstate(ch, "HELD")
@@ -29,7 +30,7 @@ class HoldMixin(FireMixin):
     def unhold(self, uid: str) -> None:
         ch = self.get(uid)
         if not ch.held:
-            raise SwitchError("-ERR Operation failed\n")
+            raise SwitchError(replies.OPERATION_FAILED)
         ch.held = False
         last = ch.times.get("Channel-Last-Hold", 0)
         accum = ch.times.get("Channel-Hold-Accum", 0) + max(0, now_us() - last)

@@ -10,6 +10,7 @@ bug of ``switch_ivr_async.c`` (RECORD_START / RECORD_STOP).
 
 from __future__ import annotations
 
+from .. import replies
 from .dialplan import dialplan_app
 from .fire import FireMixin
 from .leg import Channel, SwitchError
@@ -159,7 +160,7 @@ class MediaMixin(FireMixin):
     def record(self, uid: str, action: str, path: str) -> None:
         """uuid_record start|stop|mask|unmask|pause|resume <path>; RECORD_START/STOP events
         (shape derived from PLAYBACK_START/STOP: no capture has them)."""
-        ch = self.get(uid, "-ERR Cannot locate session!\n")
+        ch = self.get(uid, replies.CANNOT_LOCATE_SESSION)
         if action == "start":
             ch.recordings.append(path)
             self._ev(ch, "RECORD_START", post=[("Record-File-Path", path)])
@@ -167,11 +168,11 @@ class MediaMixin(FireMixin):
         if action == "stop":
             paths = list(ch.recordings) if path == "all" else [path]
             if not paths or any(p not in ch.recordings for p in paths):
-                raise SwitchError("-ERR Cannot stop record session!\n")
+                raise SwitchError(replies.CANNOT_STOP_RECORD)
             for p in paths:
                 ch.recordings.remove(p)
                 post = [("Record-File-Path", p), ("Record-Completion-Cause", "success-maxtime")]
                 self._ev(ch, "RECORD_STOP", post=post)
             return
         if path not in ch.recordings:
-            raise SwitchError(f"-ERR Cannot {action} recording session!\n")
+            raise SwitchError(replies.cannot_record(action))
