@@ -1,8 +1,9 @@
-"""The ``api`` / ``bgapi`` commands of the stand-in (mod_commands subset).
+"""The ``api`` / ``bgapi`` commands of the stand-in (a mod_commands subset).
 
-Reply texts are the exact bodies recorded in the captures (s4_errors lists every error form);
-where a reply was not captured, the text follows FreeSWITCH's mod_commands as documented in the
-project's reference notes, and the code says so.
+Each command is an :class:`Api` method registered with ``@api_command(name)``, as mod_commands
+registers its commands with ``SWITCH_ADD_API``; a new command is one decorated method.  The
+commands parse their argument line (``args.separate``), call the call model
+(``channels/``), and answer with a text of ``replies.py``, where every reply cites its source.
 """
 
 from __future__ import annotations
@@ -10,82 +11,38 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import gevent
 import gevent.event
 
 from . import listings, replies
-from .channels import CallModel, SwitchError, new_uuid, str2cause
+from .args import separate
+from .channels import CallModel, SwitchError, str2cause
 
 if TYPE_CHECKING:
     from .server import StandinSwitch
 
 VERSION = "1.11.3-dev~64bit"
-VERSION_LINE = f"FreeSWITCH Version {VERSION} ( 64bit)\n"
-
-
-def separate(text: str, limit: int = 0) -> list[str]:
-    """switch_separate_string(' '): split at spaces outside single quotes; once ``limit``
-    arguments are reached the last one takes the rest of the line.  Every argument is then
-    cleaned as FreeSWITCH does: paired quotes removed (a lone quote stays), ``\\`` escapes
-    resolved, surrounding spaces trimmed -- so ``'speak::flite|kal|Hello there'`` is one
-    argument (reference §0.3)."""
-    raw: list[str] = []
-    i, n = 0, len(text)
-    while i < n:
-        while i < n and text[i] == " ":
-            i += 1
-        if i >= n:
-            break
-        if limit and len(raw) == limit - 1:
-            raw.append(text[i:])
-            break
-        start, quoted = i, False
-        while i < n:
-            c = text[i]
-            if c == "\\":
-                i += 2
-                continue
-            if c == "'" and (quoted or "'" in text[i + 1 :]):
-                quoted = not quoted
-            elif c == " " and not quoted:
-                break
-            i += 1
-        raw.append(text[start:i])
-    return [_clean_arg(arg) for arg in raw]
-
-
-_UNESCAPE = {"n": "\n", "r": "\r", "t": "\t", "s": " ", "'": "'", '"': '"', "\\": "\\", " ": " "}
-
-
-def _clean_arg(arg: str) -> str:
-    out: list[str] = []
-    keep = 0  # length of ``out`` without trailing unquoted spaces
-    quoted = False
-    arg = arg.lstrip(" ")
-    i, n = 0, len(arg)
-    while i < n:
-        c = arg[i]
-        if c == "\\" and i + 1 < n and arg[i + 1] in _UNESCAPE:
-            out.append(_UNESCAPE[arg[i + 1]])
-            keep = len(out)
-            i += 2
-            continue
-        if c == "'" and (quoted or "'" in arg[i + 1 :]):
-            quoted = not quoted
-            if quoted:
-                keep = len(out)
-        else:
-            out.append(c)
-            if c != " " or quoted:
-                keep = len(out)
-        i += 1
-    return "".join(out[:keep])
-
-
+VERSION_LINE = f"FreeSWITCH Version {VERSION} ( 64bit)\n"  # s2_transfer, s5_vars (version)
 _VARS_BLOCK = re.compile(r"^\{([^}]*)\}")
 _APP = re.compile(r"^&([\w-]+)\((.*)\)$", re.S)
+
+# An api command runs with its argument string and returns the api/response body.
+ApiCommand = Callable[["Api", str], "str | bytes"]
+_Cmd = TypeVar("_Cmd", bound=ApiCommand)
+API_COMMANDS: dict[str, ApiCommand] = {}
+
+
+def api_command(name: str) -> Callable[[_Cmd], _Cmd]:
+    """Register an :class:`Api` method as the api command ``name`` (what mod_commands does
+    with ``SWITCH_ADD_API``); ``execute`` answers any other name "Command not found"."""
+
+    def register(fn: _Cmd) -> _Cmd:
+        API_COMMANDS[name] = fn
+        return fn
+
+    return register
 
 
 class Api:
@@ -93,29 +50,6 @@ class Api:
 
     def __init__(self, switch: StandinSwitch) -> None:
         self.sw = switch
-        self.table: dict[str, Callable[[str], str | bytes]] = {
-            "show": self.show,
-            "status": self.status,
-            "version": lambda arg: VERSION_LINE,
-            "global_getvar": self.global_getvar,
-            "uuid_exists": self.uuid_exists,
-            "uuid_getvar": self.uuid_getvar,
-            "uuid_setvar": self.uuid_setvar,
-            "uuid_dump": self.uuid_dump,
-            "uuid_kill": self.uuid_kill,
-            "uuid_answer": self.uuid_answer,
-            "uuid_park": self.uuid_park,
-            "uuid_break": self.uuid_break,
-            "uuid_transfer": self.uuid_transfer,
-            "uuid_hold": self.uuid_hold,
-            "uuid_bridge": self.uuid_bridge,
-            "uuid_broadcast": self.uuid_broadcast,
-            "uuid_recv_dtmf": self.uuid_recv_dtmf,
-            "uuid_record": self.uuid_record,
-            "uuid_audio": self.uuid_audio,
-            "hupall": self.hupall,
-            "originate": self.originate,
-        }
 
     def execute(self, command: str, arg: str) -> bytes:
         """Fire the API event, run the command, return the api/response body."""
@@ -123,11 +57,11 @@ class Api:
         if arg:
             headers.append(("API-Command-Argument", arg))
         self.sw.emit(self.sw.builder.simple("API", headers))
-        fn = self.table.get(command)
+        fn = API_COMMANDS.get(command)
         if fn is None:
             return replies.command_not_found(command).encode()
         try:
-            out = fn(arg)
+            out = fn(self, arg)
         except SwitchError as exc:
             out = exc.reply
         if isinstance(out, str):
@@ -141,6 +75,7 @@ class Api:
         return self.sw.model
 
     # -- listings -----------------------------------------------------------------------------
+    @api_command("show")
     def show(self, arg: str) -> str | bytes:
         words = arg.split()
         if not words:
@@ -172,6 +107,11 @@ class Api:
             return listings.show_calls(self.model.live(), host, fmt, detailed, bridged)
         return replies.USAGE_SHOW
 
+    @api_command("version")
+    def version(self, arg: str) -> str:
+        return VERSION_LINE
+
+    @api_command("status")
     def status(self, arg: str) -> str:
         up_us = time.time_ns() // 1000 - self.sw.started_us
         live = len(self.model.live())
@@ -188,15 +128,18 @@ class Api:
             "Current Stack Size/Max 240K/8192K\n"
         )
 
+    @api_command("global_getvar")
     def global_getvar(self, arg: str) -> str:
         if not arg:
             return "".join(f"{k}={v}\n" for k, v in self.sw.global_vars().items())
         return str(self.sw.global_vars().get(arg.strip(), ""))
 
     # -- channel queries ------------------------------------------------------------------------
+    @api_command("uuid_exists")
     def uuid_exists(self, arg: str) -> str:
         return replies.EXISTS if self.model.locate(arg.strip()) is not None else replies.NOT_EXISTS
 
+    @api_command("uuid_getvar")
     def uuid_getvar(self, arg: str) -> str:
         args = separate(arg, 2)
         if not args:
@@ -211,6 +154,7 @@ class Api:
             return "ARRAY::" + "|:".join(value)
         return str(value)
 
+    @api_command("uuid_setvar")
     def uuid_setvar(self, arg: str) -> str:
         args = separate(arg, 3)
         if len(args) < 2:
@@ -222,6 +166,7 @@ class Api:
         self.model.set_variable(ch.uuid, args[1], value)
         return replies.OK
 
+    @api_command("uuid_dump")
     def uuid_dump(self, arg: str) -> str | bytes:
         args = arg.split()
         if not args:
@@ -232,6 +177,7 @@ class Api:
         return listings.uuid_dump_text(self.sw.builder, ch)
 
     # -- call control -----------------------------------------------------------------------
+    @api_command("uuid_kill")
     def uuid_kill(self, arg: str) -> str:
         args = separate(arg, 2)
         if not args:
@@ -240,6 +186,7 @@ class Api:
         self.model.hangup(ch.uuid, str2cause(args[1] if len(args) > 1 else None))
         return replies.OK
 
+    @api_command("uuid_answer")
     def uuid_answer(self, arg: str) -> str:
         ch = self.model.locate(arg.strip())
         if ch is None:
@@ -247,6 +194,7 @@ class Api:
         self.model.answer(ch.uuid)
         return replies.OK
 
+    @api_command("uuid_park")
     def uuid_park(self, arg: str) -> str:
         if not arg.strip():
             return replies.USAGE_PARK
@@ -254,6 +202,7 @@ class Api:
         self.model.park(ch.uuid)
         return replies.OK
 
+    @api_command("uuid_break")
     def uuid_break(self, arg: str) -> str:
         args = arg.split()
         if not args:
@@ -262,6 +211,7 @@ class Api:
         self.model.break_media(ch.uuid, all_="all" in args[1:])
         return replies.OK
 
+    @api_command("uuid_transfer")
     def uuid_transfer(self, arg: str) -> str:
         args = separate(arg, 5)
         if len(args) < 2:
@@ -289,6 +239,7 @@ class Api:
                 self.model.transfer(target.uuid, dest, dialplan, context)
         return replies.OK
 
+    @api_command("uuid_hold")
     def uuid_hold(self, arg: str) -> str:
         args = arg.split()
         mode = "on"
@@ -307,6 +258,7 @@ class Api:
             self.model.hold(ch.uuid)
         return replies.OK_SUCCESS
 
+    @api_command("uuid_bridge")
     def uuid_bridge(self, arg: str) -> str:
         args = arg.split()
         if len(args) < 2:
@@ -318,6 +270,7 @@ class Api:
         b = self.model.get(b_uuid, replies.INVALID_UUID)
         return replies.ok_uuid(self.model.uuid_bridge(a.uuid, b.uuid))
 
+    @api_command("uuid_broadcast")
     def uuid_broadcast(self, arg: str) -> str:
         args = separate(arg, 3)
         if len(args) < 2:
@@ -327,6 +280,7 @@ class Api:
         self.model.broadcast(ch.uuid, args[1], args[2] if len(args) > 2 else None)
         return replies.MESSAGE_SENT
 
+    @api_command("uuid_recv_dtmf")
     def uuid_recv_dtmf(self, arg: str) -> str:
         # Reply text from the reference (§2.4); the trailing newline is assumed, as on every
         # captured mod_commands reply.  Neither an unknown uuid nor missing arguments were
@@ -338,6 +292,7 @@ class Api:
         self.model.recv_dtmf(ch.uuid, args[1])
         return replies.dtmf_received(ch.uuid, args[1])
 
+    @api_command("uuid_record")
     def uuid_record(self, arg: str) -> str:
         args = separate(arg, 4)
         if len(args) < 3:
@@ -348,6 +303,7 @@ class Api:
         self.model.record(uid, action, path)
         return replies.OK_SUCCESS
 
+    @api_command("uuid_audio")
     def uuid_audio(self, arg: str) -> str:
         # mute / volume: no event of its own, so the stand-in only validates and answers
         args = arg.split()
@@ -356,6 +312,7 @@ class Api:
         self.model.get(args[0])
         return replies.OK
 
+    @api_command("hupall")
     def hupall(self, arg: str) -> str:
         args = arg.split()
         cause = str2cause(args[0]) if args else "MANAGER_REQUEST"
@@ -365,6 +322,7 @@ class Api:
         self.model.hupall(cause)
         return replies.hupall_done(cause)
 
+    @api_command("originate")
     def originate(self, arg: str) -> str:
         args = separate(arg, 7)
         if len(args) < 2:
@@ -416,7 +374,3 @@ def uptime_text(us: int) -> str:
         f"{years} years, {days} days, {hours} hours, {mins} minutes, {secs} seconds, "
         f"{ms} milliseconds, {micro} microseconds"
     )
-
-
-def job_uuid() -> str:
-    return new_uuid()
