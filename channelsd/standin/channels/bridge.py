@@ -11,7 +11,7 @@ CS_SOFT_EXECUTE first (s6).
 from __future__ import annotations
 
 from .. import replies
-from ..events import TIME_FIELDS, now_us
+from ..events import now_us
 from .dialplan import DEFAULT_ANSWERED, DIALPLAN, dialplan_app
 from .fire import FireMixin
 from .leg import Channel
@@ -79,17 +79,10 @@ class BridgeMixin(FireMixin):
         callee.sql_call_uuid = caller.uuid
         caller.bridge_created_epoch = str(ts // 1_000_000)
         caller.other_type = "originatee"
-        snap = dict(callee.profile)
-        snap["Logical-Direction"] = "inbound"
-        for key in TIME_FIELDS:
-            snap[key] = str(callee.times.get(key, 0))
-        snap["Channel-Bridged-Time"] = "0"
-        snap.update({"Screen-Bit": "true", "Privacy-Hide-Name": "false"})
-        snap["Privacy-Hide-Number"] = "false"
-        caller.other_profile = snap
+        caller.other_profile = callee.other_leg_profile(with_times=True)
         if callee.other_type is None:
             callee.other_type = "originator"
-            callee.other_profile = self._originator_snapshot(caller)
+            callee.other_profile = caller.other_leg_profile(with_times=False)
 
     def _bridge_vars(self, caller: Channel, callee: Channel) -> None:
         callee.set_var("call_uuid", caller.uuid)

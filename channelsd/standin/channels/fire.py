@@ -19,6 +19,26 @@ from .base import ModelBase
 from .leg import Channel, new_uuid
 from .tables import CALLSTATE_NUMBERS, STATE_NUMBERS
 
+# The read codec, then the write codec, each with the header names as captured (sic).
+_CODEC_EVENTS: tuple[tuple[str, list[Header]], ...] = (
+    (
+        "switch_core_session_set_read_codec",
+        [
+            ("channel-read-codec-name", "L16"),
+            ("channel-read-codec-rate", "8000"),
+            ("channel-read-codec-bit-rate", "128000"),
+        ],
+    ),
+    (
+        "switch_core_session_set_write_codec",
+        [
+            ("Channel-Write-Codec-Name", "L16"),
+            ("Channel-Write-Codec-Rate", "8000"),
+            ("Channel-Write-codec-bit-rate", "128000"),
+        ],
+    ),
+)
+
 
 class FireMixin(ModelBase):
     """Channel events, fired from the leg's current state."""
@@ -88,30 +108,9 @@ class FireMixin(ModelBase):
         real_name = ch.name
         if name:
             ch.name = name
-        ch.codecs = 1
-        self._ev(
-            ch,
-            "CODEC",
-            post=[
-                ("channel-read-codec-name", "L16"),
-                ("channel-read-codec-rate", "8000"),
-                ("channel-read-codec-bit-rate", "128000"),
-            ],
-            function="switch_core_session_set_read_codec",
-            with_profile=False,
-        )
-        ch.codecs = 2
-        self._ev(
-            ch,
-            "CODEC",
-            post=[
-                ("Channel-Write-Codec-Name", "L16"),
-                ("Channel-Write-Codec-Rate", "8000"),
-                ("Channel-Write-codec-bit-rate", "128000"),
-            ],
-            function="switch_core_session_set_write_codec",
-            with_profile=False,
-        )
+        for level, (function, post) in enumerate(_CODEC_EVENTS, 1):
+            ch.codecs = level
+            self._ev(ch, "CODEC", post=post, function=function, with_profile=False)
         ch.name = real_name
 
     def _execute(self, ch: Channel, app: str, data: str = "") -> None:

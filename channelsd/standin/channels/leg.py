@@ -10,6 +10,7 @@ import uuid as uuidlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..events import FLAG_FIELDS, TIME_FIELDS
 from ..protocol import Header
 
 
@@ -109,6 +110,19 @@ class Channel:
     def set_time(self, name: str, value: int) -> None:
         self.times[name] = value
         self._caller_cache = None
+
+    def other_leg_profile(self, with_times: bool) -> dict[str, str]:
+        """This leg's caller profile as a partner's events show it under Other-Leg-*: always
+        Logical-Direction inbound, Channel-Bridged-Time 0, and the other timestamps this leg's
+        own (``with_times``: the bridge's callee seen from its caller) or all 0 (the caller
+        seen from an originated callee), as captured."""
+        snap = dict(self.profile)
+        snap["Logical-Direction"] = "inbound"
+        for key in TIME_FIELDS:
+            snap[key] = str(self.times.get(key, 0)) if with_times else "0"
+        snap["Channel-Bridged-Time"] = "0"
+        snap.update(FLAG_FIELDS)
+        return snap
 
     # -- the application stack a broadcast nests on -------------------------------------------
     def nest_app(self) -> None:

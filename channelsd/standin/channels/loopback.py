@@ -14,7 +14,6 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from ..events import TIME_FIELDS
 from .dialplan import plan_for
 from .fire import FireMixin
 from .leg import Channel, new_uuid
@@ -247,19 +246,7 @@ class LoopbackMixin(FireMixin):
         callee.set_var("signal_bond", caller.uuid)
         callee.set_var("call_uuid", caller.uuid)
         callee.other_type = "originator"
-        callee.other_profile = self._originator_snapshot(caller)
-
-    @staticmethod
-    def _originator_snapshot(caller: Channel) -> dict[str, str]:
-        """The caller's profile as the callee's events show it under Other-Leg-* (its
-        timestamps all 0, as captured on a bridge callee)."""
-        snap = dict(caller.profile)
-        snap["Logical-Direction"] = "inbound"
-        for key in TIME_FIELDS:
-            snap[key] = "0"
-        snap.update({"Screen-Bit": "true", "Privacy-Hide-Name": "false"})
-        snap["Privacy-Hide-Number"] = "false"
-        return snap
+        callee.other_profile = caller.other_leg_profile(with_times=False)
 
     def _start_originate_app(self, a: Channel) -> None:
         """Once the originated -a leg is answered (or has early media) it flips caller id

@@ -35,12 +35,17 @@ class MediaMixin(FireMixin):
 
     @dialplan_app("playback")
     def _app_playback(self, ch: Channel, data: str) -> bool:
-        self._execute(ch, "playback", data)
+        self._play(ch, data)
+        return True
+
+    def _play(self, ch: Channel, path: str) -> None:
+        """EXECUTE playback and PLAYBACK_START; it runs until it is broken or the leg hangs up
+        (the model has no clock to end it)."""
+        self._execute(ch, "playback", path)
         # the playback code re-sets current_application (it moves to the end, as captured)
         ch.set_var("current_application", "playback")
-        ch.playing = data
-        self._playback_event(ch, "PLAYBACK_START", data, None)
-        return True
+        ch.playing = path
+        self._playback_event(ch, "PLAYBACK_START", path, None)
 
     def broadcast(self, uid: str, path: str, leg: str | None = "aleg") -> None:
         """uuid_broadcast <uuid> <path> [leg] (reference §5.1).  ``app::args`` runs that app
@@ -103,10 +108,7 @@ class MediaMixin(FireMixin):
     def _broadcast_play(self, ch: Channel, path: str) -> None:
         ch.set_var("current_loop", "1")
         ch.set_var("total_loops", "1")
-        self._execute(ch, "playback", path)
-        ch.set_var("current_application", "playback")
-        ch.playing = path
-        self._playback_event(ch, "PLAYBACK_START", path, None)
+        self._play(ch, path)
 
     def _start_hold(self, ch: Channel, partner: Channel) -> bool:
         """The partner hears its own hold_music while ``ch``'s broadcast runs (reference §2.3,
