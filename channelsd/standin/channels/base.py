@@ -37,6 +37,7 @@ class ModelBase:
         self.peak = 0
         # work that must wait until the current transition has fired all its events
         self._deferred: list[Callable[[], None]] = []
+        # api originate waits for its leg to answer (loopback.on_answer)
         self._answer_waiters: dict[str, list[Callable[[], None]]] = {}
         # att_xfer consultations by transferor uuid, and zombie transferors (reference §2.6)
         # -> the (target, transferee) bridge whose end finally tears them down

@@ -70,6 +70,8 @@ class BridgeMixin(FireMixin):
         self._flush_deferred()
 
     def _link(self, caller: Channel, callee: Channel) -> None:
+        """Bond ``caller`` (Bridge-A) and ``callee``: peers, Channel-Bridged-Time, and the
+        Other-Leg-* profile each side's events now carry."""
         ts = now_us()
         caller.bridge_peer, callee.bridge_peer = callee.uuid, caller.uuid
         caller.bridge_side, callee.bridge_side = "A", "B"

@@ -87,17 +87,6 @@ class DialplanMixin(FireMixin):
             return True
         return run(self, ch, data)
 
-    @dialplan_app("park")
-    def _app_park(self, ch: Channel, data: str) -> bool:
-        self._execute(ch, "park")
-        self._park_event(ch)
-        return True
-
-    @dialplan_app("echo")
-    def _app_echo(self, ch: Channel, data: str) -> bool:
-        self._execute(ch, "echo")
-        return True
-
     def _unwind(self, ch: Channel, hangup: bool) -> None:
         """The running application returns (hangup, transfer, park, uuid_bridge); apps a
         broadcast nested on top of it return first."""
@@ -119,3 +108,14 @@ class DialplanMixin(FireMixin):
                 self._execute_complete(ch)
         elif ch.app_running and ch.bridge_side != "B":
             self._execute_complete(ch)
+
+    @dialplan_app("park")
+    def _app_park(self, ch: Channel, data: str) -> bool:
+        self._execute(ch, "park")
+        self._park_event(ch)
+        return True
+
+    @dialplan_app("echo")
+    def _app_echo(self, ch: Channel, data: str) -> bool:
+        self._execute(ch, "echo")
+        return True

@@ -279,4 +279,5 @@ class LoopbackMixin(FireMixin):
         self._continue(a)
 
     def on_answer(self, uid: str, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once ``uid`` is answered (what api originate waits for)."""
         self._answer_waiters.setdefault(uid, []).append(callback)

@@ -3,8 +3,8 @@
 Mirrors FreeSWITCH's ``switch_ivr_play_say.c`` (``playback``: EXECUTE, PLAYBACK_START ..
 PLAYBACK_STOP, EXECUTE_COMPLETE), ``switch_ivr_broadcast`` (an ``app::args`` path runs that
 app nested on top of whatever the leg runs; with no leg word the partner hears its own
-``hold_music`` meanwhile, reference §5.1/§2.3), ``uuid_break`` (``switch_ivr_stop_..``: the
-playback ends, the interrupted app or the dialplan goes on, s3_break) and the recording media
+``hold_music`` meanwhile, reference §5.1/§2.3), ``uuid_break`` (the playback ends with
+PLAYBACK_STOP, the interrupted app or the dialplan goes on, s3_break) and the recording media
 bug of ``switch_ivr_async.c`` (RECORD_START / RECORD_STOP).
 """
 
@@ -129,6 +129,7 @@ class MediaMixin(FireMixin):
         return True
 
     def _release_hold(self, ch: Channel) -> None:
+        """``ch``'s broadcast is over: the hold music its partner hears stops."""
         uid, ch.holding = ch.holding, None
         partner = self.channels.get(uid or "")
         if partner is None or not partner.alive or partner.playing is None:
