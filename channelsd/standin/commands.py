@@ -1,8 +1,9 @@
-"""The ``api`` / ``bgapi`` commands of the stand-in (mod_commands subset).
+"""The ``api`` / ``bgapi`` commands of the stand-in (a mod_commands subset).
 
-Reply texts are the exact bodies recorded in the captures (s4_errors lists every error form);
-where a reply was not captured, the text follows FreeSWITCH's mod_commands as documented in the
-project's reference notes, and the code says so.
+Each command is an :class:`Api` method registered with ``@api_command(name)``, as mod_commands
+registers its commands with ``SWITCH_ADD_API``; a new command is one decorated method.  The
+commands parse their argument line (``args.separate``), call the call model
+(``channels/``), and answer with a text of ``replies.py``, where every reply cites its source.
 """
 
 from __future__ import annotations
@@ -10,95 +11,38 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import gevent
 import gevent.event
 
-from . import listings
-from .channels import CallModel, Channel, SwitchError, new_uuid, str2cause
+from . import listings, replies
+from .args import separate
+from .channels import CallModel, SwitchError, str2cause
 
 if TYPE_CHECKING:
     from .server import StandinSwitch
 
 VERSION = "1.11.3-dev~64bit"
-VERSION_LINE = f"FreeSWITCH Version {VERSION} ( 64bit)\n"
-SHOW_USAGE = (
-    "-USAGE: codec|endpoint|application|api|dialplan|file|timer|calls [count]|channels "
-    "[count|like <match string>]|calls|detailed_calls|bridged_calls|detailed_bridged_calls|"
-    "aliases|complete|chat|management|modules|nat_map|say|interfaces|interface_types|tasks|"
-    "limits|status\n"
-)
-ORIGINATE_USAGE = (
-    "-USAGE: <call url> <exten>|&<application_name>(<app_args>) [<dialplan>] [<context>] "
-    "[<cid_name>] [<cid_num>] [<timeout_sec>]\n"
-)
-TRANSFER_USAGE = "-USAGE: <uuid> [-bleg|-both] <dest-exten> [<dialplan>] [<context>]\n"
-NO_CHANNEL = "-ERR No such channel!\n"
-SQL_DISABLED = "-ERR SQL disabled, no data available!\n"
-
-
-def separate(text: str, limit: int = 0) -> list[str]:
-    """switch_separate_string(' '): split at spaces outside single quotes; once ``limit``
-    arguments are reached the last one takes the rest of the line.  Every argument is then
-    cleaned as FreeSWITCH does: paired quotes removed (a lone quote stays), ``\\`` escapes
-    resolved, surrounding spaces trimmed -- so ``'speak::flite|kal|Hello there'`` is one
-    argument (reference §0.3)."""
-    raw: list[str] = []
-    i, n = 0, len(text)
-    while i < n:
-        while i < n and text[i] == " ":
-            i += 1
-        if i >= n:
-            break
-        if limit and len(raw) == limit - 1:
-            raw.append(text[i:])
-            break
-        start, quoted = i, False
-        while i < n:
-            c = text[i]
-            if c == "\\":
-                i += 2
-                continue
-            if c == "'" and (quoted or "'" in text[i + 1 :]):
-                quoted = not quoted
-            elif c == " " and not quoted:
-                break
-            i += 1
-        raw.append(text[start:i])
-    return [_clean_arg(arg) for arg in raw]
-
-
-_UNESCAPE = {"n": "\n", "r": "\r", "t": "\t", "s": " ", "'": "'", '"': '"', "\\": "\\", " ": " "}
-
-
-def _clean_arg(arg: str) -> str:
-    out: list[str] = []
-    keep = 0  # length of ``out`` without trailing unquoted spaces
-    quoted = False
-    arg = arg.lstrip(" ")
-    i, n = 0, len(arg)
-    while i < n:
-        c = arg[i]
-        if c == "\\" and i + 1 < n and arg[i + 1] in _UNESCAPE:
-            out.append(_UNESCAPE[arg[i + 1]])
-            keep = len(out)
-            i += 2
-            continue
-        if c == "'" and (quoted or "'" in arg[i + 1 :]):
-            quoted = not quoted
-            if quoted:
-                keep = len(out)
-        else:
-            out.append(c)
-            if c != " " or quoted:
-                keep = len(out)
-        i += 1
-    return "".join(out[:keep])
-
-
+VERSION_LINE = f"FreeSWITCH Version {VERSION} ( 64bit)\n"  # s2_transfer, s5_vars (version)
 _VARS_BLOCK = re.compile(r"^\{([^}]*)\}")
 _APP = re.compile(r"^&([\w-]+)\((.*)\)$", re.S)
+
+# An api command runs with its argument string and returns the api/response body.
+ApiCommand = Callable[["Api", str], "str | bytes"]
+_Cmd = TypeVar("_Cmd", bound=ApiCommand)
+API_COMMANDS: dict[str, ApiCommand] = {}
+
+
+def api_command(name: str) -> Callable[[_Cmd], _Cmd]:
+    """Register an :class:`Api` method as the api command ``name`` (what mod_commands does
+    with ``SWITCH_ADD_API``); ``execute`` answers any other name "Command not found"."""
+
+    def register(fn: _Cmd) -> _Cmd:
+        API_COMMANDS[name] = fn
+        return fn
+
+    return register
 
 
 class Api:
@@ -106,29 +50,6 @@ class Api:
 
     def __init__(self, switch: StandinSwitch) -> None:
         self.sw = switch
-        self.table: dict[str, Callable[[str], str | bytes]] = {
-            "show": self.show,
-            "status": self.status,
-            "version": lambda arg: VERSION_LINE,
-            "global_getvar": self.global_getvar,
-            "uuid_exists": self.uuid_exists,
-            "uuid_getvar": self.uuid_getvar,
-            "uuid_setvar": self.uuid_setvar,
-            "uuid_dump": self.uuid_dump,
-            "uuid_kill": self.uuid_kill,
-            "uuid_answer": self.uuid_answer,
-            "uuid_park": self.uuid_park,
-            "uuid_break": self.uuid_break,
-            "uuid_transfer": self.uuid_transfer,
-            "uuid_hold": self.uuid_hold,
-            "uuid_bridge": self.uuid_bridge,
-            "uuid_broadcast": self.uuid_broadcast,
-            "uuid_recv_dtmf": self.uuid_recv_dtmf,
-            "uuid_record": self.uuid_record,
-            "uuid_audio": self.uuid_audio,
-            "hupall": self.hupall,
-            "originate": self.originate,
-        }
 
     def execute(self, command: str, arg: str) -> bytes:
         """Fire the API event, run the command, return the api/response body."""
@@ -136,37 +57,29 @@ class Api:
         if arg:
             headers.append(("API-Command-Argument", arg))
         self.sw.emit(self.sw.builder.simple("API", headers))
-        fn = self.table.get(command)
+        fn = API_COMMANDS.get(command)
         if fn is None:
-            return f"-ERR {command} Command not found!\n".encode()
+            return replies.command_not_found(command).encode()
         try:
-            out = fn(arg)
+            out = fn(self, arg)
         except SwitchError as exc:
             out = exc.reply
         if isinstance(out, str):
             out = out.encode()
         # mod_event_socket answers an empty result with this text (reference, not captured)
-        return out or b"-ERR no reply\n"
+        return out or replies.NO_REPLY.encode()
 
     # -- helpers ------------------------------------------------------------------------------
     @property
     def model(self) -> CallModel:
         return self.sw.model
 
-    def _live(self) -> list[Channel]:
-        return [ch for ch in self.model.channels.values() if not ch.destroyed]
-
-    def _find(self, uid: str, reply: str = NO_CHANNEL) -> Channel:
-        ch = self.model.channels.get(uid)
-        if ch is None or not ch.alive:
-            raise SwitchError(reply)
-        return ch
-
     # -- listings -----------------------------------------------------------------------------
+    @api_command("show")
     def show(self, arg: str) -> str | bytes:
         words = arg.split()
         if not words:
-            return SHOW_USAGE
+            return replies.USAGE_SHOW
         what = words[0].lower()
         rest = [w.lower() for w in words[1:]]
         fmt = "text"
@@ -176,10 +89,10 @@ class Api:
             fmt = "count"
         listing = ("channels", "calls", "detailed_calls", "bridged_calls")
         if what in listing and self.sw.sql_disabled:
-            return SQL_DISABLED
+            return replies.SQL_DISABLED
         host = self.sw.hostname
         if what == "channels":
-            live = [ch for ch in self._live() if ch.uuid not in self.sw.hide_from_listing]
+            live = [ch for ch in self.model.live() if ch.uuid not in self.sw.hide_from_listing]
             if rest[:1] == ["like"] and len(words) > 2:
                 needle = words[2]
                 live = [
@@ -191,12 +104,17 @@ class Api:
         if what in ("calls", "detailed_calls", "bridged_calls", "detailed_bridged_calls"):
             detailed = what.startswith("detailed")
             bridged = "bridged" in what
-            return listings.show_calls(self._live(), host, fmt, detailed, bridged)
-        return SHOW_USAGE
+            return listings.show_calls(self.model.live(), host, fmt, detailed, bridged)
+        return replies.USAGE_SHOW
 
+    @api_command("version")
+    def version(self, arg: str) -> str:
+        return VERSION_LINE
+
+    @api_command("status")
     def status(self, arg: str) -> str:
         up_us = time.time_ns() // 1000 - self.sw.started_us
-        live = len(self._live())
+        live = len(self.model.live())
         m = self.model
         return (
             f"UP {uptime_text(up_us)}\n"
@@ -210,93 +128,102 @@ class Api:
             "Current Stack Size/Max 240K/8192K\n"
         )
 
+    @api_command("global_getvar")
     def global_getvar(self, arg: str) -> str:
         if not arg:
             return "".join(f"{k}={v}\n" for k, v in self.sw.global_vars().items())
         return str(self.sw.global_vars().get(arg.strip(), ""))
 
     # -- channel queries ------------------------------------------------------------------------
+    @api_command("uuid_exists")
     def uuid_exists(self, arg: str) -> str:
-        ch = self.model.channels.get(arg.strip())
-        return "true" if ch is not None and ch.alive else "false"
+        return replies.EXISTS if self.model.locate(arg.strip()) is not None else replies.NOT_EXISTS
 
+    @api_command("uuid_getvar")
     def uuid_getvar(self, arg: str) -> str:
         args = separate(arg, 2)
         if not args:
-            return "-USAGE: <uuid> <var>\n"
-        ch = self._find(args[0])
+            return replies.USAGE_GETVAR
+        ch = self.model.get(args[0])
         if len(args) < 2 or not args[1]:
-            return "-ERR No variable name specified!\n"
+            return replies.NO_VARIABLE_NAME
         value = ch.variables.get(args[1])
         if value is None:
-            return "_undef_"
+            return replies.UNDEF
         if isinstance(value, list):
             return "ARRAY::" + "|:".join(value)
         return str(value)
 
+    @api_command("uuid_setvar")
     def uuid_setvar(self, arg: str) -> str:
         args = separate(arg, 3)
         if len(args) < 2:
-            return "-USAGE: <uuid> <var> [value]\n"
-        ch = self._find(args[0])
+            return replies.USAGE_SETVAR
+        ch = self.model.get(args[0])
         if not args[1]:
-            return "-ERR No variable specified\n"
+            return replies.NO_VARIABLE
         value = args[2] if len(args) > 2 else None
         self.model.set_variable(ch.uuid, args[1], value)
-        return "+OK\n"
+        return replies.OK
 
-    def uuid_dump(self, arg: str) -> bytes:
+    @api_command("uuid_dump")
+    def uuid_dump(self, arg: str) -> str | bytes:
         args = arg.split()
         if not args:
-            return b"-USAGE: <uuid> [format]\n"
-        ch = self._find(args[0])
+            return replies.USAGE_DUMP
+        ch = self.model.get(args[0])
         if len(args) > 1 and args[1] == "json":
             return listings.uuid_dump_json(self.sw.builder, ch)
         return listings.uuid_dump_text(self.sw.builder, ch)
 
     # -- call control -----------------------------------------------------------------------
+    @api_command("uuid_kill")
     def uuid_kill(self, arg: str) -> str:
         args = separate(arg, 2)
         if not args:
-            return "-USAGE: <uuid> [cause]\n"
-        ch = self._find(args[0])
+            return replies.USAGE_KILL
+        ch = self.model.get(args[0])
         self.model.hangup(ch.uuid, str2cause(args[1] if len(args) > 1 else None))
-        return "+OK\n"
+        return replies.OK
 
+    @api_command("uuid_answer")
     def uuid_answer(self, arg: str) -> str:
-        ch = self.model.channels.get(arg.strip())
-        if ch is None or not ch.alive:
-            return "-ERROR\n"
+        ch = self.model.locate(arg.strip())
+        if ch is None:
+            return replies.ANSWER_FAILED
         self.model.answer(ch.uuid)
-        return "+OK\n"
+        return replies.OK
 
+    @api_command("uuid_park")
     def uuid_park(self, arg: str) -> str:
         if not arg.strip():
-            return "-USAGE: <uuid>\n"
-        ch = self._find(arg.split()[0])
+            return replies.USAGE_PARK
+        ch = self.model.get(arg.split()[0])
         self.model.park(ch.uuid)
-        return "+OK\n"
+        return replies.OK
 
+    @api_command("uuid_break")
     def uuid_break(self, arg: str) -> str:
         args = arg.split()
         if not args:
-            return "-USAGE: <uuid> [all]\n"
-        ch = self._find(args[0])
+            return replies.USAGE_BREAK
+        ch = self.model.get(args[0])
         self.model.break_media(ch.uuid, all_="all" in args[1:])
-        return "+OK\n"
+        return replies.OK
 
+    @api_command("uuid_transfer")
     def uuid_transfer(self, arg: str) -> str:
         args = separate(arg, 5)
         if len(args) < 2:
-            return TRANSFER_USAGE
-        ch = self._find(args[0])
+            return replies.USAGE_TRANSFER
+        ch = self.model.get(args[0])
         leg = ""
         if args[1] in ("-bleg", "-both"):
             leg = args[1]
             args = separate(arg, 6)
             args.pop(1)
             if len(args) < 2:
-                return TRANSFER_USAGE
+                return replies.USAGE_TRANSFER
         dest = args[1]
         dialplan = args[2] if len(args) > 2 else ch.profile.get("Dialplan", "XML")
         context = args[3] if len(args) > 3 else ch.profile.get("Context", "default")
@@ -310,90 +237,96 @@ class Api:
         for target in targets:
             if target.alive:
                 self.model.transfer(target.uuid, dest, dialplan, context)
-        return "+OK\n"
+        return replies.OK
 
+    @api_command("uuid_hold")
     def uuid_hold(self, arg: str) -> str:
         args = arg.split()
         mode = "on"
         if args and args[0] in ("off", "toggle"):
             mode = args.pop(0)
         if not args:
-            return "-USAGE: [off|toggle] <uuid> [<display>]\n-ERR Operation failed\n"
-        ch = self.model.channels.get(args[0])
-        if ch is None or not ch.alive:
-            return "+OK Success\n"  # captured: an unknown uuid still answers +OK Success
+            return replies.USAGE_HOLD
+        ch = self.model.locate(args[0])
+        if ch is None:
+            return replies.OK_SUCCESS  # captured: an unknown uuid still answers +OK Success
         if mode == "toggle":
             mode = "off" if ch.held else "on"
         if mode == "off":
             self.model.unhold(ch.uuid)
         else:
             self.model.hold(ch.uuid)
-        return "+OK Success\n"
+        return replies.OK_SUCCESS
 
+    @api_command("uuid_bridge")
     def uuid_bridge(self, arg: str) -> str:
         args = arg.split()
         if len(args) < 2:
-            return "-USAGE: <uuid> <other_uuid>\n"
-        a = self._find(args[0], "-ERR Invalid uuid\n")
+            return replies.USAGE_BRIDGE
+        a = self.model.get(args[0], replies.INVALID_UUID)
         b_uuid = args[1]
-        b = self.model.channels.get(b_uuid)
-        if (b is None or not b.alive) and len(args) > 2:
+        if self.model.locate(b_uuid) is None and len(args) > 2:
             b_uuid = args[2]
-        b = self._find(b_uuid, "-ERR Invalid uuid\n")
-        return f"+OK {self.model.uuid_bridge(a.uuid, b.uuid)}\n"
+        b = self.model.get(b_uuid, replies.INVALID_UUID)
+        return replies.ok_uuid(self.model.uuid_bridge(a.uuid, b.uuid))
 
+    @api_command("uuid_broadcast")
     def uuid_broadcast(self, arg: str) -> str:
         args = separate(arg, 3)
         if len(args) < 2:
-            return "-USAGE: <uuid> <path> [aleg|bleg|holdb|both]\n"
-        ch = self._find(args[0], "-ERR invalid uuid\n")
+            return replies.USAGE_BROADCAST
+        ch = self.model.get(args[0], replies.BROADCAST_INVALID_UUID)
         # no leg word is not "aleg": the partner is held with hold music (reference §5.1)
         self.model.broadcast(ch.uuid, args[1], args[2] if len(args) > 2 else None)
-        return "+OK Message sent\n"
+        return replies.MESSAGE_SENT
 
+    @api_command("uuid_recv_dtmf")
     def uuid_recv_dtmf(self, arg: str) -> str:
         # Reply text from the reference (§2.4); the trailing newline is assumed, as on every
         # captured mod_commands reply.  Neither an unknown uuid nor missing arguments were
         # tried: those replies take the shape of the captured uuid_kill / uuid_transfer ones.
         args = separate(arg, 2)
         if len(args) < 2 or not args[1]:
-            return "-USAGE: <uuid> <dtmf_data>\n"
-        ch = self._find(args[0])
+            return replies.USAGE_RECV_DTMF
+        ch = self.model.get(args[0])
         self.model.recv_dtmf(ch.uuid, args[1])
-        return f"+OK {ch.uuid} received DTMF {args[1]}.\n"
+        return replies.dtmf_received(ch.uuid, args[1])
 
+    @api_command("uuid_record")
     def uuid_record(self, arg: str) -> str:
-        usage = "-USAGE: <uuid> [start|stop|mask|unmask] <path> [<limit>] [<recording_vars>]\n"
         args = separate(arg, 4)
         if len(args) < 3:
-            return usage
+            return replies.USAGE_RECORD
         uid, action, path = args[0], args[1].lower(), args[2]
         if action not in ("start", "stop", "mask", "unmask", "pause", "resume"):
-            return usage
+            return replies.USAGE_RECORD
         self.model.record(uid, action, path)
-        return "+OK Success\n"
+        return replies.OK_SUCCESS
 
+    @api_command("uuid_audio")
     def uuid_audio(self, arg: str) -> str:
         # mute / volume: no event of its own, so the stand-in only validates and answers
         args = arg.split()
         if len(args) < 2 or args[1] not in ("start", "stop"):
-            return "-USAGE: <uuid> [start [read|write] [mute|level <level>]|stop]\n"
-        self._find(args[0])
-        return "+OK\n"
+            return replies.USAGE_AUDIO
+        self.model.get(args[0])
+        return replies.OK
 
+    @api_command("hupall")
     def hupall(self, arg: str) -> str:
         args = arg.split()
         cause = str2cause(args[0]) if args else "MANAGER_REQUEST"
         if len(args) >= 3:
             self.model.hupall(cause, (args[1], args[2]))
-            return f"+OK hangup all channels matching [{args[1]}]=[{args[2]}] with cause: {cause}\n"
+            return replies.hupall_matching(args[1], args[2], cause)
         self.model.hupall(cause)
-        return f"+OK hangup all channels with cause {cause}\n"
+        return replies.hupall_done(cause)
 
+    @api_command("originate")
     def originate(self, arg: str) -> str:
         args = separate(arg, 7)
         if len(args) < 2:
-            return ORIGINATE_USAGE
+            return replies.USAGE_ORIGINATE
         url, target = args[0], args[1]
         variables: dict[str, str] = {}
         m = _VARS_BLOCK.match(url)
@@ -405,7 +338,7 @@ class Api:
             url = url[m.end() :]
         parts = url.split("/")
         if parts[0] != "loopback" or len(parts) < 2 or not parts[1]:
-            return "-ERR CHAN_NOT_IMPLEMENTED\n"
+            return replies.err_cause("CHAN_NOT_IMPLEMENTED")
         dest = parts[1]
         context = parts[2] if len(parts) > 2 and parts[2] else "default"
         app = _APP.match(target)
@@ -416,18 +349,18 @@ class Api:
         # originate succeeds once the leg is answered (or has early media), even if the app
         # it then runs kills it (captured: &nosuchapp() answers +OK <uuid>)
         if a.answered or a.times.get("Channel-Progress-Media-Time"):
-            return f"+OK {a.uuid}\n"
+            return replies.ok_uuid(a.uuid)
         if a.hungup or a.destroyed:
-            return f"-ERR {a.hangup_cause or 'NORMAL_CLEARING'}\n"
+            return replies.err_cause(a.hangup_cause or "NORMAL_CLEARING")
         if not (a.answered or a.answer_state == "early"):
             done = gevent.event.Event()
             self.model.on_answer(a.uuid, done.set)
             if not done.wait(timeout) and a.alive:
                 self.model.hangup(a.uuid, "NO_ANSWER")
-                return "-ERR NO_ANSWER\n"
+                return replies.err_cause("NO_ANSWER")
             if not a.answered:
-                return f"-ERR {a.hangup_cause or 'NORMAL_CLEARING'}\n"
-        return f"+OK {a.uuid}\n"
+                return replies.err_cause(a.hangup_cause or "NORMAL_CLEARING")
+        return replies.ok_uuid(a.uuid)
 
 
 def uptime_text(us: int) -> str:
@@ -441,7 +374,3 @@ def uptime_text(us: int) -> str:
         f"{years} years, {days} days, {hours} hours, {mins} minutes, {secs} seconds, "
         f"{ms} milliseconds, {micro} microseconds"
     )
-
-
-def job_uuid() -> str:
-    return new_uuid()

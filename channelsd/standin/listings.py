@@ -96,11 +96,7 @@ def count(n: int) -> bytes:
 
 def show_channels(channels: Iterable[Channel], hostname: str, fmt: str) -> bytes:
     rows = [channel_row(ch, hostname) for ch in _sorted(channels)]
-    if fmt == "count":
-        return count(len(rows))
-    if fmt == "json":
-        return _json(rows)
-    return _csv(CHANNEL_COLUMNS, rows)
+    return _render(CHANNEL_COLUMNS, rows, fmt)
 
 
 def _call_pairs(channels: list[Channel]) -> list[tuple[Channel, Channel | None]]:
@@ -139,6 +135,11 @@ def show_calls(
         pairs = [p for p in pairs if p[1] is not None]
     columns = DETAILED_COLUMNS if detailed else CALL_COLUMNS
     rows = [_call_row(a, b, hostname, columns) for a, b in pairs]
+    return _render(columns, rows, fmt)
+
+
+def _render(columns: tuple[str, ...], rows: list[dict[str, str]], fmt: str) -> bytes:
+    """A ``show`` body: ``count``, ``json`` or the default CSV-like text."""
     if fmt == "count":
         return count(len(rows))
     if fmt == "json":

@@ -22,7 +22,7 @@ import gevent
 import gevent.queue
 from gevent.server import StreamServer
 
-from . import protocol
+from . import protocol, replies
 from .channels import BROADCAST_APPS, GLOBAL_HOLD_MUSIC, CallModel, Channel, new_uuid
 from .commands import VERSION, Api, uptime_text
 from .events import EventBuilder, now_us
@@ -357,7 +357,7 @@ class StandinSwitch:
 
     def set_variable(self, uuid: str, name: str, value: Any) -> None:
         """Like ``uuid_setvar`` from another ESL client: only an API event, no channel event."""
-        self.model._get(uuid)
+        self.model.get(uuid)
         arg = f"{uuid} {name}" + ("" if value is None else f" {value}")
         self.emit(
             self.builder.simple(
@@ -370,7 +370,7 @@ class StandinSwitch:
         """HEARTBEAT (Session-Count = live channels) followed by its RE_SCHEDULE, as captured."""
         up = now_us() - self.started_us
         m = self.model
-        live = sum(1 for ch in m.channels.values() if not ch.destroyed)
+        live = len(m.live())
         self.emit(
             self.builder.simple(
                 "HEARTBEAT",
@@ -461,22 +461,22 @@ class StandinSwitch:
             if cmd == "auth":
                 if rest == self.password:
                     conn.authed = True
-                    conn.send(protocol.command_reply("+OK accepted"))
+                    conn.send(protocol.command_reply(replies.AUTH_ACCEPTED))
                 else:
-                    conn.send(protocol.command_reply("-ERR invalid"))
+                    conn.send(protocol.command_reply(replies.AUTH_INVALID))
                     conn.send(protocol.disconnect_notice())
                     self._finish(conn)
             else:
-                conn.send(protocol.command_reply("-ERR command not found"))
+                conn.send(protocol.command_reply(replies.COMMAND_NOT_FOUND))
             return
         handler = getattr(self, f"_cmd_{cmd}", None)
         if handler is None:
-            conn.send(protocol.command_reply("-ERR command not found"))
+            conn.send(protocol.command_reply(replies.COMMAND_NOT_FOUND))
             return
         handler(conn, rest, packet)
 
     def _goodbye(self, conn: Connection) -> None:
-        conn.send(protocol.command_reply("+OK bye"))
+        conn.send(protocol.command_reply(replies.BYE))
         conn.send(protocol.disconnect_notice())
         self._finish(conn)
 
@@ -498,7 +498,7 @@ class StandinSwitch:
     # -- api / bgapi ----------------------------------------------------------------------------
     def _cmd_api(self, conn: Connection, rest: str, packet: Packet) -> None:
         if not rest:
-            conn.send(protocol.command_reply("-ERR command not found"))
+            conn.send(protocol.command_reply(replies.COMMAND_NOT_FOUND))
             return
         command, _, arg = rest.partition(" ")
         conn.hold()
@@ -514,14 +514,14 @@ class StandinSwitch:
 
     def _cmd_bgapi(self, conn: Connection, rest: str, packet: Packet) -> None:
         if not rest:
-            conn.send(protocol.command_reply("-ERR command not found"))
+            conn.send(protocol.command_reply(replies.COMMAND_NOT_FOUND))
             return
         job = packet.headers.get("Job-UUID") or new_uuid()
         if self.reply_delay:
             gevent.sleep(self.reply_delay)
         if not self._wait_hung(conn):
             return
-        conn.send(protocol.command_reply(f"+OK Job-UUID: {job}", [("Job-UUID", job)]))
+        conn.send(protocol.command_reply(replies.job_accepted(job), [("Job-UUID", job)]))
         command, _, arg = rest.partition(" ")
         glet = gevent.spawn(self._run_job, job, command, arg.strip())
         self._greenlets.append(glet)
@@ -566,66 +566,65 @@ class StandinSwitch:
 
     def _cmd_event(self, conn: Connection, rest: str, packet: Packet) -> None:
         if self._parse_names(conn, rest, add=True):
-            conn.send(protocol.command_reply(f"+OK event listener enabled {conn.fmt}"))
+            conn.send(protocol.command_reply(replies.listener_enabled(conn.fmt)))
         else:
-            conn.send(protocol.command_reply("-ERR no keywords supplied"))
+            conn.send(protocol.command_reply(replies.NO_KEYWORDS))
 
     def _cmd_nixevent(self, conn: Connection, rest: str, packet: Packet) -> None:
         if self._parse_names(conn, rest, add=False):
-            conn.send(protocol.command_reply("+OK events nixed"))
+            conn.send(protocol.command_reply(replies.EVENTS_NIXED))
         else:
-            conn.send(protocol.command_reply("-ERR no keywords supplied"))
+            conn.send(protocol.command_reply(replies.NO_KEYWORDS))
 
     def _cmd_noevents(self, conn: Connection, rest: str, packet: Packet) -> None:
         if conn.listening:
             conn.all_events = False
             conn.events.clear()
-            conn.send(protocol.command_reply("+OK no longer listening for events"))
+            conn.send(protocol.command_reply(replies.NO_LONGER_LISTENING))
         else:
-            conn.send(protocol.command_reply("-ERR not listening for events"))
+            conn.send(protocol.command_reply(replies.NOT_LISTENING))
 
     def _cmd_filter(self, conn: Connection, rest: str, packet: Packet) -> None:
         # replies as captured; the stand-in does not apply filters (channelsd must not use them)
         parts = rest.split(None, 1)
         if len(parts) < 2:
-            conn.send(protocol.command_reply("-ERR invalid syntax"))
+            conn.send(protocol.command_reply(replies.INVALID_SYNTAX))
             return
         if parts[0] == "delete":
-            conn.send(protocol.command_reply(f"+OK filter deleted. [{parts[1]}]"))
+            conn.send(protocol.command_reply(replies.filter_deleted(parts[1])))
             return
         header, _, value = rest.partition(" ")
-        conn.send(protocol.command_reply(f"+OK filter added. [{header}]=[{value}]"))
+        conn.send(protocol.command_reply(replies.filter_added(header, value)))
 
     def _cmd_myevents(self, conn: Connection, rest: str, packet: Packet) -> None:
-        conn.send(protocol.command_reply("+OK Events Enabled"))
+        conn.send(protocol.command_reply(replies.EVENTS_ENABLED))
 
     def _cmd_log(self, conn: Connection, rest: str, packet: Packet) -> None:
         level = rest.strip().lower() or "debug"
         num = int(level) if level.isdigit() else LOG_LEVELS.get(level)
         if num is None or not 0 <= num <= 7:
-            conn.send(protocol.command_reply("-ERR invalid log level"))
+            conn.send(protocol.command_reply(replies.INVALID_LOG_LEVEL))
             return
         conn.log_level = num
         names = {v: k for k, v in LOG_LEVELS.items() if k != "error"}
-        conn.send(protocol.command_reply(f"+OK log level {names[num].upper()} [{num}]"))
+        conn.send(protocol.command_reply(replies.log_level(names[num].upper(), num)))
 
     def _cmd_nolog(self, conn: Connection, rest: str, packet: Packet) -> None:
         if conn.log_level is None:
-            conn.send(protocol.command_reply("-ERR not loging"))
+            conn.send(protocol.command_reply(replies.NOT_LOGGING))
         else:
             conn.log_level = None
-            conn.send(protocol.command_reply("+OK no longer logging"))
+            conn.send(protocol.command_reply(replies.NO_LONGER_LOGGING))
 
     def _cmd_linger(self, conn: Connection, rest: str, packet: Packet) -> None:
-        conn.send(protocol.command_reply("-ERR not controlling a session"))
+        conn.send(protocol.command_reply(replies.NOT_CONTROLLING))
 
     _cmd_nolinger = _cmd_linger
 
     def _cmd_sendmsg(self, conn: Connection, rest: str, packet: Packet) -> None:
         uid = rest.strip()
-        ch = self.model.channels.get(uid)
-        if ch is None or not ch.alive:
-            conn.send(protocol.command_reply(f"-ERR invalid session id [{uid}]"))
+        if self.model.locate(uid) is None:
+            conn.send(protocol.command_reply(replies.invalid_session(uid)))
             return
         headers = {k.lower(): v for k, v in packet.headers.items()}
         command = headers.get("call-command", "")
@@ -640,4 +639,4 @@ class StandinSwitch:
             if arg is None:
                 arg = packet.body.decode("utf-8", "replace").rstrip("\n")
             self.model.execute_app(uid, headers["execute-app-name"], arg)
-        conn.send(protocol.command_reply("+OK"))
+        conn.send(protocol.command_reply(replies.SENDMSG_OK))

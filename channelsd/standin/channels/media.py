@@ -1,0 +1,181 @@
+"""Media on a leg: playback, ``uuid_broadcast``, ``uuid_break`` and ``uuid_record``.
+
+Mirrors FreeSWITCH's ``switch_ivr_play_say.c`` (``playback``: EXECUTE, PLAYBACK_START ..
+PLAYBACK_STOP, EXECUTE_COMPLETE), ``switch_ivr_broadcast`` (an ``app::args`` path runs that
+app nested on top of whatever the leg runs; with no leg word the partner hears its own
+``hold_music`` meanwhile, reference §5.1/§2.3), ``uuid_break`` (the playback ends with
+PLAYBACK_STOP, the interrupted app or the dialplan goes on, s3_break) and the recording media
+bug of ``switch_ivr_async.c`` (RECORD_START / RECORD_STOP).
+"""
+
+from __future__ import annotations
+
+from .. import replies
+from .dialplan import dialplan_app
+from .fire import FireMixin
+from .leg import Channel, SwitchError
+
+# The capture switch's global hold_music; reference §2.3/§4.4: it was not a playable stream there.
+GLOBAL_HOLD_MUSIC = "local_stream://moh"
+# Apps a uuid_broadcast ``app::args`` path runs.  Any other ``x::y`` is still read as a file to
+# play: the reference and the captures say nothing about an unknown app in a broadcast.
+BROADCAST_APPS = frozenset({"playback", "speak", "say", "att_xfer"})
+
+
+def split_broadcast(path: str) -> tuple[str, str]:
+    """``app::args`` of a uuid_broadcast path; a plain path means playback of that path."""
+    app, sep, data = path.partition("::")
+    if sep and app in BROADCAST_APPS:
+        return app, data
+    return "playback", path
+
+
+class MediaMixin(FireMixin):
+    """Playback, broadcast, break and record on a leg."""
+
+    @dialplan_app("playback")
+    def _app_playback(self, ch: Channel, data: str) -> bool:
+        self._play(ch, data)
+        return True
+
+    def _play(self, ch: Channel, path: str) -> None:
+        """EXECUTE playback and PLAYBACK_START; it runs until it is broken or the leg hangs up
+        (the model has no clock to end it)."""
+        self._execute(ch, "playback", path)
+        # the playback code re-sets current_application (it moves to the end, as captured)
+        ch.set_var("current_application", "playback")
+        ch.playing = path
+        self._playback_event(ch, "PLAYBACK_START", path, None)
+
+    def broadcast(self, uid: str, path: str, leg: str | None = "aleg") -> None:
+        """uuid_broadcast <uuid> <path> [leg] (reference §5.1).  ``app::args`` runs that app
+        (playback, speak, say, att_xfer); no leg word means aleg plus the partner held with its
+        hold_music; an unknown leg word plays nothing."""
+        ch = self.get(uid)
+        partner = self._partner(ch)
+        hold: Channel | None = None
+        if leg is None:
+            targets, hold = [ch], partner
+        elif leg in ("aleg", "holdb"):
+            targets = [ch]
+        elif leg == "bleg":
+            targets = [partner] if partner else []
+        elif leg == "both":
+            targets = [ch] + ([partner] if partner else [])
+        else:
+            return  # an unknown leg word answers +OK Message sent and plays nothing
+        app, data = split_broadcast(path)
+        for t in targets:
+            self._run_broadcast(t, app, data, hold if t is ch else None)
+
+    def execute_app(self, uid: str, app: str, data: str) -> None:
+        """sendmsg call-command: execute; the reference saw the same events for att_xfer as
+        ``uuid_broadcast <uuid> att_xfer::<data> aleg``."""
+        self._run_broadcast(self.get(uid), app, data, None)
+
+    def _run_broadcast(self, t: Channel, app: str, data: str, hold: Channel | None) -> None:
+        if t.playing is not None:
+            # the model lets a second broadcast wait for the current playback
+            t.broadcast_queue.append((app, data, hold.uuid if hold else None))
+            return
+        hold_ok = self._start_hold(t, hold) if hold is not None else False
+        if app == "att_xfer":
+            self._att_xfer(t, data, hold_ok)
+            return
+        t.nest_app()
+        if app == "playback":
+            self._broadcast_play(t, data)  # runs until uuid_break or hangup
+            return
+        # speak / say: EXECUTE then EXECUTE_COMPLETE and no PLAYBACK_* events (the playback
+        # events come from switch_ivr_play_file only).  The model has no clock, so they end at
+        # once, as a missing file's broadcast does (reference §5.1).
+        self._execute(t, app, data)
+        self._execute_complete(t)
+        self._media_done(t)
+
+    def _media_done(self, ch: Channel) -> None:
+        """A broadcast app on ``ch`` returned: back to what it interrupted, the partner's hold
+        music stops, the next queued broadcast runs or the dialplan goes on."""
+        if ch.app_stack:
+            ch.unnest_app()
+        self._release_hold(ch)
+        if ch.broadcast_queue:
+            app, data, hold = ch.broadcast_queue.pop(0)
+            self._run_broadcast(ch, app, data, self._partner(ch) if hold else None)
+        elif not ch.app_running and not ch.parked:
+            self._continue(ch)
+
+    def _broadcast_play(self, ch: Channel, path: str) -> None:
+        ch.set_var("current_loop", "1")
+        ch.set_var("total_loops", "1")
+        self._play(ch, path)
+
+    def _start_hold(self, ch: Channel, partner: Channel) -> bool:
+        """The partner hears its own hold_music while ``ch``'s broadcast runs (reference §2.3,
+        §4.4).  Returns whether that stream played.  The global default was not playable on the
+        reference switch: its playback "failed at once" -- shaped here like the captured
+        missing-file broadcast (§5.1): EXECUTE, EXECUTE_COMPLETE FILE NOT FOUND, no PLAYBACK_*."""
+        if not partner.alive or partner.playing is not None:
+            return False
+        stream = str(partner.variables.get("hold_music") or GLOBAL_HOLD_MUSIC)
+        partner.nest_app()
+        if stream == GLOBAL_HOLD_MUSIC:
+            self._execute(partner, "playback", stream)
+            self._execute_complete(partner, "FILE NOT FOUND")
+            partner.unnest_app()
+            return False
+        ch.holding = partner.uuid
+        self._broadcast_play(partner, stream)
+        return True
+
+    def _release_hold(self, ch: Channel) -> None:
+        """``ch``'s broadcast is over: the hold music its partner hears stops."""
+        uid, ch.holding = ch.holding, None
+        partner = self.channels.get(uid or "")
+        if partner is None or not partner.alive or partner.playing is None:
+            return
+        self._stop_playback(partner, "break")
+        self._media_done(partner)
+
+    def _stop_playback(self, ch: Channel, status: str) -> None:
+        """PLAYBACK_STOP + EXECUTE_COMPLETE playback, as s3_break (break) / s3's 9005 (hangup)."""
+        path, ch.playing = ch.playing or "", None
+        self._playback_stop_vars(ch)
+        self._playback_event(ch, "PLAYBACK_STOP", path, status)
+        self._execute_complete(ch, "PLAYBACK ERROR" if status == "done" else "FILE PLAYED")
+
+    def _playback_stop_vars(self, ch: Channel) -> None:
+        ch.set_var("playback_last_offset_pos", "8160")
+        ch.set_var("playback_seconds", "1")
+        ch.set_var("playback_ms", "1000")
+        ch.set_var("playback_samples", "8000")
+
+    def break_media(self, uid: str, all_: bool = False) -> None:
+        """uuid_break: stop the current playback; the dialplan moves on (s3_break)."""
+        ch = self.get(uid)
+        if all_:
+            ch.broadcast_queue.clear()
+        if ch.playing is None:
+            return
+        self._stop_playback(ch, "break")
+        self._media_done(ch)
+
+    def record(self, uid: str, action: str, path: str) -> None:
+        """uuid_record start|stop|mask|unmask|pause|resume <path>; RECORD_START/STOP events
+        (shape derived from PLAYBACK_START/STOP: no capture has them)."""
+        ch = self.get(uid, replies.CANNOT_LOCATE_SESSION)
+        if action == "start":
+            ch.recordings.append(path)
+            self._ev(ch, "RECORD_START", post=[("Record-File-Path", path)])
+            return
+        if action == "stop":
+            paths = list(ch.recordings) if path == "all" else [path]
+            if not paths or any(p not in ch.recordings for p in paths):
+                raise SwitchError(replies.CANNOT_STOP_RECORD)
+            for p in paths:
+                ch.recordings.remove(p)
+                post = [("Record-File-Path", p), ("Record-Completion-Cause", "success-maxtime")]
+                self._ev(ch, "RECORD_STOP", post=post)
+            return
+        if path not in ch.recordings:
+            raise SwitchError(replies.cannot_record(action))
