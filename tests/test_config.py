@@ -10,7 +10,7 @@ from channelsd.config import ConfigError, load, parse
 from channelsd.tokens import TokenStore, digest
 
 ROOT = Path(__file__).resolve().parent.parent
-VALID_NODE = '[[nodes]]\nname = "fs1"\nhost = "127.0.0.1"\n'
+VALID_NODE = '[[nodes]]\nname = "fs1"\nhost = "127.0.0.1"\npassword = "s3cret"\n'
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -47,7 +47,10 @@ def test_defaults_follow_the_spec() -> None:
         ("[http]\nport = 'eighty'\n", "http.port: 'eighty' is not of type 'integer'"),
         ("[http]\nport = 70000\n", "http.port: 70000 is greater than the maximum of 65535"),
         ('[[nodes]]\nhost = "x"\n', "nodes[0]: 'name' is a required property"),
-        ('[[nodes]]\nname = "a b"\nhost = "x"\n', "nodes[0].name: 'a b' does not match"),
+        (
+            '[[nodes]]\nname = "a b"\nhost = "x"\npassword = "p"\n',
+            "nodes[0].name: 'a b' does not match",
+        ),
         ("[sync]\nreconcile_intervall = 5\n", "sync: unknown key"),
         ("[api]\nsystem_wide_channels_list = 'yes'\n", "is not of type 'boolean'"),
         (

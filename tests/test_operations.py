@@ -207,7 +207,7 @@ def test_sighup_reloads_tokens_without_dropping_connections(switch: Any, tmp_pat
     def write(tokens: str) -> None:
         conf.write_text(
             f'[http]\nport = {port}\n[[nodes]]\nname = "fs1"\nhost = "127.0.0.1"\n'
-            f"port = {switch.port}\n{tokens}"
+            f'port = {switch.port}\npassword = "ClueCon"\n{tokens}'
         )
 
     old = f'[[tokens]]\nsha256 = "{digest("old-token")}"\naccount_id = "acc1"\nrole = "admin"\n'
