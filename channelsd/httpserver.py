@@ -14,7 +14,7 @@ leaves every new client, /healthz included, waiting in the kernel's backlog). He
   silent or slow sockets cannot keep a real request out. When every connection is busy
   (answering, streaming), the new one gets a 503 in the API's envelope.
 * Out of descriptors at accept (EMFILE): accepting pauses briefly, the oldest waiting
-  connection is closed, and one line per interval is logged, not one per attempt.
+  connections are closed, and one line per interval is logged, not one per attempt.
 """
 
 from __future__ import annotations
@@ -50,6 +50,8 @@ _OUT_OF = {
     errno.ENOMEM: "ENOMEM",
 }
 ACCEPT_PAUSE = 0.1
+# Waiting connections closed at each EMFILE, so that what is queued behind gets descriptors.
+EMFILE_EVICT = 16
 # A refused connection is answered, then read until the client closes or this long: closing
 # with unread request bytes would reset the connection and could destroy the 503 unread.
 REFUSE_LINGER = 1.0
@@ -428,8 +430,10 @@ class HttpServer(WSGIServer):
             len(self.connections),
             ACCEPT_PAUSE,
         )
-        # A waiting connection gives its descriptor to whoever is queued behind it.
-        self.connections.evict_oldest_waiting()
+        # Waiting connections give their descriptors to whoever is queued behind them.
+        for _ in range(EMFILE_EVICT):
+            if not self.connections.evict_oldest_waiting():
+                break
         self.stop_accepting()
         gevent.spawn_later(ACCEPT_PAUSE, self._resume_accepting)
 

@@ -1,5 +1,7 @@
 """Every route, role and error shape of the spec, over HTTP against a daemon fed by the stand-in."""
 
+import csv
+import io
 from typing import Any
 
 import pytest
@@ -295,6 +297,23 @@ def test_csv_by_accept_header_and_query(world: World) -> None:
         header = lines[0].split(",")
         assert "uuid" in header and "custom_channel_vars.Account-ID" in header
         assert len(lines) == 5
+
+
+def test_csv_keeps_e164_numbers_and_guards_formulas(switch: Any, make_daemon: Any) -> None:
+    h = make_daemon([switch])
+    a, _ = switch.bridged_call(
+        variables_a={"account_id": "acc1"},
+        variables_b={"account_id": "acc1"},
+        caller=('=HYPERLINK("http://evil")', "+15552084410"),
+    )
+    wait_until(lambda: h.table.get(a) is not None)
+    resp = h.api.get("/v2/accounts/acc1/channels", "admin1", params={"accept": "csv"})
+    rows = {r["uuid"]: r for r in csv.DictReader(io.StringIO(resp.text))}
+    item = {i["uuid"]: i for i in h.api.data("/v2/accounts/acc1/channels", "admin1")}[a]
+    number = next(k for k, v in item.items() if v == "+15552084410")
+    name = next(k for k, v in item.items() if v == '=HYPERLINK("http://evil")')
+    assert rows[a][number] == "+15552084410"  # what a script reads back is what the JSON says
+    assert rows[a][name] == "'" + item[name]
 
 
 def test_pretty_print(world: World) -> None:

@@ -335,9 +335,7 @@ def test_a_body_that_does_not_arrive_gets_408_in_the_envelope(
     assert switch.received[before:] == []  # nothing half-read reached the switch
 
 
-def test_half_sent_headers_get_408_and_the_connection_closes(
-    switch: Any, make_daemon: Any
-) -> None:
+def test_half_sent_headers_get_408_and_the_connection_closes(switch: Any, make_daemon: Any) -> None:
     h = make_daemon([switch], http=SHORT)
     answer = raw_exchange(h.daemon.http_address, b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
     assert answer.startswith(b"HTTP/1.1 408 "), answer[:300]
