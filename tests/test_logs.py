@@ -36,6 +36,10 @@ def raw(address: tuple[str, int], request: bytes) -> bytes:
         return out
 
 
+def get(address: tuple[str, int], target: str) -> bytes:
+    return raw(address, f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+
+
 def spellings(key: str = "auth_token") -> list[str]:
     """auth_token as werkzeug would decode it: plain, `_` or any letter percent-encoded."""
     return [key, key.replace("_", "%5F"), key.replace("_", "%5f"), "%61" + key[1:], quote(key)]
@@ -72,11 +76,12 @@ def test_every_spelling_the_api_accepts_is_masked_in_every_line(
 ) -> None:
     good, bad = token("admin1"), "wrong-secret-0123456789"
     for key in spellings():
-        for value, status in ((good, 200), (bad, 401)):
-            resp = requests.get(
-                f"{debug_daemon.api.base}/v2/accounts/acc1/channels?{key}={value}", timeout=10
+        for value, status in ((good, b"200"), (bad, b"401")):
+            # Raw: an HTTP client library would normalise %5F back to _ before sending.
+            answer = get(
+                debug_daemon.daemon.http_address, f"/v2/accounts/acc1/channels?{key}={value}"
             )
-            assert resp.status_code == status, (key, resp.text)
+            assert answer.startswith(b"HTTP/1.1 " + status), (key, answer[:300])
     assert "http 127.0.0.1" in caplog.text and "auth failure client=" in caplog.text
     assert good not in caplog.text and bad not in caplog.text
 
@@ -179,7 +184,7 @@ def test_the_running_process_writes_no_token_to_its_journal(switch: Any, tmp_pat
         wait_until(up, timeout=30, what="daemon up")
         for key in spellings():
             for value in (good, bad):
-                requests.get(f"{base}/v2/accounts/acc1/channels?{key}={value}", timeout=5)
+                get(("127.0.0.1", port), f"/v2/accounts/acc1/channels?{key}={value}")
                 raw(
                     ("127.0.0.1", port),
                     f"GET /v2/accounts/acc1/channels?{key}={value} HTTP/9.9\r\n\r\n".encode(),
