@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 from flask import Flask, Response, g, redirect, request, send_from_directory
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
 
 from channelsd import envelope
 from channelsd.channel import Channel
@@ -27,8 +28,10 @@ from channelsd.health import LoopMonitor, readiness
 from channelsd.listing import Filters, ListCache, in_slices, to_csv
 from channelsd.metrics import CONTENT_TYPE as METRICS_TYPE
 from channelsd.metrics import Metrics
+from channelsd.peers import Peers
 from channelsd.presented import header_token, truthy, wants_csv
 from channelsd.stream import Broker, subscribe
+from channelsd.subscriptions import Subscription, Subscriptions
 from channelsd.table import ChannelTable, Scope
 from channelsd.tokens import Token, TokenStore
 
@@ -72,6 +75,9 @@ class ApiContext:
     lists: ListCache = field(default_factory=ListCache)
     # Calls that ended in the last minutes (`?ended=true` on the list routes).
     ended: EndedCalls | None = None
+    # Open event streams by token, for the limit and for revoking them at a reload.
+    subscriptions: Subscriptions = field(default_factory=lambda: Subscriptions(256))
+    peers: Peers = field(default_factory=Peers)
 
     def system_list_refusal(self, token: Token) -> str | None:
         """Why this token may not read the system-wide list, or None when it may."""
@@ -124,6 +130,32 @@ def _presented_token(body: dict[str, Any] | None) -> str | None:
     return request.args.get("auth_token") or None
 
 
+class _Stream:
+    """A stream's body that ends its subscription however it ends: read to the end,
+    closed by the server when the client left, or never started at all."""
+
+    def __init__(self, body: Iterator[bytes], sub: Subscription) -> None:
+        self.body = body
+        self.sub = sub
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self.body
+
+    def close(self) -> None:
+        try:
+            close = getattr(self.body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self.sub.release()
+
+
+def _loggable(path: str) -> str:
+    # A decoded path can hold spaces and line breaks: a log line must stay one line, and
+    # nobody may write a fake "client=" into it for fail2ban to read.
+    return quote(path, safe="/:@-._~!$&'()*+,;=")[:200]
+
+
 def create_app(ctx: ApiContext) -> Flask:
     """The Flask application serving /v2 over `ctx`."""
     app = Flask("channelsd")
@@ -167,7 +199,9 @@ def create_app(ctx: ApiContext) -> Flask:
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
-        if isinstance(exc, RequestEntityTooLarge):
+        if isinstance(exc, ClientDisconnected) and request.environ.get("channelsd.timeout"):
+            err = envelope.request_timeout("request body")
+        elif isinstance(exc, RequestEntityTooLarge):
             err = ApiError(
                 413,
                 "request too large",
@@ -202,12 +236,16 @@ def create_app(ctx: ApiContext) -> Flask:
                 raise envelope.method_not_allowed(list(allowed))
             body = _read_body()
             presented = _presented_token(body)
-            if not presented:
-                raise envelope.no_token()
-            token = ctx.tokens.find(presented)
+            token = ctx.tokens.find(presented) if presented else None
             if token is None:
-                log.info("auth failure request_id=%s path=%s", g.rid, request.path)
-                raise envelope.bad_token()
+                if presented:  # a wrong token, not a client that sent none: fail2ban's line
+                    log.info(
+                        "auth failure client=%s request_id=%s path=%s",
+                        ctx.peers.client(request.environ),
+                        g.rid,
+                        _loggable(request.path),
+                    )
+                raise envelope.invalid_credentials()
             return handler(Call(token, presented, body, method), **params)
 
         view.__name__ = handler.__name__
@@ -369,8 +407,19 @@ def create_app(ctx: ApiContext) -> Flask:
             return not filters or filters.keep(item)
 
         last = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
-        body = subscribe(ctx.broker, scope, keep, snapshot, last)
-        resp = Response(body, status=200)
+        broker = ctx.broker
+        sub = ctx.subscriptions.open(call.token, "channel_events", broker.wake)
+        if sub is None:
+            if ctx.metrics is not None:
+                ctx.metrics.http_refused.labels("stream_limit").inc()
+            raise envelope.too_many_streams(ctx.subscriptions.limit)
+        body = subscribe(broker, scope, keep, snapshot, last, lambda: sub.ended)
+        # A stream's client sends nothing after its request: the server says when it left,
+        # so that its place is given back at once, not at the next keepalive write.
+        watch = request.environ.get("channelsd.watch_disconnect")
+        if watch is not None:
+            watch(sub.end)
+        resp = Response(_Stream(body, sub), status=200)
         resp.headers["Content-Type"] = "text/event-stream"
         resp.headers["Cache-Control"] = "no-cache"
         resp.headers["X-Accel-Buffering"] = "no"
@@ -441,4 +490,7 @@ def create_app(ctx: ApiContext) -> Flask:
         resp.headers["Content-Type"] = METRICS_TYPE
         return resp
 
+    if ctx.metrics is not None:
+        # The route label is one of these (or "unmatched"), whatever path a client sends.
+        ctx.metrics.routes = frozenset(r.rule for r in app.url_map.iter_rules())
     return app

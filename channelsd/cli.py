@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 
 from channelsd import __version__, logs
+from channelsd.config import DEFAULT_HTTP_PORT
 
 DEFAULT_CONFIG = "/etc/channelsd/channelsd.toml"
 
@@ -24,7 +26,9 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run against a built-in stand-in FreeSWITCH with demo calls")
     demo.add_argument("--host", default="127.0.0.1", help="HTTP listen address")
-    demo.add_argument("--port", type=int, default=8000, help="HTTP port (0: any free port)")
+    demo.add_argument(
+        "--port", type=int, default=DEFAULT_HTTP_PORT, help="HTTP port (0: any free port)"
+    )
     demo.add_argument("--calls", type=int, default=12, help="calls to keep up on average")
 
     tok = sub.add_parser("token", help="API tokens")
@@ -38,13 +42,28 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+_TOKEN_OPTIONS = {"account_id": "--account", "owner_id": "--owner", "descendants": "--descendant"}
+
+
 def _token_new(args: argparse.Namespace) -> int:
+    from channelsd.config import token_problem
     from channelsd.tokens import new_token, toml_lines
 
     if args.role == "user" and not args.owner:
         print("channelsd: a 'user' token needs --owner", file=sys.stderr)
         return 2
     token, sha = new_token()
+    entry = {"sha256": sha, "account_id": args.account, "role": args.role}
+    if args.owner:
+        entry["owner_id"] = args.owner
+    if args.descendant:
+        entry["descendants"] = args.descendant
+    problem = token_problem(entry)  # the config file's own rule for these values
+    if problem:
+        key = problem.split(":", 1)[0].removeprefix("tokens[0].").split("[", 1)[0]
+        option = _TOKEN_OPTIONS.get(key, key)
+        print(f"channelsd: {option}: {problem.split(': ', 1)[-1]}", file=sys.stderr)
+        return 2
     print(f"token (shown once, store it now): {token}")
     print()
     print("# paste into channelsd.toml:")
@@ -52,11 +71,13 @@ def _token_new(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(path: str):  # -> Config, or exit with the one-line error
-    from channelsd.config import ConfigError, load
+def _load(path: str):  # -> (Config, warnings), or exit with the one-line error
+    """The one validation path of `check` and `run`: the file, then what serving needs."""
+    from channelsd.config import ConfigError, load, service_warnings
 
     try:
-        return load(path)
+        cfg = load(path)
+        return cfg, service_warnings(cfg)
     except ConfigError as exc:
         print(f"channelsd: config error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -67,7 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "token":
         return _token_new(args)
     if args.command == "check":
-        cfg = _load(args.config)
+        cfg, warnings = _load(args.config)
+        for warning in warnings:
+            print(f"channelsd: warning: {warning}", file=sys.stderr)
         print(f"{args.config}: ok ({len(cfg.nodes)} nodes, {len(cfg.tokens)} tokens)")
         return 0
 
@@ -75,16 +98,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     monkey.patch_all()
 
+    # Tracebacks of failed greenlets go from the hub straight to stderr: masked too.
+    import gevent
+
+    gevent.get_hub().exception_stream = logs.MaskedStream(sys.stderr)
+
     if args.command == "run":
-        cfg = _load(args.config)
+        cfg, warnings = _load(args.config)
         logs.setup(cfg.log_level, cfg.log_format)
-        if not cfg.nodes:
-            print(
-                f"channelsd: config error: {args.config}: nodes: no FreeSWITCH node configured "
-                "(use `channelsd demo` to try it without one)",
-                file=sys.stderr,
-            )
-            return 2
+        for warning in warnings:
+            logging.getLogger("channelsd").warning("%s", warning)
         from channelsd.daemon import Daemon
 
         daemon = Daemon(cfg)

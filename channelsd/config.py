@@ -6,6 +6,7 @@ wrong, so an operator reading the journal sees the fix without a traceback.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import tomllib
 from dataclasses import dataclass, field
@@ -32,6 +33,12 @@ DEFAULT_IDENTITY: dict[str, list[str]] = {
     "bridge_id": ["variable_ecallmgr_Bridge-ID"],
 }
 DEFAULT_CCV_PREFIX = "variable_ecallmgr_"
+# Clear of Kazoo's own ports on the same host (crossbar 8000/8443, blackhole 5555, Kamailio
+# 5060/5064/5065/7000, CouchDB 5984/5986, RabbitMQ 5672) and FreeSWITCH's (ESL 8021,
+# mod_kazoo 8031, xml_rpc 8080, verto 8081/8082).
+DEFAULT_HTTP_PORT = 8910
+# FreeSWITCH's built-in event-socket password: worth a warning, never a silent default.
+FREESWITCH_DEFAULT_PASSWORD = "ClueCon"
 
 
 class ConfigError(Exception):
@@ -43,7 +50,7 @@ class NodeConfig:
     name: str
     host: str
     port: int = 8021
-    password: str = "ClueCon"
+    password: str = ""  # required by the schema: no silent default
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,18 @@ class SyncConfig:
     backoff_max: float = 30.0
     heartbeat_timeout: float = 65.0
     tombstone_ttl: float = 120.0
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    """What one client, or a crowd, may hold of the HTTP server (README, Operations)."""
+
+    max_connections: int = 1024
+    max_streams: int = 256
+    header_timeout: float = 10.0
+    idle_timeout: float = 60.0
+    body_timeout: float = 30.0
+    send_timeout: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -94,8 +113,11 @@ class ActionsConfig:
 class Config:
     path: str
     http_host: str = "127.0.0.1"
-    http_port: int = 8000
+    http_port: int = DEFAULT_HTTP_PORT
     max_body_bytes: int = 65536
+    http_limits: HttpLimits = field(default_factory=HttpLimits)
+    # Peers whose X-Forwarded-For is believed (addresses or networks); none by default.
+    trusted_proxies: tuple[str, ...] = ()
     nodes: tuple[NodeConfig, ...] = ()
     identity: IdentityConfig = field(
         default_factory=lambda: IdentityConfig({k: tuple(v) for k, v in DEFAULT_IDENTITY.items()})
@@ -187,12 +209,16 @@ def parse(data: dict[str, Any], path: str = "<memory>") -> Config:
         )
 
     actions = _actions(data.get("actions", {}), path)
+    limits = _http_limits(http, path)
+    proxies = _trusted_proxies(http.get("trusted_proxies", []), path)
 
     return Config(
         path=path,
         http_host=http.get("host", "127.0.0.1"),
-        http_port=http.get("port", 8000),
+        http_port=http.get("port", DEFAULT_HTTP_PORT),
         max_body_bytes=http.get("max_body_bytes", 65536),
+        http_limits=limits,
+        trusted_proxies=proxies,
         nodes=nodes,
         identity=identity,
         system_wide_channels_list=data.get("api", {}).get("system_wide_channels_list", False),
@@ -206,6 +232,28 @@ def parse(data: dict[str, Any], path: str = "<memory>") -> Config:
         ended_calls_minutes=float(data.get("api", {}).get("ended_calls_minutes", 15)),
         ended_calls_max=data.get("api", {}).get("ended_calls_max", 10000),
     )
+
+
+def _http_limits(http: dict[str, Any], path: str) -> HttpLimits:
+    names = HttpLimits.__dataclass_fields__
+    limits = HttpLimits(**{k: v for k, v in http.items() if k in names})
+    if limits.max_streams > limits.max_connections:
+        raise ConfigError(
+            f"{path}: http.max_streams: must not exceed http.max_connections "
+            "(every stream holds a connection)"
+        )
+    return limits
+
+
+def _trusted_proxies(entries: list[str], path: str) -> tuple[str, ...]:
+    for i, entry in enumerate(entries):
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"{path}: http.trusted_proxies[{i}]: {entry!r} is not an address or network"
+            ) from None
+    return tuple(entries)
 
 
 # Each template: the placeholders it may use, the kind of what it produces, and a sample of
@@ -287,6 +335,36 @@ def _actions(section: dict[str, Any], path: str) -> ActionsConfig:
     if not is_file_path(cfg.record_dir):
         raise ConfigError(f"{path}: actions.record_dir: {FORMAT_MESSAGES['file-path']}")
     return cfg
+
+
+def service_warnings(cfg: Config) -> list[str]:
+    """What `channelsd run` needs beyond a valid file: ConfigError when it cannot serve,
+    warnings for what would work but surprise. `check` and `run` both use it, so a file
+    that passes `check` is one `run` starts with."""
+    if not cfg.nodes:
+        raise ConfigError(
+            f"{cfg.path}: nodes: no FreeSWITCH node configured "
+            "(use `channelsd demo` to try it without one)"
+        )
+    warnings = []
+    if not cfg.tokens:
+        warnings.append(
+            f"{cfg.path}: tokens: none configured: every API request will get 401 "
+            "(make one with `channelsd token new`)"
+        )
+    for i, node in enumerate(cfg.nodes):
+        if node.password == FREESWITCH_DEFAULT_PASSWORD:
+            warnings.append(
+                f"{cfg.path}: nodes[{i}].password: FreeSWITCH's default password; set your own "
+                "in event_socket.conf.xml and here"
+            )
+    return warnings
+
+
+def token_problem(entry: dict[str, Any]) -> str | None:
+    """What is wrong with one [[tokens]] entry, by the same schema as the file (so that
+    `channelsd token new` never prints lines the config would refuse)."""
+    return _first_error({"tokens": [entry]})
 
 
 def load(path: str | Path) -> Config:

@@ -8,7 +8,6 @@ does; a greenlet that dies is logged, never swallowed.
 from __future__ import annotations
 
 import logging
-import re
 import signal
 import socket
 import time
@@ -16,17 +15,20 @@ from typing import Any
 
 import gevent
 import gevent.event
-from gevent.pywsgi import WSGIHandler, WSGIServer
 
 from channelsd import config as config_module
 from channelsd.actions import Actions
-from channelsd.api import ApiContext, create_app
+from channelsd.api import CORS_HEADERS, ApiContext, create_app
 from channelsd.config import Config, ConfigError
 from channelsd.ended import EndedCalls
 from channelsd.health import LoopMonitor, SystemdNotifier, readiness
+from channelsd.httpserver import HttpServer, connection_budget
+from channelsd.logs import mask
 from channelsd.metrics import Metrics
 from channelsd.node import NodeLink
+from channelsd.peers import Peers
 from channelsd.stream import Broker
+from channelsd.subscriptions import Subscriptions
 from channelsd.table import ChannelTable, Identity
 from channelsd.tokens import TokenStore
 
@@ -35,24 +37,12 @@ log = logging.getLogger("channelsd")
 STATUS_EVERY = 5.0
 
 
-_TOKEN_IN_URL = re.compile(r"(auth_token=)[^&\s\"]+")
-
-
 class _AccessLog:
     """pywsgi writes one access line per request to this; route it into logging, with any
     token in the URL (EventSource clients must put it there) masked."""
 
     def write(self, line: str) -> None:
-        log.debug("http %s", _TOKEN_IN_URL.sub(r"\1********", line.rstrip()))
-
-
-class _FairHandler(WSGIHandler):
-    """pywsgi serves a keep-alive connection's next request at once when it is already
-    buffered; visiting the hub first lets the other connections (and ingest) have a turn."""
-
-    def handle_one_request(self) -> Any:
-        gevent.sleep(0)
-        return super().handle_one_request()
+        log.debug("http %s", mask(line.rstrip()))
 
 
 def _identity(cfg: Config) -> Identity:
@@ -84,9 +74,11 @@ class Daemon:
             ended=self._ended_calls(config),
             metrics=self.metrics,
             loop=self.loop,
+            subscriptions=Subscriptions(config.http_limits.max_streams),
+            peers=Peers(config.trusted_proxies),
         )
         self.app = create_app(self.ctx)
-        self.http: WSGIServer | None = None
+        self.http: HttpServer | None = None
         self._http_greenlet: gevent.Greenlet | None = None
         self._stopped = gevent.event.Event()
         self._last_status = 0.0
@@ -103,14 +95,26 @@ class Daemon:
         return host, port
 
     def start(self) -> None:
-        self.http = WSGIServer(
+        limits = self.config.http_limits
+        budget = connection_budget(limits.max_connections, len(self.nodes))
+        if budget < limits.max_connections:
+            log.warning(
+                "http.max_connections=%d does not fit the open-file limit: serving at most %d "
+                "connections (raise LimitNOFILE)",
+                limits.max_connections,
+                budget,
+            )
+        self.http = HttpServer(
             (self.config.http_host, self.config.http_port),
             self.app,
-            # pywsgi formats an access line for every request even when nobody reads it.
-            log=_AccessLog() if log.isEnabledFor(logging.DEBUG) else None,
-            error_log=logging.getLogger("channelsd.http"),
-            handler_class=_FairHandler,
+            limits,
+            self.metrics,
+            access_log=_AccessLog() if log.isEnabledFor(logging.DEBUG) else None,
+            extra_headers=CORS_HEADERS.items(),
+            max_connections=budget,
         )
+        http = self.http
+        self.metrics.watch_http(lambda: len(http.connections), lambda: len(self.ctx.subscriptions))
         self.http.init_socket()  # bind now, so a taken port fails start-up, not later
         # pywsgi writes headers and body separately: without TCP_NODELAY (inherited by the
         # accepted sockets) Nagle and delayed ACKs add ~40 ms to every small answer.
@@ -156,16 +160,25 @@ class Daemon:
         self._stopped.set()
 
     def reload(self) -> bool:
-        """Re-read tokens and the identity mapping (SIGHUP); connections stay up."""
+        """Re-read tokens and the identity mapping (SIGHUP); connections stay up, except the
+        live streams of tokens that were removed or now grant something else."""
         try:
             fresh = config_module.load(self.config.path)
+            warnings = config_module.service_warnings(fresh)
         except ConfigError as exc:
             log.error("reload refused, keeping the running config: %s", exc)
             return False
-        self.ctx.tokens = TokenStore(fresh.tokens)
+        for warning in warnings:
+            log.warning("%s", warning)
+        tokens = TokenStore(fresh.tokens)
+        self.ctx.tokens = tokens
+        # On the same hub turn as the swap: no stream of an old token outlives it.
+        revoked = self.ctx.subscriptions.revoke_changed(tokens)
+        if revoked:
+            self.metrics.streams_revoked.inc(revoked)
         self.table.set_identity(_identity(fresh))
         self.config = fresh
-        log.info("reloaded tokens=%d", len(fresh.tokens))
+        log.info("reloaded tokens=%d streams_revoked=%d", len(fresh.tokens), revoked)
         return True
 
     def stop(self) -> None:

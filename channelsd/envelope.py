@@ -12,7 +12,9 @@ import os
 import re
 import socket
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
+from http import HTTPStatus
 from typing import Any
 
 import orjson
@@ -119,7 +121,7 @@ def _success_rest(rid: str, auth_token: str | None) -> dict[str, Any]:
     return rest
 
 
-def failure(err: ApiError, rid: str, pretty: bool = False) -> Response:
+def _failure_body(err: ApiError, rid: str) -> dict[str, Any]:
     # The token is never echoed in an error: error bodies end up in logs and tickets.
     body: dict[str, Any] = {
         "status": "error",
@@ -130,20 +132,48 @@ def failure(err: ApiError, rid: str, pretty: bool = False) -> Response:
         body["data"] = err.data
     body.update(err.extra)
     body.update(request_id=rid, timestamp=_now(), node=NODE_ID, version=__version__)
-    resp = json_response(body, err.status, rid, pretty)
+    return body
+
+
+def failure(err: ApiError, rid: str, pretty: bool = False) -> Response:
+    resp = json_response(_failure_body(err, rid), err.status, rid, pretty)
     resp.headers.update(err.headers)
     return resp
+
+
+def failure_json(err: ApiError) -> tuple[str, bytes]:
+    """A fresh request id and the error's JSON body, for the HTTP server's own answers."""
+    rid = request_id(None)
+    return rid, _dump(_failure_body(err, rid), False)
+
+
+def raw_failure(err: ApiError, extra_headers: Iterable[tuple[str, str]] = ()) -> bytes:
+    """A whole HTTP/1.1 error response, status line to body, for the HTTP server to write
+    where no application runs (connection refused at the limit, a request that timed out);
+    the connection is closed after it."""
+    rid, body = failure_json(err)
+    reason = HTTPStatus(err.status).phrase
+    headers = [
+        ("Content-Type", JSON_TYPE),
+        ("Content-Length", str(len(body))),
+        ("Connection", "close"),
+        ("X-Request-ID", rid),
+        *err.headers.items(),
+        *extra_headers,
+    ]
+    head = f"HTTP/1.1 {err.status} {reason}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers)
+    return head.encode("latin-1") + b"\r\n" + body
 
 
 # The shapes clients parse (spec §3 table).
 
 
-def no_token() -> ApiError:
+def invalid_credentials() -> ApiError:
+    """One 401 for a missing, malformed or unknown token: crossbar's own system error
+    (cb_context:add_system_error('invalid_credentials')), which its api_util answers when
+    no authentication module accepts the request. Telling the cases apart would only help
+    someone probing for tokens."""
     return ApiError(401, "invalid_credentials", {"message": "invalid credentials"})
-
-
-def bad_token() -> ApiError:
-    return ApiError(401, "invalid credentials", {})
 
 
 def forbidden(reason: str) -> ApiError:
@@ -167,6 +197,28 @@ def method_not_allowed(allowed: list[str]) -> ApiError:
         {"message": "method not allowed", "allowed": methods},
         headers={"Allow": ", ".join(methods)},
     )
+
+
+def too_many_connections() -> ApiError:
+    return ApiError(
+        503,
+        "too many connections",
+        {"message": "the server is at its connection limit (http.max_connections); retry"},
+        headers={"Retry-After": "1"},
+    )
+
+
+def too_many_streams(limit: int) -> ApiError:
+    return ApiError(
+        503,
+        "too many streams",
+        {"message": f"{limit} event streams are open, the limit (http.max_streams); retry"},
+        headers={"Retry-After": "5"},
+    )
+
+
+def request_timeout(what: str) -> ApiError:
+    return ApiError(408, "request timeout", {"message": f"the {what} did not arrive in time"})
 
 
 def invalid_json(message: str) -> ApiError:

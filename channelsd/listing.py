@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -119,12 +120,19 @@ class ListCache:
 
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# A number, signed or not (E.164 +15552084410, -3, 12.5): a spreadsheet reads it as a
+# number, never as a formula, and scripts must read back what the API said.
+_NUMBER = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?")
 
 
 def _cell(value: Any) -> str:
-    # Caller names are chosen by callers; a spreadsheet must not run them as formulas.
+    """Caller names are chosen by callers: a cell a spreadsheet would run as a formula
+    (starting with = + - @, a tab or a carriage return) gets a leading ' (OWASP's CSV
+    injection guard), unless it is a plain number. README documents the guard."""
     text = _text(value)
-    return "'" + text if text.startswith(_FORMULA_START) else text
+    if text.startswith(_FORMULA_START) and not _NUMBER.fullmatch(text):
+        return "'" + text
+    return text
 
 
 def _flatten(item: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

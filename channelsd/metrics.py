@@ -2,14 +2,21 @@
 
 Counters on the event-ingest path are resolved once per label set and cached: a label lookup
 per event would cost more than the table update itself.
+
+Every label value is bounded: a fixed set (HTTP methods, close reasons), the routes the
+application registered, or, for names our own code chooses (ESL commands, error reasons,
+nodes), a pattern and a cap on how many distinct values are kept. Anything else is counted
+as "other", so no client, and no switch, can grow /metrics or the process by sending new
+names.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -18,6 +25,54 @@ from channelsd.validate import whole_number
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+OTHER = "other"
+HTTP_METHODS = frozenset(
+    ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT")
+)
+CLOSE_REASONS = frozenset(
+    ("header_timeout", "idle_timeout", "body_timeout", "send_timeout", "evicted")
+)
+REFUSE_REASONS = frozenset(("connection_limit", "stream_limit"))
+ACCEPT_ERRORS = frozenset(("EMFILE", "ENFILE", "ENOBUFS", "ENOMEM"))
+
+
+class Bounded:
+    """One label's values: those in `allowed`, or (without a set) the first `cap` distinct
+    values that match `pattern`; everything else is "other"."""
+
+    def __init__(
+        self,
+        allowed: Iterable[str] | None = None,
+        cap: int = 64,
+        pattern: str = r"[A-Za-z0-9_.:-]{1,64}",
+    ) -> None:
+        self.allowed = frozenset(allowed) if allowed is not None else None
+        self.cap = cap
+        self.pattern = re.compile(pattern)
+        self.seen: set[str] = set()
+
+    def __call__(self, value: Any) -> str:
+        text = str(value)
+        if self.allowed is not None:
+            return text if text in self.allowed else OTHER
+        if text in self.seen:
+            return text
+        if len(self.seen) < self.cap and self.pattern.fullmatch(text):
+            self.seen.add(text)
+            return text
+        return OTHER
+
+
+class _Guarded:
+    """A labelled metric whose .labels() passes each value through its label's Bounded."""
+
+    def __init__(self, metric: Any, *guards: Bounded) -> None:
+        self.metric = metric
+        self.guards = guards
+
+    def labels(self, *values: Any) -> Any:
+        return self.metric.labels(*(g(v) for g, v in zip(self.guards, values, strict=True)))
 
 
 class _StateCollector(Collector):
@@ -88,35 +143,55 @@ class Metrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        node = Bounded(cap=256)  # configured names; the cap only guards against a bug
+        command = Bounded(pattern=r"[a-z][a-z0-9_]{0,31}")  # ESL command names we send
+        reason = Bounded(cap=32)
+        self._node, self._command = node, command
+        # The application's own route rules, set once it is built; None until then.
+        self.routes: frozenset[str] | None = None
         # Counted in a plain dict and exported at scrape time: a prometheus Counter takes a
         # lock per increment, which shows on the ingest path at 30k events/s.
         self.event_counts: dict[str, dict[str, int]] = {}
-        self.parse_errors = Counter(
-            "channelsd_esl_event_parse_errors",
-            "Event bodies that did not parse",
-            ["node"],
-            registry=r,
+        self.parse_errors = _Guarded(
+            Counter(
+                "channelsd_esl_event_parse_errors",
+                "Event bodies that did not parse",
+                ["node"],
+                registry=r,
+            ),
+            node,
         )
-        self.reconnects = Counter(
-            "channelsd_esl_reconnects",
-            "ESL sessions that ended and were retried",
-            ["node"],
-            registry=r,
+        self.reconnects = _Guarded(
+            Counter(
+                "channelsd_esl_reconnects",
+                "ESL sessions that ended and were retried",
+                ["node"],
+                registry=r,
+            ),
+            node,
         )
-        self.reconciles = Counter(
-            "channelsd_reconciles", "Reconciles by result", ["node", "result"], registry=r
+        self.reconciles = _Guarded(
+            Counter("channelsd_reconciles", "Reconciles by result", ["node", "result"], registry=r),
+            node,
+            Bounded(("ok", "unknown")),
         )
-        self.reconcile_added = Counter(
-            "channelsd_reconcile_added_channels",
-            "Channels added by reconciles",
-            ["node"],
-            registry=r,
+        self.reconcile_added = _Guarded(
+            Counter(
+                "channelsd_reconcile_added_channels",
+                "Channels added by reconciles",
+                ["node"],
+                registry=r,
+            ),
+            node,
         )
-        self.reconcile_removed = Counter(
-            "channelsd_reconcile_removed_channels",
-            "Channels removed by reconciles",
-            ["node"],
-            registry=r,
+        self.reconcile_removed = _Guarded(
+            Counter(
+                "channelsd_reconcile_removed_channels",
+                "Channels removed by reconciles",
+                ["node"],
+                registry=r,
+            ),
+            node,
         )
         self.command_seconds = Histogram(
             "channelsd_esl_command_duration_seconds",
@@ -125,11 +200,16 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self.command_errors = Counter(
-            "channelsd_esl_command_errors",
-            "ESL commands that failed",
-            ["node", "command", "reason"],
-            registry=r,
+        self.command_errors = _Guarded(
+            Counter(
+                "channelsd_esl_command_errors",
+                "ESL commands that failed",
+                ["node", "command", "reason"],
+                registry=r,
+            ),
+            node,
+            command,
+            reason,
         )
         self.http_requests = Counter(
             "channelsd_http_requests", "HTTP requests", ["route", "method", "status"], registry=r
@@ -141,23 +221,70 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.http_closed = _Guarded(
+            Counter(
+                "channelsd_http_connections_closed",
+                "HTTP connections the server closed: a timeout, or evicted at the limit",
+                ["reason"],
+                registry=r,
+            ),
+            Bounded(CLOSE_REASONS),
+        )
+        self.http_refused = _Guarded(
+            Counter(
+                "channelsd_http_refused",
+                "Connections or streams answered 503 at their limit",
+                ["reason"],
+                registry=r,
+            ),
+            Bounded(REFUSE_REASONS),
+        )
+        self.accept_errors = _Guarded(
+            Counter(
+                "channelsd_http_accept_errors",
+                "accept() failures for lack of descriptors or memory",
+                ["error"],
+                registry=r,
+            ),
+            Bounded(ACCEPT_ERRORS),
+        )
+        self.streams_revoked = Counter(
+            "channelsd_streams_revoked",
+            "Live streams closed because their token was removed or changed by a reload",
+            registry=r,
+        )
         self._command_children: dict[tuple[str, str], Any] = {}
-        self._http_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._http_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     def watch(self, table: ChannelTable, nodes: Callable[[], Mapping[str, Any]]) -> None:
         self.registry.register(_StateCollector(table, nodes, self.event_counts))
+
+    def watch_http(self, connections: Callable[[], int], streams: Callable[[], int]) -> None:
+        """Gauges of open HTTP connections and live streams, read at scrape time."""
+        Gauge(
+            "channelsd_http_connections", "Open HTTP connections", registry=self.registry
+        ).set_function(connections)
+        Gauge(
+            "channelsd_http_streams", "Open live event streams", registry=self.registry
+        ).set_function(streams)
 
     def event_counter(self, node: str) -> dict[str, int]:
         """The node's event name → count dict, for its reader to bump directly."""
         return self.event_counts.setdefault(node, {})
 
     def http(self, route: str, method: str, status: int, seconds: float) -> None:
+        # The method and the route come from the client: bounded before they are a key.
+        if method not in HTTP_METHODS:
+            method = OTHER
+        if self.routes is not None and route not in self.routes:
+            route = "unmatched"
+        code = str(status) if 100 <= status <= 599 else OTHER
         # Label children looked up once: prometheus_client takes a lock for every lookup.
-        key = (route, method, status)
+        key = (route, method, code)
         children = self._http_children.get(key)
         if children is None:
             children = self._http_children[key] = (
-                self.http_requests.labels(route, method, str(status)),
+                self.http_requests.labels(route, method, code),
                 self.http_seconds.labels(route),
             )
         children[0].inc()
@@ -166,7 +293,10 @@ class Metrics:
     def command(self, node: str, name: str, seconds: float) -> None:
         child = self._command_children.get((node, name))
         if child is None:
-            child = self._command_children[(node, name)] = self.command_seconds.labels(node, name)
+            labels = (self._node(node), self._command(name))
+            child = self.command_seconds.labels(*labels)
+            if OTHER not in labels:  # the cache stays as bounded as the labels
+                self._command_children[(node, name)] = child
         child.observe(seconds)
 
     def render(self) -> bytes:

@@ -101,8 +101,13 @@ class Broker:
             for uuid, (ch, destroyed) in part:
                 self._publish_one(uuid, ch, destroyed)
         if self.subscribers:
-            wake, self._wake = self._wake, gevent.event.Event()
-            wake.set()
+            self.wake()
+
+    def wake(self) -> None:
+        """Wake every waiting subscriber: to send what was published, or to let one that
+        was ended (revoked) see it and stop."""
+        wake, self._wake = self._wake, gevent.event.Event()
+        wake.set()
 
     def _publish_one(self, uuid: str, ch: Channel, destroyed: bool) -> None:
         before = self._published.get(uuid)
@@ -167,11 +172,13 @@ def subscribe(
     keep: Callable[[dict[str, Any]], bool],
     snapshot: Callable[[], list[Channel]],
     last_event_id: str | None,
+    ended: Callable[[], bool] = lambda: False,
 ) -> Iterator[bytes]:
     """The byte stream of one subscriber: snapshot (or catch-up), then messages as published.
 
     `in_scope(ch)` says whether this subscriber may see the channel (account, role), `keep`
-    applies its filters to a rendered item.
+    applies its filters to a rendered item; the stream stops once `ended()` (its token was
+    revoked; whoever ends it wakes the broker).
     """
     seen: set[str] = set()
     position: int | None = None
@@ -188,7 +195,7 @@ def subscribe(
     broker.subscribers += 1
     try:
         last_write = time.monotonic()
-        while not broker.closed:
+        while not (broker.closed or ended()):
             messages = broker.since(position)
             if messages is None:  # this subscriber fell behind the ring
                 position, frame, seen = _snapshot(broker, in_scope, keep, snapshot)

@@ -20,6 +20,10 @@ class Token:
     descendants: frozenset[str] = field(default_factory=frozenset)
     name: str = ""
 
+    def grants(self) -> tuple[str, str, str | None, frozenset[str]]:
+        """What the token gives access to; its name is only a label."""
+        return (self.account_id, self.role, self.owner_id, self.descendants)
+
     def may_see_account(self, account_id: str) -> bool:
         return (
             self.role == "superduper"
@@ -41,9 +45,14 @@ class TokenStore:
 
     def __init__(self, tokens: Iterable[Token]) -> None:
         self._tokens = tuple(tokens)
+        self._by_hash = {t.sha256: t for t in self._tokens}
 
     def __len__(self) -> int:
         return len(self._tokens)
+
+    def by_hash(self, sha256: str) -> Token | None:
+        """The configured token with this hash (hashes are not secret: no constant time)."""
+        return self._by_hash.get(sha256)
 
     def find(self, presented: str) -> Token | None:
         wanted = digest(presented).encode("ascii")

@@ -10,7 +10,7 @@ from channelsd.config import ConfigError, load, parse
 from channelsd.tokens import TokenStore, digest
 
 ROOT = Path(__file__).resolve().parent.parent
-VALID_NODE = '[[nodes]]\nname = "fs1"\nhost = "127.0.0.1"\n'
+VALID_NODE = '[[nodes]]\nname = "fs1"\nhost = "127.0.0.1"\npassword = "s3cret"\n'
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -47,7 +47,10 @@ def test_defaults_follow_the_spec() -> None:
         ("[http]\nport = 'eighty'\n", "http.port: 'eighty' is not of type 'integer'"),
         ("[http]\nport = 70000\n", "http.port: 70000 is greater than the maximum of 65535"),
         ('[[nodes]]\nhost = "x"\n', "nodes[0]: 'name' is a required property"),
-        ('[[nodes]]\nname = "a b"\nhost = "x"\n', "nodes[0].name: 'a b' does not match"),
+        (
+            '[[nodes]]\nname = "a b"\nhost = "x"\npassword = "p"\n',
+            "nodes[0].name: 'a b' does not match",
+        ),
         ("[sync]\nreconcile_intervall = 5\n", "sync: unknown key"),
         ("[api]\nsystem_wide_channels_list = 'yes'\n", "is not of type 'boolean'"),
         (
@@ -124,3 +127,126 @@ def test_a_user_token_without_owner_is_refused_by_the_cli() -> None:
     proc = run_cli("token", "new", "--account", "acc1", "--role", "user")
     assert proc.returncode == 2
     assert "needs --owner" in proc.stderr
+
+
+def test_check_and_run_refuse_the_same_files_with_the_same_line(tmp_path: Path) -> None:
+    no_nodes = tmp_path / "no-nodes.toml"
+    no_nodes.write_text("[http]\nport = 0\n")
+    no_password = tmp_path / "no-password.toml"
+    no_password.write_text('[[nodes]]\nname = "fs1"\nhost = "127.0.0.1"\n')
+    for path, expected in (
+        (no_nodes, "nodes: no FreeSWITCH node configured"),
+        (no_password, "nodes[0]: 'password' is a required property"),
+    ):
+        check, run = run_cli("check", "-c", str(path)), run_cli("run", "-c", str(path))
+        assert check.returncode == run.returncode == 2
+        assert check.stderr == run.stderr
+        assert expected in check.stderr and len(check.stderr.strip().splitlines()) == 1
+
+
+def test_check_warns_about_what_would_surprise(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[[nodes]]\nname = "fs1"\nhost = "127.0.0.1"\npassword = "ClueCon"\n')
+    proc = run_cli("check", "-c", str(path))
+    assert proc.returncode == 0 and proc.stdout.strip() == f"{path}: ok (1 nodes, 0 tokens)"
+    assert "tokens: none configured: every API request will get 401" in proc.stderr
+    assert "nodes[0].password: FreeSWITCH's default password" in proc.stderr
+    path.write_text(
+        VALID_NODE + f'[[tokens]]\nsha256 = "{"0" * 64}"\naccount_id = "a"\nrole = "admin"\n'
+    )
+    proc = run_cli("check", "-c", str(path))
+    assert proc.returncode == 0 and proc.stderr == ""
+
+
+def test_run_logs_the_same_warnings(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[http]\nport = 0\n[[nodes]]\nname = "fs1"\nhost = "127.0.0.1"\nport = 1\n'
+        'password = "ClueCon"\n'
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "channelsd", "run", "-c", str(path)],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        lines.append(line)
+        if not line or "listening on" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=20)
+    text = "".join(lines)
+    assert "WARNING channelsd " in text and "tokens: none configured" in text, text
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--account", "bad id with spaces"), ("--owner", "a/b"), ("--descendant", "x;y")],
+)
+def test_token_new_refuses_ids_the_config_would_refuse(option: str, value: str) -> None:
+    args = ["token", "new", "--account", "acc1", "--role", "user", "--owner", "u1"]
+    if option == "--descendant":
+        args += [option, value]
+    else:
+        args[args.index(option) + 1] = value
+    proc = run_cli(*args)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.startswith(f"channelsd: {option}: {value!r} does not match")
+    # ... and what the config would refuse is exactly that.
+    entry = {"sha256": "0" * 64, "account_id": "acc1", "role": "admin"}
+    key = {"--account": "account_id", "--owner": "owner_id", "--descendant": "descendants"}
+    entry[key[option]] = [value] if option == "--descendant" else value
+    with pytest.raises(ConfigError):
+        parse({"tokens": [entry]})
+
+
+# Kazoo's and FreeSWITCH's own ports on a shared host.
+KAZOO_AND_FREESWITCH_PORTS = {
+    8000, 8443, 5555, 5060, 5061, 5064, 5065, 5080, 7000, 5984, 5986, 15984, 15986, 5672,
+    15672, 4369, 8021, 8031, 8080, 8081, 8082, 7443,
+}  # fmt: skip
+
+
+def test_the_default_port_is_clear_of_kazoo_and_freeswitch() -> None:
+    from channelsd.config import DEFAULT_HTTP_PORT
+
+    assert parse({}).http_port == DEFAULT_HTTP_PORT
+    assert DEFAULT_HTTP_PORT not in KAZOO_AND_FREESWITCH_PORTS
+    assert load(ROOT / "conf" / "channelsd.toml").http_port == DEFAULT_HTTP_PORT
+    demo_help = run_cli("demo", "--help").stdout
+    assert "--port PORT" in demo_help
+    from channelsd.cli import _parser
+
+    demo = _parser().parse_args(["demo"])
+    assert demo.port == DEFAULT_HTTP_PORT
+
+
+def test_http_limits_and_their_checks() -> None:
+    limits = parse({}).http_limits
+    assert (limits.max_connections, limits.max_streams) == (1024, 256)
+    assert (limits.header_timeout, limits.idle_timeout, limits.body_timeout) == (10, 60, 30)
+    assert limits.send_timeout == 30
+    with pytest.raises(ConfigError, match="http.max_streams: must not exceed"):
+        parse({"http": {"max_connections": 10, "max_streams": 11}})
+    with pytest.raises(ConfigError, match=r"http.trusted_proxies\[1\]: 'proxy' is not"):
+        parse({"http": {"trusted_proxies": ["10.0.0.0/8", "proxy"]}})
+    with pytest.raises(ConfigError, match="http.header_timeout"):
+        parse({"http": {"header_timeout": 0}})
+    documented = (ROOT / "conf" / "channelsd.toml").read_text()
+    for key in (
+        "max_connections",
+        "max_streams",
+        "header_timeout",
+        "idle_timeout",
+        "body_timeout",
+        "send_timeout",
+        "trusted_proxies",
+    ):
+        assert f"\n{key} = " in documented or f"\n# {key} = " in documented, key

@@ -1,11 +1,16 @@
-"""A list's JSON: the same as the items' own serialisation, and kept no longer than true."""
+"""A list's forms: JSON the same as the items' own serialisation and kept no longer than
+true; CSV that keeps numbers and guards formulas."""
 
+import csv
+import io
 from typing import Any
 
 import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_table import CREATED_US, A, B, ev, with_vars
 
-from channelsd.listing import ListCache, list_json
+from channelsd.listing import ListCache, list_json, to_csv
 from channelsd.table import ChannelTable
 
 NOW = CREATED_US // 1_000_000 + 30.25  # a quarter into the 30th whole second
@@ -60,3 +65,51 @@ def test_list_json_is_kept_for_the_most_recently_listed_channels_only() -> None:
     assert list_json(t, [a, b], NOW) == first  # rebuilt where dropped: the same answer
     t.apply("fs1", ev("CHANNEL_ANSWER", A))
     assert orjson.loads(list_json(t, [a, b], NOW))[0]["answered"] is True
+
+
+# -- CSV: numbers read back as they were, formulas guarded ------------------------------------
+
+
+def read_back(items: list[dict[str, Any]]) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(to_csv(items))))
+
+
+numbers = st.one_of(
+    st.integers(min_value=-(10**15), max_value=10**15).map(str),
+    st.from_regex(r"\+[1-9][0-9]{6,14}", fullmatch=True),  # E.164
+    st.from_regex(r"-?[0-9]{1,6}\.[0-9]{1,4}", fullmatch=True),
+    st.integers(min_value=-(10**6), max_value=10**6),  # JSON numbers too
+)
+
+
+@given(value=numbers)
+@settings(max_examples=300, derandomize=True)
+def test_numbers_are_never_changed(value: Any) -> None:
+    row = read_back([{"caller_id_number": value}])[0]
+    assert row["caller_id_number"] == str(value)
+
+
+@given(
+    start=st.sampled_from(["=", "+", "-", "@", "\t", "\r"]),
+    rest=st.text(min_size=1, max_size=30).filter(
+        lambda t: not t.replace(".", "", 1).isdigit() and "\x00" not in t
+    ),
+)
+@settings(max_examples=300, derandomize=True)
+def test_cells_a_spreadsheet_would_run_are_guarded(start: str, rest: str) -> None:
+    text = start + rest
+    row = read_back([{"caller_id_name": text, "nested": {"list": [text]}}])[0]
+    assert row["caller_id_name"] == "'" + text
+    assert row["nested.list"] == "'" + text
+
+
+def test_known_formulas_and_numbers_side_by_side() -> None:
+    items = [
+        {"n": "+15552084410", "f": '=HYPERLINK("http://x","y")'},
+        {"n": "-3", "f": "+1+1"},
+        {"n": "12.5", "f": "-2+3"},
+        {"n": 42, "f": "@SUM(A1)"},
+    ]
+    rows = read_back(items)
+    assert [r["n"] for r in rows] == ["+15552084410", "-3", "12.5", "42"]
+    assert all(r["f"].startswith("'") for r in rows)

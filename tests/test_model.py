@@ -28,6 +28,7 @@ more by hand. The counts go into RELIABILITY.md.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import uuid as uuidlib
 from typing import Any
@@ -79,6 +80,19 @@ def known(row: Any) -> tuple[Any, ...]:
     return (row.account_id, row.owner_id, row.authorizing_id, row.answered)
 
 
+def journaled(step: Any) -> Any:
+    """Note each step (and what it picked) in the machine's journal: an assertion shows the
+    last steps, so that a failure hypothesis cannot replay (timing) can still be read."""
+
+    @functools.wraps(step)
+    def run(self: Any, **kwargs: Any) -> Any:
+        shown = {k: v for k, v in kwargs.items() if k != "data"}
+        self.journal.append(f"{step.__name__}({shown})")
+        return step(self, **kwargs)
+
+    return run
+
+
 def json_frame(event: dict[str, Any]) -> Frame:
     body = orjson.dumps(event)
     head = b"Content-Length: %d\nContent-Type: text/event-json\n\n" % len(body)
@@ -112,6 +126,7 @@ class TableModel(RuleBasedStateMachine):
         super().__init__()
         self.nodes: list[Node] = []
         self.daemon: Daemon | None = None
+        self.journal: list[str] = []
 
     # -- set-up and tear-down ----------------------------------------------------------------
 
@@ -179,7 +194,9 @@ class TableModel(RuleBasedStateMachine):
         return any(c.wants("CHANNEL_DESTROY") for c in n.switch.connections)
 
     def pick(self, data: Any, n: Node) -> str:
-        return data.draw(st.sampled_from(in_order(n.switch, live(n.switch))))
+        picked = data.draw(st.sampled_from(in_order(n.switch, live(n.switch))))
+        self.journal.append(f"  picked {picked} on {n.name}")
+        return picked
 
     def touch(self, n: Node) -> bool:
         """About to change the switch: will the daemon hear of it?"""
@@ -195,6 +212,7 @@ class TableModel(RuleBasedStateMachine):
         account=st.sampled_from(ACCOUNTS),
         kind=st.sampled_from(["bridged", "ringing", "parked", "one-leg-ringing"]),
     )
+    @journaled
     def call(self, i: int, account: str, kind: str) -> None:
         sw = self.nodes[i].switch
         self.touch(self.nodes[i])
@@ -219,6 +237,7 @@ class TableModel(RuleBasedStateMachine):
 
     @precondition(lambda self: self.ringing())
     @rule(data=st.data())
+    @journaled
     def answer(self, data: Any) -> None:
         n, uuid = data.draw(st.sampled_from(self.ringing()))
         self.touch(n)
@@ -226,6 +245,7 @@ class TableModel(RuleBasedStateMachine):
 
     @precondition(lambda self: self.anything_live())
     @rule(data=st.data(), i=st.integers(0, 1), lose_destroy=st.booleans())
+    @journaled
     def hangup(self, data: Any, i: int, lose_destroy: bool) -> None:
         n = self.nodes[i]
         if not live(n.switch):
@@ -247,6 +267,7 @@ class TableModel(RuleBasedStateMachine):
 
     @precondition(lambda self: self.anything_live())
     @rule(data=st.data(), i=st.integers(0, 1), account=st.sampled_from(ACCOUNTS))
+    @journaled
     def move_to_account(self, data: Any, i: int, account: str) -> None:
         """uuid_setvar from another ESL client: only an API event says so."""
         n = self.nodes[i]
@@ -255,6 +276,7 @@ class TableModel(RuleBasedStateMachine):
             n.switch.set_variable(self.pick(data, n), "account_id", account)
 
     @rule()
+    @journaled
     def twin_call(self) -> None:
         """The same origination uuid on both nodes (a dialplan chose it)."""
         twin = str(uuidlib.uuid4())
@@ -267,6 +289,7 @@ class TableModel(RuleBasedStateMachine):
     # -- faults ------------------------------------------------------------------------------
 
     @rule(i=st.integers(0, 1), how=st.sampled_from(["plain", "mid-frame", "mid-reconcile"]))
+    @journaled
     def drop_connection(self, i: int, how: str) -> None:
         n = self.nodes[i]
         n.dirty = True
@@ -287,6 +310,7 @@ class TableModel(RuleBasedStateMachine):
         n.switch.drop_connections()
 
     @rule(data=st.data(), i=st.integers(0, 1), activity=st.integers(0, 3))
+    @journaled
     def outage(self, data: Any, i: int, activity: int) -> None:
         """The node is unreachable for a while; calls come and go meanwhile."""
         n = self.nodes[i]
@@ -303,6 +327,7 @@ class TableModel(RuleBasedStateMachine):
         n.switch.pause_accept(False)
 
     @rule(i=st.integers(0, 1), keep=st.booleans())
+    @journaled
     def restart(self, i: int, keep: bool) -> None:
         """FreeSWITCH restarted: a new Core-UUID; a fast restart may have kept its calls."""
         n = self.nodes[i]
@@ -312,6 +337,7 @@ class TableModel(RuleBasedStateMachine):
 
     @precondition(lambda self: self.anything_live())
     @rule(data=st.data(), i=st.integers(0, 1))
+    @journaled
     def listing_lags(self, data: Any, i: int) -> None:
         """The SQL view has not caught up: the newest calls are missing from the listing."""
         n = self.nodes[i]
@@ -321,6 +347,7 @@ class TableModel(RuleBasedStateMachine):
         self._reconcile_under_fault(n)
 
     @rule(i=st.integers(0, 1))
+    @journaled
     def listing_fails(self, i: int) -> None:
         n = self.nodes[i]
         n.switch.sql_disabled = True
@@ -339,6 +366,7 @@ class TableModel(RuleBasedStateMachine):
         n.switch.sql_disabled = False
 
     @rule(i=st.integers(0, 1))
+    @journaled
     def listing_times_out(self, i: int) -> None:
         n = self.nodes[i]
         if not n.link.connected:
@@ -357,6 +385,7 @@ class TableModel(RuleBasedStateMachine):
         i=st.integers(0, 1),
         kind=st.sampled_from(["object", "huge", "not-a-uuid", "ghost", "lying-rename", "late"]),
     )
+    @journaled
     def hostile(self, data: Any, i: int, kind: str) -> None:
         n = self.nodes[i]
         # Everything is drawn before anything that depends on timing (is the daemon connected
@@ -400,6 +429,7 @@ class TableModel(RuleBasedStateMachine):
     # -- reconcile, and the promises ---------------------------------------------------------
 
     @rule(i=st.integers(0, 1))
+    @journaled
     def reconcile(self, i: int) -> None:
         """Faults cleared, the node connected: one reconcile restores the exact table."""
         n = self.nodes[i]
@@ -437,10 +467,15 @@ class TableModel(RuleBasedStateMachine):
         rows = {u: self.table.row(n.name, u) for u in self.table.node_uuids(n.name)}
         ghosts = set(rows) - set(switch_live)
         hidden = set(switch_live) - set(rows)
-        assert not ghosts and not hidden, f"{n.name}: ghosts {ghosts}, hidden {hidden}"
+        recent = "\n".join(self.journal[-25:])
+        for u in ghosts:
+            ch = n.switch.channels.get(u)
+            recent += f"\nghost {u}: on the switch {ch and (ch.name, ch.destroyed)}, "
+            recent += f"hung up by the test {u in n.destroyed}, heard {u in n.heard_destroyed}"
+        assert not ghosts and not hidden, f"{n.name}: ghosts {ghosts}, hidden {hidden}\n{recent}"
         for uuid, ch in switch_live.items():
             if uuid not in n.tainted:
-                assert known(rows[uuid]) == truth(ch), f"{n.name} {uuid}: fields differ"
+                assert known(rows[uuid]) == truth(ch), f"{n.name} {uuid}: fields\n{recent}"
 
     @invariant()
     def indices_agree(self) -> None:

@@ -2,6 +2,8 @@
 
 import json
 import os
+import pwd
+import re
 import shutil
 import signal
 import socket
@@ -15,7 +17,8 @@ import gevent
 import requests
 from gevent import monkey
 
-from channelsd.config import parse
+from channelsd import httpserver
+from channelsd.config import HttpLimits, parse
 from channelsd.daemon import Daemon
 from channelsd.health import SystemdNotifier
 from channelsd.logs import JsonFormatter
@@ -195,7 +198,76 @@ def test_the_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     assert "channelsd.service" not in proc.stderr, proc.stderr
 
 
-def test_sighup_reloads_tokens_without_dropping_connections(switch: Any, tmp_path: Path) -> None:
+def unit_directives(text: str) -> dict[str, list[str]]:
+    """A systemd unit's directives (every section), each key's values in order."""
+    found: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", ";", "[")):
+            continue
+        key, _, value = line.partition("=")
+        found.setdefault(key.strip(), []).append(value.strip())
+    return found
+
+
+UNIT = ROOT / "systemd" / "channelsd.service"
+EDITED = "/etc/channelsd/channelsd.toml"  # the file README tells operators to edit
+
+
+def test_the_unit_runs_on_the_file_operators_edit_and_its_user_may_read_it() -> None:
+    unit = unit_directives(UNIT.read_text())
+    for key in ("ExecStartPre", "ExecStart"):
+        argv = unit[key][0].split()
+        assert argv[argv.index("-c") + 1] == EDITED, key
+    # A credential is a copy taken once at start: a reload could never see an edit.
+    assert "LoadCredential" not in unit and "CREDENTIALS_DIRECTORY" not in UNIT.read_text()
+    # A static user and group, so that the file can belong to the group: root writes it,
+    # the service only reads it (a DynamicUser could not be a file's group).
+    assert unit["User"] == ["channelsd"] and unit["Group"] == ["channelsd"]
+    assert "DynamicUser" not in unit
+    sysusers = (ROOT / "systemd" / "channelsd.sysusers").read_text()
+    assert re.search(r"^u channelsd ", sysusers, re.M)
+    readme = (ROOT / "README.md").read_text()
+    install = next(line for line in readme.splitlines() if f"conf/channelsd.toml {EDITED}" in line)
+    assert "-m 0640" in install and "-g channelsd" in install and "-o root" in install
+    # The hardening stays.
+    for key, value in (
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+        ("CapabilityBoundingSet", ""),
+    ):
+        assert unit[key] == [value], key
+    # Enough descriptors for the default connection limit, which the daemon would
+    # otherwise lower (channelsd.httpserver.connection_budget).
+    nofile = int(unit["LimitNOFILE"][0])
+    assert (nofile - httpserver.FD_RESERVE - 4) * 8 // 9 >= HttpLimits().max_connections
+
+
+def test_systemd_sysusers_accepts_the_user_file() -> None:
+    sysusers = shutil.which("systemd-sysusers")
+    assert sysusers, "systemd-sysusers is needed to check the file (Debian package systemd)"
+    path = ROOT / "systemd" / "channelsd.sysusers"
+    proc = subprocess.run(
+        [sysusers, "--dry-run", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout + proc.stderr
+    try:
+        pwd.getpwnam("channelsd")  # already there: nothing to create
+    except KeyError:
+        assert "Creating group 'channelsd'" in out and "Creating user 'channelsd'" in out, out
+
+
+def test_the_units_reload_path_rereads_the_file(switch: Any, tmp_path: Path) -> None:
+    """What `systemctl reload` does under the shipped unit, done for real: the process the
+    unit's ExecStart starts, on the file its -c names (here in a temporary directory), gets
+    the signal ExecReload sends, after an edit of that file."""
+    unit = unit_directives(UNIT.read_text())
+    reload_argv = unit["ExecReload"][0].split()
+    assert reload_argv[0].endswith("/kill") and reload_argv[-1] == "$MAINPID"
+    signum = getattr(signal, "SIG" + reload_argv[1].lstrip("-").removeprefix("s ").upper())
     a, b = switch.bridged_call(
         variables_a={"account_id": "acc1"}, variables_b={"account_id": "acc1"}
     )
@@ -207,20 +279,24 @@ def test_sighup_reloads_tokens_without_dropping_connections(switch: Any, tmp_pat
     def write(tokens: str) -> None:
         conf.write_text(
             f'[http]\nport = {port}\n[[nodes]]\nname = "fs1"\nhost = "127.0.0.1"\n'
-            f"port = {switch.port}\n{tokens}"
+            f'port = {switch.port}\npassword = "ClueCon"\n{tokens}'
         )
 
     old = f'[[tokens]]\nsha256 = "{digest("old-token")}"\naccount_id = "acc1"\nrole = "admin"\n'
     new = f'[[tokens]]\nsha256 = "{digest("new-token")}"\naccount_id = "acc1"\nrole = "admin"\n'
     write(old)
+    argv = unit["ExecStart"][0].split()
+    argv = [sys.executable, "-m", "channelsd", *argv[1:]]  # the installed script, in place
+    argv[argv.index("-c") + 1] = str(conf)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "channelsd", "run", "-c", str(conf)],
+        argv,
         cwd=ROOT,
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    url = f"http://127.0.0.1:{port}/v2/accounts/acc1/channels"
+    base = f"http://127.0.0.1:{port}"
+    url = base + "/v2/accounts/acc1/channels"
 
     def status(tok: str) -> int:
         try:
@@ -228,16 +304,29 @@ def test_sighup_reloads_tokens_without_dropping_connections(switch: Any, tmp_pat
         except requests.ConnectionError:
             return 0
 
+    stream = None
     try:
         wait_until(lambda: status("old-token") == 200, timeout=30, what="daemon up")
         wait_until(lambda: len(switch.connections) == 2, what="both ESL connections up")
         connections = list(switch.connections)
+        stream = requests.get(
+            base + "/v2/accounts/acc1/channel_events",
+            headers={"X-Auth-Token": "old-token"},
+            stream=True,
+            timeout=10,
+        )
+        lines = stream.iter_lines()
+        assert next(lines).startswith(b"id: ")
         write(new)
-        proc.send_signal(signal.SIGHUP)
+        os.kill(proc.pid, signum)  # $MAINPID: `channelsd run` is the main process
         wait_until(lambda: status("new-token") == 200, what="new token accepted")
         assert status("old-token") == 401
+        # The old token's stream was closed by the reload: it ends (the read would time
+        # out otherwise), with nothing sent after the snapshot it had.
+        rest = list(lines)
+        assert not [x for x in rest if x.startswith((b"event: create", b"event: update"))]
         write("[[tokens]]\nsha256 = 'broken'\n")  # a bad file is refused, the old config stays
-        proc.send_signal(signal.SIGHUP)
+        os.kill(proc.pid, signum)
         gevent.sleep(0.5)
         assert status("new-token") == 200
         assert switch.connections == connections  # the same two: no reconnect happened
@@ -248,7 +337,10 @@ def test_sighup_reloads_tokens_without_dropping_connections(switch: Any, tmp_pat
             ]
         } == {a, b}
     finally:
+        if stream is not None:
+            stream.close()
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)
     err = proc.stderr.read()
     assert "reload refused" in err and "Traceback" not in err
+    assert "streams_revoked=1" in err

@@ -229,3 +229,97 @@ def test_the_access_log_masks_a_token_in_the_url(caplog: Any) -> None:
         '127.0.0.1 - - "GET /v2/channel_events?auth_token=s3cret&x=1 HTTP/1.1" 200\n'
     )
     assert "s3cret" not in caplog.text and "auth_token=********&x=1" in caplog.text
+
+
+class RawSubscriber(Subscriber):
+    """A Subscriber for a token given as its text (not one of conftest's TOKENS)."""
+
+    def __init__(self, base: str, path: str, text: str) -> None:
+        headers = {"X-Auth-Token": text, "Accept": "text/event-stream"}
+        self.resp = requests.get(base + path, headers=headers, stream=True, timeout=30)
+        self.events: list[dict[str, Any]] = []
+        self.greenlet = gevent.spawn(self._read)
+
+
+def test_a_reload_closes_the_streams_of_removed_and_changed_tokens(
+    switch: Any, tmp_path: Any, figure: Any
+) -> None:
+    from channelsd.config import load
+    from channelsd.daemon import Daemon
+    from channelsd.tokens import digest
+
+    names = ("removed", "demoted", "moved", "renamed", "kept")
+
+    def write(tokens: dict[str, str]) -> None:
+        blocks = "".join(
+            f'[[tokens]]\nname = "{label}"\nsha256 = "{digest(name)}"\n{grants}'
+            for name, (label, grants) in tokens.items()
+        )
+        conf.write_text(
+            f'[http]\nport = 0\n[[nodes]]\nname = "fs1"\nhost = "127.0.0.1"\n'
+            f'port = {switch.port}\npassword = "ClueCon"\n{blocks}'
+        )
+
+    admin = 'account_id = "acc1"\nrole = "admin"\n'
+    conf = tmp_path / "channelsd.toml"
+    write({n: (n, admin) for n in names})
+    daemon = Daemon(load(conf))
+    daemon.start()
+    subs = {}
+    try:
+        host, port = daemon.http_address
+        base = f"http://{host}:{port}"
+        wait_until(lambda: daemon.nodes["fs1"].state == "ready", what="ready")
+        subs = {n: RawSubscriber(base, "/v2/accounts/acc1/channel_events", n) for n in names}
+        for s in subs.values():
+            s.wait_for("snapshot")
+        assert len(daemon.ctx.subscriptions) == 5
+        write(
+            {
+                "demoted": ("demoted", 'account_id = "acc1"\nrole = "user"\nowner_id = "u1"\n'),
+                "moved": ("moved", 'account_id = "acc2"\nrole = "admin"\n'),
+                "renamed": ("a new label only", admin),
+                "kept": ("kept", admin),
+            }
+        )
+        assert daemon.reload()
+        ended = ("removed", "demoted", "moved")
+        for n in ended:
+            wait_until(lambda n=n: subs[n].greenlet.dead, what=f"the {n} token's stream ended")
+        seen = {n: len(subs[n].events) for n in ended}
+        a, _ = switch.bridged_call(variables_a=ACC1, variables_b=ACC1)
+        for n in ("renamed", "kept"):
+            subs[n].wait_for("create", lambda d: d["uuid"] == a)
+            assert not subs[n].greenlet.dead
+        gevent.sleep(0.3)  # a publish interval and more: nothing reaches the ended streams
+        assert {n: len(subs[n].events) for n in ended} == seen
+        assert len(daemon.ctx.subscriptions) == 2
+        text = requests.get(base + "/metrics", timeout=5).text
+        assert "channelsd_streams_revoked_total 3.0" in text
+        # The removed token is refused from now on.
+        again = requests.get(
+            base + "/v2/accounts/acc1/channel_events",
+            headers={"X-Auth-Token": "removed"},
+            timeout=5,
+        )
+        assert again.status_code == 401
+    finally:
+        for s in subs.values():
+            s.close()
+        daemon.stop()
+    figure(
+        "revoked streams: a reload removed, demoted and moved tokens",
+        cases=5,
+        held=5,
+        ended=3,
+        events_after_reload_on_ended_streams=0,
+    )
+
+
+def test_a_stream_whose_client_left_gives_its_place_back_at_once(daemon: Harness) -> None:
+    s = Subscriber(daemon, "/v2/accounts/acc1/channel_events")
+    s.wait_for("snapshot")
+    assert len(daemon.daemon.ctx.subscriptions) == 1
+    s.close()
+    # Not at the next keepalive write (15 s): the server watches the socket.
+    wait_until(lambda: len(daemon.daemon.ctx.subscriptions) == 0, what="place given back")

@@ -1,0 +1,442 @@
+"""The HTTP server: gevent's pywsgi with the limits a socket open to a network needs.
+
+pywsgi itself has no timeouts and no connection limit (a Pool only stops accepting, which
+leaves every new client, /healthz included, waiting in the kernel's backlog). Here:
+
+* Every read from a client runs against the deadline of its phase: the request head must
+  arrive within `header_timeout` of the connection (or of a keep-alive request's first
+  byte), the next request within `idle_timeout`, the body within `body_timeout`. A total
+  deadline, not a per-read one: a byte a second keeps no connection alive. A write that
+  makes no progress for `send_timeout` closes the connection. An event stream never reads
+  after its request, so no read deadline cuts it; `send_timeout` and `max_streams` bound it.
+* At most `max_connections` are open. At the limit the oldest connection that is waiting
+  for its client (idle keep-alive, a half-sent request) is closed to make room: a crowd of
+  silent or slow sockets cannot keep a real request out. When every connection is busy
+  (answering, streaming), the new one gets a 503 in the API's envelope.
+* Out of descriptors at accept (EMFILE): accepting pauses briefly, the oldest waiting
+  connections are closed, and one line per interval is logged, not one per attempt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import logging
+import resource
+import socket
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import gevent
+from gevent.pywsgi import WSGIHandler, WSGIServer
+from gevent.socket import wait_read
+
+from channelsd import envelope
+from channelsd.config import HttpLimits
+from channelsd.envelope import ApiError
+from channelsd.logs import RateLimited, mask
+from channelsd.metrics import Metrics
+
+log = logging.getLogger("channelsd.http")
+
+BACKLOG = 1024
+# accept() failures that mean "out of descriptors or memory", not a broken listener.
+_OUT_OF = {
+    errno.EMFILE: "EMFILE",
+    errno.ENFILE: "ENFILE",
+    errno.ENOBUFS: "ENOBUFS",
+    errno.ENOMEM: "ENOMEM",
+}
+ACCEPT_PAUSE = 0.1
+# Waiting connections closed at each EMFILE, so that what is queued behind gets descriptors.
+EMFILE_EVICT = 16
+# A refused connection is answered, then read until the client closes or this long: closing
+# with unread request bytes would reset the connection and could destroy the 503 unread.
+REFUSE_LINGER = 1.0
+SEND_CHUNK = 256 * 1024
+# Descriptors kept back from the connection budget: the listener, ESL sockets, logs, ...
+FD_RESERVE = 64
+
+
+def connection_budget(configured: int, nodes: int) -> int:
+    """max_connections as the open-file limit allows it: connections, refusals in flight
+    (up to an eighth more) and the daemon's own descriptors must fit under RLIMIT_NOFILE."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return configured
+    budget = (soft - FD_RESERVE - 4 * nodes) * 8 // 9
+    return max(1, min(configured, budget))
+
+
+class Expired(TimeoutError):
+    """A client did not send in time. An OSError, so pywsgi treats it as a dead socket."""
+
+
+class Conn:
+    """One open connection: its socket, the phase it is in and that phase's deadline."""
+
+    __slots__ = ("sock", "address", "phase", "deadline", "waiting", "ended")
+
+    def __init__(self, sock: Any, address: Any, header_timeout: float) -> None:
+        self.sock = sock
+        self.address = address
+        self.phase = "header"
+        self.deadline = time.monotonic() + header_timeout
+        self.waiting = False  # blocked reading from its client: may be evicted
+        self.ended: str | None = None  # why the server ended it (a close reason)
+
+    def begin(self, phase: str, seconds: float) -> None:
+        self.phase = phase
+        self.deadline = time.monotonic() + seconds
+
+    @property
+    def client(self) -> str:
+        return self.address[0] if isinstance(self.address, tuple) else str(self.address)
+
+
+class Connections:
+    """The open connections in the order they came, at most `limit`."""
+
+    def __init__(self, limit: int, metrics: Metrics) -> None:
+        self.limit = limit
+        self.metrics = metrics
+        self._open: dict[Conn, None] = {}
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def admit(self, conn: Conn) -> bool:
+        if len(self._open) >= self.limit and not self.evict_oldest_waiting():
+            return False
+        self._open[conn] = None
+        return True
+
+    def release(self, conn: Conn) -> None:
+        self._open.pop(conn, None)
+
+    def evict_oldest_waiting(self) -> bool:
+        """Close the oldest connection blocked on its client; False when none is."""
+        for conn in self._open:
+            if conn.waiting:
+                self._evict(conn)
+                return True
+        return False
+
+    def _evict(self, conn: Conn) -> None:
+        conn.ended = "evicted"
+        del self._open[conn]
+        self.metrics.http_closed.labels("evicted").inc()
+        log.debug("evicted client=%s phase=%s", conn.client, conn.phase)
+        # Wakes its reader with end-of-file; its own greenlet closes the descriptor.
+        with contextlib.suppress(OSError):
+            conn.sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Reader(io.RawIOBase):
+    """The client's bytes, each read bounded by the deadline of the connection's phase."""
+
+    def __init__(self, conn: Conn, handler: Handler) -> None:
+        self.conn = conn
+        self.handler = handler
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        conn = self.conn
+        if conn.ended:
+            raise ConnectionAbortedError(f"connection ended: {conn.ended}")
+        left = conn.deadline - time.monotonic()
+        if left <= 0:
+            raise self.handler.expired()
+        sock = conn.sock
+        sock.settimeout(left)
+        conn.waiting = True
+        try:
+            n = sock.recv_into(buffer)
+        except TimeoutError:
+            raise self.handler.expired() from None
+        finally:
+            conn.waiting = False
+            sock.settimeout(self.handler.limits.send_timeout)
+        if conn.ended:
+            raise ConnectionAbortedError(f"connection ended: {conn.ended}")
+        return n
+
+
+class Handler(WSGIHandler):
+    """pywsgi's handler with deadlines, progress-bounded writes and quiet client errors."""
+
+    def __init__(self, sock: Any, address: Any, server: HttpServer, conn: Conn) -> None:
+        self.conn = conn
+        self.limits = server.limits
+        self.metrics = server.metrics
+        self._requests = 0
+        self._watcher: gevent.Greenlet | None = None
+        super().__init__(sock, address, server, rfile=io.BufferedReader(_Reader(conn, self)))
+
+    # -- phases ------------------------------------------------------------------------------
+
+    def handle_one_request(self) -> Any:
+        # Visiting the hub first lets the other connections (and ingest) have a turn when a
+        # keep-alive connection's next request is already buffered.
+        gevent.sleep(0)
+        if self._requests:
+            self.conn.begin("idle", self.limits.idle_timeout)
+            try:
+                if self.rfile.closed or not self.rfile.peek(1):
+                    return None
+            except (OSError, ValueError):
+                return None
+            self.conn.begin("header", self.limits.header_timeout)
+        return super().handle_one_request()
+
+    def read_request(self, raw_requestline: str) -> Any:
+        parsed = super().read_request(raw_requestline)
+        self.conn.begin("body", self.limits.body_timeout)
+        self._requests += 1
+        return parsed
+
+    def expired(self) -> Expired:
+        """The current phase's deadline passed: count it, and end the connection after
+        whatever answer can still be given."""
+        conn = self.conn
+        reason = f"{conn.phase}_timeout"
+        conn.ended = reason
+        self.close_connection = True
+        if conn.phase == "body" and isinstance(self.environ, dict):
+            self.environ["channelsd.timeout"] = "body"  # the API answers 408, not 400
+        self.metrics.http_closed.labels(reason).inc()
+        log.debug("timeout client=%s phase=%s", conn.client, conn.phase)
+        return Expired(f"{conn.phase} timeout")
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def _sendall(self, data: Any) -> None:
+        # pywsgi's sendall has no bound at all; this one closes a connection whose client
+        # took nothing for send_timeout (the socket's timeout), however long the answer.
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[self.socket.send(view[:SEND_CHUNK]) :]
+        except OSError as exc:
+            if isinstance(exc, TimeoutError) and not self.conn.ended:
+                self.conn.ended = "send_timeout"
+                self.metrics.http_closed.labels("send_timeout").inc()
+                log.debug("timeout client=%s phase=send", self.conn.client)
+            self.status = f"socket error: {exc}"
+            code = getattr(self, "code", None)
+            if isinstance(code, int) and code > 0:
+                self.code = -code
+            raise
+        self.response_length += len(data)
+
+    def run_application(self) -> None:
+        self.environ["channelsd.watch_disconnect"] = self._watch_disconnect
+        try:
+            super().run_application()
+        finally:
+            if self._watcher is not None:
+                self._watcher.kill(block=False)
+                self._watcher = None
+
+    def _watch_disconnect(self, gone: Callable[[], None]) -> None:
+        """Call `gone` if the client closes its end while the answer is still running (an
+        event stream, whose client never sends again)."""
+
+        def watch() -> None:
+            try:
+                wait_read(self.socket.fileno())
+                if self.socket.recv(1, socket.MSG_PEEK):
+                    return  # it sent something: not gone
+            except OSError:
+                pass
+            gone()
+
+        self._watcher = gevent.spawn(watch)
+
+    def log_request(self) -> None:
+        # pywsgi formats an access line for every request, read or not.
+        if self.server.access_log:
+            super().log_request()
+
+    # -- errors ------------------------------------------------------------------------------
+
+    def _handle_client_error(self, ex: BaseException) -> Any:
+        self.close_connection = True
+        if isinstance(ex, Expired):
+            return ("408", self.server.raw(envelope.request_timeout("request head")))
+        if isinstance(ex, OSError):
+            return None  # reset, gone or evicted: nobody to answer
+        # A malformed request line or header. The line may carry a token: masked.
+        self.server.client_errors.log(
+            "bad request",
+            logging.INFO,
+            "bad request client=%s error=%s",
+            self.conn.client,
+            mask(str(ex))[:300],
+        )
+        err = ApiError(400, "bad request", {"message": "the HTTP request could not be parsed"})
+        return ("400", self.server.raw(err))
+
+    def handle_error(self, t: Any, v: Any, tb: Any) -> None:
+        # pywsgi prints these through the hub, unmasked; ours go to the log, masked.
+        self.close_connection = True
+        if isinstance(v, OSError | gevent.GreenletExit):
+            return  # the client stalled or went away mid-answer; or we are stopping
+        log.error(
+            "request failed client=%s request=%s",
+            self.conn.client,
+            mask(self.requestline or "-"),
+            exc_info=(t, v, tb),
+        )
+        self._send_error_response_if_possible(500)
+
+    def _send_error_response_if_possible(self, error_code: int) -> None:
+        if self.response_length or self.headers_sent:
+            self.close_connection = True
+            return
+        if error_code == 400:
+            err = ApiError(400, "bad request", {"message": "the request body could not be read"})
+        else:
+            err = ApiError(error_code, "internal error", {"message": "internal error"})
+        rid, body = envelope.failure_json(err)
+        try:
+            self.start_response(
+                f"{error_code} {'Bad Request' if error_code == 400 else 'Internal Server Error'}",
+                [
+                    ("Content-Type", envelope.JSON_TYPE),
+                    ("Content-Length", str(len(body))),
+                    ("X-Request-ID", rid),
+                    *self.server.extra_headers,
+                ],
+            )
+            self.write(body)
+        except OSError:
+            self.close_connection = True
+
+
+class _ErrorLog:
+    """pywsgi's error_log (also wsgi.errors): into logging, masked."""
+
+    def write(self, text: str) -> None:
+        text = text.rstrip()
+        if text:
+            log.error("%s", mask(text))
+
+    def flush(self) -> None:
+        pass
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+
+class HttpServer(WSGIServer):
+    """pywsgi's server with the limits above; see the module's docstring."""
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        app: Callable[..., Any],
+        limits: HttpLimits,
+        metrics: Metrics,
+        access_log: Any = None,
+        extra_headers: Iterable[tuple[str, str]] = (),
+        max_connections: int | None = None,
+    ) -> None:
+        super().__init__(
+            address,
+            app,
+            backlog=BACKLOG,
+            log=access_log,
+            error_log=_ErrorLog(),
+            handler_class=Handler,
+        )
+        self.access_log = access_log is not None
+        self.limits = limits
+        self.metrics = metrics
+        self.extra_headers = list(extra_headers)
+        self.connections = Connections(max_connections or limits.max_connections, metrics)
+        self.client_errors = RateLimited(log)
+        self._accept_errors = RateLimited(log)
+        self._refusals = RateLimited(log)
+        self._refusing = 0
+
+    def raw(self, err: ApiError) -> bytes:
+        return envelope.raw_failure(err, self.extra_headers)
+
+    # -- connections -------------------------------------------------------------------------
+
+    def handle(self, sock: Any, address: Any) -> None:
+        conn = Conn(sock, address, self.limits.header_timeout)
+        if not self.connections.admit(conn):
+            self._refuse(sock, conn.client)
+            return
+        try:
+            sock.settimeout(self.limits.send_timeout)
+            Handler(sock, address, self, conn).handle()
+        finally:
+            self.connections.release(conn)
+
+    def _refuse(self, sock: Any, client: str) -> None:
+        self.metrics.http_refused.labels("connection_limit").inc()
+        self._refusals.log(
+            "limit",
+            logging.WARNING,
+            "connection refused client=%s: every one of http.max_connections=%d is busy",
+            client,
+            self.connections.limit,
+        )
+        if self._refusing >= max(16, self.connections.limit // 8):
+            return  # the caller closes it unanswered: refusals must not hold descriptors
+        self._refusing += 1
+        try:
+            sock.settimeout(REFUSE_LINGER)
+            sock.sendall(self.raw(envelope.too_many_connections()))
+            sock.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + REFUSE_LINGER
+            while (left := deadline - time.monotonic()) > 0:
+                sock.settimeout(left)
+                if not sock.recv(65536):
+                    break
+        except OSError:
+            pass
+        finally:
+            self._refusing -= 1
+
+    # -- accepting ---------------------------------------------------------------------------
+
+    def do_read(self) -> Any:
+        try:
+            return super().do_read()
+        except OSError as exc:
+            name = _OUT_OF.get(exc.errno or 0)
+            if name is None:
+                raise
+            self._out_of_resources(name)
+            return None
+
+    def _out_of_resources(self, name: str) -> None:
+        self.metrics.accept_errors.labels(name).inc()
+        self._accept_errors.log(
+            name,
+            logging.ERROR,
+            "accept failed error=%s open_connections=%d: out of descriptors; accepting paused "
+            "%.1f s (raise LimitNOFILE, or lower http.max_connections)",
+            name,
+            len(self.connections),
+            ACCEPT_PAUSE,
+        )
+        # Waiting connections give their descriptors to whoever is queued behind them.
+        for _ in range(EMFILE_EVICT):
+            if not self.connections.evict_oldest_waiting():
+                break
+        self.stop_accepting()
+        gevent.spawn_later(ACCEPT_PAUSE, self._resume_accepting)
+
+    def _resume_accepting(self) -> None:
+        if self.started and not self.closed:
+            self.start_accepting()

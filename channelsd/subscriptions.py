@@ -1,0 +1,92 @@
+"""Live subscriptions (event streams today; a websocket endpoint can join them), counted and
+keyed by the token that opened them.
+
+A request is authorised once, when it arrives; a stream then lives for hours. So the daemon
+keeps a registry of what is open, per token hash: a reload that removes a token, or changes
+what it may see (role, account, owner, descendants), revokes every subscription opened with
+it, and the subscription's own close callback ends it. The registry also holds the limit on
+how many may be open at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from channelsd.tokens import Token, TokenStore
+
+log = logging.getLogger("channelsd.subscriptions")
+
+
+class Subscription:
+    """One open subscription: who opened it, and how to end it."""
+
+    __slots__ = ("token", "kind", "ended", "_on_end", "_registry")
+
+    def __init__(
+        self, registry: Subscriptions, token: Token, kind: str, on_end: Callable[[], None]
+    ) -> None:
+        self._registry: Subscriptions | None = registry
+        self.token = token
+        self.kind = kind
+        self.ended = False
+        self._on_end = on_end
+
+    def end(self) -> None:
+        """End it (its token was revoked, or its client left): its owner sees `ended` once
+        the callback wakes it."""
+        if self.ended:
+            return
+        self.ended = True
+        self.release()
+        try:
+            self._on_end()
+        except Exception:  # one subscriber's failure must not stop a reload
+            log.exception("ending a %s subscription failed", self.kind)
+
+    def release(self) -> None:
+        """It ended (closed by the client, the server, or revoked); idempotent."""
+        if self._registry is not None:
+            self._registry._forget(self)
+            self._registry = None
+
+
+class Subscriptions:
+    """Open subscriptions by token hash, at most `limit` of them."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._by_token: dict[str, dict[int, Subscription]] = {}
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def open(self, token: Token, kind: str, on_end: Callable[[], None]) -> Subscription | None:
+        """Register a new subscription, or None when `limit` are open already. `on_end` is
+        called when it is ended from outside: it must wake the subscription's owner."""
+        if self._count >= self.limit:
+            return None
+        sub = Subscription(self, token, kind, on_end)
+        self._by_token.setdefault(token.sha256, {})[id(sub)] = sub
+        self._count += 1
+        return sub
+
+    def _forget(self, sub: Subscription) -> None:
+        subs = self._by_token.get(sub.token.sha256)
+        if subs is not None and subs.pop(id(sub), None) is not None:
+            self._count -= 1
+            if not subs:
+                del self._by_token[sub.token.sha256]
+
+    def revoke_changed(self, tokens: TokenStore) -> int:
+        """After a reload: revoke every subscription whose token is gone from `tokens` or now
+        grants something else. Returns how many were revoked."""
+        revoked = 0
+        for sha, subs in list(self._by_token.items()):
+            current = tokens.by_hash(sha)
+            for sub in list(subs.values()):
+                if current is None or current.grants() != sub.token.grants():
+                    sub.end()
+                    revoked += 1
+        return revoked

@@ -1,0 +1,409 @@
+"""Connection floods over real loopback against a real daemon: silent, half-sent and
+byte-a-second sockets, crowds beyond the connection limit, clients that never read, and a
+process out of descriptors. Timeouts are configured short so that it runs fast; the
+measured /healthz latencies go to test-artifacts/reliability.json (RELIABILITY.md).
+
+RELIABILITY_SCALE=5 holds the flood for 20 s instead of 4.
+"""
+
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import gevent
+import requests
+
+from conftest import Harness, token, wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+SCALE = int(os.environ.get("RELIABILITY_SCALE", "1"))
+SHORT = {"header_timeout": 1.0, "idle_timeout": 1.0, "body_timeout": 1.0, "send_timeout": 1.0}
+HANG = 10.0  # a bound against hangs, never a speed assertion
+KINDS = ("idle", "half headers", "half body", "byte a second")
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def healthz(base: str) -> tuple[int, float]:
+    """A monitoring probe: a fresh connection, GET /healthz; (status, seconds)."""
+    began = time.perf_counter()
+    resp = requests.get(base + "/healthz", timeout=HANG, headers={"Connection": "close"})
+    return resp.status_code, time.perf_counter() - began
+
+
+class Attacker:
+    """Keeps one hostile socket of its kind open: when the server closes it, opens the next
+    (after `reopen_after` seconds), as a slow-loris tool does. Records how long each lived."""
+
+    OPENING = {
+        "idle": b"",
+        "half headers": b"GET /healthz HTTP/1.1\r\nHost: x\r\n",
+        "half body": (
+            b"POST /v2/accounts/acc1/channels/x HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n" + b'{"data": {'
+        ),
+        "byte a second": b"GET /healthz HTTP/1.1\r\n",
+    }
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        kind: str,
+        trickle: float = 0.2,
+        reopen_after: float = 0.0,
+    ) -> None:
+        self.address = address
+        self.kind = kind
+        self.reopen_after = reopen_after
+        self.trickle = trickle  # faster than any per-read timeout would cut
+        self.lifetimes: list[float] = []
+        self.answers: list[bytes] = []
+        self.held = 0  # sockets the server left open past the hang bound
+        self.running = True
+        self.greenlet = gevent.spawn(self._run)
+
+    def _run(self) -> None:
+        while self.running:
+            try:
+                self._one()
+            except OSError:
+                gevent.sleep(0.05)  # connect refused or reset at connect: try again
+            gevent.sleep(self.reopen_after)
+
+    def _one(self) -> None:
+        s = socket.create_connection(self.address, timeout=HANG)
+        opened = time.monotonic()
+        try:
+            if self.OPENING[self.kind]:
+                s.sendall(self.OPENING[self.kind])
+            received = b""
+            while self.running:
+                if time.monotonic() - opened > HANG:
+                    self.held += 1
+                    return
+                s.settimeout(self.trickle)
+                try:
+                    data = s.recv(65536)
+                except TimeoutError:
+                    if self.kind == "byte a second":
+                        s.sendall(b"X")  # one more byte of an endless header
+                    continue
+                except ConnectionResetError:
+                    data = b""
+                if not data:
+                    self.lifetimes.append(time.monotonic() - opened)
+                    if received:
+                        self.answers.append(received)
+                    return
+                received += data
+        finally:
+            s.close()
+
+    def stop(self) -> None:
+        self.running = False
+        self.greenlet.join(timeout=HANG)
+
+
+def metric(h: Harness, name: str) -> float:
+    text = h.api.get("/metrics", tok=None).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name) and not line.startswith("#")
+    )
+
+
+def test_300_hostile_sockets_are_closed_and_healthz_keeps_answering(
+    switch: Any, make_daemon: Any, figure: Any
+) -> None:
+    h = make_daemon([switch], http=SHORT)
+    address = h.daemon.http_address
+    attackers = [Attacker(address, KINDS[i % 4]) for i in range(300)]
+    duration = 4.0 * SCALE
+    samples: list[float] = []
+    statuses: list[int] = []
+    try:
+        wait_until(lambda: len(h.daemon.http.connections) >= 250, what="the flood is up")
+        ends = time.monotonic() + duration
+        while time.monotonic() < ends:
+            status, seconds = healthz(h.api.base)
+            statuses.append(status)
+            samples.append(seconds)
+            gevent.sleep(0.02)
+    finally:
+        for a in attackers:
+            a.running = False
+        for a in attackers:
+            a.stop()
+    assert set(statuses) == {200}
+    held = sum(a.held for a in attackers)
+    assert held == 0, f"{held} hostile sockets were still open after {HANG} s"
+    lifetimes = [t for a in attackers for t in a.lifetimes]
+    by_kind = {k: [t for a in attackers if a.kind == k for t in a.lifetimes] for k in KINDS}
+    assert all(by_kind.values()), "every kind of hostile socket was closed at least once"
+    # Half-sent requests get a 408 in the API's envelope; a silent socket is just closed.
+    for answer in [x for a in attackers if a.kind == "half headers" for x in a.answers]:
+        assert answer.startswith(b"HTTP/1.1 408 ") and b'"error":"408"' in answer, answer[:200]
+    assert metric(h, 'channelsd_http_connections_closed_total{reason="header_timeout"}') > 0
+    assert metric(h, 'channelsd_http_connections_closed_total{reason="body_timeout"}') > 0
+    figure(
+        "connection flood: 300 hostile sockets (idle, half headers, half body, byte a second)",
+        cases=len(lifetimes),
+        held=len(lifetimes),
+        still_open_after_hang_bound=held,
+        flood_seconds=duration,
+        timeouts_s=SHORT["header_timeout"],
+        longest_hostile_socket_s=round(max(lifetimes), 2),
+        healthz_requests=len(samples),
+        healthz_ok=statuses.count(200),
+        healthz_p50_ms=round(statistics.median(samples) * 1000, 1),
+        healthz_p99_ms=round(percentile(samples, 99) * 1000, 1),
+        healthz_max_ms=round(max(samples) * 1000, 1),
+    )
+
+
+def test_beyond_the_limit_waiting_sockets_make_room_for_real_requests(
+    switch: Any, make_daemon: Any, figure: Any
+) -> None:
+    # Timeouts far away: only the limit's eviction can let /healthz in. The slow-loris tool
+    # opens a new socket for each one closed, a second later (slowloris itself: 15 s).
+    http = {"max_connections": 50, "max_streams": 10, "header_timeout": 60, "idle_timeout": 60}
+    h = make_daemon([switch], http=http)
+    address = h.daemon.http_address
+    attackers = [Attacker(address, KINDS[i % 4], reopen_after=1.0) for i in range(300)]
+    samples = []
+    try:
+        wait_until(lambda: len(h.daemon.http.connections) >= 50, what="the limit is reached")
+        for _ in range(50 * SCALE):
+            status, seconds = healthz(h.api.base)
+            assert status == 200
+            samples.append(seconds)
+        assert len(h.daemon.http.connections) <= 50
+    finally:
+        for a in attackers:
+            a.running = False
+        for a in attackers:
+            a.stop()
+    evicted = metric(h, 'channelsd_http_connections_closed_total{reason="evicted"}')
+    assert evicted >= 250  # every socket beyond the 50 made room by closing an older one
+    figure(
+        "connection flood beyond the limit: 300 slow sockets, max_connections 50",
+        cases=len(samples),
+        held=len(samples),
+        evicted=int(evicted),
+        healthz_p50_ms=round(statistics.median(samples) * 1000, 1),
+        healthz_p99_ms=round(percentile(samples, 99) * 1000, 1),
+    )
+
+
+def open_stream(h: Harness, tok: str = "admin1") -> requests.Response:
+    resp = requests.get(
+        h.api.base + "/v2/accounts/acc1/channel_events",
+        headers={"X-Auth-Token": token(tok)},
+        stream=True,
+        timeout=HANG,
+    )
+    return resp
+
+
+def test_busy_connections_at_the_limit_get_a_503_in_the_envelope(
+    switch: Any, make_daemon: Any, figure: Any
+) -> None:
+    h = make_daemon([switch], http={"max_connections": 3, "max_streams": 3})
+    streams = [open_stream(h) for _ in range(3)]  # three busy connections: none evictable
+    try:
+        assert [s.status_code for s in streams] == [200, 200, 200]
+        resp = h.api.get("/healthz", tok=None)
+        assert resp.status_code == 503
+        assert resp.headers["Content-Type"] == "application/json"
+        assert resp.headers["Retry-After"] == "1"
+        assert resp.headers["Access-Control-Allow-Origin"] == "*"
+        body = resp.json()
+        assert (body["status"], body["error"], body["message"]) == (
+            "error",
+            "503",
+            "too many connections",
+        )
+        assert "max_connections" in body["data"]["message"]
+    finally:
+        streams[0].close()
+    # A connection freed is a connection available.
+    wait_until(lambda: h.api.get("/healthz", tok=None).status_code == 200, what="room again")
+    for s in streams[1:]:
+        s.close()
+    figure("connection limit: busy connections refused with 503", cases=1, held=1)
+
+
+def test_streams_have_their_own_limit(switch: Any, make_daemon: Any) -> None:
+    h = make_daemon([switch], http={"max_streams": 2})
+    first, second = open_stream(h), open_stream(h)
+    try:
+        third = open_stream(h)
+        assert third.status_code == 503 and third.json()["message"] == "too many streams"
+        assert third.headers["Retry-After"] == "5"
+        assert h.api.get("/v2/accounts/acc1/channels", "admin1").status_code == 200
+        first.close()
+        # The closed stream's place is given back once the server notices the client left
+        # (its next write: the keepalive at the latest) or at once when it ended cleanly.
+        wait_until(lambda: len(h.daemon.ctx.subscriptions) < 2, timeout=30, what="released")
+        fourth = open_stream(h)
+        assert fourth.status_code == 200
+        fourth.close()
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_stream_outlives_every_read_timeout(switch: Any, make_daemon: Any) -> None:
+    h = make_daemon([switch], http={**SHORT, "send_timeout": 5})
+    resp = open_stream(h)
+    lines = resp.iter_lines(decode_unicode=True)
+    try:
+        assert next(lines).startswith("id: ")
+        gevent.sleep(3 * SHORT["idle_timeout"])  # idle, header and body timeouts all passed
+        a, _ = switch.bridged_call(variables_a={"account_id": "acc1"})
+        for line in lines:
+            if line.startswith("data: ") and a in line:
+                break
+    finally:
+        resp.close()
+
+
+def test_a_client_that_stops_reading_is_closed_after_send_timeout(
+    switch: Any, make_daemon: Any
+) -> None:
+    for _ in range(300):  # a list of 600 channels: far more than a tiny socket buffer
+        switch.bridged_call(variables_a={"account_id": "acc1"}, variables_b={"account_id": "acc1"})
+    h = make_daemon([switch], http=SHORT)
+    wait_until(lambda: len(h.table) >= 600, what="channels listed")
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(h.daemon.http_address)
+    # 40 pipelined requests, about 20 MB of answers: more than any socket buffer holds.
+    ask = (
+        f"GET /v2/accounts/acc1/channels HTTP/1.1\r\nHost: x\r\n"
+        f"X-Auth-Token: {token('admin1')}\r\n\r\n"
+    )
+    s.sendall(ask.encode() * 40)
+    try:
+        name = 'channelsd_http_connections_closed_total{reason="send_timeout"}'
+        wait_until(lambda: metric(h, name) >= 1, timeout=HANG, what="send timeout")
+        assert h.api.get("/healthz", tok=None).status_code == 200
+    finally:
+        s.close()
+
+
+def raw_exchange(address: tuple[str, int], data: bytes) -> bytes:
+    """Send `data`, then read until the server closes (bounded)."""
+    s = socket.create_connection(address, timeout=HANG)
+    try:
+        s.sendall(data)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+        return out
+    finally:
+        s.close()
+
+
+def test_a_body_that_does_not_arrive_gets_408_in_the_envelope(
+    switch: Any, make_daemon: Any
+) -> None:
+    a, _ = switch.bridged_call(variables_a={"account_id": "acc1"})
+    h = make_daemon([switch], http=SHORT)
+    wait_until(lambda: h.table.get(a) is not None)
+    h.wait_ready()
+    before = len(switch.received)
+    answer = raw_exchange(
+        h.daemon.http_address,
+        f"POST /v2/accounts/acc1/channels/{a} HTTP/1.1\r\nHost: x\r\n"
+        f"X-Auth-Token: {token('admin1')}\r\nContent-Type: application/json\r\n"
+        'Content-Length: 100\r\n\r\n{"data": {"action"'.encode(),
+    )
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), answer[:300]
+    assert b"Content-Type: application/json" in head
+    assert b'"message":"request timeout"' in body
+    assert switch.received[before:] == []  # nothing half-read reached the switch
+
+
+def test_half_sent_headers_get_408_and_the_connection_closes(switch: Any, make_daemon: Any) -> None:
+    h = make_daemon([switch], http=SHORT)
+    answer = raw_exchange(h.daemon.http_address, b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:300]
+    assert b'"error":"408"' in answer
+
+
+STARVED = """
+import os, resource, sys
+from gevent import monkey
+monkey.patch_all()
+from channelsd import logs
+from channelsd.config import load
+from channelsd.daemon import Daemon
+
+logs.setup("info")
+daemon = Daemon(load(sys.argv[1]))
+daemon.start()
+used = len(os.listdir("/proc/self/fd"))
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (used + 6, hard))
+print(daemon.http_address[1], flush=True)
+daemon.wait()
+"""
+
+
+def test_out_of_descriptors_logs_one_line_and_keeps_answering(
+    switch: Any, tmp_path: Path, figure: Any
+) -> None:
+    """A real EMFILE: the daemon runs in its own process, whose open-file limit is lowered
+    to a few descriptors above what it uses once it listens, and 60 silent sockets come."""
+    conf = tmp_path / "channelsd.toml"
+    conf.write_text(
+        '[http]\nport = 0\nheader_timeout = 60\n[[nodes]]\nname = "fs1"\n'
+        f'host = "127.0.0.1"\nport = {switch.port}\npassword = "ClueCon"\n'
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STARVED, str(conf)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    silent = []
+    try:
+        port = int(proc.stdout.readline())
+        base = f"http://127.0.0.1:{port}"
+        assert healthz(base)[0] == 200
+        for _ in range(60):
+            silent.append(socket.create_connection(("127.0.0.1", port), timeout=HANG))
+        gevent.sleep(1.0)  # accept runs out of descriptors over and over meanwhile
+        status, seconds = healthz(base)  # behind 60 silent sockets in the backlog
+        assert status == 200
+        gevent.sleep(1.0)
+    finally:
+        for s in silent:
+            s.close()
+        proc.terminate()
+        proc.wait(timeout=HANG)
+    err = proc.stderr.read()
+    lines = [line for line in err.splitlines() if "EMFILE" in line or "Too many open" in line]
+    assert lines, err[-2000:]  # it did run out
+    assert len(lines) <= 2, "\n".join(lines[:20])  # one line per interval, not a flood
+    assert "Traceback" not in err, err[-2000:]
+    figure(
+        "out of descriptors (EMFILE) at accept",
+        cases=1,
+        held=1,
+        log_lines=len(lines),
+        healthz_behind_60_silent_sockets_ms=round(seconds * 1000, 1),
+    )

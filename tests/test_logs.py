@@ -1,0 +1,198 @@
+"""No token in any log line, whatever spelling carried it; failed authentications name the
+client (for fail2ban), believing X-Forwarded-For only from configured proxies."""
+
+import logging
+import os
+import re
+import signal
+import socket
+import string
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from channelsd.logs import JsonFormatter, TextFormatter, mask
+from channelsd.tokens import digest
+
+from conftest import Harness, token, wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+URLSAFE = string.ascii_letters + string.digits + "-_"
+
+
+def raw(address: tuple[str, int], request: bytes) -> bytes:
+    with socket.create_connection(address, timeout=10) as s:
+        s.sendall(request)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+        return out
+
+
+def get(address: tuple[str, int], target: str) -> bytes:
+    return raw(address, f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+
+
+def spellings(key: str = "auth_token") -> list[str]:
+    """auth_token as werkzeug would decode it: plain, `_` or any letter percent-encoded."""
+    return [key, key.replace("_", "%5F"), key.replace("_", "%5f"), "%61" + key[1:], quote(key)]
+
+
+@pytest.fixture
+def debug_daemon(switch: Any, make_daemon: Any, caplog: pytest.LogCaptureFixture) -> Harness:
+    # The access log too: it is only written at debug. (Only the daemon's loggers: the
+    # test's own HTTP client logs its URLs.)
+    caplog.set_level(logging.DEBUG, logger="channelsd")
+    return make_daemon([switch])
+
+
+def test_a_token_in_a_rejected_request_line_is_masked(
+    debug_daemon: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = "s3cret-in-a-bad-request-line"
+    for line, status in (
+        (f"GET /v2/accounts/acc1/channels?auth_token={secret} HTTP/9.9", b"400"),
+        (f"GET /v2/accounts/acc1/channels?x=1&auth%5Ftoken={secret} HTTP/9.9", b"400"),
+        (f"BREW /v2/x?auth_token={secret} HTCPCP/1.0", b"400"),
+        (f"G\x01T /v2/x?auth_token={secret} HTTP/1.1 x", b"400"),
+        (f"GET /v2/x?auth_token={secret}", b"404"),  # HTTP/0.9: served, and logged
+    ):
+        answer = raw(debug_daemon.daemon.http_address, line.encode("latin-1") + b"\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 " + status), answer[:200]
+        assert b'"error":"' + status in answer
+    assert "bad request client=127.0.0.1" in caplog.text  # it was logged, masked
+    assert secret not in caplog.text
+
+
+def test_every_spelling_the_api_accepts_is_masked_in_every_line(
+    debug_daemon: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    good, bad = token("admin1"), "wrong-secret-0123456789"
+    for key in spellings():
+        for value, status in ((good, b"200"), (bad, b"401")):
+            # Raw: an HTTP client library would normalise %5F back to _ before sending.
+            answer = get(
+                debug_daemon.daemon.http_address, f"/v2/accounts/acc1/channels?{key}={value}"
+            )
+            assert answer.startswith(b"HTTP/1.1 " + status), (key, answer[:300])
+    assert "http 127.0.0.1" in caplog.text and "auth failure client=" in caplog.text
+    assert good not in caplog.text and bad not in caplog.text
+
+
+@given(
+    value=st.text(URLSAFE, min_size=8, max_size=60),
+    encode=st.lists(st.booleans(), min_size=10, max_size=10),
+    before=st.sampled_from(["", "x=1&", "path=/v2/a?", "GET /v2/c?a=b&"]),
+    after=st.sampled_from(["", "&y=2", " HTTP/1.1", "'", '"', " 200 1234"]),
+)
+@settings(max_examples=300, derandomize=True, deadline=None)
+def test_mask_removes_the_value_of_any_percent_encoding_of_the_key(
+    value: str, encode: list[bool], before: str, after: str
+) -> None:
+    key = "".join(
+        f"%{ord(c):02X}" if enc else c for c, enc in zip("auth_token", encode, strict=True)
+    )
+    line = f"{before}{key}={value}{after}"
+    masked = mask(line)
+    assert value not in masked, line
+    assert masked.startswith(before) and masked.endswith(after)
+
+
+def test_the_formatters_mask_messages_and_tracebacks() -> None:
+    secret = "tok-in-a-traceback-1234"
+    try:
+        raise ValueError(f"bad url /v2/x?auth_token={secret}")
+    except ValueError:
+        record = logging.LogRecord(
+            "channelsd", logging.ERROR, "", 0, "failed %s", (f"auth_token={secret}",), None
+        )
+        record.exc_info = sys.exc_info()
+    for formatter in (TextFormatter(), JsonFormatter()):
+        assert secret not in formatter.format(record)
+
+
+def test_failed_authentication_names_the_client_for_fail2ban(
+    switch: Any, make_daemon: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="channelsd")
+    h = make_daemon([switch])
+    spoofed = {"X-Forwarded-For": "203.0.113.7"}
+    assert h.api.get("/v2/accounts/acc1/channels", "bad-token-1", headers=spoofed).status_code
+    # A path with a line break and a fake "client=" stays one line and cannot frame anyone.
+    h.api.get("/v2/accounts/acc1/channels/x%0Aauth failure client=198.51.100.9 ", "bad-token-2")
+    h.api.get("/v2/accounts/acc1/channels", None)  # no token at all: not a failed login
+    lines = [r.getMessage() for r in caplog.records if "auth failure" in r.getMessage()]
+    assert len(lines) == 2, lines
+    # The filter README documents, with fail2ban's <HOST> as a plain address group.
+    readme = (ROOT / "README.md").read_text()
+    failregex = re.search(r"^failregex = (.+)$", readme, re.M).group(1)
+    fail2ban = re.compile(re.escape(failregex).replace("<HOST>", r"(\S+)"))
+    assert [fail2ban.search(line).group(1) for line in lines] == ["127.0.0.1", "127.0.0.1"]
+    assert all("\n" not in line for line in lines)
+
+
+def test_x_forwarded_for_is_believed_only_from_a_trusted_proxy(
+    switch: Any, make_daemon: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="channelsd")
+    h = make_daemon([switch], http={"trusted_proxies": ["127.0.0.0/8"]})
+    chain = {"X-Forwarded-For": "198.51.100.1, 203.0.113.7, 127.0.0.2"}
+    h.api.get("/v2/accounts/acc1/channels", "bad-token-3", headers=chain)
+    h.api.get("/v2/accounts/acc1/channels", "bad-token-4", headers={"X-Forwarded-For": "junk"})
+    lines = [r.getMessage() for r in caplog.records if "auth failure" in r.getMessage()]
+    # Read from the right: the proxy's own hop (trusted) is skipped, the next one is the
+    # client; whatever the client wrote further left is not believed.
+    assert "client=203.0.113.7 " in lines[0]
+    assert "client=127.0.0.1 " in lines[1]
+
+
+def test_the_running_process_writes_no_token_to_its_journal(switch: Any, tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    good = "good-token-for-the-journal-test"
+    conf = tmp_path / "channelsd.toml"
+    conf.write_text(
+        f'[http]\nport = {port}\n[logging]\nlevel = "debug"\n[[nodes]]\nname = "fs1"\n'
+        f'host = "127.0.0.1"\nport = {switch.port}\npassword = "ClueCon"\n'
+        f'[[tokens]]\nsha256 = "{digest(good)}"\naccount_id = "acc1"\nrole = "admin"\n'
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "channelsd", "run", "-c", str(conf)],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    bad = "bad-token-for-the-journal-test"
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            return requests.get(base + "/healthz", timeout=2).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    try:
+        wait_until(up, timeout=30, what="daemon up")
+        for key in spellings():
+            for value in (good, bad):
+                get(("127.0.0.1", port), f"/v2/accounts/acc1/channels?{key}={value}")
+                raw(
+                    ("127.0.0.1", port),
+                    f"GET /v2/accounts/acc1/channels?{key}={value} HTTP/9.9\r\n\r\n".encode(),
+                )
+        requests.get(base + "/v2/accounts/acc1/channels", headers={"X-Auth-Token": bad})
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    journal = proc.stderr.read()
+    assert "auth failure client=127.0.0.1" in journal and "bad request client=" in journal
+    assert good not in journal and bad not in journal
