@@ -47,8 +47,8 @@ def group(items: Iterable[Item]) -> list[list[Item]]:
     """The calls: each a list of legs, oldest first; calls ordered by their first leg."""
     by_uuid: dict[str, Item] = {}
     for item in items:
-        uuid = text(item, "uuid")
-        if uuid:
+        uuid = item.get("uuid")
+        if isinstance(uuid, str) and uuid:
             by_uuid[uuid] = item
     parent = {u: u for u in by_uuid}
 

@@ -53,6 +53,7 @@ def add_parser(sub: Any) -> None:
         "`fs_cli -x 'show channels'`; from its /v2 API.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # `--token X` must not be taken for `--token-file X`
     )
     ls.add_argument(
         "-a",
@@ -106,6 +107,8 @@ def add_parser(sub: Any) -> None:
     ls.add_argument(
         "--token-file", metavar="FILE", help=f"read the token from FILE, not ${TOKEN_ENV}"
     )
+    # Refused with a reason (and without echoing it): argv is visible to every user via ps.
+    ls.add_argument("--token", dest="token_in_argv", help=argparse.SUPPRESS)
 
 
 def filter_params(args: argparse.Namespace) -> list[tuple[str, str]]:
@@ -127,6 +130,11 @@ def filter_params(args: argparse.Namespace) -> list[tuple[str, str]]:
 
 
 def read_token(args: argparse.Namespace, env: dict[str, str]) -> str:
+    if args.token_in_argv is not None:
+        raise UsageError(
+            f"a token on the command line is visible to every user (ps): set {TOKEN_ENV} "
+            "or give --token-file FILE"
+        )
     if args.token_file:
         where = "standard input" if args.token_file == "-" else args.token_file
         try:
