@@ -11,6 +11,9 @@ const REFETCH_MS = 400;
 
 const yesNo = (v) => (v === true ? "yes" : v === false ? "no" : "");
 const text = (key) => (i) => (typeof i[key] === "string" || typeof i[key] === "number" ? String(i[key]) : "");
+const seconds = (v) => (typeof v === "number" ? fmt.duration(v) : "");
+const live = (value) => (i, p) => (p.live ? value(i, p) : "");
+const ended = (value) => (i, p) => (p.live ? "" : value(i, p));
 
 // [section, [[field name (data-field), label, value(item, panel)], ...]]; empty values are left out.
 const SECTIONS = [
@@ -21,12 +24,20 @@ const SECTIONS = [
       ["callee", "Callee", (i) => fmt.callee(i)],
       ["destination", "Destination", text("destination")],
       ["direction", "Direction", text("direction")],
-      ["state", "State", (i) => [i.call_state, i.state].filter(Boolean).join(" · ")],
+      // What is true now: for a channel that ended, its last state would mislead (changes in
+      // its last instant go out with the destroy, not before it).
+      ["state", "State", live((i) => [i.call_state, i.state].filter(Boolean).join(" · "))],
       ["answered", "Answered", (i) => yesNo(i.answered)],
-      ["is_onhold", "On hold", (i) => yesNo(i.is_onhold)],
-      ["is_recording", "Recording", (i) => yesNo(i.is_recording)],
-      ["duration", "Duration", (i, p) => (p.live ? fmt.duration(p.store.duration(i)) : "")],
+      ["is_onhold", "On hold", live((i) => yesNo(i.is_onhold))],
+      ["is_recording", "Recording", live((i) => yesNo(i.is_recording))],
+      ["duration", "Duration", live((i, p) => fmt.duration(p.store.duration(i)))],
       ["started", "Started", (i) => fmt.timeOfDay(i.timestamp, GREGORIAN_OFFSET)],
+      ["ended", "Ended", ended((i) => fmt.timeOfDay(i.ended_timestamp, GREGORIAN_OFFSET))],
+      ["hangup_cause", "Cause", ended(text("hangup_cause"))],
+      ["hung_up_by", "Hung up by", ended((i) => fmt.whoHungUp(i))],
+      ["duration_seconds", "Duration", ended((i) => seconds(i.duration_seconds))],
+      ["billing_seconds", "Billed", ended((i) => seconds(i.billing_seconds))],
+      ["mos", "MOS", ended((i) => (typeof i.mos === "number" ? i.mos.toFixed(1) : ""))],
       ["application", "Application", text("application")],
     ],
   ],
