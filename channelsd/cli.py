@@ -39,6 +39,10 @@ def _parser() -> argparse.ArgumentParser:
     new.add_argument("--owner", help="owner (user) id; required for role user")
     new.add_argument("--descendant", action="append", default=[], help="extra account it may see")
     new.add_argument("--name", default="", help="a label for the operator")
+
+    from channelsd.terminal.command import add_parser as add_ls
+
+    add_ls(sub)  # `channelsd ls`: a client of the running daemon (channelsd/terminal/)
     return p
 
 
@@ -85,6 +89,10 @@ def _load(path: str):  # -> (Config, warnings), or exit with the one-line error
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "ls":  # a plain client: no gevent
+        from channelsd.terminal.command import run as run_ls
+
+        return run_ls(args)
     if args.command == "token":
         return _token_new(args)
     if args.command == "check":

@@ -21,10 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import gevent
+import orjson
 import pytest
 from gevent.server import StreamServer
 
-from conftest import Harness, start_demo, token, wait_until
+from channelsd.standin.replay import load_frames
+
+from conftest import CAPTURES, Harness, start_demo, token, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts" / "console"
@@ -274,7 +277,7 @@ def test_calls_appear_and_disappear_without_reload(switch: Any, make_daemon: Any
         b2,
     )
     switch.hold(a2)
-    page.wait(lambda: page.cells(a2)["hold"] == "on hold", "the hold badge")
+    page.wait(lambda: page.cells(a2)["flags"] == "on hold", "the hold badge")
     page.shot("05-new-call")
 
     # The filter box keeps only the calls that match, both legs.
@@ -333,6 +336,9 @@ def test_refused_action_shows_the_api_message(switch: Any, make_daemon: Any, pag
 
     # Escape closes the dialog and gives focus back to the row's button.
     opener = page.open_actions(b)
+    # The choices are the registry's, each one an action the API has (no dead button).
+    choices = [i.get_attribute("value") for i in page.finds('input[name="action"]')]
+    assert choices == ["hangup", "hold", "break", "transfer", "intercept"]
     page.driver.switch_to.active_element.send_keys(Keys.ESCAPE)
     page.wait(lambda: not page.find("#action-dialog").is_displayed(), "the dialog to close")
     assert page.driver.switch_to.active_element == opener
@@ -356,7 +362,7 @@ def test_refused_action_shows_the_api_message(switch: Any, make_daemon: Any, pag
     # Hold toggle is not destructive: no confirmation, and the board shows the result.
     page.find('input[name="action"][value="hold"]').click()
     page.find("#action-submit").click()
-    page.wait(lambda: page.cells(a)["hold"] == "on hold", "the call on hold")
+    page.wait(lambda: page.cells(a)["flags"] == "on hold", "the call on hold")
     assert page.problems(allow=("status of 400",)) == []
 
 
@@ -494,4 +500,238 @@ def test_stale_node_channels_are_marked(switch: Any, make_daemon: Any, page: Pag
     h.wait_ready()
     page.wait(lambda: page.cells(a)["node"] == "fs1", "the mark gone", timeout=15)
     gevent.sleep(0)
+    assert page.problems() == []
+
+
+# -- the operator's view (#15): density, details, badges, recently ended ------------------------
+
+SIP = CAPTURES / "json" / "s8_sip_call.events.raw.gz"
+
+
+def visible_rows(page: Page) -> int:
+    """Board rows wholly in view: below the sticky header, inside the board and the window."""
+    return page.driver.execute_script(
+        """
+        const wrap = document.querySelector('.table-wrap').getBoundingClientRect();
+        const head = document.querySelector('#channels thead').getBoundingClientRect();
+        const top = Math.max(wrap.top, head.bottom);
+        const bottom = Math.min(wrap.bottom, window.innerHeight);
+        return [...document.querySelectorAll('#channels tbody tr')].filter((tr) => {
+          const r = tr.getBoundingClientRect();
+          return r.height > 0 && r.top >= top - 0.5 && r.bottom <= bottom + 0.5;
+        }).length;
+        """
+    )
+
+
+def layout_problems(page: Page) -> list[str]:
+    """Regions that overlap each other or stick out of the window, and sideways scrolling."""
+    return page.driver.execute_script(
+        """
+        const names = ['.topbar', '.toolbar', '.table-wrap', '#details', '#ended'];
+        const boxes = names.map((n) => [n, document.querySelector(n).getBoundingClientRect()]);
+        const found = [];
+        for (const [i, [a, ra]] of boxes.entries()) {
+          if (ra.right > innerWidth + 0.5 || ra.bottom > innerHeight + 0.5) found.push(`${a} out`);
+          for (const [b, rb] of boxes.slice(i + 1)) {
+            const apart = ra.right <= rb.left + 0.5 || rb.right <= ra.left + 0.5 ||
+                          ra.bottom <= rb.top + 0.5 || rb.bottom <= ra.top + 0.5;
+            if (!apart) found.push(`${a} overlaps ${b}`);
+          }
+        }
+        const wrap = document.querySelector('.table-wrap');
+        if (wrap.scrollWidth > wrap.clientWidth) found.push('the board scrolls sideways');
+        if (document.documentElement.scrollWidth > innerWidth) found.push('the page scrolls');
+        return found;
+        """
+    )
+
+
+def field(page: Page, name: str) -> str:
+    found = page.finds(f'#details-body dd[data-field="{name}"]')
+    return found[0].text if found else ""
+
+
+def test_25_rows_visible_at_1400x900_without_overlap(switch: Any, make_daemon: Any, page: Page):
+    h = make_daemon([switch])
+    for i in range(20):
+        call(switch, ACME, (f"Caller {i:02d}", f"10{i:02d}"), (f"Callee {i:02d}", f"20{i:02d}"))
+    wait_until(lambda: len(h.table.all()) == 40, what="the calls in the table")
+    switch.hangup(next(iter(h.table.all())).uuid)  # something in "recently ended"
+    page.driver.set_window_size(1400, 900)
+    page.open(base(h))
+    page.login(token("super"))
+    page.wait_live()
+    page.wait(lambda: len(page.uuids()) == 38, "every call on the board")
+    page.wait(lambda: page.finds("#ended-list li"), "the ended call")
+    page.find("#channels tbody tr button.sel").click()  # the details panel open too
+    page.wait(lambda: field(page, "uuid"), "the details")
+    rows = visible_rows(page)
+    assert rows >= 25, f"only {rows} rows in view"
+    assert layout_problems(page) == []
+    page.shot("13-density-1400x900")
+    # The existing width of the other tests, and a phone: still no overlap.
+    page.driver.set_window_size(1280, 900)
+    page.wait(lambda: layout_problems(page) == [], "a clean layout at 1280x900")
+    assert visible_rows(page) >= 25
+    assert page.problems() == []
+
+
+def _sip_events() -> tuple[list[Any], list[dict[str, Any]]]:
+    frames = [f for f in load_frames(SIP) if f.event_name]
+    return frames, [orjson.loads(f.raw.split(b"\n\n", 1)[1]) for f in frames]
+
+
+def _index(evs: list[dict[str, Any]], name: str, uuid: str) -> int:
+    return next(i for i, e in enumerate(evs) if e["Event-Name"] == name and e["Unique-ID"] == uuid)
+
+
+def test_details_badges_and_ending_of_a_real_sip_call(switch: Any, make_daemon: Any, page: Page):
+    """The s8 capture's SIP call, replayed byte for byte: what the panel shows is what the
+    single GET says, it follows the call as it changes, and the call's end lands in
+    "recently ended" with who hung up."""
+    frames, evs = _sip_events()
+    leg = next(e["Unique-ID"] for e in evs if e.get("variable_account_id") == "acc1")
+    h = make_daemon([switch])
+    path = f"/v2/accounts/acc1/channels/{leg}"
+    answer = _index(evs, "CHANNEL_ANSWER", leg)
+    switch.send_frames(frames[:answer])  # ringing: no remote media, no application yet
+    early = wait_until(lambda: h.api.get(path, "admin1").ok and h.api.data(path, "admin1"))
+    assert not {"remote_media_ip", "application", "sip_call_id"} & set(early)
+    page.driver.set_window_size(1400, 900)
+    page.open(base(h))
+    page.login(token("admin1"), "acc1")
+    page.wait_live()
+    page.wait(lambda: leg in page.uuids(), "the SIP leg on the board")
+    page.row(leg).find_element(By.CSS_SELECTOR, "button.sel").send_keys(Keys.ENTER)
+    page.wait(lambda: field(page, "channel_name") == early["channel_name"], "the single GET")
+    assert field(page, "request_uri") == early["request_uri"]
+    assert field(page, "endpoint") == "sofia"
+    assert field(page, "sip_call_id") == field(page, "remote_media") == ""
+    assert "selected" in page.row(leg).get_attribute("class")
+
+    # Answered and parked: the stream says so, the panel asks the single GET again.
+    park = _index(evs, "CHANNEL_PARK", leg) + 1
+    switch.send_frames(frames[answer:park])
+    detail = wait_until(
+        lambda: "application" in h.api.data(path, "admin1") and h.api.data(path, "admin1")
+    )
+    want_media = f"{detail['remote_media_ip']}:{detail['remote_media_port']}"
+    page.wait(lambda: field(page, "remote_media") == want_media, "the remote media")
+    assert field(page, "sip_call_id") == detail["sip_call_id"]
+    assert field(page, "user_agent") == detail["user_agent"]
+    assert field(page, "application") == detail["application"]
+    assert field(page, "read_codec").startswith(detail["read_codec"])
+    assert field(page, "request_uri") == detail["request_uri"]
+    assert field(page, "answered") == "yes"
+    page.shot("14-details-sip-call")
+
+    # Hold, then a recording: badges on the row, and the panel follows.
+    hold = _index(evs, "CHANNEL_HOLD", leg) + 1
+    switch.send_frames(frames[park:hold])
+    page.wait(lambda: page.cells(leg)["flags"] == "on hold", "the hold badge")
+    page.wait(lambda: field(page, "is_onhold") == "yes", "on hold in the panel")
+    record = _index(evs, "RECORD_START", leg) + 1
+    switch.send_frames(frames[hold:record])
+    page.wait(lambda: "rec" in page.cells(leg)["flags"].split(), "the recording badge")
+    page.wait(lambda: field(page, "is_recording") == "yes", "recording in the panel")
+    page.shot("15-badges-recording")
+
+    # The rest of the capture: the switch sends the BYE.
+    switch.send_frames(frames[record:])
+    ended = wait_until(
+        lambda: h.api.data("/v2/accounts/acc1/channels?ended=true", "admin1"), what="ended"
+    )[0]
+    assert ended["hangup_disposition"] == "send_bye"
+    page.wait(lambda: leg not in page.uuids(), "the call gone from the board")
+    entry = page.find(f'#ended-list li[data-uuid="{leg}"]')
+    minutes, seconds = divmod(ended["duration_seconds"], 60)
+    assert ended["hangup_cause"] in entry.text
+    assert "by switch" in entry.text
+    assert f"{minutes}:{seconds:02d}" in entry.text
+    status = page.find("#details-status")
+    page.wait(lambda: "has ended" in status.text, "the panel says the call ended")
+    assert ended["hangup_cause"] in status.text and "hung up by switch" in status.text
+    assert field(page, "sip_call_id") == detail["sip_call_id"], "what it was stays in view"
+    assert field(page, "hung_up_by") == "switch"
+    assert field(page, "duration_seconds") == f"{minutes}:{seconds:02d}"
+    assert field(page, "is_recording") == field(page, "state") == "", "no stale live state"
+    page.shot("16-ended-sip-call")
+    assert page.problems(allow=("status of 403",)) == []
+
+
+def test_encrypted_badge_and_recently_ended_from_load_and_stream(
+    switch: Any, make_daemon: Any, page: Page
+) -> None:
+    h = make_daemon([switch])
+    srtp = {
+        **ACME,
+        "rtp_secure_media_confirmed_audio": "true",
+        "rtp_has_crypto": "AES_CM_128_HMAC_SHA1_80",
+    }
+    sa, sb = switch.bridged_call(
+        variables_a=srtp,
+        variables_b=ACME,
+        caller=("Secure Sam", "1001"),
+        callee=("Bob Baker", "1002"),
+    )
+    old, _ = call(switch, ACME, ("Old Caller", "1009"), ("Someone", "1010"))
+    busy, busy_b = call(switch, ACME, ("Carol Cruz", "1003"), ("Dan Dorsey", "1004"))
+    elsewhere, _ = call(switch, OTHER, ("Other Tenant", "2001"), ("Someone Else", "2002"))
+    oa, ob = call(switch, OTHER, ("Still Up", "2003"), ("Someone Else", "2004"))
+    wait_until(lambda: len(h.table.all()) == 10, what="the calls in the table")
+    switch.hangup(old, "CALL_REJECTED")
+    switch.hangup(elsewhere, "NORMAL_CLEARING")
+    wait_until(lambda: len(h.api.data("/v2/channels?ended=true")) == 4, what="ended calls")
+
+    page.driver.set_window_size(1400, 900)
+    page.open(base(h))
+    page.login(token("super"))
+    page.wait_live()
+    page.wait(lambda: set(page.uuids()) == {sa, sb, busy, busy_b, oa, ob}, "the live calls")
+    # Ended before the page was opened: from ?ended=true.
+    page.wait(lambda: len(page.finds("#ended-list li")) == 4, "the calls ended before")
+    assert "CALL_REJECTED" in page.find(f'#ended-list li[data-uuid="{old}"]').text
+    assert page.cells(sa)["flags"] == "encrypted" and page.cells(sb)["flags"] == ""
+    page.row(sa).find_element(By.CSS_SELECTOR, "button.sel").click()
+    page.wait(lambda: field(page, "encrypted") == "srtp · AES_CM_128_HMAC_SHA1_80", "encryption")
+
+    # Ended while watching: from the stream's destroy, newest first.
+    switch.hangup(busy, "USER_BUSY")
+    page.wait(lambda: busy not in page.uuids(), "the call gone from the board")
+    page.wait(
+        lambda: page.finds("#ended-list li")[0].get_attribute("data-uuid") in (busy, busy_b),
+        "the new ended call on top",
+    )
+    assert "USER_BUSY" in page.find(f'#ended-list li[data-uuid="{busy}"]').text
+    assert "0:0" in page.find(f'#ended-list li[data-uuid="{busy}"]').text  # its duration
+    page.shot("17-encrypted-and-ended")
+
+    # The account selector and the filter box narrow recently ended calls too.
+    select = Select(page.find("#account-select"))
+    select.select_by_visible_text(next(o.text for o in select.options if "acc2" in o.text))
+    page.wait(
+        lambda: (
+            {li.get_attribute("data-uuid") for li in page.finds("#ended-list li")}
+            == {elsewhere, h.api.data("/v2/channels?ended=true&filter_account_id=acc2")[1]["uuid"]}
+        ),
+        "only acc2's ended calls",
+    )
+    select.select_by_index(0)
+    page.find("#filter").send_keys("rejected")
+    rejected = {
+        i["uuid"]
+        for i in h.api.data("/v2/channels?ended=true")
+        if i["hangup_cause"] == "CALL_REJECTED"
+    }
+    assert old in rejected
+    page.wait(
+        lambda: {li.get_attribute("data-uuid") for li in page.finds("#ended-list li")} == rejected,
+        "only the rejected call",
+    )
+    # An ended entry opens its details, with how it ended.
+    page.find(f'#ended-list li[data-uuid="{old}"] button').click()
+    status = page.find("#details-status")
+    page.wait(lambda: "CALL_REJECTED" in status.text, "the ended call's details")
+    assert field(page, "caller") == "Old Caller (1009)"
     assert page.problems() == []

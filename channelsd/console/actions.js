@@ -1,17 +1,26 @@
 // The per-channel actions dialog: hang up, hold toggle, break, transfer, intercept.
 // Destructive actions ask for confirmation; the API's refusal is shown as it says it.
+//
+// ACTIONS is the one list of what the dialog offers, in order: its choices are built from it.
+// An action is { label, verb, done, request(fields) -> [method, body], and optionally
+// confirm(item, fields), missing(fields) }, plus, when it takes input, a
+// <div class="panel" data-panel="NAME"> in index.html whose named inputs fields() reads.
+// Listen-in (eavesdrop: listen / whisper / barge) belongs here once the API offers it:
+// one entry after intercept, its panel (who rings, which mode) and its fields.
 
 import { routes } from "./api.js";
 import * as fmt from "./format.js";
 
 const ACTIONS = {
   hangup: {
+    label: "Hang up",
     verb: "Hang up",
     done: "Hang-up sent",
     confirm: (item, f) => `Hang up ${fmt.describe(item)} with cause ${f.cause || "NORMAL_CLEARING"}?`,
     request: (f) => ["POST", { data: { action: "hangup", cause: f.cause || "NORMAL_CLEARING" } }],
   },
   hold: {
+    label: "Hold / unhold",
     verb: "Toggle hold",
     done: "Hold toggled",
     request: () => [
@@ -20,11 +29,13 @@ const ACTIONS = {
     ],
   },
   break: {
+    label: "Break",
     verb: "Break",
     done: "Break sent",
     request: (f) => ["POST", { data: { action: "break", all: f.all } }],
   },
   transfer: {
+    label: "Transfer",
     verb: "Transfer",
     done: "Transfer sent",
     missing: (f) => (f.target ? "" : "Enter the extension to transfer to."),
@@ -38,6 +49,7 @@ const ACTIONS = {
     ],
   },
   intercept: {
+    label: "Intercept",
     verb: "Intercept",
     done: "Intercept started",
     missing: (f) => (f.target_id ? "" : "Enter the device, user id or number that picks up."),
@@ -64,6 +76,7 @@ export class ActionDialog {
     this.opener = null;
     this.stage = "edit";
     this.busy = false;
+    this.buildChoices();
 
     this.form.addEventListener("change", (e) => {
       if (e.target.name === "action") this.choose(e.target.value);
@@ -84,6 +97,20 @@ export class ActionDialog {
     });
     dialog.addEventListener("close", () => this.restoreFocus());
     store.subscribe(() => this.refresh());
+  }
+
+  buildChoices() {
+    const fieldset = this.el("action-choices");
+    for (const [name, spec] of Object.entries(ACTIONS)) {
+      const label = document.createElement("label");
+      const input = document.createElement("input");
+      input.type = "radio";
+      input.name = "action";
+      input.value = name;
+      input.defaultChecked = name === "hangup";
+      label.append(input, ` ${spec.label}`);
+      fieldset.append(label);
+    }
   }
 
   open(uuid, opener) {

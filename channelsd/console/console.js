@@ -2,6 +2,8 @@
 
 import { ActionDialog } from "./actions.js";
 import { Api, routes } from "./api.js";
+import { DetailsPanel } from "./details.js";
+import { EndedCalls, EndedView } from "./ended.js";
 import { shortId } from "./format.js";
 import { LiveStream } from "./live.js";
 import * as session from "./session.js";
@@ -11,8 +13,9 @@ import { ChannelsView } from "./view.js";
 const $ = (id) => document.getElementById(id);
 const OTHER = "__other__";
 
-const state = { session: null, scope: null, api: null, live: null, liveState: "" };
+const state = { session: null, scope: null, api: null, live: null, liveState: "", endedLoad: 0 };
 const store = new ChannelStore();
+const endedCalls = new EndedCalls();
 
 const view = new ChannelsView({
   table: $("channels"),
@@ -20,8 +23,36 @@ const view = new ChannelsView({
   counts: $("counts"),
   store,
   onAction: (uuid, button) => actions.open(uuid, button),
+  onSelect: (uuid) => selectChannel(uuid),
   onFocusLost: () => $("filter").focus(),
 });
+
+const endedView = new EndedView({
+  list: $("ended-list"),
+  empty: $("ended-empty"),
+  count: $("ended-count"),
+  ended: endedCalls,
+  matches: (item) => view.matches(item),
+  onSelect: (uuid) => selectChannel(uuid),
+});
+
+const details = new DetailsPanel({
+  root: $("details"),
+  store,
+  ended: endedCalls,
+  api: () => state.api,
+  scope: () => state.scope,
+  onSelect: (uuid) => selectChannel(uuid),
+  onClose: () => selectChannel(null),
+});
+
+// One channel's details are open at a time; its row (or ended entry) is marked.
+function selectChannel(uuid) {
+  view.setSelected(uuid);
+  endedView.setSelected(uuid);
+  if (uuid) details.show(uuid);
+  else details.clear();
+}
 
 const actions = new ActionDialog({
   dialog: $("action-dialog"),
@@ -82,15 +113,36 @@ function showLiveState(liveState, detail = {}) {
 // -- the stream -------------------------------------------------------------------------------
 
 function onEvent(kind, data) {
-  if (kind === "snapshot") store.reset(Array.isArray(data) ? data : []);
-  else if (kind === "create") store.put(data);
+  if (kind === "snapshot") {
+    store.reset(Array.isArray(data) ? data : []);
+    // A snapshot starts over (first connection, or too much missed): so do ended calls.
+    loadEnded();
+  } else if (kind === "create") store.put(data);
   else if (kind === "update") store.patch(data.uuid, data.changed || {}, data.removed);
-  else if (kind === "destroy") store.remove(data.uuid);
+  else if (kind === "destroy") endedCalls.add(store.remove(data.uuid), data, store.serverNow());
+}
+
+async function loadEnded() {
+  const load = ++state.endedLoad;
+  const { api, scope } = state;
+  let items;
+  try {
+    items = await api.get(`${routes(scope).list}?ended=true`);
+  } catch {
+    return; // this daemon keeps none (503), or a passing error: the stream still feeds them
+  }
+  if (load !== state.endedLoad || !Array.isArray(items)) return;
+  // Destroys heard while the list was on its way are newer than it.
+  const heard = endedCalls.items.filter((i) => !items.some((j) => j.uuid === i.uuid));
+  endedCalls.reset([...heard, ...items]);
 }
 
 function connect() {
   if (state.live) state.live.stop();
   store.reset([]);
+  state.endedLoad += 1;
+  endedCalls.reset([]);
+  selectChannel(null);
   const { api, scope } = state;
   state.live = new LiveStream({
     url: routes(scope).events,
@@ -147,6 +199,7 @@ function onAccountChange() {
   const select = $("account-select");
   if (state.scope.mode === "system") {
     view.setAccount(select.value);
+    endedView.render();
     return;
   }
   if (select.value === OTHER) {
@@ -208,6 +261,8 @@ function signOut(message) {
   state.session = null;
   session.clearSession();
   store.reset([]);
+  endedCalls.reset([]);
+  selectChannel(null);
   banner("", "");
   $("board").hidden = true;
   $("session").hidden = true;
@@ -257,7 +312,10 @@ function start(s) {
 
 $("login-form").addEventListener("submit", onLogin);
 $("logout").addEventListener("click", () => signOut(""));
-$("filter").addEventListener("input", (e) => view.setFilter(e.target.value));
+$("filter").addEventListener("input", (e) => {
+  view.setFilter(e.target.value);
+  endedView.render();
+});
 $("account-select").addEventListener("change", onAccountChange);
 $("add-account").addEventListener("submit", onAddAccount);
 $("add-account-cancel").addEventListener("click", () => {
@@ -267,7 +325,10 @@ $("add-account-cancel").addEventListener("click", () => {
 store.subscribe(() => {
   if (state.scope) fillAccounts();
 });
-setInterval(() => view.tick(), 1000);
+setInterval(() => {
+  view.tick();
+  details.tick();
+}, 1000);
 
 const saved = session.savedSession();
 if (saved) start(saved);

@@ -37,3 +37,44 @@ export function duration(seconds) {
 export function describe(item) {
   return `${caller(item)} → ${callee(item)}`;
 }
+
+// The states worth a badge on a board row: [text, kind, title].
+export function flags(item) {
+  const found = [];
+  if (item.is_onhold) found.push(["on hold", "hold", "The channel is on hold"]);
+  if (item.is_recording) found.push(["rec", "rec", "The switch is recording this channel"]);
+  if (item.is_secure) found.push(["encrypted", "secure", "Its media is encrypted (SRTP/ZRTP)"]);
+  return found;
+}
+
+// FreeSWITCH's sip_hangup_disposition: "send" is the switch's side, "recv" the far end's.
+const WHO = {
+  send_bye: "switch",
+  recv_bye: "far end",
+  send_cancel: "switch (cancel)",
+  recv_cancel: "far end (cancel)",
+  send_refuse: "refused",
+  recv_refuse: "refused by far end",
+};
+
+export function whoHungUp(item) {
+  const d = typeof item.hangup_disposition === "string" ? item.hangup_disposition : "";
+  return WHO[d] || d;
+}
+
+export function codec(name, rate) {
+  if (!name) return "";
+  return rate ? `${name} ${rate / 1000} kHz` : name;
+}
+
+export function hostPort(host, port) {
+  if (!host) return "";
+  const shown = host.includes(":") ? `[${host}]` : host;
+  return port ? `${shown}:${port}` : shown;
+}
+
+// A Kazoo (Gregorian seconds) timestamp as this browser's time of day.
+export function timeOfDay(gregorian, offset) {
+  if (typeof gregorian !== "number") return "";
+  return new Date((gregorian - offset) * 1000).toLocaleTimeString([], { hour12: false });
+}

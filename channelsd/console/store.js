@@ -40,8 +40,16 @@ export class ChannelStore {
     this.changed();
   }
 
+  // The item as it last was, or undefined when it was not known.
   remove(uuid) {
+    const item = this.items.get(uuid);
     if (this.items.delete(uuid)) this.changed();
+    return item;
+  }
+
+  // The daemon's clock now, in Kazoo's Gregorian seconds.
+  serverNow() {
+    return Math.floor(Date.now() / 1000 + this.skew) + GREGORIAN_OFFSET;
   }
 
   learnClock(items) {

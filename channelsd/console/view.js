@@ -3,14 +3,14 @@
 import * as fmt from "./format.js";
 import { byAge } from "./store.js";
 
-const COLUMNS = ["caller", "callee", "direction", "state", "answered", "hold", "duration", "node", "account"];
+const COLUMNS = ["caller", "callee", "direction", "state", "answered", "flags", "duration", "node", "account"];
 const LABELS = {
   caller: "Caller",
   callee: "Callee",
   direction: "Direction",
   state: "State",
   answered: "Answered",
-  hold: "Hold",
+  flags: "Flags",
   duration: "Duration",
   node: "Node",
   account: "Account",
@@ -22,7 +22,7 @@ const SORT_VALUES = {
   direction: (i) => i.direction || "",
   state: (i) => fmt.state(i).toLowerCase(),
   answered: (i) => (i.answered ? 1 : 0),
-  hold: (i) => (i.is_onhold ? 1 : 0),
+  flags: (i) => (i.is_onhold ? 4 : 0) + (i.is_recording ? 2 : 0) + (i.is_secure ? 1 : 0),
   duration: (i) => -(i.timestamp || 0),
   node: (i) => i.node || "",
   account: (i) => fmt.account(i).toLowerCase(),
@@ -48,6 +48,9 @@ function haystack(item) {
     item.presence_id,
     item.stale ? "stale" : "",
     item.is_onhold ? "hold" : "",
+    item.is_recording ? "recording rec" : "",
+    item.is_secure ? "encrypted" : "",
+    item.hangup_cause,
   ]
     .filter(Boolean)
     .join(" ")
@@ -58,20 +61,23 @@ function setText(el, text) {
   if (el.textContent !== text) el.textContent = text;
 }
 
-function badge(text, kind) {
+function badge(text, kind, title = "") {
   const span = document.createElement("span");
   span.className = `badge ${kind}`;
   span.textContent = text;
+  if (title) span.title = title;
   return span;
 }
 
 export class ChannelsView {
-  constructor({ table, empty, counts, store, onAction, onFocusLost }) {
+  constructor({ table, empty, counts, store, onAction, onSelect, onFocusLost }) {
     this.table = table;
     this.empty = empty;
     this.counts = counts;
     this.store = store;
     this.onAction = onAction;
+    this.onSelect = onSelect;
+    this.selected = null;
     this.onFocusLost = onFocusLost;
     this.filter = "";
     this.account = "";
@@ -82,8 +88,11 @@ export class ChannelsView {
     store.subscribe(() => this.schedule());
     table.querySelector("thead").addEventListener("click", (e) => this.onHeader(e));
     table.addEventListener("click", (e) => {
+      const row = e.target.closest("tbody tr");
+      if (!row) return;
       const button = e.target.closest("button.act");
-      if (button) this.onAction(button.closest("tr").dataset.uuid, button);
+      if (button) this.onAction(row.dataset.uuid, button);
+      else this.onSelect(row.dataset.uuid);
     });
     this.showSort();
   }
@@ -91,6 +100,21 @@ export class ChannelsView {
   setFilter(text) {
     this.filter = text.trim().toLowerCase();
     this.schedule();
+  }
+
+  // The channel whose details are open: its row is marked.
+  setSelected(uuid) {
+    if (this.selected === uuid) return;
+    const before = this.selected && this.rows.get(this.selected);
+    if (before) this.markSelected(before, false);
+    this.selected = uuid;
+    const now = uuid && this.rows.get(uuid);
+    if (now) this.markSelected(now, true);
+  }
+
+  markSelected(row, on) {
+    row.classList.toggle("selected", on);
+    row.cells[0].firstChild.setAttribute("aria-pressed", String(on));
   }
 
   setAccount(accountId) {
@@ -121,6 +145,14 @@ export class ChannelsView {
 
   schedule() {
     if (this.pending === null) this.pending = setTimeout(() => this.render(), 30);
+  }
+
+  // Whether one channel passes the account selector and the filter box.
+  matches(item) {
+    return (
+      (!this.account || item.account_id === this.account) &&
+      (!this.filter || haystack(item).includes(this.filter))
+    );
   }
 
   visibleCalls() {
@@ -160,6 +192,7 @@ export class ChannelsView {
         if (!row) {
           row = this.makeRow(leg.uuid);
           this.rows.set(leg.uuid, row);
+          if (leg.uuid === this.selected) this.markSelected(row, true);
         }
         keepRows.add(leg.uuid);
         this.fillRow(row, leg, names, i);
@@ -206,6 +239,12 @@ export class ChannelsView {
       cell.dataset.label = LABELS[key];
       row.append(cell);
     }
+    // The caller is a button: it opens the call's details, by mouse or keyboard.
+    const select = document.createElement("button");
+    select.type = "button";
+    select.className = "sel";
+    select.setAttribute("aria-pressed", "false");
+    row.cells[0].append(select);
     const cell = document.createElement("td");
     cell.className = "col-actions";
     const button = document.createElement("button");
@@ -222,12 +261,14 @@ export class ChannelsView {
     row.classList.toggle("stale", Boolean(item.stale));
     row.classList.toggle("onhold", Boolean(item.is_onhold));
     row.classList.toggle("leg", legIndex > 0);
-    setText(cells[0], fmt.caller(item));
+    setText(cells[0].firstChild, fmt.caller(item));
+    const selectLabel = `Details of ${fmt.describe(item)}${legIndex > 0 ? " (other leg)" : ""}`;
+    if (cells[0].firstChild.title !== selectLabel) cells[0].firstChild.title = selectLabel;
     setText(cells[1], fmt.callee(item));
     setText(cells[2], item.direction || "");
     setText(cells[3], fmt.state(item));
     setText(cells[4], item.answered ? "yes" : "no");
-    this.fillBadge(cells[5], item.is_onhold ? "on hold" : "", "hold");
+    this.fillFlags(cells[5], item);
     cells[6].dataset.uuid = item.uuid;
     setText(cells[6], fmt.duration(this.store.duration(item)));
     this.fillNode(cells[7], item);
@@ -240,10 +281,17 @@ export class ChannelsView {
     button.title = item.account_id ? "" : "This channel has no account: the API cannot act on it";
   }
 
-  fillBadge(cell, text, kind) {
-    const current = cell.firstChild;
-    if ((current ? current.textContent : "") === text) return;
-    cell.replaceChildren(...(text ? [badge(text, kind)] : []));
+  fillFlags(cell, item) {
+    const found = fmt.flags(item);
+    const key = found.map(([text]) => text).join("|");
+    if (cell.dataset.key === key) return;
+    cell.dataset.key = key;
+    const parts = [];
+    for (const [text, kind, title] of found) {
+      if (parts.length) parts.push(" ");
+      parts.push(badge(text, kind, title));
+    }
+    cell.replaceChildren(...parts);
   }
 
   fillNode(cell, item) {
