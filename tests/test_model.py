@@ -53,8 +53,8 @@ from channelsd.standin.server import StandinSwitch
 
 from conftest import config_dict, wait_until
 
-EXAMPLES = int(os.environ.get("CHANNELSD_MODEL_EXAMPLES", "12"))
-STEPS = int(os.environ.get("CHANNELSD_MODEL_STEPS", "25"))
+EXAMPLES = int(os.environ.get("CHANNELSD_MODEL_EXAMPLES", "25"))
+STEPS = int(os.environ.get("CHANNELSD_MODEL_STEPS", "30"))
 COMMAND_TIMEOUT = 0.4
 ACCOUNTS = ("acc1", "acc2", "acc3")
 STEP_LOG: dict[str, int] = {"examples": 0, "steps": 0}
