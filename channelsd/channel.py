@@ -67,6 +67,18 @@ DETAIL_CHAINS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("crypto_suite", ("variable_rtp_has_crypto",)),
 )
 NUMERIC_DETAILS = frozenset(("read_rate", "write_rate", "remote_media_port", "network_port"))
+# Details particular to one call: details without any of these can be shared between channels.
+PERSONAL_DETAILS = frozenset(
+    (
+        "remote_media_ip",
+        "remote_media_port",
+        "sip_call_id",
+        "network_ip",
+        "network_port",
+        "request_uri",
+        "crypto_suite",
+    )
+)
 # Encrypted media, as FreeSWITCH confirms it once negotiated (SDES/DTLS-SRTP, ZRTP). Read from
 # FreeSWITCH's variable names (switch_core_media.c); not seen on a real switch here: the SIP
 # capture's call was plain RTP.
@@ -88,9 +100,12 @@ class Ending:
     """How a channel ended, as FreeSWITCH reports it on its last events (HANGUP,
     HANGUP_COMPLETE, DESTROY): kept on the channel only once it hangs up."""
 
-    __slots__ = ("cause", "disposition", "duration", "billsec", "mos", "hangup_us")
+    __slots__ = ("cause", "disposition", "duration", "billsec", "mos", "hangup_us", "complete")
 
     def __init__(self) -> None:
+        # Once the CDR variables were read (HANGUP_COMPLETE, or DESTROY if that was lost),
+        # later events have nothing to add.
+        self.complete = False
         self.cause: str | None = None
         self.disposition: str | None = None  # variable_sip_hangup_disposition: who sent the BYE
         self.duration: int | None = None
@@ -98,10 +113,16 @@ class Ending:
         self.mos: float | None = None
         self.hangup_us: int | None = None
 
-    def merge(self, e: Event) -> None:
+    def note_cause(self, e: Event) -> None:
+        """CHANNEL_HANGUP: the cause is known; the rest comes with HANGUP_COMPLETE."""
         cause = first(e, ("Hangup-Cause", "variable_hangup_cause"))
         if cause is not None:
             self.cause = cause
+
+    def merge(self, e: Event) -> None:
+        self.note_cause(e)
+        if "variable_billsec" in e:
+            self.complete = True
         disposition = first(e, ("variable_sip_hangup_disposition",))
         if disposition is not None:
             self.disposition = disposition
@@ -129,6 +150,7 @@ class Channel:
     __slots__ = (
         "node",
         "uuid",
+        "key",
         "name",
         "direction",
         "destination",
@@ -165,6 +187,8 @@ class Channel:
     def __init__(self, node: str, uuid: str) -> None:
         self.node = node
         self.uuid = uuid
+        # The row's key in every index of the table: one tuple shared by all of them.
+        self.key = (node, uuid)
         self.name = self.direction = self.destination = self.other_leg = None
         self.presence_id = self.account_id = self.owner_id = self.authorizing_id = None
         self.authorizing_type = self.username = self.realm = self.bridge_id = None
@@ -186,6 +210,10 @@ class Channel:
         # json_base(), kept by the table's items_json() and cleared whenever the table
         # changes the channel: lists are spliced from bytes, not serialised on every read.
         self.cached: bytes | None = None
+
+    def rename(self, uuid: str) -> None:
+        self.uuid = uuid
+        self.key = (self.node, uuid)
 
     @property
     def timestamp(self) -> int:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from sys import intern
 from typing import Any
 
 from channelsd.channel import (
@@ -25,6 +26,7 @@ from channelsd.channel import (
     FRESH_TAIL,
     MAX_VALUE_CHARS,
     NUMERIC_DETAILS,
+    PERSONAL_DETAILS,
     SECURE_MEDIA,
     STALE_TAIL,
     Channel,
@@ -32,7 +34,7 @@ from channelsd.channel import (
     usable,
 )
 from channelsd.config import DEFAULT_CCV_PREFIX, DEFAULT_IDENTITY
-from channelsd.validate import is_uuid, whole_number
+from channelsd.validate import is_uuid
 
 Key = tuple[str, str]
 Event = dict[str, Any]
@@ -83,6 +85,44 @@ _FIXED_CHAINS = (
     ("callee_id_name", _CALLEE_NAME),
     ("callee_id_number", _CALLEE_NUMBER),
     ("interaction_id", _INTERACTION),
+)
+
+# Fields whose values many channels share: interned when they change, so that 100,000
+# channels of 100 accounts hold 100 account ids, not 100,000 copies.
+_SHARED_FIELDS = frozenset(
+    ("direction", "state", "call_state", "account_id", "realm", "authorizing_type")
+)
+_SHARED = "shared"  # a field whose value is interned when it changes
+_A_UUID = "uuid"  # a field naming a channel: a uuid, or refused
+
+
+def _with_modes(
+    chains: tuple[tuple[str, tuple[str, ...]], ...],
+) -> tuple[tuple[str, tuple[str, ...], str | None], ...]:
+    """Chains as (field, headers, how a new value is kept), for the ingest loop."""
+    return tuple(
+        (
+            attr,
+            chain,
+            _SHARED if attr in _SHARED_FIELDS else _A_UUID if attr in _UUID_FIELDS else None,
+        )
+        for attr, chain in chains
+    )
+
+
+_UUID_FIELDS = frozenset(("loopback_other_leg",))
+
+# Kazoo custom channel variables with one value per account or per kind of call.
+_SHARED_KAZOO_CCVS = ("Reseller-ID", "Application-Name", "Channel-Authorized", "Account-Name")
+# Custom variable names remembered (header -> name); past this, a switch inventing names is
+# not remembered.
+_CCV_NAMES_MAX = 4096
+# Distinct shared details dicts remembered (codec and application combinations).
+_SHARED_DETAILS_MAX = 1024
+_FIXED_WITH_MODES = _with_modes(_FIXED_CHAINS)
+# DETAIL_CHAINS flattened for the ingest loop: (key, header, a number?)
+_DETAIL_HEADERS = tuple(
+    (key, header, key in NUMERIC_DETAILS) for key, chain in DETAIL_CHAINS for header in chain
 )
 
 # Events about one channel whose names do not start with CHANNEL_.
@@ -190,7 +230,7 @@ class ChannelTable:
         self._by_account: dict[str, Scope] = {}
         self._by_owner: dict[tuple[str, str], Scope] = {}
         self._by_device: dict[tuple[str, str], Scope] = {}
-        self._by_node: dict[str, dict[Key, Channel]] = {}
+        self._node_counts: dict[str, int] = {}
         self._tombstones: OrderedDict[Key, float] = OrderedDict()
         # Live channels whose list JSON is kept, least recently built first (see items_json).
         self._json_kept: OrderedDict[Key, Channel] = OrderedDict()
@@ -239,13 +279,15 @@ class ChannelTable:
         return self._rows.get((node, uuid))
 
     def node_uuids(self, node: str) -> set[str]:
-        return {uuid for (_, uuid) in self._by_node.get(node, {})}
+        return {uuid for (n, uuid) in self._rows if n == node}
 
     def node_rows(self, node: str) -> list[Channel]:
-        return list(self._by_node.get(node, {}).values())
+        """A node's channels. A walk over every row: reconciles and stale changes ask, not
+        reads, and a per-node index would cost every channel a dict entry more."""
+        return [ch for ch in self._rows.values() if ch.node == node]
 
     def count(self, node: str) -> int:
-        return len(self._by_node.get(node, ()))
+        return self._node_counts.get(node, 0)
 
     def account_count(self) -> int:
         return len(self._by_account)
@@ -256,16 +298,29 @@ class ChannelTable:
     def set_identity(self, identity: Identity) -> None:
         """A new identity mapping (SIGHUP); it applies from the next event of each channel."""
         self.identity = identity
-        self._chains = _FIXED_CHAINS + identity.chains
+        self._chains = _with_modes(_FIXED_CHAINS + identity.chains)
         # FreeSWITCH writes header names unescaped in both event forms, so a body without
         # these bytes has no custom channel variables (a prefix JSON would escape: no hint).
         prefix = identity.ccv_prefix
         plain = prefix.isprintable() and '"' not in prefix and "\\" not in prefix
         self._ccv_probe = prefix.encode() if plain and prefix else None
         # ... and then none of the identity headers that are custom channel variables.
+        # Custom variables whose values many channels share: those the identity reads, and
+        # Kazoo's per-account ones. Their values are interned (see _ccvs).
+        self._shared_ccvs = frozenset(
+            [
+                h[len(prefix) :]
+                for _, chain in identity.chains
+                for h in chain
+                if h.startswith(prefix)
+            ]
+            + list(_SHARED_KAZOO_CCVS)
+        )
+        self._ccv_names: dict[str, str] = {}
+        self._shared_details: dict[tuple[Any, ...], dict[str, Any]] = {}
         self._chains_without_ccvs = tuple(
-            (attr, kept)
-            for attr, chain in self._chains
+            (attr, kept, mode)
+            for attr, chain, mode in self._chains
             if (kept := tuple(h for h in chain if not (prefix and h.startswith(prefix))))
         )
 
@@ -304,7 +359,7 @@ class ChannelTable:
         for ch in channels:
             if ch.cached is None:
                 ch.cached = ch.json_base()
-                key = (ch.node, ch.uuid)
+                key = ch.key
                 if self._rows.get(key) is ch:  # not one removed while the list was built
                     kept[key] = ch
                     kept.move_to_end(key)
@@ -340,9 +395,14 @@ class ChannelTable:
         for key, ch in rows.items():
             if key != (ch.node, ch.uuid):
                 found.append(f"row {key} holds {(ch.node, ch.uuid)}")
-        by_node = {k: ch for node_rows in self._by_node.values() for k, ch in node_rows.items()}
-        if by_node != rows or any(not r for r in self._by_node.values()):
-            found.append("the per-node index differs from the rows")
+        counts: dict[str, int] = {}
+        for ch in rows.values():
+            counts[ch.node] = counts.get(ch.node, 0) + 1
+        if counts != self._node_counts:
+            found.append("the per-node counts differ from the rows")
+        for key, ch in rows.items():
+            if ch.key is not ch.key or ch.key != key:
+                found.append(f"row {key} has the key {ch.key}")
         by_uuid: dict[str, list[Channel]] = {}
         for ch in rows.values():
             by_uuid.setdefault(ch.uuid, []).append(ch)
@@ -404,8 +464,8 @@ class ChannelTable:
             self._refuse("uuid")
             return
         if name == "CHANNEL_DESTROY" or event.get("Channel-State") in _FINAL_STATES:
-            if ch is not None:
-                self._note_ending(ch, event)
+            if ch is not None and (ch.ending is None or not ch.ending.complete):
+                self._ending(ch).merge(event)  # HANGUP_COMPLETE was lost
             self.remove(node, uuid)
             return
         created = ch is None
@@ -423,8 +483,10 @@ class ChannelTable:
             ch.is_onhold = True
         elif name == "CHANNEL_UNHOLD":
             ch.is_onhold = False
-        elif name == "CHANNEL_HANGUP" or name == "CHANNEL_HANGUP_COMPLETE":
-            self._note_ending(ch, event)
+        elif name == "CHANNEL_HANGUP":
+            self._ending(ch).note_cause(event)
+        elif name == "CHANNEL_HANGUP_COMPLETE":
+            self._ending(ch).merge(event)
         elif name == "RECORD_START" or name == "RECORD_STOP":
             self._recording(ch, event, name == "RECORD_START")
         partner = None
@@ -483,7 +545,7 @@ class ChannelTable:
     def _announce(self, node: str, why: str) -> None:
         # `stale` is computed, not stored: every list holding one of these channels changed,
         # and the listener hears of each channel.
-        channels = list(self._by_node.get(node, {}).values())
+        channels = self.node_rows(node)
         for ch in channels:
             for scope in self._scopes_of(ch):
                 scope.gen += 1
@@ -496,14 +558,14 @@ class ChannelTable:
         since = self._stale_since.get(node)
         if since is None:
             return 0
-        doomed = [ch.uuid for ch in self._by_node.get(node, {}).values() if ch.last_seen <= since]
+        doomed = [ch.uuid for ch in self.node_rows(node) if ch.last_seen <= since]
         for uuid in doomed:
             self.remove(node, uuid, tombstone=False)
         return len(doomed)
 
     def purge_node(self, node: str) -> int:
         """Forget every channel of a node (FreeSWITCH restarted, or stale too long)."""
-        rows = list(self._by_node.get(node, {}).values())
+        rows = self.node_rows(node)
         for ch in rows:
             self.remove(node, ch.uuid, tombstone=False)
         stale_keys = [k for k in self._tombstones if k[0] == node]
@@ -516,27 +578,31 @@ class ChannelTable:
     def _refuse(self, field: str) -> None:
         self.refused[field] = self.refused.get(field, 0) + 1
 
-    def _note_ending(self, ch: Channel, e: Event) -> None:
+    @staticmethod
+    def _ending(ch: Channel) -> Ending:
         if ch.ending is None:
             ch.ending = Ending()
-        ch.ending.merge(e)
+        return ch.ending
 
     def _merge(self, ch: Channel, e: Event, name: str, raw: bytes | None) -> None:
         """Copy what this event says; headers it lacks leave the row as it was."""
         get = e.get
         v = get("Channel-Name")
-        if v and (v := usable(v)) is not None:
+        if v and v != ch.name and (v := usable(v)) is not None:
             ch.name = v
             if v.startswith("loopback/"):
                 ch.is_loopback = True
         if get("Answer-State") == "answered":
             ch.answered = True
-        created = whole_number(get("Caller-Channel-Created-Time"))
-        if created and created != ch.created_us:
-            ch.created_us = created
-            self._reorder(ch)
+        v = get("Caller-Channel-Created-Time")
+        # (whole_number(), inlined: every event carries it, and it almost never changes)
+        if v and v != "0" and v.__class__ is str and len(v) <= 18 and v.isascii() and v.isdigit():
+            created = int(v)
+            if created != ch.created_us:
+                ch.created_us = created
+                self._reorder(ch)
         if name in _NO_VARIABLES:
-            chains = _FIXED_CHAINS
+            chains = _FIXED_WITH_MODES
         else:
             chains = self._chains
             if "variable_loopback_leg" in e:
@@ -548,15 +614,17 @@ class ChannelTable:
                 found = None
                 chains = self._chains_without_ccvs
             else:
-                found = self._ccvs(e)
+                found = self._ccvs(e, ch.ccvs)
             if "variable_uuid" in e:
                 ch.ccvs = found
                 ch.vars_seen = True
             elif found:
                 ch.ccvs = found
             self._details(ch, e)
-        # first(), inlined: this loop runs ~20 times per event on the ingest path.
-        for attr, chain in chains:
+        # first(), inlined: this loop runs ~20 times per event on the ingest path. A value
+        # equal to the one held keeps the held object (no churn, and it may be shared); a new
+        # value of a field many channels share (an account, a state) is interned.
+        for attr, chain, mode in chains:
             for header in chain:
                 v = get(header)
                 if v:
@@ -565,40 +633,53 @@ class ChannelTable:
                         if v is None:
                             self._refuse(attr)
                             continue  # as if absent: the next header of the chain may say
-                    setattr(ch, attr, v)
+                    if v != getattr(ch, attr):
+                        if mode is _SHARED:
+                            v = intern(v)
+                        elif mode is _A_UUID and not is_uuid(v):
+                            self._refuse(attr)
+                            break
+                        setattr(ch, attr, v)
                     break
-        leg = ch.loopback_other_leg
-        if leg is not None and not is_uuid(leg):
-            ch.loopback_other_leg = None
-            self._refuse("loopback_other_leg")
 
     def _details(self, ch: Channel, e: Event) -> None:
-        """The media and signalling details an event with variables carries (DETAIL_CHAINS)."""
-        details = ch.details
+        """The media and signalling details an event with variables carries (DETAIL_CHAINS).
+
+        A channel's details dict is never changed in place: a change makes a new one, and
+        details with nothing particular to the call (codecs, the application, no SIP ids) are
+        one dict shared by every channel that has them."""
         get = e.get
-        for key, chain in DETAIL_CHAINS:
-            for header in chain:
-                v = get(header)
-                if v:
-                    v = usable(v)
-                    if v is None:
+        found: dict[str, Any] = {}
+        for key, header, numeric in _DETAIL_HEADERS:
+            v = get(header)
+            if v and key not in found:  # the first header of a key that is present wins
+                if v.__class__ is not str or len(v) > MAX_VALUE_CHARS:
+                    self._refuse(key)
+                    continue
+                if numeric:
+                    if not (len(v) <= 5 and v.isascii() and v.isdigit()):
                         self._refuse(key)
                         continue
-                    if key in NUMERIC_DETAILS:
-                        v = whole_number(v, 5)
-                        if v is None:
-                            self._refuse(key)
-                            continue
-                    if details is None:
-                        details = ch.details = {}
-                    details[key] = v
-                    break
+                    v = int(v)
+                found[key] = v
         for kind, header in SECURE_MEDIA:
             if get(header) == "true":
-                if details is None:
-                    details = ch.details = {}
-                details["secure_media"] = kind
+                found["secure_media"] = kind
                 break
+        if not found:
+            return
+        held = ch.details
+        if held is not None:
+            found = {**held, **found}
+            if found == held:
+                return
+        if PERSONAL_DETAILS.isdisjoint(found):
+            shared = self._shared_details
+            frozen = tuple(found.items())
+            found = shared.get(frozen) or found
+            if len(shared) < _SHARED_DETAILS_MAX:
+                shared.setdefault(frozen, found)
+        ch.details = found
 
     def _recording(self, ch: Channel, e: Event, started: bool) -> None:
         path = usable(e.get("Record-File-Path"))
@@ -608,17 +689,34 @@ class ChannelTable:
         kept = tuple(p for p in ch.recordings if p != path)
         ch.recordings = (*kept, path) if started else kept
 
-    def _ccvs(self, e: Event) -> dict[str, Any] | None:
+    def _ccvs(self, e: Event, held: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The custom channel variables an event carries. Unchanged, the channel keeps the
+        dict it holds; names are shared by every channel, and so are the values of the
+        variables many channels share (an account, a realm, a reseller)."""
         prefix = self.identity.ccv_prefix
         cut = len(prefix)
+        names = self._ccv_names
         found = {}
         for k, v in e.items():
             if k.startswith(prefix):
                 if v.__class__ is str and len(v) <= MAX_VALUE_CHARS:
-                    found[k[cut:]] = v
+                    name = names.get(k)
+                    if name is None:
+                        name = k[cut:]
+                        if len(names) < _CCV_NAMES_MAX:  # a hostile switch's names stop here
+                            name = names[k] = intern(name)
+                    found[name] = v
                 else:
                     self._refuse("custom_channel_vars")
-        return found or None
+        if not found:
+            return None
+        if found == held:
+            return held
+        shared = self._shared_ccvs
+        for name, v in found.items():
+            if name in shared:
+                found[name] = intern(v)
+        return found
 
     def _bridge(self, node: str, e: Event, bridged: bool) -> Channel | None:
         """Set or clear other_leg on both legs; returns the leg the event was not about."""
@@ -697,31 +795,30 @@ class ChannelTable:
         self._forget(ch)
         if self.listener:  # streams saw it under its old uuid: that one is gone
             self.listener("destroy", ch, None)
-        ch.uuid = new
+        ch.rename(new)
         self._insert(ch)
         self._touch(ch)
 
     def _insert(self, ch: Channel) -> None:
-        key = (ch.node, ch.uuid)
-        self._rows.add(key, ch)
+        self._rows.add(ch.key, ch)
         first = self._by_uuid.get(ch.uuid)
         if first is None:
             self._by_uuid[ch.uuid] = ch
         elif first is not ch:
             self._twins.setdefault(ch.uuid, []).append(ch)
-        self._by_node.setdefault(ch.node, {})[key] = ch
+        self._node_counts[ch.node] = self._node_counts.get(ch.node, 0) + 1
         self._index(ch)
 
     def _forget(self, ch: Channel) -> None:
         """Take a row out of every index and cache: afterwards nothing here refers to it."""
-        key = (ch.node, ch.uuid)
-        self._rows.discard(key)
+        key = ch.key
+        if self._rows.discard(key) is not None:
+            left = self._node_counts[ch.node] - 1
+            if left:
+                self._node_counts[ch.node] = left
+            else:
+                del self._node_counts[ch.node]
         self._unindex(ch, self._index_keys(ch))
-        rows = self._by_node.get(ch.node)
-        if rows is not None:
-            rows.pop(key, None)
-            if not rows:
-                del self._by_node[ch.node]
         uuid = ch.uuid
         twins = self._twins.get(uuid)
         if self._by_uuid.get(uuid) is ch:
@@ -745,7 +842,7 @@ class ChannelTable:
         account, owner, device = ch.account_id, ch.owner_id, ch.authorizing_id
         if account is None:
             return
-        key = (ch.node, ch.uuid)
+        key = ch.key
         _scope(self._by_account, account).add(key, ch)
         if owner is not None:
             _scope(self._by_owner, (account, owner)).add(key, ch)
@@ -781,7 +878,7 @@ class ChannelTable:
         account, owner, device = keys
         if account is None:
             return
-        key = (ch.node, ch.uuid)
+        key = ch.key
         for index, ikey in (
             (self._by_account, account),
             (self._by_owner, (account, owner)),
