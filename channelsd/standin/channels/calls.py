@@ -38,17 +38,19 @@ class CallsMixin(FireMixin):
         sip_a: SipEnd | None = None,
         sip_b: SipEnd | None = None,
         context: str = "default",
+        dialled: str | None = None,
     ) -> tuple[str, str]:
         """Two legs bridged like s2/s5's 9002-b -> 9000-a: a (inbound) runs ``bridge``, b is the
         outbound callee; ``answer=False`` leaves b ringing.  ``sip_a`` / ``sip_b`` make them SIP
-        legs (``context`` is the caller's: "public" for a call from a trunk).
-        Returns (a_uuid, b_uuid)."""
-        dest = callee[1]
+        legs; ``context`` and ``dialled`` are the caller's ("public" and the DID for a call from
+        a trunk; the callee's number by default).  Returns (a_uuid, b_uuid)."""
+        dest = dialled or callee[1]
         if sip_a is None:
             a = self._new_channel(name_a or f"loopback/{dest}-b", "inbound")
         else:
             a = self._new_channel(name_a or sip_a.channel_name, "inbound")
         self._bridge_profile(a, "inbound", caller, callee, context)
+        a.set_profile(Destination_Number=dest)
         a.initial = {
             "cid_name": caller[0],
             "cid_num": caller[1],

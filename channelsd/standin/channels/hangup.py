@@ -121,6 +121,7 @@ class HangupMixin(FireMixin):
             ch.set_var("sip_hangup_disposition", disposition)
         self._state(ch, "CS_HANGUP")
         self._callstate(ch, "HANGUP")
+        self._close_recordings(ch)
         if ch.variables.get("presence_id"):
             ch.state_number = STATE_NUMBERS["CS_REPORTING"]
             self._presence(ch, "CS_HANGUP", "idle", "check_presence")
@@ -205,6 +206,16 @@ class HangupMixin(FireMixin):
         self._continue(caller)
         if caller.alive and not caller.app_running and not caller.parked:
             self._teardown(caller, "NORMAL_CLEARING", unwound=True)
+
+    def _close_recordings(self, ch: Channel) -> None:
+        """The hangup state removes the leg's media bugs: every recording still running stops
+        and its file is closed (reference §5.4, completion cause success-silence).  Placed in
+        the CS_HANGUP handler, after its CALLSTATE: inferred, no capture records a hangup
+        while recording."""
+        while ch.recordings:
+            path = ch.recordings.pop(0)
+            post = [("Record-File-Path", path), ("Record-Completion-Cause", "success-silence")]
+            self._ev(ch, "RECORD_STOP", post=post)
 
     def _hangup_complete(self, ch: Channel) -> None:
         cause = ch.hangup_cause or "NORMAL_CLEARING"

@@ -32,6 +32,7 @@ class SipEnd:
     user_agent: str = USER_AGENT
     call_id: str = ""
     gateway: str | None = None  # the gateway an outbound trunk leg goes through
+    to_host: str = ""  # inbound: the host its INVITE addressed (request-URI); ``host`` if empty
     codec: str = "PCMU"
     rate: int = 8000
 
@@ -61,6 +62,7 @@ def sip_variables(
     08c2ec5b / outbound leg e70b701b).  ``to_user`` is the number dialled, ``from_user`` the
     caller's number."""
     media_ip = end.media_ip or end.ip
+    to_host = end.to_host or end.host
     codec = (end.codec, str(end.rate))
     if direction == "inbound":
         out = [
@@ -78,11 +80,11 @@ def sip_variables(
             ("sofia_profile_url", f"sip:mod_sofia@{local_ip}:5060"),
             ("recovery_profile_name", end.profile),
             ("sip_req_user", to_user),
-            ("sip_req_uri", f"{to_user}@{end.host}"),
-            ("sip_req_host", end.host),
+            ("sip_req_uri", f"{to_user}@{to_host}"),
+            ("sip_req_host", to_host),
             ("sip_to_user", to_user),
-            ("sip_to_uri", f"{to_user}@{end.host}"),
-            ("sip_to_host", end.host),
+            ("sip_to_uri", f"{to_user}@{to_host}"),
+            ("sip_to_host", to_host),
             ("sip_user_agent", end.user_agent),
         ]
     else:
