@@ -54,10 +54,30 @@ def ghosts(traffic: Traffic) -> list[str]:
     return found
 
 
+def in_step(h: Any, switch: Any) -> bool:
+    """The daemon's table has the switch's channels, each answered, held, recording and
+    bridged as the switch has it."""
+    live = {ch.uuid: ch for ch in switch.model.live()}
+    if h.table.node_uuids("fs1") != set(live):
+        return False
+    for ch in live.values():
+        row = h.table.row("fs1", ch.uuid)
+        if (row.answered, row.is_onhold, bool(row.recordings)) != (
+            ch.answered,
+            ch.held,
+            bool(ch.recordings),
+        ):
+            return False
+        if ch.bridge_peer and row.other_leg != ch.bridge_peer:
+            return False
+    return True
+
+
 def test_an_hour_of_demo_traffic_leaves_no_ghost(switch: Any, make_daemon: Any) -> None:
     h = make_daemon([switch])
     traffic = Traffic(switch, TARGET, seed=13)
     calls: list[int] = []
+    held = recording = 0  # legs the daemon showed held / recording at the checks
     for second in range(1, HOUR + 1):
         traffic.advance(1)
         found = ghosts(traffic)
@@ -66,10 +86,14 @@ def test_an_hour_of_demo_traffic_leaves_no_ghost(switch: Any, make_daemon: Any) 
         assert len(switch.model.live()) <= 2 * calls[-1]
         if second % 60 == 0:  # the daemon sees exactly what the switch has
             wait_until(
-                lambda: h.table.node_uuids("fs1") == {c.uuid for c in switch.model.live()},
+                lambda: in_step(h, switch),
                 timeout=15,
                 what=f"the daemon in step with the switch at {second}s",
             )
+            held += sum(ch.held for ch in switch.model.live())
+            recording += sum(bool(ch.recordings) for ch in switch.model.live())
+    assert not traffic.failures  # no step of the traffic went wrong (they are only logged)
+    assert held and recording
     mean = sum(calls) / len(calls)
     assert 0.7 * TARGET <= mean <= 1.3 * TARGET, mean
     assert max(calls) <= 2 * TARGET
@@ -146,3 +170,16 @@ def test_the_traffic_is_deterministic_for_a_seed(make_switch: Any) -> None:
     other = Traffic(make_switch(), TARGET, seed=100)
     other.advance(900)
     assert other.history != runs[0][0]
+
+
+def test_a_call_an_operator_rearranged_still_ends(switch: Any) -> None:
+    """An operator parks one leg of a demo call through the API (uuid_park): its partner hangs
+    up at once (s2), the parked leg is left alone -- and hangs up when the call was to end."""
+    traffic = Traffic(switch, 4, seed=3)
+    traffic.advance(1)
+    call = next(c for c in traffic.live_calls() if switch.model.locate(c.callee))
+    switch.park(call.callee)
+    assert switch.model.locate(call.caller) is None
+    traffic.advance(1000)
+    assert switch.model.locate(call.callee) is None
+    assert not traffic.failures

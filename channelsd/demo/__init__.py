@@ -78,8 +78,9 @@ def run_demo(host: str, port: int, calls: int, seed: int | None = None) -> int:
     base = f"http://{h}:{p}"
     print(
         f"""
-channelsd demo is running: a stand-in FreeSWITCH on 127.0.0.1:{switch.port}, about {calls}
-calls in three accounts coming and going. The API:
+channelsd demo is running: a stand-in FreeSWITCH on 127.0.0.1:{switch.port} playing a small
+PBX, about {calls} calls coming and going (SIP phones in three accounts, a carrier trunk).
+The API:
 
   {base}/v2
 

@@ -35,7 +35,7 @@ log = logging.getLogger("channelsd.demo")
 HEARTBEAT_SECONDS = 20.0
 MEAN_CALL_SECONDS = 60.0  # a call's life, ringing included (what the arrival rate aims at)
 MEAN_TALK_SECONDS = 70.0
-MAX_CALL_SECONDS = 1800.0  # a call still up then is ended, whatever held it up
+MAX_CALL_SECONDS = 1800.0  # a PBX's longest call: ended then (ALLOTTED_TIMEOUT), whatever kept it
 PHONE_TIMEOUT = 20  # seconds a phone rings before the switch gives up (call_timeout)
 TRUNK_TIMEOUT = 30
 # What a ringing callee does: (outcome, probability); the rest ring out (NO_ANSWER).
@@ -49,7 +49,8 @@ class Call:
 
     id: int
     kind: str  # "internal", "outbound" (to the trunk) or "inbound" (from the trunk)
-    user: pbx.DemoUser  # the account's phone on the call (its caller or its callee)
+    user: pbx.DemoUser  # the account's phone on the call: the caller's, or the callee's
+    # when the call came from the trunk (after a transfer: the colleague's)
     caller: str  # the leg that runs ``bridge``
     callee: str  # the leg it rings or talks to now
     timeout: float
@@ -75,8 +76,9 @@ class Traffic:
         self._ids = itertools.count(1)
         self._queue: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
         self._seq = itertools.count()
-        # what happened, for tests: (time, what, call id)
+        # what happened, for tests: (time, what, call id), and the steps that went wrong
         self.history: list[tuple[float, str, int]] = []
+        self.failures: list[str] = []
 
     # -- the clock ----------------------------------------------------------------------------
     def at(self, when: float, fn: Callable[..., None], *args: Any) -> None:
@@ -106,8 +108,10 @@ class Traffic:
             except SwitchError as exc:
                 # the call changed under the step (an operator hung it up or moved it through
                 # the API): the switch refused, the traffic goes on
+                self._failed(f"{fn.__name__} refused by the switch: {exc.reply.strip()}")
                 log.info("demo traffic step refused by the switch: %s", exc.reply.strip())
-            except Exception:  # the demo must keep going; say what broke
+            except Exception as exc:  # the demo must keep going; say what broke
+                self._failed(f"{fn.__name__} failed: {exc!r}")
                 log.exception("demo traffic step failed")
         self.now = max(self.now, when)
 
@@ -145,7 +149,7 @@ class Traffic:
             kind = "outbound"
         if kind == "internal":
             other = rng.choice(colleagues)
-            legs = dict(
+            how = dict(
                 variables_a=pbx.leg_vars(user),
                 variables_b=pbx.leg_vars(other),
                 caller=(user.name, user.extension),
@@ -156,7 +160,7 @@ class Traffic:
             timeout = PHONE_TIMEOUT
         elif kind == "outbound":
             number = pbx.outside_number(rng)
-            legs = dict(
+            how = dict(
                 variables_a=pbx.leg_vars(user),
                 variables_b=pbx.trunk_vars(user),
                 caller=(user.name, user.extension),
@@ -167,7 +171,7 @@ class Traffic:
             timeout = TRUNK_TIMEOUT
         else:  # from the outside to the account's number, ringing one of its phones
             number = pbx.outside_number(rng)
-            legs = dict(
+            how = dict(
                 variables_a=pbx.trunk_vars(user),
                 variables_b=pbx.leg_vars(user),
                 caller=(pbx.outside_name(rng, number), number),
@@ -178,8 +182,8 @@ class Traffic:
                 dialled=pbx.main_number(user),
             )
             timeout = PHONE_TIMEOUT
-        legs["variables_a"]["call_timeout"] = str(timeout)
-        a, b = self.model.bridged_call(answer=answered, **legs)
+        how["variables_a"]["call_timeout"] = str(timeout)  # what mod_dptools' bridge reads
+        a, b = self.model.bridged_call(answer=answered, **how)
         call = Call(next(self._ids), kind, user, a, b, float(timeout), self.now, legs=[a, b])
         self.calls[call.id] = call
         self._note("place", call)
@@ -197,29 +201,31 @@ class Traffic:
         deadline = self.now + call.timeout
         self.at(deadline, self._ring_out, call.id, call.callee)
         outcome = self._draw(OUTCOMES)
+        callee = call.callee
         if outcome == "answer":
-            self.at(self.now + rng.uniform(2.0, min(12.0, call.timeout - 1)), self._pick_up, call)
+            when = self.now + rng.uniform(2.0, min(12.0, call.timeout - 1))
+            self.at(when, self._pick_up, call, callee)
         elif outcome == "give_up":
-            self.at(self.now + rng.uniform(3.0, call.timeout - 1), self._give_up, call)
+            self.at(self.now + rng.uniform(3.0, call.timeout - 1), self._give_up, call, callee)
         elif outcome == "refuse":
             cause = rng.choice(("USER_BUSY", "USER_BUSY", "CALL_REJECTED"))
-            self.at(self.now + rng.uniform(1.0, 4.0), self._refuse, call, cause)
+            self.at(self.now + rng.uniform(1.0, 4.0), self._refuse, call, callee, cause)
 
     def _ringing(self, call: Call, callee: str) -> bool:
         ch = self.model.locate(callee)
         return call.callee == callee and ch is not None and not ch.answered
 
-    def _pick_up(self, call: Call) -> None:
-        if self._ringing(call, call.callee):
-            self.model.answer(call.callee)
+    def _pick_up(self, call: Call, callee: str) -> None:
+        if self._ringing(call, callee):
+            self.model.answer(callee)
             self._note("answer", call)
             self._talk(call)
 
-    def _give_up(self, call: Call) -> None:
+    def _give_up(self, call: Call, callee: str) -> None:
         """The caller hangs up while it hears ringback: its phone sends CANCEL (a BYE when its
         leg was answered already: a transferred caller)."""
         caller = self.model.locate(call.caller)
-        if self._ringing(call, call.callee) and caller is not None:
+        if self._ringing(call, callee) and caller is not None:
             if caller.answered:
                 self._ended_by_far_end(call.caller, "recv_bye")
                 self.model.hangup(call.caller, "NORMAL_CLEARING")
@@ -228,11 +234,11 @@ class Traffic:
                 self.model.hangup(call.caller, "ORIGINATOR_CANCEL")
             self._note("give up", call)
 
-    def _refuse(self, call: Call, cause: str) -> None:
+    def _refuse(self, call: Call, callee: str, cause: str) -> None:
         """The callee's phone (or the far end) answers the INVITE with busy / declined."""
-        if self._ringing(call, call.callee):
-            self._ended_by_far_end(call.callee, "recv_refuse")
-            self.model.hangup(call.callee, cause)
+        if self._ringing(call, callee):
+            self._ended_by_far_end(callee, "recv_refuse")
+            self.model.hangup(callee, cause)
             self._note("refuse", call)
 
     def _ring_out(self, call_id: int, callee: str) -> None:
@@ -337,13 +343,22 @@ class Traffic:
         self._ring(call)
 
     def _hang_up(self, call: Call, epoch: int) -> None:
-        """One side hangs up (its phone or the far end sends BYE); the other follows."""
-        if not self._bridged(call, epoch):
+        """One side hangs up (its phone or the far end sends BYE); the other follows.  A call
+        an operator rearranged through the API (parked, picked up, ...) ends here too: what is
+        left of it hangs up."""
+        if call.epoch != epoch:
+            return  # a transfer gave the call a new end
+        if self._bridged(call, epoch):
+            leg = self.rng.choice((call.caller, call.callee))
+            self._ended_by_far_end(leg, "recv_bye")
+            self.model.hangup(leg, "NORMAL_CLEARING")
+            self._note("hang up", call)
             return
-        leg = self.rng.choice((call.caller, call.callee))
-        self._ended_by_far_end(leg, "recv_bye")
-        self.model.hangup(leg, "NORMAL_CLEARING")
-        self._note("hang up", call)
+        for leg in call.legs:
+            ch = self.model.locate(leg)
+            if ch is not None and not self.model.ringing_callees(ch):
+                self._ended_by_far_end(leg, "recv_bye")
+                self.model.hangup(leg, "NORMAL_CLEARING")
 
     def _ended_by_far_end(self, leg: str, disposition: str) -> None:
         if self.model.locate(leg) is not None:
@@ -379,6 +394,10 @@ class Traffic:
     def _heartbeat(self) -> None:
         self.switch.heartbeat()
         self.at(self.now + HEARTBEAT_SECONDS, self._heartbeat)
+
+    def _failed(self, what: str) -> None:
+        self.failures.append(f"{self.now:.1f}s {what}")
+        del self.failures[:-100]
 
     def _note(self, what: str, call: Call) -> None:
         self.history.append((round(self.now, 3), what, call.id))
