@@ -183,3 +183,25 @@ def test_a_call_an_operator_rearranged_still_ends(switch: Any) -> None:
     traffic.advance(1000)
     assert switch.model.locate(call.callee) is None
     assert not traffic.failures
+
+
+def test_a_ringing_caller_an_operator_moved_rings_no_longer_than_its_timeout(switch: Any) -> None:
+    """An operator parks a caller while its callee rings (uuid_park through the API; the
+    stand-in, like the reference, says nothing of the callee then): the callee still rings no
+    longer than its timeout, and the traffic says it had to step in."""
+    traffic = Traffic(switch, 4, seed=3)
+
+    def ringing_call() -> Any:
+        for c in traffic.live_calls():
+            caller = switch.model.locate(c.caller)
+            if caller is not None and switch.model.ringing_callees(caller):
+                return c
+        return None
+
+    while (call := ringing_call()) is None:
+        traffic.advance(1)
+    switch.park(call.caller)
+    callee = call.callee
+    traffic.advance(call.ring_start + call.timeout - traffic.now)
+    assert switch.model.locate(callee) is None
+    assert any("rang past its timeout" in f for f in traffic.failures)

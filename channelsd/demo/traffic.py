@@ -248,8 +248,11 @@ class Traffic:
             return
         if self.model.locate(call.caller) is not None:
             self.model.ring_timeout(call.caller)
-        else:  # its caller went some other way: nothing may ring for nobody
-            self.model.hangup(callee, "ORIGINATOR_CANCEL")
+        if self._ringing(call, callee):
+            # its caller left the bridge some other way (an operator moved it through the API):
+            # the demo still lets nothing ring past its timeout, and says so
+            self._failed(f"{callee} rang past its timeout: hung up")
+            self.model.hangup(callee, "NO_ANSWER")
         self._note("no answer", call)
 
     # -- talking ------------------------------------------------------------------------------
