@@ -8,6 +8,8 @@ from pathlib import Path
 
 import requests
 
+from channelsd.demo.traffic import TRUNK_TIMEOUT
+
 from conftest import start_demo
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +39,11 @@ def test_demo_serves_changing_calls_and_stops_on_sigterm() -> None:
             first = channels()
         assert len(first) >= 2
         assert len({c["account_id"] for c in first}) >= 1
+        # a small PBX's calls: SIP legs (no loopback), none ringing past its ring timeout
+        for c in first:
+            assert c["endpoint"] == "sofia" and not c["is_loopback"], c
+            if not c["answered"]:
+                assert c["elapsed_s"] <= TRUNK_TIMEOUT + 1, c
         # The demo's calls come and go: the set changes while we watch.
         seen = {c["uuid"] for c in first}
         while time.monotonic() < deadline and {c["uuid"] for c in channels()} == seen:

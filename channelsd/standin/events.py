@@ -149,13 +149,14 @@ def basic_block(ch: Channel, codec: int | None = None) -> list[Header]:
         vals["Hangup-Cause"] = ch.hangup_cause
     level = ch.codecs if codec is None else codec
     if level >= 1:
-        vals["Channel-Read-Codec-Name"] = "L16"
-        vals["Channel-Read-Codec-Rate"] = "8000"
-        vals["Channel-Read-Codec-Bit-Rate"] = "128000"
-    if level >= 2:
-        vals["Channel-Write-Codec-Name"] = "L16"
-        vals["Channel-Write-Codec-Rate"] = "8000"
-        vals["Channel-Write-Codec-Bit-Rate"] = "128000"
+        name, rate, bits = ch.codec_name, str(ch.codec_rate), str(ch.codec_bit_rate)
+        vals["Channel-Read-Codec-Name"] = name
+        vals["Channel-Read-Codec-Rate"] = rate
+        vals["Channel-Read-Codec-Bit-Rate"] = bits
+        if level >= 2:
+            vals["Channel-Write-Codec-Name"] = name
+            vals["Channel-Write-Codec-Rate"] = rate
+            vals["Channel-Write-Codec-Bit-Rate"] = bits
     return [(k, vals[k]) for k in BASIC_ORDER if k in vals]
 
 

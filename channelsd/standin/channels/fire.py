@@ -20,22 +20,22 @@ from .leg import Channel, new_uuid
 from .tables import CALLSTATE_NUMBERS, STATE_NUMBERS
 
 # The read codec, then the write codec, each with the header names as captured (sic).
-_CODEC_EVENTS: tuple[tuple[str, list[Header]], ...] = (
+_CODEC_EVENTS: tuple[tuple[str, tuple[str, str, str]], ...] = (
     (
         "switch_core_session_set_read_codec",
-        [
-            ("channel-read-codec-name", "L16"),
-            ("channel-read-codec-rate", "8000"),
-            ("channel-read-codec-bit-rate", "128000"),
-        ],
+        (
+            "channel-read-codec-name",
+            "channel-read-codec-rate",
+            "channel-read-codec-bit-rate",
+        ),
     ),
     (
         "switch_core_session_set_write_codec",
-        [
-            ("Channel-Write-Codec-Name", "L16"),
-            ("Channel-Write-Codec-Rate", "8000"),
-            ("Channel-Write-codec-bit-rate", "128000"),
-        ],
+        (
+            "Channel-Write-Codec-Name",
+            "Channel-Write-Codec-Rate",
+            "Channel-Write-codec-bit-rate",
+        ),
     ),
 )
 
@@ -104,12 +104,15 @@ class FireMixin(ModelBase):
         self._ev(ch, "PRESENCE_IN", post=post)
 
     def _codec(self, ch: Channel, name: str | None = None) -> None:
-        """The two CODEC events every new loopback leg fires before anything else."""
+        """The two CODEC events (read, then write codec) a leg fires when its media is set up:
+        before anything else on a new loopback leg."""
         real_name = ch.name
         if name:
             ch.name = name
-        for level, (function, post) in enumerate(_CODEC_EVENTS, 1):
+        values = (ch.codec_name, str(ch.codec_rate), str(ch.codec_bit_rate))
+        for level, (function, names) in enumerate(_CODEC_EVENTS, 1):
             ch.codecs = level
+            post = list(zip(names, values, strict=True))
             self._ev(ch, "CODEC", post=post, function=function, with_profile=False)
         ch.name = real_name
 

@@ -34,7 +34,10 @@ class Channel:
     answer_state: str = "ringing"
     hit_dialplan: bool = False
     hangup_cause: str | None = None
-    codecs: int = 0
+    codecs: int = 0  # how many of the read/write codecs are set (the CODEC events fired)
+    # the media codec both ways: L16 on loopback legs (every capture), PCMU on the s8 SIP legs
+    codec_name: str = "L16"
+    codec_rate: int = 8000
     profile: dict[str, str] = field(default_factory=dict)
     times: dict[str, int] = field(default_factory=dict)
     other_type: str | None = None
@@ -75,6 +78,12 @@ class Channel:
     @property
     def answered(self) -> bool:
         return self.times.get("Channel-Answered-Time", 0) > 0
+
+    @property
+    def codec_bit_rate(self) -> int:
+        """Bits per second of the leg's codec: L16 carries 16 bits a sample (128000 at 8 kHz in
+        the captures), G.711 and G.722 64000 (the s8 SIP legs' PCMU)."""
+        return 64000 if self.codec_name in ("PCMU", "PCMA", "G722") else 16 * self.codec_rate
 
     @property
     def other_leg(self) -> str | None:

@@ -11,12 +11,14 @@ Where a change goes (each file names the FreeSWITCH source it mirrors):
   dialplan.py       the extensions, the application loop, @dialplan_app, unwinding an app
   bridge.py         the bridge app, uuid_bridge, leaving a bridge
   intercept.py      the intercept app (call pickup)
-  calls.py          ready-made bridged calls for tests and the demo
+  calls.py          ready-made bridged calls for tests and the demo, dial, ring_timeout
+  sofia.py          SIP legs: mod_sofia's names, variables and codec (s8), hangup disposition
   media.py          playback, uuid_broadcast, uuid_break, uuid_record
   hold.py           uuid_hold
   transfer.py       uuid_transfer, uuid_park
   att_xfer.py       attended transfer (reference §2)
-  hangup.py         uuid_kill, hupall, the hangup app, teardown and destroy
+  hangup.py         uuid_kill, hupall, the hangup app, teardown and destroy, and a ringing
+                    bridge's originate ending (ORIGINATOR_CANCEL, NO_ANSWER, a refusal)
   cdr.py            the CDR variables set at reporting time
 
 The api commands that drive these are in ``standin/commands.py`` (``@api_command``), their reply

@@ -56,6 +56,7 @@ class StateMachineMixin(FireMixin):
         peer = self._peer(ch)
         legs = ([peer] if peer and not peer.answered else []) + [ch]
         for leg in legs:
+            self._media_up(leg)
             leg.set_time("Channel-Progress-Media-Time", now_us())
             leg.answer_state = "early"
             if leg.direction == "outbound":
@@ -70,7 +71,14 @@ class StateMachineMixin(FireMixin):
         if peer is not None and peer.start_app is not None:
             self._start_originate_app(peer)
 
+    def _media_up(self, ch: Channel) -> None:
+        """A leg with no codec yet gets one when its media starts (s8's SIP legs: CODEC x2 right
+        before early media or the answer); loopback legs have theirs from creation."""
+        if ch.codecs == 0:
+            self._codec(ch)
+
     def _mark_answered(self, ch: Channel) -> None:
+        self._media_up(ch)
         ch.set_time("Channel-Answered-Time", now_us())
         ch.answer_state = "answered"
         self._ev(ch, "CHANNEL_ANSWER")
