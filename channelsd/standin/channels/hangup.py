@@ -104,7 +104,7 @@ class HangupMixin(FireMixin):
             if side == "B":
                 self._release_a_side(partner)
             else:
-                self._teardown(partner, "NORMAL_CLEARING")
+                self._release_b_side(partner)
         self._destroy(ch)
         if xf is not None and role == "target":
             self._attxfer_target_gone(xf)

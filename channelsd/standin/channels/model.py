@@ -11,6 +11,7 @@ Where a change goes (each file names the FreeSWITCH source it mirrors):
   dialplan.py       the extensions, the application loop, @dialplan_app, unwinding an app
   bridge.py         the bridge app, uuid_bridge, leaving a bridge
   intercept.py      the intercept app (call pickup)
+  dtmf.py           uuid_recv_dtmf, bind_digit_action and its digit machine
   calls.py          ready-made bridged calls for tests and the demo
   media.py          playback, uuid_broadcast, uuid_break, uuid_record
   hold.py           uuid_hold
@@ -32,6 +33,7 @@ from .att_xfer import AttXferMixin
 from .bridge import BridgeMixin
 from .calls import CallsMixin
 from .dialplan import DialplanMixin
+from .dtmf import DtmfMixin
 from .fire import FireMixin
 from .hangup import HangupMixin
 from .hold import HoldMixin
@@ -45,6 +47,7 @@ from .transfer import TransferMixin
 class CallModel(
     HangupMixin,
     AttXferMixin,
+    DtmfMixin,
     TransferMixin,
     MediaMixin,
     HoldMixin,
@@ -72,6 +75,7 @@ class CallModel(
 
     def reset(self) -> None:
         """Forget every channel (a switch restart that recovered nothing)."""
+        self.stop_timers()
         self.channels.clear()
         self._deferred.clear()
         self._answer_waiters.clear()
