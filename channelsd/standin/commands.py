@@ -302,7 +302,8 @@ class Api:
         uid, action, path = args[0], args[1].lower(), args[2]
         if action not in ("start", "stop", "mask", "unmask", "pause", "resume"):
             return replies.USAGE_RECORD
-        self.model.record(uid, action, path)
+        limit = args[3].split()[0] if len(args) > 3 and args[3].split() else ""
+        self.model.record(uid, action, path, limit)
         return replies.OK_SUCCESS
 
     @api_command("uuid_audio")

@@ -110,6 +110,12 @@ class BridgeMixin(FireMixin):
             pre=[("Bridge-A-Unique-ID", caller.uuid), ("Bridge-B-Unique-ID", callee_uuid)],
         )
         caller.bridge_peer = None
+        # switch_core_sqldb: an UNBRIDGE ends the call in the channels table (call_uuid=uuid
+        # for every channel of the caller's call), so `show calls` no longer pairs them
+        call = caller.sql_call_uuid or caller.uuid
+        for ch in self.channels.values():
+            if ch.sql_call_uuid == call:
+                ch.sql_call_uuid = ch.uuid
         if callee is not None and callee.bridge_peer == caller.uuid:
             # a transferee keeps its bond to a transferor that is consulting someone else
             callee.bridge_peer = None

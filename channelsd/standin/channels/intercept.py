@@ -41,14 +41,15 @@ class InterceptMixin(FireMixin):
         if not target.answered and target.direction == "inbound":
             self._answer(target)  # §3.3 (b): its twin's pending originate completes
             self._flush_deferred()
-        if not target.answered:
-            # §3.3: intercept cannot answer an outbound leg; FreeSWITCH bridges it anyway
-            self.uuid_bridge(me.uuid, target.uuid)
-            if partner is not None and partner.alive:
-                self._pick_off(target, partner)
-            return True
+        for leg in (target, partner):
+            if leg is not None and not leg.answered and leg.other_type == "originator":
+                # CF_TRANSFER + CS_PARK: a ringing callee involved is out of its caller's
+                # originate, which neither cancels it nor fails with it any more
+                leg.del_var("originator")
         if partner is not None:
             self._pick_off(target, partner)  # §3.2: before the target's UNPARK and the bridge
+        # An outbound target is still unanswered (intercept cannot answer it): the bridge
+        # loses it and the interceptor (§3.3, the ringing outbound callee leg itself).
         self.uuid_bridge(me.uuid, target.uuid)
         return True
 

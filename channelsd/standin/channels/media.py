@@ -204,22 +204,33 @@ class MediaMixin(FireMixin):
             return
         self._media_done(ch)
 
-    def record(self, uid: str, action: str, path: str) -> None:
-        """uuid_record start|stop|mask|unmask|pause|resume <path>; RECORD_START/STOP events
-        (shape derived from PLAYBACK_START/STOP: no capture has them)."""
+    def record(self, uid: str, action: str, path: str, limit: str = "") -> None:
+        """uuid_record start|stop|mask|unmask|pause|resume <path> [<limit>]; RECORD_START/STOP
+        events (shape derived from PLAYBACK_START/STOP: no capture has them).  A start into a
+        directory that does not exist still answers +OK (the switch creates it, reference
+        §5.4); a limit stops the recording by itself (success-maxtime)."""
         ch = self.get(uid, replies.CANNOT_LOCATE_SESSION)
         if action == "start":
             ch.recordings.append(path)
             self._ev(ch, "RECORD_START", post=[("Record-File-Path", path)])
+            if limit.isdigit() and int(limit) > 0:
+                self.later(int(limit), lambda: self._record_limit(ch, path))
             return
         if action == "stop":
             paths = list(ch.recordings) if path == "all" else [path]
             if not paths or any(p not in ch.recordings for p in paths):
                 raise SwitchError(replies.CANNOT_STOP_RECORD)
             for p in paths:
-                ch.recordings.remove(p)
-                post = [("Record-File-Path", p), ("Record-Completion-Cause", "success-maxtime")]
-                self._ev(ch, "RECORD_STOP", post=post)
+                self._record_stop(ch, p)
             return
         if path not in ch.recordings:
             raise SwitchError(replies.cannot_record(action))
+
+    def _record_stop(self, ch: Channel, path: str) -> None:
+        ch.recordings.remove(path)
+        post = [("Record-File-Path", path), ("Record-Completion-Cause", "success-maxtime")]
+        self._ev(ch, "RECORD_STOP", post=post)
+
+    def _record_limit(self, ch: Channel, path: str) -> None:
+        if ch.alive and path in ch.recordings:
+            self._record_stop(ch, path)
