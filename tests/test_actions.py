@@ -706,6 +706,41 @@ def test_a_takeback_sequence_is_a_digit_binding_that_sends_the_cancel_key(
     ]
 
 
+KAZOO_MEDIA_ID = "4f0c8d2e9a7b4c1d8e6f5a3b2c1d0e9f"
+
+
+def test_kazoos_documented_transfer_example_needs_a_media_template(call: Call) -> None:
+    """{"action":"transfer","target":"2600","takeback_dtmf":"*1","moh":"media_id"}, with a
+    real media id: refused clearly without [actions].media_template (end to end with one:
+    test_conformance's take-back sequence test); the docs' placeholder is not a media id."""
+    body = {"action": "transfer", "target": "2600", "takeback_dtmf": "*1", "moh": KAZOO_MEDIA_ID}
+    detail = refused(call.post(call.a, body), "moh", "policy")
+    assert detail["message"] == (
+        "Value is a media id, but no actions.media_template says where media ids are"
+    )
+    assert detail["value"] == KAZOO_MEDIA_ID
+    refused(call.post(call.a, {**body, "moh": "media_id"}), "moh", "format")
+    assert call.sent() == []
+
+
+def test_kazoos_documented_transfer_example_is_an_attended_transfer(
+    switch: Any, make_daemon: Any
+) -> None:
+    h = make_daemon(
+        [switch], actions={**POLICY, "media_template": "/srv/media/{account_id}/{media_id}.wav"}
+    )
+    call = Call(h, switch)
+    body = {"action": "transfer", "target": "2600", "takeback_dtmf": "*1", "moh": KAZOO_MEDIA_ID}
+    ok(call.post(call.a, body), 200, "transfer initiated")
+    assert call.sent() == [
+        f"api uuid_setvar {call.b} hold_music /srv/media/acc1/{KAZOO_MEDIA_ID}.wav",
+        f"api uuid_setvar {call.a} attxfer_cancel_key D",
+        f"api uuid_broadcast {call.a} 'bind_digit_action::channelsd_takeback,*1,"
+        f"api:uuid_recv_dtmf,{call.a} D' aleg",
+        f"api uuid_broadcast {call.a} att_xfer::loopback/2600/default",
+    ]
+
+
 @pytest.mark.parametrize("field", ["moh", "takeback_dtmf", "timeout"])
 def test_attended_only_fields_make_a_transfer_attended_and_are_refused_for_blind(
     call: Call, field: str

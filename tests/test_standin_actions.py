@@ -449,7 +449,7 @@ def test_uuid_recv_dtmf_replies(switch, esl):
     assert c.api(f"uuid_recv_dtmf {p} 123") == f"+OK {p} received DTMF 123.\n".encode()
     assert [e["Event-Name"] for e in ev.events()] == ["API"]
     unknown = "00000000-0000-0000-0000-000000000000"
-    assert c.api(f"uuid_recv_dtmf {unknown} 1") == b"-ERR No such channel!\n"
+    assert c.api(f"uuid_recv_dtmf {unknown} 1") == b"-ERR Cannot locate session!\n"
     assert c.api(f"uuid_recv_dtmf {p}") == b"-USAGE: <uuid> <dtmf_data>\n"
 
 

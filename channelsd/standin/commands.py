@@ -285,12 +285,12 @@ class Api:
     @api_command("uuid_recv_dtmf")
     def uuid_recv_dtmf(self, arg: str) -> str:
         # Reply text from the reference (§2.4); the trailing newline is assumed, as on every
-        # captured mod_commands reply.  Neither an unknown uuid nor missing arguments were
-        # tried: those replies take the shape of the captured uuid_kill / uuid_transfer ones.
+        # captured mod_commands reply.  An unknown uuid and missing arguments were not tried:
+        # their replies are read in mod_commands' uuid_recv_dtmf_function (code).
         args = separate(arg, 2)
         if len(args) < 2 or not args[1]:
             return replies.USAGE_RECV_DTMF
-        ch = self.model.get(args[0])
+        ch = self.model.get(args[0], replies.CANNOT_LOCATE_SESSION)
         self.model.recv_dtmf(ch.uuid, args[1])
         return replies.dtmf_received(ch.uuid, args[1])
 

@@ -540,7 +540,10 @@ class StandinSwitch:
         glet.link(lambda g: self._greenlets.remove(g) if g in self._greenlets else None)
 
     def _run_job(self, job: str, command: str, arg: str) -> None:
+        crashes = self.crashes
         body = self.api.execute(command, arg).decode("utf-8", "replace")
+        if self.crashes != crashes:
+            return  # the switch died running it: no job result ever comes
         headers = [("Job-UUID", job), ("Job-Command", command)]
         if arg:
             headers.append(("Job-Command-Arg", arg))
