@@ -688,6 +688,9 @@ def test_1_5_bleg_or_both_without_a_partner_is_refused(bed: Bed) -> None:
             assert bed.sent() == []
     assert bed.fates(p=p, b=r.b) == {"p": "up", "b": "up"}
     assert bed.legs[p].profile["Destination-Number"] == "9003"
+    # what the switch would have done: +OK, and the named leg itself transferred
+    assert bed.sw.api.execute("uuid_transfer", f"{r.b} -bleg 9001 XML default") == b"+OK\n"
+    assert bed.legs[r.b].profile["Destination-Number"] == "9001"
 
 
 def test_1_5_an_expansion_in_the_extension_is_refused(bed: Bed) -> None:
@@ -1289,6 +1292,11 @@ def test_5_1_an_unknown_leg_is_refused(bed: Bed) -> None:
     p, _ = bed.parked()
     refused(play(bed, p, leg="sideways"), 400, "data.leg")
     assert bed.sent() == []
+    # the switch: +OK Message sent, and nothing plays
+    assert bed.sw.api.execute("uuid_broadcast", f"{p} /srv/a.wav sideways") == (
+        b"+OK Message sent\n"
+    )
+    assert bed.legs[p].playing is None
 
 
 def test_5_1_a_missing_file_plays_nothing(bed: Bed) -> None:
@@ -1435,30 +1443,34 @@ def test_6_2_no_cause_is_normal_clearing(bed: Bed) -> None:
     assert bed.fate(p) == "NORMAL_CLEARING"
 
 
-def refused_cause(bed: Bed, cause: str) -> None:
+def refused_cause(bed: Bed, cause: str, switch_would: str) -> None:
+    """channelsd refuses the cause; the switch itself would answer +OK and end the leg with
+    `switch_would`."""
     p, _ = bed.parked()
     refused(hangup(bed, p, cause), 400, "cause")
     assert bed.sent() == [] and bed.fate(p) == "up"
+    assert bed.sw.api.execute("uuid_kill", f"{p} {cause}") == b"+OK\n"
+    assert bed.fate(p) == switch_would
 
 
 def test_6_2_an_unknown_cause_name_is_refused(bed: Bed) -> None:
-    refused_cause(bed, "NOT_A_REAL_CAUSE")  # the switch: NORMAL_CLEARING, silently
+    refused_cause(bed, "NOT_A_REAL_CAUSE", "NORMAL_CLEARING")
 
 
 def test_6_2_words_after_the_cause_are_refused(bed: Bed) -> None:
-    refused_cause(bed, "CALL_REJECTED extra words")
+    refused_cause(bed, "CALL_REJECTED extra words", "NORMAL_CLEARING")
 
 
 def test_6_2_a_cause_number_out_of_range_is_refused(bed: Bed) -> None:
-    refused_cause(bed, "999")  # the switch: UNKNOWN
+    refused_cause(bed, "999", "UNKNOWN")
 
 
 def test_6_2_cause_number_0_is_refused(bed: Bed) -> None:
-    refused_cause(bed, "0")  # the switch: NONE
+    refused_cause(bed, "0", "NONE")
 
 
 def test_6_2_an_expansion_as_cause_is_refused(bed: Bed) -> None:
-    refused_cause(bed, "${expr(17)}")
+    refused_cause(bed, "${expr(17)}", "NORMAL_CLEARING")
 
 
 def test_6_2_a_bridged_partner_ends_normal_clearing(bed: Bed) -> None:
