@@ -46,6 +46,10 @@ _NAMES = {
     name: (name, *[a for a, n in _ALIASES.items() if n == name]) for name in _ALIASES.values()
 }
 _LEG_WORD = {"self": "aleg", "peer": "bleg", "both": "both"}
+# Transfer fields only an attended transfer uses.
+_ATTENDED_ONLY = ("moh", "takeback_dtmf", "timeout")
+# The cancel key a take-back sequence's digit binding sends att_xfer (see _takeback_sequence).
+_TAKEBACK_RELAY_KEY = "D"
 
 # A metaflow is a tree; only the `_` chain runs, the other branches (DTMF keys in Kazoo) are
 # validated. Both bounds keep one request's validation short (see put()).
@@ -112,6 +116,19 @@ def _not_bridged() -> ApiError:
 
 def _state_error(key: str, message: str) -> ApiError:
     return envelope.validation_error({key: {"state": {"message": message}}})
+
+
+def _conflict(key: str, message: str) -> ApiError:
+    """The channel's state makes the action one FreeSWITCH would answer +OK to and then lose
+    parties or do something else (freeswitch-actions-verified.md): 409, nothing sent."""
+    return ApiError(409, "conflict", {key: {"state": {"message": message}}})
+
+
+def _not_for(field_name: str, what: str) -> ApiError:
+    """A field the chosen variant has no use for: refused, never silently ignored."""
+    return envelope.validation_error(
+        {field_name: {"not": {"message": f"Field applies to {what} only"}}}
+    )
 
 
 def _refused(r: Refusal) -> ApiError:
@@ -327,11 +344,25 @@ class Actions:
         except CommandTimeout:
             raise ApiError(504, "freeswitch timeout", ch.node) from None
 
+    def _other(self, ch: Channel) -> Channel | None:
+        """The row other_leg names, while the table has it."""
+        return self.table.row(ch.node, ch.other_leg) if ch.other_leg else None
+
+    def _bridged_with(self, ch: Channel) -> Channel | None:
+        """The leg `ch` is bridged with, or None. other_leg alone is not a bridge: the table
+        also sets it from the Other-Leg-Unique-ID of a leg's first event, which for a leg the
+        `bridge` app (or att_xfer) originated names the caller ringing it -- an originate,
+        not a bridge. A bridge (CHANNEL_BRIDGE) only forms between answered legs, so both
+        must be answered. (A table field set only by CHANNEL_BRIDGE/UNBRIDGE would say this
+        directly; until there is one, this is derived from what the rows hold.)"""
+        other = self._other(ch)
+        if other is None or other is ch or not (ch.answered and other.answered):
+            return None
+        return other
+
     def _partner(self, ch: Channel) -> Channel:
         """The bridged other leg, which must be known and alive."""
-        if not ch.other_leg:
-            raise _not_bridged()
-        other = self.table.row(ch.node, ch.other_leg)
+        other = self._bridged_with(ch)
         if other is None:
             raise _not_bridged()
         return other
@@ -340,6 +371,15 @@ class Actions:
     # argument through the gate (f: how each value is named in a refusal).
 
     def _plan_hangup(self, ch: Channel, d: dict[str, Any], f: _Fields) -> Plan:
+        if ch.call_state == "RING_WAIT" and self._bridged_with(ch) is not None:
+            # An attended transfer's transferor while the target still rings: FreeSWITCH
+            # bridges the unanswered target to the transferee and both die (§2.5).
+            raise _conflict(
+                "call_state",
+                "the channel is consulting a transfer target that still rings: hanging it up "
+                "now loses the target and the transferee; hang up the target to cancel, or "
+                "wait for it to answer",
+            )
         cause = d["cause"]
         if isinstance(cause, str) and cause.isascii():
             cause = cause.upper()  # numbers are unchanged; FreeSWITCH's names are upper case
@@ -358,7 +398,14 @@ class Actions:
         target = f.req("target", "extension", d["target"])
         uuid = f.row(ch, "uuid", "uuid")
         leg = d["leg"]
-        if d["transfer_type"] == "blind":
+        # Only an attended transfer has something to play, a take-back and a ring timeout;
+        # Kazoo's documented payload names them without a transfer type (its transfer is
+        # always attended), so they make the transfer attended unless it says blind.
+        attended_only = [k for k in _ATTENDED_ONLY if d.get(k) is not None]
+        kind = d.get("transfer_type") or ("attended" if attended_only else "blind")
+        if kind == "blind":
+            if attended_only:
+                raise _not_for(f.name(attended_only[0]), "attended transfers")
             if leg == "self":
                 return Plan([Command("uuid_transfer", uuid, target, dialplan, context)])
             # -bleg/-both on an unbridged channel silently transfer the channel itself.
@@ -378,6 +425,12 @@ class Actions:
         )
         takeback = d.get("takeback_dtmf")
         takeback = f.req("takeback_dtmf", "takeback-key", takeback) if takeback else None
+        timeout = d.get("timeout")
+        leg_timeout = (
+            [gate.check("variable", f"leg_timeout={int(timeout)}", f.name("timeout"))]
+            if timeout is not None
+            else None
+        )
         partner = self._partner(ch)
         ours, theirs = ("channel", ch), ("other_leg", partner)
         (tor_role, transferor), (tee_role, transferee) = (
@@ -394,11 +447,37 @@ class Actions:
         tor = f.row(transferor, "uuid", "uuid", tor_role)
         tee = f.row(transferee, "uuid", "uuid", tee_role)
         steps = [Command("uuid_setvar", tee, fixed("hold_music"), moh)]
-        if takeback:
+        if takeback and len(takeback.text) == 1:
             steps.append(Command("uuid_setvar", tor, fixed("attxfer_cancel_key"), takeback))
+        elif takeback:
+            steps += self._takeback_sequence(tor, takeback)
         # No leg word: att_xfer runs on the transferor and the transferee hears its hold_music.
-        steps.append(Command("uuid_broadcast", tor, compose("att-xfer-app", dialstring=dialstring)))
+        app = compose("att-xfer-app", variables=leg_timeout, dialstring=dialstring)
+        steps.append(Command("uuid_broadcast", tor, app))
         return Plan(steps)
+
+    @staticmethod
+    def _takeback_sequence(tor: Checked, digits: Checked) -> list[Command]:
+        """att_xfer compares single keys only, so a sequence (Kazoo's `*1`) is watched by a
+        digit binding on the transferor (mod_dptools bind_digit_action) whose action injects
+        att_xfer's cancel key: `uuid_recv_dtmf <transferor> D`, which arrives past the
+        binding (no `~`) and cancels. D is the cancel key because no other key should take
+        the call back, and phones seldom have it. The binding keeps the sequence's digits
+        from the target, and a mistyped sequence's digits reach att_xfer as typed (a `*`
+        completes the transfer, as it always does). It stays on the channel after the
+        transfer, and its realm becomes the one the channel's digit machine uses.
+
+        Modelled from FreeSWITCH's code (switch_ivr_async.c dmachine, mod_dptools
+        bind_digit_action and att_xfer, switch_channel.c queue_dtmf_string) and its
+        documentation; not verified on a real switch (freeswitch-actions-verified.md covers
+        single keys only)."""
+        relay = gate.check("takeback-key", _TAKEBACK_RELAY_KEY, gate.DAEMON)
+        bind = compose("takeback-bind-app", digits=digits, uuid=tor, key=relay)
+        return [
+            Command("uuid_setvar", tor, fixed("attxfer_cancel_key"), relay),
+            # aleg: the form without a leg word would put the transferee on hold meanwhile
+            Command("uuid_broadcast", tor, bind, fixed("aleg")),
+        ]
 
     def _plan_callflow(self, ch: Channel, d: dict[str, Any], f: _Fields) -> Plan:
         row = f.row_values(ch)
@@ -410,12 +489,11 @@ class Actions:
         return Plan([Command("uuid_transfer", *args)])
 
     def _plan_intercept(self, ch: Channel, d: dict[str, Any], f: _Fields) -> Plan:
-        if d["unbridged_only"] and ch.other_leg and self.table.row(ch.node, ch.other_leg):
-            raise envelope.validation_error(
-                {"other_leg_call_id": {"not": {"message": "Channel is bridged (unbridged_only)"}}}
-            )
+        app = self._intercept_app(ch, d)
         row = f.row_values(ch)
         kind = d["target_type"]
+        if not d["can_call_self"]:
+            self._not_calling_self(ch, kind, d["target_id"], f)
         template = self.cfg.intercept_endpoints.get(kind)
         endpoint = gate.fill(
             template if isinstance(template, str) else "",
@@ -439,11 +517,68 @@ class Actions:
         # bgapi: ringing the interceptor can take as long as it likes; FreeSWITCH's +OK Job-UUID
         # says the originate is under way, and the pickup is seen as a CHANNEL_BRIDGE.
         url = compose("originate-url", variables=variables, endpoint=endpoint)
-        app = compose("intercept-app", uuid=f.row(ch, "uuid", "uuid"))
         return Plan([Command("originate", url, app, background=True)])
 
+    def _intercept_app(self, ch: Channel, d: dict[str, Any]) -> Checked:
+        """What the interceptor runs, for each case of freeswitch-actions-verified §3.3.
+
+        The channel an operator sees ringing is usually the outbound leg to the phone. Intercept
+        cannot answer an outbound leg: intercepting it loses the caller (PICKED_OFF), the leg
+        and the interceptor. Picking up that call means intercepting the caller that rings it
+        (`-bleg <leg>`: FreeSWITCH resolves the leg's partner); the ringing leg then ends
+        PICKED_OFF. A ringing outbound leg with no caller cannot be picked up at all. Any other
+        leg (parked, ringing inbound, bridged) is intercepted itself; `unbridged_only` refuses
+        a bridged one, where FreeSWITCH would answer +OK and end the interceptor."""
+        uuid = _Fields.row(ch, "uuid", "uuid")
+        if ch.direction == "outbound" and not ch.answered:
+            caller = self._other(ch)
+            if caller is None or caller.uuid in (ch.uuid, ch.loopback_other_leg):
+                raise _conflict(
+                    "other_leg_call_id",
+                    "the channel is a ringing outbound leg with no caller: intercept cannot "
+                    "answer an outbound leg, and it and the interceptor would be lost",
+                )
+            if self._bridged_with(caller) is not None:
+                raise _conflict(
+                    "other_leg_call_id",
+                    "the caller ringing this channel is in another call (an attended "
+                    "transfer's consultation): picking this call up would take that call",
+                )
+            return compose("intercept-bleg-app", uuid=uuid)
+        if d["unbridged_only"] and self._bridged_with(ch) is not None:
+            raise envelope.validation_error(
+                {"other_leg_call_id": {"not": {"message": "Channel is bridged (unbridged_only)"}}}
+            )
+        return compose("intercept-app", uuid=uuid)
+
+    @staticmethod
+    def _not_calling_self(ch: Channel, kind: str, target_id: str, f: _Fields) -> None:
+        """can_call_self=false (Kazoo): the interceptor must not be the channel's own device
+        (device) or user (user); a number cannot be told apart from the channel's own."""
+        own = {"device": ch.authorizing_id, "user": ch.owner_id}
+        if kind not in own:
+            raise _not_for(f.name("can_call_self"), "device and user targets")
+        if target_id == own[kind]:
+            raise Refusal(
+                f.name("target_id"),
+                "extension",
+                f"Value is the channel's own {kind} (can_call_self is false)",
+                rule="not",
+                value=target_id,
+            )
+
     def _plan_hold_control(self, ch: Channel, d: dict[str, Any], f: _Fields) -> Plan:
-        word = {"hold": [], "unhold": [fixed("off")], "toggle": [fixed("toggle")]}[d["action"]]
+        action = d["action"]
+        if ch.is_loopback and (action == "unhold" or (action == "toggle" and ch.is_onhold)):
+            # A loopback leg never reports "holding" (its call state stays ACTIVE): `uuid_hold
+            # off` answers -ERR with the audio still cut, and `toggle` holds it again (§4.3).
+            raise _conflict(
+                "action",
+                "FreeSWITCH cannot take a loopback channel off hold (uuid_hold off fails and "
+                "toggle holds it again); resume re-bridges the pair, which brings the audio "
+                "back",
+            )
+        word = {"hold": [], "unhold": [fixed("off")], "toggle": [fixed("toggle")]}[action]
         return Plan([Command("uuid_hold", *word, f.row(ch, "uuid", "uuid"))])
 
     def _leg(self, ch: Channel, d: dict[str, Any], f: _Fields) -> Checked:
@@ -457,6 +592,9 @@ class Actions:
         return Plan([Command("uuid_broadcast", f.row(ch, "uuid", "uuid"), media, leg)])
 
     def _plan_tts(self, ch: Channel, d: dict[str, Any], f: _Fields) -> Plan:
+        if d.get("language") is not None:
+            # speak::<engine>|<voice>|<text> has no language; accepting it would ignore it
+            raise _not_for(f.name("language"), "say (tts speaks in its voice's language)")
         # Quoted by the composite because the text has spaces; the text kind admits no quote.
         app = compose(
             "speak-app",
@@ -528,7 +666,9 @@ class Actions:
         return Plan([Command("uuid_record", uuid, f.req("action", "keyword", action), path)])
 
     def _plan_resume(self, ch: Channel, d: dict[str, Any], f: _Fields) -> Plan:
-        other = self._partner(ch)
+        other = self._other(ch)
+        if other is None:
+            raise _not_bridged()
         # uuid_bridge X X answers +OK and strands X; bridging a loopback leg to its own twin
         # crashed FreeSWITCH; bridging an unanswered leg loses every party.
         if (

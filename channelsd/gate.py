@@ -173,9 +173,26 @@ _COMPOSITES: dict[str, tuple[Callable[[dict[str, str]], str], re.Pattern[str], d
         },
     ),
     "att-xfer-app": (
-        lambda p: f"att_xfer::{p['dialstring']}",
-        re.compile(r"att_xfer::(?P<dialstring>.+)"),
-        {"dialstring": "endpoint"},
+        lambda p: (
+            "att_xfer::"
+            + ("{" + p["variables"] + "}" if "variables" in p else "")
+            + p["dialstring"]
+        ),
+        re.compile(r"att_xfer::(?:\{(?P<variables>[^{}]+)\})?(?P<dialstring>[^{}]+)"),
+        {"variables": "variable,", "dialstring": "endpoint"},
+    ),
+    # A digit binding on the transferor that relays a take-back sequence to att_xfer as its
+    # one-key cancel key (channelsd.actions); quoted because the api value has a space.
+    "takeback-bind-app": (
+        lambda p: (
+            f"'bind_digit_action::channelsd_takeback,{p['digits']},"
+            f"api:uuid_recv_dtmf,{p['uuid']} {p['key']}'"
+        ),
+        re.compile(
+            r"'bind_digit_action::channelsd_takeback,(?P<digits>[^,' ]+),"
+            r"api:uuid_recv_dtmf,(?P<uuid>[^,' ]+) (?P<key>[^,' ]+)'"
+        ),
+        {"digits": "takeback-key", "uuid": "uuid", "key": "takeback-key"},
     ),
     "originate-url": (
         lambda p: "{" + p["variables"] + "}" + p["endpoint"],
@@ -185,6 +202,13 @@ _COMPOSITES: dict[str, tuple[Callable[[dict[str, str]], str], re.Pattern[str], d
     "intercept-app": (
         lambda p: f"&intercept({p['uuid']})",
         re.compile(r"&intercept\((?P<uuid>[^()]+)\)"),
+        {"uuid": "uuid"},
+    ),
+    # The partner of <uuid> (its bridge partner, or the caller that rings it); quoted, or the
+    # space splits it and intercept gets only "-bleg" (freeswitch-actions-verified §3.1).
+    "intercept-bleg-app": (
+        lambda p: f"'&intercept(-bleg {p['uuid']})'",
+        re.compile(r"'&intercept\(-bleg (?P<uuid>[^()' ]+)\)'"),
         {"uuid": "uuid"},
     ),
 }
@@ -232,7 +256,9 @@ _MESSAGES = {
     **FORMAT_MESSAGES,
     "speak-app": "must be a speak:: broadcast built from checked parts",
     "say-app": "must be a say:: broadcast built from checked parts",
-    "att-xfer-app": "must be att_xfer:: and a dial string",
+    "att-xfer-app": "must be att_xfer::, an optional {variables} block and a dial string",
+    "takeback-bind-app": "must be a take-back digit binding built from checked parts",
+    "intercept-bleg-app": "must be '&intercept(-bleg <uuid>)'",
     "originate-url": "must be a {variables} block and a dial string",
     "intercept-app": "must be &intercept(<uuid>)",
 }

@@ -32,8 +32,10 @@ _CONTEXT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _DIALPLAN = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}")
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
 _DTMF = re.compile(r"[0-9*#A-Da-d]{1,8}")
-# att_xfer compares one digit: `*` is its hang-up (complete) key and `0` its conference key.
-_TAKEBACK = re.compile(r"[1-9#A-D]")
+# A take-back: one key att_xfer compares itself (`*` is its hang-up (complete) key and `0` its
+# conference key, so neither), or a sequence of 2 to 8 keys a digit binding watches for
+# (Kazoo's default is `*1`).
+_TAKEBACK = re.compile(r"[1-9#A-D]|[0-9*#A-D]{2,8}")
 # A file path or a stream URL (tone_stream://%(2000,4000,440,480);loops=-1): no spaces, and
 # no `!` (a broadcast's `app!cause` hang-up suffix). Which of them a tenant may play is the
 # media policy's business (channelsd.policy); this is only what can stand on a line.
@@ -191,7 +193,8 @@ FORMAT_MESSAGES = {
     "dialplan": "must be a dialplan name such as XML (inline is refused)",
     "word": "must be a single word: letters, digits and _ . - only",
     "dtmf": "must be DTMF digits (0-9 * # A-D), at most 8",
-    "takeback-key": "must be one key, 1-9 # or A-D (* completes and 0 conferences the transfer)",
+    "takeback-key": "must be one key, 1-9 # or A-D (* completes and 0 conferences the transfer), "
+    "or a sequence of 2 to 8 keys 0-9 * # A-D",
     "media": "must be a media path or stream URL without spaces, quotes, $ { } | :: or ..",
     "media-ref": "must be a media path or stream URL without spaces, quotes, $ { } | :: or .., "
     "or a media id (32 lower-case hex digits)",

@@ -265,15 +265,21 @@ def test_a_channel_freeswitch_no_longer_has_is_404_with_its_reply(call: Call) ->
 
 
 def test_a_refused_command_is_502_with_freeswitch_reply(call: Call) -> None:
-    # uuid_hold off on a leg that is not held: FreeSWITCH answers -ERR Operation failed.
+    # uuid_hold off on a SIP leg that is not held: FreeSWITCH answers -ERR Operation failed.
+    s, _ = call.switch.bridged_call(
+        variables_a=ALICE,
+        variables_b=BOB,
+        name_a="sofia/internal/1001@acc1.example",
+        name_b="sofia/internal/1002@acc1.example",
+    )
+    wait_until(lambda: call.h.table.get(s) is not None)
     resp = call.put(
-        call.a,
-        {"action": "metaflow", "data": {"module": "hold_control", "data": {"action": "unhold"}}},
+        s, {"action": "metaflow", "data": {"module": "hold_control", "data": {"action": "unhold"}}}
     )
     assert resp.status_code == 502, resp.text
     body = resp.json()
     assert body["message"] == "-ERR Operation failed" and body["data"] == "uuid_hold"
-    assert call.sent() == [f"api uuid_hold off {call.a}"]
+    assert call.sent() == [f"api uuid_hold off {s}"]
 
 
 def test_a_disconnected_node_is_503_at_once(call: Call) -> None:
@@ -667,8 +673,9 @@ def test_a_command_in_flight_when_the_node_drops_is_503_and_not_retried(call: Ca
     ]
 
 
-@pytest.mark.parametrize("key", ["*", "0", "*1", "##"])
+@pytest.mark.parametrize("key", ["*", "0", "*1*1*1*1*", "E1", "*a", "1 2"])
 def test_takeback_keys_att_xfer_would_misread_are_refused(call: Call, key: str) -> None:
+    # one key: att_xfer reads * as complete and 0 as conference; a sequence: 2 to 8 DTMF keys
     body = {
         "data": {
             "action": "transfer",
@@ -679,6 +686,108 @@ def test_takeback_keys_att_xfer_would_misread_are_refused(call: Call, key: str) 
     }
     refused(call.post(call.a, body), "takeback_dtmf", "format")
     assert call.sent() == []
+
+
+@pytest.mark.parametrize("keys", ["*1", "##", "0", "*"])
+def test_a_takeback_sequence_is_a_digit_binding_that_sends_the_cancel_key(
+    call: Call, keys: str
+) -> None:
+    body = {"data": {"action": "transfer", "target": "2000", "takeback_dtmf": keys}}
+    if len(keys) == 1:
+        refused(call.post(call.a, body), "takeback_dtmf", "format")
+        return
+    ok(call.post(call.a, body), 200, "transfer initiated")
+    assert call.sent() == [
+        f"api uuid_setvar {call.b} hold_music local_stream://moh",
+        f"api uuid_setvar {call.a} attxfer_cancel_key D",
+        f"api uuid_broadcast {call.a} 'bind_digit_action::channelsd_takeback,{keys},"
+        f"api:uuid_recv_dtmf,{call.a} D' aleg",
+        f"api uuid_broadcast {call.a} att_xfer::loopback/2000/default",
+    ]
+
+
+KAZOO_MEDIA_ID = "4f0c8d2e9a7b4c1d8e6f5a3b2c1d0e9f"
+
+
+def test_kazoos_documented_transfer_example_needs_a_media_template(call: Call) -> None:
+    """{"action":"transfer","target":"2600","takeback_dtmf":"*1","moh":"media_id"}, with a
+    real media id: refused clearly without [actions].media_template (end to end with one:
+    test_conformance's take-back sequence test); the docs' placeholder is not a media id."""
+    body = {"action": "transfer", "target": "2600", "takeback_dtmf": "*1", "moh": KAZOO_MEDIA_ID}
+    detail = refused(call.post(call.a, body), "moh", "policy")
+    assert detail["message"] == (
+        "Value is a media id, but no actions.media_template says where media ids are"
+    )
+    assert detail["value"] == KAZOO_MEDIA_ID
+    refused(call.post(call.a, {**body, "moh": "media_id"}), "moh", "format")
+    assert call.sent() == []
+
+
+def test_kazoos_documented_transfer_example_is_an_attended_transfer(
+    switch: Any, make_daemon: Any
+) -> None:
+    h = make_daemon(
+        [switch], actions={**POLICY, "media_template": "/srv/media/{account_id}/{media_id}.wav"}
+    )
+    call = Call(h, switch)
+    body = {"action": "transfer", "target": "2600", "takeback_dtmf": "*1", "moh": KAZOO_MEDIA_ID}
+    ok(call.post(call.a, body), 200, "transfer initiated")
+    assert call.sent() == [
+        f"api uuid_setvar {call.b} hold_music /srv/media/acc1/{KAZOO_MEDIA_ID}.wav",
+        f"api uuid_setvar {call.a} attxfer_cancel_key D",
+        f"api uuid_broadcast {call.a} 'bind_digit_action::channelsd_takeback,*1,"
+        f"api:uuid_recv_dtmf,{call.a} D' aleg",
+        f"api uuid_broadcast {call.a} att_xfer::loopback/2600/default",
+    ]
+
+
+@pytest.mark.parametrize("field", ["moh", "takeback_dtmf", "timeout"])
+def test_attended_only_fields_make_a_transfer_attended_and_are_refused_for_blind(
+    call: Call, field: str
+) -> None:
+    value = {"moh": "/srv/moh.wav", "takeback_dtmf": "9", "timeout": 20}[field]
+    body = {"data": {"action": "transfer", "target": "2000", field: value}}
+    ok(call.post(call.a, body), 200, "transfer initiated")
+    assert call.sent()[-1].startswith(f"api uuid_broadcast {call.a} att_xfer::")
+    body["data"]["transfer_type"] = "blind"
+    assert refused(call.post(call.a, body), field, "not") == {
+        "message": "Field applies to attended transfers only"
+    }
+    assert call.sent() == []
+
+
+def test_an_attended_transfer_timeout_is_the_target_leg_timeout(call: Call) -> None:
+    body = {"data": {"action": "transfer", "target": "2000", "timeout": 20}}
+    ok(call.post(call.a, body), 200, "transfer initiated")
+    assert call.sent()[-1] == (
+        f"api uuid_broadcast {call.a} att_xfer::{{leg_timeout=20}}loopback/2000/default"
+    )
+
+
+def test_tts_language_is_refused_not_ignored(call: Call) -> None:
+    flow = {"module": "tts", "data": {"text": "hello", "language": "en-us"}}
+    resp = call.put(call.p, {"action": "metaflow", "data": flow})
+    refused(resp, "data.language", "not")
+    assert call.sent() == []
+
+
+def test_intercept_can_call_self_false_refuses_the_channels_own_device(call: Call) -> None:
+    body = {
+        "data": {
+            "action": "intercept",
+            "target_type": "device",
+            "target_id": "dev1",
+            "can_call_self": False,
+        }
+    }
+    detail = refused(call.post(call.p, body), "target_id", "not")
+    assert "own device" in detail["message"] and detail["value"] == "dev1"
+    body["data"]["target_id"] = "dev9"
+    ok(call.post(call.p, body), 200, "intercept initiated")
+    body["data"].update(target_type="number", target_id="55")
+    refused(call.post(call.p, body), "can_call_self", "not")
+    body["data"]["can_call_self"] = True
+    ok(call.post(call.p, body), 200, "intercept initiated")
 
 
 def test_attended_transfer_end_to_end_through_the_table(call: Call) -> None:

@@ -26,15 +26,14 @@ from channelsd.actions import MAX_METAFLOW_DEPTH, MAX_METAFLOW_NODES, Actions
 from channelsd.table import ChannelTable
 from channelsd.tokens import Token
 
+# Every field a blind transfer takes (moh, takeback_dtmf and timeout are attended-only: a
+# blind transfer refuses them).
 TRANSFER = {
     "target": "9001",
     "transfer_type": "blind",
     "leg": "self",
-    "moh": "local_stream://moh",
-    "takeback_dtmf": "1",
     "context": "default",
     "dialplan": "XML",
-    "timeout": 30,
 }
 
 
@@ -290,7 +289,8 @@ def test_no_metaflow_body_stalls_the_hub(call: Call, figure: Any) -> None:
         (body(bushy(2000)), 400),
         (body(chain(MAX_METAFLOW_DEPTH, "transfer", {**TRANSFER, "context": "nope"})), 400),
         (body(junk_root(chain(MAX_METAFLOW_DEPTH, "tts", {"text": "hi"}), 3000)), 201),
-        (body(chain(MAX_METAFLOW_DEPTH, "hold_control", {"action": "toggle"})), 201),
+        # hold, not toggle: the leg is loopback, which cannot be toggled off hold (409)
+        (body(chain(MAX_METAFLOW_DEPTH, "hold_control", {"action": "hold"})), 201),
     ]
     clients: set[Any] = {greenlet.getcurrent()}
     statuses: list[tuple[int, int]] = []

@@ -449,7 +449,7 @@ def test_uuid_recv_dtmf_replies(switch, esl):
     assert c.api(f"uuid_recv_dtmf {p} 123") == f"+OK {p} received DTMF 123.\n".encode()
     assert [e["Event-Name"] for e in ev.events()] == ["API"]
     unknown = "00000000-0000-0000-0000-000000000000"
-    assert c.api(f"uuid_recv_dtmf {unknown} 1") == b"-ERR No such channel!\n"
+    assert c.api(f"uuid_recv_dtmf {unknown} 1") == b"-ERR Cannot locate session!\n"
     assert c.api(f"uuid_recv_dtmf {p}") == b"-USAGE: <uuid> <dtmf_data>\n"
 
 
@@ -547,3 +547,239 @@ def test_unquoted_speak_plays_nothing(switch, esl):
     ev.events()
     assert c.api(f"uuid_broadcast {p} speak::flite|kal|Hello there aleg") == b"+OK Message sent\n"
     assert [e["Event-Name"] for e in ev.events()] == ["API"]
+
+
+# ------------------------------------------------------------------ intercept (reference §3.3)
+def hangup_causes(events: list[Event]) -> dict[str, str]:
+    return {
+        e["Unique-ID"]: e["Hangup-Cause"] for e in events if e["Event-Name"] == "CHANNEL_HANGUP"
+    }
+
+
+def job_body(events: list[Event]) -> str:
+    return next(e["_body"] for e in events if e["Event-Name"] == "BACKGROUND_JOB")
+
+
+def ringing_call(switch: Any) -> tuple[str, str, str]:
+    """9014: the caller A' (loopback/9014-b) rings its callee B (loopback/9004-a)."""
+    a, a2 = switch.originate(dest="9014")
+    b = next(c.uuid for c in switch.channels.values() if c.variables.get("originator") == a2)
+    return a, a2, b
+
+
+def test_intercepting_a_ringing_outbound_callee_loses_everybody(switch, esl):
+    """§3.3 the ringing outbound callee leg itself: caller PICKED_OFF, callee
+    DESTINATION_OUT_OF_ORDER, interceptor ORIGINATOR_CANCEL -- and the job said +OK."""
+    _, a2, b = ringing_call(switch)
+    ev, c = esl(subscribe=True), esl()
+    c.send(f"bgapi originate {{origination_uuid=ii}}loopback/7000/default &intercept({b})")
+    assert c.reply()[0]["Reply-Text"].startswith("+OK Job-UUID")
+    events = ev.events()
+    assert job_body(events) == "+OK ii\n"
+    causes = hangup_causes(events)
+    assert (causes[a2], causes[b], causes["ii"]) == (
+        "PICKED_OFF",
+        "DESTINATION_OUT_OF_ORDER",
+        "ORIGINATOR_CANCEL",
+    )
+    assert not [e for e in events if e["Event-Name"] == "CHANNEL_BRIDGE"]
+
+
+@pytest.mark.parametrize("form", ["quoted", "unquoted"])
+def test_intercept_bleg_of_a_ringing_callee_picks_up_only_when_quoted(switch, esl, form):
+    """§3.1/§3.3: '&intercept(-bleg <callee>)' picks up the caller (callee PICKED_OFF);
+    unquoted the space splits it and intercept runs with Application-Data=-bleg: it fails,
+    the interceptor hangs up NORMAL_CLEARING, and the job still says +OK."""
+    _, a2, b = ringing_call(switch)
+    ev, c = esl(subscribe=True), esl()
+    app = f"&intercept(-bleg {b})"
+    c.send(
+        "bgapi originate {origination_uuid=ii}loopback/7000/default "
+        + (f"'{app}'" if form == "quoted" else app)
+    )
+    c.reply()
+    events = ev.events()
+    assert job_body(events) == "+OK ii\n"
+    execute = next(
+        e
+        for e in events
+        if e.get("Unique-ID") == "ii"
+        and e["Event-Name"] == "CHANNEL_EXECUTE"
+        and e["Application"] == "intercept"
+    )
+    causes = hangup_causes(events)
+    if form == "quoted":
+        assert execute["Application-Data"] == f"-bleg {b}"
+        assert causes[b] == "PICKED_OFF" and "ii" not in causes and a2 not in causes
+        bridge = next(e for e in events if e["Event-Name"] == "CHANNEL_BRIDGE")
+        assert (bridge["Bridge-A-Unique-ID"], bridge["Bridge-B-Unique-ID"]) == ("ii", a2)
+    else:
+        assert execute["Application-Data"] == "-bleg"
+        assert causes["ii"] == "NORMAL_CLEARING"
+        assert a2 not in causes and b not in causes  # the call rings on
+
+
+def test_a_refused_intercept_still_answers_ok(switch, esl):
+    """§3.3 (c) with intercept_unbridged_only=true: the interceptor answers, runs intercept and
+    hangs up NORMAL_CLEARING; the bridged pair is untouched; BACKGROUND_JOB says +OK."""
+    a2, b = switch.bridged_call()
+    ev, c = esl(subscribe=True), esl()
+    c.send(
+        "bgapi originate {origination_uuid=ii,intercept_unbridged_only=true}"
+        f"loopback/7000/default &intercept({b})"
+    )
+    c.reply()
+    events = ev.events()
+    assert job_body(events) == "+OK ii\n"
+    assert hangup_causes(events)["ii"] == "NORMAL_CLEARING"
+    assert a2 not in hangup_causes(events) and b not in hangup_causes(events)
+    assert bridged(c) == [(a2, b)]
+
+
+# ------------------------------------------------------------------ uuid_bridge traps (§6.3)
+def test_uuid_bridge_of_a_leg_with_itself_strands_it(switch, esl, call):
+    ev, c = esl(subscribe=True), esl()
+    p, _ = switch.originate(dest="9003")
+    ev.events()
+    assert c.api(f"uuid_bridge {p} {p}") == f"+OK {p}\n".encode()
+    events = ev.events()
+    assert seq(events, p) == ["UNPARK", "EXECUTE_COMPLETE:park"]
+    assert rows(c)[p]["state"] == "CS_SOFT_EXECUTE"
+    assert c.api(f"uuid_getvar {p} signal_bond") == p.encode()
+    assert not [e for e in events if e["Event-Name"] == "CHANNEL_BRIDGE"]
+
+
+def test_uuid_bridge_of_a_loopback_twin_crashes_the_switch(switch, esl):
+    """§6.3: a segfault. Modelled as the process dying and coming back: no reply, every
+    connection drops, a new Core-UUID and no calls."""
+    p, p2 = switch.originate(dest="9003")
+    before = switch.core_uuid
+    c = esl()
+    c.send(f"api uuid_bridge {p} {p2}")
+    assert c._frame(1.0) is None  # the connection closed with no reply
+    assert switch.core_uuid != before and not switch.channels and switch.crashes == 1
+    c2 = esl()
+    assert c2.api("show channels as json") == b'{"row_count": 0}\n'
+
+
+def test_uuid_bridge_of_an_unanswered_leg_loses_both(switch, esl):
+    """§6.3: +OK, then the ringing leg dies DESTINATION_OUT_OF_ORDER (its pending originate
+    fails) and the answered one ORIGINATOR_CANCEL."""
+    p, _ = switch.originate(dest="9003")
+    r, r2 = switch.originate(dest="9004")  # r2: 9004-b, ringing inbound; r waits on it
+    ev, c = esl(subscribe=True), esl()
+    assert c.api(f"uuid_bridge {p} {r2}") == f"+OK {r2}\n".encode()
+    causes = hangup_causes(ev.events())
+    assert (causes[r2], causes[r], causes[p]) == (
+        "DESTINATION_OUT_OF_ORDER",
+        "DESTINATION_OUT_OF_ORDER",
+        "ORIGINATOR_CANCEL",
+    )
+
+
+# ------------------------------------------------------------------ hold per endpoint (§4)
+def test_uuid_hold_on_loopback_is_one_way(switch, esl, call):
+    """§4.3: HOLD without HELD; off answers -ERR; toggle holds again; re-bridging the pair
+    brings the audio back with UNBRIDGE + BRIDGE and no UNHOLD."""
+    ev, c = esl(subscribe=True), esl()
+    assert c.api(f"uuid_hold {call.a2}") == b"+OK Success\n"
+    events = ev.events()
+    assert seq(events, call.a2) == ["HOLD"]
+    assert seq(events, call.b) == ["EXECUTE:playback", "EXECUTE_COMPLETE:playback"]
+    assert rows(c)[call.a2]["callstate"] == "ACTIVE"
+    assert c.api(f"uuid_hold off {call.a2}") == b"-ERR Operation failed\n"
+    assert c.api(f"uuid_hold toggle {call.a2}") == b"+OK Success\n"
+    assert seq(ev.events(), call.a2) == ["HOLD"]
+    assert switch.channels[call.a2].audio_cut
+    assert c.api(f"uuid_bridge {call.a2} {call.b}") == f"+OK {call.b}\n".encode()
+    events = ev.events()
+    names = seq(events, call.a2)
+    assert "UNBRIDGE" in names and names[-1] == "BRIDGE" and "UNHOLD" not in names
+    assert not switch.channels[call.a2].audio_cut
+
+
+def test_uuid_hold_on_sip_plays_the_held_legs_hold_music_to_the_partner(switch, esl):
+    """§4.2: HELD + HOLD, the partner plays the held leg's hold_music; off: UNHELD, ACTIVE,
+    UNHOLD, then the partner's PLAYBACK_STOP."""
+    s, s2 = switch.bridged_call(name_a="sofia/internal/1001@x", name_b="sofia/internal/1002@x")
+    ev, c = esl(subscribe=True), esl()
+    c.api(f"uuid_setvar {s} hold_music /srv/moh.wav")
+    assert c.api(f"uuid_hold {s}") == b"+OK Success\n"
+    events = ev.events()
+    assert seq(events, s) == ["CALLSTATE:HELD", "HOLD"]
+    assert seq(events, s2) == ["EXECUTE:playback", "PLAYBACK_START"]
+    assert events[index(events, s2, "PLAYBACK_START")]["Playback-File-Path"] == "/srv/moh.wav"
+    assert c.api(f"uuid_hold {s}") == b"-ERR Operation failed\n"
+    assert c.api(f"uuid_hold off {s}") == b"+OK Success\n"
+    events = ev.events()
+    assert seq(events, s) == ["CALLSTATE:UNHELD", "CALLSTATE:ACTIVE", "UNHOLD"]
+    assert seq(events, s2) == ["PLAYBACK_STOP", "EXECUTE_COMPLETE:playback"]
+    assert index(events, s, "CHANNEL_UNHOLD") < index(events, s2, "PLAYBACK_STOP")
+
+
+# ------------------------------------------------------------------ transfer (§1)
+def test_uuid_transfer_both_hangs_nobody_up(switch, esl, call):
+    ev, c = esl(subscribe=True), esl()
+    assert c.api(f"uuid_transfer {call.a2} -both 9003 XML default") == b"+OK\n"
+    events = ev.events()
+    assert not hangup_causes(events)
+    assert [e["Event-Name"] for e in events].count("CHANNEL_UNBRIDGE") == 1
+    assert bridged(c) == []
+    for leg in (call.a2, call.b):
+        assert seq(events, leg)[-2:] == ["EXECUTE:park", "PARK"]
+
+
+def test_park_after_bridge_keeps_the_callee(switch, esl, call):
+    """§1.4 on the callee: park_after_bridge parks it (PARK, no EXECUTE park)."""
+    ev, c = esl(subscribe=True), esl()
+    c.api(f"uuid_setvar {call.b} park_after_bridge true")
+    c.api(f"uuid_transfer {call.a2} 9003 XML default")
+    events = ev.events()
+    assert call.b not in hangup_causes(events)
+    assert seq(events, call.b) == ["PARK"]  # CS_PARK and CHANNEL_PARK, no EXECUTE park
+    assert rows(c)[call.b]["state"] == "CS_PARK"
+
+
+# ------------------------------------------------------------------ take-back sequences
+def test_bind_digit_action_watches_a_sequence_and_runs_its_api_action(switch, esl, call):
+    """Modelled from FreeSWITCH's code (not verified on a real switch): digits a phone sends
+    go through the digit machine; uuid_recv_dtmf's go past it unless they start with `~`."""
+    ev, c = esl(subscribe=True), esl()
+    c.api(f"uuid_setvar {call.b} hold_music /srv/moh.wav")
+    c.api(f"uuid_setvar {call.a2} attxfer_cancel_key D")
+    bind = f"'bind_digit_action::channelsd_takeback,*1,api:uuid_recv_dtmf,{call.a2} D'"
+    assert c.api(f"uuid_broadcast {call.a2} {bind} aleg") == b"+OK Message sent\n"
+    c.api(f"uuid_broadcast {call.a2} att_xfer::loopback/9003/default")
+    t, _ = call.target("9003")
+    events = ev.events()
+    assert seq(events, call.a2)[:2] == [
+        "EXECUTE:bind_digit_action",
+        "EXECUTE_COMPLETE:bind_digit_action",
+    ]
+    # "*" past the machine is att_xfer's hang-up key... so not pressed here; "1" is not a key
+    c.api(f"uuid_recv_dtmf {call.a2} 1")
+    assert switch.channels[t].alive
+    c.api(f"uuid_recv_dtmf {call.a2} ~*")  # held back: it may start the sequence
+    assert switch.channels[t].alive and switch.channels[call.a2].alive
+    ev.events()
+    c.api(f"uuid_recv_dtmf {call.a2} ~1")
+    events = ev.events()
+    api = [e["API-Command-Argument"] for e in events if e["Event-Name"] == "API"]
+    assert f"{call.a2} D" in api  # the binding's action ran
+    assert hangup_causes(events)[t] == "NORMAL_CLEARING"
+    assert bridged(c) == [(call.a2, call.b)]
+    assert c.api(f"uuid_getvar {call.a2} last_matching_digits") == b"*1"
+
+
+def test_a_mistyped_sequence_reaches_att_xfer_as_typed(switch, esl, call):
+    """Digits that can no longer match go on past the machine: `*2` completes the transfer
+    with att_xfer's own hang-up key, as `*` always does."""
+    c = esl()
+    c.api(f"uuid_setvar {call.b} hold_music /srv/moh.wav")
+    bind = f"'bind_digit_action::channelsd_takeback,*1,api:uuid_recv_dtmf,{call.a2} D'"
+    c.api(f"uuid_broadcast {call.a2} {bind} aleg")
+    c.api(f"uuid_broadcast {call.a2} att_xfer::loopback/9003/default")
+    t, _ = call.target("9003")
+    c.api(f"uuid_recv_dtmf {call.a2} ~*2")
+    assert c.api(f"uuid_exists {call.a2}") == b"false"  # it hung up: the transfer completed
+    assert (t, call.b) in bridged(c)

@@ -18,7 +18,7 @@ import gevent.event
 
 from . import listings, replies
 from .args import separate
-from .channels import CallModel, SwitchError, str2cause
+from .channels import CallModel, SwitchCrash, SwitchError, str2cause
 
 if TYPE_CHECKING:
     from .server import StandinSwitch
@@ -26,7 +26,9 @@ if TYPE_CHECKING:
 VERSION = "1.11.3-dev~64bit"
 VERSION_LINE = f"FreeSWITCH Version {VERSION} ( 64bit)\n"  # s2_transfer, s5_vars (version)
 _VARS_BLOCK = re.compile(r"^\{([^}]*)\}")
-_APP = re.compile(r"^&([\w-]+)\((.*)\)$", re.S)
+# &app(args); an unquoted argument with a space loses its closing parenthesis to the split and
+# the app gets only the first word (reference §3.1: &intercept(-bleg <uuid>) ran as "-bleg")
+_APP = re.compile(r"^&([\w-]+)\((.*?)\)?$", re.S)
 
 # An api command runs with its argument string and returns the api/response body.
 ApiCommand = Callable[["Api", str], "str | bytes"]
@@ -227,16 +229,15 @@ class Api:
         dest = args[1]
         dialplan = args[2] if len(args) > 2 else ch.profile.get("Dialplan", "XML")
         context = args[3] if len(args) > 3 else ch.profile.get("Context", "default")
-        partner = self.model.channels.get(ch.bridge_peer or "")
-        targets = [ch]
-        if leg == "-bleg":
-            # trap from the captures: with no bridge partner, -bleg transfers the leg itself
-            targets = [partner] if partner is not None else [ch]
-        elif leg == "-both" and partner is not None:
-            targets = [ch, partner]
-        for target in targets:
-            if target.alive:
-                self.model.transfer(target.uuid, dest, dialplan, context)
+        partner = self.model.locate(ch.bridge_peer)
+        if leg == "-both":
+            # reference §1.2: both legs run the extension, nobody is hung up; with no partner
+            # (§1.5) the named leg alone is transferred
+            self.model.transfer_both(ch.uuid, dest, dialplan, context)
+            return replies.OK
+        # reference §1.5: with no bridge partner, -bleg transfers the named leg itself
+        target = partner if leg == "-bleg" and partner is not None else ch
+        self.model.transfer(target.uuid, dest, dialplan, context)
         return replies.OK
 
     @api_command("uuid_hold")
@@ -250,12 +251,7 @@ class Api:
         ch = self.model.locate(args[0])
         if ch is None:
             return replies.OK_SUCCESS  # captured: an unknown uuid still answers +OK Success
-        if mode == "toggle":
-            mode = "off" if ch.held else "on"
-        if mode == "off":
-            self.model.unhold(ch.uuid)
-        else:
-            self.model.hold(ch.uuid)
+        self.model.uuid_hold(ch.uuid, mode)
         return replies.OK_SUCCESS
 
     @api_command("uuid_bridge")
@@ -268,7 +264,13 @@ class Api:
         if self.model.locate(b_uuid) is None and len(args) > 2:
             b_uuid = args[2]
         b = self.model.get(b_uuid, replies.INVALID_UUID)
-        return replies.ok_uuid(self.model.uuid_bridge(a.uuid, b.uuid))
+        try:
+            return replies.ok_uuid(self.model.uuid_bridge(a.uuid, b.uuid))
+        except SwitchCrash:
+            # reference §6.3: the switch died (segfault); modelled as the process restarting:
+            # every connection drops without a reply and the calls are gone
+            self.sw.crash()
+            return ""
 
     @api_command("uuid_broadcast")
     def uuid_broadcast(self, arg: str) -> str:
@@ -283,12 +285,12 @@ class Api:
     @api_command("uuid_recv_dtmf")
     def uuid_recv_dtmf(self, arg: str) -> str:
         # Reply text from the reference (§2.4); the trailing newline is assumed, as on every
-        # captured mod_commands reply.  Neither an unknown uuid nor missing arguments were
-        # tried: those replies take the shape of the captured uuid_kill / uuid_transfer ones.
+        # captured mod_commands reply.  An unknown uuid and missing arguments were not tried:
+        # their replies are read in mod_commands' uuid_recv_dtmf_function (code).
         args = separate(arg, 2)
         if len(args) < 2 or not args[1]:
             return replies.USAGE_RECV_DTMF
-        ch = self.model.get(args[0])
+        ch = self.model.get(args[0], replies.CANNOT_LOCATE_SESSION)
         self.model.recv_dtmf(ch.uuid, args[1])
         return replies.dtmf_received(ch.uuid, args[1])
 
@@ -300,7 +302,8 @@ class Api:
         uid, action, path = args[0], args[1].lower(), args[2]
         if action not in ("start", "stop", "mask", "unmask", "pause", "resume"):
             return replies.USAGE_RECORD
-        self.model.record(uid, action, path)
+        limit = args[3].split()[0] if len(args) > 3 and args[3].split() else ""
+        self.model.record(uid, action, path, limit)
         return replies.OK_SUCCESS
 
     @api_command("uuid_audio")

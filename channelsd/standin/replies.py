@@ -51,7 +51,8 @@ INVALID_UUID = "-ERR Invalid uuid\n"  # s4_errors (uuid_bridge); ref §6.1
 BROADCAST_INVALID_UUID = "-ERR invalid uuid\n"  # s4_errors (uuid_broadcast); ref §5.1
 ANSWER_FAILED = "-ERROR\n"  # s4_errors (uuid_answer of an unknown uuid)
 OPERATION_FAILED = "-ERR Operation failed\n"  # ref §4.1 (hold when held, unhold when not)
-CANNOT_LOCATE_SESSION = "-ERR Cannot locate session!\n"  # ref §5.4 (uuid_record)
+# ref §5.4 (uuid_record); mod_commands' uuid_recv_dtmf answers the same (code, not tried)
+CANNOT_LOCATE_SESSION = "-ERR Cannot locate session!\n"
 CANNOT_STOP_RECORD = "-ERR Cannot stop record session!\n"  # ref §5.4
 NO_VARIABLE_NAME = "-ERR No variable name specified!\n"  # esl §3 (uuid_getvar)
 NO_VARIABLE = "-ERR No variable specified\n"  # esl §3 (uuid_setvar)
@@ -102,7 +103,7 @@ USAGE_AUDIO = "-USAGE: <uuid> [start [read|write] [mute|level <level>]|stop]\n"
 USAGE_GETVAR = "-USAGE: <uuid> <var>\n"  # unverified
 USAGE_DUMP = "-USAGE: <uuid> [format]\n"  # unverified
 USAGE_PARK = "-USAGE: <uuid>\n"  # unverified
-USAGE_RECV_DTMF = "-USAGE: <uuid> <dtmf_data>\n"  # unverified
+USAGE_RECV_DTMF = "-USAGE: <uuid> <dtmf_data>\n"  # mod_commands UUID_RECV_DTMF_SYNTAX (code)
 
 # -- command/reply texts (mod_event_socket) ---------------------------------------------------
 AUTH_ACCEPTED = "+OK accepted"  # every capture

@@ -182,6 +182,11 @@ class StandinSwitch:
         self.builder = EventBuilder(hostname, ipv4 or host, ipv6, core_uuid or new_uuid())
         self.model = CallModel(self.builder, self.emit)
         self.api = Api(self)
+        # a digit binding's api: action runs an api command like any other (API event too)
+        self.model.api_hook = lambda command, arg: self.api.execute(command, arg).decode(
+            "utf-8", "replace"
+        )
+        self.crashes = 0
         self.started_us = now_us()
         self.heartbeat_interval = heartbeat_interval
         # misbehaviour controls
@@ -230,6 +235,7 @@ class StandinSwitch:
 
     def stop(self) -> None:
         """Close the listener and every connection."""
+        self.model.stop_timers()
         if self._heartbeat_glet is not None:
             self._heartbeat_glet.kill(block=False)
             self._heartbeat_glet = None
@@ -269,6 +275,12 @@ class StandinSwitch:
         self.started_us = now_us()
         if not keep_channels:
             self.model.reset()
+
+    def crash(self) -> None:
+        """The switch crashed (reference §6.3: a segfault) and came back: connections drop
+        with no reply, and it restarts with a new Core-UUID and no calls."""
+        self.crashes += 1
+        self.restart(keep_channels=False)
 
     # ------------------------------------------------------------------ event fan-out
     def _drop(self, name: str) -> bool:
@@ -528,7 +540,10 @@ class StandinSwitch:
         glet.link(lambda g: self._greenlets.remove(g) if g in self._greenlets else None)
 
     def _run_job(self, job: str, command: str, arg: str) -> None:
+        crashes = self.crashes
         body = self.api.execute(command, arg).decode("utf-8", "replace")
+        if self.crashes != crashes:
+            return  # the switch died running it: no job result ever comes
         headers = [("Job-UUID", job), ("Job-Command", command)]
         if arg:
             headers.append(("Job-Command-Arg", arg))

@@ -18,7 +18,7 @@ Traps reproduced on purpose, because a daemon has to cope with them:
     gone for uuid_* commands -- until the target<->transferee bridge ends.
 """
 
-from .leg import Channel, SwitchError, new_uuid
+from .leg import Channel, SwitchCrash, SwitchError, new_uuid
 from .media import BROADCAST_APPS, GLOBAL_HOLD_MUSIC
 from .model import CallModel
 from .tables import str2cause
@@ -28,6 +28,7 @@ __all__ = [
     "GLOBAL_HOLD_MUSIC",
     "CallModel",
     "Channel",
+    "SwitchCrash",
     "SwitchError",
     "new_uuid",
     "str2cause",

@@ -76,7 +76,17 @@ class AttXferMixin(FireMixin):
             self._attxfer_target_gone(xf)
         elif t.answered:
             self._attxfer_connect(xf)
+        elif variables.get("leg_timeout", "").isdigit():
+            # reference §2.5: a target that never answers within {leg_timeout=N} hangs up
+            # ALLOTTED_TIMEOUT and the old bridge resumes
+            seconds = int(variables["leg_timeout"])
+            self.later(seconds, lambda: self._attxfer_no_answer(xf))
         self._flush_deferred()
+
+    def _attxfer_no_answer(self, xf: AttXfer) -> None:
+        t = self.locate(xf.target)
+        if t is not None and not t.answered and self.attxfers.get(xf.transferor) is xf:
+            self.hangup(t.uuid, "ALLOTTED_TIMEOUT")
 
     def _attxfer_connect(self, xf: AttXfer) -> None:
         """T answered (reference §2.2 step 4): ANSWER(T) has fired; transferor CALLSTATE
@@ -251,25 +261,23 @@ class AttXferMixin(FireMixin):
                 elif not z.torn_down:
                     self._teardown(z, z.hangup_cause or "NORMAL_CLEARING", announced=True)
 
-    def recv_dtmf(self, uid: str, digits: str) -> None:
-        """uuid_recv_dtmf: the digits arrive as if the leg's phone pressed them.  Only the
-        att_xfer keys have a modelled effect (reference §2.5); they work once the target has
-        answered, read from the transferor's variables, else the target's.  Other digits
-        would reach the target as DTMF, which no capture shows, so nothing is fired."""
-        ch = self.get(uid)
-        for digit in digits:
-            xf = self.attxfers.get(ch.uuid)
-            t = self.locate(xf.target) if xf is not None and xf.answered else None
-            if t is None or not ch.alive:
-                continue
-            # Not observed, read in FreeSWITCH-derived att_xfer code (Kazoo's kz_att_xfer): a
-            # digit is compared with the first character of each key variable, the hangup
-            # key first -- so attxfer_cancel_key=*1 makes "*" complete, not cancel
-            if digit == self._attxfer_key(ch, t, "attxfer_hangup_key", "*"):
-                self.hangup(ch.uuid, "NORMAL_CLEARING")
-            elif digit == self._attxfer_key(ch, t, "attxfer_cancel_key", "#"):
-                self.hangup(t.uuid, "NORMAL_CLEARING")
-            # attxfer_conf_key (three_way) is not modelled
+    def _attxfer_dtmf(self, ch: Channel, digit: str) -> None:
+        """A digit reached the leg's application (dtmf.py): only att_xfer's keys have a
+        modelled effect (reference §2.5); they work once the target has answered, read from
+        the transferor's variables, else the target's.  Other digits would reach the target
+        as DTMF, which no capture shows, so nothing is fired."""
+        xf = self.attxfers.get(ch.uuid)
+        t = self.locate(xf.target) if xf is not None and xf.answered else None
+        if t is None or not ch.alive:
+            return
+        # Not observed, read in FreeSWITCH's att_xfer (mod_dptools xfer_on_dtmf): a digit is
+        # compared with the first character of each key variable, the hangup key first --
+        # so attxfer_cancel_key=*1 makes "*" complete, not cancel
+        if digit == self._attxfer_key(ch, t, "attxfer_hangup_key", "*"):
+            self.hangup(ch.uuid, "NORMAL_CLEARING")
+        elif digit == self._attxfer_key(ch, t, "attxfer_cancel_key", "#"):
+            self.hangup(t.uuid, "NORMAL_CLEARING")
+        # attxfer_conf_key (three_way) is not modelled
 
     @staticmethod
     def _attxfer_key(x: Channel, t: Channel, name: str, default: str) -> str:

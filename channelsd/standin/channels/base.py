@@ -14,6 +14,8 @@ import itertools
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import gevent
+
 from .. import replies
 from ..events import TIME_FIELDS, EventBuilder, now_us
 from ..protocol import Event
@@ -46,6 +48,18 @@ class ModelBase:
         # None: a Bridge-A transferor turns zombie unless the transferee had playable hold
         # music (what the reference saw); True/False forces it either way for tests
         self.attxfer_zombie: bool | None = None
+        # Seconds att_xfer starts late when the transferee's hold music did not play
+        # (reference §2.3: 3 of 6 runs, about 10.6 s; the others at once). 0: at once, the
+        # deterministic choice; a test sets it to see the late runs.
+        self.attxfer_late_start = 0.0
+        # Media the switch cannot play: a playback of one answers FILE NOT FOUND at once
+        # (reference §5.1); the global hold_music of the reference switch is one (§2.3, §4.4).
+        self.missing_media: set[str] = set()
+        # How a digit binding's ``api:`` action runs an api command (bind_digit_action); the
+        # server connects it to its api commands.
+        self.api_hook: Callable[[str, str], str] | None = None
+        # Timers the model started (leg_timeout, late att_xfer), killed on reset
+        self._timers: list[gevent.Greenlet] = []
 
     def locate(self, uid: str | None) -> Channel | None:
         """The channel while it is up (switch_core_session_locate), else None."""
@@ -91,6 +105,22 @@ class ModelBase:
         self.channels[ch.uuid] = ch
         self.peak = max(self.peak, len(self.channels))
 
+    def later(self, seconds: float, fn: Callable[[], None]) -> None:
+        """Run ``fn`` after ``seconds`` (a timer of the switch: leg_timeout, a late start)."""
+
+        def run() -> None:
+            if timer in self._timers:
+                self._timers.remove(timer)
+            fn()
+            self._flush_deferred()
+
+        timer = gevent.spawn_later(seconds, run)
+        self._timers.append(timer)
+
+    def stop_timers(self) -> None:
+        timers, self._timers = self._timers, []
+        gevent.killall(timers, block=False)
+
     def _flush_deferred(self) -> None:
         """Run the work a transition put off until all its own events had fired."""
         while self._deferred:
@@ -131,7 +161,22 @@ class ModelBase:
         def _unbridge(self, caller: Channel, cause: str = "NORMAL_CLEARING") -> Channel | None: ...
         def uuid_bridge(self, uid_a: str, uid_b: str) -> str: ...
         def _release_a_side(self, caller: Channel) -> None: ...
+        def _release_b_side(self, callee: Channel) -> None: ...
+        # transfer.py
+        def transfer(
+            self,
+            uid: str,
+            dest: str,
+            dialplan: str = "XML",
+            context: str = "default",
+            keep_partner: bool = False,
+        ) -> None: ...
+        # dtmf.py
+        def _bind_digit_action(self, ch: Channel, data: str) -> None: ...
         # media.py
+        def playable(self, path: str) -> bool: ...
+        def _resume_paused(self, ch: Channel) -> bool: ...
+        def _start_hold(self, ch: Channel, partner: Channel, stream: str | None = None) -> bool: ...
         def _release_hold(self, ch: Channel) -> None: ...
         def _stop_playback(self, ch: Channel, status: str) -> None: ...
         # att_xfer.py
@@ -145,6 +190,7 @@ class ModelBase:
         ) -> None: ...
         def _reap_zombie(self, x: Channel, cause: str) -> None: ...
         def _bridge_ended(self, ch: Channel) -> None: ...
+        def _attxfer_dtmf(self, ch: Channel, digit: str) -> None: ...
         # hangup.py
         def hangup(self, uid: str, cause: str = "NORMAL_CLEARING") -> None: ...
         def _announce_hangup(self, ch: Channel, cause: str) -> None: ...

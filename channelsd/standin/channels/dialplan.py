@@ -32,6 +32,10 @@ DIALPLAN: dict[str, list[tuple[str, str]]] = {
         ("park", ""),
     ],
     "9009": [("hangup", "USER_BUSY")],
+    # reference §0.1: like 9002, but the dialplan parks once the bridge returns
+    "9012": [("bridge", "loopback/9000/default"), ("park", "")],
+    # reference §0.1: a caller whose callee rings forever
+    "9014": [("bridge", "loopback/9004/default")],
 }
 
 NO_ROUTE = {"9999"}
@@ -90,14 +94,18 @@ class DialplanMixin(FireMixin):
     def _unwind(self, ch: Channel, hangup: bool) -> None:
         """The running application returns (hangup, transfer, park, uuid_bridge); apps a
         broadcast nested on top of it return first."""
+        status = "done" if hangup else "break"
         if ch.playing is not None:
-            self._stop_playback(ch, "done" if hangup else "break")
+            self._stop_playback(ch, status)
             if not ch.app_stack:
                 return  # a dialplan playback: nothing runs underneath it
         while ch.app_stack:
             if ch.app_running:
                 self._execute_complete(ch)
             ch.unnest_app()
+            if self._resume_paused(ch):
+                # the dialplan playback a broadcast paused ends too (reference §5.2)
+                self._stop_playback(ch, status)
         self._release_hold(ch)
         if ch.bridge_side == "A" and ch.bridge_peer:
             self._unbridge(ch)

@@ -136,7 +136,7 @@ class HangupMixin(FireMixin):
             if side == "B":
                 self._release_a_side(partner)
             else:
-                self._teardown(partner, "NORMAL_CLEARING")
+                self._release_b_side(partner)
         elif originator is not None and originator.alive and cause != "PICKED_OFF":
             # (a picked-off callee's caller belongs to the interceptor, not to its bridge)
             self._originate_failed(originator, ch, cause)

@@ -62,7 +62,15 @@ class Channel:
     broadcast_queue: list[tuple[str, str, str | None]] = field(default_factory=list)
     dialplan: list[tuple[str, str]] = field(default_factory=list)
     start_app: tuple[str, str] | None = None  # originate's &app(), run once answered/early
-    held: bool = False
+    held: bool = False  # the endpoint reports holding: call state HELD (reference §4.2)
+    # uuid_hold on an endpoint that never reports holding (loopback, reference §4.3): the
+    # audio is cut both ways and only re-bridging the pair brings it back
+    audio_cut: bool = False
+    # bind_digit_action's digit machine (mod_dptools, switch_ivr_dmachine): realm ->
+    # [(digits, command string, value)], the realm in use, and the digits it holds back
+    digit_bindings: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)
+    digit_realm: str | None = None
+    digit_buffer: str = ""
     recordings: list[str] = field(default_factory=list)
     hungup: bool = False
     torn_down: bool = False
@@ -152,3 +160,8 @@ class SwitchError(Exception):
     def __init__(self, reply: str) -> None:
         super().__init__(reply)
         self.reply = reply
+
+
+class SwitchCrash(Exception):
+    """The command crashed the switch (reference §6.3): no reply, every connection drops, and
+    it comes back as a new process (a new Core-UUID, no channels)."""

@@ -11,6 +11,7 @@ Where a change goes (each file names the FreeSWITCH source it mirrors):
   dialplan.py       the extensions, the application loop, @dialplan_app, unwinding an app
   bridge.py         the bridge app, uuid_bridge, leaving a bridge
   intercept.py      the intercept app (call pickup)
+  dtmf.py           uuid_recv_dtmf, bind_digit_action and its digit machine
   calls.py          ready-made bridged calls for tests and the demo, dial, ring_timeout
   sofia.py          SIP legs: mod_sofia's names, variables and codec (s8), hangup disposition
   media.py          playback, uuid_broadcast, uuid_break, uuid_record
@@ -34,6 +35,7 @@ from .att_xfer import AttXferMixin
 from .bridge import BridgeMixin
 from .calls import CallsMixin
 from .dialplan import DialplanMixin
+from .dtmf import DtmfMixin
 from .fire import FireMixin
 from .hangup import HangupMixin
 from .hold import HoldMixin
@@ -47,6 +49,7 @@ from .transfer import TransferMixin
 class CallModel(
     HangupMixin,
     AttXferMixin,
+    DtmfMixin,
     TransferMixin,
     MediaMixin,
     HoldMixin,
@@ -74,6 +77,7 @@ class CallModel(
 
     def reset(self) -> None:
         """Forget every channel (a switch restart that recovered nothing)."""
+        self.stop_timers()
         self.channels.clear()
         self._deferred.clear()
         self._answer_waiters.clear()

@@ -19,14 +19,22 @@ class TransferMixin(FireMixin):
     """``uuid_transfer`` and ``uuid_park``."""
 
     def transfer(
-        self, uid: str, dest: str, dialplan: str = "XML", context: str = "default"
+        self,
+        uid: str,
+        dest: str,
+        dialplan: str = "XML",
+        context: str = "default",
+        keep_partner: bool = False,
     ) -> None:
-        """uuid_transfer of one leg (s2_transfer); the other party of a bridge hangs up."""
+        """uuid_transfer of one leg (s2_transfer); the other party of a bridge hangs up unless
+        park/transfer_after_bridge keep it (reference §1.4) or it is transferred too
+        (``keep_partner``: ``-both``, §1.2)."""
         ch = self.get(uid)
         self._attxfer_forget(ch)
         partner = self.channels.get(ch.bridge_peer or "")
         if partner is not None and ch.bridge_side == "A":
-            self._teardown(partner, "NORMAL_CLEARING", cascade_bridge=False)
+            if not keep_partner:
+                self._release_b_side(partner)
             ch.state_number = STATE_NUMBERS["CS_ROUTING"]
             ch.other_type, ch.other_profile = None, None
             self._new_profile(ch, dest, dialplan, context)
@@ -40,7 +48,10 @@ class TransferMixin(FireMixin):
             self._state(ch, "CS_EXECUTE")
         elif partner is not None and ch.bridge_side == "B":
             ch.state_number = STATE_NUMBERS["CS_ROUTING"]
-            self._release_a_side(partner)
+            if keep_partner:
+                self._unbridge(partner)
+            else:
+                self._release_a_side(partner)
             ch.bridge_peer, ch.bridge_side = None, None
             ch.other_type, ch.other_profile = None, None
             self._new_profile(ch, dest, dialplan, context)
@@ -53,6 +64,7 @@ class TransferMixin(FireMixin):
             ch.state_number = STATE_NUMBERS["CS_ROUTING"]
             self._new_profile(ch, dest, dialplan, context)
             self._unwind(ch, hangup=False)
+            ch.bridge_side = None
             self._state(ch, "CS_ROUTING")
             self._state(ch, "CS_EXECUTE")
         ch.broadcast_queue.clear()
@@ -61,6 +73,17 @@ class TransferMixin(FireMixin):
             return
         ch.dialplan = list(DIALPLAN.get(dest, DEFAULT_ANSWERED))
         self._continue(ch)
+
+    def transfer_both(
+        self, uid: str, dest: str, dialplan: str = "XML", context: str = "default"
+    ) -> None:
+        """uuid_transfer -both (reference §1.2): each leg of the bridge runs the extension on
+        its own; nobody is hung up and the two are not connected afterwards."""
+        ch = self.get(uid)
+        partner = self._partner(ch)
+        self.transfer(ch.uuid, dest, dialplan, context, keep_partner=partner is not None)
+        if partner is not None and partner.alive:
+            self.transfer(partner.uuid, dest, dialplan, context)
 
     def _new_profile(self, ch: Channel, dest: str, dialplan: str, context: str) -> None:
         """A transfer gives the leg a new caller profile (index+1, RDNIS, Transfer-Source)."""
@@ -98,7 +121,7 @@ class TransferMixin(FireMixin):
         partner = self.channels.get(ch.bridge_peer or "")
         self._unwind(ch, hangup=False)
         if partner is not None and ch.bridge_side == "A":
-            self._teardown(partner, "NORMAL_CLEARING", cascade_bridge=False)
+            self._release_b_side(partner)
         elif partner is not None and ch.bridge_side == "B":
             self._release_a_side(partner)
             ch.bridge_peer, ch.bridge_side = None, None
