@@ -37,7 +37,7 @@ from channelsd.tokens import Token
 
 log = logging.getLogger("channelsd.actions")
 
-POST_ACTIONS = ("transfer", "hangup", "break", "callflow", "intercept")
+POST_ACTIONS = ("transfer", "hangup", "break", "callflow", "intercept", "eavesdrop")
 # Replies by which FreeSWITCH says the channel is not there (any more).
 _GONE = ("-ERR No such channel", "-ERR invalid uuid", "-ERR Invalid uuid", "-ERR Cannot locate")
 # Names clients use for the same field (Kazoo POST: transfer-type; monster-ui: Transfer-Type).
@@ -694,3 +694,87 @@ class Actions:
         else:
             how = [fixed("level"), f.req("level", "number", str(d["level"]))]
         return Plan([Command("uuid_audio", uuid, fixed("start"), mode, *how)])
+
+    # -- listen in -------------------------------------------------------------------------------
+    # FreeSWITCH's `eavesdrop <uuid>` (mod_dptools eavesdrop_function, then
+    # switch_ivr_eavesdrop_session in switch_ivr_async.c; read in the source and the mod_dptools
+    # documentation, NOT run on a real switch here: freeswitch-actions-verified.md has no
+    # eavesdrop) puts a media bug on <uuid>; the leg running it hears what <uuid> reads and what
+    # is written to it. The listener's own channel variables, read once when the application
+    # starts, choose who also hears the listener:
+    #   eavesdrop_whisper_aleg=true: ED_MUX_READ, mixed into what <uuid> reads, which its bridge
+    #     carries to the partner (the DTMF key 1: "speak with the other half");
+    #   eavesdrop_whisper_bleg=true: ED_MUX_WRITE, mixed into what is written to <uuid>, which
+    #     its own phone plays (the key 2: "speak with the uuid");
+    #   both: three_way's ED_MUX_READ|ED_MUX_WRITE (the key 3); neither: listen only (the key 0).
+    # The names are the media bug's directions, not the call's legs, hence `whisper_leg`
+    # (self / peer) in the API. All three variables are always sent, so the mode does not
+    # depend on FreeSWITCH's defaults (DTMF on, no whisper) or a global; whether the {…} block
+    # also wins over a directory user's own eavesdrop_* variables was not tried.
+    _EAVESDROP_MUX = {
+        ("listen", "self"): (False, False),
+        ("listen", "peer"): (False, False),
+        ("whisper", "self"): (False, True),
+        ("whisper", "peer"): (True, False),
+        ("barge", "self"): (True, True),
+        ("barge", "peer"): (True, True),
+    }
+
+    def _plan_eavesdrop(self, ch: Channel, d: dict[str, Any], f: _Fields) -> Plan:
+        mode, side = d["mode"], d["whisper_leg"]
+        # eavesdrop waits at most ~6 s (600 x 10 ms) for <uuid> to have media, then returns and
+        # the listener is hung up: a ringing channel would ring the target for nothing.
+        if not (ch.answered or ch.call_state == "EARLY"):
+            raise _state_error(
+                "answered", "the channel has no media yet: listen in once it is answered"
+            )
+        # Whispering to the partner, or barging, into a channel alone: what is mixed into its
+        # read stream reaches nobody. bridged_only: the caller wants a conversation or nothing.
+        # Checked against the table now; a call that unbridges before the target answers is
+        # still listened to (FreeSWITCH has no such guard to hand the check to).
+        if mode == "barge":
+            why = "barge is heard by both sides of a bridged call; whisper with whisper_leg self"
+            why += " talks to this channel alone"
+        elif mode == "whisper" and side == "peer":
+            why = "whisper_leg peer needs a bridged partner"
+        else:
+            why = "bridged_only" if d["bridged_only"] else ""
+        if why and (not ch.other_leg or self.table.row(ch.node, ch.other_leg) is None):
+            raise envelope.validation_error(
+                {"other_leg_call_id": {"required": {"message": f"Channel is not bridged ({why})"}}}
+            )
+        whisper_read, whisper_write = self._EAVESDROP_MUX[(mode, side)]
+
+        def flag(name: str, on: bool) -> Checked:
+            return gate.check("variable", f"{name}={'true' if on else 'false'}", gate.DAEMON)
+
+        variables = [
+            flag("eavesdrop_enable_dtmf", d["dtmf_controls"]),
+            flag("eavesdrop_whisper_aleg", whisper_read),
+            flag("eavesdrop_whisper_bleg", whisper_write),
+        ]
+        if d["auto_answer"]:
+            variables.append(flag("sip_auto_answer", True))
+        row = f.row_values(ch)
+        kind = d["target_type"]
+        template = self.cfg.intercept_endpoints.get(kind)
+        endpoint = gate.fill(
+            template if isinstance(template, str) else "",
+            f"config.actions.intercept_endpoints.{kind}",
+            "endpoint",
+            {
+                "target_id": f.req("target_id", "extension", d["target_id"]),
+                "context": lambda: policy.context(self.cfg, None, "", "context", row),
+                **row,
+            },
+        )
+        # bgapi, as intercept: the target rings as long as it likes; +OK Job-UUID says the
+        # originate is under way, and eavesdrop runs on the new leg once it answers.
+        uuid = f.row(ch, "uuid", "uuid")
+        if uuid.text.lower() == "all":
+            # `eavesdrop all` spies on every channel of the switch: a row is as hostile as a
+            # request, and origination_uuid lets a dialplan name a channel so.
+            raise Refusal("channel.uuid", "uuid", "Value all would listen to every channel")
+        url = compose("originate-url", variables=variables, endpoint=endpoint)
+        app = compose("eavesdrop-app", uuid=uuid)
+        return Plan([Command("originate", url, app, background=True)])

@@ -9,7 +9,7 @@ that fails raises Refusal, which refuses the whole action before its first comma
 Templates (endpoint dial strings, per-account contexts and media directories) are filled
 only with Checked values, and what they produce is checked again as its own kind; so are the
 composite arguments the daemon assembles itself (`'speak::…'`, `{…}endpoint`,
-`&intercept(…)`). A Command checks every argument once more when it is made.
+`&intercept(…)`, `&eavesdrop(…)`). A Command checks every argument once more when it is made.
 """
 
 from __future__ import annotations
@@ -211,6 +211,12 @@ _COMPOSITES: dict[str, tuple[Callable[[dict[str, str]], str], re.Pattern[str], d
         re.compile(r"'&intercept\(-bleg (?P<uuid>[^()' ]+)\)'"),
         {"uuid": "uuid"},
     ),
+    # `eavesdrop all` (any case) listens to every channel of the switch, one after another.
+    "eavesdrop-app": (
+        lambda p: f"&eavesdrop({p['uuid']})",
+        re.compile(r"&eavesdrop\((?P<uuid>(?!(?i:all)\))[^()]+)\)"),
+        {"uuid": "uuid"},
+    ),
 }
 
 
@@ -261,6 +267,7 @@ _MESSAGES = {
     "intercept-bleg-app": "must be '&intercept(-bleg <uuid>)'",
     "originate-url": "must be a {variables} block and a dial string",
     "intercept-app": "must be &intercept(<uuid>)",
+    "eavesdrop-app": "must be &eavesdrop(<uuid>), never all",
 }
 
 

@@ -25,6 +25,7 @@ MODULES = (
     "transfer",
     "callflow",
     "intercept",
+    "eavesdrop",
     "hold_control",
     "play",
     "tts",

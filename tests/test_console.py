@@ -338,7 +338,7 @@ def test_refused_action_shows_the_api_message(switch: Any, make_daemon: Any, pag
     opener = page.open_actions(b)
     # The choices are the registry's, each one an action the API has (no dead button).
     choices = [i.get_attribute("value") for i in page.finds('input[name="action"]')]
-    assert choices == ["hangup", "hold", "break", "transfer", "intercept"]
+    assert choices == ["hangup", "hold", "break", "transfer", "intercept", "eavesdrop"]
     page.driver.switch_to.active_element.send_keys(Keys.ESCAPE)
     page.wait(lambda: not page.find("#action-dialog").is_displayed(), "the dialog to close")
     assert page.driver.switch_to.active_element == opener
@@ -364,6 +364,68 @@ def test_refused_action_shows_the_api_message(switch: Any, make_daemon: Any, pag
     page.find("#action-submit").click()
     page.wait(lambda: page.cells(a)["flags"] == "on hold", "the call on hold")
     assert page.problems(allow=("status of 400",)) == []
+
+
+def test_listen_in_from_the_page(switch: Any, make_daemon: Any, page: Page) -> None:
+    h = make_daemon([switch])
+    a, b = call(switch, ACME, ("Alice Archer", "1001"), ("Bob Baker", "1002"))
+    wait_until(lambda: h.table.get(b), what="the call in the table")
+    page.open(base(h))
+    page.login(token("admin1"), "acc1")
+    page.wait_live()
+    page.wait(lambda: a in page.uuids(), "the call")
+
+    page.open_actions(a)
+    page.find('input[name="action"][value="eavesdrop"]').click()
+    assert page.find('[data-panel="eavesdrop"]').is_displayed()
+    whisper_to = page.find('input[name="whisper_leg"][value="peer"]')
+    assert not whisper_to.is_enabled(), "'Whisper to' only in whisper mode"
+    page.find("#action-submit").click()  # nothing entered yet
+    page.wait(page.find("#action-error").is_displayed, "what is missing")
+    assert "listens in" in page.find("#action-error").text
+
+    Select(page.find("#listen-type")).select_by_value("number")
+    page.find("#listen-id").send_keys("9003")
+    page.find('input[name="listen_mode"][value="whisper"]').click()
+    page.wait(whisper_to.is_enabled, "'Whisper to' enabled")
+    page.find('input[name="whisper_leg"][value="peer"]').click()
+    page.find("#action-submit").click()
+    confirm = page.find("#action-confirm")
+    page.wait(confirm.is_displayed, "the confirmation")
+    assert confirm.text == (
+        "Ring number 9003 to whisper to the other leg of Alice Archer (1001) → Bob Baker (1002)?"
+    ), confirm.text
+    page.shot("11-listen-in-confirm")
+    page.find("#action-submit").click()
+
+    page.wait(lambda: not page.find("#action-dialog").is_displayed(), "the dialog to close")
+    assert "Listen-in started" in page.find("#notice").text
+    sent = [c for _, c in switch.received if "&eavesdrop(" in c]
+    assert sent == [
+        "bgapi originate {eavesdrop_enable_dtmf=true,eavesdrop_whisper_aleg=true,"
+        f"eavesdrop_whisper_bleg=false}}loopback/9003/default &eavesdrop({a})"
+    ]
+    e = wait_until(lambda: next(iter(switch.model.eavesdrops.values()), None), what="listening")
+    assert (e.target, e.mode) == (a, "whisper-peer")
+    page.shot("12-listen-in-done")
+
+    # Barge on a channel alone is refused by the API, and the dialog says why.
+    p, _ = switch.originate(dest="9003", variables=ACME)
+    page.wait(lambda: p in page.uuids(), "the parked channel")
+    page.open_actions(p)
+    page.find('input[name="action"][value="eavesdrop"]').click()
+    page.find("#listen-id").send_keys("9003")
+    page.find('input[name="listen_mode"][value="barge"]').click()
+    page.find("#action-submit").click()
+    page.wait(page.find("#action-confirm").is_displayed, "the confirmation")
+    assert "barge into" in page.find("#action-confirm").text
+    page.find("#action-submit").click()
+    error = page.find("#action-error")
+    page.wait(error.is_displayed, "the refusal")
+    assert "Channel is not bridged" in error.text and "barge" in error.text, error.text
+    assert len([c for _, c in switch.received if "&eavesdrop(" in c]) == 1, "nothing more sent"
+    page.shot("13-listen-in-refused")
+    assert page.problems(allow=("status of 400", "status of 403")) == []
 
 
 def test_account_selector_for_a_token_with_descendants(

@@ -183,6 +183,7 @@ BASE: dict[str, tuple[str, dict[str, Any]]] = {
     "transfer": ("a", {"target": "9001"}),
     "callflow": ("p", {"id": "3000"}),
     "intercept": ("p", {"target_type": "number", "target_id": "55"}),
+    "eavesdrop": ("a", {"target_type": "number", "target_id": "55"}),
     "hold_control": ("p", {}),
     "play": ("a", {"id": "tone_stream://%(100,100,440)"}),
     "tts": ("p", {"text": "hello"}),
@@ -193,7 +194,11 @@ BASE: dict[str, tuple[str, dict[str, Any]]] = {
 }
 ATTENDED = {"target": "9001", "transfer_type": "attended"}
 # Fields that only act within a variant of the module's base data.
-FIELD_BASE = {("transfer", "moh"): ATTENDED, ("transfer", "takeback_dtmf"): ATTENDED}
+FIELD_BASE = {
+    ("transfer", "moh"): ATTENDED,
+    ("transfer", "takeback_dtmf"): ATTENDED,
+    ("eavesdrop", "whisper_leg"): {"target_type": "number", "target_id": "55", "mode": "whisper"},
+}
 
 
 def request_cases() -> list[tuple[str, str, str, str]]:
@@ -267,6 +272,15 @@ ROW_CASES: list[tuple[str, dict[str, Any], str, str, str, str]] = [
         "intercept",
         {"target_type": "user", "target_id": "5"},
         "p",
+        "account_id",
+        "account-id",
+        "channel",
+    ),
+    ("eavesdrop", {"target_type": "device", "target_id": "1000"}, "a", "realm", "realm", "channel"),
+    (
+        "eavesdrop",
+        {"target_type": "user", "target_id": "5", "mode": "barge"},
+        "a",
         "account_id",
         "account-id",
         "channel",
@@ -364,6 +378,17 @@ CONFIG_CASES: list[tuple[str, str, dict[str, Any], str, str]] = [
         {"target_type": "number", "target_id": "1"},
         "p",
         "endpoint",
+    ),
+    ("context", "eavesdrop", {"target_type": "number", "target_id": "5"}, "a", "context"),
+    *(
+        (
+            f"intercept_endpoints.{kind}",
+            "eavesdrop",
+            {"target_type": kind, "target_id": "1", "mode": "whisper", "whisper_leg": "peer"},
+            "a",
+            "endpoint",
+        )
+        for kind in ("device", "user", "number")
     ),
     ("allowed_contexts[0]", "transfer", {"target": "9001", "context": "shared"}, "a", "context"),
     ("allowed_dialplans[0]", "transfer", {"target": "9001", "dialplan": "xml"}, "a", "dialplan"),

@@ -1,12 +1,10 @@
-// The per-channel actions dialog: hang up, hold toggle, break, transfer, intercept.
+// The per-channel actions dialog: hang up, hold toggle, break, transfer, intercept, listen in.
 // Destructive actions ask for confirmation; the API's refusal is shown as it says it.
 //
 // ACTIONS is the one list of what the dialog offers, in order: its choices are built from it.
 // An action is { label, verb, done, request(fields) -> [method, body], and optionally
 // confirm(item, fields), missing(fields) }, plus, when it takes input, a
 // <div class="panel" data-panel="NAME"> in index.html whose named inputs fields() reads.
-// Listen-in (eavesdrop: listen / whisper / barge) belongs here once the API offers it:
-// one entry after intercept, its panel (who rings, which mode) and its fields.
 
 import { routes } from "./api.js";
 import * as fmt from "./format.js";
@@ -59,6 +57,34 @@ const ACTIONS = {
       { data: { action: "intercept", target_type: f.target_type, target_id: f.target_id } },
     ],
   },
+  eavesdrop: {
+    label: "Listen in",
+    verb: "Listen in",
+    done: "Listen-in started",
+    missing: (f) => (f.listen_id ? "" : "Enter the device, user id or number that listens in."),
+    confirm: (item, f) => {
+      const how =
+        f.listen_mode === "whisper"
+          ? `whisper to ${f.whisper_leg === "peer" ? "the other leg" : "this channel"} of`
+          : f.listen_mode === "barge"
+            ? "barge into"
+            : "listen to";
+      return `Ring ${f.listen_type} ${f.listen_id} to ${how} ${fmt.describe(item)}?`;
+    },
+    // whisper_leg only with whisper: the API refuses it with the other modes.
+    request: (f) => [
+      "POST",
+      {
+        data: {
+          action: "eavesdrop",
+          target_type: f.listen_type,
+          target_id: f.listen_id,
+          mode: f.listen_mode,
+          ...(f.listen_mode === "whisper" ? { whisper_leg: f.whisper_leg } : {}),
+        },
+      },
+    ],
+  },
 };
 
 export class ActionDialog {
@@ -81,6 +107,7 @@ export class ActionDialog {
     this.form.addEventListener("change", (e) => {
       if (e.target.name === "action") this.choose(e.target.value);
       else this.toEdit();
+      if (e.target.name === "listen_mode") this.syncWhisper();
     });
     this.form.addEventListener("input", () => this.toEdit());
     this.form.addEventListener("submit", (e) => {
@@ -120,6 +147,7 @@ export class ActionDialog {
     this.opener = opener;
     this.form.reset();
     this.setText("action-subject", `${fmt.describe(item)} · ${item.uuid}`);
+    this.syncWhisper();
     this.choose("hangup");
     this.dialog.showModal();
     this.form.querySelector('input[name="action"]:checked').focus();
@@ -139,6 +167,10 @@ export class ActionDialog {
       leg: f.leg.value,
       target_type: f.target_type.value,
       target_id: f.target_id.value.trim(),
+      listen_type: f.listen_type.value,
+      listen_id: f.listen_id.value.trim(),
+      listen_mode: f.listen_mode.value,
+      whisper_leg: f.whisper_leg.value,
     };
   }
 
@@ -157,6 +189,11 @@ export class ActionDialog {
           : "The channel is not on hold: this puts it on hold.",
       );
     }
+  }
+
+  // "Whisper to" only means something in whisper mode.
+  syncWhisper() {
+    this.el("whisper-leg").disabled = this.form.elements.listen_mode.value !== "whisper";
   }
 
   toEdit() {

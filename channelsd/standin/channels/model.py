@@ -12,6 +12,7 @@ Where a change goes (each file names the FreeSWITCH source it mirrors):
   bridge.py         the bridge app, uuid_bridge, leaving a bridge
   intercept.py      the intercept app (call pickup)
   dtmf.py           uuid_recv_dtmf, bind_digit_action and its digit machine
+  eavesdrop.py      the eavesdrop app (listen in, whisper, barge) and its DTMF keys
   calls.py          ready-made bridged calls for tests and the demo, dial, ring_timeout
   sofia.py          SIP legs: mod_sofia's names, variables and codec (s8), hangup disposition
   media.py          playback, uuid_broadcast, uuid_break, uuid_record
@@ -36,6 +37,7 @@ from .bridge import BridgeMixin
 from .calls import CallsMixin
 from .dialplan import DialplanMixin
 from .dtmf import DtmfMixin
+from .eavesdrop import EavesdropMixin
 from .fire import FireMixin
 from .hangup import HangupMixin
 from .hold import HoldMixin
@@ -47,6 +49,7 @@ from .transfer import TransferMixin
 
 
 class CallModel(
+    EavesdropMixin,  # first: it hooks teardown, unwinding, call state and DTMF
     HangupMixin,
     AttXferMixin,
     DtmfMixin,
@@ -83,3 +86,4 @@ class CallModel(
         self._answer_waiters.clear()
         self.attxfers.clear()
         self.zombies.clear()
+        self.eavesdrops.clear()
