@@ -647,7 +647,8 @@ class Actions:
                 args.append(f.req("time_limit", "number", str(d["time_limit"])))
 
             def remember() -> None:
-                if not ch.recordings:
+                # (not for a channel gone meanwhile: nothing would ever forget it)
+                if not ch.recordings and self.table.row(ch.node, ch.uuid) is ch:
                     self._started[key] = path.text
 
             return Plan([Command("uuid_record", *args)], after=remember)

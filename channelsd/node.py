@@ -255,7 +255,8 @@ class NodeLink:
         core = str(self._timed(self._commands, "api global_getvar core_uuid").data).strip()
         if core and not core.startswith("-"):
             if self.core_uuid and core != self.core_uuid:
-                dropped = self.table.purge_node(self.name)
+                # (what this connection has told already belongs to the new run)
+                dropped = self.table.purge_node(self.name, before=self._subscribed_at)
                 log.warning("node=%s restarted core_uuid=%s purged=%d", self.name, core, dropped)
             self.core_uuid = core
         log.info("node=%s connected core_uuid=%s", self.name, self.core_uuid)
@@ -313,7 +314,6 @@ class NodeLink:
         )
 
     def _teardown(self) -> None:
-        was_up = self.state in ("syncing", "ready")
         for conn in (self._events, self._commands):
             if conn is not None:
                 conn.close("reconnecting" if not self._stopping else "stopping")
@@ -323,15 +323,19 @@ class NodeLink:
         if self._stopping:
             return
         self.state = "down"
-        if was_up or not self.table.is_node_stale(self.name):
+        # One stale period from the first drop until the rows in doubt have been asked about:
+        # a node that keeps dropping before that does not restart its grace each time.
+        if not self.table.is_node_stale(self.name):
             self.table.mark_stale(self.name)
             self._generation += 1
             gevent.spawn_later(self.sync.stale_grace, self._expire_stale, self._generation)
 
     def _expire_stale(self, generation: int) -> None:
-        # Only a node still disconnected loses its unconfirmed channels: once it is back, a
-        # failed listing means "unknown", and reconcile asks about each row instead.
-        if generation != self._generation or self.connected or self._stopping:
+        # The grace is over and the rows in doubt were never asked about (the node is away,
+        # or keeps dropping before its first reconcile gets that far): forget them. Once a
+        # reconcile has asked about each of them, the period ended (generation moved on), even
+        # if the listing failed: "unknown" is never "empty".
+        if generation != self._generation or self._stopping:
             return
         dropped = self.table.drop_stale(self.name)
         if dropped:
@@ -375,79 +379,93 @@ class NodeLink:
     def reconcile(self) -> ReconcileResult:
         """Make the table agree with FreeSWITCH about this node's channels.
 
-        The listing (`show channels`, read from FreeSWITCH's SQL view, which lags) says which
-        channels to add. It is never trusted to say a channel is gone: a known channel that is
-        missing from it, or whose state is in doubt, is asked about by `uuid_dump`, which reads
-        the live session. "No such channel" removes it (without a tombstone: only a DESTROY
-        from the switch makes one); an answer refreshes it. In doubt are rows the listing
-        omits, rows not heard of since the last reconnect (events were lost meanwhile), and rows
-        whose variables were never heard (their account is unknown, not absent). A failed
-        listing still lets the doubtful rows be checked, then raises ReconcileUnknown."""
+        Nothing is ever taken as gone for its absence. A row in doubt is asked about with
+        `uuid_dump`, which reads the live session: "No such channel" removes it (without a
+        tombstone: only a DESTROY from the switch makes one), an answer refreshes it, and an
+        answer older than what the row has heard since the question is dropped. In doubt are
+        rows not heard of since the last reconnect (events were lost meanwhile) and rows whose
+        variables were never heard (their account is unknown, not absent): they are asked
+        about first, so that neither a slow nor a failing listing keeps them in doubt. Then the
+        listing (`show channels`, FreeSWITCH's SQL view, which lags) says what to add and which
+        known rows it omits, and those are asked about too. A failed listing raises
+        ReconcileUnknown once the rows in doubt have been asked about."""
         conn = self._commands
         if conn is None or not conn.alive:
             raise NodeUnavailable(self.name)
         started = time.monotonic()
-        try:
-            rows = parse_channel_listing(self._timed(conn, "api show channels as json").raw)
-        except ReconcileUnknown as exc:
-            failure: ReconcileUnknown | None = exc
-            listed: set[str] = set()
-        else:
-            failure = None
-            listed = {r["uuid"] for r in rows if isinstance(r.get("uuid"), str)}
-        known = self.table.node_rows(self.name)
-        known_uuids = {ch.uuid for ch in known}
-        missing = [
-            u
-            for u in listed - known_uuids
-            if is_uuid(u) and not self.table.is_tombstoned(self.name, u)
-        ]
+        counts = {"added": 0, "removed": 0, "refreshed": 0}
         doubtful = [
             ch.uuid
-            for ch in known
-            if not ch.vars_seen
-            or (self._unverified and ch.last_seen < self._subscribed_at)
-            or (failure is None and ch.uuid not in listed)
+            for ch in self.table.node_rows(self.name)
+            if not ch.vars_seen or (self._unverified and ch.last_seen < self._subscribed_at)
         ]
-        added = removed = refreshed = 0
-        pool = gevent.pool.Pool(HYDRATE_CONCURRENCY)
-        asked = [(u, False) for u in missing] + [(u, True) for u in doubtful]
-        lost: ESLError | NodeUnavailable | None = None
-        for uuid, was_known, data in pool.imap_unordered(lambda job: self._dump(conn, *job), asked):
-            if isinstance(data, ESLError | NodeUnavailable):
-                lost = data  # the connection went: the rest cannot be asked either
-            elif data is _GONE:
-                if was_known and self.table.remove(self.name, uuid, tombstone=False):
-                    removed += 1
-            elif data is not None and self.table.hydrate(self.name, data) is not None:
-                if was_known:
-                    refreshed += 1
-                else:
-                    added += 1
-        if lost is not None:
-            raise lost
-        self._unverified = False
-        if failure is not None:
-            raise failure
+        self._ask(conn, [(u, True) for u in doubtful], counts)
+        if self._unverified:
+            # Every row in doubt since the reconnect was asked about: the stale period is over
+            # (a row whose answer was unknown is kept: unknown is never gone).
+            self._unverified = False
+            self._generation += 1
+            self.table.clear_stale(self.name)
+        rows = parse_channel_listing(self._timed(conn, "api show channels as json").raw)
+        listed = {r["uuid"] for r in rows if isinstance(r.get("uuid"), str)}
+        known = self.table.node_uuids(self.name)
+        asked = set(doubtful)
+        jobs = [(u, False) for u in listed - known if is_uuid(u)]
+        jobs += [(u, True) for u in known - listed if u not in asked]
+        self._ask(conn, jobs, counts)
         self.table.clear_stale(self.name)
         self.synced = True
-        result = ReconcileResult(len(listed), added, removed, time.monotonic() - started, refreshed)
+        result = ReconcileResult(
+            len(listed),
+            counts["added"],
+            counts["removed"],
+            time.monotonic() - started,
+            counts["refreshed"],
+        )
         self.last_reconcile = result
         return result
 
-    def _dump(self, conn: ESLConnection, uuid: str, was_known: bool) -> tuple[str, bool, Any]:
+    def _ask(
+        self, conn: ESLConnection, jobs: list[tuple[str, bool]], counts: dict[str, int]
+    ) -> None:
+        """uuid_dump each (uuid, known) job, some at once, and apply each answer."""
+        pool = gevent.pool.Pool(HYDRATE_CONCURRENCY)
+        lost: ESLError | NodeUnavailable | None = None
+        for uuid, was_known, data, asked_at in pool.imap_unordered(
+            lambda job: self._dump(conn, *job), jobs
+        ):
+            row = self.table.row(self.name, uuid)
+            if isinstance(data, ESLError | NodeUnavailable):
+                lost = data  # the connection went: the rest cannot be asked either
+            elif row is not None and row.last_seen >= asked_at:
+                # Heard of since the question was sent: an event (or a uuid_setvar's API event)
+                # newer than this answer, which would turn the row back.
+                continue
+            elif data is _GONE:
+                if was_known and self.table.remove(self.name, uuid, tombstone=False):
+                    counts["removed"] += 1
+            elif data is not None and self.table.hydrate(self.name, data) is not None:
+                counts["refreshed" if was_known else "added"] += 1
+        if lost is not None:
+            raise lost
+
+    def _dump(
+        self, conn: ESLConnection, uuid: str, was_known: bool
+    ) -> tuple[str, bool, Any, float]:
         """(uuid, was_known, the channel's uuid_dump, _GONE, None when unknown, or the
-        connection's failure: returned, not raised, so that a pool greenlet never dies of it)."""
+        connection's failure: returned, not raised, so that a pool greenlet never dies of it;
+        and when the question was asked, on the table's clock)."""
+        asked_at = self.table.now()
         try:
             body = self._timed(conn, f"api uuid_dump {uuid} json").raw
         except (ESLError, NodeUnavailable) as exc:
-            return uuid, was_known, exc
+            return uuid, was_known, exc, asked_at
         if not body.lstrip().startswith(b"{"):
             # "-ERR No such channel!": gone since (or a zombie, hung up and about to go)
             gone = body.startswith(b"-ERR No such channel")
-            return uuid, was_known, _GONE if gone else None
+            return uuid, was_known, _GONE if gone else None, asked_at
         try:
-            return uuid, was_known, parse_json(body)
+            return uuid, was_known, parse_json(body), asked_at
         except EventParseError:
             log.warning("node=%s uuid_dump %s answered malformed JSON", self.name, uuid)
-            return uuid, was_known, None
+            return uuid, was_known, None, asked_at

@@ -9,11 +9,15 @@ The work is shared, so that a crowd of subscribers does not slow ingest:
 * each subscriber only decides which messages it may see (scope, role, filters on the shared
   item) and writes the shared bytes, one write per batch.
 
-Several changes to a channel within an interval go out as one message.
+Several changes to a channel within an interval go out as one message. Channels are told
+apart by (node, uuid): the same uuid on two nodes is two channels, and every message names its
+node. Event ids carry the broker's epoch, so that an id from before a restart of the daemon is
+never taken for one of this run's.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -26,7 +30,8 @@ import orjson
 
 from channelsd.channel import Channel
 from channelsd.listing import in_slices
-from channelsd.table import ChannelTable
+from channelsd.table import ChannelTable, Key
+from channelsd.validate import whole_number
 
 KEEPALIVE_SECONDS = 15.0
 PUBLISH_INTERVAL = 0.1
@@ -37,20 +42,20 @@ _VOLATILE = ("elapsed_s",)
 class _Message:
     """One published change: its kind, the channel, and the bytes every subscriber shares."""
 
-    __slots__ = ("seq", "kind", "uuid", "channel", "item", "data", "full")
+    __slots__ = ("seq", "kind", "key", "channel", "item", "data", "full")
 
     def __init__(
         self,
         seq: int,
         kind: str,
-        uuid: str,
+        key: Key,
         channel: Channel,
         item: dict[str, Any] | None,
         data: bytes,
     ) -> None:
         self.seq = seq
         self.kind = kind
-        self.uuid = uuid  # as it was when the change happened: a renamed channel moves on
+        self.key = key  # as it was when the change happened: a renamed channel moves on
         self.channel = channel  # a destroyed Channel keeps its fields: whom it concerned
         self.item = item
         self.data = data
@@ -66,17 +71,19 @@ class Broker:
         self.table = table
         self.ring: deque[_Message] = deque(maxlen=size)
         self.seq = 0
+        # This run's mark on its event ids (see ids()).
+        self.epoch = os.urandom(4).hex()
         self.interval = interval
         self.subscribers = 0
         self.closed = False
-        self._pending: dict[str, tuple[Channel, bool]] = {}
-        self._published: dict[str, dict[str, Any]] = {}
+        self._pending: dict[Key, tuple[Channel, bool]] = {}
+        self._published: dict[Key, dict[str, Any]] = {}
         self._timer: gevent.Greenlet | None = None
         self._wake = gevent.event.Event()
         table.listen(self._on_change)
 
     def _on_change(self, kind: str, ch: Channel, _info: Any) -> None:
-        self._pending[ch.uuid] = (ch, kind == "destroy")
+        self._pending[ch.key] = (ch, kind == "destroy")
         if self._timer is None and not self.closed:
             self._timer = gevent.spawn_later(self.interval, self.publish)
 
@@ -98,8 +105,8 @@ class Broker:
             return
         # A reconcile can change thousands at once: rendered in slices, letting requests in.
         for part in in_slices(list(pending.items())):
-            for uuid, (ch, destroyed) in part:
-                self._publish_one(uuid, ch, destroyed)
+            for key, (ch, destroyed) in part:
+                self._publish_one(key, ch, destroyed)
         if self.subscribers:
             self.wake()
 
@@ -109,33 +116,44 @@ class Broker:
         wake, self._wake = self._wake, gevent.event.Event()
         wake.set()
 
-    def _publish_one(self, uuid: str, ch: Channel, destroyed: bool) -> None:
-        before = self._published.get(uuid)
+    def _publish_one(self, key: Key, ch: Channel, destroyed: bool) -> None:
+        node, uuid = key
+        before = self._published.get(key)
         if destroyed:
             # Even one never published: a subscriber's snapshot may hold it.
-            self._published.pop(uuid, None)
+            self._published.pop(key, None)
             ended = ch.end_item(time.time())
             ended["uuid"] = uuid
-            self._append("destroy", uuid, ch, None, orjson.dumps(ended))
+            ended["node"] = node
+            self._append("destroy", key, ch, None, orjson.dumps(ended))
             return
         item = self.render(ch)
-        self._published[uuid] = item
+        self._published[key] = item
         if before is None:
-            self._append("create", uuid, ch, item, orjson.dumps(item))
+            self._append("create", key, ch, item, orjson.dumps(item))
             return
         changed = {k: v for k, v in item.items() if before.get(k) != v and k not in _VOLATILE}
         removed = [k for k in before if k not in item]
         if changed or removed:
-            data: dict[str, Any] = {"uuid": uuid, "changed": changed}
+            data: dict[str, Any] = {"uuid": uuid, "node": node, "changed": changed}
             if removed:
                 data["removed"] = removed
-            self._append("update", uuid, ch, item, orjson.dumps(data))
+            self._append("update", key, ch, item, orjson.dumps(data))
 
     def _append(
-        self, kind: str, uuid: str, ch: Channel, item: dict[str, Any] | None, data: bytes
+        self, kind: str, key: Key, ch: Channel, item: dict[str, Any] | None, data: bytes
     ) -> None:
         self.seq += 1
-        self.ring.append(_Message(self.seq, kind, uuid, ch, item, data))
+        self.ring.append(_Message(self.seq, kind, key, ch, item, data))
+
+    def event_id(self, seq: int) -> bytes:
+        return b"%s-%d" % (self.epoch.encode(), seq)
+
+    def position_of(self, event_id: str | None) -> int | None:
+        """The sequence number a Last-Event-ID of this run names, or None: missing, of
+        another run (before a restart), or not an id at all."""
+        epoch, _, seq = (event_id or "").partition("-")
+        return whole_number(seq) if epoch == self.epoch else None
 
     def close(self) -> None:
         """End every stream (the daemon is stopping)."""
@@ -162,8 +180,8 @@ class Broker:
             self._wake.wait(timeout)
 
 
-def _frame(seq: int, event: str, data: bytes) -> bytes:
-    return b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, event.encode(), data)
+def _frame(broker: Broker, seq: int, event: str, data: bytes) -> bytes:
+    return b"id: %s\nevent: %s\ndata: %s\n\n" % (broker.event_id(seq), event.encode(), data)
 
 
 def subscribe(
@@ -180,15 +198,13 @@ def subscribe(
     applies its filters to a rendered item; the stream stops once `ended()` (its token was
     revoked; whoever ends it wakes the broker).
     """
-    seen: set[str] = set()
-    position: int | None = None
+    seen: set[Key] = set()
     # After a resume the client knows channels this subscriber has no record of sending.
-    resumed = False
-    if last_event_id is not None and last_event_id.isdigit():
-        position = int(last_event_id)
-        resumed = position <= broker.seq and broker.since(position) is not None
-        if not resumed:
-            position = None  # too much was missed (or a foreign id): start over
+    position = broker.position_of(last_event_id)
+    resumed = position is not None and position <= broker.seq
+    resumed = resumed and broker.since(position) is not None  # type: ignore[arg-type]
+    if not resumed:
+        position = None  # too much was missed, another run's id, or none: start over
     if position is None:
         position, frame, seen = _snapshot(broker, in_scope, keep, snapshot)
         yield frame
@@ -204,7 +220,7 @@ def subscribe(
                 continue
             out = []
             for msg in messages:
-                frame = _for(msg, seen, in_scope, keep, resumed)
+                frame = _for(broker, msg, seen, in_scope, keep, resumed)
                 if frame is not None:
                     out.append(frame)
             if messages:
@@ -225,37 +241,46 @@ def _snapshot(
     in_scope: Callable[[Channel], bool],
     keep: Callable[[dict[str, Any]], bool],
     snapshot: Callable[[], list[Channel]],
-) -> tuple[int, bytes, set[str]]:
-    # Not in slices: the snapshot and the sequence number it ends at must be one instant.
-    items = [broker.render(ch) for ch in snapshot() if in_scope(ch)]
-    items = [i for i in items if keep(i)]
-    return (
-        broker.seq,
-        _frame(broker.seq, "snapshot", orjson.dumps(items)),
-        {i["uuid"] for i in items},
-    )
+) -> tuple[int, bytes, set[Key]]:
+    """The channels in scope as one `snapshot` event, ending at the sequence number taken
+    first: rendered in slices (other requests and ingest run between them), because whatever
+    changes meanwhile is published after that number and reaches this subscriber next."""
+    position = broker.seq
+    channels = snapshot()
+    items = []
+    keys = set()
+    for part in in_slices(channels):
+        for ch in part:
+            if in_scope(ch):
+                item = broker.render(ch)
+                if keep(item):
+                    items.append(item)
+                    keys.add(ch.key)
+    return position, _frame(broker, position, "snapshot", orjson.dumps(items)), keys
 
 
 def _for(
+    broker: Broker,
     msg: _Message,
-    seen: set[str],
+    seen: set[Key],
     in_scope: Callable[[Channel], bool],
     keep: Callable[[dict[str, Any]], bool],
     resumed: bool,
 ) -> bytes | None:
     """What this subscriber is sent for one shared message, if anything."""
-    uuid = msg.uuid
+    key = msg.key
     if msg.kind == "destroy":
-        if uuid in seen or (resumed and in_scope(msg.channel)):
-            seen.discard(uuid)
-            return _frame(msg.seq, "destroy", msg.data)
+        if key in seen or (resumed and in_scope(msg.channel)):
+            seen.discard(key)
+            return _frame(broker, msg.seq, "destroy", msg.data)
         return None
     if not (in_scope(msg.channel) and keep(msg.item)):  # e.g. moved to another account
-        if uuid in seen:
-            seen.discard(uuid)
-            return _frame(msg.seq, "destroy", orjson.dumps({"uuid": uuid}))
+        if key in seen:
+            seen.discard(key)
+            gone = {"uuid": key[1], "node": key[0]}
+            return _frame(broker, msg.seq, "destroy", orjson.dumps(gone))
         return None
-    if uuid in seen and msg.kind == "update":
-        return _frame(msg.seq, "update", msg.data)
-    seen.add(uuid)  # new to this subscriber: the whole item
-    return _frame(msg.seq, "create", msg.full)
+    if key in seen and msg.kind == "update":
+        return _frame(broker, msg.seq, "update", msg.data)
+    seen.add(key)  # new to this subscriber: the whole item
+    return _frame(broker, msg.seq, "create", msg.full)

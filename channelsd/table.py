@@ -34,7 +34,7 @@ from channelsd.channel import (
     usable,
 )
 from channelsd.config import DEFAULT_CCV_PREFIX, DEFAULT_IDENTITY
-from channelsd.validate import is_uuid
+from channelsd.validate import is_uuid, whole_number
 
 Key = tuple[str, str]
 Event = dict[str, Any]
@@ -231,7 +231,9 @@ class ChannelTable:
         self._by_owner: dict[tuple[str, str], Scope] = {}
         self._by_device: dict[tuple[str, str], Scope] = {}
         self._node_counts: dict[str, int] = {}
-        self._tombstones: OrderedDict[Key, float] = OrderedDict()
+        # key -> (expiry, creation time of the channel destroyed): a later channel that reuses
+        # the uuid (a retried originate with the same origination_uuid) is created after it.
+        self._tombstones: OrderedDict[Key, tuple[float, int]] = OrderedDict()
         # Live channels whose list JSON is kept, least recently built first (see items_json).
         self._json_kept: OrderedDict[Key, Channel] = OrderedDict()
         self.json_cache_max = JSON_CACHE_MAX
@@ -383,9 +385,13 @@ class ChannelTable:
     def is_node_stale(self, node: str) -> bool:
         return node in self._stale_since
 
-    def is_tombstoned(self, node: str, uuid: str) -> bool:
-        expiry = self._tombstones.get((node, uuid))
-        return expiry is not None and expiry > self._clock()
+    def is_tombstoned(self, node: str, uuid: str, created_us: int | None = None) -> bool:
+        """Destroyed lately: its late events must not bring it back. A channel created after
+        the destroyed one (`created_us`) is another channel reusing the uuid, not a late event."""
+        tomb = self._tombstones.get((node, uuid))
+        if tomb is None or tomb[0] <= self._clock():
+            return False
+        return created_us is None or created_us <= tomb[1]
 
     def problems(self) -> list[str]:
         """Where the indices disagree with the rows (empty when the table is sound): what the
@@ -456,8 +462,11 @@ class ChannelTable:
             if old.__class__ is str and old != uuid and is_uuid(uuid):
                 self._rename(node, old, uuid)
         key = (node, uuid)
-        if key in self._tombstones and self.is_tombstoned(node, uuid):
-            return
+        if key in self._tombstones:
+            created = whole_number(event.get("Caller-Channel-Created-Time"))
+            if self.is_tombstoned(node, uuid, created or None):
+                return
+            del self._tombstones[key]  # expired, or a new channel with the same uuid
         ch = self._rows.get(key)
         # Checked once, when the uuid would become a row: a uuid reaches ESL command lines.
         if ch is None and not is_uuid(uuid):
@@ -507,7 +516,8 @@ class ChannelTable:
     def hydrate(self, node: str, dump: Event) -> Channel | None:
         """Add or refresh a channel from `uuid_dump <uuid> json` (a CHANNEL_DATA event)."""
         uuid = dump.get("Unique-ID")
-        if not isinstance(uuid, str) or not uuid or self.is_tombstoned(node, uuid):
+        created = whole_number(dump.get("Caller-Channel-Created-Time"))
+        if not isinstance(uuid, str) or not uuid or self.is_tombstoned(node, uuid, created):
             return None
         event = dict(dump)
         event["Event-Name"] = "CHANNEL_DATA"
@@ -519,18 +529,24 @@ class ChannelTable:
         events must not bring it back. An absence (a listing, a uuid_dump) never tombstones,
         because FreeSWITCH's listing can lag behind a live call."""
         key = (node, uuid)
+        ch = self._rows.get(key)
         if tombstone:
             now = self._clock()
-            self._tombstones[key] = now + self.tombstone_ttl
+            # (a destroy for a channel never heard of: any channel created before now)
+            created = ch.created_us if ch is not None else int(time.time() * 1_000_000)
+            self._tombstones[key] = (now + self.tombstone_ttl, created)
             self._tombstones.move_to_end(key)
             self._prune_tombstones(now)
-        ch = self._rows.get(key)
         if ch is None:
             return None
         self._forget(ch)
         if self.listener:
             self.listener("destroy", ch, None)
         return ch
+
+    def now(self) -> float:
+        """The table's clock, as `last_seen` reads it."""
+        return self._clock()
 
     def mark_stale(self, node: str) -> None:
         """The node's connection dropped: what we hold of it is no longer confirmed."""
@@ -563,9 +579,10 @@ class ChannelTable:
             self.remove(node, uuid, tombstone=False)
         return len(doomed)
 
-    def purge_node(self, node: str) -> int:
-        """Forget every channel of a node (FreeSWITCH restarted, or stale too long)."""
-        rows = self.node_rows(node)
+    def purge_node(self, node: str, before: float | None = None) -> int:
+        """Forget a node's channels (FreeSWITCH restarted): all of them, or those not heard
+        of since `before` (what the new run's connection has already told is kept)."""
+        rows = [ch for ch in self.node_rows(node) if before is None or ch.last_seen < before]
         for ch in rows:
             self.remove(node, ch.uuid, tombstone=False)
         stale_keys = [k for k in self._tombstones if k[0] == node]
@@ -781,6 +798,7 @@ class ChannelTable:
         if self._index_keys(ch) != before:
             self._unindex(ch, before)
             self._index(ch)
+        ch.last_seen = self._clock()
         self._touch(ch)
         if self.listener:
             self.listener("update", ch, "API")
@@ -895,7 +913,7 @@ class ChannelTable:
         while len(ts) > self.tombstones_max:
             ts.popitem(last=False)
         while ts:
-            key, expiry = next(iter(ts.items()))
+            key, (expiry, _) = next(iter(ts.items()))
             if expiry > now:
                 break
             del ts[key]

@@ -2,6 +2,7 @@
 
 from typing import Any
 
+import gevent
 import pytest
 
 from conftest import wait_until
@@ -819,3 +820,24 @@ def test_attended_transfer_end_to_end_through_the_table(call: Call) -> None:
     )
     assert system(target)["other_leg"] == call.b
     wait_until(lambda: call.h.table.get(call.a) is None, what="transferor gone")
+
+
+def test_a_recording_started_as_its_call_ends_leaves_nothing_behind(call: Call) -> None:
+    """The call ends while its recording starts: the destroy is read before the +OK, and no
+    RECORD_START ever comes. Nothing may remember that recording (found by an attack: one
+    entry per such call, forever)."""
+    answer = call.switch.api.execute
+
+    def ends_meanwhile(command: str, arg: str) -> bytes:
+        if command == "uuid_record" and " start " in arg:
+            call.switch.hangup(arg.split()[0])  # the call ends as the recording starts ...
+            gevent.sleep(0.05)  # ... and the +OK is read after the destroy
+            return b"+OK Success\n"
+        return answer(command, arg)
+
+    call.switch.api.execute = ends_meanwhile
+    actions = call.h.daemon.ctx.actions
+    body = {"action": "metaflow", "data": {"module": "record_call", "data": {"action": "start"}}}
+    ok(call.put(call.p, body), 201, "metaflow sent")
+    wait_until(lambda: call.h.table.get(call.p) is None, what="the call gone")
+    assert actions._started == {}

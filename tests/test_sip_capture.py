@@ -120,6 +120,7 @@ def test_a_call_that_ended_is_listed_with_why_and_how_long_and_the_streams_say_s
     )
     want = {
         "uuid": sip_leg,
+        "node": "fs1",
         "hangup_cause": complete["Hangup-Cause"],
         "hangup_disposition": complete["variable_sip_hangup_disposition"],
         "duration_seconds": int(complete["variable_duration"]),

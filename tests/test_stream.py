@@ -97,8 +97,9 @@ def test_snapshot_then_create_update_destroy(daemon: Harness, switch: Any, sub: 
     assert upd["data"]["changed"]["is_onhold"] is True
     switch.hangup(c)
     s.wait_for("destroy", lambda data: data["uuid"] == c)
-    ids = [int(e["id"]) for e in s.events]
-    assert ids == sorted(ids)
+    epochs = {e["id"].partition("-")[0] for e in s.events}
+    ids = [int(e["id"].partition("-")[2]) for e in s.events]
+    assert ids == sorted(ids) and len(epochs) == 1  # one run's ids, in order
 
 
 def test_scope_roles_and_filters(daemon: Harness, switch: Any, sub: Any) -> None:
@@ -323,3 +324,67 @@ def test_a_stream_whose_client_left_gives_its_place_back_at_once(daemon: Harness
     s.close()
     # Not at the next keepalive write (15 s): the server watches the socket.
     wait_until(lambda: len(daemon.daemon.ctx.subscriptions) == 0, what="place given back")
+
+
+# -- found by an outside attack ----------------------------------------------------------------
+
+TWIN = "77777777-7777-4777-8777-777777777777"
+
+
+def test_the_same_uuid_on_two_nodes_is_two_channels_on_the_stream(
+    make_switch: Any, make_daemon: Any
+) -> None:
+    one, two = make_switch(), make_switch()
+    h = make_daemon([one, two])
+    one.originate(dest="9003", variables={**ACC1, "origination_uuid": TWIN})
+    wait_until(lambda: h.table.row("fs1", TWIN) is not None)
+    mine = Subscriber(h, "/v2/accounts/acc1/channel_events")
+    try:
+        mine.wait_for("snapshot")
+        # acc2's call with the same uuid on the other node comes and goes, with acc1's own
+        # call changing in the same publish interval.
+        two.originate(dest="9003", variables={**ACC2, "origination_uuid": TWIN})
+        gevent.sleep(0.03)
+        one.hold(TWIN)
+        mine.wait_for_state(TWIN, is_onhold=True)
+        two.hangup(TWIN, "CALL_REJECTED")
+        wait_until(lambda: h.table.row("fs2", TWIN) is None, what="acc2's twin gone")
+        gevent.sleep(0.3)  # published
+        assert [e for e in mine.events if e["event"] == "destroy"] == []  # acc1's is still up
+        assert all(e["data"].get("node", "fs1") == "fs1" for e in mine.events[1:])
+    finally:
+        mine.close()
+
+
+@pytest.mark.parametrize("last_id", ["²", "1" * 5000, "9" * 4301, "abc-1", "-1", "0x10"])
+def test_any_last_event_id_is_a_fresh_snapshot_never_an_error(
+    daemon: Harness, sub: Any, last_id: str
+) -> None:
+    s = sub("/v2/accounts/acc1/channel_events", last_id=last_id)
+    assert s.resp.status_code == 200
+    s.wait_for("snapshot")
+
+
+def test_an_id_from_before_a_restart_of_the_daemon_gets_a_snapshot(
+    switch: Any, make_daemon: Any
+) -> None:
+    first = make_daemon([switch])
+    a, _ = switch.bridged_call(variables_a=ACC1, variables_b=ACC1)
+    s = Subscriber(first, "/v2/accounts/acc1/channel_events")
+    last = s.wait_for("create", lambda d: d["uuid"] == a)["id"]
+    s.close()
+    first.daemon.stop()
+    again = make_daemon([switch])  # the daemon restarted; its ids start again
+    busy = Subscriber(again, "/v2/accounts/acc1/channel_events")  # keeps its ring filled
+    for _ in range(10):
+        switch.hold(a)
+        gevent.sleep(0.12)
+        switch.unhold(a)
+        gevent.sleep(0.12)
+    resumed = Subscriber(again, "/v2/accounts/acc1/channel_events", last_id=last)
+    try:
+        snap = resumed.wait_for("snapshot")
+        assert a in {i["uuid"] for i in snap["data"]}
+    finally:
+        busy.close()
+        resumed.close()

@@ -268,3 +268,117 @@ def test_hostile_values_over_the_socket_never_become_rows_and_are_counted(
     assert 'channelsd_esl_values_refused_total{field="account_id"} 1.0' in metrics
     assert h.node().reconnects == 0  # framing held: nothing to reconnect for
     assert_indices_agree(h.table)
+
+
+# -- found by an outside attack on the fixes above ---------------------------------------------
+
+
+def test_a_dump_answer_older_than_a_setvar_does_not_turn_the_row_back(
+    switch: Any, make_daemon: Any
+) -> None:
+    a, _ = switch.originate(dest="9003", variables=ACC)
+    h = make_daemon([switch])
+    node = h.node()
+    answer = switch.api.execute
+
+    def slow_dump(command: str, arg: str) -> bytes:
+        body = answer(command, arg)  # the dump is taken now ...
+        if command == "uuid_dump" and arg.startswith(a):
+            gevent.sleep(0.3)  # ... and read after what happens meanwhile
+        return body
+
+    switch.api.execute = slow_dump
+    reconnects = node.reconnects
+    before = len(switch.received)
+    switch.drop_connections()  # any blip: the reconnect asks about every quiet row
+    wait_until(
+        lambda: any(c.startswith(f"api uuid_dump {a}") for _, c in switch.received[before:]),
+        what="the reconnect's dump in flight",
+    )
+    switch.set_variable(a, "account_id", "acc2")  # moved to acc2: an API event only
+    wait_until(lambda: node.reconnects > reconnects and node.state == "ready", what="back")
+    gevent.sleep(0.4)  # the old answer has been read
+    assert h.table.row("fs1", a).account_id == "acc2"
+    assert h.api.get(f"/v2/accounts/acc1/channels/{a}", "admin1").status_code == 404
+    node.reconcile()
+    assert h.table.row("fs1", a).account_id == "acc2"
+
+
+def test_a_node_that_keeps_dropping_in_its_listing_still_resolves_its_stale_rows(
+    switch: Any, make_daemon: Any
+) -> None:
+    a, b = switch.originate(dest="9003", variables=ACC)
+    c, d = switch.originate(dest="9003", variables=ACC)
+    h = make_daemon(
+        [switch],
+        sync={"stale_grace": 2, "command_timeout": 0.3, "backoff_initial": 0.05, "backoff_max": 2},
+    )
+    reconnects = outage(switch, h)
+    switch.hangup(a)  # ends while the daemon is away
+    answer = switch.api.execute
+
+    def stuck_listing(command: str, arg: str) -> bytes:
+        if command == "show":
+            gevent.sleep(1.0)  # FreeSWITCH's SQL view stuck: every listing times out
+        return answer(command, arg)
+
+    switch.api.execute = stuck_listing
+    switch.pause_accept(False)
+    wait_until(lambda: h.node().reconnects > reconnects + 2, what="dropping in its listing")
+    # The rows in doubt were asked about before the listing: the ended call is gone and the
+    # live one confirmed, though no reconcile ever finished.
+    wait_until(lambda: listed(h) == {c, d}, what="the ended call gone, the live one kept")
+    # And the live call is not dropped by the grace: each reconnect asks about it again (it is
+    # `stale` while the node is down between two attempts, as any channel of a down node).
+    gevent.sleep(3)
+    assert listed(h) == {c, d}
+
+
+def test_a_call_reusing_a_destroyed_uuid_is_not_hidden_by_its_tombstone(
+    switch: Any, make_daemon: Any
+) -> None:
+    h = make_daemon([switch])
+    a, _ = switch.originate(dest="9003", variables={**ACC, "origination_uuid": U1})
+    wait_until(lambda: U1 in listed(h), what="the first call")
+    switch.hangup(U1)
+    wait_until(lambda: U1 not in listed(h), what="destroyed")
+    gevent.sleep(1.1)  # a retry a moment later (creation times are in microseconds)
+    switch.originate(dest="9003", variables={**ACC, "origination_uuid": U1})
+    wait_until(lambda: U1 in listed(h), what="the retry, with the same uuid")
+    assert h.api.get(f"/v2/accounts/acc1/channels/{U1}", "admin1").status_code == 200
+
+
+def test_a_late_event_of_a_destroyed_call_stays_out_whatever_its_uuid_reuse() -> None:
+    t = ChannelTable()
+    first = {
+        "Event-Name": "CHANNEL_CREATE",
+        "Unique-ID": U1,
+        "variable_uuid": U1,
+        "Caller-Channel-Created-Time": "1795847542705117",
+    }
+    t.apply("fs1", first)
+    t.apply("fs1", {**first, "Event-Name": "CHANNEL_DESTROY"})
+    t.apply("fs1", {**first, "Event-Name": "CHANNEL_STATE", "Channel-State": "CS_EXECUTE"})
+    assert t.get(U1) is None  # the first call's own late event
+    t.apply("fs1", {**first, "Caller-Channel-Created-Time": "1795847542805117"})
+    assert t.get(U1) is not None  # created later: another call with the same uuid
+
+
+def test_rows_heard_on_the_new_connection_survive_the_purge_of_a_restarted_switch(
+    switch: Any, make_daemon: Any
+) -> None:
+    h = make_daemon([switch], sync={"reconcile_interval": 3600})
+    node = h.node()
+    reconnects = node.reconnects
+    switch.reply_delay = 0.4  # the core_uuid question takes a moment
+    switch.restart(keep_channels=False)
+    wait_until(lambda: node.reconnects > reconnects and node.state == "syncing", what="syncing")
+    wait_until(
+        lambda: any(c == "api global_getvar core_uuid" for _, c in switch.received[-3:]),
+        what="the core_uuid question in flight",
+    )
+    a, b = switch.originate(dest="9003", variables=ACC)  # a call on the new run, heard now
+    switch.hide_from_listing = {a, b}  # too new for the SQL view
+    wait_until(lambda: node.state == "ready", what="ready")
+    switch.reply_delay = 0
+    assert {a, b} <= listed(h)
