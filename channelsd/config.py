@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -269,6 +269,8 @@ def _websocket(section: dict[str, Any], limits: HttpLimits, path: str) -> Websoc
             f"{path}: websocket.path: {cfg.path!r} is one of the API's own paths "
             f"({', '.join(_RESERVED_PATHS)})"
         )
+    if "max_sockets" not in section:  # the default never exceeds a smaller connection limit
+        cfg = replace(cfg, max_sockets=min(cfg.max_sockets, limits.max_connections))
     if cfg.max_sockets > limits.max_connections:
         raise ConfigError(
             f"{path}: websocket.max_sockets: must not exceed http.max_connections "

@@ -208,6 +208,7 @@ channelsd demo is running: a stand-in FreeSWITCH on 127.0.0.1:{switch.port}, abo
 calls in three accounts coming and going. The API:
 
   {base}/v2
+  ws://{h}:{p}{cfg.websocket.path}   (Kazoo's websocket: call events for monster-ui)
 
 Live calls board in the browser (paste a token when asked):
 
