@@ -17,8 +17,9 @@ What a client can and cannot do to it (README, "Kazoo's websocket"):
 * the client need not send anything while idle: after websocket.ping_interval of silence the
   server pings (browsers answer by themselves), and a socket that does not answer within as
   long again is dropped;
-* at most websocket.send_queue_bytes wait for one socket: a client that reads slower than
-  its events come is disconnected, and costs ingest nothing meanwhile;
+* at most websocket.send_queue_bytes wait for one socket (and as much in the kernel's send
+  buffer, which is set to that size): a client that reads slower than its events come is
+  disconnected, and costs ingest nothing meanwhile;
 * a token removed or changed by a reload (channelsd.subscriptions), or past its exp, closes
   the sockets that subscribed with it (1008).
 """
@@ -79,6 +80,10 @@ class Session:
         self.service = service
         self.cfg = service.cfg
         self.sock = sock
+        # The kernel's send buffer would otherwise grow to megabytes for a client that does
+        # not read: bounded like the queue, so a stuck socket holds about twice its limit.
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.cfg.send_queue_bytes)
         self.ws = ws
         self.client = client
         self._leftover = leftover
