@@ -33,11 +33,14 @@ from kazoo_support import (
 from channelsd import kazoo_auth
 from channelsd.config import ConfigError, load, parse
 from channelsd.daemon import Daemon, authenticator
-from channelsd.kazoo_auth import LEEWAY_SECONDS, KazooTokens
+from channelsd.kazoo_auth import KazooTokens
 from channelsd.kazoo_keys import KazooConfig, load_key
 
 from conftest import Harness, config_dict, token, wait_until
 
+# The leeway on exp the README promises (a literal: a test that read the constant would follow
+# any change of it).
+LEEWAY_SECONDS = 10
 ACC1 = {"account_id": "acc1", "owner_id": "user1"}
 ACC1_OTHER = {"account_id": "acc1", "owner_id": "user2"}
 ACC2 = {"account_id": "acc2"}
@@ -204,6 +207,8 @@ def test_every_forgery_is_the_one_401_and_the_log_says_why(
 
 
 def test_exp_has_a_small_leeway_and_no_more(kazoo: Harness) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert f"**{LEEWAY_SECONDS} seconds** of leeway" in readme
     main = cluster()
     assert kazoo.api.get("/v2/accounts/acc1/channels", main.token(exp_in=-2)).status_code == 200
     late = main.token(exp_in=-LEEWAY_SECONDS - 2)
@@ -319,6 +324,7 @@ def test_a_kazoo_tokens_stream_ends_at_its_exp(switch: Any, kazoo: Harness) -> N
         before, _ = switch.bridged_call(variables_a=ACC1, variables_b=ACC1)
         wait_until(lambda: "create" in s.kinds(), what="a live event while the token holds")
         expires = kazoo.daemon.ctx.auth.find(tok).expires
+        assert expires - time.time() < 4  # exp plus the documented leeway
         gevent.sleep(max(0.0, expires - time.time()) + 0.2)
         # The next change wakes the stream, which sees its token expired and ends.
         after, _ = switch.bridged_call(variables_a=ACC1, variables_b=ACC1)
