@@ -126,6 +126,11 @@ def test_every_binding_gets_its_events_in_kazoos_shape(switch: Any, wsd: Harness
         "CHANNEL_DESTROY",
     ]
     assert other not in {e["data"]["call_id"] for e in c.events()}  # acc2's call: never
+    # Across the socket's bindings, events come in the order they happened.
+    order = ["CHANNEL_CREATE", "CHANNEL_ANSWER", "CHANNEL_BRIDGE", "CHANNEL_HOLD"]
+    order += ["CHANNEL_UNHOLD", "CHANNEL_DESTROY"]
+    names = [e["name"] for e in c.events() if e["data"]["call_id"] == a]
+    assert names == sorted(names, key=order.index)
     assert all(opcode == websocket.ABNF.OPCODE_TEXT for opcode, _ in c.raw)
     # Kazoo's shape, snake_case, as an app reads it.
     create = c.events("CHANNEL_CREATE", "call.CHANNEL_CREATE.*")[0]
@@ -531,7 +536,7 @@ def test_a_subscriber_that_never_reads_is_dropped_with_bounded_memory(
     most = [0]
     deliver = Session.deliver
 
-    def watched(self: Session, frames: list[bytes]) -> None:
+    def watched(self: Session, frames: bytes) -> None:
         deliver(self, frames)
         most[0] = max(most[0], self._queued)
 
@@ -693,3 +698,119 @@ def test_the_demo_prints_a_websocket_url_that_works() -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)
+
+
+# -- the hub, against a model -----------------------------------------------------------------
+
+
+class Collector:
+    """A receiver that decodes what it is delivered as a websocket client would."""
+
+    def __init__(self) -> None:
+        from wsproto.connection import Connection, ConnectionType
+
+        self.conn = Connection(ConnectionType.CLIENT)
+        self.got: list[dict[str, Any]] = []
+
+    def deliver(self, frames: bytes) -> None:
+        from wsproto.events import TextMessage
+
+        self.conn.receive_data(frames)
+        for event in self.conn.events():
+            assert isinstance(event, TextMessage) and event.message_finished
+            self.got.append(json.loads(event.data))
+
+
+UUIDS = [f"00000000-0000-4000-8000-00000000000{i}" for i in range(4)]
+OPS = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("create"),
+            st.integers(0, 3),
+            st.sampled_from(["acc1", "acc2", None]),
+            st.sampled_from(["u1", "u2", None]),
+        ),
+        st.tuples(
+            st.sampled_from(["CHANNEL_ANSWER", "CHANNEL_HOLD", "CHANNEL_UNHOLD", "CHANNEL_DATA"]),
+            st.integers(0, 3),
+            st.sampled_from(["acc1", "acc2"]),
+            st.just(None),
+        ),
+        st.tuples(st.just("CHANNEL_DESTROY"), st.integers(0, 3), st.none(), st.none()),
+        st.tuples(st.just("publish"), st.none(), st.none(), st.none()),
+    ),
+    max_size=40,
+)
+SUBS = st.lists(
+    st.tuples(
+        st.integers(0, 3),  # which socket
+        st.sampled_from(["acc1", "acc2", "*"]),
+        st.sampled_from(BINDINGS + [f"call.*.{UUIDS[0]}", f"call.CHANNEL_ANSWER.{UUIDS[1]}"]),
+        st.sampled_from([None, "u1"]),  # a user token's owner
+    ),
+    max_size=8,
+    unique_by=lambda s: (s[0], s[1], s[2]),
+)
+
+
+@given(subs=SUBS, ops=OPS)
+@settings(max_examples=150, derandomize=True, deadline=None)
+def test_each_socket_gets_exactly_what_its_bindings_match_in_order(subs, ops) -> None:
+    from channelsd.blackhole.hub import Hub, Subscription
+    from channelsd.table import ChannelTable, Identity
+
+    table = ChannelTable(Identity(device_owners={"dev9": "u1"}))
+    hub = Hub(table, interval=3600)
+    everything = Collector()
+    hub.add(Subscription(everything, "*", "call.*.*", ("*", "*"), None, None))
+    sockets = [Collector() for _ in range(4)]
+    for i, account, binding, owner in subs:
+        _, event, call_id = binding.split(".")
+        hub.add(Subscription(sockets[i], account, binding, (event, call_id), owner, None))
+    for op, n, account, owner in ops:
+        if op == "publish":
+            hub.publish()
+            continue
+        uuid = UUIDS[n]
+        event: dict[str, Any] = {"Event-Name": op, "Unique-ID": uuid, "variable_uuid": uuid}
+        if op == "create":
+            event["Event-Name"] = "CHANNEL_CREATE"
+            if owner == "u2":
+                event["variable_ecallmgr_Authorizing-ID"] = "dev9"  # u1's device
+        if account is not None:
+            event["variable_ecallmgr_Account-ID"] = account
+        if owner is not None:
+            event["variable_ecallmgr_Owner-ID"] = owner
+        table.apply("fs1", event)
+    hub.publish()
+    if hub._timer is not None:
+        hub._timer.kill()
+    # The model: what the catch-all saw, filtered as each socket's bindings say.
+    for i, sock in enumerate(sockets):
+        mine = [s for s in subs if s[0] == i]
+        expected = []
+        for message in everything.got:
+            data = message["data"]
+            ccvs = data["custom_channel_vars"]
+            for _, account, binding, owner in mine:
+                _, name, call_id = binding.split(".")
+                if (
+                    account in ("*", ccvs["account_id"])
+                    and name in ("*", message["name"])
+                    and call_id in ("*", data["call_id"])
+                    and (
+                        owner is None
+                        or ccvs.get("owner_id") == owner
+                        or ccvs.get("authorizing_id") == "dev9"
+                    )
+                ):
+                    expected.append((binding, message["name"], data["call_id"]))
+        got = [(m["subscribed_key"], m["name"], m["data"]["call_id"]) for m in sock.got]
+        assert sorted(got) == sorted(expected)
+        # In the order they happened (ties: one event under several bindings).
+        positions = [next(k for k, m in enumerate(everything.got) if same(m, g)) for g in sock.got]
+        assert positions == sorted(positions)
+
+
+def same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return a["name"] == b["name"] and a["data"] == b["data"]

@@ -44,7 +44,7 @@ PUBLISH_INTERVAL = 0.05
 class Receiver(Protocol):
     """What a subscription delivers to: its socket."""
 
-    def deliver(self, frames: list[bytes]) -> None: ...
+    def deliver(self, frames: bytes) -> None: ...
 
 
 class Subscription:
@@ -177,25 +177,27 @@ class Hub:
         """Send what was noted since the last call (the timer calls this)."""
         self._timer = None
         pending, self._pending = self._pending, []
-        out: dict[Receiver, list[bytes]] = {}
+        batches: dict[tuple[str, tuple[str, str]], _Batch] = {}
         devices_of = self.table.identity.devices_of
+        seq = 0
         # A reconcile can announce thousands at once: matched in slices, letting ingest in.
         for part in in_slices(pending):
             for event in part:
+                seq += 1
                 for account in (event.account, WILDCARD):
                     keys = self._index.get(account)
                     if keys:
-                        self._match(event, account, keys, out, devices_of)
+                        self._match(seq, event, account, keys, batches, devices_of)
         self.published += len(pending)
-        for receiver, frames in out.items():
-            receiver.deliver(frames)
+        self._deliver(batches)
 
     def _match(
         self,
+        seq: int,
         event: _Event,
         account: str,
         keys: dict[tuple[str, str], dict[Subscription, None]],
-        out: dict[Receiver, list[bytes]],
+        batches: dict[tuple[str, tuple[str, str]], _Batch],
         devices_of: dict[str, set[str]],
     ) -> None:
         name, call_id = event.name, event.call_id
@@ -203,27 +205,58 @@ class Hub:
             subs = keys.get(key)
             if not subs:
                 continue
+            batch = batches.get((account, key))
+            if batch is None:
+                batch = batches[(account, key)] = _Batch(subs)
             frame = None
-            for sub in subs:
+            if batch.everyone:
+                frame = self._frame(event, account, key)
+                batch.frames.append((seq, frame))
+            for sub in batch.owners:  # `user` tokens: only their owner's calls
                 owner = sub.owner
-                if (
-                    owner is not None
-                    and event.owner != owner
-                    and event.device not in devices_of.get(owner, ())
-                ):
-                    continue
-                if frame is None:
-                    frame = self._frame(event, account, sub.binding, key)
-                frames = out.get(sub.receiver)
-                if frames is None:
-                    out[sub.receiver] = [frame]
-                else:
-                    frames.append(frame)
+                if event.owner == owner or event.device in devices_of.get(owner or "", ()):
+                    if frame is None:
+                        frame = self._frame(event, account, key)
+                    batch.owned.setdefault(sub.receiver, []).append((seq, frame))
 
-    def _frame(self, event: _Event, account: str, binding: str, key: tuple[str, str]) -> bytes:
+    @staticmethod
+    def _deliver(batches: dict[tuple[str, tuple[str, str]], _Batch]) -> None:
+        """Each socket gets its batch in one call. The usual case, a socket with one binding
+        on an account, gets the very bytes object every other socket of that binding gets;
+        a socket with several gets them merged in the order the events happened."""
+        only: dict[Receiver, _Batch] = {}  # sockets with one batch so far
+        several: dict[Receiver, list[list[tuple[int, bytes]]]] = {}
+
+        def add(receiver: Receiver, frames: list[tuple[int, bytes]]) -> None:
+            lists = several.get(receiver)
+            if lists is not None:
+                lists.append(frames)
+            elif receiver in only:
+                several[receiver] = [only.pop(receiver).frames, frames]
+            else:
+                several[receiver] = [frames]
+
+        for batch in batches.values():
+            if batch.frames:
+                for sub in batch.everyone:
+                    receiver = sub.receiver
+                    if receiver in only or receiver in several:
+                        add(receiver, batch.frames)
+                    else:
+                        only[receiver] = batch
+            for receiver, frames in batch.owned.items():
+                add(receiver, frames)
+        for receiver, batch in only.items():
+            receiver.deliver(batch.blob())
+        for receiver, lists in several.items():
+            merged = [item for frames in lists for item in frames]
+            merged.sort(key=_first)  # stable: the order the events happened in
+            receiver.deliver(b"".join(frame for _, frame in merged))
+
+    def _frame(self, event: _Event, account: str, key: tuple[str, str]) -> bytes:
         message = (
             b'{"action":"event","subscribed_key":'
-            + orjson.dumps(binding)
+            + orjson.dumps(f"call.{key[0]}.{key[1]}")  # the binding, as the client wrote it
             + b',"subscription_key":'
             + orjson.dumps(f"call.{account}.{key[0]}.{key[1]}")
             + b',"name":'
@@ -245,6 +278,28 @@ class Hub:
         if self._timer is not None:
             self._timer.kill(block=False)
             self._timer = None
+
+
+class _Batch:
+    """One publish's frames for one (account, binding): shared by every socket holding it."""
+
+    __slots__ = ("everyone", "owners", "frames", "owned", "_blob")
+
+    def __init__(self, subs: dict[Subscription, None]) -> None:
+        self.everyone = [s for s in subs if s.owner is None]
+        self.owners = [s for s in subs if s.owner is not None]
+        self.frames: list[tuple[int, bytes]] = []  # (event's order in the publish, frame)
+        self.owned: dict[Receiver, list[tuple[int, bytes]]] = {}
+        self._blob: bytes | None = None
+
+    def blob(self) -> bytes:
+        if self._blob is None:
+            self._blob = b"".join(frame for _, frame in self.frames)
+        return self._blob
+
+
+def _first(item: tuple[int, bytes]) -> int:
+    return item[0]
 
 
 def _partner_of(last: tuple[str, Channel, str, Any] | None, ch: Channel) -> bool:

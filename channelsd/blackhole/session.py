@@ -302,19 +302,18 @@ class Session:
 
     # -- the hub's side ----------------------------------------------------------------------
 
-    def deliver(self, frames: list[bytes]) -> None:
-        """Events for this socket, framed already (the same bytes every socket gets)."""
+    def deliver(self, frames: bytes) -> None:
+        """A batch of events for this socket, framed already: usually the very bytes object
+        every socket with the same binding gets."""
         if self.closing is not None:
             return
-        size = 0
-        for frame in frames:
-            size += len(frame)
+        size = len(frames)
         if self._queued + size > self.cfg.send_queue_bytes:
             self.service.dropped_slow += 1
             log.info("websocket too slow client=%s queued=%d", self.client, self._queued)
             self.abort("too slow")
             return
-        self._out.extend(frames)
+        self._out.append(frames)
         self._queued += size
         self._wake.set()
 
@@ -384,8 +383,9 @@ class Session:
             while not self.aborted:
                 self._wake.clear()
                 if self._out:
-                    data = b"".join(self._out)
-                    self._out.clear()
+                    out = self._out
+                    data = out[0] if len(out) == 1 else b"".join(out)  # no copy for one batch
+                    out.clear()
                     self._queued = 0
                     self._sendall(data)
                     continue
