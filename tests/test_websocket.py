@@ -17,7 +17,7 @@ import gevent
 import pytest
 import requests
 import websocket
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from kazoo_support import KID, Cluster, WsClient, cluster, toml_text
 
@@ -754,6 +754,21 @@ SUBS = st.lists(
 
 
 @given(subs=SUBS, ops=OPS)
+@example(  # two bindings of one socket, their events interleaved within one publish
+    subs=[
+        (0, "acc1", "call.CHANNEL_CREATE.*", None),
+        (0, "acc1", "call.CHANNEL_ANSWER.*", None),
+        (1, "acc1", "call.CHANNEL_ANSWER.*", "u1"),
+        (1, "*", "call.CHANNEL_CREATE.*", None),
+    ],
+    ops=[
+        ("create", 0, "acc1", "u1"),
+        ("CHANNEL_ANSWER", 0, "acc1", None),
+        ("create", 1, "acc1", "u2"),
+        ("CHANNEL_ANSWER", 1, "acc1", None),
+        ("create", 2, "acc2", None),
+    ],
+)
 @settings(max_examples=150, derandomize=True, deadline=None)
 def test_each_socket_gets_exactly_what_its_bindings_match_in_order(subs, ops) -> None:
     from channelsd.blackhole.hub import Hub, Subscription
