@@ -7,6 +7,7 @@ the descendant check asks a stand-in crossbar over a real socket.
 """
 
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -165,7 +166,8 @@ def forgeries() -> dict[str, tuple[str, str]]:
         ),
         "payload tampered: another account": (tamper(good, account_id="acc2"), "bad_signature"),
         "payload tampered: later exp": (tamper(good, exp=2**40), "bad_signature"),
-        "signature cut": (f"{header}.{payload}.{signature[:-4]}", "malformed"),
+        # Four characters fewer: bytes that may or may not decode, never a signature.
+        "signature cut": (f"{header}.{payload}.{signature[:-4]}", "(malformed|bad_signature)"),
         "another token's signature": (
             f"{header}.{payload}.{main.token('acc2').split('.')[2]}",
             "bad_signature",
@@ -202,7 +204,7 @@ def test_every_forgery_is_the_one_401_and_the_log_says_why(
         assert shape(resp) == shape(unknown)  # nothing in the body tells the cases apart
     lines = [r.getMessage() for r in caplog.records if "auth failure" in r.getMessage()]
     assert lines and all(line.startswith("auth failure client=127.0.0.1 ") for line in lines)
-    assert f"reason={reason}" in lines[-1], lines[-1]
+    assert re.search(f"reason={reason}", lines[-1]), lines[-1]
     assert forged not in caplog.text
 
 
