@@ -466,7 +466,7 @@ def test_text_that_is_not_a_request_is_answered_not_closed(wsd: Harness, connect
 
 
 def test_idle_sockets_are_pinged_and_dead_ones_dropped(switch: Any, make_daemon: Any) -> None:
-    h = make_daemon([switch], websocket={"ping_interval": 0.3})
+    h = make_daemon([switch], websocket={"ping_interval": 0.5})
     answering = WsClient(ws_url(h))  # websocket-client answers pings as browsers do
     silent = socket.create_connection(h.daemon.http_address)
     try:
@@ -531,7 +531,7 @@ def test_reconnect_and_resubscribe(switch: Any, wsd: Harness, connect) -> None:
 def test_a_subscriber_that_never_reads_is_dropped_with_bounded_memory(
     switch: Any, make_daemon: Any, monkeypatch: pytest.MonkeyPatch, figure: Any
 ) -> None:
-    limit = 65536
+    limit = 256 * 1024
     h = make_daemon([switch], websocket={"send_queue_bytes": limit})
     most = [0]
     deliver = Session.deliver
