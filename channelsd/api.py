@@ -20,6 +20,7 @@ from flask import Flask, Response, g, redirect, request, send_from_directory
 from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
 
 from channelsd import envelope
+from channelsd.blackhole.service import Websockets, available_bindings
 from channelsd.channel import Channel
 from channelsd.ended import Ended, EndedCalls
 from channelsd.envelope import ApiError
@@ -33,7 +34,7 @@ from channelsd.presented import header_token, truthy, wants_csv
 from channelsd.stream import Broker, subscribe
 from channelsd.subscriptions import Subscription, Subscriptions
 from channelsd.table import ChannelTable, Scope
-from channelsd.tokens import Token, TokenStore
+from channelsd.tokens import Authenticator, Token, log_failure
 
 log = logging.getLogger("channelsd.api")
 
@@ -60,7 +61,8 @@ class ApiContext:
     """What the HTTP side may use: read access to the table, tokens, and the action runner."""
 
     table: ChannelTable
-    tokens: TokenStore
+    # Every token check goes through it: channelsd's own tokens and Kazoo's (a reload swaps it).
+    auth: Authenticator
     system_wide_channels_list: bool = False
     max_body_bytes: int = 65536
     # Runs a POST action or PUT metaflow; set when channelsd.actions is wired in.
@@ -78,6 +80,8 @@ class ApiContext:
     # Open event streams by token, for the limit and for revoking them at a reload.
     subscriptions: Subscriptions = field(default_factory=lambda: Subscriptions(256))
     peers: Peers = field(default_factory=Peers)
+    # Kazoo's websocket for call events (channelsd.blackhole), at websocket.path.
+    websockets: Websockets | None = None
 
     def system_list_refusal(self, token: Token) -> str | None:
         """Why this token may not read the system-wide list, or None when it may."""
@@ -183,12 +187,15 @@ def create_app(ctx: ApiContext) -> Flask:
     # it leaves, which costs nothing per header (werkzeug validates each one it is given).
     flask_wsgi = fast_lists(ctx, app.wsgi_app) if ctx.fast_lists else app.wsgi_app
     cors = list(CORS_HEADERS.items())
+    sockets = ctx.websockets
 
     def wsgi_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             headers.extend(cors)
             return start_response(status, headers, exc_info)
 
+        if sockets is not None and environ.get("PATH_INFO") == sockets.path:
+            return sockets.app(environ, start)
         return flask_wsgi(environ, start)
 
     app.wsgi_app = wsgi_app  # type: ignore[method-assign]
@@ -236,15 +243,11 @@ def create_app(ctx: ApiContext) -> Flask:
                 raise envelope.method_not_allowed(list(allowed))
             body = _read_body()
             presented = _presented_token(body)
-            token = ctx.tokens.find(presented) if presented else None
+            token, reason = ctx.auth.authenticate(presented) if presented else (None, "")
             if token is None:
                 if presented:  # a wrong token, not a client that sent none: fail2ban's line
-                    log.info(
-                        "auth failure client=%s request_id=%s path=%s",
-                        ctx.peers.client(request.environ),
-                        g.rid,
-                        _loggable(request.path),
-                    )
+                    client = ctx.peers.client(request.environ)
+                    log_failure(client, g.rid, _loggable(request.path), reason)
                 raise envelope.invalid_credentials()
             return handler(Call(token, presented, body, method), **params)
 
@@ -263,11 +266,28 @@ def create_app(ctx: ApiContext) -> Flask:
 
         return register
 
+    def route_open(rule: str) -> Callable[[Callable[[], Response]], Any]:
+        """A GET resource without a token, in the API's envelope (405 for other methods)."""
+
+        def register(handler: Callable[[], Response]) -> Any:
+            def view() -> Response:
+                if request.method == "OPTIONS":
+                    return Response(status=200)
+                if request.method not in ("GET", "HEAD"):
+                    raise envelope.method_not_allowed(["GET"])
+                return handler()
+
+            view.__name__ = handler.__name__
+            app.add_url_rule(rule, view_func=view, methods=ALL_METHODS, strict_slashes=False)
+            return handler
+
+        return register
+
     def reply(call: Call, data: Any, status: int = 200) -> Response:
         return envelope.success(data, g.rid, call.token_text, status, g.pretty)
 
     def authorise_account(call: Call, account_id: str) -> None:
-        if not call.token.may_see_account(account_id):
+        if not ctx.auth.may_act_on(call.token, call.token_text, account_id):
             raise envelope.forbidden(f"this token may not see account {account_id}")
 
     def owned(call: Call, owner_id: str | None, device_id: str | None) -> bool:
@@ -413,7 +433,13 @@ def create_app(ctx: ApiContext) -> Flask:
             if ctx.metrics is not None:
                 ctx.metrics.http_refused.labels("stream_limit").inc()
             raise envelope.too_many_streams(ctx.subscriptions.limit)
-        body = subscribe(broker, scope, keep, snapshot, last, lambda: sub.ended)
+        # A Kazoo token's stream ends at its exp, as its requests would start failing then.
+        token = call.token
+
+        def ended() -> bool:
+            return sub.ended or token.expired(time.time())
+
+        body = subscribe(broker, scope, keep, snapshot, last, ended)
         # A stream's client sends nothing after its request: the server says when it left,
         # so that its place is given back at once, not at the next keepalive write.
         watch = request.environ.get("channelsd.watch_disconnect")
@@ -437,6 +463,14 @@ def create_app(ctx: ApiContext) -> Flask:
         return stream(
             call, lambda ch: ch.account_id == account_id, lambda: table.by_account(account_id)
         )
+
+    # -- Kazoo's websocket: what it offers (no token, as crossbar's cb_websockets) -----------
+
+    @route_open("/v2/websockets")
+    def websockets() -> Response:
+        if ctx.websockets is None:
+            raise ApiError(503, "websockets unavailable", {"message": "websocket.enabled is false"})
+        return envelope.success(available_bindings(), g.rid, None, 200, g.pretty)
 
     # -- operations: no token, nothing sensitive ---------------------------------------------
 
@@ -492,5 +526,8 @@ def create_app(ctx: ApiContext) -> Flask:
 
     if ctx.metrics is not None:
         # The route label is one of these (or "unmatched"), whatever path a client sends.
-        ctx.metrics.routes = frozenset(r.rule for r in app.url_map.iter_rules())
+        routes = {r.rule for r in app.url_map.iter_rules()}
+        if ctx.websockets is not None:
+            routes.add(ctx.websockets.path)
+        ctx.metrics.routes = frozenset(routes)
     return app

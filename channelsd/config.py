@@ -9,14 +9,16 @@ from __future__ import annotations
 import ipaddress
 import json
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jsonschema
 
 from channelsd.gate import placeholders
+from channelsd.kazoo_keys import KazooConfig, KazooKey, load_key
 from channelsd.policy import DEFAULT_MEDIA, ROW_PLACEHOLDERS
 from channelsd.tokens import Token
 from channelsd.validate import FORMAT_MESSAGES, KINDS, is_dialplan, is_file_path, is_media
@@ -78,6 +80,25 @@ class HttpLimits:
 
 
 @dataclass(frozen=True)
+class WebsocketConfig:
+    """[websocket]: Kazoo's websocket (blackhole) for call events (channelsd.blackhole)."""
+
+    enabled: bool = True
+    path: str = "/websocket"
+    port: int | None = None  # also its own port (Kazoo's 5555); None: only the API's
+    host: str | None = None  # of that port; None: http.host
+    max_sockets: int = 512
+    max_bindings: int = 64
+    max_message_bytes: int = 65536
+    send_queue_bytes: int = 1024 * 1024
+    ping_interval: float = 30.0
+
+
+# Paths the API's own port answers itself: the websocket may not take one of them.
+_RESERVED_PATHS = ("/v2", "/console", "/healthz", "/readyz", "/metrics")
+
+
+@dataclass(frozen=True)
 class IdentityConfig:
     chains: dict[str, tuple[str, ...]]
     ccv_prefix: str = DEFAULT_CCV_PREFIX
@@ -132,6 +153,9 @@ class Config:
     event_buffer: int = 10000
     ended_calls_minutes: float = 15.0
     ended_calls_max: int = 10000
+    websocket: WebsocketConfig = field(default_factory=WebsocketConfig)
+    # [kazoo]: Kazoo-issued tokens accepted beside [[tokens]]; None when not configured.
+    kazoo: KazooConfig | None = None
 
 
 def _schema() -> dict[str, Any]:
@@ -211,6 +235,8 @@ def parse(data: dict[str, Any], path: str = "<memory>") -> Config:
     actions = _actions(data.get("actions", {}), path)
     limits = _http_limits(http, path)
     proxies = _trusted_proxies(http.get("trusted_proxies", []), path)
+    websocket = _websocket(data.get("websocket", {}), limits, path)
+    kazoo = _kazoo(data["kazoo"], path) if "kazoo" in data else None
 
     return Config(
         path=path,
@@ -231,6 +257,47 @@ def parse(data: dict[str, Any], path: str = "<memory>") -> Config:
         event_buffer=data.get("api", {}).get("event_buffer", 10000),
         ended_calls_minutes=float(data.get("api", {}).get("ended_calls_minutes", 15)),
         ended_calls_max=data.get("api", {}).get("ended_calls_max", 10000),
+        websocket=websocket,
+        kazoo=kazoo,
+    )
+
+
+def _websocket(section: dict[str, Any], limits: HttpLimits, path: str) -> WebsocketConfig:
+    cfg = WebsocketConfig(**section)
+    if any(cfg.path == p or cfg.path.startswith(p + "/") for p in _RESERVED_PATHS):
+        raise ConfigError(
+            f"{path}: websocket.path: {cfg.path!r} is one of the API's own paths "
+            f"({', '.join(_RESERVED_PATHS)})"
+        )
+    if "max_sockets" not in section:  # the default never exceeds a smaller connection limit
+        cfg = replace(cfg, max_sockets=min(cfg.max_sockets, limits.max_connections))
+    if cfg.max_sockets > limits.max_connections:
+        raise ConfigError(
+            f"{path}: websocket.max_sockets: must not exceed http.max_connections "
+            "(every websocket holds a connection)"
+        )
+    return cfg
+
+
+def _kazoo(section: dict[str, Any], path: str) -> KazooConfig:
+    """[kazoo], with every public key read and checked now: `check` says what is wrong with a
+    key file, and a reload with a broken one keeps the running keys."""
+    base = Path(path).parent if path != "<memory>" else Path.cwd()
+    keys: dict[str, KazooKey] = {}
+    for kid, file in section["public_keys"].items():
+        where = Path(file) if Path(file).is_absolute() else base / file
+        try:
+            keys[kid] = load_key(kid, str(where))
+        except ValueError as exc:
+            raise ConfigError(f"{path}: kazoo.public_keys.{kid}: {exc}") from None
+    return KazooConfig(
+        keys=keys,
+        default_role=section.get("default_role", "admin"),
+        superduper_accounts=frozenset(section.get("superduper_accounts", ())),
+        crossbar_url=section.get("crossbar_url", ""),
+        crossbar_timeout=float(section.get("crossbar_timeout", 2)),
+        descendants_cache_seconds=float(section.get("descendants_cache_seconds", 300)),
+        descendants_cache_size=section.get("descendants_cache_size", 10000),
     )
 
 
@@ -347,11 +414,18 @@ def service_warnings(cfg: Config) -> list[str]:
             "(use `channelsd demo` to try it without one)"
         )
     warnings = []
-    if not cfg.tokens:
+    if not cfg.tokens and cfg.kazoo is None:
         warnings.append(
             f"{cfg.path}: tokens: none configured: every API request will get 401 "
             "(make one with `channelsd token new`)"
         )
+    if cfg.kazoo is not None and cfg.kazoo.crossbar_url.startswith("http://"):
+        host = urlsplit(cfg.kazoo.crossbar_url).hostname or ""
+        if not _is_loopback(host):
+            warnings.append(
+                f"{cfg.path}: kazoo.crossbar_url: plain http to another host: the tokens "
+                "channelsd asks about cross the network in clear (use https)"
+            )
     for i, node in enumerate(cfg.nodes):
         if node.password == FREESWITCH_DEFAULT_PASSWORD:
             warnings.append(
@@ -359,6 +433,15 @@ def service_warnings(cfg: Config) -> list[str]:
                 "in event_socket.conf.xml and here"
             )
     return warnings
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def token_problem(entry: dict[str, Any]) -> str | None:

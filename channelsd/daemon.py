@@ -19,10 +19,14 @@ import gevent.event
 from channelsd import config as config_module
 from channelsd.actions import Actions
 from channelsd.api import CORS_HEADERS, ApiContext, create_app
+from channelsd.blackhole.hub import Hub
+from channelsd.blackhole.service import Websockets
 from channelsd.config import Config, ConfigError
 from channelsd.ended import EndedCalls
 from channelsd.health import LoopMonitor, SystemdNotifier, readiness
 from channelsd.httpserver import HttpServer, connection_budget
+from channelsd.kazoo_accounts import KazooAccounts
+from channelsd.kazoo_auth import KazooTokens
 from channelsd.logs import mask
 from channelsd.metrics import Metrics
 from channelsd.node import NodeLink
@@ -30,7 +34,7 @@ from channelsd.peers import Peers
 from channelsd.stream import Broker
 from channelsd.subscriptions import Subscriptions
 from channelsd.table import ChannelTable, Identity
-from channelsd.tokens import TokenStore
+from channelsd.tokens import Authenticator, TokenStore
 
 log = logging.getLogger("channelsd")
 
@@ -43,6 +47,22 @@ class _AccessLog:
 
     def write(self, line: str) -> None:
         log.debug("http %s", mask(line.rstrip()))
+
+
+def authenticator(cfg: Config) -> Authenticator:
+    """Who the config's tokens are: [[tokens]], and Kazoo's JWTs when [kazoo] is set."""
+    kazoo = cfg.kazoo
+    if kazoo is None:
+        return Authenticator(TokenStore(cfg.tokens))
+    accounts = None
+    if kazoo.crossbar_url:
+        accounts = KazooAccounts(
+            kazoo.crossbar_url,
+            kazoo.crossbar_timeout,
+            kazoo.descendants_cache_seconds,
+            kazoo.descendants_cache_size,
+        )
+    return Authenticator(TokenStore(cfg.tokens), KazooTokens(kazoo), accounts)
 
 
 def _identity(cfg: Config) -> Identity:
@@ -65,7 +85,7 @@ class Daemon:
         self.loop = LoopMonitor(on_tick=self._tick)
         self.ctx = ApiContext(
             table=self.table,
-            tokens=TokenStore(config.tokens),
+            auth=authenticator(config),
             system_wide_channels_list=config.system_wide_channels_list,
             max_body_bytes=config.max_body_bytes,
             nodes=self.nodes,
@@ -77,8 +97,18 @@ class Daemon:
             subscriptions=Subscriptions(config.http_limits.max_streams),
             peers=Peers(config.trusted_proxies),
         )
+        if config.websocket.enabled:
+            self.ctx.websockets = Websockets(
+                config.websocket,
+                Hub(self.table),
+                lambda: self.ctx.auth,
+                self.metrics,
+                self.ctx.peers,
+            )
         self.app = create_app(self.ctx)
         self.http: HttpServer | None = None
+        # websocket.port: the websocket alone, on a port of its own (Kazoo's blackhole: 5555).
+        self.ws_http: HttpServer | None = None
         self._http_greenlet: gevent.Greenlet | None = None
         self._stopped = gevent.event.Event()
         self._last_status = 0.0
@@ -93,6 +123,13 @@ class Daemon:
         assert self.http is not None
         host, port = self.http.server_host, self.http.server_port
         return host, port
+
+    @property
+    def websocket_address(self) -> tuple[str, int] | None:
+        """Where websocket.port listens (None without one)."""
+        if self.ws_http is None:
+            return None
+        return self.ws_http.server_host, self.ws_http.server_port
 
     def start(self) -> None:
         limits = self.config.http_limits
@@ -121,12 +158,35 @@ class Daemon:
         self.http.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._http_greenlet = gevent.spawn(self.http.serve_forever)
         self._http_greenlet.link_exception(self._crashed)
+        self._start_websocket_port(budget)
         for node in self.nodes.values():
             node.start()
         self.loop.start()
         gevent.spawn(self._announce_ready).link_exception(self._crashed)
         host, port = self.http_address
         log.info("listening on http://%s:%d nodes=%d", host, port, len(self.nodes))
+        if self.ctx.websockets is not None:
+            ws_host, ws_port = self.websocket_address or (host, port)
+            path = "/" if self.ws_http is not None else self.config.websocket.path
+            log.info("websocket on ws://%s:%d%s", ws_host, ws_port, path)
+
+    def _start_websocket_port(self, budget: int) -> None:
+        sockets = self.ctx.websockets
+        ws = self.config.websocket
+        if sockets is None or ws.port is None:
+            return
+        self.ws_http = HttpServer(
+            (ws.host or self.config.http_host, ws.port),
+            sockets.app,
+            self.config.http_limits,
+            self.metrics,
+            access_log=_AccessLog() if log.isEnabledFor(logging.DEBUG) else None,
+            extra_headers=CORS_HEADERS.items(),
+            max_connections=min(budget, ws.max_sockets),
+        )
+        self.ws_http.init_socket()
+        self.ws_http.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        gevent.spawn(self.ws_http.serve_forever).link_exception(self._crashed)
 
     def _announce_ready(self) -> None:
         """READY=1 once every node connected and reconciled, or at the start timeout."""
@@ -170,10 +230,13 @@ class Daemon:
             return False
         for warning in warnings:
             log.warning("%s", warning)
-        tokens = TokenStore(fresh.tokens)
-        self.ctx.tokens = tokens
-        # On the same hub turn as the swap: no stream of an old token outlives it.
-        revoked = self.ctx.subscriptions.revoke_changed(tokens)
+        auth = authenticator(fresh)
+        self.ctx.auth = auth
+        # On the same hub turn as the swap: no stream or websocket of an old token outlives
+        # it (a Kazoo token whose key was removed or replaced included).
+        revoked = self.ctx.subscriptions.revoke_changed(auth)
+        if self.ctx.websockets is not None:
+            revoked += self.ctx.websockets.subscriptions.revoke_changed(auth)
         if revoked:
             self.metrics.streams_revoked.inc(revoked)
         self.table.set_identity(_identity(fresh))
@@ -185,8 +248,12 @@ class Daemon:
         self.notifier.send("STOPPING=1")
         self.loop.stop()
         self.ctx.broker.close()
+        if self.ctx.websockets is not None:
+            self.ctx.websockets.close_all()
         for node in self.nodes.values():
             node.stop()
+        if self.ws_http is not None:
+            self.ws_http.stop(timeout=3)
         if self.http is not None:
             self.http.stop(timeout=3)
         self._stopped.set()

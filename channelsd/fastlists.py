@@ -68,7 +68,7 @@ def fast_lists(ctx: ApiContext, app: WSGIApp) -> WSGIApp:
             return table.all_scope() if ctx.system_list_refusal(token) is None else None
         account = params[0]
         if not token.may_see_account(account):
-            return None
+            return None  # another account: perhaps Kazoo's descendant, the resource asks
         if len(params) == 1:
             return table.account_scope(account)
         if "/users/" in rule:
@@ -87,7 +87,9 @@ def fast_lists(ctx: ApiContext, app: WSGIApp) -> WSGIApp:
         if truthy(get("HTTP_X_PRETTY_PRINT")) or wants_csv(None, get("HTTP_ACCEPT")):
             return None
         presented = header_token(get("HTTP_X_AUTH_TOKEN"), get("HTTP_AUTHORIZATION"))
-        token = ctx.tokens.find(presented) if presented else None
+        # The same authentication as the resource's (channelsd.tokens.Authenticator): a
+        # Kazoo token verified once is a dictionary lookup here until its cache entry ends.
+        token = ctx.auth.find(presented) if presented else None
         if token is None:
             return None
         rule, params = route

@@ -140,11 +140,15 @@ class _Reader(io.RawIOBase):
     def __init__(self, conn: Conn, handler: Handler) -> None:
         self.conn = conn
         self.handler = handler
+        # Set when the connection was handed to another protocol: HTTP reads nothing more.
+        self.detached = False
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
+        if self.detached:
+            return 0
         conn = self.conn
         if conn.ended:
             raise ConnectionAbortedError(f"connection ended: {conn.ended}")
@@ -235,12 +239,27 @@ class Handler(WSGIHandler):
 
     def run_application(self) -> None:
         self.environ["channelsd.watch_disconnect"] = self._watch_disconnect
+        self.environ["channelsd.takeover"] = self._takeover
         try:
             super().run_application()
         finally:
             if self._watcher is not None:
                 self._watcher.kill(block=False)
                 self._watcher = None
+
+    def _takeover(self) -> tuple[Any, bytes]:
+        """Hand the connection to another protocol (a websocket upgrade): its socket, and the
+        bytes the client sent past the request that were read already. From here HTTP reads
+        nothing more, no phase deadline applies (the new owner keeps its own time: a websocket
+        pings), nothing more is answered in HTTP, and the socket is closed once the
+        application returns. The connection still counts against max_connections, and is
+        never evicted as waiting."""
+        self.close_connection = True
+        self._orig_status = "101 Switching Protocols"  # for the access line only
+        self.conn.phase = "upgraded"
+        reader = self.rfile.raw
+        reader.detached = True
+        return self.socket, self.rfile.read1(65536)
 
     def _watch_disconnect(self, gone: Callable[[], None]) -> None:
         """Call `gone` if the client closes its end while the answer is still running (an

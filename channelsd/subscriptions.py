@@ -1,21 +1,29 @@
-"""Live subscriptions (event streams today; a websocket endpoint can join them), counted and
-keyed by the token that opened them.
+"""Live subscriptions (the SSE event streams, and the websockets' tokens), counted and keyed by
+the token that opened them.
 
 A request is authorised once, when it arrives; a stream then lives for hours. So the daemon
 keeps a registry of what is open, per token hash: a reload that removes a token, or changes
 what it may see (role, account, owner, descendants), revokes every subscription opened with
-it, and the subscription's own close callback ends it. The registry also holds the limit on
-how many may be open at once.
+it, and the subscription's own close callback ends it. A Kazoo token is revoked the same way
+when its key is removed or replaced. The registry also holds the limit on how many may be open
+at once.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Protocol
 
-from channelsd.tokens import Token, TokenStore
+from channelsd.tokens import Token
 
 log = logging.getLogger("channelsd.subscriptions")
+
+
+class Grants(Protocol):
+    """What tokens grant after a reload: channelsd.tokens' TokenStore or Authenticator."""
+
+    def current(self, token: Token) -> Token | None: ...
 
 
 class Subscription:
@@ -79,13 +87,13 @@ class Subscriptions:
             if not subs:
                 del self._by_token[sub.token.sha256]
 
-    def revoke_changed(self, tokens: TokenStore) -> int:
+    def revoke_changed(self, tokens: Grants) -> int:
         """After a reload: revoke every subscription whose token is gone from `tokens` or now
         grants something else. Returns how many were revoked."""
         revoked = 0
-        for sha, subs in list(self._by_token.items()):
-            current = tokens.by_hash(sha)
+        for subs in list(self._by_token.values()):
             for sub in list(subs.values()):
+                current = tokens.current(sub.token)
                 if current is None or current.grants() != sub.token.grants():
                     sub.end()
                     revoked += 1

@@ -83,6 +83,7 @@ PBX, about {calls} calls coming and going (SIP phones in three accounts, a carri
 The API:
 
   {base}/v2
+  ws://{h}:{p}{cfg.websocket.path}   (Kazoo's websocket: call events for monster-ui)
 
 Live calls board in the browser (paste a token when asked):
 
