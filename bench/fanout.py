@@ -264,7 +264,7 @@ def fanout(suite: Suite) -> None:
     lines = [
         "### 7. Fan-out: live-event subscribers on one account",
         "",
-        f"{n:,} subscribers ({title}) on one account, in {s.fanout_procs} reader processes "
+        f"{n:,} subscribers ({title}) on one account, in {s.fanout_procs} reader process(es) "
         "of their own (epoll, no gevent) plus a canary process holding one of them. Ingest: "
         f"the burst capture with every channel in a Kazoo account, 1 in {every} in the "
         f"watched one ({in_watched} of the capture's channels per repetition), "

@@ -28,7 +28,9 @@ Two variants of the same day, one after the other:
   `uuid_dump` what it has). Sampled: `gc` object counts by type, and the table's own sizes.
 
 The phases: ramp to the live set; warm-up (enough calls to fill every bounded store: the
-ended-calls store to `api.ended_calls_max`, the event ring to `api.event_buffer`); settle
+ended-calls store to `api.ended_calls_max`, the event ring to `api.event_buffer`; and at least
+1.5 TTLs at full speed, so that the tombstones have been at their steady level, and the
+allocator's high-water mark with them, before the *before* sample); settle
 (one tombstone TTL plus 2 s of a trickle of 2 calls/s, the live set unchanged) and the
 *before* sample; the churn (`--calls` calls); settle again and the *after* sample. The
 targets: RSS after within 5 MiB of before (same live set, every bounded store full both
@@ -227,6 +229,18 @@ class Sampler:
         return row
 
 
+def slope(points: list[tuple[float, float]]) -> float:
+    """Least-squares slope of y over x (0 with fewer than two distinct x)."""
+    if len(points) < 2:
+        return 0.0
+    mx = sum(x for x, _ in points) / len(points)
+    my = sum(y for _, y in points) / len(points)
+    var = sum((x - mx) ** 2 for x, _ in points)
+    if not var:
+        return 0.0
+    return sum((x - mx) * (y - my) for x, y in points) / var
+
+
 def _metric_sum(text: str, name: str) -> int:
     total = 0.0
     for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+]+)$", text, re.M):
@@ -283,9 +297,13 @@ def run_daemon(plan: Plan, workdir: Path) -> dict[str, Any]:
             subs.append(_subscribers(workdir, d.http_port, path, n, len(subs)))
         ramp_rss = d.rss_kib()
         sampler.phase = "warm-up"
-        for _ in range(plan.warmup):
+        # Every bounded store full, and one and a half TTLs at full speed: the tombstones (and
+        # whatever else lives for a TTL) reach their steady level before the "before" sample.
+        t_warm = perf()
+        while calls.ended < plan.warmup or perf() - t_warm < 1.5 * plan.ttl:
             calls.churn()
             _pace(sw, calls.started)
+        warm_rate = calls.ended / (perf() - t_warm)
         before = _settle(plan, sampler, sw, calls, "settle-before")
         sampler.phase = "churn"
         t_churn, cpu0 = perf(), d.cpu_seconds()
@@ -328,8 +346,13 @@ def run_daemon(plan: Plan, workdir: Path) -> dict[str, Any]:
             load.stop_process(p)
         d.stop()
         sw.stop()
+    churn_rows = [r for r in sampler.rows if r["phase"] == "churn"]
+    half = [r for r in churn_rows if r["calls"] >= first + plan.calls // 2]
     return {
         "rows": sampler.rows,
+        "warmup_calls": first,
+        "warm_rate": warm_rate,
+        "rss_slope": slope([(r["calls"], r["rss_kib"]) for r in half]) * 10_000,
         "ramp_rss": ramp_rss,
         "before": before,
         "after": after,
@@ -546,7 +569,7 @@ def run_inprocess(plan: Plan, rate: float) -> dict[str, Any]:
             ip.calls.start()
         gevent.sleep(0.3)
         ip.sample("ramp")
-        ip.churn(plan.warmup)
+        ip.churn(max(plan.warmup, int(1.5 * plan.ttl / ip.step)))
         ip.settle()
         ip.sample("before")
         first = ip.calls.ended
@@ -570,15 +593,16 @@ def run_inprocess(plan: Plan, rate: float) -> dict[str, Any]:
         ip.close()
     before = next(s for s in ip.samples if s[0] == "before")
     after = ip.samples[-1]
+    churned = [s for s in ip.samples if s[0] == "churn"]
     limit = max(20, plan.calls // 1000)
-    grew = sorted(
-        (
-            (name, before[2].get(name, 0), n)
-            for name, n in after[2].items()
-            if n - before[2].get(name, 0) > limit
-        ),
-        key=lambda x: x[1] - x[2],
-    )
+    grew = []
+    for name, n in after[2].items():
+        # Grew with the calls: more after than before, and a count that trends up over the
+        # churn's samples (a bounded store's contents wander; a leak climbs).
+        trend = slope([(c, counts.get(name, 0)) for _, c, counts, _ in churned]) * plan.calls
+        if n - before[2].get(name, 0) > limit and trend > limit:
+            grew.append((name, before[2].get(name, 0), n, trend))
+    grew.sort(key=lambda x: x[1] - x[2])
     return {
         "samples": ip.samples,
         "grew": grew,
@@ -653,9 +677,10 @@ def summary(
         "",
         f"{plan.calls:,} calls churned with {plan.live:,} live (two channels each; "
         f"{1 - ONE_OFF_SHARE:.0%} in {FIXED_ACCOUNTS} fixed accounts, {ONE_OFF_SHARE:.0%} in "
-        f"one-off tenants), after a warm-up of {plan.warmup:,} calls that fills every bounded "
-        f"store (`api.ended_calls_max` = {plan.ended_max:,}, `api.event_buffer` = "
-        f"{plan.event_buffer:,}); `sync.tombstone_ttl` = {plan.ttl:g} s for the run; "
+        "one-off tenants), after a warm-up that fills every bounded store "
+        f"(`api.ended_calls_max` = {plan.ended_max:,}, `api.event_buffer` = "
+        f"{plan.event_buffer:,}) and runs 1.5 TTLs at full speed (tombstones at their steady "
+        f"level); `sync.tombstone_ttl` = {plan.ttl:g} s for the run; "
         f"{plan.pollers} clients polling an account list every second, {plan.subscribers} SSE "
         f"subscribers, {plan.reconnects} node reconnects. *Before* / *after*: one TTL + 2 s "
         f"of a trickle ({TRICKLE:g} calls/s, same live set), then the mean of three RSS "
@@ -676,6 +701,9 @@ def summary(
             f"| RSS peak during the churn | {daemon['peak'] / 1024:.1f} MiB |",
             f"| RSS after the churn and one TTL | {daemon['after'] / 1024:.1f} MiB |",
             f"| after − before | {diff / 1024:+.1f} MiB |",
+            f"| RSS trend over the churn's second half (least squares) | "
+            f"{daemon['rss_slope'] / 1024:+.2f} MiB per 10,000 calls |",
+            f"| warm-up: calls, calls/s | {daemon['warmup_calls']:,}, {daemon['warm_rate']:,.0f} |",
             f"| churn: calls/s, daemon CPU | {daemon['calls_per_s']:,.0f}, "
             f"{daemon['churn_cpu']:.0%} |",
             f"| reconnects seen in the daemon's log | {daemon['reconnects']} |",
@@ -709,7 +737,8 @@ def summary(
         lines += [
             "",
             f"Object types (gc) whose count grew by more than {inproc['limit']:,} from before "
-            "to after: "
+            "to after *and* whose least-squares trend over the churn's samples adds as many "
+            "over the churn (a bounded store's contents wander, a leak climbs): "
             + (", ".join(f"`{n}` {a:,} → {b:,}" for n, a, b in grew[:10]) if grew else "none")
             + f". In-process churn: {inproc['seconds']:.0f} s.",
             "",
