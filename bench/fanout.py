@@ -19,8 +19,9 @@ Two measurements, side by side in one run:
   the full-speed throughput round (where it includes the input queued ahead of the probe).
 
 The subscribers run in processes of their own (bench/subscriber_proc.py: epoll, no gevent), a
-few hundred each, plus one canary process with a single subscriber; their CPU is measured,
-and the canary's lag beside the crowd's shows whether the readers themselves were late.
+few hundred each, plus one canary process with a single subscriber connected last; their CPU
+is measured, and the canary's lag beside the crowd's shows whether the readers themselves
+were late.
 A second kind of subscriber (the Kazoo-style websocket, once it exists) is one more entry in
 KINDS here and in subscriber_proc.KINDS.
 """
@@ -156,39 +157,50 @@ class Crowd:
 def start_crowd(
     workdir: Path, kind: str, port: int, path: str, total: int, procs: int, tag: str
 ) -> Crowd:
-    """`total` subscribers: one canary process with one, the rest over `procs` processes."""
-    counts = [1] + [len(range(i, total - 1, procs)) for i in range(procs)]
-    counts = [c for c in counts if c]
-    started, outs = [], []
+    """`total` subscribers: the rest over `procs` processes, then one canary process with one
+    subscriber, connected last (the daemon wakes its subscribers roughly in the order they came, so
+    the canary is at the end of every round: if it is no later than the crowd, the crowd's
+    readers did not add to the lag)."""
+    counts = [len(range(i, total - 1, procs)) for i in range(procs)]
+    counts = [c for c in counts if c] + [1]
+    started: list[subprocess.Popen] = []
+    outs: list[Path] = []
+
+    def spawn(i: int, n: int) -> subprocess.Popen:
+        out = workdir / f"subs-{tag}-{i}.json"
+        out.unlink(missing_ok=True)
+        outs.append(out)
+        proc = bc.spawn(
+            [
+                bc.PYTHON,
+                str(BENCH / "subscriber_proc.py"),
+                kind,
+                str(port),
+                path,
+                str(n),
+                str(out),
+                "--token",
+                bc.SUPER_TOKEN,
+                "--marker",
+                MARKER.decode(),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        started.append(proc)
+        return proc
+
+    def ready(proc: subprocess.Popen, n: int) -> None:
+        line = load.read_line(proc, 120)
+        if line != f"ready {n}":
+            raise RuntimeError(f"subscriber process: {line!r} (wanted ready {n})")
+
     try:
-        for i, n in enumerate(counts):
-            out = workdir / f"subs-{tag}-{i}.json"
-            out.unlink(missing_ok=True)
-            started.append(
-                bc.spawn(
-                    [
-                        bc.PYTHON,
-                        str(BENCH / "subscriber_proc.py"),
-                        kind,
-                        str(port),
-                        path,
-                        str(n),
-                        str(out),
-                        "--token",
-                        bc.SUPER_TOKEN,
-                        "--marker",
-                        MARKER.decode(),
-                    ],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    text=True,
-                )
-            )
-            outs.append(out)
-        for p, n in zip(started, counts, strict=True):
-            line = load.read_line(p, 120)
-            if line != f"ready {n}":
-                raise RuntimeError(f"subscriber process: {line!r} (wanted ready {n})")
+        crowd = [spawn(i, n) for i, n in enumerate(counts[:-1])]
+        for proc, n in zip(crowd, counts, strict=False):
+            ready(proc, n)
+        ready(spawn(len(counts) - 1, 1), 1)
     except BaseException:
         for p in started:
             load.stop_process(p)
@@ -217,7 +229,7 @@ def lag_stats(
             lost += sum(1 for k in probes if k in written and k not in mine)
             per_sub.append(lags)
             pooled += lags
-            if proc_i == 0:
+            if proc_i == len(results) - 1:
                 canary += lags
     p99s = [bc.percentile(x, 99) for x in per_sub if x]
     return {
@@ -311,13 +323,15 @@ def fanout(suite: Suite) -> None:
     cpu_paced = ", ".join(f"{c:.0%}" for c in paced["sub_cpu"])
     lines += [
         "",
-        "Are the readers the bottleneck? Reader processes' CPU (canary first, share of one "
+        "Are the readers the bottleneck? Reader processes' CPU (the canary last, share of one "
         f"core): full-speed round {cpu_full}; paced phase {cpu_paced}; reads that filled "
         f"the whole 256 KiB buffer: {crowd['full_reads']:,}. The bench process (stand-in, "
         f"feeder, probes) used {crowd['load_cpu']:.0%} of a core in the full-speed round. "
         "Subscribers dropped by the daemon: "
-        f"{crowd['closed'] or 'none'}. The canary reads one socket in an idle process: a "
-        "crowd much later than the canary would mean the readers, not the daemon, were late.",
+        f"{crowd['closed'] or 'none'}. The canary reads one socket in an idle process and "
+        "was connected last (the daemon wakes its subscribers roughly in the order they came): a crowd "
+        "later than the canary would mean the readers, not the daemon, were late. The daemon "
+        f"used {paced['daemon_cpu']:.0%} of a core in the paced phase.",
         "",
     ]
     suite.report.add("fanout", *lines)
@@ -427,13 +441,15 @@ def _round(
             churn = load.Churn(sw, replay, PACED_RATE)
             churn.start()
             gevent.sleep(0.5)
-            p0, pt0 = crowd.cpu(), perf()
+            p0, pt0, dcpu0 = crowd.cpu(), perf(), d.cpu_seconds()
             paced_probes = prober.start()
             gevent.sleep(s.fanout_paced_s)
             prober.stop()
             rate = churn.achieved()
             churn.stop()
-            paced_cpu = [(b - a) / (perf() - pt0) for a, b in zip(p0, crowd.cpu(), strict=True)]
+            paced_s = perf() - pt0
+            paced_cpu = [(b - a) / paced_s for a, b in zip(p0, crowd.cpu(), strict=True)]
+            daemon_paced = (d.cpu_seconds() - dcpu0) / paced_s
             gevent.sleep(1.0)
             results = crowd.collect()
             out["bytes"] = sum(sum(r.get("bytes", [])) for r in results)
@@ -445,6 +461,7 @@ def _round(
             paced = lag_stats(results, prober.written, paced_probes)
             paced["rate"] = rate
             paced["sub_cpu"] = paced_cpu
+            paced["daemon_cpu"] = daemon_paced
             out["paced"] = paced
         return out
     finally:
