@@ -329,8 +329,9 @@ def fanout(suite: Suite) -> None:
         f"feeder, probes) used {crowd['load_cpu']:.0%} of a core in the full-speed round. "
         "Subscribers dropped by the daemon: "
         f"{crowd['closed'] or 'none'}. The canary reads one socket in an idle process and "
-        "was connected last (the daemon wakes its subscribers roughly in the order they came): a crowd "
-        "later than the canary would mean the readers, not the daemon, were late. The daemon "
+        "was connected last (the daemon wakes its subscribers roughly in the order they "
+        "came): a crowd later than the canary would mean the readers, not the daemon, were "
+        "late. The daemon "
         f"used {paced['daemon_cpu']:.0%} of a core in the paced phase.",
         "",
     ]
