@@ -686,7 +686,12 @@ def summary(
         f"of a trickle ({TRICKLE:g} calls/s, same live set), then the mean of three RSS "
         "samples. Command: `.venv/bin/python bench/soak.py`"
         + (" --quick" if plan.quick else "")
-        + f"; files: {', '.join(f'`{x}`' for x in files)}.",
+        + f"; files: {', '.join(f'`{x}`' for x in files)}"
+        + (
+            " (the plot drawn by matplotlib)."
+            if any(x.endswith(".png") for x in files)
+            else " (the plot as hand-written SVG: matplotlib is not installed)."
+        ),
         "",
     ]
     targets: list[tuple[str, str, bool]] = []
