@@ -135,8 +135,11 @@ def http_load(
     path_for: Callable[[random.Random], str],
     ok: tuple[int, ...] = (200,),
     max_per_client: int = 200_000,
+    period: float = 0.0,
 ) -> LoadResult:
-    """`clients` closed-loop keep-alive clients for `seconds` (and at most max_per_client)."""
+    """`clients` keep-alive clients for `seconds` (and at most max_per_client requests each):
+    closed loop (the next request the moment an answer ends), or with `period` open loop, each
+    client starting a request every `period` seconds (staggered), as a dashboard polls."""
     lat: list[float] = []
     statuses: dict[int, int] = {}
     errors = [0]
@@ -146,8 +149,12 @@ def http_load(
     def worker(k: int) -> None:
         rnd = random.Random(k)
         http = bc.Http(port)
+        next_at = perf() + (period * k / clients if period else 0.0)
         try:
             for _ in range(max_per_client):
+                if period:
+                    gevent.sleep(max(0.0, next_at - perf()))
+                    next_at += period
                 if perf() >= deadline:
                     break
                 path = path_for(rnd)
