@@ -25,7 +25,9 @@ Two variants of the same day, one after the other:
   virtual clock (so a TTL passes in no time), with the same account mix, list builds for 20
   accounts every 50 calls, and the reconnects as the daemon's node does them (mark stale,
   lose the events meanwhile, reconcile: remove what the switch no longer has, hydrate from
-  `uuid_dump` what it has). Sampled: `gc` object counts by type, and the table's own sizes.
+  `uuid_dump` what it has). Sampled: the objects reachable from those four structures, by
+  type (walked with `gc.get_referents`: strings, bytes and tuples included; the interpreter,
+  the event loop and the stand-in beside them not), their sizes, and the table's own sizes.
 
 The phases: ramp to the live set; warm-up (enough calls to fill every bounded store: the
 ended-calls store to `api.ended_calls_max`, the event ring to `api.event_buffer`; and at least
@@ -56,6 +58,7 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+import types  # noqa: E402
 from collections import Counter, deque  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -502,13 +505,17 @@ class InProcess:
             self.clock.advance(self.step)
             done = self.calls.ended
             if polls and done % 50 == 0:
-                now = self.clock.time()
-                for acc in self.accounts.fixed[:20]:
-                    self.lists.json(self.table, self.table.account_scope(acc), now)
+                self.poll()
             if reconnect_at and done in reconnect_at:
                 self.reconnect()
             if done % 20 == 0:
                 gevent.sleep(0)  # the broker's publishing and the subscribers
+
+    def poll(self) -> None:
+        """The portal's polls: 20 fixed accounts' lists, as the API builds them."""
+        now = self.clock.time()
+        for acc in self.accounts.fixed[:20]:
+            self.lists.json(self.table, self.table.account_scope(acc), now)
 
     def reconnect(self, lost_calls: int = 20) -> None:
         """As NodeLink does it: stale, events lost meanwhile, then a reconcile."""
@@ -535,12 +542,12 @@ class InProcess:
         gevent.sleep(self.broker.interval * 2)
 
     def sample(self, phase: str) -> None:
+        # Every sample just after a poll: what the list caches hold then does not depend on
+        # how many calls went by since the last one.
+        self.poll()
         gevent.sleep(self.broker.interval * 2)
         gc.collect()
-        counts: Counter[str] = Counter()
-        for obj in gc.get_objects():
-            t = type(obj)
-            counts[f"{t.__module__}.{t.__qualname__}"] += 1
+        counts, retained = reachable((self.table, self.broker, self.ended, self.lists))
         t = self.table
         sizes = {
             "live_channels": len(t),
@@ -553,6 +560,7 @@ class InProcess:
             "ring": len(self.broker.ring),
             "published": len(self.broker._published),
             "ended": len(self.ended),
+            "retained_bytes": retained,
             "allocated_blocks": sys.getallocatedblocks(),
         }
         self.samples.append((phase, self.calls.ended, counts, sizes))
@@ -560,6 +568,41 @@ class InProcess:
     def close(self) -> None:
         self.broker.close()
         gevent.killall(self._subs, block=False)
+
+
+# Not walked into: the interpreter and the event loop the daemon's structures point at (a
+# listener is a bound method, the broker holds gevent events), which are not per call.
+_OPAQUE = (
+    type,
+    types.ModuleType,
+    types.FunctionType,
+    types.BuiltinFunctionType,
+    types.MethodType,
+    types.CodeType,
+    types.FrameType,
+)
+
+
+def reachable(roots: tuple[Any, ...]) -> tuple[Counter[str], int]:
+    """Objects reachable from `roots` by type (through gc.get_referents, so strings, bytes
+    and tuples are counted too, tracked by gc or not), and their sizes added up. Only what
+    the daemon's own structures hold is counted, not the bench's stand-in beside them."""
+    counts: Counter[str] = Counter()
+    seen: set[int] = set()
+    todo = list(roots)
+    size = 0
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        t = type(obj)
+        counts[f"{t.__module__}.{t.__qualname__}"] += 1
+        size += sys.getsizeof(obj, 0)
+        if isinstance(obj, _OPAQUE) or t.__module__.startswith(("gevent", "greenlet")):
+            continue
+        todo.extend(gc.get_referents(obj))
+    return counts, size
 
 
 def run_inprocess(plan: Plan, rate: float) -> dict[str, Any]:
@@ -593,7 +636,11 @@ def run_inprocess(plan: Plan, rate: float) -> dict[str, Any]:
         ip.close()
     before = next(s for s in ip.samples if s[0] == "before")
     after = ip.samples[-1]
-    churned = [s for s in ip.samples if s[0] == "churn"]
+    # The churn's samples once the tombstones are back at their level (1.5 TTLs into it: the
+    # settle before it had let them expire), so that the trend is not their climb back.
+    steady_from = before[1] + 1.5 * plan.ttl / ip.step
+    churned = [s for s in ip.samples if s[0] == "churn" and s[1] >= steady_from]
+    churned = churned if len(churned) >= 3 else [s for s in ip.samples if s[0] == "churn"][-3:]
     limit = max(20, plan.calls // 1000)
     grew = []
     for name, n in after[2].items():
@@ -735,16 +782,22 @@ def summary(
             lines.append(f"| {key} | {before[3][key]:,} | {after[3][key]:,} |")
         channel_type = "channelsd.channel.Channel"
         lines.append(
-            f"| `Channel` objects reachable (gc) | {before[2].get(channel_type, 0):,} | "
+            f"| `Channel` objects reachable | {before[2].get(channel_type, 0):,} | "
             f"{after[2].get(channel_type, 0):,} |"
         )
         grew = inproc["grew"]
         lines += [
             "",
-            f"Object types (gc) whose count grew by more than {inproc['limit']:,} from before "
-            "to after *and* whose least-squares trend over the churn's samples adds as many "
-            "over the churn (a bounded store's contents wander, a leak climbs): "
-            + (", ".join(f"`{n}` {a:,} → {b:,}" for n, a, b in grew[:10]) if grew else "none")
+            "Object types (reachable from the table, broker, ended store and list cache) whose "
+            f"count grew by more than {inproc['limit']:,} from before "
+            "to after *and* whose least-squares trend over the churn's samples (from 1.5 TTLs "
+            "into it) adds as many over the churn (a bounded store's contents wander, a leak "
+            "climbs): "
+            + (
+                ", ".join(f"`{n}` {a:,} → {b:,} (trend +{t:,.0f})" for n, a, b, t in grew[:10])
+                if grew
+                else "none"
+            )
             + f". In-process churn: {inproc['seconds']:.0f} s.",
             "",
         ]
