@@ -122,7 +122,6 @@ class Sizes:
     fanout_rounds: int
     fanout_share: float  # share of the ingested channels in the watched account
     fanout_paced_s: float
-    fanout_kind: str
     nodes_count: int
     nodes_channels: int
     nodes_reps: int  # capture repetitions each node writes (plus the cut)
@@ -150,7 +149,6 @@ FULL = Sizes(
     fanout_rounds=2,
     fanout_share=0.01,
     fanout_paced_s=8.0,
-    fanout_kind="sse",
     nodes_count=20,
     nodes_channels=500,
     nodes_reps=2,
@@ -177,7 +175,6 @@ QUICK = Sizes(
     fanout_rounds=1,
     fanout_share=0.01,
     fanout_paced_s=2.0,
-    fanout_kind="sse",
     nodes_count=5,
     nodes_channels=100,
     nodes_reps=1,
