@@ -72,10 +72,23 @@ class CaptureReplay:
     kept. uuids are all 36 bytes, but Content-Length is recomputed anyway.
     """
 
-    def __init__(self, fmt: str, names: Iterable[str] = REPLAYED_EVENTS) -> None:
+    def __init__(
+        self,
+        fmt: str,
+        names: Iterable[str] = REPLAYED_EVENTS,
+        account_of: Callable[[int], str] | None = None,
+    ) -> None:
         wanted = frozenset(names)
         self.fmt = fmt
         self.frames = [f for f in load_frames(CAPTURES / fmt / BURST) if f.event_name in wanted]
+        # Kazoo-style accounts (json only): the capture's k-th channel (by first appearance)
+        # is put in account_of(k), by a custom channel variable in every event that carries
+        # the variables, as Kazoo's ecallmgr sets it.
+        ordinal: dict[str, int] = {}
+        for f in self.frames:
+            if f.unique_id:
+                ordinal.setdefault(f.unique_id, len(ordinal))
+        self.accounts: dict[int, str] = {}
         core = None
         for f in self.frames:
             m = _CORE_RE.search(f.raw)
@@ -87,6 +100,12 @@ class CaptureReplay:
         for f in self.frames:
             head, _, body = f.raw.partition(b"\n\n")
             rest = b"\n".join(ln for ln in head.split(b"\n") if not ln.startswith(b"Content-Len"))
+            if account_of is not None and f.unique_id and b'"variable_uuid"' in body:
+                if fmt != "json":
+                    raise ValueError("accounts are put into json events only")
+                k = ordinal[f.unique_id]
+                acc = self.accounts.setdefault(k, account_of(k))
+                body = b'{"variable_ecallmgr_Account-ID":"%s",%s' % (acc.encode(), body[1:])
             parts = _UUID_RE.split(body)
             found = _UUID_RE.findall(body)
             tpl = parts[0].replace(b"%", b"%%")
@@ -159,43 +178,53 @@ def kazoo_id(seed: str) -> str:
     return uuidlib.uuid5(uuidlib.NAMESPACE_DNS, seed).hex
 
 
+_TEMPLATE_EVENTS = (
+    "CHANNEL_CREATE",
+    "CHANNEL_ANSWER",
+    "CHANNEL_HANGUP_COMPLETE",
+    "CHANNEL_DESTROY",
+)
+# The headers the table reads a callee name from (first present wins): a probe sets them all.
+_CALLEE_NAME_HEADERS = (
+    "variable_origination_callee_id_name",
+    "variable_effective_callee_id_name",
+    "Caller-Callee-ID-Name",
+)
+
+
 class SyntheticChannels:
     """Answered SIP-like channels in Kazoo accounts, from the capture's own event templates.
 
     Each channel is two events: CHANNEL_CREATE and CHANNEL_ANSWER, both carrying every
     variable, as FreeSWITCH sends them, with ten ecallmgr_ custom channel variables as Kazoo
-    sets them (account, owner, device, realm, username, interaction id, ...).
+    sets them (account, owner, device, realm, username, interaction id, ...). An ended call
+    adds the capture's CHANNEL_HANGUP_COMPLETE and CHANNEL_DESTROY of the same leg. A kept
+    channel can be sent again as a CALL_UPDATE with changed headers (the fan-out's probes).
     """
 
     def __init__(self, accounts: list[str], users_per_account: int = 20) -> None:
         frames = load_frames(CAPTURES / "json" / BURST)
-        create = next(
-            orjson.loads(f.raw.partition(b"\n\n")[2])
-            for f in frames
-            if f.event_name == "CHANNEL_CREATE"
-        )
-        uid = create["Unique-ID"]
-        answer = next(
-            orjson.loads(f.raw.partition(b"\n\n")[2])
-            for f in frames
-            if f.event_name == "CHANNEL_ANSWER" and f.unique_id == uid
-        )
-        self.templates = []
-        for tpl in (create, answer):
+        uid = next(f.unique_id for f in frames if f.event_name == "CHANNEL_CREATE")
+        by_name = {}
+        for f in frames:
+            if f.unique_id == uid and f.event_name in _TEMPLATE_EVENTS:
+                by_name.setdefault(f.event_name, orjson.loads(f.raw.partition(b"\n\n")[2]))
+        self.templates: dict[str, dict[str, Any]] = {}
+        for name in _TEMPLATE_EVENTS:
+            tpl = by_name[name]
             for k in _DROP_KEYS:
                 tpl.pop(k, None)
-            self.templates.append(tpl)
+            self.templates[name] = tpl
         self.accounts = accounts
         self.users = users_per_account
         self.seq = 1_000_000
         self.made = 0
+        self.kept: dict[str, dict[str, str]] = {}  # uuid -> its headers, for update()
 
     def account_of(self, i: int) -> str:
         return self.accounts[i % len(self.accounts)]
 
-    def channel(self, account: str, uid: str | None = None) -> tuple[str, list[Frame]]:
-        """(uuid, [CHANNEL_CREATE, CHANNEL_ANSWER]) of one new answered channel in `account`."""
-        uid = uid or new_uuid()
+    def _common(self, account: str, uid: str) -> dict[str, str]:
         n = self.made
         self.made += 1
         user = n % self.users
@@ -204,7 +233,7 @@ class SyntheticChannels:
         device = kazoo_id(f"{account}/device{user}")
         name = f"sofia/sipinterface_1/user{user}@{realm}"
         now_us = time.time_ns() // 1000
-        common = {
+        return {
             "Unique-ID": uid,
             "Caller-Unique-ID": uid,
             "Channel-Call-UUID": uid,
@@ -234,19 +263,42 @@ class SyntheticChannels:
             "variable_ecallmgr_Application-Name": "callflow",
             "variable_ecallmgr_Call-Interaction-ID": f"63{n:09d}-{uid[:8]}",
         }
-        out = []
-        for tpl in self.templates:
-            self.seq += 1
-            event = dict(tpl)
-            event.update(common)
-            event["Event-Sequence"] = str(self.seq)
-            if event["Event-Name"] == "CHANNEL_ANSWER":
-                event["Answer-State"] = "answered"
-                event["Caller-Channel-Answered-Time"] = str(now_us + 1000)
-            body = orjson.dumps(event)
-            raw = b"Content-Length: %d\nContent-Type: text/event-json\n\n%s" % (len(body), body)
-            out.append(Frame("text/event-json", event["Event-Name"], uid, raw))
-        return uid, out
+
+    def _frame(self, template: str, common: dict[str, str], name: str | None = None) -> Frame:
+        self.seq += 1
+        event = dict(self.templates[template])
+        event.update(common)
+        if name is not None:
+            event["Event-Name"] = name
+        event["Event-Sequence"] = str(self.seq)
+        if template != "CHANNEL_CREATE":
+            event["Answer-State"] = "answered"
+            created = int(common["Caller-Channel-Created-Time"])
+            event["Caller-Channel-Answered-Time"] = str(created + 1000)
+        body = orjson.dumps(event)
+        raw = b"Content-Length: %d\nContent-Type: text/event-json\n\n%s" % (len(body), body)
+        return Frame("text/event-json", event["Event-Name"], common["Unique-ID"], raw)
+
+    def channel(
+        self, account: str, uid: str | None = None, ended: bool = False, keep: bool = False
+    ) -> tuple[str, list[Frame]]:
+        """(uuid, [CHANNEL_CREATE, CHANNEL_ANSWER]) of one new answered channel in `account`;
+        `ended`: then hung up (+ CHANNEL_HANGUP_COMPLETE, CHANNEL_DESTROY); `keep`: its
+        headers are kept for update()."""
+        uid = uid or new_uuid()
+        common = self._common(account, uid)
+        if keep:
+            self.kept[uid] = common
+        names = _TEMPLATE_EVENTS if ended else _TEMPLATE_EVENTS[:2]
+        return uid, [self._frame(name, common) for name in names]
+
+    def update(self, uid: str, callee_name: str) -> Frame:
+        """A CALL_UPDATE of a kept channel carrying all its variables and a new callee name
+        (every header the table reads the name from)."""
+        common = dict(self.kept[uid])
+        for header in _CALLEE_NAME_HEADERS:
+            common[header] = callee_name
+        return self._frame("CHANNEL_ANSWER", common, "CALL_UPDATE")
 
 
 # -- the daemon under test -------------------------------------------------------------------
@@ -276,12 +328,21 @@ def spawn(argv: list[str], **kw: Any) -> subprocess.Popen:
     return proc
 
 
-def _proc_cpu(pid: int) -> float:
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used, from /proc; 0 once it is gone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_kib(pid: int) -> int:
+    """A process's resident set (VmRSS) in KiB, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 class MachineMeter:
@@ -305,7 +366,7 @@ class MachineMeter:
 
         me = resource.getrusage(resource.RUSAGE_SELF)
         reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
-        live = sum(_proc_cpu(p.pid) for p in CHILDREN if p.poll() is None)
+        live = sum(proc_cpu(p.pid) for p in CHILDREN if p.poll() is None)
         return me.ru_utime + me.ru_stime + reaped.ru_utime + reaped.ru_stime + live
 
     def foreign(self) -> float:
@@ -338,7 +399,12 @@ def _toml_value(v: Any) -> str:
 
 
 class DaemonProcess:
-    """`channelsd run -c <generated toml>` as a child process, logging to a file."""
+    """`channelsd run -c <generated toml>` as a child process, logging to a file.
+
+    `switch_ports` is one stand-in's port (node `fs1`) or a list of them (`fs1`, `fs2`, ...);
+    `sync` and `api` override keys of those config sections. `started_at` is the
+    perf_counter reading just before the process was spawned (start-up is timed from it).
+    """
 
     SYNC = {
         "reconcile_interval": 3600,
@@ -351,27 +417,40 @@ class DaemonProcess:
         "tombstone_ttl": 120,
     }
 
-    def __init__(self, workdir: Path, name: str, switch_port: int, nocache: bool = False) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        name: str,
+        switch_ports: int | list[int],
+        nocache: bool = False,
+        sync: dict[str, Any] | None = None,
+        api: dict[str, Any] | None = None,
+        log_level: str = "info",
+    ) -> None:
         self.name = name
         self.http_port = free_port()
         self.config = workdir / f"{name}.toml"
         self.log = workdir / f"{name}.log"
-        lines = [
-            "[http]",
-            f'host = "{LOOPBACK}"',
-            f"port = {self.http_port}",
-            "",
-            "[[nodes]]",
-            'name = "fs1"',
-            f'host = "{LOOPBACK}"',
-            f"port = {switch_port}",
-            f'password = "{PASSWORD}"',
-            "",
+        ports = [switch_ports] if isinstance(switch_ports, int) else list(switch_ports)
+        self.nodes = [f"fs{i + 1}" for i in range(len(ports))]
+        lines = ["[http]", f'host = "{LOOPBACK}"', f"port = {self.http_port}", ""]
+        for node, port in zip(self.nodes, ports, strict=True):
+            lines += [
+                "[[nodes]]",
+                f'name = "{node}"',
+                f'host = "{LOOPBACK}"',
+                f"port = {port}",
+                f'password = "{PASSWORD}"',
+                "",
+            ]
+        api_keys = {"system_wide_channels_list": True, **(api or {})}
+        sync_keys = {**self.SYNC, **(sync or {})}
+        lines += [
             "[api]",
-            "system_wide_channels_list = true",
+            *[f"{k} = {_toml_value(v)}" for k, v in api_keys.items()],
             "",
             "[sync]",
-            *[f"{k} = {_toml_value(v)}" for k, v in self.SYNC.items()],
+            *[f"{k} = {_toml_value(v)}" for k, v in sync_keys.items()],
             "",
             "[[tokens]]",
             'name = "bench"',
@@ -380,15 +459,17 @@ class DaemonProcess:
             'role = "superduper"',
             "",
             "[logging]",
-            'level = "info"',
+            f'level = "{log_level}"',
             "",
         ]
+        self.settings = {"sync": sync_keys, "api": api_keys}
         self.config.write_text("\n".join(lines))
         self._logf = open(self.log, "wb")  # noqa: SIM115 - closed in stop()
         if nocache:  # the what-if launcher: channelsd's Daemon with the list cache off
             argv = [str(Path(__file__).with_name("launch_daemon.py")), "--no-list-cache"]
         else:
             argv = ["-m", "channelsd", "run"]
+        self.started_at = time.perf_counter()
         self.proc = spawn(
             [PYTHON, *argv, "-c", str(self.config)], stdout=self._logf, stderr=subprocess.STDOUT
         )
@@ -418,17 +499,14 @@ class DaemonProcess:
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         self.wait_log(r"listening on http://", 0, timeout)
-        self.wait_log(r"node=fs1 reconciled", 0, timeout)
+        for node in self.nodes:
+            self.wait_log(rf"node={node} reconciled", 0, timeout)
 
     def rss_kib(self) -> int:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise RuntimeError("no VmRSS")
+        return rss_kib(self.pid)
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return proc_cpu(self.pid)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -449,19 +527,28 @@ class HttpError(Exception):
 
 
 class Http:
-    """Keep-alive HTTP/1.1 on one raw socket; responses are read by Content-Length or chunks."""
+    """Keep-alive HTTP/1.1 on one raw socket; responses are read by Content-Length or chunks.
+
+    A 10,000-channel list is ~11 MB of JSON: the body is read with `recv_into` straight into
+    one buffer of its announced length (no growing `bytes` re-copied at every read, which
+    cost ~40 ms per such answer and was the ceiling of the system-list rows), and returned
+    as that `bytearray` (orjson, `len`, slicing and `decode` take it as they take bytes).
+    """
+
+    CHUNK = 262144
 
     def __init__(self, port: int, token: str = SUPER_TOKEN, timeout: float = 60.0) -> None:
         self.port = port
         self.token = token
         self.timeout = timeout
         self.sock: socket.socket | None = None
-        self.buf = b""
+        self.buf = bytearray()
+        self._chunk = bytearray(self.CHUNK)
 
     def _connect(self) -> socket.socket:
         sock = socket.create_connection((LOOPBACK, self.port), timeout=self.timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock, self.buf = sock, b""
+        self.sock, self.buf = sock, bytearray()
         return sock
 
     def close(self) -> None:
@@ -472,38 +559,54 @@ class Http:
 
     def _fill(self) -> None:
         assert self.sock is not None
-        data = self.sock.recv(262144)
-        if not data:
+        n = self.sock.recv_into(self._chunk)
+        if not n:
             raise HttpError("connection closed")
-        self.buf += data
+        self.buf += memoryview(self._chunk)[:n]  # bytearray: amortised, not re-copied
 
-    def _take(self, n: int) -> bytes:
-        while len(self.buf) < n:
-            self._fill()
-        out, self.buf = self.buf[:n], self.buf[n:]
+    def _take(self, n: int) -> bytearray:
+        """The next `n` bytes: what is buffered, then the rest read into place."""
+        have = len(self.buf)
+        if have >= n:
+            out = self.buf[:n]
+            del self.buf[:n]  # bytearray drops its head without moving the tail
+            return out
+        out = bytearray(n)
+        out[:have] = self.buf
+        self.buf = bytearray()
+        view = memoryview(out)
+        assert self.sock is not None
+        while have < n:
+            got = self.sock.recv_into(view[have:], n - have)
+            if not got:
+                raise HttpError("connection closed")
+            have += got
         return out
 
     def _line(self) -> bytes:
         while True:
             i = self.buf.find(b"\r\n")
             if i >= 0:
-                out, self.buf = self.buf[:i], self.buf[i + 2 :]
+                out = bytes(self.buf[:i])
+                del self.buf[: i + 2]
                 return out
             self._fill()
 
-    def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+    def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytearray]:
         sock = self.sock or self._connect()
         head = f"{method} {path} HTTP/1.1\r\nHost: {LOOPBACK}\r\nX-Auth-Token: {self.token}\r\n"
         if body is not None:
             head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
         sock.sendall(head.encode() + b"\r\n" + (body or b""))
+        start = 0
         while True:
-            i = self.buf.find(b"\r\n\r\n")
+            i = self.buf.find(b"\r\n\r\n", start)
             if i >= 0:
                 break
+            start = max(0, len(self.buf) - 3)
             self._fill()
-        head_bytes, self.buf = self.buf[:i], self.buf[i + 4 :]
-        lines = head_bytes.decode("latin-1").split("\r\n")
+        lines = self.buf[:i].decode("latin-1").split("\r\n")
+        del self.buf[: i + 4]
         status = int(lines[0].split(" ", 2)[1])
         headers = {}
         for line in lines[1:]:
@@ -512,15 +615,14 @@ class Http:
         if "content-length" in headers:
             data = self._take(int(headers["content-length"]))
         elif headers.get("transfer-encoding", "").lower() == "chunked":
-            chunks = []
+            data = bytearray()
             while True:
                 size = int(self._line().split(b";")[0], 16)
                 if size == 0:
                     self._line()
                     break
-                chunks.append(self._take(size))
+                data += self._take(size)
                 self._take(2)
-            data = b"".join(chunks)
         else:
             raise HttpError(f"response without a length: {headers}")
         if headers.get("connection", "").lower() == "close":

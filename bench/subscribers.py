@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import common as bc  # noqa: E402
-from run import drained, subscribed  # noqa: E402
+from load import drained, subscribed  # noqa: E402
 
 from channelsd.standin.server import StandinSwitch  # noqa: E402
 

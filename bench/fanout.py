@@ -1,0 +1,483 @@
+"""Fan-out (issue #16): a crowd of live-event subscribers on one account while the daemon ingests.
+
+Two measurements, side by side in one run:
+
+* **Throughput.** The burst capture, every channel put in a Kazoo account (a share of them in
+  the watched account), is written as fast as the daemon takes it, with and without the
+  crowd (interleaved rounds, best of each); the figure is events/s from the first byte to the
+  API showing the final state, as in the ingest scenario.
+* **Lag.** Probe channels in the watched account get a CALL_UPDATE with a new callee name
+  (`benchprobe-NNNNNN`) 20 times a second, rotating over 64 channels so that the broker
+  never folds two probes of one channel into one message. A probe's lag, for one
+  subscriber: from the moment the stand-in started writing the frame that carries it to the
+  daemon's socket (the start of the `sendall` of the chunk holding it; a proxy on the
+  stand-in's socket reads the monotonic clock) to the moment that subscriber's process had
+  read the whole message carrying the new name (the same clock, read right after the
+  `recv` that completed the message; CLOCK_MONOTONIC is one clock for every process of the
+  machine). A probe a subscriber never receives counts as lost. Measured while the stand-in
+  writes the same kind of traffic at a paced 5,000 events/s (the target), and also during
+  the full-speed throughput round (where it includes the input queued ahead of the probe).
+
+The subscribers run in processes of their own (bench/subscriber_proc.py: epoll, no gevent), a
+few hundred each, plus one canary process with a single subscriber connected last; their CPU
+is measured, and the canary's lag beside the crowd's shows whether the readers themselves
+were late.
+A second kind of subscriber (the Kazoo-style websocket, once it exists) is one more entry in
+KINDS here and in subscriber_proc.KINDS.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import common as bc
+import gevent
+import load
+
+if TYPE_CHECKING:
+    from run import Suite
+
+perf = time.perf_counter
+clock = time.monotonic
+MARKER = b"benchprobe-"
+PROBE_CHANNELS = 64
+PROBE_RATE = 20.0  # probes per second
+PACED_RATE = 5000.0  # events/s of the paced phase (the lag target)
+MAX_BACKLOG = 2000  # frames the stand-in may hold queued during the full-speed rounds
+BENCH = Path(__file__).resolve().parent
+
+# kind -> (title, the stream's path for an account). The websocket entry waits for the
+# daemon's Kazoo-style endpoint (see subscriber_proc.WebSocketStream).
+KINDS: dict[str, tuple[str, Callable[[str], str]]] = {
+    "sse": (
+        "SSE `/v2/accounts/{acc}/channel_events`",
+        lambda acc: f"/v2/accounts/{acc}/channel_events",
+    ),
+}
+
+
+class TimedSocket:
+    """A stand-in connection's socket, noting when the write of each probe's frame starts."""
+
+    def __init__(self, sock: Any, written: dict[int, float]) -> None:
+        self._sock = sock
+        self._written = written
+
+    def sendall(self, data: bytes) -> None:
+        t = clock()
+        at = data.find(MARKER)
+        while at >= 0:
+            digits = data[at + len(MARKER) : at + len(MARKER) + 6]
+            if digits.isdigit():
+                self._written.setdefault(int(digits), t)
+            at = data.find(MARKER, at + 200)  # a frame names its probe in three headers
+        self._sock.sendall(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class Prober:
+    """Sends the probes, 20 a second, and remembers when each was queued and written."""
+
+    def __init__(self, sw: Any, gen: bc.SyntheticChannels, uuids: list[str]) -> None:
+        self.sw, self.gen, self.uuids = sw, gen, uuids
+        self.written: dict[int, float] = {}
+        self.queued: dict[int, float] = {}
+        self.next = 0
+        self._glet: gevent.Greenlet | None = None
+        for conn in list(sw.connections):
+            if conn.wants("CALL_UPDATE") and not isinstance(conn.sock, TimedSocket):
+                conn.sock = TimedSocket(conn.sock, self.written)
+
+    def start(self) -> list[int]:
+        """Start probing; returns the list that the probes of this phase are appended to."""
+        ids: list[int] = []
+        self._glet = gevent.spawn(self._loop, ids)
+        return ids
+
+    def _loop(self, ids: list[int]) -> None:
+        t0 = perf()
+        sent = 0
+        while perf() - t0 < 900:
+            due = int((perf() - t0) * PROBE_RATE) + 1
+            while sent < due:
+                k = self.next
+                self.next += 1
+                uid = self.uuids[k % len(self.uuids)]
+                frame = self.gen.update(uid, f"{MARKER.decode()}{k:06d}")
+                self.queued[k] = clock()
+                self.sw.send_frames([frame])
+                ids.append(k)
+                sent += 1
+            gevent.sleep(0.005)
+
+    def stop(self) -> None:
+        if self._glet is not None:
+            self._glet.kill(block=True, timeout=2)
+            self._glet = None
+
+
+@dataclass
+class Crowd:
+    """The subscriber processes (and the canary)."""
+
+    procs: list[subprocess.Popen]
+    outs: list[Path]
+    counts: list[int]
+
+    def cpu(self) -> list[float]:
+        return [bc.proc_cpu(p.pid) for p in self.procs]
+
+    def collect(self) -> list[dict[str, Any]]:
+        results = []
+        for p in self.procs:
+            if p.poll() is None:
+                p.stdin.write("stop\n")
+                p.stdin.flush()
+        for p, out in zip(self.procs, self.outs, strict=True):
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+            results.append(json.loads(out.read_text()) if out.exists() else {})
+        return results
+
+    def kill(self) -> None:
+        for p in self.procs:
+            load.stop_process(p)
+
+
+def start_crowd(
+    workdir: Path, kind: str, port: int, path: str, total: int, procs: int, tag: str
+) -> Crowd:
+    """`total` subscribers: the rest over `procs` processes, then one canary process with one
+    subscriber, connected last (the daemon wakes its subscribers roughly in the order they came, so
+    the canary is at the end of every round: if it is no later than the crowd, the crowd's
+    readers did not add to the lag)."""
+    counts = [len(range(i, total - 1, procs)) for i in range(procs)]
+    counts = [c for c in counts if c] + [1]
+    started: list[subprocess.Popen] = []
+    outs: list[Path] = []
+
+    def spawn(i: int, n: int) -> subprocess.Popen:
+        out = workdir / f"subs-{tag}-{i}.json"
+        out.unlink(missing_ok=True)
+        outs.append(out)
+        proc = bc.spawn(
+            [
+                bc.PYTHON,
+                str(BENCH / "subscriber_proc.py"),
+                kind,
+                str(port),
+                path,
+                str(n),
+                str(out),
+                "--token",
+                bc.SUPER_TOKEN,
+                "--marker",
+                MARKER.decode(),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        started.append(proc)
+        return proc
+
+    def ready(proc: subprocess.Popen, n: int) -> None:
+        line = load.read_line(proc, 120)
+        if line != f"ready {n}":
+            raise RuntimeError(f"subscriber process: {line!r} (wanted ready {n})")
+
+    try:
+        crowd = [spawn(i, n) for i, n in enumerate(counts[:-1])]
+        for proc, n in zip(crowd, counts, strict=False):
+            ready(proc, n)
+        ready(spawn(len(counts) - 1, 1), 1)
+    except BaseException:
+        for p in started:
+            load.stop_process(p)
+        raise
+    return Crowd(started, outs, counts)
+
+
+def lag_stats(
+    results: list[dict[str, Any]], written: dict[int, float], probes: list[int]
+) -> dict[str, Any]:
+    """Per-subscriber lag of the given probes: every subscriber's p99, and all lags pooled."""
+    wanted = set(probes)
+    per_sub: list[list[float]] = []
+    pooled: list[float] = []
+    canary: list[float] = []
+    lost = 0
+    unwritten = sum(1 for k in probes if k not in written)
+    for proc_i, res in enumerate(results):
+        got: dict[int, dict[int, float]] = {}
+        for sub, k, t in res.get("received", []):
+            if k in wanted:
+                got.setdefault(sub, {})[k] = t
+        for sub in range(res.get("count", 0)):
+            mine = got.get(sub, {})
+            lags = [mine[k] - written[k] for k in probes if k in written and k in mine]
+            lost += sum(1 for k in probes if k in written and k not in mine)
+            per_sub.append(lags)
+            pooled += lags
+            if proc_i == len(results) - 1:
+                canary += lags
+    p99s = [bc.percentile(x, 99) for x in per_sub if x]
+    return {
+        "subscribers": len(per_sub),
+        "probes": len(probes),
+        "unwritten": unwritten,
+        "lost": lost,
+        "p50": bc.percentile(pooled, 50),
+        "p99": bc.percentile(pooled, 99),
+        "max": max(pooled) if pooled else float("nan"),
+        "worst_p99": max(p99s) if p99s else float("nan"),
+        "median_p99": bc.percentile(p99s, 50),
+        "canary_p99": bc.percentile(canary, 99),
+        "canary_p50": bc.percentile(canary, 50),
+    }
+
+
+def fanout(suite: Suite) -> None:
+    """Every kind of subscriber in KINDS, one after the other (SSE today)."""
+    for kind in KINDS:
+        _fanout(suite, kind)
+
+
+def _fanout(suite: Suite, kind: str) -> None:
+    s = suite.s
+    watched = bc.kazoo_id("fanout-watched")
+    others = [bc.kazoo_id(f"fanout-account{i}") for i in range(99)]
+    every = max(1, round(1 / s.fanout_share))
+    replay = bc.CaptureReplay(
+        "json", account_of=lambda k: watched if k % every == 0 else others[k % len(others)]
+    )
+    frames = replay.stream(s.fanout_reps)
+    expected_cut = bc.final_uuids(frames[-replay.cut :])
+    in_watched = sum(1 for k, a in replay.accounts.items() if a == watched)
+    title, _ = KINDS[kind]
+    rounds: dict[str, list[dict[str, Any]]] = {"none": [], "crowd": []}
+    for _ in range(s.fanout_rounds):
+        rounds["none"].append(_round(suite, frames, expected_cut, replay, watched, 0, kind))
+        rounds["crowd"].append(
+            _round(suite, frames, expected_cut, replay, watched, s.fanout_subscribers, kind)
+        )
+    none = max(rounds["none"], key=lambda r: r["rate"])
+    crowd = max(rounds["crowd"], key=lambda r: r["rate"])
+    paced = min((r["paced"] for r in rounds["crowd"]), key=lambda x: x["worst_p99"])
+    burst = crowd["burst_lag"]
+    ratio = crowd["rate"] / none["rate"]
+    n = s.fanout_subscribers
+    suite.data.setdefault("fanout", {})[kind] = {
+        "none": none,
+        "crowd": crowd,
+        "ratio": ratio,
+        "paced": paced,
+    }
+    lines = [
+        f"### 7. Fan-out: live-event subscribers on one account ({kind})",
+        "",
+        f"{n:,} subscribers ({title}) on one account, in {s.fanout_procs} reader process(es) "
+        "of their own (epoll, no gevent) plus a canary process holding one of them. Ingest: "
+        f"the burst capture with every channel in a Kazoo account, 1 in {every} in the "
+        f"watched one ({in_watched} of the capture's channels per repetition), "
+        f"{s.fanout_reps} repetitions plus the cut ({len(frames):,} events), written as fast "
+        f"as the daemon takes them (at most {MAX_BACKLOG:,} frames queued in the stand-in, "
+        f"so that probes interleave), plus {PROBE_CHANNELS} probe channels in the watched "
+        f"account updated {PROBE_RATE:g} times a second. Rate: events/s from the first "
+        "byte to the API showing the final state; best of "
+        f"{s.fanout_rounds} interleaved round(s) each. Lag: " + _LAG_DEFINITION,
+        "",
+        "| subscribers | events/s to final state | vs none | daemon CPU | stand-in done after | "
+        "messages per subscriber | MB streamed |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, r in (("0", none), (f"{n:,}", crowd)):
+        lines.append(
+            f"| {label} | {r['rate']:,.0f} | {r['rate'] / none['rate']:.2f}x | "
+            f"{r['daemon_cpu']:.0%} | {r['written']:.2f} s of {r['seconds']:.2f} s | "
+            f"{r.get('msgs_per_sub', 0):,.0f} | {r.get('bytes', 0) / 1e6:,.1f} |"
+        )
+    lines += [
+        "",
+        "All rounds, events/s: none "
+        + ", ".join(f"{r['rate']:,.0f}" for r in rounds["none"])
+        + f"; {n:,} subscribers "
+        + ", ".join(f"{r['rate']:,.0f}" for r in rounds["crowd"])
+        + ".",
+        "",
+        "| lag (ms) | probes | lost | p50 | p99 (all) | worst subscriber's p99 | median "
+        "subscriber's p99 | canary p50 / p99 | max |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, lag in (
+        (f"ingesting {paced['rate']:,.0f} ev/s (paced)", paced),
+        ("full-speed round (input queued ahead of the probe included)", burst),
+    ):
+        lines.append(
+            f"| {label} | {lag['probes']} × {lag['subscribers']:,} | {lag['lost']:,} | "
+            f"{bc.ms(lag['p50'])} | {bc.ms(lag['p99'])} | {bc.ms(lag['worst_p99'])} | "
+            f"{bc.ms(lag['median_p99'])} | {bc.ms(lag['canary_p50'])} / "
+            f"{bc.ms(lag['canary_p99'])} | {bc.ms(lag['max'])} |"
+        )
+    cpu_full = ", ".join(f"{c:.0%}" for c in crowd["sub_cpu"])
+    cpu_paced = ", ".join(f"{c:.0%}" for c in paced["sub_cpu"])
+    lines += [
+        "",
+        "Are the readers the bottleneck? Reader processes' CPU (the canary last, share of one "
+        f"core): full-speed round {cpu_full}; paced phase {cpu_paced}; reads that filled "
+        f"the whole 256 KiB buffer: {crowd['full_reads']:,}. The bench process (stand-in, "
+        f"feeder, probes) used {crowd['load_cpu']:.0%} of a core in the full-speed round. "
+        "Subscribers dropped by the daemon: "
+        f"{crowd['closed'] or 'none'}. The canary reads one socket in an idle process and "
+        "was connected last (the daemon wakes its subscribers roughly in the order they "
+        "came): a crowd later than the canary would mean the readers, not the daemon, were "
+        "late. The daemon "
+        f"used {paced['daemon_cpu']:.0%} of a core in the paced phase.",
+        "",
+    ]
+    suite.report.add("fanout", *lines)
+    suite.report.target(
+        "fanout",
+        f"{n:,} subscribers on one account ({kind}): ingest ≥ 0.8× of none",
+        f"{ratio:.2f}×",
+        ratio >= 0.8,
+    )
+    ok = paced["worst_p99"] <= 0.2 and paced["lost"] == 0 and paced["unwritten"] == 0
+    suite.report.target(
+        "fanout",
+        f"… each subscriber's lag p99 ≤ 200 ms, ingesting {PACED_RATE:,.0f} ev/s, none lost",
+        f"{bc.ms(paced['worst_p99'])} ms worst, {paced['lost']:,} lost",
+        ok,
+    )
+
+
+_LAG_DEFINITION = (
+    "from the moment the stand-in starts writing the frame carrying a probe to the daemon's "
+    "socket (start of its `sendall`) to the moment a subscriber's process has read the whole "
+    "message carrying the probe's value (CLOCK_MONOTONIC in both processes); a probe a "
+    "subscriber never receives is lost. The paced phase (the target) writes the same kind of "
+    f"traffic at {PACED_RATE:,.0f} events/s for a few seconds after the full-speed round."
+)
+
+
+def _round(
+    suite: Suite,
+    frames: list[Any],
+    expected_cut: set[str],
+    replay: bc.CaptureReplay,
+    watched: str,
+    subscribers: int,
+    kind: str,
+) -> dict[str, Any]:
+    s = suite.s
+    sw = suite.switch()
+    d = suite.daemon(f"fanout{subscribers}", sw)
+    http = bc.Http(d.http_port)
+    crowd: Crowd | None = None
+    gen = bc.SyntheticChannels([watched])
+    try:
+        probe_uuids = []
+        setup = []
+        for _ in range(PROBE_CHANNELS):
+            uid, fr = gen.channel(watched, keep=True)
+            probe_uuids.append(uid)
+            setup += fr
+        sw.send_frames(setup)
+        last = probe_uuids[-1]
+        bc.wait_until(
+            lambda: http.request("GET", f"/v2/accounts/{watched}/channels/{last}")[0] == 200,
+            30,
+            "probe channels",
+        )
+        if subscribers:
+            crowd = start_crowd(
+                suite.workdir,
+                kind,
+                d.http_port,
+                KINDS[kind][1](watched),
+                subscribers,
+                s.fanout_procs,
+                f"{subscribers}",
+            )
+        prober = Prober(sw, gen, probe_uuids)
+        expected = expected_cut | set(probe_uuids)
+        # -- full speed ------------------------------------------------------------------
+        cpu0, lcpu0 = d.cpu_seconds(), load.load_cpu()
+        sub0 = crowd.cpu() if crowd else []
+        t0 = perf()
+        burst_probes = prober.start()
+        i = 0
+        while i < len(frames):
+            if load.backlog(sw) > MAX_BACKLOG:
+                gevent.sleep(0.001)
+                continue
+            sw.send_frames(frames[i : i + 500])
+            i += 500
+            gevent.sleep(0)
+        bc.wait_until(lambda: load.drained(sw), 600, "the stand-in to write everything")
+        t_written = perf()
+        prober.stop()
+        deadline = perf() + 300
+        while True:
+            data = http.get_json("/v2/channels")["data"]
+            done = perf()
+            if {item["uuid"] for item in data} == expected:
+                break
+            if perf() > deadline:
+                raise TimeoutError(f"fan-out: never reached the final state ({len(data)} ch)")
+            gevent.sleep(0.01)
+        seconds = done - t0
+        out: dict[str, Any] = {
+            "rate": len(frames) / seconds,
+            "seconds": seconds,
+            "written": t_written - t0,
+            "daemon_cpu": (d.cpu_seconds() - cpu0) / seconds,
+            "load_cpu": (load.load_cpu() - lcpu0) / seconds,
+        }
+        if crowd is not None:
+            sub1 = crowd.cpu()
+            out["sub_cpu"] = [(b - a) / seconds for a, b in zip(sub0, sub1, strict=True)]
+            gevent.sleep(1.0)  # the last probes' messages
+            # -- paced: the lag target --------------------------------------------------
+            churn = load.Churn(sw, replay, PACED_RATE)
+            churn.start()
+            gevent.sleep(0.5)
+            p0, pt0, dcpu0 = crowd.cpu(), perf(), d.cpu_seconds()
+            paced_probes = prober.start()
+            gevent.sleep(s.fanout_paced_s)
+            prober.stop()
+            rate = churn.achieved()
+            churn.stop()
+            paced_s = perf() - pt0
+            paced_cpu = [(b - a) / paced_s for a, b in zip(p0, crowd.cpu(), strict=True)]
+            daemon_paced = (d.cpu_seconds() - dcpu0) / paced_s
+            gevent.sleep(1.0)
+            results = crowd.collect()
+            out["bytes"] = sum(sum(r.get("bytes", [])) for r in results)
+            msgs = [m for r in results for m in r.get("messages", [])]
+            out["msgs_per_sub"] = sum(msgs) / max(1, len(msgs))
+            out["full_reads"] = sum(r.get("full_reads", 0) for r in results)
+            out["closed"] = sum(len(r.get("closed", {})) for r in results)
+            out["burst_lag"] = lag_stats(results, prober.written, burst_probes)
+            paced = lag_stats(results, prober.written, paced_probes)
+            paced["rate"] = rate
+            paced["sub_cpu"] = paced_cpu
+            paced["daemon_cpu"] = daemon_paced
+            out["paced"] = paced
+        return out
+    finally:
+        if crowd is not None:
+            crowd.kill()
+        http.close()
+        d.stop()
+        sw.stop()

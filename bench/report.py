@@ -1,0 +1,127 @@
+"""What a run of the suite reports: target rows, Markdown sections, and the page around them.
+
+A target is identified by (scenario, what): its text names the sizes but never a measured
+value, so that the same target can be lined up across the runs of `run.py --runs N`, where it
+counts as met only when it held in every run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MARK_BEGIN = "<!-- bench/run.py report: begin -->"
+MARK_END = "<!-- bench/run.py report: end -->"
+
+
+@dataclass
+class Target:
+    scenario: str
+    what: str
+    measured: str
+    met: bool
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.scenario, self.what)
+
+
+@dataclass
+class Report:
+    sections: dict[str, list[str]] = field(default_factory=dict)
+    targets: list[Target] = field(default_factory=list)
+    profiles: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, key: str, *lines: str) -> None:
+        self.sections.setdefault(key, []).extend(lines)
+
+    def target(self, scenario: str, what: str, measured: str, met: bool) -> None:
+        self.targets.append(Target(scenario, what, measured, bool(met)))
+
+
+@dataclass
+class RunResult:
+    """One pass over the scenarios: its report, raw figures, and the machine's noise."""
+
+    report: Report
+    data: dict[str, Any]
+    noise: dict[str, tuple[float, float, int]]
+    seconds: float
+    failed: list[str]
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem = ""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f", {kb / 1024 / 1024:.0f} GiB"
+    return f"{os.cpu_count()}-core {model} ({platform.machine()}{mem})"
+
+
+def targets_table(runs: list[RunResult]) -> list[str]:
+    """One row per target, one column per run, and whether it held in every run."""
+    keys: list[tuple[str, str]] = []
+    by_run: list[dict[tuple[str, str], Any]] = []
+    for run in runs:
+        found = {}
+        for t in run.report.targets:
+            if t.key not in found:
+                found[t.key] = t
+            if t.key not in keys:
+                keys.append(t.key)
+        by_run.append(found)
+    if len(runs) == 1:
+        lines = ["| scenario | target | measured | |", "|---|---|---:|---|"]
+        for key in keys:
+            t = by_run[0][key]
+            lines.append(f"| {t.scenario} | {t.what} | {t.measured} | {verdict(t.met)} |")
+        return lines
+    head = " | ".join(f"run {i + 1}" for i in range(len(runs)))
+    lines = [
+        f"| scenario | target | {head} | held in every run |",
+        "|---|---|" + "---:|" * len(runs) + "---|",
+    ]
+    for key in keys:
+        cells = []
+        held = True
+        for found in by_run:
+            t = found.get(key)
+            if t is None:
+                cells.append("not measured")
+                held = False
+            else:
+                cells.append(t.measured + ("" if t.met else " **missed**"))
+                held = held and t.met
+        lines.append(f"| {key[0]} | {key[1]} | {' | '.join(cells)} | {verdict(held)} |")
+    return lines
+
+
+def verdict(met: bool) -> str:
+    return "met" if met else "**missed**"
+
+
+def demote(lines: list[str]) -> list[str]:
+    """Headings one level down (a run's sections under its own heading)."""
+    return ["#" + ln if ln.startswith("###") else ln for ln in lines]
+
+
+def write_benchmarks(path: Path, text: str) -> None:
+    """Replace the generated part of BENCHMARKS.md (between the markers) with `text`."""
+    current = path.read_text()
+    if MARK_BEGIN in current and MARK_END in current:
+        head, rest = current.split(MARK_BEGIN, 1)
+        tail = rest.split(MARK_END, 1)[1]
+        new = head + text.rstrip("\n") + tail
+    else:
+        new = current.rstrip("\n") + "\n\n" + text
+    path.write_text(new)

@@ -1,0 +1,341 @@
+"""A crowd of live-event subscribers in a process of its own (the fan-out scenario's readers).
+
+    subscriber_proc.py KIND PORT PATH COUNT OUT [--token T] [--marker M] [--lifetime S]
+
+Opens COUNT connections of one KIND (`sse` today; `websocket` is ready for the Kazoo-style
+endpoint once the daemon has one: see WebSocketStream), reads them all with one epoll loop
+(no gevent: the cheapest reader Python has), and splits each stream into its messages. Prints
+`ready N` once every connection has received its first message (the snapshot), then reads
+until a `stop` line on stdin, and writes OUT (JSON): for every message that contains a probe
+marker (`<marker><6 digits>`), which subscriber received which probe when — the monotonic
+clock (CLOCK_MONOTONIC, shared by every process of the machine) read right after the recv()
+that completed the message — plus per-subscriber byte and message counts, the connections
+that closed, and how many reads filled the whole buffer (the reader lagging behind).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import selectors
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+RECV = 262144
+clock = time.monotonic
+
+
+class HttpStreamError(Exception):
+    pass
+
+
+class SseStream:
+    """`GET <path>` on HTTP/1.1; pywsgi sends the stream chunked; messages end with a blank
+    line (text/event-stream)."""
+
+    def __init__(self, path: str, token: str) -> None:
+        self.request = (
+            f"GET {path} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n"
+            f"X-Auth-Token: {token}\r\n\r\n"
+        ).encode()
+        self._head: bytearray | None = bytearray()
+        self._raw = bytearray()  # chunked transfer encoding, not yet decoded
+        self._need = 0  # bytes left of the current chunk (+2 for its CRLF once read)
+        self._body = bytearray()  # decoded stream, not yet cut into messages
+        self.chunked = True
+
+    def feed(self, data: bytes) -> list[bytes]:
+        if self._head is not None:
+            self._head += data
+            end = self._head.find(b"\r\n\r\n")
+            if end < 0:
+                return []
+            head = bytes(self._head[:end]).decode("latin-1")
+            rest = self._head[end + 4 :]
+            self._head = None
+            status = head.split(" ", 2)[1] if " " in head else "?"
+            if status != "200":
+                raise HttpStreamError(f"status {status}: {head.splitlines()[0]}")
+            self.chunked = "transfer-encoding: chunked" in head.lower()
+            data = bytes(rest)
+        if self.chunked:
+            self._dechunk(data)
+        else:
+            self._body += data
+        return self._messages()
+
+    def _dechunk(self, data: bytes) -> None:
+        raw = self._raw
+        raw += data
+        pos = 0
+        while True:
+            if self._need:
+                take = min(self._need, len(raw) - pos)
+                if take <= 0:
+                    break
+                self._body += raw[pos : pos + take]
+                pos += take
+                self._need -= take
+                if self._need:
+                    break
+                self._need = -2  # then the chunk's CRLF
+            if self._need == -2:
+                if len(raw) - pos < 2:
+                    break
+                pos += 2
+                self._need = 0
+            eol = raw.find(b"\r\n", pos)
+            if eol < 0:
+                break
+            size = int(bytes(raw[pos:eol]).split(b";")[0], 16)
+            pos = eol + 2
+            if size == 0:
+                raise HttpStreamError("the stream ended")
+            self._need = size
+        del raw[:pos]
+
+    def _messages(self) -> list[bytes]:
+        body = self._body
+        end = body.rfind(b"\n\n")
+        if end < 0:
+            return []
+        done = bytes(body[:end])
+        del body[: end + 2]
+        return [m for m in done.split(b"\n\n") if m and not m.startswith(b":")]
+
+
+class WebSocketStream:
+    """RFC 6455 client side: the upgrade request, then unmasked server frames (text or
+    binary; fragments joined; no extensions). The daemon has no websocket endpoint yet: when
+    the Kazoo-style one lands, give its path, and the subscribe message Kazoo's blackhole
+    expects as SUBSCRIBE (sent after the 101), and the scenario runs it like SSE."""
+
+    SUBSCRIBE: bytes | None = None
+    KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # any 16 bytes in base64: the bench checks no accept
+
+    def __init__(self, path: str, token: str) -> None:
+        self.request = (
+            f"GET {path} HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {self.KEY}\r\n"
+            f"Sec-WebSocket-Version: 13\r\nX-Auth-Token: {token}\r\n\r\n"
+        ).encode()
+        self._head: bytearray | None = bytearray()
+        self._buf = bytearray()
+        self._parts: list[bytes] = []
+        self.then_send: bytes | None = None
+
+    def feed(self, data: bytes) -> list[bytes]:
+        if self._head is not None:
+            self._head += data
+            end = self._head.find(b"\r\n\r\n")
+            if end < 0:
+                return []
+            head = bytes(self._head[:end]).decode("latin-1")
+            data = bytes(self._head[end + 4 :])
+            self._head = None
+            if " 101 " not in head.split("\r\n", 1)[0] + " ":
+                raise HttpStreamError(f"no upgrade: {head.splitlines()[0]}")
+            self.then_send = self._frame(self.SUBSCRIBE) if self.SUBSCRIBE else None
+        self._buf += data
+        return self._frames()
+
+    @staticmethod
+    def _frame(payload: bytes) -> bytes:
+        """A masked client text frame (clients must mask; a zero mask keeps it simple)."""
+        n = len(payload)
+        head = bytearray([0x81])
+        if n < 126:
+            head.append(0x80 | n)
+        elif n < 65536:
+            head += bytes([0x80 | 126]) + n.to_bytes(2, "big")
+        else:
+            head += bytes([0x80 | 127]) + n.to_bytes(8, "big")
+        return bytes(head) + b"\0\0\0\0" + payload
+
+    def _frames(self) -> list[bytes]:
+        out = []
+        buf = self._buf
+        pos = 0
+        while len(buf) - pos >= 2:
+            b0, b1 = buf[pos], buf[pos + 1]
+            n = b1 & 0x7F
+            at = pos + 2
+            if n == 126:
+                if len(buf) - at < 2:
+                    break
+                n, at = int.from_bytes(buf[at : at + 2], "big"), at + 2
+            elif n == 127:
+                if len(buf) - at < 8:
+                    break
+                n, at = int.from_bytes(buf[at : at + 8], "big"), at + 8
+            if b1 & 0x80:
+                at += 4  # a server never masks; skip a mask if one came anyway
+            if len(buf) - at < n:
+                break
+            payload = bytes(buf[at : at + n])
+            pos = at + n
+            opcode = b0 & 0x0F
+            if opcode == 0x8:
+                raise HttpStreamError("the server closed the websocket")
+            if opcode in (0x0, 0x1, 0x2):
+                self._parts.append(payload)
+                if b0 & 0x80:
+                    out.append(b"".join(self._parts))
+                    self._parts = []
+        del buf[:pos]
+        return out
+
+
+KINDS: dict[str, type] = {"sse": SseStream, "websocket": WebSocketStream}
+
+
+class Subscriber:
+    __slots__ = ("index", "sock", "stream", "bytes", "messages", "first", "closed", "full")
+
+    def __init__(self, index: int, sock: socket.socket, stream: Any) -> None:
+        self.index = index
+        self.sock = sock
+        self.stream = stream
+        self.bytes = 0
+        self.messages = 0
+        self.first: float | None = None
+        self.closed = ""
+        self.full = 0
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("kind", choices=sorted(KINDS))
+    ap.add_argument("port", type=int)
+    ap.add_argument("path")
+    ap.add_argument("count", type=int)
+    ap.add_argument("out")
+    ap.add_argument("--token", default="")
+    ap.add_argument("--marker", default="benchprobe-")
+    ap.add_argument("--lifetime", type=float, default=900.0)
+    ap.add_argument("--batch", type=int, default=50)
+    args = ap.parse_args()
+    _die_with_parent()
+    marker = args.marker.encode()
+    kind = KINDS[args.kind]
+    sel = selectors.DefaultSelector()
+    subs: list[Subscriber] = []
+    received: list[tuple[int, int, float]] = []
+    seen: set[tuple[int, int]] = set()
+    deadline = clock() + args.lifetime
+    buf = bytearray(RECV)
+    view = memoryview(buf)
+
+    def on_readable(sub: Subscriber) -> None:
+        try:
+            n = sub.sock.recv_into(buf)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            n, sub.closed = 0, str(exc)
+        if not n:
+            sub.closed = sub.closed or "closed by the server"
+            sel.unregister(sub.sock)
+            return
+        now = clock()
+        if n == RECV:
+            sub.full += 1
+        sub.bytes += n
+        try:
+            messages = sub.stream.feed(bytes(view[:n]))
+        except HttpStreamError as exc:
+            sub.closed = str(exc)
+            sel.unregister(sub.sock)
+            return
+        send = getattr(sub.stream, "then_send", None)
+        if send:
+            sub.stream.then_send = None
+            sub.sock.setblocking(True)
+            sub.sock.sendall(send)
+            sub.sock.setblocking(False)
+        if not messages:
+            return
+        if sub.first is None:
+            sub.first = now
+        sub.messages += len(messages)
+        for msg in messages:
+            at = msg.find(marker)
+            while at >= 0:
+                digits = msg[at + len(marker) : at + len(marker) + 6]
+                if digits.isdigit():
+                    key = (sub.index, int(digits))
+                    if key not in seen:
+                        seen.add(key)
+                        received.append((sub.index, int(digits), now))
+                at = msg.find(marker, at + 1)
+
+    def pump(timeout: float) -> None:
+        for key, _ in sel.select(timeout):
+            if key.data is not None:
+                on_readable(key.data)
+
+    # Connect in batches, each batch's snapshots read before the next: a thousand SYNs at
+    # once would overflow the daemon's accept queue and cost a retransmit second each.
+    for start in range(0, args.count, args.batch):
+        batch = []
+        for i in range(start, min(args.count, start + args.batch)):
+            sock = socket.create_connection(("127.0.0.1", args.port), timeout=10)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sub = Subscriber(i, sock, kind(args.path, args.token))
+            sock.sendall(sub.stream.request)
+            sock.setblocking(False)
+            sel.register(sock, selectors.EVENT_READ, sub)
+            subs.append(sub)
+            batch.append(sub)
+        while any(s.first is None and not s.closed for s in batch):
+            if clock() > deadline:
+                print("timeout waiting for snapshots", flush=True)
+                return 1
+            pump(0.5)
+    broken = [s for s in subs if s.closed]
+    print(f"ready {len(subs) - len(broken)}", flush=True)
+    cpu0 = time.process_time()
+    t0 = clock()
+    sel.register(sys.stdin, selectors.EVENT_READ, None)
+    stopping = False
+    while not stopping and clock() < deadline:
+        for key, _ in sel.select(1.0):
+            if key.data is None:
+                line = sys.stdin.readline()
+                if not line or line.strip() == "stop":
+                    stopping = True
+            else:
+                on_readable(key.data)
+    wall = clock() - t0
+    result = {
+        "kind": args.kind,
+        "count": len(subs),
+        "received": received,
+        "bytes": [s.bytes for s in subs],
+        "messages": [s.messages for s in subs],
+        "closed": {s.index: s.closed for s in subs if s.closed},
+        "full_reads": sum(s.full for s in subs),
+        "cpu": time.process_time() - cpu0,
+        "wall": wall,
+    }
+    with open(args.out, "w") as f:
+        json.dump(result, f)
+    for s in subs:
+        with contextlib.suppress(OSError):
+            s.sock.close()
+    print("done", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
