@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from channelsd.channel import GREGORIAN_OFFSET, Channel
+from channelsd.channel import GREGORIAN_OFFSET, Channel, kept_json
 
 
 class Ended:
@@ -35,7 +35,7 @@ class Ended:
             item.update(ch.details)
         item.update(ch.end_item(at))
         item["ended_timestamp"] = int(at) + GREGORIAN_OFFSET
-        self.item = orjson.dumps(item)
+        self.item = kept_json(item)
 
     def as_dict(self) -> dict[str, Any]:
         return orjson.loads(self.item)

@@ -28,7 +28,7 @@ import gevent
 import gevent.event
 import orjson
 
-from channelsd.channel import Channel
+from channelsd.channel import Channel, kept_json
 from channelsd.listing import in_slices
 from channelsd.table import ChannelTable, Key
 from channelsd.validate import whole_number
@@ -59,7 +59,7 @@ class _Message:
         self.channel = channel  # a destroyed Channel keeps its fields: whom it concerned
         self.item = item
         self.data = data
-        self.full = data if kind == "create" else (orjson.dumps(item) if item else b"")
+        self.full = data if kind == "create" else (kept_json(item) if item else b"")
 
 
 class Broker:
@@ -125,12 +125,12 @@ class Broker:
             ended = ch.end_item(time.time())
             ended["uuid"] = uuid
             ended["node"] = node
-            self._append("destroy", key, ch, None, orjson.dumps(ended))
+            self._append("destroy", key, ch, None, kept_json(ended))
             return
         item = self.render(ch)
         self._published[key] = item
         if before is None:
-            self._append("create", key, ch, item, orjson.dumps(item))
+            self._append("create", key, ch, item, kept_json(item))
             return
         changed = {k: v for k, v in item.items() if before.get(k) != v and k not in _VOLATILE}
         removed = [k for k in before if k not in item]
@@ -138,7 +138,7 @@ class Broker:
             data: dict[str, Any] = {"uuid": uuid, "node": node, "changed": changed}
             if removed:
                 data["removed"] = removed
-            self._append("update", key, ch, item, orjson.dumps(data))
+            self._append("update", key, ch, item, kept_json(data))
 
     def _append(
         self, kind: str, key: Key, ch: Channel, item: dict[str, Any] | None, data: bytes

@@ -34,7 +34,7 @@ from wsproto.frame_protocol import FrameProtocol
 
 from channelsd.blackhole.events import ON_UPDATE, render
 from channelsd.blackhole.protocol import WILDCARD
-from channelsd.channel import Channel
+from channelsd.channel import Channel, kept_json
 from channelsd.listing import in_slices
 from channelsd.table import ChannelTable
 
@@ -166,7 +166,7 @@ class Hub:
     def _emit(self, name: str, ch: Channel, account: str) -> None:
         if not self.listening(account):
             return
-        data = orjson.dumps(render(name, ch, self._clock()))
+        data = kept_json(render(name, ch, self._clock()))
         self._pending.append(_Event(account, name, ch.uuid, ch.owner_id, ch.authorizing_id, data))
         if self._timer is None and not self.closed:
             self._timer = gevent.spawn_later(self.interval, self.publish)
