@@ -191,7 +191,7 @@ class Actions:
         # switch, are the truth otherwise. Forgotten with the channel, so nothing here grows
         # with the calls ever recorded.
         self._started: dict[tuple[str, str], str] = {}
-        table.listen(self._on_change)
+        table.listen(self._on_change, destroys_only=True, names=("RECORD_START", "RECORD_STOP"))
 
     def _on_change(self, kind: str, ch: Channel, info: Any) -> None:
         if kind == "destroy" or info in ("RECORD_START", "RECORD_STOP"):

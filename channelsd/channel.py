@@ -189,6 +189,7 @@ class Channel:
         "ending",
         "details",
         "recordings",
+        "created_known",
     )
 
     def __init__(self, node: str, uuid: str) -> None:
@@ -205,6 +206,9 @@ class Channel:
         self.ccvs: dict[str, Any] | None = None
         self.answered = self.is_onhold = self.is_loopback = False
         self.created_us = int(time.time() * 1_000_000)
+        # Until an event says when FreeSWITCH created it (an early one may say 0), the time
+        # channelsd first heard of it stands in.
+        self.created_known = False
         self.last_seen = 0.0
         # Whether any event (or uuid_dump) with the channel's variables reached the table: until
         # one does, a missing account means "not heard yet", not "none" (reconcile asks).

@@ -115,7 +115,7 @@ class Daemon:
 
     def _ended_calls(self, config: Config) -> EndedCalls:
         ended = EndedCalls(config.ended_calls_minutes * 60, config.ended_calls_max)
-        self.table.listen(ended.on_change)
+        self.table.listen(ended.on_change, destroys_only=True)
         return ended
 
     @property

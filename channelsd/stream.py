@@ -77,12 +77,24 @@ class Broker:
         self.subscribers = 0
         self.closed = False
         self._pending: dict[Key, tuple[Channel, bool]] = {}
+        # Changes happened while nobody listened (the ring no longer tells them).
+        self._gap = False
         self._published: dict[Key, dict[str, Any]] = {}
         self._timer: gevent.Greenlet | None = None
         self._wake = gevent.event.Event()
         table.listen(self._on_change)
 
     def _on_change(self, kind: str, ch: Channel, _info: Any) -> None:
+        if not self.subscribers and not self._pending:
+            # Nobody listens: nothing to render or keep, but a client resuming from before
+            # this gap must get a fresh snapshot, not a silent hole (see since()).
+            if self.ring or self._published:
+                self.ring.clear()
+                self._published.clear()
+            if not self._gap:
+                self._gap = True
+                self.seq += 1
+            return
         self._pending[ch.key] = (ch, kind == "destroy")
         if self._timer is None and not self.closed:
             self._timer = gevent.spawn_later(self.interval, self.publish)
@@ -199,17 +211,19 @@ def subscribe(
     revoked; whoever ends it wakes the broker).
     """
     seen: set[Key] = set()
-    # After a resume the client knows channels this subscriber has no record of sending.
-    position = broker.position_of(last_event_id)
-    resumed = position is not None and position <= broker.seq
-    resumed = resumed and broker.since(position) is not None  # type: ignore[arg-type]
-    if not resumed:
-        position = None  # too much was missed, another run's id, or none: start over
-    if position is None:
-        position, frame, seen = _snapshot(broker, in_scope, keep, snapshot)
-        yield frame
+    # Counted from the start: what changes while the snapshot is taken and sent is kept.
     broker.subscribers += 1
+    broker._gap = False
     try:
+        # After a resume the client knows channels this subscriber has no record of sending.
+        position = broker.position_of(last_event_id)
+        resumed = position is not None and position <= broker.seq
+        resumed = resumed and broker.since(position) is not None  # type: ignore[arg-type]
+        if not resumed:
+            position = None  # too much was missed, another run's id, or none: start over
+        if position is None:
+            position, frame, seen = _snapshot(broker, in_scope, keep, snapshot)
+            yield frame
         last_write = time.monotonic()
         while not (broker.closed or ended()):
             messages = broker.since(position)
@@ -249,13 +263,19 @@ def _snapshot(
     channels = snapshot()
     items = []
     keys = set()
+    published, pending = broker._published, broker._pending
     for part in in_slices(channels):
         for ch in part:
             if in_scope(ch):
                 item = broker.render(ch)
+                # What this subscriber now holds is what the next change of the channel is
+                # told against, unless a change is on its way to others already.
+                key = ch.key
+                if key not in published and key not in pending:
+                    published[key] = item
                 if keep(item):
                     items.append(item)
-                    keys.add(ch.key)
+                    keys.add(key)
     return position, _frame(broker, position, "snapshot", orjson.dumps(items)), keys
 
 

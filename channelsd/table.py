@@ -38,6 +38,7 @@ from channelsd.validate import is_uuid, whole_number
 
 Key = tuple[str, str]
 Event = dict[str, Any]
+Listener = Callable[[str, Channel, Any], None]
 
 IDENTITY_FIELDS = (
     "account_id",
@@ -120,9 +121,23 @@ _CCV_NAMES_MAX = 4096
 # Distinct shared details dicts remembered (codec and application combinations).
 _SHARED_DETAILS_MAX = 1024
 _FIXED_WITH_MODES = _with_modes(_FIXED_CHAINS)
-# DETAIL_CHAINS flattened for the ingest loop: (key, header, a number?)
-_DETAIL_HEADERS = tuple(
+# DETAIL_CHAINS flattened for the ingest loop: (key, header, a number?); all of them, and
+# those of any endpoint for loopback legs.
+_RTP_DETAILS = tuple(
     (key, header, key in NUMERIC_DETAILS) for key, chain in DETAIL_CHAINS for header in chain
+)
+_CORE_DETAILS = tuple(
+    d for d in _RTP_DETAILS if not d[1].startswith(("variable_sip", "variable_remote_media"))
+)
+
+_ENDING_EVENTS = frozenset(("CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE"))
+
+# State changes without the channel's variables: a known channel's take a short path.
+_STATE_EVENTS = frozenset(("CHANNEL_STATE", "CHANNEL_CALLSTATE"))
+_STATE_FIELDS = (
+    ("state", "Channel-State"),
+    ("call_state", "Channel-Call-State"),
+    ("destination", "Caller-Destination-Number"),
 )
 
 # Events about one channel whose names do not start with CHANNEL_.
@@ -242,25 +257,27 @@ class ChannelTable:
         # Values from the switch refused, by the field they were meant for (bounded: field
         # names are ours, never the switch's).
         self.refused: dict[str, int] = {}
-        # Called with (kind, channel, changed-keys) after every change: the live event stream
-        # and the ended-calls store hang off this (see listen()).
-        self.listener: Callable[[str, Channel, Any], None] | None = None
-        self._listeners: list[Callable[[str, Channel, Any], None]] = []
+        # Called with (kind, channel, info) after changes (see listen()): the live event
+        # streams on every change, the ended-calls store and actions on destroys only.
+        self._on_change: tuple[Listener, ...] = ()
+        self._on_destroy: tuple[Listener, ...] = ()
+        self._on_named: dict[str, tuple[Listener, ...]] = {}
 
-    def listen(self, callback: Callable[[str, Channel, Any], None]) -> None:
-        """Also call `callback(kind, channel, info)` after every change. One listener is called
-        directly (ingest stays cheap), several through one fan-out."""
-        self._listeners.append(callback)
-        if len(self._listeners) == 1:
-            self.listener = callback
-        else:
-            listeners = tuple(self._listeners)
+    def listen(
+        self, callback: Listener, destroys_only: bool = False, names: Iterable[str] = ()
+    ) -> None:
+        """Call `callback(kind, channel, info)` after every change ("create", "update" with the
+        FreeSWITCH event name or why as info, "destroy"); or only after destroys, and updates
+        by the events `names`: a listener that needs no more costs the ingest path nothing."""
+        if not destroys_only:
+            self._on_change += (callback,)
+        for name in names:
+            self._on_named[name] = (*self._on_named.get(name, ()), callback)
+        self._on_destroy += (callback,)
 
-            def fan_out(kind: str, ch: Channel, info: Any) -> None:
-                for listener in listeners:
-                    listener(kind, ch, info)
-
-            self.listener = fan_out
+    def _notify(self, kind: str, ch: Channel, info: Any) -> None:
+        for listener in self._on_destroy if kind == "destroy" else self._on_change:
+            listener(kind, ch, info)
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -448,6 +465,15 @@ class ChannelTable:
         name = event.get("Event-Name")
         if name.__class__ is not str:
             return
+        if name in _STATE_EVENTS:
+            # Half of all events: a known channel's state or call state moved on. What else
+            # such an event could change (ids, identity) comes with events that carry the
+            # channel's variables, so only the states, the destination (a transfer routes
+            # anew) and the answer are read here.
+            uuid = event.get("Unique-ID")
+            ch = self._rows.get((node, uuid)) if uuid.__class__ is str else None
+            if ch is not None and self._moved_on(ch, event):
+                return
         if name == "API":
             self._apply_api(node, event)
             return
@@ -457,10 +483,11 @@ class ChannelTable:
         if uuid.__class__ is not str or not uuid:
             self._refuse("uuid")
             return
+        renamed = False
         if name == "CHANNEL_UUID":
             old = event.get("Old-Unique-ID")
             if old.__class__ is str and old != uuid and is_uuid(uuid):
-                self._rename(node, old, uuid)
+                renamed = self._rename(node, old, uuid)
         key = (node, uuid)
         if key in self._tombstones:
             created = whole_number(event.get("Caller-Channel-Created-Time"))
@@ -508,10 +535,20 @@ class ChannelTable:
         self._touch(ch)
         if partner is not None:
             self._touch(partner)
-        if self.listener:
-            self.listener("create" if created else "update", ch, name)
+        if self._on_change:
+            # "create" for a channel new to whoever listens: new here, renamed, or just given
+            # its account (an account's listeners could not have known it before).
+            joined = before[0] is None and ch.account_id is not None
+            kind = "create" if created or renamed or joined else "update"
+            for listener in self._on_change:
+                listener(kind, ch, name)
             if partner is not None and partner is not ch:
-                self.listener("update", partner, name)
+                for listener in self._on_change:
+                    listener("update", partner, ("peer", name))
+        named = self._on_named.get(name) if self._on_named else None
+        if named:
+            for listener in named:
+                listener("update", ch, name)
 
     def hydrate(self, node: str, dump: Event) -> Channel | None:
         """Add or refresh a channel from `uuid_dump <uuid> json` (a CHANNEL_DATA event)."""
@@ -540,8 +577,7 @@ class ChannelTable:
         if ch is None:
             return None
         self._forget(ch)
-        if self.listener:
-            self.listener("destroy", ch, None)
+        self._notify("destroy", ch, None)
         return ch
 
     def now(self) -> float:
@@ -565,9 +601,8 @@ class ChannelTable:
         for ch in channels:
             for scope in self._scopes_of(ch):
                 scope.gen += 1
-        if self.listener:
-            for ch in channels:
-                self.listener("update", ch, why)
+        for ch in channels:
+            self._notify("update", ch, why)
 
     def drop_stale(self, node: str) -> int:
         """The grace period is over: forget the node's channels not heard of since the drop."""
@@ -611,13 +646,8 @@ class ChannelTable:
                 ch.is_loopback = True
         if get("Answer-State") == "answered":
             ch.answered = True
-        v = get("Caller-Channel-Created-Time")
-        # (whole_number(), inlined: every event carries it, and it almost never changes)
-        if v and v != "0" and v.__class__ is str and len(v) <= 18 and v.isascii() and v.isdigit():
-            created = int(v)
-            if created != ch.created_us:
-                ch.created_us = created
-                self._reorder(ch)
+        if not ch.created_known:
+            self._created(ch, get("Caller-Channel-Created-Time"))
         if name in _NO_VARIABLES:
             chains = _FIXED_WITH_MODES
         else:
@@ -637,7 +667,8 @@ class ChannelTable:
                 ch.vars_seen = True
             elif found:
                 ch.ccvs = found
-            self._details(ch, e)
+            if name not in _ENDING_EVENTS:  # a call that hangs up changes codec no more
+                self._details(ch, e)
         # first(), inlined: this loop runs ~20 times per event on the ingest path. A value
         # equal to the one held keeps the held object (no churn, and it may be shared); a new
         # value of a field many channels share (an account, a state) is interned.
@@ -667,7 +698,9 @@ class ChannelTable:
         one dict shared by every channel that has them."""
         get = e.get
         found: dict[str, Any] = {}
-        for key, header, numeric in _DETAIL_HEADERS:
+        # A loopback leg's event is not asked for the dozen RTP and SIP headers it never has.
+        details = _CORE_DETAILS if ch.is_loopback else _RTP_DETAILS
+        for key, header, numeric in details:
             v = get(header)
             if v and key not in found:  # the first header of a key that is present wins
                 if v.__class__ is not str or len(v) > MAX_VALUE_CHARS:
@@ -800,22 +833,21 @@ class ChannelTable:
             self._index(ch)
         ch.last_seen = self._clock()
         self._touch(ch)
-        if self.listener:
-            self.listener("update", ch, "API")
+        self._notify("create" if before[0] is None and ch.account_id else "update", ch, "API")
 
-    def _rename(self, node: str, old: str, new: str) -> None:
+    def _rename(self, node: str, old: str, new: str) -> bool:
         ch = self._rows.get((node, old))
         if ch is None:
-            return
+            return False
         # A row already under the new uuid is the same leg heard of before the rename (events
         # reordered): the renamed row, which knows more, replaces it everywhere.
         self.remove(node, new, tombstone=False)
         self._forget(ch)
-        if self.listener:  # streams saw it under its old uuid: that one is gone
-            self.listener("destroy", ch, None)
+        self._notify("destroy", ch, None)  # streams saw it under its old uuid: that one is gone
         ch.rename(new)
         self._insert(ch)
         self._touch(ch)
+        return True
 
     def _insert(self, ch: Channel) -> None:
         self._rows.add(ch.key, ch)
@@ -882,10 +914,64 @@ class ChannelTable:
         return found
 
     def _touch(self, ch: Channel) -> None:
-        """The channel changed: its cached JSON and the answers of its lists are out of date."""
+        """The channel changed: its cached JSON and the answers of its lists are out of date.
+        (_scopes_of(), unrolled: this runs for every event that changes something.)"""
         ch.cached = None
-        for scope in self._scopes_of(ch):
-            scope.gen += 1
+        self._rows.gen += 1
+        account = ch.account_id
+        if account is not None:
+            scope = self._by_account.get(account)
+            if scope is not None:
+                scope.gen += 1
+            if ch.owner_id is not None:
+                scope = self._by_owner.get((account, ch.owner_id))
+                if scope is not None:
+                    scope.gen += 1
+            if ch.authorizing_id is not None:
+                scope = self._by_device.get((account, ch.authorizing_id))
+                if scope is not None:
+                    scope.gen += 1
+
+    def _created(self, ch: Channel, v: Any) -> bool:
+        """FreeSWITCH's creation time of the channel, once an event carries it (not 0); True
+        when that moved the channel."""
+        created = whole_number(v)
+        if not created:
+            return False
+        ch.created_known = True
+        if created == ch.created_us:
+            return False
+        ch.created_us = created
+        self._reorder(ch)
+        return True
+
+    def _moved_on(self, ch: Channel, e: Event) -> bool:
+        """CHANNEL_STATE / CHANNEL_CALLSTATE of a known channel; False when the event needs
+        the full path (the channel's end)."""
+        get = e.get
+        state = get("Channel-State")
+        if state in _FINAL_STATES:
+            return False
+        changed = False
+        for attr, header in _STATE_FIELDS:
+            v = get(header)
+            if v and v != getattr(ch, attr):
+                if v.__class__ is not str or len(v) > MAX_VALUE_CHARS:
+                    self._refuse(attr)
+                    continue
+                setattr(ch, attr, intern(v) if attr in _SHARED_FIELDS else v)
+                changed = True
+        if not ch.answered and get("Answer-State") == "answered":
+            ch.answered = changed = True
+        if not ch.created_known:
+            changed = self._created(ch, get("Caller-Channel-Created-Time")) or changed
+        ch.last_seen = self._clock()
+        if changed:
+            self._touch(ch)
+            name = e["Event-Name"]
+            for listener in self._on_change:
+                listener("update", ch, name)
+        return True
 
     def _reorder(self, ch: Channel) -> None:
         """The channel's creation time changed: the lists it is in must be sorted again."""

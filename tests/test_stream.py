@@ -369,8 +369,9 @@ def test_an_id_from_before_a_restart_of_the_daemon_gets_a_snapshot(
     switch: Any, make_daemon: Any
 ) -> None:
     first = make_daemon([switch])
-    a, _ = switch.bridged_call(variables_a=ACC1, variables_b=ACC1)
     s = Subscriber(first, "/v2/accounts/acc1/channel_events")
+    s.wait_for("snapshot")
+    a, _ = switch.bridged_call(variables_a=ACC1, variables_b=ACC1)
     last = s.wait_for("create", lambda d: d["uuid"] == a)["id"]
     s.close()
     first.daemon.stop()

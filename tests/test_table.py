@@ -243,12 +243,15 @@ def test_a_lists_generation_moves_with_every_change_to_its_answer() -> None:
 
 
 def test_list_order_follows_a_creation_time_learnt_later() -> None:
-    t = ChannelTable()
-    t.apply("fs1", with_vars("CHANNEL_CREATE", uuid=A, account_id="acc1"))
-    t.apply("fs1", with_vars("CHANNEL_CREATE", uuid=B, account_id="acc1"))
-    assert [c.uuid for c in t.by_account("acc1")] == [A, B]
-    earlier = ev("CHANNEL_STATE", B)
-    earlier["Caller-Channel-Created-Time"] = str(CREATED_US - 5_000_000)
-    t.apply("fs1", earlier)
-    assert [c.uuid for c in t.by_account("acc1")] == [B, A]
-    assert [c.uuid for c in t.all()] == [B, A]
+    for name in ("CHANNEL_STATE", "CHANNEL_ANSWER"):  # the short path and the full one
+        t = ChannelTable()
+        t.apply("fs1", with_vars("CHANNEL_CREATE", uuid=A, account_id="acc1"))
+        first = with_vars("CHANNEL_CREATE", uuid=B, account_id="acc1")
+        first["Caller-Channel-Created-Time"] = "0"  # an early event that does not say yet
+        t.apply("fs1", first)
+        assert [c.uuid for c in t.by_account("acc1")] == [A, B]  # heard of now: after A
+        earlier = ev(name, B)
+        earlier["Caller-Channel-Created-Time"] = str(CREATED_US - 5_000_000)
+        t.apply("fs1", earlier)
+        assert [c.uuid for c in t.by_account("acc1")] == [B, A], name
+        assert [c.uuid for c in t.all()] == [B, A], name

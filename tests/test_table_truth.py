@@ -177,7 +177,7 @@ def test_a_rename_tells_the_streams_that_the_old_uuid_is_gone() -> None:
     t.apply("fs1", {"Event-Name": "CHANNEL_CREATE", "Unique-ID": U2, "variable_uuid": U2})
     heard.clear()
     t.apply("fs1", {"Event-Name": "CHANNEL_UUID", "Unique-ID": U1, "Old-Unique-ID": U2})
-    assert heard == [("destroy", U2), ("update", U1)]
+    assert heard == [("destroy", U2), ("create", U1)]  # new to listeners under its new uuid
 
 
 # -- 5. the same uuid on two nodes ------------------------------------------------------------

@@ -101,11 +101,6 @@ class Hub:
         self._index: dict[str, dict[tuple[str, str], dict[Subscription, None]]] = {}
         self._pending: list[_Event] = []
         self._timer: gevent.Greenlet | None = None
-        # Channels created before their account was known: CHANNEL_CREATE waits for it.
-        self._unannounced: set[tuple[str, str]] = set()
-        # The previous change (kind, channel, its uuid then, info): a bridge is announced
-        # once, and a rename is told from a hang-up by what follows a destroy.
-        self._last: tuple[str, Channel, str, Any] | None = None
         # Frames only: one encoder serves every socket (server frames carry no mask).
         self._encoder = FrameProtocol(client=False, extensions=[])
         self.published = 0
@@ -135,32 +130,20 @@ class Hub:
     # -- the change feed ---------------------------------------------------------------------
 
     def _on_change(self, kind: str, ch: Channel, info: Any) -> None:
-        last, self._last = self._last, (kind, ch, ch.uuid, info)
+        # The table says "create" when a channel appears, when it first gets an account and
+        # when it goes on under a new uuid: each is a CHANNEL_CREATE for Kazoo. A bridge's other
+        # leg is told with ("peer", name): FreeSWITCH fires one CHANNEL_BRIDGE, so does Kazoo.
+        if not self._index:
+            return  # nobody listens: nothing to render
         account = ch.account_id
+        if account is None:
+            return
         if kind == "destroy":
-            if self._unannounced:
-                key = (ch.node, ch.uuid)
-                if key in self._unannounced:
-                    self._unannounced.discard(key)
-                    return  # never had an account: nobody heard of it
-            if account is not None:
-                self._emit("CHANNEL_DESTROY", ch, account)
+            self._emit("CHANNEL_DESTROY", ch, account)
             return
         if kind == "create":
-            if account is None:
-                self._unannounced.add((ch.node, ch.uuid))
-                return
             self._emit("CHANNEL_CREATE", ch, account)
-        elif account is None:
-            return
-        elif self._unannounced and (ch.node, ch.uuid) in self._unannounced:
-            self._unannounced.discard((ch.node, ch.uuid))
-            self._emit("CHANNEL_CREATE", ch, account)
-        elif last is not None and last[0] == "destroy" and last[1] is ch and last[2] != ch.uuid:
-            self._emit("CHANNEL_CREATE", ch, account)  # renamed: it goes on under this uuid
         if info in ON_UPDATE:
-            if info == "CHANNEL_BRIDGE" and _partner_of(last, ch):
-                return
             self._emit(info, ch, account)
 
     def _emit(self, name: str, ch: Channel, account: str) -> None:
@@ -300,11 +283,3 @@ class _Batch:
 
 def _first(item: tuple[int, bytes]) -> int:
     return item[0]
-
-
-def _partner_of(last: tuple[str, Channel, str, Any] | None, ch: Channel) -> bool:
-    """The table tells both legs of a CHANNEL_BRIDGE, the event's own leg first: the second
-    call, right after, about the other leg, is not another bridge."""
-    if last is None or last[3] != "CHANNEL_BRIDGE" or last[1] is ch:
-        return False
-    return ch.other_leg == last[2] and last[1].other_leg == ch.uuid
