@@ -782,6 +782,11 @@ class ChannelTable:
                 a.other_leg = b_uuid
             if b:
                 b.other_leg = a_uuid
+            # A loopback leg cannot be taken off hold; bridging the pair again is the way out,
+            # and FreeSWITCH sends no CHANNEL_UNHOLD for it (freeswitch-actions-verified §4.3).
+            for leg in (a, b):
+                if leg is not None and leg.is_loopback and leg.is_onhold:
+                    leg.is_onhold = False
         else:
             for leg, partner in ((a, b_uuid), (b, a_uuid)):
                 if leg and leg.other_leg == partner:

@@ -255,3 +255,33 @@ def test_list_order_follows_a_creation_time_learnt_later() -> None:
         t.apply("fs1", earlier)
         assert [c.uuid for c in t.by_account("acc1")] == [B, A], name
         assert [c.uuid for c in t.all()] == [B, A], name
+
+
+def test_a_loopback_leg_on_hold_is_off_hold_once_bridged_again() -> None:
+    """FreeSWITCH cannot take a loopback leg off hold; re-bridging the pair brings the audio
+    back and sends no CHANNEL_UNHOLD (freeswitch-actions-verified §4.3)."""
+    t = ChannelTable()
+    for uuid in (A, B):
+        e = ev("CHANNEL_CREATE", uuid)
+        e["Channel-Name"] = f"loopback/9000-{uuid[:1]}"
+        t.apply("fs1", e)
+    bridge = {"Bridge-A-Unique-ID": A, "Bridge-B-Unique-ID": B, "Other-Leg-Unique-ID": B}
+    t.apply("fs1", {**ev("CHANNEL_BRIDGE", uuid=A), **bridge})
+    t.apply("fs1", ev("CHANNEL_HOLD", uuid=A))
+    assert t.get(A).is_onhold
+    t.apply("fs1", {**ev("CHANNEL_UNBRIDGE", uuid=A), **bridge})
+    t.apply("fs1", {**ev("CHANNEL_BRIDGE", uuid=A), **bridge})
+    assert not t.get(A).is_onhold
+    # A SIP leg's hold is the phone's: a bridge leaves it as it was.
+    sip = ev("CHANNEL_CREATE", "33333333-3333-4333-8333-333333333333")
+    t.apply("fs1", sip)
+    t.apply("fs1", ev("CHANNEL_HOLD", uuid="33333333-3333-4333-8333-333333333333"))
+    t.apply(
+        "fs1",
+        {
+            **ev("CHANNEL_BRIDGE", uuid=A),
+            "Bridge-A-Unique-ID": A,
+            "Bridge-B-Unique-ID": "33333333-3333-4333-8333-333333333333",
+        },
+    )
+    assert t.get("33333333-3333-4333-8333-333333333333").is_onhold
