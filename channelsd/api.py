@@ -414,7 +414,10 @@ def create_app(ctx: ApiContext) -> Flask:
     # -- live events (SSE) -------------------------------------------------------------------
 
     def stream(
-        call: Call, in_scope: Callable[[Channel], bool], snapshot: Callable[[], list[Channel]]
+        call: Call,
+        in_scope: Callable[[Channel], bool],
+        snapshot: Callable[[], list[Channel]],
+        scope_name: str,
     ) -> Response:
         if ctx.broker is None:
             raise ApiError(503, "streaming unavailable", {"message": "live events are not enabled"})
@@ -439,7 +442,11 @@ def create_app(ctx: ApiContext) -> Flask:
         def ended() -> bool:
             return sub.ended or token.expired(time.time())
 
-        body = subscribe(broker, scope, keep, snapshot, last, ended)
+        # Subscribers who see the same (scope, owner narrowing, filters) share one feed.
+        narrowed = token.owner_id if token.role == "user" else None
+        body = subscribe(
+            broker, scope, keep, snapshot, last, ended, (scope_name, narrowed, filters.key())
+        )
         # A stream's client sends nothing after its request: the server says when it left,
         # so that its place is given back at once, not at the next keepalive write.
         watch = request.environ.get("channelsd.watch_disconnect")
@@ -455,13 +462,16 @@ def create_app(ctx: ApiContext) -> Flask:
     @route("/v2/channel_events", ("GET",))
     def system_events(call: Call) -> Response:
         system_channels_allowed(call)
-        return stream(call, lambda ch: True, table.all)
+        return stream(call, lambda ch: True, table.all, "*")
 
     @route("/v2/accounts/<account_id>/channel_events", ("GET",))
     def account_events(call: Call, account_id: str) -> Response:
         authorise_account(call, account_id)
         return stream(
-            call, lambda ch: ch.account_id == account_id, lambda: table.by_account(account_id)
+            call,
+            lambda ch: ch.account_id == account_id,
+            lambda: table.by_account(account_id),
+            f"account:{account_id}",
         )
 
     # -- Kazoo's websocket: what it offers (no token, as crossbar's cb_websockets) -----------

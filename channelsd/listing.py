@@ -57,6 +57,15 @@ class Filters:
             elif name == "key_missing":
                 self.key_missing.append(value)
 
+    def key(self) -> tuple[tuple[Any, ...], ...]:
+        """What these filters select, comparable: two subscribers with equal keys see the same."""
+        return (
+            tuple(sorted(self.equal)),
+            tuple(sorted(self.not_equal)),
+            tuple(sorted(self.has_key)),
+            tuple(sorted(self.key_missing)),
+        )
+
     def __bool__(self) -> bool:
         return bool(self.equal or self.not_equal or self.has_key or self.key_missing)
 

@@ -6,8 +6,9 @@ The work is shared, so that a crowd of subscribers does not slow ingest:
 * every PUBLISH_INTERVAL the broker turns the pending channels into messages once — renders
   the item, diffs it against what it last published, serialises it — and appends them to a
   bounded ring with a sequence number, then wakes the subscribers;
-* each subscriber only decides which messages it may see (scope, role, filters on the shared
-  item) and writes the shared bytes, one write per batch.
+* subscribers of one kind (the same scope, role narrowing and filters: a feed) share the
+  next step too: the feed decides once per batch which messages they may see and turns them
+  into frames, and each of them writes the same bytes, one write per batch.
 
 Several changes to a channel within an interval go out as one message. Channels are told
 apart by (node, uuid): the same uuid on two nodes is two channels, and every message names its
@@ -34,6 +35,9 @@ from channelsd.table import ChannelTable, Key
 from channelsd.validate import whole_number
 
 KEEPALIVE_SECONDS = 15.0
+# How long changes are still published after the last subscriber left, so that it can
+# resume (Last-Event-ID) instead of starting over.
+RESUME_GRACE = 30.0
 PUBLISH_INTERVAL = 0.1
 # Keys that change every second by themselves: not worth an update message.
 _VOLATILE = ("elapsed_s",)
@@ -82,10 +86,20 @@ class Broker:
         self._published: dict[Key, dict[str, Any]] = {}
         self._timer: gevent.Greenlet | None = None
         self._wake = gevent.event.Event()
+        self.feeds: dict[Any, Feed] = {}
+        self._left = -RESUME_GRACE  # when the last subscriber left
         table.listen(self._on_change)
 
+    @property
+    def idle(self) -> bool:
+        """Nobody listens, and nobody left less than RESUME_GRACE ago (a client that
+        reconnects within it resumes where it was, instead of starting over)."""
+        if self.subscribers:
+            return False
+        return time.monotonic() - self._left > RESUME_GRACE
+
     def _on_change(self, kind: str, ch: Channel, _info: Any) -> None:
-        if not self.subscribers and not self._pending:
+        if not self._pending and self.idle:
             # Nobody listens: nothing to render or keep, but a client resuming from before
             # this gap must get a fresh snapshot, not a silent hole (see since()).
             if self.ring or self._published:
@@ -106,7 +120,7 @@ class Broker:
         """Turn what changed since the last call into messages (the timer calls this)."""
         self._timer = None
         pending, self._pending = self._pending, {}
-        if not self.subscribers:
+        if self.idle:
             # Nobody listens: render nothing and keep no copies (memory, reconcile bursts).
             # The gap is recorded by emptying the ring, so a client resuming from before it
             # gets a fresh snapshot instead of a silent hole.
@@ -119,8 +133,31 @@ class Broker:
         for part in in_slices(list(pending.items())):
             for key, (ch, destroyed) in part:
                 self._publish_one(key, ch, destroyed)
+        for feed in list(self.feeds.values()):
+            feed.catch_up(self)
         if self.subscribers:
             self.wake()
+
+    def feed(
+        self,
+        key: Any,
+        in_scope: Callable[[Channel], bool],
+        keep: Callable[[dict[str, Any]], bool],
+        position: int,
+        visible: set[Key],
+    ) -> Feed:
+        """The feed of this kind of subscriber, started at `position` with the channels a
+        subscriber holds then (its snapshot) when there is none yet."""
+        feed = self.feeds.get(key)
+        if feed is None:
+            feed = self.feeds[key] = Feed(in_scope, keep, position, visible)
+        feed.users += 1
+        return feed
+
+    def leave(self, key: Any, feed: Feed) -> None:
+        feed.users -= 1
+        if not feed.users and self.feeds.get(key) is feed:
+            del self.feeds[key]
 
     def wake(self) -> None:
         """Wake every waiting subscriber: to send what was published, or to let one that
@@ -186,10 +223,81 @@ class Broker:
         newest.reverse()
         return newest
 
-    def wait_after(self, seq: int, timeout: float) -> None:
-        """Sleep until there is a message after `seq` (or the timeout); never misses one."""
-        if self.seq <= seq and not self.closed:
+    def wait_for(self, feed: Feed, seq: int, timeout: float) -> None:
+        """Sleep until the feed has frames after `seq` (or the timeout, or a wake-up)."""
+        if feed.last <= seq and not self.closed:
             self._wake.wait(timeout)
+
+
+# Batches a feed keeps for its slower subscribers: ~6 s of publishing; one further behind
+# starts over from a snapshot.
+FEED_BATCHES = 64
+
+
+class Feed:
+    """What one kind of subscriber is sent: the same scope, role narrowing and filters.
+
+    Every subscriber of a feed started from a snapshot (or caught up) at or after the feed's
+    start, so the channels it holds are the feed's `visible` set, give or take changes not
+    yet published when its snapshot was rendered; those come next anyway, and a create for a
+    channel it holds, or a destroy for one it does not, changes nothing for a client. So the
+    frames are decided and serialised once per batch for all of them."""
+
+    __slots__ = ("in_scope", "keep", "visible", "last", "batches", "users")
+
+    def __init__(
+        self,
+        in_scope: Callable[[Channel], bool],
+        keep: Callable[[dict[str, Any]], bool],
+        position: int,
+        visible: set[Key],
+    ) -> None:
+        self.in_scope = in_scope
+        self.keep = keep
+        self.visible = set(visible)
+        self.last = position  # the last message this feed has decided about
+        # (first seq, last seq, the batch's frames joined, [(seq, frame)])
+        self.batches: deque[tuple[int, int, bytes, list[tuple[int, bytes]]]] = deque(
+            maxlen=FEED_BATCHES
+        )
+        self.users = 0
+
+    def catch_up(self, broker: Broker) -> None:
+        messages = broker.since(self.last)
+        if messages is None:  # the ring moved on past this feed: its subscribers start over
+            self.batches.clear()
+            self.batches.append((broker.seq, broker.seq, b"", []))
+            self.last = broker.seq
+            return
+        frames = []
+        for msg in messages:
+            # Destroys of any channel in scope, visible to the feed or not: a subscriber that
+            # resumed may hold one the feed never told (a destroy it lacks changes nothing).
+            frame = _for(broker, msg, self.visible, self.in_scope, self.keep, True)
+            if frame is not None:
+                frames.append((msg.seq, frame))
+        if messages:
+            first = messages[0].seq
+            self.last = messages[-1].seq
+            if frames:
+                self.batches.append((first, self.last, b"".join(f for _, f in frames), frames))
+
+    def after(self, seq: int) -> bytes | None:
+        """Every frame after `seq`, or None when this feed no longer reaches back that far."""
+        batches = self.batches
+        if not batches or seq >= self.last:
+            return b""
+        if seq < batches[0][0] - 1 and batches.maxlen == len(batches):
+            return None
+        out = []
+        for first, last, joined, frames in batches:
+            if last <= seq:
+                continue
+            if first > seq:
+                out.append(joined)
+            else:  # this subscriber holds part of the batch already
+                out.extend(frame for s, frame in frames if s > seq)
+        return b"".join(out)
 
 
 def _frame(broker: Broker, seq: int, event: str, data: bytes) -> bytes:
@@ -203,51 +311,74 @@ def subscribe(
     snapshot: Callable[[], list[Channel]],
     last_event_id: str | None,
     ended: Callable[[], bool] = lambda: False,
+    kind: Any = None,
 ) -> Iterator[bytes]:
-    """The byte stream of one subscriber: snapshot (or catch-up), then messages as published.
+    """The byte stream of one subscriber: snapshot (or catch-up), then its feed's frames.
 
     `in_scope(ch)` says whether this subscriber may see the channel (account, role), `keep`
-    applies its filters to a rendered item; the stream stops once `ended()` (its token was
-    revoked; whoever ends it wakes the broker).
+    applies its filters to a rendered item, and `kind` names that combination: subscribers
+    of one kind share a feed (None: a feed of its own). The stream stops once `ended()` (its
+    token was revoked; whoever ends it wakes the broker).
     """
-    seen: set[Key] = set()
+    key = kind if kind is not None else object()
     # Counted from the start: what changes while the snapshot is taken and sent is kept.
     broker.subscribers += 1
     broker._gap = False
+    feed: Feed | None = None
     try:
-        # After a resume the client knows channels this subscriber has no record of sending.
         position = broker.position_of(last_event_id)
         resumed = position is not None and position <= broker.seq
         resumed = resumed and broker.since(position) is not None  # type: ignore[arg-type]
-        if not resumed:
-            position = None  # too much was missed, another run's id, or none: start over
-        if position is None:
-            position, frame, seen = _snapshot(broker, in_scope, keep, snapshot)
+        if resumed:
+            # The client knows channels this subscriber never told it: catch up from the ring
+            # on its own (destroys of any channel in scope), then follow the feed.
+            assert position is not None
+            seen: set[Key] = set()
+            for msg in broker.since(position) or ():
+                frame = _for(broker, msg, seen, in_scope, keep, True)
+                if frame is not None:
+                    yield frame
+            position = broker.seq
+            visible = {k for k in _visible(broker, in_scope, keep, snapshot)}
+            feed = broker.feed(key, in_scope, keep, position, visible)
+        else:
+            position, frame, visible = _snapshot(broker, in_scope, keep, snapshot)
+            feed = broker.feed(key, in_scope, keep, position, visible)
             yield frame
         last_write = time.monotonic()
         while not (broker.closed or ended()):
-            messages = broker.since(position)
-            if messages is None:  # this subscriber fell behind the ring
-                position, frame, seen = _snapshot(broker, in_scope, keep, snapshot)
-                resumed = False
+            out = feed.after(position)
+            if out is None:  # this subscriber fell behind its feed
+                position, frame, _ = _snapshot(broker, in_scope, keep, snapshot)
+                position = min(position, feed.last)
                 yield frame
                 continue
-            out = []
-            for msg in messages:
-                frame = _for(broker, msg, seen, in_scope, keep, resumed)
-                if frame is not None:
-                    out.append(frame)
-            if messages:
-                position = messages[-1].seq
+            position = max(position, feed.last)
             if out:
-                yield b"".join(out)  # one write per batch, not per message
+                yield out  # one write per batch, not per message
                 last_write = time.monotonic()
             elif time.monotonic() - last_write >= KEEPALIVE_SECONDS:
                 yield b": keepalive\n\n"
                 last_write = time.monotonic()
-            broker.wait_after(position, KEEPALIVE_SECONDS)
+            broker.wait_for(feed, position, KEEPALIVE_SECONDS)
     finally:
         broker.subscribers -= 1
+        if not broker.subscribers:
+            broker._left = time.monotonic()
+        if feed is not None:
+            broker.leave(key, feed)
+
+
+def _visible(
+    broker: Broker,
+    in_scope: Callable[[Channel], bool],
+    keep: Callable[[dict[str, Any]], bool],
+    snapshot: Callable[[], list[Channel]],
+) -> Iterator[Key]:
+    for part in in_slices(snapshot()):
+        for ch in part:
+            if in_scope(ch) and keep(broker.render(ch)):
+                yield ch.key
 
 
 def _snapshot(

@@ -389,3 +389,43 @@ def test_an_id_from_before_a_restart_of_the_daemon_gets_a_snapshot(
     finally:
         busy.close()
         resumed.close()
+
+
+def test_subscribers_of_one_kind_share_a_feed_and_its_work(
+    daemon: Harness, switch: Any, sub: Any, monkeypatch: Any
+) -> None:
+    """The work of deciding what a message means for a subscriber, and of serialising it, is
+    done once per feed (scope, owner narrowing, filters), not once per subscriber: a crowd of
+    dashboards on one account costs the publishing of one."""
+    import channelsd.stream as stream
+
+    decided = []
+    real = stream._for
+
+    def counting(*args: Any) -> Any:
+        decided.append(args[1].seq)
+        return real(*args)
+
+    monkeypatch.setattr(stream, "_for", counting)
+    crowd = [sub("/v2/accounts/acc1/channel_events") for _ in range(12)]
+    answered = sub("/v2/accounts/acc1/channel_events?filter_answered=true")
+    for s in [*crowd, answered]:
+        s.wait_for("snapshot")
+    broker = daemon.daemon.ctx.broker
+    assert len(broker.feeds) == 2  # the crowd's, and the filtered one's
+    a, b = switch.bridged_call(variables_a=ACC1, variables_b=ACC1, answer=False)
+    for s in crowd:
+        s.wait_for("create", lambda d: d["uuid"] == a)
+    switch.answer(b)
+    answered.wait_for("create", lambda d: d["uuid"] == a)
+    switch.hangup(a)
+    for s in [*crowd, answered]:
+        s.wait_for("destroy", lambda d: d["uuid"] == a)
+    # Each message was decided once per feed: twice, whatever the size of the crowd.
+    assert decided and max(decided.count(seq) for seq in set(decided)) <= 2
+    # And every member of the crowd was sent the same bytes.
+    streams = {
+        tuple((e["event"], json.dumps(e["data"], sort_keys=True)) for e in s.events[1:])
+        for s in crowd
+    }
+    assert len(streams) == 1
