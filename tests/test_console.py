@@ -709,13 +709,14 @@ def test_details_badges_and_ending_of_a_real_sip_call(switch: Any, make_daemon: 
     entry = page.find(f'#ended-list li[data-uuid="{leg}"]')
     minutes, seconds = divmod(ended["duration_seconds"], 60)
     assert ended["hangup_cause"] in entry.text
-    assert "by switch" in entry.text
+    assert "· hung up by the switch ·" in entry.text
     assert f"{minutes}:{seconds:02d}" in entry.text
     status = page.find("#details-status")
     page.wait(lambda: "has ended" in status.text, "the panel says the call ended")
-    assert ended["hangup_cause"] in status.text and "hung up by switch" in status.text
+    assert status.text.startswith(f"This channel has ended: {ended['hangup_cause']} · hung up by")
+    assert "hung up by the switch" in status.text
     assert field(page, "sip_call_id") == detail["sip_call_id"], "what it was stays in view"
-    assert field(page, "hung_up_by") == "switch"
+    assert field(page, "hung_up_by") == "hung up by the switch"
     assert field(page, "duration_seconds") == f"{minutes}:{seconds:02d}"
     assert field(page, "is_recording") == field(page, "state") == "", "no stale live state"
     page.shot("16-ended-sip-call")
