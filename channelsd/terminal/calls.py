@@ -152,15 +152,16 @@ def flags(item: Item) -> list[str]:
     return found
 
 
-# FreeSWITCH's sip_hangup_disposition: who ended the call. "send" is the switch's side, "recv"
-# the far end's; send_refuse is the switch refusing the call (a 4xx/5xx reply).
+# FreeSWITCH's sip_hangup_disposition: who ended the call, for the "Hung up by" column (so
+# each reads after those words). "send" is the switch's side, "recv" the far end's; a refusal
+# is a 4xx/5xx answer to the call, a cancel ends it while it rings.
 _WHO = {
     "send_bye": "switch",
     "recv_bye": "far end",
     "send_cancel": "switch (cancel)",
     "recv_cancel": "far end (cancel)",
-    "send_refuse": "refused",
-    "recv_refuse": "refused by far end",
+    "send_refuse": "switch (refused)",
+    "recv_refuse": "far end (refused)",
 }
 
 
