@@ -709,13 +709,14 @@ def test_details_badges_and_ending_of_a_real_sip_call(switch: Any, make_daemon: 
     entry = page.find(f'#ended-list li[data-uuid="{leg}"]')
     minutes, seconds = divmod(ended["duration_seconds"], 60)
     assert ended["hangup_cause"] in entry.text
-    assert "by switch" in entry.text
+    assert "· hung up by the switch ·" in entry.text
     assert f"{minutes}:{seconds:02d}" in entry.text
     status = page.find("#details-status")
     page.wait(lambda: "has ended" in status.text, "the panel says the call ended")
-    assert ended["hangup_cause"] in status.text and "hung up by switch" in status.text
+    assert status.text.startswith(f"This channel has ended: {ended['hangup_cause']} · hung up by")
+    assert "hung up by the switch" in status.text
     assert field(page, "sip_call_id") == detail["sip_call_id"], "what it was stays in view"
-    assert field(page, "hung_up_by") == "switch"
+    assert field(page, "hung_up_by") == "hung up by the switch"
     assert field(page, "duration_seconds") == f"{minutes}:{seconds:02d}"
     assert field(page, "is_recording") == field(page, "state") == "", "no stale live state"
     page.shot("16-ended-sip-call")
@@ -796,4 +797,173 @@ def test_encrypted_badge_and_recently_ended_from_load_and_stream(
     status = page.find("#details-status")
     page.wait(lambda: "CALL_REJECTED" in status.text, "the ended call's details")
     assert field(page, "caller") == "Old Caller (1009)"
+    assert page.problems() == []
+
+
+# -- switch values that try to reorder the page, and channels named by node and uuid -----------
+
+# The characters of an element's text, in text order, with where each is drawn.
+CHAR_BOXES = """
+const el = arguments[0];
+const out = [];
+const walker = document.createTreeWalker(el, NodeFilter.SHOW_TEXT);
+for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+  for (let i = 0; i < n.length; i++) {
+    const r = document.createRange();
+    r.setStart(n, i);
+    r.setEnd(n, i + 1);
+    const b = r.getBoundingClientRect();
+    out.push([n.data[i], b.left, b.right, b.top]);
+  }
+}
+return out;
+"""
+
+
+def reads_in_order(page: Page, element: Any, after: str) -> None:
+    """`after` (our own words that follow a switch value) is drawn left to right, line by
+    line, right of everything before it on its line: the value reordered nothing around it."""
+    boxes = page.driver.execute_script(CHAR_BOXES, element)
+    text = "".join(b[0] for b in boxes)
+    start = text.rindex(after)
+    shown = [b for b in boxes[start : start + len(after)] if b[0].strip()]
+    lines: dict[int, list[float]] = {}
+    for _, left, _, top in shown:
+        lines.setdefault(round(top), []).append(left)
+    for lefts in lines.values():
+        assert lefts == sorted(lefts), (text, after, shown)
+    first = round(shown[0][3])
+    before = [b for b in boxes[:start] if b[2] > b[1] and round(b[3]) == first]
+    edge = max((b[2] for b in before), default=0)
+    assert all(left >= edge - 0.5 for left in lines[first]), (text, after, edge, shown)
+
+
+BIDI_NAMES = {
+    "override": "\u202eevil",  # right-to-left override, never closed
+    "stray_pdi": "\u2069\u202eevil",  # closes an isolate it is not in, then overrides
+    "isolate": "\u2067evil\u202e",  # an isolate and an override left open
+    "attack": "\u202eevil\u202c",  # the attack's own, closed
+    "hebrew": "שלום",  # no control at all: right-to-left letters before a number
+}
+
+
+def test_bidi_controls_in_names_reorder_nothing_around_them(
+    switch: Any, make_daemon: Any, page: Page
+) -> None:
+    h = make_daemon([switch])
+    legs = {
+        k: call(switch, ACME, (name, f"10{i:02d}"), ("Bob Baker", "2000"))
+        for i, (k, name) in enumerate(BIDI_NAMES.items())
+    }
+    wait_until(lambda: len(h.table.all()) == 2 * len(legs), what="the calls in the table")
+    page.driver.set_window_size(1400, 900)
+    page.open(base(h))
+    page.login(token("super"))
+    page.wait_live()
+    page.wait(lambda: len(page.uuids()) == 2 * len(legs), "the calls on the board")
+    for i, (k, (a, _)) in enumerate(legs.items()):
+        number = f" (10{i:02d})"
+        reads_in_order(page, page.row(a).find_element(By.CSS_SELECTOR, ".col-caller"), number)
+        # The details: its title and its caller.
+        page.row(a).find_element(By.CSS_SELECTOR, "button.sel").click()
+        page.wait(lambda a=a: field(page, "uuid") == a, "the details")
+        reads_in_order(page, page.find("#details-title"), f"{number} → Bob Baker (2000)")
+        reads_in_order(page, page.find('#details-body dd[data-field="caller"]'), number)
+        # The actions dialog names the call too.
+        page.open_actions(a)
+        reads_in_order(page, page.find("#action-subject"), f"{number} → Bob Baker (2000) · ")
+        page.driver.switch_to.active_element.send_keys(Keys.ESCAPE)
+        page.wait(lambda: not page.find("#action-dialog").is_displayed(), "the dialog closed")
+        # And once it has ended, its entry among recently ended calls.
+        switch.hangup(a)
+        page.wait(lambda a=a: page.finds(f'#ended-list li[data-uuid="{a}"]'), "ended", 10)
+        entry = page.find(f'#ended-list li[data-uuid="{a}"] .ended-parties')
+        reads_in_order(page, entry, f"{number} → Bob Baker (2000)")
+        assert BIDI_NAMES[k].strip("\u202c\u2069") in entry.get_attribute("textContent"), k
+    page.shot("18-bidi-names")
+    # Text only: nothing the names held became markup.
+    assert page.driver.execute_script("return document.querySelectorAll('bdi *').length") == 0
+    assert page.problems(allow=("status of 403",)) == []
+
+
+def test_the_same_uuid_on_two_nodes_is_two_channels(make_switch: Any, make_daemon: Any, page: Page):
+    s1, s2 = make_switch(), make_switch()
+    h = make_daemon([s1, s2])
+    same, b1 = call(s1, ACME, ("On Node One", "1001"), ("Bob Baker", "1002"))
+    s2.originate(dest="9003", variables=ACME, uuid=same)
+    wait_until(lambda: len(h.api.data("/v2/channels")) == 4, what="4 channels in the API")
+    page.driver.set_window_size(1400, 900)
+    page.open(base(h))
+    page.login(token("super"))
+    page.wait_live()
+    page.wait(lambda: len(page.uuids()) == 4, "the 4 channels on the board")
+    assert page.find("#counts").text == "3 calls, 4 channels"
+
+    def row(node: str) -> Any:
+        return page.find(f'#channels tr[data-uuid="{same}"][data-node="{node}"]')
+
+    # Node 1's legs are one call; node 2's channel of that uuid is another.
+    together = "return arguments[0].parentElement === arguments[1].parentElement;"
+    assert page.driver.execute_script(together, row("fs1"), page.row(b1))
+    assert not page.driver.execute_script(together, row("fs2"), page.row(b1))
+    assert "On Node One" not in row("fs2").text
+
+    # The details of node 2's channel are node 2's (the single GET, by uuid alone, may answer
+    # with node 1's: it is not shown).
+    row("fs2").find_element(By.CSS_SELECTOR, "button.sel").click()
+    page.wait(lambda: field(page, "node") == "fs2", "node 2's details")
+    gevent.sleep(1)  # the single GET came back meanwhile
+    assert field(page, "node") == "fs2" and "On Node One" not in page.find("#details").text
+
+    # Node 1's copy hangs up: node 2's stays, on the board and in the panel.
+    s1.hangup(same)
+    page.wait(lambda: page.find("#counts").text == "2 calls, 2 channels", "node 1's call gone")
+    assert page.uuids().count(same) == 1 and row("fs2").is_displayed()
+    page.wait(lambda: page.finds(f'#ended-list li[data-uuid="{same}"]'), "node 1's ended call")
+    assert page.find(f'#ended-list li[data-uuid="{same}"]').get_attribute("data-node") == "fs1"
+    assert page.find("#details-status").is_displayed() is False, "node 2's channel is live"
+    assert field(page, "node") == "fs2"
+    page.shot("19-same-uuid-two-nodes")
+    assert page.problems() == []
+
+
+def test_how_a_call_ended_reads_right_for_every_disposition(
+    switch: Any, make_daemon: Any, page: Page
+) -> None:
+    h = make_daemon([switch])
+    want = {
+        "send_bye": "hung up by the switch",
+        "recv_bye": "hung up by the far end",
+        "send_cancel": "cancelled by the switch",
+        "recv_cancel": "cancelled by the far end",
+        "send_refuse": "refused by the switch",
+        "recv_refuse": "refused by the far end",
+        "something_new": "ended: something_new",  # one the page does not know
+    }
+    ended = {}
+    for n, disposition in enumerate(want):
+        a, _ = call(switch, ACME, (f"Caller {n}", f"10{n:02d}"), ("Bob Baker", "2000"))
+        wait_until(lambda a=a: h.table.get(a), what="the call in the table")
+        switch.set_variable(a, "sip_hangup_disposition", disposition)
+        switch.hangup(a, "CALL_REJECTED")
+        ended[disposition] = a
+    wait_until(lambda: len(h.api.data("/v2/channels?ended=true")) == 2 * len(want), what="ended")
+    page.driver.set_window_size(1400, 900)
+    page.open(base(h))
+    page.login(token("super"))
+    page.wait_live()
+    page.wait(lambda: len(page.finds("#ended-list li")) == 2 * len(want), "the ended calls")
+    for disposition, uuid in ended.items():
+        entry = page.find(f'#ended-list li[data-uuid="{uuid}"]')
+        how = entry.find_element(By.CSS_SELECTOR, '[data-field="hung_up_by"]').text
+        assert how == want[disposition], disposition
+        assert f"CALL_REJECTED · {want[disposition]} · 0:0" in entry.text, entry.text
+        entry.find_element(By.CSS_SELECTOR, "button").click()
+        status = page.find("#details-status")
+        page.wait(lambda uuid=uuid: field(page, "uuid") == uuid, "its details")
+        assert field(page, "hung_up_by") == want[disposition]
+        assert status.text.startswith(
+            f"This channel has ended: CALL_REJECTED · {want[disposition]} · after 0:0"
+        ), status.text
+    page.shot("20-how-calls-ended")
     assert page.problems() == []

@@ -261,6 +261,38 @@ def test_ended_sip_call_says_who_hung_up_and_its_call_id(switch: Any, make_daemo
     assert item["hangup_cause"] in row
 
 
+def test_who_hung_up_reads_after_its_heading_for_every_disposition(
+    switch: Any, make_daemon: Any
+) -> None:
+    h = make_daemon([switch])
+    want = {
+        "send_bye": "switch",
+        "recv_bye": "far end",
+        "send_cancel": "switch (cancel)",
+        "recv_cancel": "far end (cancel)",
+        "send_refuse": "switch (refused)",
+        "recv_refuse": "far end (refused)",
+        "something_new": "something_new",  # one the table does not know: as the switch says
+    }
+    ended = {}
+    for n, disposition in enumerate(want):
+        a, _ = call(switch, ACME, (f"Caller {n}", f"10{n:02d}"), ("Bob Baker", "1002"))
+        wait_until(lambda a=a: h.table.get(a), what="the call in the table")
+        switch.set_variable(a, "sip_hangup_disposition", disposition)
+        switch.hangup(a)
+        ended[disposition] = a
+    wait_until(
+        lambda: len(h.api.data("/v2/channels?ended=true")) == 2 * len(want), what="ended calls"
+    )
+    table = ok(ls(h.api.base, "--ended", "--wide"))
+    header = table.splitlines()[0]
+    column = header.index("Hung up by")
+    for disposition, uuid in ended.items():
+        row = line_of(table, uuid)
+        cell = row[column:].split("  ")[0]
+        assert cell == want[disposition], (disposition, row)
+
+
 # -- where the token and the URL come from, and the errors ----------------------------------
 
 
@@ -581,6 +613,42 @@ def test_the_demo_listed_and_watched() -> None:
             raise
 
 
+def test_the_same_uuid_on_two_nodes_is_two_channels(make_switch: Any, make_daemon: Any) -> None:
+    """A uuid is unique on its switch only (an originate may choose it): channels are named by
+    node and uuid in the table, its grouping and the watch's state."""
+    s1, s2 = make_switch(), make_switch()
+    h = make_daemon([s1, s2])
+    same, b1 = call(s1, ACME, ("On Node One", "1001"), ("Bob Baker", "1002"))
+    s2.originate(dest="9003", variables=ACME, uuid=same)
+    wait_until(lambda: len(h.api.data("/v2/channels")) == 4, what="4 channels in the API")
+
+    table = ok(ls(h.api.base, "--wide"))
+    assert table.splitlines()[-1] == "3 calls, 4 channels"
+    lines = table.splitlines()
+    (one,) = [n for n, line in enumerate(lines) if same in line and " fs1 " in line]
+    (two,) = [n for n, line in enumerate(lines) if same in line and " fs2 " in line]
+    assert "On Node One" in lines[one] and "On Node One" not in lines[two]
+    # Node 1's call has its two legs together; node 2's channel of that uuid is not in it.
+    assert lines[one + 1].lstrip().startswith(f"↳ {b1}") and " fs1 " in lines[one + 1]
+    assert not lines[two + 1].lstrip().startswith(f"↳ {b1}")
+    assert len(json.loads(ok(ls(h.api.base, "--json")))) == 4
+
+    term = Terminal(
+        ["--watch", "--wide"], clean_env(CHANNELSD_URL=h.api.base, CHANNELSD_TOKEN=token("super"))
+    )
+    try:
+        term.wait(lambda: term.live().count(same) == 2, "both channels on the screen")
+        assert "3 calls, 4 channels" in term.text()
+        s1.hangup(same)
+        term.wait(lambda: "2 calls, 2 channels" in term.text(), "node 1's call gone")
+        live = term.live()
+        assert " fs2 " in line_of(live, same) and "On Node One" not in live
+        term.wait(lambda: same in term.ended(), "node 1's channel among ended calls")
+        assert " fs1 " in line_of(term.ended(), same)
+    finally:
+        assert term.stop() == 0
+
+
 # -- the pieces, on any input -----------------------------------------------------------------
 
 _field = st.text(
@@ -636,6 +704,7 @@ _uuid = st.sampled_from([f"u{i}" for i in range(8)])
         st.fixed_dictionaries(
             {"uuid": _uuid},
             optional={
+                "node": st.sampled_from(["fs1", "fs2"]),
                 "other_leg": _uuid,
                 "bridge_id": st.sampled_from(["b1", "b2", "b3"]),
                 "timestamp": st.integers(0, 5),
@@ -643,41 +712,43 @@ _uuid = st.sampled_from([f"u{i}" for i in range(8)])
             },
         ),
         max_size=10,
-        unique_by=lambda i: i["uuid"],
+        unique_by=lambda i: (i.get("node", ""), i["uuid"]),
     )
 )
 def test_grouping_joins_linked_legs_only(items: list[dict[str, Any]]) -> None:
+    """Each channel (node, uuid) in exactly one call; legs that name each other on the same
+    node share it, and nothing else does (the same uuid on two nodes is two channels)."""
+
+    def key(i: dict[str, Any]) -> tuple[str, str]:
+        return (i.get("node", ""), i["uuid"])
+
+    def linked(a: dict[str, Any], b: dict[str, Any]) -> bool:
+        if a.get("node", "") != b.get("node", ""):
+            return False
+        return (
+            a.get("other_leg") == b["uuid"]
+            or b.get("other_leg") == a["uuid"]
+            or bool(a.get("bridge_id") and a.get("bridge_id") == b.get("bridge_id"))
+        )
+
     groups = calls.group(items)
-    where = {leg["uuid"]: n for n, legs in enumerate(groups) for leg in legs}
-    assert sorted(where) == sorted(i["uuid"] for i in items)  # each channel exactly once
+    where = {key(leg): n for n, legs in enumerate(groups) for leg in legs}
+    assert sorted(where) == sorted(key(i) for i in items)  # each channel exactly once
     assert sum(len(g) for g in groups) == len(items)
-    by_uuid = {i["uuid"]: i for i in items}
-    for item in items:  # linked legs share their call
-        if item.get("other_leg") in by_uuid:
-            assert where[item["uuid"]] == where[item["other_leg"]]
-        for other in items:
-            if item.get("bridge_id") and item.get("bridge_id") == other.get("bridge_id"):
-                assert where[item["uuid"]] == where[other["uuid"]]
+    for a in items:  # linked legs share their call
+        for b in items:
+            if linked(a, b):
+                assert where[key(a)] == where[key(b)]
     for n, legs in enumerate(groups):  # and nothing else does: each call is connected
-        linked = {legs[0]["uuid"]}
+        reached = [legs[0]]
         grew = True
         while grew:
             grew = False
             for leg in legs:
-                u = leg["uuid"]
-                if u in linked:
-                    continue
-                if any(
-                    leg.get("other_leg") == v
-                    or by_uuid[v].get("other_leg") == u
-                    or (
-                        leg.get("bridge_id") and leg.get("bridge_id") == by_uuid[v].get("bridge_id")
-                    )
-                    for v in linked
-                ):
-                    linked.add(u)
+                if leg not in reached and any(linked(leg, r) for r in reached):
+                    reached.append(leg)
                     grew = True
-        assert linked == {leg["uuid"] for leg in legs}, n
+        assert len(reached) == len(legs), n
         assert legs == sorted(legs, key=calls.by_age)
     assert [g[0] for g in groups] == sorted((g[0] for g in groups), key=calls.by_age)
 

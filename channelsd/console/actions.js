@@ -3,18 +3,24 @@
 //
 // ACTIONS is the one list of what the dialog offers, in order: its choices are built from it.
 // An action is { label, verb, done, request(fields) -> [method, body], and optionally
-// confirm(item, fields), missing(fields) }, plus, when it takes input, a
+// confirm(item, fields) -> a line (dom.js), missing(fields) }, plus, when it takes input, a
 // <div class="panel" data-panel="NAME"> in index.html whose named inputs fields() reads.
 
 import { routes } from "./api.js";
+import { show, val } from "./dom.js";
 import * as fmt from "./format.js";
+import { keyOf } from "./store.js";
 
 const ACTIONS = {
   hangup: {
     label: "Hang up",
     verb: "Hang up",
     done: "Hang-up sent",
-    confirm: (item, f) => `Hang up ${fmt.describe(item)} with cause ${f.cause || "NORMAL_CLEARING"}?`,
+    confirm: (item, f) => [
+      "Hang up ",
+      ...fmt.describe(item),
+      ` with cause ${f.cause || "NORMAL_CLEARING"}?`,
+    ],
     request: (f) => ["POST", { data: { action: "hangup", cause: f.cause || "NORMAL_CLEARING" } }],
   },
   hold: {
@@ -37,10 +43,12 @@ const ACTIONS = {
     verb: "Transfer",
     done: "Transfer sent",
     missing: (f) => (f.target ? "" : "Enter the extension to transfer to."),
-    confirm: (item, f) =>
+    confirm: (item, f) => [
       `${f.transfer_type === "attended" ? "Attended" : "Blind"} transfer of ` +
-      `${f.leg === "bleg" ? "the other leg" : "this channel"} of ${fmt.describe(item)} ` +
-      `to ${f.target}?`,
+        `${f.leg === "bleg" ? "the other leg" : "this channel"} of `,
+      ...fmt.describe(item),
+      ` to ${f.target}?`,
+    ],
     request: (f) => [
       "POST",
       { data: { action: "transfer", target: f.target, transfer_type: f.transfer_type, leg: f.leg } },
@@ -51,7 +59,7 @@ const ACTIONS = {
     verb: "Intercept",
     done: "Intercept started",
     missing: (f) => (f.target_id ? "" : "Enter the device, user id or number that picks up."),
-    confirm: (item, f) => `Have ${f.target_type} ${f.target_id} pick up ${fmt.describe(item)}?`,
+    confirm: (item, f) => [`Have ${f.target_type} ${f.target_id} pick up `, ...fmt.describe(item), "?"],
     request: (f) => [
       "POST",
       { data: { action: "intercept", target_type: f.target_type, target_id: f.target_id } },
@@ -69,7 +77,7 @@ const ACTIONS = {
           : f.listen_mode === "barge"
             ? "barge into"
             : "listen to";
-      return `Ring ${f.listen_type} ${f.listen_id} to ${how} ${fmt.describe(item)}?`;
+      return [`Ring ${f.listen_type} ${f.listen_id} to ${how} `, ...fmt.describe(item), "?"];
     },
     // whisper_leg only with whisper: the API refuses it with the other modes.
     request: (f) => [
@@ -140,13 +148,14 @@ export class ActionDialog {
     }
   }
 
-  open(uuid, opener) {
-    const item = this.store.items.get(uuid);
+  // The dialog for the channel of this key (store.keyOf).
+  open(key, opener) {
+    const item = this.store.items.get(key);
     if (!item) return;
     this.item = item;
     this.opener = opener;
     this.form.reset();
-    this.setText("action-subject", `${fmt.describe(item)} · ${item.uuid}`);
+    this.setText("action-subject", [...fmt.describe(item), " · ", val(item.uuid)]);
     this.syncWhisper();
     this.choose("hangup");
     this.dialog.showModal();
@@ -245,13 +254,13 @@ export class ActionDialog {
         return;
       }
       this.toEdit();
-      this.show("action-error", `Refused: ${err.message}`);
+      this.show("action-error", ["Refused: ", val(err.message)]);
       this.el("action-submit").focus();
       return;
     }
     this.setBusy(false);
     this.dialog.close();
-    this.onDone(`${spec.done}: ${fmt.describe(item)}`);
+    this.onDone([`${spec.done}: `, ...fmt.describe(item)]);
   }
 
   setBusy(busy) {
@@ -264,7 +273,7 @@ export class ActionDialog {
   // The channel may change or end while the dialog is open.
   refresh() {
     if (!this.item || !this.dialog.open) return;
-    const now = this.store.items.get(this.item.uuid);
+    const now = this.store.items.get(keyOf(this.item));
     if (now) {
       this.item = now;
       return;
@@ -283,13 +292,13 @@ export class ActionDialog {
     else this.fallbackFocus();
   }
 
-  setText(id, text) {
-    this.el(id).textContent = text;
+  setText(id, line) {
+    show(this.el(id), line);
   }
 
-  show(id, text) {
+  show(id, line) {
     const el = this.el(id);
-    el.textContent = text;
-    el.hidden = !text;
+    show(el, line);
+    el.hidden = !el.textContent;
   }
 }

@@ -3,11 +3,12 @@
 import { ActionDialog } from "./actions.js";
 import { Api, routes } from "./api.js";
 import { DetailsPanel } from "./details.js";
+import { label, show, val } from "./dom.js";
 import { EndedCalls, EndedView } from "./ended.js";
 import { shortId } from "./format.js";
 import { LiveStream } from "./live.js";
 import * as session from "./session.js";
-import { ChannelStore } from "./store.js";
+import { ChannelStore, keyOf } from "./store.js";
 import { ChannelsView } from "./view.js";
 
 const $ = (id) => document.getElementById(id);
@@ -22,8 +23,8 @@ const view = new ChannelsView({
   empty: $("empty"),
   counts: $("counts"),
   store,
-  onAction: (uuid, button) => actions.open(uuid, button),
-  onSelect: (uuid) => selectChannel(uuid),
+  onAction: (key, button) => actions.open(key, button),
+  onSelect: (key) => selectChannel(key),
   onFocusLost: () => $("filter").focus(),
 });
 
@@ -33,7 +34,7 @@ const endedView = new EndedView({
   count: $("ended-count"),
   ended: endedCalls,
   matches: (item) => view.matches(item),
-  onSelect: (uuid) => selectChannel(uuid),
+  onSelect: (key) => selectChannel(key),
 });
 
 const details = new DetailsPanel({
@@ -42,15 +43,16 @@ const details = new DetailsPanel({
   ended: endedCalls,
   api: () => state.api,
   scope: () => state.scope,
-  onSelect: (uuid) => selectChannel(uuid),
+  onSelect: (key) => selectChannel(key),
   onClose: () => selectChannel(null),
 });
 
-// One channel's details are open at a time; its row (or ended entry) is marked.
-function selectChannel(uuid) {
-  view.setSelected(uuid);
-  endedView.setSelected(uuid);
-  if (uuid) details.show(uuid);
+// One channel's details are open at a time; its row (or ended entry) is marked. A channel is
+// named by its key (store.keyOf): node and uuid.
+function selectChannel(key) {
+  view.setSelected(key);
+  endedView.setSelected(key);
+  if (key) details.show(key);
   else details.clear();
 }
 
@@ -60,7 +62,7 @@ const actions = new ActionDialog({
   api: () => state.api,
   scope: () => state.scope,
   onDone: (message) => toast(message),
-  onAuthLost: (message) => signOut(`${message}: sign in again.`),
+  onAuthLost: (message) => signOut([val(message), ": sign in again."]),
   fallbackFocus: () => $("filter").focus(),
 });
 
@@ -69,19 +71,20 @@ const actions = new ActionDialog({
 let bannerTimer = null;
 let toastTimer = null;
 
-function banner(kind, text, hideAfterMs) {
+function banner(kind, line, hideAfterMs) {
   const el = $("banner");
   clearTimeout(bannerTimer);
-  el.textContent = text;
+  show(el, line);
+  const text = el.textContent;
   el.dataset.kind = kind;
   if (text && hideAfterMs) bannerTimer = setTimeout(() => banner("", ""), hideAfterMs);
 }
 
-function toast(text) {
+function toast(line) {
   const notice = $("notice");
   clearTimeout(toastTimer);
-  notice.textContent = text;
-  toastTimer = setTimeout(() => (notice.textContent = ""), 5000);
+  show(notice, line);
+  toastTimer = setTimeout(() => show(notice, ""), 5000);
 }
 
 function showLiveState(liveState, detail = {}) {
@@ -105,8 +108,8 @@ function showLiveState(liveState, detail = {}) {
     banner("warn", "Live updates interrupted: reconnecting… The table may be out of date.");
   } else if (liveState === "failed") {
     const err = detail.error;
-    if (err && err.status === 401) signOut(`${err.message}: sign in again.`);
-    else banner("error", `Live updates stopped: ${err ? err.message : "unknown error"}`);
+    if (err && err.status === 401) signOut([val(err.message), ": sign in again."]);
+    else banner("error", ["Live updates stopped: ", err ? val(err.message) : "unknown error"]);
   }
 }
 
@@ -118,8 +121,8 @@ function onEvent(kind, data) {
     // A snapshot starts over (first connection, or too much missed): so do ended calls.
     loadEnded();
   } else if (kind === "create") store.put(data);
-  else if (kind === "update") store.patch(data.uuid, data.changed || {}, data.removed);
-  else if (kind === "destroy") endedCalls.add(store.remove(data.uuid), data, store.serverNow());
+  else if (kind === "update") store.patch(keyOf(data), data.changed || {}, data.removed);
+  else if (kind === "destroy") endedCalls.add(store.remove(keyOf(data)), data, store.serverNow());
 }
 
 async function loadEnded() {
@@ -133,7 +136,8 @@ async function loadEnded() {
   }
   if (load !== state.endedLoad || !Array.isArray(items)) return;
   // Destroys heard while the list was on its way are newer than it.
-  const heard = endedCalls.items.filter((i) => !items.some((j) => j.uuid === i.uuid));
+  const listed = new Set(items.filter((j) => j && j.uuid).map((j) => keyOf(j)));
+  const heard = endedCalls.items.filter((i) => !listed.has(keyOf(i)));
   endedCalls.reset([...heard, ...items]);
 }
 
@@ -158,8 +162,9 @@ function connect() {
 
 let accountsShown = "";
 
+// An <option>'s text: plain text, the switch's realm isolated by characters (dom.label).
 function accountLabel(id, realm) {
-  return realm ? `${realm} (${shortId(id)})` : id;
+  return label(realm ? [val(realm), " (", val(shortId(id)), ")"] : [val(id)]);
 }
 
 function fillAccounts() {
@@ -185,10 +190,10 @@ function fillAccounts() {
   accountsShown = signature;
   const current = state.scope.mode === "system" ? view.account : state.scope.account;
   select.replaceChildren(
-    ...options.map(([value, label]) => {
+    ...options.map(([value, text]) => {
       const option = document.createElement("option");
       option.value = value;
-      option.textContent = label;
+      option.textContent = text;
       return option;
     }),
   );
@@ -230,7 +235,7 @@ async function onAddAccount(e) {
   try {
     await session.probeAccount(state.api, account);
   } catch (err) {
-    error.textContent = `Cannot show ${account}: ${err.message}`;
+    show(error, [`Cannot show ${account}: `, val(err.message)]);
     error.hidden = false;
     input.focus();
     return;
@@ -270,8 +275,8 @@ function signOut(message) {
   $("login-token").value = "";
   $("login-account").value = session.lastAccount();
   const error = $("login-error");
-  error.textContent = message || "";
-  error.hidden = !message;
+  show(error, message || "");
+  error.hidden = !error.textContent;
   $("login-token").focus();
 }
 
@@ -281,7 +286,7 @@ async function onLogin(e) {
   const account = $("login-account").value.trim();
   const error = $("login-error");
   if (!token) {
-    error.textContent = "Enter an API token.";
+    show(error, "Enter an API token.");
     error.hidden = false;
     $("login-token").focus();
     return;
@@ -291,7 +296,7 @@ async function onLogin(e) {
   try {
     start(await session.signIn(token, account));
   } catch (err) {
-    error.textContent = err.status === 401 ? "This token was refused." : err.message;
+    show(error, err.status === 401 ? "This token was refused." : val(err.message));
     error.hidden = false;
     $(err.field === "account" ? "login-account" : "login-token").focus();
   } finally {

@@ -4,18 +4,20 @@
 // channel. Live fields (hold, recording, state) show from the stream at once meanwhile.
 
 import { routes } from "./api.js";
+import { plain, show, val } from "./dom.js";
 import * as fmt from "./format.js";
-import { GREGORIAN_OFFSET } from "./store.js";
+import { GREGORIAN_OFFSET, keyOf } from "./store.js";
 
 const REFETCH_MS = 400;
 
 const yesNo = (v) => (v === true ? "yes" : v === false ? "no" : "");
-const text = (key) => (i) => (typeof i[key] === "string" || typeof i[key] === "number" ? String(i[key]) : "");
+const text = (key) => (i) => val(i[key]);
 const seconds = (v) => (typeof v === "number" ? fmt.duration(v) : "");
 const live = (value) => (i, p) => (p.live ? value(i, p) : "");
 const ended = (value) => (i, p) => (p.live ? "" : value(i, p));
 
-// [section, [[field name (data-field), label, value(item, panel)], ...]]; empty values are left out.
+// [section, [[field name (data-field), label, value(item, panel)], ...]]; a value is a line
+// (dom.js: our words and the switch's values); empty ones are left out.
 const SECTIONS = [
   [
     "Call",
@@ -26,7 +28,7 @@ const SECTIONS = [
       ["direction", "Direction", text("direction")],
       // What is true now: for a channel that ended, its last state would mislead (changes in
       // its last instant go out with the destroy, not before it).
-      ["state", "State", live((i) => [i.call_state, i.state].filter(Boolean).join(" · "))],
+      ["state", "State", live((i) => joined([val(i.call_state), val(i.state)]))],
       ["answered", "Answered", (i) => yesNo(i.answered)],
       ["is_onhold", "On hold", live((i) => yesNo(i.is_onhold))],
       ["is_recording", "Recording", live((i) => yesNo(i.is_recording))],
@@ -34,7 +36,7 @@ const SECTIONS = [
       ["started", "Started", (i) => fmt.timeOfDay(i.timestamp, GREGORIAN_OFFSET)],
       ["ended", "Ended", ended((i) => fmt.timeOfDay(i.ended_timestamp, GREGORIAN_OFFSET))],
       ["hangup_cause", "Cause", ended(text("hangup_cause"))],
-      ["hung_up_by", "Hung up by", ended((i) => fmt.whoHungUp(i))],
+      ["hung_up_by", "How it ended", ended((i) => fmt.howEnded(i))],
       ["duration_seconds", "Duration", ended((i) => seconds(i.duration_seconds))],
       ["billing_seconds", "Billed", ended((i) => seconds(i.billing_seconds))],
       ["mos", "MOS", ended((i) => (typeof i.mos === "number" ? i.mos.toFixed(1) : ""))],
@@ -52,7 +54,7 @@ const SECTIONS = [
         "Encrypted",
         (i) =>
           i.is_secure
-            ? [i.secure_media, i.crypto_suite].filter(Boolean).join(" · ") || "yes"
+            ? joined([val(i.secure_media), val(i.crypto_suite)]) || "yes"
             : yesNo(i.is_secure),
       ],
     ],
@@ -73,7 +75,7 @@ const SECTIONS = [
   [
     "Identity",
     [
-      ["account", "Account", (i) => (i.account_id ? [i.realm, i.account_id].filter(Boolean).join(" · ") : "")],
+      ["account", "Account", (i) => (i.account_id ? joined([val(i.realm), val(i.account_id)]) : "")],
       ["owner_id", "Owner", text("owner_id")],
       ["authorizing_id", "Device", text("authorizing_id")],
       ["username", "Username", text("username")],
@@ -81,10 +83,16 @@ const SECTIONS = [
       ["node", "Node", text("node")],
       ["uuid", "UUID", text("uuid")],
       ["other_leg", "Other leg", text("other_leg")],
-      ["bridge_id", "Bridge", (i) => (i.bridge_id && i.bridge_id !== i.uuid ? i.bridge_id : "")],
+      ["bridge_id", "Bridge", (i) => (i.bridge_id && i.bridge_id !== i.uuid ? val(i.bridge_id) : "")],
     ],
   ],
 ];
+
+// The non-empty values joined by " · ", or "" when there is none.
+function joined(values) {
+  const found = values.filter((v) => v.val);
+  return found.length ? found.flatMap((v, n) => (n ? [" · ", v] : [v])) : "";
+}
 
 export class DetailsPanel {
   constructor({ root, store, ended, api, scope, onSelect, onClose }) {
@@ -95,7 +103,7 @@ export class DetailsPanel {
     this.api = api;
     this.scope = scope;
     this.onSelect = onSelect;
-    this.uuid = null;
+    this.key = null; // the channel shown (store.keyOf): node and uuid
     this.detail = null; // the last single GET
     this.seen = null; // the stream's item the panel last showed
     this.live = false;
@@ -104,7 +112,7 @@ export class DetailsPanel {
     this.timer = null;
     this.generation = 0;
     store.subscribe(() => this.onStore());
-    ended.subscribe(() => this.uuid && !this.live && this.render());
+    ended.subscribe(() => this.key && !this.live && this.render());
     this.el("details-close").addEventListener("click", () => onClose());
     this.el("details-body").addEventListener("click", (e) => {
       const button = e.target.closest("button[data-select]");
@@ -112,11 +120,11 @@ export class DetailsPanel {
     });
   }
 
-  show(uuid) {
-    if (uuid === this.uuid) return;
-    this.uuid = uuid;
+  show(key) {
+    if (key === this.key) return;
+    this.key = key;
     this.detail = null;
-    this.seen = this.store.items.get(uuid) || null;
+    this.seen = this.store.items.get(key) || null;
     this.generation += 1;
     clearTimeout(this.timer);
     this.again = false;
@@ -125,7 +133,7 @@ export class DetailsPanel {
   }
 
   clear() {
-    this.uuid = null;
+    this.key = null;
     this.detail = null;
     this.seen = null;
     this.generation += 1;
@@ -134,8 +142,8 @@ export class DetailsPanel {
   }
 
   onStore() {
-    if (!this.uuid) return;
-    const now = this.store.items.get(this.uuid) || null;
+    if (!this.key) return;
+    const now = this.store.items.get(this.key) || null;
     if (now === this.seen) return;
     this.seen = now;
     this.render();
@@ -148,7 +156,7 @@ export class DetailsPanel {
   }
 
   async fetch() {
-    const item = this.store.items.get(this.uuid);
+    const item = this.store.items.get(this.key);
     if (!item || !item.account_id) return; // no account: the single GET cannot name it
     if (this.fetching) {
       this.again = true;
@@ -158,7 +166,10 @@ export class DetailsPanel {
     const generation = this.generation;
     try {
       const data = await this.api().get(routes(this.scope()).channel(item.account_id, item.uuid));
-      if (generation === this.generation && data && typeof data === "object") {
+      // The single GET names the channel by uuid only: with the same uuid on two nodes it
+      // may answer with the other node's channel, which is not this one's details.
+      const same = data && typeof data === "object" && keyOf(data) === this.key;
+      if (generation === this.generation && same) {
         this.detail = data;
         this.render();
       }
@@ -176,33 +187,34 @@ export class DetailsPanel {
   render() {
     const body = this.el("details-body");
     const status = this.el("details-status");
-    this.el("details-hint").hidden = Boolean(this.uuid);
-    this.el("details-close").hidden = !this.uuid;
-    this.root.classList.toggle("open", Boolean(this.uuid));
-    if (!this.uuid) {
-      this.el("details-title").textContent = "Details";
+    this.el("details-hint").hidden = Boolean(this.key);
+    this.el("details-close").hidden = !this.key;
+    this.root.classList.toggle("open", Boolean(this.key));
+    if (!this.key) {
+      show(this.el("details-title"), "Details");
       body.replaceChildren();
       status.hidden = true;
       return;
     }
-    const live = this.store.items.get(this.uuid);
-    const ended = live ? null : this.ended.get(this.uuid);
+    const live = this.store.items.get(this.key);
+    const ended = live ? null : this.ended.get(this.key);
     this.live = Boolean(live);
     const item = { ...(this.detail || {}), ...(ended || {}), ...(live || {}) };
-    this.el("details-title").textContent = `Details: ${fmt.describe(item)}`;
+    show(this.el("details-title"), ["Details: ", ...fmt.describe(item)]);
     if (live) {
       status.hidden = true;
     } else {
-      const how = ended
-        ? [
-            ended.hangup_cause,
-            fmt.whoHungUp(ended) && `hung up by ${fmt.whoHungUp(ended)}`,
-            typeof ended.duration_seconds === "number" && `after ${fmt.duration(ended.duration_seconds)}`,
-          ]
-            .filter(Boolean)
-            .join(" · ")
-        : "";
-      status.textContent = `This channel has ended${how ? `: ${how}` : "."}`;
+      const how = [];
+      if (ended) {
+        if (ended.hangup_cause) how.push([val(ended.hangup_cause)]);
+        if (fmt.howEnded(ended).length) how.push(fmt.howEnded(ended));
+        if (typeof ended.duration_seconds === "number") {
+          how.push([`after ${fmt.duration(ended.duration_seconds)}`]);
+        }
+      }
+      const line = ["This channel has ended"];
+      how.forEach((part, n) => line.push(n ? " · " : ": ", ...part));
+      show(status, how.length ? line : [...line, "."]);
       status.hidden = false;
     }
     const sections = [];
@@ -210,21 +222,22 @@ export class DetailsPanel {
       const rows = [];
       for (const [name, label, value] of fields) {
         const shown = value(item, this);
-        if (!shown) continue;
+        if (!plain(shown)) continue;
         const dt = document.createElement("dt");
         dt.textContent = label;
         const dd = document.createElement("dd");
         dd.dataset.field = name;
-        if (name === "other_leg" && this.store.items.has(shown)) {
+        const other = name === "other_leg" && keyOf(item, item.other_leg);
+        if (other && this.store.items.has(other)) {
           const button = document.createElement("button");
           button.type = "button";
           button.className = "link";
-          button.dataset.select = shown;
-          button.textContent = shown;
+          button.dataset.select = other;
+          show(button, shown);
           button.title = "Show the other leg";
           dd.append(button);
         } else {
-          dd.textContent = shown;
+          show(dd, shown);
         }
         rows.push(dt, dd);
       }
@@ -242,12 +255,9 @@ export class DetailsPanel {
 
   // The duration ticks every second without a full render.
   tick() {
-    if (!this.uuid || !this.live) return;
+    if (!this.key || !this.live) return;
     const dd = this.el("details-body").querySelector('dd[data-field="duration"]');
-    const item = this.store.items.get(this.uuid);
-    if (dd && item) {
-      const text = fmt.duration(this.store.duration(item));
-      if (dd.textContent !== text) dd.textContent = text;
-    }
+    const item = this.store.items.get(this.key);
+    if (dd && item) show(dd, fmt.duration(this.store.duration(item)));
   }
 }

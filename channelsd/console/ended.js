@@ -3,8 +3,9 @@
 // messages, which say how each call ended. One entry per channel, newest first: each leg has
 // its own cause and its own side that hung up.
 
+import { setLabel, show, val } from "./dom.js";
 import * as fmt from "./format.js";
-import { GREGORIAN_OFFSET } from "./store.js";
+import { GREGORIAN_OFFSET, keyOf } from "./store.js";
 
 const KEEP = 100;
 
@@ -33,12 +34,14 @@ export class EndedCalls {
     if (!("hangup_cause" in ending) && !("duration_seconds" in ending)) return;
     const item = { ...(last || {}), ...ending };
     if (typeof item.ended_timestamp !== "number") item.ended_timestamp = now;
-    this.items = [item, ...this.items.filter((i) => i.uuid !== item.uuid)].slice(0, KEEP);
+    const key = keyOf(item);
+    this.items = [item, ...this.items.filter((i) => keyOf(i) !== key)].slice(0, KEEP);
     this.changed();
   }
 
-  get(uuid) {
-    return this.items.find((i) => i.uuid === uuid);
+  // The channel by its key (store.keyOf): node and uuid.
+  get(key) {
+    return this.items.find((i) => keyOf(i) === key);
   }
 }
 
@@ -53,15 +56,15 @@ export class EndedView {
     this.selected = null;
     ended.subscribe(() => this.render());
     list.addEventListener("click", (e) => {
-      const button = e.target.closest("button[data-uuid]");
-      if (button) this.onSelect(button.dataset.uuid);
+      const button = e.target.closest("button[data-key]");
+      if (button) this.onSelect(button.dataset.key);
     });
   }
 
-  setSelected(uuid) {
-    this.selected = uuid;
-    for (const button of this.list.querySelectorAll("button[data-uuid]")) {
-      button.setAttribute("aria-pressed", String(button.dataset.uuid === uuid));
+  setSelected(key) {
+    this.selected = key;
+    for (const button of this.list.querySelectorAll("button[data-key]")) {
+      button.setAttribute("aria-pressed", String(button.dataset.key === key));
     }
   }
 
@@ -73,13 +76,15 @@ export class EndedView {
   }
 
   entry(item) {
+    const key = keyOf(item);
     const li = document.createElement("li");
     li.dataset.uuid = item.uuid;
+    li.dataset.node = item.node || "";
     const button = document.createElement("button");
     button.type = "button";
     button.className = "ended-entry";
-    button.dataset.uuid = item.uuid;
-    button.setAttribute("aria-pressed", String(item.uuid === this.selected));
+    button.dataset.key = key;
+    button.setAttribute("aria-pressed", String(key === this.selected));
     const top = document.createElement("span");
     top.className = "ended-call";
     const when = document.createElement("span");
@@ -87,17 +92,21 @@ export class EndedView {
     when.textContent = fmt.timeOfDay(item.ended_timestamp, GREGORIAN_OFFSET);
     const who = document.createElement("span");
     who.className = "ended-parties";
-    who.textContent = fmt.describe(item);
+    show(who, fmt.describe(item));
     top.append(when, " ", who);
     const bottom = document.createElement("span");
     bottom.className = "ended-how";
     const cause = document.createElement("span");
     cause.className = `cause${item.hangup_cause === "NORMAL_CLEARING" ? "" : " unusual"}`;
     cause.dataset.field = "hangup_cause";
-    cause.textContent = item.hangup_cause || "ended";
+    show(cause, item.hangup_cause ? val(item.hangup_cause) : "ended");
     const parts = [cause];
-    const by = fmt.whoHungUp(item);
-    if (by) parts.push(field("hung_up_by", `by ${by}`, item.hangup_disposition));
+    const how = fmt.howEnded(item);
+    if (how.length) {
+      const span = field("hung_up_by", how);
+      setLabel(span, "title", ["sip_hangup_disposition ", val(item.hangup_disposition)]);
+      parts.push(span);
+    }
     if (typeof item.duration_seconds === "number") {
       parts.push(field("duration_seconds", fmt.duration(item.duration_seconds), "Duration"));
     }
@@ -112,10 +121,10 @@ export class EndedView {
   }
 }
 
-function field(name, text, title = "") {
+function field(name, line, title = "") {
   const span = document.createElement("span");
   span.dataset.field = name;
-  span.textContent = text;
+  show(span, line);
   if (title) span.title = title;
   return span;
 }

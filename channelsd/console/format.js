@@ -1,25 +1,36 @@
-// How channel fields read on the page.
+// How channel fields read on the page. Functions that quote the switch return lines (dom.js):
+// our own words as strings, the switch's values as val(...), shown by dom.show / dom.label.
+
+import { val } from "./dom.js";
+
+const str = (v) => (typeof v === "string" || typeof v === "number" ? String(v) : "");
 
 export function party(name, number) {
-  if (name && number && name !== number) return `${name} (${number})`;
-  return name || number || "";
+  const n = str(name);
+  const num = str(number);
+  if (n && num && n !== num) return [val(n), " (", val(num), ")"];
+  return n || num ? [val(n || num)] : [];
 }
 
 export function caller(item) {
-  return party(item.caller_id_name, item.caller_id_number) || "unknown";
+  const found = party(item.caller_id_name, item.caller_id_number);
+  return found.length ? found : ["unknown"];
 }
 
 export function callee(item) {
-  return party(item.callee_id_name, item.callee_id_number) || item.destination || "unknown";
+  const found = party(item.callee_id_name, item.callee_id_number);
+  if (found.length) return found;
+  return str(item.destination) ? [val(item.destination)] : ["unknown"];
 }
 
 export function state(item) {
-  return item.call_state || item.state || "";
+  return [val(str(item.call_state) || str(item.state))];
 }
 
 export function account(item, names) {
-  if (!item.account_id) return "";
-  return item.realm || (names && names.get(item.account_id)) || shortId(item.account_id);
+  const id = str(item.account_id);
+  if (!id) return [];
+  return [val(str(item.realm) || (names && names.get(id)) || shortId(id))];
 }
 
 export function shortId(id) {
@@ -35,7 +46,7 @@ export function duration(seconds) {
 }
 
 export function describe(item) {
-  return `${caller(item)} → ${callee(item)}`;
+  return [...caller(item), " → ", ...callee(item)];
 }
 
 // The states worth a badge on a board row: [text, kind, title].
@@ -47,30 +58,34 @@ export function flags(item) {
   return found;
 }
 
-// FreeSWITCH's sip_hangup_disposition: "send" is the switch's side, "recv" the far end's.
-const WHO = {
-  send_bye: "switch",
-  recv_bye: "far end",
-  send_cancel: "switch (cancel)",
-  recv_cancel: "far end (cancel)",
-  send_refuse: "refused",
-  recv_refuse: "refused by far end",
+// FreeSWITCH's sip_hangup_disposition, as a phrase that stands on its own ("NORMAL_CLEARING ·
+// hung up by the far end"): "send" is the switch's side, "recv" the far end's; a refusal is a
+// 4xx/5xx answer to the call, a cancel ends it while it rings.
+const ENDINGS = {
+  send_bye: "hung up by the switch",
+  recv_bye: "hung up by the far end",
+  send_cancel: "cancelled by the switch",
+  recv_cancel: "cancelled by the far end",
+  send_refuse: "refused by the switch",
+  recv_refuse: "refused by the far end",
 };
 
-export function whoHungUp(item) {
+export function howEnded(item) {
   const d = typeof item.hangup_disposition === "string" ? item.hangup_disposition : "";
-  return WHO[d] || d;
+  if (!d) return [];
+  return Object.hasOwn(ENDINGS, d) ? [ENDINGS[d]] : ["ended: ", val(d)];
 }
 
 export function codec(name, rate) {
-  if (!name) return "";
-  return rate ? `${name} ${rate / 1000} kHz` : name;
+  if (!str(name)) return [];
+  return typeof rate === "number" && rate ? [val(name), ` ${rate / 1000} kHz`] : [val(name)];
 }
 
 export function hostPort(host, port) {
-  if (!host) return "";
-  const shown = host.includes(":") ? `[${host}]` : host;
-  return port ? `${shown}:${port}` : shown;
+  const h = str(host);
+  if (!h) return [];
+  const shown = h.includes(":") ? ["[", val(h), "]"] : [val(h)];
+  return str(port) ? [...shown, ":", val(port)] : shown;
 }
 
 // A Kazoo (Gregorian seconds) timestamp as this browser's time of day.

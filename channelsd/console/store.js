@@ -2,6 +2,13 @@
 
 export const GREGORIAN_OFFSET = 62167219200; // Kazoo's timestamps count from year 0
 
+// What names a channel: its node and its uuid. A uuid is unique on its switch only (an
+// originate may choose it), so two nodes can each have a channel with the same uuid; list
+// items and every stream message carry both.
+export function keyOf(item, uuid = item.uuid) {
+  return JSON.stringify([typeof item.node === "string" ? item.node : "", String(uuid)]);
+}
+
 export class ChannelStore {
   constructor() {
     this.items = new Map();
@@ -20,30 +27,31 @@ export class ChannelStore {
   }
 
   reset(items) {
-    this.items = new Map(items.map((item) => [item.uuid, item]));
+    this.items = new Map(items.filter((i) => i && i.uuid).map((item) => [keyOf(item), item]));
     this.learnClock(items);
     this.changed();
   }
 
   put(item) {
-    this.items.set(item.uuid, item);
+    if (!item || !item.uuid) return;
+    this.items.set(keyOf(item), item);
     this.learnClock([item]);
     this.changed();
   }
 
-  patch(uuid, changed, removed) {
-    const old = this.items.get(uuid);
+  patch(key, changed, removed) {
+    const old = this.items.get(key);
     if (!old) return;
     const item = { ...old, ...changed };
-    for (const key of removed || []) delete item[key];
-    this.items.set(uuid, item);
+    for (const name of removed || []) delete item[name];
+    this.items.set(key, item);
     this.changed();
   }
 
   // The item as it last was, or undefined when it was not known.
-  remove(uuid) {
-    const item = this.items.get(uuid);
-    if (this.items.delete(uuid)) this.changed();
+  remove(key) {
+    const item = this.items.get(key);
+    if (this.items.delete(key)) this.changed();
     return item;
   }
 
@@ -83,7 +91,9 @@ export class ChannelStore {
     return found;
   }
 
-  // Channels grouped by call: legs that share a bridge_id or name each other as other_leg.
+  // Channels grouped by call: legs that share a bridge_id or name each other as other_leg,
+  // on the same node (both name channels of their own switch). A call's id is its first
+  // leg's key.
   calls() {
     const parent = new Map();
     const find = (x) => {
@@ -99,25 +109,26 @@ export class ChannelStore {
       if (ra !== rb) parent.set(ra, rb);
     };
     const byBridge = new Map();
-    for (const uuid of this.items.keys()) parent.set(uuid, uuid);
-    for (const item of this.items.values()) {
-      if (item.other_leg && this.items.has(item.other_leg)) union(item.uuid, item.other_leg);
-      const bridge = item.bridge_id;
+    for (const key of this.items.keys()) parent.set(key, key);
+    for (const [key, item] of this.items) {
+      const other = item.other_leg && keyOf(item, item.other_leg);
+      if (other && this.items.has(other)) union(key, other);
+      const bridge = item.bridge_id && keyOf(item, item.bridge_id);
       if (bridge) {
-        if (byBridge.has(bridge)) union(item.uuid, byBridge.get(bridge));
-        else byBridge.set(bridge, item.uuid);
+        if (byBridge.has(bridge)) union(key, byBridge.get(bridge));
+        else byBridge.set(bridge, key);
       }
     }
     const groups = new Map();
-    for (const item of this.items.values()) {
-      const root = find(item.uuid);
+    for (const [key, item] of this.items) {
+      const root = find(key);
       if (!groups.has(root)) groups.set(root, []);
       groups.get(root).push(item);
     }
     const calls = [];
     for (const legs of groups.values()) {
       legs.sort(byAge);
-      calls.push({ id: legs[0].uuid, legs });
+      calls.push({ id: keyOf(legs[0]), legs });
     }
     return calls;
   }
@@ -129,6 +140,7 @@ export function byAge(a, b) {
   return (
     (a.timestamp || 0) - (b.timestamp || 0) ||
     inbound(a) - inbound(b) ||
-    (a.uuid < b.uuid ? -1 : 1)
+    (a.uuid < b.uuid ? -1 : a.uuid > b.uuid ? 1 : 0) ||
+    ((a.node || "") < (b.node || "") ? -1 : 1)
   );
 }

@@ -1,7 +1,8 @@
 // The channels table: one <tbody> per call, one row per leg, updated in place.
 
+import { isolated, plain, setLabel, show, val } from "./dom.js";
 import * as fmt from "./format.js";
-import { byAge } from "./store.js";
+import { byAge, keyOf } from "./store.js";
 
 const COLUMNS = ["caller", "callee", "direction", "state", "answered", "flags", "duration", "node", "account"];
 const LABELS = {
@@ -17,15 +18,15 @@ const LABELS = {
 };
 
 const SORT_VALUES = {
-  caller: (i) => fmt.caller(i).toLowerCase(),
-  callee: (i) => fmt.callee(i).toLowerCase(),
+  caller: (i) => plain(fmt.caller(i)).toLowerCase(),
+  callee: (i) => plain(fmt.callee(i)).toLowerCase(),
   direction: (i) => i.direction || "",
-  state: (i) => fmt.state(i).toLowerCase(),
+  state: (i) => plain(fmt.state(i)).toLowerCase(),
   answered: (i) => (i.answered ? 1 : 0),
   flags: (i) => (i.is_onhold ? 4 : 0) + (i.is_recording ? 2 : 0) + (i.is_secure ? 1 : 0),
   duration: (i) => -(i.timestamp || 0),
   node: (i) => i.node || "",
-  account: (i) => fmt.account(i).toLowerCase(),
+  account: (i) => plain(fmt.account(i)).toLowerCase(),
 };
 
 function compare(a, b) {
@@ -35,10 +36,10 @@ function compare(a, b) {
 
 function haystack(item) {
   return [
-    fmt.caller(item),
-    fmt.callee(item),
+    plain(fmt.caller(item)),
+    plain(fmt.callee(item)),
     item.destination,
-    fmt.state(item),
+    plain(fmt.state(item)),
     item.direction,
     item.node,
     item.account_id,
@@ -83,7 +84,7 @@ export class ChannelsView {
     this.account = "";
     this.sort = { key: "duration", dir: "desc" };
     this.bodies = new Map(); // call id -> tbody
-    this.rows = new Map(); // uuid -> tr
+    this.rows = new Map(); // channel key (store.keyOf) -> tr
     this.pending = null;
     store.subscribe(() => this.schedule());
     table.querySelector("thead").addEventListener("click", (e) => this.onHeader(e));
@@ -91,8 +92,8 @@ export class ChannelsView {
       const row = e.target.closest("tbody tr");
       if (!row) return;
       const button = e.target.closest("button.act");
-      if (button) this.onAction(row.dataset.uuid, button);
-      else this.onSelect(row.dataset.uuid);
+      if (button) this.onAction(row.dataset.key, button);
+      else this.onSelect(row.dataset.key);
     });
     this.showSort();
   }
@@ -102,13 +103,13 @@ export class ChannelsView {
     this.schedule();
   }
 
-  // The channel whose details are open: its row is marked.
-  setSelected(uuid) {
-    if (this.selected === uuid) return;
+  // The channel whose details are open (its key): its row is marked.
+  setSelected(key) {
+    if (this.selected === key) return;
     const before = this.selected && this.rows.get(this.selected);
     if (before) this.markSelected(before, false);
-    this.selected = uuid;
-    const now = uuid && this.rows.get(uuid);
+    this.selected = key;
+    const now = key && this.rows.get(key);
     if (now) this.markSelected(now, true);
   }
 
@@ -188,13 +189,14 @@ export class ChannelsView {
       keepBodies.add(call.id);
       body.classList.toggle("multi", call.legs.length > 1);
       call.legs.forEach((leg, i) => {
-        let row = this.rows.get(leg.uuid);
+        const key = keyOf(leg);
+        let row = this.rows.get(key);
         if (!row) {
-          row = this.makeRow(leg.uuid);
-          this.rows.set(leg.uuid, row);
-          if (leg.uuid === this.selected) this.markSelected(row, true);
+          row = this.makeRow(key, leg);
+          this.rows.set(key, row);
+          if (key === this.selected) this.markSelected(row, true);
         }
-        keepRows.add(leg.uuid);
+        keepRows.add(key);
         this.fillRow(row, leg, names, i);
         if (body.rows[i] !== row) body.insertBefore(row, body.rows[i] || null);
       });
@@ -202,11 +204,11 @@ export class ChannelsView {
       if (current !== body) this.table.insertBefore(body, current || null);
     });
     let focusLost = false;
-    for (const [uuid, row] of this.rows) {
-      if (!keepRows.has(uuid)) {
+    for (const [key, row] of this.rows) {
+      if (!keepRows.has(key)) {
         focusLost ||= row.contains(document.activeElement);
         row.remove();
-        this.rows.delete(uuid);
+        this.rows.delete(key);
       }
     }
     for (const [id, body] of this.bodies) {
@@ -230,9 +232,11 @@ export class ChannelsView {
     setText(this.empty, all.length ? "No call matches the filter." : "No live channels.");
   }
 
-  makeRow(uuid) {
+  makeRow(key, item) {
     const row = document.createElement("tr");
-    row.dataset.uuid = uuid;
+    row.dataset.key = key;
+    row.dataset.uuid = item.uuid;
+    row.dataset.node = item.node || "";
     for (const key of COLUMNS) {
       const cell = document.createElement("td");
       cell.className = `col-${key}`;
@@ -261,22 +265,20 @@ export class ChannelsView {
     row.classList.toggle("stale", Boolean(item.stale));
     row.classList.toggle("onhold", Boolean(item.is_onhold));
     row.classList.toggle("leg", legIndex > 0);
-    setText(cells[0].firstChild, fmt.caller(item));
-    const selectLabel = `Details of ${fmt.describe(item)}${legIndex > 0 ? " (other leg)" : ""}`;
-    if (cells[0].firstChild.title !== selectLabel) cells[0].firstChild.title = selectLabel;
-    setText(cells[1], fmt.callee(item));
-    setText(cells[2], item.direction || "");
-    setText(cells[3], fmt.state(item));
+    const leg = legIndex > 0 ? " (other leg)" : "";
+    show(cells[0].firstChild, fmt.caller(item));
+    setLabel(cells[0].firstChild, "title", ["Details of ", ...fmt.describe(item), leg]);
+    show(cells[1], fmt.callee(item));
+    show(cells[2], val(item.direction));
+    show(cells[3], fmt.state(item));
     setText(cells[4], item.answered ? "yes" : "no");
     this.fillFlags(cells[5], item);
-    cells[6].dataset.uuid = item.uuid;
     setText(cells[6], fmt.duration(this.store.duration(item)));
     this.fillNode(cells[7], item);
-    setText(cells[8], fmt.account(item, names));
-    if (item.account_id) cells[8].title = item.account_id;
+    show(cells[8], fmt.account(item, names));
+    setLabel(cells[8], "title", val(item.account_id));
     const button = cells[9].firstChild;
-    const label = `Actions for ${fmt.describe(item)}${legIndex > 0 ? " (other leg)" : ""}`;
-    if (button.getAttribute("aria-label") !== label) button.setAttribute("aria-label", label);
+    setLabel(button, "aria-label", ["Actions for ", ...fmt.describe(item), leg]);
     button.disabled = !item.account_id;
     button.title = item.account_id ? "" : "This channel has no account: the API cannot act on it";
   }
@@ -295,10 +297,11 @@ export class ChannelsView {
   }
 
   fillNode(cell, item) {
-    const key = `${item.node || ""}|${item.stale ? 1 : 0}`;
+    const node = typeof item.node === "string" ? item.node : "";
+    const key = JSON.stringify([node, Boolean(item.stale)]);
     if (cell.dataset.key === key) return;
     cell.dataset.key = key;
-    const parts = [document.createTextNode(item.node || "")];
+    const parts = node ? [isolated(node)] : [];
     if (item.stale) parts.push(" ", badge("stale", "stale"));
     cell.replaceChildren(...parts);
     cell.title = item.stale ? "The node is disconnected: this channel is not confirmed" : "";
@@ -306,8 +309,8 @@ export class ChannelsView {
 
   // Durations tick every second without a full render.
   tick() {
-    for (const [uuid, row] of this.rows) {
-      const item = this.store.items.get(uuid);
+    for (const [key, row] of this.rows) {
+      const item = this.store.items.get(key);
       if (item) setText(row.cells[6], fmt.duration(this.store.duration(item)));
     }
   }

@@ -34,49 +34,67 @@ def number(item: Item, key: str) -> float | None:
     return v
 
 
-def by_age(item: Item) -> tuple[float, int, str]:
+def by_age(item: Item) -> tuple[float, int, str, str]:
     """Oldest first; within one second the inbound (caller's) leg before the outbound."""
     return (
         number(item, "timestamp") or 0,
         0 if item.get("direction") == "inbound" else 1,
         text(item, "uuid"),
+        text(item, "node"),
     )
 
 
-def group(items: Iterable[Item]) -> list[list[Item]]:
-    """The calls: each a list of legs, oldest first; calls ordered by their first leg."""
-    by_uuid: dict[str, Item] = {}
-    for item in items:
-        uuid = item.get("uuid")
-        if isinstance(uuid, str) and uuid:
-            by_uuid[uuid] = item
-    parent = {u: u for u in by_uuid}
+Key = tuple[str, str]
 
-    def find(x: str) -> str:
+
+def key(item: Item) -> Key | None:
+    """What names a channel: its node and its uuid. A uuid is only unique on its switch (an
+    originate may choose it), so two nodes can each have a channel with the same uuid."""
+    uuid = item.get("uuid")
+    if not isinstance(uuid, str) or not uuid:
+        return None
+    node = item.get("node")
+    return (node if isinstance(node, str) else "", uuid)
+
+
+def group(items: Iterable[Item]) -> list[list[Item]]:
+    """The calls: each a list of legs, oldest first; calls ordered by their first leg.
+
+    A channel's `other_leg` and `bridge_id` name channels of its own switch: legs are joined
+    within one node only."""
+    by_key: dict[Key, Item] = {}
+    for item in items:
+        k = key(item)
+        if k is not None:
+            by_key[k] = item
+    parent = {k: k for k in by_key}
+
+    def find(x: Key) -> Key:
         while parent[x] != x:
             parent[x] = parent[parent[x]]
             x = parent[x]
         return x
 
-    def union(a: str, b: str) -> None:
+    def union(a: Key, b: Key) -> None:
         ra, rb = find(a), find(b)
         if ra != rb:
             parent[ra] = rb
 
-    first_of_bridge: dict[str, str] = {}
-    for uuid, item in by_uuid.items():
-        other = text(item, "other_leg")
-        if other in by_uuid:
-            union(uuid, other)
+    first_of_bridge: dict[Key, Key] = {}
+    for k, item in by_key.items():
+        node = k[0]
+        other = (node, text(item, "other_leg"))
+        if other in by_key:
+            union(k, other)
         bridge = text(item, "bridge_id")
         if bridge:
-            if bridge in first_of_bridge:
-                union(uuid, first_of_bridge[bridge])
+            if (node, bridge) in first_of_bridge:
+                union(k, first_of_bridge[(node, bridge)])
             else:
-                first_of_bridge[bridge] = uuid
-    groups: dict[str, list[Item]] = {}
-    for uuid, item in by_uuid.items():
-        groups.setdefault(find(uuid), []).append(item)
+                first_of_bridge[(node, bridge)] = k
+    groups: dict[Key, list[Item]] = {}
+    for k, item in by_key.items():
+        groups.setdefault(find(k), []).append(item)
     calls = [sorted(legs, key=by_age) for legs in groups.values()]
     calls.sort(key=lambda legs: by_age(legs[0]))
     return calls
@@ -134,15 +152,16 @@ def flags(item: Item) -> list[str]:
     return found
 
 
-# FreeSWITCH's sip_hangup_disposition: who ended the call. "send" is the switch's side, "recv"
-# the far end's; send_refuse is the switch refusing the call (a 4xx/5xx reply).
+# FreeSWITCH's sip_hangup_disposition: who ended the call, for the "Hung up by" column (so
+# each reads after those words). "send" is the switch's side, "recv" the far end's; a refusal
+# is a 4xx/5xx answer to the call, a cancel ends it while it rings.
 _WHO = {
     "send_bye": "switch",
     "recv_bye": "far end",
     "send_cancel": "switch (cancel)",
     "recv_cancel": "far end (cancel)",
-    "send_refuse": "refused",
-    "recv_refuse": "refused by far end",
+    "send_refuse": "switch (refused)",
+    "recv_refuse": "far end (refused)",
 }
 
 

@@ -7,14 +7,17 @@ box: it is read from $CHANNELSD_TOKEN or from a file (`--token-file`, `-` for st
 from __future__ import annotations
 
 import argparse
-import json
+import csv
+import io
 import os
 import sys
 import urllib.parse
 from typing import Any
 
 from channelsd.config import DEFAULT_HTTP_PORT
+from channelsd.terminal import safe
 from channelsd.terminal.client import (
+    EXIT_API,
     EXIT_OK,
     EXIT_USAGE,
     ApiFailure,
@@ -207,6 +210,10 @@ def hint(failure: ApiFailure, args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace, env: dict[str, str] | None = None) -> int:
     """Carry out `channelsd ls`; the exit status."""
     env = dict(os.environ) if env is None else env
+    # A name this terminal's encoding cannot show is written as an escape, not a crash.
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     try:
         if args.watch and args.ended:
             raise UsageError("--ended lists ended calls once; --watch shows the last ones itself")
@@ -223,22 +230,27 @@ def run(args: argparse.Namespace, env: dict[str, str] | None = None) -> int:
         if args.ended:
             params.append(("ended", "true"))
         if args.csv:
-            sys.stdout.buffer.write(client.raw(list_path, params, "text/csv"))
+            body = client.raw(list_path, params, "text/csv")
+            try:
+                shown = safe.csv_text(body)
+            except csv.Error:
+                raise ApiFailure(f"{client.base} did not answer with CSV", EXIT_API) from None
+            sys.stdout.write(shown)
             sys.stdout.flush()
             return EXIT_OK
         items = client.items(list_path, params)
         if args.json:
             indent = 2 if sys.stdout.isatty() else None
-            sys.stdout.write(json.dumps(items, indent=indent, ensure_ascii=False) + "\n")
+            sys.stdout.write(safe.json_text(items, indent) + "\n")
             sys.stdout.flush()
             return EXIT_OK
         print_table(items, args.ended, args.wide)
         return EXIT_OK
     except UsageError as exc:
-        print(f"channelsd ls: {exc}", file=sys.stderr)
+        _error(str(exc))
         return EXIT_USAGE
     except ApiFailure as exc:
-        print(f"channelsd ls: {exc}{hint(exc, args)}", file=sys.stderr)
+        _error(f"{exc}{hint(exc, args)}")
         return exc.exit_code
     except BrokenPipeError:
         # `channelsd ls | head`: the reader has what it wanted.
@@ -248,19 +260,22 @@ def run(args: argparse.Namespace, env: dict[str, str] | None = None) -> int:
         return EXIT_OK if args.watch else EXIT_INTERRUPTED
 
 
-def print_table(items: list[dict[str, Any]], ended: bool, wide: bool) -> None:
-    from rich.console import Console
+def _error(message: str) -> None:
+    # The message may quote the daemon (its error envelope) or the command line.
+    print(f"channelsd ls: {safe.visible(message)}", file=sys.stderr)
 
+
+def print_table(items: list[dict[str, Any]], ended: bool, wide: bool) -> None:
     from channelsd.terminal import calls, tables
 
     width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else PIPE_WIDTH
-    console = Console(file=sys.stdout, width=width, highlight=False)
+    console = safe.console(file=sys.stdout, width=width)
     if ended:
         if items:
             console.print(tables.ended_table(items, console, wide))
-        console.print(f"{len(items)} ended channel{'' if len(items) == 1 else 's'}")
+        console.print(safe.as_text(f"{len(items)} ended channel{'' if len(items) == 1 else 's'}"))
         return
     groups = calls.group(items)
     if groups:
         console.print(tables.live_table(groups, console, calls.Clock().seconds, wide))
-    console.print(tables.summary(groups))
+    console.print(safe.as_text(tables.summary(groups)))

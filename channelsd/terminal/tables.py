@@ -1,4 +1,8 @@
-"""The calls as rich tables: live calls grouped by call, and recently ended calls."""
+"""The calls as rich tables: live calls grouped by call, and recently ended calls.
+
+Every cell passes `safe.as_text` (rows are added by `_add_row` only): a value from the switch
+is literal text with its controls shown, never markup.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from channelsd.channel import GREGORIAN_OFFSET
-from channelsd.terminal import calls
+from channelsd.terminal import calls, safe
 from channelsd.terminal.calls import Item
 
 FLAG_STYLES = {
@@ -45,9 +49,9 @@ def _uuid(item: Item, wide: bool, leg: int, console: Console) -> Text:
     uuid = calls.text(item, "uuid")
     shown = uuid if wide else uuid[:8]
     if leg == 0:
-        return Text(shown)
+        return safe.cell(shown)
     arrow = "\\_" if console.options.ascii_only else "↳"
-    return Text(f"{arrow} {shown}", style="dim")
+    return safe.cell(f"{arrow} {shown}", style="dim")
 
 
 def _flags(item: Item) -> Text:
@@ -55,13 +59,17 @@ def _flags(item: Item) -> Text:
     for i, flag in enumerate(calls.flags(item)):
         if i:
             out.append(" ")
-        out.append(f" {flag} ", style=FLAG_STYLES[flag])
+        out.append_text(safe.cell(f" {flag} ", style=FLAG_STYLES[flag]))
     return out
 
 
 def _state(item: Item) -> Text:
     state = calls.state(item)
-    return Text(state, style=STATE_STYLES.get(state, ""))
+    return safe.cell(state, style=STATE_STYLES.get(state, ""))
+
+
+def _add_row(t: Table, cells: Sequence[str | Text]) -> None:
+    t.add_row(*(safe.as_text(c) for c in cells))
 
 
 def live_table(
@@ -100,7 +108,7 @@ def live_table(
             if wide:
                 row.append(calls.text(item, "endpoint"))
             row += [calls.text(item, "node"), calls.account(item, wide)]
-            t.add_row(*row)
+            _add_row(t, row)
     return t
 
 
@@ -133,7 +141,7 @@ def ended_table(
             _uuid(item, wide, 0, console),
             calls.caller(item),
             calls.callee(item),
-            Text(
+            safe.cell(
                 calls.text(item, "hangup_cause"),
                 style="" if calls.text(item, "hangup_cause") == "NORMAL_CLEARING" else "yellow",
             ),
@@ -145,7 +153,7 @@ def ended_table(
         if wide:
             row.append(calls.text(item, "sip_call_id"))
         row += [calls.text(item, "node"), calls.account(item, wide)]
-        t.add_row(*row)
+        _add_row(t, row)
     return t
 
 

@@ -21,7 +21,7 @@ from rich.live import Live
 from rich.text import Text
 
 from channelsd.channel import GREGORIAN_OFFSET
-from channelsd.terminal import calls, tables
+from channelsd.terminal import calls, safe, tables
 from channelsd.terminal.client import EXIT_OK, EXIT_UNREACHABLE, ApiFailure, Client
 from channelsd.terminal.sse import Message, messages
 
@@ -33,40 +33,42 @@ TICK = 1.0  # durations move once a second
 
 
 class Board:
-    """The channels as the stream has said they are, and the last few that ended."""
+    """The channels as the stream has said they are, and the last few that ended; keyed by
+    node and uuid (calls.key), as the stream's messages name them."""
 
     def __init__(self) -> None:
-        self.items: dict[str, dict[str, Any]] = {}
+        self.items: dict[calls.Key, dict[str, Any]] = {}
         self.ended: deque[dict[str, Any]] = deque(maxlen=ENDED_SHOWN)
         self.clock = calls.Clock()
 
     def apply(self, kind: str, data: Any) -> bool:
         """One stream message; whether the board changed."""
         if kind == "snapshot" and isinstance(data, list):
-            items = [i for i in data if isinstance(i, dict) and isinstance(i.get("uuid"), str)]
-            self.items = {i["uuid"]: i for i in items}
-            self.clock.learn(items)
+            self.items = {
+                k: i for i in data if isinstance(i, dict) and (k := calls.key(i)) is not None
+            }
+            self.clock.learn(self.items.values())
             return True
-        if not isinstance(data, dict) or not isinstance(data.get("uuid"), str):
+        k = calls.key(data) if isinstance(data, dict) else None
+        if k is None:
             return False
-        uuid = data["uuid"]
         if kind == "create":
-            self.items[uuid] = data
+            self.items[k] = data
             self.clock.learn([data])
             return True
         if kind == "update":
-            old = self.items.get(uuid)
+            old = self.items.get(k)
             changed = data.get("changed")
             if old is None or not isinstance(changed, dict):
                 return False
             item = {**old, **changed}
-            for key in data.get("removed") or ():
-                if isinstance(key, str):
-                    item.pop(key, None)
-            self.items[uuid] = item
+            for name in data.get("removed") or ():
+                if isinstance(name, str):
+                    item.pop(name, None)
+            self.items[k] = item
             return True
         if kind == "destroy":
-            old = self.items.pop(uuid, None)
+            old = self.items.pop(k, None)
             # A destroy that says how the call ended is a hang-up (not a move out of scope).
             if "hangup_cause" in data or "duration_seconds" in data:
                 ended = {**(old or {}), **data}
@@ -136,7 +138,7 @@ def watch(
     wide: bool,
 ) -> int:
     """Follow the calls until Ctrl-C; the exit status."""
-    console = Console(highlight=False)
+    console = safe.console()
     board = Board()
     try:
         board.remember_ended(client.items(list_path, [*params, ("ended", "true")]))
@@ -178,8 +180,9 @@ def frame(board: Board, client: Client, status: str, console: Console, wide: boo
     groups = calls.group(board.items.values())
     head = Text()
     head.append("channelsd ls --watch", style="bold")
-    head.append(f"  {client.base}  {tables.summary(groups)}  ")
-    head.append(status, style="green" if status == "live" else "yellow")
+    head.append_text(safe.cell(f"  {client.base}  {tables.summary(groups)}  "))
+    # The status may quote the daemon's error message.
+    head.append_text(safe.cell(status, style="green" if status == "live" else "yellow"))
     head.append("  (Ctrl-C stops)", style="dim")
     parts: list[Any] = [head]
     if groups:
