@@ -1,12 +1,13 @@
-"""The plain channel lists, answered without Flask's per-request machinery.
+"""The plain channel lists and single-channel GETs, answered without Flask's machinery.
 
 A portal polls its account's list. At a thousand requests a second Flask's request and
 response objects, routing, context push and hooks cost more than building the list itself
 (profiles in BENCHMARKS.md). This WSGI layer answers only the plain case — GET, no query
 string, no body, a header token that may see the list and is not a `user` token, JSON without
 pretty printing — from the same table reads, list builder, envelope and metrics as the Flask
-resource. Everything else, every error included, goes to the Flask app, so the API's rules
-and error shapes live in one place; tests/test_fastlists.py checks that both answer alike.
+resource; so is the plain single-channel GET that finds its channel. Everything else, every
+error included, goes to the Flask app, so the API's rules and error shapes live in one place;
+tests/test_fastlists.py checks that both answer alike.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from channelsd import envelope
 from channelsd.channel import Channel
@@ -44,9 +47,16 @@ _ROUTES = tuple(
 )
 
 
+ONE_CHANNEL = "/v2/accounts/<account_id>/channels/<uuid>"
+_ONE = re.compile(r"/v2/accounts/([^/]+)/channels/([^/]+)")
+
+
 def _route(path: str) -> tuple[str, tuple[str, ...]] | None:
-    if not path.endswith(("/channels", "/channels/")) or not path.isascii():
+    if not path.isascii():
         return None  # werkzeug decodes non-ASCII paths its own way: leave those to it
+    if not path.endswith(("/channels", "/channels/")):
+        m = _ONE.fullmatch(path)
+        return (ONE_CHANNEL, m.groups()) if m is not None else None
     for rule, pattern in _ROUTES:
         m = pattern.fullmatch(path)
         if m is not None:
@@ -75,6 +85,17 @@ def fast_lists(ctx: ApiContext, app: WSGIApp) -> WSGIApp:
             return table.by_user(account, params[1])
         return table.device_scope(account, params[1])
 
+    def one_channel(params: tuple[str, ...], token: Any) -> bytes | None:
+        """The single-channel object, or None where the resource has something else to say
+        (a user token, another account, no such channel: its 403s and 404s)."""
+        account, uuid = params
+        if token.role == "user" or not token.may_see_account(account):
+            return None
+        for ch in table.with_uuid(uuid):
+            if ch.account_id == account:
+                return orjson.dumps(ch.to_detail(time.time(), table.is_stale(ch)))
+        return None
+
     def answer(environ: dict[str, Any]) -> tuple[tuple[bytes, ...], str, str] | None:
         get = environ.get
         if get("REQUEST_METHOD") != "GET" or get("QUERY_STRING"):
@@ -93,11 +114,14 @@ def fast_lists(ctx: ApiContext, app: WSGIApp) -> WSGIApp:
         if token is None:
             return None
         rule, params = route
-        channels = channels_for(rule, params, token)
-        if channels is None:
+        if rule is ONE_CHANNEL:
+            data = one_channel(params, token)
+        else:
+            channels = channels_for(rule, params, token)
+            data = None if channels is None else ctx.lists.json(table, channels, time.time())
+        if data is None:
             return None
         rid = envelope.request_id(get("HTTP_X_REQUEST_ID"))
-        data = ctx.lists.json(table, channels, time.time())
         return envelope.success_parts(data, rid, presented), rid, rule
 
     def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:

@@ -169,3 +169,54 @@ def test_fast_answers_are_counted_under_flasks_route_label(world: World) -> None
         and 'status="200"' in ln
     )
     assert float(line.rsplit(" ", 1)[1]) >= 3
+
+
+def single_paths(world: World) -> list[str]:
+    """Each call under its own account, under the other one, unknown, and malformed forms."""
+    return [
+        f"/v2/accounts/acc1/channels/{world.alice_a}",
+        f"/v2/accounts/acc1/channels/{world.bob_b}",
+        f"/v2/accounts/acc2/channels/{world.carol_a}",
+        f"/v2/accounts/acc2/channels/{world.alice_a}",  # another account's call
+        f"/v2/accounts/acc1-sub/channels/{world.alice_a}",
+        "/v2/accounts/acc1/channels/no-such-uuid",
+        f"/v2/accounts/acc1/channels/{world.alice_a}/",  # Flask's strict slashes
+        f"/v2/accounts/acc1/channels/{world.alice_a}/extra",
+    ]
+
+
+def test_single_channel_gets_answer_as_flask_does(
+    world: World, reference: str, flask_handled: list[str]
+) -> None:
+    ours = world.api.base
+    served_fast = 0
+    for tok in TOKENS:
+        for path in single_paths(world):
+            before = len(flask_handled)
+            fast, slow = ask(ours, path, tok), ask(reference, path, tok)
+            assert comparable(fast) == comparable(slow), (tok, path)
+            if fast.status_code == 200 and tok != "user1" and not path.endswith("/"):
+                assert len(flask_handled) == before, (tok, path)
+                served_fast += 1
+            else:  # refusals, unknown channels, other forms and user tokens are Flask's
+                assert len(flask_handled) == before + 1, (tok, path)
+    assert served_fast >= 5
+    detail = ask(ours, f"/v2/accounts/acc1/channels/{world.alice_a}").json()["data"]
+    assert detail["uuid"] == world.alice_a and detail["other_leg"] == world.alice_b
+
+
+@pytest.mark.parametrize("name,kw", FLASK_ONLY, ids=[n for n, _ in FLASK_ONLY])
+def test_other_single_channel_forms_are_left_to_flask(
+    world: World, reference: str, flask_handled: list[str], name: str, kw: dict[str, Any]
+) -> None:
+    path = f"/v2/accounts/acc1/channels/{world.alice_a}"
+    fast, slow = ask(world.api.base, path, **dict(kw)), ask(reference, path, **dict(kw))
+    assert comparable(fast) == comparable(slow)
+    assert flask_handled == [path]
+
+
+def test_actions_on_one_channel_still_reach_flask(world: World, flask_handled: list[str]) -> None:
+    path = f"/v2/accounts/acc1/channels/{world.alice_a}"
+    resp = ask(world.api.base, path, method="POST", json={"data": {"action": "nonsense"}})
+    assert resp.status_code == 400 and resp.json()["status"] == "error"
+    assert flask_handled == [path]
