@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 
 import pytest
 
+from channelsd.config import DEFAULT_MOH
 from conftest import wait_until
 
 REFERENCE = Path(__file__).parent / "fixtures" / "freeswitch-actions-verified.md"
@@ -402,7 +403,9 @@ ACC = {"account_id": "acc1"}
 SIP_CALLER = "sofia/internal/1001@acc1.example"
 SIP_CALLEE = "sofia/internal/1002@acc1.example"
 MOH = "/srv/moh.wav"
-UNPLAYABLE_MOH = "local_stream://moh"  # channelsd's default moh; not playable on the reference
+UNPLAYABLE_MOH = (
+    "local_stream://moh"  # FreeSWITCH's global default; the reference could not play it
+)
 INTERCEPTOR = "7000"  # the extension the interceptor rings (a number target: loopback/7000)
 POLICY = {
     "allowed_media": ["tone_stream://", "local_stream://", "/srv/"],
@@ -775,14 +778,27 @@ def test_2_3_channelsd_sets_the_transferees_hold_music(bed: Bed) -> None:
     )
     d = bed.std()
     ok(bed.attended(d.a2))  # no moh: the configured one, never the switch's global default
-    assert bed.sent()[0] == f"api uuid_setvar {d.b} hold_music {UNPLAYABLE_MOH}"
-    assert bed.legs[d.b].variables["hold_music"] == UNPLAYABLE_MOH
+    assert bed.sent()[0] == f"api uuid_setvar {d.b} hold_music {DEFAULT_MOH}"
+    assert bed.legs[d.b].variables["hold_music"] == DEFAULT_MOH
+
+
+def test_the_default_moh_plays_so_att_xfer_starts_at_once_and_leaves_no_zombie(bed: Bed) -> None:
+    """The default [actions].moh is a stream the switch plays: att_xfer starts at once, and
+    the transferor completing the transfer is no zombie (§2.3, §2.6)."""
+    bed.sw.model.attxfer_late_start = 1.0  # what an unplayable stream would cost
+    c = bed.std()
+    ok(bed.attended(c.a2))
+    assert bed.legs[c.a2].app == "att_xfer" and bed.legs[c.b].playing == DEFAULT_MOH
+    t = consulting(bed, c.a2)
+    wait_until(lambda: bed.row(c.a2).get("other_leg") == t, what="consulting")
+    ok(bed.post(c.a2, action="hangup"))
+    assert bed.legs[c.a2].destroyed and (t, c.b) in bed.bridged_pairs()
 
 
 def test_2_3_unplayable_hold_music_starts_att_xfer_late(bed: Bed) -> None:
     bed.sw.model.attxfer_late_start = 1.0  # the reference's late runs (about 10.6 s there)
     c = bed.std()
-    ok(bed.attended(c.a2))  # channelsd's default moh is what the reference could not play
+    ok(bed.attended(c.a2, moh=UNPLAYABLE_MOH))  # what the reference could not play
     # "transfer initiated", yet nothing is consulting: the hold music failed at once
     assert bed.legs[c.a2].app != "att_xfer"
     assert bed.legs[c.b].variables["current_application_response"] == "FILE NOT FOUND"
@@ -912,7 +928,7 @@ def test_2_5_the_transferee_hangs_up_during_consultation(bed: Bed) -> None:
 
 def completed_with_unplayable_moh(bed: Bed, leg: str = "self") -> tuple[Std, str]:
     c = bed.std()
-    ok(bed.attended(c.a2, leg=leg))  # the default moh, unplayable on the reference switch
+    ok(bed.attended(c.a2, leg=leg, moh=UNPLAYABLE_MOH))  # unplayable on the reference switch
     tor = c.a2 if leg == "self" else c.b
     t = consulting(bed, tor)
     wait_until(lambda: bed.row(tor).get("other_leg") == t, what="consulting")
@@ -1386,8 +1402,13 @@ def test_5_4_a_time_limit_stops_the_recording(bed: Bed) -> None:
 
 def test_5_4_the_recording_path_is_the_daemons(bed: Bed) -> None:
     p, _ = bed.parked()
-    # a client has no way to name a path: unknown keys are not read
-    ok(bed.put(p, "record_call", action="start", path="/nonexistent/dir/x.wav"), 201)
+    # a client has no way to name a path: a key record_call does not take is refused
+    refused(
+        bed.put(p, "record_call", action="start", path="/nonexistent/dir/x.wav"), 400, "data.path"
+    )
+    refused(bed.put(p, "record_call", action="start", media_name="x.wav"), 400, "data.media_name")
+    assert bed.sent() == []
+    ok(bed.put(p, "record_call", action="start"), 201)
     (line,) = bed.sent()
     assert line.split(" ")[4].startswith(f"/var/lib/freeswitch/recordings/channelsd/{p}-")
     assert "/nonexistent" not in line
