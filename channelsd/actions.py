@@ -355,7 +355,13 @@ class Actions:
             # missing refuses (409) rather than pass on the old state.
             if started:
                 self.inflight.wait(started, self.cfg.chain_wait)
-            started = self._run(ch, node, self._plan(ch, node), token)
+            try:
+                plan = self._plan(ch, node)
+            except ApiError as err:
+                if node.path:  # a later module's state refused it: say which
+                    err.extra.setdefault("path", node.path)
+                raise
+            started = self._run(ch, node, plan, token)
         return 201, "metaflow sent"
 
     # -- validation --------------------------------------------------------------------------

@@ -15,7 +15,8 @@ import itertools
 import random
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import gevent
@@ -300,6 +301,20 @@ class StandinSwitch:
         for conn in self.connections:
             if conn.wants(name):
                 conn.send_event(event.frame(conn.fmt))
+
+    @contextmanager
+    def events_held(self) -> Iterator[None]:
+        """Events fired meanwhile reach the clients only when the block ends, in order: a
+        switch whose event connection lags its command connection (a client's command has
+        been answered, the events it caused are still on their way)."""
+        held = [c for c in self.connections if c.listening]
+        for conn in held:
+            conn.hold()
+        try:
+            yield
+        finally:
+            for conn in held:
+                conn.release()
 
     def send_frames(self, frames: Iterable[Frame]) -> None:
         """Write recorded frames verbatim to every authenticated connection subscribed to the
