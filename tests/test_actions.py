@@ -6,6 +6,7 @@ import gevent
 import pytest
 
 from channelsd.config import DEFAULT_MOH
+
 from conftest import wait_until
 
 ALICE = {

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 import pytest
 
 from channelsd.config import DEFAULT_MOH
+
 from conftest import wait_until
 
 REFERENCE = Path(__file__).parent / "fixtures" / "freeswitch-actions-verified.md"

@@ -15,6 +15,7 @@ from test_conformance import MOH, POLICY, UNPLAYABLE_MOH, Bed, consulting, ok, r
 
 from channelsd.inflight import SWEEP_ABOVE, Inflight
 from channelsd.table import ChannelTable
+
 from conftest import wait_until
 
 
