@@ -854,6 +854,47 @@ def test_2_5_a_takeback_sequence_takes_the_call_back(bed: Bed, sequence: str) ->
     assert (c.a2, c.b) in bed.bridged_pairs()
 
 
+def test_a_takeback_key_never_outlives_its_transfer(bed: Bed) -> None:
+    """A key one transfer chose stays on the channel as a variable: the next transfer sets all
+    of att_xfer's keys again (FreeSWITCH's defaults unless it asks otherwise)."""
+    c = bed.std()
+    bed.sw.set_variable(c.a2, "attxfer_conf_key", "9")  # a dialplan's own choice, too
+    ok(bed.attended(c.a2, moh=MOH, takeback_dtmf="9"))
+    t1 = consulting(bed, c.a2)
+    bed.sw.recv_dtmf(c.a2, "9")
+    assert bed.fate(t1) == "NORMAL_CLEARING"
+    wait_until(lambda: bed.row(c.a2).get("other_leg") == c.b, what="the call taken back")
+    ok(bed.attended(c.a2, target="2001", moh=MOH))  # no take-back asked: FreeSWITCH's #
+    t2 = consulting(bed, c.a2, "2001")
+    bed.sw.recv_dtmf(c.a2, "9")  # the first transfer's key: now a digit for the target
+    assert bed.fate(t2) == "up"
+    bed.sw.recv_dtmf(c.a2, "#")
+    assert bed.fates(a2=c.a2, b=c.b, t2=t2) == {"a2": "up", "b": "up", "t2": "NORMAL_CLEARING"}
+    keys = {
+        k: bed.legs[c.a2].variables[k]
+        for k in ("attxfer_cancel_key", "attxfer_hangup_key", "attxfer_conf_key")
+    }
+    assert keys == {"attxfer_cancel_key": "#", "attxfer_hangup_key": "*", "attxfer_conf_key": "0"}
+
+
+def test_a_takeback_sequence_never_outlives_its_transfer(bed: Bed) -> None:
+    """The digit binding that watched for one transfer's sequence is cleared by the next."""
+    c = bed.std()
+    ok(bed.attended(c.a2, moh=MOH, takeback_dtmf="##"))
+    t1 = consulting(bed, c.a2)
+    wait_until(lambda: bed.row(c.a2).get("other_leg") == t1, what="consulting")
+    bed.sw.recv_dtmf(c.a2, "~##")
+    assert bed.fate(t1) == "NORMAL_CLEARING"
+    wait_until(lambda: bed.row(c.a2).get("other_leg") == c.b, what="the call taken back")
+    ok(bed.attended(c.a2, target="2001", moh=MOH, takeback_dtmf="9"))
+    t2 = consulting(bed, c.a2, "2001")
+    wait_until(lambda: bed.row(c.a2).get("other_leg") == t2, what="consulting again")
+    bed.sw.recv_dtmf(c.a2, "~##")  # the old sequence: no binding any more, no take-back
+    assert bed.fate(t2) == "up" and bed.legs[c.a2].digit_bindings == {}
+    bed.sw.recv_dtmf(c.a2, "~9")
+    assert bed.fate(t2) == "NORMAL_CLEARING"
+
+
 def test_2_5_the_cancel_key_after_answer(bed: Bed) -> None:
     c = bed.std()
     ok(bed.attended(c.a2, moh=MOH))
