@@ -689,12 +689,21 @@ class Actions:
         def moved_on() -> bool:
             return transferor.call_state != state or transferor.other_leg != other
 
+        def target_gone(leg: Channel) -> bool:
+            # a leg the transferor originated (not its transferee) is gone: the target
+            # failed before the transferor's call ever moved on, and att_xfer is over
+            return leg.other_leg == transferor.uuid and leg.uuid != other
+
         def after() -> list[Pending]:
             # Until the switch says the transferor's call moved on (RING_WAIT: the target
             # rings; a bridge to the target) the table still shows it ACTIVE with its partner,
             # and hanging it up would pass the RING_WAIT guard (§2.5).
             bridge_events = ("CHANNEL_BRIDGE", "CHANNEL_UNBRIDGE")
-            return [self._expect("att_xfer", (transferor,), bridge_events, moved_on)]
+            return [
+                self._expect(
+                    "att_xfer", (transferor,), bridge_events, moved_on, ends_with=target_gone
+                )
+            ]
 
         return Plan(steps, after)
 

@@ -14,9 +14,10 @@ affects, until the switch's events settle it: an event it names, for which its t
 (CHANNEL_HOLD; RECORD_START naming the path), a row that shows the effect (`reached`: the
 transferor's call state moved on -- the table folds CHANNEL_CALLSTATE without telling
 listeners, so that one is read from the row), the channel's destroy, or its deadline
-(`[actions] settle_timeout`: the switch may never report some effects, such as an att_xfer
-whose target failed at once). Checks consult find(); a metaflow waits for its previous
-module's Pendings (wait()) before checking the next one.
+(`[actions] settle_timeout`), or the destroy of another channel it names (`ends_with`: the
+target of an att_xfer that failed at once, whose transferor's call never moved on). Checks
+consult find(); a metaflow waits for its previous module's Pendings (wait()) before checking
+the next one.
 
 Bounded: a Pending replaces the one of the same kind and tag on the same channels, expired
 ones are swept as new ones come, and a channel's destroy drops them all.
@@ -65,6 +66,7 @@ class Pending:
     value: Any = None  # what the check needs to know (the hold state to expect)
     test: Callable[[Channel, str], bool] | None = None
     reached: Callable[[], bool] | None = None
+    ends_with: Callable[[Channel], bool] | None = None
     done: gevent.event.Event = field(default_factory=gevent.event.Event)
 
     def open(self, now: float) -> bool:
@@ -77,6 +79,8 @@ class Inflight:
     def __init__(self, table: ChannelTable, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._by_key: dict[tuple[str, str], list[Pending]] = {}
+        # Pendings that another channel's destroy may settle (ends_with); few at a time.
+        self._on_destroys: list[Pending] = []
         table.listen(self._on_event, destroys_only=True, names=SETTLING_EVENTS)
 
     def __len__(self) -> int:
@@ -94,6 +98,7 @@ class Inflight:
         value: Any = None,
         test: Callable[[Channel, str], bool] | None = None,
         reached: Callable[[], bool] | None = None,
+        ends_with: Callable[[Channel], bool] | None = None,
     ) -> Pending:
         now = self._clock()
         keys = [(node, u) for u in dict.fromkeys(uuids)]
@@ -107,6 +112,7 @@ class Inflight:
             value,
             test,
             reached,
+            ends_with,
         )
         for key in keys:
             for old in self._by_key.get(key, ()):
@@ -114,6 +120,8 @@ class Inflight:
                     self._settle(old)  # superseded: the newer command is what counts
         for key in keys:
             self._by_key.setdefault(key, []).append(pending)
+        if ends_with is not None:
+            self._on_destroys.append(pending)
         if len(self._by_key) > SWEEP_ABOVE:
             self._sweep(now)
         return pending
@@ -145,6 +153,11 @@ class Inflight:
     # -- settling ------------------------------------------------------------------------------
 
     def _on_event(self, kind: str, ch: Channel, info: Any) -> None:
+        if kind == "destroy" and self._on_destroys:
+            now = self._clock()
+            for p in list(self._on_destroys):
+                if not p.open(now) or (p.node == ch.node and p.ends_with and p.ends_with(ch)):
+                    self._settle(p)
         entries = self._by_key.get((ch.node, ch.uuid))
         if not entries:
             return
@@ -164,6 +177,8 @@ class Inflight:
 
     def _settle(self, pending: Pending) -> None:
         pending.done.set()
+        if pending.ends_with is not None and pending in self._on_destroys:
+            self._on_destroys.remove(pending)
         for uuid in pending.uuids:
             key = (pending.node, uuid)
             entries = self._by_key.get(key)

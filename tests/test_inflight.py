@@ -94,6 +94,21 @@ def test_an_att_xfer_that_starts_late_is_guarded_meanwhile(bed: Bed) -> None:
     assert bed.fates(a2=c.a2, b=c.b, t=t) == dict.fromkeys(("a2", "b", "t"), "up")
 
 
+def test_an_att_xfer_whose_target_fails_at_once_is_over_when_the_target_is_gone(
+    bed: Bed,
+) -> None:
+    """A target with no route never rings: the transferor's call never moves on (no
+    RING_WAIT), and att_xfer ends with the target's leg. That ends what channelsd waited for,
+    long before settle_timeout (15 s)."""
+    c = bed.std()
+    ok(bed.attended(c.a2, target="9999", moh=MOH))
+    inflight = bed.h.daemon.ctx.actions.inflight
+    wait_until(lambda: not inflight.find("fs1", c.a2), what="the failed target noticed")
+    assert bed.row(c.a2)["call_state"] == "ACTIVE"  # nothing ever said RING_WAIT
+    ok(bed.post(c.a2, action="hangup"))
+    assert bed.fate(c.b) == "NORMAL_CLEARING"  # an ordinary hang-up of a bridged call
+
+
 def test_a_second_attended_transfer_waits_for_the_first(bed: Bed) -> None:
     c = bed.std()
     with bed.sw.events_held():
