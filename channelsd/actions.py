@@ -47,6 +47,7 @@ from channelsd.jsonschemas import echoable, module_schema, validate, with_defaul
 from channelsd.node import NodeUnavailable
 from channelsd.table import ChannelTable
 from channelsd.tokens import Token
+from channelsd.validate import is_uuid
 
 log = logging.getLogger("channelsd.actions")
 
@@ -130,6 +131,7 @@ _RECORD_START_FLAGS = (
 # What each kind of Pending is, in a refusal (channelsd.inflight).
 _PENDING_WHAT = {
     "att_xfer": "attended transfer",
+    "intercept": "intercept (pickup)",
     "transfer": "transfer",
     "bridge": "bridge (resume)",
     "kill": "hang-up",
@@ -155,6 +157,9 @@ class Plan:
     # Once every step succeeded: what the commands started that the switch will report
     # (channelsd.inflight), for later checks to consult.
     after: Callable[[], list[Pending]] | None = None
+    # A background command's job said +OK <uuid> within job_wait (the new leg answered):
+    # called with that uuid, for what the leg does next (an intercept's pickup).
+    answered: Callable[[str], list[Pending]] | None = None
 
 
 @dataclass
@@ -441,13 +446,18 @@ class Actions:
         node = self.nodes.get(ch.node)
         if node is None:
             raise ApiError(503, "freeswitch unavailable", ch.node)
+        new_leg = None
         for command in plan.steps:
             reply = self._send(node, command, ch)
             if not reply.startswith("+OK"):
                 status = 404 if reply.startswith(_GONE) else 502
                 extra = {"path": flow.path} if flow.path else {}
                 raise ApiError(status, reply.strip() or "no reply", command.name, **extra)
+            if command.background and not reply.startswith("+OK Job-UUID"):
+                new_leg = reply[3:].strip()  # the job's own "+OK <uuid>"
         started = plan.after() if plan.after is not None else []
+        if new_leg and is_uuid(new_leg) and plan.answered is not None:
+            started += plan.answered(new_leg)
         log.info(
             "action=%s uuid=%r node=%s account=%r token=%s commands=%d",
             flow.module,
@@ -476,8 +486,9 @@ class Actions:
                     return reply
                 result = watch.wait(job_uuid(reply.strip()), self.cfg.job_wait)
             # No result yet: the new leg still rings (it may yet fail; the answer says the
-            # command is under way, as Kazoo's does). An -ERR is what FreeSWITCH refused.
-            return reply if result is None or result.startswith("+OK") else result
+            # command is under way, as Kazoo's does): the bgapi reply. An -ERR is what
+            # FreeSWITCH refused; +OK <uuid>, that the new leg answered.
+            return reply if result is None else result
         except NodeUnavailable:
             raise ApiError(503, "freeswitch unavailable", ch.node) from None
         except CommandTimeout:
@@ -784,7 +795,7 @@ class Actions:
 
     def _plan_intercept(self, ch: Channel, d: dict[str, Any], f: _Fields) -> Plan:
         self._alive(ch, "originate")
-        app = self._intercept_app(ch, d)
+        app, survivor = self._intercept_app(ch, d)
         endpoint = self._target_endpoint(ch, d, f)
         variables = [
             gate.check(
@@ -800,9 +811,29 @@ class Actions:
         # the switch could dial the interceptor at all, and the pickup is seen as a
         # CHANNEL_BRIDGE.
         url = compose("originate-url", variables=variables, endpoint=endpoint)
-        return Plan([Command("originate", url, app, background=True)])
+        # Who is bridged to whom changes now: the channel (or, for a pickup, the caller
+        # ringing it) is bridged to the interceptor; its old partner (or the ringing leg)
+        # ends PICKED_OFF, and its destroy must not end the wait for the bridge.
 
-    def _intercept_app(self, ch: Channel, d: dict[str, Any]) -> Checked:
+        def answered(interceptor: str) -> list[Pending]:
+            # the interceptor answered within job_wait: the pickup is under way until the
+            # switch reports the interceptor's bridge (CHANNEL_BRIDGE, fired on Bridge-A:
+            # the interceptor, §3.2), or the interceptor leaves (intercept failed: its
+            # destroy). Not when the old partner hangs up PICKED_OFF: that comes first.
+            return [
+                self.inflight.add(
+                    "intercept",
+                    ch.node,
+                    [interceptor, survivor],
+                    ("CHANNEL_BRIDGE",),
+                    self.cfg.settle_timeout,
+                    test=lambda row, _name: row.uuid == interceptor,
+                )
+            ]
+
+        return Plan([Command("originate", url, app, background=True)], answered=answered)
+
+    def _intercept_app(self, ch: Channel, d: dict[str, Any]) -> tuple[Checked, str]:
         """What the interceptor runs, for each case of freeswitch-actions-verified §3.3.
 
         The channel an operator sees ringing is usually the outbound leg to the phone. Intercept
@@ -811,7 +842,8 @@ class Actions:
         (`-bleg <leg>`: FreeSWITCH resolves the leg's partner); the ringing leg then ends
         PICKED_OFF. A ringing outbound leg with no caller cannot be picked up at all. Any other
         leg (parked, ringing inbound, bridged) is intercepted itself; `unbridged_only` refuses
-        a bridged one, where FreeSWITCH would answer +OK and end the interceptor."""
+        a bridged one, where FreeSWITCH would answer +OK and end the interceptor. Also the
+        uuid of the leg the interceptor will be bridged to."""
         uuid = _Fields.row(ch, "uuid", "uuid")
         if ch.direction == "outbound" and not ch.answered:
             caller = self._other(ch)
@@ -827,12 +859,12 @@ class Actions:
                     "the caller ringing this channel is in another call (an attended "
                     "transfer's consultation): picking this call up would take that call",
                 )
-            return compose("intercept-bleg-app", uuid=uuid)
+            return compose("intercept-bleg-app", uuid=uuid), caller.uuid
         if d["unbridged_only"] and self._bridged_with(ch) is not None:
             raise envelope.validation_error(
                 {"other_leg_call_id": {"not": {"message": "Channel is bridged (unbridged_only)"}}}
             )
-        return compose("intercept-app", uuid=uuid)
+        return compose("intercept-app", uuid=uuid), ch.uuid
 
     @staticmethod
     def _not_calling_self(ch: Channel, kind: str, target_id: str, f: _Fields) -> None:

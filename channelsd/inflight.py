@@ -37,8 +37,8 @@ from channelsd.channel import Channel
 from channelsd.table import ChannelTable
 
 # The events that may settle something; the table calls on_event for these (and destroys).
+# (Not CHANNEL_CALLSTATE: the table folds it into the row without telling listeners.)
 SETTLING_EVENTS = (
-    "CHANNEL_CALLSTATE",
     "CHANNEL_BRIDGE",
     "CHANNEL_UNBRIDGE",
     "CHANNEL_HANGUP",
