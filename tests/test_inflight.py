@@ -195,6 +195,23 @@ def test_a_metaflow_waits_for_its_own_events_between_modules(bed: Bed) -> None:
     wait_until(lambda: bed.row(s)["call_state"] == "ACTIVE", what="off hold again")
 
 
+def test_a_second_pickup_of_a_call_being_picked_up_is_refused(bed: Bed) -> None:
+    """Two operators pick up the same parked call. The first interceptor answered (its job
+    said +OK) and is being bridged; until CHANNEL_BRIDGE arrives the table shows the call
+    unbridged, and the second intercept (unbridged_only) would get "initiated" while the
+    switch only hangs its interceptor up (§3.3 c)."""
+    p, _ = bed.parked()
+    with bed.sw.events_held(["CHANNEL_BRIDGE"]):
+        ok(bed.intercept(p))
+        first = bed.sent()
+        detail = refused(bed.intercept(p), 409, "other_leg_call_id")
+        assert "intercept" in detail["state"]["message"] and bed.sent() == []
+    i = bed.interceptor()
+    assert first[0].endswith(f"&intercept({p})") and bed.legs[i].bridge_peer == p
+    wait_until(lambda: bed.row(p).get("other_leg") == i, what="the pickup reported")
+    refused(bed.intercept(p), 400, "other_leg_call_id")  # bridged now: unbridged_only refuses
+
+
 def test_a_resume_is_pending_until_its_bridge_is_reported(bed: Bed) -> None:
     c = bed.std()
     inflight = bed.h.daemon.ctx.actions.inflight
