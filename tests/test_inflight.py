@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_conformance import MOH, POLICY, UNPLAYABLE_MOH, Bed, consulting, ok, refused
 
+from channelsd.config import ConfigError, parse
 from channelsd.inflight import SWEEP_ABOVE, Inflight
 from channelsd.table import ChannelTable
 
@@ -356,3 +357,14 @@ def test_the_registry_stays_bounded(ops: list[tuple[str, int, str, int]]) -> Non
     for uuid in alive:
         table.apply("fs1", {"Event-Name": "CHANNEL_DESTROY", "Unique-ID": uuid})
     assert len(inflight) == 0
+
+
+@pytest.mark.parametrize("key", ["job_wait", "settle_timeout", "chain_wait"])
+@pytest.mark.parametrize("value", [-1, 601, True, "2"])
+def test_the_waits_are_checked_at_start(key: str, value: Any) -> None:
+    data = {
+        "nodes": [{"name": "fs1", "host": "127.0.0.1", "password": "x"}],
+        "actions": {key: value},
+    }
+    with pytest.raises(ConfigError, match=key):
+        parse(data, "test.toml")

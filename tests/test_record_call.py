@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from test_conformance import POLICY, Bed, ok, refused
+from test_standin import Client
 
 from conftest import wait_until
 
@@ -189,3 +190,21 @@ def test_an_invalid_sample_rate_is_refused(bed: Bed) -> None:
         record(bed, p, action="start", record_sample_rate=12345), 400, "data.record_sample_rate"
     )
     assert bed.sent() == []
+
+
+def test_the_stand_in_starts_a_path_already_recording_once(switch: Any) -> None:
+    """FreeSWITCH (switch_ivr_record_session_event): "Already recording" -- +OK, and neither a
+    second media bug nor a second RECORD_START."""
+    watch = Client(switch.port)
+    watch.login()
+    watch.subscribe("json RECORD_START")
+    p, _ = switch.originate(dest="9003")
+    for extra in (" 0 {record_min_sec=3}", ""):
+        reply = switch.api.execute("uuid_record", f"{p} start /r/a.wav{extra}")
+        assert reply == b"+OK Success\n"
+    starts = [dict(e).get("Record-File-Path") for e in watch.json_events()]
+    assert starts == ["/r/a.wav"]
+    ch = switch.model.channels[p]
+    assert ch.recordings == ["/r/a.wav"]
+    assert ch.recording_vars["/r/a.wav"] == {"record_min_sec": "3"}
+    watch.close()
