@@ -218,8 +218,9 @@ def _unknown_fields(
             continue
         else:
             message = f"Field is not one the {module} module takes: refused, not ignored"
-        name = f"{prefix}{key}" if isinstance(key, str) else prefix.rstrip(".")
-        raise envelope.validation_error({name: {"additionalProperties": {"message": message}}})
+        raise envelope.validation_error(
+            {f"{prefix}{key}": {"additionalProperties": {"message": message}}}
+        )
 
 
 def _not_bridged() -> ApiError:
@@ -394,9 +395,8 @@ class Actions:
             for key in flow:
                 if key not in ("module", "data", "children"):
                     message = "Field is not part of a metaflow (module, data, children)"
-                    name = f"{prefix}{key}" if isinstance(key, str) else key
                     raise envelope.validation_error(
-                        {name: {"additionalProperties": {"message": message}}}
+                        {f"{prefix}{key}": {"additionalProperties": {"message": message}}}
                     )
             module = flow["module"]
             raw = flow.get("data", {})
@@ -556,14 +556,13 @@ class Actions:
         """Remember what a command started on `rows` until the switch reports it (or any of
         them hangs up, or settle_timeout passes). Not for a channel gone meanwhile (its
         destroy came before the command's +OK): nothing would ever settle it."""
-        ended = tuple(rows)
-        if any(self.table.row(r.node, r.uuid) is not r for r in ended):
+        if any(self.table.row(r.node, r.uuid) is not r for r in rows):
             gone = Pending(kind, rows[0].node, (), frozenset(), 0.0)
             gone.done.set()
             return gone
 
         def done() -> bool:
-            return any(r.ending is not None for r in ended) or bool(reached and reached())
+            return any(r.ending is not None for r in rows) or bool(reached and reached())
 
         return self.inflight.add(
             kind,
@@ -578,8 +577,8 @@ class Actions:
     def _unbridging(
         self, kind: str, ch: Channel, partner: Channel | None
     ) -> Callable[[], list[Pending]]:
-        """Plan.after for a command that takes `ch` and `partner` apart (a transfer, a
-        hang-up): pending until the switch reports them apart (CHANNEL_UNBRIDGE, or either
+        """Plan.after for a command that takes `ch` and `partner` apart (a blind transfer, a
+        callflow): pending until the switch reports them apart (CHANNEL_UNBRIDGE, or either
         hanging up). Nothing when they were not bridged."""
 
         def after() -> list[Pending]:
