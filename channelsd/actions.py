@@ -9,14 +9,25 @@ configuration (`config.actions.moh`). Contexts, dialplans and media also pass th
 policy (channelsd.policy). A whole plan is built before its first command is sent, and every
 module of a metaflow is planned before the first one runs, so a refusal (400 in Kazoo's
 validation-error shape) means nothing was sent. The answer waits for FreeSWITCH's reply:
-`+OK` is success, anything else is an error in the API's envelope (spec §3 and §4). Recipes
-follow freeswitch-actions-verified.md.
+`+OK` is success, anything else is an error in the API's envelope (spec §3 and §4); for a
+`bgapi` originate (intercept, eavesdrop) the job's own result is awaited a short while
+(`[actions] job_wait`), and an `-ERR` within it is the error. A field is never accepted and
+ignored: a module's data may hold only the fields its schema declares, and the fields Kazoo
+documents that channelsd does not act on are refused with the reason (_REFUSED_FIELDS).
+
+State checks read the table, which the switch's events fill; what channelsd's own commands
+started and the switch has not reported yet is kept in channelsd.inflight, and the checks
+consult it, so a check made right after a command (the next module of a metaflow, or another
+request) never passes on a table the events have not caught up with. A metaflow waits a short
+while (`[actions] chain_wait`) for its previous module's events before checking the next.
+Recipes follow freeswitch-actions-verified.md.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -30,10 +41,13 @@ from channelsd.config import ActionsConfig
 from channelsd.envelope import ApiError
 from channelsd.esl import CommandTimeout
 from channelsd.gate import Checked, Command, Refusal, Value, compose, fixed
+from channelsd.inflight import Inflight, Pending
+from channelsd.jobs import job_uuid
 from channelsd.jsonschemas import echoable, module_schema, validate, with_defaults
 from channelsd.node import NodeUnavailable
 from channelsd.table import ChannelTable
 from channelsd.tokens import Token
+from channelsd.validate import is_uuid
 
 log = logging.getLogger("channelsd.actions")
 
@@ -50,6 +64,78 @@ _LEG_WORD = {"self": "aleg", "peer": "bleg", "both": "both"}
 _ATTENDED_ONLY = ("moh", "takeback_dtmf", "timeout")
 # The cancel key a take-back sequence's digit binding sends att_xfer (see _takeback_sequence).
 _TAKEBACK_RELAY_KEY = "D"
+# att_xfer's keys and FreeSWITCH's defaults for them (mod_dptools att_xfer; reference §2.5).
+# Every attended transfer sets all three on the transferor: a key one transfer chose must not
+# stay for the next, and a dialplan's own choice must not change what the API promised.
+_ATTXFER_KEYS = (
+    ("attxfer_cancel_key", "#"),
+    ("attxfer_hangup_key", "*"),
+    ("attxfer_conf_key", "0"),
+)
+
+# Fields Kazoo documents for a module that channelsd does not act on, and why; refused, never
+# accepted and ignored. Any other key a module's data does not declare is refused too (POST:
+# in `data`; the top level and the query string also carry the envelope's own keys, so there
+# only these are looked for).
+_NO_RECORDING_DOCUMENTS = (
+    "Kazoo's recording-document field: channelsd keeps no recording documents, and the file "
+    "is always channelsd's own, under [actions].record_dir"
+)
+_NO_UPLOAD = (
+    "channelsd does not upload recordings: the file stays under [actions].record_dir on the "
+    "switch (a client-chosen URL would have the call's audio sent anywhere)"
+)
+_REFUSED_FIELDS: dict[str, dict[str, str]] = {
+    "transfer": {
+        "captures": "Kazoo's DTMF metaflow captures: a transfer through the API has none",
+        "ringback": (
+            "the transferor hears its own transfer_ringback while the target rings (the "
+            "switch's setting); channelsd does not change it"
+        ),
+    },
+    "callflow": {
+        "captures": "channelsd sends the channel to the extension `id`; send the number as id",
+        "collected": "channelsd sends the channel to the extension `id`; send the number as id",
+        "flow": (
+            "an inline callflow needs Kazoo's callflow engine; channelsd sends the channel "
+            "to the extension `id` of [actions].callflow_context"
+        ),
+    },
+    "record_call": {
+        "url": _NO_UPLOAD,
+        "method": _NO_UPLOAD,
+        "label": _NO_RECORDING_DOCUMENTS,
+        "media_name": _NO_RECORDING_DOCUMENTS,
+        "origin": _NO_RECORDING_DOCUMENTS,
+    },
+    "tts": {
+        "terminators": (
+            "a broadcast speak has no terminators of its own: FreeSWITCH would read the "
+            "channel's playback_terminators variable, which would change every later "
+            "playback on the channel"
+        ),
+    },
+    "eavesdrop": {
+        "unbridged_only": (
+            "listening in takes nothing over, so there is no unbridged_only; bridged_only "
+            "refuses a channel that is not bridged"
+        ),
+    },
+}
+# Recording fields that only a start uses (a toggle that stops does not need them).
+_RECORD_START_ONLY = ("time_limit", "record_min_sec", "record_sample_rate")
+_RECORD_START_FLAGS = (
+    ("record_on_answer", "record_answer_req"),
+    ("record_on_bridge", "record_bridge_req"),
+)
+# What each kind of Pending is, in a refusal (channelsd.inflight).
+_PENDING_WHAT = {
+    "att_xfer": "attended transfer",
+    "intercept": "intercept (pickup)",
+    "transfer": "transfer",
+    "bridge": "bridge (resume)",
+    "kill": "hang-up",
+}
 
 # A metaflow is a tree; only the `_` chain runs, the other branches (DTMF keys in Kazoo) are
 # validated. Both bounds keep one request's validation short (see put()).
@@ -68,7 +154,12 @@ def _pause() -> None:
 @dataclass
 class Plan:
     steps: list[Command] = field(default_factory=list)
-    after: Callable[[], None] | None = None  # bookkeeping once every step succeeded
+    # Once every step succeeded: what the commands started that the switch will report
+    # (channelsd.inflight), for later checks to consult.
+    after: Callable[[], list[Pending]] | None = None
+    # A background command's job said +OK <uuid> within job_wait (the new leg answered):
+    # called with that uuid, for what the leg does next (an intercept's pickup).
+    answered: Callable[[str], list[Pending]] | None = None
 
 
 @dataclass
@@ -97,8 +188,8 @@ def _coerce(value: Any, prop: Mapping[str, Any]) -> Any:
 
 
 def _read_fields(source: Mapping[str, Any], props: Mapping[str, Any]) -> dict[str, Any]:
-    """The declared fields of a module, under their canonical names; other keys are ignored
-    (as Kazoo does) without being looked at, so their number costs nothing."""
+    """The declared fields of a module, under their canonical names (see _unknown_fields for
+    the others)."""
     fields = {}
     for name, prop in props.items():
         for key in _NAMES.get(name, (name,)):
@@ -106,6 +197,30 @@ def _read_fields(source: Mapping[str, Any], props: Mapping[str, Any]) -> dict[st
                 fields[name] = _coerce(source[key], prop)
                 break
     return fields
+
+
+def _unknown_fields(
+    source: Mapping[str, Any],
+    module: str,
+    props: Mapping[str, Any],
+    prefix: str,
+    strict: bool,
+    also: tuple[str, ...] = (),
+) -> None:
+    """Refuse (400) a field the module does not take: one of _REFUSED_FIELDS with its reason,
+    and when `strict` (a module's own data object) any key it does not declare (`also`: keys
+    that object may hold besides, such as POST's `action`)."""
+    refused = _REFUSED_FIELDS.get(module, {})
+    for key in source:
+        if key in refused:
+            message = f"Field is not supported: {refused[key]}"
+        elif not strict or key in props or key in also or _ALIASES.get(key) in props:
+            continue
+        else:
+            message = f"Field is not one the {module} module takes: refused, not ignored"
+        raise envelope.validation_error(
+            {f"{prefix}{key}": {"additionalProperties": {"message": message}}}
+        )
 
 
 def _not_bridged() -> ApiError:
@@ -186,16 +301,8 @@ class Actions:
         self.nodes = nodes
         self.cfg = cfg or ActionsConfig()
         self._clock = clock
-        # Recordings this daemon started that the switch has not reported yet (RECORD_START
-        # is on its way on the event connection); the channel's own `recordings`, from the
-        # switch, are the truth otherwise. Forgotten with the channel, so nothing here grows
-        # with the calls ever recorded.
-        self._started: dict[tuple[str, str], str] = {}
-        table.listen(self._on_change, destroys_only=True, names=("RECORD_START", "RECORD_STOP"))
-
-    def _on_change(self, kind: str, ch: Channel, info: Any) -> None:
-        if kind == "destroy" or info in ("RECORD_START", "RECORD_STOP"):
-            self._started.pop((ch.node, ch.uuid), None)
+        # What this daemon's commands started that the switch has not reported yet.
+        self.inflight = Inflight(table)
 
     # -- entry points ------------------------------------------------------------------------
 
@@ -212,6 +319,9 @@ class Actions:
                 detail["value"] = action
             raise ApiError(400, "invalid data", detail)
         props = module_schema(action).get("properties", {})
+        _unknown_fields(data, action, props, "", strict=True, also=("action",))
+        _unknown_fields(body, action, props, "", strict=False)
+        _unknown_fields(query, action, props, "", strict=False)
         fields: dict[str, Any] = {}
         for source in reversed(sources):  # data wins over the top level, which wins over the query
             fields.update(_read_fields(source, props))
@@ -244,8 +354,20 @@ class Actions:
         for node in chain:
             self._plan(ch, node, dry_run=True)
             _pause()
+        started: list[Pending] = []
         for node in chain:
-            self._run(ch, node, self._plan(ch, node), token)
+            # What the module before did is checked against the switch's own report of it:
+            # wait (briefly) for the events its commands cause; a check that still finds them
+            # missing refuses (409) rather than pass on the old state.
+            if started:
+                self.inflight.wait(started, self.cfg.chain_wait)
+            try:
+                plan = self._plan(ch, node)
+            except ApiError as err:
+                if node.path:  # a later module's state refused it: say which
+                    err.extra.setdefault("path", node.path)
+                raise
+            started = self._run(ch, node, plan, token)
         return 201, "metaflow sent"
 
     # -- validation --------------------------------------------------------------------------
@@ -270,9 +392,17 @@ class Actions:
             errors = validate("metaflow.json", flow, path)
             if errors:
                 raise envelope.validation_error(errors)
+            for key in flow:
+                if key not in ("module", "data", "children"):
+                    message = "Field is not part of a metaflow (module, data, children)"
+                    raise envelope.validation_error(
+                        {f"{prefix}{key}": {"additionalProperties": {"message": message}}}
+                    )
             module = flow["module"]
             raw = flow.get("data", {})
-            fields = _read_fields(raw, module_schema(module).get("properties", {}))
+            props = module_schema(module).get("properties", {})
+            _unknown_fields(raw, module, props, f"{prefix}data.", strict=True)
+            fields = _read_fields(raw, props)
             errors = validate(f"metaflows.{module}.json", fields, f"{prefix}data")
             if errors:
                 raise envelope.validation_error(errors)
@@ -310,19 +440,24 @@ class Actions:
                 return None
             raise
 
-    def _run(self, ch: Channel, flow: _Node, plan: Plan | None, token: Token) -> None:
+    def _run(self, ch: Channel, flow: _Node, plan: Plan | None, token: Token) -> list[Pending]:
+        """Send the plan's commands in order; what they started (see Plan.after)."""
         assert plan is not None
         node = self.nodes.get(ch.node)
         if node is None:
             raise ApiError(503, "freeswitch unavailable", ch.node)
+        new_leg = None
         for command in plan.steps:
             reply = self._send(node, command, ch)
             if not reply.startswith("+OK"):
                 status = 404 if reply.startswith(_GONE) else 502
                 extra = {"path": flow.path} if flow.path else {}
                 raise ApiError(status, reply.strip() or "no reply", command.name, **extra)
-        if plan.after is not None:
-            plan.after()
+            if command.background and not reply.startswith("+OK Job-UUID"):
+                new_leg = reply[3:].strip()  # the job's own "+OK <uuid>"
+        started = plan.after() if plan.after is not None else []
+        if new_leg and is_uuid(new_leg) and plan.answered is not None:
+            started += plan.answered(new_leg)
         log.info(
             "action=%s uuid=%r node=%s account=%r token=%s commands=%d",
             flow.module,
@@ -332,21 +467,57 @@ class Actions:
             token.name or token.account_id,
             len(plan.steps),
         )
+        return started
 
     def _send(self, node: Any, command: Command, ch: Channel) -> str:
         # The only place a line leaves: it must be a Command's, made of gated values.
         if not isinstance(command, Command):
             raise TypeError(f"not a gated command: {command!r}")
         try:
-            return node.bgapi(command.line) if command.background else node.api(command.line)
+            if not command.background:
+                return node.api(command.line)
+            jobs = getattr(node, "jobs", None)
+            if jobs is None:
+                return node.bgapi(command.line)
+            # The watch opens before the command goes: the job's result may come first.
+            with jobs.watch() as watch:
+                reply = node.bgapi(command.line)
+                if not reply.startswith("+OK"):
+                    return reply
+                result = watch.wait(job_uuid(reply.strip()), self.cfg.job_wait)
+            # No result yet: the new leg still rings (it may yet fail; the answer says the
+            # command is under way, as Kazoo's does): the bgapi reply. An -ERR is what
+            # FreeSWITCH refused; +OK <uuid>, that the new leg answered.
+            return reply if result is None else result
         except NodeUnavailable:
             raise ApiError(503, "freeswitch unavailable", ch.node) from None
         except CommandTimeout:
             raise ApiError(504, "freeswitch timeout", ch.node) from None
 
+    # -- state checks ------------------------------------------------------------------------
+
+    def _settled(self, ch: Channel) -> None:
+        """409 while a command channelsd sent changes who `ch` is bridged to and the switch
+        has not reported it yet: the table would show the bridge as it was."""
+        for p in self.inflight.find(ch.node, ch.uuid, *_PENDING_WHAT):
+            raise _conflict(
+                "other_leg_call_id",
+                f"channelsd's {_PENDING_WHAT[p.kind]} on this call is not yet reported by the "
+                "switch: who is bridged to whom is not known until it is; try again in a moment",
+            )
+
     def _other(self, ch: Channel) -> Channel | None:
-        """The row other_leg names, while the table has it."""
-        return self.table.row(ch.node, ch.other_leg) if ch.other_leg else None
+        """The row other_leg names, while the table has it and it has not hung up (a hung-up
+        leg, a zombie transferor included, is nobody's partner). Refuses (409) while either
+        is changing by a command of channelsd's own (_settled)."""
+        self._settled(ch)
+        if not ch.other_leg:
+            return None
+        other = self.table.row(ch.node, ch.other_leg)
+        if other is None:
+            return None
+        self._settled(other)
+        return other if other.ending is None else None
 
     def _bridged_with(self, ch: Channel) -> Channel | None:
         """The leg `ch` is bridged with, or None. other_leg alone is not a bridge: the table
@@ -367,10 +538,76 @@ class Actions:
             raise _not_bridged()
         return other
 
+    def _alive(self, ch: Channel, command: str) -> None:
+        """404 for a channel that hung up, or that channelsd is hanging up: for a gone channel
+        uuid_hold answers `+OK Success` and an originate's job `+OK`, and nothing happens
+        (freeswitch-actions-verified §4.1, §3.3), so they are never sent for one."""
+        if ch.ending is not None or self.inflight.find(ch.node, ch.uuid, "kill"):
+            raise ApiError(404, "the channel has hung up", command)
+
+    def _expect(
+        self,
+        kind: str,
+        rows: tuple[Channel, ...],
+        settles: tuple[str, ...],
+        reached: Callable[[], bool] | None = None,
+        **kw: Any,
+    ) -> Pending:
+        """Remember what a command started on `rows` until the switch reports it (or any of
+        them hangs up, or settle_timeout passes). Not for a channel gone meanwhile (its
+        destroy came before the command's +OK): nothing would ever settle it."""
+        if any(self.table.row(r.node, r.uuid) is not r for r in rows):
+            gone = Pending(kind, rows[0].node, (), frozenset(), 0.0)
+            gone.done.set()
+            return gone
+
+        def done() -> bool:
+            return any(r.ending is not None for r in rows) or bool(reached and reached())
+
+        return self.inflight.add(
+            kind,
+            rows[0].node,
+            [r.uuid for r in rows],
+            settles,
+            self.cfg.settle_timeout,
+            reached=done,
+            **kw,
+        )
+
+    def _unbridging(
+        self, kind: str, ch: Channel, partner: Channel | None
+    ) -> Callable[[], list[Pending]]:
+        """Plan.after for a command that takes `ch` and `partner` apart (a blind transfer, a
+        callflow): pending until the switch reports them apart (CHANNEL_UNBRIDGE, or either
+        hanging up). Nothing when they were not bridged."""
+
+        def after() -> list[Pending]:
+            if partner is None:
+                return []
+            return [
+                self._expect(
+                    kind,
+                    (ch, partner),
+                    ("CHANNEL_UNBRIDGE",),
+                    lambda: ch.other_leg != partner.uuid and partner.other_leg != ch.uuid,
+                )
+            ]
+
+        return after
+
     # One _plan_<module> per module: checks on the channel's state, then the commands, every
     # argument through the gate (f: how each value is named in a refusal).
 
     def _plan_hangup(self, ch: Channel, d: dict[str, Any], f: _Fields) -> Plan:
+        if self.inflight.find(ch.node, ch.uuid, "att_xfer"):
+            # channelsd started an attended transfer here and the switch has not yet said the
+            # target rings (RING_WAIT): it may, and then hanging up loses everybody (§2.5).
+            raise _conflict(
+                "call_state",
+                "channelsd has just started an attended transfer on this channel and its "
+                "target may be ringing: hanging it up now would lose the target and the "
+                "transferee; wait for the target to answer, or hang the target up to cancel",
+            )
         if ch.call_state == "RING_WAIT" and self._bridged_with(ch) is not None:
             # An attended transfer's transferor while the target still rings: FreeSWITCH
             # bridges the unanswered target to the transferee and both die (§2.5).
@@ -383,9 +620,14 @@ class Actions:
         cause = d["cause"]
         if isinstance(cause, str) and cause.isascii():
             cause = cause.upper()  # numbers are unchanged; FreeSWITCH's names are upper case
-        return Plan(
-            [Command("uuid_kill", f.row(ch, "uuid", "uuid"), f.req("cause", "hangup-cause", cause))]
-        )
+        uuid = f.row(ch, "uuid", "uuid")
+
+        def after() -> list[Pending]:
+            # until CHANNEL_HANGUP: the row still looks alive, and the commands that answer
+            # +OK for a gone channel must not be sent (_alive)
+            return [self._expect("kill", (ch,), ("CHANNEL_HANGUP",))]
+
+        return Plan([Command("uuid_kill", uuid, f.req("cause", "hangup-cause", cause))], after)
 
     def _plan_break(self, ch: Channel, d: dict[str, Any], f: _Fields) -> Plan:
         args = [f.row(ch, "uuid", "uuid")] + ([fixed("all")] if d["all"] else [])
@@ -407,12 +649,13 @@ class Actions:
             if attended_only:
                 raise _not_for(f.name(attended_only[0]), "attended transfers")
             if leg == "self":
-                return Plan([Command("uuid_transfer", uuid, target, dialplan, context)])
+                # The channel leaves its bridge, if it is in one; its partner is hung up.
+                steps = [Command("uuid_transfer", uuid, target, dialplan, context)]
+                return Plan(steps, self._unbridging("transfer", ch, self._bridged_with(ch)))
             # -bleg/-both on an unbridged channel silently transfer the channel itself.
-            self._partner(ch)
-            return Plan(
-                [Command("uuid_transfer", uuid, fixed(f"-{leg}"), target, dialplan, context)]
-            )
+            partner = self._partner(ch)
+            steps = [Command("uuid_transfer", uuid, fixed(f"-{leg}"), target, dialplan, context)]
+            return Plan(steps, self._unbridging("transfer", ch, partner))
         # Attended: the transferor runs att_xfer inside its bridge; the partner waits on hold.
         if leg == "both":
             raise Refusal(
@@ -447,37 +690,74 @@ class Actions:
         tor = f.row(transferor, "uuid", "uuid", tor_role)
         tee = f.row(transferee, "uuid", "uuid", tee_role)
         steps = [Command("uuid_setvar", tee, fixed("hold_music"), moh)]
-        if takeback and len(takeback.text) == 1:
-            steps.append(Command("uuid_setvar", tor, fixed("attxfer_cancel_key"), takeback))
-        elif takeback:
-            steps += self._takeback_sequence(tor, takeback)
+        steps += self._takeback_keys(tor, takeback)
         # No leg word: att_xfer runs on the transferor and the transferee hears its hold_music.
         app = compose("att-xfer-app", variables=leg_timeout, dialstring=dialstring)
         steps.append(Command("uuid_broadcast", tor, app))
-        return Plan(steps)
+        state, other = transferor.call_state, transferor.other_leg
+
+        def moved_on() -> bool:
+            return transferor.call_state != state or transferor.other_leg != other
+
+        def target_gone(leg: Channel) -> bool:
+            # a leg the transferor originated (not its transferee) is gone: the target
+            # failed before the transferor's call ever moved on, and att_xfer is over
+            return leg.other_leg == transferor.uuid and leg.uuid != other
+
+        def after() -> list[Pending]:
+            # Until the switch says the transferor's call moved on (RING_WAIT: the target
+            # rings; a bridge to the target) the table still shows it ACTIVE with its partner,
+            # and hanging it up would pass the RING_WAIT guard (§2.5).
+            bridge_events = ("CHANNEL_BRIDGE", "CHANNEL_UNBRIDGE")
+            return [
+                self._expect(
+                    "att_xfer", (transferor,), bridge_events, moved_on, ends_with=target_gone
+                )
+            ]
+
+        return Plan(steps, after)
 
     @staticmethod
-    def _takeback_sequence(tor: Checked, digits: Checked) -> list[Command]:
+    def _takeback_keys(tor: Checked, takeback: Checked | None) -> list[Command]:
+        """Every attended transfer sets all of att_xfer's keys on the transferor, and clears
+        the take-back binding a previous one may have left: a key or a sequence one transfer
+        chose must not take the next one back, whoever set it. A one-key take-back is
+        att_xfer's cancel key; none is FreeSWITCH's default `#`; a sequence is relayed by a
+        digit binding (_takeback_sequence)."""
+        keys = dict(_ATTXFER_KEYS)
+        if takeback is not None:
+            single = len(takeback.text) == 1
+            keys["attxfer_cancel_key"] = takeback.text if single else _TAKEBACK_RELAY_KEY
+        steps = [
+            Command("uuid_setvar", tor, fixed(name), gate.check("dtmf", key, gate.DAEMON))
+            for name, key in keys.items()
+        ]
+        # aleg: the form without a leg word would put the transferee on hold meanwhile
+        steps.append(Command("uuid_broadcast", tor, compose("takeback-clear-app"), fixed("aleg")))
+        if takeback is not None and len(takeback.text) > 1:
+            steps.append(Actions._takeback_sequence(tor, takeback))
+        return steps
+
+    @staticmethod
+    def _takeback_sequence(tor: Checked, digits: Checked) -> Command:
         """att_xfer compares single keys only, so a sequence (Kazoo's `*1`) is watched by a
         digit binding on the transferor (mod_dptools bind_digit_action) whose action injects
         att_xfer's cancel key: `uuid_recv_dtmf <transferor> D`, which arrives past the
         binding (no `~`) and cancels. D is the cancel key because no other key should take
         the call back, and phones seldom have it. The binding keeps the sequence's digits
         from the target, and a mistyped sequence's digits reach att_xfer as typed (a `*`
-        completes the transfer, as it always does). It stays on the channel after the
-        transfer, and its realm becomes the one the channel's digit machine uses.
+        completes the transfer, as it always does). The next attended transfer clears it
+        (clear_digit_action of its realm, which leaves the channel's digit machine without
+        an active realm when it was the active one: switch_ivr_dmachine_clear_realm).
 
         Modelled from FreeSWITCH's code (switch_ivr_async.c dmachine, mod_dptools
-        bind_digit_action and att_xfer, switch_channel.c queue_dtmf_string) and its
-        documentation; not verified on a real switch (freeswitch-actions-verified.md covers
-        single keys only)."""
+        bind_digit_action, clear_digit_action and att_xfer, switch_channel.c
+        queue_dtmf_string) and its documentation; not verified on a real switch
+        (freeswitch-actions-verified.md covers single keys only)."""
         relay = gate.check("takeback-key", _TAKEBACK_RELAY_KEY, gate.DAEMON)
         bind = compose("takeback-bind-app", digits=digits, uuid=tor, key=relay)
-        return [
-            Command("uuid_setvar", tor, fixed("attxfer_cancel_key"), relay),
-            # aleg: the form without a leg word would put the transferee on hold meanwhile
-            Command("uuid_broadcast", tor, bind, fixed("aleg")),
-        ]
+        # aleg: the form without a leg word would put the transferee on hold meanwhile
+        return Command("uuid_broadcast", tor, bind, fixed("aleg"))
 
     def _plan_callflow(self, ch: Channel, d: dict[str, Any], f: _Fields) -> Plan:
         row = f.row_values(ch)
@@ -486,16 +766,22 @@ class Actions:
         )
         dialplan = policy.dialplan(self.cfg, None, f.name("dialplan"))
         args = [f.row(ch, "uuid", "uuid"), f.req("id", "extension", d["id"]), dialplan, context]
-        return Plan([Command("uuid_transfer", *args)])
+        # a callflow is a transfer: the channel leaves its bridge, if it is in one
+        return Plan(
+            [Command("uuid_transfer", *args)],
+            self._unbridging("transfer", ch, self._bridged_with(ch)),
+        )
 
-    def _plan_intercept(self, ch: Channel, d: dict[str, Any], f: _Fields) -> Plan:
-        app = self._intercept_app(ch, d)
-        row = f.row_values(ch)
+    def _target_endpoint(self, ch: Channel, d: dict[str, Any], f: _Fields) -> Checked:
+        """The dial string of an intercept's or eavesdrop's target: its type's template in
+        [actions].intercept_endpoints, filled with the checked target_id and the channel's
+        own values; can_call_self=false refuses the channel's own device or user."""
         kind = d["target_type"]
         if not d["can_call_self"]:
             self._not_calling_self(ch, kind, d["target_id"], f)
+        row = f.row_values(ch)
         template = self.cfg.intercept_endpoints.get(kind)
-        endpoint = gate.fill(
+        return gate.fill(
             template if isinstance(template, str) else "",
             f"config.actions.intercept_endpoints.{kind}",
             "endpoint",
@@ -505,6 +791,11 @@ class Actions:
                 **row,
             },
         )
+
+    def _plan_intercept(self, ch: Channel, d: dict[str, Any], f: _Fields) -> Plan:
+        self._alive(ch, "originate")
+        app, survivor = self._intercept_app(ch, d)
+        endpoint = self._target_endpoint(ch, d, f)
         variables = [
             gate.check(
                 "variable",
@@ -515,11 +806,33 @@ class Actions:
         if d["auto_answer"]:
             variables.append(gate.check("variable", "sip_auto_answer=true", gate.DAEMON))
         # bgapi: ringing the interceptor can take as long as it likes; FreeSWITCH's +OK Job-UUID
-        # says the originate is under way, and the pickup is seen as a CHANNEL_BRIDGE.
+        # says the originate is under way, its job's result (awaited job_wait seconds) whether
+        # the switch could dial the interceptor at all, and the pickup is seen as a
+        # CHANNEL_BRIDGE.
         url = compose("originate-url", variables=variables, endpoint=endpoint)
-        return Plan([Command("originate", url, app, background=True)])
+        # Who is bridged to whom changes now: the channel (or, for a pickup, the caller
+        # ringing it) is bridged to the interceptor; its old partner (or the ringing leg)
+        # ends PICKED_OFF, and its destroy must not end the wait for the bridge.
 
-    def _intercept_app(self, ch: Channel, d: dict[str, Any]) -> Checked:
+        def answered(interceptor: str) -> list[Pending]:
+            # the interceptor answered within job_wait: the pickup is under way until the
+            # switch reports the interceptor's bridge (CHANNEL_BRIDGE, fired on Bridge-A:
+            # the interceptor, §3.2), or the interceptor leaves (intercept failed: its
+            # destroy). Not when the old partner hangs up PICKED_OFF: that comes first.
+            return [
+                self.inflight.add(
+                    "intercept",
+                    ch.node,
+                    [interceptor, survivor],
+                    ("CHANNEL_BRIDGE",),
+                    self.cfg.settle_timeout,
+                    test=lambda row, _name: row.uuid == interceptor,
+                )
+            ]
+
+        return Plan([Command("originate", url, app, background=True)], answered=answered)
+
+    def _intercept_app(self, ch: Channel, d: dict[str, Any]) -> tuple[Checked, str]:
         """What the interceptor runs, for each case of freeswitch-actions-verified §3.3.
 
         The channel an operator sees ringing is usually the outbound leg to the phone. Intercept
@@ -528,7 +841,8 @@ class Actions:
         (`-bleg <leg>`: FreeSWITCH resolves the leg's partner); the ringing leg then ends
         PICKED_OFF. A ringing outbound leg with no caller cannot be picked up at all. Any other
         leg (parked, ringing inbound, bridged) is intercepted itself; `unbridged_only` refuses
-        a bridged one, where FreeSWITCH would answer +OK and end the interceptor."""
+        a bridged one, where FreeSWITCH would answer +OK and end the interceptor. Also the
+        uuid of the leg the interceptor will be bridged to."""
         uuid = _Fields.row(ch, "uuid", "uuid")
         if ch.direction == "outbound" and not ch.answered:
             caller = self._other(ch)
@@ -544,12 +858,12 @@ class Actions:
                     "the caller ringing this channel is in another call (an attended "
                     "transfer's consultation): picking this call up would take that call",
                 )
-            return compose("intercept-bleg-app", uuid=uuid)
+            return compose("intercept-bleg-app", uuid=uuid), caller.uuid
         if d["unbridged_only"] and self._bridged_with(ch) is not None:
             raise envelope.validation_error(
                 {"other_leg_call_id": {"not": {"message": "Channel is bridged (unbridged_only)"}}}
             )
-        return compose("intercept-app", uuid=uuid)
+        return compose("intercept-app", uuid=uuid), ch.uuid
 
     @staticmethod
     def _not_calling_self(ch: Channel, kind: str, target_id: str, f: _Fields) -> None:
@@ -568,8 +882,13 @@ class Actions:
             )
 
     def _plan_hold_control(self, ch: Channel, d: dict[str, Any], f: _Fields) -> Plan:
+        self._alive(ch, "uuid_hold")  # it answers +OK Success for a channel that is gone
         action = d["action"]
-        if ch.is_loopback and (action == "unhold" or (action == "toggle" and ch.is_onhold)):
+        # A hold channelsd just sent counts before its CHANNEL_HOLD arrives: the next check
+        # (a toggle right after) must see the channel held.
+        pending = self.inflight.find(ch.node, ch.uuid, "hold")
+        onhold = pending[-1].value if pending else ch.is_onhold
+        if ch.is_loopback and (action == "unhold" or (action == "toggle" and onhold)):
             # A loopback leg never reports "holding" (its call state stays ACTIVE): `uuid_hold
             # off` answers -ERR with the audio still cut, and `toggle` holds it again (§4.3).
             raise _conflict(
@@ -579,7 +898,13 @@ class Actions:
                 "back",
             )
         word = {"hold": [], "unhold": [fixed("off")], "toggle": [fixed("toggle")]}[action]
-        return Plan([Command("uuid_hold", *word, f.row(ch, "uuid", "uuid"))])
+        expected = {"hold": True, "unhold": False, "toggle": not onhold}[action]
+
+        def after() -> list[Pending]:
+            events = ("CHANNEL_HOLD", "CHANNEL_UNHOLD")
+            return [self._expect("hold", (ch,), events, value=expected)]
+
+        return Plan([Command("uuid_hold", *word, f.row(ch, "uuid", "uuid"))], after)
 
     def _leg(self, ch: Channel, d: dict[str, Any], f: _Fields) -> Checked:
         if d["leg"] != "self":
@@ -618,53 +943,132 @@ class Actions:
         leg = self._leg(ch, d, f)
         return Plan([Command("uuid_broadcast", f.row(ch, "uuid", "uuid"), app, leg)])
 
+    # -- recordings ------------------------------------------------------------------------------
+    # record_call acts on channelsd's own recordings only: the paths it generated for this
+    # channel under record_dir (<record_dir>/<uuid>-<UTC time>-<8 random hex>.<format>), as
+    # the switch reports them running (RECORD_START / RECORD_STOP) or as channelsd just started
+    # them (channelsd.inflight). Recordings the dialplan or Kazoo started are never stopped,
+    # masked or counted: `start` works beside them, `stop` without one of channelsd's own is
+    # refused (never `stop all`).
+
+    def _own_path(self, ch: Channel) -> re.Pattern[str]:
+        return re.compile(
+            re.escape(self.cfg.record_dir.rstrip("/"))
+            + "/"
+            + re.escape(ch.uuid)
+            + r"-[0-9]{8}T[0-9]{6}(?:-[0-9a-f]{8})?\.(?:wav|mp3)"
+        )
+
+    def _own_recordings(self, ch: Channel) -> list[str]:
+        """channelsd's recordings running on `ch` now, oldest first."""
+        own = self._own_path(ch).fullmatch
+        reported = [p for p in ch.recordings if own(p)]
+        starting = [p.tag for p in self.inflight.find(ch.node, ch.uuid, "record_start")]
+        stopping = {p.tag for p in self.inflight.find(ch.node, ch.uuid, "record_stop")}
+        running = reported + [p for p in starting if p not in reported]
+        return [p for p in running if p not in stopping]
+
     def _plan_record_call(self, ch: Channel, d: dict[str, Any], f: _Fields) -> Plan:
         uuid = f.row(ch, "uuid", "uuid")
-        key = (ch.node, ch.uuid)
-        current = ch.recordings[-1] if ch.recordings else self._started.get(key)
+        own = self._own_recordings(ch)
         action = d["action"]
         if action == "toggle":
-            action = "stop" if current else "start"
+            action = "stop" if own else "start"
+        elif action != "start":
+            given = [k for k in (*_RECORD_START_ONLY, *dict(_RECORD_START_FLAGS)) if k in d]
+            if given:
+                raise _not_for(f.name(given[0]), "starting a recording (start or toggle)")
         if action == "start":
-            if current:
-                raise _state_error("action", "the channel is already being recorded")
-            # The path is always the daemon's: a client-chosen one would make FreeSWITCH create
-            # directories anywhere it may write.
-            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(self._clock()))
-            path = gate.fill(
-                "{dir}/{uuid}-{stamp}.{format}",
-                gate.DAEMON,
-                "file-path",
-                {
-                    "dir": f.conf("record_dir", "file-path"),
-                    "uuid": uuid,
-                    "stamp": gate.check("word", stamp, gate.DAEMON),
-                    "format": f.req("format", "keyword", d["format"]),
-                },
-            )
-            args = [uuid, fixed("start"), path]
-            if d.get("time_limit"):
-                args.append(f.req("time_limit", "number", str(d["time_limit"])))
+            if own:
+                raise _state_error(
+                    "action",
+                    "channelsd is already recording this channel (recordings others started "
+                    "do not count: a start works beside them)",
+                )
+            return self._record_start(ch, d, f, uuid)
+        if not own:
+            others = len(ch.recordings)
+            message = "channelsd is not recording this channel"
+            if others:
+                message += (
+                    f" ({others} recording(s) running were started by someone else: "
+                    "record_call never stops or masks those)"
+                )
+            raise _state_error("action", message)
+        paths = [gate.check("file-path", p, "channel.recording") for p in own]
+        word = f.req("action", "keyword", action)
+        steps = [Command("uuid_record", uuid, word, path) for path in paths]
+        if action != "stop":
+            return Plan(steps)
 
-            def remember() -> None:
-                # (not for a channel gone meanwhile: nothing would ever forget it)
-                if not ch.recordings and self.table.row(ch.node, ch.uuid) is ch:
-                    self._started[key] = path.text
+        def after() -> list[Pending]:
+            # until RECORD_STOP says each is gone: a start right after must not be refused
+            return [
+                self._expect(
+                    "record_stop",
+                    (ch,),
+                    ("RECORD_STOP",),
+                    tag=path.text,
+                    test=lambda row, _name, p=path.text: p not in row.recordings,
+                )
+                for path in paths
+            ]
 
-            return Plan([Command("uuid_record", *args)], after=remember)
-        if action == "stop":
+        return Plan(steps, after)
 
-            def forget() -> None:
-                self._started.pop(key, None)
+    def _record_start(self, ch: Channel, d: dict[str, Any], f: _Fields, uuid: Checked) -> Plan:
+        """`uuid_record <uuid> start <path> [<limit> [{vars}]]`. The path is always the
+        daemon's (a client-chosen one would make FreeSWITCH create directories anywhere it may
+        write), and never the same twice (a second start into a finished file would write
+        over it). Kazoo's recording options are FreeSWITCH's per-recording variables, given in
+        the command's {…} block so they change this recording only (switch_ivr_async.c
+        record_session_event reads them there before the channel's variables; mod_commands
+        uuid_record takes the block since FreeSWITCH 1.10.0 -- read in the code, not run on the
+        reference switch): record_min_sec (RECORD_MIN_SEC: shorter files are deleted),
+        record_sample_rate, record_on_answer (RECORD_ANSWER_REQ: the media is written once the
+        channel is answered) and record_on_bridge (RECORD_BRIDGE_REQ: once it is bridged)."""
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(self._clock()))
+        path = gate.fill(
+            "{dir}/{uuid}-{stamp}-{nonce}.{format}",
+            gate.DAEMON,
+            "file-path",
+            {
+                "dir": gate.check(
+                    "file-path", self.cfg.record_dir.rstrip("/"), "config.actions.record_dir"
+                ),
+                "uuid": uuid,
+                "stamp": gate.check("word", stamp, gate.DAEMON),
+                "nonce": gate.check("word", secrets.token_hex(4), gate.DAEMON),
+                "format": f.req("format", "keyword", d["format"]),
+            },
+        )
+        variables = []
+        for key in ("record_min_sec", "record_sample_rate"):
+            if d.get(key) is not None:
+                variables.append(gate.check("variable", f"{key}={d[key]}", f.name(key)))
+        for key, var in _RECORD_START_FLAGS:
+            if d.get(key):
+                variables.append(gate.check("variable", f"{var}=true", f.name(key)))
+        args = [uuid, fixed("start"), path]
+        limit = d.get("time_limit")
+        if limit or variables:
+            args.append(f.req("time_limit", "number", str(limit or 0)))  # 0: no limit
+        if variables:
+            args.append(compose("recording-vars", variables=variables))
 
-            target = (
-                gate.check("file-path", current, "channel.recording") if current else fixed("all")
-            )
-            return Plan([Command("uuid_record", uuid, fixed("stop"), target)], forget)
-        if not current:
-            raise _state_error("action", "the channel is not being recorded")
-        path = gate.check("file-path", current, "channel.recording")
-        return Plan([Command("uuid_record", uuid, f.req("action", "keyword", action), path)])
+        def after() -> list[Pending]:
+            # until RECORD_START names it: a stop right after must find it
+            return [
+                self._expect(
+                    "record_start",
+                    (ch,),
+                    ("RECORD_START",),
+                    tag=path.text,
+                    test=lambda row, _name: path.text in row.recordings,
+                )
+            ]
+
+        return Plan([Command("uuid_record", *args)], after)
 
     def _plan_resume(self, ch: Channel, d: dict[str, Any], f: _Fields) -> Plan:
         other = self._other(ch)
@@ -683,7 +1087,11 @@ class Actions:
         if not (ch.answered and other.answered):
             raise _state_error("answered", "both legs must be answered to bridge them")
         uuid, other_uuid = f.row(ch, "uuid", "uuid"), f.row(other, "uuid", "uuid", "other_leg")
-        return Plan([Command("uuid_bridge", uuid, other_uuid)])
+
+        def after() -> list[Pending]:
+            return [self._expect("bridge", (ch, other), ("CHANNEL_BRIDGE",))]
+
+        return Plan([Command("uuid_bridge", uuid, other_uuid)], after)
 
     def _plan_audio_level(self, ch: Channel, d: dict[str, Any], f: _Fields) -> Plan:
         uuid = f.row(ch, "uuid", "uuid")
@@ -722,6 +1130,7 @@ class Actions:
     }
 
     def _plan_eavesdrop(self, ch: Channel, d: dict[str, Any], f: _Fields) -> Plan:
+        self._alive(ch, "originate")
         mode, side = d["mode"], d["whisper_leg"]
         # eavesdrop waits at most ~6 s (600 x 10 ms) for <uuid> to have media, then returns and
         # the listener is hung up: a ringing channel would ring the target for nothing.
@@ -740,7 +1149,7 @@ class Actions:
             why = "whisper_leg peer needs a bridged partner"
         else:
             why = "bridged_only" if d["bridged_only"] else ""
-        if why and (not ch.other_leg or self.table.row(ch.node, ch.other_leg) is None):
+        if why and self._other(ch) is None:
             raise envelope.validation_error(
                 {"other_leg_call_id": {"required": {"message": f"Channel is not bridged ({why})"}}}
             )
@@ -756,21 +1165,10 @@ class Actions:
         ]
         if d["auto_answer"]:
             variables.append(flag("sip_auto_answer", True))
-        row = f.row_values(ch)
-        kind = d["target_type"]
-        template = self.cfg.intercept_endpoints.get(kind)
-        endpoint = gate.fill(
-            template if isinstance(template, str) else "",
-            f"config.actions.intercept_endpoints.{kind}",
-            "endpoint",
-            {
-                "target_id": f.req("target_id", "extension", d["target_id"]),
-                "context": lambda: policy.context(self.cfg, None, "", "context", row),
-                **row,
-            },
-        )
+        endpoint = self._target_endpoint(ch, d, f)
         # bgapi, as intercept: the target rings as long as it likes; +OK Job-UUID says the
-        # originate is under way, and eavesdrop runs on the new leg once it answers.
+        # originate is under way (its job's -ERR within job_wait, that it failed), and
+        # eavesdrop runs on the new leg once it answers.
         uuid = f.row(ch, "uuid", "uuid")
         if uuid.text.lower() == "all":
             # `eavesdrop all` spies on every channel of the switch: a row is as hostile as a

@@ -105,6 +105,11 @@ class IdentityConfig:
     device_owners: dict[str, str] = field(default_factory=dict)
 
 
+# What the transferee of an attended transfer hears unless the request says: a stream every
+# FreeSWITCH plays without files (a 440 Hz beep every 4 s). FreeSWITCH's own global default,
+# local_stream://moh, needs its music installed; the reference switch could not play it, and
+# att_xfer then started seconds late and left the transferor a zombie (§2.3, §2.6).
+DEFAULT_MOH = "tone_stream://%(300,3700,440);loops=-1"
 DEFAULT_INTERCEPT_ENDPOINTS = {
     "device": "user/{target_id}@{realm}",
     "user": "user/{target_id}@{realm}",
@@ -118,8 +123,14 @@ class ActionsConfig:
     context: str = "default"
     callflow_context: str = "default"
     attended_dialstring: str = "loopback/{target}/{context}"
-    moh: str = "local_stream://moh"
+    moh: str = DEFAULT_MOH
     record_dir: str = "/var/lib/freeswitch/recordings/channelsd"
+    # Seconds: a bgapi originate's job result awaited (intercept, eavesdrop); what channelsd's
+    # own commands started is assumed unreported this long at most (channelsd.inflight); a
+    # metaflow waits this long at most for its previous module's events.
+    job_wait: float = 1.0
+    settle_timeout: float = 15.0
+    chain_wait: float = 2.0
     intercept_endpoints: dict[str, str] = field(
         default_factory=lambda: dict(DEFAULT_INTERCEPT_ENDPOINTS)
     )
@@ -401,6 +412,10 @@ def _actions(section: dict[str, Any], path: str) -> ActionsConfig:
         raise ConfigError(f"{path}: actions.moh: must be a media path or stream URL")
     if not is_file_path(cfg.record_dir):
         raise ConfigError(f"{path}: actions.record_dir: {FORMAT_MESSAGES['file-path']}")
+    for key in ("job_wait", "settle_timeout", "chain_wait"):
+        value = getattr(cfg, key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 600:
+            raise ConfigError(f"{path}: actions.{key}: must be a number of seconds, 0 to 600")
     return cfg
 
 

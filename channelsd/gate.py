@@ -194,6 +194,18 @@ _COMPOSITES: dict[str, tuple[Callable[[dict[str, str]], str], re.Pattern[str], d
         ),
         {"digits": "takeback-key", "uuid": "uuid", "key": "takeback-key"},
     ),
+    # Clears that binding's realm (the next attended transfer must not inherit it).
+    "takeback-clear-app": (
+        lambda p: "clear_digit_action::channelsd_takeback",
+        re.compile(r"clear_digit_action::channelsd_takeback"),
+        {},
+    ),
+    # uuid_record's per-recording variables ({record_min_sec=30,record_answer_req=true}).
+    "recording-vars": (
+        lambda p: "{" + p["variables"] + "}",
+        re.compile(r"\{(?P<variables>[^{}]+)\}"),
+        {"variables": "variable,"},
+    ),
     "originate-url": (
         lambda p: "{" + p["variables"] + "}" + p["endpoint"],
         re.compile(r"\{(?P<variables>[^{}]+)\}(?P<endpoint>.+)"),
@@ -264,6 +276,8 @@ _MESSAGES = {
     "say-app": "must be a say:: broadcast built from checked parts",
     "att-xfer-app": "must be att_xfer::, an optional {variables} block and a dial string",
     "takeback-bind-app": "must be a take-back digit binding built from checked parts",
+    "takeback-clear-app": "must be clear_digit_action::channelsd_takeback",
+    "recording-vars": "must be a {variables} block",
     "intercept-bleg-app": "must be '&intercept(-bleg <uuid>)'",
     "originate-url": "must be a {variables} block and a dial string",
     "intercept-app": "must be &intercept(<uuid>)",

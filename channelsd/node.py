@@ -22,6 +22,7 @@ import gevent.pool
 from channelsd.config import NodeConfig, SyncConfig
 from channelsd.esl import ConnectionLost, ESLConnection, ESLError
 from channelsd.events import EventParseError, parse_json
+from channelsd.jobs import JobResults
 from channelsd.metrics import Metrics
 from channelsd.table import ChannelTable
 from channelsd.validate import is_uuid, whole_number
@@ -132,6 +133,8 @@ class NodeLink:
         # reconcile asks about every row not heard of since (see reconcile()).
         self._unverified = True
         self.ready_event = gevent.event.Event()
+        # bgapi results an action waits for (channelsd.jobs): fed by BACKGROUND_JOB below.
+        self.jobs = JobResults()
 
     # -- public ------------------------------------------------------------------------------
 
@@ -350,6 +353,9 @@ class NodeLink:
         counts[counted] = counts.get(counted, 0) + 1
         if name == "HEARTBEAT":
             self._heartbeat(event)
+            return
+        if name == "BACKGROUND_JOB":
+            self.jobs.complete(event)
             return
         self.table.apply(self.name, event, body)
 

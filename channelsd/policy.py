@@ -117,7 +117,10 @@ def media(cfg: ActionsConfig, requested: str, field: str, row: Mapping[str, Valu
             raise Refusal(
                 field,
                 "media-id",
-                "Value is a media id, but no actions.media_template says where media ids are",
+                "Value is a media id (32 hex digits), and media ids play only when the "
+                "configuration says which file each is: set media_template in the [actions] "
+                'section of channelsd.toml, e.g. media_template = "/var/lib/media/'
+                '{account_id}/{media_id}.wav"; or send a path or stream under allowed_media',
                 rule="policy",
                 value=requested,
             )

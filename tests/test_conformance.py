@@ -22,6 +22,8 @@ from typing import Any, NamedTuple
 
 import pytest
 
+from channelsd.config import DEFAULT_MOH
+
 from conftest import wait_until
 
 REFERENCE = Path(__file__).parent / "fixtures" / "freeswitch-actions-verified.md"
@@ -402,7 +404,9 @@ ACC = {"account_id": "acc1"}
 SIP_CALLER = "sofia/internal/1001@acc1.example"
 SIP_CALLEE = "sofia/internal/1002@acc1.example"
 MOH = "/srv/moh.wav"
-UNPLAYABLE_MOH = "local_stream://moh"  # channelsd's default moh; not playable on the reference
+UNPLAYABLE_MOH = (
+    "local_stream://moh"  # FreeSWITCH's global default; the reference could not play it
+)
 INTERCEPTOR = "7000"  # the extension the interceptor rings (a number target: loopback/7000)
 POLICY = {
     "allowed_media": ["tone_stream://", "local_stream://", "/srv/"],
@@ -775,14 +779,27 @@ def test_2_3_channelsd_sets_the_transferees_hold_music(bed: Bed) -> None:
     )
     d = bed.std()
     ok(bed.attended(d.a2))  # no moh: the configured one, never the switch's global default
-    assert bed.sent()[0] == f"api uuid_setvar {d.b} hold_music {UNPLAYABLE_MOH}"
-    assert bed.legs[d.b].variables["hold_music"] == UNPLAYABLE_MOH
+    assert bed.sent()[0] == f"api uuid_setvar {d.b} hold_music {DEFAULT_MOH}"
+    assert bed.legs[d.b].variables["hold_music"] == DEFAULT_MOH
+
+
+def test_the_default_moh_plays_so_att_xfer_starts_at_once_and_leaves_no_zombie(bed: Bed) -> None:
+    """The default [actions].moh is a stream the switch plays: att_xfer starts at once, and
+    the transferor completing the transfer is no zombie (§2.3, §2.6)."""
+    bed.sw.model.attxfer_late_start = 1.0  # what an unplayable stream would cost
+    c = bed.std()
+    ok(bed.attended(c.a2))
+    assert bed.legs[c.a2].app == "att_xfer" and bed.legs[c.b].playing == DEFAULT_MOH
+    t = consulting(bed, c.a2)
+    wait_until(lambda: bed.row(c.a2).get("other_leg") == t, what="consulting")
+    ok(bed.post(c.a2, action="hangup"))
+    assert bed.legs[c.a2].destroyed and (t, c.b) in bed.bridged_pairs()
 
 
 def test_2_3_unplayable_hold_music_starts_att_xfer_late(bed: Bed) -> None:
     bed.sw.model.attxfer_late_start = 1.0  # the reference's late runs (about 10.6 s there)
     c = bed.std()
-    ok(bed.attended(c.a2))  # channelsd's default moh is what the reference could not play
+    ok(bed.attended(c.a2, moh=UNPLAYABLE_MOH))  # what the reference could not play
     # "transfer initiated", yet nothing is consulting: the hold music failed at once
     assert bed.legs[c.a2].app != "att_xfer"
     assert bed.legs[c.b].variables["current_application_response"] == "FILE NOT FOUND"
@@ -835,6 +852,47 @@ def test_2_5_a_takeback_sequence_takes_the_call_back(bed: Bed, sequence: str) ->
     assert bed.fates(a2=c.a2, b=c.b, t=t) == {"a2": "up", "b": "up", "t": "NORMAL_CLEARING"}
     wait_until(lambda: bed.row(c.a2).get("other_leg") == c.b, what="the call taken back")
     assert (c.a2, c.b) in bed.bridged_pairs()
+
+
+def test_a_takeback_key_never_outlives_its_transfer(bed: Bed) -> None:
+    """A key one transfer chose stays on the channel as a variable: the next transfer sets all
+    of att_xfer's keys again (FreeSWITCH's defaults unless it asks otherwise)."""
+    c = bed.std()
+    bed.sw.set_variable(c.a2, "attxfer_conf_key", "9")  # a dialplan's own choice, too
+    ok(bed.attended(c.a2, moh=MOH, takeback_dtmf="9"))
+    t1 = consulting(bed, c.a2)
+    bed.sw.recv_dtmf(c.a2, "9")
+    assert bed.fate(t1) == "NORMAL_CLEARING"
+    wait_until(lambda: bed.row(c.a2).get("other_leg") == c.b, what="the call taken back")
+    ok(bed.attended(c.a2, target="2001", moh=MOH))  # no take-back asked: FreeSWITCH's #
+    t2 = consulting(bed, c.a2, "2001")
+    bed.sw.recv_dtmf(c.a2, "9")  # the first transfer's key: now a digit for the target
+    assert bed.fate(t2) == "up"
+    bed.sw.recv_dtmf(c.a2, "#")
+    assert bed.fates(a2=c.a2, b=c.b, t2=t2) == {"a2": "up", "b": "up", "t2": "NORMAL_CLEARING"}
+    keys = {
+        k: bed.legs[c.a2].variables[k]
+        for k in ("attxfer_cancel_key", "attxfer_hangup_key", "attxfer_conf_key")
+    }
+    assert keys == {"attxfer_cancel_key": "#", "attxfer_hangup_key": "*", "attxfer_conf_key": "0"}
+
+
+def test_a_takeback_sequence_never_outlives_its_transfer(bed: Bed) -> None:
+    """The digit binding that watched for one transfer's sequence is cleared by the next."""
+    c = bed.std()
+    ok(bed.attended(c.a2, moh=MOH, takeback_dtmf="##"))
+    t1 = consulting(bed, c.a2)
+    wait_until(lambda: bed.row(c.a2).get("other_leg") == t1, what="consulting")
+    bed.sw.recv_dtmf(c.a2, "~##")
+    assert bed.fate(t1) == "NORMAL_CLEARING"
+    wait_until(lambda: bed.row(c.a2).get("other_leg") == c.b, what="the call taken back")
+    ok(bed.attended(c.a2, target="2001", moh=MOH, takeback_dtmf="9"))
+    t2 = consulting(bed, c.a2, "2001")
+    wait_until(lambda: bed.row(c.a2).get("other_leg") == t2, what="consulting again")
+    bed.sw.recv_dtmf(c.a2, "~##")  # the old sequence: no binding any more, no take-back
+    assert bed.fate(t2) == "up" and bed.legs[c.a2].digit_bindings == {}
+    bed.sw.recv_dtmf(c.a2, "~9")
+    assert bed.fate(t2) == "NORMAL_CLEARING"
 
 
 def test_2_5_the_cancel_key_after_answer(bed: Bed) -> None:
@@ -912,7 +970,7 @@ def test_2_5_the_transferee_hangs_up_during_consultation(bed: Bed) -> None:
 
 def completed_with_unplayable_moh(bed: Bed, leg: str = "self") -> tuple[Std, str]:
     c = bed.std()
-    ok(bed.attended(c.a2, leg=leg))  # the default moh, unplayable on the reference switch
+    ok(bed.attended(c.a2, leg=leg, moh=UNPLAYABLE_MOH))  # unplayable on the reference switch
     tor = c.a2 if leg == "self" else c.b
     t = consulting(bed, tor)
     wait_until(lambda: bed.row(tor).get("other_leg") == t, what="consulting")
@@ -1386,8 +1444,13 @@ def test_5_4_a_time_limit_stops_the_recording(bed: Bed) -> None:
 
 def test_5_4_the_recording_path_is_the_daemons(bed: Bed) -> None:
     p, _ = bed.parked()
-    # a client has no way to name a path: unknown keys are not read
-    ok(bed.put(p, "record_call", action="start", path="/nonexistent/dir/x.wav"), 201)
+    # a client has no way to name a path: a key record_call does not take is refused
+    refused(
+        bed.put(p, "record_call", action="start", path="/nonexistent/dir/x.wav"), 400, "data.path"
+    )
+    refused(bed.put(p, "record_call", action="start", media_name="x.wav"), 400, "data.media_name")
+    assert bed.sent() == []
+    ok(bed.put(p, "record_call", action="start"), 201)
     (line,) = bed.sent()
     assert line.split(" ")[4].startswith(f"/var/lib/freeswitch/recordings/channelsd/{p}-")
     assert "/nonexistent" not in line

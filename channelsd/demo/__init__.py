@@ -6,8 +6,11 @@ the daemon knows it is a demo.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import sys
+from typing import Any
 
 import gevent
 
@@ -18,9 +21,41 @@ from channelsd.tokens import new_token
 from .pbx import SWITCH_IP, DemoUser, demo_users
 from .traffic import Traffic
 
-__all__ = ["DemoUser", "Traffic", "demo_users", "run_demo"]
+__all__ = ["DemoUser", "Traffic", "demo_actions", "demo_media", "demo_users", "run_demo"]
 
 log = logging.getLogger("channelsd.demo")
+
+# Where the demo's media ids are (as Kazoo keeps media per account): [actions].media_template.
+MEDIA_TEMPLATE = "/var/lib/channelsd-demo/media/{account_id}/{media_id}.wav"
+
+
+def demo_media(users: list[DemoUser]) -> dict[str, str]:
+    """Each demo account's hold music, a Kazoo-style media id: account id -> media id."""
+    return {
+        u.account: hashlib.md5(
+            f"demo-media-{u.realm}-hold".encode(), usedforsecurity=False
+        ).hexdigest()
+        for u in users
+    }
+
+
+def demo_actions(users: list[DemoUser], switch: Any = None) -> dict[str, Any]:
+    """The demo's [actions]: targets of intercept and eavesdrop the stand-in can ring, and
+    Kazoo media ids that play (with `switch`, the stand-in is told which files there are).
+
+    The stand-in dials loopback/ only (a switch without the user/ endpoint answers -ERR
+    CHAN_NOT_IMPLEMENTED): every device, user or number target rings loopback/<id>, which its
+    dialplan answers at once, so a pickup or a listen-in can be tried from the API."""
+    media = demo_media(users)
+    if switch is not None:
+        for account, media_id in media.items():
+            folder = MEDIA_TEMPLATE.format(account_id=account, media_id="x").rpartition("/")[0]
+            switch.model.media_files[folder + "/"] = {f"{media_id}.wav"}
+    ring = "loopback/{target_id}/{context}"
+    return {
+        "intercept_endpoints": {"device": ring, "user": ring, "number": ring},
+        "media_template": MEDIA_TEMPLATE,
+    }
 
 
 def run_demo(host: str, port: int, calls: int, seed: int | None = None) -> int:
@@ -58,6 +93,7 @@ def run_demo(host: str, port: int, calls: int, seed: int | None = None) -> int:
             ],
             "api": {"system_wide_channels_list": True},
             "identity": {"device_owners": {u.device_id: u.user_id for u in users}},
+            "actions": demo_actions(users, switch),
             "tokens": tokens,
         },
         "<demo>",
@@ -76,6 +112,15 @@ def run_demo(host: str, port: int, calls: int, seed: int | None = None) -> int:
 
     h, p = daemon.http_address
     base = f"http://{h}:{p}"
+    bob = next(u for u in users if u.account == acme.account and u is not acme)
+    acme_api = f"{base}/v2/accounts/{acme.account}/channels"
+    hold_music = demo_media(users)[acme.account]
+    pickup = json.dumps(
+        {"data": {"action": "intercept", "target_type": "device", "target_id": bob.device_id}}
+    )
+    kazoo_transfer = json.dumps(
+        {"data": {"action": "transfer", "target": "1003", "takeback_dtmf": "*1", "moh": hold_music}}
+    )
     print(
         f"""
 channelsd demo is running: a stand-in FreeSWITCH on 127.0.0.1:{switch.port} playing a small
@@ -99,6 +144,19 @@ Try:
   curl -s -H 'X-Auth-Token: {admin_token}' '{base}/v2/accounts/{acme.account}/channels'
   curl -s -H 'X-Auth-Token: {admin_token}' -H 'Accept: text/csv' \\
        '{base}/v2/accounts/{acme.account}/channels'
+
+Act on a call as an operator would (the stand-in rings every device, user or number target
+as a phone that answers at once). Take a channel's uuid from the lists above:
+  pick up a ringing phone (a leg with "answered": false) on {bob.name}'s device:
+    curl -s -X POST -H 'X-Auth-Token: {admin_token}' -H 'Content-Type: application/json' \\
+         -d '{pickup}' \\
+         '{acme_api}/<uuid>'
+  listen in on an answered call: the same with "action": "eavesdrop" (and "mode": "whisper"
+    or "barge" to be heard);
+  Kazoo's attended transfer, with acme's hold music (media id {hold_music}):
+    curl -s -X POST -H 'X-Auth-Token: {admin_token}' -H 'Content-Type: application/json' \\
+         -d '{kazoo_transfer}' \\
+         '{acme_api}/<uuid>'
 
 Stop with Ctrl-C.
 """,

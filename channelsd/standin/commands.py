@@ -302,8 +302,10 @@ class Api:
         uid, action, path = args[0], args[1].lower(), args[2]
         if action not in ("start", "stop", "mask", "unmask", "pause", "resume"):
             return replies.USAGE_RECORD
-        limit = args[3].split()[0] if len(args) > 3 and args[3].split() else ""
-        self.model.record(uid, action, path, limit)
+        rest = args[3].split() if len(args) > 3 else []
+        limit = rest[0] if rest else ""
+        variables = rest[1] if len(rest) > 1 and action == "start" else ""
+        self.model.record(uid, action, path, limit, variables)
         return replies.OK_SUCCESS
 
     @api_command("uuid_audio")

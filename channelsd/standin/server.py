@@ -15,7 +15,8 @@ import itertools
 import random
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import gevent
@@ -198,6 +199,9 @@ class StandinSwitch:
         self.hide_from_listing: set[str] = set()
         self.drop_event_fraction = 0.0
         self.drop_event_names: set[str] = {"CHANNEL_DESTROY"}
+        # events_held(): which events wait (None: none, empty: all), and those waiting
+        self._held_names: frozenset[str] | None = None
+        self._held_frames: list[tuple[Connection, bytes]] = []
         self.seed = seed
         self._rng: random.Random | None = None
         self._rng_seed: int | None = None
@@ -297,9 +301,28 @@ class StandinSwitch:
             self.events_dropped += 1
             return
         name = event.name
+        hold = self._held_names is not None and (not self._held_names or name in self._held_names)
         for conn in self.connections:
             if conn.wants(name):
-                conn.send_event(event.frame(conn.fmt))
+                if hold:
+                    self._held_frames.append((conn, event.frame(conn.fmt)))
+                else:
+                    conn.send_event(event.frame(conn.fmt))
+
+    @contextmanager
+    def events_held(self, names: Iterable[str] = ()) -> Iterator[None]:
+        """Events fired meanwhile (only those named, if any are) reach the clients when the
+        block ends, in order: a switch whose event connection lags its command connection
+        (a client's command has been answered, the events it caused are still on their way).
+        """
+        self._held_names = frozenset(names)
+        self._held_frames = []
+        try:
+            yield
+        finally:
+            held, self._held_frames, self._held_names = self._held_frames, [], None
+            for conn, data in held:
+                conn.send_event(data)
 
     def send_frames(self, frames: Iterable[Frame]) -> None:
         """Write recorded frames verbatim to every authenticated connection subscribed to the

@@ -55,6 +55,9 @@ class ModelBase:
         # Media the switch cannot play: a playback of one answers FILE NOT FOUND at once
         # (reference §5.1); the global hold_music of the reference switch is one (§2.3, §4.4).
         self.missing_media: set[str] = set()
+        # Directories (ending in /) whose files the switch has, listed: a file of one that is
+        # not listed does not play either (the demo's media ids).
+        self.media_files: dict[str, set[str]] = {}
         # How a digit binding's ``api:`` action runs an api command (bind_digit_action); the
         # server connects it to its api commands.
         self.api_hook: Callable[[str, str], str] | None = None

@@ -17,6 +17,8 @@ None of this was verified on a real switch; it follows FreeSWITCH's code and doc
   way the digits then reach the application the leg runs: att_xfer's keys (att_xfer.py).
 * Only the ``self`` DTMF target (the digits the leg receives) is modelled; ``exec:`` actions
   are not modelled.
+* ``clear_digit_action <realm>`` drops the realm's bindings, and the machine is left without
+  a realm in use when it was that one (``switch_ivr_dmachine_clear_realm``).
 """
 
 from __future__ import annotations
@@ -51,6 +53,27 @@ class DtmfMixin(FireMixin):
         bindings = [b for b in ch.digit_bindings.get(realm, []) if b[0] != digits]
         ch.digit_bindings[realm] = [*bindings, (digits, command, value)]
         ch.digit_realm = realm
+
+    @dialplan_app("clear_digit_action")
+    def _app_clear_digit_action(self, ch: Channel, data: str) -> bool:
+        self._execute(ch, "clear_digit_action", data)
+        self._clear_digit_action(ch, data)
+        self._execute_complete(ch)
+        return False
+
+    def _clear_digit_action(self, ch: Channel, data: str) -> None:
+        """``<realm>|all[,<target>]`` (self only is modelled): the realm's bindings go; if it
+        was the realm in use, none is (switch_ivr_dmachine_clear_realm), so digits pass the
+        machine untouched; ``all`` (or nothing) drops the machine."""
+        realm = data.partition(",")[0]
+        if not realm or realm.lower() == "all":
+            ch.digit_bindings.clear()
+            ch.digit_realm = None
+        else:
+            ch.digit_bindings.pop(realm, None)
+            if ch.digit_realm == realm:
+                ch.digit_realm = None
+        ch.digit_buffer = ""
 
     def recv_dtmf(self, uid: str, digits: str) -> None:
         """uuid_recv_dtmf: ``digits`` arrive as if the leg's phone pressed them (see above)."""

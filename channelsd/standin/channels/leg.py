@@ -72,6 +72,7 @@ class Channel:
     digit_realm: str | None = None
     digit_buffer: str = ""
     recordings: list[str] = field(default_factory=list)
+    recording_vars: dict[str, dict[str, str]] = field(default_factory=dict)  # path -> {…}
     hungup: bool = False
     torn_down: bool = False
     destroyed: bool = False

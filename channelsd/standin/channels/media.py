@@ -10,6 +10,8 @@ bug of ``switch_ivr_async.c`` (RECORD_START / RECORD_STOP).
 
 from __future__ import annotations
 
+from urllib.parse import unquote
+
 from .. import replies
 from .dialplan import dialplan_app
 from .fire import FireMixin
@@ -19,7 +21,18 @@ from .leg import Channel, SwitchError
 GLOBAL_HOLD_MUSIC = "local_stream://moh"
 # Apps a uuid_broadcast ``app::args`` path runs.  Any other ``x::y`` is still read as a file to
 # play: the reference and the captures say nothing about an unknown app in a broadcast.
-BROADCAST_APPS = frozenset({"playback", "speak", "say", "att_xfer", "bind_digit_action"})
+BROADCAST_APPS = frozenset(
+    {"playback", "speak", "say", "att_xfer", "bind_digit_action", "clear_digit_action"}
+)
+
+
+def parse_vars_block(text: str) -> dict[str, str]:
+    """``{a=1,b=2}`` (URL-decoded first, as uuid_record does) as a dict; anything else: {}."""
+    text = unquote(text.strip())
+    if not (text.startswith("{") and text.endswith("}")):
+        return {}
+    pairs = (item.partition("=") for item in text[1:-1].split(","))
+    return {k.strip().lower(): v for k, sep, v in pairs if sep and k.strip()}
 
 
 def split_broadcast(path: str) -> tuple[str, str]:
@@ -35,8 +48,13 @@ class MediaMixin(FireMixin):
 
     def playable(self, path: str) -> bool:
         """Whether the switch can play ``path``: not the reference switch's global hold_music
-        (§2.3, §4.4), nor what a test declared missing (``missing_media``, §5.1)."""
-        return path != GLOBAL_HOLD_MUSIC and path not in self.missing_media
+        (§2.3, §4.4), nor what a test declared missing (``missing_media``, §5.1), nor a file
+        of a directory whose files are listed (``media_files``) that is not among them."""
+        if path == GLOBAL_HOLD_MUSIC or path in self.missing_media:
+            return False
+        directory, _, name = path.rpartition("/")
+        files = self.media_files.get(directory + "/")
+        return files is None or name in files
 
     @dialplan_app("playback")
     def _app_playback(self, ch: Channel, data: str) -> bool:
@@ -105,12 +123,14 @@ class MediaMixin(FireMixin):
             if not self._broadcast_play(t, data):
                 self._media_done(t)  # FILE NOT FOUND: over at once
             return  # else it runs until uuid_break or hangup
-        # speak / say / bind_digit_action: EXECUTE then EXECUTE_COMPLETE and no PLAYBACK_*
+        # speak / say / the digit actions: EXECUTE then EXECUTE_COMPLETE and no PLAYBACK_*
         # events (those come from switch_ivr_play_file only).  The model has no clock, so they
         # end at once, as a missing file's broadcast does (reference §5.1).
         self._execute(t, app, data)
         if app == "bind_digit_action":
             self._bind_digit_action(t, data)
+        elif app == "clear_digit_action":
+            self._clear_digit_action(t, data)
         self._execute_complete(t)
         self._media_done(t)
 
@@ -204,13 +224,22 @@ class MediaMixin(FireMixin):
             return
         self._media_done(ch)
 
-    def record(self, uid: str, action: str, path: str, limit: str = "") -> None:
-        """uuid_record start|stop|mask|unmask|pause|resume <path> [<limit>]; RECORD_START/STOP
-        events (shape derived from PLAYBACK_START/STOP: no capture has them).  A start into a
-        directory that does not exist still answers +OK (the switch creates it, reference
-        §5.4); a limit stops the recording by itself (success-maxtime)."""
+    def record(
+        self, uid: str, action: str, path: str, limit: str = "", variables: str = ""
+    ) -> None:
+        """uuid_record start|stop|mask|unmask|pause|resume <path> [<limit> [<{vars}>]];
+        RECORD_START/STOP events (shape derived from PLAYBACK_START/STOP: no capture has
+        them).  A start into a directory that does not exist still answers +OK (the switch
+        creates it, reference §5.4); a limit stops the recording by itself (success-maxtime).
+        Read in FreeSWITCH's code, not run on the reference switch: a start of a path already
+        being recorded answers +OK and changes nothing (switch_ivr_record_session_event:
+        "Already recording"), and the {…} block's variables are this recording's own
+        (record_min_sec, record_answer_req, …), kept in ``recording_vars``."""
         ch = self.get(uid, replies.CANNOT_LOCATE_SESSION)
         if action == "start":
+            if path in ch.recordings:
+                return
+            ch.recording_vars[path] = parse_vars_block(variables)
             ch.recordings.append(path)
             self._ev(ch, "RECORD_START", post=[("Record-File-Path", path)])
             if limit.isdigit() and int(limit) > 0:
@@ -228,6 +257,7 @@ class MediaMixin(FireMixin):
 
     def _record_stop(self, ch: Channel, path: str) -> None:
         ch.recordings.remove(path)
+        ch.recording_vars.pop(path, None)
         post = [("Record-File-Path", path), ("Record-Completion-Cause", "success-maxtime")]
         self._ev(ch, "RECORD_STOP", post=post)
 
