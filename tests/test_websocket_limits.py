@@ -8,6 +8,7 @@ that revoked its token; a grant Kazoo made was never asked again.
 
 import base64
 import json
+import logging
 import socket
 import time
 from pathlib import Path
@@ -118,9 +119,11 @@ def test_a_tokens_socket_closes_at_exp_while_its_writer_is_busy(
 
 
 def test_a_socket_without_a_subscription_is_closed_after_the_grace(
-    switch: Any, make_daemon: Any
+    switch: Any, make_daemon: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="channelsd")
     h = make_daemon([switch], websocket={"subscribe_grace": 0.5})
+    raw = raw_socket(h)
     subscribed, bare, busy, dropped, refused = (WsClient(ws_url(h)) for _ in range(5))
     try:
         assert subscribed.subscribe(token("admin1"), "acc1", "call.*.*")["status"] == "success"
@@ -141,13 +144,21 @@ def test_a_socket_without_a_subscription_is_closed_after_the_grace(
             wait_until(lambda c=c: c.closed, timeout=5, what="the idle socket closed")
             assert c.closed == (1008, "no subscription")
         pinger.kill()
+        # A client that pings after the server's close frame, then answers it.
+        assert b"\x88" in read_until(raw, b"no subscription")
+        raw.sendall(raw_frame(0x9, b"late") + raw_frame(0x8, (1000).to_bytes(2, "big")))
+        assert _ends(raw)
         assert alive(subscribed) and not subscribed.closed
         a, _ = switch.bridged_call(variables_a=ACC1, variables_b=ACC1)
         wait_until(lambda: a in call_ids(subscribed), what="the subscriber's event")
         wait_until(lambda: len(h.daemon.ctx.websockets) == 1, what="only the subscriber")
     finally:
+        raw.close()
         for c in (subscribed, bare, busy, dropped, refused):
             c.close()
+    assert "websocket failed" not in caplog.text
+    assert "protocol error" not in caplog.text  # the answer to a close is none
+    assert caplog.text.count("websocket without subscription closed client=127.0.0.1") == 5
 
 
 def test_one_client_address_holds_a_bounded_number_of_sockets(

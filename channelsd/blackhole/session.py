@@ -175,13 +175,16 @@ class Session:
                 if self.closing is None:
                     self._fragment(event)
             elif isinstance(event, Ping):
-                self._send(ws.send(event.response()))
+                if ws.state is ConnectionState.OPEN:  # not once our close frame is out
+                    self._send(ws.send(event.response()))
             elif isinstance(event, Pong):
                 pass  # heard: already noted
             elif isinstance(event, CloseConnection):
                 if ws.state is ConnectionState.REMOTE_CLOSING:
                     self._send(ws.send(event.response()))  # the client's close, answered
                     self._closing("closed by client")
+                elif ws.state is ConnectionState.CLOSED:
+                    pass  # the client answered our close
                 else:
                     # wsproto could not parse the client's frames: its code says why.
                     log.info(
