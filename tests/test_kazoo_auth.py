@@ -318,6 +318,47 @@ def test_a_reload_revokes_the_streams_of_a_replaced_key(switch: Any, tmp_path: P
         daemon.stop()
 
 
+def test_a_stream_authorised_while_a_reload_revokes_its_token_ends_at_once(
+    switch: Any, tmp_path: Path
+) -> None:
+    """The stream's request waited for Kazoo (a descendant account) while a reload replaced
+    the key: it must not go on with the revoked token (as the websocket's subscribe)."""
+    crossbar = Crossbar()
+    conf = tmp_path / "channelsd.toml"
+    data = config_dict([switch], kazoo=kazoo_section(tmp_path, crossbar_url=crossbar.url))
+    conf.write_text(toml_text(data))
+    daemon = Daemon(load(conf))
+    daemon.start()
+    readers: list[SseReader] = []
+    try:
+        Harness(daemon).wait_ready()
+        host, port = daemon.http_address
+        tok = cluster().token("acc1")
+        crossbar.allowed.add((tok, "acc2"))
+        crossbar.delay = 1.0
+        opening = gevent.spawn(
+            lambda: readers.append(
+                SseReader(f"http://{host}:{port}", "/v2/accounts/acc2/channel_events", tok)
+            )
+        )
+        wait_until(lambda: crossbar.in_flight, what="Kazoo asked")
+        (tmp_path / "new").mkdir()
+        kazoo = {**data["kazoo"], "public_keys": {KID: str(Cluster().write(tmp_path / "new"))}}
+        conf.write_text(toml_text({**data, "kazoo": kazoo}))
+        assert daemon.reload()
+        opening.join(timeout=10)
+        (stream,) = readers
+        a, _ = switch.bridged_call(variables_a=ACC2, variables_b=ACC2)
+        wait_until(lambda: stream.greenlet.dead, what="the stream ended")
+        assert "create" not in stream.kinds()
+        assert len(daemon.ctx.subscriptions) == 0
+    finally:
+        for r in readers:
+            r.close()
+        daemon.stop()
+        crossbar.stop()
+
+
 def test_a_kazoo_tokens_stream_ends_at_its_exp(switch: Any, kazoo: Harness) -> None:
     tok = cluster().token("acc1", exp_in=-LEEWAY_SECONDS + 3)  # accepted for 2-3 more seconds
     s = SseReader(kazoo.api.base, "/v2/accounts/acc1/channel_events", tok)
