@@ -60,6 +60,9 @@ def wsd(switch: Any, make_daemon: Any, tmp_path: Path) -> Harness:
         [switch],
         kazoo={"public_keys": keys},
         identity={"device_owners": {"dev9": "user1"}},
+        # The protocol tests' sockets often hold no subscription (the fuzz test shares one
+        # over 200 examples): the grace is tested in tests/test_websocket_limits.py.
+        websocket={"subscribe_grace": 120},
     )
 
 

@@ -335,7 +335,6 @@ class Session:
             self.service.claim(token.sha256)
             if token.expires is not None:
                 self._expires = min(self._expires or token.expires, token.expires)
-                self._wake.set()  # the writer keeps time: it has a new deadline
         return held
 
     def _unbind(self, sub: Subscription) -> None:
