@@ -477,6 +477,10 @@ class Session:
         """Pings, a token's exp, the grace for a socket without subscriptions, and Kazoo's
         grants due to be asked again. `now` is time.monotonic(), `wall` time.time()."""
         if self.closing is not None:
+            # The reader waits for the client's answer to our close only while the client
+            # sends something: one that never answers is dropped here, on the clock.
+            if not self.aborted and now >= self._linger_until:
+                self.abort(self.closing)
             return
         interval = self.cfg.ping_interval
         if self._pinged is not None:
