@@ -88,6 +88,12 @@ class WebsocketConfig:
     port: int | None = None  # also its own port (Kazoo's 5555); None: only the API's
     host: str | None = None  # of that port; None: http.host
     max_sockets: int = 512
+    # Per client address (the forwarded one behind http.trusted_proxies) and per token: one
+    # client cannot take every socket (channelsd.blackhole.service).
+    max_sockets_per_client: int = 64
+    max_sockets_per_token: int = 16
+    # A socket with no subscription (just opened, or all unsubscribed) is closed after this.
+    subscribe_grace: float = 10.0
     max_bindings: int = 64
     max_message_bytes: int = 65536
     send_queue_bytes: int = 1024 * 1024

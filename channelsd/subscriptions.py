@@ -66,16 +66,24 @@ class Subscriptions:
         self.limit = limit
         self._by_token: dict[str, dict[int, Subscription]] = {}
         self._count = 0
+        # What tokens grant since the last reload: a subscription opened after it by a request
+        # authorised before it (one that waited for Kazoo meanwhile) is checked against it.
+        self._grants: Grants | None = None
 
     def __len__(self) -> int:
         return self._count
 
     def open(self, token: Token, kind: str, on_end: Callable[[], None]) -> Subscription | None:
         """Register a new subscription, or None when `limit` are open already. `on_end` is
-        called when it is ended from outside: it must wake the subscription's owner."""
+        called when it is ended from outside: it must wake the subscription's owner. A token
+        that a reload revoked after it was authenticated gets one that has `ended` already."""
         if self._count >= self.limit:
             return None
         sub = Subscription(self, token, kind, on_end)
+        if self._grants is not None and not _unchanged(self._grants, token):
+            sub._registry = None
+            sub.ended = True
+            return sub
         self._by_token.setdefault(token.sha256, {})[id(sub)] = sub
         self._count += 1
         return sub
@@ -90,11 +98,16 @@ class Subscriptions:
     def revoke_changed(self, tokens: Grants) -> int:
         """After a reload: revoke every subscription whose token is gone from `tokens` or now
         grants something else. Returns how many were revoked."""
+        self._grants = tokens
         revoked = 0
         for subs in list(self._by_token.values()):
             for sub in list(subs.values()):
-                current = tokens.current(sub.token)
-                if current is None or current.grants() != sub.token.grants():
+                if not _unchanged(tokens, sub.token):
                     sub.end()
                     revoked += 1
         return revoked
+
+
+def _unchanged(tokens: Grants, token: Token) -> bool:
+    current = tokens.current(token)
+    return current is not None and current.grants() == token.grants()

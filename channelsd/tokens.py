@@ -144,6 +144,14 @@ class Authenticator:
             return self.accounts.allows(token, presented, account_id)
         return False
 
+    def vouched_until(self, token: Token, account_id: str) -> float | None:
+        """None when the token sees `account_id` by itself (its own account, superduper,
+        listed descendants); else the grant is Kazoo's answer, and this is when that answer
+        runs out (time.monotonic; 0 when none is kept): a live subscription asks again then."""
+        if token.may_see_account(account_id) or not token.source or self.accounts is None:
+            return None
+        return self.accounts.until(token, account_id) or 0.0
+
 
 def log_failure(client: str, request_id: str, path: str, reason: str) -> None:
     """The one line fail2ban reads: a token was presented and refused. The reason is one of

@@ -119,6 +119,8 @@ class Crossbar:
         self.asked: list[tuple[str, str]] = []
         self.delay = 0.0
         self.status: int | None = None
+        self.in_flight = 0
+        self.most_in_flight = 0  # questions answered at once, at most
         self.server = WSGIServer(("127.0.0.1", 0), self._app, log=None, error_log=None)
         self.server.start()
 
@@ -131,8 +133,13 @@ class Crossbar:
         token = environ.get("HTTP_X_AUTH_TOKEN", "")
         account = path.rsplit("/", 1)[-1]
         self.asked.append((token, path))
-        if self.delay:
-            gevent.sleep(self.delay)
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            if self.delay:
+                gevent.sleep(self.delay)
+        finally:
+            self.in_flight -= 1
         status = self.status or (200 if (token, account) in self.allowed else 403)
         body = json.dumps({"data": {"id": account}, "status": "success"}).encode()
         start_response(f"{status} X", [("Content-Type", "application/json")])

@@ -31,7 +31,7 @@ from kazoo_support import (
     toml_text,
 )
 
-from channelsd import kazoo_auth
+from channelsd import kazoo_accounts, kazoo_auth
 from channelsd.config import ConfigError, load, parse
 from channelsd.daemon import Daemon, authenticator
 from channelsd.kazoo_auth import KazooTokens
@@ -318,6 +318,47 @@ def test_a_reload_revokes_the_streams_of_a_replaced_key(switch: Any, tmp_path: P
         daemon.stop()
 
 
+def test_a_stream_authorised_while_a_reload_revokes_its_token_ends_at_once(
+    switch: Any, tmp_path: Path
+) -> None:
+    """The stream's request waited for Kazoo (a descendant account) while a reload replaced
+    the key: it must not go on with the revoked token (as the websocket's subscribe)."""
+    crossbar = Crossbar()
+    conf = tmp_path / "channelsd.toml"
+    data = config_dict([switch], kazoo=kazoo_section(tmp_path, crossbar_url=crossbar.url))
+    conf.write_text(toml_text(data))
+    daemon = Daemon(load(conf))
+    daemon.start()
+    readers: list[SseReader] = []
+    try:
+        Harness(daemon).wait_ready()
+        host, port = daemon.http_address
+        tok = cluster().token("acc1")
+        crossbar.allowed.add((tok, "acc2"))
+        crossbar.delay = 1.0
+        opening = gevent.spawn(
+            lambda: readers.append(
+                SseReader(f"http://{host}:{port}", "/v2/accounts/acc2/channel_events", tok)
+            )
+        )
+        wait_until(lambda: crossbar.in_flight, what="Kazoo asked")
+        (tmp_path / "new").mkdir()
+        kazoo = {**data["kazoo"], "public_keys": {KID: str(Cluster().write(tmp_path / "new"))}}
+        conf.write_text(toml_text({**data, "kazoo": kazoo}))
+        assert daemon.reload()
+        opening.join(timeout=10)
+        (stream,) = readers
+        a, _ = switch.bridged_call(variables_a=ACC2, variables_b=ACC2)
+        wait_until(lambda: stream.greenlet.dead, what="the stream ended")
+        assert "create" not in stream.kinds()
+        assert len(daemon.ctx.subscriptions) == 0
+    finally:
+        for r in readers:
+            r.close()
+        daemon.stop()
+        crossbar.stop()
+
+
 def test_a_kazoo_tokens_stream_ends_at_its_exp(switch: Any, kazoo: Harness) -> None:
     tok = cluster().token("acc1", exp_in=-LEEWAY_SECONDS + 3)  # accepted for 2-3 more seconds
     s = SseReader(kazoo.api.base, "/v2/accounts/acc1/channel_events", tok)
@@ -432,15 +473,24 @@ def test_kazoo_unreachable_slow_or_odd_refuses_and_is_logged(
     tmp_path: Path,
     crossbar: Crossbar,
     caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="channelsd")
+    # Each failure opens the breaker (test_kazoo_down_is_not_asked_by_every_request): short
+    # here, and every line logged, so that each kind of failure is seen in turn.
+    monkeypatch.setattr(kazoo_accounts, "BREAKER_SECONDS", 0.2)
+    monkeypatch.setattr(kazoo_accounts, "LOG_INTERVAL", 0.0)
     h = reseller(switch, make_daemon, tmp_path, crossbar)
     tok = cluster().token("acc1")
     crossbar.allowed.add((tok, "acc2"))
     crossbar.allowed.add((tok, "acc3"))
-    crossbar.status = 500
+    crossbar.status = 302
     assert h.api.get("/v2/accounts/acc2/channels", tok).status_code == 403
-    assert "kazoo account check failed account=acc2 status=500" in caplog.text
+    assert "kazoo account check failed account=acc2 status=302" in caplog.text
+    crossbar.status = 500
+    assert h.api.get("/v2/accounts/acc5/channels", tok).status_code == 403
+    assert "kazoo account check failed account=acc5 status=500" in caplog.text
+    gevent.sleep(0.3)
     # Slow beyond crossbar_timeout: refused, and the daemon serves others meanwhile.
     crossbar.status, crossbar.delay = None, 3.0
     answered = []
@@ -452,6 +502,7 @@ def test_kazoo_unreachable_slow_or_odd_refuses_and_is_logged(
     assert answered and answered[0].status_code == 403
     assert "kazoo account check failed account=acc3 error=timeout" in caplog.text
     assert tok not in caplog.text
+    gevent.sleep(0.3)
     # Down: a closed port.
     crossbar.stop()
     assert h.api.get("/v2/accounts/acc4/channels", tok).status_code == 403
@@ -496,3 +547,70 @@ def test_the_authenticator_takes_own_tokens_first_and_jwts_only_from_kazoo(tmp_p
     assert auth.authenticate("a.b")[1] == "unknown token"
     without = authenticator(parse(config_dict([]), "x.toml"))
     assert without.authenticate(cluster().token())[1] == "unknown token"
+
+
+def test_kazoo_down_is_not_asked_by_every_request(
+    switch: Any,
+    make_daemon: Any,
+    tmp_path: Path,
+    crossbar: Crossbar,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A tenant varying the account id while Kazoo hangs: a few questions, one warning line
+    (before: a question and a line per account id). Kazoo back, questions resume."""
+    caplog.set_level(logging.INFO, logger="channelsd")
+    monkeypatch.setattr(kazoo_accounts, "BREAKER_SECONDS", 1.0)
+    h = reseller(switch, make_daemon, tmp_path, crossbar)
+    tok, other = cluster().token("acc1"), cluster().token("acc9")
+    crossbar.delay = 3.0  # beyond crossbar_timeout (0.5 s)
+    statuses: list[int] = []
+    crowd = [
+        gevent.spawn(
+            lambda i=i: statuses.append(
+                h.api.get(f"/v2/accounts/down{i}/channels", tok).status_code
+            )
+        )
+        for i in range(100)
+    ]
+    gevent.joinall(crowd, timeout=30)
+    assert statuses == [403] * 100
+    assert len(crossbar.asked) <= 4  # at most 4 questions of one token out at once
+    failed = [r for r in caplog.records if "kazoo account check failed" in r.getMessage()]
+    assert len(failed) == 1, [r.getMessage() for r in failed]
+    # Another tenant is refused at once too, without a question, while the breaker is open.
+    asked = len(crossbar.asked)
+    crossbar.allowed.add((other, "acc2"))
+    assert h.api.get("/v2/accounts/acc2/channels", other).status_code == 403
+    assert len(crossbar.asked) == asked
+    # Kazoo is back: after the breaker's time, one question tries, and it answers again.
+    crossbar.delay = 0.0
+    gevent.sleep(1.1)
+    assert h.api.get("/v2/accounts/acc2/channels", other).status_code == 200
+    assert len(crossbar.asked) == asked + 1
+    assert "crossbar answers again" in caplog.text
+    assert tok not in caplog.text and other not in caplog.text
+
+
+def test_one_token_has_a_few_questions_out_at_once(
+    switch: Any, make_daemon: Any, tmp_path: Path, crossbar: Crossbar
+) -> None:
+    section = kazoo_section(tmp_path, crossbar_url=crossbar.url, crossbar_timeout=2)
+    h = make_daemon([switch], kazoo=section)
+    tok = cluster().token("acc1")
+    accounts = [f"sub{i}" for i in range(12)]
+    crossbar.allowed.update((tok, acc) for acc in accounts)
+    crossbar.delay = 0.1
+    statuses: list[int] = []
+    crowd = [
+        gevent.spawn(
+            lambda acc=acc: statuses.append(
+                h.api.get(f"/v2/accounts/{acc}/channels", tok).status_code
+            )
+        )
+        for acc in accounts
+    ]
+    gevent.joinall(crowd, timeout=30)
+    assert statuses == [200] * 12  # every one answered, in turns
+    assert crossbar.most_in_flight == 4
+    assert len(crossbar.asked) == 12

@@ -60,6 +60,9 @@ def wsd(switch: Any, make_daemon: Any, tmp_path: Path) -> Harness:
         [switch],
         kazoo={"public_keys": keys},
         identity={"device_owners": {"dev9": "user1"}},
+        # The protocol tests' sockets often hold no subscription (the fuzz test shares one
+        # over 200 examples): the grace is tested in tests/test_websocket_limits.py.
+        websocket={"subscribe_grace": 120},
     )
 
 
@@ -315,15 +318,24 @@ def test_request_ids_are_echoed_as_sent_and_replies_carry_arrays(wsd: Harness, c
     for rid in ("x", 42, 3.5, "a" * 256):
         c.send({"action": "ping", "request_id": rid})
         assert c.reply_to(rid)["data"] == {"response": "pong"}
-    # None, an object, or an absurd one: a fresh id, still a reply.
-    for rid in (None, {"a": 1}, "b" * 257):
+    # None: a fresh id, as Kazoo makes one, and the request is done.
+    c.send({"action": "ping", "request_id": None})
+    wait_until(lambda: len(c.messages) > 4, what="the reply")
+    assert c.messages[-1]["status"] == "success" and c.messages[-1]["request_id"]
+    # One that cannot be echoed (the client could not match the reply): refused, not done.
+    for rid in ({"a": 1}, [1], True, "", "b" * 257):
         before = len(c.messages)
-        c.send({"action": "ping", "request_id": rid})
+        c.send({**sub(tok=token("admin1")), "request_id": rid})
         wait_until(lambda before=before: len(c.messages) > before, what="the reply")
-        assert isinstance(c.messages[-1]["request_id"], str) and c.messages[-1]["request_id"]
+        reply = c.messages[-1]
+        assert isinstance(reply["request_id"], str) and reply["request_id"]
+        assert reply["data"] == {
+            "errors": ["request_id must be a string or a number of 1 to 256 characters"]
+        }
+        assert not wsd.daemon.ctx.websockets.hub._index
     tok = token("admin1")
-    sub = c.subscribe(tok, "acc1", ["call.CHANNEL_CREATE.*", "call.*.*", "call.*.*"])
-    assert sub["data"] == {"subscribed": ["call.CHANNEL_CREATE.*", "call.*.*"]}
+    got = c.subscribe(tok, "acc1", ["call.CHANNEL_CREATE.*", "call.*.*", "call.*.*"])
+    assert got["data"] == {"subscribed": ["call.CHANNEL_CREATE.*", "call.*.*"]}
     also = c.subscribe(tok, "acc1-sub", "call.CHANNEL_CREATE.*")
     assert also["data"] == {"subscribed": ["call.CHANNEL_CREATE.*", "call.*.*"]}
     gone = c.request("unsubscribe", tok, account_id="acc1", binding="call.CHANNEL_CREATE.*")
@@ -337,6 +349,45 @@ def test_request_ids_are_echoed_as_sent_and_replies_carry_arrays(wsd: Harness, c
     assert not wsd.daemon.ctx.websockets.hub._index
     bad = c.request("unsubscribe", "nope", account_id="acc1", binding="call.*.*")
     assert bad["data"]["errors"] == ["failed to authenticate token"]
+
+
+NUMBERS = st.from_regex(
+    r"-?(0|[1-9][0-9]{0,80})(\.[0-9]{1,40})?([eE][+-]?[0-9]{1,2})?", fullmatch=True
+)
+
+
+@given(number=NUMBERS)
+@example(number="12345678901234567890123")  # orjson reads it as 1.2345678901234568e+22
+@example(number="0.10")
+@example(number="-0")
+@example(number="1E+02")
+@settings(
+    max_examples=100, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck)
+)
+def test_a_numeric_request_id_comes_back_as_the_very_digits_sent(wsd: Harness, number: str) -> None:
+    c = _shared_client(wsd)
+    before = len(c.raw)
+    c.send('{"action":"ping","request_id":' + number + ',"data":{"n":[' + number + "]}}")
+    wait_until(lambda: len(c.raw) > before, what="the reply")
+    opcode, raw = c.raw[-1]
+    assert raw.startswith(b'{"action":"reply","request_id":' + number.encode() + b',"status"')
+    assert json.loads(raw)["data"] == {"response": "pong"}
+
+
+def test_a_request_id_too_long_to_echo_is_refused_clearly(wsd: Harness, connect) -> None:
+    c = connect()
+    for text in ("9" * 257, "0." + "1" * 300, '"' + "x" * 257 + '"'):
+        before = len(c.messages)
+        c.send('{"action":"ping","request_id":' + text + "}")
+        wait_until(lambda before=before: len(c.messages) > before, what="the reply")
+        reply = c.messages[-1]
+        assert reply["status"] == "error" and reply["request_id"] != text
+        assert reply["data"]["errors"] == [
+            "request_id must be a string or a number of 1 to 256 characters"
+        ]
+    c.send('{"action":"ping","request_id":' + "7" * 256 + "}")
+    wait_until(lambda: len(c.raw) > 3, what="the reply")
+    assert b'"request_id":' + b"7" * 256 + b"," in c.raw[-1][1]
 
 
 JSON = st.recursive(
@@ -670,6 +721,8 @@ def test_what_is_not_a_websocket_handshake_gets_the_envelope(switch: Any, make_d
         assert resp.json()["error"] == str(status)
     first = WsClient(ws_url(h))
     try:
+        # Subscribed, it keeps its place (an idle one would give it up: see the eviction test).
+        assert first.subscribe(token("admin1"), "acc1", "call.*.*")["status"] == "success"
         with pytest.raises(websocket.WebSocketBadStatusException) as refused:
             websocket.create_connection(ws_url(h), timeout=5)
         assert refused.value.status_code == 503

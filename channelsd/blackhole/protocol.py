@@ -20,6 +20,7 @@ token", and only logs the others. Unlike Kazoo, the token itself is never append
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -44,6 +45,9 @@ _CALL_ID = re.compile(r"[A-Za-z0-9_@:+=-]{1,128}")
 MAX_BINDING_CHARS = 256
 # A client's request_id is echoed as it came, when it is a short string or a number.
 MAX_REQUEST_ID_CHARS = 256
+BAD_REQUEST_ID = (
+    f"request_id must be a string or a number of 1 to {MAX_REQUEST_ID_CHARS} characters"
+)
 
 
 class Refused(Exception):
@@ -83,15 +87,42 @@ def parse_binding(text: Any) -> Binding:
     return Binding(text, event, call_id)
 
 
-def request_id(message: dict[str, Any]) -> Any:
-    """The request_id to echo: the client's own when it is a string or a number of sane
-    size, else a fresh one (as Kazoo makes one when none came)."""
-    rid = message.get("request_id")
-    if isinstance(rid, str) and 0 < len(rid) <= MAX_REQUEST_ID_CHARS:
-        return rid
-    if isinstance(rid, int | float) and not isinstance(rid, bool):
-        return rid
+def fresh_id() -> str:
+    """A request_id of our own, for a reply to a message that brought none we can echo."""
     return os.urandom(16).hex()
+
+
+def request_id(message: dict[str, Any], text: str) -> tuple[Any, str | None]:
+    """The request_id to echo and None, or a fresh one and why the client's is refused.
+
+    Echoed exactly: a string of 1 to MAX_REQUEST_ID_CHARS characters, or a number as its JSON
+    text (at most as long): orjson reads a 23-digit integer as a float, and 0.10 as 0.1, so a
+    number goes back as the very digits that came. None or no request_id: a fresh one, as
+    Kazoo makes one. Anything else (true, an object, an array, an empty or longer string or
+    number) is refused, since the client could not match the reply to its request."""
+    rid = message.get("request_id")
+    if rid is None:
+        return fresh_id(), None
+    if isinstance(rid, str):
+        if 0 < len(rid) <= MAX_REQUEST_ID_CHARS:
+            return rid, None
+    elif isinstance(rid, int | float) and not isinstance(rid, bool):
+        digits = _number_text(text)
+        if digits is not None and len(digits) <= MAX_REQUEST_ID_CHARS:
+            return orjson.Fragment(digits), None
+    return fresh_id(), BAD_REQUEST_ID
+
+
+def _number_text(text: str) -> str | None:
+    """The top-level request_id's number exactly as the client wrote it. Read again with the
+    standard library, whose hooks see a number's text; only for numeric ids, which are rare
+    (monster-ui sends strings). The message parsed with orjson already: this cannot fail,
+    unless its nesting is deeper than Python's recursion allows."""
+    try:
+        value = json.loads(text, parse_int=str, parse_float=str).get("request_id")
+    except (RecursionError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 @dataclass(frozen=True)

@@ -2,15 +2,17 @@
 
 Two greenlets per socket: the reader (the HTTP request's own greenlet, which the handshake
 handed the socket to) parses frames with wsproto and answers requests; the writer sends
-whatever is queued, one write per batch, and keeps time (pings, token expiry). Only the writer
-writes to the socket.
+whatever is queued, one write per batch. Only the writer writes to the socket. Time is kept
+by the service's clock (Websockets.keep_time calls tick() every second or so), never by the
+writer: a writer busy with a client that reads as fast as its events come (or blocked by one
+that does not read) would otherwise never look at the time.
 
 What a client can and cannot do to it (README, "Kazoo's websocket"):
 
-* every request is answered, matched by its request_id; a bad token, another account, a
-  malformed binding, invalid JSON, a binary message or an unknown action is an error reply
-  and the socket stays open (monster-ui reconnects on any close, so closing would only make
-  it hammer the server);
+* every request is answered, matched by its request_id (echoed exactly: protocol.request_id);
+  a bad token, another account, a malformed binding, invalid JSON, a binary message, an
+  unknown action or a request_id that cannot be echoed is an error reply and the socket stays
+  open (monster-ui reconnects on any close, so closing would only make it hammer the server);
 * a message larger than websocket.max_message_bytes closes the socket with 1009, and a
   frame wsproto cannot parse (bad opcode, unmasked, invalid UTF-8) with its code (1002, 1007):
   after those the stream cannot be trusted;
@@ -21,7 +23,16 @@ What a client can and cannot do to it (README, "Kazoo's websocket"):
   buffer, which is set to that size): a client that reads slower than its events come is
   disconnected, and costs ingest nothing meanwhile;
 * a token removed or changed by a reload (channelsd.subscriptions), or past its exp, closes
-  the sockets that subscribed with it (1008).
+  the sockets that subscribed with it (1008), on the clock whatever the traffic; what was
+  queued for it and not yet handed to the kernel is dropped;
+* a subscription that Kazoo granted (a reseller's token on a descendant account) is asked
+  again when Kazoo's answer runs out (kazoo.descendants_cache_seconds): a no, or no answer,
+  closes the socket (1008); monster-ui reconnects and subscribes again, and what Kazoo still
+  grants is granted again;
+* a socket holding no subscription for websocket.subscribe_grace (after it opens, or after
+  its last subscription goes) is closed (1008): nothing can be had from one, and an idle one
+  only holds a place;
+* one token subscribes on at most websocket.max_sockets_per_token sockets (an error reply).
 """
 
 from __future__ import annotations
@@ -51,7 +62,7 @@ from channelsd.blackhole import protocol
 from channelsd.blackhole.hub import Subscription
 from channelsd.blackhole.protocol import Refused
 from channelsd.envelope import request_id as loggable_id
-from channelsd.tokens import Token, log_failure
+from channelsd.tokens import Authenticator, Token, log_failure
 
 if TYPE_CHECKING:
     from channelsd.blackhole.service import Websockets
@@ -64,6 +75,8 @@ SEND_CHUNK = 256 * 1024
 # After a close frame, how long the peer has to answer with its own before the socket goes.
 CLOSE_LINGER = 2.0
 PING_PAYLOAD = b"channelsd"
+# Kazoo is asked again about a grant at most this often, however briefly it keeps its answer.
+MIN_RECHECK_SECONDS = 1.0
 
 # Close codes (RFC 6455 §7.4.1).
 GOING_AWAY = 1001
@@ -94,12 +107,16 @@ class Session:
         self._subs: dict[tuple[str, str], Subscription] = {}
         # token hash -> (its registration for revocation, how many subscriptions use it)
         self._tokens: dict[str, list[Any]] = {}
+        # (token hash, account) -> a grant Kazoo made, to be asked again when it runs out
+        self._vouched: dict[tuple[str, str], _Vouched] = {}
+        self._rechecking: gevent.Greenlet | None = None
         self._expires: float | None = None
         self.closing: str | None = None
         self.aborted = False
         self._linger_until = 0.0
         self._heard = time.monotonic()
         self._pinged: float | None = None
+        self.bare_since: float | None = self._heard  # holding no subscription since then
         self._parts: list[Any] = []
         self._part_size = 0
 
@@ -118,6 +135,8 @@ class Session:
             if self.closing is None:
                 self.closing = "gone"
             self._wake.set()
+            if self._rechecking is not None:
+                self._rechecking.kill(block=False)
             writer.join(timeout=CLOSE_LINGER)
             writer.kill(block=False)
             self._shutdown()
@@ -156,13 +175,16 @@ class Session:
                 if self.closing is None:
                     self._fragment(event)
             elif isinstance(event, Ping):
-                self._send(ws.send(event.response()))
+                if ws.state is ConnectionState.OPEN:  # not once our close frame is out
+                    self._send(ws.send(event.response()))
             elif isinstance(event, Pong):
                 pass  # heard: already noted
             elif isinstance(event, CloseConnection):
                 if ws.state is ConnectionState.REMOTE_CLOSING:
                     self._send(ws.send(event.response()))  # the client's close, answered
                     self._closing("closed by client")
+                elif ws.state is ConnectionState.CLOSED:
+                    pass  # the client answered our close
                 else:
                     # wsproto could not parse the client's frames: its code says why.
                     log.info(
@@ -186,7 +208,7 @@ class Session:
             return
         parts, self._parts, self._part_size = self._parts, [], 0
         if isinstance(event, BytesMessage):
-            self._reply(protocol.error(protocol.request_id({}), "send JSON text messages"))
+            self._reply(protocol.error(protocol.fresh_id(), "send JSON text messages"))
             return
         self._handle("".join(parts))
 
@@ -196,12 +218,15 @@ class Session:
         try:
             message = orjson.loads(text)
         except orjson.JSONDecodeError as exc:
-            self._reply(protocol.error(protocol.request_id({}), f"invalid JSON: {exc}"))
+            self._reply(protocol.error(protocol.fresh_id(), f"invalid JSON: {exc}"))
             return
         if not isinstance(message, dict):
-            self._reply(protocol.error(protocol.request_id({}), "a message is a JSON object"))
+            self._reply(protocol.error(protocol.fresh_id(), "a message is a JSON object"))
             return
-        rid = protocol.request_id(message)
+        rid, bad_id = protocol.request_id(message, text)
+        if bad_id is not None:  # a reply the client could not match: nothing is done
+            self._reply(protocol.error(rid, bad_id))
+            return
         action = message.get("action")
         try:
             if action == "ping":
@@ -235,12 +260,15 @@ class Session:
         token = self._authenticate(request.token, rid)
         account = request.account_id
         assert account is not None  # parse_request requires it for subscribe
+        auth = self.service.auth()
         if account == protocol.WILDCARD:
             if token.role != "superduper":
                 raise Refused(protocol.UNAUTHORIZED_WILDCARD)
-        elif not self.service.auth().may_act_on(token, request.token, account):
+        elif not auth.may_act_on(token, request.token, account):
             raise Refused(protocol.UNAUTHORIZED_ACCOUNT)
-        if self.closing is not None:  # it closed while Kazoo was asked
+        # Kazoo may have been asked: a reload meanwhile is caught where the token is
+        # registered (channelsd.subscriptions), a closed socket here.
+        if self.closing is not None:
             raise Refused("the socket is closing")
         new = [b for b in request.bindings if (account, b.text) not in self._subs]
         if len(self._subs) + len(new) > self.cfg.max_bindings:
@@ -259,7 +287,21 @@ class Session:
                 self, account, binding.text, binding.key, owner, token
             )
             hub.add(sub)
+        self.bare_since = None
+        self._vouch(auth, token, request.token, account)
         return {"subscribed": self._bound()}
+
+    def _vouch(self, auth: Authenticator, token: Token, presented: str, account: str) -> None:
+        """Note a grant Kazoo made, to ask again when its answer runs out."""
+        if account == protocol.WILDCARD:
+            return
+        until = auth.vouched_until(token, account)
+        key = (token.sha256, account)
+        if until is None:
+            self._vouched.pop(key, None)
+            return
+        due = max(until, time.monotonic() + MIN_RECHECK_SECONDS)
+        self._vouched[key] = _Vouched(token, presented, due)
 
     def _unsubscribe(self, rid: Any, message: dict[str, Any]) -> dict[str, Any]:
         request = protocol.parse_request("unsubscribe", message, self.cfg.max_bindings)
@@ -278,27 +320,44 @@ class Session:
         """The token's registration (for revocation at a reload) and its use count."""
         held = self._tokens.get(token.sha256)
         if held is None:
+            most = self.cfg.max_sockets_per_token
+            if self.service.sockets_of(token.sha256) >= most:
+                raise Refused(f"too many websockets for this token: at most {most}")
             registration = self.service.subscriptions.open(
-                token, "websocket", lambda: self.close(POLICY, "token revoked")
+                token, "websocket", lambda: self.close(POLICY, "token revoked", discard=True)
             )
             if registration is None:
                 raise Refused("too many subscriptions on this server")
+            if registration.ended:  # a reload revoked it while Kazoo was asked
+                log_failure(self.client, "-", self.service.path, "revoked")
+                raise Refused(protocol.AUTH_FAILED)
             held = self._tokens[token.sha256] = [registration, 0]
+            self.service.claim(token.sha256)
             if token.expires is not None:
                 self._expires = min(self._expires or token.expires, token.expires)
-                self._wake.set()  # the writer keeps time: it has a new deadline
         return held
 
     def _unbind(self, sub: Subscription) -> None:
         self.service.hub.remove(sub)
         self._subs.pop((sub.account, sub.binding), None)
-        held = self._tokens.get(sub.token.sha256)
+        if not self._subs:
+            self.bare_since = time.monotonic()
+        sha = sub.token.sha256
+        vouched = (sha, sub.account)
+        if vouched in self._vouched and not any(
+            s.account == sub.account and s.token.sha256 == sha for s in self._subs.values()
+        ):
+            del self._vouched[vouched]
+        held = self._tokens.get(sha)
         if held is not None:
             held[1] -= 1
             if held[1] <= 0:
-                registration: Registration = held[0]
-                registration.release()
-                del self._tokens[sub.token.sha256]
+                self._release(sha)
+
+    def _release(self, sha: str) -> None:
+        registration: Registration = self._tokens.pop(sha)[0]
+        registration.release()
+        self.service.unclaim(sha)
 
     # -- the hub's side ----------------------------------------------------------------------
 
@@ -333,11 +392,16 @@ class Session:
 
     # -- ending ------------------------------------------------------------------------------
 
-    def close(self, code: int, reason: str) -> None:
+    def close(self, code: int, reason: str, discard: bool = False) -> None:
         """Close it: no more events, a close frame with `code`, the socket goes once the
-        client answers (or CLOSE_LINGER later). Safe to call from any greenlet."""
+        client answers (or CLOSE_LINGER later). Safe to call from any greenlet. `discard`:
+        what is queued and not yet being written is dropped (the client may no longer have
+        it: its token was revoked or expired)."""
         if self.closing is not None:
             return
+        if discard:
+            self._out.clear()
+            self._queued = 0
         self._closing(reason)
         if self.ws.state is ConnectionState.OPEN:
             self._send(self.ws.send(CloseConnection(code=code, reason=reason)))
@@ -348,6 +412,11 @@ class Session:
             self._linger_until = time.monotonic() + CLOSE_LINGER
         self._end()
         self._wake.set()
+
+    def evict(self) -> None:
+        """Its place is given to a new socket (it held no subscription, the server is full)."""
+        log.info("websocket evicted client=%s", self.client)
+        self.abort("evicted")
 
     def abort(self, reason: str) -> None:
         """Drop it without ceremony (it does not read, or does not answer)."""
@@ -368,9 +437,9 @@ class Session:
         for sub in self._subs.values():
             hub.remove(sub)
         self._subs.clear()
-        for registration, _ in self._tokens.values():
-            registration.release()
-        self._tokens.clear()
+        self._vouched.clear()
+        for sha in list(self._tokens):
+            self._release(sha)
 
     def _shutdown(self) -> None:
         with contextlib.suppress(OSError):
@@ -391,8 +460,7 @@ class Session:
                     continue
                 if self.closing is not None:
                     return  # all written, the close frame included
-                self._wake.wait(self._next_timer())
-                self._keep_time()
+                self._wake.wait()
         except OSError:
             self.abort("send failed")
 
@@ -403,18 +471,17 @@ class Session:
         while view:
             view = view[self.sock.send(view[:SEND_CHUNK]) :]
 
-    def _next_timer(self) -> float:
-        now = time.monotonic()
-        interval = self.cfg.ping_interval
-        due = (self._pinged if self._pinged is not None else self._heard) + interval - now
-        if self._expires is not None:
-            due = min(due, self._expires - time.time())
-        return max(0.01, due)
+    # -- time (the service's clock calls this) -----------------------------------------------
 
-    def _keep_time(self) -> None:
+    def tick(self, now: float, wall: float) -> None:
+        """Pings, a token's exp, the grace for a socket without subscriptions, and Kazoo's
+        grants due to be asked again. `now` is time.monotonic(), `wall` time.time()."""
         if self.closing is not None:
+            # The reader waits for the client's answer to our close only while the client
+            # sends something: one that never answers is dropped here, on the clock.
+            if not self.aborted and now >= self._linger_until:
+                self.abort(self.closing)
             return
-        now = time.monotonic()
         interval = self.cfg.ping_interval
         if self._pinged is not None:
             if now - self._pinged >= interval:
@@ -424,14 +491,53 @@ class Session:
         elif now - self._heard >= interval:
             self._pinged = now
             self._send(self.ws.send(Ping(payload=PING_PAYLOAD)))
-        if self._expires is not None and time.time() >= self._expires:
-            self._expire()
+        if self._expires is not None and wall >= self._expires:
+            self._expire(wall)
+            if self.closing is not None:
+                return
+        if self.bare_since is not None and now - self.bare_since >= self.cfg.subscribe_grace:
+            log.info("websocket without subscription closed client=%s", self.client)
+            self.close(POLICY, "no subscription")
+            return
+        if self._rechecking is None and any(v.due <= now for v in self._vouched.values()):
+            self._rechecking = gevent.spawn(self._recheck)
 
-    def _expire(self) -> None:
+    def _expire(self, now: float) -> None:
         """A Kazoo token's exp passed: its sockets close, as its REST requests now fail."""
-        now = time.time()
         if any(sub.token.expired(now) for sub in self._subs.values()):
-            self.close(POLICY, "token expired")
+            self.close(POLICY, "token expired", discard=True)
             return
         left = [sub.token.expires for sub in self._subs.values() if sub.token.expires]
         self._expires = min(left) if left else None
+
+    def _recheck(self) -> None:
+        """Ask Kazoo again about the grants whose answer ran out (its own greenlet: Kazoo may
+        take kazoo.crossbar_timeout). A no, or no answer, closes the socket."""
+        try:
+            auth = self.service.auth()
+            for key, vouched in list(self._vouched.items()):
+                if vouched.due > time.monotonic():
+                    continue
+                allowed = auth.may_act_on(vouched.token, vouched.presented, key[1])
+                if self.closing is not None:
+                    return
+                if self._vouched.get(key) is not vouched:
+                    continue  # unsubscribed, or subscribed again, meanwhile
+                if not allowed:
+                    log.info("websocket grant withdrawn client=%s account=%s", self.client, key[1])
+                    self.close(POLICY, "access to the account not confirmed", discard=True)
+                    return
+                self._vouch(auth, vouched.token, vouched.presented, key[1])
+        finally:
+            self._rechecking = None
+
+
+class _Vouched:
+    """A subscription's grant that came from Kazoo: what to ask it again with, and when."""
+
+    __slots__ = ("token", "presented", "due")
+
+    def __init__(self, token: Token, presented: str, due: float) -> None:
+        self.token = token
+        self.presented = presented
+        self.due = due  # time.monotonic()
