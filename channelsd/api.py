@@ -418,6 +418,7 @@ def create_app(ctx: ApiContext) -> Flask:
         in_scope: Callable[[Channel], bool],
         snapshot: Callable[[], list[Channel]],
         scope_name: str,
+        account_id: str | None = None,
     ) -> Response:
         if ctx.broker is None:
             raise ApiError(503, "streaming unavailable", {"message": "live events are not enabled"})
@@ -436,11 +437,22 @@ def create_app(ctx: ApiContext) -> Flask:
             if ctx.metrics is not None:
                 ctx.metrics.http_refused.labels("stream_limit").inc()
             raise envelope.too_many_streams(ctx.subscriptions.limit)
-        # A Kazoo token's stream ends at its exp, as its requests would start failing then.
+        # A Kazoo token's stream ends at its exp, as its requests would start failing then;
+        # and one on an account only Kazoo vouched for is asked again when that answer runs
+        # out, ending when Kazoo no longer says yes (the websocket does the same).
         token = call.token
+        due = None if account_id is None else ctx.auth.vouched_until(token, account_id)
 
         def ended() -> bool:
-            return sub.ended or token.expired(time.time())
+            nonlocal due
+            if sub.ended or token.expired(time.time()):
+                return True
+            if due is not None and time.monotonic() >= due:
+                assert account_id is not None
+                if not ctx.auth.may_act_on(token, call.token_text, account_id):
+                    return True
+                due = ctx.auth.vouched_until(token, account_id)
+            return False
 
         # Subscribers who see the same (scope, owner narrowing, filters) share one feed.
         narrowed = token.owner_id if token.role == "user" else None
@@ -472,6 +484,7 @@ def create_app(ctx: ApiContext) -> Flask:
             lambda ch: ch.account_id == account_id,
             lambda: table.by_account(account_id),
             f"account:{account_id}",
+            account_id,
         )
 
     # -- Kazoo's websocket: what it offers (no token, as crossbar's cb_websockets) -----------

@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     from channelsd.kazoo_auth import KazooTokens
 
 ROLES = ("superduper", "admin", "user")
+# Kazoo is asked again about a grant at most this often, however briefly it keeps its answer.
+RECHECK_SECONDS = 1.0
 auth_log = logging.getLogger("channelsd.auth")
 
 
@@ -146,11 +149,13 @@ class Authenticator:
 
     def vouched_until(self, token: Token, account_id: str) -> float | None:
         """None when the token sees `account_id` by itself (its own account, superduper,
-        listed descendants); else the grant is Kazoo's answer, and this is when that answer
-        runs out (time.monotonic; 0 when none is kept): a live subscription asks again then."""
+        listed descendants); else the grant is Kazoo's answer, and this is when a live
+        subscription (websocket, event stream) asks again (time.monotonic): when that answer
+        runs out, and not sooner than RECHECK_SECONDS from now."""
         if token.may_see_account(account_id) or not token.source or self.accounts is None:
             return None
-        return self.accounts.until(token, account_id) or 0.0
+        until = self.accounts.until(token, account_id) or 0.0
+        return max(until, time.monotonic() + RECHECK_SECONDS)
 
 
 def log_failure(client: str, request_id: str, path: str, reason: str) -> None:

@@ -377,6 +377,41 @@ def test_a_kazoo_tokens_stream_ends_at_its_exp(switch: Any, kazoo: Harness) -> N
         s.close()
 
 
+def test_a_stream_on_an_account_kazoo_vouched_for_ends_when_kazoo_says_no(
+    switch: Any, make_daemon: Any, tmp_path: Path, crossbar: Crossbar
+) -> None:
+    h = reseller(switch, make_daemon, tmp_path, crossbar, descendants_cache_seconds=0.5)
+    tok = cluster().token("acc1")
+    crossbar.allowed.add((tok, "acc2"))
+    s = SseReader(h.api.base, "/v2/accounts/acc2/channel_events", tok)
+    try:
+        wait_until(lambda: "snapshot" in s.kinds(), what="the snapshot")
+
+        def asked() -> int:
+            return [p for _, p in crossbar.asked].count("/v2/accounts/acc2")
+
+        # While Kazoo says yes, it is asked again as its answer runs out, and events flow.
+        first, _ = switch.bridged_call(variables_a=ACC2, variables_b=ACC2)
+        wait_until(lambda: "create" in s.kinds(), what="the descendant's event")
+        gevent.sleep(1.2)
+        second, _ = switch.bridged_call(variables_a=ACC2, variables_b=ACC2)
+        wait_until(
+            lambda: any(d.get("uuid") == second for k, d in s.events if k == "create"),
+            what="an event after the first answer ran out",
+        )
+        assert asked() >= 2 and not s.greenlet.dead
+        # The sub-account moved away: the next change ends the stream, and is not sent.
+        crossbar.allowed.clear()
+        gevent.sleep(1.2)
+        after, _ = switch.bridged_call(variables_a=ACC2, variables_b=ACC2)
+        wait_until(lambda: s.greenlet.dead, what="the withdrawn grant's stream ended")
+        assert all(d.get("uuid") != after for k, d in s.events if k == "create")
+        # Its own account is never a question.
+        assert "/v2/accounts/acc1" not in [p for _, p in crossbar.asked]
+    finally:
+        s.close()
+
+
 # -- the configuration ------------------------------------------------------------------------
 
 

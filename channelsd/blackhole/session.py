@@ -75,8 +75,6 @@ SEND_CHUNK = 256 * 1024
 # After a close frame, how long the peer has to answer with its own before the socket goes.
 CLOSE_LINGER = 2.0
 PING_PAYLOAD = b"channelsd"
-# Kazoo is asked again about a grant at most this often, however briefly it keeps its answer.
-MIN_RECHECK_SECONDS = 1.0
 
 # Close codes (RFC 6455 §7.4.1).
 GOING_AWAY = 1001
@@ -295,12 +293,11 @@ class Session:
         """Note a grant Kazoo made, to ask again when its answer runs out."""
         if account == protocol.WILDCARD:
             return
-        until = auth.vouched_until(token, account)
+        due = auth.vouched_until(token, account)
         key = (token.sha256, account)
-        if until is None:
+        if due is None:
             self._vouched.pop(key, None)
             return
-        due = max(until, time.monotonic() + MIN_RECHECK_SECONDS)
         self._vouched[key] = _Vouched(token, presented, due)
 
     def _unsubscribe(self, rid: Any, message: dict[str, Any]) -> dict[str, Any]:
