@@ -102,9 +102,44 @@ def _wants_csv() -> bool:
     return wants_csv(request.args.get("accept"), request.headers.get("Accept"))
 
 
-def _read_body() -> dict[str, Any] | None:
+def too_large(limit: int) -> ApiError:
+    # The rest of the body is read and dropped by the server (bounded by body_timeout) before
+    # the connection closes, so that the client reads this answer instead of a reset.
+    return ApiError(
+        413,
+        "request too large",
+        {"message": f"the body is larger than {limit} bytes (http.max_body_bytes)"},
+        headers={"Connection": "close"},
+    )
+
+
+def read_body_bytes(environ: dict[str, Any], limit: int) -> bytes:
+    """The whole request body, however it is framed, or an ApiError: 413 when it is longer
+    than `limit` (never a prefix of it: werkzeug's stream stops at the limit without a word
+    for a chunked body), 408 when it did not arrive in time, 400 when it could not be read."""
+    declared = environ.get("CONTENT_LENGTH") or ""
+    if declared.isascii() and declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
+        raise too_large(limit)
+    try:
+        # pywsgi's input ends where the framing (a length, or the last chunk) says.
+        raw = environ["wsgi.input"].read(limit + 1)
+    except (OSError, ValueError):
+        if environ.get("channelsd.timeout"):
+            raise envelope.request_timeout("request body") from None
+        raise ApiError(
+            400,
+            "bad request",
+            {"message": "the request body could not be read"},
+            headers={"Connection": "close"},
+        ) from None
+    if len(raw) > limit:
+        raise too_large(limit)
+    return raw
+
+
+def _read_body(limit: int) -> dict[str, Any] | None:
     """The JSON body, or None when there is none (jQuery sends empty bodies with GETs)."""
-    raw = request.get_data(cache=True)
+    raw = read_body_bytes(request.environ, limit)
     if not raw or not raw.strip():
         return None
     try:
@@ -202,11 +237,7 @@ def create_app(ctx: ApiContext) -> Flask:
         if isinstance(exc, ClientDisconnected) and request.environ.get("channelsd.timeout"):
             err = envelope.request_timeout("request body")
         elif isinstance(exc, RequestEntityTooLarge):
-            err = ApiError(
-                413,
-                "request too large",
-                {"message": f"the body is larger than {ctx.max_body_bytes} bytes"},
-            )
+            err = too_large(ctx.max_body_bytes)
         elif exc.code == 404:
             err = envelope.not_found(request.path)
         elif exc.code == 405:
@@ -234,7 +265,7 @@ def create_app(ctx: ApiContext) -> Flask:
                 return Response(status=200)
             if method not in allowed:
                 raise envelope.method_not_allowed(list(allowed))
-            body = _read_body()
+            body = _read_body(ctx.max_body_bytes)
             presented = _presented_token(body)
             token = ctx.tokens.find(presented) if presented else None
             if token is None:

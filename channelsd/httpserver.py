@@ -56,6 +56,9 @@ EMFILE_EVICT = 16
 # with unread request bytes would reset the connection and could destroy the 503 unread.
 REFUSE_LINGER = 1.0
 SEND_CHUNK = 256 * 1024
+# Bytes read from one client between visits to the hub: a read buffer's worth, whose parsing
+# (a chunked body's size lines are read a byte at a time) stays within a few milliseconds.
+PACE_READ_BYTES = 8192
 # Descriptors kept back from the connection budget: the listener, ESL sockets, logs, ...
 FD_RESERVE = 64
 
@@ -68,6 +71,23 @@ def connection_budget(configured: int, nodes: int) -> int:
         return configured
     budget = (soft - FD_RESERVE - 4 * nodes) * 8 // 9
     return max(1, min(configured, budget))
+
+
+def _check_framing(headers: Any) -> None:
+    """One reading of where a body ends, or a 400: a proxy in front that reads the framing
+    another way (two lengths, a length and chunked, `+5`) would see other requests in the
+    same bytes. pywsgi alone takes chunked over a length and int() of anything int() takes."""
+    encodings = headers.get_all("Transfer-Encoding") or []
+    lengths = headers.get_all("Content-Length") or []
+    if encodings:
+        if len(encodings) > 1 or encodings[0].lower() != "chunked":
+            raise ValueError("a Transfer-Encoding other than chunked")
+        if lengths:
+            raise ValueError("both Content-Length and Transfer-Encoding")
+    if len(lengths) > 1:
+        raise ValueError("more than one Content-Length")
+    if lengths and not (lengths[0].isascii() and lengths[0].isdigit()):
+        raise ValueError("a Content-Length that is not a number")
 
 
 class Expired(TimeoutError):
@@ -134,18 +154,30 @@ class Connections:
             conn.sock.shutdown(socket.SHUT_RDWR)
 
 
+def _pause() -> None:
+    """Let the hub run (a function, so that tests can count the visits)."""
+    gevent.sleep(0)
+
+
 class _Reader(io.RawIOBase):
     """The client's bytes, each read bounded by the deadline of the connection's phase."""
 
     def __init__(self, conn: Conn, handler: Handler) -> None:
         self.conn = conn
         self.handler = handler
+        self.unpaced = 0  # bytes read since the hub last ran by our doing
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
         conn = self.conn
+        if self.unpaced >= PACE_READ_BYTES:
+            # A recv that finds data never lets the hub run, and a client can keep data
+            # coming (a body in one-byte chunks, the rest of a refused body): each
+            # PACE_READ_BYTES read, and parsed, the other connections have their turn.
+            self.unpaced = 0
+            _pause()
         if conn.ended:
             raise ConnectionAbortedError(f"connection ended: {conn.ended}")
         left = conn.deadline - time.monotonic()
@@ -163,6 +195,7 @@ class _Reader(io.RawIOBase):
             sock.settimeout(self.handler.limits.send_timeout)
         if conn.ended:
             raise ConnectionAbortedError(f"connection ended: {conn.ended}")
+        self.unpaced += n
         return n
 
 
@@ -192,6 +225,11 @@ class Handler(WSGIHandler):
                 return None
             self.conn.begin("header", self.limits.header_timeout)
         return super().handle_one_request()
+
+    def MessageClass(self, *args: Any) -> Any:  # noqa: N802 (pywsgi's name)
+        headers = super().MessageClass(*args)
+        _check_framing(headers)
+        return headers
 
     def read_request(self, raw_requestline: str) -> Any:
         parsed = super().read_request(raw_requestline)
