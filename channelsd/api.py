@@ -31,7 +31,7 @@ from channelsd.metrics import Metrics
 from channelsd.peers import Peers
 from channelsd.presented import header_token, truthy, wants_csv
 from channelsd.stream import Broker, subscribe
-from channelsd.subscriptions import Subscription, Subscriptions
+from channelsd.subscriptions import Refused, Subscription, Subscriptions
 from channelsd.table import ChannelTable, Scope
 from channelsd.tokens import Token, TokenStore
 
@@ -439,11 +439,12 @@ def create_app(ctx: ApiContext) -> Flask:
 
         last = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
         broker = ctx.broker
-        sub = ctx.subscriptions.open(call.token, "channel_events", broker.wake)
-        if sub is None:
+        try:
+            sub = ctx.subscriptions.open(call.token, "channel_events", broker.wake)
+        except Refused as full:
             if ctx.metrics is not None:
-                ctx.metrics.http_refused.labels("stream_limit").inc()
-            raise envelope.too_many_streams(ctx.subscriptions.limit)
+                ctx.metrics.http_refused.labels(full.reason).inc()
+            raise envelope.too_many_streams(full.limit, full.key, full.whose) from None
         body = subscribe(broker, scope, keep, snapshot, last, lambda: sub.ended)
         # A stream's client sends nothing after its request: the server says when it left,
         # so that its place is given back at once, not at the next keepalive write.

@@ -208,11 +208,12 @@ def too_many_connections() -> ApiError:
     )
 
 
-def too_many_streams(limit: int) -> ApiError:
+def too_many_streams(limit: int, key: str = "http.max_streams", whose: str = "") -> ApiError:
+    """At a stream limit: `key` names it in the config, `whose` says whose streams count."""
     return ApiError(
         503,
         "too many streams",
-        {"message": f"{limit} event streams are open, the limit (http.max_streams); retry"},
+        {"message": f"{limit} event streams are open{whose}, the limit ({key}); retry"},
         headers={"Retry-After": "5"},
     )
 
