@@ -25,7 +25,7 @@ from channelsd.ended import Ended, EndedCalls
 from channelsd.envelope import ApiError
 from channelsd.fastlists import fast_lists
 from channelsd.health import LoopMonitor, readiness
-from channelsd.listing import Filters, ListCache, in_slices, to_csv
+from channelsd.listing import Filters, ListCache, json_array, paced, release, to_csv
 from channelsd.metrics import CONTENT_TYPE as METRICS_TYPE
 from channelsd.metrics import Metrics
 from channelsd.peers import Peers
@@ -314,17 +314,19 @@ def create_app(ctx: ApiContext) -> Flask:
 
     def ended_listing(call: Call, calls: Iterable[Ended]) -> Response:
         """`?ended=true`: the calls of the last minutes, newest first, as the live list would
-        narrow them (role, filters)."""
+        narrow them (role, filters). Each is kept as JSON: decoded only to be filtered or
+        printed, and otherwise spliced as it is."""
         filters = Filters(request.args.items(multi=True))
-        items = []
-        for part in in_slices(list(calls)):
-            for ended in part:
-                if not owned(call, ended.owner_id, ended.device_id):
-                    continue
-                item = ended.as_dict()
-                if not filters or filters.keep(item):
-                    items.append(item)
-        return respond(call, items)
+        kept = []
+        for ended in paced(list(calls)):  # a copy: the calls may change while we pace
+            if owned(call, ended.owner_id, ended.device_id) and (
+                not filters or filters.keep(ended.as_dict())
+            ):
+                kept.append(ended)
+        if g.pretty or _wants_csv():
+            return respond(call, [ended.as_dict() for ended in paced(kept)])
+        data = b"[" + b",".join(ended.item for ended in kept) + b"]"
+        return envelope.success_json(data, g.rid, call.token_text)
 
     def listing(
         call: Call,
@@ -344,23 +346,28 @@ def create_app(ctx: ApiContext) -> Flask:
         if call.token.role == "user" or filters:
             shown = channels = [
                 ch
-                for part in in_slices(channels)
-                for ch in part
+                for ch in paced(channels)
                 if visible(call, ch)
                 and (not filters or filters.keep(ch.to_item(now, table.is_stale(ch))))
             ]
         if g.pretty or _wants_csv():  # these need the items as objects
-            items = [ch.to_item(now, table.is_stale(ch)) for p in in_slices(channels) for ch in p]
-            return respond(call, items)
+            return respond(call, [ch.to_item(now, table.is_stale(ch)) for ch in paced(channels)])
         return envelope.success_json(ctx.lists.json(table, shown, now), g.rid, call.token_text)
 
     def respond(call: Call, data: Any) -> Response:
+        """One item, or a list built for this answer (serialised in paced slices, then
+        emptied in paced slices), as JSON or CSV."""
         if _wants_csv():
             rows = data if isinstance(data, list) else [data]
             resp = Response(to_csv(rows), status=200)
+            release(rows)
             resp.headers["Content-Type"] = "text/csv"
             resp.headers["X-Request-ID"] = g.rid
             return resp
+        if isinstance(data, list):
+            array = json_array(data, g.pretty, nested=True)
+            release(data)
+            return envelope.success_json(array, g.rid, call.token_text, pretty=g.pretty)
         return reply(call, data)
 
     def lookup(call: Call, account_id: str, uuid: str) -> Channel:

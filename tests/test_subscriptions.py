@@ -78,7 +78,7 @@ TestRegistry.settings = settings(max_examples=60, stateful_step_count=40, derand
 
 def test_the_limits_are_configured_and_documented() -> None:
     limits = parse({}).http_limits
-    assert (limits.max_streams_per_token, limits.max_streams_per_account) == (16, 64)
+    assert (limits.max_streams_per_token, limits.max_streams_per_account) == (32, 64)
     subs = Subscriptions.from_limits(
         parse({"http": {"max_streams_per_token": 2, "max_streams_per_account": 3}}).http_limits
     )
