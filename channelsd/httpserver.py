@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import gevent
-from gevent.pywsgi import WSGIHandler, WSGIServer
+from gevent.pywsgi import MAX_REQUEST_LINE, WSGIHandler, WSGIServer
 from gevent.socket import wait_read
 
 from channelsd import envelope
@@ -224,7 +224,16 @@ class Handler(WSGIHandler):
             except (OSError, ValueError):
                 return None
             self.conn.begin("header", self.limits.header_timeout)
-        return super().handle_one_request()
+        result = super().handle_one_request()
+        if isinstance(result, tuple) and result[0] == "414":
+            # pywsgi's own answer has no body: ours is in the API's envelope, as every error
+            err = ApiError(
+                414,
+                "request too long",
+                {"message": f"the request line is longer than {MAX_REQUEST_LINE} bytes"},
+            )
+            return ("414", self.server.raw(err))
+        return result
 
     def MessageClass(self, *args: Any) -> Any:  # noqa: N802 (pywsgi's name)
         headers = super().MessageClass(*args)

@@ -216,3 +216,17 @@ def test_a_refused_body_still_reaches_its_end_and_the_client_reads_the_413(call:
     body = orjson.dumps({"data": {"action": "break", "pad": "x" * 3_000_000}})
     for framing in ("length", "chunked"):
         assert answer(call, body, framing).startswith(b"HTTP/1.1 413")
+
+
+def test_a_request_line_too_long_is_a_414_in_the_envelope(call: Call) -> None:
+    """pywsgi's own 414 has an empty body; every error is in the API's envelope."""
+    host, port = call.h.daemon.http_address
+    with socket.create_connection((host, port), timeout=HANG) as s:
+        s.sendall(b"GET /v2/accounts/acc1/channels?" + b"a=1&" * 3000 + b" HTTP/1.1\r\n\r\n")
+        out = b""
+        while data := s.recv(65536):
+            out += data
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 414 "), head
+    assert b"Content-Type: application/json" in head
+    assert orjson.loads(body)["message"] == "request too long"
