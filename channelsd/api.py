@@ -25,7 +25,7 @@ from channelsd.ended import Ended, EndedCalls
 from channelsd.envelope import ApiError
 from channelsd.fastlists import fast_lists
 from channelsd.health import LoopMonitor, readiness
-from channelsd.listing import Filters, ListCache, json_array, paced, release, to_csv
+from channelsd.listing import Filters, ListCache, json_array, paced, release, splice, to_csv
 from channelsd.metrics import CONTENT_TYPE as METRICS_TYPE
 from channelsd.metrics import Metrics
 from channelsd.peers import Peers
@@ -325,7 +325,7 @@ def create_app(ctx: ApiContext) -> Flask:
                 kept.append(ended)
         if g.pretty or _wants_csv():
             return respond(call, [ended.as_dict() for ended in paced(kept)])
-        data = b"[" + b",".join(ended.item for ended in kept) + b"]"
+        data = splice([ended.item for ended in kept])
         return envelope.success_json(data, g.rid, call.token_text)
 
     def listing(

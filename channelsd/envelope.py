@@ -100,7 +100,9 @@ def success_json(
     """success() for data serialised already: lists are spliced from cached items. Pretty:
     `data` is indented as orjson's OPT_INDENT_2 does it one level in."""
     parts = pretty_parts(data, rid, auth_token) if pretty else success_parts(data, rid, auth_token)
-    resp = Response(b"".join(parts), status=status)
+    # The pieces as they are (werkzeug sums a list's Content-Length): a list of several MB is
+    # written, not copied once more.
+    resp = Response(list(parts), status=status)
     resp.headers["Content-Type"] = JSON_TYPE
     resp.headers["X-Request-ID"] = rid
     return resp

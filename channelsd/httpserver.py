@@ -264,10 +264,15 @@ class Handler(WSGIHandler):
     def _sendall(self, data: Any) -> None:
         # pywsgi's sendall has no bound at all; this one closes a connection whose client
         # took nothing for send_timeout (the socket's timeout), however long the answer.
+        # A send the socket takes at once does not let the hub run: a list of several MB to
+        # a fast client (loopback: the receiving side's work is done in our send) would be
+        # written in one go. The hub runs between chunks after the first.
         view = memoryview(data)
         try:
             while view:
                 view = view[self.socket.send(view[:SEND_CHUNK]) :]
+                if view:
+                    _pause()
         except OSError as exc:
             if isinstance(exc, TimeoutError) and not self.conn.ended:
                 self.conn.ended = "send_timeout"

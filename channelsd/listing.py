@@ -173,13 +173,20 @@ def list_json(table: ChannelTable, channels: list[Channel], now: float) -> bytes
         if start:
             pace()
         parts += table.items_json(channels[start : start + JSON_SLICE], now)
+    return splice(parts)
+
+
+def splice(
+    parts: list[bytes], opening: bytes = b"[", comma: bytes = b",", closing: bytes = b"]"
+) -> bytes:
+    """A JSON array of items serialised already, in one copy of the whole (a few MB for
+    thousands of channels): the brackets go onto the first and last items, not around the
+    joined list. `parts` is changed."""
     if not parts:
         return b"[]"
-    # One copy of the whole (a few MB for thousands of channels): the brackets go onto the
-    # first and last items instead of being added around the joined list.
-    parts[0] = b"[" + parts[0]
-    parts[-1] += b"]"
-    return b",".join(parts)
+    parts[0] = opening + parts[0]
+    parts[-1] += closing
+    return comma.join(parts)
 
 
 def json_array(items: list[Any], pretty: bool = False, nested: bool = False) -> bytes:
@@ -199,17 +206,11 @@ def json_array(items: list[Any], pretty: bool = False, nested: bool = False) -> 
         inner = dumped[2:-2]  # "[\n" ... "\n]" around the slice's items
         # JSON strings hold no raw line break: every one is the indentation's
         parts.append(inner.replace(b"\n", b"\n  ") if nested else inner)
-    # One copy of the whole: the brackets go onto the first and last slices.
-    opening, comma, closing = (
-        (b"[\n  ", b",\n  ", b"\n  ]")
-        if nested
-        else (b"[\n", b",\n", b"\n]")
-        if pretty
-        else (b"[", b",", b"]")
-    )
-    parts[0] = opening + parts[0]
-    parts[-1] += closing
-    return comma.join(parts)
+    if nested:
+        return splice(parts, b"[\n  ", b",\n  ", b"\n  ]")
+    if pretty:
+        return splice(parts, b"[\n", b",\n", b"\n]")
+    return splice(parts)
 
 
 class ListCache:
