@@ -25,7 +25,7 @@ from channelsd.ended import Ended, EndedCalls
 from channelsd.envelope import ApiError
 from channelsd.fastlists import fast_lists
 from channelsd.health import LoopMonitor, readiness
-from channelsd.listing import Filters, ListCache, json_array, paced, release, splice, to_csv
+from channelsd.listing import Filters, ListCache, json_array, paced, splice, to_csv
 from channelsd.metrics import CONTENT_TYPE as METRICS_TYPE
 from channelsd.metrics import Metrics
 from channelsd.peers import Peers
@@ -324,7 +324,7 @@ def create_app(ctx: ApiContext) -> Flask:
             ):
                 kept.append(ended)
         if g.pretty or _wants_csv():
-            return respond(call, [ended.as_dict() for ended in paced(kept)])
+            return respond_list(call, (ended.as_dict() for ended in paced(kept)))
         data = splice([ended.item for ended in kept])
         return envelope.success_json(data, g.rid, call.token_text)
 
@@ -351,24 +351,30 @@ def create_app(ctx: ApiContext) -> Flask:
                 and (not filters or filters.keep(ch.to_item(now, table.is_stale(ch))))
             ]
         if g.pretty or _wants_csv():  # these need the items as objects
-            return respond(call, [ch.to_item(now, table.is_stale(ch)) for ch in paced(channels)])
+            items = (ch.to_item(now, table.is_stale(ch)) for ch in paced(channels))
+            return respond_list(call, items)
         return envelope.success_json(ctx.lists.json(table, shown, now), g.rid, call.token_text)
 
     def respond(call: Call, data: Any) -> Response:
-        """One item, or a list built for this answer (serialised in paced slices, then
-        emptied in paced slices), as JSON or CSV."""
+        """One item, as JSON or CSV."""
         if _wants_csv():
-            rows = data if isinstance(data, list) else [data]
-            resp = Response(to_csv(rows), status=200)
-            release(rows)
-            resp.headers["Content-Type"] = "text/csv"
-            resp.headers["X-Request-ID"] = g.rid
-            return resp
-        if isinstance(data, list):
-            array = json_array(data, g.pretty, nested=True)
-            release(data)
-            return envelope.success_json(array, g.rid, call.token_text, pretty=g.pretty)
+            return csv_response(to_csv([data]))
         return reply(call, data)
+
+    def respond_list(call: Call, items: Iterator[dict[str, Any]]) -> Response:
+        """A list's items as CSV or JSON, each item made as it is written (paced by the
+        writer) and freed at once: thousands of dicts alive together would be both a stall
+        when freed and work for the garbage collector's full collections."""
+        if _wants_csv():
+            return csv_response(to_csv(items))
+        array = json_array(items, g.pretty, nested=True)
+        return envelope.success_json(array, g.rid, call.token_text, pretty=g.pretty)
+
+    def csv_response(text: str) -> Response:
+        resp = Response(text, status=200)
+        resp.headers["Content-Type"] = "text/csv; charset=utf-8"
+        resp.headers["X-Request-ID"] = g.rid
+        return resp
 
     def lookup(call: Call, account_id: str, uuid: str) -> Channel:
         """The channel, or 404 alike for unknown, another account's, or not the user's."""
