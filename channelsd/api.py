@@ -26,13 +26,13 @@ from channelsd.ended import Ended, EndedCalls
 from channelsd.envelope import ApiError
 from channelsd.fastlists import fast_lists
 from channelsd.health import LoopMonitor, readiness
-from channelsd.listing import Filters, ListCache, in_slices, to_csv
+from channelsd.listing import Filters, ListCache, json_array, paced, splice, to_csv
 from channelsd.metrics import CONTENT_TYPE as METRICS_TYPE
 from channelsd.metrics import Metrics
 from channelsd.peers import Peers
 from channelsd.presented import header_token, truthy, wants_csv
 from channelsd.stream import Broker, subscribe
-from channelsd.subscriptions import Subscription, Subscriptions
+from channelsd.subscriptions import Refused, Subscription, Subscriptions
 from channelsd.table import ChannelTable, Scope
 from channelsd.tokens import Authenticator, Token, log_failure
 
@@ -106,9 +106,44 @@ def _wants_csv() -> bool:
     return wants_csv(request.args.get("accept"), request.headers.get("Accept"))
 
 
-def _read_body() -> dict[str, Any] | None:
+def too_large(limit: int) -> ApiError:
+    # The rest of the body is read and dropped by the server (bounded by body_timeout) before
+    # the connection closes, so that the client reads this answer instead of a reset.
+    return ApiError(
+        413,
+        "request too large",
+        {"message": f"the body is larger than {limit} bytes (http.max_body_bytes)"},
+        headers={"Connection": "close"},
+    )
+
+
+def read_body_bytes(environ: dict[str, Any], limit: int) -> bytes:
+    """The whole request body, however it is framed, or an ApiError: 413 when it is longer
+    than `limit` (never a prefix of it: werkzeug's stream stops at the limit without a word
+    for a chunked body), 408 when it did not arrive in time, 400 when it could not be read."""
+    declared = environ.get("CONTENT_LENGTH") or ""
+    if declared.isascii() and declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
+        raise too_large(limit)
+    try:
+        # pywsgi's input ends where the framing (a length, or the last chunk) says.
+        raw = environ["wsgi.input"].read(limit + 1)
+    except (OSError, ValueError):
+        if environ.get("channelsd.timeout"):
+            raise envelope.request_timeout("request body") from None
+        raise ApiError(
+            400,
+            "bad request",
+            {"message": "the request body could not be read"},
+            headers={"Connection": "close"},
+        ) from None
+    if len(raw) > limit:
+        raise too_large(limit)
+    return raw
+
+
+def _read_body(limit: int) -> dict[str, Any] | None:
     """The JSON body, or None when there is none (jQuery sends empty bodies with GETs)."""
-    raw = request.get_data(cache=True)
+    raw = read_body_bytes(request.environ, limit)
     if not raw or not raw.strip():
         return None
     try:
@@ -209,11 +244,7 @@ def create_app(ctx: ApiContext) -> Flask:
         if isinstance(exc, ClientDisconnected) and request.environ.get("channelsd.timeout"):
             err = envelope.request_timeout("request body")
         elif isinstance(exc, RequestEntityTooLarge):
-            err = ApiError(
-                413,
-                "request too large",
-                {"message": f"the body is larger than {ctx.max_body_bytes} bytes"},
-            )
+            err = too_large(ctx.max_body_bytes)
         elif exc.code == 404:
             err = envelope.not_found(request.path)
         elif exc.code == 405:
@@ -241,7 +272,7 @@ def create_app(ctx: ApiContext) -> Flask:
                 return Response(status=200)
             if method not in allowed:
                 raise envelope.method_not_allowed(list(allowed))
-            body = _read_body()
+            body = _read_body(ctx.max_body_bytes)
             presented = _presented_token(body)
             token, reason = ctx.auth.authenticate(presented) if presented else (None, "")
             if token is None:
@@ -303,17 +334,19 @@ def create_app(ctx: ApiContext) -> Flask:
 
     def ended_listing(call: Call, calls: Iterable[Ended]) -> Response:
         """`?ended=true`: the calls of the last minutes, newest first, as the live list would
-        narrow them (role, filters)."""
+        narrow them (role, filters). Each is kept as JSON: decoded only to be filtered or
+        printed, and otherwise spliced as it is."""
         filters = Filters(request.args.items(multi=True))
-        items = []
-        for part in in_slices(list(calls)):
-            for ended in part:
-                if not owned(call, ended.owner_id, ended.device_id):
-                    continue
-                item = ended.as_dict()
-                if not filters or filters.keep(item):
-                    items.append(item)
-        return respond(call, items)
+        kept = []
+        for ended in paced(list(calls)):  # a copy: the calls may change while we pace
+            if owned(call, ended.owner_id, ended.device_id) and (
+                not filters or filters.keep(ended.as_dict())
+            ):
+                kept.append(ended)
+        if g.pretty or _wants_csv():
+            return respond_list(call, (ended.as_dict() for ended in paced(kept)))
+        data = splice([ended.item for ended in kept])
+        return envelope.success_json(data, g.rid, call.token_text)
 
     def listing(
         call: Call,
@@ -333,24 +366,35 @@ def create_app(ctx: ApiContext) -> Flask:
         if call.token.role == "user" or filters:
             shown = channels = [
                 ch
-                for part in in_slices(channels)
-                for ch in part
+                for ch in paced(channels)
                 if visible(call, ch)
                 and (not filters or filters.keep(ch.to_item(now, table.is_stale(ch))))
             ]
         if g.pretty or _wants_csv():  # these need the items as objects
-            items = [ch.to_item(now, table.is_stale(ch)) for p in in_slices(channels) for ch in p]
-            return respond(call, items)
+            items = (ch.to_item(now, table.is_stale(ch)) for ch in paced(channels))
+            return respond_list(call, items)
         return envelope.success_json(ctx.lists.json(table, shown, now), g.rid, call.token_text)
 
     def respond(call: Call, data: Any) -> Response:
+        """One item, as JSON or CSV."""
         if _wants_csv():
-            rows = data if isinstance(data, list) else [data]
-            resp = Response(to_csv(rows), status=200)
-            resp.headers["Content-Type"] = "text/csv"
-            resp.headers["X-Request-ID"] = g.rid
-            return resp
+            return csv_response(to_csv([data]))
         return reply(call, data)
+
+    def respond_list(call: Call, items: Iterator[dict[str, Any]]) -> Response:
+        """A list's items as CSV or JSON, each item made as it is written (paced by the
+        writer) and freed at once: thousands of dicts alive together would be both a stall
+        when freed and work for the garbage collector's full collections."""
+        if _wants_csv():
+            return csv_response(to_csv(items))
+        array = json_array(items, g.pretty, nested=True)
+        return envelope.success_json(array, g.rid, call.token_text, pretty=g.pretty)
+
+    def csv_response(text: str) -> Response:
+        resp = Response(text, status=200)
+        resp.headers["Content-Type"] = "text/csv; charset=utf-8"
+        resp.headers["X-Request-ID"] = g.rid
+        return resp
 
     def lookup(call: Call, account_id: str, uuid: str) -> Channel:
         """The channel, or 404 alike for unknown, another account's, or not the user's."""
@@ -432,11 +476,12 @@ def create_app(ctx: ApiContext) -> Flask:
 
         last = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
         broker = ctx.broker
-        sub = ctx.subscriptions.open(call.token, "channel_events", broker.wake)
-        if sub is None:
+        try:
+            sub = ctx.subscriptions.open(call.token, "channel_events", broker.wake)
+        except Refused as full:
             if ctx.metrics is not None:
-                ctx.metrics.http_refused.labels("stream_limit").inc()
-            raise envelope.too_many_streams(ctx.subscriptions.limit)
+                ctx.metrics.http_refused.labels(full.reason).inc()
+            raise envelope.too_many_streams(full.limit, full.key, full.whose) from None
         # A Kazoo token's stream ends at its exp, as its requests would start failing then;
         # and one on an account only Kazoo vouched for is asked again when that answer runs
         # out, ending when Kazoo no longer says yes (the websocket does the same).

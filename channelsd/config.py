@@ -73,6 +73,8 @@ class HttpLimits:
 
     max_connections: int = 1024
     max_streams: int = 256
+    max_streams_per_token: int = 32
+    max_streams_per_account: int = 64
     header_timeout: float = 10.0
     idle_timeout: float = 60.0
     body_timeout: float = 30.0

@@ -94,7 +94,7 @@ class Daemon:
             ended=self._ended_calls(config),
             metrics=self.metrics,
             loop=self.loop,
-            subscriptions=Subscriptions(config.http_limits.max_streams),
+            subscriptions=Subscriptions.from_limits(config.http_limits),
             peers=Peers(config.trusted_proxies),
         )
         if config.websocket.enabled:

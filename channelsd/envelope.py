@@ -94,9 +94,15 @@ def success(
     return success_json(_dump(data, False), rid, auth_token, status)
 
 
-def success_json(data: bytes, rid: str, auth_token: str | None, status: int = 200) -> Response:
-    """success() for data serialised already: lists are spliced from cached items."""
-    resp = Response(success_body(data, rid, auth_token), status=status)
+def success_json(
+    data: bytes, rid: str, auth_token: str | None, status: int = 200, pretty: bool = False
+) -> Response:
+    """success() for data serialised already: lists are spliced from cached items. Pretty:
+    `data` is indented as orjson's OPT_INDENT_2 does it one level in."""
+    parts = pretty_parts(data, rid, auth_token) if pretty else success_parts(data, rid, auth_token)
+    # The pieces as they are (werkzeug sums a list's Content-Length): a list of several MB is
+    # written, not copied once more.
+    resp = Response(list(parts), status=status)
     resp.headers["Content-Type"] = JSON_TYPE
     resp.headers["X-Request-ID"] = rid
     return resp
@@ -110,6 +116,13 @@ def success_parts(data: bytes, rid: str, auth_token: str | None) -> tuple[bytes,
     """The success envelope around `data` as three pieces, for a server to write one after
     the other: a long list is then sent as it is, never copied into a bigger buffer."""
     return b'{"data":', data, b"," + orjson.dumps(_success_rest(rid, auth_token))[1:]
+
+
+def pretty_parts(data: bytes, rid: str, auth_token: str | None) -> tuple[bytes, bytes, bytes]:
+    """success_parts() pretty-printed, byte for byte as success(..., pretty=True) prints it,
+    around `data` pretty-printed one level in (channelsd.listing.json_array(nested=True))."""
+    rest = _dump(_success_rest(rid, auth_token), True)
+    return b'{\n  "data": ', data, b",\n" + rest[2:]
 
 
 def _success_rest(rid: str, auth_token: str | None) -> dict[str, Any]:
@@ -208,11 +221,12 @@ def too_many_connections() -> ApiError:
     )
 
 
-def too_many_streams(limit: int) -> ApiError:
+def too_many_streams(limit: int, key: str = "http.max_streams", whose: str = "") -> ApiError:
+    """At a stream limit: `key` names it in the config, `whose` says whose streams count."""
     return ApiError(
         503,
         "too many streams",
-        {"message": f"{limit} event streams are open, the limit (http.max_streams); retry"},
+        {"message": f"{limit} event streams are open{whose}, the limit ({key}); retry"},
         headers={"Retry-After": "5"},
     )
 

@@ -12,7 +12,12 @@ daemon is added here (freeswitch-esl.md §4):
   a deadline after which the connection is torn down (the reply order is lost by then);
 * a command containing a line break would be a second command, so it is refused outright;
 * its dispatcher greenlet sits behind an unbounded queue that grows without limit in a burst,
-  so events are applied in the reader itself, which yields every YIELD_EVERY events.
+  so events are applied in the reader itself, which yields every YIELD_EVERY frames;
+* it reads whatever the peer sends for as long as it sends it. Here every frame is bounded
+  (a header block by MAX_HEADER_BYTES, a body by its kind's limit), the search for a header
+  block's end only looks at bytes not searched yet, and a long body read visits the hub
+  every YIELD_BYTES: a gevent recv that always finds data never switches by itself, so a
+  peer sending without pause would otherwise hold the whole daemon.
 """
 
 from __future__ import annotations
@@ -53,6 +58,11 @@ class ProtocolError(ESLError):
     """The peer sent something that is not ESL as FreeSWITCH speaks it."""
 
 
+class FrameTooLarge(ESLError):
+    """An event (or other frame channelsd does not need) larger than MAX_EVENT_BYTES: read
+    past and dropped, the connection kept."""
+
+
 class _Frame:
     """One frame's outer headers; a command's reply also gets .data (and .raw for api)."""
 
@@ -65,11 +75,28 @@ class _Frame:
 
 
 _FORBIDDEN_IN_COMMAND = frozenset("\r\n\x00\u2028\u2029\x85")
-# Events applied in a row before the reader lets HTTP requests and other nodes run.
+# Frames handled in a row before the reader lets HTTP requests and other nodes run.
 YIELD_EVERY = 100
 # One socket read: dozens of events in a burst, and FreeSWITCH's big listings in a few reads.
 RECV_BYTES = 256 * 1024
-MAX_BODY_BYTES = 64 * 1024 * 1024
+# An event counts as one more frame for each 16 KiB of its body (FreeSWITCH's are 0.5-10 KB),
+# so that YIELD_EVERY frames stay a few milliseconds of parsing whatever their size.
+BIG_EVENT_SHIFT = 14
+# Bytes read into (or past) one body between visits to the hub: about a millisecond of copying.
+YIELD_BYTES = 1024 * 1024
+# FreeSWITCH's outer header blocks are a few short lines (captured: 26 to 137 bytes); this is
+# hundreds of times that. A block without its blank line past it is not ESL: the connection
+# is reset, as for any framing error.
+MAX_HEADER_BYTES = 64 * 1024
+# An event's body (captured: at most 10 KB, a CHANNEL_* event carrying every variable). One
+# larger is read past without being kept, dropped and counted: its framing is intact, and
+# another client's `bgapi` result (BACKGROUND_JOB, broadcast to every subscriber) may be big.
+MAX_EVENT_BYTES = 1024 * 1024
+# A reply to a command of ours: `show channels as json` is the largest (~0.9 KB a channel,
+# so about 70,000 channels). Beyond this no frame is believed: the connection is reset.
+MAX_FRAME_BYTES = 64 * 1024 * 1024
+# Frames that answer a command: never skipped (the reply order would be lost).
+_REPLIES = frozenset({"command/reply", "api/response"})
 # The outer headers FreeSWITCH gives every json event: "Content-Length: N" and this.
 _JSON_EVENT_TAIL = b"\nContent-Type: text/event-json"
 _JSON_EVENT_CUT = -len(_JSON_EVENT_TAIL)
@@ -218,20 +245,30 @@ class ESLConnection(InboundESL):
 
         greenswitch reads a line at a time through a file object and URL-decodes every outer
         header (FreeSWITCH never encodes those); here one recv of up to RECV_BYTES carries
-        dozens of events, and an event frame's two outer headers are recognised, not parsed."""
+        dozens of events, and an event frame's two outer headers are recognised, not parsed.
+        `scan` is where the search for the next blank line resumes: bytes already searched
+        are never searched again, however slowly a header block arrives."""
         recv = self.sock.recv
         buf = b""
-        pos = 0
+        pos = scan = 0
         while self._run:
-            end = buf.find(b"\n\n", pos)
+            end = buf.find(b"\n\n", scan)
             if end < 0:
+                if len(buf) - pos > MAX_HEADER_BYTES:
+                    raise ProtocolError(f"a header block not ended within {MAX_HEADER_BYTES} bytes")
                 data = recv(RECV_BYTES)
                 if not data:
                     return  # EOF
                 self.last_rx = time.monotonic()  # liveness: bytes arrived, whatever they hold
-                buf = buf[pos:] + data if pos < len(buf) else data
+                if pos < len(buf):
+                    buf = buf[pos:] + data
+                    scan = len(buf) - len(data) - 1  # the blank line may span both reads
+                else:
+                    buf, scan = data, 0
                 pos = 0
                 continue
+            if end - pos > MAX_HEADER_BYTES:
+                raise ProtocolError(f"a header block longer than {MAX_HEADER_BYTES} bytes")
             block = buf[pos:end]
             start = end + 2
             digits = block[16:_JSON_EVENT_CUT]
@@ -242,21 +279,36 @@ class ESLConnection(InboundESL):
             ):
                 headers = None  # how FreeSWITCH frames every json event
                 length = _checked_length(digits)
+                if length > MAX_EVENT_BYTES:
+                    buf, pos = self._skip(buf, start, length, "text/event-json")
+                    scan = pos
+                    continue
             else:
                 headers = self._headers(block)
                 if not headers:  # a stray blank line between frames is harmless
-                    pos = end + 1
+                    pos = scan = end + 1
+                    self._tick()
                     continue
                 if "Content-Length" not in headers:
-                    pos = start
+                    pos = scan = start
                     self._dispatch(headers, None)
+                    self._tick()
                     continue
                 length = _checked_length(headers["Content-Length"])
+                ctype = headers.get("Content-Type", "")
+                if ctype in _REPLIES:
+                    if not self._commands_sent:  # before reading what nobody asked for
+                        raise ProtocolError(f"unsolicited {ctype}")
+                elif length > MAX_EVENT_BYTES:
+                    buf, pos = self._skip(buf, start, length, ctype)
+                    scan = pos
+                    continue
             stop = start + length
             if stop > len(buf):
                 buf, start, stop = buf[start:], 0, length
                 chunks = [buf]
                 have = len(buf)
+                unpaced = 0
                 while have < stop:
                     data = recv(RECV_BYTES)
                     if not data:
@@ -264,12 +316,50 @@ class ESLConnection(InboundESL):
                     self.last_rx = time.monotonic()
                     chunks.append(data)
                     have += len(data)
+                    unpaced += len(data)
+                    if unpaced >= YIELD_BYTES:
+                        unpaced = 0
+                        _pause()
                 buf = b"".join(chunks)
-            pos = stop
+            pos = scan = stop
             if headers is None:
                 self._event(buf[start:stop], parse_json)
             else:
                 self._dispatch(headers, buf[start:stop])
+                if ctype not in _EVENT_TYPES:
+                    self._tick()  # _event counted the events
+
+    def _skip(self, buf: bytes, start: int, length: int, ctype: str) -> tuple[bytes, int]:
+        """Read past a body too large to keep, without keeping it: the buffer and position
+        just after it. The frame is dropped and counted as an unusable event."""
+        stop = start + length
+        if stop <= len(buf):
+            rest, at = buf, stop
+        else:
+            left = stop - len(buf)
+            unpaced = 0
+            while True:
+                data = self.sock.recv(RECV_BYTES)
+                if not data:
+                    raise ConnectionLost(f"short read: {left} bytes of a body missing")
+                self.last_rx = time.monotonic()
+                if len(data) >= left:
+                    rest, at = data, left
+                    break
+                left -= len(data)
+                unpaced += len(data)
+                if unpaced >= YIELD_BYTES:
+                    unpaced = 0
+                    _pause()
+        self.parse_errors += 1
+        exc = FrameTooLarge(
+            f"a {ctype or 'frame'} body of {length} bytes (limit {MAX_EVENT_BYTES})"
+        )
+        if self._on_parse_error:
+            self._on_parse_error(exc)
+        log.warning("%s: dropped %s", self.label, exc)
+        self._tick()
+        return rest, at
 
     @staticmethod
     def _headers(block: bytes) -> dict[str, str]:
@@ -306,10 +396,20 @@ class ESLConnection(InboundESL):
             except Exception:  # a bug in one event's handling must not end the reader;
                 # and unlike greenswitch, log the event's name, not its (PII-laden) body
                 log.exception("%s: handler failed on %s", self.label, parsed.get("Event-Name", "?"))
-        self._since_yield += 1
+        # A big event costs its size to parse: one more frame per 16 KiB of it. (_tick,
+        # inlined: this is the hot path of ingest.)
+        self._since_yield += 1 + (len(body) >> BIG_EVENT_SHIFT)
         if self._since_yield >= YIELD_EVERY or ESLConnection.awaiting > len(self._commands_sent):
             self._since_yield = 0
-            gevent.sleep(0)
+            _pause()
+
+    def _tick(self, frames: int = 1) -> None:
+        """Frames handled: every YIELD_EVERY, or at once while a command of this process
+        waits for its answer, the hub runs (HTTP requests, other nodes, that command)."""
+        self._since_yield += frames
+        if self._since_yield >= YIELD_EVERY or ESLConnection.awaiting > len(self._commands_sent):
+            self._since_yield = 0
+            _pause()
 
     def _dispatch(self, headers: dict[str, str], body: bytes | None) -> None:
         ctype = headers.get("Content-Type")
@@ -339,11 +439,21 @@ class ESLConnection(InboundESL):
         # log/data and anything newer: its body, if any, has been skipped already
 
 
+_EVENT_TYPES = frozenset({"text/event-json", "text/event-plain"})
+
+
+def _pause() -> None:
+    """Let the hub run (a function, so that tests can count the visits)."""
+    gevent.sleep(0)
+
+
 def _checked_length(text: str | bytes) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise ProtocolError("frame without a usable Content-Length") from None
-    if n < 0 or n > MAX_BODY_BYTES:
+    # ASCII digits only: int() would also take "+5", " 5", "1_0" and other scripts' digits.
+    if not (text.isascii() and text.isdigit()):
+        raise ProtocolError("frame without a usable Content-Length")
+    if len(text) > 12:  # and int() of a long digit string is slow work of its own
+        raise ProtocolError("implausible Content-Length")
+    n = int(text)
+    if n > MAX_FRAME_BYTES:
         raise ProtocolError(f"implausible Content-Length {n}")
     return n

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import gevent
-from gevent.pywsgi import WSGIHandler, WSGIServer
+from gevent.pywsgi import MAX_REQUEST_LINE, WSGIHandler, WSGIServer
 from gevent.socket import wait_read
 
 from channelsd import envelope
@@ -56,6 +56,9 @@ EMFILE_EVICT = 16
 # with unread request bytes would reset the connection and could destroy the 503 unread.
 REFUSE_LINGER = 1.0
 SEND_CHUNK = 256 * 1024
+# Bytes read from one client between visits to the hub: a read buffer's worth, whose parsing
+# (a chunked body's size lines are read a byte at a time) stays within a few milliseconds.
+PACE_READ_BYTES = 8192
 # Descriptors kept back from the connection budget: the listener, ESL sockets, logs, ...
 FD_RESERVE = 64
 
@@ -68,6 +71,23 @@ def connection_budget(configured: int, nodes: int) -> int:
         return configured
     budget = (soft - FD_RESERVE - 4 * nodes) * 8 // 9
     return max(1, min(configured, budget))
+
+
+def _check_framing(headers: Any) -> None:
+    """One reading of where a body ends, or a 400: a proxy in front that reads the framing
+    another way (two lengths, a length and chunked, `+5`) would see other requests in the
+    same bytes. pywsgi alone takes chunked over a length and int() of anything int() takes."""
+    encodings = headers.get_all("Transfer-Encoding") or []
+    lengths = headers.get_all("Content-Length") or []
+    if encodings:
+        if len(encodings) > 1 or encodings[0].lower() != "chunked":
+            raise ValueError("a Transfer-Encoding other than chunked")
+        if lengths:
+            raise ValueError("both Content-Length and Transfer-Encoding")
+    if len(lengths) > 1:
+        raise ValueError("more than one Content-Length")
+    if lengths and not (lengths[0].isascii() and lengths[0].isdigit()):
+        raise ValueError("a Content-Length that is not a number")
 
 
 class Expired(TimeoutError):
@@ -134,6 +154,11 @@ class Connections:
             conn.sock.shutdown(socket.SHUT_RDWR)
 
 
+def _pause() -> None:
+    """Let the hub run (a function, so that tests can count the visits)."""
+    gevent.sleep(0)
+
+
 class _Reader(io.RawIOBase):
     """The client's bytes, each read bounded by the deadline of the connection's phase."""
 
@@ -142,6 +167,7 @@ class _Reader(io.RawIOBase):
         self.handler = handler
         # Set when the connection was handed to another protocol: HTTP reads nothing more.
         self.detached = False
+        self.unpaced = 0  # bytes read since the hub last ran by our doing
 
     def readable(self) -> bool:
         return True
@@ -150,6 +176,12 @@ class _Reader(io.RawIOBase):
         if self.detached:
             return 0
         conn = self.conn
+        if self.unpaced >= PACE_READ_BYTES:
+            # A recv that finds data never lets the hub run, and a client can keep data
+            # coming (a body in one-byte chunks, the rest of a refused body): each
+            # PACE_READ_BYTES read, and parsed, the other connections have their turn.
+            self.unpaced = 0
+            _pause()
         if conn.ended:
             raise ConnectionAbortedError(f"connection ended: {conn.ended}")
         left = conn.deadline - time.monotonic()
@@ -167,6 +199,7 @@ class _Reader(io.RawIOBase):
             sock.settimeout(self.handler.limits.send_timeout)
         if conn.ended:
             raise ConnectionAbortedError(f"connection ended: {conn.ended}")
+        self.unpaced += n
         return n
 
 
@@ -195,7 +228,21 @@ class Handler(WSGIHandler):
             except (OSError, ValueError):
                 return None
             self.conn.begin("header", self.limits.header_timeout)
-        return super().handle_one_request()
+        result = super().handle_one_request()
+        if isinstance(result, tuple) and result[0] == "414":
+            # pywsgi's own answer has no body: ours is in the API's envelope, as every error
+            err = ApiError(
+                414,
+                "request too long",
+                {"message": f"the request line is longer than {MAX_REQUEST_LINE} bytes"},
+            )
+            return ("414", self.server.raw(err))
+        return result
+
+    def MessageClass(self, *args: Any) -> Any:  # noqa: N802 (pywsgi's name)
+        headers = super().MessageClass(*args)
+        _check_framing(headers)
+        return headers
 
     def read_request(self, raw_requestline: str) -> Any:
         parsed = super().read_request(raw_requestline)
@@ -221,10 +268,15 @@ class Handler(WSGIHandler):
     def _sendall(self, data: Any) -> None:
         # pywsgi's sendall has no bound at all; this one closes a connection whose client
         # took nothing for send_timeout (the socket's timeout), however long the answer.
+        # A send the socket takes at once does not let the hub run: a list of several MB to
+        # a fast client (loopback: the receiving side's work is done in our send) would be
+        # written in one go. The hub runs between chunks after the first.
         view = memoryview(data)
         try:
             while view:
                 view = view[self.socket.send(view[:SEND_CHUNK]) :]
+                if view:
+                    _pause()
         except OSError as exc:
             if isinstance(exc, TimeoutError) and not self.conn.ended:
                 self.conn.ended = "send_timeout"

@@ -1,30 +1,92 @@
-"""A list's forms: crossbar-style filters, the JSON array and the CSV form (spec §1)."""
+"""A list's forms: crossbar-style filters, the JSON array and the CSV form (spec §1).
+
+A list answer is work proportional to the channels (or ended calls) in its scope times what
+the request asks of each: filters, CSV cells, pretty printing. All of it runs on the hub, so
+every loop here (and the API's loops over a list) calls pace() between items, which lets the
+hub run whenever PACE_BUDGET has passed since it last did: however big the scope and
+however costly each item, no list request holds the daemon for much longer than that.
+The number of filters a request may give is bounded too (MAX_FILTERS), which bounds the
+work per item.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
 import re
+import time
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from itertools import islice
+from typing import Any, TypeVar
 
 import gevent
+import orjson
 
+from channelsd import envelope
 from channelsd.channel import Channel
 from channelsd.table import ChannelTable, Scope
 
-# Long lists are built in slices so that event ingest keeps running meanwhile.
+T = TypeVar("T")
+
+# Long lists are built in slices so that event ingest keeps running meanwhile (the event
+# stream's snapshot uses these).
 YIELD_EVERY = 500
+# Work between visits to the hub, in seconds of wall time (at least the CPU time it took).
+PACE_BUDGET = 0.002
+# Channels whose cached JSON is spliced between two looks at the clock: cheap when cached
+# (about 2 us each), about 15 us each where a channel's JSON must be built anew.
+JSON_SLICE = 64
+# Items serialised in one orjson call (about 1 us each): its per-call cost stays amortised.
+DUMP_SLICE = 256
+# Items freed at once: a list item of a few dozen objects, freed in about 1.5 us.
+FREE_SLICE = 512
+# Filter parameters (filter_*, filter_not_*, has_key, key_missing) in one request. Crossbar's
+# clients send a handful; each one is work for every item of the scope.
+MAX_FILTERS = 32
+
+_clock = time.perf_counter
+_last_visit = 0.0
+
+
+def _pause() -> None:
+    """Let the hub run (a function, so that tests can count the visits)."""
+    gevent.sleep(0)
+
+
+def pace() -> None:
+    """Let the hub run if PACE_BUDGET has passed since a list loop last let it. The mark is
+    shared by every greenlet: one that started later than the mark only yields early."""
+    global _last_visit
+    if _clock() - _last_visit >= PACE_BUDGET:
+        _pause()
+        _last_visit = _clock()
+
+
+def paced(items: Iterable[T]) -> Iterator[T]:
+    """Each of `items`, pacing after each."""
+    for item in items:
+        yield item
+        pace()
+
+
+def release(items: list[Any]) -> None:
+    """Empty a list of items built for one answer a slice at a time, pacing: freeing a few
+    thousand dicts (a hundred thousand objects) at once is a stall of its own."""
+    while items:
+        del items[-FREE_SLICE:]
+        pace()
+
 
 _MISSING = object()
+_KEY_FILTERS = ("has_key", "key_missing")
 
 
-def _lookup(item: Mapping[str, Any], field: str) -> Any:
+def _lookup(item: Mapping[str, Any], field: str, path: tuple[str, ...]) -> Any:
     """A key, or a dotted path into nested objects (custom_channel_vars.Account-ID)."""
     if field in item:
         return item[field]
     value: Any = item
-    for part in field.split("."):
+    for part in path:
         if not isinstance(value, Mapping) or part not in value:
             return _MISSING
         value = value[part]
@@ -39,23 +101,45 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+def too_many_filters(given: int) -> envelope.ApiError:
+    return envelope.validation_error(
+        {
+            "filters": {
+                "maxItems": {
+                    "message": f"at most {MAX_FILTERS} filter parameters (filter_*, "
+                    f"filter_not_*, has_key, key_missing) per request; {given} were given",
+                    "target": MAX_FILTERS,
+                }
+            }
+        }
+    )
+
+
 class Filters:
-    """The filters a query string asks for; unknown parameters are simply not filters."""
+    """The filters a query string asks for; unknown parameters are simply not filters.
+    More than MAX_FILTERS is a 400 in Kazoo's validation shape."""
 
     def __init__(self, args: Iterable[tuple[str, str]]) -> None:
-        self.equal: list[tuple[str, str]] = []
-        self.not_equal: list[tuple[str, str]] = []
-        self.has_key: list[str] = []
-        self.key_missing: list[str] = []
+        args = list(args)  # a query string's worth: bounded by the request line
+        given = sum(1 for name, _ in args if name.startswith("filter_") or name in _KEY_FILTERS)
+        if given > MAX_FILTERS:
+            raise too_many_filters(given)
+        # (field, its dotted path split once, value)
+        self.equal: list[tuple[str, tuple[str, ...], str]] = []
+        self.not_equal: list[tuple[str, tuple[str, ...], str]] = []
+        self.has_key: list[tuple[str, tuple[str, ...]]] = []
+        self.key_missing: list[tuple[str, tuple[str, ...]]] = []
         for name, value in args:
             if name.startswith("filter_not_"):
-                self.not_equal.append((name[len("filter_not_") :], value))
+                field = name[len("filter_not_") :]
+                self.not_equal.append((field, tuple(field.split(".")), value))
             elif name.startswith("filter_"):
-                self.equal.append((name[len("filter_") :], value))
+                field = name[len("filter_") :]
+                self.equal.append((field, tuple(field.split(".")), value))
             elif name == "has_key":
-                self.has_key.append(value)
+                self.has_key.append((value, tuple(value.split("."))))
             elif name == "key_missing":
-                self.key_missing.append(value)
+                self.key_missing.append((value, tuple(value.split("."))))
 
     def key(self) -> tuple[tuple[Any, ...], ...]:
         """What these filters select, comparable: two subscribers with equal keys see the same."""
@@ -70,18 +154,18 @@ class Filters:
         return bool(self.equal or self.not_equal or self.has_key or self.key_missing)
 
     def keep(self, item: Mapping[str, Any]) -> bool:
-        for field, want in self.equal:
-            v = _lookup(item, field)
+        for field, path, want in self.equal:
+            v = _lookup(item, field, path)
             if v is _MISSING or _text(v) != want:
                 return False
-        for field, unwanted in self.not_equal:
-            v = _lookup(item, field)
+        for field, path, unwanted in self.not_equal:
+            v = _lookup(item, field, path)
             if v is not _MISSING and _text(v) == unwanted:
                 return False
-        for field in self.has_key:
-            if _lookup(item, field) is _MISSING:
+        for field, path in self.has_key:
+            if _lookup(item, field, path) is _MISSING:
                 return False
-        return all(_lookup(item, field) is _MISSING for field in self.key_missing)
+        return all(_lookup(item, field, path) is _MISSING for field, path in self.key_missing)
 
 
 def in_slices(items: list[Any]) -> Iterator[list[Any]]:
@@ -94,8 +178,51 @@ def in_slices(items: list[Any]) -> Iterator[list[Any]]:
 
 def list_json(table: ChannelTable, channels: list[Channel], now: float) -> bytes:
     """The list as a JSON array, spliced from each channel's cached JSON."""
-    parts = [item for part in in_slices(channels) for item in table.items_json(part, now)]
-    return b"[" + b",".join(parts) + b"]"
+    parts: list[bytes] = []
+    for start in range(0, len(channels), JSON_SLICE):
+        if start:
+            pace()
+        parts += table.items_json(channels[start : start + JSON_SLICE], now)
+    return splice(parts)
+
+
+def splice(
+    parts: list[bytes], opening: bytes = b"[", comma: bytes = b",", closing: bytes = b"]"
+) -> bytes:
+    """A JSON array of items serialised already, in one copy of the whole (a few MB for
+    thousands of channels): the brackets go onto the first and last items, not around the
+    joined list. `parts` is changed."""
+    if not parts:
+        return b"[]"
+    parts[0] = opening + parts[0]
+    parts[-1] += closing
+    return comma.join(parts)
+
+
+def json_array(items: Iterable[Any], pretty: bool = False, nested: bool = False) -> bytes:
+    """orjson.dumps(list(items)) built in paced slices, taking DUMP_SLICE items at a time from
+    `items` (a generator builds each slice's items only when they are dumped, and they are
+    freed young). Pretty: indented as OPT_INDENT_2 does it at the top level, or, `nested`,
+    one level in (as the value of the envelope's "data")."""
+    option = orjson.OPT_NON_STR_KEYS | (orjson.OPT_INDENT_2 if pretty else 0)
+    parts = []
+    source = iter(items)
+    while chunk := list(islice(source, DUMP_SLICE)):
+        if parts:
+            pace()
+        dumped = orjson.dumps(chunk, option=option)
+        del chunk  # before the next slice is built
+        if not pretty:
+            parts.append(dumped[1:-1])
+            continue
+        inner = dumped[2:-2]  # "[\n" ... "\n]" around the slice's items
+        # JSON strings hold no raw line break: every one is the indentation's
+        parts.append(inner.replace(b"\n", b"\n  ") if nested else inner)
+    if nested:
+        return splice(parts, b"[\n  ", b",\n  ", b"\n  ]")
+    if pretty:
+        return splice(parts, b"[\n", b",\n", b"\n]")
+    return splice(parts)
 
 
 class ListCache:
@@ -158,13 +285,18 @@ def _flatten(item: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def to_csv(items: Iterable[Mapping[str, Any]]) -> str:
-    """One row per item, nested objects as dotted columns, columns in first-seen order."""
-    rows = [_flatten(i) for i in items]
+    """One row per item, nested objects as dotted columns, columns in first-seen order;
+    built row by row, paced (about 70 us a row). `items` may be a generator: each item is
+    then flattened as soon as it is made and freed young; a row holds only text, which the
+    garbage collector does not track."""
+    rows = [_flatten(i) for i in paced(items)]
     columns: dict[str, None] = {}
-    for row in rows:
+    for row in paced(rows):
         columns.update(dict.fromkeys(row))
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=list(columns), lineterminator="\r\n")
     writer.writeheader()
-    writer.writerows(rows)
+    for row in paced(rows):
+        writer.writerow(row)
+    release(rows)
     return out.getvalue()

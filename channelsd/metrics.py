@@ -33,7 +33,9 @@ HTTP_METHODS = frozenset(
 CLOSE_REASONS = frozenset(
     ("header_timeout", "idle_timeout", "body_timeout", "send_timeout", "evicted")
 )
-REFUSE_REASONS = frozenset(("connection_limit", "stream_limit"))
+REFUSE_REASONS = frozenset(
+    ("connection_limit", "stream_limit", "stream_token_limit", "stream_account_limit")
+)
 ACCEPT_ERRORS = frozenset(("EMFILE", "ENFILE", "ENOBUFS", "ENOMEM"))
 
 

@@ -407,3 +407,55 @@ def test_out_of_descriptors_logs_one_line_and_keeps_answering(
         log_lines=len(lines),
         healthz_behind_60_silent_sockets_ms=round(seconds * 1000, 1),
     )
+
+
+def stream_status(resp: requests.Response) -> tuple[int, str]:
+    """A stream request's status and, for a refusal, the limit its envelope names."""
+    if resp.status_code == 200:
+        return 200, ""
+    return resp.status_code, resp.json()["data"]["message"]
+
+
+def test_one_token_or_one_account_cannot_take_every_stream(
+    switch: Any, make_daemon: Any, figure: Any
+) -> None:
+    """The attack of issue #11: one tenant's `user` token opened 256 streams and every other
+    account's admin, and the superduper, got 503. Now one token holds at most
+    max_streams_per_token and one account's tokens together max_streams_per_account."""
+    h = make_daemon(
+        [switch],
+        http={"max_streams": 20, "max_streams_per_token": 4, "max_streams_per_account": 6},
+    )
+    held: list[requests.Response] = []
+
+    def open_as(tok: str, path: str = "/v2/accounts/acc1/channel_events") -> tuple[int, str]:
+        resp = requests.get(
+            h.api.base + path, headers={"X-Auth-Token": token(tok)}, stream=True, timeout=HANG
+        )
+        held.append(resp)
+        return stream_status(resp)
+
+    try:
+        hog = [open_as("user1") for _ in range(10)]
+        assert [s for s, _ in hog] == [200] * 4 + [503] * 6
+        assert "4 event streams are open with this token" in hog[4][1]
+        assert "(http.max_streams_per_token)" in hog[4][1]
+        # the same account's other token has the account's two places left
+        assert [open_as("admin1")[0] for _ in range(2)] == [200, 200]
+        status, message = open_as("admin1")
+        assert status == 503 and "(http.max_streams_per_account)" in message, message
+        assert "with the tokens of account acc1" in message
+        # other tenants, and the operator, are not locked out
+        assert open_as("admin2", "/v2/accounts/acc2/channel_events")[0] == 200
+        assert open_as("super", "/v2/channel_events")[0] == 200
+        refused = metric(h, 'channelsd_http_refused_total{reason="stream_token_limit"}')
+        assert refused == 6
+        assert metric(h, 'channelsd_http_refused_total{reason="stream_account_limit"}') == 1
+        # a place given back is a place for the same token again
+        held[0].close()
+        wait_until(lambda: len(h.daemon.ctx.subscriptions) < 8, timeout=30, what="released")
+        assert open_as("user1")[0] == 200
+    finally:
+        for resp in held:
+            resp.close()
+    figure("stream limits per token and per account", cases=1, held=1)

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_table import CREATED_US, A, B, ev, with_vars
 
-from channelsd.listing import ListCache, list_json, to_csv
+from channelsd.listing import ListCache, json_array, list_json, to_csv
 from channelsd.table import ChannelTable
 
 NOW = CREATED_US // 1_000_000 + 30.25  # a quarter into the 30th whole second
@@ -113,3 +113,57 @@ def test_known_formulas_and_numbers_side_by_side() -> None:
     rows = read_back(items)
     assert [r["n"] for r in rows] == ["+15552084410", "-3", "12.5", "42"]
     assert all(r["f"].startswith("'") for r in rows)
+
+
+# -- JSON built in paced slices: byte for byte what one orjson call gives ---------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(10**12), 10**12) | st.text(max_size=12),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@given(
+    items=st.lists(st.dictionaries(st.text(max_size=8), json_values, max_size=4), max_size=40),
+    slice_size=st.integers(1, 7),
+)
+@settings(max_examples=200, derandomize=True)
+def test_sliced_json_is_the_whole_json(items: list[dict[str, Any]], slice_size: int) -> None:
+    from channelsd import envelope, listing
+
+    saved = listing.DUMP_SLICE
+    listing.DUMP_SLICE = slice_size  # many slices, so that every seam is crossed
+    try:
+        for pretty in (False, True):
+            option = orjson.OPT_NON_STR_KEYS | (orjson.OPT_INDENT_2 if pretty else 0)
+            assert json_array(items, pretty) == orjson.dumps(items, option=option)
+        # the pretty envelope around a nested array reads as success(..., pretty=True)
+        whole = orjson.dumps(
+            {"data": items, **envelope._success_rest("rid", "tok")},
+            option=orjson.OPT_NON_STR_KEYS | orjson.OPT_INDENT_2,
+        )
+        parts = envelope.pretty_parts(json_array(items, True, nested=True), "rid", "tok")
+        assert b"".join(parts) == whole
+    finally:
+        listing.DUMP_SLICE = saved
+
+
+def test_filters_are_bounded_and_split_once() -> None:
+    import pytest
+
+    from channelsd.envelope import ApiError
+    from channelsd.listing import MAX_FILTERS, Filters
+
+    item = {"a": {"b": "1"}, "c": "x"}
+    f = Filters(
+        [("filter_a.b", "1"), ("filter_not_c", "y"), ("has_key", "a.b"), ("key_missing", "z")]
+    )
+    assert f.keep(item) and not Filters([("filter_not_a.b", "1")]).keep(item)
+    Filters([("has_key", "c")] * MAX_FILTERS + [("unrelated", "1")] * 1000)  # not filters
+    with pytest.raises(ApiError) as refused:
+        Filters([("has_key", "c")] * (MAX_FILTERS + 1))
+    assert refused.value.status == 400
+    assert refused.value.data["filters"]["maxItems"]["target"] == MAX_FILTERS

@@ -62,6 +62,7 @@ from channelsd.blackhole import protocol
 from channelsd.blackhole.hub import Subscription
 from channelsd.blackhole.protocol import Refused
 from channelsd.envelope import request_id as loggable_id
+from channelsd.subscriptions import Refused as NoPlace
 from channelsd.tokens import Authenticator, Token, log_failure
 
 if TYPE_CHECKING:
@@ -320,11 +321,12 @@ class Session:
             most = self.cfg.max_sockets_per_token
             if self.service.sockets_of(token.sha256) >= most:
                 raise Refused(f"too many websockets for this token: at most {most}")
-            registration = self.service.subscriptions.open(
-                token, "websocket", lambda: self.close(POLICY, "token revoked", discard=True)
-            )
-            if registration is None:
-                raise Refused("too many subscriptions on this server")
+            try:
+                registration = self.service.subscriptions.open(
+                    token, "websocket", lambda: self.close(POLICY, "token revoked", discard=True)
+                )
+            except NoPlace:
+                raise Refused("too many subscriptions on this server") from None
             if registration.ended:  # a reload revoked it while Kazoo was asked
                 log_failure(self.client, "-", self.service.path, "revoked")
                 raise Refused(protocol.AUTH_FAILED)

@@ -1,0 +1,241 @@
+"""A hostile or broken switch cannot hold the daemon through its ESL socket (issue #11, item 4).
+
+Every frame is bounded: a header block that never ends resets the connection after
+MAX_HEADER_BYTES; an event body over MAX_EVENT_BYTES is read past, dropped and counted, with
+the framing (and the connection) kept; a long body visits the hub every YIELD_BYTES while it
+arrives, because a gevent recv that always finds data never switches by itself. Driven over
+real loopback sockets by a raw ESL peer that speaks as FreeSWITCH does and then misbehaves,
+and against the real daemon and the stand-in switch.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import gevent
+import gevent.event
+import orjson
+import pytest
+from test_metaflow_limits import RunLengths
+
+from channelsd import esl
+from channelsd.esl import ESLConnection, FrameTooLarge
+from channelsd.standin.replay import Frame
+
+from conftest import wait_until
+
+HANG = 30.0  # a bound against hangs, never a speed assertion
+MB = 1024 * 1024
+
+
+class Peer:
+    """A raw ESL server on loopback: it authenticates a client as FreeSWITCH does, then
+    sends whatever the test writes, as fast as the socket takes it."""
+
+    def __init__(self) -> None:
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(1)
+        self.port = self.listener.getsockname()[1]
+        self.sock: Any = None
+        self.ready = gevent.event.Event()
+        self.sent = 0
+        self._inbox = b""
+        self._greenlet = gevent.spawn(self._accept)
+
+    def _accept(self) -> None:
+        sock, _ = self.listener.accept()
+        sock.sendall(b"Content-Type: auth/request\n\n")
+        assert self.command(sock).startswith("auth ")
+        sock.sendall(b"Content-Type: command/reply\nReply-Text: +OK accepted\n\n")
+        self.sock = sock
+        self.ready.set()
+
+    def command(self, sock: Any = None) -> str:
+        """The next command the client sent."""
+        sock = sock or self.sock
+        while b"\n\n" not in self._inbox:
+            data = sock.recv(65536)
+            assert data, "the client closed"
+            self._inbox += data
+        text, _, self._inbox = self._inbox.partition(b"\n\n")
+        return text.decode()
+
+    def send(self, data: bytes) -> bool:
+        """Write `data`; False once the client has closed the connection."""
+        try:
+            self.sock.sendall(data)
+        except OSError:
+            return False
+        self.sent += len(data)
+        return True
+
+    def close(self) -> None:
+        self._greenlet.kill(block=False)
+        for s in (self.sock, self.listener):
+            if s is not None:
+                s.close()
+
+
+def json_event(event: dict[str, Any]) -> bytes:
+    body = orjson.dumps(event)
+    return b"Content-Length: %d\nContent-Type: text/event-json\n\n" % len(body) + body
+
+
+def plain_event(name: str, pad: int) -> bytes:
+    body = f"Event-Name: {name}\nX-Pad: {'p' * pad}\n\n".encode()
+    return b"Content-Length: %d\nContent-Type: text/event-plain\n\n" % len(body) + body
+
+
+@pytest.fixture
+def peer() -> Any:
+    p = Peer()
+    yield p
+    p.close()
+
+
+class Client:
+    """An ESLConnection to the peer, with what it delivered."""
+
+    def __init__(self, peer: Peer) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.errors: list[Exception] = []
+        self.conn = ESLConnection(
+            "127.0.0.1",
+            peer.port,
+            "ClueCon",
+            timeout=HANG,
+            on_event=lambda event, _body: self.events.append(event),
+            on_parse_error=self.errors.append,
+        )
+        self.conn.connect()
+        peer.ready.wait(HANG)
+
+    def names(self) -> list[str]:
+        return [e.get("Event-Name", "?") for e in self.events]
+
+
+@pytest.fixture
+def pauses(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Each visit the reader pays to the hub; the list grows by one per visit."""
+    visits: list[int] = []
+    pause = esl._pause
+
+    def counting() -> None:
+        visits.append(1)
+        pause()
+
+    monkeypatch.setattr(esl, "_pause", counting)
+    return visits
+
+
+# -- header blocks -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arrives", ["in 1 MB chunks without end", "whole, then a blank line"])
+def test_a_header_block_over_the_limit_resets_the_connection(peer: Peer, arrives: str) -> None:
+    client = Client(peer)
+    conn = client.conn
+    assert peer.send(b"Content-Type: text/event-json\nX-Junk: ")
+    if arrives.startswith("whole"):
+        # One header line longer than the limit, ended properly: still no ESL frame.
+        peer.send(b"A" * (esl.MAX_HEADER_BYTES + 1) + b"\n\n")
+    else:
+        # Before the fix the reader kept it all (and re-searched it all at every read) for as
+        # long as the peer sent: the loop ends only because the daemon closes.
+        while peer.send(b"A" * MB):
+            assert peer.sent < 256 * MB, "the reader never gave up on the header block"
+    wait_until(lambda: conn.closed.is_set(), HANG, "the reader resets the connection")
+    assert "header block" in conn.close_reason, conn.close_reason
+    assert client.events == []
+
+
+def test_a_switch_that_never_ends_its_headers_is_reconnected(
+    switch: Any, make_daemon: Any, figure: Any
+) -> None:
+    """The attack of issue #11 against the whole daemon: the node resets, reconnects and
+    reconciles; HTTP answers throughout; the reader's longest run without the hub is
+    measured for RELIABILITY.md."""
+    h = make_daemon([switch])
+    node = h.node()
+    reconnects = node.reconnects
+    head = Frame("text/event-json", "CHANNEL_CREATE", None, b"Content-Type: text/event-json\nX-J: ")
+    junk = Frame("text/event-json", "CHANNEL_CREATE", None, b"A" * MB)
+    sent = 0
+    with RunLengths({gevent.getcurrent()}) as runs:
+        switch.send_frames([head])
+        while node.reconnects == reconnects:
+            assert sent < 256, "the reader never gave up on the header block"
+            switch.send_frames([junk])
+            sent += 1
+            assert h.api.get("/healthz", tok=None).status_code == 200
+    h.wait_ready(HANG)
+    a, _ = switch.originate("9000", {"account_id": "acc1"})
+    wait_until(lambda: h.table.get(a) is not None, HANG, "a new call reaches the table")
+    figure("esl header flood", sent_mb=sent, worst_ms=round(runs.worst * 1000, 2))
+    assert runs.worst < 1.0  # against hangs only
+
+
+# -- bodies ------------------------------------------------------------------------------------
+
+
+def test_an_oversized_event_is_read_past_dropped_and_counted(peer: Peer, pauses: list[int]) -> None:
+    client = Client(peer)
+    big = 8 * MB
+    peer.send(json_event({"Event-Name": "HEARTBEAT", "n": 1}))
+    # the json events' fast path, and the general path (plain), each past MAX_EVENT_BYTES
+    peer.send(json_event({"Event-Name": "CHANNEL_CREATE", "pad": "x" * big}))
+    peer.send(plain_event("CHANNEL_DATA", esl.MAX_EVENT_BYTES))
+    # the largest event kept, then the next one: the framing held
+    near = esl.MAX_EVENT_BYTES - 200
+    peer.send(json_event({"Event-Name": "CUSTOM", "pad": "y" * near}))
+    peer.send(json_event({"Event-Name": "HEARTBEAT", "n": 2}))
+    wait_until(lambda: len(client.events) == 3, HANG, "the events around the big ones")
+    assert client.names() == ["HEARTBEAT", "CUSTOM", "HEARTBEAT"]
+    assert [type(e) for e in client.errors] == [FrameTooLarge, FrameTooLarge]
+    assert client.conn.alive
+    # Read past in pieces with the hub visited between them, never one uninterrupted read.
+    assert len(pauses) >= big // (esl.YIELD_BYTES + esl.RECV_BYTES)
+
+
+def test_a_long_reply_visits_the_hub_while_it_arrives(peer: Peer, pauses: list[int]) -> None:
+    """A big `show channels as json` answer is kept whole (replies are never skipped), and
+    the hub runs while it arrives."""
+    client = Client(peer)
+    size = 24 * MB
+    job = gevent.spawn(client.conn.api, "show channels as json", HANG)
+    assert peer.command() == "api show channels as json"
+    body = b"[" + b" " * (size - 2) + b"]"
+    peer.send(b"Content-Type: api/response\nContent-Length: %d\n\n" % size + body)
+    reply = job.get(timeout=HANG)
+    assert reply == body.decode()
+    assert len(pauses) >= size // (esl.YIELD_BYTES + esl.RECV_BYTES)
+    assert client.conn.alive
+
+
+def test_big_events_under_the_limit_cost_their_size_between_visits(
+    peer: Peer, pauses: list[int]
+) -> None:
+    """YIELD_EVERY frames, but a big event counts as many frames as its size: a burst of
+    big events cannot hold the hub for YIELD_EVERY of them."""
+    client = Client(peer)
+    count = 40
+    pad = esl.MAX_EVENT_BYTES - 200
+    for i in range(count):
+        peer.send(json_event({"Event-Name": "CUSTOM", "n": i, "pad": "z" * pad}))
+    wait_until(lambda: len(client.events) == count, HANG, "every big event")
+    units = 1 + (pad >> esl.BIG_EVENT_SHIFT)
+    assert len(pauses) >= count * units // esl.YIELD_EVERY - 1
+
+
+@pytest.mark.parametrize(
+    "length",
+    [b"+5", b" 5", b"1_0", "\u0661\u0667".encode(), b"99999999999999999999"],
+    ids=["plus", "space", "underscore", "arabic-indic digits", "20 digits"],
+)
+def test_a_content_length_is_ascii_digits_only(peer: Peer, length: bytes) -> None:
+    client = Client(peer)
+    peer.send(b"Content-Type: text/event-plain\nContent-Length: " + length + b"\n\n12345678901")
+    wait_until(lambda: client.conn.closed.is_set(), HANG, "the reader resets the connection")
+    assert "Content-Length" in client.conn.close_reason
