@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import os
 import time
+from array import array
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable, Iterator
-from itertools import islice
+from itertools import accumulate, islice
 from typing import Any
 
 import gevent
@@ -229,9 +231,33 @@ class Broker:
             self._wake.wait(timeout)
 
 
-# Batches a feed keeps for its slower subscribers: ~6 s of publishing; one further behind
-# starts over from a snapshot.
+# Batches a feed keeps for its slower subscribers: ~6 s of publishing, and never more frames
+# than the broker's ring holds messages; one further behind starts over from a snapshot.
 FEED_BATCHES = 64
+
+
+class _Batch:
+    """One publish's frames for a feed, joined once; `seqs[i]` is the message of the frame
+    that ends at `ends[i]` in `joined` (compact: no second copy of each frame)."""
+
+    __slots__ = ("first", "last", "joined", "seqs", "ends")
+
+    def __init__(self, first: int, last: int, frames: list[tuple[int, bytes]]) -> None:
+        self.first = first
+        self.last = last
+        self.joined = b"".join(f for _, f in frames)
+        self.seqs = array("q", (s for s, _ in frames))
+        self.ends = array("q", accumulate(len(f) for _, f in frames))
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    def after(self, seq: int) -> bytes:
+        """The frames of messages after `seq`."""
+        if self.first > seq:
+            return self.joined
+        i = bisect_right(self.seqs, seq)
+        return self.joined[self.ends[i - 1] if i else 0 :]
 
 
 class Feed:
@@ -243,7 +269,7 @@ class Feed:
     channel it holds, or a destroy for one it does not, changes nothing for a client. So the
     frames are decided and serialised once per batch for all of them."""
 
-    __slots__ = ("in_scope", "keep", "visible", "last", "batches", "users")
+    __slots__ = ("in_scope", "keep", "visible", "last", "batches", "held", "cut", "users")
 
     def __init__(
         self,
@@ -256,18 +282,19 @@ class Feed:
         self.keep = keep
         self.visible = set(visible)
         self.last = position  # the last message this feed has decided about
-        # (first seq, last seq, the batch's frames joined, [(seq, frame)])
-        self.batches: deque[tuple[int, int, bytes, list[tuple[int, bytes]]]] = deque(
-            maxlen=FEED_BATCHES
-        )
+        self.batches: deque[_Batch] = deque()
+        self.held = 0  # frames in the batches
+        # The last message whose frame is no longer held (a batch dropped, or the ring had
+        # moved on): a subscriber at or before it cannot be served from the feed.
+        self.cut = position
         self.users = 0
 
     def catch_up(self, broker: Broker) -> None:
         messages = broker.since(self.last)
         if messages is None:  # the ring moved on past this feed: its subscribers start over
             self.batches.clear()
-            self.batches.append((broker.seq, broker.seq, b"", []))
-            self.last = broker.seq
+            self.held = 0
+            self.last = self.cut = broker.seq
             return
         frames = []
         for msg in messages:
@@ -276,28 +303,27 @@ class Feed:
             frame = _for(broker, msg, self.visible, self.in_scope, self.keep, True)
             if frame is not None:
                 frames.append((msg.seq, frame))
-        if messages:
-            first = messages[0].seq
-            self.last = messages[-1].seq
-            if frames:
-                self.batches.append((first, self.last, b"".join(f for _, f in frames), frames))
+        if not messages:
+            return
+        self.last = messages[-1].seq
+        if frames:
+            self.batches.append(_Batch(messages[0].seq, self.last, frames))
+            self.held += len(frames)
+        # Bounded in frames as well as batches: a publish that catches thousands of messages
+        # (a busy switch, a reconcile) must not multiply what 64 batches hold.
+        limit = broker.ring.maxlen or FEED_BATCHES
+        while self.batches and (len(self.batches) > FEED_BATCHES or self.held > limit):
+            dropped = self.batches.popleft()
+            self.held -= len(dropped)
+            self.cut = dropped.last
 
     def after(self, seq: int) -> bytes | None:
         """Every frame after `seq`, or None when this feed no longer reaches back that far."""
-        batches = self.batches
-        if not batches or seq >= self.last:
+        if seq >= self.last:
             return b""
-        if seq < batches[0][0] - 1 and batches.maxlen == len(batches):
+        if seq < self.cut:
             return None
-        out = []
-        for first, last, joined, frames in batches:
-            if last <= seq:
-                continue
-            if first > seq:
-                out.append(joined)
-            else:  # this subscriber holds part of the batch already
-                out.extend(frame for s, frame in frames if s > seq)
-        return b"".join(out)
+        return b"".join(batch.after(seq) for batch in self.batches if batch.last > seq)
 
 
 def _frame(broker: Broker, seq: int, event: str, data: bytes) -> bytes:
