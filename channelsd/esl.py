@@ -151,6 +151,10 @@ class ESLConnection(InboundESL):
             raise
         with contextlib.suppress(OSError):
             self.sock.setsockopt(pysocket.SOL_SOCKET, pysocket.SO_KEEPALIVE, 1)
+            # Commands are small writes, each whole in one send. With Nagle, one sent while
+            # another is unanswered waits for the switch's ACK of the first, which comes with
+            # its reply or a delayed ACK (up to 40 ms): concurrent actions queue behind it.
+            self.sock.setsockopt(pysocket.IPPROTO_TCP, pysocket.TCP_NODELAY, 1)
 
     def authenticate(self) -> None:
         reply = self._send_raw(f"auth {self.password}", log_text="auth ********")

@@ -121,3 +121,13 @@ def test_plain_parser_keeps_a_background_job_body() -> None:
 def test_json_parser_rejects_what_is_not_an_event(body: bytes) -> None:
     with pytest.raises(EventParseError):
         parse_json(body)
+
+
+def test_commands_go_out_at_once_not_behind_nagle(switch: Any) -> None:
+    """A command is one small write; with Nagle, one written while another is unanswered
+    would wait for the switch's ACK of the first (its reply, or a 40 ms delayed ACK)."""
+    import socket
+
+    conn = connect(switch)
+    assert conn.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    conn.goodbye()
