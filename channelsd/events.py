@@ -22,17 +22,22 @@ def parse_json(body: bytes) -> dict[str, Any]:
     try:
         event = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise EventParseError(f"event body is not JSON: {exc}") from None
+        # FreeSWITCH copies what callers send (a caller name, a phone's User-Agent) into its
+        # JSON as it came, valid UTF-8 or not (Kazoo met a Yealink agent ending in raw 0xff).
+        # Dropping such an event would hide the call, and its partner's events (they carry the
+        # name as Other-Leg-*), keep it listed after it ends, and fail every listing while it
+        # lasts: the bad bytes become U+FFFD instead, as everywhere else they are shown.
+        try:
+            event = orjson.loads(body.decode("utf-8", "replace"))
+        except orjson.JSONDecodeError:
+            raise EventParseError(f"event body is not JSON: {exc}") from None
     if not isinstance(event, dict):
         raise EventParseError("event body is not a JSON object")
     return event
 
 
 def parse_plain(body: bytes) -> dict[str, Any]:
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise EventParseError(f"event body is not UTF-8: {exc}") from None
+    text = body.decode("utf-8", "replace")  # as parse_json: a caller's bytes, not an error
     head, sep, rest = text.partition("\n\n")
     event: dict[str, Any] = {}
     for line in head.split("\n"):
