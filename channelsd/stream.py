@@ -359,6 +359,10 @@ def subscribe(
             # The client knows channels this subscriber never told it: catch up from the ring
             # on its own (destroys of any channel in scope), then follow the feed.
             assert position is not None
+            # The status line goes out with the first bytes: on a quiet account nothing would
+            # come before the keepalive, and a client (or a proxy's header timeout) would take
+            # the resumed stream for a dead one.
+            yield b": resumed\n\n"
             seen: set[Key] = set()
             for msg in broker.since(position) or ():
                 frame = _for(broker, msg, seen, in_scope, keep, True)

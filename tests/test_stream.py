@@ -429,3 +429,25 @@ def test_subscribers_of_one_kind_share_a_feed_and_its_work(
         for s in crowd
     }
     assert len(streams) == 1
+
+
+def test_a_resumed_stream_answers_at_once_on_a_quiet_account(
+    daemon: Harness, switch: Any, sub: Any
+) -> None:
+    """Resuming from the newest id: nothing was missed and nothing happens, yet the status
+    line must come now, not with the keepalive 15 s later."""
+    s = sub("/v2/accounts/acc1/channel_events")
+    s.wait_for("snapshot")
+    a, _ = switch.bridged_call(variables_a=ACC1, variables_b=ACC1)
+    last = s.wait_for("create", lambda d: d["uuid"] == a)["id"]
+    s.close()
+    headers = {"X-Auth-Token": token("admin1"), "Last-Event-ID": last}
+    # timeout: the headers within 5 s (the keepalive is 15 s), a bound against the hang
+    with requests.get(
+        daemon.api.base + "/v2/accounts/acc1/channel_events",
+        headers=headers,
+        stream=True,
+        timeout=5,
+    ) as resp:
+        assert resp.status_code == 200
+        assert next(resp.iter_lines()) == b": resumed"
