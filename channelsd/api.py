@@ -19,7 +19,7 @@ import orjson
 from flask import Flask, Response, g, redirect, request, send_from_directory
 from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
 
-from channelsd import envelope
+from channelsd import envelope, strictjson
 from channelsd.blackhole.service import Websockets, available_bindings
 from channelsd.channel import Channel
 from channelsd.ended import Ended, EndedCalls
@@ -147,9 +147,11 @@ def _read_body(limit: int) -> dict[str, Any] | None:
     if not raw or not raw.strip():
         return None
     try:
-        body = orjson.loads(raw)
+        body = strictjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise envelope.invalid_json(f"the body is not valid JSON: {exc}") from None
+    except ValueError as exc:  # a key twice in one object, nesting too deep
+        raise envelope.invalid_json(f"the body is refused: {exc}") from None
     if not isinstance(body, dict):
         raise envelope.invalid_json("the body must be a JSON object (the request envelope)")
     return body

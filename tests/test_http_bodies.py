@@ -231,3 +231,25 @@ def test_a_request_line_too_long_is_a_414_in_the_envelope(call: Call) -> None:
     assert head.startswith(b"HTTP/1.1 414 "), head
     assert b"Content-Type: application/json" in head
     assert orjson.loads(body)["message"] == "request too long"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"data": {"action": "break", "action": "hangup"}}',
+        b'{"data": {"action": "hangup"}, "data": {"action": "break"}}',
+        b'{"data": {"action": "transfer", "target": "1000", "target": "2000"}}',
+        b'{"data": {"action": "break", "x": {"a": 1, "a": 2}}}',
+    ],
+    ids=["action twice", "data twice", "target twice", "nested key twice"],
+)
+def test_a_key_twice_in_one_object_is_refused_and_nothing_runs(call: Call, body: bytes) -> None:
+    """orjson lets the last key win, Kazoo reads the first: one body, two meanings (outside
+    attack, round 3: `action` break then hangup hung the call up)."""
+    status = answer(call, body, "length")
+    assert status.startswith(b"HTTP/1.1 400"), status
+    assert call.sent() == []
+    resp = call.h.api.request("POST", f"/v2/accounts/acc1/channels/{call.p}", "admin1", data=body)
+    assert resp.status_code == 400
+    assert "appears twice" in resp.json()["data"]["json"]["invalid"]["message"]
+    assert call.sent() == []

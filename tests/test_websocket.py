@@ -882,3 +882,19 @@ def test_each_socket_gets_exactly_what_its_bindings_match_in_order(subs, ops) ->
 
 def same(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return a["name"] == b["name"] and a["data"] == b["data"]
+
+
+def test_a_key_twice_in_one_message_is_refused(wsd: Harness, connect) -> None:
+    """A subscribe whose `action` (or binding) is named twice means one thing to orjson
+    (the last) and another to Kazoo (the first): refused, nothing subscribed."""
+    c = connect()
+    before = len(c.messages)
+    c.send(
+        '{"action":"ping","action":"subscribe","request_id":"d1",'
+        '"data":{"account_id":"acc1","binding":"call.CHANNEL_CREATE.*"}}'
+    )
+    wait_until(lambda: len(c.messages) > before, what="the reply")
+    reply = c.messages[-1]
+    assert reply["status"] == "error"
+    assert any("appears twice" in e for e in reply["data"]["errors"])
+    assert c.request("ping")["status"] == "success"  # the socket goes on

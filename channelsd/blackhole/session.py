@@ -58,6 +58,7 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError
 
+from channelsd import strictjson
 from channelsd.blackhole import protocol
 from channelsd.blackhole.hub import Subscription
 from channelsd.blackhole.protocol import Refused
@@ -215,9 +216,12 @@ class Session:
 
     def _handle(self, text: str) -> None:
         try:
-            message = orjson.loads(text)
+            message = strictjson.loads(text)
         except orjson.JSONDecodeError as exc:
             self._reply(protocol.error(protocol.fresh_id(), f"invalid JSON: {exc}"))
+            return
+        except ValueError as exc:  # a key twice in one object, nesting too deep
+            self._reply(protocol.error(protocol.fresh_id(), f"refused JSON: {exc}"))
             return
         if not isinstance(message, dict):
             self._reply(protocol.error(protocol.fresh_id(), "a message is a JSON object"))
