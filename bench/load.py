@@ -9,6 +9,7 @@ so instead of passing the client's limit off as the daemon's.
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 import re
 import resource
@@ -17,6 +18,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import common as bc
@@ -180,6 +182,45 @@ def http_load(
     wall = perf() - t0
     cpu = (load_cpu() - cpu0) / max(1e-9, wall)
     return LoadResult(len(lat), wall, lat, errors[0], statuses, cpu, got[0])
+
+
+def http_load_apart(
+    port: int,
+    clients: int,
+    seconds: float,
+    paths: list[str],
+    max_per_client: int = 200_000,
+    period: float = 0.0,
+) -> LoadResult:
+    """http_load from a process of its own (bench/http_client.py), each request for a random
+    one of `paths`; this process's hub (the stand-in) runs meanwhile."""
+    job = {
+        "port": port,
+        "clients": clients,
+        "seconds": seconds,
+        "paths": paths,
+        "period": period,
+        "max_per_client": max_per_client,
+    }
+    child = bc.spawn(
+        [bc.PYTHON, str(Path(__file__).with_name("http_client.py"))],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    out, _ = child.communicate(json.dumps(job).encode(), timeout=seconds + 180)
+    if child.returncode != 0:
+        raise RuntimeError(f"http_client.py failed ({child.returncode})")
+    r = json.loads(out)
+    statuses = {int(k): v for k, v in r["statuses"].items()}
+    return LoadResult(
+        r["n"],
+        r["seconds"],
+        r["latencies"],
+        r["errors"],
+        statuses,
+        r["client_cpu"],
+        r["body_bytes"],
+    )
 
 
 class Churn:

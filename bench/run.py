@@ -57,6 +57,7 @@ from load import (  # noqa: E402
     RawEsl,
     drained,
     http_load,
+    http_load_apart,
     load_cpu,
     read_line,
     stop_process,
@@ -509,10 +510,10 @@ class Suite:
             counts = {len(http.get_json(f"/v2/accounts/{a}/channels")["data"]) for a in accounts}
             if total != s.reads_channels or counts != {per}:
                 raise RuntimeError(f"populated {total} channels, accounts hold {counts}")
-            endpoints: dict[str, Callable[[random.Random], str]] = {
-                "account": lambda r: f"/v2/accounts/{r.choice(accounts)}/channels",
-                "single": lambda r: "/v2/accounts/{}/channels/{}".format(*r.choice(made)),
-                "system": lambda r: "/v2/channels",
+            endpoints: dict[str, list[str]] = {
+                "account": [f"/v2/accounts/{a}/channels" for a in accounts],
+                "single": ["/v2/accounts/{}/channels/{}".format(*m) for m in made],
+                "system": ["/v2/channels"],
             }
             churn = Churn(sw, bc.CaptureReplay("json"), 5000)
             for loaded in (False, True):
@@ -529,11 +530,11 @@ class Suite:
                     gevent.sleep(1.0)
                 for ep, clients in todo:
                     key = f"{ep}-{clients}-{'loaded' if loaded else 'idle'}"
-                    http_load(d.http_port, clients, 0.3, endpoints[ep])  # warm-up
+                    http_load_apart(d.http_port, clients, 0.3, endpoints[ep])  # warm-up
                     churn.max_backlog = 0
                     sent0, t0, cpu0 = churn.sent, perf(), d.cpu_seconds()
                     spied = self.spy(d, key) if spy else None
-                    res = http_load(d.http_port, clients, s.case_seconds, endpoints[ep])
+                    res = http_load_apart(d.http_port, clients, s.case_seconds, endpoints[ep])
                     wall = perf() - t0
                     if spied is not None:
                         self.keep_profile(
@@ -556,7 +557,7 @@ class Suite:
             # beside the closed-loop rows, where 16 clients ask again the moment an answer ends.
             if not cases or "system-16-poll" in cases:
                 t0, cpu0 = perf(), d.cpu_seconds()
-                res = http_load(
+                res = http_load_apart(
                     d.http_port, 16, 2 * s.case_seconds, endpoints["system"], period=POLL_PERIOD
                 )
                 wall = perf() - t0
@@ -591,8 +592,9 @@ class Suite:
             f"keep-alive clients, {s.case_seconds:g} s per row; the single-channel GET asks for a "
             "random channel, the account list for a random account. *Ingesting* = the burst "
             "capture replayed with fresh uuids at 5,000 events/s meanwhile (achieved rate and "
-            "the stand-in's worst backlog in frames). Daemon CPU = share of one core; bench "
-            "CPU = the bench process's (its HTTP clients, and the stand-in while ingesting), "
+            "the stand-in's worst backlog in frames). Daemon CPU = share of one core; client "
+            "CPU = the client process's (`bench/http_client.py`: the clients run in a process "
+            "of their own, apart from the stand-in and the events it replays), "
             f"a row where it reached {load.CLIENT_BOUND:.0%} is marked *client-bound*: there the "
             "clients, not the daemon, may be what the row measures. MB/s = response bodies "
             "read. The closed-loop rows ask again the moment an answer ends, so with 16 clients "
@@ -601,7 +603,7 @@ class Suite:
             "read by the clients too; the last row is 16 dashboards polling once a second.",
             "",
             "| request | clients | ingest | req/s | p50 ms | p99 ms | requests | errors | "
-            "daemon CPU | bench CPU | MB/s |",
+            "daemon CPU | client CPU | MB/s |",
             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for key, r in out.items():
