@@ -598,25 +598,31 @@ class Actions:
     # One _plan_<module> per module: checks on the channel's state, then the commands, every
     # argument through the gate (f: how each value is named in a refusal).
 
-    def _plan_hangup(self, ch: Channel, d: dict[str, Any], f: _Fields) -> Plan:
+    def _not_consulting(self, ch: Channel, doing: str) -> None:
+        """409 while `ch` is an attended transfer's transferor whose target may still ring.
+        Hanging it up then makes FreeSWITCH bridge the unanswered target to the transferee,
+        and both die (§2.5, verified). Taking it away by a transfer or a callflow ends its
+        att_xfer the same way (inferred from the same core path, not verified on a switch):
+        refused alike, nothing sent."""
         if self.inflight.find(ch.node, ch.uuid, "att_xfer"):
             # channelsd started an attended transfer here and the switch has not yet said the
-            # target rings (RING_WAIT): it may, and then hanging up loses everybody (§2.5).
+            # target rings (RING_WAIT): it may.
             raise _conflict(
                 "call_state",
                 "channelsd has just started an attended transfer on this channel and its "
-                "target may be ringing: hanging it up now would lose the target and the "
+                f"target may be ringing: {doing} now would lose the target and the "
                 "transferee; wait for the target to answer, or hang the target up to cancel",
             )
         if ch.call_state == "RING_WAIT" and self._bridged_with(ch) is not None:
-            # An attended transfer's transferor while the target still rings: FreeSWITCH
-            # bridges the unanswered target to the transferee and both die (§2.5).
             raise _conflict(
                 "call_state",
-                "the channel is consulting a transfer target that still rings: hanging it up "
-                "now loses the target and the transferee; hang up the target to cancel, or "
-                "wait for it to answer",
+                "the channel is consulting a transfer target that still rings: "
+                f"{doing} now loses the target and the transferee; hang up the target to "
+                "cancel, or wait for it to answer",
             )
+
+    def _plan_hangup(self, ch: Channel, d: dict[str, Any], f: _Fields) -> Plan:
+        self._not_consulting(ch, "hanging it up")
         cause = d["cause"]
         if isinstance(cause, str) and cause.isascii():
             cause = cause.upper()  # numbers are unchanged; FreeSWITCH's names are upper case
@@ -648,6 +654,10 @@ class Actions:
         if kind == "blind":
             if attended_only:
                 raise _not_for(f.name(attended_only[0]), "attended transfers")
+            if leg in ("self", "both"):
+                self._not_consulting(ch, "transferring it")
+            if leg in ("bleg", "both") and (partner := self._bridged_with(ch)) is not None:
+                self._not_consulting(partner, "transferring its partner")
             if leg == "self":
                 # The channel leaves its bridge, if it is in one; its partner is hung up.
                 steps = [Command("uuid_transfer", uuid, target, dialplan, context)]
@@ -765,6 +775,7 @@ class Actions:
             self.cfg, d.get("context"), f.name("context"), "callflow_context", row
         )
         dialplan = policy.dialplan(self.cfg, None, f.name("dialplan"))
+        self._not_consulting(ch, "sending it to a callflow")
         args = [f.row(ch, "uuid", "uuid"), f.req("id", "extension", d["id"]), dialplan, context]
         # a callflow is a transfer: the channel leaves its bridge, if it is in one
         return Plan(
