@@ -191,7 +191,7 @@ ALICE = {
     "domain_name": "acc1.example",
 }
 BOB = {"account_id": "acc1", "owner_id": "user2", "authorizing_id": "dev2"}
-STREAMS = ("/v2/channel_events", "/v2/accounts/{ACCOUNT_ID}/channel_events", "/websocket")
+ACCOUNT_STREAM = "/v2/accounts/{ACCOUNT_ID}/channel_events"
 
 
 def test_each_path_takes_exactly_the_documented_methods(switch: Any, daemon: Harness) -> None:
@@ -330,7 +330,7 @@ def test_each_documented_status_is_produced_and_each_status_produced_is_document
     s = Sample(main, main_switch)
     _lists_and_channel(seen, s, main_switch)
     _actions(seen, s, main_switch)
-    _streams(seen, s)
+    _streams(seen, s, main_switch)
     _websocket(seen, s)
     _open_routes(seen, s)
     _server_level(seen, s)
@@ -452,22 +452,47 @@ def _read_event(resp: requests.Response) -> tuple[str, Any]:
     """The stream's next event, read off the socket (iter_lines would close the stream
     when its generator goes)."""
     fields: dict[str, str] = {}
-    while line := resp.raw.readline().decode().rstrip("\r\n"):
-        name, _, value = line.partition(": ")
-        fields[name] = value
+    while "event" not in fields:  # a `: keepalive` comment is no event
+        while line := resp.raw.readline().decode().rstrip("\r\n"):
+            name, _, value = line.partition(": ")
+            fields[name] = value
     return fields["event"], json.loads(fields["data"])
 
 
-def _streams(seen: Observed, s: Sample) -> None:
-    channel_schema = {"$ref": f"{_URI}#/components/schemas/Channel"}
-    for path, tok in (("/v2/channel_events", "super"), (STREAMS[1], "admin1")):
+# What each kind of event carries (the stream's documented payloads).
+EVENT_SCHEMAS = {
+    "snapshot": {"type": "array", "items": {"$ref": f"{_URI}#/components/schemas/Channel"}},
+    "create": {"$ref": f"{_URI}#/components/schemas/Channel"},
+    "update": {"$ref": f"{_URI}#/components/schemas/StreamUpdate"},
+    "destroy": {"$ref": f"{_URI}#/components/schemas/StreamDestroy"},
+}
+
+
+def _valid_event(kind: str, data: Any) -> None:
+    jsonschema.Draft4Validator(EVENT_SCHEMAS[kind], registry=_REGISTRY).validate(data)
+
+
+def _streams(seen: Observed, s: Sample, switch: Any) -> None:
+    for path, tok in (("/v2/channel_events", "super"), (ACCOUNT_STREAM, "admin1")):
         first = _get(s, path, tok, stream=True, params={"filter_answered": "true"})
         try:
             seen.saw("GET", path, first.status_code, first.headers, None, 200)
             kind, items = _read_event(first)
             assert kind == "snapshot" and items
-            for item in items:
-                jsonschema.Draft4Validator(channel_schema, registry=_REGISTRY).validate(item)
+            _valid_event(kind, items)
+            # a call that comes, is held and goes: create, update and destroy as documented,
+            # each awaited before the next change (changes within 0.1 s make one message)
+            a, _ = switch.bridged_call(variables_a=ALICE, variables_b=BOB)
+            for change, kind in (
+                (None, "create"),
+                (switch.hold, "update"),
+                (switch.hangup, "destroy"),
+            ):
+                if change is not None:
+                    change(a)
+                while (event := _read_event(first))[0] != kind:
+                    _valid_event(*event)
+                _valid_event(*event)
             # one stream per token here (http.max_streams_per_token = 1)
             seen.http("GET", path, _get(s, path, tok), 503)
         finally:
