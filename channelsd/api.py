@@ -199,7 +199,9 @@ def _loggable(path: str) -> str:
 
 def create_app(ctx: ApiContext) -> Flask:
     """The Flask application serving /v2 over `ctx`."""
-    app = Flask("channelsd")
+    # No static folder: Flask would otherwise route /static/<path> to channelsd/static, a
+    # route nobody documents (the console has its own).
+    app = Flask("channelsd", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = ctx.max_body_bytes
     table = ctx.table
 

@@ -181,7 +181,14 @@ class Websockets:
     def _handshake(self, environ: dict[str, Any]) -> tuple[WSConnection, Any, str]:
         method = environ.get("REQUEST_METHOD")
         if method != "GET":
-            raise envelope.method_not_allowed(["GET"])
+            # Only the upgrade: no HEAD, and no CORS preflight (browsers send none for a
+            # websocket), so the Allow header names GET alone.
+            raise ApiError(
+                405,
+                "invalid_method",
+                {"message": "method not allowed", "allowed": ["GET"]},
+                headers={"Allow": "GET"},
+            )
         if environ.get("HTTP_UPGRADE", "").lower() != "websocket":
             raise ApiError(
                 426,
