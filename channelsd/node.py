@@ -178,7 +178,11 @@ class NodeLink:
             reply = conn.command(text, self.sync.command_timeout if timeout is None else timeout)
         except ConnectionLost:
             self._count_error(name, "connection lost")
-            raise NodeUnavailable(self.name) from None
+            # why it was lost (a reply over the frame limit, the switch closing...): the
+            # node's down line and /readyz say it, not only the node's name
+            raise NodeUnavailable(
+                f"{self.name}: {conn.close_reason or 'connection lost'}"
+            ) from None
         except ESLError as exc:
             self._count_error(name, type(exc).__name__)
             raise

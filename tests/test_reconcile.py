@@ -126,3 +126,22 @@ def test_a_silent_switch_is_reconnected_and_a_heartbeating_one_is_not(
     wait_until(lambda: h.node("fs1").reconnects >= 2, what="silent node reconnected")
     assert h.node("fs2").reconnects == 0 and h.node("fs2").state == "ready"
     assert "no HEARTBEAT" in h.node("fs1").last_error
+
+
+def test_a_reply_over_the_frame_limit_is_named_in_the_nodes_error(
+    switch: Any, make_daemon: Any, monkeypatch: Any
+) -> None:
+    """A listing larger than the frame limit resets the connection; the node's down line and
+    /readyz said only the node's name ('fs1'), not why (outside attack, round 3)."""
+    from channelsd import esl
+
+    h = make_daemon([switch])
+    for _ in range(3):
+        switch.bridged_call(variables_a=ACC, variables_b=ACC)
+    wait_until(lambda: len(listed(h)) == 6)
+    monkeypatch.setattr(esl, "MAX_FRAME_BYTES", 2000)  # the listing is longer than this
+    node = h.node()
+    reconnects = node.reconnects
+    node.request_reconcile()
+    wait_until(lambda: node.reconnects > reconnects, what="the reset")
+    assert "Content-Length" in node.last_error, node.last_error
