@@ -28,6 +28,7 @@ from channelsd.httpserver import HttpServer, connection_budget
 from channelsd.kazoo_accounts import KazooAccounts
 from channelsd.kazoo_auth import KazooTokens
 from channelsd.logs import mask
+from channelsd.memory import Trimmer
 from channelsd.metrics import Metrics
 from channelsd.node import NodeLink
 from channelsd.peers import Peers
@@ -112,6 +113,7 @@ class Daemon:
         self._http_greenlet: gevent.Greenlet | None = None
         self._stopped = gevent.event.Event()
         self._last_status = 0.0
+        self.trimmer = Trimmer()  # freed memory back to the system, off the hub
 
     def _ended_calls(self, config: Config) -> EndedCalls:
         ended = EndedCalls(config.ended_calls_minutes * 60, config.ended_calls_max)
@@ -210,6 +212,7 @@ class Daemon:
     def _tick(self) -> None:
         # Runs in the loop monitor's greenlet: only a turning hub gets here.
         self.notifier.watchdog()
+        self.trimmer.tick()
         now = time.monotonic()
         if now - self._last_status >= STATUS_EVERY:
             self._last_status = now
