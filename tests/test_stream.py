@@ -451,3 +451,38 @@ def test_a_resumed_stream_answers_at_once_on_a_quiet_account(
     ) as resp:
         assert resp.status_code == 200
         assert next(resp.iter_lines()) == b": resumed"
+
+
+def test_a_large_chunk_of_a_stream_is_framed_exactly(daemon: Harness, switch: Any) -> None:
+    """A chunk at or above httpserver.COPY_CHUNK_BELOW goes out as its size line, itself and
+    its CRLF (three sends, no copy): read off the wire, its framing is exact."""
+    import socket
+
+    from channelsd import httpserver
+
+    for _ in range(20):
+        switch.bridged_call(variables_a=ACC1, variables_b=ACC1)
+    wait_until(lambda: len(daemon.table) >= 40, what="40 channels")
+    host, port = daemon.daemon.http_address
+    with socket.create_connection((host, port), timeout=10) as s:
+        s.sendall(
+            b"GET /v2/accounts/acc1/channel_events HTTP/1.1\r\nHost: x\r\n"
+            b"X-Auth-Token: %s\r\n\r\n" % token("admin1").encode()
+        )
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            buf += s.recv(65536)
+        head, rest = buf.split(b"\r\n\r\n", 1)
+        assert b"Transfer-Encoding: chunked" in head
+        while b"\r\n" not in rest:
+            rest += s.recv(65536)
+        size_line, rest = rest.split(b"\r\n", 1)
+        size = int(size_line, 16)
+        while len(rest) < size + 2:
+            rest += s.recv(65536)
+    assert size >= httpserver.COPY_CHUNK_BELOW  # the snapshot of 40 channels
+    chunk, trailer = rest[:size], rest[size : size + 2]
+    assert trailer == b"\r\n"
+    assert chunk.startswith(b"id: ") and chunk.endswith(b"\n\n")
+    event = dict(line.split(": ", 1) for line in chunk.decode().strip().split("\n"))
+    assert event["event"] == "snapshot" and len(json.loads(event["data"])) == 40
