@@ -426,6 +426,7 @@ class DaemonProcess:
         sync: dict[str, Any] | None = None,
         api: dict[str, Any] | None = None,
         log_level: str = "info",
+        http: dict[str, Any] | None = None,
     ) -> None:
         self.name = name
         self.http_port = free_port()
@@ -433,7 +434,8 @@ class DaemonProcess:
         self.log = workdir / f"{name}.log"
         ports = [switch_ports] if isinstance(switch_ports, int) else list(switch_ports)
         self.nodes = [f"fs{i + 1}" for i in range(len(ports))]
-        lines = ["[http]", f'host = "{LOOPBACK}"', f"port = {self.http_port}", ""]
+        lines = ["[http]", f'host = "{LOOPBACK}"', f"port = {self.http_port}"]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in (http or {}).items()] + [""]
         for node, port in zip(self.nodes, ports, strict=True):
             lines += [
                 "[[nodes]]",
@@ -593,18 +595,27 @@ class Http:
             self._fill()
 
     def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytearray]:
+        reused = self.sock is not None
         sock = self.sock or self._connect()
         head = f"{method} {path} HTTP/1.1\r\nHost: {LOOPBACK}\r\nX-Auth-Token: {self.token}\r\n"
         if body is not None:
             head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-        sock.sendall(head.encode() + b"\r\n" + (body or b""))
-        start = 0
-        while True:
-            i = self.buf.find(b"\r\n\r\n", start)
-            if i >= 0:
-                break
-            start = max(0, len(self.buf) - 3)
-            self._fill()
+        try:
+            sock.sendall(head.encode() + b"\r\n" + (body or b""))
+            start = 0
+            while True:
+                i = self.buf.find(b"\r\n\r\n", start)
+                if i >= 0:
+                    break
+                start = max(0, len(self.buf) - 3)
+                self._fill()
+        except (HttpError, OSError):
+            if not reused or method != "GET" or self.buf:
+                raise
+            # A kept-alive connection the server closed while it sat idle (its keepalive
+            # timeout): nothing of this request was answered, so a GET is asked again anew.
+            self.close()
+            return self.request(method, path, body)
         lines = self.buf[:i].decode("latin-1").split("\r\n")
         del self.buf[: i + 4]
         status = int(lines[0].split(" ", 2)[1])

@@ -381,7 +381,16 @@ def _round(
 ) -> dict[str, Any]:
     s = suite.s
     sw = suite.switch()
-    d = suite.daemon(f"fanout{subscribers}", sw)
+    # One bench token opens every stream: the per-token and per-account caps (32, 64 by
+    # default, against a tenant taking every place) are raised to the crowd's size.
+    places = subscribers + 16
+    limits = {
+        "max_streams": places,
+        "max_streams_per_token": places,
+        "max_streams_per_account": places,
+        "max_connections": places + 64,
+    }
+    d = suite.daemon(f"fanout{subscribers}", sw, http=limits)
     http = bc.Http(d.http_port)
     crowd: Crowd | None = None
     gen = bc.SyntheticChannels([watched])

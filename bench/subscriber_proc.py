@@ -74,7 +74,7 @@ class SseStream:
         raw += data
         pos = 0
         while True:
-            if self._need:
+            if self._need > 0:  # (-2: the chunk's CRLF is still to come)
                 take = min(self._need, len(raw) - pos)
                 if take <= 0:
                     break

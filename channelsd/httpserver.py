@@ -274,13 +274,14 @@ class Handler(WSGIHandler):
         # a thousand subscribers made a thousand copies of each batch. A large chunk goes
         # out as three sends instead, the batch itself never copied.
         if self.response_use_chunked and len(data) >= COPY_CHUNK_BELOW:
-            self._sendall(b"%x\r\n" % len(data))
-            self._sendall(data)
+            # MSG_MORE: the kernel joins the three into full segments, as one send would
+            self._sendall(b"%x\r\n" % len(data), socket.MSG_MORE)
+            self._sendall(data, socket.MSG_MORE)
             self._sendall(b"\r\n")
             return
         super()._write(data)
 
-    def _sendall(self, data: Any) -> None:
+    def _sendall(self, data: Any, flags: int = 0) -> None:
         # pywsgi's sendall has no bound at all; this one closes a connection whose client
         # took nothing for send_timeout (the socket's timeout), however long the answer.
         # A send the socket takes at once does not let the hub run: a list of several MB to
@@ -289,7 +290,7 @@ class Handler(WSGIHandler):
         view = memoryview(data)
         try:
             while view:
-                view = view[self.socket.send(view[:SEND_CHUNK]) :]
+                view = view[self.socket.send(view[:SEND_CHUNK], flags) :]
                 if view:
                     _pause()
         except OSError as exc:
