@@ -287,6 +287,22 @@ class _Fields:
         }
 
 
+
+def _gone_after_seen(path: str, seen: bool) -> Callable[[Channel, str], bool]:
+    """A stopped recording's Pending test: settled once the row has shown `path` and no
+    longer does. Not merely "not in the row": its RECORD_START may still be on its way (the
+    reply to a start comes before the switch's events), and another recording's RECORD_STOP
+    would then settle this one before it was ever reported."""
+    state = [seen]
+
+    def test(row: Channel, _name: str) -> bool:
+        if path in row.recordings:
+            state[0] = True
+            return False
+        return state[0]
+
+    return test
+
 class Actions:
     """Runs actions and metaflows for the API; holds no socket of its own."""
 
@@ -1018,9 +1034,9 @@ class Actions:
                 self._expect(
                     "record_stop",
                     (ch,),
-                    ("RECORD_STOP",),
+                    ("RECORD_START", "RECORD_STOP"),
                     tag=path.text,
-                    test=lambda row, _name, p=path.text: p not in row.recordings,
+                    test=_gone_after_seen(path.text, path.text in ch.recordings),
                 )
                 for path in paths
             ]

@@ -756,3 +756,35 @@ def test_record_and_audio_commands(switch, client):
         ("RECORD_START", "/tmp/x.wav"),
         ("RECORD_STOP", "/tmp/x.wav"),
     ]
+
+
+def test_an_api_commands_reply_goes_out_before_the_events_it_fired(switch, client, monkeypatch):
+    """FreeSWITCH writes an api reply in the connection's own thread; the events the command
+    fired reach listeners through the event dispatch thread, after it (s1_park_kill: the
+    uuid_kill reply 19 ms before the hang-up events). The order bytes are queued in."""
+    from channelsd.standin import server
+
+    order: list[str] = []
+    real_send, real_event = server.Connection.send, server.Connection.send_event
+
+    def send(self, data):
+        order.append("reply" if data.startswith(b"Content-Type: api/response") else "other")
+        real_send(self, data)
+
+    def send_event(self, data):
+        order.append("event")
+        real_event(self, data)
+
+    listener = client(subscribe="json ALL")
+    commands = client()
+    a, _ = switch.originate(dest="9000", variables={"account_id": "acc1"})
+    listener.events()
+    monkeypatch.setattr(server.Connection, "send", send)
+    monkeypatch.setattr(server.Connection, "send_event", send_event)
+    assert commands.api(f"uuid_kill {a}").startswith(b"+OK")
+    fired = [e for e in order if e != "other"]
+    assert fired[0] == "reply" and fired.count("event") >= 4, fired
+    assert {h["Event-Name"] for h in (dict(json.loads(b)) for _h, b, _r in listener.events())} >= {
+        "CHANNEL_HANGUP",
+        "CHANNEL_DESTROY",
+    }

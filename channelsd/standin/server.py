@@ -202,6 +202,8 @@ class StandinSwitch:
         # events_held(): which events wait (None: none, empty: all), and those waiting
         self._held_names: frozenset[str] | None = None
         self._held_frames: list[tuple[Connection, bytes]] = []
+        # Events fired while an `api` command runs: sent after its reply (see _cmd_api).
+        self._after_reply: list[tuple[Connection, bytes]] | None = None
         self.seed = seed
         self._rng: random.Random | None = None
         self._rng_seed: int | None = None
@@ -306,6 +308,8 @@ class StandinSwitch:
             if conn.wants(name):
                 if hold:
                     self._held_frames.append((conn, event.frame(conn.fmt)))
+                elif self._after_reply is not None:
+                    self._after_reply.append((conn, event.frame(conn.fmt)))
                 else:
                     conn.send_event(event.frame(conn.fmt))
 
@@ -536,14 +540,22 @@ class StandinSwitch:
             conn.send(protocol.command_reply(replies.COMMAND_NOT_FOUND))
             return
         command, _, arg = rest.partition(" ")
+        # FreeSWITCH runs an api command in the connection's own thread and writes its reply
+        # there; the events it fired go through the event dispatch thread and reach every
+        # listener after it (the captures: uuid_kill's reply 19 ms before its hang-up events).
         conn.hold()
         try:
             if self.reply_delay:
                 gevent.sleep(self.reply_delay)
             if not self._wait_hung(conn):
                 return
-            body = self.api.execute(command, arg.strip())
-            conn.send(protocol.api_response(body))
+            self._after_reply = fired = []
+            try:
+                conn.send(protocol.api_response(self.api.execute(command, arg.strip())))
+            finally:  # the reply is queued first (if there is one), then what it fired
+                self._after_reply = None
+                for other, data in fired:
+                    other.send_event(data)
         finally:
             conn.release()
 
