@@ -287,7 +287,6 @@ class _Fields:
         }
 
 
-
 def _gone_after_seen(path: str, seen: bool) -> Callable[[Channel, str], bool]:
     """A stopped recording's Pending test: settled once the row has shown `path` and no
     longer does. Not merely "not in the row": its RECORD_START may still be on its way (the
@@ -302,6 +301,7 @@ def _gone_after_seen(path: str, seen: bool) -> Callable[[Channel, str], bool]:
         return state[0]
 
     return test
+
 
 class Actions:
     """Runs actions and metaflows for the API; holds no socket of its own."""
@@ -928,7 +928,10 @@ class Actions:
         expected = {"hold": True, "unhold": False, "toggle": not onhold}[action]
 
         def after() -> list[Pending]:
-            events = ("CHANNEL_HOLD", "CHANNEL_UNHOLD")
+            # Settled by the event of this change only: a late CHANNEL_HOLD of a hold sent
+            # just before an unhold must not settle the unhold (the reply to each command
+            # comes before the switch's events).
+            events = ("CHANNEL_HOLD",) if expected else ("CHANNEL_UNHOLD",)
             return [self._expect("hold", (ch,), events, value=expected)]
 
         return Plan([Command("uuid_hold", *word, f.row(ch, "uuid", "uuid"))], after)

@@ -368,3 +368,17 @@ def test_the_waits_are_checked_at_start(key: str, value: Any) -> None:
     }
     with pytest.raises(ConfigError, match=key):
         parse(data, "test.toml")
+
+
+def test_a_late_event_of_an_earlier_hold_does_not_settle_the_unhold_after_it(bed: Bed) -> None:
+    """hold then unhold at once: the switch's CHANNEL_HOLD of the first arrives after the
+    second was sent. It settled the unhold's Pending, and the table then said held while the
+    switch had the call off hold."""
+    s, _ = bed.sip()
+    with bed.sw.events_held():
+        ok(bed.put(s, "hold_control", action="hold"), 201)
+        ok(bed.put(s, "hold_control", action="unhold"), 201)
+        h = bed.h
+        h.table.apply("fs1", {"Event-Name": "CHANNEL_HOLD", "Unique-ID": s})  # the late one
+        pending = h.daemon.ctx.actions.inflight.find("fs1", s, "hold")
+        assert pending and pending[-1].value is False
