@@ -1315,9 +1315,10 @@ def render(
         f"{platform.system()} {platform.release()}.  ",
         "Set-up: the daemon under test runs as `python -m channelsd run -c <generated toml>` in "
         "its own process; the stand-ins FreeSWITCH (`channelsd/standin`, real ESL over TCP), "
-        "the baseline readers' sender and all HTTP clients run in the bench process (raw-socket "
-        "keep-alive HTTP/1.1 client, its CPU measured beside every read figure); the baseline "
-        "readers and the fan-out's subscribers are processes of their own. All traffic is on "
+        "the baseline readers' sender and the HTTP clients of the other scenarios run in the "
+        "bench process; the read and action clients (raw-socket keep-alive HTTP/1.1, their CPU "
+        "measured beside every read figure), the baseline readers and the fan-out's "
+        "subscribers are processes of their own. All traffic is on "
         "127.0.0.1. Every comparison is measured side by side in the same run."
         + (" **Quick run: smaller sizes, targets not comparable.**" if quick else ""),
         "",
