@@ -260,7 +260,8 @@ class NodeLink:
         self._unverified = True
         self._kick.clear()  # this session's first reconcile is about to run anyway
         core = str(self._timed(self._commands, "api global_getvar core_uuid").data).strip()
-        if core and not core.startswith("-"):
+        # A uuid or nothing: the answer is the switch's text, and it reaches log lines.
+        if is_uuid(core):
             if self.core_uuid and core != self.core_uuid:
                 # (what this connection has told already belongs to the new run)
                 dropped = self.table.purge_node(self.name, before=self._subscribed_at)

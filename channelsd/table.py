@@ -424,7 +424,7 @@ class ChannelTable:
         if counts != self._node_counts:
             found.append("the per-node counts differ from the rows")
         for key, ch in rows.items():
-            if ch.key is not ch.key or ch.key != key:
+            if ch.key != key:
                 found.append(f"row {key} has the key {ch.key}")
         by_uuid: dict[str, list[Channel]] = {}
         for ch in rows.values():

@@ -145,3 +145,14 @@ def test_a_reply_over_the_frame_limit_is_named_in_the_nodes_error(
     node.request_reconcile()
     wait_until(lambda: node.reconnects > reconnects, what="the reset")
     assert "Content-Length" in node.last_error, node.last_error
+
+
+def test_a_core_uuid_that_is_not_a_uuid_is_not_taken_or_logged(
+    make_switch: Any, make_daemon: Any, caplog: Any
+) -> None:
+    """`global_getvar core_uuid` answers the switch's own text; it went into log lines as it
+    came (a line break forged a line) and was taken as the switch's identity."""
+    sw = make_switch(core_uuid="abc\nnode=fs9 FORGED")
+    h = make_daemon([sw])
+    assert h.node().core_uuid is None
+    assert not any("FORGED" in r.getMessage() for r in caplog.records)
