@@ -50,7 +50,6 @@ PROBE_CHANNELS = 64
 PROBE_RATE = 20.0  # probes per second
 PACED_RATE = 5000.0  # events/s of the paced phase (the lag target)
 MAX_BACKLOG = 2000  # frames the stand-in may hold queued during the full-speed rounds
-BENCH = Path(__file__).resolve().parent
 
 # kind -> (title, the stream's path for an account). The websocket entry waits for the
 # daemon's Kazoo-style endpoint (see subscriber_proc.WebSocketStream).
@@ -170,24 +169,7 @@ def start_crowd(
         out = workdir / f"subs-{tag}-{i}.json"
         out.unlink(missing_ok=True)
         outs.append(out)
-        proc = bc.spawn(
-            [
-                bc.PYTHON,
-                str(BENCH / "subscriber_proc.py"),
-                kind,
-                str(port),
-                path,
-                str(n),
-                str(out),
-                "--token",
-                bc.SUPER_TOKEN,
-                "--marker",
-                MARKER.decode(),
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+        proc = load.spawn_subscribers(kind, port, path, n, out, "--marker", MARKER.decode())
         started.append(proc)
         return proc
 
@@ -436,15 +418,7 @@ def _round(
         bc.wait_until(lambda: load.drained(sw), 600, "the stand-in to write everything")
         t_written = perf()
         prober.stop()
-        deadline = perf() + 300
-        while True:
-            data = http.get_json("/v2/channels")["data"]
-            done = perf()
-            if {item["uuid"] for item in data} == expected:
-                break
-            if perf() > deadline:
-                raise TimeoutError(f"fan-out: never reached the final state ({len(data)} ch)")
-            gevent.sleep(0.01)
+        done = load.wait_final_state(http, expected, 300, "fan-out:")
         seconds = done - t0
         out: dict[str, Any] = {
             "rate": len(frames) / seconds,

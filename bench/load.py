@@ -67,6 +67,82 @@ def stop_process(proc: subprocess.Popen) -> None:
             proc.wait(timeout=5)
 
 
+def spawn_subscribers(
+    kind: str, port: int, path: str, n: int, out: Path, *extra: str
+) -> subprocess.Popen:
+    """Start one subscriber_proc.py holding `n` streams of `kind` on `path`; it writes its
+    tally to `out`. `extra`: its further options (--marker, --lifetime...)."""
+    return bc.spawn(
+        [
+            bc.PYTHON,
+            str(Path(__file__).resolve().parent / "subscriber_proc.py"),
+            kind,
+            str(port),
+            path,
+            str(n),
+            str(out),
+            "--token",
+            bc.SUPER_TOKEN,
+            *extra,
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_final_state(
+    http: bc.Http, expected: set[str], timeout: float, what: str, polls: list[float] | None = None
+) -> float:
+    """Poll `GET /v2/channels` until it holds exactly `expected`; return when that answer
+    arrived (the state held by then: it bounds the end from above). `polls` gets each
+    poll's latency."""
+    deadline = perf() + timeout
+    while True:
+        t = perf()
+        data = http.get_json("/v2/channels")["data"]
+        done = perf()
+        if polls is not None:
+            polls.append(done - t)
+        if {item["uuid"] for item in data} == expected:
+            return done
+        if perf() > deadline:
+            raise TimeoutError(f"{what} never reached the final state ({len(data)} ch)")
+        gevent.sleep(0.01)
+
+
+def probe_channels(
+    port: int,
+    accounts: list[str],
+    uuids: list[str],
+    seed: int,
+    probing: list[bool],
+    lat: list[tuple[float, float]],
+    statuses: dict[int, int],
+) -> None:
+    """One reader while the daemon catches up: alternately an account's listing and one
+    channel, every 10 ms, until `probing[0]` turns false. Appends (sent at, seconds) to `lat`
+    and counts statuses."""
+    rnd = random.Random(seed)
+    http = bc.Http(port)
+    try:
+        for k in range(100_000):
+            if not probing[0]:
+                break
+            acc = rnd.choice(accounts)
+            if k % 2:
+                path = f"/v2/accounts/{acc}/channels"
+            else:
+                path = f"/v2/accounts/{acc}/channels/{rnd.choice(uuids)}"
+            t = perf()
+            status, _ = http.request("GET", path)
+            lat.append((t, perf() - t))
+            statuses[status] = statuses.get(status, 0) + 1
+            gevent.sleep(0.01)
+    finally:
+        http.close()
+
+
 class RawEsl:
     """A bare ESL client on a raw socket: auth, then `api` round trips (no events)."""
 

@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import random
 import re
 import time
 from typing import TYPE_CHECKING, Any
@@ -245,31 +244,16 @@ def _blip(suite: Suite, fleet: Fleet, change: int) -> dict[str, Any]:
         truth = [fleet.live(i) for i in range(n)]
         uuids = [u for t in truth for u in t]
 
-        def prober(seed: int) -> None:
-            rnd = random.Random(seed)
-            http = bc.Http(d.http_port)
-            try:
-                for k in range(100_000):
-                    if not probing[0]:
-                        break
-                    acc = rnd.choice(accounts)
-                    if k % 2:
-                        path = f"/v2/accounts/{acc}/channels"
-                    else:
-                        path = f"/v2/accounts/{acc}/channels/{rnd.choice(uuids)}"
-                    t = perf()
-                    status, _ = http.request("GET", path)
-                    lat.append((t, perf() - t))
-                    statuses[status] = statuses.get(status, 0) + 1
-                    gevent.sleep(0.01)
-            finally:
-                http.close()
-
         cpu0 = d.cpu_seconds()
         t_resume = perf()
         for sw in fleet.switches:
             sw.pause_accept(False)
-        probers = [gevent.spawn(prober, k) for k in range(2)]
+        probers = [
+            gevent.spawn(
+                load.probe_channels, d.http_port, accounts, uuids, k, probing, lat, statuses
+            )
+            for k in range(2)
+        ]
         done_at: dict[int, float] = {}
         ready_at = None
         verify_lat: list[float] = []

@@ -31,7 +31,6 @@ import gc  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
-import random  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -375,19 +374,8 @@ class Suite:
             t0 = perf()
             bc.wait_until(lambda: drained(sw), 600, "the stand-in to write everything")
             t_written = perf()
-            deadline = perf() + 120
             polls: list[float] = []
-            while True:
-                t = perf()
-                data = http.get_json("/v2/channels")["data"]
-                done = perf()
-                polls.append(done - t)
-                # the state held when the daemon answered: `done` bounds the end from above
-                if {item["uuid"] for item in data} == expected:
-                    break
-                if perf() > deadline:
-                    raise TimeoutError(f"table never reached the final state ({len(data)} ch)")
-                gevent.sleep(0.01)
+            done = load.wait_final_state(http, expected, 120, "table", polls)
             seconds = done - t0
             cpu = d.cpu_seconds() - cpu0
             lcpu = load_cpu() - lcpu0
@@ -927,32 +915,17 @@ class Suite:
             statuses: dict[int, int] = {}
             probing = [True]
 
-            def prober(seed: int) -> None:
-                rnd = random.Random(seed)
-                http = bc.Http(d.http_port)
-                try:
-                    for k in range(100_000):
-                        if not probing[0]:
-                            break
-                        acc = rnd.choice(accounts)
-                        if k % 2:
-                            path = f"/v2/accounts/{acc}/channels"
-                        else:
-                            path = f"/v2/accounts/{acc}/channels/{rnd.choice(uuids)}"
-                        t = perf()
-                        status, _ = http.request("GET", path)
-                        lat.append((t, perf() - t))
-                        statuses[status] = statuses.get(status, 0) + 1
-                        gevent.sleep(0.01)
-                finally:
-                    http.close()
-
             cpu0, lcpu0 = d.cpu_seconds(), load_cpu()
             sw.pause_accept(False)
             t_resume = perf()
             bc.wait_until(lambda: len(sw.connections) > 0, 10, "reconnect", 0.001)
             t_conn = perf()
-            probers = [gevent.spawn(prober, k) for k in range(2)]
+            probers = [
+                gevent.spawn(
+                    load.probe_channels, d.http_port, accounts, uuids, k, probing, lat, statuses
+                )
+                for k in range(2)
+            ]
             spied = self.spy(d, "reconcile") if spy else None
             m = d.wait_log(
                 r"node=fs1 reconciled listed=(\d+) added=(\d+) removed=(\d+)"

@@ -393,24 +393,7 @@ def _settle(plan: Plan, sampler: Sampler, sw: StandinSwitch, calls: Calls, phase
 
 def _subscribers(workdir: Path, port: int, path: str, n: int, k: int) -> subprocess.Popen:
     out = workdir / f"soak-subs-{k}.json"
-    proc = bc.spawn(
-        [
-            bc.PYTHON,
-            str(BENCH / "subscriber_proc.py"),
-            "sse",
-            str(port),
-            path,
-            str(n),
-            str(out),
-            "--token",
-            bc.SUPER_TOKEN,
-            "--lifetime",
-            "3600",
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    proc = load.spawn_subscribers("sse", port, path, n, out, "--lifetime", "3600")
     line = load.read_line(proc, 60)
     if line != f"ready {n}":
         load.stop_process(proc)

@@ -34,6 +34,16 @@ class HttpStreamError(Exception):
     pass
 
 
+def _take_head(buf: bytearray, data: bytes) -> tuple[str, bytes] | None:
+    """Add `data` to the response head read so far; once the head is whole, return it and
+    the bytes after it (None until then)."""
+    buf += data
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    return bytes(buf[:end]).decode("latin-1"), bytes(buf[end + 4 :])
+
+
 class SseStream:
     """`GET <path>` on HTTP/1.1; pywsgi sends the stream chunked; messages end with a blank
     line (text/event-stream)."""
@@ -51,18 +61,15 @@ class SseStream:
 
     def feed(self, data: bytes) -> list[bytes]:
         if self._head is not None:
-            self._head += data
-            end = self._head.find(b"\r\n\r\n")
-            if end < 0:
+            split = _take_head(self._head, data)
+            if split is None:
                 return []
-            head = bytes(self._head[:end]).decode("latin-1")
-            rest = self._head[end + 4 :]
+            head, data = split
             self._head = None
             status = head.split(" ", 2)[1] if " " in head else "?"
             if status != "200":
                 raise HttpStreamError(f"status {status}: {head.splitlines()[0]}")
             self.chunked = "transfer-encoding: chunked" in head.lower()
-            data = bytes(rest)
         if self.chunked:
             self._dechunk(data)
         else:
@@ -131,12 +138,10 @@ class WebSocketStream:
 
     def feed(self, data: bytes) -> list[bytes]:
         if self._head is not None:
-            self._head += data
-            end = self._head.find(b"\r\n\r\n")
-            if end < 0:
+            split = _take_head(self._head, data)
+            if split is None:
                 return []
-            head = bytes(self._head[:end]).decode("latin-1")
-            data = bytes(self._head[end + 4 :])
+            head, data = split
             self._head = None
             if " 101 " not in head.split("\r\n", 1)[0] + " ":
                 raise HttpStreamError(f"no upgrade: {head.splitlines()[0]}")
