@@ -84,6 +84,19 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "
         gevent.sleep(0.01)
 
 
+def count_pauses(monkeypatch: pytest.MonkeyPatch, module: Any) -> list[int]:
+    """Wrap `module._pause` (its visit to the hub) so each visit appends to the returned list."""
+    visits: list[int] = []
+    pause = module._pause
+
+    def counting() -> None:
+        visits.append(1)
+        pause()
+
+    monkeypatch.setattr(module, "_pause", counting)
+    return visits
+
+
 class Api:
     """A real HTTP client for the daemon under test."""
 

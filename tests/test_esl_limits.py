@@ -23,7 +23,7 @@ from channelsd import esl
 from channelsd.esl import ESLConnection, FrameTooLarge
 from channelsd.standin.replay import Frame
 
-from conftest import wait_until
+from conftest import count_pauses, wait_until
 
 HANG = 30.0  # a bound against hangs, never a speed assertion
 MB = 1024 * 1024
@@ -119,15 +119,7 @@ class Client:
 @pytest.fixture
 def pauses(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Each visit the reader pays to the hub; the list grows by one per visit."""
-    visits: list[int] = []
-    pause = esl._pause
-
-    def counting() -> None:
-        visits.append(1)
-        pause()
-
-    monkeypatch.setattr(esl, "_pause", counting)
-    return visits
+    return count_pauses(monkeypatch, esl)
 
 
 # -- header blocks -----------------------------------------------------------------------------
@@ -174,7 +166,9 @@ def test_a_switch_that_never_ends_its_headers_is_reconnected(
     a, _ = switch.originate("9000", {"account_id": "acc1"})
     wait_until(lambda: h.table.get(a) is not None, HANG, "a new call reaches the table")
     figure("esl header flood", sent_mb=sent, worst_ms=round(runs.worst * 1000, 2))
-    assert runs.worst < 1.0  # against hangs only
+    # Against hangs only (a stall on a loaded machine is not a failure); the pacing itself is
+    # checked structurally by the `pauses` tests above.
+    assert runs.worst < HANG
 
 
 # -- bodies ------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from test_metaflow_limits import RunLengths
 
 from channelsd import httpserver
 
-from conftest import token
+from conftest import count_pauses, token
 
 LIMIT = 65536  # http.max_body_bytes, the default
 HANG = 10.0
@@ -189,14 +189,7 @@ def test_a_body_in_one_byte_chunks_lets_the_hub_run(
     """Six bytes on the wire per byte of body, each chunk's size line read a byte at a time:
     the reader visits the hub every read buffer, and the longest run without it is
     measured."""
-    visits: list[int] = []
-    pause = httpserver._pause
-
-    def counting() -> None:
-        visits.append(1)
-        pause()
-
-    monkeypatch.setattr(httpserver, "_pause", counting)
+    visits = count_pauses(monkeypatch, httpserver)
     body = action(LIMIT - BARE)
     wire = chunked(body, [1])
     clients: set[Any] = {gevent.getcurrent()}
@@ -208,7 +201,9 @@ def test_a_body_in_one_byte_chunks_lets_the_hub_run(
     assert call.sent() == [f"api uuid_break {call.p}"]
     assert len(visits) >= len(wire) // (httpserver.PACE_READ_BYTES + 65536)
     figure("hub stalls (chunked body)", wire_bytes=len(wire), worst_ms=round(runs.worst * 1000, 2))
-    assert runs.worst < 0.5  # against hangs only
+    # Against hangs only (a stall on a loaded machine is not a failure); the visits above
+    # are the structural check that the reader paces itself.
+    assert runs.worst < HANG
 
 
 def test_a_refused_body_still_reaches_its_end_and_the_client_reads_the_413(call: Call) -> None:

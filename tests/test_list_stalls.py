@@ -27,7 +27,7 @@ from channelsd import listing
 from channelsd.listing import MAX_FILTERS
 from channelsd.standin.replay import Frame
 
-from conftest import Harness, token, wait_until
+from conftest import Harness, count_pauses, token, wait_until
 
 HANG = 60.0
 
@@ -133,14 +133,7 @@ def test_every_list_loop_visits_the_hub_between_items(
     h = make_daemon([switch])
     live = ended = 300
     populate(h, switch, live, ended)
-    visits: list[int] = []
-    pause = listing._pause
-
-    def counting() -> None:
-        visits.append(1)
-        pause()
-
-    monkeypatch.setattr(listing, "_pause", counting)
+    visits = count_pauses(monkeypatch, listing)
     monkeypatch.setattr(listing, "PACE_BUDGET", 0.0)
     checked = 0
     for (query, tok), at_least in (
@@ -202,5 +195,7 @@ def test_no_list_request_stalls_the_hub(switch: Any, make_daemon: Any, figure: A
         by_form_ms=worst,
     )
     # Against hangs only: before the fix one 540-filter request held the hub 0.53-0.66 s
-    # and ten CSV requests 0.82 s. The measured figure goes to RELIABILITY.md.
-    assert max(worst.values()) < 500, worst  # ms
+    # and ten CSV requests 0.82 s, so a bound near those would be a speed assertion that a
+    # loaded machine can fail. The pacing is checked structurally by
+    # test_every_list_loop_visits_the_hub_between_items; the figure goes to RELIABILITY.md.
+    assert max(worst.values()) < HANG * 1000, worst  # ms

@@ -14,31 +14,21 @@ import json
 from typing import Any
 
 import pytest
-from test_standin_actions import Client, index, seq
+import test_standin_actions
+from test_standin_actions import index, seq
 
 from channelsd.standin.channels.dialplan import DIALPLAN
 from channelsd.standin.channels.sofia import SipEnd
 
 from conftest import CAPTURES
 
+esl = test_standin_actions.esl  # the same ESL-client fixture
+
 ALICE = SipEnd("internal", "1001", "acme.example", "10.10.1.11", media_port=40000, call_id="c1")
 BOB = SipEnd("internal", "1002", "10.10.1.12:5060", "10.10.1.12", media_port=40002, call_id="c2")
 TRUNK = SipEnd(
     "external", "+12125550123", "sbc.example", "203.0.113.10", media_port=30000, gateway="gw1"
 )
-
-
-@pytest.fixture
-def esl(switch: Any):
-    clients: list[Client] = []
-
-    def make(subscribe: bool = False) -> Client:
-        clients.append(Client(switch.port, subscribe))
-        return clients[-1]
-
-    yield make
-    for c in clients:
-        c.close()
 
 
 def ringing(switch: Any, sip: bool) -> tuple[str, str]:
