@@ -81,7 +81,8 @@ class Daemon:
         self.nodes = {
             n.name: NodeLink(n, self.table, config.sync, self.metrics) for n in config.nodes
         }
-        self.metrics.watch(self.table, lambda: self.nodes)
+        ended = self._ended_calls(config)
+        self.metrics.watch(self.table, lambda: self.nodes, ended)
         self.notifier = notifier or SystemdNotifier()
         self.loop = LoopMonitor(on_tick=self._tick)
         self.ctx = ApiContext(
@@ -92,7 +93,7 @@ class Daemon:
             nodes=self.nodes,
             actions=Actions(self.table, self.nodes, config.actions),
             broker=Broker(self.table, config.event_buffer),
-            ended=self._ended_calls(config),
+            ended=ended,
             metrics=self.metrics,
             loop=self.loop,
             subscriptions=Subscriptions.from_limits(config.http_limits),

@@ -13,7 +13,7 @@ names.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sized
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -85,10 +85,12 @@ class _StateCollector(Collector):
         table: ChannelTable,
         nodes: Callable[[], Mapping[str, Any]],
         event_counts: Mapping[str, Mapping[str, int]],
+        ended: Sized | None = None,
     ) -> None:
         self.table = table
         self.nodes = nodes
         self.event_counts = event_counts
+        self.ended = ended
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         channels = GaugeMetricFamily("channelsd_channels", "Live channels", labels=["node"])
@@ -138,6 +140,13 @@ class _StateCollector(Collector):
             "Accounts with at least one live channel",
             value=self.table.account_count(),
         )
+        if self.ended is not None:
+            yield GaugeMetricFamily(
+                "channelsd_ended_calls",
+                "Ended calls kept for ?ended=true (bounded by api.ended_calls_max and "
+                "api.ended_calls_minutes)",
+                value=len(self.ended),
+            )
 
 
 class Metrics:
@@ -258,8 +267,13 @@ class Metrics:
         self._command_children: dict[tuple[str, str], Any] = {}
         self._http_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
-    def watch(self, table: ChannelTable, nodes: Callable[[], Mapping[str, Any]]) -> None:
-        self.registry.register(_StateCollector(table, nodes, self.event_counts))
+    def watch(
+        self,
+        table: ChannelTable,
+        nodes: Callable[[], Mapping[str, Any]],
+        ended: Sized | None = None,
+    ) -> None:
+        self.registry.register(_StateCollector(table, nodes, self.event_counts, ended))
 
     def watch_http(self, connections: Callable[[], int], streams: Callable[[], int]) -> None:
         """Gauges of open HTTP connections and live streams, read at scrape time."""

@@ -24,6 +24,7 @@ from channelsd.esl import ConnectionLost, ESLConnection, ESLError
 from channelsd.events import EventParseError, parse_json
 from channelsd.jobs import JobResults
 from channelsd.metrics import Metrics
+from channelsd.showchannels import ListingError, listed_uuids
 from channelsd.table import ChannelTable
 from channelsd.validate import is_uuid, whole_number
 
@@ -84,21 +85,6 @@ class ReconcileResult:
 
 
 _GONE = object()  # what uuid_dump's "No such channel" means
-
-
-def parse_channel_listing(body: bytes) -> list[dict[str, Any]]:
-    """Rows of `show channels as json`; an error reply raises instead of meaning 'none'."""
-    text = body.strip()
-    if not text.startswith(b"{"):
-        raise ReconcileUnknown(f"show channels answered {text[:80].decode('utf-8', 'replace')!r}")
-    try:
-        data = parse_json(text)
-    except EventParseError as exc:
-        raise ReconcileUnknown(f"show channels answered malformed JSON: {exc}") from None
-    rows = data.get("rows", [])  # FreeSWITCH omits "rows" entirely when there are none
-    if not isinstance(rows, list):
-        raise ReconcileUnknown("show channels answered rows that are not a list")
-    return [r for r in rows if isinstance(r, dict)]
 
 
 class NodeLink:
@@ -417,8 +403,10 @@ class NodeLink:
             self._unverified = False
             self._generation += 1
             self.table.clear_stale(self.name)
-        rows = parse_channel_listing(self._timed(conn, "api show channels as json").raw)
-        listed = {r["uuid"] for r in rows if isinstance(r.get("uuid"), str)}
+        try:
+            listed = listed_uuids(self._timed(conn, "api show channels as json").raw)
+        except ListingError as exc:
+            raise ReconcileUnknown(str(exc)) from None
         known = self.table.node_uuids(self.name)
         asked = set(doubtful)
         jobs = [(u, False) for u in listed - known if is_uuid(u)]

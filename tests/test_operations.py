@@ -170,6 +170,10 @@ def test_metrics_in_prometheus_format(daemon: Harness, switch: Any) -> None:
     assert f'channelsd_http_requests_total{{method="GET",route="{route}",status="401"}} 1.0' in text
     assert "channelsd_http_request_duration_seconds_bucket" in text
     assert token("admin1") not in text
+    assert "channelsd_ended_calls 0.0" in text
+    switch.hangup(a)
+    wait_until(lambda: daemon.table.get(b) is None)
+    wait_until(lambda: "channelsd_ended_calls 2.0" in daemon.api.get("/metrics", tok=None).text)
 
 
 def test_json_logs_carry_the_key_value_pairs() -> None:
