@@ -213,6 +213,8 @@ class Daemon:
     def _tick(self) -> None:
         # Runs in the loop monitor's greenlet: only a turning hub gets here.
         self.notifier.watchdog()
+        # Tombstones also expire when no call ends (a quiet night after a busy day).
+        self.table.expire_tombstones()
         self.trimmer.tick()
         now = time.monotonic()
         if now - self._last_status >= STATUS_EVERY:

@@ -48,7 +48,7 @@ _VOLATILE = ("elapsed_s",)
 class _Message:
     """One published change: its kind, the channel, and the bytes every subscriber shares."""
 
-    __slots__ = ("seq", "kind", "key", "channel", "item", "data", "full")
+    __slots__ = ("seq", "kind", "key", "channel", "item", "data", "_full")
 
     def __init__(
         self,
@@ -65,7 +65,15 @@ class _Message:
         self.channel = channel  # a destroyed Channel keeps its fields: whom it concerned
         self.item = item
         self.data = data
-        self.full = data if kind == "create" else (kept_json(item) if item else b"")
+        # The whole item as JSON, for a subscriber to whom the channel is new: made when one
+        # needs it (most updates never reach such a subscriber, and the ring holds thousands).
+        self._full = data if kind == "create" else None
+
+    @property
+    def full(self) -> bytes:
+        if self._full is None:
+            self._full = kept_json(self.item) if self.item else b""
+        return self._full
 
 
 class Broker:

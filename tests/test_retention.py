@@ -3,6 +3,7 @@ a destroyed channel reachable but the live-event ring, which is bounded by its s
 
 import gc
 import itertools
+import tracemalloc
 import uuid as uuidlib
 
 import gevent
@@ -103,6 +104,33 @@ def test_tombstones_are_bounded_in_number_as_well_as_time() -> None:
     # The newest are the ones remembered: a late event of the last call cannot revive it.
     create(table, str(uuidlib.UUID(int=1000)), "acc1")
     assert len(table) == 0
+
+
+def test_the_tombstones_memory_follows_what_they_hold_after_a_burst_expires() -> None:
+    """A burst of 20,000 hang-ups, then their TTL passes on a quiet switch: the table's memory
+    comes back to what a handful of tombstones take, not the burst's dict (it did not: a dict
+    keeps the table it grew to until insertions make it resize)."""
+    clock = [0.0]
+    table = ChannelTable(tombstone_ttl=60, clock=lambda: clock[0])
+    uuids = [str(uuidlib.UUID(int=i + 1)) for i in range(20_000)]
+    gc.collect()
+    tracemalloc.start()
+    try:
+        start, _ = tracemalloc.get_traced_memory()
+        for uuid in uuids:
+            destroy(table, uuid)  # never heard of: tombstoned all the same
+        burst = tracemalloc.get_traced_memory()[0] - start
+        clock[0] = 61.0
+        table.expire_tombstones()  # nothing ends any more: the daemon's tick expires them
+        for uuid in uuids[:5]:
+            destroy(table, uuid)
+        gc.collect()
+        left = tracemalloc.get_traced_memory()[0] - start
+    finally:
+        tracemalloc.stop()
+    assert table.tombstone_count() == 5
+    assert burst > 2_000_000  # what 20,000 took
+    assert left < burst / 50, (burst, left)
 
 
 def test_ended_calls_are_kept_for_their_minutes_and_their_number_only() -> None:
