@@ -213,13 +213,21 @@ class Daemon:
     def _tick(self) -> None:
         # Runs in the loop monitor's greenlet: only a turning hub gets here.
         self.notifier.watchdog()
-        # Tombstones also expire when no call ends (a quiet night after a busy day).
-        self.table.expire_tombstones()
+        self._let_go()
         self.trimmer.tick()
         now = time.monotonic()
         if now - self._last_status >= STATUS_EVERY:
             self._last_status = now
             self.notifier.send(self._status())
+
+    def _let_go(self) -> None:
+        """What outlived its use is dropped on time, not at the next call or request: after a
+        busy hour, expired tombstones, the last second's list answers and, once nobody
+        listens, the event ring (issue #17: memory returns to its floor when the calls stop)."""
+        self.table.expire_tombstones()
+        self.ctx.lists.expire(time.time())
+        if self.ctx.broker is not None:
+            self.ctx.broker.release_idle()
 
     def _crashed(self, g: gevent.Greenlet) -> None:
         log.error("greenlet died: %r", g.exception)

@@ -237,6 +237,13 @@ class ListCache:
         self._second = -1
         self._memos: dict[int, tuple[Scope, int, bytes]] = {}
 
+    def expire(self, now: float) -> None:
+        """Drop the lists of a second that has passed (the daemon's tick calls this): the last
+        busy second's answers, the system list's MBs among them, would otherwise be held until
+        the next list request, however long that takes."""
+        if self._memos and int(now) != self._second:
+            self._memos = {}
+
     def json(self, table: ChannelTable, scope: Scope | list[Channel], now: float) -> bytes:
         """The list's JSON array; a list of channels (a user's, a filtered one) is not kept."""
         if not isinstance(scope, Scope):

@@ -123,6 +123,14 @@ class Broker:
         if self._timer is None and not self.closed:
             self._timer = gevent.spawn_later(self.interval, self.publish)
 
+    def release_idle(self) -> None:
+        """Nobody listens any more: the ring and the published items go now, not at the next
+        change (after the day's last call none comes; the daemon's tick calls this). A client
+        resuming from before gets a snapshot, as after any gap (since() reaches back no more)."""
+        if (self.ring or self._published) and not self._pending and self.idle:
+            self.ring.clear()
+            self._published.clear()
+
     def render(self, ch: Channel) -> dict[str, Any]:
         return ch.to_item(time.time(), self.table.is_stale(ch))
 
@@ -303,6 +311,11 @@ class Feed:
             self.batches.clear()
             self.held = 0
             self.last = self.cut = broker.seq
+            # The destroys the ring lost never take their channels out of `visible`: those
+            # gone are dropped here, or a feed that lives for weeks would keep every channel a
+            # burst (a node purged, a reconcile) ever hid from it.
+            row = broker.table.row
+            self.visible = {key for key in self.visible if row(*key) is not None}
             return
         frames = []
         for msg in messages:
@@ -432,15 +445,17 @@ def _snapshot(
     channels = snapshot()
     items = []
     keys = set()
-    published, pending = broker._published, broker._pending
+    published, pending, row = broker._published, broker._pending, broker.table.row
     for part in in_slices(channels):
         for ch in part:
             if in_scope(ch):
                 item = broker.render(ch)
                 # What this subscriber now holds is what the next change of the channel is
                 # told against, unless a change is on its way to others already.
+                # A channel destroyed while the snapshot was rendered (its destroy published
+                # meanwhile, between two slices) is not: nothing would ever take it out.
                 key = ch.key
-                if key not in published and key not in pending:
+                if key not in published and key not in pending and row(*key) is ch:
                     published[key] = item
                 if keep(item):
                     items.append(item)

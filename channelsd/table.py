@@ -118,8 +118,14 @@ _SHARED_KAZOO_CCVS = ("Reseller-ID", "Application-Name", "Channel-Authorized", "
 # Custom variable names remembered (header -> name); past this, a switch inventing names is
 # not remembered.
 _CCV_NAMES_MAX = 4096
+# ... and only names this short (Kazoo's are a few dozen characters): the count alone let a
+# switch keep 4096 names of up to an event's size each, twice (header and name), for good.
+_CCV_NAME_KEPT_CHARS = 64
 # Distinct shared details dicts remembered (codec and application combinations).
 _SHARED_DETAILS_MAX = 1024
+# ... and only those whose texts are this short: a caller's 2 KB User-Agent is its own call's,
+# not a combination worth keeping after the call (1024 of them held ~14 MB for good).
+_SHARED_DETAIL_CHARS = 128
 _FIXED_WITH_MODES = _with_modes(_FIXED_CHAINS)
 # DETAIL_CHAINS flattened for the ingest loop: (key, header, a number?); all of them, and
 # those of any endpoint for loopback legs.
@@ -152,7 +158,7 @@ _NO_VARIABLES = frozenset(
 # Channels whose list JSON is kept at most: ~26 MB of Kazoo channels.
 JSON_CACHE_MAX = 20_000
 # Destroyed uuids remembered at most, whatever their age: a burst of hang-ups cannot grow the
-# tombstones without bound (~120 B each).
+# tombstones without bound (~330 B each).
 TOMBSTONES_MAX = 200_000
 # A tombstone table that held at least this many is copied once it holds a quarter of its
 # peak (see _prune_tombstones).
@@ -316,7 +322,14 @@ class ChannelTable:
         return len(self._by_account)
 
     def tombstone_count(self) -> int:
+        self.expire_tombstones()
         return len(self._tombstones)
+
+    def expire_tombstones(self) -> None:
+        """Forget the tombstones whose time is up. A destroy prunes them too, but after the
+        last call of a busy hour no destroy comes: the daemon's tick calls this, so that they
+        do not outlive their TTL (~330 B each, up to tombstones_max of them)."""
+        self._prune_tombstones(self._clock())
 
     def set_identity(self, identity: Identity) -> None:
         """A new identity mapping (SIGHUP); it applies from the next event of each channel."""
@@ -730,9 +743,13 @@ class ChannelTable:
         if PERSONAL_DETAILS.isdisjoint(found):
             shared = self._shared_details
             frozen = tuple(found.items())
-            found = shared.get(frozen) or found
-            if len(shared) < _SHARED_DETAILS_MAX:
-                shared.setdefault(frozen, found)
+            kept = shared.get(frozen)
+            if kept is not None:
+                found = kept
+            elif len(shared) < _SHARED_DETAILS_MAX and all(
+                v.__class__ is not str or len(v) <= _SHARED_DETAIL_CHARS for v in found.values()
+            ):
+                shared[frozen] = found
         ch.details = found
 
     def _recording(self, ch: Channel, e: Event, started: bool) -> None:
@@ -756,8 +773,12 @@ class ChannelTable:
                 if v.__class__ is str and len(v) <= MAX_VALUE_CHARS:
                     name = names.get(k)
                     if name is None:
+                        if len(k) - cut > MAX_VALUE_CHARS:  # a name as absurd as a value
+                            self._refuse("custom_channel_vars")
+                            continue
                         name = k[cut:]
-                        if len(names) < _CCV_NAMES_MAX:  # a hostile switch's names stop here
+                        # a hostile switch's names stop here, in number and in length
+                        if len(names) < _CCV_NAMES_MAX and len(name) <= _CCV_NAME_KEPT_CHARS:
                             name = names[k] = intern(name)
                     found[name] = v
                 else:
@@ -815,7 +836,7 @@ class ChannelTable:
         before = self._index_keys(ch)
         changed = False
         for var, value in pairs:
-            if len(value) > MAX_VALUE_CHARS:
+            if len(value) > MAX_VALUE_CHARS or len(var) > MAX_VALUE_CHARS:
                 self._refuse("api_value")
                 continue
             header = "variable_" + var
@@ -1002,10 +1023,6 @@ class ChannelTable:
                 scope.discard(key)
                 if not scope:
                     del index[ikey]
-
-    def expire_tombstones(self) -> None:
-        """Forget the tombstones whose time has passed (each destroy does it too)."""
-        self._prune_tombstones(self._clock())
 
     def _prune_tombstones(self, now: float) -> None:
         ts = self._tombstones
