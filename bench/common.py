@@ -427,9 +427,10 @@ class DaemonProcess:
         api: dict[str, Any] | None = None,
         log_level: str = "info",
         http: dict[str, Any] | None = None,
+        http_port: int | None = None,
     ) -> None:
         self.name = name
-        self.http_port = free_port()
+        self.http_port = http_port or free_port()
         self.config = workdir / f"{name}.toml"
         self.log = workdir / f"{name}.log"
         ports = [switch_ports] if isinstance(switch_ports, int) else list(switch_ports)

@@ -26,7 +26,7 @@ import contextlib
 import logging
 import socket as pysocket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import gevent
@@ -66,12 +66,20 @@ class FrameTooLarge(ESLError):
 class _Frame:
     """One frame's outer headers; a command's reply also gets .data (and .raw for api)."""
 
-    __slots__ = ("headers", "data", "raw")
+    __slots__ = ("headers", "_data", "raw")
 
-    def __init__(self, headers: dict[str, str]) -> None:
+    def __init__(self, headers: dict[str, str], data: str | None = "", raw: bytes = b"") -> None:
         self.headers = headers
-        self.data: str = ""
-        self.raw: bytes = b""
+        self._data = data
+        self.raw = raw
+
+    @property
+    def data(self) -> str:
+        """The reply as text; an api body is decoded when asked (a reconcile reads its
+        thousands of uuid_dump bodies as bytes and never needs them as text)."""
+        if self._data is None:
+            self._data = self.raw.decode("utf-8", "replace")
+        return self._data
 
 
 _FORBIDDEN_IN_COMMAND = frozenset("\r\n\x00\u2028\u2029\x85")
@@ -212,24 +220,56 @@ class ESLConnection(InboundESL):
         return self._send_raw(data)
 
     def _send_raw(self, data: str, log_text: str | None = None) -> Any:
-        if _FORBIDDEN_IN_COMMAND.intersection(data):
-            # Every caller validates its arguments; this is the last line of defence.
-            raise ValueError("refusing to send an ESL command containing a line break")
-        if not self.connected or self.closed.is_set():
-            raise NotConnectedError()
-        result = gevent.event.AsyncResult()
+        result = self._send_all([data])[0]
         ESLConnection.awaiting += 1
         try:
-            with self._send_lock:
-                self._commands_sent.append(result)
-                try:
-                    self.sock.sendall((data + "\n\n").encode("utf-8"))
-                except OSError as exc:
-                    self.close(f"write failed: {exc}")
             log.debug("%s > %s", self.label, log_text or data)
             return result.get()
         finally:
             ESLConnection.awaiting -= 1
+
+    def _send_all(self, texts: list[str]) -> list[gevent.event.AsyncResult]:
+        """Write commands in one go; their replies come in order, one result each."""
+        for data in texts:
+            if _FORBIDDEN_IN_COMMAND.intersection(data):
+                # Every caller validates its arguments; this is the last line of defence.
+                raise ValueError("refusing to send an ESL command containing a line break")
+        if not self.connected or self.closed.is_set():
+            raise NotConnectedError()
+        results = [gevent.event.AsyncResult() for _ in texts]
+        with self._send_lock:
+            self._commands_sent.extend(results)
+            try:
+                self.sock.sendall("".join([t + "\n\n" for t in texts]).encode("utf-8"))
+            except OSError as exc:
+                self.close(f"write failed: {exc}")
+        return results
+
+    def pipeline(self, texts: list[str], timeout: float | None = None) -> Iterator[Any]:
+        """Send several commands in one write and yield each reply as it arrives, in order:
+        FreeSWITCH reads a connection's commands one after another and answers each before
+        the next. For many questions at once (a reconcile's `uuid_dump`s) this is one system
+        call and no greenlet per question. The deadline covers them all; missed, it closes
+        the connection (as command() does) and raises CommandTimeout, as a lost connection
+        raises ConnectionLost, at the reply it stopped at."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        try:
+            results = self._send_all(texts)  # now: the caller may do other work meanwhile
+        except NotConnectedError:
+            raise ConnectionLost(f"{self.label}: not connected") from None
+        return self._replies(results, deadline)
+
+    def _replies(self, results: list[gevent.event.AsyncResult], deadline: float) -> Iterator[Any]:
+        for result in results:
+            ESLConnection.awaiting += 1
+            try:
+                reply = result.get(timeout=max(0.0, deadline - time.monotonic()))
+            except gevent.Timeout:
+                self.close(f"no reply to {len(results)} pipelined commands in time")
+                raise CommandTimeout(f"{self.label}: no reply in time") from None
+            finally:
+                ESLConnection.awaiting -= 1
+            yield reply
 
     # -- reading (runs in greenswitch's reader greenlet) -------------------------------------
 
@@ -422,14 +462,12 @@ class ESLConnection(InboundESL):
                 raise ProtocolError(f"{ctype} frame without a Content-Length")
             self._event(body, parse_json if ctype == "text/event-json" else parse_plain)
         elif ctype == "command/reply" or ctype == "api/response":
-            reply = _Frame(headers)
             if ctype == "api/response":
                 if body is None:
                     raise ProtocolError("api/response frame without a Content-Length")
-                reply.raw = body  # big listings are parsed from bytes, not re-encoded
-                reply.data = body.decode("utf-8", "replace")
+                reply = _Frame(headers, None, body)  # listings are parsed from bytes
             else:
-                reply.data = headers.get("Reply-Text", "")
+                reply = _Frame(headers, headers.get("Reply-Text", ""))
             if not self._commands_sent:
                 raise ProtocolError(f"unsolicited {ctype}")
             self._commands_sent.pop(0).set(reply)

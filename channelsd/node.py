@@ -12,12 +12,12 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import gevent
 import gevent.event
-import gevent.pool
 
 from channelsd.config import NodeConfig, SyncConfig
 from channelsd.esl import ConnectionLost, ESLConnection, ESLError
@@ -62,7 +62,8 @@ SUBSCRIBED_EVENTS = (
 
 _SUBSCRIBED = frozenset(SUBSCRIBED_EVENTS)
 
-HYDRATE_CONCURRENCY = 16
+# uuid_dumps written at once in a reconcile (two batches are out at a time).
+HYDRATE_BATCH = 16
 # A count can differ for one beat while a call is being set up or torn down.
 DRIFT_BEATS = 2
 
@@ -162,16 +163,8 @@ class NodeLink:
         began = time.monotonic()
         try:
             reply = conn.command(text, self.sync.command_timeout if timeout is None else timeout)
-        except ConnectionLost:
-            self._count_error(name, "connection lost")
-            # why it was lost (a reply over the frame limit, the switch closing...): the
-            # node's down line and /readyz say it, not only the node's name
-            raise NodeUnavailable(
-                f"{self.name}: {conn.close_reason or 'connection lost'}"
-            ) from None
         except ESLError as exc:
-            self._count_error(name, type(exc).__name__)
-            raise
+            raise self._lost(conn, name, exc) from None
         if self.metrics is not None:
             self.metrics.command(self.name, name, time.monotonic() - began)
         return reply
@@ -427,44 +420,71 @@ class NodeLink:
     def _ask(
         self, conn: ESLConnection, jobs: list[tuple[str, bool]], counts: dict[str, int]
     ) -> None:
-        """uuid_dump each (uuid, known) job, some at once, and apply each answer."""
-        pool = gevent.pool.Pool(HYDRATE_CONCURRENCY)
-        lost: ESLError | NodeUnavailable | None = None
-        for uuid, was_known, data, asked_at in pool.imap_unordered(
-            lambda job: self._dump(conn, *job), jobs
-        ):
+        """uuid_dump each (uuid, known) job and apply each answer. The questions go in
+        batches written at once (one system call each), the next batch written before this
+        one's answers are applied, so that the switch is answering while the table works."""
+        batches = [jobs[i : i + HYDRATE_BATCH] for i in range(0, len(jobs), HYDRATE_BATCH)]
+        waiting: tuple[list[tuple[str, bool]], float, float, Iterator[Any]] | None = None
+        for batch in [*batches, None]:
+            asked = None
+            if batch is not None:
+                asked_at, began = self.table.now(), time.monotonic()
+                commands = [f"api uuid_dump {uuid} json" for uuid, _ in batch]
+                asked = (batch, asked_at, began, self._pipeline(conn, commands))
+            if waiting is not None:
+                self._apply_answers(conn, *waiting, counts)
+            waiting = asked
+
+    def _pipeline(self, conn: ESLConnection, commands: list[str]) -> Iterator[Any]:
+        try:
+            return conn.pipeline(commands, self.sync.command_timeout)
+        except ESLError as exc:
+            raise self._lost(conn, "uuid_dump", exc) from None
+
+    def _lost(self, conn: ESLConnection, command: str, exc: ESLError) -> Exception:
+        """What a failed command raises: a lost connection names why it was lost (a reply over
+        the frame limit, the switch closing...) in the node's down line and /readyz."""
+        if isinstance(exc, ConnectionLost):
+            self._count_error(command, "connection lost")
+            return NodeUnavailable(f"{self.name}: {conn.close_reason or 'connection lost'}")
+        self._count_error(command, type(exc).__name__)
+        return exc
+
+    def _apply_answers(
+        self,
+        conn: ESLConnection,
+        batch: list[tuple[str, bool]],
+        asked_at: float,
+        began: float,
+        replies: Iterator[Any],
+        counts: dict[str, int],
+    ) -> None:
+        for uuid, was_known in batch:
+            try:
+                body = next(replies).raw
+            except ESLError as exc:
+                raise self._lost(conn, "uuid_dump", exc) from None
+            if self.metrics is not None:
+                self.metrics.command(self.name, "uuid_dump", time.monotonic() - began)
             row = self.table.row(self.name, uuid)
-            if isinstance(data, ESLError | NodeUnavailable):
-                lost = data  # the connection went: the rest cannot be asked either
-            elif row is not None and row.last_seen >= asked_at:
+            if row is not None and row.last_seen >= asked_at:
                 # Heard of since the question was sent: an event (or a uuid_setvar's API event)
                 # newer than this answer, which would turn the row back.
                 continue
-            elif data is _GONE:
+            data = self._answer(uuid, body)
+            if data is _GONE:
                 if was_known and self.table.remove(self.name, uuid, tombstone=False):
                     counts["removed"] += 1
             elif data is not None and self.table.hydrate(self.name, data) is not None:
                 counts["refreshed" if was_known else "added"] += 1
-        if lost is not None:
-            raise lost
 
-    def _dump(
-        self, conn: ESLConnection, uuid: str, was_known: bool
-    ) -> tuple[str, bool, Any, float]:
-        """(uuid, was_known, the channel's uuid_dump, _GONE, None when unknown, or the
-        connection's failure: returned, not raised, so that a pool greenlet never dies of it;
-        and when the question was asked, on the table's clock)."""
-        asked_at = self.table.now()
-        try:
-            body = self._timed(conn, f"api uuid_dump {uuid} json").raw
-        except (ESLError, NodeUnavailable) as exc:
-            return uuid, was_known, exc, asked_at
+    def _answer(self, uuid: str, body: bytes) -> Any:
+        """A uuid_dump's answer: the channel's variables, _GONE, or None when unknown."""
         if not body.lstrip().startswith(b"{"):
             # "-ERR No such channel!": gone since (or a zombie, hung up and about to go)
-            gone = body.startswith(b"-ERR No such channel")
-            return uuid, was_known, _GONE if gone else None, asked_at
+            return _GONE if body.startswith(b"-ERR No such channel") else None
         try:
-            return uuid, was_known, parse_json(body), asked_at
+            return parse_json(body)
         except EventParseError:
             log.warning("node=%s uuid_dump %s answered malformed JSON", self.name, uuid)
-            return uuid, was_known, None, asked_at
+            return None

@@ -92,6 +92,61 @@ def test_commands_are_pipelined_and_paired_in_order(switch: Any) -> None:
     assert [j.value for j in jobs] == ["false" if i % 2 == 0 else "acc1" for i in range(40)]
 
 
+class _CountingWrites:
+    """The connection's socket, with its writes counted (gevent's sendall is read-only)."""
+
+    def __init__(self, sock: Any) -> None:
+        self.sock = sock
+        self.writes: list[bytes] = []
+
+    def sendall(self, data: bytes) -> None:
+        self.writes.append(data)
+        self.sock.sendall(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+
+def test_a_pipeline_is_one_write_answered_in_order(switch: Any) -> None:
+    cmd = connect(switch)
+    a, _ = switch.originate(dest="9000", variables={"account_id": "acc1"})
+    texts = [f"api uuid_getvar {a} account_id" if i % 2 else "api uuid_exists x" for i in range(40)]
+    cmd.sock = counting = _CountingWrites(cmd.sock)
+    replies = cmd.pipeline(texts)
+    assert len(counting.writes) == 1  # written at once, before the first reply is asked for
+    assert [r.data for r in replies] == ["false" if i % 2 == 0 else "acc1" for i in range(40)]
+    assert cmd.api("uuid_exists nope") == "false"  # still paired after it
+
+
+def test_a_pipeline_refuses_a_line_break_before_writing_anything(switch: Any) -> None:
+    cmd = connect(switch)
+    before = list(switch.received)
+    with pytest.raises(ValueError):
+        cmd.pipeline(["api status", "api uuid_kill x\n\napi system rm"])
+    assert switch.received == before and cmd.alive
+
+
+def test_a_pipeline_past_its_deadline_times_out_and_closes(switch: Any) -> None:
+    cmd = connect(switch)
+    switch.hang_commands = True
+    replies = cmd.pipeline(["api status", "api status"], timeout=0.3)
+    with pytest.raises(CommandTimeout):
+        next(replies)
+    assert cmd.closed.is_set()
+
+
+def test_a_pipeline_cut_by_a_drop_fails_at_the_reply_it_stopped_at(switch: Any) -> None:
+    cmd = connect(switch)
+    switch.hang_commands = True
+    replies = cmd.pipeline(["api status"] * 3, timeout=30)
+    wait_until(lambda: any(c == "api status" for _, c in switch.received))
+    switch.drop_connections()
+    with pytest.raises(ConnectionLost):
+        next(replies)
+    with pytest.raises(ConnectionLost):
+        cmd.pipeline(["api status"])  # and nothing more is written on a closed connection
+
+
 def test_plain_parser_splits_before_decoding() -> None:
     # A caller-controlled value with an encoded newline must stay one value (greenswitch's
     # decode-then-split turns it into a forged Unique-ID header).

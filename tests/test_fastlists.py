@@ -97,7 +97,10 @@ def comparable(resp: requests.Response) -> tuple[Any, ...]:
         return resp.status_code, headers, resp.text
     if isinstance(body, dict):
         body.pop("timestamp", None)
-        for item in body.get("data") if isinstance(body.get("data"), list) else []:
+        data = body.get("data")
+        # a list's items, or a single channel's item (it flaked when a second turned over
+        # between the two requests)
+        for item in data if isinstance(data, list) else [data]:
             if isinstance(item, dict):
                 item.pop("elapsed_s", None)
     return resp.status_code, headers, body
