@@ -123,18 +123,9 @@ def _ingest(
             sw.send_frames(part)
         bc.wait_until(lambda: all(load.drained(sw) for sw in switches), 600, "all written")
         t_written = perf()
-        deadline = perf() + 300
-        polls = []
-        while True:
-            t = perf()
-            data = http.get_json("/v2/channels")["data"]
-            done = perf()
-            polls.append(done - t)
-            if len(data) == len(expected) and {i["uuid"] for i in data} == expected:
-                break
-            if perf() > deadline:
-                raise TimeoutError(f"{name}: never reached the final state ({len(data)} ch)")
-            gevent.sleep(0.01)
+        polls: list[float] = []
+        ports = {sw.port for sw in switches}
+        done = load.wait_final_state(http, expected, 300, f"{name}:", polls, ports)
         seconds = done - t0
         return {
             "rate": total / seconds,
@@ -393,7 +384,11 @@ def _report_nodes(
         f"the same {n * per:,} channels. Each node writes its own {s.nodes_reps} repetitions "
         f"of the burst capture plus the cut (fresh uuids; {one['events']:,} events in all); "
         "the single node writes the same frames. Figure: events/s from the first byte to the "
-        "first `GET /v2/channels` answer holding exactly the expected channels. Best of "
+        "first `GET /v2/channels` answer holding exactly the expected channels, asked once "
+        "the daemon has read every byte the nodes wrote (/proc/net/tcp) and again 10 ms "
+        "after each answer (until 2026-12-02 it was asked every 10 ms from the moment the "
+        "stand-ins had written everything: with 20 nodes' socket buffers a second of events "
+        "ahead, those 10,000-channel lists took a third of the daemon's CPU). Best of "
         f"{s.nodes_rounds} interleaved round(s).",
         "",
         "| nodes | events/s | vs one node | daemon CPU | stand-ins done after | last poll | "

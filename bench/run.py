@@ -375,7 +375,7 @@ class Suite:
             bc.wait_until(lambda: drained(sw), 600, "the stand-in to write everything")
             t_written = perf()
             polls: list[float] = []
-            done = load.wait_final_state(http, expected, 120, "table", polls)
+            done = load.wait_final_state(http, expected, 120, "table", polls, {sw.port})
             seconds = done - t0
             cpu = d.cpu_seconds() - cpu0
             lcpu = load_cpu() - lcpu0
@@ -437,8 +437,10 @@ class Suite:
             "written by the stand-in as fast as the socket takes them. Figure: events/s from "
             "the first byte to the end. channelsd's end is the answer to the first "
             "`GET /v2/channels` that shows exactly the 100 channels the cut repetition leaves "
-            "up (computed offline with channelsd's own ChannelTable); the baselines end when "
-            f"they have read every event. Best of {rounds} interleaved round"
+            "up (computed offline with channelsd's own ChannelTable), asked once the daemon "
+            "has read every byte written (its socket's receive queue empty, watched in "
+            "/proc/net/tcp) and again 10 ms after each answer; the baselines end when they "
+            f"have read every event. Best of {rounds} interleaved round"
             f"{'s' if rounds > 1 else ''}.",
             "",
             "| reader | events/s | channelsd vs it |",
