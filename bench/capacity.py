@@ -141,9 +141,9 @@ def section(runs: list[Any]) -> list[str]:
         _per_request("system-1-idle"),
     )
     per_channel = add(
-        "resident memory per live Kazoo-style channel (ended-calls store full)",
+        "resident memory per live Kazoo-style channel (ended-calls store full, settled)",
         "B",
-        lambda d: d["memory"]["per_channel_with_store"],
+        lambda d: d["memory"].get("per_channel_settled", d["memory"]["per_channel_with_store"]),
     )
     add("resident memory per ended call kept", "B", lambda d: d["memory"]["per_ended_call"])
     add("resident memory per connected node (idle, beside its channels)", "KiB", _per_node("rss"))
