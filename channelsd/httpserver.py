@@ -59,6 +59,8 @@ SEND_CHUNK = 256 * 1024
 # A chunk of an unsized answer smaller than this is framed by copying (one send); a larger one
 # is sent as its size line, itself and its CRLF (no copy).
 COPY_CHUNK_BELOW = 4096
+# An answer (or the first piece of one) this small is sent with its headers in one send.
+JOIN_BELOW = 64 * 1024
 # Bytes read from one client between visits to the hub: a read buffer's worth, whose parsing
 # (a chunked body's size lines are read a byte at a time) stays within a few milliseconds.
 PACE_READ_BYTES = 8192
@@ -267,6 +269,56 @@ class Handler(WSGIHandler):
         return Expired(f"{conn.phase} timeout")
 
     # -- writing -----------------------------------------------------------------------------
+
+    def process_result(self) -> None:
+        # An answer made of pieces (the envelope around a list's bytes, see
+        # envelope.success_parts) is written piece by piece by pywsgi: with TCP_NODELAY each
+        # piece is a packet and a wake-up of the client, four for a POST's answer (strace: the
+        # headers, `{"data":`, the data, the rest). A small one is joined and goes out with
+        # its headers in one send; a large one stays in pieces, never copied.
+        # Only a sized answer: a stream (no Content-Length) must go out as each piece comes.
+        if self.provided_content_length is None:
+            super().process_result()
+            return
+        pending: list[bytes] = []
+        size = 0
+        for data in self.result:
+            if not data:
+                continue
+            if pending and size + len(data) > JOIN_BELOW:
+                self.write(b"".join(pending))
+                pending, size = [], 0
+            if len(data) > JOIN_BELOW:
+                self.write(data)
+            else:
+                pending.append(data)
+                size += len(data)
+        if pending:
+            self.write(b"".join(pending) if len(pending) > 1 else pending[0])
+        if self.status and not self.headers_sent:
+            self.write(b"")  # an empty body: the headers still go
+
+    def _write_with_headers(self, data: Any) -> None:
+        # pywsgi sends the headers, then the body, in two sends (two packets, two wake-ups
+        # of the client): a small body rides with its headers; before a large one the headers
+        # are sent with MSG_MORE, so that the kernel fills the first segment with both.
+        self.headers_sent = True
+        self.finalize_headers()
+        head = bytearray(b"HTTP/1.1 ")
+        head += self.status
+        head += b"\r\n"
+        for header, value in self.response_headers:
+            head += header
+            head += b": "
+            head += value
+            head += b"\r\n"
+        head += b"\r\n"
+        if data and not self.response_use_chunked and len(data) <= JOIN_BELOW:
+            head += data
+            self._sendall(head)
+            return
+        self._sendall(head, socket.MSG_MORE if data else 0)
+        self._write(data)
 
     def _write(self, data: Any, _bytearray: Any = bytearray) -> None:
         # pywsgi frames a chunk by copying it into a new buffer between its size line and its
