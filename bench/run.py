@@ -777,29 +777,15 @@ class Suite:
                 sw.send_frames(frames)
                 bc.wait_until(lambda: drained(sw), 60, "ended calls written")
             listed = wait_until_count(http, "/v2/channels?ended=true", ended, 60)
-            gevent.sleep(1.0)
             count = len(made)
-            rss = d.rss_kib()
-            rows.append(
-                (
-                    f"{count:,} + {listed:,} ended calls kept",
-                    count,
-                    rss,
-                    (rss - base) * 1024 / count,
-                )
-            )
-            # The same, once the daemon has given back what the burst and the answers above
-            # left freed but resident (channelsd.memory: malloc_trim every TRIM_EVERY s).
-            gevent.sleep(TRIM_EVERY + 1.0)
-            rss = d.rss_kib()
-            rows.append(
-                (
-                    f"{count:,} + {listed:,} ended calls kept, {TRIM_EVERY + 1:.0f} s later",
-                    count,
-                    rss,
-                    (rss - base) * 1024 / count,
-                )
-            )
+            # 1 s after, and again once the daemon has given back what the burst and the
+            # answers above left freed but resident (channelsd.memory: malloc_trim every
+            # TRIM_EVERY s).
+            for wait, label in ((1.0, ""), (TRIM_EVERY + 1.0, f", {TRIM_EVERY + 1:.0f} s later")):
+                gevent.sleep(wait)
+                rss = d.rss_kib()
+                per = (rss - base) * 1024 / count
+                rows.append((f"{count:,} + {listed:,} ended calls kept{label}", count, rss, per))
             live_now = len(http.get_json("/v2/channels")["data"])
             if live_now != count + len(expected):
                 raise RuntimeError(f"live channels {live_now}, wanted {count + len(expected)}")
