@@ -137,6 +137,7 @@ class ESLConnection(InboundESL):
         self.closed = gevent.event.Event()
         self.close_reason = ""
         self.last_rx = time.monotonic()
+        self.answered_at = 0.0  # when the last reply arrived (commands' deadlines run from it)
         self.parse_errors = 0
         self._since_yield = 0
 
@@ -202,15 +203,9 @@ class ESLConnection(InboundESL):
     # -- commands ----------------------------------------------------------------------------
 
     def command(self, text: str, timeout: float | None = None) -> Any:
-        """Send one command and wait for its reply; a missed deadline closes the connection."""
-        deadline = self.timeout if timeout is None else timeout
-        try:
-            with gevent.Timeout(deadline, False):
-                return self._send_raw(text)
-        except NotConnectedError:
-            raise ConnectionLost(f"{self.label}: not connected") from None
-        self.close(f"no reply to {text.split(' ', 2)[:2]} within {deadline}s")
-        raise CommandTimeout(f"{self.label}: no reply within {deadline}s")
+        """Send one command and wait for its reply; a missed deadline (pipeline's) closes the
+        connection."""
+        return next(self.pipeline([text], timeout))
 
     def api(self, cmd: str, timeout: float | None = None) -> str:
         """Run `api <cmd>` and return the body FreeSWITCH answered."""
@@ -234,10 +229,12 @@ class ESLConnection(InboundESL):
             if _FORBIDDEN_IN_COMMAND.intersection(data):
                 # Every caller validates its arguments; this is the last line of defence.
                 raise ValueError("refusing to send an ESL command containing a line break")
-        if not self.connected or self.closed.is_set():
-            raise NotConnectedError()
         results = [gevent.event.AsyncResult() for _ in texts]
         with self._send_lock:
+            # Checked under the lock: a writer ahead may have been blocked in sendall while the
+            # connection closed, and a result queued after close() would never be answered.
+            if not self.connected or self.closed.is_set():
+                raise NotConnectedError()
             self._commands_sent.extend(results)
             try:
                 self.sock.sendall("".join([t + "\n\n" for t in texts]).encode("utf-8"))
@@ -249,27 +246,46 @@ class ESLConnection(InboundESL):
         """Send several commands in one write and yield each reply as it arrives, in order:
         FreeSWITCH reads a connection's commands one after another and answers each before
         the next. For many questions at once (a reconcile's `uuid_dump`s) this is one system
-        call and no greenlet per question. The deadline covers them all; missed, it closes
-        the connection (as command() does) and raises CommandTimeout, as a lost connection
-        raises ConnectionLost, at the reply it stopped at."""
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        call and no greenlet per question.
+
+        The write must be taken within `timeout`; each reply is late once the connection has
+        answered nothing for `timeout` since its command was written. A command queued behind
+        others (a reconcile's batch written ahead, an action behind it) waits for them: timing
+        it from its write alone would fail a switch that takes a fraction of the deadline per
+        command. Either miss closes the connection and raises CommandTimeout, as a lost
+        connection raises ConnectionLost, at the reply it stopped at."""
+        limit = self.timeout if timeout is None else timeout
         try:
-            results = self._send_all(texts)  # now: the caller may do other work meanwhile
+            with gevent.Timeout(limit, False):  # a switch that stops reading fills the socket
+                results = self._send_all(texts)
+                log.debug("%s > %s (of %d)", self.label, texts[0], len(texts))
+                return self._replies(texts, results, time.monotonic(), limit)
         except NotConnectedError:
             raise ConnectionLost(f"{self.label}: not connected") from None
-        return self._replies(results, deadline)
+        self.close(f"{len(texts)} command(s) not taken by the switch within {limit}s")
+        raise CommandTimeout(f"{self.label}: the switch took no command within {limit}s")
 
-    def _replies(self, results: list[gevent.event.AsyncResult], deadline: float) -> Iterator[Any]:
-        for result in results:
+    def _replies(
+        self,
+        texts: list[str],
+        results: list[gevent.event.AsyncResult],
+        written: float,
+        limit: float,
+    ) -> Iterator[Any]:
+        for text, result in zip(texts, results, strict=True):
             ESLConnection.awaiting += 1
             try:
-                reply = result.get(timeout=max(0.0, deadline - time.monotonic()))
-            except gevent.Timeout:
-                self.close(f"no reply to {len(results)} pipelined commands in time")
-                raise CommandTimeout(f"{self.label}: no reply in time") from None
+                while not result.ready():
+                    left = max(written, self.answered_at) + limit - time.monotonic()
+                    if left <= 0:
+                        break
+                    result.wait(left)  # (not get(timeout=): a caller's own Timeout is not ours)
             finally:
                 ESLConnection.awaiting -= 1
-            yield reply
+            if not result.ready():
+                self.close(f"no reply to {text.split(' ', 2)[:2]} within {limit}s")
+                raise CommandTimeout(f"{self.label}: no reply within {limit}s")
+            yield result.get()
 
     # -- reading (runs in greenswitch's reader greenlet) -------------------------------------
 
@@ -470,6 +486,7 @@ class ESLConnection(InboundESL):
                 reply = _Frame(headers, headers.get("Reply-Text", ""))
             if not self._commands_sent:
                 raise ProtocolError(f"unsolicited {ctype}")
+            self.answered_at = time.monotonic()  # the switch is at the next command
             self._commands_sent.pop(0).set(reply)
         elif ctype == "auth/request":
             self._auth_request_event.set()

@@ -475,7 +475,18 @@ class NodeLink:
             if data is _GONE:
                 if was_known and self.table.remove(self.name, uuid, tombstone=False):
                     counts["removed"] += 1
-            elif data is not None and self.table.hydrate(self.name, data) is not None:
+            elif data is None:
+                continue
+            elif data.get("Unique-ID") != uuid:
+                # FreeSWITCH dumps the channel it was asked about. An answer about another is
+                # out of step with the questions (or a lie): hydrating it would write a row
+                # whose own freshness was never checked, and every answer after it may be out
+                # of step too, "-ERR No such channel" ones included (they name no channel).
+                reason = "a uuid_dump answered about another channel than the one asked"
+                conn.close(reason)
+                self._count_error("uuid_dump", "out of step")
+                raise NodeUnavailable(f"{self.name}: {reason}")
+            elif self.table.hydrate(self.name, data) is not None:
                 counts["refreshed" if was_known else "added"] += 1
 
     def _answer(self, uuid: str, body: bytes) -> Any:
