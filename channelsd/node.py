@@ -23,6 +23,7 @@ from channelsd.config import NodeConfig, SyncConfig
 from channelsd.esl import ConnectionLost, ESLConnection, ESLError
 from channelsd.events import EventParseError, parse_json
 from channelsd.jobs import JobResults
+from channelsd.listing import pace
 from channelsd.metrics import Metrics
 from channelsd.showchannels import ListingError, listed_uuids
 from channelsd.table import ChannelTable
@@ -460,6 +461,10 @@ class NodeLink:
         counts: dict[str, int],
     ) -> None:
         for uuid, was_known in batch:
+            # The answers of a batch are usually all there: without a visit to the hub the
+            # whole reconcile would run in one go (500 channels, ~50 ms; 20 nodes' worth held
+            # API requests for 250 ms in the blip benchmark).
+            pace()
             try:
                 body = next(replies).raw
             except ESLError as exc:
