@@ -53,11 +53,12 @@ def _pause() -> None:
     gevent.sleep(0)
 
 
-def pace() -> None:
-    """Let the hub run if PACE_BUDGET has passed since a list loop last let it. The mark is
-    shared by every greenlet: one that started later than the mark only yields early."""
+def pace(budget: float | None = None) -> None:
+    """Let the hub run if `budget` (PACE_BUDGET) has passed since a paced loop last let it.
+    The mark is shared by every greenlet: one that started later than the mark only yields
+    early."""
     global _last_visit
-    if _clock() - _last_visit >= PACE_BUDGET:
+    if _clock() - _last_visit >= (PACE_BUDGET if budget is None else budget):
         _pause()
         _last_visit = _clock()
 
