@@ -112,9 +112,8 @@ class Broker:
         if not self._pending and self.idle:
             # Nobody listens: nothing to render or keep, but a client resuming from before
             # this gap must get a fresh snapshot, not a silent hole (see since()).
-            if self.ring or self._published:
-                self.ring.clear()
-                self._published.clear()
+            if self.ring or self._published:  # (checked inline: every event while idle)
+                self._forget()
             if not self._gap:
                 self._gap = True
                 self.seq += 1
@@ -127,9 +126,14 @@ class Broker:
         """Nobody listens any more: the ring and the published items go now, not at the next
         change (after the day's last call none comes; the daemon's tick calls this). A client
         resuming from before gets a snapshot, as after any gap (since() reaches back no more)."""
-        if (self.ring or self._published) and not self._pending and self.idle:
-            self.ring.clear()
-            self._published.clear()
+        if not self._pending and self.idle:
+            self._forget()
+
+    def _forget(self) -> None:
+        """Nobody listens: no messages and no published items are kept (memory, reconcile
+        bursts); a client resuming from before gets a snapshot, since() reaching back no more."""
+        self.ring.clear()
+        self._published.clear()
 
     def render(self, ch: Channel) -> dict[str, Any]:
         return ch.to_item(time.time(), self.table.is_stale(ch))
@@ -142,9 +146,7 @@ class Broker:
             # Nobody listens: render nothing and keep no copies (memory, reconcile bursts).
             # The gap is recorded by emptying the ring, so a client resuming from before it
             # gets a fresh snapshot instead of a silent hole.
-            if self._published or self.ring:
-                self._published.clear()
-                self.ring.clear()
+            self._forget()
             self.seq += 1
             return
         # A reconcile can change thousands at once: rendered in slices, letting requests in.
