@@ -223,9 +223,7 @@ def _blip(suite: Suite, fleet: Fleet, change: int) -> dict[str, Any]:
     d = _daemon(suite, f"nodes-blip-{n}", fleet.switches)
     accounts = [node_account(i) for i in range(n)]
     verifier = bc.Http(d.http_port)
-    lat: list[tuple[float, float]] = []
-    statuses: dict[int, int] = {}
-    probing = [True]
+    prober = None
     try:
         for sw in fleet.switches:
             sw.pause_accept(True)
@@ -239,16 +237,11 @@ def _blip(suite: Suite, fleet: Fleet, change: int) -> dict[str, Any]:
         truth = [fleet.live(i) for i in range(n)]
         uuids = [u for t in truth for u in t]
 
+        prober = _start_probers(d.http_port, accounts, uuids)
         cpu0 = d.cpu_seconds()
         t_resume = perf()
         for sw in fleet.switches:
             sw.pause_accept(False)
-        probers = [
-            gevent.spawn(
-                load.probe_channels, d.http_port, accounts, uuids, k, probing, lat, statuses
-            )
-            for k in range(2)
-        ]
         done_at: dict[int, float] = {}
         ready_at = None
         verify_lat: list[float] = []
@@ -277,15 +270,16 @@ def _blip(suite: Suite, fleet: Fleet, change: int) -> dict[str, Any]:
         else:
             raise TimeoutError(f"blip: reconciled {len(done_at)} of {n} nodes in 120 s")
         t_all = perf()
-        probing[0] = False
-        gevent.joinall(probers, timeout=30)
+        lat, statuses = _stop_probers(prober)
+        prober = None
         cpu = d.cpu_seconds() - cpu0
         logged = [float(x) for x in _logged_seconds(d)]
     finally:
-        probing[0] = False
+        if prober is not None:
+            load.stop_process(prober)
         verifier.close()
         d.stop()
-    during = [x for t, x in lat if t < t_all]
+    during = [x for t, x in lat if t_resume <= t < t_all]
     node_s = sorted(t - t_resume for t in done_at.values())
     return {
         "n": n,
@@ -306,6 +300,31 @@ def _blip(suite: Suite, fleet: Fleet, change: int) -> dict[str, Any]:
         "logged_max": max(logged) if logged else float("nan"),
         "channels": len(uuids),
     }
+
+
+def _start_probers(port: int, accounts: list[str], uuids: list[str]) -> subprocess.Popen:
+    """The blip's API readers (bench/probe_client.py), in a process of their own."""
+    child = bc.spawn(
+        [bc.PYTHON, str(Path(__file__).resolve().parent / "probe_client.py")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    job = {"port": port, "accounts": accounts, "uuids": uuids, "readers": 2}
+    child.stdin.write(json.dumps(job) + "\n")
+    child.stdin.flush()
+    if load.read_line(child, 60) != "ready":
+        load.stop_process(child)
+        raise RuntimeError("probe client did not start")
+    return child
+
+
+def _stop_probers(child: subprocess.Popen) -> tuple[list[tuple[float, float]], dict[int, int]]:
+    child.stdin.write("stop\n")
+    child.stdin.flush()
+    out = json.loads(load.read_line(child, 60))
+    load.stop_process(child)
+    return [(t, x) for t, x in out["lat"]], {int(k): v for k, v in out["statuses"].items()}
 
 
 def _none_connected(http: bc.Http) -> bool:
