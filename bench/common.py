@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gzip
 import os
 import re
 import signal
@@ -540,10 +541,16 @@ class Http:
 
     CHUNK = 262144
 
-    def __init__(self, port: int, token: str = SUPER_TOKEN, timeout: float = 60.0) -> None:
+    def __init__(
+        self, port: int, token: str = SUPER_TOKEN, timeout: float = 60.0, gzip: bool = False
+    ) -> None:
         self.port = port
         self.token = token
         self.timeout = timeout
+        # `gzip`: ask for it as browsers do (Accept-Encoding); request() returns the body as
+        # it came, `encoding` says how (get_json decodes it).
+        self.accept = "Accept-Encoding: gzip\r\n" if gzip else ""
+        self.encoding = ""
         self.sock: socket.socket | None = None
         self.buf = bytearray()
         self._chunk = bytearray(self.CHUNK)
@@ -598,7 +605,10 @@ class Http:
     def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytearray]:
         reused = self.sock is not None
         sock = self.sock or self._connect()
-        head = f"{method} {path} HTTP/1.1\r\nHost: {LOOPBACK}\r\nX-Auth-Token: {self.token}\r\n"
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: {LOOPBACK}\r\nX-Auth-Token: {self.token}\r\n"
+            + self.accept
+        )
         if body is not None:
             head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
         try:
@@ -639,13 +649,14 @@ class Http:
             raise HttpError(f"response without a length: {headers}")
         if headers.get("connection", "").lower() == "close":
             self.close()
+        self.encoding = headers.get("content-encoding", "")
         return status, data
 
     def get_json(self, path: str) -> Any:
         status, data = self.request("GET", path)
         if status != 200:
             raise HttpError(f"GET {path}: {status} {data[:200]!r}")
-        return orjson.loads(data)
+        return orjson.loads(gzip.decompress(data) if self.encoding == "gzip" else data)
 
 
 def wait_until(pred: Callable[[], Any], timeout: float, what: str, every: float = 0.005) -> Any:

@@ -5,7 +5,8 @@ bench's process; clients sharing that process and its hub wait behind it, and a 
 measure the bench instead of the daemon. `load.http_load_apart` runs `load.http_load` here.
 
     http_client.py < {"port", "clients", "seconds", "paths", "period", "max_per_client"}
-    prints {"n", "seconds", "latencies", "errors", "statuses", "client_cpu", "body_bytes"}
+    prints {"n", "seconds", "latencies", "errors", "statuses", "client_cpu", "body_bytes",
+    "gzipped"}
 """
 
 from gevent import monkey
@@ -40,6 +41,7 @@ def main() -> int:
         "statuses": res.statuses,
         "client_cpu": res.client_cpu,
         "body_bytes": res.body_bytes,
+        "gzipped": res.gzipped,
     }
     sys.stdout.write(json.dumps(out))
     return 0

@@ -9,6 +9,7 @@ so instead of passing the client's limit off as the daemon's.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import random
 import re
@@ -23,6 +24,7 @@ from typing import Any
 
 import common as bc
 import gevent
+import orjson
 
 from channelsd.standin.server import StandinSwitch
 
@@ -229,6 +231,7 @@ class LoadResult:
     statuses: dict[int, int]
     client_cpu: float = 0.0  # the bench process's CPU meanwhile, share of one core
     body_bytes: int = 0
+    gzipped: int = 0  # answers that came in gzip
 
     @property
     def rps(self) -> float:
@@ -263,11 +266,13 @@ def http_load(
     statuses: dict[int, int] = {}
     errors = [0]
     got = [0]
+    zipped = [0]
+    sample: dict[int, bytes] = {}
     deadline = perf() + seconds
 
     def worker(k: int) -> None:
         rnd = random.Random(k)
-        http = bc.Http(port)
+        http = bc.Http(port, gzip=True)  # as a browser asks
         next_at = perf() + (period * k / clients if period else 0.0)
         try:
             for _ in range(max_per_client):
@@ -284,6 +289,9 @@ def http_load(
                 statuses[status] = statuses.get(status, 0) + 1
                 if status not in ok:
                     errors[0] += 1
+                if http.encoding == "gzip":
+                    zipped[0] += 1
+                    sample[k] = body  # decoded once the clock has stopped
         finally:
             http.close()
 
@@ -298,7 +306,10 @@ def http_load(
             raise w.exception
     wall = perf() - t0
     cpu = (load_cpu() - cpu0) / max(1e-9, wall)
-    return LoadResult(len(lat), wall, lat, errors[0], statuses, cpu, got[0])
+    for body in sample.values():  # each client's last gzip answer is a whole JSON answer
+        if not isinstance(orjson.loads(gzip.decompress(body)).get("data"), list | dict):
+            raise RuntimeError("a gzip answer did not decode to an answer")
+    return LoadResult(len(lat), wall, lat, errors[0], statuses, cpu, got[0], zipped[0])
 
 
 def http_load_apart(
@@ -337,6 +348,7 @@ def http_load_apart(
         statuses,
         r["client_cpu"],
         r["body_bytes"],
+        r["gzipped"],
     )
 
 

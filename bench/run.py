@@ -587,15 +587,19 @@ class Suite:
             "CPU = the client process's (`bench/http_client.py`: the clients run in a process "
             "of their own, apart from the stand-in and the events it replays), "
             f"a row where it reached {load.CLIENT_BOUND:.0%} is marked *client-bound*: there the "
-            "clients, not the daemon, may be what the row measures. MB/s = response bodies "
-            "read. The closed-loop rows ask again the moment an answer ends, so with 16 clients "
+            "clients, not the daemon, may be what the row measures. The clients send "
+            "`Accept-Encoding: gzip`, as browsers do: a list of 64 KiB or more answered again "
+            "within its second comes in gzip (`channelsd/gzipped.py`; in gzip = share of "
+            "answers); MB/s = response bodies read, as they came. "
+            "The closed-loop rows ask again the moment an answer ends, so with 16 clients "
             "the latency is 16 / req/s (Little's law): a p99 of 50 ms there needs ~320 lists a "
-            "second, which for the system-wide list is gigabytes a second through loopback, "
-            "read by the clients too; the last row is 16 dashboards polling once a second.",
+            "second, which for the system-wide list raw is 4 GB a second through loopback, "
+            "read by the clients too (in gzip ~14x less); the last row is 16 dashboards polling "
+            "once a second.",
             "",
             "| request | clients | ingest | req/s | p50 ms | p99 ms | requests | errors | "
-            "daemon CPU | client CPU | MB/s |",
-            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "daemon CPU | client CPU | MB/s | in gzip |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for key, r in out.items():
             if key.startswith("populate"):
@@ -611,7 +615,8 @@ class Suite:
                 f"| {self.read_title(ep)} | {clients} | {ing} | {res.rps:,.0f} | "
                 f"{bc.ms(res.p50)} | {bc.ms(res.p99)} | {res.n:,} | {res.errors} | "
                 f"{r['cpu']:.0%} | {res.client_cpu:.0%}{bound} | "
-                f"{res.body_bytes / 1e6 / max(1e-9, res.seconds):,.0f} |"
+                f"{res.body_bytes / 1e6 / max(1e-9, res.seconds):,.0f} | "
+                f"{res.gzipped / max(1, res.n):.0%} |"
             )
         self.report.add("reads", *lines, "")
         acc16 = out["account-16-loaded"]["res"]

@@ -377,7 +377,12 @@ def create_app(ctx: ApiContext) -> Flask:
         if g.pretty or _wants_csv():  # these need the items as objects
             items = (ch.to_item(now, table.is_stale(ch)) for ch in paced(channels))
             return respond_list(call, items)
-        return envelope.success_json(ctx.lists.json(table, shown, now), g.rid, call.token_text)
+        parts = envelope.success_parts(ctx.lists.json(table, shown, now), g.rid, call.token_text)
+        accept = request.headers.get("Accept-Encoding")
+        body, encoding = ctx.lists.encoded(table, shown, parts, accept)
+        resp = envelope.pieces_response(body, g.rid)
+        resp.headers.extend(encoding)
+        return resp
 
     def respond(call: Call, data: Any) -> Response:
         """One item, as JSON or CSV."""

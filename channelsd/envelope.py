@@ -100,8 +100,12 @@ def success_json(
     """success() for data serialised already: lists are spliced from cached items. Pretty:
     `data` is indented as orjson's OPT_INDENT_2 does it one level in."""
     parts = pretty_parts(data, rid, auth_token) if pretty else success_parts(data, rid, auth_token)
-    # The pieces as they are (werkzeug sums a list's Content-Length): a list of several MB is
-    # written, not copied once more.
+    return pieces_response(parts, rid, status)
+
+
+def pieces_response(parts: Iterable[bytes], rid: str, status: int = 200) -> Response:
+    """A JSON answer already in pieces, as they are (werkzeug sums a list's Content-Length):
+    a list of several MB is written, not copied once more."""
     resp = Response(list(parts), status=status)
     resp.headers["Content-Type"] = JSON_TYPE
     resp.headers["X-Request-ID"] = rid

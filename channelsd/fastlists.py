@@ -96,7 +96,7 @@ def fast_lists(ctx: ApiContext, app: WSGIApp) -> WSGIApp:
                 return orjson.dumps(ch.to_detail(time.time(), table.is_stale(ch)))
         return None
 
-    def answer(environ: dict[str, Any]) -> tuple[tuple[bytes, ...], str, str] | None:
+    def answer(environ: dict[str, Any]) -> tuple[tuple[bytes, ...], Any, str, str] | None:
         get = environ.get
         if get("REQUEST_METHOD") != "GET" or get("QUERY_STRING"):
             return None
@@ -116,26 +116,31 @@ def fast_lists(ctx: ApiContext, app: WSGIApp) -> WSGIApp:
         rule, params = route
         if rule is ONE_CHANNEL:
             data = one_channel(params, token)
-        else:
-            channels = channels_for(rule, params, token)
-            data = None if channels is None else ctx.lists.json(table, channels, time.time())
-        if data is None:
+            if data is None:
+                return None
+            rid = envelope.request_id(get("HTTP_X_REQUEST_ID"))
+            return envelope.success_parts(data, rid, presented), (), rid, rule
+        channels = channels_for(rule, params, token)
+        if channels is None:
             return None
+        data = ctx.lists.json(table, channels, time.time())
         rid = envelope.request_id(get("HTTP_X_REQUEST_ID"))
-        return envelope.success_parts(data, rid, presented), rid, rule
+        parts = envelope.success_parts(data, rid, presented)
+        return (*ctx.lists.encoded(table, channels, parts, get("HTTP_ACCEPT_ENCODING")), rid, rule)
 
     def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         began = time.perf_counter()
         done = answer(environ)
         if done is None:
             return app(environ, start_response)
-        body, rid, rule = done
+        body, encoding, rid, rule = done
         start_response(
             "200 OK",
             [
                 ("Content-Type", envelope.JSON_TYPE),
                 ("Content-Length", str(sum(map(len, body)))),
                 ("X-Request-ID", rid),
+                *encoding,
             ],
         )
         if ctx.metrics is not None:

@@ -324,14 +324,24 @@ class Handler(WSGIHandler):
         # pywsgi frames a chunk by copying it into a new buffer between its size line and its
         # CRLF. An event stream's batch is the same bytes for every subscriber of a feed:
         # a thousand subscribers made a thousand copies of each batch. A large chunk goes
-        # out as three sends instead, the batch itself never copied.
+        # out with its size line and CRLF in one sendmsg instead, the batch never copied
+        # (as three sends it cost a thousand subscribers 3,000 system calls a batch).
         if self.response_use_chunked and len(data) >= COPY_CHUNK_BELOW:
-            # MSG_MORE: the kernel joins the three into full segments, as one send would
-            self._sendall(b"%x\r\n" % len(data), socket.MSG_MORE)
-            self._sendall(data, socket.MSG_MORE)
-            self._sendall(b"\r\n")
+            self._send_parts((b"%x\r\n" % len(data), data, b"\r\n"))
             return
         super()._write(data)
+
+    def _send_parts(self, parts: tuple[bytes, ...]) -> None:
+        """The parts as one stream of bytes: one system call when the socket takes them all;
+        what it leaves (a reader behind) goes through _sendall."""
+        try:
+            sent = self.socket.sendmsg(parts)
+        except OSError as exc:
+            self._send_failed(exc)
+            raise
+        self.response_length += sent
+        if sent < sum(map(len, parts)):
+            self._sendall(b"".join(parts)[sent:])
 
     def _sendall(self, data: Any, flags: int = 0) -> None:
         # pywsgi's sendall has no bound at all; this one closes a connection whose client
@@ -346,16 +356,19 @@ class Handler(WSGIHandler):
                 if view:
                     _pause()
         except OSError as exc:
-            if isinstance(exc, TimeoutError) and not self.conn.ended:
-                self.conn.ended = "send_timeout"
-                self.metrics.http_closed.labels("send_timeout").inc()
-                log.debug("timeout client=%s phase=send", self.conn.client)
-            self.status = f"socket error: {exc}"
-            code = getattr(self, "code", None)
-            if isinstance(code, int) and code > 0:
-                self.code = -code
+            self._send_failed(exc)
             raise
         self.response_length += len(data)
+
+    def _send_failed(self, exc: OSError) -> None:
+        if isinstance(exc, TimeoutError) and not self.conn.ended:
+            self.conn.ended = "send_timeout"
+            self.metrics.http_closed.labels("send_timeout").inc()
+            log.debug("timeout client=%s phase=send", self.conn.client)
+        self.status = f"socket error: {exc}"
+        code = getattr(self, "code", None)
+        if isinstance(code, int) and code > 0:
+            self.code = -code
 
     def run_application(self) -> None:
         self.environ["channelsd.watch_disconnect"] = self._watch_disconnect

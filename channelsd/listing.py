@@ -20,10 +20,12 @@ from itertools import islice
 from typing import Any, TypeVar
 
 import gevent
+import gevent.event
 import orjson
 
 from channelsd import envelope
 from channelsd.channel import Channel
+from channelsd.gzipped import GZIP_ABOVE, Compressed, accepts_gzip, compress
 from channelsd.table import ChannelTable, Scope
 
 T = TypeVar("T")
@@ -226,24 +228,44 @@ def json_array(items: Iterable[Any], pretty: bool = False, nested: bool = False)
     return splice(parts)
 
 
+_BUILT, _AGAIN = "built", "again"
+# How long before a second turns the lists that went out in gzip during it are built and
+# compressed for the next one: the system list's build (~10 ms) and compression (~60 ms)
+# are then done before its first asker, instead of in front of every dashboard at once.
+PREPARE_LEAD = 0.3
+
+
 class ListCache:
     """Lists' JSON, kept for the rest of the wall-clock second while their scope is unchanged.
 
     elapsed_s counts whole seconds (as Kazoo does), so within one second an unchanged list
     reads the same; a portal's many clients polling one account then cost one build a
     second. A scope's generation moves with any change to it, so nothing stale is served,
-    and only the current second's lists are held."""
+    and only the current second's lists are held (and, from PREPARE_LEAD before the next
+    one, the next second's of the lists that went out in gzip)."""
 
-    def __init__(self) -> None:
+    def __init__(self, gzip_above: int = GZIP_ABOVE) -> None:
+        self.gzip_above = gzip_above
         self._second = -1
-        self._memos: dict[int, tuple[Scope, int, bytes]] = {}
+        # id(scope) -> [scope, its generation, the list's JSON, gzip state: _BUILT (answered
+        # once), _AGAIN (asked again), an AsyncResult while compressed, or the Compressed]
+        self._memos: dict[int, list[Any]] = {}
+        self._next: dict[int, list[Any]] = {}
+        self._next_second = -1
+        self._hot: dict[int, tuple[ChannelTable, bytes]] = {}  # went out in gzip this second
+        self._preparer: gevent.Greenlet | None = None
 
     def expire(self, now: float) -> None:
         """Drop the lists of a second that has passed (the daemon's tick calls this): the last
         busy second's answers, the system list's MBs among them, would otherwise be held until
         the next list request, however long that takes."""
-        if self._memos and int(now) != self._second:
-            self._memos = {}
+        if int(now) != self._second:
+            self._turn(int(now))
+
+    def _turn(self, second: int) -> None:
+        ready = self._next if self._next_second == second else {}
+        self._memos = {k: m for k, m in ready.items() if m[0].gen == m[1]}
+        self._second, self._next = second, {}
 
     def json(self, table: ChannelTable, scope: Scope | list[Channel], now: float) -> bytes:
         """The list's JSON array; a list of channels (a user's, a filtered one) is not kept."""
@@ -251,16 +273,95 @@ class ListCache:
             return list_json(table, scope, now)
         second = int(now)
         if second != self._second:
-            self._second, self._memos = second, {}
+            self._turn(second)
         memo = self._memos.get(id(scope))
         if memo is not None and memo[0] is scope and memo[1] == scope.gen:
+            if memo[3] is _BUILT:
+                memo[3] = _AGAIN
             return memo[2]
         gen = scope.gen
         data = list_json(table, scope.ordered(), now)
         # Built in slices with the hub visited between them: keep it only if nothing moved.
         if scope.gen == gen and self._second == second:
-            self._memos[id(scope)] = (scope, gen, data)
+            self._memos[id(scope)] = [scope, gen, data, _BUILT]
         return data
+
+    def gzip(
+        self, table: ChannelTable, scope: Scope | list[Channel], head: bytes, data: bytes
+    ) -> Compressed | None:
+        """`head` + `data` (the list json() gave) in gzip, or None to answer it raw: a list
+        not kept, smaller than `gzip_above`, or answered for the first time (one client: raw
+        is cheaper than compressing). Asked while another request compresses it: waits."""
+        if len(data) < self.gzip_above or not isinstance(scope, Scope):
+            return None
+        memo = self._memos.get(id(scope))
+        if memo is None or memo[2] is not data:
+            return None
+        state = memo[3]
+        if state is _AGAIN:
+            # The others asking meanwhile wait for it too: handed the raw list instead, a
+            # dozen dashboards' 12 MB each held the compressing one back (p99 0.6 s).
+            memo[3] = pending = gevent.event.AsyncResult()
+            try:
+                memo[3] = state = compress(head, data)
+            except BaseException as exc:
+                memo[3] = _AGAIN
+                pending.set_exception(exc)
+                raise
+            pending.set(state)
+        elif isinstance(state, gevent.event.AsyncResult):
+            state = state.get()
+        if not isinstance(state, Compressed):
+            return None
+        self._hot[id(scope)] = (table, head)
+        if self._preparer is None:
+            self._preparer = gevent.spawn(self._prepare)
+        return state
+
+    def _prepare(self) -> None:
+        """While lists go out in gzip: each second, PREPARE_LEAD before it ends, build and
+        compress them for the next (elapsed_s as of its start, as its first asker would),
+        kept if their scope did not move meanwhile."""
+        try:
+            while self._hot:
+                second = int(time.time())
+                gevent.sleep(max(0.0, second + 1 - PREPARE_LEAD - time.time()))
+                hot, self._hot = self._hot, {}
+                ready: dict[int, list[Any]] = {}
+                for key, (table, head) in hot.items():
+                    memo = self._memos.get(key)
+                    if memo is None:
+                        continue
+                    scope = memo[0]
+                    gen = scope.gen
+                    data = list_json(table, scope.ordered(), float(second + 1))
+                    compressed = compress(head, data)
+                    if scope.gen == gen:
+                        ready[key] = [scope, gen, data, compressed]
+                if int(time.time()) <= second:
+                    self._next, self._next_second = ready, second + 1
+        finally:
+            self._preparer = None
+
+    def encoded(
+        self,
+        table: ChannelTable,
+        scope: Scope | list[Channel],
+        parts: tuple[bytes, bytes, bytes],
+        accept: str | None,
+    ) -> tuple[tuple[bytes, ...], tuple[tuple[str, str], ...]]:
+        """A list answer's body (envelope.success_parts around json()'s list) and its encoding
+        headers: in gzip when the client accepts it and gzip() has it."""
+        compressed = None
+        if accepts_gzip(accept):
+            compressed = self.gzip(table, scope, parts[0], parts[1])
+        if compressed is None:
+            return parts, _VARY
+        return compressed.answer(parts[2]), _GZIP
+
+
+_VARY = (("Vary", "Accept-Encoding"),)
+_GZIP = (("Content-Encoding", "gzip"), *_VARY)
 
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")

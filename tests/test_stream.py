@@ -453,22 +453,33 @@ def test_a_resumed_stream_answers_at_once_on_a_quiet_account(
         assert next(resp.iter_lines()) == b": resumed"
 
 
-def test_a_large_chunk_of_a_stream_is_framed_exactly(daemon: Harness, switch: Any) -> None:
+@pytest.mark.parametrize("calls, slow", [(20, False), (400, True)])
+def test_a_large_chunk_of_a_stream_is_framed_exactly(
+    daemon: Harness, switch: Any, calls: int, slow: bool
+) -> None:
     """A chunk at or above httpserver.COPY_CHUNK_BELOW goes out as its size line, itself and
-    its CRLF (three sends, no copy): read off the wire, its framing is exact."""
+    its CRLF in one sendmsg (no copy): read off the wire, its framing is exact; also when
+    the reader's socket takes far less than the chunk at once (the rest follows)."""
     import socket
 
     from channelsd import httpserver
 
-    for _ in range(20):
+    for _ in range(calls):
         switch.bridged_call(variables_a=ACC1, variables_b=ACC1)
-    wait_until(lambda: len(daemon.table) >= 40, what="40 channels")
+    wait_until(lambda: len(daemon.table) >= 2 * calls, what=f"{2 * calls} channels")
     host, port = daemon.daemon.http_address
-    with socket.create_connection((host, port), timeout=10) as s:
+    s = socket.socket()
+    if slow:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(10)
+    s.connect((host, port))
+    with s:
         s.sendall(
             b"GET /v2/accounts/acc1/channel_events HTTP/1.1\r\nHost: x\r\n"
             b"X-Auth-Token: %s\r\n\r\n" % token("admin1").encode()
         )
+        if slow:
+            gevent.sleep(0.3)  # the daemon meets a full socket and must come back
         buf = b""
         while b"\r\n\r\n" not in buf:
             buf += s.recv(65536)
@@ -485,4 +496,6 @@ def test_a_large_chunk_of_a_stream_is_framed_exactly(daemon: Harness, switch: An
     assert trailer == b"\r\n"
     assert chunk.startswith(b"id: ") and chunk.endswith(b"\n\n")
     event = dict(line.split(": ", 1) for line in chunk.decode().strip().split("\n"))
-    assert event["event"] == "snapshot" and len(json.loads(event["data"])) == 40
+    assert event["event"] == "snapshot" and len(json.loads(event["data"])) == 2 * calls
+    if slow:
+        assert size > 64 * 4096  # far beyond what the socket took at once

@@ -1,0 +1,182 @@
+"""Large lists in gzip for the clients that accept it, over real sockets, both serving paths.
+
+A list answered again within its second (ListCache kept it) goes out in gzip to a client whose
+Accept-Encoding takes it; the body is the head and list compressed once, the per-request tail
+as stored blocks: every decoder must read it as the very answer a raw client gets.
+"""
+
+import gzip
+import zlib
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+import orjson
+import pytest
+import requests
+from gevent.pywsgi import WSGIServer
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from channelsd.api import create_app
+from channelsd.channel import GREGORIAN_OFFSET as GREGORIAN
+from channelsd.gzipped import Compressed, accepts_gzip
+
+from conftest import token, wait_until
+
+ACC1 = {"account_id": "acc1", "owner_id": "user1"}
+SMALL = 64 * 1024
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300), st.binary(max_size=5000), st.binary(max_size=140_000))
+def test_the_spliced_stream_reads_as_head_list_and_tail(head: bytes, data: bytes, tail: bytes):
+    body = b"".join(Compressed(head, data).answer(tail))
+    assert gzip.decompress(body) == head + data + tail
+    assert zlib.decompress(body, 47) == head + data + tail  # one member, nothing after it
+
+
+@pytest.mark.parametrize(
+    "header, takes",
+    [
+        ("gzip, deflate, br", True),
+        ("br;q=1.0, gzip;q=0.5", True),
+        ("*", True),
+        ("GZIP", True),
+        ("gzip;q=0", False),
+        ("identity", False),
+        ("br", False),
+        ("", False),
+        (None, False),
+    ],
+)
+def test_accept_encoding_is_read_with_its_q_values(header: str | None, takes: bool) -> None:
+    assert accepts_gzip(header) is takes
+
+
+@pytest.fixture
+def served(switch: Any, make_daemon: Any) -> Iterator[dict[str, str]]:
+    """The daemon (fast path in front), and the same app without it over the same table."""
+    for _ in range(150):
+        switch.bridged_call(variables_a=ACC1, variables_b=ACC1)
+    h = make_daemon([switch])
+    wait_until(lambda: len(h.table) >= 300, what="300 channels")
+    h.daemon.ctx.lists.gzip_above = SMALL  # (the default needs ~1,000 channels)
+    app = create_app(replace(h.daemon.ctx, fast_lists=False, metrics=None))
+    server = WSGIServer(("127.0.0.1", 0), app, log=None)
+    server.start()
+    yield {"fast": h.api.base, "flask": f"http://127.0.0.1:{server.server_port}", "h": h}
+    server.stop()
+
+
+def get(base: str, path: str, encoding: str | None = "gzip") -> tuple[requests.Response, bytes]:
+    """The answer and its body exactly as it came off the wire (not decoded by requests)."""
+    headers = {"X-Auth-Token": token("super"), "Accept-Encoding": encoding or "identity"}
+    resp = requests.get(base + path, headers=headers, timeout=10, stream=True)
+    return resp, resp.raw.read(decode_content=False)
+
+
+def comparable(body: bytes) -> Any:
+    doc = orjson.loads(body)
+    for key in ("request_id", "timestamp"):
+        doc.pop(key)
+    for item in doc["data"]:
+        item.pop("elapsed_s")
+    return doc
+
+
+@pytest.mark.parametrize("path", ["/v2/channels", "/v2/accounts/acc1/channels"])
+@pytest.mark.parametrize("which", ["fast", "flask"])
+def test_a_list_asked_again_goes_in_gzip_and_reads_as_the_raw_one(
+    served: dict[str, Any], which: str, path: str
+) -> None:
+    base = served[which]
+    first, raw = get(base, path)
+    assert first.status_code == 200 and len(raw) >= SMALL
+    # The first answer of a list goes as it is: one client polling gains nothing from gzip.
+    assert "Content-Encoding" not in first.headers
+    assert first.headers["Vary"] == "Accept-Encoding"
+    again, body = wait_until(lambda: _gzipped(base, path), what="a gzip answer")
+    assert again.headers["Vary"] == "Accept-Encoding"
+    assert int(again.headers["Content-Length"]) == len(body) < len(raw) // 4
+    assert comparable(gzip.decompress(body)) == comparable(raw)
+    assert zlib.decompress(body, 47) == gzip.decompress(body)
+    assert orjson.loads(gzip.decompress(body))["request_id"] == again.headers["X-Request-ID"]
+
+
+def _gzipped(base: str, path: str) -> tuple[requests.Response, bytes] | None:
+    # (two in a row are kept for the rest of their wall-clock second: a second may turn over)
+    get(base, path)
+    resp, body = get(base, path)
+    return (resp, body) if resp.headers.get("Content-Encoding") == "gzip" else None
+
+
+@pytest.mark.parametrize("encoding", [None, "gzip;q=0", "br"])
+def test_a_client_that_does_not_take_gzip_never_gets_it(
+    served: dict[str, Any], encoding: str | None
+) -> None:
+    for which in ("fast", "flask"):
+        for _ in range(4):
+            resp, body = get(served[which], "/v2/channels", encoding)
+            assert "Content-Encoding" not in resp.headers
+            assert len(orjson.loads(body)["data"]) == 300
+
+
+def test_a_changed_list_goes_raw_then_gzip_again(served: dict[str, Any], switch: Any) -> None:
+    base = served["fast"]
+    wait_until(lambda: _gzipped(base, "/v2/channels"), what="a gzip answer")
+    switch.bridged_call(variables_a=ACC1, variables_b=ACC1)
+    wait_until(lambda: len(served["h"].table) >= 302, what="the new call")
+    resp, body = get(base, "/v2/channels")
+    assert "Content-Encoding" not in resp.headers  # a new list: built, answered once, raw
+    assert len(orjson.loads(body)["data"]) == 302
+    again, zipped = wait_until(lambda: _gzipped(base, "/v2/channels"), what="gzip again")
+    assert len(orjson.loads(gzip.decompress(zipped))["data"]) == 302
+
+
+def test_small_lists_are_never_compressed(served: dict[str, Any], switch: Any) -> None:
+    switch.bridged_call(variables_a={"account_id": "small"}, variables_b={"account_id": "small"})
+    wait_until(lambda: len(served["h"].table) >= 302, what="the small account's call")
+    for _ in range(4):
+        resp, body = get(served["fast"], "/v2/accounts/small/channels")
+        assert "Content-Encoding" not in resp.headers and len(body) < SMALL
+
+
+def test_clients_asking_while_it_is_compressed_wait_for_it(served: dict[str, Any]) -> None:
+    """Several dashboards at once: none is handed the raw list because another request is
+    compressing it (12 MB each to a dozen clients held the compressing one back)."""
+    import time
+
+    import gevent
+
+    base = served["fast"]
+    for _ in range(20):
+        second = int(time.time())
+        get(base, "/v2/channels")  # built and answered once: the next ones compress
+        answers = gevent.joinall([gevent.spawn(get, base, "/v2/channels") for _ in range(8)])
+        if int(time.time()) != second:
+            continue  # a wall-clock second turned over: the list was built anew meanwhile
+        assert [g.value[0].headers.get("Content-Encoding") for g in answers] == ["gzip"] * 8
+        return
+    raise AssertionError("no second without a turn-over in 20 tries")
+
+
+def test_a_list_in_demand_is_ready_in_gzip_when_the_next_second_begins(
+    served: dict[str, Any],
+) -> None:
+    """Dashboards polling the system list: its next second's version is built and compressed
+    before that second begins, so its first asker already gets gzip (nobody waits on a
+    build), with every channel there and elapsed_s as of the new second."""
+    import time
+
+    base = served["fast"]
+    wait_until(lambda: _gzipped(base, "/v2/channels"), what="a gzip answer")
+    second = int(time.time())
+    time.sleep(second + 1.05 - time.time())
+    resp, body = get(base, "/v2/channels")
+    assert int(time.time()) == second + 1  # (asked within the new second)
+    assert resp.headers.get("Content-Encoding") == "gzip"
+    doc = orjson.loads(gzip.decompress(body))
+    assert len(doc["data"]) == 300
+    # timestamp + elapsed_s is the answer's now, in whole seconds: the new second's
+    assert {i["timestamp"] + i["elapsed_s"] for i in doc["data"]} == {second + 1 + GREGORIAN}
