@@ -1,15 +1,16 @@
 """One ended call as one bytes object: when it ended, the keys the API scopes it by, its item.
 
 The ended-calls store keeps up to 10,000 calls. Kept as a Python object holding its item JSON
-(~1.4 KB, a block of glibc's heap) and the channel's id strings, each call cost ~3.5 KB of
+(~1.4 KB, a block of glibc's heap) and the channel's id strings, each call cost ~3.2 KB of
 resident memory in the benchmark although its objects were ~2.1 KB: the items, allocated
 between the transient blocks of the events that ended their calls, pinned the heap's pages
-(malloc_trim gives back only whole free pages). As one record of ~330 B the call lives in
+(malloc_trim gives back only whole free pages). As one record of ~320 B the call lives in
 CPython's small-object arenas, packed by size class, and nothing of the channel is referenced.
 
 The item is deflated with a preset dictionary (`ZDICT`): an item's keys, its booleans and the
-values most calls share (states, causes, codecs) are found there, and what is left is mostly
-the call's own ids. A record is inflated only when an answer lists it (~3 µs).
+values most calls share (states, causes, codecs) are found there, its keys (the account, owner
+and device ids, which the item names again) after it, and what is left is mostly the call's
+own uuid and times. A record is inflated only when an answer lists it (~3 µs).
 
 Layout: float64 `at` (when it ended), then the account, owner and device ids, each as a uint32
 length (0xFFFFFFFF: none) and its UTF-8, then the raw-deflated item; little-endian.
@@ -112,10 +113,11 @@ def pack(
     at: float, account_id: str | None, owner_id: str | None, device_id: str | None, item: bytes
 ) -> bytes:
     """The record of one ended call; `item` is its list item as JSON."""
-    deflate = zlib.compressobj(_LEVEL, zlib.DEFLATED, _WBITS, zdict=ZDICT)
+    keys = encoded(account_id) + encoded(owner_id) + encoded(device_id)
+    # the item names its keys again (twice, in a Kazoo call): deflate finds them in the keys
+    deflate = zlib.compressobj(_LEVEL, zlib.DEFLATED, _WBITS, zdict=ZDICT + keys)
     body = deflate.compress(item) + deflate.flush()
-    keys = (encoded(account_id), encoded(owner_id), encoded(device_id))
-    return b"".join((_AT.pack(at), *keys, body))
+    return b"".join((_AT.pack(at), keys, body))
 
 
 def at(record: bytes) -> float:
@@ -147,5 +149,5 @@ def keys(record: bytes) -> tuple[str | None, str | None, str | None]:
 def item(record: bytes) -> bytes:
     """The item's JSON, as it was packed."""
     _, start = _split(record)
-    inflate = zlib.decompressobj(_WBITS, zdict=ZDICT)
+    inflate = zlib.decompressobj(_WBITS, zdict=ZDICT + record[ACCOUNT_AT:start])
     return inflate.decompress(memoryview(record)[start:]) + inflate.flush()
