@@ -34,18 +34,19 @@ def record_of(ch: Channel, at: float) -> bytes:
 
 class Ended:
     """One ended call as a listing reads it: a view of its record, made when selected, that
-    inflates the item once however often it is read."""
+    decodes the keys and inflates the item once however often they are read."""
 
-    __slots__ = ("record", "_keys", "_item")
+    __slots__ = ("record", "_keys", "_start", "_item")
 
     def __init__(self, record: bytes) -> None:
         self.record = record
-        self._keys: tuple[str | None, str | None, str | None] | None = None
+        self._keys: endedrecord.Keys | None = None
+        self._start = 0
         self._item: bytes | None = None
 
-    def _scoped_by(self) -> tuple[str | None, str | None, str | None]:
+    def _scoped_by(self) -> endedrecord.Keys:
         if self._keys is None:
-            self._keys = endedrecord.keys(self.record)
+            self._keys, self._start = endedrecord.split(self.record)
         return self._keys
 
     @property
@@ -68,7 +69,8 @@ class Ended:
     def item(self) -> bytes:
         """The item as JSON."""
         if self._item is None:
-            self._item = endedrecord.item(self.record)
+            self._scoped_by()
+            self._item = endedrecord.item(self.record, self._start)
         return self._item
 
     def as_dict(self) -> dict[str, Any]:
@@ -120,7 +122,7 @@ class EndedCalls:
         self._expire()
         account = None if account_id is None else endedrecord.encoded(account_id)
         for record in reversed(self._calls):
-            if account is not None and not record.startswith(account, endedrecord.ACCOUNT_AT):
+            if account is not None and not endedrecord.of_account(record, account):
                 continue
             call = Ended(record)
             if owner_id is not None and not (

@@ -12,8 +12,8 @@ values most calls share (states, causes, codecs) are found there, its keys (the 
 and device ids, which the item names again) after it, and what is left is mostly the call's
 own uuid and times. A record is inflated only when an answer lists it (~3 µs).
 
-Layout: float64 `at` (when it ended), then the account, owner and device ids, each as a uint32
-length (0xFFFFFFFF: none) and its UTF-8, then the raw-deflated item; little-endian.
+Layout: float64 `at` (when it ended), the uint32 lengths of the account, owner and device ids
+(0xFFFFFFFF: none; little-endian), the ids as UTF-8, then the raw-deflated item.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import zlib
 
 import orjson
 
-_AT = struct.Struct("<d")
-_LEN = struct.Struct("<I")
+_HEAD = struct.Struct("<dIII")  # at, and the lengths of the three keys
+_ACCOUNT_LEN = struct.Struct("<I")  # at 8
 _NONE = 0xFFFFFFFF
 _WBITS = -12  # raw deflate, 4 KiB window: room for the dictionary and a typical item
 _LEVEL = 9  # the items are small: the best ratio costs ~15 µs a call
@@ -96,58 +96,63 @@ ZDICT = orjson.dumps(
 )
 
 
-def encoded(value: str | None) -> bytes:
-    """A key as a record holds it (its length, its UTF-8), to find records by without decoding
-    them: `record.startswith(encoded(account_id), ACCOUNT_AT)`."""
-    if value is None:
-        return _LEN.pack(_NONE)
+def encoded(value: str) -> bytes:
+    """A key as a record holds it, to find records by without decoding them (of_account)."""
     # surrogatepass: a value is kept whatever it holds; it is only compared and given back
-    raw = value.encode("utf-8", "surrogatepass")
-    return _LEN.pack(len(raw)) + raw
-
-
-ACCOUNT_AT = _AT.size
+    return value.encode("utf-8", "surrogatepass")
 
 
 def pack(
     at: float, account_id: str | None, owner_id: str | None, device_id: str | None, item: bytes
 ) -> bytes:
     """The record of one ended call; `item` is its list item as JSON."""
-    keys = encoded(account_id) + encoded(owner_id) + encoded(device_id)
+    values = (account_id, owner_id, device_id)
+    raw = [b"" if v is None else encoded(v) for v in values]
+    lengths = [_NONE if v is None else len(r) for v, r in zip(values, raw, strict=True)]
+    keys = b"".join(raw)
     # the item names its keys again (twice, in a Kazoo call): deflate finds them in the keys
     deflate = zlib.compressobj(_LEVEL, zlib.DEFLATED, _WBITS, zdict=ZDICT + keys)
     body = deflate.compress(item) + deflate.flush()
-    return b"".join((_AT.pack(at), keys, body))
+    return b"".join((_HEAD.pack(at, *lengths), keys, body))
 
 
 def at(record: bytes) -> float:
     """When the call ended."""
-    return _AT.unpack_from(record)[0]  # type: ignore[no-any-return]
+    return _HEAD.unpack_from(record)[0]  # type: ignore[no-any-return]
 
 
-def _split(record: bytes) -> tuple[list[str | None], int]:
-    """The keys, and where the deflated item starts."""
+def of_account(record: bytes, account: bytes) -> bool:
+    """Whether the call's account is `account` (as encoded() gives it)."""
+    return _ACCOUNT_LEN.unpack_from(record, 8)[0] == len(account) and record.startswith(
+        account, _HEAD.size
+    )
+
+
+Keys = tuple[str | None, str | None, str | None]
+
+
+def split(record: bytes) -> tuple[Keys, int]:
+    """(account id, owner id, device id), and where the deflated item starts (for item())."""
+    _, *lengths = _HEAD.unpack_from(record)
+    pos = _HEAD.size
     keys: list[str | None] = []
-    pos = ACCOUNT_AT
-    for _ in range(3):
-        (n,) = _LEN.unpack_from(record, pos)
-        pos += _LEN.size
+    for n in lengths:
         if n == _NONE:
             keys.append(None)
         else:
             keys.append(record[pos : pos + n].decode("utf-8", "surrogatepass"))
             pos += n
-    return keys, pos
+    return (keys[0], keys[1], keys[2]), pos
 
 
-def keys(record: bytes) -> tuple[str | None, str | None, str | None]:
+def keys(record: bytes) -> Keys:
     """(account id, owner id, device id)."""
-    k, _ = _split(record)
-    return k[0], k[1], k[2]
+    return split(record)[0]
 
 
-def item(record: bytes) -> bytes:
-    """The item's JSON, as it was packed."""
-    _, start = _split(record)
-    inflate = zlib.decompressobj(_WBITS, zdict=ZDICT + record[ACCOUNT_AT:start])
+def item(record: bytes, start: int | None = None) -> bytes:
+    """The item's JSON, as it was packed; `start` as split() found it, if it was called."""
+    if start is None:
+        start = split(record)[1]
+    inflate = zlib.decompressobj(_WBITS, zdict=ZDICT + record[_HEAD.size : start])
     return inflate.decompress(memoryview(record)[start:]) + inflate.flush()

@@ -47,6 +47,18 @@ def test_a_record_gives_back_what_was_packed(
     assert endedrecord.item(record) == item
 
 
+def test_keys_longer_than_the_window_still_round_trip() -> None:
+    """The keys follow the preset dictionary: past deflate's window only their end is used,
+    alike when packing and unpacking (a switch's values are up to 2,048 characters)."""
+    long = ["\U0001f600" * 2048, "o" * 2048, "\ud800" + "d" * 2047]
+    item = orjson.dumps({"account_id": long[0], "owner_id": long[1], "n": list(range(500))})
+    record = endedrecord.pack(1.5, long[0], long[1], long[2], item)
+    assert endedrecord.keys(record) == tuple(long)
+    assert endedrecord.item(record) == item
+    assert endedrecord.of_account(record, endedrecord.encoded(long[0]))
+    assert not endedrecord.of_account(record, endedrecord.encoded(long[0][:-1]))
+
+
 def kazoo_call(table: ChannelTable, n: int, account: str, owner: str, device: str) -> None:
     """A Kazoo-style call (identity, ten custom channel variables, codecs) that hangs up."""
     uid = str(uuidlib.UUID(int=n + 1))
