@@ -1,7 +1,7 @@
 """An ended call kept as one compact record (channelsd.endedrecord, issue #16).
 
 The store keeps up to 10,000 calls: each was a Python object holding its item JSON (~1.4 KB)
-and the channel's id strings, and cost ~3.5 KB resident. The record must give back exactly
+and the channel's id strings, and cost ~3.2 KB resident. The record must give back exactly
 what was packed (the answers are unchanged), find calls by their keys as the objects did,
 and stay small: a bound on what one Kazoo call's record retains fails if it grows back.
 """
