@@ -285,3 +285,35 @@ def test_a_loopback_leg_on_hold_is_off_hold_once_bridged_again() -> None:
         },
     )
     assert t.get("33333333-3333-4333-8333-333333333333").is_onhold
+
+
+def test_a_field_read_from_a_custom_variable_is_the_string_the_ccvs_hold() -> None:
+    """Issue #16: the ccvs dict interns the identity's variables (an owner's 50 calls share
+    one owner id), and the fields read from them are the same strings, not a second copy each
+    (~210 B per Kazoo channel: owner id, device id, username)."""
+    t = ChannelTable()
+    names = {
+        "account_id": "Account-ID",
+        "owner_id": "Owner-ID",
+        "authorizing_id": "Authorizing-ID",
+        "authorizing_type": "Authorizing-Type",
+        "username": "Username",
+        "realm": "Realm",
+    }
+    uuids = [f"{i}{A[1:]}" for i in range(1, 4)]
+    for uuid in uuids:
+        # each event its own string objects, as every event parsed from the wire has
+        t.apply(
+            "fs1",
+            with_vars(
+                "CHANNEL_CREATE",
+                uuid,
+                **{f"ecallmgr_{h}": "".join(["val-", h, "-x"]) for h in names.values()},
+            ),
+        )
+    for uuid in uuids:
+        ch = t.get(uuid)
+        assert ch is not None and ch.ccvs is not None
+        for attr, name in names.items():
+            assert getattr(ch, attr) == ch.ccvs[name] == f"val-{name}-x"
+            assert getattr(ch, attr) is ch.ccvs[name], attr
