@@ -36,6 +36,7 @@ from gevent.socket import wait_read
 from channelsd import envelope
 from channelsd.config import HttpLimits
 from channelsd.envelope import ApiError
+from channelsd.httpheaders import read_headers
 from channelsd.logs import RateLimited, mask
 from channelsd.metrics import Metrics
 
@@ -244,8 +245,8 @@ class Handler(WSGIHandler):
             return ("414", self.server.raw(err))
         return result
 
-    def MessageClass(self, *args: Any) -> Any:  # noqa: N802 (pywsgi's name)
-        headers = super().MessageClass(*args)
+    def MessageClass(self, fp: Any, *args: Any) -> Any:  # noqa: N802 (pywsgi's name)
+        headers = read_headers(fp)  # pywsgi's parser, quicker for plain blocks
         _check_framing(headers)
         return headers
 
