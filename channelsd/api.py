@@ -27,6 +27,7 @@ from channelsd.envelope import ApiError
 from channelsd.fastactions import fast_actions
 from channelsd.fastlists import fast_lists
 from channelsd.health import LoopMonitor, readiness
+from channelsd.httpserver import YIELD_AFTER
 from channelsd.listing import Filters, ListCache, json_array, paced, splice, to_csv
 from channelsd.metrics import CONTENT_TYPE as METRICS_TYPE
 from channelsd.metrics import Metrics
@@ -458,6 +459,7 @@ def create_app(ctx: ApiContext) -> Flask:
             return respond(call, ch.to_detail(time.time(), table.is_stale(ch)))
         if ctx.actions is None:
             raise ApiError(503, "actions unavailable", {"message": "actions are not enabled"})
+        request.environ[YIELD_AFTER] = True  # the server lets a local client read the answer
         if call.method == "POST":
             status, data = ctx.actions.post(ch, call.body, request.args, call.token)
         else:

@@ -30,6 +30,7 @@ import orjson
 from channelsd import envelope, strictjson
 from channelsd.envelope import ApiError
 from channelsd.fastlists import ONE_CHANNEL
+from channelsd.httpserver import YIELD_AFTER
 from channelsd.presented import header_token, truthy
 
 if TYPE_CHECKING:
@@ -120,6 +121,7 @@ def fast_actions(ctx: ApiContext, app: WSGIApp, crashed: Crashed) -> WSGIApp:
             return None
         # From here commands go out: whatever happens is answered here, never run twice.
         rid = envelope.request_id(environ.get("HTTP_X_REQUEST_ID"))
+        environ[YIELD_AFTER] = True  # as the resource does for an action
         try:
             status, data = ctx.actions.run_post(ch, flow, plan, token)
         except ApiError as err:

@@ -21,6 +21,7 @@ import requests
 from flask import request_started
 from gevent.pywsgi import WSGIServer
 
+from channelsd import httpserver
 from channelsd.actions import Actions
 from channelsd.api import create_app
 
@@ -266,3 +267,28 @@ def test_a_body_that_stops_coming_is_flasks_408_and_nothing_is_sent(
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 408 ") and b'"error":"408"' in answer, answer[:300]
     assert switch.received[mark:] == [] and h.table.get(a) is not None
+
+
+def test_after_an_actions_answer_the_cpu_is_offered_to_others_once(
+    bed: Bed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The hang-up's events arrive with the switch's reply and are parsed after the answer:
+    # a client on this host woken by the answer must not wait for them (httpserver).
+    offered: list[int] = []
+    monkeypatch.setattr(httpserver, "_yield_cpu", lambda: offered.append(1))
+    base = bed.h.api.base
+
+    def count(method: str, path: str, **kw: Any) -> tuple[int, int]:
+        before = len(offered)
+        headers = {"X-Auth-Token": token("admin1"), **kw.pop("headers", {})}
+        status = requests.request(method, base + path, headers=headers, timeout=10, **kw)
+        return status.status_code, len(offered) - before
+
+    one = f"/v2/accounts/acc1/channels/{bed.call()}"
+    assert count("POST", one, json={"action": "break"}) == (200, 1)  # the fast path
+    pretty = {"X-Pretty-Print": "true"}
+    assert count("POST", one, json={"action": "break"}, headers=pretty) == (200, 1)  # Flask's
+    assert count("PUT", one, json={"action": "metaflow", "data": {"module": "break"}}) == (201, 1)
+    assert count("GET", one) == (200, 0)
+    assert count("GET", "/v2/accounts/acc1/channels") == (200, 0)
+    assert count("POST", one.replace("acc1", "acc2"), json={"action": "break"})[1] == 0
