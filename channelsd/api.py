@@ -24,8 +24,10 @@ from channelsd.blackhole.service import Websockets, available_bindings
 from channelsd.channel import Channel
 from channelsd.ended import Ended, EndedCalls
 from channelsd.envelope import ApiError
+from channelsd.fastactions import fast_actions
 from channelsd.fastlists import fast_lists
 from channelsd.health import LoopMonitor, readiness
+from channelsd.httpserver import YIELD_AFTER
 from channelsd.listing import Filters, ListCache, json_array, paced, splice, to_csv
 from channelsd.metrics import CONTENT_TYPE as METRICS_TYPE
 from channelsd.metrics import Metrics
@@ -71,9 +73,10 @@ class ApiContext:
     broker: Broker | None = None
     metrics: Metrics | None = None
     loop: LoopMonitor | None = None
-    # The plain list GETs answered in front of Flask (channelsd.fastlists); off in the test
-    # that compares both.
+    # The plain list GETs and POST actions answered in front of Flask (channelsd.fastlists,
+    # channelsd.fastactions); off in the tests that compare both.
     fast_lists: bool = True
+    fast_actions: bool = True
     lists: ListCache = field(default_factory=ListCache)
     # Calls that ended in the last minutes (`?ended=true` on the list routes).
     ended: EndedCalls | None = None
@@ -224,7 +227,14 @@ def create_app(ctx: ApiContext) -> Flask:
 
     # CORS headers go on every answer, errors included; added to the WSGI header list as
     # it leaves, which costs nothing per header (werkzeug validates each one it is given).
+    def crashed(rid: str | None, method: str, path: str) -> ApiError:
+        # A bug: log it with the request id, answer in the envelope, never a traceback.
+        log.exception("request_id=%s unhandled error on %s %s", rid, method, path)
+        return ApiError(500, "internal error", {"message": "internal error"})
+
     flask_wsgi = fast_lists(ctx, app.wsgi_app) if ctx.fast_lists else app.wsgi_app
+    if ctx.fast_actions:
+        flask_wsgi = fast_actions(ctx, flask_wsgi, crashed)
     cors = list(CORS_HEADERS.items())
     sockets = ctx.websockets
 
@@ -259,11 +269,7 @@ def create_app(ctx: ApiContext) -> Flask:
 
     @app.errorhandler(Exception)
     def _crash(exc: Exception) -> Response:
-        # A bug: log it with the request id, answer in the envelope, never a traceback.
-        log.exception(
-            "request_id=%s unhandled error on %s %s", g.get("rid"), request.method, request.path
-        )
-        return _api_error(ApiError(500, "internal error", {"message": "internal error"}))
+        return _api_error(crashed(g.get("rid"), request.method, request.path))
 
     # -- crossbar-style resource -------------------------------------------------------------
 
@@ -458,6 +464,7 @@ def create_app(ctx: ApiContext) -> Flask:
             return respond(call, ch.to_detail(time.time(), table.is_stale(ch)))
         if ctx.actions is None:
             raise ApiError(503, "actions unavailable", {"message": "actions are not enabled"})
+        request.environ[YIELD_AFTER] = True  # the server lets a local client read the answer
         if call.method == "POST":
             status, data = ctx.actions.post(ch, call.body, request.args, call.token)
         else:

@@ -205,7 +205,9 @@ class ESLConnection(InboundESL):
     def command(self, text: str, timeout: float | None = None) -> Any:
         """Send one command and wait for its reply; a missed deadline (pipeline's) closes the
         connection."""
-        return next(self.pipeline([text], timeout))
+        limit = self.timeout if timeout is None else timeout
+        result = self._write([text], limit)[0]
+        return self._reply(text, result, time.monotonic(), limit)
 
     def api(self, cmd: str, timeout: float | None = None) -> str:
         """Run `api <cmd>` and return the body FreeSWITCH answered."""
@@ -236,8 +238,13 @@ class ESLConnection(InboundESL):
             if not self.connected or self.closed.is_set():
                 raise NotConnectedError()
             self._commands_sent.extend(results)
+            payload = "".join([t + "\n\n" for t in texts]).encode("utf-8")
             try:
-                self.sock.sendall("".join([t + "\n\n" for t in texts]).encode("utf-8"))
+                # send, not sendall: gevent's sendall asks the kernel for the socket's buffer
+                # size (a system call) on every call; a command is one small write.
+                sent = self.sock.send(payload)
+                if sent < len(payload):
+                    self.sock.sendall(payload[sent:])
             except OSError as exc:
                 self.close(f"write failed: {exc}")
         return results
@@ -255,11 +262,17 @@ class ESLConnection(InboundESL):
         command. Either miss closes the connection and raises CommandTimeout, as a lost
         connection raises ConnectionLost, at the reply it stopped at."""
         limit = self.timeout if timeout is None else timeout
+        results = self._write(texts, limit)
+        return self._replies(texts, results, time.monotonic(), limit)
+
+    def _write(self, texts: list[str], limit: float) -> list[gevent.event.AsyncResult]:
+        """_send_all within `limit`, or the connection closed and CommandTimeout raised."""
         try:
             with gevent.Timeout(limit, False):  # a switch that stops reading fills the socket
                 results = self._send_all(texts)
-                log.debug("%s > %s (of %d)", self.label, texts[0], len(texts))
-                return self._replies(texts, results, time.monotonic(), limit)
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("%s > %s (of %d)", self.label, texts[0], len(texts))
+                return results
         except NotConnectedError:
             raise ConnectionLost(f"{self.label}: not connected") from None
         self.close(f"{len(texts)} command(s) not taken by the switch within {limit}s")
@@ -273,19 +286,24 @@ class ESLConnection(InboundESL):
         limit: float,
     ) -> Iterator[Any]:
         for text, result in zip(texts, results, strict=True):
-            ESLConnection.awaiting += 1
-            try:
-                while not result.ready():
-                    left = max(written, self.answered_at) + limit - time.monotonic()
-                    if left <= 0:
-                        break
-                    result.wait(left)  # (not get(timeout=): a caller's own Timeout is not ours)
-            finally:
-                ESLConnection.awaiting -= 1
-            if not result.ready():
-                self.close(f"no reply to {text.split(' ', 2)[:2]} within {limit}s")
-                raise CommandTimeout(f"{self.label}: no reply within {limit}s")
-            yield result.get()
+            yield self._reply(text, result, written, limit)
+
+    def _reply(
+        self, text: str, result: gevent.event.AsyncResult, written: float, limit: float
+    ) -> Any:
+        ESLConnection.awaiting += 1
+        try:
+            while not result.ready():
+                left = max(written, self.answered_at) + limit - time.monotonic()
+                if left <= 0:
+                    break
+                result.wait(left)  # (not get(timeout=): a caller's own Timeout is not ours)
+        finally:
+            ESLConnection.awaiting -= 1
+        if not result.ready():
+            self.close(f"no reply to {text.split(' ', 2)[:2]} within {limit}s")
+            raise CommandTimeout(f"{self.label}: no reply within {limit}s")
+        return result.get()
 
     # -- reading (runs in greenswitch's reader greenlet) -------------------------------------
 
@@ -439,6 +457,8 @@ class ESLConnection(InboundESL):
         return
 
     def _event(self, body: bytes, parse: Callable[[bytes], dict[str, Any]]) -> None:
+        if ESLConnection.awaiting > len(self._commands_sent):
+            self._answers_first()
         try:
             parsed = parse(body)
         except EventParseError as exc:
@@ -459,8 +479,21 @@ class ESLConnection(InboundESL):
         # A big event costs its size to parse: one more frame per 16 KiB of it. (_tick,
         # inlined: this is the hot path of ingest.)
         self._since_yield += 1 + (len(body) >> BIG_EVENT_SHIFT)
-        if self._since_yield >= YIELD_EVERY or ESLConnection.awaiting > len(self._commands_sent):
+        if self._since_yield >= YIELD_EVERY:
             self._since_yield = 0
+            _pause()
+
+    def _answers_first(self) -> None:
+        """A command of this process waits for its answer: let it have it before this event.
+        An action's reply and the events it caused arrive together (on two connections, or
+        behind each other), and the hub may wake this reader first. One visit to the hub lets
+        the command connection's reader take the reply; the waiter it wakes is queued behind
+        this reader, so while the command is still counted as waiting, a second visit puts
+        this reader behind the waiter: the answer leaves before any event is parsed. A command
+        that takes long costs each event two visits, never a wait."""
+        self._since_yield = 0
+        _pause()
+        if ESLConnection.awaiting > len(self._commands_sent):
             _pause()
 
     def _tick(self, frames: int = 1) -> None:

@@ -29,6 +29,11 @@ _HEADER_TOKEN = re.compile(
     r"(?i)((?:x-auth-token|authorization)\s*[:=]\s*(?:bearer\s+)?)([^\s,;\"']+)"
 )
 _SECRET_KEYS = frozenset(("auth_token", "password"))
+# What a line needs for mask() to change it: a key that decodes to a secret one holds "auth"
+# or "password" (re's case folding covers every character whose lower() is ASCII) unless it
+# is percent-encoded; both header forms hold "auth". Most lines (an action's, a request's)
+# hold none of them and are returned at once.
+_MAYBE_SECRET = re.compile(r"(?i)auth|password|%")
 
 
 def _decoded(key: str) -> str:
@@ -44,8 +49,12 @@ def _decoded(key: str) -> str:
 def mask(text: str) -> str:
     """`text` with the value of every auth_token (any spelling the API accepts, percent-
     encoded included), password, X-Auth-Token and Authorization replaced by ********."""
-    if "=" not in text and ":" not in text:
+    if ("=" not in text and ":" not in text) or _MAYBE_SECRET.search(text) is None:
         return text
+    return _mask(text)
+
+
+def _mask(text: str) -> str:
     out = []
     pos = 0
     for m in _QUERY_KEY.finditer(text):
@@ -61,8 +70,21 @@ def mask(text: str) -> str:
 
 
 class TextFormatter(logging.Formatter):
+    _second = -1
+    _stamp = ""
+
     def format(self, record: logging.LogRecord) -> str:
         return mask(super().format(record))
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        # logging's own, with the date and time formatted once a second, not once a line.
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        if second != self._second:
+            self._stamp = time.strftime(self.default_time_format, self.converter(record.created))
+            self._second = second
+        return self.default_msec_format % (self._stamp, record.msecs)
 
 
 class JsonFormatter(logging.Formatter):
@@ -102,6 +124,12 @@ def setup(level: str = "info", fmt: str = "text") -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    # No format here shows a line's thread, process or source line: logging would still
+    # look each up for every record (the logging HOWTO's "Optimization").
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    logging._srcfile = None  # the HOWTO's own switch for the caller's frame walk
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, level.upper(), logging.INFO))

@@ -35,6 +35,25 @@ def test_api_round_trip_and_json_events(switch: Any) -> None:
     assert events.closed.is_set() and cmd.closed.is_set()
 
 
+def test_a_commands_answer_is_not_held_behind_the_events_it_caused(switch: Any) -> None:
+    # uuid_kill's reply and its hang-up events arrive together; the caller (an HTTP request
+    # waiting to answer) must get the reply before the event reader parses any of them.
+    seen: list[str] = []
+    events = connect(switch, on_event=lambda event, _body: seen.append(event["Event-Name"]))
+    events.command("event json ALL")
+    cmd = connect(switch)
+    for _ in range(5):
+        a, _b = switch.originate(dest="9000", variables={"account_id": "acc1"})
+        wait_until(lambda a=a: cmd.api(f"uuid_exists {a}") == "true")
+        gevent.sleep(0.05)  # the originate's own events applied
+        before = len(seen)
+        assert cmd.api(f"uuid_kill {a}").startswith("+OK")
+        assert len(seen) == before  # nothing parsed while the answer waited
+        wait_until(lambda before=before: "CHANNEL_DESTROY" in seen[before:])
+    events.goodbye()
+    cmd.goodbye()
+
+
 def test_a_wrong_password_is_an_error_not_a_hang(switch: Any) -> None:
     with pytest.raises(ESLError, match="password"):
         connect(switch, password="wrong", timeout=2)
@@ -98,6 +117,10 @@ class _CountingWrites:
     def __init__(self, sock: Any) -> None:
         self.sock = sock
         self.writes: list[bytes] = []
+
+    def send(self, data: bytes) -> int:
+        self.writes.append(data)
+        return self.sock.send(data)
 
     def sendall(self, data: bytes) -> None:
         self.writes.append(data)

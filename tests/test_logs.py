@@ -18,6 +18,7 @@ import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from channelsd import logs
 from channelsd.logs import JsonFormatter, TextFormatter, mask
 from channelsd.tokens import digest
 
@@ -196,3 +197,55 @@ def test_the_running_process_writes_no_token_to_its_journal(switch: Any, tmp_pat
     journal = proc.stderr.read()
     assert "auth failure client=127.0.0.1" in journal and "bad request client=" in journal
     assert good not in journal and bad not in journal
+
+
+# Keys and values as a log line may hold them: the secret keys in any case, percent- and
+# plus-encoded pieces, and the characters whose lower() is ASCII though they are not.
+_LINE_PIECES = st.sampled_from(
+    [
+        "auth_token",
+        "AUTH_TOKEN",
+        "Auth_Token",
+        "password",
+        "PassWord",
+        "x-auth-token",
+        "Authorization",
+        "bearer ",
+        "%5F",
+        "%61",
+        "%25",
+        "+",
+        "=",
+        ":",
+        "&",
+        "?",
+        " ",
+        "'",
+        '"',
+        "action",
+        "token",
+        "uuid",
+        "abc",
+        "\u212a",
+        "\u0130",
+        "\u017f",
+        "\u00e9",
+        "/",
+    ]
+)
+
+
+@given(st.lists(_LINE_PIECES, max_size=16).map("".join))
+@settings(max_examples=500, derandomize=True, deadline=None)
+def test_the_quick_answer_of_mask_is_the_full_one(line: str) -> None:
+    # mask() returns a line unchanged when it cannot hold a secret; the full search must agree.
+    assert mask(line) == logs._mask(line)
+
+
+def test_the_text_formatters_time_is_loggings_own() -> None:
+    ours, theirs = TextFormatter(), logging.Formatter()
+    for created in (1_700_000_000.0, 1_700_000_000.999, 1_700_000_001.5, 1_700_000_001.25):
+        record = logging.LogRecord("channelsd", logging.INFO, "", 0, "x", (), None)
+        record.created, record.msecs = created, int((created % 1) * 1000)
+        assert ours.formatTime(record) == theirs.formatTime(record)
+        assert ours.formatTime(record, "%H") == theirs.formatTime(record, "%H")

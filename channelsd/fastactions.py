@@ -1,0 +1,167 @@
+"""The plain POST action on one channel, answered without Flask's machinery.
+
+An action's answer waits for the switch's reply, and everything channelsd does around that
+round trip is added to it: Flask's request and response objects, routing, context push and
+hooks were its largest share once the rest was cut (issue #16). This WSGI layer answers only
+the plain case — POST on /v2/accounts/{account}/channels/{uuid}, no query string, a JSON
+object as the body with its Content-Length, a header token that may see the account and is
+not a `user` token, no pretty printing, a channel of that account — with the same body
+reading, authentication, validation, plan and ESL gate as the Flask resource
+(channelsd.actions does all of them), and the same envelope and metrics.
+
+Everything else goes to the Flask app, every refusal made before a command is sent included:
+the body read here is handed on as it came (or its read error is, for Flask to answer it the
+same way). Only what happens once the plan is being sent is answered here, in the envelope
+the Flask app would use (channelsd.envelope.failure), since a plan must not run twice.
+tests/test_fastactions.py checks that both answer alike.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import time
+from collections.abc import Callable, Iterable
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from channelsd import envelope, strictjson
+from channelsd.envelope import ApiError
+from channelsd.fastlists import ONE_CHANNEL
+from channelsd.httpserver import YIELD_AFTER
+from channelsd.presented import header_token, truthy
+
+if TYPE_CHECKING:
+    from channelsd.api import ApiContext
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+# (request id, method, path) -> the error to answer, the crash logged (the Flask app's own)
+Crashed = Callable[[str | None, str, str], ApiError]
+
+_ONE = re.compile(r"/v2/accounts/([^/]+)/channels/([^/]+)")
+
+
+class _Unreadable(io.RawIOBase):
+    """A body whose read failed here: it fails again, alike, when the Flask app reads it."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        raise self.exc
+
+
+def fast_actions(ctx: ApiContext, app: WSGIApp, crashed: Crashed) -> WSGIApp:
+    """`app` with the plain POST actions answered in front of it."""
+    table = ctx.table
+
+    def plain(environ: dict[str, Any]) -> tuple[str, str, str, Any, int] | None:
+        """The account, uuid, token text, token and body length of a plain POST action, or
+        None for anything the Flask resource must see. Reads nothing from the client."""
+        get = environ.get
+        if get("REQUEST_METHOD") != "POST" or get("QUERY_STRING") or ctx.actions is None:
+            return None
+        path = get("PATH_INFO", "")
+        if not path.isascii():
+            return None  # werkzeug decodes non-ASCII paths its own way: leave those to it
+        m = _ONE.fullmatch(path)
+        if m is None:
+            return None
+        declared = get("CONTENT_LENGTH") or ""
+        if "HTTP_TRANSFER_ENCODING" in environ or not (declared.isascii() and declared.isdigit()):
+            return None
+        length = int(declared) if len(declared) <= 18 else 0
+        if not 0 < length <= ctx.max_body_bytes:
+            return None  # no body, or too large: the resource's answers
+        if truthy(get("HTTP_X_PRETTY_PRINT")):
+            return None
+        presented = header_token(get("HTTP_X_AUTH_TOKEN"), get("HTTP_AUTHORIZATION"))
+        if not presented:
+            return None  # a token in the body or query, or none: the resource decides
+        # The same authentication as the resource's (channelsd.tokens.Authenticator); a
+        # refusal is the resource's to log and answer.
+        token = ctx.auth.find(presented)
+        account, uuid = m.groups()
+        if token is None or token.role == "user" or not token.may_see_account(account):
+            return None  # per-owner rules, another account (perhaps Kazoo's descendant)
+        return account, uuid, presented, token, length
+
+    def answer(
+        environ: dict[str, Any], start_response: Callable[..., Any], began: float
+    ) -> Iterable[bytes] | None:
+        found = plain(environ)
+        if found is None:
+            return None
+        account, uuid, presented, token, length = found
+        # The body, as the resource reads it (channelsd.api.read_body_bytes): pywsgi's input
+        # ends where the Content-Length says.
+        try:
+            raw = environ["wsgi.input"].read(length)
+        except Exception as exc:
+            environ["wsgi.input"] = _Unreadable(exc)
+            return None
+        environ["wsgi.input"] = io.BytesIO(raw)  # for the resource, if it is its turn
+        try:
+            body = strictjson.loads(raw)
+        except ValueError:  # (orjson.JSONDecodeError is one)
+            return None
+        if not isinstance(body, dict):
+            return None
+        ch = next((c for c in table.with_uuid(uuid) if c.account_id == account), None)
+        if ch is None:
+            return None
+        try:
+            flow, plan = ctx.actions.plan_post(ch, body, {})
+        except Exception:  # a refusal (or a bug): nothing was sent, the resource answers
+            return None
+        # From here commands go out: whatever happens is answered here, never run twice.
+        rid = envelope.request_id(environ.get("HTTP_X_REQUEST_ID"))
+        environ[YIELD_AFTER] = True  # as the resource does for an action
+        try:
+            status, data = ctx.actions.run_post(ch, flow, plan, token)
+        except ApiError as err:
+            return failed(err, rid, environ, start_response, began)
+        except Exception:
+            err = crashed(rid, "POST", environ.get("PATH_INFO", ""))
+            return failed(err, rid, environ, start_response, began)
+        body_parts = envelope.success_parts(orjson.dumps(data), rid, presented)
+        start_response(
+            _status_line(status),
+            [
+                ("Content-Type", envelope.JSON_TYPE),
+                ("Content-Length", str(sum(map(len, body_parts)))),
+                ("X-Request-ID", rid),
+            ],
+        )
+        measure(status, began)
+        return body_parts
+
+    def failed(
+        err: ApiError,
+        rid: str,
+        environ: dict[str, Any],
+        start_response: Callable[..., Any],
+        began: float,
+    ) -> Iterable[bytes]:
+        resp = envelope.failure(err, rid)
+        measure(err.status, began)
+        return resp(environ, start_response)
+
+    def measure(status: int, began: float) -> None:
+        if ctx.metrics is not None:
+            ctx.metrics.http(ONE_CHANNEL, "POST", status, time.perf_counter() - began)
+
+    def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        done = answer(environ, start_response, time.perf_counter())
+        return app(environ, start_response) if done is None else done
+
+    return wsgi
+
+
+def _status_line(status: int) -> str:
+    return f"{status} {HTTPStatus(status).phrase}"
