@@ -5,9 +5,15 @@ package's parser: its feed parser, policy objects and line cracking were the lar
 cost of a small request (a POST action's ~70 µs of ~350, issue #16). Nearly every request's
 headers are plain `Name: value` lines of printable ASCII; those are split here, to the same
 names and values that parser gives them (tests/test_httpheaders.py compares both on
-generated blocks). Any other block — a folded line, a line without a colon, a control or
-non-ASCII byte, a block cut short by the client — goes to the email parser as before, so
-that every odd case is read exactly as it was.
+generated blocks). A block with a folded line, a non-ASCII byte in a value or cut short by
+the client goes to the email parser as before.
+
+A block the email parser would read otherwise than a proxy in front may is refused
+(ValueError, a 400): a bare CR ends a line for it (RFC 9112 §2.2: invalid), and a line that
+is no `name: value` (a space before the colon, a control or non-ASCII byte in the name, no
+colon) ends the block for it, the fields after it (a Content-Length, a Transfer-Encoding)
+dropped into the body: either way a proxy and channelsd would frame the bytes as different
+requests.
 """
 
 from __future__ import annotations
@@ -26,12 +32,16 @@ MAX_HEADERS = getattr(http.client, "_MAXHEADERS", 100)
 # a value of printable ASCII and tabs, one line ending.
 _PLAIN = re.compile(rb"[\x21-\x39\x3b-\x7e]+:[\t\x20-\x7e]*\r?\n")
 _ENDS = (b"\r\n", b"\n", b"")
+# What the email parser may read, as a proxy reads it: a field, or a fold of the one before;
+# a value of printable bytes, tabs and obs-text; no other control byte (a bare CR, a NUL).
+_FIELD = re.compile(rb"[\x21-\x39\x3b-\x7e]+:[\t\x20-\x7e\x80-\xff]*(?:\r?\n)?")
+_FOLD = re.compile(rb"[\t\x20][\t\x20-\x7e\x80-\xff]*(?:\r?\n)?")
 
 
 def read_headers(fp: Any) -> Any:
     """pywsgi's headers_factory(fp): the header block as pywsgi's OldMessage, with
     status "Line too long" for a line over MAX_LINE; http.client.HTTPException beyond
-    MAX_HEADERS lines."""
+    MAX_HEADERS lines; ValueError for a block that can be read two ways (module doc)."""
     lines = []
     while True:
         line = fp.readline(MAX_LINE + 1)
@@ -52,5 +62,8 @@ def read_headers(fp: Any) -> Any:
             # the email parser's (compat32) reading of a one-line field
             msg[name.decode("latin-1")] = value.lstrip(b" \t").rstrip(b"\r\n").decode("latin-1")
         return msg
+    for i, line in enumerate(fields):
+        if not (_FIELD.fullmatch(line) or (i and _FOLD.fullmatch(line))):
+            raise ValueError(f"a header line that is not `name: value`: {line[:40]!r}")
     text = b"".join(lines).decode("iso-8859-1")
     return email.parser.Parser(_class=OldMessage).parsestr(text)
