@@ -4,12 +4,16 @@ records, ESL writes), each over real sockets where the real thing is a socket.""
 import contextlib
 import io
 import socket
+from typing import Any
 
 import pytest
 
+from channelsd import gzipped
 from channelsd.httpheaders import read_headers
 
-from conftest import Harness
+from conftest import Harness, token, wait_until
+
+ACC1 = {"account_id": "acc1", "owner_id": "user1"}
 
 HANG = 5.0
 
@@ -69,3 +73,54 @@ def test_the_parser_refuses_what_it_would_read_two_ways(odd: bytes) -> None:
 def test_what_is_not_ambiguous_is_still_read(fine: bytes) -> None:
     msg = read_headers(io.BytesIO(b"Host: x\r\n" + fine + b"Content-Length: 2\r\n\r\n{}"))
     assert msg.get_all("Content-Length") == ["2"]
+
+
+# -- gzip: a hostile Accept-Encoding -----------------------------------------------------------
+# pywsgi joins repeated header lines into one value: a hundred 64 KB Accept-Encoding lines make
+# a 6 MB header, which werkzeug's parser read on the hub for ~4 s (every other client and the
+# switch's events waited). A browser's is a few dozen bytes: a longer one is not parsed at all.
+LONG_ACCEPT = 1024
+
+
+@pytest.fixture
+def gzip_lists(switch: Any, make_daemon: Any) -> Harness:
+    for _ in range(40):
+        switch.bridged_call(variables_a=ACC1, variables_b=ACC1)
+    h = make_daemon([switch])
+    wait_until(lambda: len(h.table) >= 80, what="80 channels")
+    h.daemon.ctx.lists.gzip_above = 1  # every kept list goes in gzip when asked again
+    return h
+
+
+@pytest.mark.parametrize("path", ["/v2/channels", "/v2/channels?paginate=false"])
+def test_a_huge_accept_encoding_is_not_parsed(
+    gzip_lists: Harness, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    parsed: list[int] = []
+    real = gzipped.parse_accept_header
+
+    def counting(value: str, *a: Any) -> Any:
+        parsed.append(len(value))
+        return real(value, *a)
+
+    monkeypatch.setattr(gzipped, "parse_accept_header", counting)
+    lines = b"".join(b"Accept-Encoding: gzip," + b"a," * 30000 + b"\r\n" for _ in range(90))
+    raw = (
+        b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"X-Auth-Token: " + token("super").encode() + b"\r\n" + lines + b"\r\n"
+    )
+    for _ in range(2):  # the second is answered from the cache: gzip if it were read
+        host, port = gzip_lists.daemon.http_address
+        out = b""
+        with socket.create_connection((host, port), timeout=HANG) as s:
+            s.sendall(raw)
+            while data := s.recv(65536):
+                out += data
+        head = out.split(b"\r\n\r\n", 1)[0].lower()
+        assert head.startswith(b"http/1.1 200") and b"content-encoding" not in head
+    assert parsed == [] or max(parsed) <= LONG_ACCEPT
+
+
+def test_a_short_accept_encoding_still_takes_gzip() -> None:
+    assert gzipped.accepts_gzip("gzip, deflate, br, zstd")
+    assert not gzipped.accepts_gzip("gzip," * 1000)  # too long to read: raw
