@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import re
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -29,6 +30,7 @@ from channelsd.gzipped import GZIP_ABOVE, Compressed, accepts_gzip, compress
 from channelsd.table import ChannelTable, Scope
 
 T = TypeVar("T")
+log = logging.getLogger("channelsd.listing")
 
 # Long lists are built in slices so that event ingest keeps running meanwhile (the event
 # stream's snapshot uses these).
@@ -228,7 +230,8 @@ def json_array(items: Iterable[Any], pretty: bool = False, nested: bool = False)
     return splice(parts)
 
 
-_BUILT, _AGAIN = "built", "again"
+# _RAW: its compression failed; it goes as it is for the rest of its second.
+_BUILT, _AGAIN, _RAW = "built", "again", "raw"
 # How long before a second turns the lists that went out in gzip during it are built and
 # compressed for the next one: the system list's build (~10 ms) and compression (~60 ms)
 # are then done before its first asker, instead of in front of every dashboard at once.
@@ -303,11 +306,17 @@ class ListCache:
             # dozen dashboards' 12 MB each held the compressing one back (p99 0.6 s).
             memo[3] = pending = gevent.event.AsyncResult()
             try:
-                memo[3] = state = compress(head, data)
-            except BaseException as exc:
-                memo[3] = _AGAIN
-                pending.set_exception(exc)
+                state = compress(head, data)
+            except Exception:
+                # (out of memory, say): the list can always go as it is, to this request
+                # and to those waiting, not as a 500 to each of them
+                log.warning("compressing a list of %d bytes failed", len(data), exc_info=True)
+                state = _RAW
+            except BaseException:
+                memo[3] = _AGAIN  # this request was killed: the waiters go raw
+                pending.set(None)
                 raise
+            memo[3] = state
             pending.set(state)
         elif isinstance(state, gevent.event.AsyncResult):
             state = state.get()
@@ -335,7 +344,11 @@ class ListCache:
                     scope = memo[0]
                     gen = scope.gen
                     data = list_json(table, scope.ordered(), float(second + 1))
-                    compressed = compress(head, data)
+                    try:
+                        compressed = compress(head, data)
+                    except Exception:  # its askers compress it, or go raw (gzip())
+                        log.warning("preparing a list in gzip failed", exc_info=True)
+                        continue
                     if scope.gen == gen:
                         ready[key] = [scope, gen, data, compressed]
                 if int(time.time()) <= second:

@@ -6,9 +6,11 @@ import io
 import socket
 from typing import Any
 
+import gevent
 import pytest
+import requests
 
-from channelsd import gzipped
+from channelsd import gzipped, listing
 from channelsd.httpheaders import read_headers
 
 from conftest import Harness, token, wait_until
@@ -124,3 +126,57 @@ def test_a_huge_accept_encoding_is_not_parsed(
 def test_a_short_accept_encoding_still_takes_gzip() -> None:
     assert gzipped.accepts_gzip("gzip, deflate, br, zstd")
     assert not gzipped.accepts_gzip("gzip," * 1000)  # too long to read: raw
+
+
+# -- gzip: compressing fails (out of memory, a broken thread pool) ---------------------------
+# The answer can always go raw: a failed compression must not turn a list into a 500 for the
+# request that compressed it and every one that waited for it, nor kill the preparer.
+def _list(h: Harness, path: str = "/v2/channels") -> tuple[int, str | None, int]:
+    resp = requests.get(
+        h.api.base + path,
+        headers={"X-Auth-Token": token("super"), "Accept-Encoding": "gzip"},
+        timeout=HANG,
+    )
+    body = resp.json() if resp.status_code == 200 else {}
+    return resp.status_code, resp.headers.get("Content-Encoding"), len(body.get("data", ()))
+
+
+def test_a_failed_compression_answers_raw(
+    gzip_lists: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+
+    def failing(head: bytes, data: bytes) -> Any:
+        calls.append(len(data))
+        raise MemoryError("no room for the compressed list")
+
+    monkeypatch.setattr(listing, "compress", failing)
+    n = len(gzip_lists.table)
+    for _ in range(3):
+        assert _list(gzip_lists) == (200, None, n)
+    asked = gevent.joinall([gevent.spawn(_list, gzip_lists) for _ in range(6)], raise_error=True)
+    assert [g.value for g in asked] == [(200, None, n)] * 6
+    assert calls  # it was tried
+
+
+def test_a_failed_preparation_does_not_kill_the_preparer(
+    gzip_lists: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lists = gzip_lists.daemon.ctx.lists
+    real = listing.compress
+    tried: list[int] = []
+
+    def failing_in_preparer(head: bytes, data: bytes) -> Any:
+        if gevent.getcurrent() is lists._preparer:
+            tried.append(len(data))
+            raise MemoryError("no room for the next second's list")
+        return real(head, data)
+
+    monkeypatch.setattr(listing, "compress", failing_in_preparer)
+    wait_until(lambda: _list(gzip_lists)[1] == "gzip", what="a gzip answer")
+    preparer = lists._preparer
+    assert preparer is not None
+    wait_until(lambda: preparer.dead, timeout=HANG, what="the preparer's end (nobody asks)")
+    assert tried  # it tried to prepare the next second's list
+    assert preparer.exception is None  # and ended as nobody asked, not with a traceback
+    assert _list(gzip_lists)[0] == 200
