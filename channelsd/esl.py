@@ -231,6 +231,12 @@ class ESLConnection(InboundESL):
             if _FORBIDDEN_IN_COMMAND.intersection(data):
                 # Every caller validates its arguments; this is the last line of defence.
                 raise ValueError("refusing to send an ESL command containing a line break")
+        try:
+            # Before a reply is queued: one queued for a command never written would be
+            # handed the next command's reply, and every reply after would be one behind.
+            payload = "".join([t + "\n\n" for t in texts]).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("refusing to send an ESL command UTF-8 cannot hold") from None
         results = [gevent.event.AsyncResult() for _ in texts]
         with self._send_lock:
             # Checked under the lock: a writer ahead may have been blocked in sendall while the
@@ -238,7 +244,6 @@ class ESLConnection(InboundESL):
             if not self.connected or self.closed.is_set():
                 raise NotConnectedError()
             self._commands_sent.extend(results)
-            payload = "".join([t + "\n\n" for t in texts]).encode("utf-8")
             try:
                 # send, not sendall: gevent's sendall asks the kernel for the socket's buffer
                 # size (a system call) on every call; a command is one small write.

@@ -11,6 +11,7 @@ import pytest
 import requests
 
 from channelsd import gzipped, listing
+from channelsd.esl import ESLConnection
 from channelsd.httpheaders import read_headers
 
 from conftest import Harness, token, wait_until
@@ -164,19 +165,36 @@ def test_a_failed_preparation_does_not_kill_the_preparer(
 ) -> None:
     lists = gzip_lists.daemon.ctx.lists
     real = listing.compress
-    tried: list[int] = []
+    tried: list[Any] = []  # the preparer greenlets that were refused their compression
 
     def failing_in_preparer(head: bytes, data: bytes) -> Any:
         if gevent.getcurrent() is lists._preparer:
-            tried.append(len(data))
+            tried.append(gevent.getcurrent())
             raise MemoryError("no room for the next second's list")
         return real(head, data)
 
     monkeypatch.setattr(listing, "compress", failing_in_preparer)
-    wait_until(lambda: _list(gzip_lists)[1] == "gzip", what="a gzip answer")
-    preparer = lists._preparer
-    assert preparer is not None
+    # asked in gzip until the preparer tries (a second turning over may skip a round)
+    wait_until(lambda: _list(gzip_lists)[1] == "gzip" and tried, what="a preparation")
+    preparer = tried[0]
     wait_until(lambda: preparer.dead, timeout=HANG, what="the preparer's end (nobody asks)")
-    assert tried  # it tried to prepare the next second's list
-    assert preparer.exception is None  # and ended as nobody asked, not with a traceback
+    assert preparer.exception is None  # it ended as nobody asked, not with a traceback
     assert _list(gzip_lists)[0] == 200
+
+
+# -- ESL: a command that cannot be written must not be queued for a reply --------------------
+# _send_all queued the command's reply slot, then encoded it: a text UTF-8 cannot hold (a lone
+# surrogate) raised after the slot was queued, and every later command on the connection was
+# handed the reply of the one before it.
+def test_an_unencodable_command_is_refused_before_it_is_queued(switch: Any) -> None:
+    cmd = ESLConnection("127.0.0.1", switch.port, "ClueCon", timeout=2)
+    cmd.connect()
+    try:
+        with pytest.raises(ValueError):
+            cmd.api("uuid_exists \udc80")
+        for _ in range(2):  # each reply is its own command's
+            assert cmd.api("global_getvar core_uuid").strip() == switch.core_uuid
+            assert cmd.api("uuid_exists 00000000-0000-0000-0000-000000000000") == "false"
+        assert cmd.alive
+    finally:
+        cmd.goodbye()
