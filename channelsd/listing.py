@@ -257,6 +257,7 @@ class ListCache:
         self._next_second = -1
         self._hot: dict[int, tuple[ChannelTable, bytes]] = {}  # went out in gzip this second
         self._preparer: gevent.Greenlet | None = None
+        self._prepared = -1  # the second the preparer last built lists for
 
     def expire(self, now: float) -> None:
         """Drop the lists of a second that has passed (the daemon's tick calls this): the last
@@ -333,8 +334,12 @@ class ListCache:
         kept if their scope did not move meanwhile."""
         try:
             while self._hot:
-                second = int(time.time())
+                # Once a second: the round for `second + 1` done (by this greenlet or one
+                # before it), the next is the one after; still in `second`, the asks since
+                # would have it built again, and again, until the second ended.
+                second = max(int(time.time()), self._prepared)
                 gevent.sleep(max(0.0, second + 1 - PREPARE_LEAD - time.time()))
+                self._prepared = second + 1
                 hot, self._hot = self._hot, {}
                 ready: dict[int, list[Any]] = {}
                 for key, (table, head) in hot.items():

@@ -198,3 +198,29 @@ def test_an_unencodable_command_is_refused_before_it_is_queued(switch: Any) -> N
         assert cmd.alive
     finally:
         cmd.goodbye()
+
+
+# -- gzip: the preparer builds the next second's list once, not over and over ----------------
+# After preparing second s+1 at s.7, the loop found itself still in second s, slept 0 and, the
+# dashboards' asks having filled its queue again, built and compressed the same list for s+1
+# again, and again, until s ended: several builds of the system list a second, not one.
+def test_the_next_second_is_prepared_once_while_clients_poll(
+    gzip_lists: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    lists = gzip_lists.daemon.ctx.lists
+    real = listing.compress
+    prepared_in: list[int] = []  # the second in which the preparer compressed, per call
+
+    def counting(head: bytes, data: bytes) -> Any:
+        if gevent.getcurrent() is lists._preparer:
+            prepared_in.append(int(time.time()))
+        return real(head, data)
+
+    monkeypatch.setattr(listing, "compress", counting)
+    end = int(time.time()) + 3
+    while time.time() < end:  # a dashboard polling without pause
+        assert _list(gzip_lists)[0] == 200
+    assert prepared_in  # (it prepared)
+    assert len(prepared_in) == len(set(prepared_in)), prepared_in
