@@ -225,8 +225,6 @@ def create_app(ctx: ApiContext) -> Flask:
             ctx.metrics.http(route, request.method, resp.status_code, time.perf_counter() - g.began)
         return resp
 
-    # CORS headers go on every answer, errors included; added to the WSGI header list as
-    # it leaves, which costs nothing per header (werkzeug validates each one it is given).
     def crashed(rid: str | None, method: str, path: str) -> ApiError:
         # A bug: log it with the request id, answer in the envelope, never a traceback.
         log.exception("request_id=%s unhandled error on %s %s", rid, method, path)
@@ -235,6 +233,8 @@ def create_app(ctx: ApiContext) -> Flask:
     flask_wsgi = fast_lists(ctx, app.wsgi_app) if ctx.fast_lists else app.wsgi_app
     if ctx.fast_actions:
         flask_wsgi = fast_actions(ctx, flask_wsgi, crashed)
+    # CORS headers go on every answer, errors included; added to the WSGI header list as
+    # it leaves, which costs nothing per header (werkzeug validates each one it is given).
     cors = list(CORS_HEADERS.items())
     sockets = ctx.websockets
 

@@ -19,7 +19,6 @@ tests/test_fastactions.py checks that both answer alike.
 from __future__ import annotations
 
 import io
-import re
 import time
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
@@ -29,7 +28,7 @@ import orjson
 
 from channelsd import envelope, strictjson
 from channelsd.envelope import ApiError
-from channelsd.fastlists import ONE_CHANNEL
+from channelsd.fastlists import ONE_CHANNEL, ONE_PATH
 from channelsd.httpserver import YIELD_AFTER
 from channelsd.presented import header_token, truthy
 
@@ -39,8 +38,6 @@ if TYPE_CHECKING:
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 # (request id, method, path) -> the error to answer, the crash logged (the Flask app's own)
 Crashed = Callable[[str | None, str, str], ApiError]
-
-_ONE = re.compile(r"/v2/accounts/([^/]+)/channels/([^/]+)")
 
 
 class _Unreadable(io.RawIOBase):
@@ -69,7 +66,7 @@ def fast_actions(ctx: ApiContext, app: WSGIApp, crashed: Crashed) -> WSGIApp:
         path = get("PATH_INFO", "")
         if not path.isascii():
             return None  # werkzeug decodes non-ASCII paths its own way: leave those to it
-        m = _ONE.fullmatch(path)
+        m = ONE_PATH.fullmatch(path)
         if m is None:
             return None
         declared = get("CONTENT_LENGTH") or ""

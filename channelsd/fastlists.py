@@ -48,14 +48,15 @@ _ROUTES = tuple(
 
 
 ONE_CHANNEL = "/v2/accounts/<account_id>/channels/<uuid>"
-_ONE = re.compile(r"/v2/accounts/([^/]+)/channels/([^/]+)")
+# ONE_CHANNEL as a pattern on PATH_INFO (the POST actions in front of Flask use it too)
+ONE_PATH = re.compile(r"/v2/accounts/([^/]+)/channels/([^/]+)")
 
 
 def _route(path: str) -> tuple[str, tuple[str, ...]] | None:
     if not path.isascii():
         return None  # werkzeug decodes non-ASCII paths its own way: leave those to it
     if not path.endswith(("/channels", "/channels/")):
-        m = _ONE.fullmatch(path)
+        m = ONE_PATH.fullmatch(path)
         return (ONE_CHANNEL, m.groups()) if m is not None else None
     for rule, pattern in _ROUTES:
         m = pattern.fullmatch(path)

@@ -10,6 +10,7 @@ import gevent
 import orjson
 import pytest
 import requests
+from test_floods import raw_exchange
 
 from channelsd import gzipped, listing
 from channelsd.esl import ESLConnection
@@ -114,12 +115,7 @@ def test_a_huge_accept_encoding_is_not_parsed(
         b"X-Auth-Token: " + token("super").encode() + b"\r\n" + lines + b"\r\n"
     )
     for _ in range(2):  # the second is answered from the cache: gzip if it were read
-        host, port = gzip_lists.daemon.http_address
-        out = b""
-        with socket.create_connection((host, port), timeout=HANG) as s:
-            s.sendall(raw)
-            while data := s.recv(65536):
-                out += data
+        out = raw_exchange(gzip_lists.daemon.http_address, raw)
         head = out.split(b"\r\n\r\n", 1)[0].lower()
         assert head.startswith(b"http/1.1 200") and b"content-encoding" not in head
     assert parsed == [] or max(parsed) <= LONG_ACCEPT
@@ -266,12 +262,7 @@ def test_a_hostile_action_sends_nothing(
     lines += [b"%s: %s" % (k.encode(), v.encode()) for k, v in headers.items()]
     raw = b"\r\n".join(lines) + b"\r\n\r\n" + body
     mark = len(switch.received)
-    host, port = daemon.daemon.http_address
-    out = b""
-    with socket.create_connection((host, port), timeout=HANG) as s:
-        s.sendall(raw)
-        while data := s.recv(65536):
-            out += data
+    out = raw_exchange(daemon.daemon.http_address, raw)
     head, _, payload = out.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 %d " % status), head
     doc = orjson.loads(payload)
