@@ -206,12 +206,15 @@ def test_demo_calls_on_desktop_and_phone(page: Page) -> None:
         page.shot("02-demo-desktop")
 
         # The account selector narrows the board to one account, by its realm.
+        # The demo's traffic leaves an account without calls for seconds at a time
+        # (test_demo_traffic), hence the longer bounds where acme must have calls up.
         select = Select(page.find("#account-select"))
-        page.wait(lambda: any("acme" in o.text for o in select.options), "acme in the selector")
+        page.wait(lambda: any("acme" in o.text for o in select.options), "acme in the selector", 30)
         select.select_by_visible_text(next(o.text for o in select.options if "acme" in o.text))
         page.wait(
             lambda: {page.cells(u)["account"] for u in page.uuids()} == {"acme.demo.example"},
             "only acme's calls",
+            timeout=30,
         )
         # Sorting by caller: a real button in the header, aria-sort says the order.
         page.find('th[data-sort="caller"] button').click()
@@ -237,7 +240,7 @@ def test_demo_calls_on_desktop_and_phone(page: Page) -> None:
         page.wait(lambda: page.find("#login-token").is_displayed(), "signed out")
         page.login(tokens["admin"], tokens["acme"])
         page.wait_live()
-        page.wait(lambda: page.uuids(), "acme's calls for its admin")
+        page.wait(lambda: page.uuids(), "acme's calls for its admin", timeout=30)
         accounts = {page.cells(u)["account"] for u in page.uuids()}
         assert accounts == {"acme.demo.example"}
         # Only the expected probe refusal (the token is not superduper) reached the console.

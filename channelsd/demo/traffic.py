@@ -20,6 +20,7 @@ import itertools
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,6 +93,7 @@ class Traffic:
         for _ in range(self.target):
             self._place(self._draw(KINDS), answered=True)
         self.at(self.now + self.rng.uniform(1, 4), self._arrival)
+        self.at(self.now + self.rng.uniform(2, 4), self._refill)
         self.at(self.now + HEARTBEAT_SECONDS, self._heartbeat)
 
     def advance(self, seconds: float) -> None:
@@ -141,9 +143,17 @@ class Traffic:
         self._reap()
         return list(self.calls.values())
 
+    def _next_user(self) -> pbx.DemoUser:
+        """A phone of an account with the fewest calls up: a small PBX's accounts all show on
+        the board, where a plain draw leaves one off it for minutes."""
+        self._reap()
+        up = Counter(call.user.account for call in self.calls.values())
+        least = min(up[u.account] for u in self.users)
+        return self.rng.choice([u for u in self.users if up[u.account] == least])
+
     def _place(self, kind: str, answered: bool = False) -> None:
         rng = self.rng
-        user = rng.choice(self.users)
+        user = self._next_user()
         colleagues = self._colleagues(user)
         if kind == "internal" and not colleagues:
             kind = "outbound"
@@ -393,6 +403,15 @@ class Traffic:
         # Poisson arrivals aimed at ``target`` calls up (Little's law), leaning on the count
         gap = MEAN_CALL_SECONDS / self.target * min(3.0, max(0.3, (up + 1) / self.target))
         self.at(self.now + self.rng.expovariate(1 / gap), self._arrival)
+
+    def _refill(self) -> None:
+        """An account left with no call gets one within seconds, beside the arrivals (whose
+        gaps run to a minute), so the board never lacks an account for long."""
+        self._reap()
+        busy = {call.user.account for call in self.calls.values()}
+        if any(u.account not in busy for u in self.users) and len(self.calls) < 2 * self.target:
+            self._place(self._draw(KINDS) or "internal")
+        self.at(self.now + self.rng.uniform(2, 4), self._refill)
 
     def _heartbeat(self) -> None:
         self.switch.heartbeat()
