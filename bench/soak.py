@@ -92,6 +92,11 @@ BENCH = Path(__file__).resolve().parent
 FIXED_ACCOUNTS = 100
 ONE_OFF_SHARE = 0.2
 TRICKLE = 2.0  # calls/s while settling
+# At rest: the mean RSS of the last REST_WINDOW_S one-second samples no more than
+# REST_SLOPE_KIB below that of the window before; waited for at most SETTLE_MAX_S.
+REST_WINDOW_S = 12  # longer than the daemon's trim interval (memory.TRIM_EVERY, 10 s)
+REST_SLOPE_KIB = 256
+SETTLE_MAX_S = 120.0
 RSS_TOLERANCE_KIB = 5 * 1024
 MAX_BACKLOG = 4000  # frames the stand-in may hold queued before the churn waits
 
@@ -199,6 +204,7 @@ class Sampler:
     poll_lat: list[float] = field(default_factory=list)
     t0: float = field(default_factory=perf)
     running: bool = True
+    settled: dict[str, int] = field(default_factory=dict)  # phase -> seconds to come to rest
 
     def loop(self) -> None:
         http = bc.Http(self.d.http_port)
@@ -360,6 +366,7 @@ def run_daemon(plan: Plan, workdir: Path) -> dict[str, Any]:
         "after": after,
         "peak": max(peak, max(r["rss_kib"] for r in sampler.rows)),
         "churn_s": churn_s,
+        "settled": sampler.settled,
         "churn_cpu": churn_cpu,
         "calls_per_s": plan.calls / churn_s,
         "reconnects": reconnects,
@@ -377,17 +384,33 @@ def _pace(sw: StandinSwitch, started: int) -> None:
 
 
 def _settle(plan: Plan, sampler: Sampler, sw: StandinSwitch, calls: Calls, phase: str) -> int:
-    """One tombstone TTL (+2 s) of a trickle of calls, then the mean of 3 RSS samples."""
+    """One tombstone TTL (+2 s) of a trickle of calls, then, the trickle going on, until the
+    RSS stops falling: the mean of its last three one-second samples.
+
+    When the TTL is over the expired tombstones (tens of thousands after a burst) have just
+    been freed and the daemon gives the pages back at its next trim (every TRIM_EVERY s): a
+    sample taken at once lands anywhere on that slope, and after − before moved by several
+    MiB between runs of the same code. Both samples are taken the same way, at rest."""
     sampler.phase = phase
     end = perf() + plan.ttl + 2
     while perf() < end:
         calls.churn()
         gevent.sleep(1 / TRICKLE)
-    values = []
-    for _ in range(3):
-        gevent.sleep(1.0)
+    values: list[int] = []
+    deadline = perf() + SETTLE_MAX_S
+    w = REST_WINDOW_S
+    while True:
+        tick = perf() + 1.0
+        while perf() < tick:
+            calls.churn()
+            gevent.sleep(1 / TRICKLE)
         values.append(sampler.d.rss_kib())
-    return int(sum(values) / len(values))
+        if len(values) >= 2 * w:
+            recent, earlier = sum(values[-w:]) / w, sum(values[-2 * w : -w]) / w
+            if recent >= earlier - REST_SLOPE_KIB or perf() > deadline:
+                break
+    sampler.settled[phase] = len(values)
+    return int(sum(values[-3:]) / 3)
 
 
 def _subscribers(workdir: Path, port: int, path: str, n: int, k: int) -> subprocess.Popen:
@@ -712,8 +735,11 @@ def summary(
         f"level); `sync.tombstone_ttl` = {plan.ttl:g} s for the run; "
         f"{plan.pollers} clients polling an account list every second, {plan.subscribers} SSE "
         f"subscribers, {plan.reconnects} node reconnects. *Before* / *after*: one TTL + 2 s "
-        f"of a trickle ({TRICKLE:g} calls/s, same live set), then the mean of three RSS "
-        "samples. Command: `.venv/bin/python bench/soak.py`"
+        f"of a trickle ({TRICKLE:g} calls/s, same live set), then, the trickle going on, "
+        f"until the RSS is at rest (the mean of the last {REST_WINDOW_S} one-second samples "
+        f"less than {REST_SLOPE_KIB} KiB below that of the {REST_WINDOW_S} before, at most "
+        f"{SETTLE_MAX_S:g} s): the mean of the last three samples. Command: "
+        "`.venv/bin/python bench/soak.py`"
         + (" --quick" if plan.quick else "")
         + f"; files: {', '.join(f'`{x}`' for x in files)}"
         + (
@@ -734,6 +760,9 @@ def summary(
             f"| RSS before the churn (bounded stores full) | {daemon['before'] / 1024:.1f} MiB |",
             f"| RSS peak during the churn | {daemon['peak'] / 1024:.1f} MiB |",
             f"| RSS after the churn and one TTL | {daemon['after'] / 1024:.1f} MiB |",
+            "| seconds to come to rest after the TTL, before / after | "
+            f"{daemon['settled'].get('settle-before', 0)} / "
+            f"{daemon['settled'].get('settle-after', 0)} |",
             f"| after − before | {diff / 1024:+.1f} MiB |",
             f"| RSS trend over the churn's second half (least squares) | "
             f"{daemon['rss_slope'] / 1024:+.2f} MiB per 10,000 calls |",
