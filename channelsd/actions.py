@@ -710,16 +710,17 @@ class Actions:
         takeback = d.get("takeback_dtmf")
         takeback = f.req("takeback_dtmf", "takeback-key", takeback) if takeback else None
         timeout = d.get("timeout")
-        leg_timeout = (
-            [gate.check("variable", f"leg_timeout={int(timeout)}", f.name("timeout"))]
-            if timeout is not None
-            else None
-        )
         partner = self._partner(ch)
         ours, theirs = ("channel", ch), ("other_leg", partner)
         (tor_role, transferor), (tee_role, transferee) = (
             (ours, theirs) if leg == "self" else (theirs, ours)
         )
+        # The consultation leg att_xfer originates is the transferor's account's.
+        consult_vars = self._tenant_variables(transferor, tor_role)
+        if timeout is not None:
+            consult_vars.insert(
+                0, gate.check("variable", f"leg_timeout={int(timeout)}", f.name("timeout"))
+            )
         if not (transferor.answered and transferee.answered):
             raise _state_error("answered", "both legs must be answered for an attended transfer")
         dialstring = gate.fill(
@@ -733,7 +734,7 @@ class Actions:
         steps = [Command("uuid_setvar", tee, fixed("hold_music"), moh)]
         steps += self._takeback_keys(tor, takeback)
         # No leg word: att_xfer runs on the transferor and the transferee hears its hold_music.
-        app = compose("att-xfer-app", variables=leg_timeout, dialstring=dialstring)
+        app = compose("att-xfer-app", variables=consult_vars or None, dialstring=dialstring)
         steps.append(Command("uuid_broadcast", tor, app))
         state, other = transferor.call_state, transferor.other_leg
 
@@ -834,6 +835,22 @@ class Actions:
             },
         )
 
+    def _tenant_variables(self, ch: Channel, role: str = "channel") -> list[Checked]:
+        """What gives a leg the switch creates for an action on `ch` (the interceptor, the
+        listener, an attended transfer's consultation) the account and realm of `ch`: the
+        channel variables the identity mapping reads them from, as Kazoo's originates carry
+        the account's custom channel variables. Without them the leg has no account: listed
+        system-wide only, and out of reach of the tenant whose action made it."""
+        chains = dict(self.table.identity.chains)
+        found = []
+        for attr, kind in (("account_id", "account-id"), ("realm", "realm")):
+            name = next((h[9:] for h in chains.get(attr, ()) if h.startswith("variable_")), None)
+            if name is None or getattr(ch, attr) is None:
+                continue
+            value = _Fields.row(ch, attr, kind, role)
+            found.append(gate.check("variable", f"{name}={value.text}", f"{role}.{attr}"))
+        return found
+
     def _plan_intercept(self, ch: Channel, d: dict[str, Any], f: _Fields) -> Plan:
         self._alive(ch, "originate")
         app, survivor = self._intercept_app(ch, d)
@@ -847,6 +864,7 @@ class Actions:
         ]
         if d["auto_answer"]:
             variables.append(gate.check("variable", "sip_auto_answer=true", gate.DAEMON))
+        variables += self._tenant_variables(ch)
         # bgapi: ringing the interceptor can take as long as it likes; FreeSWITCH's +OK Job-UUID
         # says the originate is under way, its job's result (awaited job_wait seconds) whether
         # the switch could dial the interceptor at all, and the pickup is seen as a
@@ -1210,6 +1228,7 @@ class Actions:
         ]
         if d["auto_answer"]:
             variables.append(flag("sip_auto_answer", True))
+        variables += self._tenant_variables(ch)
         endpoint = self._target_endpoint(ch, d, f)
         # bgapi, as intercept: the target rings as long as it likes; +OK Job-UUID says the
         # originate is under way (its job's -ERR within job_wait, that it failed), and

@@ -16,6 +16,9 @@ ALICE = {
     "domain_name": "acc1.example",
 }
 BOB = {"account_id": "acc1", "owner_id": "user2", "authorizing_id": "dev2"}
+# What a leg the switch creates for an action on ALICE's channel inherits: her account and
+# realm, in the variables the default identity mapping reads (actions._tenant_variables).
+ALICE_IDENTITY = "ecallmgr_Account-ID=acc1,ecallmgr_Realm=acc1.example"
 
 
 class Call:
@@ -191,7 +194,7 @@ def test_attended_transfer_runs_att_xfer_on_the_transferor(call: Call) -> None:
     assert call.sent() == [
         f"api uuid_setvar {call.b} hold_music /srv/moh.wav",
         *attxfer_keys(call.a, cancel="9"),
-        f"api uuid_broadcast {call.a} att_xfer::loopback/2000/default",
+        f"api uuid_broadcast {call.a} att_xfer::{{{ALICE_IDENTITY}}}loopback/2000/default",
     ]
 
 
@@ -226,8 +229,8 @@ def test_intercept_originates_the_interceptor(call: Call) -> None:
     body = {"data": {"action": "intercept", "target_type": "number", "target_id": "1234"}}
     ok(call.post(call.p, body), 200, "intercept initiated")
     assert call.sent() == [
-        "bgapi originate {intercept_unbridged_only=true}loopback/1234/default"
-        f" &intercept({call.p})"
+        f"bgapi originate {{intercept_unbridged_only=true,{ALICE_IDENTITY}}}"
+        f"loopback/1234/default &intercept({call.p})"
     ]
 
 
@@ -246,8 +249,8 @@ def test_intercept_of_a_device_uses_the_channel_realm(call: Call) -> None:
     resp = call.post(call.a, body)
     assert resp.status_code == 502 and resp.json()["message"] == "-ERR CHAN_NOT_IMPLEMENTED"
     assert call.sent() == [
-        "bgapi originate {intercept_unbridged_only=false,sip_auto_answer=true}"
-        f"user/dev9@acc1.example &intercept({call.a})"
+        "bgapi originate {intercept_unbridged_only=false,sip_auto_answer=true,"
+        f"{ALICE_IDENTITY}}}user/dev9@acc1.example &intercept({call.a})"
     ]
 
 
@@ -338,7 +341,11 @@ MODULE_CASES = [
     (
         "intercept",
         {"target_type": "number", "target_id": "55"},
-        ["bgapi originate {{intercept_unbridged_only=true}}loopback/55/default &intercept({p})"],
+        [
+            "bgapi originate {{intercept_unbridged_only=true,"
+            + ALICE_IDENTITY
+            + "}}loopback/55/default &intercept({p})"
+        ],
     ),
     ("hold_control", {}, ["api uuid_hold toggle {p}"]),
     ("hold_control", {"action": "hold"}, ["api uuid_hold {p}"]),
@@ -719,7 +726,7 @@ def test_a_takeback_sequence_is_a_digit_binding_that_sends_the_cancel_key(
         *attxfer_keys(call.a, cancel="D"),
         f"api uuid_broadcast {call.a} 'bind_digit_action::channelsd_takeback,{keys},"
         f"api:uuid_recv_dtmf,{call.a} D' aleg",
-        f"api uuid_broadcast {call.a} att_xfer::loopback/2000/default",
+        f"api uuid_broadcast {call.a} att_xfer::{{{ALICE_IDENTITY}}}loopback/2000/default",
     ]
 
 
@@ -754,7 +761,7 @@ def test_kazoos_documented_transfer_example_is_an_attended_transfer(
         *attxfer_keys(call.a, cancel="D"),
         f"api uuid_broadcast {call.a} 'bind_digit_action::channelsd_takeback,*1,"
         f"api:uuid_recv_dtmf,{call.a} D' aleg",
-        f"api uuid_broadcast {call.a} att_xfer::loopback/2600/default",
+        f"api uuid_broadcast {call.a} att_xfer::{{{ALICE_IDENTITY}}}loopback/2600/default",
     ]
 
 
@@ -777,7 +784,8 @@ def test_an_attended_transfer_timeout_is_the_target_leg_timeout(call: Call) -> N
     body = {"data": {"action": "transfer", "target": "2000", "timeout": 20}}
     ok(call.post(call.a, body), 200, "transfer initiated")
     assert call.sent()[-1] == (
-        f"api uuid_broadcast {call.a} att_xfer::{{leg_timeout=20}}loopback/2000/default"
+        f"api uuid_broadcast {call.a} att_xfer::{{leg_timeout=20,{ALICE_IDENTITY}}}"
+        "loopback/2000/default"
     )
 
 

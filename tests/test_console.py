@@ -406,7 +406,8 @@ def test_listen_in_from_the_page(switch: Any, make_daemon: Any, page: Page) -> N
     sent = [c for _, c in switch.received if "&eavesdrop(" in c]
     assert sent == [
         "bgapi originate {eavesdrop_enable_dtmf=true,eavesdrop_whisper_aleg=true,"
-        f"eavesdrop_whisper_bleg=false}}loopback/9003/default &eavesdrop({a})"
+        "eavesdrop_whisper_bleg=false,ecallmgr_Account-ID=acc1,ecallmgr_Realm=acc1.example}"
+        f"loopback/9003/default &eavesdrop({a})"
     ]
     e = wait_until(lambda: next(iter(switch.model.eavesdrops.values()), None), what="listening")
     assert (e.target, e.mode) == (a, "whisper-peer")

@@ -150,3 +150,52 @@ def test_the_printed_pickup_line_works_as_printed() -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def _ringing(c: dict[str, Any]) -> bool:
+    return c["direction"] == "outbound" and not c["answered"] and bool(c.get("other_leg"))
+
+
+def _talking(c: dict[str, Any]) -> bool:
+    return c["answered"] and bool(c.get("other_leg")) and c["call_state"] == "ACTIVE"
+
+
+@pytest.mark.parametrize(
+    "pick, body",
+    [
+        (_ringing, {"action": "intercept", "target_type": "device", "target_id": "bob-device"}),
+        (_talking, {"action": "eavesdrop", "target_type": "user", "target_id": "alice-user"}),
+        (_talking, {"action": "transfer", "target": "1003", "takeback_dtmf": "*1"}),
+    ],
+    ids=["intercept", "eavesdrop", "attended-transfer"],
+)
+def test_the_legs_an_action_creates_belong_to_its_account(demo: Any, pick: Any, body: Any):
+    """A leg the switch creates for a tenant's action (the interceptor, the listener, the
+    transfer's consultation) carries the account of the channel acted on, as Kazoo's
+    originates carry the account's custom channel variables: the tenant sees it in its own
+    list and may act on it (hang up a listener left behind). Without them it had no account:
+    listed system-wide only, and 404 on every account's path, the superduper's included."""
+    h, traffic = demo
+    ch = find(h, traffic, lambda c: pick(c) and c["account_id"] == acme().account)
+    ids = {"bob-device": demo_users()[1].device_id, "alice-user": acme().user_id}
+    body = {k: ids.get(v, v) if isinstance(v, str) else v for k, v in body.items()}
+    before = {c["uuid"] for c in h.api.data("/v2/channels")}
+    resp = post(h, ch, body)
+    assert resp.status_code == 200, resp.text
+    # The traffic is not advanced meanwhile: every new channel is the action's.
+    new = wait_until(
+        lambda: [c for c in h.api.data("/v2/channels") if c["uuid"] not in before],
+        what="the legs the action created",
+    )
+    account = ch["account_id"]
+    assert {c.get("account_id") for c in new} == {account}, new
+    mine = {c["uuid"] for c in h.api.data(f"/v2/accounts/{account}/channels")}
+    assert {c["uuid"] for c in new} <= mine
+    leg = new[0]
+    resp = h.api.request(
+        "POST",
+        f"/v2/accounts/{account}/channels/{leg['uuid']}",
+        "super",
+        json={"data": {"action": "hangup"}},
+    )
+    assert resp.status_code == 200, resp.text

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 import pytest
-from test_actions import ALICE, Call, ok, refused
+from test_actions import ALICE, ALICE_IDENTITY, Call, ok, refused
 from test_standin import Client
 
 from channelsd import gate
@@ -61,7 +61,7 @@ def line(call: Call, uuid: str, dtmf: str, aleg: str, bleg: str, endpoint: str) 
     variables = (
         f"eavesdrop_enable_dtmf={dtmf},eavesdrop_whisper_aleg={aleg},eavesdrop_whisper_bleg={bleg}"
     )
-    return f"bgapi originate {{{variables}}}{endpoint} &eavesdrop({uuid})"
+    return f"bgapi originate {{{variables},{ALICE_IDENTITY}}}{endpoint} &eavesdrop({uuid})"
 
 
 def listener_of(call: Call, target: str) -> Any:
@@ -153,7 +153,7 @@ def test_a_device_is_dialled_through_the_intercept_templates(call: Call) -> None
     assert resp.status_code == 502 and resp.json()["message"] == "-ERR CHAN_NOT_IMPLEMENTED"
     endpoint = "user/dev9@acc1.example"  # [actions].intercept_endpoints.device, the row's realm
     expected = line(call, call.a, "false", "false", "false", endpoint)
-    assert call.sent() == [expected.replace("_bleg=false}", "_bleg=false,sip_auto_answer=true}")]
+    assert call.sent() == [expected.replace("_bleg=false,", "_bleg=false,sip_auto_answer=true,")]
 
 
 def test_listening_to_a_parked_channel_alone_is_allowed(call: Call, events: Any) -> None:

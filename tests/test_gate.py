@@ -285,6 +285,24 @@ ROW_CASES: list[tuple[str, dict[str, Any], str, str, str, str]] = [
         "account-id",
         "channel",
     ),
+    # The legs an action creates inherit the account and realm (actions._tenant_variables).
+    (
+        "intercept",
+        {"target_type": "device", "target_id": "1000"},
+        "p",
+        "account_id",
+        "account-id",
+        "channel",
+    ),
+    (
+        "eavesdrop",
+        {"target_type": "device", "target_id": "1000"},
+        "a",
+        "account_id",
+        "account-id",
+        "channel",
+    ),
+    ("transfer", ATTENDED, "a", "account_id", "account-id", "channel"),
     ("play", {"id": "/var/lib/media/acc1/x.wav"}, "a", "account_id", "account-id", "channel"),
     ("play", {"id": MEDIA_ID}, "a", "account_id", "account-id", "channel"),
 ]

@@ -130,7 +130,8 @@ The API:
   {base}/v2
   ws://{h}:{p}{cfg.websocket.path}   (Kazoo's websocket: call events for monster-ui)
 
-Live calls board in the browser (paste a token when asked):
+Live calls board in the browser (sign in with the superduper token alone, or with an admin
+or user token and its account id, printed beside it):
 
   {base}/console/
 
@@ -147,7 +148,8 @@ Try:
 
 Act on a call as an operator would (the stand-in rings every device, user or number target
 as a phone that answers at once). Take a channel's uuid from the lists above:
-  pick up a ringing phone (a leg with "answered": false) on {bob.name}'s device:
+  pick up a ringing phone (a leg with "direction": "outbound" and "answered": false, the
+  phone's side) on {bob.name}'s device:
     curl -s -X POST -H 'X-Auth-Token: {admin_token}' -H 'Content-Type: application/json' \\
          -d '{pickup}' \\
          '{acme_api}/<uuid>'

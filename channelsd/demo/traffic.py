@@ -91,7 +91,7 @@ class Traffic:
             return
         self.started = True
         for _ in range(self.target):
-            self._place(self._draw(KINDS), answered=True)
+            self._place(self._draw(KINDS), answered=True, user=self._least_busy_user())
         self.at(self.now + self.rng.uniform(1, 4), self._arrival)
         self.at(self.now + self.rng.uniform(2, 4), self._refill)
         self.at(self.now + HEARTBEAT_SECONDS, self._heartbeat)
@@ -143,17 +143,17 @@ class Traffic:
         self._reap()
         return list(self.calls.values())
 
-    def _next_user(self) -> pbx.DemoUser:
-        """A phone of an account with the fewest calls up: a small PBX's accounts all show on
-        the board, where a plain draw leaves one off it for minutes."""
+    def _least_busy_user(self) -> pbx.DemoUser:
+        """A phone of an account with the fewest calls up (the first calls, and the refill of
+        an account left with none)."""
         self._reap()
         up = Counter(call.user.account for call in self.calls.values())
         least = min(up[u.account] for u in self.users)
         return self.rng.choice([u for u in self.users if up[u.account] == least])
 
-    def _place(self, kind: str, answered: bool = False) -> None:
+    def _place(self, kind: str, answered: bool = False, user: pbx.DemoUser | None = None) -> None:
         rng = self.rng
-        user = self._next_user()
+        user = user or rng.choice(self.users)
         colleagues = self._colleagues(user)
         if kind == "internal" and not colleagues:
             kind = "outbound"
@@ -406,11 +406,13 @@ class Traffic:
 
     def _refill(self) -> None:
         """An account left with no call gets one within seconds, beside the arrivals (whose
-        gaps run to a minute), so the board never lacks an account for long."""
+        gaps run to a minute), so the board never lacks an account for long. The arrivals
+        themselves go to any phone: sent to the least busy account, they all went to one whose
+        calls an operator kept hanging up, and the other accounts' calls died out."""
         self._reap()
         busy = {call.user.account for call in self.calls.values()}
         if any(u.account not in busy for u in self.users) and len(self.calls) < 2 * self.target:
-            self._place(self._draw(KINDS) or "internal")
+            self._place(self._draw(KINDS) or "internal", user=self._least_busy_user())
         self.at(self.now + self.rng.uniform(2, 4), self._refill)
 
     def _heartbeat(self) -> None:
