@@ -847,6 +847,9 @@ class Actions:
             name = next((h[9:] for h in chains.get(attr, ()) if h.startswith("variable_")), None)
             if name is None or getattr(ch, attr) is None:
                 continue
+            # A chain may name a variable no originate can set (`variable__x`, `variable_1x`):
+            # that is the configuration's fault, not the channel's, and is named so.
+            gate.check("variable", f"{name}=0", f"config.identity.{attr}")
             value = _Fields.row(ch, attr, kind, role)
             found.append(gate.check("variable", f"{name}={value.text}", f"{role}.{attr}"))
         return found

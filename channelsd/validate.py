@@ -66,8 +66,9 @@ _FILE_PATH = re.compile(r"/[A-Za-z0-9_.@:+/-]{1,255}")
 # What channel variables FreeSWITCH is given in an originate `{…}` block (name=value): the
 # daemon's own flags, and the identity a created leg inherits (ecallmgr_Account-ID=<account
 # id>, ecallmgr_Realm=<realm>). Nothing that ends a value or the block: no `,` `}` `'` `"`
-# space or `^`.
-_VARIABLE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}=[A-Za-z0-9_.-]{1,64}")
+# space or `^`. A value as long as a realm may be (253): a shorter bound refused every action
+# that creates a leg on a channel of a longer, valid realm.
+_VARIABLE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}=[A-Za-z0-9_.-]{1,253}")
 # A Kazoo media id (the documented transfer example's "moh": "media_id").
 _MEDIA_ID = re.compile(r"[0-9a-f]{32}")
 # A Q.850 cause number, ASCII digits only: `isdigit()` also accepts ² and ١٧.
