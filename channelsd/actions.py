@@ -715,8 +715,10 @@ class Actions:
         (tor_role, transferor), (tee_role, transferee) = (
             (ours, theirs) if leg == "self" else (theirs, ours)
         )
-        # The consultation leg att_xfer originates is the transferor's account's.
-        consult_vars = self._tenant_variables(transferor, tor_role)
+        # The consultation leg att_xfer originates is the account's whose channel was acted on
+        # (the tenant that asked, whose context it dials), even when the peer transfers: given
+        # the transferor's, a tenant placed calls counted as another account's.
+        consult_vars = self._tenant_variables(ch)
         if timeout is not None:
             consult_vars.insert(
                 0, gate.check("variable", f"leg_timeout={int(timeout)}", f.name("timeout"))
@@ -1111,7 +1113,9 @@ class Actions:
         variables = []
         for key in ("record_min_sec", "record_sample_rate"):
             if d.get(key) is not None:
-                variables.append(gate.check("variable", f"{key}={d[key]}", f.name(key)))
+                # integral by the schema (an integer, or a member of an enum of integers, which
+                # JSON 8000.0 also matches): the line says 8000, never 8000.0
+                variables.append(gate.check("variable", f"{key}={int(d[key])}", f.name(key)))
         for key, var in _RECORD_START_FLAGS:
             if d.get(key):
                 variables.append(gate.check("variable", f"{var}=true", f.name(key)))

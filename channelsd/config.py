@@ -449,6 +449,23 @@ def service_warnings(cfg: Config) -> list[str]:
                 f"{cfg.path}: kazoo.crossbar_url: plain http to another host: the tokens "
                 "channelsd asks about cross the network in clear (use https)"
             )
+    for attr in ("account_id", "realm"):
+        # The legs an action creates inherit the acted-on channel's account through the first
+        # channel variable of the chain (channelsd.actions._tenant_variables).
+        chain = cfg.identity.chains.get(attr, ())
+        first = next((h[9:] for h in chain if h.startswith("variable_")), None)
+        if first is None or not KINDS["variable"](f"{first}=x"):
+            warnings.append(
+                f"{cfg.path}: identity.{attr}: "
+                + (
+                    "no channel variable (variable_…) in the chain: legs created by intercept, "
+                    "eavesdrop and attended transfer get no " + attr + " (listed system-wide only)"
+                    if first is None
+                    else f"variable_{first} cannot be set by an originate: intercept, eavesdrop "
+                    "and attended transfer are refused (name it with a letter first, then "
+                    "letters, digits, _ and -)"
+                )
+            )
     for i, node in enumerate(cfg.nodes):
         if node.password == FREESWITCH_DEFAULT_PASSWORD:
             warnings.append(

@@ -158,6 +158,29 @@ def test_check_warns_about_what_would_surprise(tmp_path: Path) -> None:
     assert proc.returncode == 0 and proc.stderr == ""
 
 
+@pytest.mark.parametrize(
+    ("chain", "expected"),
+    [
+        ('["Caller-Context"]', "identity.account_id: no channel variable (variable_…) in"),
+        ('["variable__acct"]', "identity.account_id: variable__acct cannot be set by an"),
+    ],
+)
+def test_check_warns_when_created_legs_cannot_inherit_the_account(
+    tmp_path: Path, chain: str, expected: str
+) -> None:
+    """An identity chain read fine from events may give no variable an originate can set:
+    the legs an action creates would be account-less, or the action refused. Said at start."""
+    path = tmp_path / "c.toml"
+    path.write_text(
+        VALID_NODE
+        + f'[[tokens]]\nsha256 = "{"0" * 64}"\naccount_id = "a"\nrole = "admin"\n'
+        + f"[identity]\naccount_id = {chain}\n"
+    )
+    proc = run_cli("check", "-c", str(path))
+    assert proc.returncode == 0 and expected in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
 def test_run_logs_the_same_warnings(tmp_path: Path) -> None:
     import signal
     import time

@@ -137,6 +137,10 @@ def test_a_metaflow_can_start_and_stop_in_one_go(bed: Bed) -> None:
     [
         ({"record_min_sec": 30}, "0 {record_min_sec=30}", {"record_min_sec": "30"}),
         ({"record_sample_rate": 16000}, "0 {record_sample_rate=16000}", None),
+        # JSON 8000.0 is the enum's 8000; the line says 8000 (the variable kind now allows a
+        # dot, for realms, so the value's form is the daemon's to fix).
+        ({"record_sample_rate": 8000.0}, "0 {record_sample_rate=8000}", None),
+        ({"record_min_sec": 30.0}, "0 {record_min_sec=30}", {"record_min_sec": "30"}),
         ({"record_on_answer": True}, "0 {record_answer_req=true}", None),
         ({"record_on_bridge": True}, "0 {record_bridge_req=true}", None),
         ({"record_on_answer": False}, "", {}),
