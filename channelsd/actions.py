@@ -37,7 +37,7 @@ import gevent
 
 from channelsd import envelope, gate, policy
 from channelsd.channel import Channel
-from channelsd.config import ActionsConfig
+from channelsd.config import ActionsConfig, leg_variable
 from channelsd.envelope import ApiError
 from channelsd.esl import CommandTimeout
 from channelsd.gate import Checked, Command, Refusal, Value, compose, fixed
@@ -846,7 +846,7 @@ class Actions:
         chains = dict(self.table.identity.chains)
         found = []
         for attr, kind in (("account_id", "account-id"), ("realm", "realm")):
-            name = next((h[9:] for h in chains.get(attr, ()) if h.startswith("variable_")), None)
+            name = leg_variable(chains.get(attr, ()))
             if name is None or getattr(ch, attr) is None:
                 continue
             # A chain may name a variable no originate can set (`variable__x`, `variable_1x`):

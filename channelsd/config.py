@@ -427,6 +427,13 @@ def _actions(section: dict[str, Any], path: str) -> ActionsConfig:
     return cfg
 
 
+def leg_variable(chain: tuple[str, ...]) -> str | None:
+    """The channel variable a created leg is given a field through (`ecallmgr_Account-ID`):
+    the first `variable_*` header of the field's identity chain, which the table then reads
+    back from the leg's events (channelsd.actions._tenant_variables)."""
+    return next((h[len("variable_") :] for h in chain if h.startswith("variable_")), None)
+
+
 def service_warnings(cfg: Config) -> list[str]:
     """What `channelsd run` needs beyond a valid file: ConfigError when it cannot serve,
     warnings for what would work but surprise. `check` and `run` both use it, so a file
@@ -450,21 +457,18 @@ def service_warnings(cfg: Config) -> list[str]:
                 "channelsd asks about cross the network in clear (use https)"
             )
     for attr in ("account_id", "realm"):
-        # The legs an action creates inherit the acted-on channel's account through the first
-        # channel variable of the chain (channelsd.actions._tenant_variables).
-        chain = cfg.identity.chains.get(attr, ())
-        first = next((h[9:] for h in chain if h.startswith("variable_")), None)
-        if first is None or not KINDS["variable"](f"{first}=x"):
+        name = leg_variable(cfg.identity.chains.get(attr, ()))
+        if name is None:
             warnings.append(
-                f"{cfg.path}: identity.{attr}: "
-                + (
-                    "no channel variable (variable_…) in the chain: legs created by intercept, "
-                    "eavesdrop and attended transfer get no " + attr + " (listed system-wide only)"
-                    if first is None
-                    else f"variable_{first} cannot be set by an originate: intercept, eavesdrop "
-                    "and attended transfer are refused (name it with a letter first, then "
-                    "letters, digits, _ and -)"
-                )
+                f"{cfg.path}: identity.{attr}: no channel variable (variable_…) in the chain: "
+                f"legs created by intercept, eavesdrop and attended transfer get no {attr} "
+                "(listed system-wide only)"
+            )
+        elif not KINDS["variable"](f"{name}=x"):
+            warnings.append(
+                f"{cfg.path}: identity.{attr}: variable_{name} cannot be set by an originate: "
+                "intercept, eavesdrop and attended transfer are refused (name it with a letter "
+                "first, then letters, digits, _ and -)"
             )
     for i, node in enumerate(cfg.nodes):
         if node.password == FREESWITCH_DEFAULT_PASSWORD:
