@@ -22,10 +22,10 @@ ALICE_IDENTITY = "ecallmgr_Account-ID=acc1,ecallmgr_Realm=acc1.example"
 
 
 class Call:
-    def __init__(self, h: Any, switch: Any) -> None:
+    def __init__(self, h: Any, switch: Any, alice: dict[str, str] = ALICE) -> None:
         self.h, self.switch = h, switch
-        self.a, self.b = switch.bridged_call(variables_a=ALICE, variables_b=BOB)
-        self.p, self.p_twin = switch.originate(dest="9003", variables=ALICE)  # parked, unbridged
+        self.a, self.b = switch.bridged_call(variables_a=alice, variables_b=BOB)
+        self.p, self.p_twin = switch.originate(dest="9003", variables=alice)  # parked, unbridged
         wait_until(lambda: all(h.table.get(u) for u in (self.a, self.b, self.p, self.p_twin)))
         wait_until(lambda: h.table.get(self.a).other_leg == self.b)
         self.mark = len(switch.received)

@@ -7,7 +7,7 @@ import urllib.parse
 from typing import Any
 
 import pytest
-from test_actions import ALICE, BOB, Call
+from test_actions import ALICE, Call
 
 from channelsd.config import ConfigError, parse
 
@@ -32,19 +32,6 @@ def sent_since(switch: Any, mark: int) -> list[str]:
     return [c for _, c in switch.received[mark:] if c.startswith(("api uuid_", "bgapi"))]
 
 
-class RealmCall(Call):
-    """test_actions.Call with the channels' realm chosen."""
-
-    def __init__(self, h: Any, switch: Any, realm: str) -> None:
-        alice = {**ALICE, "domain_name": realm}
-        self.h, self.switch = h, switch
-        self.a, self.b = switch.bridged_call(variables_a=alice, variables_b=BOB)
-        self.p, self.p_twin = switch.originate(dest="9003", variables=alice)
-        wait_until(lambda: all(h.table.get(u) for u in (self.a, self.b, self.p, self.p_twin)))
-        wait_until(lambda: h.table.get(self.a).other_leg == self.b)
-        self.mark = len(switch.received)
-
-
 @pytest.fixture
 def call(switch: Any, make_daemon: Any) -> Call:
     h = make_daemon([switch], sync={"command_timeout": 1}, actions=POLICY)
@@ -54,7 +41,7 @@ def call(switch: Any, make_daemon: Any) -> Call:
 @pytest.fixture
 def long_realm(switch: Any, make_daemon: Any) -> Call:
     h = make_daemon([switch], sync={"command_timeout": 1}, actions=POLICY)
-    return RealmCall(h, switch, LONG_REALM)
+    return Call(h, switch, {**ALICE, "domain_name": LONG_REALM})
 
 
 @pytest.mark.parametrize(("leg", "data"), ACTIONS, ids=ACTION_IDS)

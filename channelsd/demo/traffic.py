@@ -91,7 +91,9 @@ class Traffic:
             return
         self.started = True
         for _ in range(self.target):
-            self._place(self._draw(KINDS), answered=True, user=self._least_busy_user())
+            self._place(
+                self._draw(KINDS), answered=True, user=self.rng.choice(self._least_busy()[1])
+            )
         self.at(self.now + self.rng.uniform(1, 4), self._arrival)
         self.at(self.now + self.rng.uniform(2, 4), self._refill)
         self.at(self.now + HEARTBEAT_SECONDS, self._heartbeat)
@@ -143,13 +145,12 @@ class Traffic:
         self._reap()
         return list(self.calls.values())
 
-    def _least_busy_user(self) -> pbx.DemoUser:
-        """A phone of an account with the fewest calls up (the first calls, and the refill of
-        an account left with none)."""
-        self._reap()
+    def _least_busy(self) -> tuple[int, list[pbx.DemoUser]]:
+        """The fewest calls any account has up, and the phones of the accounts that have as
+        few (for the first calls, and the refill of an account left with none)."""
         up = Counter(call.user.account for call in self.calls.values())
         least = min(up[u.account] for u in self.users)
-        return self.rng.choice([u for u in self.users if up[u.account] == least])
+        return least, [u for u in self.users if up[u.account] == least]
 
     def _place(self, kind: str, answered: bool = False, user: pbx.DemoUser | None = None) -> None:
         rng = self.rng
@@ -410,9 +411,9 @@ class Traffic:
         themselves go to any phone: sent to the least busy account, they all went to one whose
         calls an operator kept hanging up, and the other accounts' calls died out."""
         self._reap()
-        busy = {call.user.account for call in self.calls.values()}
-        if any(u.account not in busy for u in self.users) and len(self.calls) < 2 * self.target:
-            self._place(self._draw(KINDS) or "internal", user=self._least_busy_user())
+        least, idle = self._least_busy()
+        if least == 0 and len(self.calls) < 2 * self.target:
+            self._place(self._draw(KINDS) or "internal", user=self.rng.choice(idle))
         self.at(self.now + self.rng.uniform(2, 4), self._refill)
 
     def _heartbeat(self) -> None:
