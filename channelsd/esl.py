@@ -34,6 +34,7 @@ import gevent.event
 import gevent.lock
 from greenswitch.esl import InboundESL, NotConnectedError
 
+from channelsd import turns
 from channelsd.events import EventParseError, parse_json, parse_plain
 
 log = logging.getLogger("channelsd.esl")
@@ -343,6 +344,7 @@ class ESLConnection(InboundESL):
                 if not data:
                     return  # EOF
                 self.last_rx = time.monotonic()  # liveness: bytes arrived, whatever they hold
+                turns.begin()
                 if pos < len(buf):
                     buf = buf[pos:] + data
                     scan = len(buf) - len(data) - 1  # the blank line may span both reads
@@ -540,8 +542,8 @@ _EVENT_TYPES = frozenset({"text/event-json", "text/event-plain"})
 
 
 def _pause() -> None:
-    """Let the hub run (a function, so that tests can count the visits)."""
-    gevent.sleep(0)
+    """Let the hub poll its sockets and run (a function, so that tests can count the visits)."""
+    turns.pause()
 
 
 def _checked_length(text: str | bytes) -> int:

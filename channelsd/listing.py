@@ -53,7 +53,8 @@ _last_visit = 0.0
 
 
 def _pause() -> None:
-    """Let the hub run (a function, so that tests can count the visits)."""
+    """Let the hub run (a function, so that tests can count the visits). A request's work:
+    it runs again before the bulk work that pauses with channelsd.turns."""
     gevent.sleep(0)
 
 

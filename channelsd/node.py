@@ -19,11 +19,11 @@ from typing import Any
 import gevent
 import gevent.event
 
+from channelsd import turns
 from channelsd.config import NodeConfig, SyncConfig
 from channelsd.esl import ConnectionLost, ESLConnection, ESLError
 from channelsd.events import EventParseError, parse_json
 from channelsd.jobs import JobResults
-from channelsd.listing import pace
 from channelsd.metrics import Metrics
 from channelsd.showchannels import ListingError, listed_uuids
 from channelsd.table import ChannelTable
@@ -463,10 +463,9 @@ class NodeLink:
         for uuid, was_known in batch:
             # The answers of a batch are usually all there: without a visit to the hub the
             # whole reconcile would run in one go (500 channels, ~50 ms; 20 nodes' worth held
-            # API requests for 250 ms in the blip benchmark). After each answer, not each
-            # PACE_BUDGET: twenty nodes' reconciles taking 2 ms turns each still held the
-            # hub's I/O for 40 ms a round (API p99 55-215 ms).
-            pace(0.0)
+            # API requests for 250 ms in the blip benchmark). A turn after each answer, which
+            # waits for the hub's next poll once this loop iteration's bulk budget is spent.
+            turns.pause()
             try:
                 body = next(replies).raw
             except ESLError as exc:

@@ -20,7 +20,7 @@ import json
 import re
 from collections.abc import Generator
 
-from channelsd.listing import pace
+from channelsd import turns
 
 _decoder = json.JSONDecoder()
 _SPACE = " \t\r\n"
@@ -45,7 +45,7 @@ def listed_uuids(body: bytes) -> set[str]:
             uuid = row.get("uuid") if isinstance(row, dict) else None
             if isinstance(uuid, str):
                 uuids.add(uuid)
-            pace()
+            turns.pace()
     except (ValueError, IndexError, RecursionError) as exc:
         raise ListingError(f"show channels answered malformed JSON: {exc}") from None
     return uuids

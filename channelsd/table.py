@@ -16,6 +16,7 @@ tests/fixtures/captures/README.md):
 from __future__ import annotations
 
 import time
+from bisect import bisect_left, insort
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from sys import intern
@@ -201,32 +202,66 @@ class Identity:
 class Scope(dict[Key, Channel]):
     """The channels of one list (all, an account, an owner, a device) by key, their list
     order once asked for, and a generation that every change to the list's answer bumps:
-    a member joining, leaving or changing, or its node going stale."""
+    a member joining, leaving or changing, or its node going stale.
+
+    The order, once sorted, is kept in step with the members (a binary search and a move of
+    pointers for each): sorting 10,000 channels again took 16-28 ms of the hub for every
+    system list asked while calls came and went."""
 
     __slots__ = ("order", "gen")
 
     def __init__(self) -> None:
         super().__init__()
-        self.order: tuple[Channel, ...] | None = None
+        self.order: list[Channel] | None = None
         self.gen = 0
 
     def add(self, key: Key, ch: Channel) -> None:
-        if self.get(key) is not ch:
+        old = self.get(key)
+        if old is not ch:
             self[key] = ch
-            self.order = None
             self.gen += 1
+            if self.order is not None:
+                if old is not None:
+                    self._drop(old, old.sort_key())
+                self.place(ch)
 
     def discard(self, key: Key) -> Channel | None:
         ch = self.pop(key, None)
         if ch is not None:
-            self.order = None
             self.gen += 1
+            if self.order is not None:
+                self._drop(ch, ch.sort_key())
         return ch
 
+    def unplace(self, ch: Channel) -> bool:
+        """Take a member out of the kept order before its sort key changes; place() puts it
+        back. False when there is no order to keep (or the channel is not a member)."""
+        if self.order is None or self.get(ch.key) is not ch:
+            return False
+        self._drop(ch, ch.sort_key())
+        return self.order is not None
+
+    def place(self, ch: Channel) -> None:
+        if self.order is not None:
+            insort(self.order, ch, key=Channel.sort_key)
+
+    def _drop(self, ch: Channel, at: tuple[int, str]) -> None:
+        order = self.order
+        assert order is not None
+        i = bisect_left(order, at, key=Channel.sort_key)
+        n = len(order)
+        # (one uuid on two nodes: two members with one key)
+        while i < n and order[i] is not ch and order[i].sort_key() == at:
+            i += 1
+        if i < n and order[i] is ch:
+            del order[i]
+        else:  # not where its key says: sorted afresh when next asked
+            self.order = None
+
     def ordered(self) -> list[Channel]:
-        """Oldest first, then by uuid; sorted again only after the set changed."""
+        """Oldest first, then by uuid."""
         if self.order is None:
-            self.order = tuple(sorted(self.values(), key=Channel.sort_key))
+            self.order = sorted(self.values(), key=Channel.sort_key)
         return list(self.order)
 
 
@@ -473,6 +508,16 @@ class ChannelTable:
             have = {k: dict(v) for k, v in index.items()}
             if have != want:
                 found.append(f"the {name} index differs from the rows")
+        for scope in (self._rows, *self._by_account.values(), *self._by_owner.values()):
+            if scope.order is not None and scope.order != sorted(
+                scope.values(), key=Channel.sort_key
+            ):
+                found.append("a kept list order differs from its members sorted")
+        for scope in self._by_device.values():
+            if scope.order is not None and scope.order != sorted(
+                scope.values(), key=Channel.sort_key
+            ):
+                found.append("a kept list order differs from its members sorted")
         for key, ch in self._json_kept.items():
             if rows.get(key) is not ch:
                 found.append(f"the JSON cache keeps {key}, which is not a live row")
@@ -980,8 +1025,11 @@ class ChannelTable:
         ch.created_known = True
         if created == ch.created_us:
             return False
+        # Out of the kept orders while its key changes: a search in an order must not meet it.
+        moving = [scope for scope in self._scopes_of(ch) if scope.unplace(ch)]
         ch.created_us = created
-        self._reorder(ch)
+        for scope in moving:
+            scope.place(ch)
         return True
 
     def _moved_on(self, ch: Channel, e: Event) -> bool:
@@ -1011,11 +1059,6 @@ class ChannelTable:
             for listener in self._on_change:
                 listener("update", ch, name)
         return True
-
-    def _reorder(self, ch: Channel) -> None:
-        """The channel's creation time changed: the lists it is in must be sorted again."""
-        for scope in self._scopes_of(ch):
-            scope.order = None
 
     def _unindex(self, ch: Channel, keys: tuple[str | None, str | None, str | None]) -> None:
         account, owner, device = keys

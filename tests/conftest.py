@@ -84,16 +84,17 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "
         gevent.sleep(0.01)
 
 
-def count_pauses(monkeypatch: pytest.MonkeyPatch, module: Any) -> list[int]:
-    """Wrap `module._pause` (its visit to the hub) so each visit appends to the returned list."""
+def count_pauses(monkeypatch: pytest.MonkeyPatch, module: Any, name: str = "_pause") -> list[int]:
+    """Wrap `module._pause` (its visit to the hub; channelsd.turns: `pause`) so each visit
+    appends to the returned list."""
     visits: list[int] = []
-    pause = module._pause
+    pause = getattr(module, name)
 
     def counting() -> None:
         visits.append(1)
         pause()
 
-    monkeypatch.setattr(module, "_pause", counting)
+    monkeypatch.setattr(module, name, counting)
     return visits
 
 

@@ -286,6 +286,16 @@ class TableModel(RuleBasedStateMachine):
                 dest="9003", variables={"origination_uuid": twin, "account_id": "acc1"}
             )
 
+    @rule()
+    @journaled
+    def portal_lists(self) -> None:
+        """Lists asked now keep their order, which every later event must keep in step
+        (indices_agree compares each kept order with its members sorted)."""
+        if self.daemon is not None:
+            self.table.all()
+            for account in ACCOUNTS:
+                self.table.by_account(account)
+
     # -- faults ------------------------------------------------------------------------------
 
     @rule(i=st.integers(0, 1), how=st.sampled_from(["plain", "mid-frame", "mid-reconcile"]))

@@ -163,16 +163,15 @@ def test_a_reconcile_lets_the_hub_run_between_the_answers_it_applies(
 ) -> None:
     """A batch's uuid_dump answers usually arrive together: applied without a visit to the hub,
     a node's whole reconcile ran in one go and held API requests (250 ms with 20 nodes)."""
-    from channelsd import listing, showchannels
+    from channelsd import turns
 
     from conftest import count_pauses
 
     for _ in range(40):
         switch.originate(dest="9000", variables={"account_id": "acc1"})
     h = make_daemon([switch])
-    monkeypatch.setattr(listing, "PACE_BUDGET", 0.0)
-    monkeypatch.setattr(showchannels, "pace", lambda: None)  # the listing's visits not counted
-    visits = count_pauses(monkeypatch, listing)
+    monkeypatch.setattr(turns, "pace", lambda: None)  # the listing's visits not counted
+    visits = count_pauses(monkeypatch, turns, "pause")
     node = h.node()
     node._unverified = True  # as after a reconnect: every row is asked about again
     node._subscribed_at = h.table.now() + 1

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from channelsd import listing
+from channelsd import turns
 from channelsd.showchannels import ListingError, listed_uuids
 
 from conftest import count_pauses
@@ -143,7 +143,7 @@ def test_the_peak_is_near_the_answers_size_not_every_row_at_once() -> None:
 
 def test_the_hub_is_visited_between_rows(monkeypatch: pytest.MonkeyPatch) -> None:
     body, uuids = _big_listing(300)
-    monkeypatch.setattr(listing, "PACE_BUDGET", 0.0)
-    visits = count_pauses(monkeypatch, listing)
+    monkeypatch.setattr(turns, "TURN", 0.0)
+    visits = count_pauses(monkeypatch, turns, "pause")
     assert listed_uuids(body) == uuids
     assert len(visits) >= 300
