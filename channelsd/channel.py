@@ -231,8 +231,10 @@ class Channel:
         """Creation time in Gregorian seconds, as Kazoo reports it."""
         return self.created_us // 1_000_000 + GREGORIAN_OFFSET
 
-    def sort_key(self) -> tuple[int, str]:
-        return (self.created_us // 1_000_000, self.uuid)
+    def sort_key(self) -> tuple[int, str, str]:
+        # The node last: one uuid on two nodes (a dialplan's origination_uuid) is two rows,
+        # and a kept list order needs a place for each that a search can find again.
+        return (self.created_us // 1_000_000, self.uuid, self.node)
 
     def to_item(self, now: float, stale: bool) -> dict[str, Any]:
         """The list item of spec §2: unknown values omitted, booleans always present."""

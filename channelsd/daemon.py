@@ -23,7 +23,6 @@ from channelsd.blackhole.hub import Hub
 from channelsd.blackhole.service import Websockets
 from channelsd.config import Config, ConfigError
 from channelsd.ended import EndedCalls
-from channelsd.gcpacing import GcPacer
 from channelsd.health import LoopMonitor, SystemdNotifier, readiness
 from channelsd.httpserver import HttpServer, connection_budget
 from channelsd.kazoo_accounts import KazooAccounts
@@ -116,8 +115,6 @@ class Daemon:
         self._stopped = gevent.event.Event()
         self._last_status = 0.0
         self.trimmer = Trimmer()  # freed memory back to the system, off the hub
-        # Taken over by `channelsd run` only (gc.freeze and thresholds are the process's).
-        self.gc = GcPacer(on_full=self._full_collection)
 
     def _ended_calls(self, config: Config) -> EndedCalls:
         ended = EndedCalls(config.ended_calls_minutes * 60, config.ended_calls_max)
@@ -218,15 +215,10 @@ class Daemon:
         self.notifier.watchdog()
         self._let_go()
         self.trimmer.tick()
-        self.gc.tick()
         now = time.monotonic()
         if now - self._last_status >= STATUS_EVERY:
             self._last_status = now
             self.notifier.send(self._status())
-
-    def _full_collection(self, seconds: float, found: int) -> None:
-        self.metrics.gc_full_seconds.observe(seconds)
-        log.debug("full collection took %.1f ms, %d objects collected", seconds * 1000, found)
 
     def _let_go(self) -> None:
         """What outlived its use is dropped on time, not at the next call or request: after a

@@ -493,13 +493,15 @@ class ESLConnection(InboundESL):
     def _answers_first(self) -> None:
         """A command of this process waits for its answer: let it have it before this event.
         An action's reply and the events it caused arrive together (on two connections, or
-        behind each other), and the hub may wake this reader first. One visit to the hub lets
-        the command connection's reader take the reply; the waiter it wakes is queued behind
-        this reader, so while the command is still counted as waiting, a second visit puts
-        this reader behind the waiter: the answer leaves before any event is parsed. A command
-        that takes long costs each event two visits, never a wait."""
+        behind each other), and the hub may wake this reader first. One visit to the hub that
+        reaches its next poll of the sockets lets the command connection's reader take the
+        reply (a sleep(0) would not: the hub runs what is queued before it polls); the waiter
+        it wakes is queued behind this reader, so while the command is still counted as
+        waiting, a second visit (queued, no poll) puts this reader behind the waiter: the
+        answer leaves before any event is parsed. A command that takes long costs each event
+        two visits, never a wait."""
         self._since_yield = 0
-        _pause()
+        _poll()
         if ESLConnection.awaiting > len(self._commands_sent):
             _pause()
 
@@ -544,6 +546,12 @@ _EVENT_TYPES = frozenset({"text/event-json", "text/event-plain"})
 def _pause() -> None:
     """Let the hub poll its sockets and run (a function, so that tests can count the visits)."""
     turns.pause()
+
+
+def _poll() -> None:
+    """Let the hub poll its sockets before this reader goes on (a function, so that tests can
+    count the visits)."""
+    turns.poll()
 
 
 def _checked_length(text: str | bytes) -> int:

@@ -222,12 +222,6 @@ class Metrics:
             command,
             reason,
         )
-        self.gc_full_seconds = Histogram(
-            "channelsd_gc_full_collection_seconds",
-            "Full collections of the cycle collector: each stalls every request in flight",
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
         self.http_requests = Counter(
             "channelsd_http_requests", "HTTP requests", ["route", "method", "status"], registry=r
         )

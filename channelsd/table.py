@@ -245,21 +245,17 @@ class Scope(dict[Key, Channel]):
         if self.order is not None:
             insort(self.order, ch, key=Channel.sort_key)
 
-    def _drop(self, ch: Channel, at: tuple[int, str]) -> None:
+    def _drop(self, ch: Channel, at: tuple[int, str, str]) -> None:
         order = self.order
         assert order is not None
         i = bisect_left(order, at, key=Channel.sort_key)
-        n = len(order)
-        # (one uuid on two nodes: two members with one key)
-        while i < n and order[i] is not ch and order[i].sort_key() == at:
-            i += 1
-        if i < n and order[i] is ch:
+        if i < len(order) and order[i] is ch:
             del order[i]
         else:  # not where its key says: sorted afresh when next asked
             self.order = None
 
     def ordered(self) -> list[Channel]:
-        """Oldest first, then by uuid."""
+        """Oldest first, then by uuid (and node: one uuid on two nodes)."""
         if self.order is None:
             self.order = sorted(self.values(), key=Channel.sort_key)
         return list(self.order)

@@ -90,6 +90,16 @@ def pause() -> None:
     _turn_from[me] = _clock()
 
 
+def poll() -> None:
+    """End this turn at the hub's next poll, share left or not: the reply another greenlet
+    waits for may be in a socket the hub has not looked at yet."""
+    it = _iteration()
+    me = getcurrent()
+    it.spent += _clock() - max(_turn_from.get(me, 0.0), it.started)
+    gevent.sleep(_AFTER_POLL)
+    _turn_from[me] = _clock()
+
+
 def begin() -> None:
     """Start a turn of bulk work that its socket woke (its first since it waited on I/O): wait
     for an iteration with share left, as a turn ending in pause() would. Twenty readers woken

@@ -384,6 +384,13 @@ def test_out_of_descriptors_logs_one_line_and_keeps_answering(
         port = int(proc.stdout.readline())
         base = f"http://127.0.0.1:{port}"
         assert healthz(base)[0] == 200
+        # The node connected first: a connect still under way when the descriptors run out
+        # fails and is logged too (a slow start on a busy machine raced the flood here).
+        wait_until(
+            lambda: requests.get(base + "/readyz", timeout=HANG).status_code == 200,
+            timeout=HANG,
+            what="the node connected",
+        )
         for _ in range(60):
             silent.append(socket.create_connection(("127.0.0.1", port), timeout=HANG))
         gevent.sleep(1.0)  # accept runs out of descriptors over and over meanwhile

@@ -174,11 +174,16 @@ def test_resume_after_too_much_was_missed_starts_with_a_snapshot(
     first = Subscriber(h, "/v2/accounts/acc1/channel_events")
     last = first.wait_for("snapshot")["id"]
     first.close()
+    broker = h.daemon.ctx.broker
+    seen = int(last.rsplit("-", 1)[1])
     made = [switch.bridged_call(variables_a=ACC1, variables_b=ACC1)[0] for _ in range(30)]
-    gevent.sleep(0.3)  # published: 60 creates
+    # Published: 60 creates (waited for, not slept on: a busy machine took longer than 0.3 s;
+    # the broker merges what one channel did between two publishings into one message).
+    wait_until(lambda: broker.seq >= seen + 60, what="the creates published")
     for x in made:
         switch.hangup(x)
-    gevent.sleep(0.3)  # and 60 destroys: more than the 100 the ring keeps
+    # and 60 destroys: more than the 100 the ring keeps
+    wait_until(lambda: broker.since(seen) is None, what="the destroys published")
     again = Subscriber(h, "/v2/accounts/acc1/channel_events", last_id=last)
     try:
         snap = again.wait_for("snapshot")
