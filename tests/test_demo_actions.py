@@ -118,7 +118,7 @@ def test_a_media_id_the_demo_does_not_have_plays_nothing(demo: Any) -> None:
 
 
 def test_the_printed_pickup_line_works_as_printed() -> None:
-    proc, text = start_demo(calls=6)
+    proc, text = start_demo(calls=12)
     try:
         m = re.search(
             r"-d '(\{\"data\": \{\"action\": \"intercept\".*\})' \\\n\s+'(\S+)/<uuid>'", text
@@ -139,7 +139,10 @@ def test_the_printed_pickup_line_works_as_printed() -> None:
                 None,
             )
 
-        leg = wait_until(ringing, timeout=60, what="a ringing phone of acme")
+        # acme's phones ring as its calls start: with 12 calls up (a call lives ~60 s) about
+        # one in 15 s, each for a few seconds. With 6 and a 60 s bound, none came 1 run in
+        # ~10 (the traffic is random; a bound against hangs, never a speed assertion).
+        leg = wait_until(ringing, timeout=180, what="a ringing phone of acme")
         resp = requests.post(f"{url}/{leg['uuid']}", json=body, headers=headers, timeout=10)
         assert resp.status_code == 200 and resp.json()["data"] == "intercept initiated", resp.text
         assert "media id" in text and '"moh": "' in text
