@@ -206,14 +206,20 @@ class Scope(dict[Key, Channel]):
 
     The order, once sorted, is kept in step with the members (a binary search and a move of
     pointers for each): sorting 10,000 channels again took 16-28 ms of the hub for every
-    system list asked while calls came and went."""
+    system list asked while calls came and went. A burst of changes nobody lists between (a
+    reconcile, a restart's thousands) drops it instead: it is sorted once when next asked,
+    not grown and moved one insertion at a time. So does any change to a list shorter than
+    KEEP_ORDER_FROM, which sorts in well under a millisecond: kept, the orders of every
+    account, user and device list asked cost 8 bytes per channel each (the memory target
+    is 2 KiB a channel)."""
 
-    __slots__ = ("order", "gen")
+    __slots__ = ("order", "gen", "_moves")
 
     def __init__(self) -> None:
         super().__init__()
         self.order: list[Channel] | None = None
         self.gen = 0
+        self._moves = 0  # changes to the kept order since it was last asked for
 
     def add(self, key: Key, ch: Channel) -> None:
         old = self.get(key)
@@ -244,6 +250,12 @@ class Scope(dict[Key, Channel]):
     def place(self, ch: Channel) -> None:
         if self.order is not None:
             insort(self.order, ch, key=Channel.sort_key)
+            self._moved()
+
+    def _moved(self) -> None:
+        self._moves += 1
+        if self._moves > (len(self) >> 2) + 64 or len(self) < KEEP_ORDER_FROM:
+            self.order = None
 
     def _drop(self, ch: Channel, at: tuple[int, str, str]) -> None:
         order = self.order
@@ -251,6 +263,7 @@ class Scope(dict[Key, Channel]):
         i = bisect_left(order, at, key=Channel.sort_key)
         if i < len(order) and order[i] is ch:
             del order[i]
+            self._moved()
         else:  # not where its key says: sorted afresh when next asked
             self.order = None
 
@@ -258,8 +271,12 @@ class Scope(dict[Key, Channel]):
         """Oldest first, then by uuid (and node: one uuid on two nodes)."""
         if self.order is None:
             self.order = sorted(self.values(), key=Channel.sort_key)
+        self._moves = 0
         return list(self.order)
 
+
+# Lists shorter than this are sorted again after a change rather than kept in order.
+KEEP_ORDER_FROM = 1024
 
 EMPTY_SCOPE = Scope()  # what a list of nobody's channels reads; never added to
 

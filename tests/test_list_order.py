@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from hypothesis import given, settings
+import pytest
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from channelsd import table as table_module
 from channelsd.channel import Channel
 from channelsd.table import ChannelTable
 
@@ -107,9 +109,19 @@ def apply(t: ChannelTable, step: tuple[Any, ...]) -> None:
             assert listed == sorted(listed, key=Channel.sort_key)
 
 
-@settings(max_examples=400, deadline=None)
-@given(STEPS)
-def test_kept_orders_follow_every_change(steps: list[tuple[Any, ...]]) -> None:
+@pytest.fixture
+def keep_short_orders(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lists here are a handful of channels: kept in order as long ones are."""
+    monkeypatch.setattr(table_module, "KEEP_ORDER_FROM", 0)
+
+
+@settings(
+    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(steps=STEPS)
+def test_kept_orders_follow_every_change(
+    keep_short_orders: None, steps: list[tuple[Any, ...]]
+) -> None:
     t = ChannelTable(tombstone_ttl=0.0)
     for step in steps:
         apply(t, step)
@@ -118,7 +130,9 @@ def test_kept_orders_follow_every_change(steps: list[tuple[Any, ...]]) -> None:
     apply(t, ("list",))
 
 
-def test_a_kept_order_is_not_sorted_again_when_a_member_joins_or_leaves() -> None:
+def test_a_kept_order_is_not_sorted_again_when_a_member_joins_or_leaves(
+    keep_short_orders: None,
+) -> None:
     """The point of keeping it: a joining channel takes its place, nothing is sorted anew."""
     t = ChannelTable()
     for i, uuid in enumerate(UUIDS[:4]):
@@ -132,3 +146,26 @@ def test_a_kept_order_is_not_sorted_again_when_a_member_joins_or_leaves() -> Non
     apply(t, ("destroy", "fs1", UUIDS[0]))
     assert t.all_scope().order is kept  # the same list, changed in place
     assert [c.uuid for c in t.all()] == [UUIDS[1], UUIDS[4], UUIDS[2], UUIDS[3]]
+
+
+def test_a_burst_nobody_lists_between_drops_the_kept_order(keep_short_orders: None) -> None:
+    """A reconcile's thousands of changes are not inserted one by one into an order nobody
+    asks for meanwhile: it is dropped, and sorted once when asked."""
+    t = ChannelTable()
+    apply(t, ("create", "fs1", UUIDS[0], "acc1", "u1", 1_795_000_000))
+    t.all()
+    for i in range(100):
+        uuid = f"00000000-0000-4000-9000-{i:012d}"
+        t.apply("fs1", {"Event-Name": "CHANNEL_CREATE", "Unique-ID": uuid})
+    assert t.all_scope().order is None
+    listed = t.all()
+    assert listed == sorted(listed, key=Channel.sort_key) and len(listed) == 101
+
+
+def test_a_short_list_is_sorted_again_rather_than_kept() -> None:
+    t = ChannelTable()
+    apply(t, ("create", "fs1", UUIDS[0], "acc1", "u1", 1_795_000_000))
+    t.by_account("acc1")
+    apply(t, ("create", "fs1", UUIDS[1], "acc1", "u1", 1_795_000_001))
+    assert t.account_scope("acc1").order is None
+    assert [c.uuid for c in t.by_account("acc1")] == UUIDS[:2]
