@@ -837,7 +837,7 @@ class Actions:
             },
         )
 
-    def _tenant_variables(self, ch: Channel, role: str = "channel") -> list[Checked]:
+    def _tenant_variables(self, ch: Channel) -> list[Checked]:
         """What gives a leg the switch creates for an action on `ch` (the interceptor, the
         listener, an attended transfer's consultation) the account and realm of `ch`: the
         channel variables the identity mapping reads them from, as Kazoo's originates carry
@@ -852,8 +852,8 @@ class Actions:
             # A chain may name a variable no originate can set (`variable__x`, `variable_1x`):
             # that is the configuration's fault, not the channel's, and is named so.
             gate.check("variable", f"{name}=0", f"config.identity.{attr}")
-            value = _Fields.row(ch, attr, kind, role)
-            found.append(gate.check("variable", f"{name}={value.text}", f"{role}.{attr}"))
+            value = _Fields.row(ch, attr, kind, "channel")
+            found.append(gate.check("variable", f"{name}={value.text}", f"channel.{attr}"))
         return found
 
     def _plan_intercept(self, ch: Channel, d: dict[str, Any], f: _Fields) -> Plan:

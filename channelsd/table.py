@@ -248,22 +248,27 @@ class Scope(dict[Key, Channel]):
         return self.order is not None
 
     def place(self, ch: Channel) -> None:
-        if self.order is not None:
-            insort(self.order, ch, key=Channel.sort_key)
-            self._moved()
+        if self._still_kept():
+            insort(self.order, ch, key=Channel.sort_key)  # type: ignore[arg-type]
 
-    def _moved(self) -> None:
+    def _still_kept(self) -> bool:
+        """Whether the order is worth one more change (counted), or is dropped instead."""
+        if self.order is None:
+            return False
         self._moves += 1
         if self._moves > (len(self) >> 2) + 64 or len(self) < KEEP_ORDER_FROM:
             self.order = None
+            return False
+        return True
 
     def _drop(self, ch: Channel, at: tuple[int, str, str]) -> None:
+        if not self._still_kept():
+            return
         order = self.order
         assert order is not None
         i = bisect_left(order, at, key=Channel.sort_key)
         if i < len(order) and order[i] is ch:
             del order[i]
-            self._moved()
         else:  # not where its key says: sorted afresh when next asked
             self.order = None
 
@@ -521,12 +526,12 @@ class ChannelTable:
             have = {k: dict(v) for k, v in index.items()}
             if have != want:
                 found.append(f"the {name} index differs from the rows")
-        for scope in (self._rows, *self._by_account.values(), *self._by_owner.values()):
-            if scope.order is not None and scope.order != sorted(
-                scope.values(), key=Channel.sort_key
-            ):
-                found.append("a kept list order differs from its members sorted")
-        for scope in self._by_device.values():
+        for scope in (
+            self._rows,
+            *self._by_account.values(),
+            *self._by_owner.values(),
+            *self._by_device.values(),
+        ):
             if scope.order is not None and scope.order != sorted(
                 scope.values(), key=Channel.sort_key
             ):

@@ -62,7 +62,8 @@ class _Iteration:
         self.spent = 0.0
 
 
-_iterations: dict[gevent.hub.Hub, _Iteration] = {}
+# (weak: a hub that is gone, a worker thread's, takes its iteration with it)
+_iterations: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 # When each greenlet last came back from pause().
 _turn_from: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -75,45 +76,52 @@ def _iteration() -> _Iteration:
     return it
 
 
-def pause() -> None:
-    """End this greenlet's turn of bulk work: wait for the hub's next poll, and for an
-    iteration with budget left. The turn is counted from when this greenlet last came back
-    from pause() or from the iteration's start, whichever is later (a greenlet that blocked
-    on its socket since is not charged for the wait)."""
-    it = _iteration()
-    me = getcurrent()
-    it.spent += _clock() - max(_turn_from.get(me, 0.0), it.started)
-    # With share left, after the greenlets ready now and before the next poll; else after it.
-    gevent.sleep(0 if it.share_left() else _AFTER_POLL)
+def _turn_started(it: _Iteration) -> float:
+    """When this greenlet's turn began: its last return from a pause, or the iteration's
+    start, whichever is later (a greenlet that blocked on its socket since is not charged for
+    the wait)."""
+    return max(_turn_from.get(getcurrent(), 0.0), it.started)
+
+
+def _end_turn(it: _Iteration) -> None:
+    it.spent += _clock() - _turn_started(it)
+
+
+def _start_turn(it: _Iteration) -> None:
+    """Wait for an iteration with share left, then count this greenlet's turn from now."""
     while not it.share_left():
         gevent.sleep(_AFTER_POLL)
-    _turn_from[me] = _clock()
+    _turn_from[getcurrent()] = _clock()
+
+
+def pause() -> None:
+    """End this greenlet's turn of bulk work. While the iteration has share left, the
+    greenlets ready now run first and this one comes back before the next poll; once it is
+    spent, this one waits for the next poll and an iteration with share left."""
+    it = _iteration()
+    _end_turn(it)
+    gevent.sleep(0 if it.share_left() else _AFTER_POLL)
+    _start_turn(it)
 
 
 def poll() -> None:
     """End this turn at the hub's next poll, share left or not: the reply another greenlet
     waits for may be in a socket the hub has not looked at yet."""
     it = _iteration()
-    me = getcurrent()
-    it.spent += _clock() - max(_turn_from.get(me, 0.0), it.started)
+    _end_turn(it)
     gevent.sleep(_AFTER_POLL)
-    _turn_from[me] = _clock()
+    _turn_from[getcurrent()] = _clock()
 
 
 def begin() -> None:
-    """Start a turn of bulk work that its socket woke (its first since it waited on I/O): wait
-    for an iteration with share left, as a turn ending in pause() would. Twenty readers woken
-    by one poll would otherwise each take a whole turn before the next poll."""
-    it = _iteration()
-    while not it.share_left():
-        gevent.sleep(_AFTER_POLL)
-    _turn_from[getcurrent()] = _clock()
+    """Start a turn of bulk work that its socket woke (its first since it waited on I/O), as
+    a turn ending in pause() would: twenty readers woken by one poll would otherwise each take
+    a whole turn before the next poll."""
+    _start_turn(_iteration())
 
 
 def pace(turn: float | None = None) -> None:
     """pause() once this greenlet's turn has lasted `turn` (TURN) seconds: for loops whose
     steps are too small to pause after each."""
-    it = _iteration()
-    started = max(_turn_from.get(getcurrent(), 0.0), it.started)
-    if _clock() - started >= (TURN if turn is None else turn):
+    if _clock() - _turn_started(_iteration()) >= (TURN if turn is None else turn):
         pause()
