@@ -114,6 +114,7 @@ def comparable(resp: requests.Response) -> tuple[Any, ...]:
         for item in data if isinstance(data, list) else [data]:
             if isinstance(item, dict):
                 item.pop("elapsed_s", None)
+                item.pop("elapsed_seconds", None)  # the same count under Kazoo's name
     return resp.status_code, headers, body
 
 
