@@ -8,6 +8,7 @@ hand validated requests to channelsd.actions); they never touch a socket themsel
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from channelsd.envelope import ApiError
 from channelsd.fastactions import fast_actions
 from channelsd.fastlists import fast_lists
 from channelsd.health import LoopMonitor, readiness
-from channelsd.httpserver import YIELD_AFTER
+from channelsd.httpserver import PUSHER, YIELD_AFTER
 from channelsd.listing import Filters, ListCache, json_array, paced, splice, to_csv
 from channelsd.metrics import CONTENT_TYPE as METRICS_TYPE
 from channelsd.metrics import Metrics
@@ -515,10 +516,25 @@ def create_app(ctx: ApiContext) -> Flask:
                 due = ctx.auth.vouched_until(token, account_id)
             return False
 
+        def ask_by() -> float:
+            """When ended() must be asked again if nothing wakes the stream (monotonic)."""
+            by = math.inf if due is None else due
+            if token.expires is not None:
+                by = min(by, time.monotonic() + token.expires - time.time())
+            return by
+
         # Subscribers who see the same (scope, owner narrowing, filters) share one feed.
         narrowed = token.owner_id if token.role == "user" else None
         body = subscribe(
-            broker, scope, keep, snapshot, last, ended, (scope_name, narrowed, filters.key())
+            broker,
+            scope,
+            keep,
+            snapshot,
+            last,
+            ended,
+            (scope_name, narrowed, filters.key()),
+            request.environ.get(PUSHER),
+            ask_by,
         )
         # A stream's client sends nothing after its request: the server says when it left,
         # so that its place is given back at once, not at the next keepalive write.

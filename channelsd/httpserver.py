@@ -71,6 +71,8 @@ FD_RESERVE = 64
 # Set in a request's environ when its answer should be followed by giving up the CPU (see
 # Handler.process_result): an action's.
 YIELD_AFTER = "channelsd.yield_after"
+# The environ key of a request's Pusher (an unsized answer written from outside its greenlet).
+PUSHER = "channelsd.pusher"
 
 
 def connection_budget(configured: int, nodes: int) -> int:
@@ -220,6 +222,55 @@ class _Reader(io.RawIOBase):
         return n
 
 
+class Pusher:
+    """The next pieces of an unsized answer (an event stream), written by another greenlet.
+
+    A feed's publisher writes each batch to every caught-up subscriber itself: a thousand
+    subscribers woken to write the same bytes cost a thousand greenlet switches and passes
+    through the WSGI layers per batch, most of the daemon's time in the fan-out benchmark.
+    A push never waits: what the socket does not take at once is kept, and the answer's own
+    greenlet writes it (`flush`) before anything else."""
+
+    __slots__ = ("_handler",)
+
+    def __init__(self, handler: Handler) -> None:
+        self._handler: Handler | None = handler
+
+    @property
+    def ready(self) -> bool:
+        """A push may be made: the headers are out and nothing pushed is still waiting."""
+        h = self._handler
+        return h is not None and h.headers_sent and not h.unsent
+
+    def push(self, data: bytes, chunk: bytes) -> bool:
+        """Write `data` as the answer's next piece, without waiting (only when `ready`);
+        `chunk` is the same piece framed as a chunk (made once for every subscriber of a
+        batch). True when the socket took all of it; else the rest waits for `flush`."""
+        h = self._handler
+        assert h is not None and h.headers_sent and not h.unsent
+        if h.response_use_chunked:
+            data = chunk
+        try:
+            sent = h.socket.send(data, 0, 0.0)  # (gevent's timeout 0: never wait)
+        except OSError:  # full (EAGAIN), or gone: its greenlet meets the error as it flushes
+            sent = 0
+        h.response_length += sent
+        if sent == len(data):
+            return True
+        h.unsent = data[sent:]
+        return False
+
+    def flush(self) -> None:
+        """In the answer's own greenlet: write what a push left, waiting as any write does."""
+        h = self._handler
+        if h is not None and h.unsent:
+            data, h.unsent = h.unsent, b""
+            h._sendall(data)
+
+    def let_go(self) -> None:
+        self._handler = None
+
+
 class Handler(WSGIHandler):
     """pywsgi's handler with deadlines, progress-bounded writes and quiet client errors."""
 
@@ -230,6 +281,8 @@ class Handler(WSGIHandler):
         self._requests = 0
         self._watcher: gevent.Greenlet | None = None
         self._reader = _Reader(conn, self)
+        # Bytes of the answer a Pusher could not write: they go before anything else.
+        self.unsent = b""
         super().__init__(sock, address, server, rfile=io.BufferedReader(self._reader))
 
     # -- phases ------------------------------------------------------------------------------
@@ -301,7 +354,7 @@ class Handler(WSGIHandler):
         # its headers in one send; a large one stays in pieces, never copied.
         # Only a sized answer: a stream (no Content-Length) must go out as each piece comes.
         if self.provided_content_length is None:
-            super().process_result()
+            self._write_stream()
             return
         pending: list[bytes] = []
         size = 0
@@ -320,6 +373,19 @@ class Handler(WSGIHandler):
             self.write(b"".join(pending) if len(pending) > 1 else pending[0])
         if self.status and not self.headers_sent:
             self.write(b"")  # an empty body: the headers still go
+
+    def _write_stream(self) -> None:
+        # pywsgi's process_result, but for what a Pusher left: it goes before the end.
+        for data in self.result:
+            if data:
+                self.write(data)
+        if self.status and not self.headers_sent:
+            self.write(b"")
+        if self.unsent:
+            rest, self.unsent = self.unsent, b""
+            self._sendall(rest)
+        if self.response_use_chunked:
+            self._sendall(b"0\r\n\r\n")
 
     def _write_with_headers(self, data: Any) -> None:
         # pywsgi sends the headers, then the body, in two sends (two packets, two wake-ups
@@ -344,6 +410,9 @@ class Handler(WSGIHandler):
         self._write(data)
 
     def _write(self, data: Any, _bytearray: Any = bytearray) -> None:
+        if self.unsent:  # a push's rest, before what comes after it
+            rest, self.unsent = self.unsent, b""
+            self._sendall(rest)
         # pywsgi frames a chunk by copying it into a new buffer between its size line and its
         # CRLF. An event stream's batch is the same bytes for every subscriber of a feed:
         # a thousand subscribers made a thousand copies of each batch. A large chunk goes
@@ -396,9 +465,12 @@ class Handler(WSGIHandler):
     def run_application(self) -> None:
         self.environ["channelsd.watch_disconnect"] = self._watch_disconnect
         self.environ["channelsd.takeover"] = self._takeover
+        pusher = self.environ[PUSHER] = Pusher(self)
         try:
             super().run_application()
         finally:
+            pusher.let_go()  # the answer is over: nobody writes into this connection now
+            self.unsent = b""
             if self._watcher is not None:
                 self._watcher.kill(block=False)
                 self._watcher = None
@@ -413,6 +485,7 @@ class Handler(WSGIHandler):
             # (the dict itself may outlive us: a traceback's frames hold it until collected)
             environ.pop("channelsd.watch_disconnect", None)
             environ.pop("channelsd.takeover", None)
+            environ.pop(PUSHER, None)
             self.environ = None
         self._reader.handler = None
 

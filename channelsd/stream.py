@@ -8,7 +8,10 @@ The work is shared, so that a crowd of subscribers does not slow ingest:
   bounded ring with a sequence number, then wakes the subscribers;
 * subscribers of one kind (the same scope, role narrowing and filters: a feed) share the
   next step too: the feed decides once per batch which messages they may see and turns them
-  into frames, and each of them writes the same bytes, one write per batch.
+  into frames, and each of them writes the same bytes, one write per batch;
+* a subscriber that has caught up is written to by the publisher itself (its Pusher), without
+  a wake-up of its greenlet; that greenlet wakes only for what needs it: a keepalive, a socket
+  that did not take a whole batch, a check of its token, its end.
 
 Several changes to a channel within an interval go out as one message. Channels are told
 apart by (node, uuid): the same uuid on two nodes is two channels, and every message names its
@@ -18,6 +21,7 @@ never taken for one of this run's.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from array import array
@@ -31,6 +35,7 @@ import gevent
 import gevent.event
 import orjson
 
+from channelsd import turns
 from channelsd.channel import Channel, kept_json
 from channelsd.listing import in_slices
 from channelsd.table import ChannelTable, Key
@@ -41,6 +46,8 @@ KEEPALIVE_SECONDS = 15.0
 # resume (Last-Event-ID) instead of starting over.
 RESUME_GRACE = 30.0
 PUBLISH_INTERVAL = 0.1
+# Pushes between two visits to the hub: a crowd of subscribers is written in turns.
+PUSH_TURN = 256
 # Keys that change every second by themselves: not worth an update message.
 _VOLATILE = ("elapsed_s",)
 
@@ -156,7 +163,7 @@ class Broker:
         for feed in list(self.feeds.values()):
             feed.catch_up(self)
         if self.subscribers:
-            self.wake()
+            self._wake_waiting()
 
     def feed(
         self,
@@ -180,8 +187,14 @@ class Broker:
             del self.feeds[key]
 
     def wake(self) -> None:
-        """Wake every waiting subscriber: to send what was published, or to let one that
-        was ended (revoked) see it and stop."""
+        """Wake every subscriber, those the publisher writes to included: to let one that
+        was ended (revoked, gone) see it and stop."""
+        self._wake_waiting()
+        for feed in list(self.feeds.values()):
+            feed.wake_parked()
+
+    def _wake_waiting(self) -> None:
+        """Wake the subscribers that write for themselves: to send what was published."""
         wake, self._wake = self._wake, gevent.event.Event()
         wake.set()
 
@@ -229,7 +242,7 @@ class Broker:
         self.closed = True
         if self._timer is not None:
             self._timer.kill(block=False)
-        self._wake.set()
+        self.wake()
 
     def since(self, seq: int) -> list[_Message] | None:
         """Messages after `seq`, or None when the ring no longer reaches back that far."""
@@ -278,6 +291,20 @@ class _Batch:
         return self.joined[self.ends[i - 1] if i else 0 :]
 
 
+class Parked:
+    """A subscriber that has caught up with its feed, written to by the publisher (Feed.push)
+    until something needs its own greenlet: `woken` is set then."""
+
+    __slots__ = ("pusher", "position", "until", "wrote_at", "woken")
+
+    def __init__(self, pusher: Any) -> None:
+        self.pusher = pusher  # channelsd.httpserver.Pusher: ready, push(data), flush()
+        self.position = 0  # the last message it was sent (or had nothing to be sent of)
+        self.until = math.inf  # when its greenlet must ask again whether it has ended
+        self.wrote_at = 0.0  # time.monotonic() of its last write
+        self.woken = gevent.event.Event()
+
+
 class Feed:
     """What one kind of subscriber is sent: the same scope, role narrowing and filters.
 
@@ -287,7 +314,17 @@ class Feed:
     channel it holds, or a destroy for one it does not, changes nothing for a client. So the
     frames are decided and serialised once per batch for all of them."""
 
-    __slots__ = ("in_scope", "keep", "visible", "last", "batches", "held", "cut", "users")
+    __slots__ = (
+        "in_scope",
+        "keep",
+        "visible",
+        "last",
+        "batches",
+        "held",
+        "cut",
+        "users",
+        "parked",
+    )
 
     def __init__(
         self,
@@ -306,6 +343,7 @@ class Feed:
         # moved on): a subscriber at or before it cannot be served from the feed.
         self.cut = position
         self.users = 0
+        self.parked: set[Parked] = set()
 
     def catch_up(self, broker: Broker) -> None:
         messages = broker.since(self.last)
@@ -318,7 +356,9 @@ class Feed:
             # burst (a node purged, a reconcile) ever hid from it.
             row = broker.table.row
             self.visible = {key for key in self.visible if row(*key) is not None}
+            self.wake_parked()  # each starts over from a snapshot, in its own greenlet
             return
+        before = self.last
         frames = []
         for msg in messages:
             # Destroys of any channel in scope, visible to the feed or not: a subscriber that
@@ -329,8 +369,10 @@ class Feed:
         if not messages:
             return
         self.last = messages[-1].seq
+        batch = None
         if frames:
-            self.batches.append(_Batch(messages[0].seq, self.last, frames))
+            batch = _Batch(messages[0].seq, self.last, frames)
+            self.batches.append(batch)
             self.held += len(frames)
         # Bounded in frames as well as batches: a publish that catches thousands of messages
         # (a busy switch, a reconcile) must not multiply what 64 batches hold.
@@ -339,6 +381,46 @@ class Feed:
             dropped = self.batches.popleft()
             self.held -= len(dropped)
             self.cut = dropped.last
+        if self.parked:
+            self.push(before, self.last, batch.joined if batch is not None else b"")
+
+    def push(self, before: int, last: int, data: bytes) -> None:
+        """The messages after `before` up to `last` (their frames: `data`) to every parked
+        subscriber that was sent everything up to `before`, written from here. One whose
+        socket did not take it all, or whose end must be checked, is woken instead."""
+        now = time.monotonic()
+        done = 0
+        chunk = b"%x\r\n%s\r\n" % (len(data), data)  # HTTP/1.1's framing, made once
+        for parked in list(self.parked):
+            if parked not in self.parked or parked.position != before:
+                continue  # it left, or caught up by itself, while this one was written
+            if now >= parked.until or not parked.pusher.ready:
+                self.unpark(parked)
+                continue
+            if data:
+                written = parked.pusher.push(data, chunk)
+                parked.wrote_at = now
+                done += 1
+            else:
+                written = True  # nothing of these messages is for this feed
+            parked.position = last
+            if not written or last != self.last:  # (a later publish went on meanwhile)
+                self.unpark(parked)
+            if data and done % PUSH_TURN == 0:
+                turns.pause()
+                now = time.monotonic()
+
+    def park(self, parked: Parked) -> None:
+        self.parked.add(parked)
+
+    def unpark(self, parked: Parked) -> None:
+        """Back to its own greenlet (woken, if it waits)."""
+        self.parked.discard(parked)
+        parked.woken.set()
+
+    def wake_parked(self) -> None:
+        for parked in list(self.parked):
+            self.unpark(parked)
 
     def after(self, seq: int) -> bytes | None:
         """Every frame after `seq`, or None when this feed no longer reaches back that far."""
@@ -361,15 +443,22 @@ def subscribe(
     last_event_id: str | None,
     ended: Callable[[], bool] = lambda: False,
     kind: Any = None,
+    pusher: Any = None,
+    ask_by: Callable[[], float] = lambda: math.inf,
 ) -> Iterator[bytes]:
     """The byte stream of one subscriber: snapshot (or catch-up), then its feed's frames.
 
     `in_scope(ch)` says whether this subscriber may see the channel (account, role), `keep`
     applies its filters to a rendered item, and `kind` names that combination: subscribers
     of one kind share a feed (None: a feed of its own). The stream stops once `ended()` (its
-    token was revoked; whoever ends it wakes the broker).
+    token was revoked; whoever ends it wakes the broker); `ask_by()` says by when (monotonic)
+    `ended()` must be asked again if nothing wakes the stream (its token expires).
+
+    With a `pusher` (channelsd.httpserver.Pusher, the stream's connection), a subscriber that
+    has caught up is written to by the publisher (Feed.push) until its greenlet is needed.
     """
     key = kind if kind is not None else object()
+    parked = Parked(pusher) if pusher is not None else None
     # Counted from the start: what changes while the snapshot is taken and sent is kept.
     broker.subscribers += 1
     broker._gap = False
@@ -413,13 +502,36 @@ def subscribe(
             elif time.monotonic() - last_write >= KEEPALIVE_SECONDS:
                 yield b": keepalive\n\n"
                 last_write = time.monotonic()
-            broker.wait_for(feed, position, KEEPALIVE_SECONDS)
+            if parked is not None and position == feed.last and not broker.closed:
+                position, last_write = _parked(feed, parked, position, last_write, ask_by())
+            else:
+                broker.wait_for(feed, position, KEEPALIVE_SECONDS)
     finally:
         broker.subscribers -= 1
         if not broker.subscribers:
             broker._left = time.monotonic()
         if feed is not None:
             broker.leave(key, feed)
+
+
+def _parked(
+    feed: Feed, parked: Parked, position: int, last_write: float, until: float
+) -> tuple[int, float]:
+    """Wait while the publisher writes to this caught-up subscriber: until its socket left a
+    batch unwritten, its end must be checked, or a keepalive is due. Its position and last
+    write after that, what a push left written first."""
+    parked.position = position
+    parked.wrote_at = last_write
+    parked.until = until
+    parked.woken.clear()
+    feed.park(parked)
+    try:
+        wake_by = min(until, last_write + KEEPALIVE_SECONDS)  # (pushes may move the keepalive)
+        parked.woken.wait(max(0.0, wake_by - time.monotonic()))
+    finally:
+        feed.parked.discard(parked)
+    parked.pusher.flush()
+    return parked.position, parked.wrote_at
 
 
 def _visible(
