@@ -2,7 +2,9 @@
 
 Two greenlets per socket: the reader (the HTTP request's own greenlet, which the handshake
 handed the socket to) parses frames with wsproto and answers requests; the writer sends
-whatever is queued, one write per batch. Only the writer writes to the socket. Time is kept
+whatever is queued, one write per batch. The hub writes a batch itself when the writer has
+nothing queued or in hand (a thousand sockets of one binding were a thousand greenlet
+wake-ups a batch); what the socket does not take at once is the writer's. Time is kept
 by the service's clock (Websockets.keep_time calls tick() every second or so), never by the
 writer: a writer busy with a client that reads as fast as its events come (or blocked by one
 that does not read) would otherwise never look at the time.
@@ -102,6 +104,7 @@ class Session:
         self._leftover = leftover
         self._out: list[bytes] = []
         self._queued = 0
+        self._writing = False  # the writer has bytes in hand: nobody else may write
         self._wake = gevent.event.Event()
         # (account, binding as written) -> its subscription in the hub
         self._subs: dict[tuple[str, str], Subscription] = {}
@@ -369,6 +372,17 @@ class Session:
         every socket with the same binding gets."""
         if self.closing is not None:
             return
+        if not self._out and not self._writing:
+            try:
+                sent = self.sock.send(frames, 0, 0.0)  # (gevent's timeout 0: never wait)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self.abort("send failed")
+                return
+            if sent == len(frames):
+                return
+            frames = frames[sent:]
         size = len(frames)
         if self._queued + size > self.cfg.send_queue_bytes:
             self.service.dropped_slow += 1
@@ -459,7 +473,11 @@ class Session:
                     data = out[0] if len(out) == 1 else b"".join(out)  # no copy for one batch
                     out.clear()
                     self._queued = 0
-                    self._sendall(data)
+                    self._writing = True
+                    try:
+                        self._sendall(data)
+                    finally:
+                        self._writing = False
                     continue
                 if self.closing is not None:
                     return  # all written, the close frame included
