@@ -191,6 +191,7 @@ _CALLEE_NAME_HEADERS = (
     "variable_effective_callee_id_name",
     "Caller-Callee-ID-Name",
 )
+_HOLD_CALL_STATES = {"CHANNEL_HOLD": "HELD", "CHANNEL_UNHOLD": "ACTIVE"}
 
 
 class SyntheticChannels:
@@ -293,13 +294,17 @@ class SyntheticChannels:
         names = _TEMPLATE_EVENTS if ended else _TEMPLATE_EVENTS[:2]
         return uid, [self._frame(name, common) for name in names]
 
-    def update(self, uid: str, callee_name: str) -> Frame:
+    def update(self, uid: str, callee_name: str, event: str = "CALL_UPDATE") -> Frame:
         """A CALL_UPDATE of a kept channel carrying all its variables and a new callee name
-        (every header the table reads the name from)."""
+        (every header the table reads the name from); or, with `event`, a CHANNEL_HOLD or
+        CHANNEL_UNHOLD carrying the same (FreeSWITCH sends every variable with those too, and
+        they say the call state they leave the channel in)."""
         common = dict(self.kept[uid])
         for header in _CALLEE_NAME_HEADERS:
             common[header] = callee_name
-        return self._frame("CHANNEL_ANSWER", common, "CALL_UPDATE")
+        if event in _HOLD_CALL_STATES:
+            common["Channel-Call-State"] = _HOLD_CALL_STATES[event]
+        return self._frame("CHANNEL_ANSWER", common, event)
 
 
 # -- the daemon under test -------------------------------------------------------------------
@@ -403,7 +408,9 @@ class DaemonProcess:
     """`channelsd run -c <generated toml>` as a child process, logging to a file.
 
     `switch_ports` is one stand-in's port (node `fs1`) or a list of them (`fs1`, `fs2`, ...);
-    `sync` and `api` override keys of those config sections. `started_at` is the
+    `sync`, `api` and `websocket` override keys of those config sections (Kazoo's websocket
+    is on by default, on the API's port at /websocket; with websocket `port` it also listens
+    on a port of its own, as blackhole's 5555: `ws_port`). `started_at` is the
     perf_counter reading just before the process was spawned (start-up is timed from it).
     """
 
@@ -429,9 +436,11 @@ class DaemonProcess:
         log_level: str = "info",
         http: dict[str, Any] | None = None,
         http_port: int | None = None,
+        websocket: dict[str, Any] | None = None,
     ) -> None:
         self.name = name
         self.http_port = http_port or free_port()
+        self.ws_port: int | None = (websocket or {}).get("port")
         self.config = workdir / f"{name}.toml"
         self.log = workdir / f"{name}.log"
         ports = [switch_ports] if isinstance(switch_ports, int) else list(switch_ports)
@@ -466,6 +475,9 @@ class DaemonProcess:
             f'level = "{log_level}"',
             "",
         ]
+        if websocket:
+            lines += ["[websocket]", *[f"{k} = {_toml_value(v)}" for k, v in websocket.items()]]
+            lines.append("")
         self.settings = {"sync": sync_keys, "api": api_keys}
         self.config.write_text("\n".join(lines))
         self._logf = open(self.log, "wb")  # noqa: SIM115 - closed in stop()

@@ -22,8 +22,13 @@ The subscribers run in processes of their own (bench/subscriber_proc.py: epoll, 
 few hundred each, plus one canary process with a single subscriber connected last; their CPU
 is measured, and the canary's lag beside the crowd's shows whether the readers themselves
 were late.
-A second kind of subscriber (the Kazoo-style websocket, once it exists) is one more entry in
-KINDS here and in subscriber_proc.KINDS.
+
+Each kind of subscriber in KINDS gets the same rounds, tables and targets, one after the
+other: SSE (`GET /v2/accounts/{acc}/channel_events`), then Kazoo's websocket (blackhole's
+protocol on the daemon's websocket port, each socket subscribing to the watched account's
+`call.*.*` with the bench token, as a monster-ui app does). A CALL_UPDATE is no Kazoo call
+event (blackhole sends nothing for it under any binding), so the websocket's probes are
+CHANNEL_HOLD and CHANNEL_UNHOLD in turn, carrying the new callee name the same way.
 """
 
 from __future__ import annotations
@@ -51,12 +56,44 @@ PROBE_RATE = 20.0  # probes per second
 PACED_RATE = 5000.0  # events/s of the paced phase (the lag target)
 MAX_BACKLOG = 2000  # frames the stand-in may hold queued during the full-speed rounds
 
-# kind -> (title, the stream's path for an account). The websocket entry waits for the
-# daemon's Kazoo-style endpoint (see subscriber_proc.WebSocketStream).
-KINDS: dict[str, tuple[str, Callable[[str], str]]] = {
-    "sse": (
+# What a monster-ui app subscribes to for an account's calls: every call event.
+BINDING = "call.*.*"
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of subscriber: where it connects, and what the probes are for it."""
+
+    title: str
+    path: Callable[[str], str]  # the stream's path for an account
+    # The probes' FreeSWITCH events, taken in turn on each probe channel: each must be one
+    # that this kind of stream tells its subscribers about, carrying the channel's new name.
+    probes: tuple[str, ...]
+    websocket: bool = False  # on the daemon's websocket port, subscribing to BINDING
+    note: str = ""
+
+
+KINDS: dict[str, Kind] = {
+    "sse": Kind(
         "SSE `/v2/accounts/{acc}/channel_events`",
         lambda acc: f"/v2/accounts/{acc}/channel_events",
+        ("CALL_UPDATE",),
+    ),
+    "websocket": Kind(
+        f"Kazoo websocket, `subscribe` to `{BINDING}` of the account",
+        lambda acc: "/",
+        # Hold then unhold, never two holds in a row: what a switch would send. Blackhole has
+        # no event for a CALL_UPDATE (channelsd.blackhole.events.EVENTS), the SSE's probe.
+        ("CHANNEL_HOLD", "CHANNEL_UNHOLD"),
+        websocket=True,
+        note=(
+            "Each socket upgrades on the daemon's websocket port (`websocket.port`, as "
+            "blackhole's 5555) and sends one `subscribe` with the bench token, the watched "
+            f"account and `{BINDING}`, as monster-ui does; it counts as connected once the "
+            "success reply is read. Blackhole sends no event for a CALL_UPDATE, the SSE "
+            "probe, so here each probe is a CHANNEL_HOLD or CHANNEL_UNHOLD (in turn on each "
+            "probe channel) carrying the new callee name; its Kazoo event's `data` names it."
+        ),
     ),
 }
 
@@ -85,14 +122,17 @@ class TimedSocket:
 class Prober:
     """Sends the probes, 20 a second, and remembers when each was queued and written."""
 
-    def __init__(self, sw: Any, gen: bc.SyntheticChannels, uuids: list[str]) -> None:
-        self.sw, self.gen, self.uuids = sw, gen, uuids
+    def __init__(
+        self, sw: Any, gen: bc.SyntheticChannels, uuids: list[str], events: tuple[str, ...]
+    ) -> None:
+        self.sw, self.gen, self.uuids, self.events = sw, gen, uuids, events
         self.written: dict[int, float] = {}
         self.queued: dict[int, float] = {}
         self.next = 0
         self._glet: gevent.Greenlet | None = None
         for conn in list(sw.connections):
-            if conn.wants("CALL_UPDATE") and not isinstance(conn.sock, TimedSocket):
+            wants = any(conn.wants(e) for e in events)
+            if wants and not isinstance(conn.sock, TimedSocket):
                 conn.sock = TimedSocket(conn.sock, self.written)
 
     def start(self) -> list[int]:
@@ -110,7 +150,8 @@ class Prober:
                 k = self.next
                 self.next += 1
                 uid = self.uuids[k % len(self.uuids)]
-                frame = self.gen.update(uid, f"{MARKER.decode()}{k:06d}")
+                event = self.events[k // len(self.uuids) % len(self.events)]
+                frame = self.gen.update(uid, f"{MARKER.decode()}{k:06d}", event)
                 self.queued[k] = clock()
                 self.sw.send_frames([frame])
                 ids.append(k)
@@ -154,7 +195,14 @@ class Crowd:
 
 
 def start_crowd(
-    workdir: Path, kind: str, port: int, path: str, total: int, procs: int, tag: str
+    workdir: Path,
+    kind: str,
+    port: int,
+    path: str,
+    total: int,
+    procs: int,
+    tag: str,
+    extra: tuple[str, ...] = (),
 ) -> Crowd:
     """`total` subscribers: the rest over `procs` processes, then one canary process with one
     subscriber, connected last (the daemon wakes its subscribers roughly in the order they came, so
@@ -169,7 +217,7 @@ def start_crowd(
         out = workdir / f"subs-{tag}-{i}.json"
         out.unlink(missing_ok=True)
         outs.append(out)
-        proc = load.spawn_subscribers(kind, port, path, n, out, "--marker", MARKER.decode())
+        proc = load.spawn_subscribers(kind, port, path, n, out, "--marker", MARKER.decode(), *extra)
         started.append(proc)
         return proc
 
@@ -230,7 +278,7 @@ def lag_stats(
 
 
 def fanout(suite: Suite) -> None:
-    """Every kind of subscriber in KINDS, one after the other (SSE today)."""
+    """Every kind of subscriber in KINDS, one after the other."""
     for kind in KINDS:
         _fanout(suite, kind)
 
@@ -246,7 +294,7 @@ def _fanout(suite: Suite, kind: str) -> None:
     frames = replay.stream(s.fanout_reps)
     expected_cut = bc.final_uuids(frames[-replay.cut :])
     in_watched = sum(1 for k, a in replay.accounts.items() if a == watched)
-    title, _ = KINDS[kind]
+    title = KINDS[kind].title
     rounds: dict[str, list[dict[str, Any]]] = {"none": [], "crowd": []}
     for _ in range(s.fanout_rounds):
         rounds["none"].append(_round(suite, frames, expected_cut, replay, watched, 0, kind))
@@ -279,6 +327,7 @@ def _fanout(suite: Suite, kind: str) -> None:
         "byte to the API showing the final state (asked once the daemon has read every byte "
         "written, as in the ingest scenario); best of "
         f"{s.fanout_rounds} interleaved round(s) each. Lag: " + _LAG_DEFINITION,
+        *(["", KINDS[kind].note] if KINDS[kind].note else []),
         "",
         "| subscribers | events/s to final state | vs none | daemon CPU | stand-in done after | "
         "messages per subscriber | MB streamed |",
@@ -338,7 +387,10 @@ def _fanout(suite: Suite, kind: str) -> None:
     ok = paced["worst_p99"] <= 0.2 and paced["lost"] == 0 and paced["unwritten"] == 0
     suite.report.target(
         "fanout",
-        f"… each subscriber's lag p99 ≤ 200 ms, ingesting {PACED_RATE:,.0f} ev/s, none lost",
+        # The kind in the text: a target is keyed by it (report.Target.key), and the kinds'
+        # lag rows would otherwise be one.
+        f"… ({kind}) each subscriber's lag p99 ≤ 200 ms, ingesting {PACED_RATE:,.0f} ev/s, "
+        "none lost",
         f"{bc.ms(paced['worst_p99'])} ms worst, {paced['lost']:,} lost",
         ok,
     )
@@ -364,6 +416,7 @@ def _round(
 ) -> dict[str, Any]:
     s = suite.s
     sw = suite.switch()
+    how = KINDS[kind]
     # One bench token opens every stream: the per-token and per-account caps (32, 64 by
     # default, against a tenant taking every place) are raised to the crowd's size.
     places = subscribers + 16
@@ -373,7 +426,17 @@ def _round(
         "max_streams_per_account": places,
         "max_connections": places + 64,
     }
-    d = suite.daemon(f"fanout{subscribers}", sw, http=limits)
+    ws: dict[str, Any] | None = None
+    if how.websocket:
+        # Likewise the websocket's caps per server, client address and token (512, 64, 16);
+        # the same in the rounds without subscribers, so that only the crowd differs.
+        ws = {
+            "port": bc.free_port(),
+            "max_sockets": places,
+            "max_sockets_per_client": places,
+            "max_sockets_per_token": places,
+        }
+    d = suite.daemon(f"fanout-{kind}{subscribers}", sw, http=limits, websocket=ws)
     http = bc.Http(d.http_port)
     crowd: Crowd | None = None
     gen = bc.SyntheticChannels([watched])
@@ -395,13 +458,14 @@ def _round(
             crowd = start_crowd(
                 suite.workdir,
                 kind,
-                d.http_port,
-                KINDS[kind][1](watched),
+                d.ws_port if how.websocket and d.ws_port is not None else d.http_port,
+                how.path(watched),
                 subscribers,
                 s.fanout_procs,
-                f"{subscribers}",
+                f"{kind}{subscribers}",
+                ("--account", watched, "--binding", BINDING) if how.websocket else (),
             )
-        prober = Prober(sw, gen, probe_uuids)
+        prober = Prober(sw, gen, probe_uuids, how.probes)
         expected = expected_cut | set(probe_uuids)
         # -- full speed ------------------------------------------------------------------
         cpu0, lcpu0 = d.cpu_seconds(), load.load_cpu()

@@ -1,11 +1,13 @@
 """A crowd of live-event subscribers in a process of its own (the fan-out scenario's readers).
 
     subscriber_proc.py KIND PORT PATH COUNT OUT [--token T] [--marker M] [--lifetime S]
+                       [--account A] [--binding B]
 
-Opens COUNT connections of one KIND (`sse` today; `websocket` is ready for the Kazoo-style
-endpoint once the daemon has one: see WebSocketStream), reads them all with one epoll loop
-(no gevent: the cheapest reader Python has), and splits each stream into its messages. Prints
-`ready N` once every connection has received its first message (the snapshot), then reads
+Opens COUNT connections of one KIND (`sse`: GET PATH; `websocket`: Kazoo's websocket at PATH,
+each subscribing to account A's binding B with the token: see WebSocketStream), reads them
+all with one epoll loop (no gevent: the cheapest reader Python has), and splits each stream
+into its messages. Prints `ready N` once every connection has received its first message (the
+SSE snapshot, the websocket's subscribe reply), then reads
 until a `stop` line on stdin, and writes OUT (JSON): for every message that contains a probe
 marker (`<marker><6 digits>`), which subscriber received which probe when — the monotonic
 clock (CLOCK_MONOTONIC, shared by every process of the machine) read right after the recv()
@@ -117,23 +119,33 @@ class SseStream:
 
 
 class WebSocketStream:
-    """RFC 6455 client side: the upgrade request, then unmasked server frames (text or
-    binary; fragments joined; no extensions). The daemon has no websocket endpoint yet: when
-    the Kazoo-style one lands, give its path, and the subscribe message Kazoo's blackhole
-    expects as SUBSCRIBE (sent after the 101), and the scenario runs it like SSE."""
+    """Kazoo's websocket (blackhole) as monster-ui's client speaks it: the RFC 6455 upgrade,
+    which carries no token, then one `subscribe` text frame naming the token, the account and
+    the binding; then unmasked server frames (text; fragments joined; no extensions). The
+    first message must be the subscribe's success reply (the daemon sends no snapshot: the
+    reply is what `ready` waits for), anything else ends this subscriber. Pings are answered,
+    as a browser does: the daemon drops a socket that stays silent two ping intervals."""
 
-    SUBSCRIBE: bytes | None = None
     KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # any 16 bytes in base64: the bench checks no accept
 
-    def __init__(self, path: str, token: str) -> None:
+    def __init__(self, path: str, token: str, account: str, binding: str) -> None:
         self.request = (
             f"GET {path} HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {self.KEY}\r\n"
-            f"Sec-WebSocket-Version: 13\r\nX-Auth-Token: {token}\r\n\r\n"
+            f"Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+        self._subscribe = json.dumps(
+            {
+                "action": "subscribe",
+                "auth_token": token,
+                "request_id": "bench-subscribe",
+                "data": {"account_id": account, "binding": binding},
+            }
         ).encode()
         self._head: bytearray | None = bytearray()
         self._buf = bytearray()
         self._parts: list[bytes] = []
+        self._replied = False
         self.then_send: bytes | None = None
 
     def feed(self, data: bytes) -> list[bytes]:
@@ -145,15 +157,30 @@ class WebSocketStream:
             self._head = None
             if " 101 " not in head.split("\r\n", 1)[0] + " ":
                 raise HttpStreamError(f"no upgrade: {head.splitlines()[0]}")
-            self.then_send = self._frame(self.SUBSCRIBE) if self.SUBSCRIBE else None
+            self._send(self._frame(0x1, self._subscribe))
         self._buf += data
-        return self._frames()
+        messages = self._frames()
+        if messages and not self._replied:
+            self._check_reply(messages[0])
+        return messages
+
+    def _check_reply(self, message: bytes) -> None:
+        try:
+            reply = json.loads(message)
+        except ValueError:
+            reply = {}
+        if reply.get("action") != "reply" or reply.get("status") != "success":
+            raise HttpStreamError(f"subscribe refused: {message[:300]!r}")
+        self._replied = True
+
+    def _send(self, frame: bytes) -> None:
+        self.then_send = (self.then_send or b"") + frame
 
     @staticmethod
-    def _frame(payload: bytes) -> bytes:
-        """A masked client text frame (clients must mask; a zero mask keeps it simple)."""
+    def _frame(opcode: int, payload: bytes) -> bytes:
+        """A masked client frame (clients must mask; a zero mask keeps it simple)."""
         n = len(payload)
-        head = bytearray([0x81])
+        head = bytearray([0x80 | opcode])
         if n < 126:
             head.append(0x80 | n)
         elif n < 65536:
@@ -186,7 +213,11 @@ class WebSocketStream:
             pos = at + n
             opcode = b0 & 0x0F
             if opcode == 0x8:
-                raise HttpStreamError("the server closed the websocket")
+                code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 0
+                reason = payload[2:].decode("utf-8", "replace")
+                raise HttpStreamError(f"the server closed the websocket: {code} {reason}")
+            if opcode == 0x9:
+                self._send(self._frame(0xA, payload))
             if opcode in (0x0, 0x1, 0x2):
                 self._parts.append(payload)
                 if b0 & 0x80:
@@ -196,7 +227,13 @@ class WebSocketStream:
         return out
 
 
-KINDS: dict[str, type] = {"sse": SseStream, "websocket": WebSocketStream}
+KINDS = ("sse", "websocket")
+
+
+def make_stream(args: argparse.Namespace) -> SseStream | WebSocketStream:
+    if args.kind == "websocket":
+        return WebSocketStream(args.path, args.token, args.account, args.binding)
+    return SseStream(args.path, args.token)
 
 
 class Subscriber:
@@ -229,10 +266,12 @@ def main() -> int:
     ap.add_argument("--marker", default="benchprobe-")
     ap.add_argument("--lifetime", type=float, default=900.0)
     ap.add_argument("--batch", type=int, default=50)
+    # websocket only: what each connection subscribes to (the path is the upgrade's)
+    ap.add_argument("--account", default="")
+    ap.add_argument("--binding", default="call.*.*")
     args = ap.parse_args()
     _die_with_parent()
     marker = args.marker.encode()
-    kind = KINDS[args.kind]
     sel = selectors.DefaultSelector()
     subs: list[Subscriber] = []
     received: list[tuple[int, int, float]] = []
@@ -296,7 +335,7 @@ def main() -> int:
         for i in range(start, min(args.count, start + args.batch)):
             sock = socket.create_connection(("127.0.0.1", args.port), timeout=10)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sub = Subscriber(i, sock, kind(args.path, args.token))
+            sub = Subscriber(i, sock, make_stream(args))
             sock.sendall(sub.stream.request)
             sock.setblocking(False)
             sel.register(sock, selectors.EVENT_READ, sub)
