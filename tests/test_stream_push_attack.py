@@ -402,3 +402,52 @@ def test_ended_streams_leave_no_handler_pusher_or_parked_for_the_collector(
     finally:
         gc.enable()
     assert left == [], f"kept by reference cycles: {left}"
+
+
+# -- a Kazoo token that expires while it is written to ---------------------------------------
+
+
+def test_a_kazoo_token_expiring_between_pushes_gets_nothing_after_its_exp(
+    switch: Any, make_daemon: Any, tmp_path: Any
+) -> None:
+    """Calls every few milliseconds while the token's exp passes: no frame reaches the client
+    after it, and the stream ends at it (its greenlet wakes then: no change needs to come)."""
+    from kazoo_support import cluster
+    from test_kazoo_auth import LEEWAY_SECONDS, kazoo_section
+
+    h = make_daemon([switch], kazoo=kazoo_section(tmp_path))
+    tok = cluster().token("acc1", exp_in=-LEEWAY_SECONDS + 2)
+    sock = socket.create_connection(h.daemon.http_address, timeout=10)
+    arrivals: list[tuple[float, int]] = []  # (when, bytes received so far)
+    raw = bytearray()
+
+    def read() -> None:
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return
+            raw.extend(data)
+            arrivals.append((time.time(), len(raw)))
+
+    sock.sendall(
+        b"GET " + PATH + b" HTTP/1.1\r\nHost: x\r\nX-Auth-Token: " + tok.encode() + b"\r\n\r\n"
+    )
+    reader = gevent.spawn(read)
+    try:
+        wait_until(lambda: b"event: snapshot" in raw, what="the snapshot")
+        expires = h.daemon.ctx.auth.find(tok).expires
+        broker = h.daemon.ctx.broker
+        wait_until(lambda: broker.feeds and next(iter(broker.feeds.values())).parked, what="parked")
+        while time.time() < expires + 0.5:
+            switch.bridged_call(variables_a=ACC1, variables_b=ACC1)
+            gevent.sleep(0.01)
+        assert broker.subscribers == 0, "the stream outlived its token's exp"
+        ended_at = bytes(raw).find(b"\r\n0\r\n\r\n")
+        assert ended_at != -1, "the stream's end was not sent"
+        # Bytes that came after exp may only be the stream's end.
+        for t, upto in arrivals:
+            if t > expires + 0.05:
+                assert upto <= ended_at + 7, f"frames arrived {t - expires:.3f} s after exp"
+    finally:
+        reader.kill()
+        sock.close()
