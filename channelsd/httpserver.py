@@ -384,8 +384,29 @@ class Handler(WSGIHandler):
         if self.unsent:
             rest, self.unsent = self.unsent, b""
             self._sendall(rest)
-        if self.response_use_chunked:
+        # HEAD's answer has no body, not even the last chunk: a client keeping the connection
+        # would read it as the start of the next answer (found by an outside attack).
+        if self.response_use_chunked and self.command != "HEAD":
             self._sendall(b"0\r\n\r\n")
+
+    def finalize_headers(self) -> None:
+        super().finalize_headers()
+        # HTTP/1.0 has no chunked framing: an unsized answer (an event stream) ends where its
+        # connection does. Kept alive on the client's word, a stream that ended (revoked) could
+        # not be told from a quiet one, and the next answer ran on as the stream's bytes
+        # (found by an outside attack).
+        if (
+            self.request_version == "HTTP/1.0"
+            and not self.close_connection
+            and self.command != "HEAD"
+            and self.code not in (204, 304)
+            and not self.connection_upgraded
+            and not any(k.lower() == b"content-length" for k, _ in self.response_headers)
+        ):
+            self.close_connection = True
+            self.response_headers = [
+                (k, b"close" if k.lower() == b"connection" else v) for k, v in self.response_headers
+            ]
 
     def _write_with_headers(self, data: Any) -> None:
         # pywsgi sends the headers, then the body, in two sends (two packets, two wake-ups

@@ -103,6 +103,9 @@ class Broker:
         self._published: dict[Key, dict[str, Any]] = {}
         self._timer: gevent.Greenlet | None = None
         self._wake = gevent.event.Event()
+        # How many times wake() was called: a subscriber that was writing (no one's to wake)
+        # when it was, sees it changed and asks whether it ended before it waits.
+        self.wakes = 0
         self.feeds: dict[Any, Feed] = {}
         self._left = -RESUME_GRACE  # when the last subscriber left
         table.listen(self._on_change)
@@ -189,6 +192,7 @@ class Broker:
     def wake(self) -> None:
         """Wake every subscriber, those the publisher writes to included: to let one that
         was ended (revoked, gone) see it and stop."""
+        self.wakes += 1
         self._wake_waiting()
         for feed in list(self.feeds.values()):
             feed.wake_parked()
@@ -488,7 +492,11 @@ def subscribe(
             feed = broker.feed(key, in_scope, keep, position, visible)
             yield frame
         last_write = time.monotonic()
-        while not (broker.closed or ended()):
+        while True:
+            # (taken before ended() is asked: a wake-up from then on is not missed)
+            wakes = broker.wakes
+            if broker.closed or ended():
+                break
             out = feed.after(position)
             if out is None:  # this subscriber fell behind its feed
                 position, frame, _ = _snapshot(broker, in_scope, keep, snapshot)
@@ -502,6 +510,11 @@ def subscribe(
             elif time.monotonic() - last_write >= KEEPALIVE_SECONDS:
                 yield b": keepalive\n\n"
                 last_write = time.monotonic()
+            if broker.wakes != wakes:
+                # Woken while it wrote (its token revoked, its client gone?): nobody was
+                # parked or waiting to be woken, and parking clears a wake-up. Asked again
+                # first, or the publisher would write to it until its next keepalive.
+                continue
             if parked is not None and position == feed.last and not broker.closed:
                 position, last_write = _parked(feed, parked, position, last_write, ask_by())
             else:
