@@ -34,7 +34,7 @@ from channelsd.metrics import CONTENT_TYPE as METRICS_TYPE
 from channelsd.metrics import Metrics
 from channelsd.peers import Peers
 from channelsd.presented import header_token, truthy, wants_csv
-from channelsd.stream import Broker, subscribe
+from channelsd.stream import Broker, Parked, subscribe
 from channelsd.subscriptions import Refused, Subscription, Subscriptions
 from channelsd.table import ChannelTable, Scope
 from channelsd.tokens import Authenticator, Token, log_failure
@@ -493,8 +493,10 @@ def create_app(ctx: ApiContext) -> Flask:
 
         last = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
         broker = ctx.broker
+        # (the broker's handle on this subscriber: its end wakes it alone)
+        me = Parked(request.environ.get(PUSHER))
         try:
-            sub = ctx.subscriptions.open(call.token, "channel_events", broker.wake)
+            sub = ctx.subscriptions.open(call.token, "channel_events", lambda: broker.wake_one(me))
         except Refused as full:
             if ctx.metrics is not None:
                 ctx.metrics.http_refused.labels(full.reason).inc()
@@ -533,7 +535,7 @@ def create_app(ctx: ApiContext) -> Flask:
             last,
             ended,
             (scope_name, narrowed, filters.key()),
-            request.environ.get(PUSHER),
+            me,
             ask_by,
         )
         # A stream's client sends nothing after its request: the server says when it left,

@@ -197,6 +197,15 @@ class Broker:
         for feed in list(self.feeds.values()):
             feed.wake_parked()
 
+    def wake_one(self, parked: Parked) -> None:
+        """One subscriber's subscription ended (revoked, its client gone): wake it alone, not
+        every parked subscriber of every feed (a crowd's churn would wake the crowd)."""
+        parked.wakes += 1
+        if parked.feed is not None:
+            parked.feed.unpark(parked)
+        else:  # it waits with those who write for themselves, or it is writing
+            self._wake_waiting()
+
     def _wake_waiting(self) -> None:
         """Wake the subscribers that write for themselves: to send what was published."""
         wake, self._wake = self._wake, gevent.event.Event()
@@ -299,10 +308,13 @@ class Parked:
     """A subscriber that has caught up with its feed, written to by the publisher (Feed.push)
     until something needs its own greenlet: `woken` is set then."""
 
-    __slots__ = ("pusher", "position", "until", "wrote_at", "woken")
+    __slots__ = ("pusher", "feed", "position", "until", "wrote_at", "woken", "wakes")
 
     def __init__(self, pusher: Any) -> None:
-        self.pusher = pusher  # channelsd.httpserver.Pusher: ready, push(data), flush()
+        # channelsd.httpserver.Pusher (ready, push, flush); None: it never parks
+        self.pusher = pusher
+        self.feed: Feed | None = None  # the feed it is parked in
+        self.wakes = 0  # Broker.wake_one's calls for it
         self.position = 0  # the last message it was sent (or had nothing to be sent of)
         self.until = math.inf  # when its greenlet must ask again whether it has ended
         self.wrote_at = 0.0  # time.monotonic() of its last write
@@ -416,10 +428,12 @@ class Feed:
 
     def park(self, parked: Parked) -> None:
         self.parked.add(parked)
+        parked.feed = self
 
     def unpark(self, parked: Parked) -> None:
         """Back to its own greenlet (woken, if it waits)."""
         self.parked.discard(parked)
+        parked.feed = None
         parked.woken.set()
 
     def wake_parked(self) -> None:
@@ -447,7 +461,7 @@ def subscribe(
     last_event_id: str | None,
     ended: Callable[[], bool] = lambda: False,
     kind: Any = None,
-    pusher: Any = None,
+    parked: Parked | None = None,
     ask_by: Callable[[], float] = lambda: math.inf,
 ) -> Iterator[bytes]:
     """The byte stream of one subscriber: snapshot (or catch-up), then its feed's frames.
@@ -455,14 +469,16 @@ def subscribe(
     `in_scope(ch)` says whether this subscriber may see the channel (account, role), `keep`
     applies its filters to a rendered item, and `kind` names that combination: subscribers
     of one kind share a feed (None: a feed of its own). The stream stops once `ended()` (its
-    token was revoked; whoever ends it wakes the broker); `ask_by()` says by when (monotonic)
-    `ended()` must be asked again if nothing wakes the stream (its token expires).
+    token was revoked; whoever ends it calls `broker.wake_one(parked)`); `ask_by()` says by
+    when (monotonic) `ended()` must be asked again if nothing wakes the stream (its token
+    expires).
 
-    With a `pusher` (channelsd.httpserver.Pusher, the stream's connection), a subscriber that
-    has caught up is written to by the publisher (Feed.push) until its greenlet is needed.
+    `parked` is this subscriber as the broker knows it; with a pusher (the stream's
+    connection), once it has caught up it is written to by the publisher (Feed.push) until
+    its greenlet is needed.
     """
     key = kind if kind is not None else object()
-    parked = Parked(pusher) if pusher is not None else None
+    me = parked if parked is not None else Parked(None)
     # Counted from the start: what changes while the snapshot is taken and sent is kept.
     broker.subscribers += 1
     broker._gap = False
@@ -494,7 +510,7 @@ def subscribe(
         last_write = time.monotonic()
         while True:
             # (taken before ended() is asked: a wake-up from then on is not missed)
-            wakes = broker.wakes
+            wakes = broker.wakes + me.wakes
             if broker.closed or ended():
                 break
             out = feed.after(position)
@@ -510,13 +526,13 @@ def subscribe(
             elif time.monotonic() - last_write >= KEEPALIVE_SECONDS:
                 yield b": keepalive\n\n"
                 last_write = time.monotonic()
-            if broker.wakes != wakes:
+            if broker.wakes + me.wakes != wakes:
                 # Woken while it wrote (its token revoked, its client gone?): nobody was
                 # parked or waiting to be woken, and parking clears a wake-up. Asked again
                 # first, or the publisher would write to it until its next keepalive.
                 continue
-            if parked is not None and position == feed.last and not broker.closed:
-                position, last_write = _parked(feed, parked, position, last_write, ask_by())
+            if me.pusher is not None and position == feed.last and not broker.closed:
+                position, last_write = _parked(feed, me, position, last_write, ask_by())
             else:
                 broker.wait_for(feed, position, KEEPALIVE_SECONDS)
     finally:
@@ -543,6 +559,7 @@ def _parked(
         parked.woken.wait(max(0.0, wake_by - time.monotonic()))
     finally:
         feed.parked.discard(parked)
+        parked.feed = None
     parked.pusher.flush()
     return parked.position, parked.wrote_at
 

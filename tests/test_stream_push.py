@@ -274,3 +274,27 @@ def test_any_mix_of_readers_and_pauses_gets_the_same_stream(
             ch = switch.channels.get(uuid)  # (a call's other leg goes with it)
             if ch is not None and ch.alive:
                 switch.hangup(uuid)
+
+
+def test_a_subscriber_leaving_wakes_no_one_else(
+    daemon: Harness, switch: Any, readers: Any, counted: dict[str, int]
+) -> None:
+    """Its subscription's end wakes it alone: a crowd's churn (dashboards come and go all day)
+    must not wake the whole crowd each time (found by the outside attack)."""
+    crowd = [readers(daemon) for _ in range(10)]
+    wait_until(lambda: all(r.frames() for r in crowd), what="the snapshots")
+    broker = daemon.daemon.ctx.broker
+    feed = next(iter(broker.feeds.values()))
+    wait_until(lambda: len(feed.parked) == len(crowd), what="every subscriber parked")
+    leaving = crowd.pop()
+    leaving.close()
+    wait_until(lambda: broker.subscribers == len(crowd), what="its stream ended")
+    assert counted["woken"] == 1  # the one that left, and no one else
+    assert len(feed.parked) == len(crowd)
+    a, _ = switch.bridged_call(variables_a=ACC1, variables_b=ACC1)
+    for r in crowd:
+        wait_until(
+            lambda r=r: any(e == "create" and d["uuid"] == a for _, e, d in r.frames()),
+            what="the next call on every stream",
+        )
+    assert counted["woken"] == 1
