@@ -402,16 +402,16 @@ def test_subscribers_of_one_kind_share_a_feed_and_its_work(
     """The work of deciding what a message means for a subscriber, and of serialising it, is
     done once per feed (scope, owner narrowing, filters), not once per subscriber: a crowd of
     dashboards on one account costs the publishing of one."""
-    import channelsd.stream as stream
+    import channelsd.feeds as feeds
 
     decided = []
-    real = stream._for
+    real = feeds.frame_for
 
     def counting(*args: Any) -> Any:
         decided.append(args[1].seq)
         return real(*args)
 
-    monkeypatch.setattr(stream, "_for", counting)
+    monkeypatch.setattr(feeds, "frame_for", counting)
     crowd = [sub("/v2/accounts/acc1/channel_events") for _ in range(12)]
     answered = sub("/v2/accounts/acc1/channel_events?filter_answered=true")
     for s in [*crowd, answered]:

@@ -1,5 +1,5 @@
 """channel_events written by the publisher: a caught-up subscriber's greenlet is not woken to
-write each batch (stream.Feed.push, httpserver.Pusher), over real sockets.
+write each batch (feeds.Feed.push, httpserver.Pusher), over real sockets.
 
 What must hold whoever writes: every subscriber gets every frame of its feed once, in order,
 framed exactly (chunked for HTTP/1.1, raw for HTTP/1.0), also when its socket takes only part

@@ -1,6 +1,6 @@
 """channel_events written by the publisher, attacked from outside (found by an outside attack).
 
-A hostile tenant and a hostile network against the parked subscribers of stream.Feed.push and
+A hostile tenant and a hostile network against the parked subscribers of feeds.Feed.push and
 httpserver.Pusher, over real sockets: revocations that land while a subscriber writes for
 itself, clients that stop reading and vanish with a push's rest pending, keep-alive and
 pipelined requests after a stream, HEAD, HTTP/1.0 keep-alive, a crowd that comes and goes
@@ -21,8 +21,8 @@ import gevent
 import pytest
 from test_stream_push import WireReader
 
+from channelsd.feeds import Parked
 from channelsd.httpserver import Handler, Pusher
-from channelsd.stream import Parked
 
 from conftest import Harness, token, wait_until
 
@@ -309,9 +309,9 @@ def test_a_churning_crowd_leaves_no_subscriber_skipped_doubled_or_stale(
     a few dozen), while readers connect and vanish, and calls come and go: the steady readers
     end with the same frames, once each and in order, and all are parked at the feed's last
     message once it is quiet (none left behind to wait for its keepalive)."""
-    import channelsd.stream as stream
+    import channelsd.feeds as feeds
 
-    monkeypatch.setattr(stream, "PUSH_TURN", 3)
+    monkeypatch.setattr(feeds, "PUSH_TURN", 3)
     rng = random.Random(7)
     steady = [readers(daemon, version=rng.choice(["1.0", "1.1"])) for _ in range(24)]
     wait_until(lambda: all(r.frames() for r in steady), what="the snapshots")

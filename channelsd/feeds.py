@@ -1,0 +1,236 @@
+"""A feed: what one kind of event-stream subscriber is sent, decided once for all of them.
+
+Subscribers who see the same (scope, owner narrowing, filters) share a feed: each publish, it
+decides which messages they may see, frames them once (`_Batch`) and keeps the last batches
+for those still writing an earlier one. A subscriber that has caught up is parked (`Parked`)
+and the feed writes each batch to its socket itself (`Feed.push`, through the connection's
+channelsd.httpserver.Pusher), never waiting; its own greenlet wakes only when it is needed.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from array import array
+from bisect import bisect_right
+from collections import deque
+from collections.abc import Callable
+from itertools import accumulate
+from typing import TYPE_CHECKING, Any
+
+import gevent.event
+import orjson
+
+from channelsd import turns
+from channelsd.channel import Channel
+from channelsd.table import Key
+
+if TYPE_CHECKING:
+    from channelsd.stream import Broker, _Message
+
+# Pushes between two visits to the hub: a crowd of subscribers is written in turns.
+PUSH_TURN = 256
+
+# Batches a feed keeps for its slower subscribers: ~6 s of publishing, and never more frames
+# than the broker's ring holds messages; one further behind starts over from a snapshot.
+FEED_BATCHES = 64
+
+
+class _Batch:
+    """One publish's frames for a feed, joined once; `seqs[i]` is the message of the frame
+    that ends at `ends[i]` in `joined` (compact: no second copy of each frame)."""
+
+    __slots__ = ("first", "last", "joined", "seqs", "ends")
+
+    def __init__(self, first: int, last: int, frames: list[tuple[int, bytes]]) -> None:
+        self.first = first
+        self.last = last
+        self.joined = b"".join(f for _, f in frames)
+        self.seqs = array("q", (s for s, _ in frames))
+        self.ends = array("q", accumulate(len(f) for _, f in frames))
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    def after(self, seq: int) -> bytes:
+        """The frames of messages after `seq`."""
+        if self.first > seq:
+            return self.joined
+        i = bisect_right(self.seqs, seq)
+        return self.joined[self.ends[i - 1] if i else 0 :]
+
+
+class Parked:
+    """A subscriber that has caught up with its feed, written to by the publisher (Feed.push)
+    until something needs its own greenlet: `woken` is set then."""
+
+    __slots__ = ("pusher", "feed", "position", "until", "wrote_at", "woken", "wakes")
+
+    def __init__(self, pusher: Any) -> None:
+        # channelsd.httpserver.Pusher (ready, push, flush); None: it never parks
+        self.pusher = pusher
+        self.feed: Feed | None = None  # the feed it is parked in
+        self.wakes = 0  # Broker.wake_one's calls for it
+        self.position = 0  # the last message it was sent (or had nothing to be sent of)
+        self.until = math.inf  # when its greenlet must ask again whether it has ended
+        self.wrote_at = 0.0  # time.monotonic() of its last write
+        self.woken = gevent.event.Event()
+
+
+class Feed:
+    """What one kind of subscriber is sent: the same scope, role narrowing and filters.
+
+    Every subscriber of a feed started from a snapshot (or caught up) at or after the feed's
+    start, so the channels it holds are the feed's `visible` set, give or take changes not
+    yet published when its snapshot was rendered; those come next anyway, and a create for a
+    channel it holds, or a destroy for one it does not, changes nothing for a client. So the
+    frames are decided and serialised once per batch for all of them."""
+
+    __slots__ = (
+        "in_scope",
+        "keep",
+        "visible",
+        "last",
+        "batches",
+        "held",
+        "cut",
+        "users",
+        "parked",
+    )
+
+    def __init__(
+        self,
+        in_scope: Callable[[Channel], bool],
+        keep: Callable[[dict[str, Any]], bool],
+        position: int,
+        visible: set[Key],
+    ) -> None:
+        self.in_scope = in_scope
+        self.keep = keep
+        self.visible = set(visible)
+        self.last = position  # the last message this feed has decided about
+        self.batches: deque[_Batch] = deque()
+        self.held = 0  # frames in the batches
+        # The last message whose frame is no longer held (a batch dropped, or the ring had
+        # moved on): a subscriber at or before it cannot be served from the feed.
+        self.cut = position
+        self.users = 0
+        self.parked: set[Parked] = set()
+
+    def catch_up(self, broker: Broker) -> None:
+        messages = broker.since(self.last)
+        if messages is None:  # the ring moved on past this feed: its subscribers start over
+            self.batches.clear()
+            self.held = 0
+            self.last = self.cut = broker.seq
+            # The destroys the ring lost never take their channels out of `visible`: those
+            # gone are dropped here, or a feed that lives for weeks would keep every channel a
+            # burst (a node purged, a reconcile) ever hid from it.
+            row = broker.table.row
+            self.visible = {key for key in self.visible if row(*key) is not None}
+            self.wake_parked()  # each starts over from a snapshot, in its own greenlet
+            return
+        before = self.last
+        frames = []
+        for msg in messages:
+            # Destroys of any channel in scope, visible to the feed or not: a subscriber that
+            # resumed may hold one the feed never told (a destroy it lacks changes nothing).
+            frame = frame_for(broker, msg, self.visible, self.in_scope, self.keep, True)
+            if frame is not None:
+                frames.append((msg.seq, frame))
+        if not messages:
+            return
+        self.last = messages[-1].seq
+        batch = None
+        if frames:
+            batch = _Batch(messages[0].seq, self.last, frames)
+            self.batches.append(batch)
+            self.held += len(frames)
+        # Bounded in frames as well as batches: a publish that catches thousands of messages
+        # (a busy switch, a reconcile) must not multiply what 64 batches hold.
+        limit = broker.ring.maxlen or FEED_BATCHES
+        while self.batches and (len(self.batches) > FEED_BATCHES or self.held > limit):
+            dropped = self.batches.popleft()
+            self.held -= len(dropped)
+            self.cut = dropped.last
+        if self.parked:
+            self.push(before, self.last, batch.joined if batch is not None else b"")
+
+    def push(self, before: int, last: int, data: bytes) -> None:
+        """The messages after `before` up to `last` (their frames: `data`) to every parked
+        subscriber that was sent everything up to `before`, written from here. One whose
+        socket did not take it all, or whose end must be checked, is woken instead."""
+        now = time.monotonic()
+        done = 0
+        chunk = b"%x\r\n%s\r\n" % (len(data), data)  # HTTP/1.1's framing, made once
+        for parked in list(self.parked):
+            if parked not in self.parked or parked.position != before:
+                continue  # it left, or caught up by itself, while this one was written
+            if now >= parked.until or not parked.pusher.ready:
+                self.unpark(parked)
+                continue
+            if data:
+                written = parked.pusher.push(data, chunk)
+                parked.wrote_at = now
+                done += 1
+            else:
+                written = True  # nothing of these messages is for this feed
+            parked.position = last
+            if not written or last != self.last:  # (a later publish went on meanwhile)
+                self.unpark(parked)
+            if data and done % PUSH_TURN == 0:
+                turns.pause()
+                now = time.monotonic()
+
+    def park(self, parked: Parked) -> None:
+        self.parked.add(parked)
+        parked.feed = self
+
+    def unpark(self, parked: Parked) -> None:
+        """Back to its own greenlet (woken, if it waits)."""
+        self.parked.discard(parked)
+        parked.feed = None
+        parked.woken.set()
+
+    def wake_parked(self) -> None:
+        for parked in list(self.parked):
+            self.unpark(parked)
+
+    def after(self, seq: int) -> bytes | None:
+        """Every frame after `seq`, or None when this feed no longer reaches back that far."""
+        if seq >= self.last:
+            return b""
+        if seq < self.cut:
+            return None
+        return b"".join(batch.after(seq) for batch in self.batches if batch.last > seq)
+
+
+def sse_frame(broker: Broker, seq: int, event: str, data: bytes) -> bytes:
+    return b"id: %s\nevent: %s\ndata: %s\n\n" % (broker.event_id(seq), event.encode(), data)
+
+
+def frame_for(
+    broker: Broker,
+    msg: _Message,
+    seen: set[Key],
+    in_scope: Callable[[Channel], bool],
+    keep: Callable[[dict[str, Any]], bool],
+    resumed: bool,
+) -> bytes | None:
+    """What this subscriber is sent for one shared message, if anything."""
+    key = msg.key
+    if msg.kind == "destroy":
+        if key in seen or (resumed and in_scope(msg.channel)):
+            seen.discard(key)
+            return sse_frame(broker, msg.seq, "destroy", msg.data)
+        return None
+    if not (in_scope(msg.channel) and keep(msg.item)):  # e.g. moved to another account
+        if key in seen:
+            seen.discard(key)
+            gone = {"uuid": key[1], "node": key[0]}
+            return sse_frame(broker, msg.seq, "destroy", orjson.dumps(gone))
+        return None
+    if key in seen and msg.kind == "update":
+        return sse_frame(broker, msg.seq, "update", msg.data)
+    seen.add(key)  # new to this subscriber: the whole item
+    return sse_frame(broker, msg.seq, "create", msg.full)
