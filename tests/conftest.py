@@ -184,6 +184,23 @@ def daemon(switch: Any, make_daemon: Callable[..., Harness]) -> Harness:
     return make_daemon([switch])
 
 
+@pytest.fixture
+def readers() -> Iterator[Callable[..., Any]]:
+    """Raw-socket SSE readers (tests/sse_support.WireReader), closed after the test."""
+    from sse_support import WireReader
+
+    made: list[Any] = []
+
+    def make(*args: Any, **kw: Any) -> Any:
+        r = WireReader(*args, **kw)
+        made.append(r)
+        return r
+
+    yield make
+    for r in made:
+        r.close()
+
+
 # -- reliability figures ---------------------------------------------------------------------
 # Fault and attack tests record how many cases they ran and how many held; the session writes
 # them to test-artifacts/reliability.json, from which RELIABILITY.md is filled in.

@@ -19,7 +19,7 @@ from typing import Any
 
 import gevent
 import pytest
-from test_stream_push import WireReader
+from sse_support import WireReader
 
 from channelsd.feeds import Parked
 from channelsd.httpserver import Handler, Pusher
@@ -100,20 +100,6 @@ def frame_ids(body: bytes) -> list[int]:
         fields = dict(line.split(": ", 1) for line in block.split("\n"))
         ids.append(int(fields["id"].rsplit("-", 1)[1]))
     return ids
-
-
-@pytest.fixture
-def readers() -> Any:
-    made: list[WireReader] = []
-
-    def make(*args: Any, **kw: Any) -> WireReader:
-        r = WireReader(*args, **kw)
-        made.append(r)
-        return r
-
-    yield make
-    for r in made:
-        r.close()
 
 
 @pytest.fixture
