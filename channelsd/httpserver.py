@@ -262,10 +262,8 @@ class Pusher:
 
     def flush(self) -> None:
         """In the answer's own greenlet: write what a push left, waiting as any write does."""
-        h = self._handler
-        if h is not None and h.unsent:
-            data, h.unsent = h.unsent, b""
-            h._sendall(data)
+        if self._handler is not None:
+            self._handler.send_unsent()
 
     def let_go(self) -> None:
         self._handler = None
@@ -381,13 +379,17 @@ class Handler(WSGIHandler):
                 self.write(data)
         if self.status and not self.headers_sent:
             self.write(b"")
-        if self.unsent:
-            rest, self.unsent = self.unsent, b""
-            self._sendall(rest)
+        self.send_unsent()
         # HEAD's answer has no body, not even the last chunk: a client keeping the connection
         # would read it as the start of the next answer (found by an outside attack).
         if self.response_use_chunked and self.command != "HEAD":
             self._sendall(b"0\r\n\r\n")
+
+    def send_unsent(self) -> None:
+        """Write what a Pusher could not (waiting as any write of the answer does)."""
+        if self.unsent:
+            rest, self.unsent = self.unsent, b""
+            self._sendall(rest)
 
     def finalize_headers(self) -> None:
         super().finalize_headers()
@@ -431,9 +433,7 @@ class Handler(WSGIHandler):
         self._write(data)
 
     def _write(self, data: Any, _bytearray: Any = bytearray) -> None:
-        if self.unsent:  # a push's rest, before what comes after it
-            rest, self.unsent = self.unsent, b""
-            self._sendall(rest)
+        self.send_unsent()  # a push's rest, before what comes after it
         # pywsgi frames a chunk by copying it into a new buffer between its size line and its
         # CRLF. An event stream's batch is the same bytes for every subscriber of a feed:
         # a thousand subscribers made a thousand copies of each batch. A large chunk goes
