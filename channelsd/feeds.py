@@ -160,27 +160,26 @@ class Feed:
         """The messages after `before` up to `last` (their frames: `data`) to every parked
         subscriber that was sent everything up to `before`, written from here. One whose
         socket did not take it all, or whose end must be checked, is woken instead."""
-        now = time.monotonic()
+        chunk = b"%x\r\n%s\r\n" % (len(data), data) if data else b""  # HTTP/1.1's, once
         done = 0
-        chunk = b"%x\r\n%s\r\n" % (len(data), data)  # HTTP/1.1's framing, made once
         for parked in list(self.parked):
             if parked not in self.parked or parked.position != before:
                 continue  # it left, or caught up by itself, while this one was written
+            # (read for each: a token's exp is kept to the push, not to the batch's start)
+            now = time.monotonic()
             if now >= parked.until or not parked.pusher.ready:
                 self.unpark(parked)
                 continue
+            written = True  # (no frame of these messages is for this feed: nothing to write)
             if data:
                 written = parked.pusher.push(data, chunk)
                 parked.wrote_at = now
                 done += 1
-            else:
-                written = True  # nothing of these messages is for this feed
             parked.position = last
             if not written or last != self.last:  # (a later publish went on meanwhile)
                 self.unpark(parked)
             if data and done % PUSH_TURN == 0:
                 turns.pause()
-                now = time.monotonic()
 
     def park(self, parked: Parked) -> None:
         self.parked.add(parked)

@@ -296,8 +296,12 @@ def test_a_churning_crowd_leaves_no_subscriber_skipped_doubled_or_stale(
     end with the same frames, once each and in order, and all are parked at the feed's last
     message once it is quiet (none left behind to wait for its keepalive)."""
     import channelsd.feeds as feeds
+    import channelsd.stream as stream
 
     monkeypatch.setattr(feeds, "PUSH_TURN", 3)
+    # A reader left parked behind the feed would get the marker only at its keepalive: with
+    # none for an hour, it never gets it, whatever the machine's speed.
+    monkeypatch.setattr(stream, "KEEPALIVE_SECONDS", 3600.0)
     rng = random.Random(7)
     steady = [readers(daemon, version=rng.choice(["1.0", "1.1"])) for _ in range(24)]
     wait_until(lambda: all(r.frames() for r in steady), what="the snapshots")
@@ -329,7 +333,7 @@ def test_a_churning_crowd_leaves_no_subscriber_skipped_doubled_or_stale(
     for r in steady:
         wait_until(
             lambda r=r: any(e == "create" and d["uuid"] == marker for _, e, d in r.frames()),
-            timeout=3,  # a publish or two, never a keepalive's 15 s
+            timeout=20,
             what="the marker on every steady stream",
         )
     ref = [(i, e, json.dumps(d, sort_keys=True)) for i, e, d in steady[0].frames()[1:]]
@@ -394,17 +398,32 @@ def test_ended_streams_leave_no_handler_pusher_or_parked_for_the_collector(
 
 
 def test_a_kazoo_token_expiring_between_pushes_gets_nothing_after_its_exp(
-    switch: Any, make_daemon: Any, tmp_path: Any
+    switch: Any, make_daemon: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Calls every few milliseconds while the token's exp passes: no frame reaches the client
-    after it, and the stream ends at it (its greenlet wakes then: no change needs to come)."""
+    """Calls every few milliseconds while the token's exp passes: no frame is written to the
+    client after it, and the stream ends at it (its greenlet wakes then: no change needs to
+    come). When each frame was written is read in the daemon, where it is decided: the
+    client's reading can lag on a busy machine."""
     from kazoo_support import cluster
     from test_kazoo_auth import LEEWAY_SECONDS, kazoo_section
 
+    written: list[float] = []  # time.time() of each write of frames to the stream's client
+    real_push, real_write = Pusher.push, Handler.write
+
+    def push(self: Pusher, data: bytes, chunk: bytes) -> bool:
+        written.append(time.time())
+        return real_push(self, data, chunk)
+
+    def write(self: Handler, data: bytes) -> None:
+        if b"event: " in data:
+            written.append(time.time())
+        real_write(self, data)
+
+    monkeypatch.setattr(Pusher, "push", push)
+    monkeypatch.setattr(Handler, "write", write)
     h = make_daemon([switch], kazoo=kazoo_section(tmp_path))
     tok = cluster().token("acc1", exp_in=-LEEWAY_SECONDS + 2)
     sock = socket.create_connection(h.daemon.http_address, timeout=10)
-    arrivals: list[tuple[float, int]] = []  # (when, bytes received so far)
     raw = bytearray()
 
     def read() -> None:
@@ -413,7 +432,6 @@ def test_a_kazoo_token_expiring_between_pushes_gets_nothing_after_its_exp(
             if not data:
                 return
             raw.extend(data)
-            arrivals.append((time.time(), len(raw)))
 
     sock.sendall(
         b"GET " + PATH + b" HTTP/1.1\r\nHost: x\r\nX-Auth-Token: " + tok.encode() + b"\r\n\r\n"
@@ -428,12 +446,12 @@ def test_a_kazoo_token_expiring_between_pushes_gets_nothing_after_its_exp(
             switch.bridged_call(variables_a=ACC1, variables_b=ACC1)
             gevent.sleep(0.01)
         assert broker.subscribers == 0, "the stream outlived its token's exp"
-        ended_at = bytes(raw).find(b"\r\n0\r\n\r\n")
-        assert ended_at != -1, "the stream's end was not sent"
-        # Bytes that came after exp may only be the stream's end.
-        for t, upto in arrivals:
-            if t > expires + 0.05:
-                assert upto <= ended_at + 7, f"frames arrived {t - expires:.3f} s after exp"
+        wait_until(lambda: b"\r\n0\r\n\r\n" in raw, what="the stream's end")
+        assert len(written) > 2  # the snapshot and frames pushed while the token held
+        # (the millisecond: the monotonic deadline the push loop keeps is the exp read off
+        # the wall clock, converted once; not a margin for the machine's speed)
+        late = [t - expires for t in written if t > expires + 0.001]
+        assert not late, f"frames written {late} s after exp"
     finally:
         reader.kill()
         sock.close()
