@@ -98,6 +98,21 @@ def count_pauses(monkeypatch: pytest.MonkeyPatch, module: Any, name: str = "_pau
     return visits
 
 
+def calls_until(
+    h: "Harness", switch: Any, done: Callable[[], Any], variables: dict[str, Any]
+) -> list[str]:
+    """Calls, 40 a publish apart, until `done()`: a socket whose reader stopped fills with
+    what the kernel takes (its sender's buffer grows to a few MB), so how many calls that
+    takes is not known beforehand. The calls' first legs."""
+    calls: list[str] = []
+    while not done():
+        for _ in range(40):
+            calls.append(switch.bridged_call(variables_a=variables, variables_b=variables)[0])
+        gevent.sleep(0.15)  # a publish
+        assert len(h.table) < 20_000, "the socket never filled"
+    return calls
+
+
 class Api:
     """A real HTTP client for the daemon under test."""
 

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from sse_support import WireReader
 
-from conftest import Harness, wait_until
+from conftest import Harness, calls_until, wait_until
 
 ACC1 = {"account_id": "acc1", "owner_id": "user1"}
 
@@ -96,14 +96,7 @@ def test_a_socket_that_takes_part_of_a_batch_gets_the_rest_in_order(
     feed = next(iter(daemon.daemon.ctx.broker.feeds.values()))
     wait_until(lambda: len(feed.parked) == 2, what="both parked")
     slow.paused = True
-    last = ""
-    # Batches until one does not fit: the kernel takes a few MB into a socket whose reader
-    # sleeps (the sender's buffer grows), so how many it takes is not known beforehand.
-    while not counted["partial"]:
-        for _ in range(40):
-            last = switch.bridged_call(variables_a=ACC1, variables_b=ACC1)[0]
-        gevent.sleep(0.15)
-        assert len(daemon.table) < 20_000, "the slow socket never filled"
+    last = calls_until(daemon, switch, lambda: counted["partial"], ACC1)[-1]
     slow.paused = False
     for r in (fast, slow):
         wait_until(

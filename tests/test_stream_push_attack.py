@@ -24,7 +24,7 @@ from sse_support import WireReader
 from channelsd.feeds import Parked
 from channelsd.httpserver import Handler, Pusher
 
-from conftest import Harness, token, wait_until
+from conftest import Harness, calls_until, token, wait_until
 
 ACC1 = {"account_id": "acc1", "owner_id": "user1"}
 PATH = b"/v2/accounts/acc1/channel_events"
@@ -118,17 +118,6 @@ def partials(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return seen
 
 
-def fill_until_partial(h: Harness, switch: Any, partials: list[int]) -> list[str]:
-    """Calls until a push leaves a rest for the subscriber's greenlet (its reader stopped)."""
-    calls = []
-    while not partials:
-        for _ in range(40):
-            calls.append(switch.bridged_call(variables_a=ACC1, variables_b=ACC1)[0])
-        gevent.sleep(0.15)
-        assert len(h.table) < 20_000, "the socket never filled"
-    return calls
-
-
 # -- revocation ----------------------------------------------------------------------------------
 
 
@@ -179,7 +168,7 @@ def test_a_revocation_while_a_push_waits_for_a_stopped_reader_ends_it_framed(
         assert b"event: snapshot" in got and not closed
         broker = daemon.daemon.ctx.broker
         wait_until(lambda: broker.feeds and next(iter(broker.feeds.values())).parked, what="parked")
-        fill_until_partial(daemon, switch, partials)
+        calls_until(daemon, switch, lambda: partials, ACC1)
         assert revoke(daemon) == 1
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # pipelined after the stream
         while True:
@@ -251,7 +240,7 @@ def test_a_reader_that_resets_with_a_push_rest_pending_leaves_nothing(
     broker = daemon.daemon.ctx.broker
     feed = next(iter(broker.feeds.values()))
     wait_until(lambda: len(feed.parked) == 2, what="both parked")
-    fill_until_partial(daemon, switch, partials)
+    calls_until(daemon, switch, lambda: partials, ACC1)
     # It vanishes: RST, the rest of the push never read.
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sock.close()
@@ -377,7 +366,7 @@ def test_ended_streams_leave_no_handler_pusher_or_parked_for_the_collector(
         sock.sendall(stream_request())
         recv_for(sock, 5, until=b"event: snapshot")
         parked_soon()
-        fill_until_partial(daemon, switch, partials)
+        calls_until(daemon, switch, lambda: partials, ACC1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.close()
         # closed while parked

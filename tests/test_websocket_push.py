@@ -11,7 +11,7 @@ from kazoo_support import KID, WsClient, cluster
 
 from channelsd.blackhole.session import Session
 
-from conftest import Harness, token, wait_until
+from conftest import Harness, calls_until, token, wait_until
 
 ACC1 = {"account_id": "acc1", "owner_id": "user1", "domain_name": "acc1.example"}
 
@@ -84,11 +84,8 @@ def test_a_socket_that_takes_part_of_a_batch_gets_the_rest_in_order(
             assert c.subscribe(token("admin1"), "acc1", "call.*.*")["status"] == "success"
         replies = len(writes)
         slow.greenlet.kill()  # it stops reading: its socket fills
-        while len(writes) == replies:  # until a batch was left to the writer
-            for _ in range(40):
-                switch.bridged_call(variables_a=ACC1, variables_b=ACC1)
-            gevent.sleep(0.15)
-            assert len(wsd.table) < 20_000, "the socket never filled"
+        # until a batch was left to the writer
+        calls_until(wsd, switch, lambda: len(writes) > replies, ACC1)
         slow.greenlet = gevent.spawn(slow._read)  # reads again
         last = switch.bridged_call(variables_a=ACC1, variables_b=ACC1)[0]
         for c in (fast, slow):
