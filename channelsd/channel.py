@@ -103,6 +103,18 @@ def endpoint_of(name: str | None) -> str | None:
     return None
 
 
+# The headers Ending reads (the table declares every header it reads: ChannelTable.headers_read).
+ENDING_HEADERS = (
+    "Hangup-Cause",
+    "variable_hangup_cause",
+    "variable_sip_hangup_disposition",
+    "variable_duration",
+    "variable_billsec",
+    "Caller-Channel-Hangup-Time",
+    "variable_rtp_audio_in_mos",
+)
+
+
 class Ending:
     """How a channel ended, as FreeSWITCH reports it on its last events (HANGUP,
     HANGUP_COMPLETE, DESTROY): kept on the channel only once it hangs up."""

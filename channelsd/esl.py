@@ -129,12 +129,15 @@ class ESLConnection(InboundESL):
         timeout: float = 5.0,
         on_event: EventHandler | None = None,
         on_parse_error: Callable[[Exception], None] | None = None,
+        parse_json: Callable[[bytes], dict[str, Any]] = parse_json,
     ) -> None:
         super().__init__(host, port, password, timeout=timeout)
         self.label = label or f"{host}:{port}"
         self._send_lock = gevent.lock.Semaphore()
         self._on_event = on_event
         self._on_parse_error = on_parse_error
+        # json events' parser: the whole body, or only what the table reads (eventpick.py)
+        self._parse_json = parse_json
         self.closed = gevent.event.Event()
         self.close_reason = ""
         self.last_rx = time.monotonic()
@@ -408,7 +411,7 @@ class ESLConnection(InboundESL):
                 buf = b"".join(chunks)
             pos = scan = stop
             if headers is None:
-                self._event(buf[start:stop], parse_json)
+                self._event(buf[start:stop], self._parse_json)
             else:
                 self._dispatch(headers, buf[start:stop])
                 if ctype not in _EVENT_TYPES:
@@ -518,7 +521,7 @@ class ESLConnection(InboundESL):
         if ctype == "text/event-json" or ctype == "text/event-plain":
             if body is None:
                 raise ProtocolError(f"{ctype} frame without a Content-Length")
-            self._event(body, parse_json if ctype == "text/event-json" else parse_plain)
+            self._event(body, self._parse_json if ctype == "text/event-json" else parse_plain)
         elif ctype == "command/reply" or ctype == "api/response":
             if ctype == "api/response":
                 if body is None:

@@ -22,6 +22,7 @@ import gevent.event
 from channelsd import turns
 from channelsd.config import NodeConfig, SyncConfig
 from channelsd.esl import ConnectionLost, ESLConnection, ESLError
+from channelsd.eventpick import parser_for
 from channelsd.events import EventParseError, parse_json
 from channelsd.jobs import JobResults
 from channelsd.metrics import Metrics
@@ -214,6 +215,8 @@ class NodeLink:
             gevent.sleep(delay)
 
     def _connection(self, role: str, on_event: Any = None) -> ESLConnection:
+        # The events connection feeds the table: only what it reads is picked out of an event.
+        parse = parser_for(self.table) if on_event is not None else parse_json
         conn = ESLConnection(
             self.cfg.host,
             self.cfg.port,
@@ -222,6 +225,7 @@ class NodeLink:
             timeout=self.sync.connect_timeout,
             on_event=on_event,
             on_parse_error=self._parse_error,
+            parse_json=parse,
         )
         conn.connect()
         return conn

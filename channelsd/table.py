@@ -24,6 +24,7 @@ from typing import Any
 
 from channelsd.channel import (
     DETAIL_CHAINS,
+    ENDING_HEADERS,
     FRESH_TAIL,
     MAX_VALUE_CHARS,
     NUMERIC_DETAILS,
@@ -158,10 +159,42 @@ _STATE_FIELDS = (
 # Events about one channel whose names do not start with CHANNEL_.
 _OTHER_CHANNEL_EVENTS = frozenset(("CALL_UPDATE", "RECORD_START", "RECORD_STOP"))
 
+
+def table_event(name: Any) -> bool:
+    """Whether apply() acts on events of this name (a channel's events and API): those may
+    come with only headers_read picked out of them (channelsd/eventpick.py)."""
+    return name.__class__ is str and (
+        name.startswith("CHANNEL_") or name in _OTHER_CHANNEL_EVENTS or name == "API"
+    )
+
+
 # FreeSWITCH adds no variable_* headers to these (freeswitch-esl.md §2.3): skip the variable
 # lookups for them, about a third of all channel events.
 _NO_VARIABLES = frozenset(
     ("CHANNEL_STATE", "CHANNEL_CALLSTATE", "CHANNEL_OUTGOING", "CHANNEL_APPLICATION")
+)
+
+# Every header apply() reads besides the chains, the details and the custom channel variables.
+# Only these are picked out of a json event (channelsd/eventpick.py): a header read and not
+# named here is missed; tests/test_eventpick.py records every header apply() asks for.
+_OTHER_HEADERS = (
+    "Event-Name",
+    "Unique-ID",
+    "Old-Unique-ID",
+    "Other-Leg-Unique-ID",
+    "Channel-Name",
+    "Answer-State",
+    "Caller-Channel-Created-Time",
+    "variable_loopback_leg",
+    "variable_uuid",
+    "Bridge-A-Unique-ID",
+    "Bridge-B-Unique-ID",
+    "Record-File-Path",
+    "API-Command",
+    "API-Command-Argument",
+    *ENDING_HEADERS,
+    *(header for _, header in SECURE_MEDIA),
+    *(header for _, header, _ in _RTP_DETAILS),
 )
 
 # Channels whose list JSON is kept at most: ~26 MB of Kazoo channels.
@@ -414,6 +447,10 @@ class ChannelTable:
         )
         shared_headers = frozenset(prefix + name for name in self._shared_ccvs)
         self._chains = _with_modes(_FIXED_CHAINS + identity.chains, shared_headers)
+        # What apply() reads of an event: these headers, and those starting with the prefix.
+        self.headers_read = frozenset(
+            _OTHER_HEADERS + tuple(h for _, chain, _ in self._chains for h in chain)
+        )
         self._ccv_names: dict[str, str] = {}
         self._shared_details: dict[tuple[Any, ...], dict[str, Any]] = {}
         self._chains_without_ccvs = tuple(

@@ -1,0 +1,66 @@
+"""Reading only what the table reads out of a json event: the event socket's parser.
+
+A FreeSWITCH json event is ~70 headers (~2.5 KB); the channel table reads ~20 of them. Parsed
+whole by orjson, building the other ~50 strings was the larger half of channelsd's cost per
+event (BENCHMARKS.md, issue #16). `channelsd_picker` (C, built by `pip install` from
+channelsd/picker.c) walks the body once and builds only the headers the table reads.
+
+The picked dict is the table's alone: an event anything else reads (a HEARTBEAT, a
+BACKGROUND_JOB) is parsed whole, and so is any body the picker leaves to orjson (anything but
+a flat object of printable-ASCII strings). Where the extension could not be built (no C
+compiler or Python headers at install time), every event is parsed whole, as before: slower,
+never different (tests/test_eventpick.py holds the two equal).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from channelsd.events import parse_json
+from channelsd.table import ChannelTable, table_event
+
+try:
+    from channelsd_picker import Picker
+except ImportError:  # built optionally: see setup.py
+    Picker = None
+
+log = logging.getLogger(__name__)
+
+Parse = Callable[[bytes], dict[str, Any]]
+
+
+def built() -> bool:
+    """Whether the C picker is installed (`channelsd check` and the start-up log say so)."""
+    return Picker is not None
+
+
+def picker_for(table: ChannelTable) -> Any | None:
+    """A picker of what `table` reads now, or None when events must be parsed whole: the
+    extension is missing, or the identity names a header JSON may write escaped (the picker
+    matches names by their bytes)."""
+    if Picker is None:
+        return None
+    try:
+        return Picker(sorted(table.headers_read), table.identity.ccv_prefix)
+    except ValueError:
+        return None
+
+
+def parser_for(table: ChannelTable) -> Parse:
+    """The event socket's json parser for a connection that feeds `table`. It follows the
+    table's identity (a SIGHUP changes which headers are read)."""
+    held: list[Any] = [None, None]  # the identity the picker was made for, the picker
+
+    def parse(body: bytes) -> dict[str, Any]:
+        if held[0] is not table.identity:
+            held[0], held[1] = table.identity, picker_for(table)
+        picker = held[1]
+        if picker is not None:
+            picked = picker.pick(body)
+            if picked is not None and table_event(picked.get("Event-Name")):
+                return picked
+        return parse_json(body)
+
+    return parse
