@@ -332,3 +332,28 @@ def test_the_events_connection_picks(
     assert names[utf8[0]]["caller_id_name"] == "Zo\u00eb \u2603"
     assert names[plain[0]]["owner_id"] == "u1"
     assert True in picks and False in picks
+
+
+# -- where it was not built --------------------------------------------------------------------
+
+
+def test_without_the_picker_events_are_parsed_whole_and_check_says_so(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Any
+) -> None:
+    from channelsd import cli
+
+    monkeypatch.setattr(eventpick, "Picker", None)
+    parse = eventpick.parser_for(ChannelTable())
+    for _, body in JSON_BODIES[:300]:
+        assert parse(body) == parse_json(body)
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[[nodes]]\nname = "fs1"\nhost = "127.0.0.1"\npassword = "x"\n'
+        f'[[tokens]]\nsha256 = "{"0" * 64}"\naccount_id = "a"\nrole = "admin"\n'
+    )
+    assert cli.main(["check", "-c", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "channelsd_picker is not built" in err and len(err.splitlines()) == 1
+    monkeypatch.undo()
+    assert cli.main(["check", "-c", str(path)]) == 0
+    assert capsys.readouterr().err == ""
