@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from channelsd.channel import DETAIL_CHAINS  # noqa: E402
+from channelsd.eventpick import parser_for, picker_for  # noqa: E402
 from channelsd.events import parse_plain  # noqa: E402
 from channelsd.standin.replay import load_frames  # noqa: E402
 from channelsd.table import _FIXED_CHAINS, _STATE_EVENTS, ChannelTable, Identity  # noqa: E402
@@ -75,11 +76,26 @@ def main() -> None:
 
     def ingest(_: object) -> None:
         table = ChannelTable()
-        for e in events:
-            table.apply("fs1", e)
+        for e, b in zip(events, js, strict=True):
+            table.apply("fs1", e, b)  # with the body, as the daemon does
 
     per_run = rate(ingest, [None], repeat=5)
     rows.append(("ChannelTable.apply, parsed json events", per_run * len(events)))
+    picker = picker_for(ChannelTable())
+    if picker is None:
+        rows.append(("channelsd_picker: not built", 0.0))
+    else:
+        rows.append(("channelsd_picker: the table's headers, json events", rate(picker.pick, js)))
+        parse = parser_for(ChannelTable())
+        picked = [parse(b) for b in js]
+
+        def ingest_picked(_: object) -> None:
+            table = ChannelTable()
+            for e, b in zip(picked, js, strict=True):
+                table.apply("fs1", e, b)
+
+        per_run = rate(ingest_picked, [None], repeat=5)
+        rows.append(("ChannelTable.apply, picked json events", per_run * len(events)))
     machine = f"{platform.machine()} {platform.processor() or ''}".strip()
     print(f"machine: {machine}, Python {platform.python_version()}")
     print(f"input: s7_burst50 capture, {len(js)} json / {len(plain)} plain events")
@@ -88,7 +104,7 @@ def main() -> None:
     print("|---|---:|---:|")
     base = rows[0][1]
     for name, r in rows:
-        print(f"| {name} | {r:,.0f} | {r / base:.2f}x |")
+        print(f"| {name} | {r:,.0f} | {r / base:.2f}x |" if r else f"| {name} | | |")
     print()
     print("| reading less (issue #16) | events/s | µs an event |")
     print("|---|---:|---:|")
