@@ -161,8 +161,7 @@ def test_edges_of_the_body() -> None:
         "Event-Name": "CHANNEL_STATE"
     }
     assert PICKER.pick(memoryview(b'{"Event-Name":"x"}')) == {"Event-Name": "x"}
-    with pytest.raises(TypeError):
-        PICKER.pick("{}")
+    assert PICKER.pick("{}") is None  # orjson's to judge: a str is no event's body
     # a string running to the body's end, at every length around the 16-byte loads
     for n in range(40):
         check_contract(PICKER, b'{"Event-Name":"' + b"x" * n)
