@@ -79,14 +79,16 @@ def _token_new(args: argparse.Namespace) -> int:
 def _load(path: str):  # -> (Config, warnings), or exit with the one-line error
     """The one validation path of `check` and `run`: the file, then what serving needs."""
     from channelsd.config import ConfigError, load, service_warnings
-    from channelsd.eventpick import install_warnings
+    from channelsd.eventpick import install_warning
 
     try:
         cfg = load(path)
-        return cfg, service_warnings(cfg) + install_warnings()
+        warnings = service_warnings(cfg)
     except ConfigError as exc:
         print(f"channelsd: config error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    missing = install_warning()
+    return cfg, warnings if missing is None else [*warnings, missing]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -32,19 +32,21 @@ Parse = Callable[[bytes], dict[str, Any]]
 
 
 def built() -> bool:
-    """Whether the C picker is installed (`channelsd check` and the start-up log say so)."""
+    """Whether the C picker is installed (`channelsd check` and the start-up log say so when
+    it is not: install_warning())."""
     return Picker is not None
 
 
-def install_warnings() -> list[str]:
-    """What `check` and `run` say about this installation's event parser."""
-    if built():
-        return []
-    return [
-        "channelsd_picker is not built (no C compiler or Python headers when channelsd was "
-        "installed): every event is parsed whole, ingest is ~20 % slower; install gcc and "
-        "python3-dev, then install channelsd again"
-    ]
+def install_warning() -> str | None:
+    """What `check` and `run` warn of when the picker is missing (`pip install` says nothing
+    of an extension it could not build, unless run with -v)."""
+    if Picker is not None:
+        return None
+    return (
+        "channelsd_picker (C) is not installed: every json event is parsed whole (the same "
+        "table, for more CPU per event); install a C compiler and Python's headers (Debian: "
+        "gcc python3-dev), then `pip install .` again"
+    )
 
 
 def picker_for(table: ChannelTable) -> Any | None:
@@ -56,7 +58,9 @@ def picker_for(table: ChannelTable) -> Any | None:
     try:
         return Picker(sorted(table.headers_read), table.identity.ccv_prefix)
     except ValueError as exc:
-        log.warning("events are parsed whole: %s in the identity mapping", exc)
+        # A header name or prefix with a quote, a backslash, a control or non-ASCII character
+        # (the config's schema lets a trailing newline through): correct, but slower.
+        log.warning("json events are parsed whole: the identity's %s", exc)
         return None
 
 

@@ -4,16 +4,21 @@
  * Why: orjson builds every header of an event (~70 of them, ~2.5 KB) and the table reads ~20;
  * the parse was the larger half of channelsd's cost per event (BENCHMARKS.md, issue #16).
  *
- * The contract (held by tests/test_picker.py against orjson on every capture and on hostile
- * bodies): Picker.pick(body) returns either None, or exactly
+ * The contract (held by tests/test_eventpick.py and tests/test_eventpick_attack.py against
+ * orjson on every capture and on hostile bodies): Picker.pick(body) returns either None, or
+ * exactly
  *     {k: v for k, v in orjson.loads(body).items() if k in names or k.startswith(prefix)}
- * It returns None, and the caller parses the whole body as before, for anything but the plain
- * case FreeSWITCH sends: a flat JSON object of printable-ASCII strings whose escapes are the
- * two-character ones. So a non-ASCII byte, a \u escape, a control character, a nested value,
- * a number, or any syntax error is orjson's to judge, never this file's.
+ * (an empty prefix is every key). It returns None, and the caller parses the whole body as
+ * before, for anything but the plain case FreeSWITCH sends: a flat JSON object of ASCII strings
+ * whose escapes are the two-character ones, in a bytes, bytearray or contiguous memoryview.
+ * So a non-ASCII byte, a \u escape, a control character, a nested value, a number, any syntax
+ * error, or a body of another type is orjson's to judge, never this file's.
  *
  * Memory safety: every read is bounded by the body's end; the 16-byte loads stop 16 bytes
- * short of it and the tail is read a byte at a time. */
+ * short of it and the tail is read a byte at a time. A failed __init__ changes nothing; a
+ * Picker never initialised raises. No Python code can run once pick() has read the picker's
+ * state (its one allocation that may start a collection, hence a finalizer that could call
+ * __init__ again, comes first; names are exact str, whose hash and equality are C's). */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -26,10 +31,16 @@
 #define BUCKETS 256
 #define MAX_NAMES 4096
 
+/* The sha256 of picker.c, set by setup.py: tests check that the build they import is this
+ * source's (an in-place build is found first and never rebuilt by editing this file). */
+#ifndef PICKER_SOURCE_SHA256
+#define PICKER_SOURCE_SHA256 ""
+#endif
+
 typedef struct {
     PyObject_HEAD
-    PyObject *names;  /* tuple of the wanted header names (str, ASCII) */
-    PyObject *prefix; /* bytes: headers starting with it are wanted too; b"" for none */
+    PyObject *names;  /* tuple of the wanted header names (exact str, ASCII); NULL: no init */
+    PyObject *prefix; /* bytes: headers starting with it are wanted too (b"": every one) */
     Py_ssize_t count;
     int head[BUCKETS];
     int *next;
@@ -69,67 +80,85 @@ plain_ascii(const char *s, Py_ssize_t n)
 static int
 Picker_init(Picker *self, PyObject *args, PyObject *kwds)
 {
+    /* Everything is built aside and the picker changed only once all of it is: a failed
+     * __init__ leaves it as it was (its hash chains index its own names tuple). */
     static char *kwlist[] = {"names", "prefix", NULL};
     PyObject *names_in, *prefix_in;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OU", kwlist, &names_in, &prefix_in))
         return -1;
-    PyObject *names = PySequence_Tuple(names_in);
-    if (names == NULL)
-        return -1;
-    Py_ssize_t count = PyTuple_GET_SIZE(names);
-    if (count > MAX_NAMES) {
-        Py_DECREF(names);
-        PyErr_SetString(PyExc_ValueError, "too many header names");
+    if (PyUnicode_Check(names_in) || PyBytes_Check(names_in) || PyByteArray_Check(names_in)) {
+        /* `k in "Unique-ID"` would be a substring test, not one name */
+        PyErr_SetString(PyExc_TypeError, "names must be a sequence of str, not one string");
         return -1;
     }
-    int *next = PyMem_Calloc(count ? count : 1, sizeof(int));
-    if (next == NULL) {
-        Py_DECREF(names);
-        PyErr_NoMemory();
+    PyObject *given = PySequence_Tuple(names_in);
+    if (given == NULL)
         return -1;
+    PyObject *names = NULL, *prefix = NULL;
+    int *next = NULL;
+    int head[BUCKETS];
+    Py_ssize_t count = PyTuple_GET_SIZE(given);
+    if (count > MAX_NAMES) {
+        PyErr_SetString(PyExc_ValueError, "too many header names");
+        goto fail;
+    }
+    names = PyTuple_New(count);
+    next = PyMem_Calloc(count ? count : 1, sizeof(int));
+    if (names == NULL || next == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_NoMemory();
+        goto fail;
     }
     for (int b = 0; b < BUCKETS; b++)
-        self->head[b] = -1;
+        head[b] = -1;
     for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *name = PyTuple_GET_ITEM(names, i);
+        PyObject *name = PyTuple_GET_ITEM(given, i);
         Py_ssize_t n;
         const char *s;
         /* A name is matched by its bytes in the body: only names JSON writes as they are. */
         if (!PyUnicode_Check(name) || (s = PyUnicode_AsUTF8AndSize(name, &n)) == NULL
             || !PyUnicode_IS_ASCII(name) || !plain_ascii(s, n)) {
             PyErr_Clear();
-            PyMem_Free(next);
-            Py_DECREF(names);
             PyErr_SetString(PyExc_ValueError, "a header name is not plain printable ASCII");
-            return -1;
+            goto fail;
         }
+        /* A str subclass's hash and equality would run in pick(), and orjson's keys are str. */
+        PyObject *exact = PyUnicode_CheckExact(name) ? Py_NewRef(name)
+                                                     : PyUnicode_FromStringAndSize(s, n);
+        if (exact == NULL)
+            goto fail;
+        PyTuple_SET_ITEM(names, i, exact);
         unsigned b = bucket_of(s, n);
-        next[i] = self->head[b];
-        self->head[b] = (int)i;
+        next[i] = head[b];
+        head[b] = (int)i;
     }
     Py_ssize_t plen;
     const char *p = PyUnicode_AsUTF8AndSize(prefix_in, &plen);
     if (p == NULL || !PyUnicode_IS_ASCII(prefix_in) || !plain_ascii(p, plen)) {
         PyErr_Clear();
-        PyMem_Free(next);
-        Py_DECREF(names);
         PyErr_SetString(PyExc_ValueError, "the prefix is not plain printable ASCII");
-        return -1;
+        goto fail;
     }
-    PyObject *prefix = PyBytes_FromStringAndSize(p, plen);
-    if (prefix == NULL) {
-        PyMem_Free(next);
-        Py_DECREF(names);
-        return -1;
-    }
-    Py_XDECREF(self->names);
-    Py_XDECREF(self->prefix);
-    PyMem_Free(self->next);
+    prefix = PyBytes_FromStringAndSize(p, plen);
+    if (prefix == NULL)
+        goto fail;
+    Py_DECREF(given);
+    PyObject *old_names = self->names, *old_prefix = self->prefix;
+    int *old_next = self->next;
+    memcpy(self->head, head, sizeof head);
     self->names = names;
     self->prefix = prefix;
     self->next = next;
     self->count = count;
+    Py_XDECREF(old_names);
+    Py_XDECREF(old_prefix);
+    PyMem_Free(old_next);
     return 0;
+fail:
+    Py_DECREF(given);
+    Py_XDECREF(names);
+    PyMem_Free(next);
+    return -1;
 }
 
 /* The wanted name this key is (a borrowed reference), or NULL. */
@@ -239,15 +268,29 @@ skip_ws(const char *p, const char *end)
 static PyObject *
 Picker_pick(Picker *self, PyObject *arg)
 {
-    Py_buffer view;
-    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+    if (self->names == NULL || self->prefix == NULL) {
+        PyErr_SetString(PyExc_TypeError, "Picker.__init__ was not called");
         return NULL;
-    const char *p = view.buf, *end = p + view.len;
-    const char *prefix = PyBytes_AS_STRING(self->prefix);
-    Py_ssize_t plen = PyBytes_GET_SIZE(self->prefix);
+    }
+    /* orjson reads these three (and str, which is no body of an event): anything else is
+     * orjson's to judge, and so is a buffer that is not one run of bytes. */
+    if (!PyBytes_CheckExact(arg) && !PyByteArray_CheckExact(arg) && !PyMemoryView_Check(arg))
+        Py_RETURN_NONE;
+    /* First: it may start a collection, whose finalizers may call __init__ (see the top). */
     PyObject *found = PyDict_New();
     if (found == NULL)
-        goto error;
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) {
+        /* not C-contiguous, released: orjson's to judge */
+        PyErr_Clear();
+        Py_DECREF(found);
+        Py_RETURN_NONE;
+    }
+    const char *p = view.buf, *end = p + view.len;
+    PyObject *prefix_held = Py_NewRef(self->prefix);
+    const char *prefix = PyBytes_AS_STRING(prefix_held);
+    Py_ssize_t plen = PyBytes_GET_SIZE(prefix_held);
     p = skip_ws(p, end);
     if (p >= end || *p++ != '{')
         goto other;
@@ -280,7 +323,7 @@ Picker_pick(Picker *self, PyObject *arg)
 
         PyObject *name = lookup(self, key, klen);
         PyObject *made = NULL;
-        if (name == NULL && plen && klen >= plen && memcmp(key, prefix, plen) == 0)
+        if (name == NULL && klen >= plen && memcmp(key, prefix, plen) == 0)
             name = made = ascii_str(key, klen, 0);
         if (name != NULL) {
             PyObject *v = ascii_str(value, vlen, escaped);
@@ -308,14 +351,17 @@ Picker_pick(Picker *self, PyObject *arg)
 closed:
     if (skip_ws(p, end) != end)
         goto other;
+    Py_DECREF(prefix_held);
     PyBuffer_Release(&view);
     return found;
 other:
     Py_DECREF(found);
+    Py_DECREF(prefix_held);
     PyBuffer_Release(&view);
     Py_RETURN_NONE;
 error:
-    Py_XDECREF(found);
+    Py_DECREF(found);
+    Py_DECREF(prefix_held);
     PyBuffer_Release(&view);
     return NULL;
 }
@@ -355,6 +401,10 @@ PyInit_channelsd_picker(void)
     Py_INCREF(&PickerType);
     if (PyModule_AddObject(m, "Picker", (PyObject *)&PickerType) < 0) {
         Py_DECREF(&PickerType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (PyModule_AddStringConstant(m, "SOURCE_SHA256", PICKER_SOURCE_SHA256) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -161,8 +161,7 @@ def test_edges_of_the_body() -> None:
         "Event-Name": "CHANNEL_STATE"
     }
     assert PICKER.pick(memoryview(b'{"Event-Name":"x"}')) == {"Event-Name": "x"}
-    with pytest.raises(TypeError):
-        PICKER.pick("{}")
+    assert PICKER.pick("{}") is None  # orjson's to judge: a str is no event's body
     # a string running to the body's end, at every length around the 16-byte loads
     for n in range(40):
         check_contract(PICKER, b'{"Event-Name":"' + b"x" * n)
@@ -353,7 +352,7 @@ def test_without_the_picker_events_are_parsed_whole_and_check_says_so(
     )
     assert cli.main(["check", "-c", str(path)]) == 0
     err = capsys.readouterr().err
-    assert "channelsd_picker is not built" in err and len(err.splitlines()) == 1
+    assert "channelsd_picker (C) is not installed" in err and len(err.splitlines()) == 1
     monkeypatch.undo()
     assert cli.main(["check", "-c", str(path)]) == 0
     assert capsys.readouterr().err == ""

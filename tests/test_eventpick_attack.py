@@ -1,0 +1,309 @@
+"""An outside attack on channelsd_picker and its wiring (tests/test_eventpick.py holds the
+contract on captures and hostile bodies; these are what it did not try).
+
+What could crash the process runs in a child interpreter with the same channelsd_picker, so
+that a crash is a failed test, not a dead test run."""
+
+from __future__ import annotations
+
+import array
+import hashlib
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from channelsd import eventpick
+from channelsd.table import ChannelTable, Identity
+
+Picker = eventpick.Picker
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.skipif(Picker is None, reason="channelsd_picker is not built")
+
+
+def _in_child(code: str) -> subprocess.CompletedProcess[str]:
+    """Run `code` in a fresh interpreter that imports this channelsd_picker."""
+    import channelsd_picker
+
+    path = [os.path.dirname(channelsd_picker.__file__), str(ROOT), *sys.path]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in path if p)}
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def _ok(code: str) -> None:
+    done = _in_child(code)
+    assert done.returncode == 0, f"rc={done.returncode}\n{done.stdout}\n{done.stderr[-2000:]}"
+
+
+def test_the_build_tested_is_of_this_source() -> None:
+    # An in-place build (pip install -e ., or a venv shared with another checkout) is found
+    # first and is never rebuilt by editing picker.c: the tests then hold an old build.
+    import channelsd_picker
+
+    source = hashlib.sha256((ROOT / "channelsd" / "picker.c").read_bytes()).hexdigest()
+    assert getattr(channelsd_picker, "SOURCE_SHA256", None) == source, (
+        f"{channelsd_picker.__file__} was not built from channelsd/picker.c as it is now: "
+        "`pip install -e .` again"
+    )
+
+
+# -- the object's life: crashes ----------------------------------------------------------------
+
+
+def test_a_picker_never_initialised_raises_instead_of_crashing() -> None:
+    _ok(
+        """
+        from channelsd_picker import Picker
+        p = Picker.__new__(Picker)
+        try:
+            p.pick(b'{"a":"b"}')
+        except TypeError:
+            pass
+        else:
+            raise SystemExit("picked with no names")
+        """
+    )
+
+
+def test_a_picker_whose_first_init_failed_raises_instead_of_crashing() -> None:
+    _ok(
+        """
+        from channelsd_picker import Picker
+        p = Picker.__new__(Picker)
+        try:
+            p.__init__(["a", "b", "c", 5], "x")
+        except ValueError:
+            pass
+        for body in (b'{"a":"1"}', b'{"c":"1"}', b'{"xa":"1"}'):
+            try:
+                p.pick(body)
+            except TypeError:
+                pass
+            else:
+                raise SystemExit("picked with no names")
+        """
+    )
+
+
+def test_a_failed_init_leaves_the_picker_as_it_was() -> None:
+    # The names' hash chains were rewritten before a later name was refused: the old names
+    # were then looked up at the new indices (a read past the old tuple).
+    _ok(
+        """
+        from channelsd_picker import Picker
+        p = Picker(["a"], "x")
+        for bad in (["b", "c", "d", "e", "f", 5], ["b", "c", "d"] + ["x\\u00e9"]):
+            try:
+                p.__init__(bad, "x")
+            except ValueError:
+                pass
+        try:
+            p.__init__(["b", "c", "d", "e", "f"], "\\u00e9")
+        except ValueError:
+            pass
+        for k in "abcdef":
+            got = p.pick(('{"%s":"1","xy":"2"}' % k).encode())
+            want = {"xy": "2", **({"a": "1"} if k == "a" else {})}
+            assert got == want, (k, got)
+        """
+    )
+
+
+def test_a_finalizer_that_reinitialises_the_picker_during_a_pick() -> None:
+    # A collection can run in the pick (its dict is allocated there) and a finalizer can call
+    # __init__ again: the prefix read before it was freed (heap-use-after-free under ASan;
+    # here its memory is taken by junk of the same size, so that the old code misses the key).
+    _ok(
+        """
+        import gc
+        from channelsd_picker import Picker
+        P = "variable_" + "ecallmgr_" * 3
+        p = Picker(["a"], P)
+        body = ('{"%sx":"1"}' % P).encode()
+        junk = []
+        class Bomb:
+            def __del__(self):
+                p.__init__(["b"], P)
+                junk.append([bytes([90]) * len(P) for _ in range(8)])
+        keep = []
+        for i in range(20):
+            gc.disable()
+            b = Bomb(); b.me = b; del b
+            keep.append([{} for _ in range(200)])  # no dict left in the free list
+            gc.set_threshold(1)
+            gc.enable()
+            got = p.pick(body)
+            gc.set_threshold(700)
+            assert got == {P + "x": "1"}, (i, got)
+            p.__init__(["a"], P)
+        """
+    )
+
+
+# -- the contract ------------------------------------------------------------------------------
+
+
+def test_an_empty_prefix_is_every_key_as_the_contract_says() -> None:
+    # k.startswith("") holds for every k; the picker took "" for "no prefix".
+    body = b'{"a":"1","b":"2","":"3"}'
+    assert Picker(["a"], "").pick(body) == {"a": "1", "b": "2", "": "3"}
+
+
+def test_a_table_whose_prefix_is_empty_is_fed_what_it_reads() -> None:
+    # Identity(ccv_prefix="") makes every header a custom channel variable (the config's
+    # schema does not allow it, the class does): picked, the channel lost all of them.
+    uuid = "0d3f1e2a-1111-4222-8333-444455556666"
+    event = {
+        "Event-Name": "CHANNEL_CREATE",
+        "Unique-ID": uuid,
+        "variable_uuid": uuid,
+        "Channel-Name": "sofia/internal/1001@a.example.com",
+        "variable_foo": "bar",
+    }
+    body = orjson.dumps(event)
+    whole, picked = (ChannelTable(Identity(None, ""), clock=lambda: 1.0) for _ in range(2))
+    whole.apply("fs1", event, body)
+    picked.apply("fs1", eventpick.parser_for(picked)(body), body)
+    assert picked.all()[0].ccvs == whole.all()[0].ccvs
+
+
+class _Bytes(bytes):
+    pass
+
+
+class _ByteArray(bytearray):
+    pass
+
+
+BODY = b'{"Event-Name":"CHANNEL_STATE","a":"1"}'
+
+
+@pytest.mark.parametrize(
+    "arg",
+    [
+        BODY.decode(),
+        _Bytes(BODY),
+        _ByteArray(BODY),
+        array.array("b", BODY),
+        pickle.PickleBuffer(BODY),
+        memoryview(BODY + b" ")[::2],
+        None,
+        1,
+    ],
+    ids=[
+        "str",
+        "bytes-subclass",
+        "bytearray-subclass",
+        "array",
+        "picklebuffer",
+        "strided",
+        "none",
+        "int",
+    ],
+)
+def test_what_orjson_does_not_read_as_bytes_is_left_to_orjson(arg: Any) -> None:
+    # "None, or exactly orjson's parse": a body of another type is orjson's to judge (it
+    # refuses all of these but str, which it parses); the picker took any buffer.
+    assert Picker(["a", "Event-Name"], "variable_").pick(arg) is None
+
+
+def test_a_released_memoryview_is_left_to_orjson() -> None:
+    view = memoryview(BODY)
+    view.release()
+    assert Picker(["a"], "variable_").pick(view) is None
+
+
+def test_names_given_as_one_string_are_refused() -> None:
+    # `k in "Unique-ID"` is a substring test; the picker took the string's characters.
+    with pytest.raises(TypeError):
+        Picker("Unique-ID", "variable_")
+
+
+def test_names_of_a_str_subclass_run_no_code_and_give_str_keys() -> None:
+    calls = []
+
+    class Name(str):
+        def __hash__(self) -> int:
+            calls.append(self)
+            return str.__hash__(self)
+
+        def __eq__(self, other: object) -> bool:
+            calls.append(self)
+            return str.__eq__(self, other)
+
+    picker = Picker([Name("a")], "variable_")
+    calls.clear()
+    got = picker.pick(b'{"a":"1"}')
+    assert got == {"a": "1"} and [type(k) for k in got] == [str]
+    assert not calls
+
+
+def test_every_byte_value_around_every_structural_position() -> None:
+    picker = Picker(["Event-Name", ""], "variable_x")
+    templates = [
+        b'{"Event-Name":"a%sb"}',
+        b'{"Event-Name":"\\%s"}',
+        b'{%s"Event-Name":"x"}',
+        b'{"Event-Name"%s:"x"}',
+        b'{"Event-Name":%s"x"}',
+        b'{"Event-Name":"x"%s}',
+        b'{"a":"b"%s"c":"d"}',
+        b"%s{}",
+        b"{}%s",
+        b'{"variable_x%s":"v"}',
+        b'{"%s":"v"}',
+    ]
+    for c in range(256):
+        for template in templates:
+            body = template.replace(b"%s", bytes([c]))
+            got = picker.pick(body)
+            if got is not None:
+                whole = orjson.loads(body)
+                want = {
+                    k: v
+                    for k, v in whole.items()
+                    if k in ("Event-Name", "") or k.startswith("variable_x")
+                }
+                assert got == want, body
+
+
+# -- the operator ------------------------------------------------------------------------------
+
+
+def test_check_and_run_warn_when_the_picker_is_missing() -> None:
+    # eventpick.built()'s docstring said `channelsd check` and the start-up log tell; no code
+    # did, and `pip install .` says nothing of an extension it could not build (without -v).
+    done = _in_child(
+        f"""
+        import sys
+        sys.modules["channelsd_picker"] = None  # as where it could not be built
+        from channelsd.cli import main
+        sys.exit(main(["check", "-c", {str(ROOT / "conf/channelsd.toml")!r}]))
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert "warning: channelsd_picker (C) is not installed" in done.stderr
+    assert "C compiler" in done.stderr
+    assert eventpick.install_warning() is None  # here it is built: nothing to say
+
+
+def test_an_identity_the_picker_cannot_match_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    # The schema's `$` lets a trailing newline through ("variable_x\n" passes
+    # ^[A-Za-z0-9_-]+$): the picker then silently stood aside for every event.
+    table = ChannelTable(Identity({"account_id": ["variable_acct\n"]}))
+    with caplog.at_level("WARNING", logger="channelsd.eventpick"):
+        assert eventpick.picker_for(table) is None
+    assert "parsed whole" in caplog.text
