@@ -174,9 +174,10 @@ _NO_VARIABLES = frozenset(
     ("CHANNEL_STATE", "CHANNEL_CALLSTATE", "CHANNEL_OUTGOING", "CHANNEL_APPLICATION")
 )
 
-# Every header apply() reads besides the chains, the details and the custom channel variables.
-# Only these are picked out of a json event (channelsd/eventpick.py): a header read and not
-# named here is missed; tests/test_eventpick.py records every header apply() asks for.
+# Every header apply() reads besides the chains and the custom channel variables (the details'
+# headers are here). Only these are picked out of a json event (channelsd/eventpick.py): a
+# header read and not named here is missed; tests/test_eventpick.py records every header
+# apply() asks for.
 _OTHER_HEADERS = (
     "Event-Name",
     "Unique-ID",
