@@ -186,7 +186,9 @@ class _Reader(io.RawIOBase):
         self.handler = handler
         # Set when the connection was handed to another protocol: HTTP reads nothing more.
         self.detached = False
-        self.unpaced = 0  # bytes read since the hub last ran by our doing
+        # Bytes read since the hub last polled its sockets (at the poll counted in `polled`).
+        self.unpaced = 0
+        self.polled = -1
 
     def readable(self) -> bool:
         return True
@@ -195,6 +197,7 @@ class _Reader(io.RawIOBase):
         if self.detached:
             return 0
         conn = self.conn
+        self._count(0)
         if self.unpaced >= PACE_READ_BYTES:
             # A recv that finds data never lets the hub run, and a client can keep data
             # coming (a body in one-byte chunks, the rest of a refused body): each
@@ -218,8 +221,20 @@ class _Reader(io.RawIOBase):
             sock.settimeout(self.handler.limits.send_timeout)
         if conn.ended:
             raise ConnectionAbortedError(f"connection ended: {conn.ended}")
-        self.unpaced += n
+        self._count(n)
         return n
+
+    def _count(self, n: int) -> None:
+        """Count `n` bytes read towards the next pause. Only bytes that keep coming between
+        two polls of the hub count: at a poll every other socket had its turn. (Counted
+        across polls, a keep-alive client's small requests added up to a pause every ~30 of
+        them, each a wait for bulk work's share of the hub behind ingest: 10-15 ms, the
+        reads' p99 under load until 2026-12-03.)"""
+        polled = turns.polls()
+        if polled != self.polled:
+            self.polled = polled
+            self.unpaced = 0
+        self.unpaced += n
 
 
 class Pusher:

@@ -44,11 +44,12 @@ class _Iteration:
     """The current iteration of one hub's loop: when it started, and the bulk work done in it
     so far (stamped by a prepare watcher, which libev runs just before each poll)."""
 
-    __slots__ = ("started", "spent", "watcher")
+    __slots__ = ("started", "spent", "polls", "watcher")
 
     def __init__(self, hub: gevent.hub.Hub) -> None:
         self.started = _clock()
         self.spent = 0.0
+        self.polls = 0
         self.watcher = hub.loop.prepare(ref=False)  # (it must not keep the loop alive)
         self.watcher.start(self._next)
 
@@ -60,6 +61,7 @@ class _Iteration:
     def _next(self) -> None:
         self.started = _clock()
         self.spent = 0.0
+        self.polls += 1
 
 
 # (weak: a hub that is gone, a worker thread's, takes its iteration with it)
@@ -92,6 +94,12 @@ def _start_turn(it: _Iteration) -> None:
     while not it.share_left():
         gevent.sleep(_AFTER_POLL)
     _turn_from[getcurrent()] = _clock()
+
+
+def polls() -> int:
+    """How many times this hub's loop has polled its sockets (a mark: work that finds it
+    changed has waited for a poll, and every other socket had its turn meanwhile)."""
+    return _iteration().polls
 
 
 def pause() -> None:

@@ -183,6 +183,59 @@ def test_chunked_and_declared_bodies_get_the_same_answer(
     assert declared.startswith(b"HTTP/1.1 413" if size > LIMIT else b"HTTP/1.1 200")
 
 
+def _gets(call: Call, n: int) -> tuple[bytes, int]:
+    """`n` keep-alive GETs of the parked call, as one byte string, and its size."""
+    one = (
+        b"GET /v2/accounts/acc1/channels/%s HTTP/1.1\r\nHost: x\r\n" % call.p.encode()
+        + b"X-Auth-Token: %s\r\nX-Pad: %s\r\n\r\n" % (token("admin1").encode(), b"p" * 200)
+    )
+    return one * n, len(one)
+
+
+def _read_answers(s: socket.socket, n: int) -> int:
+    """Read until `n` answers (of a known-size body each) have come; their count of 200s."""
+    out, ok = b"", 0
+    while out.count(b"HTTP/1.1 ") < n or not out.endswith(b"}"):
+        data = s.recv(65536)
+        assert data, "the server closed the connection"
+        out += data
+    ok = out.count(b"HTTP/1.1 200 OK")
+    return ok
+
+
+def test_a_client_that_waits_for_each_answer_never_takes_a_bulk_turn(
+    call: Call, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A keep-alive client asking again after each answer waited for its bytes every time:
+    each wait was a poll in which every other socket had its turn. Its requests must not
+    add up to a pause as bulk work (behind ingest's share of the hub, 10-15 ms: the reads'
+    p99 under load before 2026-12-03), however many it sends."""
+    visits = count_pauses(monkeypatch, httpserver)
+    n = 8 * httpserver.PACE_READ_BYTES // 300
+    _, size = _gets(call, 1)
+    assert n * size > 4 * httpserver.PACE_READ_BYTES
+    host, port = call.h.daemon.http_address
+    with socket.create_connection((host, port), timeout=HANG) as s:
+        for _ in range(n):
+            s.sendall(_gets(call, 1)[0])
+            assert _read_answers(s, 1) == 1
+    assert visits == []
+
+
+def test_a_client_that_keeps_sending_is_paced(call: Call, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same requests written at once, without waiting for answers (pipelined): the
+    reader finds bytes without waiting and pauses every PACE_READ_BYTES, as for any client
+    that keeps data coming."""
+    visits = count_pauses(monkeypatch, httpserver)
+    n = 8 * httpserver.PACE_READ_BYTES // 300
+    wire, size = _gets(call, n)
+    host, port = call.h.daemon.http_address
+    with socket.create_connection((host, port), timeout=HANG) as s:
+        s.sendall(wire)
+        assert _read_answers(s, n) == n
+    assert len(visits) >= len(wire) // (2 * httpserver.PACE_READ_BYTES), (len(visits), size)
+
+
 def test_a_body_in_one_byte_chunks_lets_the_hub_run(
     call: Call, monkeypatch: pytest.MonkeyPatch, figure: Any
 ) -> None:
