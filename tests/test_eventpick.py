@@ -301,6 +301,49 @@ def test_a_table_fed_picked_events_equals_one_fed_whole_events(identity: str) ->
     assert picks > len(ALL_EVENTS) / 2
 
 
+def _dumps() -> list[tuple[str, bytes]]:
+    """uuid_dump json answers: the real switch's (s5), and every channel event of the captures
+    (with its Kazoo twin) as the dump of its channel at that moment (the same headers, named
+    CHANNEL_DATA, as FreeSWITCH names its dumps)."""
+    outputs = sorted((CAPTURES / "json" / "outputs").glob("*uuid_dump*"))
+    found = [(p.name, p.read_bytes()) for p in outputs]
+    assert len(found) == 2
+    found += [
+        (scenario, orjson.dumps({**event, "Event-Name": "CHANNEL_DATA"}))
+        for scenario, event in ALL_EVENTS
+        if "Unique-ID" in event and "variable_uuid" in event
+    ]
+    return found
+
+
+@pytest.mark.parametrize("identity", ["default", "custom"])
+def test_a_table_hydrated_from_picked_dumps_equals_one_hydrated_from_whole_dumps(
+    identity: str,
+) -> None:
+    """A reconcile's uuid_dump answers are picked as events are (channelsd/node.py): the
+    table they hydrate is the one whole answers hydrate, dump after dump."""
+
+    def table() -> ChannelTable:
+        chains = {"owner_id": ["variable_sip_from_user", "Caller-Caller-ID-Number"]}
+        return ChannelTable(Identity(chains) if identity == "custom" else None, clock=lambda: 1.0)
+
+    whole, picked = table(), table()
+    parse = eventpick.parser_for(picked)
+    picks = 0
+    dumps = _dumps()
+    for i, (scenario, body) in enumerate(dumps):
+        full = parse_json(body)
+        fed = parse(body)
+        assert fed == wanted(full, picked) or fed == full  # or left to orjson
+        picks += fed != full
+        assert (whole.hydrate("fs1", full) is None) == (picked.hydrate("fs1", fed) is None)
+        if i % 53 == 0:
+            assert _state(picked) == _state(whole), (scenario, i)
+    assert _state(picked) == _state(whole)
+    assert len(whole.all()) > 100
+    assert picks > len(dumps) / 2
+
+
 # -- over the event socket ---------------------------------------------------------------------
 
 
@@ -331,6 +374,33 @@ def test_the_events_connection_picks(
     assert names[utf8[0]]["caller_id_name"] == "Zo\u00eb \u2603"
     assert names[plain[0]]["owner_id"] == "u1"
     assert True in picks and False in picks
+
+
+def test_a_reconcile_picks_the_dumps_it_hydrates_from(
+    monkeypatch: pytest.MonkeyPatch, switch: Any, make_daemon: Any
+) -> None:
+    """Calls up before channelsd starts are learnt from `uuid_dump <uuid> json` over a real
+    socket: those answers go through the picker, and the rows have their Kazoo identity."""
+    picked: list[Any] = []
+
+    class Counting:
+        def __init__(self, names: Any, prefix: str) -> None:
+            self._picker = Picker(names, prefix)
+
+        def pick(self, body: bytes) -> Any:
+            found = self._picker.pick(body)
+            picked.append(found and found.get("Event-Name"))
+            return found
+
+    monkeypatch.setattr(eventpick, "Picker", Counting)
+    account = {"ecallmgr_Account-ID": "acc1", "ecallmgr_Owner-ID": "u1"}
+    legs = [switch.bridged_call(account, account) for _ in range(3)]
+    daemon = make_daemon([switch])
+    wait_until(lambda: len(daemon.api.data("/v2/accounts/acc1/channels")) == 6, 5, "listed")
+    rows = {c["uuid"]: c for c in daemon.api.data("/v2/accounts/acc1/channels")}
+    assert set(rows) == {u for pair in legs for u in pair}
+    assert {c["owner_id"] for c in rows.values()} == {"u1"}
+    assert picked.count("CHANNEL_DATA") >= 6
 
 
 # -- where it was not built --------------------------------------------------------------------
