@@ -703,6 +703,10 @@ class HttpServer(WSGIServer):
                 sock.settimeout(left)
                 if not sock.recv(65536):
                     break
+                # A client that keeps sending finds data at every recv, which never lets the
+                # hub run: a turn after each read, as a request's reader takes one (without,
+                # refused clients flooding held the hub up to the linger's whole second).
+                _pause()
         except OSError:
             pass
         finally:

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import gevent
+import pytest
 import requests
 
-from conftest import Harness, token, wait_until
+from conftest import Harness, count_pauses, token, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 SCALE = int(os.environ.get("RELIABILITY_SCALE", "1"))
@@ -240,6 +241,48 @@ def test_busy_connections_at_the_limit_get_a_503_in_the_envelope(
     for s in streams[1:]:
         s.close()
     figure("connection limit: busy connections refused with 503", cases=1, held=1)
+
+
+def test_a_refused_client_that_keeps_sending_lets_the_hub_run(
+    switch: Any, make_daemon: Any, monkeypatch: pytest.MonkeyPatch, figure: Any
+) -> None:
+    """A refused connection is read until its client closes (REFUSE_LINGER): a client that
+    keeps sending finds data at every recv, which never visits the hub. Each read is a
+    turn, as a request's reader takes one each PACE_READ_BYTES (outside attack, round 32:
+    three refused clients flooding from another process held the hub 45-100 ms at a time,
+    up to the linger's whole second each)."""
+    from test_metaflow_limits import RunLengths
+
+    from channelsd import httpserver
+
+    visits = count_pauses(monkeypatch, httpserver)
+    monkeypatch.setattr(httpserver, "REFUSE_LINGER", HANG)  # (it reads the whole flood)
+    h = make_daemon([switch], http={"max_connections": 3, "max_streams": 3})
+    streams = [open_stream(h) for _ in range(3)]  # three busy connections: none evictable
+    flood = b"x" * (8 << 20)
+
+    def refused() -> bytes:
+        with socket.create_connection(h.daemon.http_address, timeout=HANG) as s:
+            s.sendall(flood)
+            s.shutdown(socket.SHUT_WR)
+            out = b""
+            while data := s.recv(65536):
+                out += data
+            return out
+
+    try:
+        clients: set[Any] = {gevent.getcurrent()}
+        with RunLengths(clients) as runs:
+            job = gevent.spawn(refused)
+            clients.add(job)
+            answer = job.get(timeout=HANG * 2)
+    finally:
+        for s in streams:
+            s.close()
+    assert answer.startswith(b"HTTP/1.1 503"), answer[:100]
+    assert len(visits) >= len(flood) // (2 * 65536), len(visits)
+    figure("hub stalls (refused flood)", bytes=len(flood), worst_ms=round(runs.worst * 1e3, 2))
+    assert runs.worst < HANG  # against hangs only: the visits are the structural check
 
 
 def test_streams_have_their_own_limit(switch: Any, make_daemon: Any) -> None:
