@@ -347,21 +347,27 @@ def test_a_table_hydrated_from_picked_dumps_equals_one_hydrated_from_whole_dumps
 # -- over the event socket ---------------------------------------------------------------------
 
 
-def test_the_events_connection_picks(
-    monkeypatch: pytest.MonkeyPatch, switch: Any, make_daemon: Any
-) -> None:
-    picks: list[bool] = []
+def counting_picks(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Make every picker the daemon builds note what it picked (None: left to orjson)."""
+    found: list[Any] = []
 
     class Counting:
         def __init__(self, names: Any, prefix: str) -> None:
             self._picker = Picker(names, prefix)
 
         def pick(self, body: bytes) -> Any:
-            found = self._picker.pick(body)
-            picks.append(found is not None)
-            return found
+            picked = self._picker.pick(body)
+            found.append(picked)
+            return picked
 
     monkeypatch.setattr(eventpick, "Picker", Counting)
+    return found
+
+
+def test_the_events_connection_picks(
+    monkeypatch: pytest.MonkeyPatch, switch: Any, make_daemon: Any
+) -> None:
+    found = counting_picks(monkeypatch)
     daemon = make_daemon([switch])
     account = {"ecallmgr_Account-ID": "acc1", "ecallmgr_Owner-ID": "u1"}
     # a caller name FreeSWITCH writes with a quote escaped, one with UTF-8: the first is
@@ -373,6 +379,7 @@ def test_the_events_connection_picks(
     assert names[plain[0]]["caller_id_name"] == 'Al "the pal"'
     assert names[utf8[0]]["caller_id_name"] == "Zo\u00eb \u2603"
     assert names[plain[0]]["owner_id"] == "u1"
+    picks = [f is not None for f in found]
     assert True in picks and False in picks
 
 
@@ -381,18 +388,7 @@ def test_a_reconcile_picks_the_dumps_it_hydrates_from(
 ) -> None:
     """Calls up before channelsd starts are learnt from `uuid_dump <uuid> json` over a real
     socket: those answers go through the picker, and the rows have their Kazoo identity."""
-    picked: list[Any] = []
-
-    class Counting:
-        def __init__(self, names: Any, prefix: str) -> None:
-            self._picker = Picker(names, prefix)
-
-        def pick(self, body: bytes) -> Any:
-            found = self._picker.pick(body)
-            picked.append(found and found.get("Event-Name"))
-            return found
-
-    monkeypatch.setattr(eventpick, "Picker", Counting)
+    found = counting_picks(monkeypatch)
     account = {"ecallmgr_Account-ID": "acc1", "ecallmgr_Owner-ID": "u1"}
     legs = [switch.bridged_call(account, account) for _ in range(3)]
     daemon = make_daemon([switch])
@@ -400,7 +396,7 @@ def test_a_reconcile_picks_the_dumps_it_hydrates_from(
     rows = {c["uuid"]: c for c in daemon.api.data("/v2/accounts/acc1/channels")}
     assert set(rows) == {u for pair in legs for u in pair}
     assert {c["owner_id"] for c in rows.values()} == {"u1"}
-    assert picked.count("CHANNEL_DATA") >= 6
+    assert [f and f.get("Event-Name") for f in found].count("CHANNEL_DATA") >= 6
 
 
 # -- where it was not built --------------------------------------------------------------------
