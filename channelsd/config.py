@@ -15,13 +15,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import jsonschema
-
 from channelsd.gate import placeholders
 from channelsd.kazoo_keys import KazooConfig, KazooKey, load_key
 from channelsd.policy import DEFAULT_MEDIA, ROW_PLACEHOLDERS
 from channelsd.tokens import Token
-from channelsd.validate import FORMAT_MESSAGES, KINDS, is_dialplan, is_file_path, is_media
+from channelsd.validate import (
+    FORMAT_MESSAGES,
+    KINDS,
+    SchemaValidator,
+    is_dialplan,
+    is_file_path,
+    is_media,
+)
 
 # Spec §2: Kazoo's custom channel variables first, then plain variables a non-Kazoo
 # dialplan can set. Order matters: the first header present wins.
@@ -190,7 +195,7 @@ def _dotted(path: Any) -> str:
 
 
 def _first_error(data: dict[str, Any]) -> str | None:
-    validator = jsonschema.Draft202012Validator(_schema())
+    validator = SchemaValidator(_schema())
     errors = sorted(
         validator.iter_errors(data), key=lambda e: (len(e.path), list(map(str, e.path)))
     )

@@ -17,7 +17,7 @@ from typing import Any
 import jsonschema
 from referencing import Registry, Resource
 
-from channelsd.validate import FORMAT_MESSAGES, format_checker
+from channelsd.validate import FORMAT_MESSAGES, SchemaValidator, format_checker
 
 MODULES = (
     "hangup",
@@ -79,8 +79,7 @@ def _validators() -> dict[str, jsonschema.protocols.Validator]:
     registry = Registry().with_resources((n, Resource.from_contents(s)) for n, s in schemas.items())
     checker = format_checker()
     return {
-        n: jsonschema.Draft202012Validator(s, registry=registry, format_checker=checker)
-        for n, s in schemas.items()
+        n: SchemaValidator(s, registry=registry, format_checker=checker) for n, s in schemas.items()
     }
 
 

@@ -1,13 +1,19 @@
 """Configuration: a bad file stops start-up with one clear line, never a traceback."""
 
+import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from channelsd.config import ConfigError, load, parse
 from channelsd.tokens import TokenStore, digest
+from channelsd.validate import SchemaValidator
 
 ROOT = Path(__file__).resolve().parent.parent
 VALID_NODE = '[[nodes]]\nname = "fs1"\nhost = "127.0.0.1"\npassword = "s3cret"\n'
@@ -66,6 +72,16 @@ def test_defaults_follow_the_spec() -> None:
             "tokens[0].owner_id: a 'user' token needs its owner_id",
         ),
         (VALID_NODE + VALID_NODE, "nodes[1].name: duplicate node name 'fs1'"),
+        # (Python's `$` matches before a final newline; JSON Schema's does not: this one
+        # reached the ESL `auth` line)
+        (
+            VALID_NODE.replace('"s3cret"', '"s3cret\\n"'),
+            "nodes[0].password: 's3cret\\n' does not match",
+        ),
+        (
+            VALID_NODE.replace('"fs1"', '"fs1\\n"'),
+            "nodes[0].name: 'fs1\\n' does not match",
+        ),
         ("[http\nport = 1\n", "not valid TOML"),
     ],
 )
@@ -273,3 +289,41 @@ def test_http_limits_and_their_checks() -> None:
         "trusted_proxies",
     ):
         assert f"\n{key} = " in documented or f"\n# {key} = " in documented, key
+
+
+def _patterns(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "pattern" and isinstance(value, str):
+                yield value
+            else:
+                yield from _patterns(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _patterns(value)
+
+
+SCHEMA_PATTERNS = sorted(
+    {
+        p
+        for path in (ROOT / "schemas").glob("*.json")
+        for p in _patterns(json.loads(path.read_text()))
+    }
+)
+
+
+@pytest.mark.parametrize("pattern", SCHEMA_PATTERNS)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+@given(data=st.data())
+def test_every_schema_pattern_ends_where_the_text_ends(pattern: str, data: st.DataObject) -> None:
+    """Every `pattern` of the shipped schemas is read as JSON Schema reads it (ECMA-262): a
+    value it matches is taken, and the same value with a line break after it is not."""
+    validator = SchemaValidator({"type": "string", "pattern": pattern})
+    value = data.draw(st.from_regex(pattern, fullmatch=True).filter(lambda v: "\n" not in v))
+    assert validator.is_valid(value)
+    for tail in ("\n", "\r\n", "\n\n"):
+        assert not validator.is_valid(value + tail)
+
+
+def test_the_schema_patterns_were_found() -> None:
+    assert len(SCHEMA_PATTERNS) >= 10
