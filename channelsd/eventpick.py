@@ -59,7 +59,8 @@ def picker_for(table: ChannelTable) -> Any | None:
         return Picker(sorted(table.headers_read), table.identity.ccv_prefix)
     except ValueError as exc:
         # A header name or prefix with a quote, a backslash, a control or non-ASCII character
-        # (the config's schema lets a trailing newline through): correct, but slower.
+        # (the config's schema refuses them; an Identity built in code may hold them):
+        # correct, but slower.
         log.warning("json events are parsed whole: the identity's %s", exc)
         return None
 
