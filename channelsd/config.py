@@ -209,6 +209,13 @@ def _first_error(data: dict[str, Any]) -> str | None:
         return f"{key}: {err.message}"
     if err.validator == "pattern" and err.absolute_path and err.absolute_path[-1] == "sha256":
         return f"{key}: must be the 64 lower-case hex digits of the token's SHA-256"
+    if err.absolute_path and err.absolute_path[-1] == "password":
+        # jsonschema's messages quote the value, and this line reaches the journal (start-up,
+        # a refused reload), where mask() knows no `password: '…'` form: name the key only.
+        return (
+            f"{key}: must be one word of visible characters (no spaces, line breaks or "
+            "control characters; the value is not shown)"
+        )
     return f"{key}: {err.message}"
 
 
