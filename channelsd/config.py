@@ -321,11 +321,23 @@ def _kazoo(section: dict[str, Any], path: str) -> KazooConfig:
             keys[kid] = load_key(kid, str(where))
         except ValueError as exc:
             raise ConfigError(f"{path}: kazoo.public_keys.{kid}: {exc}") from None
+    crossbar_url = section.get("crossbar_url", "")
+    if crossbar_url:
+        # The schema's pattern takes any netloc; KazooAccounts reads it with urlsplit, whose
+        # `port` raises for one past 65535 or not a number (in `run` and in a reload, after
+        # `check` said ok), and without a host there is no one to ask.
+        try:
+            parts = urlsplit(crossbar_url)
+            host, _ = parts.hostname, parts.port
+        except ValueError as exc:
+            raise ConfigError(f"{path}: kazoo.crossbar_url: {exc}") from None
+        if not host:
+            raise ConfigError(f"{path}: kazoo.crossbar_url: names no host")
     return KazooConfig(
         keys=keys,
         default_role=section.get("default_role", "admin"),
         superduper_accounts=frozenset(section.get("superduper_accounts", ())),
-        crossbar_url=section.get("crossbar_url", ""),
+        crossbar_url=crossbar_url,
         crossbar_timeout=float(section.get("crossbar_timeout", 2)),
         descendants_cache_seconds=float(section.get("descendants_cache_seconds", 300)),
         descendants_cache_size=section.get("descendants_cache_size", 10000),
