@@ -209,6 +209,13 @@ def _first_error(data: dict[str, Any]) -> str | None:
         return f"{key}: {err.message}"
     if err.validator == "pattern" and err.absolute_path and err.absolute_path[-1] == "sha256":
         return f"{key}: must be the 64 lower-case hex digits of the token's SHA-256"
+    if err.absolute_path and err.absolute_path[-1] == "password":
+        # jsonschema's messages quote the value, and this line reaches the journal (start-up,
+        # a refused reload), where mask() knows no `password: '…'` form: name the key only.
+        return (
+            f"{key}: must be one word of visible characters (no spaces, line breaks or "
+            "control characters; the value is not shown)"
+        )
     return f"{key}: {err.message}"
 
 
@@ -314,11 +321,23 @@ def _kazoo(section: dict[str, Any], path: str) -> KazooConfig:
             keys[kid] = load_key(kid, str(where))
         except ValueError as exc:
             raise ConfigError(f"{path}: kazoo.public_keys.{kid}: {exc}") from None
+    crossbar_url = section.get("crossbar_url", "")
+    if crossbar_url:
+        # The schema's pattern takes any netloc; KazooAccounts reads it with urlsplit, whose
+        # `port` raises for one past 65535 or not a number (in `run` and in a reload, after
+        # `check` said ok), and without a host there is no one to ask.
+        try:
+            parts = urlsplit(crossbar_url)
+            host, _ = parts.hostname, parts.port
+        except ValueError as exc:
+            raise ConfigError(f"{path}: kazoo.crossbar_url: {exc}") from None
+        if not host:
+            raise ConfigError(f"{path}: kazoo.crossbar_url: names no host")
     return KazooConfig(
         keys=keys,
         default_role=section.get("default_role", "admin"),
         superduper_accounts=frozenset(section.get("superduper_accounts", ())),
-        crossbar_url=section.get("crossbar_url", ""),
+        crossbar_url=crossbar_url,
         crossbar_timeout=float(section.get("crossbar_timeout", 2)),
         descendants_cache_seconds=float(section.get("descendants_cache_seconds", 300)),
         descendants_cache_size=section.get("descendants_cache_size", 10000),
