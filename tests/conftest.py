@@ -30,6 +30,19 @@ TOKENS: dict[str, tuple[str, str, str, str | None, tuple[str, ...]]] = {
 }
 
 
+def values_of(node: Any, key: str) -> Iterator[str]:
+    """Every string under `key` anywhere in a JSON document (a schema's patterns, $refs)."""
+    if isinstance(node, dict):
+        for k, value in node.items():
+            if k == key and isinstance(value, str):
+                yield value
+            else:
+                yield from values_of(value, key)
+    elif isinstance(node, list):
+        for value in node:
+            yield from values_of(value, key)
+
+
 def token(name: str) -> str:
     return TOKENS[name][0]
 

@@ -3,9 +3,7 @@
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -14,6 +12,8 @@ from hypothesis import strategies as st
 from channelsd.config import ConfigError, load, parse
 from channelsd.tokens import TokenStore, digest
 from channelsd.validate import SchemaValidator
+
+from conftest import values_of
 
 ROOT = Path(__file__).resolve().parent.parent
 VALID_NODE = '[[nodes]]\nname = "fs1"\nhost = "127.0.0.1"\npassword = "s3cret"\n'
@@ -291,23 +291,11 @@ def test_http_limits_and_their_checks() -> None:
         assert f"\n{key} = " in documented or f"\n# {key} = " in documented, key
 
 
-def _patterns(node: Any) -> Iterator[str]:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "pattern" and isinstance(value, str):
-                yield value
-            else:
-                yield from _patterns(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _patterns(value)
-
-
 SCHEMA_PATTERNS = sorted(
     {
         p
         for path in (ROOT / "schemas").glob("*.json")
-        for p in _patterns(json.loads(path.read_text()))
+        for p in values_of(json.loads(path.read_text()), "pattern")
     }
 )
 

@@ -33,7 +33,7 @@ from schemathesis.specs.openapi.definitions import OPENAPI_30
 from channelsd.actions import POST_ACTIONS
 from channelsd.jsonschemas import MODULES, module_schema
 
-from conftest import Harness, token, wait_until
+from conftest import Harness, token, values_of, wait_until
 
 DOC: dict[str, Any] = json.loads(resources.files("channelsd").joinpath("openapi.json").read_text())
 METHODS = ("get", "put", "post", "delete", "patch", "options", "head", "trace")
@@ -64,18 +64,6 @@ def escape(key: str) -> str:
     return key.replace("~", "~0").replace("/", "~1")
 
 
-def refs(node: Any) -> Iterator[str]:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "$ref" and isinstance(value, str):
-                yield value
-            else:
-                yield from refs(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from refs(value)
-
-
 # -- the document itself ------------------------------------------------------------------------
 
 
@@ -90,7 +78,7 @@ def test_the_document_is_a_valid_openapi_3_0_document() -> None:
     broken["paths"]["v2/channels"] = broken["paths"].pop("/v2/channels")
     assert not validator.is_valid(broken)
 
-    for ref in refs(DOC):
+    for ref in values_of(DOC, "$ref"):
         resolve(ref)  # KeyError for a dangling one
 
     ids = [op["operationId"] for _, _, op in operations()]
