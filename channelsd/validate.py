@@ -232,7 +232,8 @@ def format_checker() -> FormatChecker:
 def ecma_pattern(pattern: str) -> re.Pattern[str]:
     """A JSON Schema `pattern` compiled as JSON Schema means it (ECMA-262): `$` is the end of
     the text. In Python's `re` it also matches before a final newline, so "fs1\n" passed
-    "^[A-Za-z0-9._-]+$" and a node's password "ClueCon\n" reached the `auth` line."""
+    "^[A-Za-z0-9._-]+$" and a node's password "ClueCon\n" reached the `auth` line. (`[]`
+    and `[^]`, ECMA's classes of nothing and of anything, are translated too.)"""
     out: list[str] = []
     i, in_class = 0, False
     while i < len(pattern):
@@ -244,6 +245,15 @@ def ecma_pattern(pattern: str) -> re.Pattern[str]:
         if in_class:
             in_class = c != "]"
         elif c == "[":
+            # ECMA's empty classes; Python would read their "]" as a member
+            if pattern.startswith("[]", i):
+                out.append("(?!)")
+                i += 2
+                continue
+            if pattern.startswith("[^]", i):
+                out.append(r"[\s\S]")
+                i += 3
+                continue
             in_class = True
         elif c == "$":
             c = r"\Z"

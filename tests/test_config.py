@@ -351,3 +351,23 @@ def test_a_password_of_the_wrong_type_is_not_shown(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load(path)
     assert "31337" not in str(info.value).removeprefix(f"{path}: ")
+
+
+@pytest.mark.parametrize(
+    ("pattern", "taken", "refused"),
+    [
+        ("^a$", ["a"], ["a\n", "ab"]),
+        ("^a\\$$", ["a$"], ["a", "a$\n"]),
+        ("^[$]+$", ["$$"], ["$\n", ""]),
+        ("^[^]]$", ["a]", "]]"], ["]", "a", "a]\n"]),  # ECMA: [^] then "]"
+        ("^x[]$", [], ["x", "x]", "x\n"]),
+        ("^x[^]$", ["x\n", "xy"], ["x", "xyz"]),
+        ("^(a|b$)c?$", ["a", "ac", "b"], ["b\n", "a\n"]),
+    ],
+)
+def test_patterns_read_as_ecma_reads_them(
+    pattern: str, taken: list[str], refused: list[str]
+) -> None:
+    validator = SchemaValidator({"type": "string", "pattern": pattern})
+    assert [v for v in taken if not validator.is_valid(v)] == []
+    assert [v for v in refused if validator.is_valid(v)] == []
