@@ -13,9 +13,9 @@ from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from channelsd.gate import placeholders
+from channelsd.kazoo_accounts import crossbar_address
 from channelsd.kazoo_keys import KazooConfig, KazooKey, load_key
 from channelsd.policy import DEFAULT_MEDIA, ROW_PLACEHOLDERS
 from channelsd.tokens import Token
@@ -323,16 +323,12 @@ def _kazoo(section: dict[str, Any], path: str) -> KazooConfig:
             raise ConfigError(f"{path}: kazoo.public_keys.{kid}: {exc}") from None
     crossbar_url = section.get("crossbar_url", "")
     if crossbar_url:
-        # The schema's pattern takes any netloc; KazooAccounts reads it with urlsplit, whose
-        # `port` raises for one past 65535 or not a number (in `run` and in a reload, after
-        # `check` said ok), and without a host there is no one to ask.
+        # The schema's pattern takes any netloc: read it here as KazooAccounts will, so that a
+        # bad port or no host fails `check`, not `run` or a reload.
         try:
-            parts = urlsplit(crossbar_url)
-            host, _ = parts.hostname, parts.port
+            crossbar_address(crossbar_url)
         except ValueError as exc:
             raise ConfigError(f"{path}: kazoo.crossbar_url: {exc}") from None
-        if not host:
-            raise ConfigError(f"{path}: kazoo.crossbar_url: names no host")
     return KazooConfig(
         keys=keys,
         default_role=section.get("default_role", "admin"),
@@ -474,7 +470,7 @@ def service_warnings(cfg: Config) -> list[str]:
             "(make one with `channelsd token new`)"
         )
     if cfg.kazoo is not None and cfg.kazoo.crossbar_url.startswith("http://"):
-        host = urlsplit(cfg.kazoo.crossbar_url).hostname or ""
+        _, host, _, _ = crossbar_address(cfg.kazoo.crossbar_url)  # (checked at load)
         if not _is_loopback(host):
             warnings.append(
                 f"{cfg.path}: kazoo.crossbar_url: plain http to another host: the tokens "

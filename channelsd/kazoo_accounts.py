@@ -54,6 +54,17 @@ ODD = "odd"  # an answer that is neither: refused, kept a little for that (token
 DOWN = "down"  # crossbar could not be asked: the breaker opens
 
 
+def crossbar_address(base_url: str) -> tuple[bool, str, int | None, str]:
+    """(https, host, port, base path) of crossbar's URL. ValueError for a port past 65535 or
+    not a number (urlsplit's) and for a URL naming no host: the config refuses those at load,
+    before `run` or a reload would meet them here."""
+    parts = urlsplit(base_url)
+    port = parts.port
+    if not parts.hostname:
+        raise ValueError("names no host")
+    return parts.scheme == "https", parts.hostname, port, parts.path.rstrip("/")
+
+
 class KazooAccounts:
     """Cached answers of crossbar to "may this token act on account A?"."""
 
@@ -66,11 +77,7 @@ class KazooAccounts:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
-        parts = urlsplit(base_url)
-        self.https = parts.scheme == "https"
-        self.host = parts.hostname or ""
-        self.port = parts.port
-        self.base_path = parts.path.rstrip("/")
+        self.https, self.host, self.port, self.base_path = crossbar_address(base_url)
         self.timeout = timeout
         self.ttl = ttl
         self.size = size
