@@ -32,7 +32,7 @@ from kazoo_support import (
 )
 
 from channelsd import kazoo_accounts, kazoo_auth
-from channelsd.config import ConfigError, load, parse
+from channelsd.config import ConfigError, load, parse, service_warnings
 from channelsd.daemon import Daemon, authenticator
 from channelsd.kazoo_auth import KazooTokens
 from channelsd.kazoo_keys import KazooConfig, load_key
@@ -458,6 +458,21 @@ def test_check_reads_and_validates_the_keys(tmp_path: Path) -> None:
     relative = f"../keys/{cluster().write(tmp_path / 'keys').name}"
     cfg = parse({"kazoo": {"public_keys": {KID: relative}}}, str(tmp_path / "sub" / "c.toml"))
     assert cfg.kazoo is not None and cfg.kazoo.keys[KID].key.key_size == 2048
+
+
+def test_plain_http_to_crossbar_on_another_host_is_warned_of(tmp_path: Path) -> None:
+    """The tokens channelsd asks crossbar about would cross the network in clear."""
+    good = str(cluster().write(tmp_path))
+
+    def warned(url: str) -> bool:
+        node = {"name": "fs1", "host": "127.0.0.1", "password": "s3cret"}
+        cfg = parse({"nodes": [node], "kazoo": {"public_keys": {KID: good}, "crossbar_url": url}})
+        return any("kazoo.crossbar_url: plain http" in w for w in service_warnings(cfg))
+
+    assert warned("http://kazoo.example.com:8000/v2")
+    assert warned("http://10.1.2.3:8000/v2")
+    assert not warned("http://127.0.0.1:8000/v2")
+    assert not warned("https://kazoo.example.com:8443/v2")
 
 
 def test_the_shipped_config_documents_the_kazoo_keys() -> None:
