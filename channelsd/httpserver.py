@@ -178,6 +178,37 @@ def _yield_cpu() -> None:
     os.sched_yield()
 
 
+class _ReadPace:
+    """One connection's reads taking turns with everything else. A recv that finds data never
+    lets the hub run, and a client can keep data coming (a body in one-byte chunks, pipelined
+    requests, the rest of a refused body): each PACE_READ_BYTES read without a poll of the
+    hub between, the reader takes a turn as bulk work does. Only bytes between two polls
+    count: at a poll every other socket had its turn. (Counted across polls, a keep-alive
+    client's small requests added up to a turn every ~30 of them, each a wait for bulk
+    work's share of the hub behind ingest: 10-15 ms, the reads' p99 under load until
+    2026-12-03.)"""
+
+    __slots__ = ("unpaced", "polled")
+
+    def __init__(self) -> None:
+        self.unpaced = 0  # bytes read since the poll counted in `polled`
+        self.polled = -1
+
+    def before_read(self) -> None:
+        """Take a turn if PACE_READ_BYTES came without a poll."""
+        self.read(0)
+        if self.unpaced >= PACE_READ_BYTES:
+            self.unpaced = 0
+            _pause()
+
+    def read(self, n: int) -> None:
+        polled = turns.polls()
+        if polled != self.polled:
+            self.polled = polled
+            self.unpaced = 0
+        self.unpaced += n
+
+
 class _Reader(io.RawIOBase):
     """The client's bytes, each read bounded by the deadline of the connection's phase."""
 
@@ -186,9 +217,7 @@ class _Reader(io.RawIOBase):
         self.handler = handler
         # Set when the connection was handed to another protocol: HTTP reads nothing more.
         self.detached = False
-        # Bytes read since the hub last polled its sockets (at the poll counted in `polled`).
-        self.unpaced = 0
-        self.polled = -1
+        self.pace = _ReadPace()
 
     def readable(self) -> bool:
         return True
@@ -197,13 +226,7 @@ class _Reader(io.RawIOBase):
         if self.detached:
             return 0
         conn = self.conn
-        self._count(0)
-        if self.unpaced >= PACE_READ_BYTES:
-            # A recv that finds data never lets the hub run, and a client can keep data
-            # coming (a body in one-byte chunks, the rest of a refused body): each
-            # PACE_READ_BYTES read, and parsed, the other connections have their turn.
-            self.unpaced = 0
-            _pause()
+        self.pace.before_read()
         if conn.ended:
             raise ConnectionAbortedError(f"connection ended: {conn.ended}")
         left = conn.deadline - time.monotonic()
@@ -221,20 +244,8 @@ class _Reader(io.RawIOBase):
             sock.settimeout(self.handler.limits.send_timeout)
         if conn.ended:
             raise ConnectionAbortedError(f"connection ended: {conn.ended}")
-        self._count(n)
+        self.pace.read(n)
         return n
-
-    def _count(self, n: int) -> None:
-        """Count `n` bytes read towards the next pause. Only bytes that keep coming between
-        two polls of the hub count: at a poll every other socket had its turn. (Counted
-        across polls, a keep-alive client's small requests added up to a pause every ~30 of
-        them, each a wait for bulk work's share of the hub behind ingest: 10-15 ms, the
-        reads' p99 under load until 2026-12-03.)"""
-        polled = turns.polls()
-        if polled != self.polled:
-            self.polled = polled
-            self.unpaced = 0
-        self.unpaced += n
 
 
 class Pusher:
@@ -699,14 +710,16 @@ class HttpServer(WSGIServer):
             sock.sendall(self.raw(envelope.too_many_connections()))
             sock.shutdown(socket.SHUT_WR)
             deadline = time.monotonic() + REFUSE_LINGER
+            # Paced as a request's reads are (without, refused clients flooding held the hub
+            # up to the linger's whole second).
+            pace = _ReadPace()
             while (left := deadline - time.monotonic()) > 0:
+                pace.before_read()
                 sock.settimeout(left)
-                if not sock.recv(65536):
+                data = sock.recv(65536)
+                if not data:
                     break
-                # A client that keeps sending finds data at every recv, which never lets the
-                # hub run: a turn after each read, as a request's reader takes one (without,
-                # refused clients flooding held the hub up to the linger's whole second).
-                _pause()
+                pace.read(len(data))
         except OSError:
             pass
         finally:

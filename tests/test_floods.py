@@ -247,10 +247,10 @@ def test_a_refused_client_that_keeps_sending_lets_the_hub_run(
     switch: Any, make_daemon: Any, monkeypatch: pytest.MonkeyPatch, figure: Any
 ) -> None:
     """A refused connection is read until its client closes (REFUSE_LINGER): a client that
-    keeps sending finds data at every recv, which never visits the hub. Each read is a
-    turn, as a request's reader takes one each PACE_READ_BYTES (outside attack, round 32:
-    three refused clients flooding from another process held the hub 45-100 ms at a time,
-    up to the linger's whole second each)."""
+    keeps sending finds data at every recv, which never visits the hub. Its reads take
+    turns as a request's reader does, each PACE_READ_BYTES between polls (outside attack,
+    round 32: three refused clients flooding from another process held the hub 45-100 ms at
+    a time, up to the linger's whole second each)."""
     from test_metaflow_limits import RunLengths
 
     from channelsd import httpserver
