@@ -124,10 +124,9 @@ class NodeLink:
         self.ready_event = gevent.event.Event()
         # bgapi results an action waits for (channelsd.jobs): fed by BACKGROUND_JOB below.
         self.jobs = JobResults()
-        # A uuid_dump's answer hydrates the table and nothing else reads it: only what the
-        # table reads is picked out of it, as out of an event (~80 headers; a reconcile at
-        # start-up reads 10,000 of them).
-        self._parse_dump = parser_for(table)
+        # What feeds the table is parsed for it alone: the events, and the uuid_dump answers
+        # a reconcile hydrates it from (~80 headers each; 10,000 of them at start-up).
+        self._parse_for_table = parser_for(table)
 
     # -- public ------------------------------------------------------------------------------
 
@@ -219,8 +218,7 @@ class NodeLink:
             gevent.sleep(delay)
 
     def _connection(self, role: str, on_event: Any = None) -> ESLConnection:
-        # The events connection feeds the table: only what it reads is picked out of an event.
-        parse = parser_for(self.table) if on_event is not None else parse_json
+        parse = self._parse_for_table if on_event is not None else parse_json
         conn = ESLConnection(
             self.cfg.host,
             self.cfg.port,
@@ -509,7 +507,7 @@ class NodeLink:
             # "-ERR No such channel!": gone since (or a zombie, hung up and about to go)
             return _GONE if body.startswith(b"-ERR No such channel") else None
         try:
-            return self._parse_dump(body)
+            return self._parse_for_table(body)
         except EventParseError:
             log.warning("node=%s uuid_dump %s answered malformed JSON", self.name, uuid)
             return None
