@@ -26,6 +26,7 @@ from gevent import monkey
 monkey.patch_all()
 
 import argparse  # noqa: E402
+import compileall  # noqa: E402
 import contextlib  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
@@ -1376,8 +1377,6 @@ def main() -> int:
     # The daemon under test loads its modules' bytecode as an installed one does (`pip
     # install` compiles it): with PYTHONDONTWRITEBYTECODE set, as on the bench machines, an
     # editable checkout compiled every module at each start (~0.1 s of the start-up figure).
-    import compileall
-
     compileall.compile_dir(str(bc.ROOT / "channelsd"), quiet=1)
     workdir = Path(tempfile.mkdtemp(prefix="channelsd-bench-"))
     limit = (900 if args.quick else 2400) * args.runs + (1200 if "soak" in only else 0)

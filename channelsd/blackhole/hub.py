@@ -39,8 +39,8 @@ from channelsd.listing import in_slices
 from channelsd.table import ChannelTable
 
 # As the SSE streams' (channelsd.stream): at 0.05 s a crowd on one account cost ingest twice
-# the sends (1,000 sockets: 0.78-0.80x of ingest without them, 0.87-0.89x at 0.1 s; the
-# subscribers' lag p99 85 -> 130 ms while ingesting 5,000 events/s, BENCHMARKS.md).
+# the sends (1,000 sockets: 0.78-0.80x of ingest without them, 0.88-0.89x at 0.1 s; the
+# subscribers' lag p99 85-90 -> 136-140 ms while ingesting 5,000 events/s, BENCHMARKS.md).
 PUBLISH_INTERVAL = 0.1
 
 
