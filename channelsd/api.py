@@ -343,6 +343,10 @@ def create_app(ctx: ApiContext) -> Flask:
     def visible(call: Call, ch: Channel) -> bool:
         return owned(call, ch.owner_id, ch.authorizing_id)
 
+    def visible_ended(call: Call, ended: Ended) -> bool:
+        # (an ended call's owner and device are read from its item: only for a user's token)
+        return call.token.role != "user" or owned(call, ended.owner_id, ended.device_id)
+
     def ended_listing(call: Call, calls: Iterable[Ended]) -> Response:
         """`?ended=true`: the calls of the last minutes, newest first, as the live list would
         narrow them (role, filters). Each is kept as JSON: decoded only to be filtered or
@@ -350,9 +354,7 @@ def create_app(ctx: ApiContext) -> Flask:
         filters = Filters(request.args.items(multi=True))
         kept = []
         for ended in paced(list(calls)):  # a copy: the calls may change while we pace
-            if owned(call, ended.owner_id, ended.device_id) and (
-                not filters or filters.keep(ended.as_dict())
-            ):
+            if visible_ended(call, ended) and (not filters or filters.keep(ended.as_dict())):
                 kept.append(ended)
         if g.pretty or _wants_csv():
             return respond_list(call, (ended.as_dict() for ended in paced(kept)))

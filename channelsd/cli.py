@@ -79,7 +79,7 @@ def _token_new(args: argparse.Namespace) -> int:
 def _load(path: str):  # -> (Config, warnings), or exit with the one-line error
     """The one validation path of `check` and `run`: the file, then what serving needs."""
     from channelsd.config import ConfigError, load, service_warnings
-    from channelsd.eventpick import install_warning
+    from channelsd import eventpick, fields
 
     try:
         cfg = load(path)
@@ -87,8 +87,8 @@ def _load(path: str):  # -> (Config, warnings), or exit with the one-line error
     except ConfigError as exc:
         print(f"channelsd: config error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    missing = install_warning()
-    return cfg, warnings if missing is None else [*warnings, missing]
+    missing = [w for w in (eventpick.install_warning(), fields.install_warning()) if w]
+    return cfg, [*warnings, *missing]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,8 +2,8 @@
 
 A channel that hung up (its table row carries an Ending) is kept here for `keep_seconds` after
 its destroy, at most `max_calls` of them, as the item it last had in the lists plus how it
-ended. Each call is one bytes record (channelsd.endedrecord: its time, the keys the API scopes
-by, its item deflated), ~330 B for a Kazoo call: nothing of the channel object is kept, and
+ended. Each call is one bytes record (channelsd.endedrecord: its time, its account, its item
+compressed), ~340 B for a Kazoo call: nothing of the channel object is kept, and
 10,000 calls stay in CPython's small-object arenas instead of pinning pages of glibc's heap.
 """
 
@@ -29,25 +29,23 @@ def record_of(ch: Channel, at: float) -> bytes:
         item.update(ch.details)
     item.update(ch.end_item(at))
     item["ended_timestamp"] = int(at) + GREGORIAN_OFFSET
-    return endedrecord.pack(at, ch.account_id, ch.owner_id, ch.authorizing_id, orjson.dumps(item))
+    return endedrecord.pack(at, ch.account_id, orjson.dumps(item))
 
 
 class Ended:
     """One ended call as a listing reads it: a view of its record, made when selected, that
-    decodes the keys and inflates the item once however often they are read."""
+    decodes the account and decompresses the item once however often they are read. The
+    owner and device ids are the item's (`owner_id`, `authorizing_id`), as the channel had
+    them when it ended."""
 
-    __slots__ = ("record", "_keys", "_start", "_item")
+    __slots__ = ("record", "_account", "_start", "_item", "_dict")
 
     def __init__(self, record: bytes) -> None:
         self.record = record
-        self._keys: endedrecord.Keys | None = None
         self._start = 0
+        self._account: str | None = None
         self._item: bytes | None = None
-
-    def _scoped_by(self) -> endedrecord.Keys:
-        if self._keys is None:
-            self._keys, self._start = endedrecord.split(self.record)
-        return self._keys
+        self._dict: dict[str, Any] | None = None
 
     @property
     def at(self) -> float:
@@ -55,26 +53,34 @@ class Ended:
 
     @property
     def account_id(self) -> str | None:
-        return self._scoped_by()[0]
+        if not self._start:
+            self._account, self._start = endedrecord.account(self.record)
+        return self._account
 
     @property
     def owner_id(self) -> str | None:
-        return self._scoped_by()[1]
+        return self._decoded().get("owner_id")
 
     @property
     def device_id(self) -> str | None:
-        return self._scoped_by()[2]
+        return self._decoded().get("authorizing_id")
+
+    def _decoded(self) -> dict[str, Any]:
+        if self._dict is None:
+            self._dict = orjson.loads(self.item)
+        return self._dict
 
     @property
     def item(self) -> bytes:
         """The item as JSON."""
         if self._item is None:
-            self._scoped_by()
+            self.account_id  # noqa: B018 (finds where the item starts)
             self._item = endedrecord.item(self.record, self._start)
         return self._item
 
     def as_dict(self) -> dict[str, Any]:
-        return orjson.loads(self.item)
+        """The item, a dict of the caller's own."""
+        return dict(self._decoded())
 
 
 class EndedCalls:

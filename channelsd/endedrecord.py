@@ -1,4 +1,4 @@
-"""One ended call as one bytes object: when it ended, the keys the API scopes it by, its item.
+"""One ended call as one bytes object: when it ended, its account, its item.
 
 The ended-calls store keeps up to 10,000 calls. Kept as a Python object holding its item JSON
 (~1.4 KB, a block of glibc's heap) and the channel's id strings, each call cost ~3.2 KB of
@@ -7,34 +7,37 @@ between the transient blocks of the events that ended their calls, pinned the he
 (malloc_trim gives back only whole free pages). As one record of ~330 B the call lives in
 CPython's small-object arenas, packed by size class, and nothing of the channel is referenced.
 
-The item is deflated with a preset dictionary (`ZDICT`): an item's keys, its booleans and the
-values most calls share (states, causes, codecs) are found there, its keys (the account, owner
-and device ids, which the item names again) after it, and what is left is mostly the call's
-own uuid and times. A record is inflated only when an answer lists it (~2 µs).
+The item is compressed by zstd (python-zstandard) with a dictionary (`ZDICT`) prepared once
+for its level: an item's keys, its booleans and the values most calls share (states, causes,
+codecs) are found there, and what is left is mostly the call's own ids and times. zlib with a
+preset dictionary did the same ~10 B tighter, but set the dictionary up again for every call
+(deflate has no prepared form of one): 16 µs per ended call, against 5 µs here, on the ingest
+path (BENCHMARKS.md, issue #16). A record is decompressed only when an answer lists it, or
+narrows an account's calls to a user's or a device's: the account, which every listing scopes
+by, is kept as it is; the owner and device ids are read from the item (kept a second time as
+they were with zlib, which found them in its dictionary, they cost zstd ~70 B a call).
 
-Layout: float64 `at` (when it ended), the uint32 lengths of the account, owner and device ids
-(0xFFFFFFFF: none; little-endian), the ids as UTF-8, then the raw-deflated item.
+Layout: float64 `at` (when it ended), the uint32 length of the account id (0xFFFFFFFF: none;
+little-endian), the id as UTF-8, then the item as a zstd frame (with its size, without a
+checksum or the dictionary's id: only this process reads its records).
 """
 
 from __future__ import annotations
 
 import struct
-import zlib
 
 import orjson
+import zstandard
 
-_HEAD = struct.Struct("<dIII")  # at, and the lengths of the three keys
+_HEAD = struct.Struct("<dI")  # at, and the length of the account id
 _ACCOUNT_LEN = struct.Struct("<I")  # at 8
 _NONE = 0xFFFFFFFF
-_WBITS = -12  # raw deflate, 4 KiB window: room for the dictionary and a typical item
-_LEVEL = 6
-# Deflate's fixed Huffman codes: a record ~25 B longer than with codes of its own, but a list
-# inflates each in half the time (no code tables to build: ~1.7 µs, not ~3.3).
-_STRATEGY = zlib.Z_FIXED
+# zstd's fastest level: higher ones took longer for 1 B less a record.
+_LEVEL = 1
 
 # A typical Kazoo call's ended item, its keys in the order Channel._build_item() writes them:
-# deflate finds the keys, the shared values and the id-shaped runs here. Only this process
-# reads its records, so the dictionary may change between versions.
+# zstd finds the keys, the shared values and the id-shaped runs here. Only this process reads
+# its records, so the dictionary may change between versions.
 ZDICT = orjson.dumps(
     {
         "uuid": "00000000-0000-4000-8000-000000000000",
@@ -97,6 +100,12 @@ ZDICT = orjson.dumps(
         "ended_timestamp": 63900000000,
     }
 )
+_DICT = zstandard.ZstdCompressionDict(ZDICT, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+_DICT.precompute_compress(level=_LEVEL)
+_COMPRESSOR = zstandard.ZstdCompressor(
+    dict_data=_DICT, write_checksum=False, write_content_size=True, write_dict_id=False
+)
+_DECOMPRESSOR = zstandard.ZstdDecompressor(dict_data=_DICT)
 
 
 def encoded(value: str) -> bytes:
@@ -105,20 +114,12 @@ def encoded(value: str) -> bytes:
     return value.encode("utf-8", "surrogatepass")
 
 
-def pack(
-    at: float, account_id: str | None, owner_id: str | None, device_id: str | None, item: bytes
-) -> bytes:
+def pack(at: float, account_id: str | None, item: bytes) -> bytes:
     """The record of one ended call; `item` is its list item as JSON."""
-    values = (account_id, owner_id, device_id)
-    raw = [b"" if v is None else encoded(v) for v in values]
-    lengths = [_NONE if v is None else len(r) for v, r in zip(values, raw, strict=True)]
-    keys = b"".join(raw)
-    # the item names its keys again (twice, in a Kazoo call): deflate finds them in the keys
-    deflate = zlib.compressobj(
-        _LEVEL, zlib.DEFLATED, _WBITS, zlib.DEF_MEM_LEVEL, _STRATEGY, zdict=ZDICT + keys
-    )
-    body = deflate.compress(item) + deflate.flush()
-    return b"".join((_HEAD.pack(at, *lengths), keys, body))
+    if account_id is None:
+        return b"".join((_HEAD.pack(at, _NONE), _COMPRESSOR.compress(item)))
+    account = encoded(account_id)
+    return b"".join((_HEAD.pack(at, len(account)), account, _COMPRESSOR.compress(item)))
 
 
 def at(record: bytes) -> float:
@@ -133,31 +134,17 @@ def of_account(record: bytes, account: bytes) -> bool:
     )
 
 
-Keys = tuple[str | None, str | None, str | None]
-
-
-def split(record: bytes) -> tuple[Keys, int]:
-    """(account id, owner id, device id), and where the deflated item starts (for item())."""
-    _, *lengths = _HEAD.unpack_from(record)
-    pos = _HEAD.size
-    keys: list[str | None] = []
-    for n in lengths:
-        if n == _NONE:
-            keys.append(None)
-        else:
-            keys.append(record[pos : pos + n].decode("utf-8", "surrogatepass"))
-            pos += n
-    return (keys[0], keys[1], keys[2]), pos
-
-
-def keys(record: bytes) -> Keys:
-    """(account id, owner id, device id)."""
-    return split(record)[0]
+def account(record: bytes) -> tuple[str | None, int]:
+    """The account id, and where the compressed item starts (for item())."""
+    n = _ACCOUNT_LEN.unpack_from(record, 8)[0]
+    if n == _NONE:
+        return None, _HEAD.size
+    stop = _HEAD.size + n
+    return record[_HEAD.size : stop].decode("utf-8", "surrogatepass"), stop
 
 
 def item(record: bytes, start: int | None = None) -> bytes:
-    """The item's JSON, as it was packed; `start` as split() found it, if it was called."""
+    """The item's JSON, as it was packed; `start` as account() found it, if it was called."""
     if start is None:
-        start = split(record)[1]
-    inflate = zlib.decompressobj(_WBITS, zdict=ZDICT + record[_HEAD.size : start])
-    return inflate.decompress(memoryview(record)[start:]) + inflate.flush()
+        start = account(record)[1]
+    return _DECOMPRESSOR.decompress(memoryview(record)[start:])  # type: ignore[no-any-return]

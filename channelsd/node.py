@@ -339,7 +339,8 @@ class NodeLink:
 
     def _on_event(self, event: dict[str, Any], body: bytes | None = None) -> None:
         name = event.get("Event-Name")
-        counted = name if name in _SUBSCRIBED else "other"
+        # (a hostile switch may name an event with a list: a set's `in` would raise on it)
+        counted = name if name.__class__ is str and name in _SUBSCRIBED else "other"
         counts = self._event_counts
         counts[counted] = counts.get(counted, 0) + 1
         if name == "HEARTBEAT":

@@ -36,6 +36,7 @@ from channelsd.channel import (
     usable,
 )
 from channelsd.config import DEFAULT_CCV_PREFIX, DEFAULT_IDENTITY
+from channelsd.fields import A_UUID, SHARED, loops
 from channelsd.validate import is_uuid, whole_number
 
 Key = tuple[str, str]
@@ -95,8 +96,6 @@ _FIXED_CHAINS = (
 _SHARED_FIELDS = frozenset(
     ("direction", "state", "call_state", "account_id", "realm", "authorizing_type")
 )
-_SHARED = "shared"  # a field whose value is interned when it changes
-_A_UUID = "uuid"  # a field naming a channel: a uuid, or refused
 
 
 def _with_modes(
@@ -111,9 +110,9 @@ def _with_modes(
         (
             attr,
             chain,
-            _A_UUID
+            A_UUID
             if attr in _UUID_FIELDS
-            else _SHARED
+            else SHARED
             if attr in _SHARED_FIELDS or not shared_headers.isdisjoint(chain)
             else None,
         )
@@ -150,10 +149,12 @@ _ENDING_EVENTS = frozenset(("CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE"))
 
 # State changes without the channel's variables: a known channel's take a short path.
 _STATE_EVENTS = frozenset(("CHANNEL_STATE", "CHANNEL_CALLSTATE"))
-_STATE_FIELDS = (
-    ("state", "Channel-State"),
-    ("call_state", "Channel-Call-State"),
-    ("destination", "Caller-Destination-Number"),
+_STATE_CHAINS = _with_modes(
+    (
+        ("state", ("Channel-State",)),
+        ("call_state", ("Channel-Call-State",)),
+        ("destination", ("Caller-Destination-Number",)),
+    )
 )
 
 # Events about one channel whose names do not start with CHANNEL_.
@@ -207,8 +208,9 @@ TOMBSTONES_MAX = 200_000
 # peak (see _prune_tombstones).
 TOMBSTONES_COMPACT_FROM = 1024
 
-# Events after which a leg is gone for good.
-_FINAL_STATES = frozenset(("CS_DESTROY",))
+# The state after which a leg is gone for good (compared with ==: a hostile switch's value
+# may be a list, which a set's `in` would raise on).
+_FINAL_STATE = "CS_DESTROY"
 
 
 class Identity:
@@ -336,11 +338,15 @@ class ChannelTable:
         tombstone_ttl: float = 120.0,
         clock: Callable[[], float] = time.monotonic,
         tombstones_max: int = TOMBSTONES_MAX,
+        compiled: bool = True,
     ) -> None:
         self.set_identity(identity or Identity())
         self.tombstone_ttl = tombstone_ttl
         self.tombstones_max = tombstones_max
         self._clock = clock
+        # The loops over an event's headers (channelsd/fields.py): C when built; `compiled`
+        # False is for the tests that hold the two equal.
+        self._merge_fields, self._pick_details = loops(compiled)
         self._rows = Scope()
         # uuid -> its row. The same uuid on two nodes is rare (origination_uuid chosen by a
         # dialplan, a restored switch): the first row is here, the others in _twins.
@@ -626,7 +632,7 @@ class ChannelTable:
         if ch is None and not is_uuid(uuid):
             self._refuse("uuid")
             return
-        if name == "CHANNEL_DESTROY" or event.get("Channel-State") in _FINAL_STATES:
+        if name == "CHANNEL_DESTROY" or event.get("Channel-State") == _FINAL_STATE:
             if ch is not None and (ch.ending is None or not ch.ending.complete):
                 self._ending(ch).merge(event)  # HANGUP_COMPLETE was lost
             self.remove(node, uuid)
@@ -796,26 +802,8 @@ class ChannelTable:
                 ch.ccvs = found
             if name not in _ENDING_EVENTS:  # a call that hangs up changes codec no more
                 self._details(ch, e)
-        # first(), inlined: this loop runs ~20 times per event on the ingest path. A value
-        # equal to the one held keeps the held object (no churn, and it may be shared); a new
-        # value of a field many channels share (an account, a state) is interned.
-        for attr, chain, mode in chains:
-            for header in chain:
-                v = get(header)
-                if v:
-                    if v.__class__ is not str or len(v) > MAX_VALUE_CHARS:
-                        v = usable(v)
-                        if v is None:
-                            self._refuse(attr)
-                            continue  # as if absent: the next header of the chain may say
-                    if v != getattr(ch, attr):
-                        if mode is _SHARED:
-                            v = intern(v)
-                        elif mode is _A_UUID and not is_uuid(v):
-                            self._refuse(attr)
-                            break
-                        setattr(ch, attr, v)
-                    break
+        # the first usable header of each chain (channelsd/fields.py): ~30 lookups an event
+        self._merge_fields(ch, e, chains, self.refused)
 
     def _details(self, ch: Channel, e: Event) -> None:
         """The media and signalling details an event with variables carries (DETAIL_CHAINS).
@@ -823,22 +811,10 @@ class ChannelTable:
         A channel's details dict is never changed in place: a change makes a new one, and
         details with nothing particular to the call (codecs, the application, no SIP ids) are
         one dict shared by every channel that has them."""
-        get = e.get
-        found: dict[str, Any] = {}
         # A loopback leg's event is not asked for the dozen RTP and SIP headers it never has.
         details = _CORE_DETAILS if ch.is_loopback else _RTP_DETAILS
-        for key, header, numeric in details:
-            v = get(header)
-            if v and key not in found:  # the first header of a key that is present wins
-                if v.__class__ is not str or len(v) > MAX_VALUE_CHARS:
-                    self._refuse(key)
-                    continue
-                if numeric:
-                    if not (len(v) <= 5 and v.isascii() and v.isdigit()):
-                        self._refuse(key)
-                        continue
-                    v = int(v)
-                found[key] = v
+        found = self._pick_details(e, details, self.refused)
+        get = e.get
         for kind, header in SECURE_MEDIA:
             if get(header) == "true":
                 found["secure_media"] = kind
@@ -1092,18 +1068,9 @@ class ChannelTable:
         """CHANNEL_STATE / CHANNEL_CALLSTATE of a known channel; False when the event needs
         the full path (the channel's end)."""
         get = e.get
-        state = get("Channel-State")
-        if state in _FINAL_STATES:
+        if get("Channel-State") == _FINAL_STATE:
             return False
-        changed = False
-        for attr, header in _STATE_FIELDS:
-            v = get(header)
-            if v and v != getattr(ch, attr):
-                if v.__class__ is not str or len(v) > MAX_VALUE_CHARS:
-                    self._refuse(attr)
-                    continue
-                setattr(ch, attr, intern(v) if attr in _SHARED_FIELDS else v)
-                changed = True
+        changed = self._merge_fields(ch, e, _STATE_CHAINS, self.refused) > 0
         if not ch.answered and get("Answer-State") == "answered":
             ch.answered = changed = True
         if not ch.created_known:
