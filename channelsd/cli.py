@@ -78,8 +78,8 @@ def _token_new(args: argparse.Namespace) -> int:
 
 def _load(path: str):  # -> (Config, warnings), or exit with the one-line error
     """The one validation path of `check` and `run`: the file, then what serving needs."""
-    from channelsd.config import ConfigError, load, service_warnings
     from channelsd import eventpick, fields
+    from channelsd.config import ConfigError, load, service_warnings
 
     try:
         cfg = load(path)
