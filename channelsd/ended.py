@@ -18,6 +18,7 @@ import orjson
 
 from channelsd import endedrecord
 from channelsd.channel import GREGORIAN_OFFSET, Channel
+from channelsd.listing import pace
 
 
 def record_of(ch: Channel, at: float) -> bytes:
@@ -124,13 +125,20 @@ class EndedCalls:
         device_id: str | None = None,
     ) -> Iterator[Ended]:
         """Newest first, narrowed as the live lists are: the system (no argument), an account,
-        a user (its owner id, or one of its devices) or a device."""
+        a user (its owner id, or one of its devices) or a device.
+
+        A user's or a device's calls are found by decompressing each of the account's (up to
+        `max_calls`, ~9 us each): paced like every loop of a list answer (channelsd.listing),
+        over a copy of the calls, which may change while the hub runs."""
         self._expire()
         account = None if account_id is None else endedrecord.encoded(account_id)
-        for record in reversed(self._calls):
+        narrowed = owner_id is not None or device_id is not None
+        for record in reversed(list(self._calls)):
             if account is not None and not endedrecord.of_account(record, account):
                 continue
             call = Ended(record)
+            if narrowed:
+                pace()
             if owner_id is not None and not (
                 call.owner_id == owner_id or call.device_id in devices
             ):
