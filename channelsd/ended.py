@@ -37,16 +37,21 @@ class Ended:
     """One ended call as a listing reads it: a view of its record, made when selected, that
     decodes the account and decompresses the item once however often they are read. The
     owner and device ids are the item's (`owner_id`, `authorizing_id`), as the channel had
-    them when it ended."""
+    them when it ended: read from it once, and only they are kept. A listing holds the calls
+    it answers with until it is written (thousands, and their items' dicts would be as many
+    objects for the collector to walk and a stall to free: channelsd.listing), so the item
+    is decoded for each caller that asks for it as a dict, and held by none."""
 
-    __slots__ = ("record", "_account", "_start", "_item", "_dict")
+    __slots__ = ("record", "_account", "_start", "_item", "_owner", "_device", "_scoped")
 
     def __init__(self, record: bytes) -> None:
         self.record = record
         self._start = 0
         self._account: str | None = None
         self._item: bytes | None = None
-        self._dict: dict[str, Any] | None = None
+        self._owner: str | None = None
+        self._device: str | None = None
+        self._scoped = False
 
     @property
     def at(self) -> float:
@@ -60,16 +65,20 @@ class Ended:
 
     @property
     def owner_id(self) -> str | None:
-        return self._decoded().get("owner_id")
+        if not self._scoped:
+            self._scope()
+        return self._owner
 
     @property
     def device_id(self) -> str | None:
-        return self._decoded().get("authorizing_id")
+        if not self._scoped:
+            self._scope()
+        return self._device
 
-    def _decoded(self) -> dict[str, Any]:
-        if self._dict is None:
-            self._dict = orjson.loads(self.item)
-        return self._dict
+    def _scope(self) -> None:
+        item = orjson.loads(self.item)
+        self._owner, self._device = item.get("owner_id"), item.get("authorizing_id")
+        self._scoped = True
 
     @property
     def item(self) -> bytes:
@@ -80,8 +89,8 @@ class Ended:
         return self._item
 
     def as_dict(self) -> dict[str, Any]:
-        """The item, a dict of the caller's own."""
-        return dict(self._decoded())
+        """The item, a dict of the caller's own (nested objects included)."""
+        return orjson.loads(self.item)
 
 
 class EndedCalls:
