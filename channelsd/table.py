@@ -213,6 +213,12 @@ TOMBSTONES_COMPACT_FROM = 1024
 _FINAL_STATE = "CS_DESTROY"
 
 
+def _final(state: Any) -> bool:
+    """Whether a Channel-State value says the leg is gone, read as the fields read it (a
+    list's first value names it: see usable())."""
+    return state == _FINAL_STATE or (state.__class__ is list and usable(state) == _FINAL_STATE)
+
+
 class Identity:
     """Which event headers give account, owner, device, … (spec §2 identity mapping)."""
 
@@ -632,7 +638,7 @@ class ChannelTable:
         if ch is None and not is_uuid(uuid):
             self._refuse("uuid")
             return
-        if name == "CHANNEL_DESTROY" or event.get("Channel-State") == _FINAL_STATE:
+        if name == "CHANNEL_DESTROY" or _final(event.get("Channel-State")):
             if ch is not None and (ch.ending is None or not ch.ending.complete):
                 self._ending(ch).merge(event)  # HANGUP_COMPLETE was lost
             self.remove(node, uuid)
@@ -1068,7 +1074,7 @@ class ChannelTable:
         """CHANNEL_STATE / CHANNEL_CALLSTATE of a known channel; False when the event needs
         the full path (the channel's end)."""
         get = e.get
-        if get("Channel-State") == _FINAL_STATE:
+        if _final(get("Channel-State")):
             return False
         changed = self._merge_fields(ch, e, _STATE_CHAINS, self.refused) > 0
         if not ch.answered and get("Answer-State") == "answered":

@@ -65,3 +65,16 @@ def test_no_value_in_any_header_makes_the_event_path_raise(daemon: Any, data: An
     table = daemon.table
     assert_indices_agree(table)
     table.items_json(table.all(), table.now())  # every row still renders
+
+
+def test_a_final_state_sent_as_a_list_ends_the_leg_as_the_text_would() -> None:
+    """The fields take a list's first value (usable()): `["CS_DESTROY"]` sets the state to
+    CS_DESTROY, so it must also end the leg, or the row stays listed as live and destroyed."""
+    from channelsd.table import ChannelTable
+
+    uuid = "5f3e2a10-1b2c-4d5e-8f90-a1b2c3d4e5f6"
+    for name in ("CHANNEL_STATE", "CHANNEL_CALLSTATE", "CHANNEL_EXECUTE"):
+        table = ChannelTable()
+        table.apply("fs1", {"Event-Name": "CHANNEL_CREATE", "Unique-ID": uuid})
+        table.apply("fs1", {"Event-Name": name, "Unique-ID": uuid, "Channel-State": ["CS_DESTROY"]})
+        assert table.get(uuid) is None and table.is_tombstoned("fs1", uuid), name
