@@ -229,3 +229,27 @@ def test_wrong_arguments_raise_type_errors_in_a_child() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT
     )
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_check_warns_when_the_c_loops_are_missing_and_the_table_still_works() -> None:
+    code = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["channelsd_fields"] = None  # as where it could not be built
+        from channelsd.table import ChannelTable
+        from channelsd import fields
+        table = ChannelTable()
+        assert table._merge_fields is fields.merge_fields
+        table.apply("fs1", {{"Event-Name": "CHANNEL_CREATE", "Channel-State": "CS_INIT",
+                            "Unique-ID": "5f3e2a10-1b2c-4d5e-8f90-a1b2c3d4e5f6"}})
+        assert table.all()[0].state == "CS_INIT"
+        from channelsd.cli import main
+        sys.exit(main(["check", "-c", {str(ROOT / "conf/channelsd.toml")!r}]))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "warning: channelsd_fields (C) is not installed" in done.stderr
+    assert fields.install_warning() is None  # here it is built: nothing to say
