@@ -116,11 +116,35 @@ usable(PyObject *v, Py_ssize_t max_chars)
     return NULL;
 }
 
+/* `if v := event.get(header)`: 1 with *out a new reference to a true value, 0 for an absent
+ * or false one, -1 on an error. */
 static int
-ready(Fields *self)
+present(PyObject *event, PyObject *header, PyObject **out)
+{
+    PyObject *v = PyDict_GetItemWithError(event, header);
+    if (v == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    Py_INCREF(v);
+    int truth = PyObject_IsTrue(v);
+    if (truth <= 0) {
+        Py_DECREF(v);
+        return truth;
+    }
+    *out = v;
+    return 1;
+}
+
+/* Both methods end with (event: dict, a tuple, refused: dict): 1 when the call may go on. */
+static int
+checked(Fields *self, PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, const char *usage)
 {
     if (self->is_uuid == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "Fields was not initialised");
+        return 0;
+    }
+    if (nargs != want || !PyDict_CheckExact(args[want - 3]) || !PyTuple_CheckExact(args[want - 2])
+        || !PyDict_CheckExact(args[want - 1])) {
+        PyErr_Format(PyExc_TypeError, "%s: the event a dict, then a tuple and a dict", usage);
         return 0;
     }
     return 1;
@@ -129,17 +153,9 @@ ready(Fields *self)
 static PyObject *
 Fields_merge(Fields *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (!ready(self))
+    if (!checked(self, args, nargs, 4, "merge(channel, event, chains, refused)"))
         return NULL;
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "merge(channel, event, chains, refused)");
-        return NULL;
-    }
     PyObject *ch = args[0], *event = args[1], *chains = args[2], *refused = args[3];
-    if (!PyDict_CheckExact(event) || !PyTuple_CheckExact(chains) || !PyDict_CheckExact(refused)) {
-        PyErr_SetString(PyExc_TypeError, "merge() takes a dict, a tuple and a dict");
-        return NULL;
-    }
     /* Held: a finalizer run by a collection could otherwise drop the last reference. */
     Py_INCREF(event);
     Py_INCREF(chains);
@@ -159,17 +175,10 @@ Fields_merge(Fields *self, PyObject *const *args, Py_ssize_t nargs)
         PyObject *mode = PyTuple_GET_ITEM(entry, 2);
         Py_ssize_t m = PyTuple_GET_SIZE(chain);
         for (Py_ssize_t j = 0; j < m; j++) {
-            PyObject *v = PyDict_GetItemWithError(event, PyTuple_GET_ITEM(chain, j));
-            if (v == NULL) {
-                if (PyErr_Occurred())
-                    goto error;
-                continue;
-            }
-            Py_INCREF(v);
-            int truth = PyObject_IsTrue(v);
-            if (truth <= 0) {
-                Py_DECREF(v);
-                if (truth < 0)
+            PyObject *v;
+            int got = present(event, PyTuple_GET_ITEM(chain, j), &v);
+            if (got <= 0) {
+                if (got < 0)
                     goto error;
                 continue;
             }
@@ -250,17 +259,9 @@ small_number(PyObject *v)
 static PyObject *
 Fields_details(Fields *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (!ready(self))
+    if (!checked(self, args, nargs, 3, "details(event, details, refused)"))
         return NULL;
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "details(event, details, refused)");
-        return NULL;
-    }
     PyObject *event = args[0], *details = args[1], *refused = args[2];
-    if (!PyDict_CheckExact(event) || !PyTuple_CheckExact(details) || !PyDict_CheckExact(refused)) {
-        PyErr_SetString(PyExc_TypeError, "details() takes a dict, a tuple and a dict");
-        return NULL;
-    }
     PyObject *found = PyDict_New();
     if (found == NULL)
         return NULL;
@@ -278,18 +279,17 @@ Fields_details(Fields *self, PyObject *const *args, Py_ssize_t nargs)
         int numeric = PyObject_IsTrue(PyTuple_GET_ITEM(entry, 2));
         if (numeric < 0)
             goto error;
-        PyObject *v = PyDict_GetItemWithError(event, PyTuple_GET_ITEM(entry, 1));
-        if (v == NULL) {
-            if (PyErr_Occurred())
+        PyObject *v;
+        int got = present(event, PyTuple_GET_ITEM(entry, 1), &v);
+        if (got <= 0) {
+            if (got < 0)
                 goto error;
             continue;
         }
-        Py_INCREF(v);
-        int truth = PyObject_IsTrue(v);
-        int known = truth > 0 ? PyDict_Contains(found, key) : 0;
-        if (truth <= 0 || known != 0) { /* the first header of a key that is present wins */
+        int known = PyDict_Contains(found, key);
+        if (known != 0) { /* the first header of a key that is present wins */
             Py_DECREF(v);
-            if (truth < 0 || known < 0)
+            if (known < 0)
                 goto error;
             continue;
         }
