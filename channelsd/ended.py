@@ -59,9 +59,14 @@ class Ended:
 
     @property
     def account_id(self) -> str | None:
+        self._read_head()
+        return self._account
+
+    def _read_head(self) -> int:
+        """The account and where the item starts, read once (an item starts past the head)."""
         if not self._start:
             self._account, self._start = endedrecord.account(self.record)
-        return self._account
+        return self._start
 
     @property
     def owner_id(self) -> str | None:
@@ -84,8 +89,7 @@ class Ended:
     def item(self) -> bytes:
         """The item as JSON."""
         if self._item is None:
-            self.account_id  # noqa: B018 (finds where the item starts)
-            self._item = endedrecord.item(self.record, self._start)
+            self._item = endedrecord.item(self.record, self._read_head())
         return self._item
 
     def as_dict(self) -> dict[str, Any]:
@@ -137,12 +141,13 @@ class EndedCalls:
         a user (its owner id, or one of its devices) or a device.
 
         A user's or a device's calls are found by decompressing each of the account's (up to
-        `max_calls`, ~9 us each): paced like every loop of a list answer (channelsd.listing),
-        over a copy of the calls, which may change while the hub runs."""
+        `max_calls`, ~9 us each): paced like every loop of a list answer (channelsd.listing)."""
         self._expire()
         account = None if account_id is None else endedrecord.encoded(account_id)
         narrowed = owner_id is not None or device_id is not None
-        for record in reversed(list(self._calls)):
+        # paced, the hub runs between two calls: a copy (unpaced, read through at once)
+        calls = list(self._calls) if narrowed else self._calls
+        for record in reversed(calls):
             if account is not None and not endedrecord.of_account(record, account):
                 continue
             call = Ended(record)
