@@ -41,6 +41,11 @@ log = logging.getLogger("channelsd.esl")
 
 # Called with the parsed event and the body it came from (a hint for cheap byte searches).
 EventHandler = Callable[[dict[str, Any], bytes], None]
+# Cuts the json event frames in a row at buf[pos:] (buf, pos, budget, shift, max_body): their
+# picks (None: parse that body whole), their bodies and the position after them; or None.
+Cutter = Callable[
+    [bytes, int, int, int, int], tuple[list[dict[str, Any] | None], list[bytes], int] | None
+]
 
 
 class ESLError(Exception):
@@ -130,6 +135,7 @@ class ESLConnection(InboundESL):
         on_event: EventHandler | None = None,
         on_parse_error: Callable[[Exception], None] | None = None,
         parse_json: Callable[[bytes], dict[str, Any]] = parse_json,
+        cut: Cutter | None = None,
     ) -> None:
         super().__init__(host, port, password, timeout=timeout)
         self.label = label or f"{host}:{port}"
@@ -138,6 +144,8 @@ class ESLConnection(InboundESL):
         self._on_parse_error = on_parse_error
         # json events' parser: the whole body, or only what the table reads (eventpick.py)
         self._parse_json = parse_json
+        # and json event frames in a row, cut and picked in one call (eventpick.TableReader)
+        self._cut = cut if on_event is not None else None
         self.closed = gevent.event.Event()
         self.close_reason = ""
         self.last_rx = time.monotonic()
@@ -336,9 +344,22 @@ class ESLConnection(InboundESL):
         `scan` is where the search for the next blank line resumes: bytes already searched
         are never searched again, however slowly a header block arrives."""
         recv = self.sock.recv
+        cut = self._cut
         buf = b""
         pos = scan = 0
         while self._run:
+            if cut is not None and ESLConnection.awaiting <= len(self._commands_sent):
+                # The common case in one call: the json events in a row up to the next visit
+                # to the hub (none when a command waits for its answer: _event lets it go
+                # first). What it does not take, the framing below does.
+                batch = cut(
+                    buf, pos, YIELD_EVERY - self._since_yield, BIG_EVENT_SHIFT, MAX_EVENT_BYTES
+                )
+                if batch is not None and batch[1]:
+                    picks, bodies, pos = batch
+                    scan = pos
+                    self._events(picks, bodies)
+                    continue
             end = buf.find(b"\n\n", scan)
             if end < 0:
                 if len(buf) - pos > MAX_HEADER_BYTES:
@@ -489,6 +510,25 @@ class ESLConnection(InboundESL):
         # A big event costs its size to parse: one more frame per 16 KiB of it. (_tick,
         # inlined: this is the hot path of ingest.)
         self._since_yield += 1 + (len(body) >> BIG_EVENT_SHIFT)
+        if self._since_yield >= YIELD_EVERY:
+            self._since_yield = 0
+            _pause()
+
+    def _events(self, picks: list[dict[str, Any] | None], bodies: list[bytes]) -> None:
+        """The events of one cut (see _read_frames), as _event would take them one by one."""
+        on_event = self._on_event
+        assert on_event is not None  # no cutter without a handler
+        for picked, body in zip(picks, bodies, strict=True):
+            if picked is None or ESLConnection.awaiting > len(self._commands_sent):
+                # parsed whole; or (a handler let the hub run) a command waits for its
+                # answer: _event lets it go first, then picks this body anew
+                self._event(body, parse_json if picked is None else self._parse_json)
+                continue
+            try:
+                on_event(picked, body)
+            except Exception:  # as in _event
+                log.exception("%s: handler failed on %s", self.label, picked.get("Event-Name", "?"))
+            self._since_yield += 1 + (len(body) >> BIG_EVENT_SHIFT)
         if self._since_yield >= YIELD_EVERY:
             self._since_yield = 0
             _pause()

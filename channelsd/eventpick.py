@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from channelsd.events import parse_json
-from channelsd.table import ChannelTable, table_event
+from channelsd.table import TABLE_EVENT_NAMES, TABLE_EVENT_PREFIX, ChannelTable, table_event
 
 try:
     from channelsd_picker import Picker
@@ -29,6 +29,8 @@ except ImportError:  # built optionally: see setup.py
 log = logging.getLogger(__name__)
 
 Parse = Callable[[bytes], dict[str, Any]]
+# picks (None: parse that body whole), bodies, the position after the last
+Cut = tuple[list[dict[str, Any] | None], list[bytes], int]
 
 
 def built() -> bool:
@@ -65,19 +67,44 @@ def picker_for(table: ChannelTable) -> Any | None:
         return None
 
 
-def parser_for(table: ChannelTable) -> Parse:
-    """The event socket's json parser for a connection that feeds `table`. It follows the
-    table's identity (a SIGHUP changes which headers are read)."""
-    held: list[Any] = [None, None]  # the identity the picker was made for, the picker
+class TableReader:
+    """The event socket's json parser for a connection that feeds `table`, by the event
+    (`parse`) or by the socket read (`cut`). It follows the table's identity (a SIGHUP changes
+    which headers are read)."""
 
-    def parse(body: bytes) -> dict[str, Any]:
-        if held[0] is not table.identity:
-            held[0], held[1] = table.identity, picker_for(table)
-        picker = held[1]
+    def __init__(self, table: ChannelTable) -> None:
+        self._table = table
+        self._identity: Any = None  # the identity the picker was made for
+        self._picker: Any = None
+
+    def _current(self) -> Any | None:
+        if self._identity is not self._table.identity:
+            self._identity, self._picker = self._table.identity, picker_for(self._table)
+        return self._picker
+
+    def parse(self, body: bytes) -> dict[str, Any]:
+        picker = self._current()
         if picker is not None:
             picked = picker.pick(body)
             if picked is not None and table_event(picked.get("Event-Name")):
                 return picked
         return parse_json(body)
 
-    return parse
+    def cut(self, buf: bytes, pos: int, budget: int, shift: int, max_body: int) -> Cut | None:
+        """The json event frames in a row at buf[pos:], cut and picked in one C call (the
+        ingest's hot path: one Python call per socket read, not several per event): their
+        picks, bodies and the position after them. A pick is None where the body is to be
+        parsed whole (`parse_json`): not an event the table reads, or not the plain case.
+        It stops after `budget` frames (each body counts one more per 2**shift bytes), a
+        body over `max_body` bytes, or at the first bytes that are not a whole json event
+        frame: the caller's own framing takes those. None when there is no picker (every
+        event is parsed whole, through `parse`)."""
+        picker = self._current()
+        if picker is None:
+            return None
+        return picker.cut(buf, pos, budget, shift, max_body, TABLE_EVENT_PREFIX, TABLE_EVENT_NAMES)
+
+
+def parser_for(table: ChannelTable) -> Parse:
+    """The event socket's json parser for a connection that feeds `table` (TableReader)."""
+    return TableReader(table).parse

@@ -22,7 +22,7 @@ import gevent.event
 from channelsd import turns
 from channelsd.config import NodeConfig, SyncConfig
 from channelsd.esl import ConnectionLost, ESLConnection, ESLError
-from channelsd.eventpick import parser_for
+from channelsd.eventpick import TableReader
 from channelsd.events import EventParseError, parse_json
 from channelsd.jobs import JobResults
 from channelsd.metrics import Metrics
@@ -126,7 +126,7 @@ class NodeLink:
         self.jobs = JobResults()
         # What feeds the table is parsed for it alone: the events, and the uuid_dump answers
         # a reconcile hydrates it from (~80 headers each; 10,000 of them at start-up).
-        self._parse_for_table = parser_for(table)
+        self._reader = TableReader(table)
 
     # -- public ------------------------------------------------------------------------------
 
@@ -218,7 +218,7 @@ class NodeLink:
             gevent.sleep(delay)
 
     def _connection(self, role: str, on_event: Any = None) -> ESLConnection:
-        parse = self._parse_for_table if on_event is not None else parse_json
+        feeds_table = on_event is not None
         conn = ESLConnection(
             self.cfg.host,
             self.cfg.port,
@@ -227,7 +227,8 @@ class NodeLink:
             timeout=self.sync.connect_timeout,
             on_event=on_event,
             on_parse_error=self._parse_error,
-            parse_json=parse,
+            parse_json=self._reader.parse if feeds_table else parse_json,
+            cut=self._reader.cut if feeds_table else None,
         )
         conn.connect()
         return conn
@@ -508,7 +509,7 @@ class NodeLink:
             # "-ERR No such channel!": gone since (or a zombie, hung up and about to go)
             return _GONE if body.startswith(b"-ERR No such channel") else None
         try:
-            return self._parse_for_table(body)
+            return self._reader.parse(body)
         except EventParseError:
             log.warning("node=%s uuid_dump %s answered malformed JSON", self.name, uuid)
             return None

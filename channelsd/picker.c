@@ -265,29 +265,15 @@ skip_ws(const char *p, const char *end)
     return p;
 }
 
+/* The picked dict of the body at p (len bytes), None, or NULL with an exception set. */
 static PyObject *
-Picker_pick(Picker *self, PyObject *arg)
+pick_span(Picker *self, const char *p, Py_ssize_t len)
 {
-    if (self->names == NULL || self->prefix == NULL) {
-        PyErr_SetString(PyExc_TypeError, "Picker.__init__ was not called");
-        return NULL;
-    }
-    /* orjson reads these three (and str, which is no body of an event): anything else is
-     * orjson's to judge, and so is a buffer that is not one run of bytes. */
-    if (!PyBytes_CheckExact(arg) && !PyByteArray_CheckExact(arg) && !PyMemoryView_Check(arg))
-        Py_RETURN_NONE;
     /* First: it may start a collection, whose finalizers may call __init__ (see the top). */
     PyObject *found = PyDict_New();
     if (found == NULL)
         return NULL;
-    Py_buffer view;
-    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) {
-        /* not C-contiguous, released: orjson's to judge */
-        PyErr_Clear();
-        Py_DECREF(found);
-        Py_RETURN_NONE;
-    }
-    const char *p = view.buf, *end = p + view.len;
+    const char *end = p + len;
     PyObject *prefix_held = Py_NewRef(self->prefix);
     const char *prefix = PyBytes_AS_STRING(prefix_held);
     Py_ssize_t plen = PyBytes_GET_SIZE(prefix_held);
@@ -352,23 +338,173 @@ closed:
     if (skip_ws(p, end) != end)
         goto other;
     Py_DECREF(prefix_held);
-    PyBuffer_Release(&view);
     return found;
 other:
     Py_DECREF(found);
     Py_DECREF(prefix_held);
-    PyBuffer_Release(&view);
     Py_RETURN_NONE;
 error:
     Py_DECREF(found);
     Py_DECREF(prefix_held);
+    return NULL;
+}
+
+static int
+initialised(Picker *self)
+{
+    if (self->names == NULL || self->prefix == NULL) {
+        PyErr_SetString(PyExc_TypeError, "Picker.__init__ was not called");
+        return 0;
+    }
+    return 1;
+}
+
+static PyObject *
+Picker_pick(Picker *self, PyObject *arg)
+{
+    if (!initialised(self))
+        return NULL;
+    /* orjson reads these three (and str, which is no body of an event): anything else is
+     * orjson's to judge, and so is a buffer that is not one run of bytes. */
+    if (!PyBytes_CheckExact(arg) && !PyByteArray_CheckExact(arg) && !PyMemoryView_Check(arg))
+        Py_RETURN_NONE;
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) {
+        /* not C-contiguous, released: orjson's to judge */
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    PyObject *found = pick_span(self, view.buf, view.len);
     PyBuffer_Release(&view);
+    return found;
+}
+
+/* cut(): the outer headers FreeSWITCH gives every json event, around the body's length. */
+static const char JSON_HEAD[] = "Content-Length: ";
+static const char JSON_TAIL[] = "\nContent-Type: text/event-json\n\n";
+#define JSON_HEAD_LEN ((Py_ssize_t)sizeof JSON_HEAD - 1)
+#define JSON_TAIL_LEN ((Py_ssize_t)sizeof JSON_TAIL - 1)
+#define MAX_DIGITS 12
+
+static PyObject *event_name_key; /* "Event-Name", interned at import */
+
+/* Whether a picked event is one the caller's table reads: its Event-Name an exact str that
+ * starts with `kind_prefix` or is in `kinds` (no Python code runs: exact str, C's hash). */
+static int
+wanted_kind(PyObject *picked, PyObject *kind_prefix, PyObject *kinds)
+{
+    PyObject *name = PyDict_GetItemWithError(picked, event_name_key);
+    if (name == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    if (!PyUnicode_CheckExact(name))
+        return 0;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(name), k = PyUnicode_GET_LENGTH(kind_prefix);
+    if (PyUnicode_KIND(name) == PyUnicode_1BYTE_KIND && n >= k
+        && PyUnicode_KIND(kind_prefix) == PyUnicode_1BYTE_KIND
+        && memcmp(PyUnicode_DATA(name), PyUnicode_DATA(kind_prefix), k) == 0)
+        return 1;
+    return PySet_Contains(kinds, name);
+}
+
+/* The length of the json event frame at p, its body starting at *body; -1 when the bytes at
+ * p are not (or not yet, or not only) such a frame: the caller's general framing decides. */
+static Py_ssize_t
+json_frame(const char *p, const char *end, Py_ssize_t max_body, const char **body)
+{
+    if (end - p < JSON_HEAD_LEN || memcmp(p, JSON_HEAD, JSON_HEAD_LEN) != 0)
+        return -1;
+    p += JSON_HEAD_LEN;
+    Py_ssize_t length = 0, digits = 0;
+    while (p < end && *p >= '0' && *p <= '9') {
+        length = length * 10 + (*p++ - '0');
+        if (++digits > MAX_DIGITS || length > max_body)
+            return -1; /* the general framing refuses it, or reads past it */
+    }
+    if (digits == 0 || end - p < JSON_TAIL_LEN
+        || memcmp(p, JSON_TAIL, JSON_TAIL_LEN) != 0)
+        return -1;
+    p += JSON_TAIL_LEN;
+    if (end - p < length)
+        return -1;
+    *body = p;
+    return length;
+}
+
+static PyObject *
+Picker_cut(Picker *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!initialised(self))
+        return NULL;
+    if (nargs != 7 || !PyBytes_CheckExact(args[0]) || !PyLong_CheckExact(args[1])
+        || !PyLong_CheckExact(args[2]) || !PyLong_CheckExact(args[3])
+        || !PyLong_CheckExact(args[4]) || !PyUnicode_CheckExact(args[5])
+        || !PyFrozenSet_CheckExact(args[6])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "cut(buf: bytes, pos: int, budget: int, shift: int, max_body: int, "
+                        "kind_prefix: str, kinds: frozenset)");
+        return NULL;
+    }
+    PyObject *buf = args[0], *kind_prefix = args[5], *kinds = args[6];
+    Py_ssize_t pos = PyLong_AsSsize_t(args[1]), budget = PyLong_AsSsize_t(args[2]);
+    Py_ssize_t shift = PyLong_AsSsize_t(args[3]), max_body = PyLong_AsSsize_t(args[4]);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_ssize_t size = PyBytes_GET_SIZE(buf);
+    if (pos < 0 || pos > size || shift < 0 || shift > 62 || max_body < 0) {
+        PyErr_SetString(PyExc_ValueError, "cut: pos, shift or max_body out of range");
+        return NULL;
+    }
+    PyObject *picks = PyList_New(0), *bodies = PyList_New(0);
+    if (picks == NULL || bodies == NULL)
+        goto error;
+    /* buf is an exact bytes, immutable and held by the caller: these pointers stay valid. */
+    const char *start = PyBytes_AS_STRING(buf), *end = start + size;
+    while (budget > 0) {
+        const char *at;
+        Py_ssize_t length = json_frame(start + pos, end, max_body, &at);
+        if (length < 0)
+            break;
+        PyObject *body = PyBytes_FromStringAndSize(at, length);
+        if (body == NULL)
+            goto error;
+        int added = PyList_Append(bodies, body);
+        Py_DECREF(body);
+        if (added < 0)
+            goto error;
+        PyObject *picked = pick_span(self, at, length);
+        if (picked == NULL)
+            goto error;
+        if (picked != Py_None) {
+            int wanted = wanted_kind(picked, kind_prefix, kinds);
+            if (wanted <= 0) {
+                Py_DECREF(picked);
+                if (wanted < 0)
+                    goto error;
+                picked = Py_NewRef(Py_None);
+            }
+        }
+        added = PyList_Append(picks, picked);
+        Py_DECREF(picked);
+        if (added < 0)
+            goto error;
+        pos = (at - start) + length;
+        budget -= 1 + (length >> shift);
+    }
+    return Py_BuildValue("(NNn)", picks, bodies, pos);
+error:
+    Py_XDECREF(picks);
+    Py_XDECREF(bodies);
     return NULL;
 }
 
 static PyMethodDef Picker_methods[] = {
     {"pick", (PyCFunction)Picker_pick, METH_O,
      "pick(body) -> dict of the wanted headers, or None: parse the whole body instead."},
+    {"cut", (PyCFunction)(void (*)(void))Picker_cut, METH_FASTCALL,
+     "cut(buf, pos, budget, shift, max_body, kind_prefix, kinds) -> (picks, bodies, pos):\n"
+     "the json event frames in a row at buf[pos:], each body's pick (None: not a wanted kind\n"
+     "or not the plain case, parse it whole), until `budget` frames (one more per 2**shift\n"
+     "bytes of a body) or the first bytes that are not a whole json event frame."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -394,6 +530,9 @@ PyMODINIT_FUNC
 PyInit_channelsd_picker(void)
 {
     if (PyType_Ready(&PickerType) < 0)
+        return NULL;
+    event_name_key = PyUnicode_InternFromString("Event-Name");
+    if (event_name_key == NULL)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)

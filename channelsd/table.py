@@ -161,11 +161,16 @@ _STATE_CHAINS = _with_modes(
 _OTHER_CHANNEL_EVENTS = frozenset(("CALL_UPDATE", "RECORD_START", "RECORD_STOP"))
 
 
+# The events apply() acts on (a channel's events and API), named by this prefix or in this set:
+# those may come with only headers_read picked out of them (channelsd/eventpick.py).
+TABLE_EVENT_PREFIX = "CHANNEL_"
+TABLE_EVENT_NAMES = _OTHER_CHANNEL_EVENTS | {"API"}
+
+
 def table_event(name: Any) -> bool:
-    """Whether apply() acts on events of this name (a channel's events and API): those may
-    come with only headers_read picked out of them (channelsd/eventpick.py)."""
+    """Whether apply() acts on events of this name (see TABLE_EVENT_PREFIX)."""
     return name.__class__ is str and (
-        name.startswith("CHANNEL_") or name in _OTHER_CHANNEL_EVENTS or name == "API"
+        name.startswith(TABLE_EVENT_PREFIX) or name in TABLE_EVENT_NAMES
     )
 
 

@@ -361,6 +361,11 @@ def counting_picks(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
             found.append(picked)
             return picked
 
+        def cut(self, *args: Any) -> Any:  # the events connection's json events in a row
+            picks, bodies, pos = self._picker.cut(*args)
+            found.extend(picks)
+            return picks, bodies, pos
+
     monkeypatch.setattr(eventpick, "Picker", Counting)
     return found
 
