@@ -19,9 +19,12 @@ import orjson
 import pytest
 from test_metaflow_limits import RunLengths
 
-from channelsd import esl
+from channelsd import esl, eventpick
 from channelsd.esl import ESLConnection, FrameTooLarge
+from channelsd.eventpick import TableReader
+from channelsd.events import parse_json
 from channelsd.standin.replay import Frame
+from channelsd.table import ChannelTable
 
 from conftest import count_pauses, wait_until
 
@@ -96,11 +99,16 @@ def peer() -> Any:
 
 
 class Client:
-    """An ESLConnection to the peer, with what it delivered."""
+    """An ESLConnection to the peer, with what it delivered. Every test here runs twice: with
+    the reader's own framing only, and with the table's cutter taking json events in a row
+    (as the daemon's events connection does): both must hold every limit."""
+
+    cut = False  # set by the `framing` fixture below
 
     def __init__(self, peer: Peer) -> None:
         self.events: list[dict[str, Any]] = []
         self.errors: list[Exception] = []
+        reader = TableReader(ChannelTable()) if self.cut else None
         self.conn = ESLConnection(
             "127.0.0.1",
             peer.port,
@@ -108,12 +116,21 @@ class Client:
             timeout=HANG,
             on_event=lambda event, _body: self.events.append(event),
             on_parse_error=self.errors.append,
+            parse_json=reader.parse if reader else parse_json,
+            cut=reader.cut if reader else None,
         )
         self.conn.connect()
         peer.ready.wait(HANG)
 
     def names(self) -> list[str]:
         return [e.get("Event-Name", "?") for e in self.events]
+
+
+@pytest.fixture(autouse=True, params=["framed in Python", "cut in C"])
+def framing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    if request.param == "cut in C" and not eventpick.built():
+        pytest.fail("channelsd_picker is not built: `pip install -e .` builds it")
+    monkeypatch.setattr(Client, "cut", request.param == "cut in C")
 
 
 @pytest.fixture
