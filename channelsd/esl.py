@@ -39,12 +39,14 @@ from channelsd.events import EventParseError, parse_json, parse_plain
 
 log = logging.getLogger("channelsd.esl")
 
-# Called with the parsed event and the body it came from (a hint for cheap byte searches).
+# Called with the parsed event and a hint for cheap byte searches: the body it came from, or
+# (a picked event) bytes holding every picked header that starts with the table's prefix.
 EventHandler = Callable[[dict[str, Any], bytes], None]
 # Cuts the json event frames in a row at buf[pos:] (buf, pos, budget, shift, max_body): their
-# picks (None: parse that body whole), their bodies and the position after them; or None.
+# picks (None: parse that body whole), bodies, hints and the position after them; or None.
 Cutter = Callable[
-    [bytes, int, int, int, int], tuple[list[dict[str, Any] | None], list[bytes], int] | None
+    [bytes, int, int, int, int],
+    tuple[list[dict[str, Any] | None], list[bytes], list[bytes], int] | None,
 ]
 
 
@@ -356,9 +358,9 @@ class ESLConnection(InboundESL):
                     buf, pos, YIELD_EVERY - self._since_yield, BIG_EVENT_SHIFT, MAX_EVENT_BYTES
                 )
                 if batch is not None and batch[1]:
-                    picks, bodies, pos = batch
+                    picks, bodies, hints, pos = batch
                     scan = pos
-                    self._events(picks, bodies)
+                    self._events(picks, bodies, hints)
                     continue
             end = buf.find(b"\n\n", scan)
             if end < 0:
@@ -514,18 +516,20 @@ class ESLConnection(InboundESL):
             self._since_yield = 0
             _pause()
 
-    def _events(self, picks: list[dict[str, Any] | None], bodies: list[bytes]) -> None:
+    def _events(
+        self, picks: list[dict[str, Any] | None], bodies: list[bytes], hints: list[bytes]
+    ) -> None:
         """The events of one cut (see _read_frames), as _event would take them one by one."""
         on_event = self._on_event
         assert on_event is not None  # no cutter without a handler
-        for picked, body in zip(picks, bodies, strict=True):
+        for picked, body, hint in zip(picks, bodies, hints, strict=True):
             if picked is None or ESLConnection.awaiting > len(self._commands_sent):
                 # parsed whole; or (a handler let the hub run) a command waits for its
                 # answer: _event lets it go first, then picks this body anew
                 self._event(body, parse_json if picked is None else self._parse_json)
                 continue
             try:
-                on_event(picked, body)
+                on_event(picked, hint)
             except Exception:  # as in _event
                 log.exception("%s: handler failed on %s", self.label, picked.get("Event-Name", "?"))
             self._since_yield += 1 + (len(body) >> BIG_EVENT_SHIFT)

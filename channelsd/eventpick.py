@@ -29,8 +29,8 @@ except ImportError:  # built optionally: see setup.py
 log = logging.getLogger(__name__)
 
 Parse = Callable[[bytes], dict[str, Any]]
-# picks (None: parse that body whole), bodies, the position after the last
-Cut = tuple[list[dict[str, Any] | None], list[bytes], int]
+# picks (None: parse that body whole), bodies, hints, the position after the last
+Cut = tuple[list[dict[str, Any] | None], list[bytes], list[bytes], int]
 
 
 def built() -> bool:
@@ -98,7 +98,12 @@ class TableReader:
         It stops after `budget` frames (each body counts one more per 2**shift bytes), a
         body over `max_body` bytes, or at the first bytes that are not a whole json event
         frame: the caller's own framing takes those. None when there is no picker (every
-        event is parsed whole, through `parse`)."""
+        event is parsed whole, through `parse`).
+
+        Each pick comes with the `raw` hint ChannelTable.apply() takes: its body, or b"" when
+        none of its picked headers starts with the custom channel variables' prefix. The
+        picker has looked at every header already; apply() would search the body (~2.5 KB)
+        for the prefix again, on half of all events, to learn the same."""
         picker = self._current()
         if picker is None:
             return None

@@ -265,9 +265,10 @@ skip_ws(const char *p, const char *end)
     return p;
 }
 
-/* The picked dict of the body at p (len bytes), None, or NULL with an exception set. */
+/* The picked dict of the body at p (len bytes), None, or NULL with an exception set;
+ * *prefixed is set when a picked header's name starts with the prefix. */
 static PyObject *
-pick_span(Picker *self, const char *p, Py_ssize_t len)
+pick_span(Picker *self, const char *p, Py_ssize_t len, int *prefixed)
 {
     /* First: it may start a collection, whose finalizers may call __init__ (see the top). */
     PyObject *found = PyDict_New();
@@ -309,9 +310,11 @@ pick_span(Picker *self, const char *p, Py_ssize_t len)
 
         PyObject *name = lookup(self, key, klen);
         PyObject *made = NULL;
-        if (name == NULL && klen >= plen && memcmp(key, prefix, plen) == 0)
+        int has_prefix = klen >= plen && memcmp(key, prefix, plen) == 0;
+        if (name == NULL && has_prefix)
             name = made = ascii_str(key, klen, 0);
         if (name != NULL) {
+            *prefixed |= has_prefix;
             PyObject *v = ascii_str(value, vlen, escaped);
             if (v == NULL || PyDict_SetItem(found, name, v) < 0) {
                 Py_XDECREF(v);
@@ -374,7 +377,8 @@ Picker_pick(Picker *self, PyObject *arg)
         PyErr_Clear();
         Py_RETURN_NONE;
     }
-    PyObject *found = pick_span(self, view.buf, view.len);
+    int prefixed = 0;
+    PyObject *found = pick_span(self, view.buf, view.len, &prefixed);
     PyBuffer_Release(&view);
     return found;
 }
@@ -387,6 +391,7 @@ static const char JSON_TAIL[] = "\nContent-Type: text/event-json\n\n";
 #define MAX_DIGITS 12
 
 static PyObject *event_name_key; /* "Event-Name", interned at import */
+static PyObject *empty;          /* b"" */
 
 /* Whether a picked event is one the caller's table reads: its Event-Name an exact str that
  * starts with `kind_prefix` or is in `kinds` (no Python code runs: exact str, C's hash). */
@@ -454,8 +459,8 @@ Picker_cut(Picker *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_ValueError, "cut: pos, shift or max_body out of range");
         return NULL;
     }
-    PyObject *picks = PyList_New(0), *bodies = PyList_New(0);
-    if (picks == NULL || bodies == NULL)
+    PyObject *picks = PyList_New(0), *bodies = PyList_New(0), *hints = PyList_New(0);
+    if (picks == NULL || bodies == NULL || hints == NULL)
         goto error;
     /* buf is an exact bytes, immutable and held by the caller: these pointers stay valid. */
     const char *start = PyBytes_AS_STRING(buf), *end = start + size;
@@ -468,10 +473,11 @@ Picker_cut(Picker *self, PyObject *const *args, Py_ssize_t nargs)
         if (body == NULL)
             goto error;
         int added = PyList_Append(bodies, body);
-        Py_DECREF(body);
+        Py_DECREF(body); /* bodies holds it */
         if (added < 0)
             goto error;
-        PyObject *picked = pick_span(self, at, length);
+        int prefixed = 0;
+        PyObject *picked = pick_span(self, at, length, &prefixed);
         if (picked == NULL)
             goto error;
         if (picked != Py_None) {
@@ -484,16 +490,22 @@ Picker_cut(Picker *self, PyObject *const *args, Py_ssize_t nargs)
             }
         }
         added = PyList_Append(picks, picked);
+        if (added == 0) {
+            /* A picked event with no header of the prefix: its hint holds no byte of one. */
+            PyObject *hint = picked != Py_None && !prefixed ? empty : body;
+            added = PyList_Append(hints, hint);
+        }
         Py_DECREF(picked);
         if (added < 0)
             goto error;
         pos = (at - start) + length;
         budget -= 1 + (length >> shift);
     }
-    return Py_BuildValue("(NNn)", picks, bodies, pos);
+    return Py_BuildValue("(NNNn)", picks, bodies, hints, pos);
 error:
     Py_XDECREF(picks);
     Py_XDECREF(bodies);
+    Py_XDECREF(hints);
     return NULL;
 }
 
@@ -501,9 +513,10 @@ static PyMethodDef Picker_methods[] = {
     {"pick", (PyCFunction)Picker_pick, METH_O,
      "pick(body) -> dict of the wanted headers, or None: parse the whole body instead."},
     {"cut", (PyCFunction)(void (*)(void))Picker_cut, METH_FASTCALL,
-     "cut(buf, pos, budget, shift, max_body, kind_prefix, kinds) -> (picks, bodies, pos):\n"
-     "the json event frames in a row at buf[pos:], each body's pick (None: not a wanted kind\n"
-     "or not the plain case, parse it whole), until `budget` frames (one more per 2**shift\n"
+     "cut(buf, pos, budget, shift, max_body, kind_prefix, kinds) -> (picks, bodies, hints,\n"
+     "pos): the json event frames in a row at buf[pos:], each body's pick (None: not a\n"
+     "wanted kind or not the plain case, parse it whole) and hint (its body, or b\"\" for a\n"
+     "pick without a header of the prefix), until `budget` frames (one more per 2**shift\n"
      "bytes of a body) or the first bytes that are not a whole json event frame."},
     {NULL, NULL, 0, NULL},
 };
@@ -532,7 +545,8 @@ PyInit_channelsd_picker(void)
     if (PyType_Ready(&PickerType) < 0)
         return NULL;
     event_name_key = PyUnicode_InternFromString("Event-Name");
-    if (event_name_key == NULL)
+    empty = PyBytes_FromStringAndSize(NULL, 0);
+    if (event_name_key == NULL || empty == NULL)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)

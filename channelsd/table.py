@@ -601,11 +601,12 @@ class ChannelTable:
     def apply(self, node: str, event: Event, raw: bytes | None = None) -> None:
         """Fold one FreeSWITCH event into the table, whole or not at all.
 
-        `raw`, the text the event was parsed from, is only a hint: an event whose text lacks
-        the custom channel variables' prefix is not scanned for them (one byte search instead
-        of a look at each of its ~150 headers). Values the switch should never send (objects,
-        numbers, absurd lengths, a Unique-ID that is not a uuid) are refused and counted in
-        `refused`; nothing below raises on them."""
+        `raw`, the text the event was parsed from (or, for a picked event, b"" when none of
+        its headers has the prefix: eventpick.TableReader.cut), is only a hint: an event
+        whose text lacks the custom channel variables' prefix is not scanned for them (one
+        byte search instead of a look at each of its ~150 headers). Values the switch should
+        never send (objects, numbers, absurd lengths, a Unique-ID that is not a uuid) are
+        refused and counted in `refused`; nothing below raises on them."""
         name = event.get("Event-Name")
         if name.__class__ is not str:
             return

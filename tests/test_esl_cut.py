@@ -18,13 +18,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_esl_limits import HANG, Peer
-from test_eventpick import JSON_BODIES
+from test_eventpick import ALL_EVENTS, JSON_BODIES, _state
 
 from channelsd import esl, eventpick
 from channelsd.esl import ESLConnection
 from channelsd.eventpick import TableReader
 from channelsd.events import parse_json
-from channelsd.table import TABLE_EVENT_NAMES, TABLE_EVENT_PREFIX, ChannelTable
+from channelsd.table import TABLE_EVENT_NAMES, TABLE_EVENT_PREFIX, ChannelTable, Identity
 
 from conftest import count_pauses, wait_until
 
@@ -42,7 +42,20 @@ def picker() -> Any:
 
 
 def cut(buf: bytes, pos: int = 0, budget: int = 100, max_body: int = LIMIT) -> Any:
-    return picker().cut(buf, pos, budget, esl.BIG_EVENT_SHIFT, max_body, *KINDS)
+    """The picks, bodies and position of a cut, its hints checked on the way."""
+    picks, bodies, hints, end = picker().cut(
+        buf, pos, budget, esl.BIG_EVENT_SHIFT, max_body, *KINDS
+    )
+    for picked, body, hint in zip(picks, bodies, hints, strict=True):
+        assert hint == body or hint == b"" and picked is not None and not prefixed(picked)
+        assert hint == body or not prefixed(picked)
+    return picks, bodies, end
+
+
+def prefixed(event: dict[str, Any], table: ChannelTable | None = None) -> bool:
+    """Whether a header of this event has the custom channel variables' prefix."""
+    prefix = (table or ChannelTable()).identity.ccv_prefix
+    return any(k.startswith(prefix) for k in event)
 
 
 def frame(body: bytes, head: bytes | None = None) -> bytes:
@@ -259,9 +272,12 @@ def test_the_reader_delivers_the_same_with_and_without_the_cutter(
                 "every event and parse error",
             )
             assert r.conn.alive
-        assert readers[0].delivered == readers[1].delivered
+        assert [e for e, _ in readers[0].delivered] == [e for e, _ in readers[1].delivered]
         assert readers[0].errors == readers[1].errors
-        assert [b for _, b in readers[1].delivered] == [b for _, b in pieces if b is not None]
+        bodies = [b for _, b in pieces if b is not None]
+        assert [b for _, b in readers[0].delivered] == bodies
+        for (event, hint), body in zip(readers[1].delivered, bodies, strict=True):
+            assert hint == body or hint == b"" and not prefixed(event)
         assert readers[1].errors == ["EventParseError"] * broken
     finally:
         for r in locals().get("readers", []):
@@ -327,3 +343,36 @@ def test_a_parse_of_the_whole_body_is_what_the_table_parser_gives() -> None:
     for body in (BEAT, orjson.dumps({"Event-Name": "CHANNEL_STATE", "n": 1})):
         assert cut(frame(body))[0] == [None]
         assert TableReader(ChannelTable()).parse(body) == parse_json(body)
+
+
+@pytest.mark.parametrize("identity", ["default", "custom"])
+def test_a_table_fed_through_the_cutter_equals_one_fed_whole_events(identity: str) -> None:
+    """Every capture event and its Kazoo twin, in one stream cut as the reader cuts it: the
+    picks and their hints (b"" where no header has the prefix: the body is not searched for
+    it) make the table the whole events make."""
+
+    def table() -> ChannelTable:
+        chains = {"owner_id": ["variable_sip_from_user", "Caller-Caller-ID-Number"]}
+        return ChannelTable(Identity(chains) if identity == "custom" else None, clock=lambda: 1.0)
+
+    whole, fed = table(), table()
+    reader = TableReader(fed)
+    bodies = [orjson.dumps(event) for _, event in ALL_EVENTS]
+    stream = b"".join(frame(b) for b in bodies)
+    pos = hinted = 0
+    for i, body in enumerate(bodies):
+        whole.apply("fs1", parse_json(body), body)
+        if i % 50 == 0:  # a cut of up to 50 events, as the reader would ask
+            cut = reader.cut(stream, pos, 50, esl.BIG_EVENT_SHIFT, LIMIT)
+            assert cut is not None
+            picks, cut_bodies, hints, pos = cut
+            batch = iter(zip(picks, cut_bodies, hints, strict=True))
+        picked, cut_body, hint = next(batch)
+        assert cut_body == body
+        fed.apply("fs1", parse_json(body) if picked is None else picked, hint)
+        hinted += hint == b""
+        if i % 97 == 0:
+            assert _state(fed) == _state(whole), i
+    assert _state(fed) == _state(whole)
+    assert pos == len(stream)
+    assert hinted > len(bodies) / 4  # the hint is what is being tested

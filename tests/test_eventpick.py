@@ -362,9 +362,9 @@ def counting_picks(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
             return picked
 
         def cut(self, *args: Any) -> Any:  # the events connection's json events in a row
-            picks, bodies, pos = self._picker.cut(*args)
-            found.extend(picks)
-            return picks, bodies, pos
+            cut = self._picker.cut(*args)
+            found.extend(cut[0])
+            return cut
 
     monkeypatch.setattr(eventpick, "Picker", Counting)
     return found
