@@ -43,10 +43,12 @@ log = logging.getLogger("channelsd.esl")
 # (a picked event) bytes holding every picked header that starts with the table's prefix.
 EventHandler = Callable[[dict[str, Any], bytes], None]
 # Cuts the json event frames in a row at buf[pos:] (buf, pos, budget, shift, max_body): their
-# picks (None: parse that body whole), bodies, hints and the position after them; or None.
+# picks (None: parse that body whole), bodies, hints, the position after them and whether the
+# picks still hold (False once what they were picked for, the table's identity, has changed:
+# the hub may run while a cut's events are applied); or None.
 Cutter = Callable[
     [bytes, int, int, int, int],
-    tuple[list[dict[str, Any] | None], list[bytes], list[bytes], int] | None,
+    tuple[list[dict[str, Any] | None], list[bytes], list[bytes], int, Callable[[], bool]] | None,
 ]
 
 
@@ -358,9 +360,9 @@ class ESLConnection(InboundESL):
                     buf, pos, YIELD_EVERY - self._since_yield, BIG_EVENT_SHIFT, MAX_EVENT_BYTES
                 )
                 if batch is not None and batch[1]:
-                    picks, bodies, hints, pos = batch
+                    picks, bodies, hints, pos, holds = batch
                     scan = pos
-                    self._events(picks, bodies, hints)
+                    self._events(picks, bodies, hints, holds)
                     continue
             end = buf.find(b"\n\n", scan)
             if end < 0:
@@ -517,15 +519,26 @@ class ESLConnection(InboundESL):
             _pause()
 
     def _events(
-        self, picks: list[dict[str, Any] | None], bodies: list[bytes], hints: list[bytes]
+        self,
+        picks: list[dict[str, Any] | None],
+        bodies: list[bytes],
+        hints: list[bytes],
+        holds: Callable[[], bool],
     ) -> None:
-        """The events of one cut (see _read_frames), as _event would take them one by one."""
+        """The events of one cut (see _read_frames), as _event would take them one by one.
+        A handler may let the hub run (and so may _event, to let a command's answer go
+        first): what ran meanwhile may have closed the connection, after which nothing more
+        is delivered (_read_frames checks between frames), or changed what the picks were
+        made for, after which each body is picked anew."""
         on_event = self._on_event
         assert on_event is not None  # no cutter without a handler
         for picked, body, hint in zip(picks, bodies, hints, strict=True):
-            if picked is None or ESLConnection.awaiting > len(self._commands_sent):
+            if not self._run:
+                break  # closed meanwhile: as _read_frames stops before its next frame
+            if picked is None or ESLConnection.awaiting > len(self._commands_sent) or not holds():
                 # parsed whole; or (a handler let the hub run) a command waits for its
-                # answer: _event lets it go first, then picks this body anew
+                # answer: _event lets it go first, then picks this body anew; or the picks
+                # no longer hold (a new identity): picked anew too
                 self._event(body, parse_json if picked is None else self._parse_json)
                 continue
             try:

@@ -29,8 +29,9 @@ except ImportError:  # built optionally: see setup.py
 log = logging.getLogger(__name__)
 
 Parse = Callable[[bytes], dict[str, Any]]
-# picks (None: parse that body whole), bodies, hints, the position after the last
-Cut = tuple[list[dict[str, Any] | None], list[bytes], list[bytes], int]
+# picks (None: parse that body whole), bodies, hints, the position after the last, whether the
+# picks still hold (the table's identity they were picked for is still its identity)
+Cut = tuple[list[dict[str, Any] | None], list[bytes], list[bytes], int, Callable[[], bool]]
 
 
 def built() -> bool:
@@ -103,11 +104,20 @@ class TableReader:
         Each pick comes with the `raw` hint ChannelTable.apply() takes: its body, or b"" when
         none of its picked headers starts with the custom channel variables' prefix. The
         picker has looked at every header already; apply() would search the body (~2.5 KB)
-        for the prefix again, on half of all events, to learn the same."""
+        for the prefix again, on half of all events, to learn the same.
+
+        And whether the picks still hold: the caller applies them one by one and may let the
+        hub run between them, where a SIGHUP may give the table a new identity (other headers
+        read); from then on each body is to be picked anew (`parse`). (Bound to the identity
+        of this cut: a `parse` meanwhile moves the reader on, not these picks.)"""
         picker = self._current()
         if picker is None:
             return None
-        return picker.cut(buf, pos, budget, shift, max_body, TABLE_EVENT_PREFIX, TABLE_EVENT_NAMES)
+        picks, bodies, hints, end = picker.cut(
+            buf, pos, budget, shift, max_body, TABLE_EVENT_PREFIX, TABLE_EVENT_NAMES
+        )
+        table, identity = self._table, self._identity
+        return picks, bodies, hints, end, lambda: table.identity is identity
 
 
 def parser_for(table: ChannelTable) -> Parse:

@@ -365,7 +365,7 @@ def test_a_table_fed_through_the_cutter_equals_one_fed_whole_events(identity: st
         if i % 50 == 0:  # a cut of up to 50 events, as the reader would ask
             cut = reader.cut(stream, pos, 50, esl.BIG_EVENT_SHIFT, LIMIT)
             assert cut is not None
-            picks, cut_bodies, hints, pos = cut
+            picks, cut_bodies, hints, pos, _holds = cut
             batch = iter(zip(picks, cut_bodies, hints, strict=True))
         picked, cut_body, hint = next(batch)
         assert cut_body == body

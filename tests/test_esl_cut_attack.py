@@ -1,0 +1,155 @@
+"""The events connection's cutter, attacked: what the reader delivers must not depend on it.
+
+The cutter (Picker.cut) takes up to YIELD_EVERY json event frames in one call and the reader
+applies them in one loop (ESLConnection._events). Whatever happens while that loop runs
+(a handler closes the connection, or lets the hub run while something else does; the table's
+identity changes meanwhile) must give what the reader delivers without the cutter, one frame
+at a time. Over real loopback sockets, each case run with and without the cutter.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gevent
+import orjson
+import pytest
+from test_esl_limits import HANG, Peer
+
+from channelsd import eventpick
+from channelsd.esl import ESLConnection
+from channelsd.eventpick import TableReader
+from channelsd.table import ChannelTable, Identity
+
+from conftest import wait_until
+
+
+def frame(event: dict[str, Any]) -> bytes:
+    body = orjson.dumps(event)
+    return b"Content-Length: %d\nContent-Type: text/event-json\n\n" % len(body) + body
+
+
+def state(uuid: str, **more: str) -> dict[str, Any]:
+    return {"Event-Name": "CHANNEL_STATE", "Unique-ID": uuid, **more}
+
+
+@pytest.fixture(params=["framed in Python", "cut in C"])
+def cutting(request: pytest.FixtureRequest) -> bool:
+    if request.param == "cut in C" and not eventpick.built():
+        pytest.fail("channelsd_picker is not built: `pip install -e .` builds it")
+    return bool(request.param == "cut in C")
+
+
+class Reader:
+    """An ESLConnection to a peer feeding `handler`, with or without the cutter."""
+
+    def __init__(self, peer: Peer, cutting: bool, handler: Any, table: Any = None) -> None:
+        self.reader = TableReader(table if table is not None else ChannelTable())
+        self.conn = ESLConnection(
+            "127.0.0.1",
+            peer.port,
+            "ClueCon",
+            timeout=HANG,
+            on_event=handler,
+            parse_json=self.reader.parse,
+            cut=self.reader.cut if cutting else None,
+        )
+        self.conn.connect()
+        peer.ready.wait(HANG)
+
+
+@pytest.mark.parametrize("how", ["by the handler", "by another greenlet meanwhile"])
+def test_no_event_is_delivered_once_the_connection_is_closed(cutting: bool, how: str) -> None:
+    """A connection closed while events are applied (its node torn down: the table marks the
+    node's rows stale) delivers nothing more: the reader stops at once, as it does between
+    frames, instead of applying the rest of what one socket read held."""
+    peer = Peer()
+    seen: list[str] = []
+    box: dict[str, Reader] = {}
+
+    def handler(event: dict[str, Any], body: bytes) -> None:
+        seen.append(event["Unique-ID"])
+        if event["Unique-ID"] == "u2":
+            if how == "by the handler":
+                box["r"].conn.close("torn down")
+            else:
+                gevent.spawn(box["r"].conn.close, "torn down")
+                gevent.sleep(0)  # the handler lets the hub run (logging, a metric, ...)
+
+    try:
+        box["r"] = r = Reader(peer, cutting, handler)
+        peer.send(b"".join(frame(state(f"u{i}")) for i in range(10)))
+        wait_until(r.conn.closed.is_set, HANG, "the close")
+        gevent.sleep(0.1)
+        assert seen == ["u0", "u1", "u2"]
+    finally:
+        if "r" in box:
+            box["r"].conn.close()
+        peer.close()
+
+
+def test_a_parse_error_after_the_close_is_not_counted(cutting: bool) -> None:
+    peer = Peer()
+    seen: list[str] = []
+    errors: list[Exception] = []
+    box: dict[str, Reader] = {}
+
+    def handler(event: dict[str, Any], body: bytes) -> None:
+        seen.append(event["Unique-ID"])
+        box["r"].conn.close("torn down")
+
+    try:
+        box["r"] = r = Reader(peer, cutting, handler)
+        r.conn._on_parse_error = errors.append
+        bad = b"Content-Length: 5\nContent-Type: text/event-json\n\n{nope"
+        peer.send(frame(state("u0")) + bad + frame(state("u1")))
+        wait_until(r.conn.closed.is_set, HANG, "the close")
+        gevent.sleep(0.1)
+        assert (seen, errors, r.conn.parse_errors) == (["u0"], [], 0)
+    finally:
+        if "r" in box:
+            box["r"].conn.close()
+        peer.close()
+
+
+def test_an_event_after_an_identity_change_is_read_for_the_new_identity(cutting: bool) -> None:
+    """A SIGHUP (set_identity) lands while a handler lets the hub run: the events after it are
+    read for the new identity (its headers picked), as one frame at a time reads them, never
+    with what was picked for the old one before the change."""
+    table = ChannelTable()
+    wider = Identity(ccv_prefix="variable_x_")
+    assert "variable_x_owner" not in table.headers_read
+    peer = Peer()
+    seen: list[dict[str, Any]] = []
+
+    def handler(event: dict[str, Any], body: bytes) -> None:
+        seen.append(event)
+        if event["Unique-ID"] == "u0":
+            gevent.spawn(table.set_identity, wider)
+            gevent.sleep(0)  # the handler lets the hub run: the SIGHUP is handled
+
+    try:
+        r = Reader(peer, cutting, handler, table)
+        extra = {"variable_x_owner": "alice"}
+        peer.send(b"".join(frame(state(f"u{i}", **extra)) for i in range(3)))
+        wait_until(lambda: len(seen) == 3, HANG, "every event")
+        assert table.identity is wider
+        assert [e.get("variable_x_owner") for e in seen] == [None, "alice", "alice"]
+        r.conn.close()
+    finally:
+        peer.close()
+
+
+def test_a_cuts_picks_stop_holding_at_a_new_identity_whatever_was_parsed_since() -> None:
+    table = ChannelTable()
+    reader = TableReader(table)
+    buf = frame(state("u0")) * 2
+    cut = reader.cut(buf, 0, 100, 14, 1 << 20)
+    assert cut is not None
+    picks, bodies, _hints, end, holds = cut
+    assert len(bodies) == 2 and end == len(buf) and holds()
+    table.set_identity(Identity(ccv_prefix="variable_x_"))
+    assert not holds()
+    reader.parse(bodies[0])  # the reader follows the new identity: these picks do not
+    assert not holds()
+    assert reader.cut(buf, 0, 100, 14, 1 << 20)[4]()
