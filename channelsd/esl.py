@@ -501,18 +501,21 @@ class ESLConnection(InboundESL):
             if self._on_parse_error:
                 self._on_parse_error(exc)
             log.warning("%s: dropped an unparseable event: %s", self.label, exc)
-            return
-        # Applied here, in the reader: no queue hop, and the socket is read no faster than
-        # the table can take it (FreeSWITCH queues meanwhile), instead of an unbounded
-        # queue growing in memory while HTTP requests starve.
-        if self._on_event is not None:
-            try:
-                self._on_event(parsed, body)
-            except Exception:  # a bug in one event's handling must not end the reader;
-                # and unlike greenswitch, log the event's name, not its (PII-laden) body
-                log.exception("%s: handler failed on %s", self.label, parsed.get("Event-Name", "?"))
-        # A big event costs its size to parse: one more frame per 16 KiB of it. (_tick,
-        # inlined: this is the hot path of ingest.)
+        else:
+            # Applied here, in the reader: no queue hop, and the socket is read no faster
+            # than the table can take it (FreeSWITCH queues meanwhile), instead of an
+            # unbounded queue growing in memory while HTTP requests starve.
+            if self._on_event is not None:
+                try:
+                    self._on_event(parsed, body)
+                except Exception:  # a bug in one event's handling must not end the reader;
+                    # and unlike greenswitch, log the event's name, not its (PII-laden) body
+                    log.exception(
+                        "%s: handler failed on %s", self.label, parsed.get("Event-Name", "?")
+                    )
+        # A big event costs its size to parse (one more frame per 16 KiB of it), and one that
+        # does not parse costs its frame too: a switch sending only broken events must not
+        # hold the hub. (_tick, inlined: this is the hot path of ingest.)
         self._since_yield += 1 + (len(body) >> BIG_EVENT_SHIFT)
         if self._since_yield >= YIELD_EVERY:
             self._since_yield = 0

@@ -240,6 +240,20 @@ def test_big_events_under_the_limit_cost_their_size_between_visits(
     assert len(pauses) >= count * units // esl.YIELD_EVERY - 1
 
 
+def test_a_flood_of_unparseable_events_still_visits_the_hub(peer: Peer, pauses: list[int]) -> None:
+    """An event that does not parse is dropped and counted, and costs its frame like any
+    other: a switch sending nothing but broken events (each a failed parse, a retry and a
+    log line) cannot hold the hub for as long as it keeps sending them."""
+    client = Client(peer)
+    count = 10 * esl.YIELD_EVERY
+    broken = b"Content-Length: 1\nContent-Type: text/event-json\n\n{"
+    peer.send(broken * count + json_event({"Event-Name": "HEARTBEAT"}))
+    wait_until(lambda: len(client.events) == 1, HANG, "the event after the broken ones")
+    assert len(client.errors) == client.conn.parse_errors == count
+    assert len(pauses) >= count // esl.YIELD_EVERY - 1
+    assert client.conn.alive
+
+
 @pytest.mark.parametrize(
     "length",
     [b"+5", b" 5", b"1_0", "\u0661\u0667".encode(), b"99999999999999999999"],
