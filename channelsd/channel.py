@@ -255,11 +255,15 @@ class Channel:
         item["elapsed_s"] = self.elapsed(now)
         return item
 
-    def json_base(self) -> bytes:
-        """to_item() as JSON without its moving parts and closing brace, for `cached`."""
+    def fixed_item(self) -> dict[str, Any]:
+        """to_item() without its moving parts (stale, elapsed_s)."""
         item = self._build_item()
         del item["stale"], item["elapsed_s"]
-        return orjson.dumps(item)[:-1]
+        return item
+
+    def json_base(self) -> bytes:
+        """fixed_item() as JSON without its closing brace, for `cached`."""
+        return orjson.dumps(self.fixed_item())[:-1]
 
     def elapsed(self, now: float) -> int:
         """Whole seconds now minus whole seconds at creation, as Kazoo computes it: every item

@@ -24,8 +24,7 @@ from channelsd.listing import pace
 def record_of(ch: Channel, at: float) -> bytes:
     """The record of a channel that ended at `at`: its list item, its details (the Call-ID,
     codec, far end: what a look at a bad call starts from) and how it ended."""
-    item = ch.to_item(at, False)
-    del item["stale"], item["elapsed_s"]
+    item = ch.fixed_item()
     if ch.details:
         item.update(ch.details)
     item.update(ch.end_item(at))

@@ -96,6 +96,9 @@ class Broker:
         self._pending: dict[Key, tuple[Channel, bool]] = {}
         # Changes happened while nobody listened (the ring no longer tells them).
         self._gap = False
+        # Idle, and every change since has been taken as a gap: until someone subscribes,
+        # a change costs one test (only a subscription ends idleness; time only prolongs it).
+        self._quiet = False
         self._published: dict[Key, dict[str, Any]] = {}
         self._timer: gevent.Greenlet | None = None
         self._wake = gevent.event.Event()
@@ -115,14 +118,17 @@ class Broker:
         return time.monotonic() - self._left > RESUME_GRACE
 
     def _on_change(self, kind: str, ch: Channel, _info: Any) -> None:
+        if self._quiet:
+            return
         if not self._pending and self.idle:
             # Nobody listens: nothing to render or keep, but a client resuming from before
             # this gap must get a fresh snapshot, not a silent hole (see since()).
-            if self.ring or self._published:  # (checked inline: every event while idle)
+            if self.ring or self._published:
                 self._forget()
             if not self._gap:
                 self._gap = True
                 self.seq += 1
+            self._quiet = True
             return
         self._pending[ch.key] = (ch, kind == "destroy")
         if self._timer is None and not self.closed:
@@ -299,7 +305,7 @@ def subscribe(
     me = parked if parked is not None else Parked(None)
     # Counted from the start: what changes while the snapshot is taken and sent is kept.
     broker.subscribers += 1
-    broker._gap = False
+    broker._gap = broker._quiet = False
     feed: Feed | None = None
     try:
         position = broker.position_of(last_event_id)
