@@ -376,3 +376,22 @@ def test_a_table_fed_through_the_cutter_equals_one_fed_whole_events(identity: st
     assert _state(fed) == _state(whole)
     assert pos == len(stream)
     assert hinted > len(bodies) / 4  # the hint is what is being tested
+
+
+def test_without_the_picker_the_reader_frames_every_event_itself(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where channelsd_picker was not built there is nothing to cut with: the reader's own
+    framing takes every frame, and every event is parsed whole."""
+    monkeypatch.setattr(eventpick, "Picker", None)
+    assert TableReader(ChannelTable()).cut(frame(STATE), 0, 100, 14, LIMIT) is None
+    peer = Peer()
+    try:
+        r = Reader(peer, cutting=True)
+        peer.send(frame(STATE) * 3 + frame(BEAT))
+        wait_until(lambda: len(r.delivered) == 4, HANG, "every event")
+        assert [e for e, _ in r.delivered] == [parse_json(STATE)] * 3 + [parse_json(BEAT)]
+        assert [b for _, b in r.delivered] == [STATE] * 3 + [BEAT]
+        r.conn.close()
+    finally:
+        peer.close()
