@@ -163,6 +163,12 @@ class Broker:
             return
         # A reconcile can change thousands at once: rendered in slices, letting requests in.
         for part in in_slices(list(pending.items())):
+            if self._quiet:
+                # The grace ended between two slices and a change took the broker quiet (the
+                # ring and the published items forgotten, a gap): the rest is not kept, or
+                # the next subscriber's changes would be diffed against these stale items.
+                self._forget()
+                return
             for key, (ch, destroyed) in part:
                 self._publish_one(key, ch, destroyed)
         for feed in list(self.feeds.values()):

@@ -266,3 +266,46 @@ def test_an_idle_broker_takes_a_gap_once_and_listens_again_when_someone_subscrib
     assert broker._gap and broker.seq == before + 1 and not broker.ring
     create(table, uuid_of(6))
     assert broker.seq == before + 1
+
+
+def test_a_publish_that_spans_the_end_of_the_grace_leaves_nothing_to_diff_against(
+    monkeypatch: Any,
+) -> None:
+    """Reproduction: a publish renders in slices, visiting the hub between them. When the
+    resume grace ended meanwhile and a change came, that change took the broker quiet (the
+    ring and the published items forgotten, a gap), and the rest of the publish then put its
+    items back; quiet, no later change forgot them again (as every idle change did before).
+    A channel changed while quiet; a new subscriber's snapshot had the new value; the change
+    back to the old one was diffed against the stale item, found no change, and was never
+    told: the subscriber showed a value the call no longer had."""
+    import gevent
+
+    from channelsd import listing
+
+    monkeypatch.setattr(listing, "YIELD_EVERY", 2)
+    table = ChannelTable(tombstone_ttl=3600)
+    broker = Broker(table, size=1000, interval=3600)
+    stream = _live_subscriber(broker, table)
+    x = uuid_of(3)
+    create(table, uuid_of(1))
+    create(table, uuid_of(2))
+    create(table, x, **{"Caller-Caller-ID-Name": "Alice"})
+    stream.close()  # it leaves: its grace begins, the three still pending
+
+    def grace_ends_and_a_change_comes() -> None:  # between two slices of the publish
+        broker._left -= 3600
+        create(table, uuid_of(9))
+
+    gevent.spawn(grace_ends_and_a_change_comes)
+    broker.publish()
+    assert broker._quiet
+    assert not broker.ring and not broker._published  # nothing kept while nobody listens
+
+    create(table, x, **{"Caller-Caller-ID-Name": "Bob"})  # quiet: not looked at
+    stream = _live_subscriber(broker, table)  # its snapshot says Bob
+    seq = broker.seq
+    create(table, x, **{"Caller-Caller-ID-Name": "Alice"})
+    broker.publish()
+    told = [m for m in broker.ring if m.seq > seq and m.key[1] == x]
+    assert told and b"Alice" in told[-1].data
+    stream.close()
