@@ -395,3 +395,70 @@ def test_without_the_picker_the_reader_frames_every_event_itself(
         r.conn.close()
     finally:
         peer.close()
+
+
+HOSTILE_UUID = "00000000-0000-0000-0000-000000000001"
+
+
+def _hostile_bodies(prefix: str) -> list[bytes]:
+    """Events a hostile switch could send about one channel, where the prefix's bytes and the
+    custom variables' names disagree: a name written with a \\u or \\/ escape (orjson reads the
+    prefix, the bytes do not hold it), the prefix in values only, a prefixed name whose value
+    is no string, a name that is the prefix alone, the same name twice."""
+    u, p = HOSTILE_UUID, prefix.replace("/", "\\/")
+    q = prefix.replace("_", "\\u005f", 1)
+    head = f'"Unique-ID":"{u}","Caller-Channel-Created-Time":"1700000000000000"'
+    return [
+        f'{{"Event-Name":"CHANNEL_CREATE",{head},"variable_uuid":"{u}",'
+        f'"{prefix}Account-ID":"acc1"}}'.encode(),
+        # the prefix only in values: picked with the b"" hint
+        f'{{"Event-Name":"CHANNEL_ANSWER",{head},"Channel-State":"{prefix}Account-ID"}}'.encode(),
+        f'{{"Event-Name":"CHANNEL_DATA",{head},"variable_uuid":"{u}",'
+        f'"Caller-Caller-ID-Number":"{prefix}x","variable_sip_from_user":"{prefix}"}}'.encode(),
+        # escaped names: orjson's to read (a \\u), or the picker's to refuse (\\/)
+        f'{{"Event-Name":"CHANNEL_DATA",{head},"variable_uuid":"{u}",'
+        f'"{q}Account-ID":"acc2"}}'.encode(),
+        f'{{"Event-Name":"CHANNEL_DATA",{head},"variable_uuid":"{u}","{p}Owner-ID":"o\\/1"}}'.encode(),
+        # not a string; the prefix alone; twice the same name
+        f'{{"Event-Name":"CHANNEL_DATA",{head},"variable_uuid":"{u}","{prefix}Owner-ID":1}}'.encode(),
+        f'{{"Event-Name":"CHANNEL_DATA",{head},"variable_uuid":"{u}","{prefix}":"acc3",'
+        f'"{prefix}Account-ID":"acc3","{prefix}Account-ID":"acc4"}}'.encode(),
+        f'{{"Event-Name":"CHANNEL_EXECUTE",{head},"Other":"{prefix}"}}'.encode(),
+        f'{{"Event-Name":"API","API-Command":"uuid_setvar",'
+        f'"API-Command-Argument":"{u} ecallmgr_Account-ID acc5"}}'.encode(),
+        f'{{"Event-Name":"CHANNEL_DATA",{head},"variable_uuid":"{u}",'
+        f'"Caller-Caller-ID-Number":"n1","variable_sip_from_user":"{prefix}Owner-ID"}}'.encode(),
+    ]
+
+
+@pytest.mark.parametrize("prefix", ["variable_ecallmgr_", "variable_", "", "variable_x/"])
+@pytest.mark.parametrize("identity", ["default", "custom variables"])
+def test_a_hostile_switch_cannot_make_the_hint_differ_from_the_body(
+    prefix: str, identity: str
+) -> None:
+    """The table fed the cutter's picks and hints equals the table fed the whole events with
+    their bodies, after each event, for spellings where the prefix's bytes and the custom
+    variables' names disagree, with an identity whose chains are custom variables too."""
+
+    def table() -> ChannelTable:
+        chains = None
+        if identity == "custom variables":
+            chains = {
+                "owner_id": [prefix + "Owner-ID", "Caller-Caller-ID-Number"],
+                "account_id": ["variable_sip_from_user", prefix + "Account-ID"],
+            }
+        return ChannelTable(Identity(chains, ccv_prefix=prefix), clock=lambda: 1.0)
+
+    whole, fed = table(), table()
+    reader = TableReader(fed)
+    bodies = _hostile_bodies(prefix)
+    stream = b"".join(frame(b) for b in bodies)
+    cut = reader.cut(stream, 0, 100, esl.BIG_EVENT_SHIFT, LIMIT)
+    assert cut is not None
+    picks, cut_bodies, hints, pos, _ = cut
+    assert cut_bodies == bodies and pos == len(stream)
+    assert b"" in hints or not prefix  # the hint is what is being tested
+    for body, picked, hint in zip(bodies, picks, hints, strict=True):
+        whole.apply("fs1", parse_json(body), body)
+        fed.apply("fs1", parse_json(body) if picked is None else picked, hint)
+        assert _state(fed) == _state(whole), body
