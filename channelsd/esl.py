@@ -508,11 +508,8 @@ class ESLConnection(InboundESL):
             if self._on_event is not None:
                 try:
                     self._on_event(parsed, body)
-                except Exception:  # a bug in one event's handling must not end the reader;
-                    # and unlike greenswitch, log the event's name, not its (PII-laden) body
-                    log.exception(
-                        "%s: handler failed on %s", self.label, parsed.get("Event-Name", "?")
-                    )
+                except Exception:  # a bug in one event's handling must not end the reader
+                    self._handler_failed(parsed)
         # A big event costs its size to parse (one more frame per 16 KiB of it), and one that
         # does not parse costs its frame too: a switch sending only broken events must not
         # hold the hub. (_tick, inlined: this is the hot path of ingest.)
@@ -547,11 +544,17 @@ class ESLConnection(InboundESL):
             try:
                 on_event(picked, hint)
             except Exception:  # as in _event
-                log.exception("%s: handler failed on %s", self.label, picked.get("Event-Name", "?"))
+                self._handler_failed(picked)
             self._since_yield += 1 + (len(body) >> BIG_EVENT_SHIFT)
         if self._since_yield >= YIELD_EVERY:
             self._since_yield = 0
             _pause()
+
+    def _handler_failed(self, event: dict[str, Any]) -> None:
+        """Log a handler's failure on an event (from an except block: with its traceback).
+        Unlike greenswitch, the event's name, not its (PII-laden) body; and the name as the
+        switch's text it is (repr): a line break in it must not forge a journal line."""
+        log.exception("%s: handler failed on %r", self.label, event.get("Event-Name", "?"))
 
     def _answers_first(self) -> None:
         """A command of this process waits for its answer: let it have it before this event.

@@ -10,6 +10,7 @@ without the cutter, and the C call alone against hostile arguments and bytes.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import gevent
@@ -462,3 +463,41 @@ def test_a_hostile_switch_cannot_make_the_hint_differ_from_the_body(
         whole.apply("fs1", parse_json(body), body)
         fed.apply("fs1", parse_json(body) if picked is None else picked, hint)
         assert _state(fed) == _state(whole), body
+
+
+@pytest.mark.parametrize("cutting", [False, True], ids=["framed in Python", "cut in C"])
+def test_a_handler_failure_logs_the_switchs_event_name_on_one_line(
+    cutting: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The event's name is the switch's text: a line break in it (JSON's \\n, which the
+    picker decodes as orjson does) must not forge a journal line of its own."""
+    forged = "CHANNEL_X\nnode=fs9 restarted core_uuid=forged"
+    peer = Peer()
+    try:
+        failed: list[str] = []
+
+        def handler(event: dict[str, Any], body: bytes) -> None:
+            failed.append(event["Event-Name"])
+            raise RuntimeError("a bug in one event's handling")
+
+        reader = TableReader(ChannelTable())
+        conn = ESLConnection(
+            "127.0.0.1",
+            peer.port,
+            "ClueCon",
+            timeout=HANG,
+            on_event=handler,
+            parse_json=reader.parse,
+            cut=reader.cut if cutting else None,
+        )
+        conn.connect()
+        peer.ready.wait(HANG)
+        with caplog.at_level(logging.ERROR, logger="channelsd.esl"):
+            peer.send(frame(orjson.dumps({"Event-Name": forged, "Unique-ID": "u1"})))
+            wait_until(lambda: failed == [forged], HANG, "the handler failed")
+        lines = [r.getMessage() for r in caplog.records if "handler failed" in r.getMessage()]
+        assert len(lines) == 1 and "\n" not in lines[0], lines
+        assert repr(forged) in lines[0]
+        conn.close()
+    finally:
+        peer.close()
