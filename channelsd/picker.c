@@ -450,10 +450,11 @@ Picker_cut(Picker *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *buf = args[0], *kind_prefix = args[5], *kinds = args[6];
-    Py_ssize_t pos = PyLong_AsSsize_t(args[1]), budget = PyLong_AsSsize_t(args[2]);
-    Py_ssize_t shift = PyLong_AsSsize_t(args[3]), max_body = PyLong_AsSsize_t(args[4]);
-    if (PyErr_Occurred())
-        return NULL;
+    Py_ssize_t ints[4]; /* pos, budget, shift, max_body: each checked before the next */
+    for (int i = 0; i < 4; i++)
+        if ((ints[i] = PyLong_AsSsize_t(args[i + 1])) == -1 && PyErr_Occurred())
+            return NULL;
+    Py_ssize_t pos = ints[0], budget = ints[1], shift = ints[2], max_body = ints[3];
     Py_ssize_t size = PyBytes_GET_SIZE(buf);
     if (pos < 0 || pos > size || shift < 0 || shift > 62 || max_body < 0) {
         PyErr_SetString(PyExc_ValueError, "cut: pos, shift or max_body out of range");

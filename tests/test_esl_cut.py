@@ -48,8 +48,8 @@ def cut(buf: bytes, pos: int = 0, budget: int = 100, max_body: int = LIMIT) -> A
         buf, pos, budget, esl.BIG_EVENT_SHIFT, max_body, *KINDS
     )
     for picked, body, hint in zip(picks, bodies, hints, strict=True):
-        assert hint == body or hint == b"" and picked is not None and not prefixed(picked)
-        assert hint == body or not prefixed(picked)
+        # b"" exactly for a pick without a header of the prefix; the body for every other
+        assert hint == (b"" if picked is not None and not prefixed(picked) else body)
     return picks, bodies, end
 
 
