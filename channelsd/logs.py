@@ -4,6 +4,11 @@ Messages are written as `what key=value ...`; the JSON form keeps that text and 
 pairs as fields, so either form can be filtered. Tokens and passwords are never logged: every
 line the process writes passes mask() on its way out, whoever wrote it (our code, pywsgi's
 error path, a traceback), so a token a client put in a URL cannot reach the journal.
+
+A message is also one line whatever it holds: text from outside (the switch's header values
+and event names, a client's path, headers or close reason) may carry line breaks, terminal
+escapes or bidi controls, which the formatters write as escapes (see escape()), never raw.
+Tracebacks stay multi-line: their line breaks are ours.
 """
 
 from __future__ import annotations
@@ -34,6 +39,52 @@ _SECRET_KEYS = frozenset(("auth_token", "password"))
 # is percent-encoded; both header forms hold "auth". Most lines (an action's, a request's)
 # hold none of them and are returned at once.
 _MAYBE_SECRET = re.compile(r"(?i)auth|password|%")
+
+
+# What a log line must not carry raw: C0 controls (line breaks, and ESC, which starts a
+# terminal's escape sequences), DEL, C1 (U+0085 NEL breaks lines too, U+009B is a one-byte
+# CSI), the line and paragraph separators, the bidi controls that make a terminal show a line
+# in another order than it was written, and lone surrogates (a strict encoder raises on them,
+# a lenient one writes them as raw bytes). The same set `channelsd ls` shows as escapes on
+# the operator's terminal (terminal/safe.py), so both read alike.
+_BEYOND_C0 = "\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff"
+_CONTROLS = "\x00-\x1f" + _BEYOND_C0
+# A control, or a backslash that could be read as the start of an escape: one followed by
+# what an escape starts with (t, n, r, x, u, a backslash) or by a control (its escape starts
+# with a backslash). Escaped too, or a client could write the six characters `\x1b[2J` and
+# the operator could not tell them from an ESC the switch sent; doubled, every escape in a
+# line is one the formatter wrote and the line reads back exactly. Any other backslash (a
+# repr's \', a Windows path) is left alone: it cannot be mistaken for an escape, and doubling
+# it would change lines that hold nothing to escape.
+_ESCAPED_IN_TEXT = re.compile(f"[{_CONTROLS}]|\\\\(?=[\\\\tnrxu{_CONTROLS}])")
+_SHORT = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+# In a JSON line the encoder already escapes C0, the backslash and the quote inside strings;
+# these it leaves raw with ensure_ascii=False. They can only occur inside strings, where
+# \uXXXX is the very same character to a JSON parser: the line stays exact, one line, and
+# nothing in it is live to a terminal. (ensure_ascii=True would do it too, but would also
+# turn every caller's name in a non-Latin script into \uXXXX runs nobody can read.)
+_RAW_IN_JSON = re.compile(f"[{_BEYOND_C0}]")
+
+
+def _shown(m: re.Match[str]) -> str:
+    char = m.group()
+    short = _SHORT.get(char)
+    if short is not None:
+        return short
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escape(text: str) -> str:
+    r"""`text` as one line of plain text. Every control character is written as an escape
+    (`\n`, `\r`, `\t`, `\xNN`, `\uNNNN`), not deleted: the operator still sees what was sent.
+    A backslash followed by t, n, r, x, u, a backslash or a control is doubled; everything
+    else is left as it is. Read back, `\\`, `\t`, `\n`, `\r`, `\xNN` and `\uNNNN` are escapes
+    and any other backslash is itself, which gives the original text exactly."""
+    # Most messages hold no control and no backslash: two scans in C, cheaper than the regex.
+    if text.isprintable() and "\\" not in text:
+        return text
+    return _ESCAPED_IN_TEXT.sub(_shown, text)
 
 
 def _decoded(key: str) -> str:
@@ -74,7 +125,24 @@ class TextFormatter(logging.Formatter):
     _stamp = ""
 
     def format(self, record: logging.LogRecord) -> str:
-        return mask(super().format(record))
+        # logging.Formatter.format, with the message and the traceback handled apart. The
+        # message is masked before it is escaped: mask() must read the text as it was
+        # written, since an escape turns a separator into text (a raw \x1c before
+        # "auth_token=" ends the key before it; written "\\x1c" it joins the key, which then
+        # is no secret one, and the token would be kept). And masked once, not again as part
+        # of the line: its escapes would move where a masked value ends. The traceback is
+        # multi-line on purpose and only masked.
+        record.message = escape(mask(record.getMessage()))
+        if self.usesTime():
+            record.asctime = self.formatTime(record, self.datefmt)
+        line = self.formatMessage(record)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            line = f"{line}\n{mask(record.exc_text)}"
+        if record.stack_info:
+            line = f"{line}\n{mask(self.formatStack(record.stack_info))}"
+        return line
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
         # logging's own, with the date and time formatted once a second, not once a line.
@@ -100,7 +168,15 @@ class JsonFormatter(logging.Formatter):
             entry.setdefault(key, value.strip("'\""))
         if record.exc_info:
             entry["exception"] = mask(self.formatException(record.exc_info))
-        return json.dumps(entry, ensure_ascii=False)
+        # The message is not escape()d here: JSON escapes it already, and exactly, so that
+        # json.loads gives back the masked message itself (escape() would hand every reader
+        # of "msg" backslashes to undo). Only what the encoder leaves raw is escaped; of
+        # it, an ASCII line (most of them; isascii() reads a flag, it does not scan) can
+        # only hold DEL.
+        line = json.dumps(entry, ensure_ascii=False)
+        if (not line.isascii() or "\x7f" in line) and _RAW_IN_JSON.search(line) is not None:
+            line = _RAW_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", line)
+        return line
 
 
 class MaskedStream:

@@ -1,6 +1,9 @@
 """No token in any log line, whatever spelling carried it; failed authentications name the
 client (for fail2ban), believing X-Forwarded-For only from configured proxies."""
 
+import contextlib
+import io
+import json
 import logging
 import os
 import re
@@ -9,6 +12,7 @@ import socket
 import string
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -18,8 +22,9 @@ import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from channelsd import logs
+from channelsd import esl, logs
 from channelsd.logs import JsonFormatter, TextFormatter, mask
+from channelsd.standin.replay import Frame
 from channelsd.tokens import digest
 
 from conftest import Harness, token, wait_until
@@ -249,3 +254,198 @@ def test_the_text_formatters_time_is_loggings_own() -> None:
         record.created, record.msecs = created, int((created % 1) * 1000)
         assert ours.formatTime(record) == theirs.formatTime(record)
         assert ours.formatTime(record, "%H") == theirs.formatTime(record, "%H")
+
+
+# -- one line per record, whatever a message holds ----------------------------------------------
+
+
+@contextlib.contextmanager
+def journal(fmt: str) -> Iterator[io.StringIO]:
+    """What the daemon's own logging (logs.setup) writes, into a string instead of stderr.
+    A context manager, not a fixture: pytest's capture handlers, which setup() replaces, are
+    those of the phase the test runs in and must be back before that phase ends."""
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    switches = (logging.logThreads, logging.logProcesses, logging.logMultiprocessing)
+    srcfile = logging._srcfile
+    stream = io.StringIO()
+    try:
+        logs.setup("debug", fmt)
+        root.handlers[0].setStream(stream)
+        yield stream
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+        logging.logThreads, logging.logProcesses, logging.logMultiprocessing = switches
+        logging._srcfile = srcfile
+
+
+# What str.splitlines() splits on, and what a terminal takes as a command (C0, DEL, C1).
+LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+RAW_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# The reading of a text line's message that logs.escape() documents: these are escapes,
+# any other backslash is itself.
+_ESCAPE = re.compile(r"\\(\\|t|n|r|x[0-9a-f]{2}|u[0-9a-f]{4})")
+_SHORT = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
+
+
+def unescape(shown: str) -> str:
+    return _ESCAPE.sub(lambda m: _SHORT.get(m.group(1)) or chr(int(m.group(1)[1:], 16)), shown)
+
+
+def text_message(line: str) -> str:
+    """The message of a text line: after the date, time, level and logger name."""
+    return line.split(" ", 4)[4]
+
+
+# Any text, with what is hostile in a log line drawn often: line breaks, terminal controls,
+# the bidi override, backslashes and text that looks like an escape, a secret key, a %.
+_NASTY = st.sampled_from(
+    [*LINE_BREAKS, "\x00", "\t", "\x1b[2J", "\x7f", "\x9b", "\u202e", "\\", "\\n", "\\x1b"]
+    + ["\\u2028", "\\\\", "auth_token=", "password=", "Authorization: ", "%", "%5F"]
+)
+_TEXT = st.lists(st.one_of(st.text(), _NASTY), max_size=8).map("".join)
+_ARG = st.one_of(_TEXT, st.integers(), st.floats(), st.binary(max_size=8), st.none())
+
+
+@st.composite
+def log_calls(draw: st.DrawFn) -> tuple[str, tuple[Any, ...], str]:
+    """A logging call's message and arguments, and the message logging makes of them."""
+    args = tuple(draw(st.lists(_ARG, max_size=3)))
+    pieces = draw(st.lists(_TEXT, min_size=len(args) + 1, max_size=len(args) + 1))
+    if not args:  # logging leaves a message without arguments as it is, % and all
+        return pieces[0], args, pieces[0]
+    marks = draw(st.lists(st.sampled_from(["%s", "%r"]), min_size=len(args), max_size=len(args)))
+    msg = pieces[0].replace("%", "%%")
+    for mark, piece in zip(marks, pieces[1:], strict=True):
+        msg += mark + piece.replace("%", "%%")
+    return msg, args, msg % args
+
+
+@given(log_calls())
+@settings(max_examples=400, derandomize=True, deadline=None)
+def test_any_message_is_one_line_in_either_form(call: tuple[str, tuple[Any, ...], str]) -> None:
+    msg, args, message = call
+    for fmt in ("text", "json"):
+        with journal(fmt) as stream:
+            logging.getLogger("channelsd.test").warning(msg, *args)
+        out = stream.getvalue()
+        assert out.endswith("\n")
+        line = out[:-1]
+        assert line.splitlines() == [line], (fmt, line)
+        assert RAW_CONTROL.search(line) is None, (fmt, line)
+        if fmt == "text":
+            # nothing deleted: the message reads back exactly (as masked)
+            assert unescape(text_message(line)) == mask(message)
+        else:
+            assert json.loads(line)["msg"] == mask(message)
+
+
+@given(_TEXT)
+@settings(max_examples=300, derandomize=True, deadline=None)
+def test_escape_reads_back_exactly_and_leaves_plain_text_alone(text: str) -> None:
+    shown = logs.escape(text)
+    assert unescape(shown) == text
+    assert RAW_CONTROL.search(shown) is None and shown.splitlines() in ([shown], [])
+    if text.isprintable() and "\\" not in text:
+        assert shown is text  # the fast path: nothing copied
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        # a control mask() reads as a separator: escaped first, it would join the key
+        # ("\x1cauth_token" is no secret key) and the token would be kept
+        "client sent\x1cauth_token=%s\x85",
+        # a vertical tab between the header and its value, which mask() skips as a space
+        "Authorization:\x0bBearer %s\u2029",
+        "GET /v2/x?auth_token=%s\r\nX-Forged: client=198.51.100.9\u2028",
+    ],
+    ids=["separator before the key", "space before the value", "line breaks after"],
+)
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_token_beside_a_control_character_is_still_masked(template: str, fmt: str) -> None:
+    secret = "tok-beside-a-control-0123"
+    with journal(fmt) as stream:
+        logging.getLogger("channelsd.test").info("bad request %s", template % secret)
+    out = stream.getvalue()
+    assert secret not in out and logs.MASK in out
+    line = out[:-1]
+    assert line.splitlines() == [line] and RAW_CONTROL.search(line) is None, line
+    message = "bad request " + mask(template % secret)
+    if fmt == "text":
+        assert unescape(text_message(line)) == message
+    else:
+        assert json.loads(line)["msg"] == message
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_traceback_stays_multi_line_and_masked_beside_an_escaped_message(fmt: str) -> None:
+    secret, other = "tok-in-the-traceback-1234", "tok-in-the-message-5678"
+    with journal(fmt) as stream:
+        try:
+            raise ValueError(f"bad url /v2/x?auth_token={secret}\nits second line")
+        except ValueError:
+            logging.getLogger("channelsd.test").exception(
+                "failed on %s", f"x\r\nforged=1\u2028auth_token={other}"
+            )
+    out = stream.getvalue()
+    assert secret not in out and other not in out
+    if fmt == "text":
+        lines = out.splitlines()
+        assert text_message(lines[0]) == r"failed on x\r\nforged=1\u2028auth_token=********"
+        assert lines[1] == "Traceback (most recent call last):"
+        assert lines[-2:] == ["ValueError: bad url /v2/x?auth_token=********", "its second line"]
+    else:
+        line = out[:-1]
+        assert line.splitlines() == [line] and RAW_CONTROL.search(line) is None, line
+        entry = json.loads(line)
+        assert entry["msg"] == "failed on x\r\nforged=1\u2028auth_token=********"
+        lines = entry["exception"].splitlines()
+        assert lines[0] == "Traceback (most recent call last):"
+        assert lines[-2:] == ["ValueError: bad url /v2/x?auth_token=********", "its second line"]
+
+
+@pytest.mark.parametrize(
+    "fmt, breaker",
+    [
+        ("text", b"\r"),  # a carriage return: the terminal writes the rest over the line
+        ("text", "\u2028".encode()),
+        ("text", b"\x1b[2K\x1b[1G"),  # erase the line, back to its start: no \r needed
+        ("json", "\u2028".encode()),  # what JSON's encoder leaves raw
+        ("json", "\x85".encode()),
+    ],
+)
+def test_a_hostile_switchs_header_value_makes_one_line(
+    switch: Any, make_daemon: Any, fmt: str, breaker: bytes
+) -> None:
+    """End to end: the stand-in switch sends the daemon's events connection a frame whose
+    Content-Type carries a line break and a forged line; the frame is too big to keep, so
+    the daemon logs that it dropped it, Content-Type and all. One line, the break shown."""
+    h = make_daemon([switch])
+    forged = b"fs1/events: node=fs1 restarted core_uuid=forged purged=0"
+    size = esl.MAX_EVENT_BYTES + 1
+    raw = b"Content-Type: api/response%s%s\nContent-Length: %d\n\n" % (breaker, forged, size)
+    with journal(fmt) as stream:
+        switch.send_frames([Frame("api/response", "HEARTBEAT", None, raw + b"z" * size)])
+        wait_until(lambda: "core_uuid=forged" in stream.getvalue(), 30, "the drop is logged")
+        # the framing held: the connection is kept and still reads
+        a, _ = switch.originate("9000", {"account_id": "acc1"})
+        wait_until(lambda: h.table.get(a) is not None, 30, "a call after the dropped frame")
+    out = stream.getvalue()
+    lines = out.splitlines()
+    assert out == "".join(line + "\n" for line in lines)  # nothing else split a line
+    assert RAW_CONTROL.search(out.replace("\n", "")) is None, out
+    if fmt == "text":
+        stamp = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ channelsd\S* ")
+        assert all(stamp.match(line) for line in lines), lines
+        forging = [text_message(line) for line in lines if "core_uuid=forged" in line]
+        shown = logs.escape(breaker.decode())
+        assert forging == [
+            f"fs1/events: dropped a api/response{shown}{forged.decode()} body of {size} "
+            f"bytes (limit {esl.MAX_EVENT_BYTES})"
+        ]
+    else:
+        entries = [json.loads(line) for line in lines]
+        forging = [e["msg"] for e in entries if "core_uuid=forged" in e["msg"]]
+        assert len(forging) == 1 and (breaker + forged).decode() in forging[0], forging
