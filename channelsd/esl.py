@@ -552,9 +552,11 @@ class ESLConnection(InboundESL):
 
     def _handler_failed(self, event: dict[str, Any]) -> None:
         """Log a handler's failure on an event (from an except block: with its traceback).
-        Unlike greenswitch, the event's name, not its (PII-laden) body; and the name as the
-        switch's text it is (repr): a line break in it must not forge a journal line."""
-        log.exception("%s: handler failed on %r", self.label, event.get("Event-Name", "?"))
+        Unlike greenswitch, the event's name, not its (PII-laden) body. The name is the
+        switch's text: a line break in it is escaped by the log formatter (logs.escape), as in
+        every line, so it is written as it is, not as a repr (whose escapes would be escaped
+        once more)."""
+        log.exception("%s: handler failed on %s", self.label, event.get("Event-Name", "?"))
 
     def _answers_first(self) -> None:
         """A command of this process waits for its answer: let it have it before this event.

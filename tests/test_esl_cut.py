@@ -10,7 +10,6 @@ without the cutter, and the C call alone against hostile arguments and bytes.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import gevent
@@ -20,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_esl_limits import HANG, Peer
 from test_eventpick import ALL_EVENTS, JSON_BODIES, _state
+from test_logs import journal, text_message
 
 from channelsd import esl, eventpick
 from channelsd.esl import ESLConnection
@@ -466,11 +466,10 @@ def test_a_hostile_switch_cannot_make_the_hint_differ_from_the_body(
 
 
 @pytest.mark.parametrize("cutting", [False, True], ids=["framed in Python", "cut in C"])
-def test_a_handler_failure_logs_the_switchs_event_name_on_one_line(
-    cutting: bool, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_a_handler_failure_logs_the_switchs_event_name_on_one_line(cutting: bool) -> None:
     """The event's name is the switch's text: a line break in it (JSON's \\n, which the
-    picker decodes as orjson does) must not forge a journal line of its own."""
+    picker decodes as orjson does) must not forge a journal line of its own. Read where the
+    operator reads it, through the daemon's own formatter (which escapes it)."""
     forged = "CHANNEL_X\nnode=fs9 restarted core_uuid=forged"
     peer = Peer()
     try:
@@ -485,6 +484,7 @@ def test_a_handler_failure_logs_the_switchs_event_name_on_one_line(
             "127.0.0.1",
             peer.port,
             "ClueCon",
+            label="fs1/events",
             timeout=HANG,
             on_event=handler,
             parse_json=reader.parse,
@@ -492,12 +492,16 @@ def test_a_handler_failure_logs_the_switchs_event_name_on_one_line(
         )
         conn.connect()
         peer.ready.wait(HANG)
-        with caplog.at_level(logging.ERROR, logger="channelsd.esl"):
+        with journal("text") as stream:
             peer.send(frame(orjson.dumps({"Event-Name": forged, "Unique-ID": "u1"})))
             wait_until(lambda: failed == [forged], HANG, "the handler failed")
-        lines = [r.getMessage() for r in caplog.records if "handler failed" in r.getMessage()]
-        assert len(lines) == 1 and "\n" not in lines[0], lines
-        assert repr(forged) in lines[0]
+        lines = stream.getvalue().splitlines()
+        assert [text_message(line) for line in lines if "core_uuid=forged" in line] == [
+            "fs1/events: handler failed on CHANNEL_X\\nnode=fs9 restarted core_uuid=forged"
+        ]
+        # and its traceback, as the exception it logs
+        assert lines[1] == "Traceback (most recent call last):", lines
+        assert lines[-1] == "RuntimeError: a bug in one event's handling", lines
         conn.close()
     finally:
         peer.close()
