@@ -140,6 +140,7 @@ class ESLConnection(InboundESL):
         on_parse_error: Callable[[Exception], None] | None = None,
         parse_json: Callable[[bytes], dict[str, Any]] = parse_json,
         cut: Cutter | None = None,
+        on_picked: EventHandler | None = None,
     ) -> None:
         super().__init__(host, port, password, timeout=timeout)
         self.label = label or f"{host}:{port}"
@@ -150,6 +151,9 @@ class ESLConnection(InboundESL):
         self._parse_json = parse_json
         # and json event frames in a row, cut and picked in one call (eventpick.TableReader)
         self._cut = cut if on_event is not None else None
+        # A cut's picks go to on_picked (on_event when none is given): the node's table
+        # takes them directly, a Python call per event less (the cutter counts them).
+        self._on_picked = on_picked or on_event
         self.closed = gevent.event.Event()
         self.close_reason = ""
         self.last_rx = time.monotonic()
@@ -491,7 +495,13 @@ class ESLConnection(InboundESL):
         # has nothing to do.
         return
 
-    def _event(self, body: bytes, parse: Callable[[bytes], dict[str, Any]]) -> None:
+    def _event(
+        self,
+        body: bytes,
+        parse: Callable[[bytes], dict[str, Any]],
+        handler: EventHandler | None = None,
+    ) -> None:
+        """Parse one event and hand it to `handler` (on_event when none is given)."""
         if ESLConnection.awaiting > len(self._commands_sent):
             self._answers_first()
         try:
@@ -505,9 +515,11 @@ class ESLConnection(InboundESL):
             # Applied here, in the reader: no queue hop, and the socket is read no faster
             # than the table can take it (FreeSWITCH queues meanwhile), instead of an
             # unbounded queue growing in memory while HTTP requests starve.
-            if self._on_event is not None:
+            if handler is None:
+                handler = self._on_event
+            if handler is not None:
                 try:
-                    self._on_event(parsed, body)
+                    handler(parsed, body)
                 except Exception:  # a bug in one event's handling must not end the reader
                     self._handler_failed(parsed)
         # A big event costs its size to parse (one more frame per 16 KiB of it), and one that
@@ -530,19 +542,22 @@ class ESLConnection(InboundESL):
         first): what ran meanwhile may have closed the connection, after which nothing more
         is delivered (_read_frames checks between frames), or changed what the picks were
         made for, after which each body is picked anew."""
-        on_event = self._on_event
-        assert on_event is not None  # no cutter without a handler
+        on_picked = self._on_picked
+        assert on_picked is not None  # no cutter without a handler
         for picked, body, hint in zip(picks, bodies, hints, strict=True):
             if not self._run:
                 break  # closed meanwhile: as _read_frames stops before its next frame
-            if picked is None or ESLConnection.awaiting > len(self._commands_sent) or not holds():
-                # parsed whole; or (a handler let the hub run) a command waits for its
-                # answer: _event lets it go first, then picks this body anew; or the picks
-                # no longer hold (a new identity): picked anew too
-                self._event(body, parse_json if picked is None else self._parse_json)
+            if picked is None:
+                self._event(body, parse_json)  # parsed whole: an event like any other
+                continue
+            if ESLConnection.awaiting > len(self._commands_sent) or not holds():
+                # (a handler let the hub run) a command waits for its answer: _event lets it
+                # go first, then picks this body anew; or the picks no longer hold (a new
+                # identity): picked anew too. Still one of the cut's picks for on_picked.
+                self._event(body, self._parse_json, on_picked)
                 continue
             try:
-                on_event(picked, hint)
+                on_picked(picked, hint)
             except Exception:  # as in _event
                 self._handler_failed(picked)
             self._since_yield += 1 + (len(body) >> BIG_EVENT_SHIFT)

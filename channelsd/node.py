@@ -12,8 +12,11 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
+from operator import itemgetter
 from typing import Any
 
 import gevent
@@ -22,7 +25,7 @@ import gevent.event
 from channelsd import turns
 from channelsd.config import NodeConfig, SyncConfig
 from channelsd.esl import ConnectionLost, ESLConnection, ESLError
-from channelsd.eventpick import TableReader
+from channelsd.eventpick import Cut, TableReader
 from channelsd.events import EventParseError, parse_json
 from channelsd.jobs import JobResults
 from channelsd.metrics import Metrics
@@ -63,6 +66,7 @@ SUBSCRIBED_EVENTS = (
 )
 
 _SUBSCRIBED = frozenset(SUBSCRIBED_EVENTS)
+_EVENT_NAME = itemgetter("Event-Name")
 
 # uuid_dumps written at once in a reconcile (two batches are out at a time).
 HYDRATE_BATCH = 16
@@ -228,7 +232,8 @@ class NodeLink:
             on_event=on_event,
             on_parse_error=self._parse_error,
             parse_json=self._reader.parse if feeds_table else parse_json,
-            cut=self._reader.cut if feeds_table else None,
+            cut=self._cut if feeds_table else None,
+            on_picked=partial(self.table.apply, self.name) if feeds_table else None,
         )
         conn.connect()
         return conn
@@ -337,6 +342,19 @@ class NodeLink:
             log.warning("node=%s stale grace over dropped=%d", self.name, dropped)
 
     # -- table sync --------------------------------------------------------------------------
+
+    def _cut(self, buf: bytes, pos: int, budget: int, shift: int, max_body: int) -> Cut | None:
+        """The reader's cut (eventpick.TableReader.cut), its picks counted here, once a cut:
+        they go to the table straight from the connection (on_picked), not through
+        _on_event, which would cost every event a Python call of its own."""
+        cut = self._reader.cut(buf, pos, budget, shift, max_body)
+        if cut is not None and cut[0]:
+            counts = self._event_counts
+            # (a pick's Event-Name is a str the picker checked; the switch chooses which)
+            for name, n in Counter(map(_EVENT_NAME, filter(None, cut[0]))).items():
+                counted = name if name in _SUBSCRIBED else "other"
+                counts[counted] = counts.get(counted, 0) + n
+        return cut
 
     def _on_event(self, event: dict[str, Any], body: bytes | None = None) -> None:
         name = event.get("Event-Name")

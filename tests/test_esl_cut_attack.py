@@ -153,3 +153,57 @@ def test_a_cuts_picks_stop_holding_at_a_new_identity_whatever_was_parsed_since()
     reader.parse(bodies[0])  # the reader follows the new identity: these picks do not
     assert not holds()
     assert reader.cut(buf, 0, 100, 14, 1 << 20)[4]()
+
+
+@pytest.mark.parametrize("meanwhile", ["a new identity", "a command awaits its answer"])
+def test_a_cuts_picks_go_to_on_picked_even_when_picked_anew(meanwhile: str) -> None:
+    """The node gives a cut's picks to the table straight (on_picked) and counts them once,
+    per cut; whole-parsed events go through its handler (on_event), which counts them there.
+    A pick read anew after the hub ran (a SIGHUP's new identity, or a command of this process
+    waiting for its answer) is still one of the cut's: to on_picked, or it is counted twice."""
+    table = ChannelTable()
+    peer = Peer()
+    picked: list[str] = []
+    whole: list[str] = []
+    waiting = {"n": 0}
+
+    def on_picked(event: dict[str, Any], body: bytes) -> None:
+        picked.append(event["Unique-ID"])
+        if event["Unique-ID"] == "u0":
+            if meanwhile == "a new identity":
+                gevent.spawn(table.set_identity, Identity(ccv_prefix="variable_x_"))
+                gevent.sleep(0)
+            else:
+                ESLConnection.awaiting += 1  # as another connection's command in flight
+                waiting["n"] = 1
+
+    def on_event(event: dict[str, Any], body: bytes) -> None:
+        whole.append(event["Event-Name"])
+        if waiting["n"]:
+            ESLConnection.awaiting -= 1
+            waiting["n"] = 0
+
+    reader = TableReader(table)
+    try:
+        conn = ESLConnection(
+            "127.0.0.1",
+            peer.port,
+            "ClueCon",
+            timeout=HANG,
+            on_event=on_event,
+            on_picked=on_picked,
+            parse_json=reader.parse,
+            cut=reader.cut,
+        )
+        conn.connect()
+        peer.ready.wait(HANG)
+        events = [state("u0"), state("u1"), state("u2"), {"Event-Name": "CUSTOM"}, state("u3")]
+        peer.send(b"".join(frame(e) for e in events))
+        wait_until(lambda: len(picked) + len(whole) == 5, HANG, "every event")
+        assert picked == ["u0", "u1", "u2", "u3"]
+        assert whole == ["CUSTOM"]
+        conn.close()
+    finally:
+        if waiting["n"]:
+            ESLConnection.awaiting -= 1
+        peer.close()

@@ -7,6 +7,8 @@ import string
 from collections import defaultdict
 from typing import Any
 
+import gevent
+import orjson
 import pytest
 import requests
 from hypothesis import HealthCheck, given, settings
@@ -15,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from channelsd.metrics import HTTP_METHODS, OTHER, Metrics
 
-from conftest import Harness, token
+from conftest import Harness, token, wait_until
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "120"))
 # tchar (RFC 9110): what an HTTP method may be made of.
@@ -136,3 +138,75 @@ def test_esl_side_labels_are_capped_whatever_names_arrive(
         assert len(values) <= MAX_VALUES_PER_LABEL + 1
         assert all(v == OTHER or len(v) <= 64 for v in values)
     assert len(metrics._command_children) <= MAX_VALUES_PER_LABEL
+
+
+def esl_event_counts(h: Harness) -> dict[str, float]:
+    resp = h.api.get("/metrics", tok=None)
+    assert resp.status_code == 200
+    return {
+        sample.labels["event"]: sample.value
+        for family in text_string_to_metric_families(resp.text)
+        if family.name == "channelsd_esl_events"
+        for sample in family.samples
+        if sample.name == "channelsd_esl_events_total" and sample.labels["node"] == "fs1"
+    }
+
+
+def test_events_counted_by_name_whatever_the_switch_names_them(
+    switch: Any, make_daemon: Any
+) -> None:
+    """The events counter's `event` label: a subscribed name or "other", whatever name the
+    switch writes (random CHANNEL_ names, non-string names, escaped spellings), and each
+    event counted once, whether the reader's cutter picked it (counted per cut, applied
+    straight to the table) or it was parsed whole (counted by the node's handler)."""
+    import random
+    import uuid
+
+    from channelsd.node import SUBSCRIBED_EVENTS
+    from channelsd.standin.replay import Frame
+
+    h = make_daemon([switch])
+    rng = random.Random(7)
+    names: list[tuple[Any, str]] = []  # (what the body says, the label it counts under)
+    for _ in range(400):
+        pick = rng.randrange(6)
+        if pick == 0:
+            names.append(("CHANNEL_CREATE", "CHANNEL_CREATE"))
+        elif pick == 1:
+            suffix = "".join(rng.choice("ABCXYZ_0189") for _ in range(rng.randrange(1, 12)))
+            names.append(("CHANNEL_" + suffix, "other"))
+        elif pick == 2:
+            names.append((rng.choice([5, None, ["CHANNEL_CREATE"], {"a": 1}]), "other"))
+        elif pick == 3:
+            names.append(("CUSTOM", "other"))
+        elif pick == 4:
+            names.append(("CHANNEL\\u005fSTATE", "CHANNEL_STATE"))  # escaped: parsed whole
+        else:
+            names.append(("CHANNEL_CALLSTATE", "CHANNEL_CALLSTATE"))
+    frames = []
+    for written, _label in names:
+        name_json = f'"{written}"'.encode() if isinstance(written, str) else orjson.dumps(written)
+        body = b'{"Event-Name": %s, "Unique-ID": "%s", "Channel-State": "CS_EXECUTE"}' % (
+            name_json,
+            str(uuid.uuid4()).encode(),
+        )
+        head = b"Content-Length: %d\nContent-Type: text/event-json\n\n" % len(body)
+        frames.append(Frame("text/event-json", "CHANNEL_CREATE", None, head + body))
+    before = esl_event_counts(h)
+    # Written back to back (the cutter takes runs of them) and, the last hundred, one by one
+    # with a pause between (each read holds one frame: the reader's own framing).
+    switch.send_frames(frames[:300])
+    for f in frames[300:]:
+        switch.send_frames([f])
+        gevent.sleep(0.002)
+    expected: dict[str, int] = {}
+    for _written, label in names:
+        expected[label] = expected.get(label, 0) + 1
+
+    def delta() -> dict[str, float]:
+        after = esl_event_counts(h)
+        return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
+
+    wait_until(lambda: sum(delta().values()) >= len(names), what="every event counted")
+    assert delta() == expected
+    assert set(esl_event_counts(h)) <= set(SUBSCRIBED_EVENTS) | {"other"}
