@@ -97,7 +97,8 @@ class Broker:
         # Changes happened while nobody listened (the ring no longer tells them).
         self._gap = False
         # Idle, and every change since has been taken as a gap: until someone subscribes,
-        # a change costs one test (only a subscription ends idleness; time only prolongs it).
+        # the table does not call _on_change at all (only a subscription ends idleness; time
+        # only prolongs it).
         self._quiet = False
         self._published: dict[Key, dict[str, Any]] = {}
         self._timer: gevent.Greenlet | None = None
@@ -129,10 +130,19 @@ class Broker:
                 self._gap = True
                 self.seq += 1
             self._quiet = True
+            self.table.unlisten(self._on_change)
             return
         self._pending[ch.key] = (ch, kind == "destroy")
         if self._timer is None and not self.closed:
             self._timer = gevent.spawn_later(self.interval, self.publish)
+
+    def joined(self) -> None:
+        """A subscriber came: no gap from here on, and the table tells changes again."""
+        self.subscribers += 1
+        self._gap = False
+        if self._quiet:
+            self._quiet = False
+            self.table.listen(self._on_change)
 
     def release_idle(self) -> None:
         """Nobody listens any more: the ring and the published items go now, not at the next
@@ -310,8 +320,7 @@ def subscribe(
     key = kind if kind is not None else object()
     me = parked if parked is not None else Parked(None)
     # Counted from the start: what changes while the snapshot is taken and sent is kept.
-    broker.subscribers += 1
-    broker._gap = broker._quiet = False
+    broker.joined()
     feed: Feed | None = None
     try:
         position = broker.position_of(last_event_id)

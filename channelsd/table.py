@@ -390,12 +390,29 @@ class ChannelTable:
     ) -> None:
         """Call `callback(kind, channel, info)` after every change ("create", "update" with the
         FreeSWITCH event name or why as info, "destroy"); or only after destroys, and updates
-        by the events `names`: a listener that needs no more costs the ingest path nothing."""
+        by the events `names`: a listener that needs no more costs the ingest path nothing.
+        A callback already listening is not added twice."""
+        if callback in self._on_destroy:
+            return
         if not destroys_only:
             self._on_change += (callback,)
         for name in names:
             self._on_named[name] = (*self._on_named.get(name, ()), callback)
         self._on_destroy += (callback,)
+
+    def unlisten(self, callback: Listener) -> None:
+        """Stop calling `callback`: a feed nobody subscribes to (the event streams, the
+        websocket) leaves the ingest path until someone does, instead of being called on
+        every change only to return. (Safe from inside a listener: the loops calling them
+        hold the tuple they started with.)"""
+        self._on_change = tuple(c for c in self._on_change if c != callback)
+        self._on_destroy = tuple(c for c in self._on_destroy if c != callback)
+        named = {}
+        for name, listeners in self._on_named.items():
+            kept = tuple(c for c in listeners if c != callback)
+            if kept:
+                named[name] = kept
+        self._on_named = named
 
     def _notify(self, kind: str, ch: Channel, info: Any) -> None:
         for listener in self._on_destroy if kind == "destroy" else self._on_change:

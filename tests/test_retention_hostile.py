@@ -238,20 +238,28 @@ def test_a_quiet_daemon_lets_go_of_what_its_last_busy_hour_left() -> None:
 
 
 def test_an_idle_broker_takes_a_gap_once_and_listens_again_when_someone_subscribes() -> None:
-    """While nobody listens a change costs the broker one test (the ingest path: ~half a
+    """While nobody listens a change costs the broker nothing (the ingest path: ~half a
     microsecond an event otherwise): the first change of the idle time is taken as a gap,
-    later ones are not looked at. A subscriber ends that: changes are published again, and
-    after it leaves, during its resume grace, they still are; once the grace is over, the
-    next change is a new gap (a client resuming from before it gets a snapshot)."""
+    and the broker leaves the table's listeners until someone subscribes. A subscriber ends
+    that: changes are published again, and after it leaves, during its resume grace, they
+    still are; once the grace is over, the next change is a new gap (a client resuming from
+    before it gets a snapshot)."""
     table = ChannelTable(tombstone_ttl=3600)
     broker = Broker(table, size=1000, interval=3600)
+
+    def listened() -> bool:
+        return broker._on_change in table._on_change and broker._on_change in table._on_destroy
+
+    assert listened()
     create(table, uuid_of(1))
     seq = broker.seq
     assert broker._gap and not broker.ring
+    assert not listened() and broker._on_change not in table._on_destroy
     create(table, uuid_of(2))
     destroy(table, uuid_of(1))
     assert broker.seq == seq and not broker._pending  # no second gap, nothing kept
     stream = _live_subscriber(broker, table)
+    assert listened() and table._on_change.count(broker._on_change) == 1
     create(table, uuid_of(3))
     broker.publish()
     assert [m.key[1] for m in broker.ring] == [uuid_of(3)]
@@ -262,10 +270,18 @@ def test_an_idle_broker_takes_a_gap_once_and_listens_again_when_someone_subscrib
     assert broker.since(seq + 1) is not None  # a resume from within the grace works
     broker._left -= 3600  # the grace is over
     before = broker.seq
+    assert listened()
     create(table, uuid_of(5))
     assert broker._gap and broker.seq == before + 1 and not broker.ring
+    assert not listened()
     create(table, uuid_of(6))
     assert broker.seq == before + 1
+    stream = _live_subscriber(broker, table)  # and once more: listened to, once
+    assert listened() and table._on_change.count(broker._on_change) == 1
+    create(table, uuid_of(7))
+    broker.publish()
+    assert [m.key[1] for m in broker.ring] == [uuid_of(7)]
+    stream.close()
 
 
 def test_a_publish_that_spans_the_end_of_the_grace_leaves_nothing_to_diff_against(

@@ -1,5 +1,7 @@
 """The channel table alone: plain data, no sockets (the captures' rules, one by one)."""
 
+from typing import Any
+
 from channelsd.channel import GREGORIAN_OFFSET
 from channelsd.table import ChannelTable, Identity
 
@@ -317,3 +319,37 @@ def test_a_field_read_from_a_custom_variable_is_the_string_the_ccvs_hold() -> No
         for attr, name in names.items():
             assert getattr(ch, attr) == ch.ccvs[name] == f"val-{name}-x"
             assert getattr(ch, attr) is ch.ccvs[name], attr
+
+
+def test_a_listener_is_called_once_however_often_it_listens_and_never_once_it_unlistens() -> None:
+    """listen() twice adds a callback once; unlisten() takes it off every list (changes,
+    destroys, named events), also from inside a listener while the table calls them."""
+    table = ChannelTable()
+    calls: list[tuple[str, str]] = []
+
+    def loud(kind: str, ch: Any, info: Any) -> None:
+        calls.append(("loud", kind))
+
+    def leaves(kind: str, ch: Any, info: Any) -> None:
+        calls.append(("leaves", kind))
+        table.unlisten(leaves)
+
+    def named(kind: str, ch: Any, info: Any) -> None:
+        calls.append(("named", kind))
+
+    table.listen(loud)
+    table.listen(loud)
+    table.listen(leaves)
+    table.listen(named, destroys_only=True, names=["CHANNEL_HOLD"])
+    uuid = "00000000-0000-4000-8000-000000000001"
+    table.apply("fs1", {"Event-Name": "CHANNEL_CREATE", "Unique-ID": uuid})
+    assert calls == [("loud", "create"), ("leaves", "create")]
+    calls.clear()
+    table.apply("fs1", {"Event-Name": "CHANNEL_HOLD", "Unique-ID": uuid})
+    assert calls == [("loud", "update"), ("named", "update")]
+    calls.clear()
+    table.unlisten(named)
+    table.apply("fs1", {"Event-Name": "CHANNEL_HOLD", "Unique-ID": uuid})
+    table.apply("fs1", {"Event-Name": "CHANNEL_DESTROY", "Unique-ID": uuid})
+    assert calls == [("loud", "update"), ("loud", "destroy")]
+    assert table._on_named == {}

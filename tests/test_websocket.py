@@ -880,6 +880,56 @@ def test_each_socket_gets_exactly_what_its_bindings_match_in_order(subs, ops) ->
         assert positions == sorted(positions)
 
 
+def test_an_unwatched_hub_leaves_the_ingest_path_and_comes_back() -> None:
+    """With no subscription the table does not call the hub at all (each change would cost
+    the ingest path a call only to return); the first subscription brings it back, once, and
+    the channels' changes from then on reach it, those of the unwatched time do not."""
+    from channelsd.blackhole.hub import Hub, Subscription
+    from channelsd.table import ChannelTable
+
+    table = ChannelTable()
+    hub = Hub(table, interval=3600)
+
+    def listened() -> bool:
+        return hub._on_change in table._on_change and hub._on_change in table._on_destroy
+
+    def create(n: int) -> None:
+        uuid = UUIDS[n]
+        table.apply(
+            "fs1",
+            {
+                "Event-Name": "CHANNEL_CREATE",
+                "Unique-ID": uuid,
+                "variable_uuid": uuid,
+                "variable_ecallmgr_Account-ID": "acc1",
+            },
+        )
+
+    assert not listened()
+    create(0)
+    a, b = Collector(), Collector()
+    sub_a = Subscription(a, "acc1", "call.*.*", ("*", "*"), None, None)
+    sub_b = Subscription(b, "*", "call.*.*", ("*", "*"), None, None)
+    hub.add(sub_a)
+    hub.add(sub_b)
+    assert listened() and table._on_change.count(hub._on_change) == 1
+    create(1)
+    hub.publish()
+    hub.remove(sub_a)
+    assert listened()  # b still watches
+    hub.remove(sub_b)
+    assert not listened()
+    create(2)  # nobody watches: not told
+    hub.add(sub_a)
+    assert listened() and table._on_change.count(hub._on_change) == 1
+    create(3)
+    hub.publish()
+    if hub._timer is not None:
+        hub._timer.kill()
+    assert [m["data"]["call_id"] for m in a.got] == [UUIDS[1], UUIDS[3]]
+    assert [m["data"]["call_id"] for m in b.got] == [UUIDS[1]]
+
+
 def same(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return a["name"] == b["name"] and a["data"] == b["data"]
 

@@ -107,11 +107,14 @@ class Hub:
         # Frames only: one encoder serves every socket (server frames carry no mask).
         self._encoder = FrameProtocol(client=False, extensions=[])
         self.published = 0
-        table.listen(self._on_change)
+        # The table calls _on_change only while someone subscribes (add/remove): an unwatched
+        # hub costs the ingest path nothing.
 
     # -- subscriptions -----------------------------------------------------------------------
 
     def add(self, sub: Subscription) -> None:
+        if not self._index:
+            self.table.listen(self._on_change)
         self._index.setdefault(sub.account, {}).setdefault(sub.key, {})[sub] = None
 
     def remove(self, sub: Subscription) -> None:
@@ -125,6 +128,8 @@ class Hub:
                 del keys[sub.key]
                 if not keys:
                     del self._index[sub.account]
+                    if not self._index:
+                        self.table.unlisten(self._on_change)
 
     def listening(self, account: str | None) -> bool:
         index = self._index
