@@ -22,6 +22,7 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdint.h>
 #include <string.h>
 
 #if defined(__SSE2__)
@@ -30,6 +31,9 @@
 
 #define BUCKETS 256
 #define MAX_NAMES 4096
+/* A pick's dict is presized for at most this many headers (a hostile event's thousands of
+ * prefixed headers must not make every later dict that large). */
+#define MAX_PRESIZE 64
 
 /* The sha256 of picker.c, set by setup.py: tests check that the build they import is this
  * source's (an in-place build is found first and never rebuilt by editing this file). */
@@ -44,7 +48,26 @@ typedef struct {
     Py_ssize_t count;
     int head[BUCKETS];
     int *next;
+    uint64_t *tail;     /* each name's tail() */
+    uint64_t ptail;     /* the prefix's tail() */
+    Py_ssize_t picked;  /* how many headers the last pick took: the next dict's size */
 } Picker;
+
+/* The last (up to) eight bytes of a name: header names of one family share their start
+ * ("variable_sip_...") and differ at the end, so one compare of these tells most names
+ * apart before memcmp is called (a miss in a hash chain, or a key that only starts like the
+ * prefix: ~90 calls an event otherwise). */
+static uint64_t
+tail(const char *s, Py_ssize_t n)
+{
+    uint64_t t = 0;
+    if (n >= 8) {
+        memcpy(&t, s + n - 8, 8);
+        return t;
+    }
+    memcpy(&t, s, (size_t)n);
+    return t;
+}
 
 static unsigned
 bucket_of(const char *s, Py_ssize_t n)
@@ -63,6 +86,7 @@ Picker_dealloc(Picker *self)
     Py_XDECREF(self->names);
     Py_XDECREF(self->prefix);
     PyMem_Free(self->next);
+    PyMem_Free(self->tail);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -96,6 +120,7 @@ Picker_init(Picker *self, PyObject *args, PyObject *kwds)
         return -1;
     PyObject *names = NULL, *prefix = NULL;
     int *next = NULL;
+    uint64_t *tails = NULL;
     int head[BUCKETS];
     Py_ssize_t count = PyTuple_GET_SIZE(given);
     if (count > MAX_NAMES) {
@@ -104,7 +129,8 @@ Picker_init(Picker *self, PyObject *args, PyObject *kwds)
     }
     names = PyTuple_New(count);
     next = PyMem_Calloc(count ? count : 1, sizeof(int));
-    if (names == NULL || next == NULL) {
+    tails = PyMem_Calloc(count ? count : 1, sizeof(uint64_t));
+    if (names == NULL || next == NULL || tails == NULL) {
         if (!PyErr_Occurred())
             PyErr_NoMemory();
         goto fail;
@@ -128,6 +154,7 @@ Picker_init(Picker *self, PyObject *args, PyObject *kwds)
         if (exact == NULL)
             goto fail;
         PyTuple_SET_ITEM(names, i, exact);
+        tails[i] = tail(s, n);
         unsigned b = bucket_of(s, n);
         next[i] = head[b];
         head[b] = (int)i;
@@ -145,19 +172,24 @@ Picker_init(Picker *self, PyObject *args, PyObject *kwds)
     Py_DECREF(given);
     PyObject *old_names = self->names, *old_prefix = self->prefix;
     int *old_next = self->next;
+    uint64_t *old_tails = self->tail;
     memcpy(self->head, head, sizeof head);
     self->names = names;
     self->prefix = prefix;
     self->next = next;
+    self->tail = tails;
+    self->ptail = tail(p, plen);
     self->count = count;
     Py_XDECREF(old_names);
     Py_XDECREF(old_prefix);
     PyMem_Free(old_next);
+    PyMem_Free(old_tails);
     return 0;
 fail:
     Py_DECREF(given);
     Py_XDECREF(names);
     PyMem_Free(next);
+    PyMem_Free(tails);
     return -1;
 }
 
@@ -165,9 +197,11 @@ fail:
 static PyObject *
 lookup(Picker *self, const char *s, Py_ssize_t n)
 {
+    uint64_t t = tail(s, n);
     for (int i = self->head[bucket_of(s, n)]; i >= 0; i = self->next[i]) {
         PyObject *name = PyTuple_GET_ITEM(self->names, i);
-        if (PyUnicode_GET_LENGTH(name) == n && memcmp(PyUnicode_DATA(name), s, n) == 0)
+        if (self->tail[i] == t && PyUnicode_GET_LENGTH(name) == n
+            && memcmp(PyUnicode_DATA(name), s, n) == 0)
             return name;
     }
     return NULL;
@@ -265,19 +299,37 @@ skip_ws(const char *p, const char *end)
     return p;
 }
 
+/* An empty dict with room for `n` items. _PyDict_NewPresized is CPython's own (what
+ * BUILD_MAP and dict(**kw) use), exported but underscored: where a later CPython may not have
+ * it, a dict that grows as it is filled, as PyDict_New's does. */
+static PyObject *
+new_dict(Py_ssize_t n)
+{
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030E0000
+    if (n > 5)
+        return _PyDict_NewPresized(n < MAX_PRESIZE ? n : MAX_PRESIZE);
+#else
+    (void)n;
+#endif
+    return PyDict_New();
+}
+
 /* The picked dict of the body at p (len bytes), None, or NULL with an exception set;
  * *prefixed is set when a picked header's name starts with the prefix. */
 static PyObject *
 pick_span(Picker *self, const char *p, Py_ssize_t len, int *prefixed)
 {
-    /* First: it may start a collection, whose finalizers may call __init__ (see the top). */
-    PyObject *found = PyDict_New();
+    /* First: it may start a collection, whose finalizers may call __init__ (see the top).
+     * Sized for as many headers as the last pick took (events in a row are alike): grown
+     * from empty, a ~24-header pick's dict is rebuilt three times (8, 16, 32, 64 slots). */
+    PyObject *found = new_dict(self->picked);
     if (found == NULL)
         return NULL;
     const char *end = p + len;
     PyObject *prefix_held = Py_NewRef(self->prefix);
     const char *prefix = PyBytes_AS_STRING(prefix_held);
     Py_ssize_t plen = PyBytes_GET_SIZE(prefix_held);
+    uint64_t ptail = self->ptail;
     p = skip_ws(p, end);
     if (p >= end || *p++ != '{')
         goto other;
@@ -310,7 +362,8 @@ pick_span(Picker *self, const char *p, Py_ssize_t len, int *prefixed)
 
         PyObject *name = lookup(self, key, klen);
         PyObject *made = NULL;
-        int has_prefix = klen >= plen && memcmp(key, prefix, plen) == 0;
+        int has_prefix = klen >= plen && tail(key, plen) == ptail
+                         && memcmp(key, prefix, plen) == 0;
         if (name == NULL && has_prefix)
             name = made = ascii_str(key, klen, 0);
         if (name != NULL) {
@@ -324,7 +377,7 @@ pick_span(Picker *self, const char *p, Py_ssize_t len, int *prefixed)
             Py_DECREF(v);
             Py_XDECREF(made);
         }
-        else if (PyErr_Occurred())
+        else if (has_prefix) /* ascii_str failed (asked only when it was called) */
             goto error;
 
         if (p >= end)
@@ -341,6 +394,7 @@ closed:
     if (skip_ws(p, end) != end)
         goto other;
     Py_DECREF(prefix_held);
+    self->picked = PyDict_GET_SIZE(found);
     return found;
 other:
     Py_DECREF(found);

@@ -307,3 +307,47 @@ def test_an_identity_the_picker_cannot_match_is_logged(caplog: pytest.LogCapture
     with caplog.at_level("WARNING", logger="channelsd.eventpick"):
         assert eventpick.picker_for(table) is None
     assert "parsed whole" in caplog.text
+
+
+def test_picks_of_any_size_in_any_order_are_orjsons() -> None:
+    """A pick's dict is sized for as many headers as the pick before it took (capped): a
+    sequence of tiny, huge and empty picks, with names that share their last eight bytes
+    (what the picker compares before the bytes themselves) and keys that only end like the
+    prefix, each equals orjson's, whatever came before it."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    names = ("Event-Name", "Unique-ID", "Channel-State", "xUnique-ID", "Unique-ID ", "d-State")
+    prefix = "variable_ecallmgr_"
+    picker = Picker(names, prefix)
+    keys = st.sampled_from(
+        [
+            *names,
+            "Channel-Statf",
+            "Channel-StatE",
+            "variable_ecallmgr_",
+            "variable_ecallmgr_A",
+            "variable_xcallmgr_A",
+            "Xariable_ecallmgr_A",
+            "ecallmgr_",
+            "variable_ecallmg",
+            "x",
+            "",
+        ]
+    )
+    body = st.dictionaries(
+        st.one_of(keys, st.integers(0, 400).map(lambda i: f"variable_ecallmgr_{i}")),
+        st.text('abc\\"/ \t', max_size=8),
+        max_size=300,
+    )
+
+    @given(st.lists(body, min_size=1, max_size=6))
+    @settings(max_examples=150, deadline=None, derandomize=True)
+    def run(bodies: list[dict[str, str]]) -> None:
+        for event in bodies:
+            raw = orjson.dumps(event)
+            parsed = orjson.loads(raw)
+            want = {k: v for k, v in parsed.items() if k in names or k.startswith(prefix)}
+            assert picker.pick(raw) == want
+
+    run()
