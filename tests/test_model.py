@@ -148,7 +148,7 @@ class TableModel(RuleBasedStateMachine):
         self.daemon = Daemon(parse(cfg, "model.toml"))
         for n in self.nodes:
             n.link = self.daemon.nodes[n.name]
-            self._record_barriers(n)
+        self._record_barriers()
         self.daemon.start()
         for n in self.nodes:
             wait_until(lambda n=n: n.link.state == "ready", 10, f"{n.name} ready")
@@ -159,17 +159,21 @@ class TableModel(RuleBasedStateMachine):
         for n in self.nodes:
             n.switch.stop()
 
-    @staticmethod
-    def _record_barriers(n: Node) -> None:
-        """Note the marker API events the daemon has applied (see barrier())."""
-        apply = n.link._on_event
+    def _record_barriers(self) -> None:
+        """Note the marker API events the daemon has applied (see barrier()), at the table:
+        the events connection gives picked events to table.apply itself, not to the node's
+        handler."""
+        assert self.daemon is not None
+        table = self.daemon.table
+        apply = table.apply
+        by_name = {n.name: n for n in self.nodes}
 
-        def on_event(event: dict[str, Any], body: bytes | None = None) -> None:
-            apply(event, body)
+        def recorded(node: str, event: dict[str, Any], raw: bytes | None = None) -> None:
+            apply(node, event, raw)
             if event.get("API-Command") == "model-barrier":
-                n.heard.add(event.get("API-Command-Argument", ""))
+                by_name[node].heard.add(event.get("API-Command-Argument", ""))
 
-        n.link._on_event = on_event
+        table.apply = recorded  # type: ignore[method-assign]
 
     @property
     def table(self) -> Any:
