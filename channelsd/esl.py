@@ -141,6 +141,7 @@ class ESLConnection(InboundESL):
         parse_json: Callable[[bytes], dict[str, Any]] = parse_json,
         cut: Cutter | None = None,
         on_picked: EventHandler | None = None,
+        on_delivered: Callable[[list[dict[str, Any] | None]], None] | None = None,
     ) -> None:
         super().__init__(host, port, password, timeout=timeout)
         self.label = label or f"{host}:{port}"
@@ -154,6 +155,9 @@ class ESLConnection(InboundESL):
         # A cut's picks go to on_picked (on_event when none is given): the node's table
         # takes them directly, a Python call per event less (the cutter counts them).
         self._on_picked = on_picked or on_event
+        # And then the picks of the cut that were delivered (not those after a close), once
+        # a cut: for the node to count them, as on_event counts what it is given.
+        self._on_delivered = on_delivered
         self.closed = gevent.event.Event()
         self.close_reason = ""
         self.last_rx = time.monotonic()
@@ -544,23 +548,32 @@ class ESLConnection(InboundESL):
         made for, after which each body is picked anew."""
         on_picked = self._on_picked
         assert on_picked is not None  # no cutter without a handler
-        for picked, body, hint in zip(picks, bodies, hints, strict=True):
-            if not self._run:
-                break  # closed meanwhile: as _read_frames stops before its next frame
-            if picked is None:
-                self._event(body, parse_json)  # parsed whole: an event like any other
-                continue
-            if ESLConnection.awaiting > len(self._commands_sent) or not holds():
-                # (a handler let the hub run) a command waits for its answer: _event lets it
-                # go first, then picks this body anew; or the picks no longer hold (a new
-                # identity): picked anew too. Still one of the cut's picks for on_picked.
-                self._event(body, self._parse_json, on_picked)
-                continue
-            try:
-                on_picked(picked, hint)
-            except Exception:  # as in _event
-                self._handler_failed(picked)
-            self._since_yield += 1 + (len(body) >> BIG_EVENT_SHIFT)
+        delivered = 0
+        try:
+            for picked, body, hint in zip(picks, bodies, hints, strict=True):
+                if not self._run:
+                    break  # closed meanwhile: as _read_frames stops before its next frame
+                delivered += 1
+                if picked is None:
+                    self._event(body, parse_json)  # parsed whole: an event like any other
+                    continue
+                if ESLConnection.awaiting > len(self._commands_sent) or not holds():
+                    # (a handler let the hub run) a command waits for its answer: _event lets
+                    # it go first, then picks this body anew; or the picks no longer hold (a
+                    # new identity): picked anew too. Still one of the cut's for on_picked.
+                    self._event(body, self._parse_json, on_picked)
+                    continue
+                try:
+                    on_picked(picked, hint)
+                except Exception:  # as in _event
+                    self._handler_failed(picked)
+                self._since_yield += 1 + (len(body) >> BIG_EVENT_SHIFT)
+        finally:
+            # What a close cut short was never delivered: not counted either (nor counted
+            # first and taken back: a scrape may read the count while a handler lets the
+            # hub run, and a counter must not go down).
+            if self._on_delivered is not None and delivered:
+                self._on_delivered(picks if delivered == len(picks) else picks[:delivered])
         if self._since_yield >= YIELD_EVERY:
             self._since_yield = 0
             _pause()

@@ -25,7 +25,7 @@ import gevent.event
 from channelsd import turns
 from channelsd.config import NodeConfig, SyncConfig
 from channelsd.esl import ConnectionLost, ESLConnection, ESLError
-from channelsd.eventpick import Cut, TableReader
+from channelsd.eventpick import TableReader
 from channelsd.events import EventParseError, parse_json
 from channelsd.jobs import JobResults
 from channelsd.metrics import Metrics
@@ -232,8 +232,9 @@ class NodeLink:
             on_event=on_event,
             on_parse_error=self._parse_error,
             parse_json=self._reader.parse if feeds_table else parse_json,
-            cut=self._cut if feeds_table else None,
+            cut=self._reader.cut if feeds_table else None,
             on_picked=partial(self.table.apply, self.name) if feeds_table else None,
+            on_delivered=self._count_picks if feeds_table else None,
         )
         conn.connect()
         return conn
@@ -343,18 +344,17 @@ class NodeLink:
 
     # -- table sync --------------------------------------------------------------------------
 
-    def _cut(self, buf: bytes, pos: int, budget: int, shift: int, max_body: int) -> Cut | None:
-        """The reader's cut (eventpick.TableReader.cut), its picks counted here, once a cut:
-        they go to the table straight from the connection (on_picked), not through
-        _on_event, which would cost every event a Python call of its own."""
-        cut = self._reader.cut(buf, pos, budget, shift, max_body)
-        if cut is not None and cut[0]:
-            counts = self._event_counts
-            # (a pick's Event-Name is a str the picker checked; the switch chooses which)
-            for name, n in Counter(map(_EVENT_NAME, filter(None, cut[0]))).items():
-                counted = name if name in _SUBSCRIBED else "other"
-                counts[counted] = counts.get(counted, 0) + n
-        return cut
+    def _count_picks(self, picks: list[dict[str, Any] | None]) -> None:
+        """The picks of a cut (eventpick.TableReader.cut) the connection delivered, counted
+        here, once a cut: they go to the table straight from the connection (on_picked), not
+        through _on_event, which would cost every event a Python call of its own. (Counted
+        once delivered, not when cut: a cut's rest after a close is never ingested.) A None
+        is an event parsed whole, which _on_event counted."""
+        counts = self._event_counts
+        # (a pick's Event-Name is a str the picker checked; the switch chooses which)
+        for name, n in Counter(map(_EVENT_NAME, filter(None, picks))).items():
+            counted = name if name in _SUBSCRIBED else "other"
+            counts[counted] = counts.get(counted, 0) + n
 
     def _on_event(self, event: dict[str, Any], body: bytes | None = None) -> None:
         name = event.get("Event-Name")

@@ -207,3 +207,48 @@ def test_a_cuts_picks_go_to_on_picked_even_when_picked_anew(meanwhile: str) -> N
         if waiting["n"]:
             ESLConnection.awaiting -= 1
         peer.close()
+
+
+@pytest.mark.parametrize("how", ["by the table", "by another greenlet meanwhile"])
+def test_events_never_delivered_after_a_close_mid_cut_are_not_counted(
+    cutting: bool, how: str
+) -> None:
+    """channelsd_esl_events_total counts events ingested. A connection closed while a cut's
+    events are applied (its node torn down) delivers none of the rest of the cut; they must
+    not be counted either, as one frame at a time never counted them. Counted per cut, when
+    the cut was taken, they were: the counter ran ahead of what the table ever heard."""
+    from channelsd.config import NodeConfig, SyncConfig
+    from channelsd.node import NodeLink
+
+    peer = Peer()
+    table = ChannelTable()
+    node = NodeLink(NodeConfig("fs1", "127.0.0.1", peer.port, "ClueCon"), table, SyncConfig())
+    if not cutting:
+        node._reader.cut = lambda *args: None  # type: ignore[method-assign]
+    applied: list[str] = []
+    apply = table.apply
+    box: dict[str, ESLConnection] = {}
+
+    def applying(name: str, event: dict[str, Any], raw: Any = None) -> None:
+        applied.append(event["Unique-ID"])
+        apply(name, event, raw)
+        if event["Unique-ID"] == "u2":
+            if how == "by the table":
+                box["conn"].close("torn down")
+            else:
+                gevent.spawn(box["conn"].close, "torn down")
+                gevent.sleep(0)  # a listener lets the hub run
+
+    table.apply = applying  # type: ignore[method-assign]
+    try:
+        box["conn"] = conn = node._connection("events", node._on_event)
+        peer.ready.wait(HANG)
+        peer.send(b"".join(frame(state(f"u{i}")) for i in range(10)))
+        wait_until(conn.closed.is_set, HANG, "the close")
+        gevent.sleep(0.1)
+        assert applied == ["u0", "u1", "u2"]
+        assert node._event_counts == {"CHANNEL_STATE": 3}
+    finally:
+        if "conn" in box:
+            box["conn"].close()
+        peer.close()
