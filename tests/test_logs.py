@@ -449,3 +449,33 @@ def test_a_hostile_switchs_header_value_makes_one_line(
         entries = [json.loads(line) for line in lines]
         forging = [e["msg"] for e in entries if "core_uuid=forged" in e["msg"]]
         assert len(forging) == 1 and (breaker + forged).decode() in forging[0], forging
+
+
+# -- masking costs what the line's length does ---------------------------------------------------
+
+
+def test_masking_a_long_line_takes_linear_time() -> None:
+    """mask() runs on every line, before anything is cut short (the bad-request line's text is
+    masked, then cut to 300 characters). Its key pattern backtracked from every character of a
+    long run without an "=": quadratic, 64 KB of `auth:aaaa...` took half a minute."""
+    import time
+
+    line = "auth:" + "a" * 65536
+    began = time.perf_counter()
+    assert mask(line) == line
+    assert mask(f"x {line}&auth_token=tok-after-a-run") == f"x {line}&auth_token={logs.MASK}"
+    assert time.perf_counter() - began < 2.0
+
+
+def test_a_long_bad_request_line_does_not_hold_the_daemon(daemon: Harness) -> None:
+    """End to end: a client's malformed request line (8 KB, what pywsgi reads) is logged,
+    masked first. Each one held the hub (every request, every node's ingest) ~0.5 s: a few
+    such requests a second, unauthenticated, stalled the daemon."""
+    import time
+
+    address = daemon.daemon.http_address
+    line = b"GET /auth:" + b"a" * 8000 + b" HTTP/9.9\r\nHost: x\r\nConnection: close\r\n\r\n"
+    began = time.perf_counter()
+    for _ in range(8):
+        assert raw(address, line).startswith(b"HTTP/1.1 400 ")
+    assert time.perf_counter() - began < 1.5
