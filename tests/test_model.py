@@ -455,6 +455,11 @@ class TableModel(RuleBasedStateMachine):
             10,
             f"{n.name} back",
         )
+        # What the switch sent before the reconcile is applied first: a hung-up call's
+        # HANGUP_COMPLETE still on its way when the reconcile asks would make its "No such
+        # channel" an answer older than what the row heard since (dropped, as it must be),
+        # and the row would wait for the next reconcile (the full suite under load, once).
+        assert self.barrier(n)
         n.link.reconcile()
         assert self.barrier(n)
         n.dirty = False
