@@ -159,9 +159,18 @@ class TextFormatter(logging.Formatter):
         return self.default_msec_format % (self._stamp, record.msecs)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         message = mask(record.getMessage())
+        if not message.isascii() and _SURROGATE.search(message) is not None:
+            # No JSON text carries a lone surrogate as itself: a high one before a low one
+            # would be read back as the one character the two spell. Such a message (none
+            # from the switch or a client that we know of: orjson refuses lone surrogates)
+            # is written as the text form writes it, escapes read back by the same rule.
+            message = escape(message)
         entry = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),

@@ -460,11 +460,13 @@ def test_masking_a_long_line_takes_linear_time() -> None:
     long run without an "=": quadratic, 64 KB of `auth:aaaa...` took half a minute."""
     import time
 
-    line = "auth:" + "a" * 65536
+    # A bound against the stall, not a speed: quadratic, this line takes minutes; linear,
+    # milliseconds. (96 KB: the margin either way is two orders of magnitude.)
+    line = "auth:" + "a" * 98304
     began = time.perf_counter()
     assert mask(line) == line
     assert mask(f"x {line}&auth_token=tok-after-a-run") == f"x {line}&auth_token={logs.MASK}"
-    assert time.perf_counter() - began < 2.0
+    assert time.perf_counter() - began < 10.0
 
 
 def test_a_long_bad_request_line_does_not_hold_the_daemon(daemon: Harness) -> None:
@@ -475,23 +477,24 @@ def test_a_long_bad_request_line_does_not_hold_the_daemon(daemon: Harness) -> No
 
     address = daemon.daemon.http_address
     line = b"GET /auth:" + b"a" * 8000 + b" HTTP/9.9\r\nHost: x\r\nConnection: close\r\n\r\n"
+    # A bound against the stall, not a speed: quadratic, 64 such lines held the hub ~30 s;
+    # linear, well under a second.
     began = time.perf_counter()
-    for _ in range(8):
+    for _ in range(64):
         assert raw(address, line).startswith(b"HTTP/1.1 400 ")
-    assert time.perf_counter() - began < 1.5
+    assert time.perf_counter() - began < 10.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="JSON cannot write a lone high surrogate followed by a lone low one: any parser "
-    "reads \\ud800\\udc00 as the pair U+10000. Unreachable from the switch or a client as "
-    "far as found (orjson refuses lone surrogates; surrogateescape makes only low ones).",
-)
-def test_a_json_lines_message_reads_back_exactly_even_with_adjacent_lone_surrogates() -> None:
-    """The claim (README, JsonFormatter): "msg" is the masked message itself, exact. Two lone
-    surrogates that happen to be a high one then a low one come back as one astral
-    character. The text form reads them back exactly."""
-    message = "x \ud800\udc00 y"
-    with journal("json") as stream:
-        logging.getLogger("channelsd.test").warning("%s", message)
-    assert json.loads(stream.getvalue())["msg"] == message
+def test_a_json_lines_message_with_lone_surrogates_reads_back_by_the_text_forms_rule() -> None:
+    """JSON cannot write a lone high surrogate followed by a lone low one: any parser reads
+    \\ud800\\udc00 as the pair U+10000. A message holding lone surrogates is written in
+    "msg" as the text form writes it (logs.escape), and reads back exactly by that rule; any
+    other message is itself."""
+    for message in ("x \ud800\udc00 y", "\udc80 alone", "a \\u0041 \ud800 b"):
+        with journal("json") as stream:
+            logging.getLogger("channelsd.test").warning("%s", message)
+        line = stream.getvalue()[:-1]
+        assert line.splitlines() == [line] and RAW_CONTROL.search(line) is None
+        shown = json.loads(line)["msg"]
+        assert shown == logs.escape(message)
+        assert unescape(shown) == message
