@@ -153,10 +153,10 @@ class ESLConnection(InboundESL):
         # and json event frames in a row, cut and picked in one call (eventpick.TableReader)
         self._cut = cut if on_event is not None else None
         # A cut's picks go to on_picked (on_event when none is given): the node's table
-        # takes them directly, a Python call per event less (the cutter counts them).
+        # takes them directly, a Python call per event less than through the node.
         self._on_picked = on_picked or on_event
-        # And then the picks of the cut that were delivered (not those after a close), once
-        # a cut: for the node to count them, as on_event counts what it is given.
+        # And then, once a cut, the picks it delivered (not those a close cut short): the
+        # node counts them there, as its on_event counts what it is given.
         self._on_delivered = on_delivered
         self.closed = gevent.event.Event()
         self.close_reason = ""
