@@ -15,6 +15,7 @@ tests/fixtures/captures/README.md):
 
 from __future__ import annotations
 
+import logging
 import time
 from bisect import bisect_left, insort
 from collections import OrderedDict
@@ -38,6 +39,8 @@ from channelsd.channel import (
 from channelsd.config import DEFAULT_CCV_PREFIX, DEFAULT_IDENTITY
 from channelsd.fields import A_UUID, SHARED, loops
 from channelsd.validate import is_uuid, whole_number
+
+log = logging.getLogger("channelsd.table")
 
 Key = tuple[str, str]
 Event = dict[str, Any]
@@ -165,6 +168,15 @@ _OTHER_CHANNEL_EVENTS = frozenset(("CALL_UPDATE", "RECORD_START", "RECORD_STOP")
 # those may come with only headers_read picked out of them (channelsd/eventpick.py).
 TABLE_EVENT_PREFIX = "CHANNEL_"
 TABLE_EVENT_NAMES = _OTHER_CHANNEL_EVENTS | {"API"}
+
+
+def _listener_failed(listener: Listener, what: Any) -> None:
+    """A listener failed on a change (from an except block: with its traceback). The table
+    has the change already, and the listeners after this one are still told: one feed's bug
+    must not cost another feed its change (the streams, the ended-calls store, an action
+    waiting for its channel to settle). (try costs nothing in 3.11 until something raises:
+    the listeners' loops stay as they were on the ingest path.)"""
+    log.exception("listener %s failed on %s", getattr(listener, "__qualname__", listener), what)
 
 
 def table_event(name: Any) -> bool:
@@ -416,7 +428,10 @@ class ChannelTable:
 
     def _notify(self, kind: str, ch: Channel, info: Any) -> None:
         for listener in self._on_destroy if kind == "destroy" else self._on_change:
-            listener(kind, ch, info)
+            try:
+                listener(kind, ch, info)
+            except Exception:
+                _listener_failed(listener, kind)
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -703,14 +718,23 @@ class ChannelTable:
             joined = before[0] is None and ch.account_id is not None
             kind = "create" if created or renamed or joined else "update"
             for listener in self._on_change:
-                listener(kind, ch, name)
+                try:
+                    listener(kind, ch, name)
+                except Exception:
+                    _listener_failed(listener, name)
             if partner is not None and partner is not ch:
                 for listener in self._on_change:
-                    listener("update", partner, ("peer", name))
+                    try:
+                        listener("update", partner, ("peer", name))
+                    except Exception:
+                        _listener_failed(listener, name)
         named = self._on_named.get(name) if self._on_named else None
         if named:
             for listener in named:
-                listener("update", ch, name)
+                try:
+                    listener("update", ch, name)
+                except Exception:
+                    _listener_failed(listener, name)
 
     def hydrate(self, node: str, dump: Event) -> Channel | None:
         """Add or refresh a channel from `uuid_dump <uuid> json` (a CHANNEL_DATA event)."""
@@ -1109,7 +1133,10 @@ class ChannelTable:
             self._touch(ch)
             name = e["Event-Name"]
             for listener in self._on_change:
-                listener("update", ch, name)
+                try:
+                    listener("update", ch, name)
+                except Exception:
+                    _listener_failed(listener, name)
         return True
 
     def _unindex(self, ch: Channel, keys: tuple[str | None, str | None, str | None]) -> None:

@@ -2,6 +2,8 @@
 
 from typing import Any
 
+import pytest
+
 from channelsd.channel import GREGORIAN_OFFSET
 from channelsd.table import ChannelTable, Identity
 
@@ -353,3 +355,53 @@ def test_a_listener_is_called_once_however_often_it_listens_and_never_once_it_un
     table.apply("fs1", {"Event-Name": "CHANNEL_DESTROY", "Unique-ID": uuid})
     assert calls == [("loud", "update"), ("loud", "destroy")]
     assert table._on_named == {}
+
+
+def test_a_failing_listener_costs_no_other_listener_its_change(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A listener that raises is logged and passed over: the table keeps the change and the
+    listeners after it are told, for every kind of change (a create, an update on the fast
+    path of a state event, a bridge's peer, a named event, a destroy)."""
+    table = ChannelTable()
+    told: list[tuple[str, str, Any]] = []
+
+    def broken(kind: str, ch: Any, info: Any) -> None:
+        raise RuntimeError("a feed's bug")
+
+    def after(kind: str, ch: Any, info: Any) -> None:
+        told.append((kind, ch.uuid, info))
+
+    def named(kind: str, ch: Any, info: Any) -> None:
+        told.append(("named", ch.uuid, info))
+
+    table.listen(broken, names=["CHANNEL_HOLD"])
+    table.listen(after)
+    table.listen(named, destroys_only=True, names=["CHANNEL_HOLD"])
+    a, b = "00000000-0000-4000-8000-00000000000a", "00000000-0000-4000-8000-00000000000b"
+    for uuid in (a, b):
+        table.apply("fs1", {"Event-Name": "CHANNEL_CREATE", "Unique-ID": uuid})
+    table.apply(
+        "fs1",
+        {"Event-Name": "CHANNEL_STATE", "Unique-ID": a, "Channel-Call-State": "RINGING"},
+    )
+    table.apply(
+        "fs1",
+        {"Event-Name": "CHANNEL_BRIDGE", "Unique-ID": a, "Other-Leg-Unique-ID": b},
+    )
+    table.apply("fs1", {"Event-Name": "CHANNEL_HOLD", "Unique-ID": a})
+    table.apply("fs1", {"Event-Name": "CHANNEL_DESTROY", "Unique-ID": b})
+    assert told == [
+        ("create", a, "CHANNEL_CREATE"),
+        ("create", b, "CHANNEL_CREATE"),
+        ("update", a, "CHANNEL_STATE"),
+        ("update", a, "CHANNEL_BRIDGE"),
+        ("update", b, ("peer", "CHANNEL_BRIDGE")),
+        ("update", a, "CHANNEL_HOLD"),
+        ("named", a, "CHANNEL_HOLD"),
+        ("destroy", b, None),
+        ("named", b, None),  # a destroys-only listener hears destroys
+    ]
+    assert table.row("fs1", a).is_onhold and table.row("fs1", b) is None
+    failures = [r for r in caplog.records if "listener" in r.getMessage()]
+    assert len(failures) == 8 and all(r.exc_info for r in failures)
