@@ -210,21 +210,30 @@ def test_on_any_bytes_it_returns_frames_laid_end_to_end(
 
 
 class Reader:
-    """An ESLConnection to a peer, with what it delivered."""
+    """An ESLConnection to a peer, with or without the cutter: feeding `handler`, or (none
+    given) keeping what it delivered and the parse errors it counted."""
 
-    def __init__(self, peer: Peer, cutting: bool) -> None:
+    def __init__(
+        self,
+        peer: Peer,
+        cutting: bool,
+        handler: Any = None,
+        table: ChannelTable | None = None,
+        **options: Any,
+    ) -> None:
         self.delivered: list[tuple[dict[str, Any], bytes]] = []
         self.errors: list[str] = []
-        reader = TableReader(ChannelTable())
+        self.reader = TableReader(table if table is not None else ChannelTable())
         self.conn = ESLConnection(
             "127.0.0.1",
             peer.port,
             "ClueCon",
             timeout=HANG,
-            on_event=lambda event, body: self.delivered.append((event, body)),
+            on_event=handler or (lambda event, body: self.delivered.append((event, body))),
             on_parse_error=lambda exc: self.errors.append(type(exc).__name__),
-            parse_json=reader.parse,
-            cut=reader.cut if cutting else None,
+            parse_json=self.reader.parse,
+            cut=self.reader.cut if cutting else None,
+            **options,
         )
         self.conn.connect()
         peer.ready.wait(HANG)
@@ -313,18 +322,7 @@ def test_a_handler_that_fails_loses_only_its_event(monkeypatch: pytest.MonkeyPat
             if event["Unique-ID"] == "bad":
                 raise RuntimeError("a bug in one event's handling")
 
-        reader = TableReader(ChannelTable())
-        conn = ESLConnection(
-            "127.0.0.1",
-            peer.port,
-            "ClueCon",
-            timeout=HANG,
-            on_event=handler,
-            parse_json=reader.parse,
-            cut=reader.cut,
-        )
-        conn.connect()
-        peer.ready.wait(HANG)
+        conn = Reader(peer, True, handler).conn
         names = ["a", "bad", "b"]
         peer.send(
             b"".join(
@@ -479,19 +477,7 @@ def test_a_handler_failure_logs_the_switchs_event_name_on_one_line(cutting: bool
             failed.append(event["Event-Name"])
             raise RuntimeError("a bug in one event's handling")
 
-        reader = TableReader(ChannelTable())
-        conn = ESLConnection(
-            "127.0.0.1",
-            peer.port,
-            "ClueCon",
-            label="fs1/events",
-            timeout=HANG,
-            on_event=handler,
-            parse_json=reader.parse,
-            cut=reader.cut if cutting else None,
-        )
-        conn.connect()
-        peer.ready.wait(HANG)
+        conn = Reader(peer, cutting, handler, label="fs1/events").conn
         with journal("text") as stream:
             peer.send(frame(orjson.dumps({"Event-Name": forged, "Unique-ID": "u1"})))
             wait_until(lambda: failed == [forged], HANG, "the handler failed")

@@ -14,6 +14,7 @@ from typing import Any
 import gevent
 import orjson
 import pytest
+from test_esl_cut import Reader
 from test_esl_limits import HANG, Peer
 
 from channelsd import eventpick
@@ -38,24 +39,6 @@ def cutting(request: pytest.FixtureRequest) -> bool:
     if request.param == "cut in C" and not eventpick.built():
         pytest.fail("channelsd_picker is not built: `pip install -e .` builds it")
     return bool(request.param == "cut in C")
-
-
-class Reader:
-    """An ESLConnection to a peer feeding `handler`, with or without the cutter."""
-
-    def __init__(self, peer: Peer, cutting: bool, handler: Any, table: Any = None) -> None:
-        self.reader = TableReader(table if table is not None else ChannelTable())
-        self.conn = ESLConnection(
-            "127.0.0.1",
-            peer.port,
-            "ClueCon",
-            timeout=HANG,
-            on_event=handler,
-            parse_json=self.reader.parse,
-            cut=self.reader.cut if cutting else None,
-        )
-        self.conn.connect()
-        peer.ready.wait(HANG)
 
 
 @pytest.mark.parametrize("how", ["by the handler", "by another greenlet meanwhile"])
@@ -183,20 +166,8 @@ def test_a_cuts_picks_go_to_on_picked_even_when_picked_anew(meanwhile: str) -> N
             ESLConnection.awaiting -= 1
             waiting["n"] = 0
 
-    reader = TableReader(table)
     try:
-        conn = ESLConnection(
-            "127.0.0.1",
-            peer.port,
-            "ClueCon",
-            timeout=HANG,
-            on_event=on_event,
-            on_picked=on_picked,
-            parse_json=reader.parse,
-            cut=reader.cut,
-        )
-        conn.connect()
-        peer.ready.wait(HANG)
+        conn = Reader(peer, True, on_event, table, on_picked=on_picked).conn
         events = [state("u0"), state("u1"), state("u2"), {"Event-Name": "CUSTOM"}, state("u3")]
         peer.send(b"".join(frame(e) for e in events))
         wait_until(lambda: len(picked) + len(whole) == 5, HANG, "every event")
