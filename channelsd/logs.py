@@ -22,6 +22,8 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote_plus
 
+from channelsd.terminal.safe import BEYOND_C0, C0, json_safe
+
 _PAIR = re.compile(r"(\w+)=('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|\S+)")
 
 MASK = "********"
@@ -49,10 +51,10 @@ _MAYBE_SECRET = re.compile(r"(?i)auth|password|%")
 # terminal's escape sequences), DEL, C1 (U+0085 NEL breaks lines too, U+009B is a one-byte
 # CSI), the line and paragraph separators, the bidi controls that make a terminal show a line
 # in another order than it was written, and lone surrogates (a strict encoder raises on them,
-# a lenient one writes them as raw bytes). The same set `channelsd ls` shows as escapes on
-# the operator's terminal (terminal/safe.py), so both read alike.
-_BEYOND_C0 = "\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff"
-_CONTROLS = "\x00-\x1f" + _BEYOND_C0
+# a lenient one writes them as raw bytes). The set `channelsd ls` shows as escapes on the
+# operator's terminal (terminal/safe.py, its one definition), so both read alike. In the json
+# form the encoder escapes C0 itself, and json_safe() the rest.
+_CONTROLS = C0 + BEYOND_C0
 # A control, or a backslash that could be read as the start of an escape: one followed by
 # what an escape starts with (t, n, r, x, u, a backslash) or by a control (its escape starts
 # with a backslash). Escaped too, or a client could write the six characters `\x1b[2J` and
@@ -62,12 +64,6 @@ _CONTROLS = "\x00-\x1f" + _BEYOND_C0
 # it would change lines that hold nothing to escape.
 _ESCAPED_IN_TEXT = re.compile(f"[{_CONTROLS}]|\\\\(?=[\\\\tnrxu{_CONTROLS}])")
 _SHORT = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
-# In a JSON line the encoder already escapes C0, the backslash and the quote inside strings;
-# these it leaves raw with ensure_ascii=False. They can only occur inside strings, where
-# \uXXXX is the very same character to a JSON parser: the line stays exact, one line, and
-# nothing in it is live to a terminal. (ensure_ascii=True would do it too, but would also
-# turn every caller's name in a non-Latin script into \uXXXX runs nobody can read.)
-_RAW_IN_JSON = re.compile(f"[{_BEYOND_C0}]")
 
 
 def _shown(m: re.Match[str]) -> str:
@@ -183,13 +179,8 @@ class JsonFormatter(logging.Formatter):
             entry["exception"] = mask(self.formatException(record.exc_info))
         # The message is not escape()d here: JSON escapes it already, and exactly, so that
         # json.loads gives back the masked message itself (escape() would hand every reader
-        # of "msg" backslashes to undo). Only what the encoder leaves raw is escaped; of
-        # it, an ASCII line (most of them; isascii() reads a flag, it does not scan) can
-        # only hold DEL.
-        line = json.dumps(entry, ensure_ascii=False)
-        if (not line.isascii() or "\x7f" in line) and _RAW_IN_JSON.search(line) is not None:
-            line = _RAW_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", line)
-        return line
+        # of "msg" backslashes to undo). Only what the encoder leaves raw is escaped.
+        return json_safe(json.dumps(entry, ensure_ascii=False))
 
 
 class MaskedStream:

@@ -29,12 +29,13 @@ if TYPE_CHECKING:  # rich is imported when a table is drawn: `channelsd run` nev
 # paragraph separators (a line break nobody sees coming); lone surrogates (JSON can name
 # them with \ud800; written out they crash the encoder or, with surrogateescape, become raw
 # bytes 0x80-0xff).
-_C0 = "\x00-\x1f"
-_REST = "\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff"
-UNSAFE = re.compile(f"[{_C0}{_REST}]")
+# The same set is what a log line never carries raw (channelsd.logs).
+C0 = "\x00-\x1f"
+BEYOND_C0 = "\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff"
+UNSAFE = re.compile(f"[{C0}{BEYOND_C0}]")
 # In JSON text the encoder already escapes C0 inside strings, and its own line breaks (the
 # indented form) are structure, to be kept.
-_UNSAFE_IN_JSON = re.compile(f"[{_REST}]")
+_UNSAFE_IN_JSON = re.compile(f"[{BEYOND_C0}]")
 
 
 def _shown(m: re.Match[str]) -> str:
@@ -76,7 +77,14 @@ def json_text(data: Any, indent: int | None = None) -> str:
     """JSON with the characters the encoder leaves raw (DEL, C1, bidi, separators, lone
     surrogates) escaped as \\uXXXX: the same JSON to a parser, nothing live to a terminal.
     They can only occur inside strings, where an escape means the very same character."""
-    text = json.dumps(data, indent=indent, ensure_ascii=False)
+    return json_safe(json.dumps(data, indent=indent, ensure_ascii=False))
+
+
+def json_safe(text: str) -> str:
+    """JSON text with what the encoder leaves raw (see json_text) escaped as \\uXXXX. An
+    ASCII text (isascii() reads a flag, it does not scan) can only hold DEL of them."""
+    if text.isascii() and "\x7f" not in text:
+        return text
     return _UNSAFE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
