@@ -399,7 +399,8 @@ class NodeLink:
         Nothing is ever taken as gone for its absence. A row in doubt is asked about with
         `uuid_dump`, which reads the live session: "No such channel" removes it (without a
         tombstone: only a DESTROY from the switch makes one), an answer refreshes it, and an
-        answer older than what the row has heard since the question is dropped. In doubt are
+        answer older than what the row has heard since the question is dropped (but for a
+        "gone" after the row heard its hang-up: a hung-up call does not come back). In doubt are
         rows not heard of since the last reconnect (events were lost meanwhile) and rows whose
         variables were never heard (their account is unknown, not absent): they are asked
         about first, so that neither a slow nor a failing listing keeps them in doubt. Then the
@@ -499,15 +500,18 @@ class NodeLink:
             if self.metrics is not None:
                 self.metrics.command(self.name, "uuid_dump", time.monotonic() - began)
             row = self.table.row(self.name, uuid)
-            if row is not None and row.last_seen >= asked_at:
-                # Heard of since the question was sent: an event (or a uuid_setvar's API event)
-                # newer than this answer, which would turn the row back.
+            # Heard of since the question was sent: an event (or a uuid_setvar's API event)
+            # newer than this answer, which would turn the row back. Except a "gone" for a row
+            # that has heard its hang-up: nothing brings a hung-up channel back, and when its
+            # DESTROY was lost nothing else would remove it before the next reconcile.
+            heard_since = row is not None and row.last_seen >= asked_at
+            if heard_since and row.ending is None:
                 continue
             data = self._answer(uuid, body)
             if data is _GONE:
-                if was_known and self.table.remove(self.name, uuid, tombstone=False):
+                if self.table.remove(self.name, uuid, tombstone=False):
                     counts["removed"] += 1
-            elif data is None:
+            elif data is None or heard_since:
                 continue
             elif data.get("Unique-ID") != uuid:
                 # FreeSWITCH dumps the channel it was asked about. An answer about another is

@@ -455,10 +455,10 @@ class TableModel(RuleBasedStateMachine):
             10,
             f"{n.name} back",
         )
-        # What the switch sent before the reconcile is applied first: a hung-up call's
-        # HANGUP_COMPLETE still on its way when the reconcile asks would make its "No such
-        # channel" an answer older than what the row heard since (dropped, as it must be),
-        # and the row would wait for the next reconcile (the full suite under load, once).
+        # What the switch sent before the reconcile is applied first, so that the promise
+        # checked is the reconcile's own: an event still on its way when the reconcile asks
+        # makes its answer older than what the row heard since, and such an answer is
+        # dropped (but a "gone" after a hang-up: tests/test_reconcile.py).
         assert self.barrier(n)
         n.link.reconcile()
         assert self.barrier(n)
