@@ -110,10 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     monkey.patch_all()
 
-    # Tracebacks of failed greenlets go from the hub straight to stderr: masked too.
     import gevent
 
-    gevent.get_hub().exception_stream = logs.MaskedStream(sys.stderr)
+    logs.log_greenlet_errors(gevent.get_hub())
 
     if args.command == "run":
         cfg, warnings = _load(args.config)

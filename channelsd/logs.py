@@ -8,7 +8,9 @@ error path, a traceback), so a token a client put in a URL cannot reach the jour
 A message is also one line whatever it holds: text from outside (the switch's header values
 and event names, a client's path, headers or close reason) may carry line breaks, terminal
 escapes or bidi controls, which the formatters write as escapes (see escape()), never raw.
-Tracebacks stay multi-line: their line breaks are ours.
+Tracebacks stay multi-line where their line breaks are ours (the frames); an exception's own
+text may hold outside text and is escaped like a message (format_exception()). And a line is
+never longer than the journal takes as one entry (see MAX_MESSAGE).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import logging
 import re
 import sys
 import time
+import traceback
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote_plus
@@ -87,6 +90,68 @@ def escape(text: str) -> str:
     return _ESCAPED_IN_TEXT.sub(_shown, text)
 
 
+# journald splits a line longer than its LineMax (48 KiB by default) and writes the rest as an
+# entry of its own, whose text the outside would choose: a 60 KB caller name would start a
+# forged entry. A message, and each line of a traceback, is cut at MAX_MESSAGE characters
+# before it is escaped; an escape is at most six bytes (`\uNNNN`), a character at most four,
+# so a text line stays under 25 KB. The json form adds the message's pairs beside it, and a
+# traceback's lines in one string: an entry over LINE_MAX bytes is written shortened
+# (JsonFormatter._shortened).
+MAX_MESSAGE = 4000
+LINE_MAX = 32 * 1024
+
+
+def bounded(text: str, limit: int = MAX_MESSAGE) -> str:
+    """`text`, cut to `limit` characters with a mark saying how many more there were."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
+def format_exception(exc_info: Any) -> str:
+    """A traceback as logging writes it, with the exception's own text (its message, notes,
+    the causes' messages) masked, escaped and bounded as a message is: that text may come
+    from outside (a value in an error message) and its line breaks would forge lines. The
+    frame lines are the interpreter's and keep their line breaks; they are masked and bounded
+    too. Masked here, piece by piece before escaping, as a message is (see TextFormatter)."""
+    exc = exc_info[1]
+    if exc is None:
+        return escape(bounded(mask(str(exc_info[0]))))
+    lines: list[str] = []
+    _exception_lines(traceback.TracebackException.from_exception(exc), lines, set())
+    return "\n".join(lines)
+
+
+def _lines(text: str) -> str:
+    """Multi-line text of the interpreter's (a stack), each line masked, escaped and bounded."""
+    return "\n".join(escape(bounded(mask(line))) for line in text.rstrip("\n").split("\n"))
+
+
+def _exception_lines(te: traceback.TracebackException, out: list[str], seen: set[int]) -> None:
+    # TracebackException.format()'s walk, with its parts told apart: what the stack gives is
+    # the interpreter's; what format_exception_only() gives holds the exception's own text.
+    seen.add(id(te))
+    if te.__cause__ is not None and id(te.__cause__) not in seen:
+        _exception_lines(te.__cause__, out, seen)
+        out += ["", "The above exception was the direct cause of the following exception:", ""]
+    elif (
+        te.__context__ is not None
+        and not te.__suppress_context__
+        and id(te.__context__) not in seen
+    ):
+        _exception_lines(te.__context__, out, seen)
+        out += ["", "During handling of the above exception, another exception occurred:", ""]
+    if te.stack:
+        out.append("Traceback (most recent call last):")
+        out += (_lines(chunk) for chunk in te.stack.format())
+    # (its one closing line break is the interpreter's; any other is the exception's text)
+    own = "".join(te.format_exception_only()).removesuffix("\n")
+    out.append(escape(bounded(mask(own))))
+    for number, sub in enumerate(getattr(te, "exceptions", None) or (), 1):
+        out.append(f"+---- sub-exception {number} ----")  # an ExceptionGroup's members
+        _exception_lines(sub, out, seen)
+
+
 def _decoded(key: str) -> str:
     # Percent-encoding may be stacked (auth%255Ftoken); decoding stops once nothing changes.
     for _ in range(4):
@@ -131,17 +196,19 @@ class TextFormatter(logging.Formatter):
         # "auth_token=" ends the key before it; written "\\x1c" it joins the key, which then
         # is no secret one, and the token would be kept). And masked once, not again as part
         # of the line: its escapes would move where a masked value ends. The traceback is
-        # multi-line on purpose and only masked.
-        record.message = escape(mask(record.getMessage()))
+        # multi-line where its line breaks are the interpreter's (format_exception()).
+        record.message = escape(bounded(mask(record.getMessage())))
         if self.usesTime():
             record.asctime = self.formatTime(record, self.datefmt)
         line = self.formatMessage(record)
-        if record.exc_info and not record.exc_text:
-            record.exc_text = self.formatException(record.exc_info)
-        if record.exc_text:
-            line = f"{line}\n{mask(record.exc_text)}"
+        # Formatted here, not taken from record.exc_text: another handler's formatter may
+        # have left its own text there, unmasked.
+        if record.exc_info:
+            line = f"{line}\n{format_exception(record.exc_info)}"
+        elif record.exc_text:
+            line = f"{line}\n{_lines(record.exc_text)}"
         if record.stack_info:
-            line = f"{line}\n{mask(self.formatStack(record.stack_info))}"
+            line = f"{line}\n{_lines(self.formatStack(record.stack_info))}"
         return line
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
@@ -154,19 +221,17 @@ class TextFormatter(logging.Formatter):
             self._second = second
         return self.default_msec_format % (self._stamp, record.msecs)
 
+    def formatException(self, ei: Any) -> str:  # noqa: N802
+        return format_exception(ei)
+
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        message = mask(record.getMessage())
-        if not message.isascii() and _SURROGATE.search(message) is not None:
-            # No JSON text carries a lone surrogate as itself: a high one before a low one
-            # would be read back as the one character the two spell. Such a message (none
-            # from the switch or a client that we know of: orjson refuses lone surrogates)
-            # is written as the text form writes it, escapes read back by the same rule.
-            message = escape(message)
+        masked = mask(record.getMessage())
+        message = _json_message(masked, MAX_MESSAGE)
         entry = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
@@ -176,25 +241,58 @@ class JsonFormatter(logging.Formatter):
         for key, value in _PAIR.findall(message):
             entry.setdefault(key, value.strip("'\""))
         if record.exc_info:
-            entry["exception"] = mask(self.formatException(record.exc_info))
+            entry["exception"] = format_exception(record.exc_info)
         # The message is not escape()d here: JSON escapes it already, and exactly, so that
         # json.loads gives back the masked message itself (escape() would hand every reader
         # of "msg" backslashes to undo). Only what the encoder leaves raw is escaped.
-        return json_safe(json.dumps(entry, ensure_ascii=False))
+        line = json_safe(json.dumps(entry, ensure_ascii=False))
+        # (a character is at most 4 bytes: most lines are known short without encoding them)
+        if len(line) * 4 > LINE_MAX and len(line.encode("utf-8", "surrogatepass")) > LINE_MAX:
+            line = self._shortened(entry, masked)
+        return line
+
+    @staticmethod
+    def _shortened(entry: dict[str, Any], masked: str) -> str:
+        """An entry too long for one journal line: its message and traceback cut (the
+        traceback's first and last 1,500 characters kept) and the pairs left in the message
+        only. At most 6 bytes a character: 6 × (1,000 + 3,000) stays under LINE_MAX."""
+        short = {key: entry[key] for key in ("ts", "level", "logger")}
+        short["msg"] = _json_message(masked, 1000)
+        short["cut"] = True
+        exception = entry.get("exception")
+        if exception is not None:
+            if len(exception) > 3000:
+                cut = len(exception) - 3000
+                exception = f"{exception[:1500]}\n... ({cut} characters cut)\n{exception[-1500:]}"
+            short["exception"] = exception
+        return json_safe(json.dumps(short, ensure_ascii=False))
 
 
-class MaskedStream:
-    """A text stream that masks what is written to it (gevent's hub prints tracebacks of
-    failed greenlets straight to stderr, around logging)."""
+def _json_message(masked: str, limit: int) -> str:
+    message = bounded(masked, limit)
+    if not message.isascii() and _SURROGATE.search(message) is not None:
+        # No JSON text carries a lone surrogate as itself: a high one before a low one would
+        # be read back as the one character the two spell. Such a message (none from the
+        # switch or a client that we know of: orjson refuses lone surrogates) is written as
+        # the text form writes it, escapes read back by the same rule.
+        message = escape(message)
+    return message
 
-    def __init__(self, stream: Any) -> None:
-        self.stream = stream
 
-    def write(self, text: str) -> int:
-        return self.stream.write(mask(text))
+def log_greenlet_errors(hub: Any) -> None:
+    """gevent's hub prints a failed greenlet's traceback straight to stderr, around logging,
+    and so around mask(), escape() and the line bound: it goes through logging instead."""
+    log = logging.getLogger("channelsd.greenlet")
 
-    def flush(self) -> None:
-        self.stream.flush()
+    def print_exception(context: Any, kind: Any, value: Any, tb: Any) -> None:
+        try:
+            where = context if isinstance(context, str) else hub.format_context(context)
+        except Exception:  # a repr that fails: the greenlet is still named by its type
+            where = type(context).__name__
+        name = getattr(kind, "__name__", "exception")
+        log.error("%s failed with %s", where, name, exc_info=(kind, value, tb))
+
+    hub.print_exception = print_exception
 
 
 def setup(level: str = "info", fmt: str = "text") -> None:

@@ -12,6 +12,7 @@ import socket
 import string
 import subprocess
 import sys
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -380,7 +381,7 @@ def test_a_token_beside_a_control_character_is_still_masked(template: str, fmt: 
 
 
 @pytest.mark.parametrize("fmt", ["text", "json"])
-def test_a_traceback_stays_multi_line_and_masked_beside_an_escaped_message(fmt: str) -> None:
+def test_a_traceback_keeps_its_frames_lines_and_escapes_the_exceptions_text(fmt: str) -> None:
     secret, other = "tok-in-the-traceback-1234", "tok-in-the-message-5678"
     with journal(fmt) as stream:
         try:
@@ -395,7 +396,7 @@ def test_a_traceback_stays_multi_line_and_masked_beside_an_escaped_message(fmt: 
         lines = out.splitlines()
         assert text_message(lines[0]) == r"failed on x\r\nforged=1\u2028auth_token=********"
         assert lines[1] == "Traceback (most recent call last):"
-        assert lines[-2:] == ["ValueError: bad url /v2/x?auth_token=********", "its second line"]
+        assert lines[-1] == r"ValueError: bad url /v2/x?auth_token=********\nits second line"
     else:
         line = out[:-1]
         assert line.splitlines() == [line] and RAW_CONTROL.search(line) is None, line
@@ -403,7 +404,7 @@ def test_a_traceback_stays_multi_line_and_masked_beside_an_escaped_message(fmt: 
         assert entry["msg"] == "failed on x\r\nforged=1\u2028auth_token=********"
         lines = entry["exception"].splitlines()
         assert lines[0] == "Traceback (most recent call last):"
-        assert lines[-2:] == ["ValueError: bad url /v2/x?auth_token=********", "its second line"]
+        assert lines[-1] == r"ValueError: bad url /v2/x?auth_token=********\nits second line"
 
 
 @pytest.mark.parametrize(
@@ -502,3 +503,128 @@ def test_a_json_lines_message_with_lone_surrogates_reads_back_by_the_text_forms_
         shown = json.loads(line)["msg"]
         assert shown == logs.escape(message)
         assert unescape(shown) == message
+
+
+# -- tracebacks: the frames' lines are the interpreter's, the exception's text is outside text --
+
+
+def _raised(exc: BaseException) -> Any:
+    try:
+        raise exc
+    except BaseException:
+        return sys.exc_info()
+
+
+def _chained(message: str) -> Any:
+    try:
+        try:
+            raise KeyError(message)
+        except KeyError as inner:
+            raise RuntimeError(message) from inner
+    except RuntimeError:
+        try:
+            raise ValueError(message)
+        except ValueError:
+            return sys.exc_info()
+
+
+_PLAIN = st.text(string.ascii_letters + string.digits + " =:/?._-", max_size=60)
+
+
+@given(_PLAIN)
+@settings(max_examples=100, derandomize=True, deadline=None)
+def test_a_traceback_without_outside_controls_is_the_interpreters_own(message: str) -> None:
+    """format_exception() is traceback's own text where nothing needs escaping: a cause, a
+    context and the frames kept, in their order."""
+    for exc_info in (_raised(ValueError(message)), _chained(message)):
+        theirs = "".join(traceback.format_exception(*exc_info)).rstrip("\n")
+        assert logs.format_exception(exc_info) == theirs
+
+
+@given(_TEXT)
+@settings(max_examples=200, derandomize=True, deadline=None)
+def test_an_exceptions_text_is_one_line_per_part_and_reads_back(text: str) -> None:
+    """Whatever an exception's message holds, each exception of a chain adds its own
+    lines only: the frames and one line of its text, which reads back exactly (masked)."""
+    exc_info = _chained(text)
+    shown = logs.format_exception(exc_info).split("\n")
+    plain = logs.format_exception(_chained("x")).split("\n")
+    assert len(shown) == len(plain)
+    assert RAW_CONTROL.search("".join(shown)) is None
+    last = shown[-1]
+    assert unescape(last) == (mask(f"ValueError: {text}") if text else "ValueError")
+
+
+def test_an_exception_groups_members_are_written() -> None:
+    group = ExceptionGroup("two failed", [ValueError("first\nFORGED"), KeyError("second")])
+    shown = logs.format_exception(_raised(group))
+    assert "+---- sub-exception 1 ----" in shown and "+---- sub-exception 2 ----" in shown
+    assert r"ValueError: first\nFORGED" in shown and "KeyError: 'second'" in shown
+    assert "\nFORGED" not in shown
+
+
+def test_a_failed_greenlets_traceback_goes_through_logging() -> None:
+    """gevent's hub printed a failed greenlet's traceback straight to stderr: masked, but
+    not escaped, so an exception's text from outside wrote lines of its own."""
+    import gevent
+
+    hub = gevent.get_hub()
+    logs.log_greenlet_errors(hub)
+    try:
+        with journal("text") as stream:
+
+            def fails() -> None:
+                raise ValueError("bad \nFORGED line auth_token=tok-secret-0123456789")
+
+            gevent.spawn(fails).join()
+    finally:
+        del hub.print_exception  # back to the class's
+    out = stream.getvalue()
+    lines = out.splitlines()
+    assert "ERROR channelsd.greenlet" in lines[0] and "failed with ValueError" in lines[0]
+    assert lines[-1] == r"ValueError: bad \nFORGED line auth_token=********"
+    assert "tok-secret" not in out
+
+
+# -- a line the journal takes as one entry ------------------------------------------------------
+
+_WIDE = st.sampled_from(["a", "\x1b", "\u2028", "\U0001f600", "\ud800", "é", "\\", '"'])
+
+
+@given(
+    unit=st.lists(_WIDE, min_size=1, max_size=4).map("".join),
+    repeat=st.integers(1, 40_000),
+    pairs=st.booleans(),
+    with_traceback=st.booleans(),
+)
+@settings(max_examples=60, derandomize=True, deadline=None)
+def test_no_line_is_longer_than_the_journal_takes(
+    unit: str, repeat: int, pairs: bool, with_traceback: bool
+) -> None:
+    """journald splits a line over LineMax (48 KiB) and writes the rest as an entry of its
+    own, whose text a 60 KB caller name would choose. Every line, in both forms, stays under
+    it; the message is cut with how much was cut, and a json entry stays one JSON object."""
+    value = unit * repeat
+    message = " ".join(f"k{i}={value[i::7]}" for i in range(7)) if pairs else value
+    for fmt in ("text", "json"):
+        with journal(fmt) as stream:
+            log = logging.getLogger("channelsd.test")
+            if with_traceback:
+                try:
+                    raise ValueError(value)
+                except ValueError:
+                    log.exception("%s", message)
+            else:
+                log.warning("%s", message)
+        out = stream.getvalue()
+        for line in out.splitlines():
+            assert len(line.encode("utf-8", "surrogatepass")) < 48 * 1024, (fmt, len(line))
+        if fmt == "json":
+            line = out[:-1]
+            assert line.splitlines() == [line]
+            entry = json.loads(line)
+            if len(message) > logs.MAX_MESSAGE:
+                assert entry["msg"].endswith(" more characters)")
+        elif len(message) > logs.MAX_MESSAGE:
+            cut = len(message) - logs.MAX_MESSAGE
+            assert out.splitlines()[0].endswith(f"... ({cut} more characters)")
