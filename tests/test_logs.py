@@ -474,20 +474,22 @@ def test_a_query_key_is_tried_only_where_a_run_of_key_characters_starts(text: st
     assert mask(f"x {line}&auth_token=tok-after-a-run") == f"x {line}&auth_token={logs.MASK}"
 
 
-def test_a_long_bad_request_line_does_not_hold_the_daemon(daemon: Harness) -> None:
-    """End to end: a client's malformed request line (8 KB, what pywsgi reads) is logged,
-    masked first. Each one held the hub (every request, every node's ingest) ~0.5 s: a few
-    such requests a second, unauthenticated, stalled the daemon."""
-    import time
-
-    address = daemon.daemon.http_address
-    line = b"GET /auth:" + b"a" * 8000 + b" HTTP/9.9\r\nHost: x\r\nConnection: close\r\n\r\n"
-    # A bound against the stall, not a speed: quadratic, 64 such lines held the hub ~30 s;
-    # linear, well under a second.
-    began = time.perf_counter()
-    for _ in range(64):
-        assert raw(address, line).startswith(b"HTTP/1.1 400 ")
-    assert time.perf_counter() - began < 10.0
+def test_a_long_bad_request_line_is_answered_and_logged_masked(
+    debug_daemon: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """End to end: a client's malformed request line (8 KB, what pywsgi reads) is answered
+    400 and logged, masked. mask() was quadratic in such a line: each one held the hub (every
+    request, every node's ingest) ~0.5 s. Its linear form is checked as the property that
+    gives it (test_a_query_key_is_tried_only_where_a_run_of_key_characters_starts), not as a
+    time here."""
+    address = debug_daemon.daemon.http_address
+    secret = "tok-in-a-bad-line-0123456789"
+    line = f"GET /auth:x?auth_token={secret}&".encode() + b"a" * 8000 + b" HTTP/9.9\r\n"
+    for _ in range(8):
+        answer = raw(address, line + b"Host: x\r\nConnection: close\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+    assert "bad request client=127.0.0.1" in caplog.text  # it was logged, masked
+    assert secret not in caplog.text
 
 
 def test_a_json_lines_message_with_lone_surrogates_reads_back_by_the_text_forms_rule() -> None:
