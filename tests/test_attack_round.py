@@ -1,0 +1,99 @@
+"""Outside review of the reconcile "gone after a hang-up" change and of the log formatter's
+exception text: what still breaks."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+import gevent
+
+from conftest import wait_until
+
+ACC = {"account_id": "acc1", "owner_id": "user1", "authorizing_id": "dev1"}
+
+# Everything a hang-up fires after CHANNEL_HANGUP (the stand-in's teardown).
+AFTER_HANGUP = {
+    "CHANNEL_STATE",
+    "CHANNEL_CALLSTATE",
+    "CHANNEL_UNBRIDGE",
+    "CHANNEL_EXECUTE_COMPLETE",
+    "CHANNEL_UNPARK",
+    "CHANNEL_HANGUP_COMPLETE",
+    "CHANNEL_DESTROY",
+    "PRESENCE_IN",
+    "RECORD_STOP",
+}
+
+
+def listed(h: Any, tok: str = "super") -> set[str]:
+    return {i["uuid"] for i in h.api.data("/v2/channels", tok)}
+
+
+def _reconcile_while_hanging_up(switch: Any, h: Any, a: str, b: str) -> Any:
+    """Ask about a and b (as after a reconnect), hang the call up while the answers are on
+    their way, and hold what the hang-up fires after CHANNEL_HANGUP until the reconcile is
+    done: FreeSWITCH answers "No such channel" as soon as a channel is down (its read lock
+    fails), while its HANGUP_COMPLETE waits for the reporting state and the event thread."""
+    node = h.node()
+    node._unverified = True
+    node._subscribed_at = h.table.now() + 1
+    switch.reply_delay = 0.3
+    asked = len(switch.received)
+    reconciling = gevent.spawn(node.reconcile)
+    wait_until(
+        lambda: any(c.startswith("api uuid_dump") for _, c in switch.received[asked:]),
+        what="the question sent",
+    )
+    with switch.events_held(AFTER_HANGUP):
+        switch.hangup(a)
+        wait_until(
+            lambda: all(h.table.row("fs1", u).ending is not None for u in (a, b)),
+            what="the hang-ups heard",
+        )
+        return reconciling.get(timeout=10)
+
+
+def test_a_late_hangup_complete_does_not_bring_back_a_call_the_reconcile_removed(
+    switch: Any, make_daemon: Any
+) -> None:
+    """The reconcile removes a hung-up row on "No such channel" without a tombstone, so the
+    call's own HANGUP_COMPLETE, still on its way, makes it a row again: the streams hear the
+    call destroyed, created anew (a hung-up call!) and destroyed again, and the ended calls
+    hold it twice. With its DESTROY lost (the case the change is for) the ghost it meant to
+    remove is back."""
+    a, b = switch.bridged_call(variables_a=ACC, variables_b=ACC)
+    h = make_daemon([switch])
+    assert listed(h) == {a, b}
+    notices: list[tuple[str, str]] = []
+    h.table.listen(lambda kind, ch, _info: notices.append((kind, ch.uuid)))
+    _reconcile_while_hanging_up(switch, h, a, b)
+    # the held HANGUP_COMPLETE, DESTROY ... have now been sent
+    wait_until(
+        lambda: all(h.table.is_tombstoned("fs1", u) for u in (a, b)), what="the DESTROYs heard"
+    )
+    assert listed(h) == set()
+    creates = [u for kind, u in notices if kind == "create"]
+    destroys = [u for kind, u in notices if kind == "destroy"]
+    assert creates == [], f"a hung-up call created anew: {creates}"
+    assert sorted(destroys) == sorted([a, b]), f"destroyed more than once: {destroys}"
+    ended = [i["uuid"] for i in h.api.data("/v2/channels?ended=true")]
+    assert sorted(ended) == sorted([a, b]), f"ended calls: {ended}"
+
+
+def test_a_late_hangup_complete_with_its_destroy_lost_leaves_no_ghost(
+    switch: Any, make_daemon: Any
+) -> None:
+    """The change's own case (DESTROY lost), with the HANGUP_COMPLETE a little later than the
+    "No such channel": the row removed comes back from the HANGUP_COMPLETE, and stays."""
+    a, b = switch.bridged_call(variables_a=ACC, variables_b=ACC)
+    h = make_daemon([switch])
+    assert listed(h) == {a, b}
+    switch.drop_event_names = {"CHANNEL_DESTROY", "CHANNEL_STATE"}
+    switch.drop_event_fraction = 1.0
+    _reconcile_while_hanging_up(switch, h, a, b)
+    gevent.sleep(0.5)
+    assert listed(h) == set(), "the hung-up call is listed again (a ghost)"
