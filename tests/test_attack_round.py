@@ -97,3 +97,62 @@ def test_a_late_hangup_complete_with_its_destroy_lost_leaves_no_ghost(
     _reconcile_while_hanging_up(switch, h, a, b)
     gevent.sleep(0.5)
     assert listed(h) == set(), "the hung-up call is listed again (a ghost)"
+
+
+def test_a_gone_answer_does_not_hide_a_new_call_that_reuses_a_hung_up_uuid(
+    switch: Any, make_daemon: Any
+) -> None:
+    """A uuid is reused (a dialplan's origination_uuid on a sofia leg: CHANNEL_CREATE under
+    that uuid, no CHANNEL_UUID) after its first call hung up and that call's DESTROY was
+    lost. The new call's events fold into the old row, whose `ending` stays set: a reconcile
+    that asked before the new call existed ("No such channel", true when answered) now
+    removes the live call, since the row "heard its hang-up"."""
+    a, b = switch.bridged_call(variables_a=ACC, variables_b=ACC)
+    h = make_daemon([switch])
+    assert listed(h) == {a, b}
+    switch.drop_event_names = {"CHANNEL_DESTROY", "CHANNEL_STATE"}
+    switch.drop_event_fraction = 1.0
+    switch.hangup(a)
+    wait_until(
+        lambda: all(
+            (r := h.table.row("fs1", u)) is not None and r.ending is not None and r.ending.complete
+            for u in (a, b)
+        ),
+        what="the hang-ups heard (their DESTROYs lost)",
+    )
+    switch.drop_event_fraction = 0.0
+    # The switch answers what was true when the question reached it: a was gone then.
+    answer = switch.api.execute
+    gone_then = {a}
+
+    def as_when_asked(command: str, arg: str) -> bytes:
+        if command == "uuid_dump" and arg.split()[0] in gone_then:
+            return b"-ERR No such channel!\n"
+        return answer(command, arg)
+
+    switch.api.execute = as_when_asked
+    switch.reply_delay = 0.3
+    asked = len(switch.received)
+    reconciling = gevent.spawn(h.node().reconcile)
+    wait_until(
+        lambda: any(c == f"api uuid_dump {a} json" for _, c in switch.received[asked:]),
+        what="the question about a sent",
+    )
+    # Now a new call is created under the same uuid (FreeSWITCH lets it: the old session is
+    # gone from its hash).
+    model = switch.model
+    new_channel = model._new_channel
+    reused = [a]
+
+    def with_reused_uuid(name: str, direction: str, uid: str | None = None) -> Any:
+        return new_channel(name, direction, uid or (reused.pop() if reused else None))
+
+    model._new_channel = with_reused_uuid
+    a2, b2 = switch.bridged_call(variables_a=ACC, variables_b=ACC)
+    model._new_channel = new_channel
+    assert a2 == a
+    wait_until(lambda: {a, b2} <= listed(h), what="the new call heard")
+    reconciling.get(timeout=10)
+    gone_then.clear()
+    assert a in switch.channels  # the call is up
+    assert {a, b2} <= listed(h), "a live call hidden by the reconcile"
