@@ -127,29 +127,46 @@ def _lines(text: str) -> str:
     return "\n".join(escape(bounded(mask(line))) for line in text.rstrip("\n").split("\n"))
 
 
+_CAUSE = "The above exception was the direct cause of the following exception:"
+_CONTEXT = "During handling of the above exception, another exception occurred:"
+
+
 def _exception_lines(te: traceback.TracebackException, out: list[str], seen: set[int]) -> None:
     # TracebackException.format()'s walk, with its parts told apart: what the stack gives is
     # the interpreter's; what format_exception_only() gives holds the exception's own text.
-    seen.add(id(te))
-    if te.__cause__ is not None and id(te.__cause__) not in seen:
-        _exception_lines(te.__cause__, out, seen)
-        out += ["", "The above exception was the direct cause of the following exception:", ""]
-    elif (
-        te.__context__ is not None
-        and not te.__suppress_context__
-        and id(te.__context__) not in seen
-    ):
-        _exception_lines(te.__context__, out, seen)
-        out += ["", "During handling of the above exception, another exception occurred:", ""]
-    if te.stack:
-        out.append("Traceback (most recent call last):")
-        out += (_lines(chunk) for chunk in te.stack.format())
-    # (its one closing line break is the interpreter's; any other is the exception's text)
-    own = "".join(te.format_exception_only()).removesuffix("\n")
-    out.append(escape(bounded(mask(own))))
-    for number, sub in enumerate(getattr(te, "exceptions", None) or (), 1):
-        out.append(f"+---- sub-exception {number} ----")  # an ExceptionGroup's members
-        _exception_lines(sub, out, seen)
+    # The chain (causes, contexts) is walked in a loop, as format() does: a retry loop that
+    # raises while handling the last attempt's error leaves a chain of any length, and one
+    # call per link would raise RecursionError past ~1,000 (logging re-raises it to the
+    # caller). Only an ExceptionGroup's members recurse, as deep as from_exception() went.
+    chain = [te]  # te, then what it was raised from or while handling, and so on
+    joins: list[str] = []
+    while True:
+        seen.add(id(te))
+        if te.__cause__ is not None and id(te.__cause__) not in seen:
+            te, join = te.__cause__, _CAUSE
+        elif (
+            te.__context__ is not None
+            and not te.__suppress_context__
+            and id(te.__context__) not in seen
+        ):
+            te, join = te.__context__, _CONTEXT
+        else:
+            break
+        chain.append(te)
+        joins.append(join)
+    for i in range(len(chain) - 1, -1, -1):  # the first raised first, as format() writes
+        te = chain[i]
+        if i < len(joins):
+            out += ["", joins[i], ""]
+        if te.stack:
+            out.append("Traceback (most recent call last):")
+            out += (_lines(chunk) for chunk in te.stack.format())
+        # (its one closing line break is the interpreter's; any other is the exception's text)
+        own = "".join(te.format_exception_only()).removesuffix("\n")
+        out.append(escape(bounded(mask(own))))
+        for number, sub in enumerate(getattr(te, "exceptions", None) or (), 1):
+            out.append(f"+---- sub-exception {number} ----")  # an ExceptionGroup's members
+            _exception_lines(sub, out, seen)
 
 
 def _decoded(key: str) -> str:
