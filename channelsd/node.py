@@ -398,7 +398,8 @@ class NodeLink:
 
         Nothing is ever taken as gone for its absence. A row in doubt is asked about with
         `uuid_dump`, which reads the live session: "No such channel" removes it (without a
-        tombstone: only a DESTROY from the switch makes one), an answer refreshes it, and an
+        tombstone, but for a row that heard its hang-up: its late events must not bring it
+        back; otherwise only a DESTROY from the switch makes one), an answer refreshes it, and an
         answer older than what the row has heard since the question is dropped (but for a
         "gone" after the row heard its hang-up: a hung-up call does not come back). In doubt are
         rows not heard of since the last reconnect (events were lost meanwhile) and rows whose
@@ -509,7 +510,12 @@ class NodeLink:
                 continue
             data = self._answer(uuid, body)
             if data is _GONE:
-                if self.table.remove(self.name, uuid, tombstone=False):
+                # A row that heard its hang-up is tombstoned: its own HANGUP_COMPLETE, often
+                # still on its way (FreeSWITCH says "No such channel" once a channel is down),
+                # would otherwise make it a row again, and its DESTROY a second one. (A new
+                # call reusing the uuid, created later, is not held back by the tombstone.)
+                hung_up = row is not None and row.ending is not None
+                if self.table.remove(self.name, uuid, tombstone=hung_up):
                     counts["removed"] += 1
             elif data is None or heard_since:
                 continue
