@@ -236,6 +236,12 @@ def _final(state: Any) -> bool:
     return state == _FINAL_STATE or (state.__class__ is list and usable(state) == _FINAL_STATE)
 
 
+def _reused(ch: Channel, event: Event) -> bool:
+    """Whether `event` is of a channel created after `ch` under the same uuid."""
+    created = whole_number(event.get("Caller-Channel-Created-Time"))
+    return ch.created_known and created is not None and created > ch.created_us
+
+
 class Identity:
     """Which event headers give account, owner, device, … (spec §2 identity mapping)."""
 
@@ -672,6 +678,12 @@ class ChannelTable:
                 return
             del self._tombstones[key]  # expired, or a new channel with the same uuid
         ch = self._rows.get(key)
+        if ch is not None and ch.ending is not None and _reused(ch, event):
+            # A new channel under a hung-up one's uuid (a dialplan's origination_uuid) whose
+            # DESTROY was lost: that one is gone, and its ending must not stay on the new
+            # call (a reconcile's "gone" would hide it, actions would refuse it).
+            self.remove(node, uuid)
+            ch = None
         # Checked once, when the uuid would become a row: a uuid reaches ESL command lines.
         if ch is None and not is_uuid(uuid):
             self._refuse("uuid")
@@ -1121,7 +1133,7 @@ class ChannelTable:
         """CHANNEL_STATE / CHANNEL_CALLSTATE of a known channel; False when the event needs
         the full path (the channel's end)."""
         get = e.get
-        if _final(get("Channel-State")):
+        if _final(get("Channel-State")) or (ch.ending is not None and _reused(ch, e)):
             return False
         changed = self._merge_fields(ch, e, _STATE_CHAINS, self.refused) > 0
         if not ch.answered and get("Answer-State") == "answered":

@@ -405,3 +405,48 @@ def test_a_failing_listener_costs_no_other_listener_its_change(
     assert table.row("fs1", a).is_onhold and table.row("fs1", b) is None
     failures = [r for r in caplog.records if "listener" in r.getMessage()]
     assert len(failures) == 8 and all(r.exc_info for r in failures)
+
+
+def test_a_new_channel_under_a_hung_up_uuid_whose_destroy_was_lost_is_a_new_row() -> None:
+    """A dialplan's origination_uuid can give a new call the uuid of a call that hung up, and
+    that call's DESTROY may have been lost. The new call's events folded into the old row,
+    whose `ending` stayed: a reconcile's "gone" about the old call then hid the new one
+    (outside attack). The old call's own late events (same creation time) still fold in."""
+    t = ChannelTable()
+    seen: list[tuple[str, str]] = []
+    t.listen(lambda kind, ch, info: seen.append((kind, info)))
+    t.apply("fs1", with_vars("CHANNEL_CREATE", account_id="acc1"))
+    t.apply("fs1", ev("CHANNEL_HANGUP", **{"Hangup-Cause": "NORMAL_CLEARING"}))
+    t.apply("fs1", ev("CHANNEL_EXECUTE_COMPLETE"))  # the old call's own, after its hang-up
+    old = t.get(A)
+    assert old is not None and old.ending is not None
+    later = str(CREATED_US + 5_000_000)
+    seen.clear()
+    t.apply(
+        "fs1",
+        {**with_vars("CHANNEL_CREATE", account_id="acc2"), "Caller-Channel-Created-Time": later},
+    )
+    new = t.get(A)
+    assert new is not None and new is not old
+    assert new.ending is None and new.account_id == "acc2" and new.created_us == int(later)
+    assert [kind for kind, _ in seen] == ["destroy", "create"]
+    assert t.by_account("acc1") == [] and t.problems() == []
+    # the new call's later events (and a hang-up of its own) are its own
+    t.apply("fs1", {**ev("CHANNEL_ANSWER"), "Caller-Channel-Created-Time": later})
+    assert t.get(A) is new and new.answered
+
+
+def test_a_new_channels_state_event_under_a_hung_up_uuid_takes_the_full_path() -> None:
+    """The same, when the new channel's first event heard is a state event (the fast path
+    for a known row's state would have folded it into the hung-up row)."""
+    t = ChannelTable()
+    t.apply("fs1", with_vars("CHANNEL_CREATE", account_id="acc1"))
+    t.apply("fs1", ev("CHANNEL_HANGUP_COMPLETE", variable_billsec="3"))
+    t.apply("fs1", ev("CHANNEL_STATE", **{"Channel-State": "CS_REPORTING"}))  # its own
+    assert t.get(A).ending is not None and t.get(A).state == "CS_REPORTING"
+    later = str(CREATED_US + 1)
+    state = ev("CHANNEL_STATE", **{"Channel-State": "CS_INIT"})
+    t.apply("fs1", {**state, "Caller-Channel-Created-Time": later})
+    new = t.get(A)
+    assert new.ending is None and new.state == "CS_INIT" and new.created_us == int(later)
+    assert t.problems() == []
