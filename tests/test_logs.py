@@ -12,6 +12,7 @@ import socket
 import string
 import subprocess
 import sys
+import textwrap
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
@@ -630,3 +631,110 @@ def test_no_line_is_longer_than_the_journal_takes(
         elif len(message) > logs.MAX_MESSAGE:
             cut = len(message) - logs.MAX_MESSAGE
             assert out.splitlines()[0].endswith(f"... ({cut} more characters)")
+
+
+# -- chains of any length (outside attack) ----------------------------------------------------
+
+
+def _long_chain(n: int) -> BaseException:
+    """An exception whose __context__ chain is n long, as a retry loop that raises while
+    handling the previous attempt's error leaves it (no recursion: any stack depth)."""
+    exc: BaseException | None = None
+    for i in range(n):
+        try:
+            try:
+                if exc is not None:
+                    raise exc
+                raise KeyError("first")
+            except Exception:
+                raise ValueError(f"attempt {i}")  # noqa: B904
+        except ValueError as e:
+            exc = e
+    assert exc is not None
+    return exc
+
+
+def test_format_exception_takes_a_chain_the_interpreter_takes() -> None:
+    """traceback.format_exception walks a chain without recursion; format_exception recursed
+    once per link and raised RecursionError past ~1,000 links."""
+    import traceback
+
+    from channelsd import logs
+
+    exc = _long_chain(1500)
+    assert "attempt 1499" in "".join(traceback.format_exception(exc))
+    try:
+        text = logs.format_exception((type(exc), exc, exc.__traceback__))
+    except RecursionError as e:
+        text = repr(e)
+    assert text.rstrip().endswith("ValueError: attempt 1499"), text[-200:]
+
+
+def test_logging_such_an_exception_does_not_raise_into_the_caller() -> None:
+    """logging re-raises a formatter's RecursionError (it does not handleError() it): the
+    caller's log.error(..., exc_info=True), in an except block, itself raised."""
+    import io
+
+    from channelsd import logs
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logs.TextFormatter("%(levelname)s %(name)s %(message)s"))
+    log = logging.getLogger("channelsd.attack.chain")
+    log.addHandler(handler)
+    log.propagate = False
+    raised = None
+    try:
+        exc = _long_chain(1500)
+        try:
+            raise exc
+        except ValueError:
+            try:
+                log.error("request failed", exc_info=True)
+            except RecursionError as e:
+                raised = repr(e)  # (not re-raised here: pytest would render the whole chain)
+    finally:
+        log.removeHandler(handler)
+        log.propagate = True
+    assert raised is None, f"log.error raised {raised}"
+    assert "ValueError: attempt 1499" in stream.getvalue()
+
+
+def test_a_greenlet_failing_with_a_long_chain_is_logged() -> None:
+    """The hub path (log_greenlet_errors) in a real process: the greenlet's failure must reach
+    the log as `<greenlet> failed with ValueError` and its traceback; with the formatter's
+    RecursionError only gevent's own print of that RecursionError reached stderr."""
+    script = textwrap.dedent(
+        """
+        from gevent import monkey; monkey.patch_all()
+        import gevent, sys
+        from channelsd import logs
+        logs.log_greenlet_errors(gevent.get_hub())
+        logs.setup("info", "json")
+        def fail():
+            exc = None
+            for i in range(1500):  # a retry loop's chain, as _long_chain builds it
+                try:
+                    try:
+                        if exc is not None:
+                            raise exc
+                        raise KeyError("first")
+                    except Exception:
+                        raise ValueError(f"attempt {i}")
+                except ValueError as e:
+                    exc = e
+            raise exc
+        gevent.spawn(fail).join()
+        gevent.sleep(0.1)
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    import json
+
+    lines = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+    assert any(
+        e["logger"] == "channelsd.greenlet" and "failed with ValueError" in e["msg"] for e in lines
+    ), proc.stderr[-2000:]
+    assert "RecursionError" not in proc.stderr

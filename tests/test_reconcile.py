@@ -2,6 +2,8 @@
 
 from typing import Any
 
+import gevent
+
 from conftest import wait_until
 
 ACC = {"account_id": "acc1", "owner_id": "user1", "authorizing_id": "dev1"}
@@ -186,8 +188,6 @@ def test_a_gone_answer_removes_a_row_that_heard_its_hang_up_since_the_question(
     """An answer older than what the row heard since is dropped, but a hung-up call does not
     come back: its HANGUP_COMPLETE arriving while the reconcile's uuid_dump was on its way,
     and its DESTROY lost, left a ghost until the next reconcile (the model test, under load)."""
-    import gevent
-
     a, b = switch.bridged_call(variables_a=ACC, variables_b=ACC)
     h = make_daemon([switch])
     assert listed(h) == {a, b}
@@ -216,8 +216,6 @@ def test_a_gone_answer_removes_a_row_that_heard_its_hang_up_since_the_question(
 def test_a_gone_answer_older_than_a_live_event_keeps_the_row(switch: Any, make_daemon: Any) -> None:
     """The converse: the row heard something other than its hang-up since the question, so a
     "No such channel" (here a lie) is older than what the row knows and is dropped."""
-    import gevent
-
     a, b = switch.bridged_call(variables_a=ACC, variables_b=ACC)
     h = make_daemon([switch])
     assert listed(h) == {a, b}
@@ -249,3 +247,142 @@ def test_a_gone_answer_older_than_a_live_event_keeps_the_row(switch: Any, make_d
     result = reconciling.get(timeout=10)
     assert result.removed == 0
     assert listed(h) == {a, b}
+
+
+# Everything a hang-up fires after CHANNEL_HANGUP (the stand-in's teardown).
+AFTER_HANGUP = {
+    "CHANNEL_STATE",
+    "CHANNEL_CALLSTATE",
+    "CHANNEL_UNBRIDGE",
+    "CHANNEL_EXECUTE_COMPLETE",
+    "CHANNEL_UNPARK",
+    "CHANNEL_HANGUP_COMPLETE",
+    "CHANNEL_DESTROY",
+    "PRESENCE_IN",
+    "RECORD_STOP",
+}
+
+
+def _reconcile_while_hanging_up(switch: Any, h: Any, a: str, b: str) -> Any:
+    """Ask about a and b (as after a reconnect), hang the call up while the answers are on
+    their way, and hold what the hang-up fires after CHANNEL_HANGUP until the reconcile is
+    done: FreeSWITCH answers "No such channel" as soon as a channel is down (its read lock
+    fails), while its HANGUP_COMPLETE waits for the reporting state and the event thread."""
+    node = h.node()
+    node._unverified = True
+    node._subscribed_at = h.table.now() + 1
+    switch.reply_delay = 0.3
+    asked = len(switch.received)
+    reconciling = gevent.spawn(node.reconcile)
+    wait_until(
+        lambda: any(c.startswith("api uuid_dump") for _, c in switch.received[asked:]),
+        what="the question sent",
+    )
+    with switch.events_held(AFTER_HANGUP):
+        switch.hangup(a)
+        wait_until(
+            lambda: all(h.table.row("fs1", u).ending is not None for u in (a, b)),
+            what="the hang-ups heard",
+        )
+        return reconciling.get(timeout=10)
+
+
+def test_a_late_hangup_complete_does_not_bring_back_a_call_the_reconcile_removed(
+    switch: Any, make_daemon: Any
+) -> None:
+    """The reconcile removes a hung-up row on "No such channel" without a tombstone, so the
+    call's own HANGUP_COMPLETE, still on its way, makes it a row again: the streams hear the
+    call destroyed, created anew (a hung-up call!) and destroyed again, and the ended calls
+    hold it twice. With its DESTROY lost (the case the change is for) the ghost it meant to
+    remove is back."""
+    a, b = switch.bridged_call(variables_a=ACC, variables_b=ACC)
+    h = make_daemon([switch])
+    assert listed(h) == {a, b}
+    notices: list[tuple[str, str]] = []
+    h.table.listen(lambda kind, ch, _info: notices.append((kind, ch.uuid)))
+    _reconcile_while_hanging_up(switch, h, a, b)
+    # the held HANGUP_COMPLETE, DESTROY ... have now been sent
+    wait_until(
+        lambda: all(h.table.is_tombstoned("fs1", u) for u in (a, b)), what="the DESTROYs heard"
+    )
+    assert listed(h) == set()
+    creates = [u for kind, u in notices if kind == "create"]
+    destroys = [u for kind, u in notices if kind == "destroy"]
+    assert creates == [], f"a hung-up call created anew: {creates}"
+    assert sorted(destroys) == sorted([a, b]), f"destroyed more than once: {destroys}"
+    ended = [i["uuid"] for i in h.api.data("/v2/channels?ended=true")]
+    assert sorted(ended) == sorted([a, b]), f"ended calls: {ended}"
+
+
+def test_a_late_hangup_complete_with_its_destroy_lost_leaves_no_ghost(
+    switch: Any, make_daemon: Any
+) -> None:
+    """The change's own case (DESTROY lost), with the HANGUP_COMPLETE a little later than the
+    "No such channel": the row removed comes back from the HANGUP_COMPLETE, and stays."""
+    a, b = switch.bridged_call(variables_a=ACC, variables_b=ACC)
+    h = make_daemon([switch])
+    assert listed(h) == {a, b}
+    switch.drop_event_names = {"CHANNEL_DESTROY", "CHANNEL_STATE"}
+    switch.drop_event_fraction = 1.0
+    _reconcile_while_hanging_up(switch, h, a, b)
+    gevent.sleep(0.5)
+    assert listed(h) == set(), "the hung-up call is listed again (a ghost)"
+
+
+def test_a_gone_answer_does_not_hide_a_new_call_that_reuses_a_hung_up_uuid(
+    switch: Any, make_daemon: Any
+) -> None:
+    """A uuid is reused (a dialplan's origination_uuid on a sofia leg: CHANNEL_CREATE under
+    that uuid, no CHANNEL_UUID) after its first call hung up and that call's DESTROY was
+    lost. The new call's events fold into the old row, whose `ending` stays set: a reconcile
+    that asked before the new call existed ("No such channel", true when answered) now
+    removes the live call, since the row "heard its hang-up"."""
+    a, b = switch.bridged_call(variables_a=ACC, variables_b=ACC)
+    h = make_daemon([switch])
+    assert listed(h) == {a, b}
+    switch.drop_event_names = {"CHANNEL_DESTROY", "CHANNEL_STATE"}
+    switch.drop_event_fraction = 1.0
+    switch.hangup(a)
+    wait_until(
+        lambda: all(
+            (r := h.table.row("fs1", u)) is not None and r.ending is not None and r.ending.complete
+            for u in (a, b)
+        ),
+        what="the hang-ups heard (their DESTROYs lost)",
+    )
+    switch.drop_event_fraction = 0.0
+    # The switch answers what was true when the question reached it: a was gone then.
+    answer = switch.api.execute
+    gone_then = {a}
+
+    def as_when_asked(command: str, arg: str) -> bytes:
+        if command == "uuid_dump" and arg.split()[0] in gone_then:
+            return b"-ERR No such channel!\n"
+        return answer(command, arg)
+
+    switch.api.execute = as_when_asked
+    switch.reply_delay = 0.3
+    asked = len(switch.received)
+    reconciling = gevent.spawn(h.node().reconcile)
+    wait_until(
+        lambda: any(c == f"api uuid_dump {a} json" for _, c in switch.received[asked:]),
+        what="the question about a sent",
+    )
+    # Now a new call is created under the same uuid (FreeSWITCH lets it: the old session is
+    # gone from its hash).
+    model = switch.model
+    new_channel = model._new_channel
+    reused = [a]
+
+    def with_reused_uuid(name: str, direction: str, uid: str | None = None) -> Any:
+        return new_channel(name, direction, uid or (reused.pop() if reused else None))
+
+    model._new_channel = with_reused_uuid
+    a2, b2 = switch.bridged_call(variables_a=ACC, variables_b=ACC)
+    model._new_channel = new_channel
+    assert a2 == a
+    wait_until(lambda: {a, b2} <= listed(h), what="the new call heard")
+    reconciling.get(timeout=10)
+    gone_then.clear()
+    assert a in switch.channels  # the call is up
+    assert {a, b2} <= listed(h), "a live call hidden by the reconcile"
