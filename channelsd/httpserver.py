@@ -584,7 +584,7 @@ class Handler(WSGIHandler):
             logging.INFO,
             "bad request client=%s error=%s",
             self.conn.client,
-            mask(str(ex))[:300],
+            mask(str(ex)[:300]),  # (cut first: mask() reads all it is given)
         )
         err = ApiError(400, "bad request", {"message": "the HTTP request could not be parsed"})
         return ("400", self.server.raw(err))

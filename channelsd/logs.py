@@ -27,7 +27,9 @@ from urllib.parse import unquote_plus
 
 from channelsd.terminal.safe import BEYOND_C0, C0, json_safe
 
+# A `key=value` of a message's template, and a %-specifier in it (logging's printf style).
 _PAIR = re.compile(r"(\w+)=('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|\S+)")
+_SPECIFIER = re.compile(r"%(?:\(\w+\))?[-#0 +]*(?:\*|\d+)?(?:\.(?:\*|\d+))?[diouxXeEfFgGcrsa%]")
 
 MASK = "********"
 # A query-string key and its "=": the key may be percent-encoded (auth%5Ftoken), which
@@ -43,6 +45,7 @@ _HEADER_TOKEN = re.compile(
     r"(?i)((?:x-auth-token|authorization)\s*[:=]\s*(?:bearer\s+)?)([^\s,;\"']+)"
 )
 _SECRET_KEYS = frozenset(("auth_token", "password"))
+_SHORTEST_SECRET = min(map(len, _SECRET_KEYS))
 # What a line needs for mask() to change it: a key that decodes to a secret one holds "auth"
 # or "password" (re's case folding covers every character whose lower() is ASCII) unless it
 # is percent-encoded; both header forms hold "auth". Most lines (an action's, a request's)
@@ -98,6 +101,7 @@ def escape(text: str) -> str:
 # traceback's lines in one string: an entry over LINE_MAX bytes is written shortened
 # (JsonFormatter._shortened).
 MAX_MESSAGE = 4000
+MAX_GROUP = 15  # an ExceptionGroup's members written, as traceback writes them
 LINE_MAX = 32 * 1024
 
 
@@ -108,6 +112,31 @@ def bounded(text: str, limit: int = MAX_MESSAGE) -> str:
     return f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
+def one_line(text: str, limit: int = MAX_MESSAGE) -> str:
+    """`text` as a message is written in the text form: bounded, then masked (a few thousand
+    characters, not what a client sent: mask() is linear but not free), then escaped."""
+    return escape(mask(bounded(text, limit)))
+
+
+def message_of(record: logging.LogRecord) -> str:
+    """The record's message. A call whose arguments do not fit its template makes logging
+    print the raw record to stderr, around mask() and escape(): it is written as what it
+    was given instead."""
+    try:
+        return record.getMessage()
+    except Exception:
+        # str(), not repr(): a repr's escapes would hide a secret's key from mask().
+        args = record.args if isinstance(record.args, tuple) else (record.args,)
+        return " ".join(["unformattable log call:", *map(_text, (record.msg, *args))])
+
+
+def _text(value: Any) -> str:
+    try:
+        return str(value)
+    except Exception:
+        return f"<{type(value).__name__}>"
+
+
 def format_exception(exc_info: Any) -> str:
     """A traceback as logging writes it, with the exception's own text (its message, notes,
     the causes' messages) masked, escaped and bounded as a message is: that text may come
@@ -115,16 +144,19 @@ def format_exception(exc_info: Any) -> str:
     frame lines are the interpreter's and keep their line breaks; they are masked and bounded
     too. Masked here, piece by piece before escaping, as a message is (see TextFormatter)."""
     exc = exc_info[1]
-    if exc is None:
-        return escape(bounded(mask(str(exc_info[0]))))
+    if not isinstance(exc, BaseException):
+        return one_line(f"{exc_info[0]!r} {exc!r}")
     lines: list[str] = []
-    _exception_lines(traceback.TracebackException.from_exception(exc), lines, set())
+    try:
+        _exception_lines(traceback.TracebackException.from_exception(exc), lines, set())
+    except Exception as failed:  # (as traceback's own would: notes whose iteration raises...)
+        lines.append(one_line(f"{type(exc).__name__}: traceback not written: {failed!r}"))
     return "\n".join(lines)
 
 
 def _lines(text: str) -> str:
     """Multi-line text of the interpreter's (a stack), each line masked, escaped and bounded."""
-    return "\n".join(escape(bounded(mask(line))) for line in text.rstrip("\n").split("\n"))
+    return "\n".join(one_line(line) for line in text.rstrip("\n").split("\n"))
 
 
 _CAUSE = "The above exception was the direct cause of the following exception:"
@@ -163,10 +195,13 @@ def _exception_lines(te: traceback.TracebackException, out: list[str], seen: set
             out += (_lines(chunk) for chunk in te.stack.format())
         # (its one closing line break is the interpreter's; any other is the exception's text)
         own = "".join(te.format_exception_only()).removesuffix("\n")
-        out.append(escape(bounded(mask(own))))
-        for number, sub in enumerate(getattr(te, "exceptions", None) or (), 1):
+        out.append(one_line(own))
+        members = getattr(te, "exceptions", None) or ()
+        for number, sub in enumerate(members[:MAX_GROUP], 1):
             out.append(f"+---- sub-exception {number} ----")  # an ExceptionGroup's members
             _exception_lines(sub, out, seen)
+        if len(members) > MAX_GROUP:  # (the interpreter's own limit)
+            out.append(f"+---- ... and {len(members) - MAX_GROUP} more exceptions ----")
 
 
 def _decoded(key: str) -> str:
@@ -191,7 +226,10 @@ def _mask(text: str) -> str:
     out = []
     pos = 0
     for m in _QUERY_KEY.finditer(text):
-        if m.start() < pos or _decoded(m.group(1)) not in _SECRET_KEYS:
+        key = m.group(1)
+        # (decoding never lengthens a key: one shorter than "password" is none of them, and
+        # a run of "%=" is thousands of keys)
+        if m.start() < pos or len(key) < _SHORTEST_SECRET or _decoded(key) not in _SECRET_KEYS:
             continue
         start = m.end()
         end = _VALUE_END.search(text, start).start()
@@ -214,7 +252,7 @@ class TextFormatter(logging.Formatter):
         # is no secret one, and the token would be kept). And masked once, not again as part
         # of the line: its escapes would move where a masked value ends. The traceback is
         # multi-line where its line breaks are the interpreter's (format_exception()).
-        record.message = escape(bounded(mask(record.getMessage())))
+        record.message = one_line(message_of(record))
         if self.usesTime():
             record.asctime = self.formatTime(record, self.datefmt)
         line = self.formatMessage(record)
@@ -247,16 +285,16 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        masked = mask(record.getMessage())
-        message = _json_message(masked, MAX_MESSAGE)
+        text = message_of(record)
+        message = _json_text(mask(bounded(text)))
         entry = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": message,
         }
-        for key, value in _PAIR.findall(message):
-            entry.setdefault(key, value.strip("'\""))
+        for key, value in fields(record).items():
+            entry.setdefault(key, _json_text(value))
         if record.exc_info:
             entry["exception"] = format_exception(record.exc_info)
         # The message is not escape()d here: JSON escapes it already, and exactly, so that
@@ -265,16 +303,16 @@ class JsonFormatter(logging.Formatter):
         line = json_safe(json.dumps(entry, ensure_ascii=False))
         # (a character is at most 4 bytes: most lines are known short without encoding them)
         if len(line) * 4 > LINE_MAX and len(line.encode("utf-8", "surrogatepass")) > LINE_MAX:
-            line = self._shortened(entry, masked)
+            line = self._shortened(entry, text)
         return line
 
     @staticmethod
-    def _shortened(entry: dict[str, Any], masked: str) -> str:
+    def _shortened(entry: dict[str, Any], text: str) -> str:
         """An entry too long for one journal line: its message and traceback cut (the
         traceback's first and last 1,500 characters kept) and the pairs left in the message
         only. At most 6 bytes a character: 6 × (1,000 + 3,000) stays under LINE_MAX."""
         short = {key: entry[key] for key in ("ts", "level", "logger")}
-        short["msg"] = _json_message(masked, 1000)
+        short["msg"] = _json_text(mask(bounded(text, 1000)))
         short["cut"] = True
         exception = entry.get("exception")
         if exception is not None:
@@ -285,8 +323,43 @@ class JsonFormatter(logging.Formatter):
         return json_safe(json.dumps(short, ensure_ascii=False))
 
 
-def _json_message(masked: str, limit: int) -> str:
-    message = bounded(masked, limit)
+def fields(record: logging.LogRecord) -> dict[str, str]:
+    """A record's `key=value` pairs, as the json form adds them beside its message: the keys
+    our code wrote in the template (`node=%s ...`), each value formatted from its own
+    arguments, bounded and masked. Read from the formatted message, an argument holding outside text
+    (`x node=fs9`) added or moved a field; here it stays in the value it was given for."""
+    template, args = record.msg, record.args
+    if not isinstance(template, str):
+        return {}
+    # Which argument each specifier takes, by where it starts in the template.
+    taken: dict[int, int] = {}
+    for m in _SPECIFIER.finditer(template):
+        if m.group() != "%%":
+            if "*" in m.group():
+                return {}  # a width from the arguments: which one is whose is not worth it
+            taken[m.start()] = len(taken)
+    found: dict[str, str] = {}
+    for m in _PAIR.finditer(template):
+        key, written = m.group(1), m.group(2)
+        if key in found:
+            continue
+        value = written.strip("'\"")
+        if args:  # (logging formats a message only when it has arguments)
+            start = m.start(2) + len(written) - len(written.lstrip("'\""))
+            try:
+                if isinstance(args, tuple):
+                    specs = _SPECIFIER.finditer(value)
+                    at = [taken[start + s.start()] for s in specs if s.group() != "%%"]
+                    value = value % tuple(args[i] for i in at)
+                else:
+                    value = value % args
+            except (KeyError, IndexError, TypeError, ValueError):
+                continue
+        found[key] = mask(f"{key}={bounded(value)}")[len(key) + 1 :]
+    return found
+
+
+def _json_text(message: str) -> str:
     if not message.isascii() and _SURROGATE.search(message) is not None:
         # No JSON text carries a lone surrogate as itself: a high one before a low one would
         # be read back as the one character the two spell. Such a message (none from the

@@ -738,3 +738,83 @@ def test_a_greenlet_failing_with_a_long_chain_is_logged() -> None:
         e["logger"] == "channelsd.greenlet" and "failed with ValueError" in e["msg"] for e in lines
     ), proc.stderr[-2000:]
     assert "RecursionError" not in proc.stderr
+
+
+# -- the json form's fields are the template's --------------------------------------------------
+
+
+@given(st.lists(_TEXT, min_size=2, max_size=2))
+@settings(max_examples=200, derandomize=True, deadline=None)
+def test_an_argument_adds_no_json_field_and_moves_none(values: list[str]) -> None:
+    """The fields beside a json line's message were read from the formatted message: an
+    argument holding `node=fs9` (a header value, a client's path) added a `node` field, or
+    took a field's place when it came first. They are the template's keys, each with its own
+    argument, masked (outside attack)."""
+    hostile = values[0] + " node=fs9 error=forged auth_token=tok-0123456789 x"
+    with journal("json") as stream:
+        logging.getLogger("channelsd.test").warning(
+            "bad request client=%s error=%s state='%s' kind=literal", hostile, values[1], 5
+        )
+    entry = json.loads(stream.getvalue())
+    fields = set(entry) - {"ts", "level", "logger", "msg"}
+    assert fields == {"client", "error", "state", "kind"}
+    assert entry["client"] == logs.bounded(mask("client=" + hostile))[len("client=") :]
+    assert "tok-0123456789" not in entry["client"]
+    assert entry["error"] == mask("error=" + values[1])[len("error=") :]
+    assert (entry["state"], entry["kind"]) == ("5", "literal")
+
+
+def test_the_fields_of_templates_of_every_shape() -> None:
+    def record(msg: str, args: Any) -> logging.LogRecord:
+        return logging.LogRecord("channelsd.test", logging.INFO, "", 0, msg, args, None)
+
+    assert logs.fields(record("n=%d%% of=%s", (5, "x y"))) == {"n": "5%", "of": "x y"}
+    assert logs.fields(record("a=%(a)s b=%(b)r", ({"a": 1, "b": "z"},))) == {"a": "1", "b": "'z'"}
+    assert logs.fields(record("plain=100%% x=%s", ())) == {"plain": "100%%", "x": "%s"}
+    assert logs.fields(record("w=%*d", (3, 7))) == {}  # a width from the arguments
+    assert logs.fields(record("bad=%s", ())) == {"bad": "%s"}
+    assert logs.fields(record("bad=%d", ("x",))) == {}  # logging itself would fail on it
+    assert logs.fields(record("password=%s", ("hunter2",))) == {"password": logs.MASK}
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_log_call_whose_arguments_do_not_fit_is_one_safe_line(
+    fmt: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """logging prints a record it cannot format to stderr ("--- Logging error ---"), with its
+    raw arguments: around mask() and escape(). It is written as what it was given."""
+    with journal(fmt) as stream:
+        logging.getLogger("channelsd.test").warning("n=%d", "x\nauth_token=tok-0123456789")
+    out = stream.getvalue()
+    assert out.count("\n") == 1 and "unformattable log call" in out
+    assert "tok-0123456789" not in out
+    assert "Logging error" not in capsys.readouterr().err
+
+
+def test_a_big_exception_group_is_written_as_the_interpreter_bounds_it() -> None:
+    group = ExceptionGroup("many", [ValueError(str(i)) for i in range(40)])
+    shown = logs.format_exception(_raised(group))
+    assert shown.count("+---- sub-exception") == logs.MAX_GROUP
+    assert shown.endswith("+---- ... and 25 more exceptions ----")
+
+
+def test_a_traceback_that_cannot_be_written_is_named_not_raised(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """logging re-raises what a formatter raises into the caller of log.exception(); a
+    traceback that cannot be formatted is named instead (and exc_info that is no exception,
+    which traceback itself refuses, is written as given)."""
+
+    def fails(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("cannot\nFORGED")
+
+    monkeypatch.setattr(traceback.TracebackException, "from_exception", fails)
+    for fmt in ("text", "json"):
+        with journal(fmt) as stream:
+            try:
+                raise ValueError("x")
+            except ValueError:
+                logging.getLogger("channelsd.test").exception("failed")
+        out = stream.getvalue()
+        assert "ValueError: traceback not written" in out and "\nFORGED" not in out, out
+    assert logs.format_exception((ValueError, "a\nb", None)) == r"<class 'ValueError'> 'a\\nb'"
