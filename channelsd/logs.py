@@ -353,8 +353,8 @@ def fields(record: logging.LogRecord) -> dict[str, str]:
                     value = value % tuple(args[i] for i in at)
                 else:
                     value = value % args
-            except (KeyError, IndexError, TypeError, ValueError):
-                continue
+            except Exception:  # (what logging's own formatting would fail on: %d of an
+                continue  # infinity raises OverflowError, an argument's __str__ anything)
         found[key] = mask(f"{key}={bounded(value)}")[len(key) + 1 :]
     return found
 
