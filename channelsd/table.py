@@ -242,6 +242,12 @@ def _reused(ch: Channel, event: Event) -> bool:
     return ch.created_known and created is not None and created > ch.created_us
 
 
+def _older(ch: Channel, event: Event) -> bool:
+    """Whether `event` is of a channel created before `ch` under the same uuid."""
+    created = whole_number(event.get("Caller-Channel-Created-Time"))
+    return created is not None and 0 < created < ch.created_us
+
+
 class Identity:
     """Which event headers give account, owner, device, … (spec §2 identity mapping)."""
 
@@ -678,6 +684,11 @@ class ChannelTable:
                 return
             del self._tombstones[key]  # expired, or a new channel with the same uuid
         ch = self._rows.get(key)
+        if ch is not None and ch.created_known and _older(ch, event):
+            # A late event of a channel created before this one under the same uuid: the old
+            # call's DESTROY (FreeSWITCH frees the uuid before it fires it) or HANGUP_COMPLETE,
+            # heard after the new call's events. Folded in, it would end the live new call.
+            return
         if ch is not None and ch.ending is not None and _reused(ch, event):
             # A new channel under a hung-up one's uuid (a dialplan's origination_uuid) whose
             # DESTROY was lost: that one is gone, and its ending must not stay on the new
