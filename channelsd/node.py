@@ -23,6 +23,7 @@ import gevent
 import gevent.event
 
 from channelsd import turns
+from channelsd.channel import Channel
 from channelsd.config import NodeConfig, SyncConfig
 from channelsd.esl import ConnectionLost, ESLConnection, ESLError
 from channelsd.eventpick import TableReader
@@ -70,6 +71,9 @@ _EVENT_NAME = itemgetter("Event-Name")
 
 # uuid_dumps written at once in a reconcile (two batches are out at a time).
 HYDRATE_BATCH = 16
+# How long a hung-up channel's last events may take after its HANGUP (the captures: 80 ms at
+# most), before a reconcile's "No such channel" removes its row without them.
+TEARDOWN = 5.0
 # A count can differ for one beat while a call is being set up or torn down.
 DRIFT_BEATS = 2
 
@@ -398,16 +402,16 @@ class NodeLink:
 
         Nothing is ever taken as gone for its absence. A row in doubt is asked about with
         `uuid_dump`, which reads the live session: "No such channel" removes it (without a
-        tombstone, but for a row that heard its hang-up: its late events must not bring it
-        back; otherwise only a DESTROY from the switch makes one), an answer refreshes it, and an
-        answer older than what the row has heard since the question is dropped (but for a
-        "gone" after the row heard its hang-up: a hung-up call does not come back). In doubt are
-        rows not heard of since the last reconnect (events were lost meanwhile) and rows whose
-        variables were never heard (their account is unknown, not absent): they are asked
-        about first, so that neither a slow nor a failing listing keeps them in doubt. Then the
-        listing (`show channels`, FreeSWITCH's SQL view, which lags) says what to add and which
-        known rows it omits, and those are asked about too. A failed listing raises
-        ReconcileUnknown once the rows in doubt have been asked about."""
+        tombstone, but for a row that heard its hang-up: see _gone(); otherwise only a DESTROY
+        from the switch makes one), an answer refreshes it, and an answer older than what the
+        row has heard since the question is dropped (but for a "gone" after the row heard its
+        hang-up: a hung-up call does not come back). In doubt are rows not heard of since the
+        last reconnect (events were lost meanwhile) and rows whose variables were never heard
+        (their account is unknown, not absent): they are asked about first, so that neither a
+        slow nor a failing listing keeps them in doubt. Then the listing (`show channels`,
+        FreeSWITCH's SQL view, which lags) says what to add and which known rows it omits, and
+        those are asked about too. A failed listing raises ReconcileUnknown once the rows in
+        doubt have been asked about."""
         conn = self._commands
         if conn is None or not conn.alive:
             raise NodeUnavailable(self.name)
@@ -503,19 +507,13 @@ class NodeLink:
             row = self.table.row(self.name, uuid)
             # Heard of since the question was sent: an event (or a uuid_setvar's API event)
             # newer than this answer, which would turn the row back. Except a "gone" for a row
-            # that has heard its hang-up: nothing brings a hung-up channel back, and when its
-            # DESTROY was lost nothing else would remove it before the next reconcile.
+            # that has heard its hang-up: nothing brings a hung-up channel back (_gone()).
             heard_since = row is not None and row.last_seen >= asked_at
             if heard_since and row.ending is None:
                 continue
             data = self._answer(uuid, body)
             if data is _GONE:
-                # A row that heard its hang-up is tombstoned: its own HANGUP_COMPLETE, often
-                # still on its way (FreeSWITCH says "No such channel" once a channel is down),
-                # would otherwise make it a row again, and its DESTROY a second one. (A new
-                # call reusing the uuid, created later, is not held back by the tombstone.)
-                hung_up = row is not None and row.ending is not None
-                if self.table.remove(self.name, uuid, tombstone=hung_up):
+                if self._gone(uuid, row, asked_at):
                     counts["removed"] += 1
             elif data is None or heard_since:
                 continue
@@ -530,6 +528,22 @@ class NodeLink:
                 raise NodeUnavailable(f"{self.name}: {reason}")
             elif self.table.hydrate(self.name, data) is not None:
                 counts["refreshed" if was_known else "added"] += 1
+
+    def _gone(self, uuid: str, row: Channel | None, asked_at: float) -> bool:
+        """ "No such channel" about `uuid`: remove its row, unless it is tearing down. True when
+        a row was removed.
+
+        FreeSWITCH answers "No such channel" once a channel is down, and its HANGUP_COMPLETE,
+        which carries how the call ended (billing seconds, disposition, quality), comes 20 to
+        80 ms after its HANGUP (the captures): a row that heard its HANGUP but not that, lately,
+        is left to its own events, or its ended call would be recorded without them. A later
+        reconcile removes it if they were lost. A row that heard its hang-up is removed with a
+        tombstone: its own late events must not make it a row again (a new call reusing the
+        uuid, created later, is not held back by it)."""
+        ending = row.ending if row is not None else None
+        if ending is not None and not ending.complete and row.last_seen > asked_at - TEARDOWN:
+            return False
+        return self.table.remove(self.name, uuid, tombstone=ending is not None) is not None
 
     def _answer(self, uuid: str, body: bytes) -> Any:
         """A uuid_dump's answer: the channel's variables, _GONE, or None when unknown."""
