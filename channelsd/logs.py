@@ -27,8 +27,9 @@ from urllib.parse import unquote_plus
 
 from channelsd.terminal.safe import BEYOND_C0, C0, json_safe
 
-# A `key=value` of a message's template, and a %-specifier in it (logging's printf style).
-_PAIR = re.compile(r"(\w+)=('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|\S+)")
+# A `key=value` of a message's template, the key after a space or at the start (the end of
+# `X-Auth-Token=` is no key of its own), and a %-specifier (logging's printf style).
+_PAIR = re.compile(r"(?<!\S)(\w+)=('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|\S+)")
 _SPECIFIER = re.compile(r"%(?:\(\w+\))?[-#0 +]*(?:\*|\d+)?(?:\.(?:\*|\d+))?[diouxXeEfFgGcrsa%]")
 
 MASK = "********"
@@ -44,7 +45,10 @@ _VALUE_END = re.compile(r"[\s&;\"'<>]|$")
 _HEADER_TOKEN = re.compile(
     r"(?i)((?:x-auth-token|authorization)\s*[:=]\s*(?:bearer\s+)?)([^\s,;\"']+)"
 )
-_SECRET_KEYS = frozenset(("auth_token", "password"))
+# A key that ends as one of these, decoded: a repr's escape before it (`'x\\nauth_token=…'`,
+# a %r of text from outside) joins the key's run of characters, and a longer key with a
+# secret's name (`db_password`) is as secret.
+_SECRET_KEYS = ("auth_token", "password")
 _SHORTEST_SECRET = min(map(len, _SECRET_KEYS))
 # What a line needs for mask() to change it: a key that decodes to a secret one holds "auth"
 # or "password" (re's case folding covers every character whose lower() is ASCII) unless it
@@ -229,7 +233,9 @@ def _mask(text: str) -> str:
         key = m.group(1)
         # (decoding never lengthens a key: one shorter than "password" is none of them, and
         # a run of "%=" is thousands of keys)
-        if m.start() < pos or len(key) < _SHORTEST_SECRET or _decoded(key) not in _SECRET_KEYS:
+        if m.start() < pos or len(key) < _SHORTEST_SECRET:
+            continue
+        if not _decoded(key).endswith(_SECRET_KEYS):
             continue
         start = m.end()
         end = _VALUE_END.search(text, start).start()

@@ -818,3 +818,66 @@ def test_a_traceback_that_cannot_be_written_is_named_not_raised(
         out = stream.getvalue()
         assert "ValueError: traceback not written" in out and "\nFORGED" not in out, out
     assert logs.format_exception((ValueError, "a\nb", None)) == r"<class 'ValueError'> 'a\\nb'"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("auth_token=tok-0123456789", float("inf")), ("auth_token=tok-0123456789", 2**64)],
+    ids=["inf", "big"],
+)
+def test_a_json_field_that_percent_cannot_format_is_one_safe_line(
+    args: tuple[Any, ...], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`%d` of an infinity (and `%c` of a code point past U+10FFFF) raises OverflowError,
+    which fields() does not catch (only KeyError, IndexError, TypeError, ValueError): the
+    json formatter raises, and logging's handleError prints "--- Logging error ---", a
+    traceback and the record's raw arguments to stderr (the journal), around mask() and
+    escape(): the token is written as it was given. (The text form writes one line.)"""
+    template = "node=%s took=%d" if isinstance(args[1], float) else "node=%s char=%c"
+    with journal("json") as stream:
+        logging.getLogger("channelsd.test").warning(template, *args)
+    err = capsys.readouterr().err
+    out = stream.getvalue()
+    assert "Logging error" not in err and "tok-0123456789" not in err
+    assert out.count("\n") == 1 and "tok-0123456789" not in out
+
+
+class Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
+def test_a_json_field_whose_argument_str_raises_is_one_safe_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """message_of() catches any exception of an argument's __str__ ("unformattable log
+    call"); fields() formats the same argument again and lets a RuntimeError through."""
+    with journal("json") as stream:
+        logging.getLogger("channelsd.test").warning("x=%s y=%s", Unprintable(), "auth_token=t-99")
+    assert "Logging error" not in capsys.readouterr().err
+    assert stream.getvalue().count("\n") == 1 and "t-99" not in stream.getvalue()
+
+
+def test_a_secret_in_a_repr_or_under_a_longer_key_is_masked() -> None:
+    """A %r of text from outside writes its line break as `\\n`, which joined the key's run
+    of characters (`x\\nauth_token`): the token was written (outside attack, round 2)."""
+    secret = "tok-0123456789"
+    for line in (
+        repr(f"x\nauth_token={secret}"),
+        repr(f"\x1bpassword={secret}"),
+        f"db_password={secret}",
+        f"?my.auth%5Ftoken={secret}",
+    ):
+        assert secret not in mask(line), line
+        for fmt in ("text", "json"):
+            with journal(fmt) as stream:
+                logging.getLogger("channelsd.test").warning("reason=%r", line)
+            assert secret not in stream.getvalue()
+
+
+def test_a_hyphenated_template_key_is_no_json_field_of_its_end() -> None:
+    record = logging.LogRecord(
+        "channelsd.test", logging.INFO, "", 0, "X-Auth-Token=%s node=%s", ("tok-1", "fs1"), None
+    )
+    assert logs.fields(record) == {"node": "fs1"}
+    assert "tok-1" not in JsonFormatter().format(record)
