@@ -438,20 +438,21 @@ def test_a_new_channel_under_a_hung_up_uuid_whose_destroy_was_lost_is_a_new_row(
     assert t.get(A) is new and new.answered
 
 
-def test_a_new_channels_state_event_under_a_hung_up_uuid_takes_the_full_path() -> None:
-    """The same, when the new channel's first event heard is a state event (the fast path
-    for a known row's state would have folded it into the hung-up row)."""
+def test_a_reconciles_dump_of_a_new_channel_under_a_hung_up_uuid_is_a_new_row() -> None:
+    """A new channel is recognised by what a channel starts with: its CHANNEL_CREATE, which
+    FreeSWITCH fires first for every session, or a reconcile's dump (after events were lost,
+    the CREATE among them). Not by every event of a hung-up row: reading each one's creation
+    time cost ~3 % of the ingest's instructions."""
     t = ChannelTable()
     t.apply("fs1", with_vars("CHANNEL_CREATE", account_id="acc1"))
     t.apply("fs1", ev("CHANNEL_HANGUP_COMPLETE", variable_billsec="3"))
     t.apply("fs1", ev("CHANNEL_STATE", **{"Channel-State": "CS_REPORTING"}))  # its own
     assert t.get(A).ending is not None and t.get(A).state == "CS_REPORTING"
     later = str(CREATED_US + 1)
-    state = ev("CHANNEL_STATE", **{"Channel-State": "CS_INIT"})
-    t.apply("fs1", {**state, "Caller-Channel-Created-Time": later})
-    new = t.get(A)
-    assert new.ending is None and new.state == "CS_INIT" and new.created_us == int(later)
-    assert t.problems() == []
+    dump = {**with_vars("CHANNEL_DATA", account_id="acc2"), "Caller-Channel-Created-Time": later}
+    new = t.hydrate("fs1", dump)
+    assert new is not None and new.ending is None and new.created_us == int(later)
+    assert new.account_id == "acc2" and t.by_account("acc1") == [] and t.problems() == []
 
 
 # -- a uuid reused: the old call's late events against the new call (outside attack) -----------
