@@ -241,6 +241,11 @@ def _final(state: Any) -> bool:
 # under a hung-up row's uuid (a creation time read for every event of a hung-up row was ~3 %
 # of the ingest's instructions: a hang-up is followed by a dozen events).
 _STARTING_EVENTS = frozenset(("CHANNEL_CREATE", "CHANNEL_DATA"))
+# A channel's ending events (CHANNEL_STATE reaches the full path of a known row only with
+# CS_DESTROY): asked whether they are of an older channel under the row's uuid.
+_ENDING_OR_GONE = frozenset(
+    ("CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE", "CHANNEL_DESTROY", "CHANNEL_STATE")
+)
 
 
 def _reused(ch: Channel, event: Event) -> bool:
@@ -686,12 +691,23 @@ class ChannelTable:
             else:
                 created = whole_number(event.get("Caller-Channel-Created-Time"))
                 if not created or created <= tomb[1]:
-                    return  # a late event of the channel destroyed
+                    # a late event of the channel destroyed -- unless it is of the row now
+                    # under the uuid (a live call renamed onto it, created before that one)
+                    live = self._rows.get(key)
+                    if live is None or not live.created_known or live.created_us != created:
+                        return
                 # A new channel under the same uuid (a dialplan's origination_uuid). The
                 # tombstone stays for the old one's late events until it expires: its DESTROY
                 # (FreeSWITCH frees the uuid before it fires it) or HANGUP_COMPLETE, heard after
                 # the new call's events, would end the live new call.
         ch = self._rows.get(key)
+        if ch is not None and ch.created_known and name in _ENDING_OR_GONE:
+            # A late end of a channel created before this one under the same uuid, when no
+            # tombstone stands for it (pushed out by the cap, or the row replaced by a rename):
+            # folded in, it would end or remove the live call. Asked of a few events a call.
+            older = whole_number(event.get("Caller-Channel-Created-Time"))
+            if older is not None and 0 < older < ch.created_us:
+                return
         if (
             ch is not None
             and ch.ending is not None
@@ -788,6 +804,9 @@ class ChannelTable:
             now = self._clock()
             # (a destroy for a channel never heard of: any channel created before now)
             created = ch.created_us if ch is not None else int(time.time() * 1_000_000)
+            held = self._tombstones.get(key)
+            if held is not None and held[0] > now and held[1] > created:
+                created = held[1]  # a later channel's tombstone still stands for its events
             self._tombstones[key] = (now + self.tombstone_ttl, created)
             self._tombstones.move_to_end(key)
             self._prune_tombstones(now)
