@@ -241,11 +241,6 @@ def _final(state: Any) -> bool:
 # under a hung-up row's uuid (a creation time read for every event of a hung-up row was ~3 %
 # of the ingest's instructions: a hang-up is followed by a dozen events).
 _STARTING_EVENTS = frozenset(("CHANNEL_CREATE", "CHANNEL_DATA"))
-# A channel's ending events (CHANNEL_STATE reaches the full path of a known row only with
-# CS_DESTROY): asked whether they are of an older channel under the row's uuid.
-_ENDING_OR_GONE = frozenset(
-    ("CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE", "CHANNEL_DESTROY", "CHANNEL_STATE")
-)
 
 
 def _reused(ch: Channel, event: Event) -> bool:
@@ -701,13 +696,6 @@ class ChannelTable:
                 # (FreeSWITCH frees the uuid before it fires it) or HANGUP_COMPLETE, heard after
                 # the new call's events, would end the live new call.
         ch = self._rows.get(key)
-        if ch is not None and ch.created_known and name in _ENDING_OR_GONE:
-            # A late end of a channel created before this one under the same uuid, when no
-            # tombstone stands for it (pushed out by the cap, or the row replaced by a rename):
-            # folded in, it would end or remove the live call. Asked of a few events a call.
-            older = whole_number(event.get("Caller-Channel-Created-Time"))
-            if older is not None and 0 < older < ch.created_us:
-                return
         if (
             ch is not None
             and ch.ending is not None
@@ -1059,8 +1047,19 @@ class ChannelTable:
         if ch is None:
             return False
         # A row already under the new uuid is the same leg heard of before the rename (events
-        # reordered): the renamed row, which knows more, replaces it everywhere.
-        self.remove(node, new, tombstone=False)
+        # reordered): the renamed row, which knows more, replaces it everywhere. Unless it is
+        # another channel that hung up there (created at another time; FreeSWITCH frees a
+        # uuid before it fires its DESTROY): its late events must not end the renamed call,
+        # so it leaves a tombstone, which the renamed row's own events pass.
+        there = self._rows.get((node, new))
+        other = (
+            there is not None
+            and there.ending is not None
+            and there.created_known
+            and ch.created_known
+            and there.created_us != ch.created_us
+        )
+        self.remove(node, new, tombstone=other)
         self._forget(ch)
         self._notify("destroy", ch, None)  # streams saw it under its old uuid: that one is gone
         ch.rename(new)
