@@ -13,6 +13,46 @@ def listed(h: Any, tok: str = "super") -> set[str]:
     return {i["uuid"] for i in h.api.data("/v2/channels", tok)}
 
 
+def _call_listed(switch: Any, make_daemon: Any) -> tuple[Any, str, str]:
+    """A bridged call up, and a daemon that lists both its legs."""
+    a, b = switch.bridged_call(variables_a=ACC, variables_b=ACC)
+    h = make_daemon([switch])
+    assert listed(h) == {a, b}
+    return h, a, b
+
+
+def _reconcile_asking(switch: Any, h: Any, about: str | None = None) -> Any:
+    """A reconcile started, its answers held back 0.3 s, once its first `uuid_dump` (or the
+    one about `about`) was sent. Without `about`, every row is asked about, as after a
+    reconnect; with it, what the listing omits."""
+    node = h.node()
+    if about is None:
+        node._unverified = True
+        node._subscribed_at = h.table.now() + 1
+    switch.reply_delay = 0.3
+    asked = len(switch.received)
+    reconciling = gevent.spawn(node.reconcile)
+    wanted = "api uuid_dump " + (f"{about} json" if about else "")
+    wait_until(
+        lambda: any(c.startswith(wanted) for _, c in switch.received[asked:]),
+        what="the question sent",
+    )
+    return reconciling
+
+
+def _dumps_say_gone(switch: Any, uuids: set[str] | None = None) -> None:
+    """The switch answers "No such channel" to a uuid_dump of `uuids` (of any, if None), as
+    it does for a channel already gone or, here, lies."""
+    answer = switch.api.execute
+
+    def gone(command: str, arg: str) -> bytes:
+        if command == "uuid_dump" and (uuids is None or arg.split()[0] in uuids):
+            return b"-ERR No such channel!\n"
+        return answer(command, arg)
+
+    switch.api.execute = gone
+
+
 def test_calls_up_before_the_daemon_started_are_listed_with_identity(
     switch: Any, make_daemon: Any
 ) -> None:
@@ -188,21 +228,10 @@ def test_a_gone_answer_removes_a_row_that_heard_its_hang_up_since_the_question(
     """An answer older than what the row heard since is dropped, but a hung-up call does not
     come back: its HANGUP_COMPLETE arriving while the reconcile's uuid_dump was on its way,
     and its DESTROY lost, left a ghost until the next reconcile (the model test, under load)."""
-    a, b = switch.bridged_call(variables_a=ACC, variables_b=ACC)
-    h = make_daemon([switch])
-    assert listed(h) == {a, b}
-    node = h.node()
-    node._unverified = True  # as after a reconnect: every row is asked about again
-    node._subscribed_at = h.table.now() + 1
+    h, a, b = _call_listed(switch, make_daemon)
     switch.drop_event_names = {"CHANNEL_DESTROY", "CHANNEL_STATE"}
     switch.drop_event_fraction = 1.0
-    switch.reply_delay = 0.3
-    asked = len(switch.received)
-    reconciling = gevent.spawn(node.reconcile)
-    wait_until(
-        lambda: any(c.startswith("api uuid_dump") for _, c in switch.received[asked:]),
-        what="the question sent",
-    )
+    reconciling = _reconcile_asking(switch, h)
     switch.hangup(a)  # during the answer's delay: the answer will be "No such channel"
     wait_until(
         lambda: all(h.table.row("fs1", u).ending is not None for u in (a, b)),
@@ -216,27 +245,9 @@ def test_a_gone_answer_removes_a_row_that_heard_its_hang_up_since_the_question(
 def test_a_gone_answer_older_than_a_live_event_keeps_the_row(switch: Any, make_daemon: Any) -> None:
     """The converse: the row heard something other than its hang-up since the question, so a
     "No such channel" (here a lie) is older than what the row knows and is dropped."""
-    a, b = switch.bridged_call(variables_a=ACC, variables_b=ACC)
-    h = make_daemon([switch])
-    assert listed(h) == {a, b}
-    node = h.node()
-    node._unverified = True
-    node._subscribed_at = h.table.now() + 1
-    answer = switch.api.execute
-
-    def lying(command: str, arg: str) -> bytes:
-        if command == "uuid_dump":
-            return b"-ERR No such channel!\n"
-        return answer(command, arg)
-
-    switch.api.execute = lying
-    switch.reply_delay = 0.3
-    asked = len(switch.received)
-    reconciling = gevent.spawn(node.reconcile)
-    wait_until(
-        lambda: any(c.startswith("api uuid_dump") for _, c in switch.received[asked:]),
-        what="the question sent",
-    )
+    h, a, b = _call_listed(switch, make_daemon)
+    _dumps_say_gone(switch)
+    reconciling = _reconcile_asking(switch, h)
     before = {u: h.table.row("fs1", u).last_seen for u in (a, b)}
     for u in (a, b):
         switch.set_variable(u, "account_id", "acc1")  # (heard: an identity variable)
@@ -268,16 +279,7 @@ def _reconcile_while_hanging_up(switch: Any, h: Any, a: str, b: str) -> Any:
     their way, and hold what the hang-up fires after CHANNEL_HANGUP until the reconcile is
     done: FreeSWITCH answers "No such channel" as soon as a channel is down (its read lock
     fails), while its HANGUP_COMPLETE waits for the reporting state and the event thread."""
-    node = h.node()
-    node._unverified = True
-    node._subscribed_at = h.table.now() + 1
-    switch.reply_delay = 0.3
-    asked = len(switch.received)
-    reconciling = gevent.spawn(node.reconcile)
-    wait_until(
-        lambda: any(c.startswith("api uuid_dump") for _, c in switch.received[asked:]),
-        what="the question sent",
-    )
+    reconciling = _reconcile_asking(switch, h)
     with switch.events_held(AFTER_HANGUP):
         switch.hangup(a)
         wait_until(
@@ -295,9 +297,7 @@ def test_a_late_hangup_complete_does_not_bring_back_a_call_the_reconcile_removed
     call destroyed, created anew (a hung-up call!) and destroyed again, and the ended calls
     hold it twice. With its DESTROY lost (the case the change is for) the ghost it meant to
     remove is back."""
-    a, b = switch.bridged_call(variables_a=ACC, variables_b=ACC)
-    h = make_daemon([switch])
-    assert listed(h) == {a, b}
+    h, a, b = _call_listed(switch, make_daemon)
     notices: list[tuple[str, str]] = []
     h.table.listen(lambda kind, ch, _info: notices.append((kind, ch.uuid)))
     _reconcile_while_hanging_up(switch, h, a, b)
@@ -321,9 +321,7 @@ def test_a_call_tearing_down_is_left_to_its_own_events_and_ends_complete(
     comes 20 to 80 ms after its HANGUP (the captures). Removed (and tombstoned) on that
     answer, the row's HANGUP_COMPLETE was dropped and the ended call recorded without how
     it ended (outside attack): a row tearing down is left to its own events."""
-    a, b = switch.bridged_call(variables_a=ACC, variables_b=ACC)
-    h = make_daemon([switch])
-    assert listed(h) == {a, b}
+    h, a, b = _call_listed(switch, make_daemon)
     result = _reconcile_while_hanging_up(switch, h, a, b)
     assert result.removed == 0  # (the teardown's events were held until now)
     wait_until(lambda: listed(h) == set(), what="the call's own events end it")
@@ -337,9 +335,7 @@ def test_a_teardown_whose_last_events_were_lost_goes_at_a_later_reconcile(
 ) -> None:
     """The same with the DESTROY lost: the row heard its HANGUP_COMPLETE, and the next
     reconcile's "No such channel" removes it."""
-    a, b = switch.bridged_call(variables_a=ACC, variables_b=ACC)
-    h = make_daemon([switch])
-    assert listed(h) == {a, b}
+    h, a, b = _call_listed(switch, make_daemon)
     switch.drop_event_names = {"CHANNEL_DESTROY", "CHANNEL_STATE"}
     switch.drop_event_fraction = 1.0
     _reconcile_while_hanging_up(switch, h, a, b)
@@ -359,9 +355,7 @@ def test_a_hung_up_row_silent_past_its_teardown_goes_on_a_gone_answer(
     passed, "No such channel" removes it (tombstoned: a late event does not bring it back)."""
     from channelsd import node as node_module
 
-    a, b = switch.bridged_call(variables_a=ACC, variables_b=ACC)
-    h = make_daemon([switch])
-    assert listed(h) == {a, b}
+    h, a, b = _call_listed(switch, make_daemon)
     with switch.events_held(AFTER_HANGUP):
         switch.hangup(a)
         wait_until(
@@ -384,9 +378,7 @@ def test_a_gone_answer_does_not_hide_a_new_call_that_reuses_a_hung_up_uuid(
     lost. The new call's events fold into the old row, whose `ending` stays set: a reconcile
     that asked before the new call existed ("No such channel", true when answered) now
     removes the live call, since the row "heard its hang-up"."""
-    a, b = switch.bridged_call(variables_a=ACC, variables_b=ACC)
-    h = make_daemon([switch])
-    assert listed(h) == {a, b}
+    h, a, b = _call_listed(switch, make_daemon)
     switch.drop_event_names = {"CHANNEL_DESTROY", "CHANNEL_STATE"}
     switch.drop_event_fraction = 1.0
     switch.hangup(a)
@@ -399,22 +391,9 @@ def test_a_gone_answer_does_not_hide_a_new_call_that_reuses_a_hung_up_uuid(
     )
     switch.drop_event_fraction = 0.0
     # The switch answers what was true when the question reached it: a was gone then.
-    answer = switch.api.execute
     gone_then = {a}
-
-    def as_when_asked(command: str, arg: str) -> bytes:
-        if command == "uuid_dump" and arg.split()[0] in gone_then:
-            return b"-ERR No such channel!\n"
-        return answer(command, arg)
-
-    switch.api.execute = as_when_asked
-    switch.reply_delay = 0.3
-    asked = len(switch.received)
-    reconciling = gevent.spawn(h.node().reconcile)
-    wait_until(
-        lambda: any(c == f"api uuid_dump {a} json" for _, c in switch.received[asked:]),
-        what="the question about a sent",
-    )
+    _dumps_say_gone(switch, gone_then)
+    reconciling = _reconcile_asking(switch, h, about=a)
     # Now a new call is created under the same uuid (FreeSWITCH lets it: the old session is
     # gone from its hash).
     model = switch.model
