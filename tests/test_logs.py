@@ -2,6 +2,7 @@
 client (for fail2ban), believing X-Forwarded-For only from configured proxies."""
 
 import contextlib
+import inspect
 import io
 import json
 import logging
@@ -712,22 +713,13 @@ def test_a_greenlet_failing_with_a_long_chain_is_logged() -> None:
         logs.log_greenlet_errors(gevent.get_hub())
         logs.setup("info", "json")
         def fail():
-            exc = None
-            for i in range(1500):  # a retry loop's chain, as _long_chain builds it
-                try:
-                    try:
-                        if exc is not None:
-                            raise exc
-                        raise KeyError("first")
-                    except Exception:
-                        raise ValueError(f"attempt {i}")
-                except ValueError as e:
-                    exc = e
-            raise exc
+            raise _long_chain(1500)
         gevent.spawn(fail).join()
         gevent.sleep(0.1)
         """
     )
+    # (_long_chain's own source, so that the process builds the same chain)
+    script = "from __future__ import annotations\n" + inspect.getsource(_long_chain) + script
     proc = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
     )
