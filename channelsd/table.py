@@ -584,10 +584,16 @@ class ChannelTable:
     def is_tombstoned(self, node: str, uuid: str, created_us: int | None = None) -> bool:
         """Destroyed lately: its late events must not bring it back. A channel created after
         the destroyed one (`created_us`) is another channel reusing the uuid, not a late event."""
-        tomb = self._tombstones.get((node, uuid))
+        key = (node, uuid)
+        tomb = self._tombstones.get(key)
         if tomb is None or tomb[0] <= self._clock():
             return False
-        return created_us is None or created_us <= tomb[1]
+        if created_us is not None and created_us > tomb[1]:
+            return False
+        # Not newer: a late event of the destroyed one, unless it is of the row now under the
+        # uuid (a live call renamed onto it, created before the destroyed one).
+        live = self._rows.get(key)
+        return live is None or not live.created_known or live.created_us != created_us
 
     def problems(self) -> list[str]:
         """Where the indices disagree with the rows (empty when the table is sound): what the
@@ -680,21 +686,15 @@ class ChannelTable:
                 renamed = self._rename(node, old, uuid)
         key = (node, uuid)
         if key in self._tombstones:  # (`in`, not get(): most events meet none)
-            tomb = self._tombstones[key]
-            if tomb[0] <= self._clock():
+            created = whole_number(event.get("Caller-Channel-Created-Time"))
+            if self.is_tombstoned(node, uuid, created or None):
+                return  # a late event of the channel destroyed
+            if self._tombstones[key][0] <= self._clock():
                 del self._tombstones[key]
-            else:
-                created = whole_number(event.get("Caller-Channel-Created-Time"))
-                if not created or created <= tomb[1]:
-                    # a late event of the channel destroyed -- unless it is of the row now
-                    # under the uuid (a live call renamed onto it, created before that one)
-                    live = self._rows.get(key)
-                    if live is None or not live.created_known or live.created_us != created:
-                        return
-                # A new channel under the same uuid (a dialplan's origination_uuid). The
-                # tombstone stays for the old one's late events until it expires: its DESTROY
-                # (FreeSWITCH frees the uuid before it fires it) or HANGUP_COMPLETE, heard after
-                # the new call's events, would end the live new call.
+            # Otherwise a new channel under the same uuid (a dialplan's origination_uuid), or
+            # the row now under it: the tombstone stays for the old one's late events until it
+            # expires. Its DESTROY (FreeSWITCH frees the uuid before it fires it) or
+            # HANGUP_COMPLETE, heard after the new call's events, would end the live call.
         ch = self._rows.get(key)
         if (
             ch is not None

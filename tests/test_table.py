@@ -575,6 +575,8 @@ def test_a_live_channel_renamed_onto_a_tombstoned_uuid_is_heard_under_it() -> No
     assert _creates_minus_destroys(notices, A) == 1  # streams were told of A
     t.apply("fs1", _at(ev("CHANNEL_ANSWER", uuid=A, **{"Answer-State": "answered"}), OLD))
     assert t.get(A).answered  # the live call's events are folded in
+    # and a reconcile's dump of it refreshes it (is_tombstoned is the one rule for both)
+    assert t.hydrate("fs1", _at(with_vars("CHANNEL_DATA", uuid=A, account_id="acc1"), OLD))
     t.apply("fs1", _at(ev("CHANNEL_HANGUP", uuid=A, **{"Hangup-Cause": "NORMAL_CLEARING"}), OLD))
     t.apply("fs1", _at(ev("CHANNEL_DESTROY", uuid=A), OLD))
     assert t.get(A) is None  # its DESTROY removed it
