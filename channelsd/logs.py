@@ -292,7 +292,7 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         text = message_of(record)
-        message = _json_text(mask(bounded(text)))
+        message = _json_message(text)
         entry = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
@@ -318,7 +318,7 @@ class JsonFormatter(logging.Formatter):
         traceback's first and last 1,500 characters kept) and the pairs left in the message
         only. At most 6 bytes a character: 6 × (1,000 + 3,000) stays under LINE_MAX."""
         short = {key: entry[key] for key in ("ts", "level", "logger")}
-        short["msg"] = _json_text(mask(bounded(text, 1000)))
+        short["msg"] = _json_message(text, 1000)
         short["cut"] = True
         exception = entry.get("exception")
         if exception is not None:
@@ -363,6 +363,11 @@ def fields(record: logging.LogRecord) -> dict[str, str]:
                 continue  # infinity raises OverflowError, an argument's __str__ anything)
         found[key] = mask(f"{key}={bounded(value)}")[len(key) + 1 :]
     return found
+
+
+def _json_message(text: str, limit: int = MAX_MESSAGE) -> str:
+    """A message as the json form writes it: bounded, masked, and JSON's own string."""
+    return _json_text(mask(bounded(text, limit)))
 
 
 def _json_text(message: str) -> str:
