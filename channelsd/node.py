@@ -530,8 +530,8 @@ class NodeLink:
                 counts["refreshed" if was_known else "added"] += 1
 
     def _gone(self, uuid: str, row: Channel | None, asked_at: float) -> bool:
-        """ "No such channel" about `uuid`: remove its row, unless it is tearing down. True when
-        a row was removed.
+        """The switch said "No such channel" about `uuid`: remove its row, unless it is tearing
+        down. True when a row was removed.
 
         FreeSWITCH answers "No such channel" once a channel is down, and its HANGUP_COMPLETE,
         which carries how the call ended (billing seconds, disposition, quality), comes 20 to
