@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import logging
 import sys
@@ -91,6 +92,25 @@ def _load(path: str):  # -> (Config, warnings), or exit with the one-line error
     return cfg, [*warnings, *missing]
 
 
+def _patch_all() -> None:
+    """gevent's monkey.patch_all, with the installed packages' entry points read once.
+
+    patch_all announces each module it patches to the plugins registered as entry points, and
+    looks them up afresh for each announcement: 25 scans of every installed distribution's
+    metadata, 0.1-0.15 s of each start (BENCHMARKS.md, issue #16). The plugins cannot change
+    within the call, so every one is still loaded and called as gevent intends."""
+    from importlib import metadata
+
+    from gevent import monkey
+
+    scan = metadata.entry_points
+    metadata.entry_points = functools.cache(scan)
+    try:
+        monkey.patch_all()
+    finally:
+        metadata.entry_points = scan
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "ls":  # a plain client: no gevent
@@ -106,9 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{args.config}: ok ({len(cfg.nodes)} nodes, {len(cfg.tokens)} tokens)")
         return 0
 
-    from gevent import monkey
-
-    monkey.patch_all()
+    _patch_all()
 
     import gevent
 

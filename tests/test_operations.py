@@ -348,3 +348,48 @@ def test_the_units_reload_path_rereads_the_file(switch: Any, tmp_path: Path) -> 
     err = proc.stderr.read()
     assert "reload refused" in err and "Traceback" not in err
     assert "streams_revoked=1" in err
+
+
+def test_gevent_plugins_are_called_with_the_entry_points_read_once(tmp_path: Path) -> None:
+    """`channelsd run` patches with gevent's entry points read once a group (issue #16's
+    start-up): a plugin registered by an installed distribution still hears every
+    announcement, and importlib.metadata is as it was afterwards."""
+    info = tmp_path / "plugin_probe-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: plugin-probe\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        "[gevent.plugins.monkey.will_patch_module]\nprobe = plugin_probe:module\n\n"
+        "[gevent.plugins.monkey.did_patch_all]\nprobe = plugin_probe:done\n"
+    )
+    (tmp_path / "plugin_probe.py").write_text(
+        "heard = []\n"
+        "def module(event):\n    heard.append(event.module_name)\n"
+        "def done(event):\n    heard.append('all')\n"
+    )
+    script = """
+import json
+from importlib import metadata
+asked = []
+real = metadata.entry_points
+def counting(**kw):
+    asked.append(kw.get("group"))
+    return real(**kw)
+metadata.entry_points = counting
+from channelsd.cli import _patch_all
+_patch_all()
+import socket, gevent.socket, plugin_probe
+print(json.dumps({
+    "heard": plugin_probe.heard, "asked": asked, "restored": metadata.entry_points is counting,
+    "patched": socket.socket is gevent.socket.socket,
+}))
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["patched"] and out["restored"]
+    assert out["heard"][-1] == "all"
+    assert {"socket", "ssl", "time"} <= set(out["heard"])  # every module announced
+    assert len(out["asked"]) == len(set(out["asked"])) >= 2  # one scan a group
