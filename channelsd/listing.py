@@ -306,20 +306,10 @@ class ListCache:
         if state is _AGAIN:
             # The others asking meanwhile wait for it too: handed the raw list instead, a
             # dozen dashboards' 12 MB each held the compressing one back (p99 0.6 s).
-            memo[3] = pending = gevent.event.AsyncResult()
-            try:
-                state = compress(head, data)
-            except Exception:
-                # (out of memory, say): the list can always go as it is, to this request
-                # and to those waiting, not as a 500 to each of them
-                log.warning("compressing a list of %d bytes failed", len(data), exc_info=True)
-                state = _RAW
-            except BaseException:
-                memo[3] = _AGAIN  # this request was killed: the waiters go raw
-                pending.set(None)
-                raise
-            memo[3] = state
-            pending.set(state)
+            memo[3] = gevent.event.AsyncResult()
+            # (out of memory, say): the list can always go as it is, to this request and to
+            # those waiting, not as a 500 to each of them
+            state = _compressed(memo, head, failed=_RAW)
         elif isinstance(state, gevent.event.AsyncResult):
             state = state.get()
         if not isinstance(state, Compressed):
@@ -342,7 +332,7 @@ class ListCache:
                 gevent.sleep(max(0.0, second + 1 - PREPARE_LEAD - time.time()))
                 self._prepared = second + 1
                 hot, self._hot = self._hot, {}
-                ready: dict[int, list[Any]] = {}
+                prepared: list[tuple[int, list[Any], bytes]] = []  # (key, memo, head)
                 for key, (table, head) in hot.items():
                     memo = self._memos.get(key)
                     if memo is None:
@@ -350,15 +340,26 @@ class ListCache:
                     scope = memo[0]
                     gen = scope.gen
                     data = list_json(table, scope.ordered(), float(second + 1))
-                    try:
-                        compressed = compress(head, data)
-                    except Exception:  # its askers compress it, or go raw (gzip())
-                        log.warning("preparing a list in gzip failed", exc_info=True)
-                        continue
                     if scope.gen == gen:
-                        ready[key] = [scope, gen, data, compressed]
-                if int(time.time()) <= second:
-                    self._next, self._next_second = ready, second + 1
+                        prepared.append((key, [scope, gen, data, gevent.event.AsyncResult()], head))
+                if int(time.time()) > second:
+                    continue  # built after its second began: that second's askers build it
+                # Taken by the next second before they are compressed: a compression that
+                # outlasts this second (a busy machine: 0.1-0.5 s for the system list) is
+                # waited for by that second's askers, not done again beside it.
+                self._next = {key: memo for key, memo, _ in prepared}
+                self._next_second = second + 1
+                pendings = [memo[3] for _, memo, _ in prepared]
+                try:
+                    for _, memo, head in prepared:
+                        # a failure: its askers compress it, or go raw (gzip())
+                        _compressed(memo, head, failed=_AGAIN)
+                finally:  # killed: nobody may wait for the lists it did not get to
+                    for (_, memo, _), pending in zip(prepared, pendings, strict=True):
+                        if not pending.ready():
+                            pending.set(None)
+                            if memo[3] is pending:
+                                memo[3] = _AGAIN
         finally:
             self._preparer = None
 
@@ -377,6 +378,25 @@ class ListCache:
         if compressed is None:
             return parts, _VARY
         return compressed.answer(parts[2]), _GZIP
+
+
+def _compressed(memo: list[Any], head: bytes, failed: str) -> Any:
+    """Compress a kept list (ListCache's memo) whose state is the AsyncResult its askers wait
+    on meanwhile. Its state becomes the Compressed, or `failed` when compression fails (those
+    waiting go raw). Returns the new state."""
+    pending = memo[3]
+    try:
+        state = compress(head, memo[2])
+    except Exception:
+        log.warning("compressing a list of %d bytes failed", len(memo[2]), exc_info=True)
+        state = failed
+    except BaseException:
+        memo[3] = _AGAIN  # killed (a request, or the preparer): those waiting go raw
+        pending.set(None)
+        raise
+    memo[3] = state
+    pending.set(state)
+    return state
 
 
 _VARY = (("Vary", "Accept-Encoding"),)

@@ -180,3 +180,97 @@ def test_a_list_in_demand_is_ready_in_gzip_when_the_next_second_begins(
     assert len(doc["data"]) == 300
     # timestamp + elapsed_s is the answer's now, in whole seconds: the new second's
     assert {i["timestamp"] + i["elapsed_s"] for i in doc["data"]} == {second + 1 + GREGORIAN}
+
+
+def _compressions(served: dict[str, Any], monkeypatch: pytest.MonkeyPatch, slow: Any) -> list:
+    """Every compression as (who, started at, ended at): the preparer's run through `slow`
+    (a function taking the real compression's arguments) first."""
+    import time
+
+    import gevent
+
+    from channelsd import listing
+
+    lists = served["h"].daemon.ctx.lists
+    real = listing.compress
+    seen: list[tuple[str, float, float]] = []
+
+    def compress(head: bytes, data: bytes) -> Any:
+        began = time.time()
+        preparer = gevent.getcurrent() is lists._preparer
+        done = slow(head, data) if preparer else real(head, data)
+        seen.append(("preparer" if preparer else "asker", began, time.time()))
+        return done
+
+    monkeypatch.setattr(listing, "compress", compress)
+    return seen
+
+
+def test_a_preparation_that_outlasts_its_second_is_waited_for_not_done_again(
+    served: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a busy machine compressing the system list for the next second can end after that
+    second began (0.1-0.5 s). Its askers then wait for it: built and compressed again beside
+    it, each dashboard at the turn waited on a second compression and the first one was
+    thrown away."""
+    import time
+
+    import gevent
+
+    from channelsd import listing
+
+    real = listing.compress
+
+    def slow(head: bytes, data: bytes) -> Any:
+        gevent.sleep(int(time.time()) + 1.2 - time.time())  # ends 0.2 s into the next second
+        return real(head, data)
+
+    seen = _compressions(served, monkeypatch, slow)
+    base = served["fast"]
+    wait_until(lambda: _gzipped(base, "/v2/channels"), what="a gzip answer")
+    answers: list[tuple[float, str | None]] = []
+    end = time.time() + 3.5
+    while time.time() < end:  # a dashboard polling without pause
+        resp, _ = get(base, "/v2/channels")
+        answers.append((time.time(), resp.headers.get("Content-Encoding")))
+    prepared = [s for s in seen if s[0] == "preparer"]
+    assert len(prepared) >= 2, seen
+    first = prepared[0][2]
+    assert [s for s in seen if s[0] == "asker" and s[1] > first] == []
+    assert {encoding for at, encoding in answers if at > first} == {"gzip"}
+
+
+def test_a_killed_preparation_lets_its_waiters_go(
+    served: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The preparer killed while the next second's askers wait for its compression: they
+    are answered (raw), and the next ask compresses the list itself."""
+    import time
+
+    import gevent
+    import gevent.event
+
+    lists = served["h"].daemon.ctx.lists
+    started = gevent.event.Event()
+
+    def never(head: bytes, data: bytes) -> Any:
+        started.set()
+        gevent.sleep(60)
+
+    seen = _compressions(served, monkeypatch, never)
+    base = served["fast"]
+    wait_until(lambda: _gzipped(base, "/v2/channels"), what="a gzip answer")
+    assert started.wait(3)  # the preparer compresses the next second's list, for ever
+    preparer = lists._preparer
+    time.sleep(max(0.0, int(time.time()) + 1.1 - time.time()))  # into that next second
+    waiting = gevent.spawn(get, base, "/v2/channels")
+    wait_until(lambda: lists._memos and not waiting.ready(), what="an ask waiting")
+    gevent.sleep(0.2)
+    assert not waiting.ready()  # (it waits for the preparer's compression)
+    preparer.kill()
+    resp, body = waiting.get(timeout=5)
+    assert resp.status_code == 200 and "Content-Encoding" not in resp.headers
+    assert len(orjson.loads(body)["data"]) == 300
+    again, _ = get(base, "/v2/channels")
+    assert again.headers.get("Content-Encoding") == "gzip"
+    assert [who for who, _, _ in seen][-1] == "asker"
