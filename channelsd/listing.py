@@ -350,11 +350,16 @@ class ListCache:
                 self._next = {key: memo for key, memo, _ in prepared}
                 self._next_second = second + 1
                 pendings = [memo[3] for _, memo, _ in prepared]
+                # Each in a greenlet of its own (the thread pool compresses them side by
+                # side): one after the other, a list's askers waited for the lists before it.
+                # A failure: its askers compress it, or go raw (gzip()).
+                compressing = [
+                    gevent.spawn(_compressed, memo, head, _AGAIN) for _, memo, head in prepared
+                ]
                 try:
-                    for _, memo, head in prepared:
-                        # a failure: its askers compress it, or go raw (gzip())
-                        _compressed(memo, head, failed=_AGAIN)
-                finally:  # killed: nobody may wait for the lists it did not get to
+                    gevent.joinall(compressing)
+                finally:  # killed: so are they, and nobody may wait for a list left undone
+                    gevent.killall(compressing)
                     for (_, memo, _), pending in zip(prepared, pendings, strict=True):
                         if not pending.ready():
                             pending.set(None)

@@ -97,6 +97,14 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "
         gevent.sleep(0.01)
 
 
+def preparing(lists: Any) -> bool:
+    """Whether the running greenlet works for ListCache's preparer: the preparer itself, or a
+    greenlet it spawned to compress one of the next second's lists."""
+    current = gevent.getcurrent()
+    parent = getattr(current, "spawning_greenlet", None)
+    return current is lists._preparer or (parent is not None and parent() is lists._preparer)
+
+
 def count_pauses(monkeypatch: pytest.MonkeyPatch, module: Any, name: str = "_pause") -> list[int]:
     """Wrap `module._pause` (its visit to the hub; channelsd.turns: `pause`) so each visit
     appends to the returned list."""

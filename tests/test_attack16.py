@@ -16,7 +16,7 @@ from channelsd import gzipped, listing
 from channelsd.esl import ESLConnection
 from channelsd.httpheaders import read_headers
 
-from conftest import Harness, token, wait_until
+from conftest import Harness, preparing, token, wait_until
 
 ACC1 = {"account_id": "acc1", "owner_id": "user1"}
 
@@ -165,7 +165,7 @@ def test_a_failed_preparation_does_not_kill_the_preparer(
     tried: list[Any] = []  # the preparer greenlets that were refused their compression
 
     def failing_in_preparer(head: bytes, data: bytes) -> Any:
-        if gevent.getcurrent() is lists._preparer:
+        if preparing(lists):
             tried.append(gevent.getcurrent())
             raise MemoryError("no room for the next second's list")
         return real(head, data)
@@ -211,7 +211,7 @@ def test_the_next_second_is_prepared_once_while_clients_poll(
     prepared_in: list[int] = []  # the second in which the preparer compressed, per call
 
     def counting(head: bytes, data: bytes) -> Any:
-        if gevent.getcurrent() is lists._preparer:
+        if preparing(lists):
             prepared_in.append(int(time.time()))
         return real(head, data)
 

@@ -6,11 +6,15 @@ as stored blocks: every decoder must read it as the very answer a raw client get
 """
 
 import gzip
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
+import gevent
+import gevent.event
 import orjson
 import pytest
 import requests
@@ -18,14 +22,17 @@ from gevent.pywsgi import WSGIServer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from channelsd import listing
 from channelsd.api import create_app
 from channelsd.channel import GREGORIAN_OFFSET as GREGORIAN
 from channelsd.gzipped import Compressed, accepts_gzip
 
-from conftest import token, wait_until
+from conftest import Harness, preparing, token, wait_until
 
 ACC1 = {"account_id": "acc1", "owner_id": "user1"}
+ACC2 = {"account_id": "acc2", "owner_id": "user2"}
 SMALL = 64 * 1024
+PATHS = ("/v2/channels", "/v2/accounts/acc1/channels", "/v2/accounts/acc2/channels")
 
 
 @settings(max_examples=200, deadline=None)
@@ -145,9 +152,6 @@ def test_small_lists_are_never_compressed(served: dict[str, Any], switch: Any) -
 def test_clients_asking_while_it_is_compressed_wait_for_it(served: dict[str, Any]) -> None:
     """Several dashboards at once: none is handed the raw list because another request is
     compressing it (12 MB each to a dozen clients held the compressing one back)."""
-    import time
-
-    import gevent
 
     base = served["fast"]
     for _ in range(20):
@@ -167,8 +171,6 @@ def test_a_list_in_demand_is_ready_in_gzip_when_the_next_second_begins(
     """Dashboards polling the system list: its next second's version is built and compressed
     before that second begins, so its first asker already gets gzip (nobody waits on a
     build), with every channel there and elapsed_s as of the new second."""
-    import time
-
     base = served["fast"]
     wait_until(lambda: _gzipped(base, "/v2/channels"), what="a gzip answer")
     second = int(time.time())
@@ -185,11 +187,6 @@ def test_a_list_in_demand_is_ready_in_gzip_when_the_next_second_begins(
 def _compressions(served: dict[str, Any], monkeypatch: pytest.MonkeyPatch, slow: Any) -> list:
     """Every compression as (who, started at, ended at): the preparer's run through `slow`
     (a function taking the real compression's arguments) first."""
-    import time
-
-    import gevent
-
-    from channelsd import listing
 
     lists = served["h"].daemon.ctx.lists
     real = listing.compress
@@ -197,7 +194,7 @@ def _compressions(served: dict[str, Any], monkeypatch: pytest.MonkeyPatch, slow:
 
     def compress(head: bytes, data: bytes) -> Any:
         began = time.time()
-        preparer = gevent.getcurrent() is lists._preparer
+        preparer = preparing(lists)
         done = slow(head, data) if preparer else real(head, data)
         seen.append(("preparer" if preparer else "asker", began, time.time()))
         return done
@@ -213,11 +210,6 @@ def test_a_preparation_that_outlasts_its_second_is_waited_for_not_done_again(
     second began (0.1-0.5 s). Its askers then wait for it: built and compressed again beside
     it, each dashboard at the turn waited on a second compression and the first one was
     thrown away."""
-    import time
-
-    import gevent
-
-    from channelsd import listing
 
     real = listing.compress
 
@@ -245,10 +237,6 @@ def test_a_killed_preparation_lets_its_waiters_go(
 ) -> None:
     """The preparer killed while the next second's askers wait for its compression: they
     are answered (raw), and the next ask compresses the list itself."""
-    import time
-
-    import gevent
-    import gevent.event
 
     lists = served["h"].daemon.ctx.lists
     started = gevent.event.Event()
@@ -274,3 +262,135 @@ def test_a_killed_preparation_lets_its_waiters_go(
     again, _ = get(base, "/v2/channels")
     assert again.headers.get("Content-Encoding") == "gzip"
     assert [who for who, _, _ in seen][-1] == "asker"
+
+
+@pytest.fixture
+def three(switch: Any, make_daemon: Any) -> Harness:
+    """Three lists above gzip_above: the system list (420), acc1's (300), acc2's (120)."""
+    for _ in range(150):
+        switch.bridged_call(variables_a=ACC1, variables_b=ACC1)
+    for _ in range(60):
+        switch.bridged_call(variables_a=ACC2, variables_b=ACC2)
+    h = make_daemon([switch])
+    wait_until(lambda: len(h.table) >= 420, what="420 channels")
+    h.daemon.ctx.lists.gzip_above = SMALL
+    return h
+
+
+def _sleep_until(at: float) -> None:
+    time.sleep(max(0.0, at - time.time()))
+
+
+def test_the_lists_in_demand_are_compressed_side_by_side_for_the_next_second(
+    three: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three lists in demand at once, each compression slow (a busy machine): the preparer
+    compresses them side by side, so that each list's askers at the turn wait for their own
+    list only. One after the other (found by the outside attack), an asker of the third list
+    waited for the first two lists' compressions too: three times as long."""
+    real = listing.compress
+    slow = {"on": False}
+    seen: list[tuple[bool, float, float]] = []  # (the preparer's, began, ended)
+    lists = three.daemon.ctx.lists
+
+    def compress(head: bytes, data: bytes) -> Any:
+        began = time.time()
+        if slow["on"]:
+            gevent.get_hub().threadpool.apply(time.sleep, (0.5,))  # (busy: the CPU's time)
+        done = real(head, data)
+        seen.append((preparing(lists), began, time.time()))
+        return done
+
+    monkeypatch.setattr(listing, "compress", compress)
+    for path in PATHS:
+        wait_until(lambda p=path: _gzipped(three.api.base, p), what=f"{path} in gzip")
+    # all three in demand in this second, before the preparer's round (PREPARE_LEAD before
+    # its end)
+    _sleep_until(int(time.time()) + 1.05)
+    second = int(time.time())
+    for _ in range(2):
+        for path in PATHS:
+            get(three.api.base, path)
+    assert time.time() < second + 0.6
+    slow["on"] = True
+    _sleep_until(second + 1.02)  # the turn: each dashboard asks its list
+    asked = [gevent.spawn(get, three.api.base, p) for p in PATHS]
+    gevent.joinall(asked, raise_error=True, timeout=20)
+    slow["on"] = False
+    assert [g.value[0].status_code for g in asked] == [200] * 3
+    prepared = [(began, ended) for by_preparer, began, ended in seen if by_preparer]
+    prepared = [(b, e) for b, e in prepared if second < b < second + 1]  # that round's
+    assert len(prepared) == 3, seen
+    assert max(b for b, _ in prepared) < min(e for _, e in prepared)  # all at once
+
+
+def test_a_preparer_dying_of_a_base_exception_lets_its_waiters_go(
+    three: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The preparer's compression raises a BaseException that is not GreenletExit (and not a
+    system error), while the next second's askers of every list wait: all are answered."""
+    real = listing.compress
+    lists = three.daemon.ctx.lists
+    arm = {"on": False}
+
+    class Boom(BaseException):
+        pass
+
+    def compress(head: bytes, data: bytes) -> Any:
+        if arm["on"] and preparing(lists):
+            gevent.sleep(1.0)  # into the next second, its askers waiting
+            raise Boom()
+        return real(head, data)
+
+    monkeypatch.setattr(listing, "compress", compress)
+    for path in PATHS:
+        wait_until(lambda p=path: _gzipped(three.api.base, p), what=f"{path} in gzip")
+    _sleep_until(int(time.time()) + 1.05)
+    second = int(time.time())
+    for path in PATHS:
+        get(three.api.base, path)
+    arm["on"] = True
+    _sleep_until(second + 1.05)
+    jobs = [gevent.spawn(get, three.api.base, p) for p in PATHS]
+    gevent.joinall(jobs, timeout=8)
+    arm["on"] = False
+    assert all(j.ready() for j in jobs), "askers hang on the dead preparer"
+    for j in jobs:
+        assert j.value[0].status_code == 200
+    for path in PATHS:
+        wait_until(lambda p=path: _gzipped(three.api.base, p), what=f"{path} in gzip again")
+
+
+def test_a_late_preparation_answers_with_its_seconds_elapsed(
+    three: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The preparer's compression ends 1.3 s into the next second (past the one after): every
+    answer's items still add up to the answer's own timestamp (timestamp + elapsed_s)."""
+    real = listing.compress
+    lists = three.daemon.ctx.lists
+    arm = {"on": False}
+
+    def compress(head: bytes, data: bytes) -> Any:
+        if arm["on"] and preparing(lists):
+            gevent.sleep(int(time.time()) + 2.3 - time.time())
+        return real(head, data)
+
+    monkeypatch.setattr(listing, "compress", compress)
+    wait_until(lambda: _gzipped(three.api.base, PATHS[0]), what="gzip")
+    _sleep_until(int(time.time()) + 1.05)
+    second = int(time.time())
+    get(three.api.base, PATHS[0])
+    arm["on"] = True
+    bad = []
+    end = second + 4.2
+    while time.time() < end:
+        resp, body = get(three.api.base, PATHS[0])
+        raw = gzip.decompress(body) if resp.headers.get("Content-Encoding") == "gzip" else body
+        doc = orjson.loads(raw)
+        parsed = datetime.strptime(doc["timestamp"], "%Y-%m-%dT%H:%M:%SZ")
+        stamp = int(parsed.replace(tzinfo=UTC).timestamp())
+        sums = {i["timestamp"] + i["elapsed_s"] for i in doc["data"]}
+        if sums != {stamp + GREGORIAN}:
+            bad.append((resp.headers.get("Content-Encoding"), stamp, sums))
+    arm["on"] = False
+    assert bad == []

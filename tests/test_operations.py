@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import gevent
+import pytest
 import requests
 from gevent import monkey
 
@@ -393,3 +394,24 @@ print(json.dumps({
     assert out["heard"][-1] == "all"
     assert {"socket", "ssl", "time"} <= set(out["heard"])  # every module announced
     assert len(out["asked"]) == len(set(out["asked"])) >= 2  # one scan a group
+
+
+def test_a_failed_patch_all_leaves_importlib_metadata_as_it_was(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from importlib import metadata
+
+    from channelsd.cli import _patch_all
+
+    before = metadata.entry_points
+    during: list[bool] = []
+
+    def failing(*a: Any, **kw: Any) -> None:
+        during.append(metadata.entry_points is not before)
+        raise RuntimeError("patching failed")
+
+    monkeypatch.setattr(monkey, "patch_all", failing)
+    with pytest.raises(RuntimeError):
+        _patch_all()
+    assert during == [True]
+    assert metadata.entry_points is before
