@@ -320,9 +320,9 @@ class ListCache:
         return state
 
     def _prepare(self) -> None:
-        """While lists go out in gzip: each second, PREPARE_LEAD before it ends, build and
-        compress them for the next (elapsed_s as of its start, as its first asker would),
-        kept if their scope did not move meanwhile."""
+        """While lists go out in gzip: each second, PREPARE_LEAD before it ends, build them for
+        the next (elapsed_s as of its start, as its first asker would), hand them to it if
+        their scope did not move meanwhile, and compress them."""
         try:
             while self._hot:
                 # Once a second: the round for `second + 1` done (by this greenlet or one
