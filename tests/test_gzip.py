@@ -184,6 +184,20 @@ def test_a_list_in_demand_is_ready_in_gzip_when_the_next_second_begins(
     assert {i["timestamp"] + i["elapsed_s"] for i in doc["data"]} == {second + 1 + GREGORIAN}
 
 
+def _settled(h: Harness) -> None:
+    """Every node ready and the system list unchanged for 0.5 s: ListCache keeps a list only
+    while its scope does not move, and a daemon just started may still be reconciling (its
+    refreshes and the end of its stale period move every list) while a test begins."""
+    h.wait_ready()
+
+    def still() -> bool:
+        gen = h.table._rows.gen
+        time.sleep(0.5)
+        return h.table._rows.gen == gen
+
+    wait_until(still, timeout=15, what="a table that has settled")
+
+
 def _compressions(served: dict[str, Any], monkeypatch: pytest.MonkeyPatch, slow: Any) -> list:
     """Every compression as (who, started at, ended at): the preparer's run through `slow`
     (a function taking the real compression's arguments) first."""
@@ -210,6 +224,7 @@ def test_a_preparation_that_outlasts_its_second_is_waited_for_not_done_again(
     second began (0.1-0.5 s). Its askers then wait for it: built and compressed again beside
     it, each dashboard at the turn waited on a second compression and the first one was
     thrown away."""
+    _settled(served["h"])
 
     real = listing.compress
 
@@ -237,6 +252,7 @@ def test_a_killed_preparation_lets_its_waiters_go(
 ) -> None:
     """The preparer killed while the next second's askers wait for its compression: they
     are answered (raw), and the next ask compresses the list itself."""
+    _settled(served["h"])
 
     lists = served["h"].daemon.ctx.lists
     started = gevent.event.Event()
@@ -288,6 +304,7 @@ def test_the_lists_in_demand_are_compressed_side_by_side_for_the_next_second(
     compresses them side by side, so that each list's askers at the turn wait for their own
     list only. One after the other (found by the outside attack), an asker of the third list
     waited for the first two lists' compressions too: three times as long."""
+    _settled(three)
     real = listing.compress
     slow = {"on": False}
     seen: list[tuple[bool, float, float]] = []  # (the preparer's, began, ended)
@@ -329,6 +346,7 @@ def test_a_preparer_dying_of_a_base_exception_lets_its_waiters_go(
 ) -> None:
     """The preparer's compression raises a BaseException that is not GreenletExit (and not a
     system error), while the next second's askers of every list wait: all are answered."""
+    _settled(three)
     real = listing.compress
     lists = three.daemon.ctx.lists
     arm = {"on": False}
@@ -366,6 +384,7 @@ def test_a_late_preparation_answers_with_its_seconds_elapsed(
 ) -> None:
     """The preparer's compression ends 1.3 s into the next second (past the one after): every
     answer's items still add up to the answer's own timestamp (timestamp + elapsed_s)."""
+    _settled(three)
     real = listing.compress
     lists = three.daemon.ctx.lists
     arm = {"on": False}
