@@ -6,6 +6,7 @@ measured /healthz latencies go to test-artifacts/reliability.json (RELIABILITY.m
 RELIABILITY_SCALE=5 holds the flood for 20 s instead of 4.
 """
 
+import json
 import os
 import socket
 import statistics
@@ -558,3 +559,323 @@ def test_one_token_or_one_account_cannot_take_every_stream(
         for resp in held:
             resp.close()
     figure("stream limits per token and per account", cases=1, held=1)
+
+
+# -- a read past its phase's deadline (outside attack on the late-read grace) ----------------
+# A connection the server first reads after its deadline (a hub busy elsewhere) has that one
+# read: what the socket holds is taken. Every later read past a deadline expires at once: a
+# client that keeps its socket full must not stretch a phase, nor its body be acted on late.
+# The flooding clients run in another process (the daemon shares this hub with the test,
+# whose greenlets could never outpace its reads).
+
+# A client in another process: sends `head`, then floods `chunk` for `seconds`; prints what
+# happened: whether the server closed the connection, and when (from the end of the head).
+FLOODER = r"""
+import json, socket, sys, time
+host, port, seconds, head, chunk = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), \
+    sys.argv[4].encode("latin-1"), sys.argv[5].encode("latin-1")
+interval = float(sys.argv[6])  # between sends; 0: a flood
+if not interval:
+    chunk = chunk * max(1, 65536 // max(1, len(chunk)))
+s = socket.create_connection((host, port), timeout=5)
+s.sendall(head)
+began = time.monotonic()
+sent = 0
+closed = None
+s.settimeout(10)
+while time.monotonic() - began < seconds:
+    try:
+        s.sendall(chunk)
+    except OSError as e:
+        closed = [round(time.monotonic() - began, 2), type(e).__name__]
+        break
+    sent += len(chunk)
+    if interval:
+        time.sleep(interval)
+answer = b""
+s.settimeout(0.5)
+try:
+    while True:
+        d = s.recv(65536)
+        if not d:
+            break
+        answer += d
+except OSError:
+    pass
+print(json.dumps({"closed": closed, "sent": sent, "answer": answer[:60].decode("latin-1")}))
+"""
+
+
+def flood(
+    address: tuple[str, int], seconds: float, head: bytes, chunk: bytes = b"x", interval: float = 0
+) -> Any:
+    """Start a flooding client process; .communicate() gives its JSON report."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            FLOODER,
+            address[0],
+            str(address[1]),
+            str(seconds),
+            head.decode("latin-1"),
+            chunk.decode("latin-1"),
+            str(interval),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def report(proc: Any) -> dict[str, Any]:
+    out, err = proc.communicate(timeout=HANG * 3)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    return json.loads(out)
+
+
+HUGE = b"Content-Length: 999999999999999\r\n"
+
+
+class BusyHub:
+    """A daemon under load, the change's own premise: a greenlet that holds the hub 10 ms at
+    a time (CPU work: a real sleep), then lets it poll. A request's reader then gets a turn
+    every ~10 ms, as it would beside ingest or a big list's build."""
+
+    def __init__(self, hold: float = 0.01) -> None:
+        self.block = gevent.monkey.get_original("time", "sleep")
+        self.hold = hold
+        self.running = True
+        self.greenlet = gevent.spawn(self._run)
+
+    def _run(self) -> None:
+        while self.running:
+            self.block(self.hold)
+            gevent.sleep(0.001)  # a timer: the hub polls its sockets between
+
+    def __enter__(self) -> "BusyHub":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.running = False
+        self.greenlet.join(timeout=HANG)
+
+
+@pytest.mark.parametrize("loaded", [False, True], ids=["idle_hub", "busy_hub"])
+def test_a_flooded_body_is_not_read_past_body_timeout(
+    switch: Any, make_daemon: Any, loaded: bool
+) -> None:
+    """GET /healthz with a body that never ends: the answer is given, then pywsgi discards the
+    rest of the body, each read bounded by body_timeout (1 s here). The flooding client must be
+    cut within about body_timeout; it was on the previous commit (closed at 1.00-1.01 s).
+    After the change: busy_hub, never closed in 6 s; idle_hub, the flooder outpaces the
+    reader only until the reader first catches up, 1.03-3.3 s on this machine (so that
+    variant does not fail every run)."""
+    h = make_daemon([switch], http=SHORT)
+    head = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + HUGE + b"\r\n"
+    if loaded:
+        with BusyHub():
+            r = report(flood(h.daemon.http_address, 6.0, head))
+    else:
+        r = report(flood(h.daemon.http_address, 6.0, head))
+    print("REPORT", r)
+    assert r["answer"].startswith("HTTP/1.1 200 "), r
+    assert r["closed"] is not None, f"the connection outlived body_timeout=1 s by 5 s: {r}"
+    assert r["closed"][0] < SHORT["body_timeout"] + 0.5, r
+
+
+def test_the_413s_discarded_body_is_bounded_by_body_timeout(switch: Any, make_daemon: Any) -> None:
+    """api.too_large: "The rest of the body is read and dropped by the server (bounded by
+    body_timeout)". A chunked body flooded after the 413 is read for as long as it comes."""
+    h = make_daemon([switch], http=SHORT)
+    head = (
+        b"POST /v2/accounts/acc1/channels/x HTTP/1.1\r\nHost: x\r\n"
+        b"X-Auth-Token: " + token("admin1").encode() + b"\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    chunk = b"8000\r\n" + b"x" * 0x8000 + b"\r\n"
+    with BusyHub():
+        r = report(flood(h.daemon.http_address, 6.0, head, chunk))
+    print("REPORT", r)
+    assert r["answer"].startswith("HTTP/1.1 413 "), r
+    assert r["closed"] is not None, f"the connection outlived body_timeout=1 s by 5 s: {r}"
+    assert r["closed"][0] < SHORT["body_timeout"] + 0.5, r
+
+
+def test_flooders_past_body_timeout_cannot_keep_every_connection_busy(
+    switch: Any, make_daemon: Any
+) -> None:
+    """max_connections=3, three clients flooding a /healthz body. They are never waiting
+    (each read finds data), so none can be evicted; past body_timeout they must have been
+    closed and a probe gets its 200. After the change the probe gets 503 for as long as
+    the flood lasts."""
+    h = make_daemon([switch], http={**SHORT, "max_connections": 3, "max_streams": 3})
+    head = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + HUGE + b"\r\n"
+    procs = [flood(h.daemon.http_address, 6.0, head) for _ in range(3)]
+    busy = BusyHub()
+    try:
+        wait_until(lambda: len(h.daemon.http.connections) >= 3, what="the flooders are in")
+        gevent.sleep(3 * SHORT["body_timeout"])  # every deadline long past
+        probe = raw_exchange(
+            h.daemon.http_address, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        held = len(h.daemon.http.connections)
+    finally:
+        busy.__exit__()
+        reports = [report(p) for p in procs]
+    print("REPORT", held, reports)
+    assert probe.startswith(b"HTTP/1.1 200 "), (probe[:120], held, reports)
+
+
+def late_body_reads(monkeypatch: pytest.MonkeyPatch, hold: float) -> list[bool]:
+    """The hub held `hold` seconds (a real sleep: nothing else runs) just before the first
+    read of a request body, as a busy hub would."""
+    from channelsd import httpserver
+
+    real = httpserver._Reader.readinto
+    block = gevent.monkey.get_original("time", "sleep")
+    held: list[bool] = []
+
+    def readinto(self: Any, buffer: Any) -> int:
+        if not held and self.conn.phase == "body":
+            held.append(True)
+            block(hold)
+        return real(self, buffer)
+
+    monkeypatch.setattr(httpserver._Reader, "readinto", readinto)
+    return held
+
+
+def test_a_body_sent_after_body_timeout_is_not_taken_as_in_time(
+    switch: Any, make_daemon: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hub gets to the body's first read 1.3 s late; the client sent its body only at
+    1.1 s, after body_timeout (1 s). On the previous commit: 408. Now the body is read as if
+    it had come in time (the change cannot tell bytes that came in time from bytes that came
+    late: it reads whatever is there when the hub comes)."""
+    a, _ = switch.bridged_call(variables_a={"account_id": "acc1"})
+    h = make_daemon([switch], http=SHORT)
+    wait_until(lambda: h.table.get(a) is not None)
+    h.wait_ready()
+    before = len(switch.received)
+    held = late_body_reads(monkeypatch, SHORT["body_timeout"] + 0.3)
+    block = gevent.monkey.get_original("time", "sleep")
+    body = b'{"data": {"action": "hangup"}}'
+    s = socket.create_connection(h.daemon.http_address, timeout=HANG)
+    try:
+        fd = s.fileno()
+
+        def late_body() -> None:  # a real thread: it runs while the hub is held
+            block(SHORT["body_timeout"] + 0.1)
+            os.write(fd, body)
+
+        s.sendall(
+            f"POST /v2/accounts/acc1/channels/{a} HTTP/1.1\r\nHost: x\r\n".encode()
+            + b"X-Auth-Token: "
+            + token("admin1").encode()
+            + b"\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+        )
+        gevent.monkey.get_original("_thread", "start_new_thread")(late_body, ())
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+            if b"\r\n\r\n" in out:
+                break
+    finally:
+        s.close()
+    assert held, out[:600]
+    gevent.sleep(0.3)
+    hangups = [c for _, c in switch.received[before:] if "uuid_kill" in c or "hangup" in c]
+    assert out.startswith(b"HTTP/1.1 408 "), (out[:200], hangups)
+    assert hangups == []  # a body that came after body_timeout hung up nobody
+
+
+def test_pipelined_requests_after_a_late_first_read_are_answered_once_in_order(
+    switch: Any, make_daemon: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three requests pipelined in one send, the first read after header_timeout: each is
+    answered once, in order, and the half fourth gets its 408."""
+    from channelsd import httpserver
+
+    h = make_daemon([switch], http=SHORT)
+    real = httpserver._ReadPace.before_read
+    block = gevent.monkey.get_original("time", "sleep")
+    stalled: list[bool] = []
+
+    def busy_hub_first(self: Any) -> None:
+        if not stalled:
+            stalled.append(True)
+            block(SHORT["header_timeout"] + 0.3)
+        real(self)
+
+    monkeypatch.setattr(httpserver._ReadPace, "before_read", busy_hub_first)
+    req = b"GET /healthz?n=%d HTTP/1.1\r\nHost: x\r\n\r\n"
+    answer = raw_exchange(
+        h.daemon.http_address,
+        req % 1 + req % 2 + req % 3 + b"GET /healthz HTTP/1.1\r\nHost: x\r\n",
+    )
+    assert stalled
+    assert answer.count(b"HTTP/1.1 200 ") == 3, answer
+    assert answer.count(b"HTTP/1.1 408 ") == 1, answer
+    assert answer.rindex(b"HTTP/1.1 200 ") < answer.index(b"HTTP/1.1 408 ")
+
+
+def test_a_half_body_read_late_still_gets_408(
+    switch: Any, make_daemon: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Head and half a body in time, the body's first read after body_timeout: what is there
+    is read, then 408 (not a 400, not a hang)."""
+    h = make_daemon([switch], http=SHORT)
+    held = late_body_reads(monkeypatch, SHORT["body_timeout"] + 0.3)
+    answer = raw_exchange(
+        h.daemon.http_address,
+        b"POST /v2/accounts/acc1/channels/x HTTP/1.1\r\nHost: x\r\n"
+        b"X-Auth-Token: " + token("admin1").encode() + b"\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+        b'{"data": {' + b" " * 500,
+    )
+    assert held
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+
+
+def test_closed_timeouts_are_counted_once(switch: Any, make_daemon: Any) -> None:
+    """A half head: one header_timeout counted, one 408."""
+    h = make_daemon([switch], http=SHORT)
+    before = metric(h, 'channelsd_http_connections_closed_total{reason="header_timeout"}')
+    answer = raw_exchange(h.daemon.http_address, b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+    assert answer.startswith(b"HTTP/1.1 408 ") and answer.count(b"HTTP/1.1") == 1, answer
+    after = metric(h, 'channelsd_http_connections_closed_total{reason="header_timeout"}')
+    assert after - before == 1
+
+
+def test_a_huge_head_flooded_under_load_is_cut_at_header_timeout(
+    switch: Any, make_daemon: Any
+) -> None:
+    """A head of 100 header lines of 60 KB (under http.client's bounds), sent as fast as the
+    client can, the hub busy: the head phase must end within about header_timeout (408, or
+    the 400 for too many headers). After the change it lasts as long as the server takes to
+    read ~6 MB a read buffer at a time."""
+    h = make_daemon([switch], http=SHORT)
+    line = b"X-Pad: " + b"a" * 60000 + b"\r\n"
+    began = time.monotonic()
+    with BusyHub():
+        r = report(
+            flood(h.daemon.http_address, 12.0, b"GET /healthz HTTP/1.1\r\nHost: x\r\n", line)
+        )
+    print("REPORT", r, round(time.monotonic() - began, 2))
+    assert r["closed"] is not None, r
+    assert r["closed"][0] < SHORT["header_timeout"] + 0.5, r
+
+
+def test_a_drip_under_load_is_still_cut_at_header_timeout(switch: Any, make_daemon: Any) -> None:
+    """A byte every 3 ms of an endless header, the hub busy (a turn every ~10 ms): each late
+    read finds a few bytes, the next finds none. Cut at about header_timeout, with a 408."""
+    h = make_daemon([switch], http=SHORT)
+    with BusyHub():
+        r = report(
+            flood(h.daemon.http_address, 6.0, b"GET /healthz HTTP/1.1\r\nX-A: ", b"a", 0.003)
+        )
+    print("REPORT", r)
+    assert r["closed"] is not None or r["answer"], r
+    assert r["answer"].startswith("HTTP/1.1 408 "), r
+    assert r["closed"] is None or r["closed"][0] < SHORT["header_timeout"] + 0.5, r
