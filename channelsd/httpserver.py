@@ -6,9 +6,11 @@ leaves every new client, /healthz included, waiting in the kernel's backlog). He
 * Every read from a client runs against the deadline of its phase: the request head must
   arrive within `header_timeout` of the connection (or of a keep-alive request's first
   byte), the next request within `idle_timeout`, the body within `body_timeout`. A total
-  deadline, not a per-read one: a byte a second keeps no connection alive. A write that
-  makes no progress for `send_timeout` closes the connection. An event stream never reads
-  after its request, so no read deadline cuts it; `send_timeout` and `max_streams` bound it.
+  deadline, not a per-read one: a byte a second keeps no connection alive. (A connection
+  the server first reads after its deadline has that one read: what its client sent is
+  taken.) A write that makes no progress for `send_timeout` closes the connection. An event
+  stream never reads after its request, so no read deadline cuts it; `send_timeout` and
+  `max_streams` bound it.
 * At most `max_connections` are open. At the limit the oldest connection that is waiting
   for its client (idle keep-alive, a half-sent request) is closed to make room: a crowd of
   silent or slow sockets cannot keep a real request out. When every connection is busy
