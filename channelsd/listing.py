@@ -349,22 +349,7 @@ class ListCache:
                 # waited for by that second's askers, not done again beside it.
                 self._next = {key: memo for key, memo, _ in prepared}
                 self._next_second = second + 1
-                pendings = [memo[3] for _, memo, _ in prepared]
-                # Each in a greenlet of its own (the thread pool compresses them side by
-                # side): one after the other, a list's askers waited for the lists before it.
-                # A failure: its askers compress it, or go raw (gzip()).
-                compressing = [
-                    gevent.spawn(_compressed, memo, head, _AGAIN) for _, memo, head in prepared
-                ]
-                try:
-                    gevent.joinall(compressing)
-                finally:  # killed: so are they, and nobody may wait for a list left undone
-                    gevent.killall(compressing)
-                    for (_, memo, _), pending in zip(prepared, pendings, strict=True):
-                        if not pending.ready():
-                            pending.set(None)
-                            if memo[3] is pending:
-                                memo[3] = _AGAIN
+                _compress_side_by_side([(memo, head) for _, memo, head in prepared])
         finally:
             self._preparer = None
 
@@ -383,6 +368,23 @@ class ListCache:
         if compressed is None:
             return parts, _VARY
         return compressed.answer(parts[2]), _GZIP
+
+
+def _compress_side_by_side(prepared: list[tuple[list[Any], bytes]]) -> None:
+    """The preparer's (memo, head) lists compressed, each in a greenlet of its own (the thread
+    pool compresses them side by side): one after the other, a list's askers waited for the
+    lists before it. A failure: its askers compress it, or go raw (gzip())."""
+    pendings = [memo[3] for memo, _ in prepared]
+    compressing = [gevent.spawn(_compressed, memo, head, _AGAIN) for memo, head in prepared]
+    try:
+        gevent.joinall(compressing)
+    finally:  # killed: so are they, and nobody may wait for a list left undone
+        gevent.killall(compressing)
+        for (memo, _), pending in zip(prepared, pendings, strict=True):
+            if not pending.ready():  # (a greenlet killed before it began)
+                pending.set(None)
+                if memo[3] is pending:
+                    memo[3] = _AGAIN
 
 
 def _compressed(memo: list[Any], head: bytes, failed: str) -> Any:
