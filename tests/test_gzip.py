@@ -8,7 +8,7 @@ as stored blocks: every decoder must read it as the very answer a raw client get
 import gzip
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -198,19 +198,21 @@ def _settled(h: Harness) -> None:
     wait_until(still, timeout=15, what="a table that has settled")
 
 
-def _compressions(served: dict[str, Any], monkeypatch: pytest.MonkeyPatch, slow: Any) -> list:
-    """Every compression as (who, started at, ended at): the preparer's run through `slow`
-    (a function taking the real compression's arguments) first."""
-
-    lists = served["h"].daemon.ctx.lists
+def _compressions(
+    h: Harness, monkeypatch: pytest.MonkeyPatch, before: Callable[[bool], Any]
+) -> list[tuple[bool, float, float]]:
+    """Every compression as (the preparer's, began, ended). `before(the preparer's)` runs
+    ahead of each real compression: a busy machine's wait, a failure."""
+    lists = h.daemon.ctx.lists
     real = listing.compress
-    seen: list[tuple[str, float, float]] = []
+    seen: list[tuple[bool, float, float]] = []
 
     def compress(head: bytes, data: bytes) -> Any:
         began = time.time()
-        preparer = preparing(lists)
-        done = slow(head, data) if preparer else real(head, data)
-        seen.append(("preparer" if preparer else "asker", began, time.time()))
+        by_preparer = preparing(lists)
+        before(by_preparer)
+        done = real(head, data)
+        seen.append((by_preparer, began, time.time()))
         return done
 
     monkeypatch.setattr(listing, "compress", compress)
@@ -226,13 +228,11 @@ def test_a_preparation_that_outlasts_its_second_is_waited_for_not_done_again(
     thrown away."""
     _settled(served["h"])
 
-    real = listing.compress
+    def slow(by_preparer: bool) -> None:
+        if by_preparer:  # ends 0.2 s into the next second
+            gevent.sleep(int(time.time()) + 1.2 - time.time())
 
-    def slow(head: bytes, data: bytes) -> Any:
-        gevent.sleep(int(time.time()) + 1.2 - time.time())  # ends 0.2 s into the next second
-        return real(head, data)
-
-    seen = _compressions(served, monkeypatch, slow)
+    seen = _compressions(served["h"], monkeypatch, slow)
     base = served["fast"]
     wait_until(lambda: _gzipped(base, "/v2/channels"), what="a gzip answer")
     answers: list[tuple[float, str | None]] = []
@@ -240,10 +240,10 @@ def test_a_preparation_that_outlasts_its_second_is_waited_for_not_done_again(
     while time.time() < end:  # a dashboard polling without pause
         resp, _ = get(base, "/v2/channels")
         answers.append((time.time(), resp.headers.get("Content-Encoding")))
-    prepared = [s for s in seen if s[0] == "preparer"]
+    prepared = [s for s in seen if s[0]]
     assert len(prepared) >= 2, seen
     first = prepared[0][2]
-    assert [s for s in seen if s[0] == "asker" and s[1] > first] == []
+    assert [s for s in seen if not s[0] and s[1] > first] == []
     assert {encoding for at, encoding in answers if at > first} == {"gzip"}
 
 
@@ -257,11 +257,12 @@ def test_a_killed_preparation_lets_its_waiters_go(
     lists = served["h"].daemon.ctx.lists
     started = gevent.event.Event()
 
-    def never(head: bytes, data: bytes) -> Any:
-        started.set()
-        gevent.sleep(60)
+    def never(by_preparer: bool) -> None:
+        if by_preparer:
+            started.set()
+            gevent.sleep(60)
 
-    seen = _compressions(served, monkeypatch, never)
+    seen = _compressions(served["h"], monkeypatch, never)
     base = served["fast"]
     wait_until(lambda: _gzipped(base, "/v2/channels"), what="a gzip answer")
     assert started.wait(3)  # the preparer compresses the next second's list, for ever
@@ -277,7 +278,7 @@ def test_a_killed_preparation_lets_its_waiters_go(
     assert len(orjson.loads(body)["data"]) == 300
     again, _ = get(base, "/v2/channels")
     assert again.headers.get("Content-Encoding") == "gzip"
-    assert [who for who, _, _ in seen][-1] == "asker"
+    assert not seen[-1][0]  # the last compression was an asker's
 
 
 @pytest.fixture
@@ -297,6 +298,17 @@ def _sleep_until(at: float) -> None:
     time.sleep(max(0.0, at - time.time()))
 
 
+def _all_in_demand(h: Harness) -> int | None:
+    """Every list asked for twice early in a second, before the preparer's round (PREPARE_LEAD
+    before its end): that second, or None when the asks ran late (tried again)."""
+    _sleep_until(int(time.time()) + 1.05)
+    second = int(time.time())
+    for _ in range(2):
+        for path in PATHS:
+            get(h.api.base, path)
+    return second if time.time() < second + 0.6 else None
+
+
 def test_the_lists_in_demand_are_compressed_side_by_side_for_the_next_second(
     three: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -305,30 +317,16 @@ def test_the_lists_in_demand_are_compressed_side_by_side_for_the_next_second(
     list only. One after the other (found by the outside attack), an asker of the third list
     waited for the first two lists' compressions too: three times as long."""
     _settled(three)
-    real = listing.compress
     slow = {"on": False}
-    seen: list[tuple[bool, float, float]] = []  # (the preparer's, began, ended)
-    lists = three.daemon.ctx.lists
 
-    def compress(head: bytes, data: bytes) -> Any:
-        began = time.time()
+    def busy(by_preparer: bool) -> None:
         if slow["on"]:
             gevent.get_hub().threadpool.apply(time.sleep, (0.5,))  # (busy: the CPU's time)
-        done = real(head, data)
-        seen.append((preparing(lists), began, time.time()))
-        return done
 
-    monkeypatch.setattr(listing, "compress", compress)
+    seen = _compressions(three, monkeypatch, busy)
     for path in PATHS:
         wait_until(lambda p=path: _gzipped(three.api.base, p), what=f"{path} in gzip")
-    # all three in demand in this second, before the preparer's round (PREPARE_LEAD before
-    # its end)
-    _sleep_until(int(time.time()) + 1.05)
-    second = int(time.time())
-    for _ in range(2):
-        for path in PATHS:
-            get(three.api.base, path)
-    assert time.time() < second + 0.6
+    second = wait_until(lambda: _all_in_demand(three), timeout=10, what="a second to ask in")
     slow["on"] = True
     _sleep_until(second + 1.02)  # the turn: each dashboard asks its list
     asked = [gevent.spawn(get, three.api.base, p) for p in PATHS]
@@ -347,20 +345,17 @@ def test_a_preparer_dying_of_a_base_exception_lets_its_waiters_go(
     """The preparer's compression raises a BaseException that is not GreenletExit (and not a
     system error), while the next second's askers of every list wait: all are answered."""
     _settled(three)
-    real = listing.compress
-    lists = three.daemon.ctx.lists
     arm = {"on": False}
 
     class Boom(BaseException):
         pass
 
-    def compress(head: bytes, data: bytes) -> Any:
-        if arm["on"] and preparing(lists):
+    def dying(by_preparer: bool) -> None:
+        if arm["on"] and by_preparer:
             gevent.sleep(1.0)  # into the next second, its askers waiting
             raise Boom()
-        return real(head, data)
 
-    monkeypatch.setattr(listing, "compress", compress)
+    _compressions(three, monkeypatch, dying)
     for path in PATHS:
         wait_until(lambda p=path: _gzipped(three.api.base, p), what=f"{path} in gzip")
     _sleep_until(int(time.time()) + 1.05)
@@ -385,16 +380,13 @@ def test_a_late_preparation_answers_with_its_seconds_elapsed(
     """The preparer's compression ends 1.3 s into the next second (past the one after): every
     answer's items still add up to the answer's own timestamp (timestamp + elapsed_s)."""
     _settled(three)
-    real = listing.compress
-    lists = three.daemon.ctx.lists
     arm = {"on": False}
 
-    def compress(head: bytes, data: bytes) -> Any:
-        if arm["on"] and preparing(lists):
+    def late(by_preparer: bool) -> None:
+        if arm["on"] and by_preparer:
             gevent.sleep(int(time.time()) + 2.3 - time.time())
-        return real(head, data)
 
-    monkeypatch.setattr(listing, "compress", compress)
+    _compressions(three, monkeypatch, late)
     wait_until(lambda: _gzipped(three.api.base, PATHS[0]), what="gzip")
     _sleep_until(int(time.time()) + 1.05)
     second = int(time.time())
