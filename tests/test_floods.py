@@ -408,26 +408,36 @@ def test_half_sent_headers_get_408_and_the_connection_closes(switch: Any, make_d
     assert b'"error":"408"' in answer
 
 
+def held_before_first_read(
+    monkeypatch: pytest.MonkeyPatch, hold: float, phase: str | None = None
+) -> list[bool]:
+    """The hub held `hold` seconds (a real sleep: nothing else runs) just before the server's
+    first read from a client (of a request body, with `phase` "body"), as a busy hub would.
+    The list it returns is [True] once that happened; clear() it to hold the next one."""
+    from channelsd import httpserver
+
+    real = httpserver._Reader.readinto
+    block = gevent.monkey.get_original("time", "sleep")
+    held: list[bool] = []
+
+    def readinto(self: Any, buffer: Any) -> int:
+        if not held and phase in (None, self.conn.phase):
+            held.append(True)
+            block(hold)
+        return real(self, buffer)
+
+    monkeypatch.setattr(httpserver._Reader, "readinto", readinto)
+    return held
+
+
 def test_a_request_read_after_its_deadline_by_a_busy_hub_is_answered(
     switch: Any, make_daemon: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A whole request that came in time, in the socket when the server first looks, is
     answered even when the hub got to it after header_timeout: under load in CI a dozen such
     connections were closed with their request unread. A head still incomplete then is 408."""
-    from channelsd import httpserver
-
     h = make_daemon([switch], http=SHORT)
-    real = httpserver._ReadPace.before_read
-    block = gevent.monkey.get_original("time", "sleep")
-    stalled: list[bool] = []
-
-    def busy_hub_first(self: Any) -> None:
-        if not stalled:  # the hub busy elsewhere past the deadline, once
-            stalled.append(True)
-            block(SHORT["header_timeout"] + 0.3)
-        real(self)
-
-    monkeypatch.setattr(httpserver._ReadPace, "before_read", busy_hub_first)
+    stalled = held_before_first_read(monkeypatch, SHORT["header_timeout"] + 0.3)
     answer = raw_exchange(h.daemon.http_address, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
     assert stalled and answer.startswith(b"HTTP/1.1 200 "), answer[:300]
     stalled.clear()
@@ -634,11 +644,14 @@ def report(proc: Any) -> dict[str, Any]:
 
 
 HUGE = b"Content-Length: 999999999999999\r\n"
+# What each deadline closed (the server's own count): the proof a connection was cut by it.
+BODY_TIMEOUT = 'channelsd_http_connections_closed_total{reason="body_timeout"}'
+HEADER_TIMEOUT = 'channelsd_http_connections_closed_total{reason="header_timeout"}'
 
 
 class BusyHub:
-    """A daemon under load, the change's own premise: a greenlet that holds the hub 10 ms at
-    a time (CPU work: a real sleep), then lets it poll. A request's reader then gets a turn
+    """A daemon under load, when reads come late: a greenlet that holds the hub 10 ms at a
+    time (CPU work: a real sleep), then lets it poll. A request's reader then gets a turn
     every ~10 ms, as it would beside ingest or a big list's build."""
 
     def __init__(self, hold: float = 0.01) -> None:
@@ -665,22 +678,22 @@ def test_a_flooded_body_is_not_read_past_body_timeout(
     switch: Any, make_daemon: Any, loaded: bool
 ) -> None:
     """GET /healthz with a body that never ends: the answer is given, then pywsgi discards the
-    rest of the body, each read bounded by body_timeout (1 s here). The flooding client must be
-    cut within about body_timeout; it was on the previous commit (closed at 1.00-1.01 s).
-    After the change: busy_hub, never closed in 6 s; idle_hub, the flooder outpaces the
-    reader only until the reader first catches up, 1.03-3.3 s on this machine (so that
-    variant does not fail every run)."""
+    rest of the body, each read bounded by body_timeout (1 s here). The flooding client is cut
+    by that deadline, however full it keeps its socket: granted a read past the deadline
+    whenever the socket held bytes (the late-read grace's first form), it was never cut
+    under a busy hub; under an idle one the reader caught up sooner or later, so that
+    variant is a guard, not a test that failed every run."""
     h = make_daemon([switch], http=SHORT)
+    cut = metric(h, BODY_TIMEOUT)
     head = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + HUGE + b"\r\n"
     if loaded:
         with BusyHub():
             r = report(flood(h.daemon.http_address, 6.0, head))
     else:
         r = report(flood(h.daemon.http_address, 6.0, head))
-    print("REPORT", r)
     assert r["answer"].startswith("HTTP/1.1 200 "), r
     assert r["closed"] is not None, f"the connection outlived body_timeout=1 s by 5 s: {r}"
-    assert r["closed"][0] < SHORT["body_timeout"] + 0.5, r
+    assert metric(h, BODY_TIMEOUT) == cut + 1, r  # cut by its deadline
 
 
 def test_the_413s_discarded_body_is_bounded_by_body_timeout(switch: Any, make_daemon: Any) -> None:
@@ -693,12 +706,12 @@ def test_the_413s_discarded_body_is_bounded_by_body_timeout(switch: Any, make_da
         b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
     )
     chunk = b"8000\r\n" + b"x" * 0x8000 + b"\r\n"
+    cut = metric(h, BODY_TIMEOUT)
     with BusyHub():
         r = report(flood(h.daemon.http_address, 6.0, head, chunk))
-    print("REPORT", r)
     assert r["answer"].startswith("HTTP/1.1 413 "), r
     assert r["closed"] is not None, f"the connection outlived body_timeout=1 s by 5 s: {r}"
-    assert r["closed"][0] < SHORT["body_timeout"] + 0.5, r
+    assert metric(h, BODY_TIMEOUT) == cut + 1, r  # cut by its deadline
 
 
 def test_flooders_past_body_timeout_cannot_keep_every_connection_busy(
@@ -706,8 +719,8 @@ def test_flooders_past_body_timeout_cannot_keep_every_connection_busy(
 ) -> None:
     """max_connections=3, three clients flooding a /healthz body. They are never waiting
     (each read finds data), so none can be evicted; past body_timeout they must have been
-    closed and a probe gets its 200. After the change the probe gets 503 for as long as
-    the flood lasts."""
+    closed and a probe gets its 200 (under the grace's first form it got 503 for as long as
+    the flood lasted)."""
     h = make_daemon([switch], http={**SHORT, "max_connections": 3, "max_streams": 3})
     head = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + HUGE + b"\r\n"
     procs = [flood(h.daemon.http_address, 6.0, head) for _ in range(3)]
@@ -722,42 +735,22 @@ def test_flooders_past_body_timeout_cannot_keep_every_connection_busy(
     finally:
         busy.__exit__()
         reports = [report(p) for p in procs]
-    print("REPORT", held, reports)
     assert probe.startswith(b"HTTP/1.1 200 "), (probe[:120], held, reports)
-
-
-def late_body_reads(monkeypatch: pytest.MonkeyPatch, hold: float) -> list[bool]:
-    """The hub held `hold` seconds (a real sleep: nothing else runs) just before the first
-    read of a request body, as a busy hub would."""
-    from channelsd import httpserver
-
-    real = httpserver._Reader.readinto
-    block = gevent.monkey.get_original("time", "sleep")
-    held: list[bool] = []
-
-    def readinto(self: Any, buffer: Any) -> int:
-        if not held and self.conn.phase == "body":
-            held.append(True)
-            block(hold)
-        return real(self, buffer)
-
-    monkeypatch.setattr(httpserver._Reader, "readinto", readinto)
-    return held
 
 
 def test_a_body_sent_after_body_timeout_is_not_taken_as_in_time(
     switch: Any, make_daemon: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The hub gets to the body's first read 1.3 s late; the client sent its body only at
-    1.1 s, after body_timeout (1 s). On the previous commit: 408. Now the body is read as if
-    it had come in time (the change cannot tell bytes that came in time from bytes that came
-    late: it reads whatever is there when the hub comes)."""
+    1.1 s, after body_timeout (1 s): 408, and nobody hung up. A read past a deadline cannot
+    tell bytes that came in time from bytes that came late; only a connection's very first
+    read has it (the grace's first form acted on this body)."""
     a, _ = switch.bridged_call(variables_a={"account_id": "acc1"})
     h = make_daemon([switch], http=SHORT)
     wait_until(lambda: h.table.get(a) is not None)
     h.wait_ready()
     before = len(switch.received)
-    held = late_body_reads(monkeypatch, SHORT["body_timeout"] + 0.3)
+    held = held_before_first_read(monkeypatch, SHORT["body_timeout"] + 0.3, "body")
     block = gevent.monkey.get_original("time", "sleep")
     body = b'{"data": {"action": "hangup"}}'
     s = socket.create_connection(h.daemon.http_address, timeout=HANG)
@@ -795,20 +788,8 @@ def test_pipelined_requests_after_a_late_first_read_are_answered_once_in_order(
 ) -> None:
     """Three requests pipelined in one send, the first read after header_timeout: each is
     answered once, in order, and the half fourth gets its 408."""
-    from channelsd import httpserver
-
     h = make_daemon([switch], http=SHORT)
-    real = httpserver._ReadPace.before_read
-    block = gevent.monkey.get_original("time", "sleep")
-    stalled: list[bool] = []
-
-    def busy_hub_first(self: Any) -> None:
-        if not stalled:
-            stalled.append(True)
-            block(SHORT["header_timeout"] + 0.3)
-        real(self)
-
-    monkeypatch.setattr(httpserver._ReadPace, "before_read", busy_hub_first)
+    stalled = held_before_first_read(monkeypatch, SHORT["header_timeout"] + 0.3)
     req = b"GET /healthz?n=%d HTTP/1.1\r\nHost: x\r\n\r\n"
     answer = raw_exchange(
         h.daemon.http_address,
@@ -823,10 +804,10 @@ def test_pipelined_requests_after_a_late_first_read_are_answered_once_in_order(
 def test_a_half_body_read_late_still_gets_408(
     switch: Any, make_daemon: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Head and half a body in time, the body's first read after body_timeout: what is there
-    is read, then 408 (not a 400, not a hang)."""
+    """Head and half a body in time, the body's first read after body_timeout: 408 (not a 400,
+    not a hang)."""
     h = make_daemon([switch], http=SHORT)
-    held = late_body_reads(monkeypatch, SHORT["body_timeout"] + 0.3)
+    held = held_before_first_read(monkeypatch, SHORT["body_timeout"] + 0.3, "body")
     answer = raw_exchange(
         h.daemon.http_address,
         b"POST /v2/accounts/acc1/channels/x HTTP/1.1\r\nHost: x\r\n"
@@ -841,10 +822,10 @@ def test_a_half_body_read_late_still_gets_408(
 def test_closed_timeouts_are_counted_once(switch: Any, make_daemon: Any) -> None:
     """A half head: one header_timeout counted, one 408."""
     h = make_daemon([switch], http=SHORT)
-    before = metric(h, 'channelsd_http_connections_closed_total{reason="header_timeout"}')
+    before = metric(h, HEADER_TIMEOUT)
     answer = raw_exchange(h.daemon.http_address, b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
     assert answer.startswith(b"HTTP/1.1 408 ") and answer.count(b"HTTP/1.1") == 1, answer
-    after = metric(h, 'channelsd_http_connections_closed_total{reason="header_timeout"}')
+    after = metric(h, HEADER_TIMEOUT)
     assert after - before == 1
 
 
@@ -853,29 +834,27 @@ def test_a_huge_head_flooded_under_load_is_cut_at_header_timeout(
 ) -> None:
     """A head of 100 header lines of 60 KB (under http.client's bounds), sent as fast as the
     client can, the hub busy: the head phase must end within about header_timeout (408, or
-    the 400 for too many headers). After the change it lasts as long as the server takes to
-    read ~6 MB a read buffer at a time."""
+    the 400 for too many headers), not last as long as the server takes to read ~6 MB a read
+    buffer at a time."""
     h = make_daemon([switch], http=SHORT)
     line = b"X-Pad: " + b"a" * 60000 + b"\r\n"
-    began = time.monotonic()
     with BusyHub():
         r = report(
             flood(h.daemon.http_address, 12.0, b"GET /healthz HTTP/1.1\r\nHost: x\r\n", line)
         )
-    print("REPORT", r, round(time.monotonic() - began, 2))
-    assert r["closed"] is not None, r
-    assert r["closed"][0] < SHORT["header_timeout"] + 0.5, r
+    assert r["closed"] is not None, r  # within the flood's 12 s
+    assert r["answer"].startswith(("HTTP/1.1 400 ", "HTTP/1.1 408 ")), r  # a head refused
 
 
 def test_a_drip_under_load_is_still_cut_at_header_timeout(switch: Any, make_daemon: Any) -> None:
     """A byte every 3 ms of an endless header, the hub busy (a turn every ~10 ms): each late
     read finds a few bytes, the next finds none. Cut at about header_timeout, with a 408."""
     h = make_daemon([switch], http=SHORT)
+    cut = metric(h, HEADER_TIMEOUT)
     with BusyHub():
         r = report(
             flood(h.daemon.http_address, 6.0, b"GET /healthz HTTP/1.1\r\nX-A: ", b"a", 0.003)
         )
-    print("REPORT", r)
     assert r["closed"] is not None or r["answer"], r
     assert r["answer"].startswith("HTTP/1.1 408 "), r
-    assert r["closed"] is None or r["closed"][0] < SHORT["header_timeout"] + 0.5, r
+    assert metric(h, HEADER_TIMEOUT) == cut + 1, r  # cut by its deadline
