@@ -8,6 +8,10 @@ names and values that parser gives them (tests/test_httpheaders.py compares both
 generated blocks). A block with a folded line, a non-ASCII byte in a value or cut short by
 the client goes to the email parser as before.
 
+Read plain, the block is an IndexedMessage: pywsgi and the framing checks ask it for a few
+names per request (the email package finds each by a scan that lowercases every name: 50
+calls of `str.lower` for a small GET), and its fields are handed to the environ as they are.
+
 A block the email parser would read otherwise than a proxy in front may is refused
 (ValueError, a 400): a bare CR ends a line for it (RFC 9112 §2.2: invalid), and a line that
 is no `name: value` (a space before the colon, a control or non-ASCII byte in the name, no
@@ -38,6 +42,84 @@ _FIELD = re.compile(rb"[\x21-\x39\x3b-\x7e]+:[\t\x20-\x7e\x80-\xff]*(?:\r?\n)?")
 _FOLD = re.compile(rb"[\t\x20][\t\x20-\x7e\x80-\xff]*(?:\r?\n)?")
 
 
+class _Fields(list):
+    """An IndexedMessage's fields: any change, by whatever method of the email package, drops
+    the index (it is rebuilt at the next lookup)."""
+
+    __slots__ = ("owner",)
+
+    def _changed(self) -> None:
+        self.owner._index = None
+
+
+def _changing(name: str) -> Any:
+    method = getattr(list, name)
+
+    def changing(self: _Fields, *args: Any) -> Any:
+        self._changed()
+        return method(self, *args)
+
+    return changing
+
+
+for _name in (
+    "append", "extend", "insert", "pop", "remove", "clear", "sort", "reverse",
+    "__setitem__", "__delitem__", "__iadd__", "__imul__",
+):  # fmt: skip
+    setattr(_Fields, _name, _changing(_name))
+
+
+class IndexedMessage(OldMessage):
+    """OldMessage whose lookups by name (get, get_all, `in`) are a dictionary's, with the
+    email package's answers: the first value, all of them in order, each as its policy fetches
+    it. The fields stay in `_headers`, where every method of the package keeps them."""
+
+    def __init__(self) -> None:
+        self._index: dict[str, list[Any]] | None = None
+        super().__init__()
+
+    @property
+    def _headers(self) -> _Fields:
+        return self._fields
+
+    @_headers.setter
+    def _headers(self, fields: list[tuple[str, Any]]) -> None:
+        self._fields = _Fields(fields)
+        self._fields.owner = self
+        self._index = None
+
+    def _indexed(self) -> dict[str, list[Any]]:
+        index = self._index
+        if index is None:
+            index = {}
+            fetch = self.policy.header_fetch_parse
+            for k, v in self._fields:
+                index.setdefault(k.lower(), []).append(fetch(k, v))
+            self._index = index
+        return index
+
+    def get(self, name: str, failobj: Any = None) -> Any:
+        values = self._indexed().get(name.lower())
+        return values[0] if values else failobj
+
+    def get_all(self, name: str, failobj: Any = None) -> Any:
+        values = self._indexed().get(name.lower())
+        return list(values) if values else failobj
+
+    def __getitem__(self, name: str) -> Any:
+        return self.get(name)
+
+    def __contains__(self, name: str) -> bool:
+        return name.lower() in self._indexed()
+
+    def getheader(self, name: str, default: Any = None) -> Any:
+        return self.get(name, default)
+
+    @property
+    def typeheader(self) -> Any:
+        return self.get("content-type")
+
+
 def read_headers(fp: Any) -> Any:
     """pywsgi's headers_factory(fp): the header block as pywsgi's OldMessage, with
     status "Line too long" for a line over MAX_LINE; http.client.HTTPException beyond
@@ -56,11 +138,13 @@ def read_headers(fp: Any) -> Any:
             break
     fields = lines[:-1]
     if lines[-1] and all(_PLAIN.fullmatch(line) for line in fields):
-        msg = OldMessage()
-        for line in fields:
-            name, _, value = line.partition(b":")
-            # the email parser's (compat32) reading of a one-line field
-            msg[name.decode("latin-1")] = value.lstrip(b" \t").rstrip(b"\r\n").decode("latin-1")
+        msg = IndexedMessage()
+        # the email parser's (compat32) reading of a one-line field, stored as compat32
+        # stores it: (name, value) as given
+        msg._headers = [
+            (name.decode("latin-1"), value.lstrip(b" \t").rstrip(b"\r\n").decode("latin-1"))
+            for name, _, value in (line.partition(b":") for line in fields)
+        ]
         return msg
     for i, line in enumerate(fields):
         if not (_FIELD.fullmatch(line) or (i and _FOLD.fullmatch(line))):

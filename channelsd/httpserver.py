@@ -29,7 +29,7 @@ import os
 import resource
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import gevent
@@ -39,7 +39,7 @@ from gevent.socket import wait_read
 from channelsd import envelope, turns
 from channelsd.config import HttpLimits
 from channelsd.envelope import ApiError
-from channelsd.httpheaders import read_headers
+from channelsd.httpheaders import IndexedMessage, read_headers
 from channelsd.logs import RateLimited, mask
 from channelsd.metrics import Metrics
 
@@ -349,6 +349,20 @@ class Handler(WSGIHandler):
         headers = read_headers(fp)  # pywsgi's parser, quicker for plain blocks
         _check_framing(headers)
         return headers
+
+    def _headers(self) -> Iterator[tuple[str, str]]:
+        """pywsgi's HTTP_* entries of the environ. A plain block's fields (IndexedMessage)
+        are taken as they are: pywsgi formats each as a line and splits it again."""
+        headers = self.headers
+        if type(headers) is not IndexedMessage:
+            yield from super()._headers()
+            return
+        for name, value in headers._headers:
+            if "_" in name:
+                continue  # pywsgi drops them: HTTP_X_A would be X-A's or X_A's
+            key = name.replace("-", "_").upper()
+            if key != "CONTENT_TYPE" and key != "CONTENT_LENGTH":
+                yield "HTTP_" + key, value.strip()
 
     def read_request(self, raw_requestline: str) -> Any:
         parsed = super().read_request(raw_requestline)

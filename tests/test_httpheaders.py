@@ -5,12 +5,13 @@ bytes consumed; only faster for plain blocks."""
 import io
 
 import pytest
-from gevent.pywsgi import headers_factory
+from gevent.pywsgi import WSGIHandler, headers_factory
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from channelsd import httpheaders
 from channelsd.httpheaders import MAX_HEADERS, MAX_LINE, read_headers
+from channelsd.httpserver import Handler
 
 _NAMES = st.sampled_from(
     [b"Host", b"Content-Length", b"X-Auth-Token", b"content-type", b"X_Under", b"From", b"A"]
@@ -97,3 +98,94 @@ def test_the_limits_are_http_clients() -> None:
     with pytest.raises(Exception) as pywsgis:
         headers_factory(io.BytesIO(many))
     assert type(mine.value) is type(pywsgis.value) and str(mine.value) == str(pywsgis.value)
+
+
+# Every spelling a lookup may use, and names no block holds.
+_ASKED = [
+    spelled
+    for name in ("Host", "Content-Length", "X-Auth-Token", "content-type", "X_Under", "From", "A")
+    for spelled in (name, name.lower(), name.upper())
+] + ["Missing", "connection", "transfer-encoding"]
+
+_CHANGES = st.lists(
+    st.tuples(
+        st.sampled_from(["set", "del", "replace", "raw", "add", "assign", "pop", "sort"]),
+        st.sampled_from(_ASKED),
+        _PLAIN_VALUES.map(lambda v: v.decode("latin-1")),
+    ),
+    max_size=5,
+)
+
+
+def _change(msg: object, op: str, name: str, value: str) -> object:
+    """One change by a method of the email package (or of its field list); what it raised."""
+    try:
+        if op == "set":
+            msg[name] = value
+        elif op == "del":
+            del msg[name]
+        elif op == "replace":
+            msg.replace_header(name, value)
+        elif op == "raw":
+            msg.set_raw(name, value)
+        elif op == "add":
+            msg.add_header(name, value, charset="x")
+        elif op == "assign":
+            msg._headers = [(name, value), *msg._headers]
+        elif op == "pop":
+            msg._headers.pop()
+        else:
+            msg._headers.sort()
+    except (KeyError, IndexError) as exc:
+        return type(exc)
+    return None
+
+
+def _lookups(msg: object) -> list[object]:
+    return [
+        (msg.get(n), msg.get(n, "-"), msg.get_all(n), msg.get_all(n, "-"), n in msg, msg[n])
+        for n in _ASKED
+    ] + [msg.typeheader, msg.getheader("content-length"), list(msg.items())]
+
+
+@given(blocks(), _CHANGES)
+@settings(max_examples=400, derandomize=True, deadline=None)
+def test_lookups_by_name_answer_as_the_email_package_does(
+    drawn: tuple[bytes, bool], changes: list[tuple[str, str, str]]
+) -> None:
+    """The index a plain block is read into answers every lookup as the email package's scan
+    does, before and after each change any of its methods can make."""
+    block, refused = drawn
+    if refused:
+        return
+    ours, theirs = read_headers(io.BytesIO(block)), headers_factory(io.BytesIO(block))
+    assert _lookups(ours) == _lookups(theirs), block
+    for op, name, value in changes:
+        assert _change(ours, op, name, value) == _change(theirs, op, name, value)
+        assert _lookups(ours) == _lookups(theirs), (block, op, name, value)
+
+
+@given(blocks())
+@settings(max_examples=400, derandomize=True, deadline=None)
+def test_the_environs_header_entries_are_pywsgis(drawn: tuple[bytes, bool]) -> None:
+    """channelsd's handler turns a block into the environ's HTTP_* entries as pywsgi does,
+    whichever way the block was read."""
+    block, refused = drawn
+    if refused:
+        return
+
+    ours, theirs = Handler.__new__(Handler), WSGIHandler.__new__(WSGIHandler)
+    ours.headers = read_headers(io.BytesIO(block))
+    theirs.headers = headers_factory(io.BytesIO(block))
+    assert list(ours._headers()) == list(theirs._headers()), block
+
+
+def test_a_plain_block_is_looked_up_without_a_scan(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plain reading is the indexed one: its lookups never lower-case the names of
+    the fields one by one as the email package's do."""
+    msg = read_headers(io.BytesIO(b"Host: h\r\nContent-Length: 2\r\nX-A: 1\r\n\r\n"))
+    assert isinstance(msg, httpheaders.IndexedMessage)
+    msg.get("host")  # the index is built once
+    monkeypatch.setattr(httpheaders.OldMessage, "get", None)
+    monkeypatch.setattr(httpheaders.OldMessage, "get_all", None)
+    assert (msg.get("CONTENT-LENGTH"), msg.get_all("x-a"), "HOST" in msg) == ("2", ["1"], True)
