@@ -23,8 +23,10 @@ daemon is added here (freeswitch-esl.md §4):
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import socket as pysocket
+import termios
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -162,6 +164,14 @@ class ESLConnection(InboundESL):
         self.close_reason = ""
         self.last_rx = time.monotonic()
         self.answered_at = 0.0  # when the last reply arrived (commands' deadlines run from it)
+        # Bytes the reader has received, and how many of them it had handled (every whole
+        # frame among them) when it last went back to the socket: a deadline that passed
+        # while the hub was busy elsewhere is called only once the reader has handled what
+        # had arrived by then (_caught_up).
+        self.rx_total = 0
+        self.handled = 0
+        self._catching_up = 0
+        self._progress = gevent.event.Event()
         self.parse_errors = 0
         self._since_yield = 0
 
@@ -216,6 +226,7 @@ class ESLConnection(InboundESL):
                 sock.shutdown(pysocket.SHUT_RDWR)
             sock.close()
         self._auth_request_event.set()
+        self._progress.set()
 
     def goodbye(self, timeout: float = 2.0) -> None:
         """Say `exit` as a polite client does, then close whatever the answer."""
@@ -325,7 +336,9 @@ class ESLConnection(InboundESL):
             while not result.ready():
                 left = max(written, self.answered_at) + limit - time.monotonic()
                 if left <= 0:
-                    break
+                    if self._caught_up(result, limit):
+                        break
+                    continue  # a reply arrived meanwhile: the deadline runs from it
                 result.wait(left)  # (not get(timeout=): a caller's own Timeout is not ours)
         finally:
             ESLConnection.awaiting -= 1
@@ -333,6 +346,43 @@ class ESLConnection(InboundESL):
             self.close(f"no reply to {text.split(' ', 2)[:2]} within {limit}s")
             raise CommandTimeout(f"{self.label}: no reply within {limit}s")
         return result.get()
+
+    def _caught_up(self, result: gevent.event.AsyncResult, limit: float) -> bool:
+        """At a deadline: wait until the reader has handled every byte that had arrived from
+        the switch by now (read, or still in the socket), or `result` is ready; whether the
+        deadline stands. The waiter's timer can run before the reader (a hub busy past the
+        deadline wakes both at once; the reader takes turns of YIELD_EVERY events): a reply
+        that reached this host in time is not late. Only what had arrived counts, so a
+        switch that keeps sending without answering gains nothing, and a reader that cannot
+        handle it within another `limit` leaves the deadline standing."""
+        answered = self.answered_at
+        mark = self.rx_total + self.unread()
+        give_up = time.monotonic() + limit
+        self._catching_up += 1
+        try:
+            while not result.ready() and self.handled < mark and self._run:
+                left = give_up - time.monotonic()
+                if left <= 0:
+                    break
+                self._progress.clear()
+                self._progress.wait(left)
+        finally:
+            self._catching_up -= 1
+        return result.ready() or self.answered_at == answered
+
+    def unread(self) -> int:
+        """Bytes from the switch waiting in the socket, not read yet."""
+        sock = getattr(self, "sock", None)
+        try:
+            return int.from_bytes(fcntl.ioctl(sock.fileno(), termios.FIONREAD, bytes(4)), "little")
+        except (OSError, ValueError, AttributeError):  # closed: nothing more will be read
+            return 0
+
+    def _going_back(self) -> None:
+        """The reader goes back to the socket: every whole frame received has been handled."""
+        self.handled = self.rx_total
+        if self._catching_up:
+            self._progress.set()
 
     # -- reading (runs in greenswitch's reader greenlet) -------------------------------------
 
@@ -376,9 +426,11 @@ class ESLConnection(InboundESL):
             if end < 0:
                 if len(buf) - pos > MAX_HEADER_BYTES:
                     raise ProtocolError(f"a header block not ended within {MAX_HEADER_BYTES} bytes")
+                self._going_back()
                 data = recv(RECV_BYTES)
                 if not data:
                     return  # EOF
+                self.rx_total += len(data)
                 self.last_rx = time.monotonic()  # liveness: bytes arrived, whatever they hold
                 turns.begin()
                 if pos < len(buf):
@@ -431,9 +483,11 @@ class ESLConnection(InboundESL):
                 have = len(buf)
                 unpaced = 0
                 while have < stop:
+                    self._going_back()
                     data = recv(RECV_BYTES)
                     if not data:
                         raise ConnectionLost(f"short read: wanted {stop} bytes")
+                    self.rx_total += len(data)
                     self.last_rx = time.monotonic()
                     chunks.append(data)
                     have += len(data)
@@ -460,9 +514,11 @@ class ESLConnection(InboundESL):
             left = stop - len(buf)
             unpaced = 0
             while True:
+                self._going_back()
                 data = self.sock.recv(RECV_BYTES)
                 if not data:
                     raise ConnectionLost(f"short read: {left} bytes of a body missing")
+                self.rx_total += len(data)
                 self.last_rx = time.monotonic()
                 if len(data) >= left:
                     rest, at = data, left
