@@ -26,15 +26,19 @@ start_os_thread = monkey.get_original("_thread", "start_new_thread")
 
 class ThreadSwitch:
     """A minimal ESL server in a native thread: authenticates, then answers each command
-    with `before` (bytes the switch sends first: events) and the command's reply."""
+    with `before` (bytes the switch sends first: events) and the command's reply, after
+    `delay[command]` seconds (FreeSWITCH answers a connection's commands in turn)."""
 
-    def __init__(self, before: bytes = b"", answer: bool = True) -> None:
+    def __init__(
+        self, before: bytes = b"", answer: bool = True, delay: dict[bytes, float] | None = None
+    ) -> None:
         self.listener = real_socket(_socket_module.AF_INET, _socket_module.SOCK_STREAM)
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(1)
         self.port = self.listener.getsockname()[1]
         self.before = before
         self.answer = answer
+        self.delay = delay or {}
         self.commands: list[bytes] = []
         start_os_thread(self._serve, ())
 
@@ -53,6 +57,7 @@ class ThreadSwitch:
                 if line.startswith(b"auth "):
                     conn.sendall(b"Content-Type: command/reply\nReply-Text: +OK accepted\n\n")
                     continue
+                real_sleep(self.delay.get(line, 0.0))
                 body = b"+OK " + line
                 reply = b"Content-Type: api/response\nContent-Length: %d\n\n" % len(body) + body
                 conn.sendall(self.before + (reply if self.answer else b""))
@@ -102,6 +107,25 @@ def test_a_pipeline_answered_while_the_hub_was_held_is_not_late() -> None:
         gevent.sleep(0)
         real_sleep(1.0)
         assert [r.data for r in asked.get(timeout=10)] == [f"+OK {t}" for t in texts]
+        assert not conn.closed.is_set()
+    finally:
+        conn.close()
+
+
+def test_a_deadline_runs_again_from_a_reply_read_late() -> None:
+    """Two commands in turn; the first one's reply arrives while the hub is held, the second
+    one's after it. The second's deadline runs from the first reply (the switch was busy
+    with it), and that reply counts from when it arrived, not from when it was read."""
+    seen: list[Any] = []
+    sw = ThreadSwitch(before=_events(500), delay={b"api second": 1.1})
+    conn = _connect(sw, seen)
+    try:
+        first = gevent.spawn(conn.api, "first")
+        second = gevent.spawn(conn.api, "second")
+        gevent.sleep(0)  # both written; the switch answers the first at once
+        real_sleep(1.0)
+        assert first.get(timeout=5) == "+OK api first"
+        assert second.get(timeout=5) == "+OK api second"
         assert not conn.closed.is_set()
     finally:
         conn.close()
