@@ -17,6 +17,7 @@ import gevent
 import gevent.event
 
 from channelsd import config as config_module
+from channelsd import fastlists
 from channelsd.actions import Actions
 from channelsd.api import CORS_HEADERS, ApiContext, create_app
 from channelsd.blackhole.hub import Hub
@@ -152,6 +153,7 @@ class Daemon:
             access_log=_AccessLog() if log.isEnabledFor(logging.DEBUG) else None,
             extra_headers=CORS_HEADERS.items(),
             max_connections=budget,
+            lane=fastlists.lane(self.ctx) if self.ctx.fast_lists else None,
         )
         http = self.http
         self.metrics.watch_http(lambda: len(http.connections), lambda: len(self.ctx.subscriptions))

@@ -8,6 +8,10 @@ pretty printing — from the same table reads, list builder, envelope and metric
 resource; so is the plain single-channel GET that finds its channel. Everything else, every
 error included, goes to the Flask app, so the API's rules and error shapes live in one place;
 tests/test_fastlists.py checks that both answer alike.
+
+channelsd's HTTP server asks the same `answers` first, before its WSGI machinery
+(httpserver.Handler's fast lane): what they answer there is written as this layer would have
+it written, and what they leave is marked (DECLINED) so that this layer does not ask again.
 """
 
 from __future__ import annotations
@@ -26,8 +30,15 @@ from channelsd.table import Scope
 
 if TYPE_CHECKING:
     from channelsd.api import ApiContext
+    from channelsd.httpserver import Lane
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+# An answer: the body's pieces, its encoding headers, the request id, the route (for metrics).
+Answer = tuple[tuple[bytes, ...], tuple[tuple[str, str], ...], str, str]
+Answers = Callable[[dict[str, Any]], Answer | None]
+# Set in the environ of a request the server's fast lane asked `answers` about and that
+# they left to the resource.
+DECLINED = "channelsd.fast_declined"
 
 # (Flask's rule, for the metrics label; the same rule as a pattern on PATH_INFO)
 _ROUTES = tuple(
@@ -65,8 +76,9 @@ def _route(path: str) -> tuple[str, tuple[str, ...]] | None:
     return None
 
 
-def fast_lists(ctx: ApiContext, app: WSGIApp) -> WSGIApp:
-    """`app` with the plain list GETs answered in front of it."""
+def answers(ctx: ApiContext) -> Answers:
+    """The plain GETs' answers from `ctx`'s table (the module's doc), or None where the
+    Flask resource has something else to say."""
     table = ctx.table
 
     def channels_for(
@@ -97,7 +109,7 @@ def fast_lists(ctx: ApiContext, app: WSGIApp) -> WSGIApp:
                 return orjson.dumps(ch.to_detail(time.time(), table.is_stale(ch)))
         return None
 
-    def answer(environ: dict[str, Any]) -> tuple[tuple[bytes, ...], Any, str, str] | None:
+    def answer(environ: dict[str, Any]) -> Answer | None:
         get = environ.get
         if get("REQUEST_METHOD") != "GET" or get("QUERY_STRING"):
             return None
@@ -129,21 +141,51 @@ def fast_lists(ctx: ApiContext, app: WSGIApp) -> WSGIApp:
         parts = envelope.success_parts(data, rid, presented)
         return (*ctx.lists.encoded(table, channels, parts, get("HTTP_ACCEPT_ENCODING")), rid, rule)
 
-    def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    return answer
+
+
+def headers(
+    body: tuple[bytes, ...], encoding: tuple[tuple[str, str], ...], rid: str
+) -> list[tuple[str, str]]:
+    """An answer's headers, as both the WSGI layer and the server's fast lane send them."""
+    return [
+        ("Content-Type", envelope.JSON_TYPE),
+        ("Content-Length", str(sum(map(len, body)))),
+        ("X-Request-ID", rid),
+        *encoding,
+    ]
+
+
+def lane(ctx: ApiContext) -> Lane:
+    """The HTTP server's fast lane (httpserver.Lane): the same answers, asked before the
+    application; a request they leave is marked, so that fast_lists does not ask again."""
+    answer = answers(ctx)
+
+    def ask(environ: dict[str, Any]) -> tuple[list[tuple[str, str]], tuple[bytes, ...]] | None:
         began = time.perf_counter()
         done = answer(environ)
         if done is None:
+            environ[DECLINED] = True
+            return None
+        body, encoding, rid, rule = done
+        if ctx.metrics is not None:
+            ctx.metrics.http(rule, "GET", 200, time.perf_counter() - began)
+        return headers(body, encoding, rid), body
+
+    return ask
+
+
+def fast_lists(ctx: ApiContext, app: WSGIApp) -> WSGIApp:
+    """`app` with the plain list GETs answered in front of it."""
+    answer = answers(ctx)
+
+    def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        began = time.perf_counter()
+        done = None if DECLINED in environ else answer(environ)
+        if done is None:
             return app(environ, start_response)
         body, encoding, rid, rule = done
-        start_response(
-            "200 OK",
-            [
-                ("Content-Type", envelope.JSON_TYPE),
-                ("Content-Length", str(sum(map(len, body)))),
-                ("X-Request-ID", rid),
-                *encoding,
-            ],
-        )
+        start_response("200 OK", headers(body, encoding, rid))
         if ctx.metrics is not None:
             ctx.metrics.http(rule, "GET", 200, time.perf_counter() - began)
         return body

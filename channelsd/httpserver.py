@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import gevent
-from gevent.pywsgi import MAX_REQUEST_LINE, WSGIHandler, WSGIServer
+from gevent.pywsgi import MAX_REQUEST_LINE, WSGIHandler, WSGIServer, format_date_time
 from gevent.socket import wait_read
 
 from channelsd import envelope, turns
@@ -65,6 +65,9 @@ SEND_CHUNK = 256 * 1024
 COPY_CHUNK_BELOW = 4096
 # An answer (or the first piece of one) this small is sent with its headers in one send.
 JOIN_BELOW = 64 * 1024
+# A fast lane (HttpServer's `lane`): asked about a keep-alive HTTP/1.1 GET before the WSGI
+# application; its answer is a 200's headers and body, None leaves the request to the app.
+Lane = Callable[[dict[str, Any]], tuple[list[tuple[str, str]], tuple[bytes, ...]] | None]
 # Bytes read from one client between visits to the hub: a read buffer's worth, whose parsing
 # (a chunked body's size lines are read a byte at a time) stays within a few milliseconds.
 PACE_READ_BYTES = 8192
@@ -166,6 +169,26 @@ class Connections:
         # Wakes its reader with end-of-file; its own greenlet closes the descriptor.
         with contextlib.suppress(OSError):
             conn.sock.shutdown(socket.SHUT_RDWR)
+
+
+def _joined(pieces: Iterable[bytes]) -> Iterator[bytes]:
+    """A sized answer's pieces as they are written: small ones joined (up to JOIN_BELOW),
+    large ones as they are, never copied."""
+    pending: list[bytes] = []
+    size = 0
+    for data in pieces:
+        if not data:
+            continue
+        if pending and size + len(data) > JOIN_BELOW:
+            yield b"".join(pending)
+            pending, size = [], 0
+        if len(data) > JOIN_BELOW:
+            yield data
+        else:
+            pending.append(data)
+            size += len(data)
+    if pending:
+        yield b"".join(pending) if len(pending) > 1 else pending[0]
 
 
 def _pause() -> None:
@@ -385,6 +408,42 @@ class Handler(WSGIHandler):
 
     # -- writing -----------------------------------------------------------------------------
 
+    def handle_one_response(self) -> None:
+        # The lane answers the portals' polls (channelsd.fastlists) without the application's
+        # WSGI round (start_response, the app's layers, the writer's state): 10-25 µs of a
+        # poll's ~200 (BENCHMARKS.md). Only where pywsgi would frame the answer just so: GET,
+        # HTTP/1.1, kept alive, and no access line to write.
+        lane = self.server.lane
+        if (
+            lane is not None
+            and self.command == "GET"
+            and self.request_version == "HTTP/1.1"
+            and not self.close_connection
+            and not self.server.access_log
+        ):
+            answer = lane(self.environ)
+            if answer is not None:
+                self._answer_at_once(*answer)
+                return
+        super().handle_one_response()
+
+    def _answer_at_once(self, headers: list[tuple[str, str]], body: tuple[bytes, ...]) -> None:
+        """A lane's 200, in the bytes pywsgi would write for it (headers, then the server's
+        extra headers, then Date), written as _write_result writes: joined when small, the
+        headers ahead of a large body with MSG_MORE."""
+        self.status, self.code, self.headers_sent = b"200 OK", 200, True
+        head = bytearray(b"HTTP/1.1 200 OK\r\n")
+        for name, value in (*headers, *self.server.extra_headers):
+            head += f"{name}: {value}\r\n".encode("latin-1")
+        head += b"Date: " + format_date_time(time.time()) + b"\r\n\r\n"
+        writes = _joined(body)
+        try:
+            self._send_head(head, next(writes, b""))
+            for data in writes:
+                self._write(data)
+        except OSError:
+            self.close_connection = True  # stalled or gone mid-answer, as handle_error has it
+
     def process_result(self) -> None:
         self._write_result()
         if self.environ.get(YIELD_AFTER):
@@ -405,21 +464,8 @@ class Handler(WSGIHandler):
         if self.provided_content_length is None:
             self._write_stream()
             return
-        pending: list[bytes] = []
-        size = 0
-        for data in self.result:
-            if not data:
-                continue
-            if pending and size + len(data) > JOIN_BELOW:
-                self.write(b"".join(pending))
-                pending, size = [], 0
-            if len(data) > JOIN_BELOW:
-                self.write(data)
-            else:
-                pending.append(data)
-                size += len(data)
-        if pending:
-            self.write(b"".join(pending) if len(pending) > 1 else pending[0])
+        for data in _joined(self.result):
+            self.write(data)
         if self.status and not self.headers_sent:
             self.write(b"")  # an empty body: the headers still go
 
@@ -476,6 +522,10 @@ class Handler(WSGIHandler):
             head += value
             head += b"\r\n"
         head += b"\r\n"
+        self._send_head(head, data)
+
+    def _send_head(self, head: bytearray, data: Any) -> None:
+        """The head and the answer's first write: one send when that is small."""
         if data and not self.response_use_chunked and len(data) <= JOIN_BELOW:
             head += data
             self._sendall(head)
@@ -679,6 +729,7 @@ class HttpServer(WSGIServer):
         access_log: Any = None,
         extra_headers: Iterable[tuple[str, str]] = (),
         max_connections: int | None = None,
+        lane: Lane | None = None,
     ) -> None:
         super().__init__(
             address,
@@ -692,6 +743,7 @@ class HttpServer(WSGIServer):
         self.limits = limits
         self.metrics = metrics
         self.extra_headers = list(extra_headers)
+        self.lane = lane
         self.connections = Connections(max_connections or limits.max_connections, metrics)
         self.client_errors = RateLimited(log)
         self._accept_errors = RateLimited(log)

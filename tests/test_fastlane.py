@@ -1,0 +1,208 @@
+"""The HTTP server's fast lane (httpserver.Handler.handle_one_response with
+channelsd.fastlists.lane) writes, byte for byte but the Date, what the WSGI path writes for
+the same request, and answers only what pywsgi would frame just so.
+
+One daemon; each request goes over a raw socket twice, with the lane and without it (the
+server's `lane` unset: then the application's fast_lists layer answers, or Flask), the clock
+of the answers held still so that both build the same bodies."""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from typing import Any
+
+import pytest
+from test_api import World
+
+from channelsd import fastlists, httpserver
+
+from conftest import token
+
+_DATE = re.compile(rb"\r\nDate: [^\r]*")
+
+
+@pytest.fixture
+def world(switch: Any, make_daemon: Any, monkeypatch: pytest.MonkeyPatch) -> World:
+    h = make_daemon([switch], identity={"device_owners": {"dev9": "user1"}})
+    world = World(h, switch)
+
+    class Still:  # fastlists' clock held still: durations do not move between the two asks
+        now = time.time()
+        perf_counter = staticmethod(time.perf_counter)
+
+        @classmethod
+        def time(cls) -> float:
+            return cls.now
+
+    monkeypatch.setattr(fastlists, "time", Still)
+    return world
+
+
+def responses(port: int, wire: bytes, count: int) -> list[bytes]:
+    """Send `wire` (one or more requests), read `count` answers, each framed by its
+    Content-Length, and whether the server closed after them."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(wire)
+        buf = b""
+        out = []
+        while len(out) < count:
+            while b"\r\n\r\n" not in buf:
+                data = sock.recv(65536)
+                assert data, f"closed after {len(out)} answers: {buf[:200]!r}"
+                buf += data
+            head, _, rest = buf.partition(b"\r\n\r\n")
+            m = re.search(rb"\r\nContent-Length: (\d+)", head)
+            length = int(m.group(1)) if m and not wire.startswith(b"HEAD") else 0
+            while len(rest) < length:
+                data = sock.recv(65536)
+                assert data
+                rest += data
+            out.append(_DATE.sub(b"", head) + b"\r\n\r\n" + rest[:length])
+            buf = rest[length:]
+        return out
+
+
+def request(
+    path: str, tok: str | None = "super", version: str = "HTTP/1.1", **headers: str
+) -> bytes:
+    lines = [f"GET {path} {version}", "Host: channelsd"]
+    if tok is not None:
+        lines.append(f"X-Auth-Token: {token(tok)}")
+    lines += [f"{k.replace('_', '-')}: {v}" for k, v in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def both(world: World, wire: bytes, count: int = 1) -> tuple[list[bytes], list[bytes], int]:
+    """The answers with the lane and without it, and how many the lane answered."""
+    server = world.h.daemon.http
+    lane = server.lane
+    answered = 0
+
+    def counting(environ: dict[str, Any]) -> Any:
+        nonlocal answered
+        got = lane(environ)
+        answered += got is not None
+        return got
+
+    port = server.server_port
+    server.lane = counting
+    try:
+        with_lane = responses(port, wire, count)
+    finally:
+        server.lane = None
+    try:
+        without = responses(port, wire, count)
+    finally:
+        server.lane = lane
+    return with_lane, without, answered
+
+
+def paths(world: World) -> list[str]:
+    return [
+        "/v2/channels",
+        "/v2/accounts/acc1/channels",
+        "/v2/accounts/acc1/channels/",
+        "/v2/accounts/acc2/channels",
+        "/v2/accounts/acc1/users/user1/channels",
+        "/v2/accounts/acc1/devices/dev9/channels",
+        f"/v2/accounts/acc1/channels/{world.alice_a}",
+        f"/v2/accounts/acc2/channels/{world.alice_a}",
+        "/v2/accounts/acc1/channels/no-such-uuid",
+        "/v2/accounts/acc1/channels?filter_answered=true",
+        "/v2/nothing-here",
+    ]
+
+
+@pytest.mark.parametrize("tok", ["super", "admin1", "user1", None])
+def test_the_lane_writes_what_the_wsgi_path_writes(world: World, tok: str | None) -> None:
+    answered = 0
+    for path in paths(world):
+        for headers in (
+            {"X-Request-ID": "one-id"},
+            {"X-Request-ID": "one-id", "Accept-Encoding": "gzip"},
+        ):
+            with_lane, without, n = both(world, request(path, tok, **headers))
+            assert with_lane == without, (path, tok, headers)
+            answered += n
+    if tok in ("super", "admin1"):
+        assert answered >= 8  # the lane answered the plain cases itself
+    else:
+        assert answered == 0  # a user's lists and a missing token are the resource's
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        b"GET /v2/accounts/acc1/channels HTTP/1.0\r\nX-Auth-Token: %s\r\nX-Request-ID: i\r\n\r\n",
+        b"GET /v2/accounts/acc1/channels HTTP/1.0\r\nConnection: keep-alive\r\n"
+        b"X-Auth-Token: %s\r\nX-Request-ID: i\r\n\r\n",
+        b"GET /v2/accounts/acc1/channels HTTP/1.1\r\nConnection: close\r\n"
+        b"X-Auth-Token: %s\r\nX-Request-ID: i\r\n\r\n",
+        b"HEAD /v2/accounts/acc1/channels HTTP/1.1\r\nX-Auth-Token: %s\r\nX-Request-ID: i\r\n\r\n",
+    ],
+    ids=["http/1.0", "http/1.0 keep-alive", "connection close", "head"],
+)
+def test_what_pywsgi_frames_otherwise_is_not_the_lanes(world: World, wire: bytes) -> None:
+    with_lane, without, answered = both(world, wire % token("super").encode())
+    assert with_lane == without
+    assert answered == 0
+
+
+def test_pipelined_requests_are_answered_in_order_alike(world: World) -> None:
+    wire = b"".join(request(p, "admin1", X_Request_ID=f"r{i}") for i, p in enumerate(paths(world)))
+    with_lane, without, answered = both(world, wire, len(paths(world)))
+    assert with_lane == without
+    assert [re.search(rb"X-Request-ID: (r\d+)", a).group(1) for a in with_lane] == [
+        f"r{i}".encode() for i in range(len(paths(world)))
+    ]
+    assert answered >= 4
+
+
+def test_a_large_answer_goes_out_in_pieces_alike(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above JOIN_BELOW a body's large piece goes out on its own, never copied into a bigger
+    buffer: the same sends with the lane as without it."""
+    monkeypatch.setattr(httpserver, "JOIN_BELOW", 64)
+    sends: list[tuple[int, int]] = []
+    real = httpserver.Handler._sendall
+
+    def counted(self: Any, data: Any, flags: int = 0) -> None:
+        sends.append((len(data), flags))
+        real(self, data, flags)
+
+    monkeypatch.setattr(httpserver.Handler, "_sendall", counted)
+    server = world.h.daemon.http
+    wire = request("/v2/channels", X_Request_ID="big")
+    out = []
+    for lane in (server.lane, None):
+        saved, server.lane = server.lane, lane
+        try:
+            out.append(responses(server.server_port, wire, 1))
+        finally:
+            server.lane = saved
+        out.append(list(sends))
+        sends.clear()
+    with_lane, lane_sends, without, wsgi_sends = out
+    assert with_lane == without
+    # the headers with the envelope's opening, the list's bytes as they are, the rest
+    assert lane_sends == wsgi_sends and len(lane_sends) == 3
+
+
+def test_a_request_the_lane_left_is_not_asked_again(world: World) -> None:
+    """fast_lists, in front of Flask, skips what the lane already declined."""
+    called = []
+    app = fastlists.fast_lists(world.h.daemon.ctx, lambda env, sr: called.append(env) or [b""])
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/v2/accounts/acc1/channels",
+        "QUERY_STRING": "",
+        "HTTP_X_AUTH_TOKEN": token("super"),
+    }
+    started: list[str] = []
+    assert app(dict(environ), lambda status, headers: started.append(status)) != [b""]
+    assert started == ["200 OK"] and not called  # answered in front of the app
+    app({**environ, fastlists.DECLINED: True}, lambda status, headers: started.append(status))
+    assert len(called) == 1  # declined by the lane: straight to the app
