@@ -2,16 +2,24 @@
 package's) does: the same names and values in the same order, the same status, the same
 bytes consumed; only faster for plain blocks."""
 
+import contextlib
+import copy
 import io
+import json
+import pickle
+import socket
+from typing import Any
 
 import pytest
-from gevent.pywsgi import WSGIHandler, headers_factory
+from gevent.pywsgi import WSGIHandler, WSGIServer, headers_factory
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from channelsd import httpheaders
-from channelsd.httpheaders import MAX_HEADERS, MAX_LINE, read_headers
-from channelsd.httpserver import Handler
+from channelsd.config import HttpLimits
+from channelsd.httpheaders import MAX_HEADERS, MAX_LINE, IndexedMessage, read_headers
+from channelsd.httpserver import Handler, HttpServer
+from channelsd.metrics import Metrics
 
 _NAMES = st.sampled_from(
     [b"Host", b"Content-Length", b"X-Auth-Token", b"content-type", b"X_Under", b"From", b"A"]
@@ -189,3 +197,202 @@ def test_a_plain_block_is_looked_up_without_a_scan(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(httpheaders.OldMessage, "get", None)
     monkeypatch.setattr(httpheaders.OldMessage, "get_all", None)
     assert (msg.get("CONTENT-LENGTH"), msg.get_all("x-a"), "HOST" in msg) == ("2", ["1"], True)
+
+
+# -- outside attack: the email package's other ways of changing a message -------------------
+
+BLOCK = (
+    b"Host: h\r\nContent-Length: 2\r\nX-Auth-Token: t1\r\nx-auth-token: t2\r\n"
+    b"Content-Type: a/b\r\n\r\n"
+)
+_OUTSIDE_ASKED = ["host", "HOST", "x-auth-token", "X-New", "x-new", "content-type", "Missing"]
+
+
+def _read_both() -> tuple[Any, Any]:
+    ours, theirs = read_headers(io.BytesIO(BLOCK)), headers_factory(io.BytesIO(BLOCK))
+    assert isinstance(ours, IndexedMessage)
+    return ours, theirs
+
+
+def _asked(msg: Any) -> list[Any]:
+    return [(msg.get(n), msg.get_all(n), n in msg) for n in _OUTSIDE_ASKED] + [list(msg.items())]
+
+
+@pytest.mark.parametrize("looked_up_first", [True, False])
+def test_a_shallow_copy_is_looked_up_as_the_email_package_does(looked_up_first: bool) -> None:
+    """copy.copy(message), then the email package's own __setitem__ and replace_header on the
+    copy: both copies answer with the new values (an outside attack found the first
+    IndexedMessage's copy answering from an index nothing dropped)."""
+    copies = []
+    for msg in _read_both():
+        if looked_up_first:
+            msg.get("host")  # (pywsgi and _check_framing look up before anything else)
+        dup = copy.copy(msg)
+        dup.get("host")
+        dup["X-New"] = "n"
+        dup.replace_header("Host", "evil")
+        copies.append(dup)
+    ours, theirs = copies
+    assert (theirs.get("Host"), theirs.get("X-New"), "X-New" in theirs) == ("evil", "n", True)
+    assert (ours.get("Host"), ours.get("X-New"), "X-New" in ours) == ("evil", "n", True)
+    assert _asked(ours) == _asked(theirs)
+
+
+def test_a_pickled_message_loads_as_the_email_packages_does() -> None:
+    """Both survive pickle (the first IndexedMessage did not load)."""
+    ours, theirs = _read_both()
+    assert _asked(pickle.loads(pickle.dumps(theirs))) == _asked(theirs)
+    try:
+        loaded = pickle.loads(pickle.dumps(ours))
+    except AttributeError as exc:
+        pytest.fail(f"an IndexedMessage does not unpickle: {exc}")
+    assert _asked(loaded) == _asked(theirs)
+
+
+@pytest.mark.parametrize(
+    "how", [{"key": lambda kv: kv[0].lower()}, {"reverse": True}], ids=["key", "reverse"]
+)
+def test_the_field_list_sorts_as_a_list_does(how: dict[str, Any]) -> None:
+    """The fields are a plain list: sort(key=...) and sort(reverse=True) work on it, and
+    the lookups follow."""
+    ours, theirs = _read_both()
+    theirs._headers.sort(**how)
+    ours._headers.sort(**how)
+    assert _asked(ours) == _asked(theirs)
+
+
+def test_a_new_policy_fetches_as_the_email_package_does() -> None:
+    """Each value as the message's policy fetches it, also after the policy changed (an
+    index built under the old one answered its strings)."""
+    import email.policy
+
+    block = b"Host: h\r\nFrom: a@b,   c@d\r\n\r\n"
+    answers = []
+    for msg in (read_headers(io.BytesIO(block)), headers_factory(io.BytesIO(block))):
+        msg.get("from")
+        msg.policy = email.policy.HTTP
+        value = msg.get("from")
+        answers.append((str(value), type(value).__name__))
+    ours, theirs = answers
+    assert theirs == ("a@b, c@d", "_UniqueAddressHeader")
+    assert ours == theirs
+
+
+# -- outside attack: channelsd's server against pywsgi's, over real sockets ------------------
+
+
+def _echo(env: dict[str, Any], start: Any) -> list[bytes]:
+    body = env["wsgi.input"].read()
+    out = {k: v for k, v in env.items() if k.startswith(("HTTP_", "CONTENT_"))}
+    out["body"] = body.decode("latin-1")
+    data = json.dumps(out, sort_keys=True).encode()
+    start("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+    return [data]
+
+
+@pytest.fixture(scope="module")
+def servers() -> Any:
+    ours = HttpServer(("127.0.0.1", 0), _echo, HttpLimits(), Metrics())
+    theirs = WSGIServer(("127.0.0.1", 0), _echo, log=None, error_log=None)
+    ours.start()
+    theirs.start()
+    yield ours, theirs
+    ours.stop(timeout=1)
+    theirs.stop(timeout=1)
+
+
+def _exchange(server: Any, raw: bytes) -> tuple[bytes, bytes]:
+    s = socket.create_connection((server.server_host, server.server_port), timeout=5)
+    try:
+        s.sendall(raw)
+        out = b""
+        with contextlib.suppress(OSError):
+            while data := s.recv(65536):
+                out += data
+    finally:
+        s.close()
+    head, _, body = out.partition(b"\r\n\r\n")
+    return head.split(b"\r\n")[0], body
+
+
+def _request(fields: list[bytes], body: bytes = b"ok") -> bytes:
+    return (
+        b"POST /x HTTP/1.1\r\n"
+        + b"".join(f + b"\r\n" for f in fields)
+        + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+        + body
+    )
+
+
+_ENVIRON_CASES = {
+    "cookies": [b"Host: a", b"Cookie: a=1", b"cookie: b=2", b"COOKIE: c=3"],
+    "token_twice": [b"Host: a", b"X-Auth-Token: t1", b"x-auth-token: t2"],
+    "underscore_token": [b"Host: a", b"X_Auth_Token: t1", b"X-Auth-Token: t2"],
+    "underscore_length": [b"Host: a", b"Content_Length: 5"],
+    "type_twice": [b"Host: a", b"content-type: a/b", b"Content-Type: c/d"],
+    "type_upper": [b"Host: a", b"CONTENT-TYPE: a/b"],
+    "white_space": [b"Host: a", b"X-A:  v  \t", b"X-A:\tw", b"X-B:", b"X-C: "],
+    "odd_names": [b"Host: a", b"X.Y: 1", b"X~Y: 2", b"X!#$%&'*+^`|: 3"],
+    "accept_thrice": [b"Host: a", b"Accept: a", b"accept: b", b"ACCEPT: c"],
+    "non_ascii_value": [b"Host: a", b"X-A: v\xe9"],
+    "folded": [b"Host: a", b"X-A: v", b" folded"],
+    "at_the_field_limit": [b"Host: a"] + [b"X-H%d: %d" % (i, i) for i in range(96)],
+    "at_the_line_limit": [b"Host: a", b"X-Long: " + b"v" * (65536 - len(b"X-Long: \r\n"))],
+}
+
+
+@pytest.mark.parametrize("name", list(_ENVIRON_CASES))
+def test_the_environ_over_a_socket_is_pywsgis(servers: Any, name: str) -> None:
+    ours, theirs = servers
+    raw = _request(_ENVIRON_CASES[name])
+    mine, pywsgis = _exchange(ours, raw), _exchange(theirs, raw)
+    assert mine[0] == b"HTTP/1.1 200 OK"
+    assert json.loads(mine[1]) == json.loads(pywsgis[1])
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        [b"Content-Length: 2", b"content-length: 2"],
+        [b"Content-Length: 2", b"Content-Length: 3"],
+        [b"Content-Length: 2", b"Transfer-Encoding: chunked"],
+        [b"transfer-encoding: chunked", b"CONTENT-LENGTH: 2"],
+        [b"Transfer-Encoding: chunked", b"Transfer-Encoding: chunked"],
+        [b"Transfer-Encoding: identity"],
+        [b"Content-Length: +2"],
+        [b"Content-Length: 2 "],
+        [b"Content-Length : 2"],
+    ],
+)
+def test_framing_a_proxy_could_read_otherwise_is_refused(servers: Any, fields: list[bytes]) -> None:
+    ours, _ = servers
+    body = b"2\r\nok\r\n0\r\n\r\n" if any(b"chunked" in f.lower() for f in fields) else b"ok"
+    raw = (
+        b"POST /x HTTP/1.1\r\nHost: a\r\n"
+        + b"".join(f + b"\r\n" for f in fields)
+        + b"Connection: close\r\n\r\n"
+        + body
+    )
+    status, _ = _exchange(ours, raw)
+    assert status == b"HTTP/1.1 400 Bad Request"
+
+
+def test_a_token_sent_twice_is_refused_by_the_daemon(switch: Any, make_daemon: Any) -> None:
+    """End to end: X-Auth-Token twice (even the same valid token) is `tok,tok` in the environ,
+    as pywsgi makes it: no token, a 401; once, a 200."""
+    from conftest import token
+
+    h = make_daemon([switch])
+    tok = token("super").encode()
+    once = _exchange(
+        h.daemon.http,
+        b"GET /v2/channels HTTP/1.1\r\nHost: a\r\nX-Auth-Token: %s\r\nConnection: close\r\n\r\n"
+        % tok,
+    )
+    twice = _exchange(
+        h.daemon.http,
+        b"GET /v2/channels HTTP/1.1\r\nHost: a\r\nX-Auth-Token: %s\r\nx-auth-token: %s\r\n"
+        b"Connection: close\r\n\r\n" % (tok, tok),
+    )
+    assert once[0].split(b" ")[1] == b"200", once
+    assert twice[0].split(b" ")[1] == b"401", twice
