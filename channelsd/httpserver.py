@@ -28,6 +28,7 @@ import logging
 import os
 import resource
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -421,9 +422,19 @@ class Handler(WSGIHandler):
             and not self.close_connection
             and not self.server.access_log
         ):
-            answer = lane(self.environ)
-            if answer is not None:
-                self._answer_at_once(*answer)
+            # pywsgi's state of one answer, as its handle_one_response sets it: the previous
+            # answer on this connection may have been chunked (an event stream that ended)
+            self.status = None
+            self.headers_sent = self.response_use_chunked = self.connection_upgraded = False
+            self.result = None
+            self.response_length = 0
+            try:
+                answer = lane(self.environ)
+                if answer is not None:
+                    self._answer_at_once(*answer)
+                    return
+            except Exception:  # a bug: logged masked, a 500 in the envelope, as the app's
+                self.handle_error(*sys.exc_info())
                 return
         super().handle_one_response()
 
@@ -431,12 +442,12 @@ class Handler(WSGIHandler):
         """A lane's 200, in the bytes pywsgi would write for it (headers, then the server's
         extra headers, then Date), written as _write_result writes: joined when small, the
         headers ahead of a large body with MSG_MORE."""
-        self.status, self.code, self.headers_sent = b"200 OK", 200, True
         head = bytearray(b"HTTP/1.1 200 OK\r\n")
         for name, value in (*headers, *self.server.extra_headers):
             head += f"{name}: {value}\r\n".encode("latin-1")
         head += b"Date: " + format_date_time(time.time()) + b"\r\n\r\n"
         writes = _joined(body)
+        self.status, self.code, self.headers_sent = b"200 OK", 200, True
         try:
             self._send_head(head, next(writes, b""))
             for data in writes:

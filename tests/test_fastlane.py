@@ -23,12 +23,10 @@ from conftest import token
 _DATE = re.compile(rb"\r\nDate: [^\r]*")
 
 
-@pytest.fixture
-def world(switch: Any, make_daemon: Any, monkeypatch: pytest.MonkeyPatch) -> World:
-    h = make_daemon([switch], identity={"device_owners": {"dev9": "user1"}})
-    world = World(h, switch)
+def hold_the_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fastlists' clock held still: durations do not move between two asks of one answer."""
 
-    class Still:  # fastlists' clock held still: durations do not move between the two asks
+    class Still:
         now = time.time()
         perf_counter = staticmethod(time.perf_counter)
 
@@ -37,6 +35,13 @@ def world(switch: Any, make_daemon: Any, monkeypatch: pytest.MonkeyPatch) -> Wor
             return cls.now
 
     monkeypatch.setattr(fastlists, "time", Still)
+
+
+@pytest.fixture
+def world(switch: Any, make_daemon: Any, monkeypatch: pytest.MonkeyPatch) -> World:
+    h = make_daemon([switch], identity={"device_owners": {"dev9": "user1"}})
+    world = World(h, switch)
+    hold_the_clock(monkeypatch)
     return world
 
 
