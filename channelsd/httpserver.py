@@ -17,6 +17,9 @@ leaves every new client, /healthz included, waiting in the kernel's backlog). He
   (answering, streaming), the new one gets a 503 in the API's envelope.
 * Out of descriptors at accept (EMFILE): accepting pauses briefly, the oldest waiting
   connections are closed, and one line per interval is logged, not one per attempt.
+* A fast lane (`lane`, channelsd.fastlists' plain GETs) is asked before the application for
+  a kept-alive HTTP/1.1 GET; what it answers is written here, in the bytes the WSGI path
+  would write (tests/test_fastlane.py).
 """
 
 from __future__ import annotations
@@ -440,8 +443,8 @@ class Handler(WSGIHandler):
 
     def _answer_at_once(self, headers: list[tuple[str, str]], body: tuple[bytes, ...]) -> None:
         """A lane's 200, in the bytes pywsgi would write for it (headers, then the server's
-        extra headers, then Date), written as _write_result writes: joined when small, the
-        headers ahead of a large body with MSG_MORE."""
+        extra headers, then Date), written as _write_result writes: the head with the first
+        write when that is small, else ahead of it with MSG_MORE."""
         head = bytearray(b"HTTP/1.1 200 OK\r\n")
         for name, value in (*headers, *self.server.extra_headers):
             head += f"{name}: {value}\r\n".encode("latin-1")
