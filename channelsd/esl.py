@@ -378,11 +378,18 @@ class ESLConnection(InboundESL):
         except (OSError, ValueError, AttributeError):  # closed: nothing more will be read
             return 0
 
-    def _going_back(self) -> None:
-        """The reader goes back to the socket: every whole frame received has been handled."""
+    def _recv(self) -> bytes:
+        """The reader's one read of the socket (b"" at its end). Every whole frame received
+        so far has been handled when it comes here (_caught_up waits for that); what arrives
+        is counted, and is the connection's sign of life, whatever it holds."""
         self.handled = self.rx_total
         if self._catching_up:
             self._progress.set()
+        data = self.sock.recv(RECV_BYTES)
+        if data:
+            self.rx_total += len(data)
+            self.last_rx = time.monotonic()
+        return data
 
     # -- reading (runs in greenswitch's reader greenlet) -------------------------------------
 
@@ -405,7 +412,7 @@ class ESLConnection(InboundESL):
         dozens of events, and an event frame's two outer headers are recognised, not parsed.
         `scan` is where the search for the next blank line resumes: bytes already searched
         are never searched again, however slowly a header block arrives."""
-        recv = self.sock.recv
+        recv = self._recv
         cut = self._cut
         buf = b""
         pos = scan = 0
@@ -426,12 +433,9 @@ class ESLConnection(InboundESL):
             if end < 0:
                 if len(buf) - pos > MAX_HEADER_BYTES:
                     raise ProtocolError(f"a header block not ended within {MAX_HEADER_BYTES} bytes")
-                self._going_back()
-                data = recv(RECV_BYTES)
+                data = recv()
                 if not data:
                     return  # EOF
-                self.rx_total += len(data)
-                self.last_rx = time.monotonic()  # liveness: bytes arrived, whatever they hold
                 turns.begin()
                 if pos < len(buf):
                     buf = buf[pos:] + data
@@ -483,12 +487,9 @@ class ESLConnection(InboundESL):
                 have = len(buf)
                 unpaced = 0
                 while have < stop:
-                    self._going_back()
-                    data = recv(RECV_BYTES)
+                    data = recv()
                     if not data:
                         raise ConnectionLost(f"short read: wanted {stop} bytes")
-                    self.rx_total += len(data)
-                    self.last_rx = time.monotonic()
                     chunks.append(data)
                     have += len(data)
                     unpaced += len(data)
@@ -514,12 +515,9 @@ class ESLConnection(InboundESL):
             left = stop - len(buf)
             unpaced = 0
             while True:
-                self._going_back()
-                data = self.sock.recv(RECV_BYTES)
+                data = self._recv()
                 if not data:
                     raise ConnectionLost(f"short read: {left} bytes of a body missing")
-                self.rx_total += len(data)
-                self.last_rx = time.monotonic()
                 if len(data) >= left:
                     rest, at = data, left
                     break

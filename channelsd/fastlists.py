@@ -144,21 +144,10 @@ def answers(ctx: ApiContext) -> Answers:
     return answer
 
 
-def headers(
-    body: tuple[bytes, ...], encoding: tuple[tuple[str, str], ...], rid: str
-) -> list[tuple[str, str]]:
-    """An answer's headers, as both the WSGI layer and the server's fast lane send them."""
-    return [
-        ("Content-Type", envelope.JSON_TYPE),
-        ("Content-Length", str(sum(map(len, body)))),
-        ("X-Request-ID", rid),
-        *encoding,
-    ]
-
-
 def lane(ctx: ApiContext) -> Lane:
-    """The HTTP server's fast lane (httpserver.Lane): the same answers, asked before the
-    application; a request they leave is marked, so that fast_lists does not ask again."""
+    """The plain GETs as the HTTP server's fast lane (httpserver.Lane) takes them: a 200's
+    headers and body, counted in the metrics; a request they leave is marked DECLINED, so
+    that it is not asked about twice."""
     answer = answers(ctx)
 
     def ask(environ: dict[str, Any]) -> tuple[list[tuple[str, str]], tuple[bytes, ...]] | None:
@@ -170,24 +159,28 @@ def lane(ctx: ApiContext) -> Lane:
         body, encoding, rid, rule = done
         if ctx.metrics is not None:
             ctx.metrics.http(rule, "GET", 200, time.perf_counter() - began)
-        return headers(body, encoding, rid), body
+        headers = [
+            ("Content-Type", envelope.JSON_TYPE),
+            ("Content-Length", str(sum(map(len, body)))),
+            ("X-Request-ID", rid),
+            *encoding,
+        ]
+        return headers, body
 
     return ask
 
 
 def fast_lists(ctx: ApiContext, app: WSGIApp) -> WSGIApp:
-    """`app` with the plain list GETs answered in front of it."""
-    answer = answers(ctx)
+    """`app` with the plain list GETs answered in front of it (the lane's answers, for a
+    server without a lane or a request it did not take)."""
+    ask = lane(ctx)
 
     def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        began = time.perf_counter()
-        done = None if DECLINED in environ else answer(environ)
-        if done is None:
+        got = None if DECLINED in environ else ask(environ)
+        if got is None:
             return app(environ, start_response)
-        body, encoding, rid, rule = done
-        start_response("200 OK", headers(body, encoding, rid))
-        if ctx.metrics is not None:
-            ctx.metrics.http(rule, "GET", 200, time.perf_counter() - began)
+        headers, body = got
+        start_response("200 OK", headers)
         return body
 
     return wsgi
