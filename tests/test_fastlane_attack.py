@@ -24,14 +24,12 @@ from typing import Any
 import gevent
 import pytest
 from test_api import World
-from test_fastlane import hold_the_clock
+from test_fastlane import both, hold_the_clock, read_sized, recv_until, responses
 
 from channelsd import daemon as daemon_module
 from channelsd.config import parse
 
 from conftest import config_dict, token, wait_until
-
-_DATE = re.compile(rb"\r\nDate: [^\r]*")
 
 
 @pytest.fixture
@@ -40,19 +38,11 @@ def world(switch: Any, make_daemon: Any) -> World:
     return World(h, switch)
 
 
-def _recv_until(sock: socket.socket, buf: bytes, marker: bytes) -> bytes:
-    while marker not in buf:
-        data = sock.recv(65536)
-        assert data, f"closed before {marker!r}: {buf[-300:]!r}"
-        buf += data
-    return buf
-
-
 def _read_chunked(sock: socket.socket, buf: bytes) -> tuple[bytes, bytes]:
     """A chunked body to its last chunk: (the body, what came after it)."""
     body = b""
     while True:
-        buf = _recv_until(sock, buf, b"\r\n")
+        buf = recv_until(sock, buf, b"\r\n")
         size_line, rest = buf.split(b"\r\n", 1)
         size = int(size_line, 16)
         while len(rest) < size + 2:
@@ -66,18 +56,18 @@ def _read_chunked(sock: socket.socket, buf: bytes) -> tuple[bytes, bytes]:
             return body, buf
 
 
-def _read_sized(sock: socket.socket, buf: bytes) -> tuple[bytes, bytes, bytes]:
-    """One answer framed by its Content-Length: (head, body, what came after it)."""
-    buf = _recv_until(sock, buf, b"\r\n\r\n")
-    head, _, rest = buf.partition(b"\r\n\r\n")
-    m = re.search(rb"\r\nContent-Length: (\d+)", head, re.I)
-    assert m, head
-    length = int(m.group(1))
-    while len(rest) < length:
-        data = sock.recv(65536)
-        assert data, "closed inside a body"
-        rest += data
-    return head, rest[:length], rest[length:]
+def all_that_came(sock: socket.socket) -> bytes:
+    """Every byte that came until the socket was quiet (a second for the first, then 0.3 s)
+    or closed: an answer and whatever followed it."""
+    got = b""
+    sock.settimeout(1.0)
+    try:
+        while data := sock.recv(65536):
+            got += data
+            sock.settimeout(0.3)
+    except TimeoutError:
+        pass
+    return got
 
 
 def _reload_without(monkeypatch: pytest.MonkeyPatch, h: Any, switch: Any, name: str) -> None:
@@ -110,10 +100,10 @@ def _stream_then_list(world: World, switch: Any, monkeypatch: pytest.MonkeyPatch
             b"GET /v2/accounts/acc1/channel_events HTTP/1.1\r\nHost: x\r\n"
             b"X-Auth-Token: %s\r\n\r\n" % token("admin1").encode()
         )
-        buf = _recv_until(sock, b"", b"\r\n\r\n")
+        buf = recv_until(sock, b"", b"\r\n\r\n")
         head, _, buf = buf.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200") and b"Transfer-Encoding: chunked" in head, head
-        buf = _recv_until(sock, buf, b"snapshot")
+        buf = recv_until(sock, buf, b"snapshot")
         _reload_without(monkeypatch, h, switch, "admin1")
         _, buf = _read_chunked(sock, buf)  # the stream's last chunk: the connection stays
         assert buf == b""
@@ -121,24 +111,7 @@ def _stream_then_list(world: World, switch: Any, monkeypatch: pytest.MonkeyPatch
             b"GET /v2/accounts/acc1/channels HTTP/1.1\r\nHost: x\r\n"
             b"X-Auth-Token: %s\r\nX-Request-ID: after-stream\r\n\r\n" % token("super").encode()
         )
-        got = b""
-        sock.settimeout(1.0)
-        try:
-            while True:
-                data = sock.recv(65536)
-                if not data:
-                    break
-                got += data
-                if b"\r\n\r\n" in got:
-                    head, _, rest = got.partition(b"\r\n\r\n")
-                    m = re.search(rb"\r\nContent-Length: (\d+)", head)
-                    if m and len(rest) > int(m.group(1)):
-                        break  # more than the answer: enough to show it
-                    if m and len(rest) == int(m.group(1)):
-                        sock.settimeout(0.3)  # whatever else comes
-        except TimeoutError:
-            pass
-        return got
+        return all_that_came(sock)
 
 
 def test_a_lane_answer_after_an_ended_stream_is_framed_by_its_length(
@@ -171,17 +144,9 @@ def _head_stream_then_list(port: int) -> bytes:
         b"GET /v2/accounts/acc1/channels HTTP/1.1\r\nHost: x\r\nX-Auth-Token: %s\r\n"
         b"X-Request-ID: after-head\r\n\r\n" % (tok, tok)
     )
-    got = b""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(wire)
-        sock.settimeout(1.0)
-        try:
-            while data := sock.recv(65536):
-                got += data
-                sock.settimeout(0.3)
-        except TimeoutError:
-            pass
-    return got
+        return all_that_came(sock)
 
 
 @pytest.mark.parametrize("lane", [True, False], ids=["lane", "wsgi"])
@@ -214,18 +179,6 @@ def _requests_total(h: Any) -> dict[str, float]:
     }
 
 
-def _exchange(port: int, wire: bytes, count: int) -> list[bytes]:
-    """Send `wire`, read `count` answers framed by their Content-Length, Date taken out."""
-    out = []
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(wire)
-        buf = b""
-        for _ in range(count):
-            head, body, buf = _read_sized(sock, buf)
-            out.append(_DATE.sub(b"", head) + b"\r\n\r\n" + body)
-    return out
-
-
 def test_requests_are_counted_once_with_the_lane_as_without(world: World) -> None:
     """channelsd_http_requests_total: the same labels and counts whichever layer answered."""
     h = world.h
@@ -248,7 +201,7 @@ def test_requests_are_counted_once_with_the_lane_as_without(world: World) -> Non
         saved, server.lane = server.lane, lane
         try:
             before = _requests_total(h)
-            _exchange(server.server_port, wire * 3, 3 * len(asks))
+            responses(server.server_port, wire * 3, 3 * len(asks))
             after = _requests_total(h)
         finally:
             server.lane = saved
@@ -263,23 +216,6 @@ def still(world: World, monkeypatch: pytest.MonkeyPatch) -> World:
     """fastlists' clock held still: both asks build the same bodies."""
     hold_the_clock(monkeypatch)
     return world
-
-
-def _both(world: World, wire: bytes, count: int) -> tuple[list[bytes], list[bytes]]:
-    """The answers with the lane and without it. Asked again when they differ: an answer
-    the resource builds has its own clock, and a second may turn between the two asks."""
-    server = world.h.daemon.http
-    lane = server.lane
-    for _ in range(3):
-        try:
-            with_lane = _exchange(server.server_port, wire, count)
-            server.lane = None
-            without = _exchange(server.server_port, wire, count)
-        finally:
-            server.lane = lane
-        if with_lane == without:
-            break
-    return with_lane, without
 
 
 def _get(target: str, tok: str = "admin1", extra: bytes = b"", rid: str = "r") -> bytes:
@@ -357,7 +293,7 @@ HOSTILE = {
 @pytest.mark.parametrize("name", list(HOSTILE))
 def test_hostile_requests_are_answered_alike(still: World, name: str) -> None:
     wire, count = HOSTILE[name]
-    with_lane, without = _both(still, wire, count)
+    with_lane, without, _ = both(still, wire, count)
     assert with_lane == without
 
 
@@ -451,13 +387,13 @@ def test_a_token_removed_by_a_reload_is_refused_on_a_kept_alive_connection(
     h = world.h
     with socket.create_connection(h.daemon.http_address, timeout=10) as sock:
         sock.sendall(_get("/v2/accounts/acc1/channels"))
-        head, _, buf = _read_sized(sock, b"")
+        head, _, buf = read_sized(sock, b"")
         assert head.startswith(b"HTTP/1.1 200 OK")
         _reload_without(monkeypatch, h, switch, "admin1")
         sock.sendall(_get("/v2/accounts/acc1/channels") + _get("/v2/channels", "super"))
-        head, body, buf = _read_sized(sock, buf)
+        head, body, buf = read_sized(sock, buf)
         assert head.startswith(b"HTTP/1.1 401 "), head
-        head, body, buf = _read_sized(sock, buf)
+        head, body, buf = read_sized(sock, buf)
         assert head.startswith(b"HTTP/1.1 200 OK") and json.loads(body)["status"] == "success"
 
 
@@ -481,7 +417,7 @@ def test_large_gzip_lists_pipelined_keep_their_framing(switch: Any, make_daemon:
         buf = b""
         seen = []
         for rid in ("g1", "g2", "plain", "g3"):
-            head, body, buf = _read_sized(sock, buf)
+            head, body, buf = read_sized(sock, buf)
             assert head.startswith(b"HTTP/1.1 200 OK"), head
             if b"Content-Encoding: gzip" in head:
                 body = gzip_module.decompress(body)
