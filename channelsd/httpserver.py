@@ -31,7 +31,6 @@ import logging
 import os
 import resource
 import socket
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -412,35 +411,6 @@ class Handler(WSGIHandler):
 
     # -- writing -----------------------------------------------------------------------------
 
-    def handle_one_response(self) -> None:
-        # The lane answers the portals' polls (channelsd.fastlists) without the application's
-        # WSGI round (start_response, the app's layers, the writer's state): 10-25 µs of a
-        # poll's ~200 (BENCHMARKS.md). Only where pywsgi would frame the answer just so: GET,
-        # HTTP/1.1, kept alive, and no access line to write.
-        lane = self.server.lane
-        if (
-            lane is not None
-            and self.command == "GET"
-            and self.request_version == "HTTP/1.1"
-            and not self.close_connection
-            and not self.server.access_log
-        ):
-            # pywsgi's state of one answer, as its handle_one_response sets it: the previous
-            # answer on this connection may have been chunked (an event stream that ended)
-            self.status = None
-            self.headers_sent = self.response_use_chunked = self.connection_upgraded = False
-            self.result = None
-            self.response_length = 0
-            try:
-                answer = lane(self.environ)
-                if answer is not None:
-                    self._answer_at_once(*answer)
-                    return
-            except Exception:  # a bug: logged masked, a 500 in the envelope, as the app's
-                self.handle_error(*sys.exc_info())
-                return
-        super().handle_one_response()
-
     def _answer_at_once(self, headers: list[tuple[str, str]], body: tuple[bytes, ...]) -> None:
         """A lane's 200, in the bytes pywsgi would write for it (headers, then the server's
         extra headers, then Date), written as _write_result writes: the head with the first
@@ -451,12 +421,9 @@ class Handler(WSGIHandler):
         head += b"Date: " + format_date_time(time.time()) + b"\r\n\r\n"
         writes = _joined(body)
         self.status, self.code, self.headers_sent = b"200 OK", 200, True
-        try:
-            self._send_head(head, next(writes, b""))
-            for data in writes:
-                self._write(data)
-        except OSError:
-            self.close_connection = True  # stalled or gone mid-answer, as handle_error has it
+        self._send_head(head, next(writes, b""))
+        for data in writes:
+            self._write(data)
 
     def process_result(self) -> None:
         self._write_result()
@@ -599,6 +566,24 @@ class Handler(WSGIHandler):
             self.code = -code
 
     def run_application(self) -> None:
+        # The lane answers the portals' polls (channelsd.fastlists) without the application's
+        # WSGI round (start_response, the app's layers, the writer's state): 10-25 µs of a
+        # poll's ~200 (BENCHMARKS.md). Asked here, inside pywsgi's handle_one_response, which
+        # sets the state of one answer and turns a failure into handle_error's 500 for it as
+        # for the application. Only where pywsgi would frame the answer just so: GET,
+        # HTTP/1.1, kept alive, and no access line to write.
+        lane = self.server.lane
+        if (
+            lane is not None
+            and self.command == "GET"
+            and self.request_version == "HTTP/1.1"
+            and not self.close_connection
+            and not self.server.access_log
+        ):
+            answer = lane(self.environ)
+            if answer is not None:
+                self._answer_at_once(*answer)
+                return
         self.environ["channelsd.watch_disconnect"] = self._watch_disconnect
         self.environ["channelsd.takeover"] = self._takeover
         pusher = self.environ[PUSHER] = Pusher(self)
