@@ -1,4 +1,4 @@
-"""The HTTP server's fast lane (httpserver.Handler.handle_one_response with
+"""The HTTP server's fast lane (httpserver.Handler.run_application with
 channelsd.fastlists.lane) writes, byte for byte but the Date, what the WSGI path writes for
 the same request, and answers only what pywsgi would frame just so.
 

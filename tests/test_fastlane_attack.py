@@ -1,4 +1,4 @@
-"""Outside attack on the HTTP server's fast lane (httpserver.Handler's handle_one_response
+"""Outside attack on the HTTP server's fast lane (httpserver.Handler's run_application
 asking fastlists.lane before the WSGI round).
 
 Real sockets against a real daemon; where it matters the same bytes are sent with the lane
