@@ -11,7 +11,7 @@ The item is compressed by zstd (python-zstandard) with a dictionary (`ZDICT`) pr
 for its level: an item's keys, its booleans and the values most calls share (states, causes,
 codecs) are found there, and what is left is mostly the call's own ids and times. zlib with a
 preset dictionary did the same ~10 B tighter, but set the dictionary up again for every call
-(deflate has no prepared form of one): 16 µs per ended call, against 5 µs here, on the ingest
+(deflate has no prepared form of one): 16 µs per ended call, against 3 µs here, on the ingest
 path (BENCHMARKS.md, issue #16). A record is decompressed only when an answer lists it, or
 narrows an account's calls to a user's or a device's: the account, which every listing scopes
 by, is kept as it is; the owner and device ids are read from the item (kept a second time as
@@ -32,8 +32,10 @@ import zstandard
 _HEAD = struct.Struct("<dI")  # at, and the length of the account id
 _ACCOUNT_LEN = struct.Struct("<I")  # at 8
 _NONE = 0xFFFFFFFF
-# zstd's fastest level: higher ones took longer for 1 B less a record.
-_LEVEL = 1
+# One of zstd's fast levels: a capture's items (~730 B) took 3.1 µs each and ~223 B at -1,
+# 5.4 µs and ~199 B at 1 (a tenth of the ended-calls store's cost on the ingest path);
+# lower levels gave bytes without saving time, higher ones took longer for 1 B less.
+_LEVEL = -1
 
 # A typical Kazoo call's ended item, its keys in the order Channel._build_item() writes them:
 # zstd finds the keys, the shared values and the id-shaped runs here. Only this process reads
@@ -103,7 +105,11 @@ ZDICT = orjson.dumps(
 _DICT = zstandard.ZstdCompressionDict(ZDICT, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
 _DICT.precompute_compress(level=_LEVEL)
 _COMPRESSOR = zstandard.ZstdCompressor(
-    dict_data=_DICT, write_checksum=False, write_content_size=True, write_dict_id=False
+    level=_LEVEL,
+    dict_data=_DICT,
+    write_checksum=False,
+    write_content_size=True,
+    write_dict_id=False,
 )
 _DECOMPRESSOR = zstandard.ZstdDecompressor(dict_data=_DICT)
 

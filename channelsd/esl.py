@@ -592,7 +592,7 @@ class ESLConnection(InboundESL):
         self,
         picks: list[dict[str, Any] | None],
         bodies: list[bytes],
-        hints: list[bytes],
+        hints: list[bytes | None],
         holds: Callable[[], bool],
     ) -> None:
         """The events of one cut (see _read_frames), as _event would take them one by one.
@@ -603,26 +603,34 @@ class ESLConnection(InboundESL):
         on_picked = self._on_picked
         assert on_picked is not None  # no cutter without a handler
         delivered = 0
+        # What the picked events cost (as _event counts it), added to _since_yield once, and
+        # before each _event, which adds its own (or resets it, to let a command go first).
+        spent = 0
         try:
             for picked, body, hint in zip(picks, bodies, hints, strict=True):
                 if not self._run:
                     break  # closed meanwhile: as _read_frames stops before its next frame
                 delivered += 1
                 if picked is None:
+                    self._since_yield += spent
+                    spent = 0
                     self._event(body, parse_json)  # parsed whole: an event like any other
                     continue
                 if ESLConnection.awaiting > len(self._commands_sent) or not holds():
                     # (a handler let the hub run) a command waits for its answer: _event lets
                     # it go first, then picks this body anew; or the picks no longer hold (a
                     # new identity): picked anew too. Still one of the cut's for on_picked.
+                    self._since_yield += spent
+                    spent = 0
                     self._event(body, self._parse_json, on_picked)
                     continue
                 try:
                     on_picked(picked, hint)
                 except Exception:  # as in _event
                     self._handler_failed(picked)
-                self._since_yield += 1 + (len(body) >> BIG_EVENT_SHIFT)
+                spent += 1 + (len(body) >> BIG_EVENT_SHIFT)
         finally:
+            self._since_yield += spent
             # What a close cut short was never delivered: not counted either (nor counted
             # first and taken back: a scrape may read the count while a handler lets the
             # hub run, and a counter must not go down).

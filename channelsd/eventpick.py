@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 Parse = Callable[[bytes], dict[str, Any]]
 # picks (None: parse that body whole), bodies, hints, the position after the last, whether the
 # picks still hold (the table's identity they were picked for is still its identity)
-Cut = tuple[list[dict[str, Any] | None], list[bytes], list[bytes], int, Callable[[], bool]]
+Cut = tuple[list[dict[str, Any] | None], list[bytes], list[bytes | None], int, Callable[[], bool]]
 
 
 def built() -> bool:
@@ -101,10 +101,11 @@ class TableReader:
         frame: the caller's own framing takes those. None when there is no picker (every
         event is parsed whole, through `parse`).
 
-        Each pick comes with the `raw` hint ChannelTable.apply() takes: its body, or b"" when
-        none of its picked headers starts with the custom channel variables' prefix. The
-        picker has looked at every header already; apply() would search the body (~2.5 KB)
-        for the prefix again, on half of all events, to learn the same.
+        Each pick comes with the `raw` hint ChannelTable.apply() takes: b"" when none of its
+        picked headers starts with the custom channel variables' prefix, None when one does
+        (apply() reads the pick's own ~20 headers for them). The picker has looked at every
+        header already; given the body, apply() would search its ~2.5 KB for the prefix
+        again, on half of all events, to learn the same. (A None pick's hint is its body.)
 
         And whether the picks still hold: the caller applies them one by one and may let the
         hub run between them, where a SIGHUP may give the table a new identity (other headers

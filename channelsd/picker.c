@@ -34,6 +34,10 @@
 /* A pick's dict is presized for at most this many headers (a hostile event's thousands of
  * prefixed headers must not make every later dict that large). */
 #define MAX_PRESIZE 64
+/* Values up to this long are kept, one per wanted name, and given again while the next events
+ * carry the same (see Picker.last); a longer value is made anew each time, so a hostile
+ * switch's values cannot keep more than names x this many bytes alive. */
+#define MAX_KEPT_VALUE 64
 
 /* The sha256 of picker.c, set by setup.py: tests check that the build they import is this
  * source's (an in-place build is found first and never rebuilt by editing this file). */
@@ -49,6 +53,13 @@ typedef struct {
     int head[BUCKETS];
     int *next;
     uint64_t *tail;     /* each name's tail() */
+    /* Each name's last value (a str of at most MAX_KEPT_VALUE, or NULL): most headers carry
+     * what they carried in the previous event (a state, a codec, the channel's own uuid and
+     * name: ~3 in 4 of the values picked from the burst capture), and that str is given
+     * again instead of a new one made, and freed after the event is applied. The rows then
+     * share those strings too. Values are exact, immutable str: sharing one changes nothing
+     * a caller can see but `is`. */
+    PyObject **last;
     uint64_t ptail;     /* the prefix's tail() */
     Py_ssize_t picked;  /* how many headers the last pick took: the next dict's size */
 } Picker;
@@ -80,6 +91,17 @@ bucket_of(const char *s, Py_ssize_t n)
     return h & (BUCKETS - 1);
 }
 
+/* Drop the kept values (each an exact str: freeing one runs no Python code). */
+static void
+forget_last(PyObject **last, Py_ssize_t count)
+{
+    if (last == NULL)
+        return;
+    for (Py_ssize_t i = 0; i < count; i++)
+        Py_XDECREF(last[i]);
+    PyMem_Free(last);
+}
+
 static void
 Picker_dealloc(Picker *self)
 {
@@ -87,6 +109,7 @@ Picker_dealloc(Picker *self)
     Py_XDECREF(self->prefix);
     PyMem_Free(self->next);
     PyMem_Free(self->tail);
+    forget_last(self->last, self->count);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -121,6 +144,7 @@ Picker_init(Picker *self, PyObject *args, PyObject *kwds)
     PyObject *names = NULL, *prefix = NULL;
     int *next = NULL;
     uint64_t *tails = NULL;
+    PyObject **last = NULL;
     int head[BUCKETS];
     Py_ssize_t count = PyTuple_GET_SIZE(given);
     if (count > MAX_NAMES) {
@@ -130,7 +154,8 @@ Picker_init(Picker *self, PyObject *args, PyObject *kwds)
     names = PyTuple_New(count);
     next = PyMem_Calloc(count ? count : 1, sizeof(int));
     tails = PyMem_Calloc(count ? count : 1, sizeof(uint64_t));
-    if (names == NULL || next == NULL || tails == NULL) {
+    last = PyMem_Calloc(count ? count : 1, sizeof(PyObject *));
+    if (names == NULL || next == NULL || tails == NULL || last == NULL) {
         if (!PyErr_Occurred())
             PyErr_NoMemory();
         goto fail;
@@ -173,28 +198,33 @@ Picker_init(Picker *self, PyObject *args, PyObject *kwds)
     PyObject *old_names = self->names, *old_prefix = self->prefix;
     int *old_next = self->next;
     uint64_t *old_tails = self->tail;
+    PyObject **old_last = self->last;
+    Py_ssize_t old_count = self->count;
     memcpy(self->head, head, sizeof head);
     self->names = names;
     self->prefix = prefix;
     self->next = next;
     self->tail = tails;
+    self->last = last; /* sized for these names (a kept value is checked by its bytes) */
     self->ptail = tail(p, plen);
     self->count = count;
     Py_XDECREF(old_names);
     Py_XDECREF(old_prefix);
     PyMem_Free(old_next);
     PyMem_Free(old_tails);
+    forget_last(old_last, old_count);
     return 0;
 fail:
     Py_DECREF(given);
     Py_XDECREF(names);
     PyMem_Free(next);
     PyMem_Free(tails);
+    PyMem_Free(last);
     return -1;
 }
 
-/* The wanted name this key is (a borrowed reference), or NULL. */
-static PyObject *
+/* The index of the wanted name this key is, or -1. */
+static int
 lookup(Picker *self, const char *s, Py_ssize_t n)
 {
     uint64_t t = tail(s, n);
@@ -202,9 +232,9 @@ lookup(Picker *self, const char *s, Py_ssize_t n)
         PyObject *name = PyTuple_GET_ITEM(self->names, i);
         if (self->tail[i] == t && PyUnicode_GET_LENGTH(name) == n
             && memcmp(PyUnicode_DATA(name), s, n) == 0)
-            return name;
+            return i;
     }
-    return NULL;
+    return -1;
 }
 
 /* From just after a string's opening quote: its closing quote, or NULL when the string is
@@ -291,6 +321,21 @@ ascii_str(const char *s, Py_ssize_t n, int escaped)
     return cut;
 }
 
+/* The value of wanted name i: the str it was last time when these are its bytes, or a new
+ * one (kept for next time when short). A new reference, or NULL with an exception set. */
+static PyObject *
+value_of(Picker *self, int i, const char *s, Py_ssize_t n, int escaped)
+{
+    PyObject *kept = self->last[i];
+    if (kept != NULL && !escaped && PyUnicode_GET_LENGTH(kept) == n
+        && memcmp(PyUnicode_1BYTE_DATA(kept), s, n) == 0)
+        return Py_NewRef(kept);
+    PyObject *v = ascii_str(s, n, escaped);
+    if (v != NULL && n <= MAX_KEPT_VALUE)
+        Py_XSETREF(self->last[i], Py_NewRef(v));
+    return v;
+}
+
 static const char *
 skip_ws(const char *p, const char *end)
 {
@@ -360,7 +405,8 @@ pick_span(Picker *self, const char *p, Py_ssize_t len, int *prefixed)
         Py_ssize_t vlen = p - value;
         p = skip_ws(p + 1, end);
 
-        PyObject *name = lookup(self, key, klen);
+        int index = lookup(self, key, klen);
+        PyObject *name = index >= 0 ? PyTuple_GET_ITEM(self->names, index) : NULL;
         PyObject *made = NULL;
         int has_prefix = klen >= plen && tail(key, plen) == ptail
                          && memcmp(key, prefix, plen) == 0;
@@ -368,7 +414,8 @@ pick_span(Picker *self, const char *p, Py_ssize_t len, int *prefixed)
             name = made = ascii_str(key, klen, 0);
         if (name != NULL) {
             *prefixed |= has_prefix;
-            PyObject *v = ascii_str(value, vlen, escaped);
+            PyObject *v = index >= 0 ? value_of(self, index, value, vlen, escaped)
+                                     : ascii_str(value, vlen, escaped);
             if (v == NULL || PyDict_SetItem(found, name, v) < 0) {
                 Py_XDECREF(v);
                 Py_XDECREF(made);
@@ -546,8 +593,10 @@ Picker_cut(Picker *self, PyObject *const *args, Py_ssize_t nargs)
         }
         added = PyList_Append(picks, picked);
         if (added == 0) {
-            /* A picked event with no header of the prefix: its hint holds no byte of one. */
-            PyObject *hint = picked != Py_None && !prefixed ? empty : body;
+            /* A picked event's hint says what the picker saw: b"" when no header has the
+             * prefix, None when one does (the table reads the pick's headers, not the body:
+             * a search of ~2.5 KB for the prefix would only find it). */
+            PyObject *hint = picked == Py_None ? body : prefixed ? Py_None : empty;
             added = PyList_Append(hints, hint);
         }
         Py_DECREF(picked);
@@ -570,9 +619,10 @@ static PyMethodDef Picker_methods[] = {
     {"cut", (PyCFunction)(void (*)(void))Picker_cut, METH_FASTCALL,
      "cut(buf, pos, budget, shift, max_body, kind_prefix, kinds) -> (picks, bodies, hints,\n"
      "pos): the json event frames in a row at buf[pos:], each body's pick (None: not a\n"
-     "wanted kind or not the plain case, parse it whole) and hint (its body, or b\"\" for a\n"
-     "pick without a header of the prefix), until `budget` frames (one more per 2**shift\n"
-     "bytes of a body) or the first bytes that are not a whole json event frame."},
+     "wanted kind or not the plain case, parse it whole) and hint (b\"\" for a pick without\n"
+     "a header of the prefix, None for one with, the body for a None pick), until `budget`\n"
+     "frames (one more per 2**shift bytes of a body) or the first bytes that are not a whole\n"
+     "json event frame."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -48,8 +48,9 @@ def cut(buf: bytes, pos: int = 0, budget: int = 100, max_body: int = LIMIT) -> A
         buf, pos, budget, esl.BIG_EVENT_SHIFT, max_body, *KINDS
     )
     for picked, body, hint in zip(picks, bodies, hints, strict=True):
-        # b"" exactly for a pick without a header of the prefix; the body for every other
-        assert hint == (b"" if picked is not None and not prefixed(picked) else body)
+        # b"" exactly for a pick without a header of the prefix, None for one with; a None
+        # pick's is its body
+        assert hint == (body if picked is None else None if prefixed(picked) else b"")
     return picks, bodies, end
 
 
@@ -287,7 +288,7 @@ def test_the_reader_delivers_the_same_with_and_without_the_cutter(
         bodies = [b for _, b in pieces if b is not None]
         assert [b for _, b in readers[0].delivered] == bodies
         for (event, hint), body in zip(readers[1].delivered, bodies, strict=True):
-            assert hint == body or hint == b"" and not prefixed(event)
+            assert hint == body or hint == (None if prefixed(event) else b"")
         assert readers[1].errors == ["EventParseError"] * broken
     finally:
         for r in locals().get("readers", []):
@@ -347,8 +348,8 @@ def test_a_parse_of_the_whole_body_is_what_the_table_parser_gives() -> None:
 @pytest.mark.parametrize("identity", ["default", "custom"])
 def test_a_table_fed_through_the_cutter_equals_one_fed_whole_events(identity: str) -> None:
     """Every capture event and its Kazoo twin, in one stream cut as the reader cuts it: the
-    picks and their hints (b"" where no header has the prefix: the body is not searched for
-    it) make the table the whole events make."""
+    picks and their hints (b"" where no header has the prefix, None where one has: the body
+    is not searched for it) make the table the whole events make."""
 
     def table() -> ChannelTable:
         chains = {"owner_id": ["variable_sip_from_user", "Caller-Caller-ID-Number"]}
