@@ -256,15 +256,41 @@ small_number(PyObject *v)
     return value;
 }
 
+/* Whether `held` has every item of `found` (equal values): 1, 0, or -1 with an exception. */
+static int
+holds_all(PyObject *held, PyObject *found)
+{
+    Py_ssize_t pos = 0;
+    PyObject *key, *v;
+    while (PyDict_Next(found, &pos, &key, &v)) {
+        PyObject *kept = PyDict_GetItemWithError(held, key);
+        if (kept == NULL)
+            return PyErr_Occurred() ? -1 : 0;
+        /* (found's values are exact str and int: comparing them runs no Python code, and
+         * found is this call's own, so the walk cannot be changed under it) */
+        Py_INCREF(kept);
+        int same = PyObject_RichCompareBool(kept, v, Py_EQ);
+        Py_DECREF(kept);
+        if (same <= 0)
+            return same;
+    }
+    return 1;
+}
+
 static PyObject *
 Fields_details(Fields *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (!checked(self, args, nargs, 3, "details(event, details, refused)"))
+    if (!checked(self, args, nargs, 4, "details(held, event, details, refused)"))
         return NULL;
-    PyObject *event = args[0], *details = args[1], *refused = args[2];
+    PyObject *held = args[0], *event = args[1], *details = args[2], *refused = args[3];
+    if (held != Py_None && !PyDict_CheckExact(held)) {
+        PyErr_SetString(PyExc_TypeError, "details: held is a dict or None");
+        return NULL;
+    }
     PyObject *found = PyDict_New();
     if (found == NULL)
         return NULL;
+    Py_INCREF(held);
     Py_INCREF(event);
     Py_INCREF(details);
     Py_INCREF(refused);
@@ -316,12 +342,22 @@ Fields_details(Fields *self, PyObject *const *args, Py_ssize_t nargs)
         if (rc < 0)
             goto error;
     }
+    if (held != Py_None) {
+        int same = holds_all(held, found);
+        if (same < 0)
+            goto error;
+        if (same) {
+            Py_SETREF(found, Py_NewRef(Py_None));
+        }
+    }
+    Py_DECREF(held);
     Py_DECREF(event);
     Py_DECREF(details);
     Py_DECREF(refused);
     return found;
 error:
     Py_DECREF(found);
+    Py_DECREF(held);
     Py_DECREF(event);
     Py_DECREF(details);
     Py_DECREF(refused);
@@ -332,7 +368,8 @@ static PyMethodDef Fields_methods[] = {
     {"merge", (PyCFunction)(void (*)(void))Fields_merge, METH_FASTCALL,
      "merge(channel, event, chains, refused) -> how many fields changed"},
     {"details", (PyCFunction)(void (*)(void))Fields_details, METH_FASTCALL,
-     "details(event, details, refused) -> dict of the details the event carries"},
+     "details(held, event, details, refused) -> dict of the details the event carries, or\n"
+     "None when `held` (a dict, or None) has each of them already"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -63,9 +63,13 @@ def merge_fields(ch: Any, e: dict[str, Any], chains: Chains, refused: dict[str, 
     return changed
 
 
-def pick_details(e: dict[str, Any], details: Details, refused: dict[str, int]) -> dict[str, Any]:
+def pick_details(
+    held: dict[str, Any] | None, e: dict[str, Any], details: Details, refused: dict[str, int]
+) -> dict[str, Any] | None:
     """The details `e` carries, by key: the first header of a key that is present wins; a
-    value that is no short text, or a numeric one that is not 1 to 5 digits, is refused."""
+    value that is no short text, or a numeric one that is not 1 to 5 digits, is refused.
+    None when `held` (what the channel has) has each of them already: most events with
+    variables carry what the one before them did."""
     get = e.get
     found: dict[str, Any] = {}
     for key, header, numeric in details:
@@ -80,11 +84,15 @@ def pick_details(e: dict[str, Any], details: Details, refused: dict[str, int]) -
                     continue
                 v = int(v)
             found[key] = v
+    if held is not None and all(k in held and held[k] == v for k, v in found.items()):
+        return None
     return found
 
 
 Merge = Callable[[Any, dict[str, Any], Chains, dict[str, int]], int]
-PickDetails = Callable[[dict[str, Any], Details, dict[str, int]], dict[str, Any]]
+PickDetails = Callable[
+    [dict[str, Any] | None, dict[str, Any], Details, dict[str, int]], dict[str, Any] | None
+]
 
 
 def loops(compiled: bool = True) -> tuple[Merge, PickDetails]:

@@ -906,15 +906,19 @@ class ChannelTable:
         one dict shared by every channel that has them."""
         # A loopback leg's event is not asked for the dozen RTP and SIP headers it never has.
         details = _CORE_DETAILS if ch.is_loopback else _RTP_DETAILS
-        found = self._pick_details(e, details, self.refused)
+        held = ch.details
+        # None when the channel holds each detail the event carries (most events)
+        found = self._pick_details(held, e, details, self.refused)
         get = e.get
         for kind, header in SECURE_MEDIA:
             if get(header) == "true":
-                found["secure_media"] = kind
+                if held is None or held.get("secure_media") != kind:
+                    if found is None:
+                        found = {}
+                    found["secure_media"] = kind
                 break
         if not found:
             return
-        held = ch.details
         if held is not None:
             found = {**held, **found}
             if found == held:

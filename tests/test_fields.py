@@ -132,9 +132,48 @@ def test_details_equal_the_python_loop_on_any_values(event: dict[str, Any]) -> N
     for details in (_RTP_DETAILS, _CORE_DETAILS):
         c_refused: dict[str, int] = {"read_codec": 1}
         py_refused: dict[str, int] = {"read_codec": 1}
-        c, py = C_DETAILS(event, details, c_refused), PY_DETAILS(event, details, py_refused)
+        c, py = (
+            C_DETAILS(None, event, details, c_refused),
+            PY_DETAILS(None, event, details, py_refused),
+        )
         assert c == py and [type(v) for v in c.values()] == [type(v) for v in py.values()]
         assert c_refused == py_refused
+
+
+def _helds(found: dict[str, Any]) -> st.SearchStrategy[dict[str, Any] | None]:
+    """What a channel may hold beside an event's details: none, them, more, fewer, or one
+    changed (a text, another number, a number spelt as text)."""
+    keys = sorted(found)
+    same = st.just(dict(found))
+    more = st.builds(lambda extra: {**found, **extra}, st.dictionaries(st.text(), st.text()))
+    fewer = st.sampled_from(keys).map(lambda k: {x: v for x, v in found.items() if x != k})
+    changed = st.tuples(st.sampled_from(keys), st.one_of(st.text(), st.integers())).map(
+        lambda kv: {**found, kv[0]: kv[1]}
+    )
+    spelt = st.sampled_from(keys).map(lambda k: {**found, k: str(found[k])})
+    made = [same, more]
+    if keys:
+        made += [fewer, changed, spelt]
+    return st.one_of(st.none(), *made)
+
+
+@settings(max_examples=400, deadline=None)
+@given(event=EVENTS, data=st.data())
+def test_details_held_already_are_none_as_in_the_python_loop(
+    event: dict[str, Any], data: st.DataObject
+) -> None:
+    """details() with what the row holds: None exactly when each detail found is held with
+    an equal value (the table then leaves the row's details as they are), else all found."""
+    for details in (_RTP_DETAILS, _CORE_DETAILS):
+        found = PY_DETAILS(None, event, details, {})
+        assert found is not None
+        held = data.draw(_helds(found))
+        c, py = C_DETAILS(held, event, details, {}), PY_DETAILS(held, event, details, {})
+        assert c == py
+        if c is None:
+            assert held is not None and {**held, **found} == held
+        else:
+            assert c == found and (held is None or {**held, **found} != held)
 
 
 @settings(max_examples=150, deadline=None)
@@ -194,7 +233,10 @@ def test_wrong_arguments_raise_type_errors_in_a_child() -> None:
                 pass
             else:
                 raise SystemExit(f"merge{args!r} did not raise")
-        for args in [([], (), {}), ({}, ((1, 2),), {}), ({}, [], {}), ()]:
+        for args in [
+            (None, [], (), {}), (None, {}, ((1, 2),), {}), (None, {}, [], {}), (),
+            ([], {}, (), {}), ({}, {}, (), {}, None), ({}, (), {}),
+        ]:
             try:
                 f.details(*args)
             except TypeError:
@@ -215,7 +257,7 @@ def test_wrong_arguments_raise_type_errors_in_a_child() -> None:
         else:
             raise SystemExit("a failing gate did not raise")
         never = Fields.__new__(Fields)
-        for call in (lambda: never.merge(ch, {}, (), {}), lambda: never.details({}, (), {})):
+        for call in (lambda: never.merge(ch, {}, (), {}), lambda: never.details(None, {}, (), {})):
             try:
                 call()
             except RuntimeError:
