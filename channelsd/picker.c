@@ -339,7 +339,9 @@ value_of(Picker *self, int i, const char *s, Py_ssize_t n, int escaped)
 static const char *
 skip_ws(const char *p, const char *end)
 {
-    while (p < end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t'))
+    /* FreeSWITCH writes compact JSON: one compare tells most bytes are no whitespace */
+    while (p < end && (unsigned char)*p <= ' '
+           && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t'))
         p++;
     return p;
 }
