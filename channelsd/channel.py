@@ -286,7 +286,7 @@ class Channel:
             "bridge_id": self.bridge_id or self.uuid,
             "custom_channel_vars": dict(self.ccvs) if self.ccvs else {},
         }
-        for attr in _OPTIONAL_ITEM_KEYS:
+        for attr in OPTIONAL_ITEM_KEYS:
             v = getattr(self, attr)
             if v is not None:
                 item[attr] = v
@@ -338,7 +338,7 @@ class Channel:
 
 FRESH_TAIL = b',"stale":false,"elapsed_s":%d}'
 STALE_TAIL = b',"stale":true,"elapsed_s":%d}'
-_OPTIONAL_ITEM_KEYS = (
+OPTIONAL_ITEM_KEYS = (
     "direction",
     "destination",
     "other_leg",

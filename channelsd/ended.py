@@ -2,9 +2,14 @@
 
 A channel that hung up (its table row carries an Ending) is kept here for `keep_seconds` after
 its destroy, at most `max_calls` of them, as the item it last had in the lists plus how it
-ended. Each call is one bytes record (channelsd.endedrecord: its time, its account, its item
-compressed), ~340 B for a Kazoo call: nothing of the channel object is kept, and
-10,000 calls stay in CPython's small-object arenas instead of pinning pages of glibc's heap.
+ended. Each call is one bytes record (channelsd.endedrecord: its time, its account, and what
+its item is made of, compressed), ~250 B for a Kazoo call: nothing of the channel object is
+kept, and 10,000 calls stay in CPython's small-object arenas instead of pinning pages of
+glibc's heap.
+
+A record keeps the channel's fields, not its item: the item (a dict of ~45 keys, then its
+JSON) is made when a listing reads the call. Made at every hang-up, on the ingest path, it
+cost ~4 µs of the ~8 a record took (issue #16), for calls most of which are never listed.
 """
 
 from __future__ import annotations
@@ -12,34 +17,76 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Container, Iterator
+from operator import attrgetter
 from typing import Any
 
 import orjson
 
 from channelsd import endedrecord
-from channelsd.channel import GREGORIAN_OFFSET, Channel
+from channelsd.channel import GREGORIAN_OFFSET, OPTIONAL_ITEM_KEYS, Channel, Ending
 from channelsd.listing import pace
+
+# The channel's fields its ended item is made of (ended_item), in a record's order, and its
+# ending's. (tests/test_ended_record.py: a channel whose every field is set gives the same
+# item through its record, so a field the item comes to read is a field kept here.)
+KEPT = (
+    "uuid",
+    "node",
+    "name",
+    "created_us",
+    "answered",
+    "is_onhold",
+    "is_loopback",
+    "recordings",
+    "details",
+    "bridge_id",
+    "ccvs",
+    *OPTIONAL_ITEM_KEYS,
+)
+KEPT_ENDING = ("cause", "disposition", "duration", "billsec", "mos", "hangup_us", "complete")
+_kept, _kept_ending = attrgetter(*KEPT), attrgetter(*KEPT_ENDING)
+_OWNER, _DEVICE = KEPT.index("owner_id"), KEPT.index("authorizing_id")
 
 
 def record_of(ch: Channel, at: float) -> bytes:
-    """The record of a channel that ended at `at`: its list item, its details (the Call-ID,
+    """The record of a channel that ended at `at`: its fields as it had them then."""
+    ending = ch.ending
+    kept = (_kept(ch), None if ending is None else _kept_ending(ending))
+    return endedrecord.pack(at, ch.account_id, orjson.dumps(kept))
+
+
+def ended_item(ch: Channel, at: float) -> dict[str, Any]:
+    """The item of a channel that ended at `at`: its list item, its details (the Call-ID,
     codec, far end: what a look at a bad call starts from) and how it ended."""
     item = ch.fixed_item()
     if ch.details:
         item.update(ch.details)
     item.update(ch.end_item(at))
     item["ended_timestamp"] = int(at) + GREGORIAN_OFFSET
-    return endedrecord.pack(at, ch.account_id, orjson.dumps(item))
+    return item
+
+
+def _restored(kept: list[Any], ending: list[Any] | None) -> Channel:
+    """The channel a record kept, with the fields ended_item() reads."""
+    ch = Channel(kept[1], kept[0])
+    for name, value in zip(KEPT, kept, strict=True):
+        setattr(ch, name, value)
+    ch.recordings = tuple(ch.recordings)  # (a JSON list)
+    if ending is not None:
+        ch.ending = Ending()
+        for name, value in zip(KEPT_ENDING, ending, strict=True):
+            setattr(ch.ending, name, value)
+    return ch
 
 
 class Ended:
     """One ended call as a listing reads it: a view of its record, made when selected, that
-    decodes the account and decompresses the item once however often they are read. The
-    owner and device ids are the item's (`owner_id`, `authorizing_id`), as the channel had
-    them when it ended: read from it once, and only they are kept. A listing holds the calls
-    it answers with until it is written (thousands, and their items' dicts would be as many
-    objects for the collector to walk and a stall to free: channelsd.listing), so the item
-    is decoded for each caller that asks for it as a dict, and held by none."""
+    decodes the account and makes the item's JSON once however often they are read. The
+    owner and device ids are the channel's (`owner_id`, `authorizing_id`) when it ended:
+    read from the record once, and only they are kept. A listing holds the calls it answers
+    with until it is written (thousands, and their items' dicts would be as many objects for
+    the collector to walk and a stall to free: channelsd.listing), so the item is made for
+    each caller that asks for it as a dict, and held by none."""
 
     __slots__ = ("record", "_account", "_start", "_item", "_owner", "_device", "_scoped")
 
@@ -80,20 +127,26 @@ class Ended:
         return self._device
 
     def _scope(self) -> None:
-        item = orjson.loads(self.item)
-        self._owner, self._device = item.get("owner_id"), item.get("authorizing_id")
+        kept = self._kept()[0]
+        self._owner, self._device = kept[_OWNER], kept[_DEVICE]
         self._scoped = True
+
+    def _kept(self) -> list[Any]:
+        """The record's fields, decoded anew (see the class)."""
+        return orjson.loads(endedrecord.item(self.record, self._read_head()))  # type: ignore[no-any-return]
 
     @property
     def item(self) -> bytes:
         """The item as JSON."""
         if self._item is None:
-            self._item = endedrecord.item(self.record, self._read_head())
+            self._item = orjson.dumps(self.as_dict())
         return self._item
 
     def as_dict(self) -> dict[str, Any]:
         """The item, a dict of the caller's own (nested objects included)."""
-        return orjson.loads(self.item)
+        if self._item is not None:
+            return orjson.loads(self._item)  # type: ignore[no-any-return]
+        return ended_item(_restored(*self._kept()), self.at)
 
 
 class EndedCalls:

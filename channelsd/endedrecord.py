@@ -1,4 +1,4 @@
-"""One ended call as one bytes object: when it ended, its account, its item.
+"""One ended call as one bytes object: when it ended, its account, what its item is made of.
 
 The ended-calls store keeps up to 10,000 calls. Kept as a Python object holding its item JSON
 (~1.4 KB, a block of glibc's heap) and the channel's id strings, each call cost ~3.2 KB of
@@ -7,18 +7,20 @@ between the transient blocks of the events that ended their calls, pinned the he
 (malloc_trim gives back only whole free pages). As one record of ~330 B the call lives in
 CPython's small-object arenas, packed by size class, and nothing of the channel is referenced.
 
-The item is compressed by zstd (python-zstandard) with a dictionary (`ZDICT`) prepared once
-for its level: an item's keys, its booleans and the values most calls share (states, causes,
-codecs) are found there, and what is left is mostly the call's own ids and times. zlib with a
+The payload (the channel's fields as JSON: channelsd.ended.record_of; `item` below, as this
+module knows it only as bytes) is compressed by zstd (python-zstandard) with a dictionary
+(`ZDICT`) prepared once for its level: the keys of its nested objects, its booleans and the
+values most calls share (states, causes, codecs) are found there, and what is left is mostly
+the call's own ids and times. zlib with a
 preset dictionary did the same ~10 B tighter, but set the dictionary up again for every call
 (deflate has no prepared form of one): 16 µs per ended call, against 3 µs here, on the ingest
 path (BENCHMARKS.md, issue #16). A record is decompressed only when an answer lists it, or
 narrows an account's calls to a user's or a device's: the account, which every listing scopes
-by, is kept as it is; the owner and device ids are read from the item (kept a second time as
-they were with zlib, which found them in its dictionary, they cost zstd ~70 B a call).
+by, is kept as it is; the owner and device ids are read from the payload (kept a second time
+as they were with zlib, which found them in its dictionary, they cost zstd ~70 B a call).
 
 Layout: float64 `at` (when it ended), the uint32 length of the account id (0xFFFFFFFF: none;
-little-endian), the id as UTF-8, then the item as a zstd frame (with its size, without a
+little-endian), the id as UTF-8, then the payload as a zstd frame (with its size, without a
 checksum or the dictionary's id: only this process reads its records).
 """
 
@@ -37,70 +39,72 @@ _NONE = 0xFFFFFFFF
 # lower levels gave bytes without saving time, higher ones took longer for 1 B less.
 _LEVEL = -1
 
-# A typical Kazoo call's ended item, its keys in the order Channel._build_item() writes them:
-# zstd finds the keys, the shared values and the id-shaped runs here. Only this process reads
-# its records, so the dictionary may change between versions.
+# What a typical Kazoo call's record holds (channelsd.ended.record_of: the channel's fields in
+# ended.KEPT's order, then its ending's): zstd finds the ccvs' and details' keys, the shared
+# values and the id-shaped runs here. Only this process reads its records, so the dictionary
+# may change between versions (a test holds its shape to ended.KEPT's).
+_ID = "00000000000000000000000000000000"
+_UUID = "00000000-0000-4000-8000-000000000000"
 ZDICT = orjson.dumps(
-    {
-        "uuid": "00000000-0000-4000-8000-000000000000",
-        "answered": True,
-        "is_onhold": False,
-        "is_loopback": False,
-        "is_recording": False,
-        "is_secure": False,
-        "node": "freeswitch@",
-        "timestamp": 63900000000,
-        "bridge_id": "00000000-0000-4000-8000-000000000000",
-        "custom_channel_vars": {
-            "Account-ID": "00000000000000000000000000000000",
-            "Realm": ".sip.",
-            "Username": "user",
-            "Owner-ID": "00000000000000000000000000000000",
-            "Authorizing-ID": "00000000000000000000000000000000",
-            "Authorizing-Type": "device",
-            "Channel-Authorized": "true",
-            "Reseller-ID": "00000000000000000000000000000000",
-            "Application-Name": "callflow",
-            "Call-Interaction-ID": "63900000000-",
-        },
-        "direction": "inbound",
-        "destination": "+1",
-        "other_leg": "00000000-0000-4000-8000-000000000000",
-        "presence_id": "user@",
-        "account_id": "00000000000000000000000000000000",
-        "owner_id": "00000000000000000000000000000000",
-        "authorizing_id": "00000000000000000000000000000000",
-        "authorizing_type": "device",
-        "username": "user",
-        "realm": ".sip.",
-        "caller_id_name": "User ",
-        "caller_id_number": "",
-        "callee_id_name": "Outbound Call",
-        "callee_id_number": "0000000000",
-        "state": "CS_REPORTING",
-        "call_state": "HANGUP",
-        "interaction_id": "63900000000-",
-        "endpoint": "sofia",
-        "read_codec": "PCMU",
-        "read_rate": 8000,
-        "write_codec": "PCMU",
-        "write_rate": 8000,
-        "remote_media_ip": "",
-        "remote_media_port": 0,
-        "sip_call_id": "",
-        "user_agent": "",
-        "network_ip": "",
-        "network_port": 5060,
-        "request_uri": "sip:",
-        "transport": "udp",
-        "application": "",
-        "hangup_cause": "NORMAL_CLEARING",
-        "hangup_disposition": "recv_bye",
-        "duration_seconds": 0,
-        "billing_seconds": 0,
-        "mos": 4.5,
-        "ended_timestamp": 63900000000,
-    }
+    [
+        [
+            _UUID,
+            "freeswitch@",
+            "sofia/sipinterface_1/user@.sip.",
+            1795847542705117,
+            True,
+            False,
+            False,
+            [],
+            {
+                "read_codec": "PCMU",
+                "read_rate": 8000,
+                "write_codec": "PCMU",
+                "write_rate": 8000,
+                "remote_media_ip": "",
+                "remote_media_port": 0,
+                "sip_call_id": "",
+                "user_agent": "",
+                "network_ip": "",
+                "network_port": 5060,
+                "request_uri": "sip:",
+                "transport": "udp",
+                "application": "",
+            },
+            _UUID,
+            {
+                "Account-ID": _ID,
+                "Realm": ".sip.",
+                "Username": "user",
+                "Owner-ID": _ID,
+                "Authorizing-ID": _ID,
+                "Authorizing-Type": "device",
+                "Channel-Authorized": "true",
+                "Reseller-ID": _ID,
+                "Application-Name": "callflow",
+                "Call-Interaction-ID": "63900000000-",
+            },
+            "inbound",
+            "+1",
+            _UUID,
+            "user@",
+            _ID,
+            _ID,
+            _ID,
+            "device",
+            "user",
+            ".sip.",
+            "User ",
+            "",
+            "Outbound Call",
+            "0000000000",
+            "CS_REPORTING",
+            "HANGUP",
+            "63900000000-",
+            None,
+        ],
+        ["NORMAL_CLEARING", "recv_bye", 0, 0, 4.5, 1795847542705117, True],
+    ]
 )
 _DICT = zstandard.ZstdCompressionDict(ZDICT, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
 _DICT.precompute_compress(level=_LEVEL)
