@@ -263,14 +263,20 @@ holds_all(PyObject *held, PyObject *found)
     Py_ssize_t pos = 0;
     PyObject *key, *v;
     while (PyDict_Next(found, &pos, &key, &v)) {
+        /* Held while compared: a key's hash or a value's __eq__ may run Python code (the
+         * table passes exact str, a caller need not), which may change `found` and free
+         * what the walk lent (an outside attack did, through gc.get_referrers). */
+        Py_INCREF(key);
+        Py_INCREF(v);
         PyObject *kept = PyDict_GetItemWithError(held, key);
-        if (kept == NULL)
-            return PyErr_Occurred() ? -1 : 0;
-        /* (found's values are exact str and int: comparing them runs no Python code, and
-         * found is this call's own, so the walk cannot be changed under it) */
-        Py_INCREF(kept);
-        int same = PyObject_RichCompareBool(kept, v, Py_EQ);
-        Py_DECREF(kept);
+        int same = kept == NULL ? (PyErr_Occurred() ? -1 : 0) : 1;
+        if (same > 0) {
+            Py_INCREF(kept);
+            same = PyObject_RichCompareBool(kept, v, Py_EQ);
+            Py_DECREF(kept);
+        }
+        Py_DECREF(key);
+        Py_DECREF(v);
         if (same <= 0)
             return same;
     }
