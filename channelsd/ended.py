@@ -3,7 +3,7 @@
 A channel that hung up (its table row carries an Ending) is kept here for `keep_seconds` after
 its destroy, at most `max_calls` of them, as the item it last had in the lists plus how it
 ended. Each call is one bytes record (channelsd.endedrecord: its time, its account, and what
-its item is made of, compressed), ~250 B for a Kazoo call: nothing of the channel object is
+its item is made of, compressed), ~370 B for a Kazoo call: nothing of the channel object is
 kept, and 10,000 calls stay in CPython's small-object arenas instead of pinning pages of
 glibc's heap.
 

@@ -4,7 +4,7 @@ The ended-calls store keeps up to 10,000 calls. Kept as a Python object holding 
 (~1.4 KB, a block of glibc's heap) and the channel's id strings, each call cost ~3.2 KB of
 resident memory in the benchmark although its objects were ~2.1 KB: the items, allocated
 between the transient blocks of the events that ended their calls, pinned the heap's pages
-(malloc_trim gives back only whole free pages). As one record of ~330 B the call lives in
+(malloc_trim gives back only whole free pages). As one record of ~370 B the call lives in
 CPython's small-object arenas, packed by size class, and nothing of the channel is referenced.
 
 The payload (the channel's fields as JSON: channelsd.ended.record_of; `item` below, as this

@@ -215,7 +215,7 @@ def hex_id(label: str) -> str:
 
 
 # What one Kazoo call kept costs at most, everything the store holds for it counted: the
-# record (~330 B, in CPython's small-object arenas) and its place in the deque. As an object
+# record (~370 B, in CPython's small-object arenas) and its place in the deque. As an object
 # with its item JSON and the channel's id strings, it held ~1,600 B here.
 RETAINED_PER_CALL_MAX = 512
 
