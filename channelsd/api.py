@@ -349,8 +349,8 @@ def create_app(ctx: ApiContext) -> Flask:
 
     def ended_listing(call: Call, calls: Iterable[Ended]) -> Response:
         """`?ended=true`: the calls of the last minutes, newest first, as the live list would
-        narrow them (role, filters). Each is kept as JSON: decoded only to be filtered or
-        printed, and otherwise spliced as it is."""
+        narrow them (role, filters). Each call's item is made from its record when listed
+        (~15 µs: channelsd.ended), paced like every loop of an answer."""
         filters = Filters(request.args.items(multi=True))
         kept = []
         for ended in paced(list(calls)):  # a copy: the calls may change while we pace
@@ -358,7 +358,7 @@ def create_app(ctx: ApiContext) -> Flask:
                 kept.append(ended)
         if g.pretty or _wants_csv():
             return respond_list(call, (ended.as_dict() for ended in paced(kept)))
-        data = splice([ended.item for ended in kept])
+        data = splice([ended.item for ended in paced(kept)])
         return envelope.success_json(data, g.rid, call.token_text)
 
     def listing(

@@ -141,7 +141,7 @@ def test_every_list_loop_visits_the_hub_between_items(
         (("pretty_print=true", "admin1"), live),
         (("filter_not_k=v&filter_owner_id=user3", "admin1"), live),
         (("", "user1"), live),
-        (("ended=true", "admin1"), ended),
+        (("ended=true", "admin1"), 2 * ended),  # looked at, then each item made
         (("ended=true&filter_not_k=v", "admin1"), ended),
         (("ended=true&accept=csv", "admin1"), 2 * ended),
         (("ended=true&pretty_print=true", "user1"), ended),
