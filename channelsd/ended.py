@@ -1,8 +1,8 @@
 """Calls that just ended: what the operator's "recently ended" view lists (issue #15).
 
 A channel that hung up (its table row carries an Ending) is kept here for `keep_seconds` after
-its destroy, at most `max_calls` of them, as the item it last had in the lists plus how it
-ended. Each call is one bytes record (channelsd.endedrecord: its time, its account, and what
+its destroy, at most `max_calls` of them: what makes the item it last had in the lists plus
+how it ended. Each call is one bytes record (channelsd.endedrecord: its time, its account, and what
 its item is made of, compressed), ~370 B for a Kazoo call: nothing of the channel object is
 kept, and 10,000 calls stay in CPython's small-object arenas instead of pinning pages of
 glibc's heap.
@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from channelsd import endedrecord
-from channelsd.channel import GREGORIAN_OFFSET, OPTIONAL_ITEM_KEYS, Channel, Ending
+from channelsd.channel import GREGORIAN_OFFSET, OPTIONAL_ITEM_KEYS, Channel, Ending, kept_json
 from channelsd.listing import pace
 
 # The channel's fields its ended item is made of (ended_item), in a record's order, and its
@@ -46,12 +46,19 @@ KEPT = (
 KEPT_ENDING = ("cause", "disposition", "duration", "billsec", "mos", "hangup_us", "complete")
 _kept, _kept_ending = attrgetter(*KEPT), attrgetter(*KEPT_ENDING)
 _OWNER, _DEVICE = KEPT.index("owner_id"), KEPT.index("authorizing_id")
+# The item says only whether the channel was recording (is_recording): a record keeps that,
+# not the paths (a switch that never sends RECORD_STOP would make them its bulk).
+_RECORDINGS = KEPT.index("recordings")
+_RECORDING = ("",)  # a restored channel's stand-in for "was recording"
 
 
 def record_of(ch: Channel, at: float) -> bytes:
     """The record of a channel that ended at `at`: its fields as it had them then."""
+    fields = _kept(ch)
+    if fields[_RECORDINGS]:
+        fields = (*fields[:_RECORDINGS], True, *fields[_RECORDINGS + 1 :])
     ending = ch.ending
-    kept = (_kept(ch), None if ending is None else _kept_ending(ending))
+    kept = (fields, None if ending is None else _kept_ending(ending))
     return endedrecord.pack(at, ch.account_id, orjson.dumps(kept))
 
 
@@ -71,7 +78,7 @@ def _restored(kept: list[Any], ending: list[Any] | None) -> Channel:
     ch = Channel(kept[1], kept[0])
     for name, value in zip(KEPT, kept, strict=True):
         setattr(ch, name, value)
-    ch.recordings = tuple(ch.recordings)  # (a JSON list)
+    ch.recordings = _RECORDING if ch.recordings else ()
     if ending is not None:
         ch.ending = Ending()
         for name, value in zip(KEPT_ENDING, ending, strict=True):
@@ -137,9 +144,10 @@ class Ended:
 
     @property
     def item(self) -> bytes:
-        """The item as JSON."""
+        """The item as JSON (a copy of its own size: a listing holds thousands of them until
+        they are joined, and orjson's own result holds the buffer it grew, ~13 times more)."""
         if self._item is None:
-            self._item = orjson.dumps(self.as_dict())
+            self._item = kept_json(self.as_dict())
         return self._item
 
     def as_dict(self) -> dict[str, Any]:
@@ -193,7 +201,7 @@ class EndedCalls:
         a user (its owner id, or one of its devices) or a device.
 
         A user's or a device's calls are found by decompressing each of the account's (up to
-        `max_calls`, ~9 us each): paced like every loop of a list answer (channelsd.listing)."""
+        `max_calls`, ~5 µs each): paced like every loop of a list answer (channelsd.listing)."""
         self._expire()
         account = None if account_id is None else endedrecord.encoded(account_id)
         narrowed = owner_id is not None or device_id is not None

@@ -135,6 +135,10 @@ _CCV_NAMES_MAX = 4096
 _CCV_NAME_KEPT_CHARS = 64
 # Distinct shared details dicts remembered (codec and application combinations).
 _SHARED_DETAILS_MAX = 1024
+# Recordings a channel is known to run at once: a call records once or twice (a caller's and
+# a supervisor's); past this a RECORD_START is refused, as a switch sending new paths without
+# a RECORD_STOP would otherwise grow one row without bound (each change copies the tuple).
+MAX_RECORDINGS = 16
 # ... and only those whose texts are this short: a caller's 2 KB User-Agent is its own call's,
 # not a combination worth keeping after the call (1024 of them held ~14 MB for good).
 _SHARED_DETAIL_CHARS = 128
@@ -941,6 +945,9 @@ class ChannelTable:
             self._refuse("recording")
             return
         kept = tuple(p for p in ch.recordings if p != path)
+        if started and len(kept) >= MAX_RECORDINGS:
+            self._refuse("recording")
+            return
         ch.recordings = (*kept, path) if started else kept
 
     def _ccvs(self, e: Event, held: dict[str, Any] | None) -> dict[str, Any] | None:

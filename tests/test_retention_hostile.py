@@ -14,7 +14,7 @@ from channelsd.channel import DETAIL_CHAINS, MAX_VALUE_CHARS, NUMERIC_DETAILS, P
 from channelsd.config import parse
 from channelsd.daemon import Daemon
 from channelsd.stream import Broker, _snapshot, subscribe
-from channelsd.table import ChannelTable
+from channelsd.table import MAX_RECORDINGS, ChannelTable
 
 from conftest import config_dict
 
@@ -325,3 +325,29 @@ def test_a_publish_that_spans_the_end_of_the_grace_leaves_nothing_to_diff_agains
     told = [m for m in broker.ring if m.seq > seq and m.key[1] == x]
     assert told and b"Alice" in told[-1].data
     stream.close()
+
+
+def test_a_switch_that_starts_recordings_and_never_stops_them_grows_no_row() -> None:
+    """RECORD_START with a new path each time and never a RECORD_STOP: a row keeps at most
+    MAX_RECORDINGS (before, every one, each change copying the whole tuple: a thousand 1 KB
+    paths were a megabyte on one row, and a million copies). The rest are refused and
+    counted; a stop still ends one, and then a start is taken again."""
+    table = ChannelTable()
+    uid = uuid_of(1)
+    create(table, uid)
+
+    def record(event: str, n: int) -> None:
+        path = f"/var/lib/freeswitch/recordings/{n}-" + "x" * 1000 + ".wav"
+        table.apply("fs1", {"Event-Name": event, "Unique-ID": uid, "Record-File-Path": path})
+
+    for n in range(1000):
+        record("RECORD_START", n)
+    ch = table.get(uid)
+    assert ch is not None and len(ch.recordings) == MAX_RECORDINGS
+    assert table.refused["recording"] == 1000 - MAX_RECORDINGS
+    record("RECORD_STOP", 0)
+    assert len(ch.recordings) == MAX_RECORDINGS - 1
+    record("RECORD_START", 5000)
+    assert len(ch.recordings) == MAX_RECORDINGS and ch.recordings[-1].startswith(
+        "/var/lib/freeswitch/recordings/5000-"
+    )
