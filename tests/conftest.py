@@ -105,6 +105,21 @@ def preparing(lists: Any) -> bool:
     return current is lists._preparer or (parent is not None and parent() is lists._preparer)
 
 
+def metric_series(h: "Harness", prefix: str) -> dict[str, float]:
+    """The daemon's /metrics series whose line starts with `prefix`, by name and labels."""
+    text = h.api.get("/metrics", tok=None).text
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(prefix)
+    }
+
+
+def metric(h: "Harness", prefix: str) -> float:
+    """The sum of the series metric_series() finds (0 when there is none)."""
+    return sum(metric_series(h, prefix).values())
+
+
 def count_pauses(monkeypatch: pytest.MonkeyPatch, module: Any, name: str = "_pause") -> list[int]:
     """Wrap `module._pause` (its visit to the hub; channelsd.turns: `pause`) so each visit
     appends to the returned list."""

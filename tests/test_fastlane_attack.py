@@ -29,7 +29,7 @@ from test_fastlane import both, hold_the_clock, read_sized, recv_until, response
 from channelsd import daemon as daemon_module
 from channelsd.config import parse
 
-from conftest import config_dict, token, wait_until
+from conftest import config_dict, metric, metric_series, token, wait_until
 
 
 @pytest.fixture
@@ -170,15 +170,6 @@ def test_a_lane_answer_after_a_head_of_a_stream_is_framed_by_its_length(
 # -- what held: the same answers, counts and framing with the lane as without it -----------
 
 
-def _requests_total(h: Any) -> dict[str, float]:
-    text = h.api.get("/metrics", tok=None).text
-    return {
-        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("channelsd_http_requests_total{")
-    }
-
-
 def test_requests_are_counted_once_with_the_lane_as_without(world: World) -> None:
     """channelsd_http_requests_total: the same labels and counts whichever layer answered."""
     h = world.h
@@ -200,9 +191,9 @@ def test_requests_are_counted_once_with_the_lane_as_without(world: World) -> Non
     for lane in (server.lane, None):
         saved, server.lane = server.lane, lane
         try:
-            before = _requests_total(h)
+            before = metric_series(h, "channelsd_http_requests_total{")
             responses(server.server_port, wire * 3, 3 * len(asks))
-            after = _requests_total(h)
+            after = metric_series(h, "channelsd_http_requests_total{")
         finally:
             server.lane = saved
         deltas.append({k: v - before.get(k, 0.0) for k, v in after.items() if v != before.get(k)})
@@ -297,15 +288,6 @@ def test_hostile_requests_are_answered_alike(still: World, name: str) -> None:
     assert with_lane == without
 
 
-def _metric(h: Any, name: str) -> float:
-    text = h.api.get("/metrics", tok=None).text
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith(name) and not line.startswith("#")
-    )
-
-
 @pytest.mark.parametrize("lane", [True, False], ids=["lane", "wsgi"])
 def test_a_client_that_stops_reading_is_closed_once_after_send_timeout(
     switch: Any, make_daemon: Any, lane: bool
@@ -317,17 +299,17 @@ def test_a_client_that_stops_reading_is_closed_once_after_send_timeout(
     if not lane:
         h.daemon.http.lane = None
     name = 'channelsd_http_connections_closed_total{reason="send_timeout"}'
-    before = _metric(h, name)
+    before = metric(h, name)
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     s.connect(h.daemon.http_address)
     ask = _get("/v2/accounts/acc1/channels")
     try:
         s.sendall(ask * 300)  # ~8 MB of answers, never read
-        wait_until(lambda: _metric(h, name) > before, timeout=10, what="send timeout")
+        wait_until(lambda: metric(h, name) > before, timeout=10, what="send timeout")
         wait_until(lambda: len(h.daemon.http.connections) <= 1, timeout=5, what="closed")
         gevent.sleep(0.3)
-        assert _metric(h, name) == before + 1
+        assert metric(h, name) == before + 1
     finally:
         s.close()
 

@@ -22,7 +22,7 @@ import requests
 
 from channelsd import turns
 
-from conftest import Harness, count_pauses, token, wait_until
+from conftest import Harness, count_pauses, metric, token, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 SCALE = int(os.environ.get("RELIABILITY_SCALE", "1"))
@@ -114,15 +114,6 @@ class Attacker:
     def stop(self) -> None:
         self.running = False
         self.greenlet.join(timeout=HANG)
-
-
-def metric(h: Harness, name: str) -> float:
-    text = h.api.get("/metrics", tok=None).text
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith(name) and not line.startswith("#")
-    )
 
 
 def test_300_hostile_sockets_are_closed_and_healthz_keeps_answering(
