@@ -611,18 +611,21 @@ class ESLConnection(InboundESL):
                 if not self._run:
                     break  # closed meanwhile: as _read_frames stops before its next frame
                 delivered += 1
-                if picked is None:
+                if (
+                    picked is None
+                    or ESLConnection.awaiting > len(self._commands_sent)
+                    or not holds()
+                ):
                     self._since_yield += spent
                     spent = 0
-                    self._event(body, parse_json)  # parsed whole: an event like any other
-                    continue
-                if ESLConnection.awaiting > len(self._commands_sent) or not holds():
-                    # (a handler let the hub run) a command waits for its answer: _event lets
-                    # it go first, then picks this body anew; or the picks no longer hold (a
-                    # new identity): picked anew too. Still one of the cut's for on_picked.
-                    self._since_yield += spent
-                    spent = 0
-                    self._event(body, self._parse_json, on_picked)
+                    if picked is None:
+                        self._event(body, parse_json)  # parsed whole: an event like any other
+                    else:
+                        # (a handler let the hub run) a command waits for its answer: _event
+                        # lets it go first, then picks this body anew; or the picks no longer
+                        # hold (a new identity): picked anew too. Still one of the cut's for
+                        # on_picked.
+                        self._event(body, self._parse_json, on_picked)
                     continue
                 try:
                     on_picked(picked, hint)

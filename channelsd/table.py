@@ -715,9 +715,7 @@ class ChannelTable:
         if ch is None and not is_uuid(uuid):
             self._refuse("uuid")
             return
-        state = event.get("Channel-State")  # (_final, its common case inlined: every event)
-        final = state == _FINAL_STATE or (state.__class__ is list and _final(state))
-        if name == "CHANNEL_DESTROY" or final:
+        if name == "CHANNEL_DESTROY" or _final(event.get("Channel-State")):
             if ch is not None and (ch.ending is None or not ch.ending.complete):
                 self._ending(ch).merge(event)  # HANGUP_COMPLETE was lost
             self.remove(node, uuid)
@@ -917,9 +915,7 @@ class ChannelTable:
         for kind, header in SECURE_MEDIA:
             if get(header) == "true":
                 if held is None or held.get("secure_media") != kind:
-                    if found is None:
-                        found = {}
-                    found["secure_media"] = kind
+                    found = {**(found or {}), "secure_media": kind}
                 break
         if not found:
             return
