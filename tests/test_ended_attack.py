@@ -52,7 +52,7 @@ AT = 1795847600.25
 
 
 def old_payload(ch: Channel, at: float) -> bytes:
-    """What the previous design's record held for the call (HEAD~6's record_of)."""
+    """What the previous design's record held for the call (record_of until f509d18)."""
     return orjson.dumps(ended_item(ch, at))
 
 

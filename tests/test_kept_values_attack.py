@@ -234,7 +234,7 @@ def test_picks_and_reinitialisations_from_several_threads() -> None:
     value orjson reads for its key."""
     _ok(
         """
-        import gc, sys, threading, time, orjson
+        import gc, sys, threading, orjson
         from channelsd_picker import Picker
         sys.setswitchinterval(1e-4)
         N = ["Event-Name", "Unique-ID", "A", "B", "C", "D"]
@@ -251,7 +251,7 @@ def test_picks_and_reinitialisations_from_several_threads() -> None:
             whole = orjson.loads(body)
             errors.extend((k, v) for k, v in picked.items() if whole.get(k) != v)
         def picking():
-            while not stop:
+            for _ in range(3000):
                 for b in bodies:
                     d = p.pick(b)
                     if d is not None:
@@ -271,8 +271,9 @@ def test_picks_and_reinitialisations_from_several_threads() -> None:
         ts = [threading.Thread(target=picking) for _ in range(3)]
         ts += [threading.Thread(target=initialising) for _ in range(2)]
         for t in ts: t.start()
-        time.sleep(2); stop = True
-        for t in ts: t.join()
+        for t in ts[:3]: t.join()  # the pickers' rounds done
+        stop = True
+        for t in ts[3:]: t.join()
         assert not errors, errors[:3]
         """
     )
