@@ -28,7 +28,9 @@ from channelsd.listing import pace
 
 # The channel's fields its ended item is made of (ended_item), in a record's order, and its
 # ending's. (tests/test_ended_record.py: a channel whose every field is set gives the same
-# item through its record, so a field the item comes to read is a field kept here.)
+# item through its record, so a field the item comes to read is a field kept here.) Of its
+# recordings the item says only whether there were any (is_recording): a record keeps that,
+# not the paths (a switch that never sends RECORD_STOP would make them its bulk).
 KEPT = (
     "uuid",
     "node",
@@ -37,7 +39,6 @@ KEPT = (
     "answered",
     "is_onhold",
     "is_loopback",
-    "recordings",
     "details",
     "bridge_id",
     "ccvs",
@@ -46,19 +47,17 @@ KEPT = (
 KEPT_ENDING = ("cause", "disposition", "duration", "billsec", "mos", "hangup_us", "complete")
 _kept, _kept_ending = attrgetter(*KEPT), attrgetter(*KEPT_ENDING)
 _OWNER, _DEVICE = KEPT.index("owner_id"), KEPT.index("authorizing_id")
-# The item says only whether the channel was recording (is_recording): a record keeps that,
-# not the paths (a switch that never sends RECORD_STOP would make them its bulk).
-_RECORDINGS = KEPT.index("recordings")
 _RECORDING = ("",)  # a restored channel's stand-in for "was recording"
 
 
 def record_of(ch: Channel, at: float) -> bytes:
     """The record of a channel that ended at `at`: its fields as it had them then."""
-    fields = _kept(ch)
-    if fields[_RECORDINGS]:
-        fields = (*fields[:_RECORDINGS], True, *fields[_RECORDINGS + 1 :])
     ending = ch.ending
-    kept = (fields, None if ending is None else _kept_ending(ending))
+    kept = (
+        _kept(ch),
+        bool(ch.recordings),
+        None if ending is None else _kept_ending(ending),
+    )
     return endedrecord.pack(at, ch.account_id, orjson.dumps(kept))
 
 
@@ -73,12 +72,12 @@ def ended_item(ch: Channel, at: float) -> dict[str, Any]:
     return item
 
 
-def _restored(kept: list[Any], ending: list[Any] | None) -> Channel:
+def _restored(kept: list[Any], recording: bool, ending: list[Any] | None) -> Channel:
     """The channel a record kept, with the fields ended_item() reads."""
     ch = Channel(kept[1], kept[0])
     for name, value in zip(KEPT, kept, strict=True):
         setattr(ch, name, value)
-    ch.recordings = _RECORDING if ch.recordings else ()
+    ch.recordings = _RECORDING if recording else ()
     if ending is not None:
         ch.ending = Ending()
         for name, value in zip(KEPT_ENDING, ending, strict=True):

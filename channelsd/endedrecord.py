@@ -42,9 +42,10 @@ _NONE = 0xFFFFFFFF
 _LEVEL = -1
 
 # What a typical Kazoo call's record holds (channelsd.ended.record_of: the channel's fields in
-# ended.KEPT's order, then its ending's): zstd finds the ccvs' and details' keys, the shared
-# values and the id-shaped runs here. Only this process reads its records, so the dictionary
-# may change between versions (a test holds its shape to ended.KEPT's).
+# ended.KEPT's order, whether it recorded, then its ending's): zstd finds the ccvs' and
+# details' keys, the shared values and the id-shaped runs here. Only this process reads its
+# records, so the dictionary may change between versions (a test holds its shape to
+# ended.KEPT's).
 _ID = "00000000000000000000000000000000"
 _UUID = "00000000-0000-4000-8000-000000000000"
 ZDICT = orjson.dumps(
@@ -57,7 +58,6 @@ ZDICT = orjson.dumps(
             True,
             False,
             False,
-            [],
             {
                 "read_codec": "PCMU",
                 "read_rate": 8000,
@@ -105,6 +105,7 @@ ZDICT = orjson.dumps(
             "63900000000-",
             None,
         ],
+        False,
         ["NORMAL_CLEARING", "recv_bye", 0, 0, 4.5, 1795847542705117, True],
     ]
 )
