@@ -18,15 +18,23 @@ bulk work to do; under a crowd of requests it still gets about SHARE of the hub.
 the loop to be idle instead starves it: under steady requests the loop is never idle.)
 Requests' own long work (a big list's build and write) still yields with sleep(0): it runs
 again before bulk work does.
+
+Bulk work that finds the share spent waits in line (`_Iteration.line`), first come first
+served, and one greenlet is let go at a time: after the poll, then each time the one let go
+has ended its turn or blocked, while the share lasts. Each waiting greenlet used to ask again
+after every poll (a timer of its own, a switch, a look at the clock): with 20 nodes' readers
+waiting, that was ~10,000 wake-ups a second, 5 % of the hub, for turns they did not get.
 """
 
 from __future__ import annotations
 
 import time
 import weakref
+from collections import deque
 
 import gevent
 from gevent import getcurrent
+from gevent.hub import Waiter
 
 # Seconds of bulk work in one iteration of the hub's loop, in all.
 BUDGET = 0.002
@@ -42,9 +50,10 @@ _clock = time.perf_counter
 
 class _Iteration:
     """The current iteration of one hub's loop: when it started, and the bulk work done in it
-    so far (stamped by a prepare watcher, which libev runs just before each poll)."""
+    so far (stamped by a prepare watcher, which libev runs just before each poll); and the
+    bulk work waiting in line for a turn."""
 
-    __slots__ = ("started", "spent", "polls", "watcher")
+    __slots__ = ("started", "spent", "polls", "watcher", "line", "letting", "loop", "timer")
 
     def __init__(self, hub: gevent.hub.Hub) -> None:
         self.started = _clock()
@@ -52,6 +61,13 @@ class _Iteration:
         self.polls = 0
         self.watcher = hub.loop.prepare(ref=False)  # (it must not keep the loop alive)
         self.watcher.start(self._next)
+        # Greenlets waiting for a turn, oldest first, each as what the hub switches to.
+        self.line: deque[Waiter] = deque()
+        # A look at the line is due (a callback queued, or the timer after the poll armed):
+        # never more than one, however many greenlets join.
+        self.letting = False
+        self.loop = hub.loop
+        self.timer = hub.loop.timer(_AFTER_POLL)
 
     def share_left(self) -> bool:
         """Bulk work has had less than BUDGET, or less than its SHARE, of this iteration."""
@@ -62,6 +78,38 @@ class _Iteration:
         self.started = _clock()
         self.spent = 0.0
         self.polls += 1
+
+    def wait_in_line(self) -> None:
+        """Wait for a turn behind those already waiting."""
+        me = Waiter()
+        self.line.append(me)
+        self._look_soon()
+        try:
+            me.get()
+        except BaseException:  # killed while waiting (or after it was let go): out of line
+            if me in self.line:
+                self.line.remove(me)
+            raise
+
+    def _look_soon(self) -> None:
+        """Look at the line once the greenlets ready now have run (their turns end first)."""
+        if not self.letting:
+            self.letting = True
+            self.loop.run_callback(self._let_one_go)
+
+    def _let_one_go(self) -> None:
+        """The hub's: let the first in line go while the share lasts, then look again once it
+        has had its turn; when it is spent, look again after the next poll."""
+        self.letting = False
+        if not self.line:
+            return
+        self.letting = True
+        if self.share_left():
+            # The next look is queued first, and runs once this one has had its turn.
+            self.loop.run_callback(self._let_one_go)
+            self.line.popleft().switch(None)  # (straight to it: no further poll first)
+        else:
+            self.timer.start(self._let_one_go)  # (libev runs timers after polling)
 
 
 # (weak: a hub that is gone, a worker thread's, takes its iteration with it)
@@ -90,9 +138,10 @@ def _end_turn(it: _Iteration) -> None:
 
 
 def _start_turn(it: _Iteration) -> None:
-    """Wait for an iteration with share left, then count this greenlet's turn from now."""
-    while not it.share_left():
-        gevent.sleep(_AFTER_POLL)
+    """Wait for a turn (behind any bulk work already waiting, or for an iteration with share
+    left), then count this greenlet's turn from now."""
+    if it.line or not it.share_left():
+        it.wait_in_line()
     _turn_from[getcurrent()] = _clock()
 
 
@@ -103,13 +152,16 @@ def polls() -> int:
 
 
 def pause() -> None:
-    """End this greenlet's turn of bulk work. While the iteration has share left, the
-    greenlets ready now run first and this one comes back before the next poll; once it is
-    spent, this one waits for the next poll and an iteration with share left."""
+    """End this greenlet's turn of bulk work. While the iteration has share left and no other
+    bulk work waits, the greenlets ready now run first and this one comes back before the
+    next poll; otherwise it waits in line (after the poll, once the share is spent)."""
     it = _iteration()
     _end_turn(it)
-    gevent.sleep(0 if it.share_left() else _AFTER_POLL)
-    _start_turn(it)
+    if it.line or not it.share_left():
+        it.wait_in_line()
+    else:
+        gevent.sleep(0)
+    _turn_from[getcurrent()] = _clock()
 
 
 def poll() -> None:
