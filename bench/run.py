@@ -249,7 +249,8 @@ class Suite:
             self.take(key)
             meter, t = bc.MachineMeter(), perf()
             try:
-                run()
+                with bc.collector_off():
+                    run()
             except Exception as exc:  # report it, go on with the other scenarios
                 traceback.print_exc()
                 error = exc
