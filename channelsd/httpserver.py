@@ -285,6 +285,19 @@ class _Reader(io.RawIOBase):
         return n
 
 
+_date = [-1, b""]  # the second, and the Date line that ends a head then
+
+
+def _date_line() -> bytes:
+    """`Date: ...` and the head's end, as pywsgi writes it, made once a second (each answer
+    formatting it cost as much as the rest of its head)."""
+    now = int(time.time())
+    if now != _date[0]:
+        _date[1] = b"Date: " + format_date_time(now) + b"\r\n\r\n"
+        _date[0] = now
+    return _date[1]
+
+
 class Pusher:
     """The next pieces of an unsized answer (an event stream), written by another greenlet.
 
@@ -416,9 +429,10 @@ class Handler(WSGIHandler):
         extra headers, then Date), written as _write_result writes: the head with the first
         write when that is small, else ahead of it with MSG_MORE."""
         head = bytearray(b"HTTP/1.1 200 OK\r\n")
-        for name, value in (*headers, *self.server.extra_headers):
+        for name, value in headers:
             head += f"{name}: {value}\r\n".encode("latin-1")
-        head += b"Date: " + format_date_time(time.time()) + b"\r\n\r\n"
+        head += self.server.extra_head
+        head += _date_line()
         writes = _joined(body)
         self.status, self.code, self.headers_sent = b"200 OK", 200, True
         self._send_head(head, next(writes, b""))
@@ -742,6 +756,8 @@ class HttpServer(WSGIServer):
         self.limits = limits
         self.metrics = metrics
         self.extra_headers = list(extra_headers)
+        # The same lines on every answer of the lane: encoded once.
+        self.extra_head = b"".join(f"{n}: {v}\r\n".encode("latin-1") for n, v in self.extra_headers)
         self.lane = lane
         self.connections = Connections(max_connections or limits.max_connections, metrics)
         self.client_errors = RateLimited(log)
