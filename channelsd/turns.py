@@ -8,16 +8,16 @@ before the hub next polls its sockets. Measured in the daemon: hub iterations of
 while ingesting at full speed and of 30-45 ms while 20 nodes reconcile after a blip, and each
 HTTP request needs one or two of them.
 
-So bulk work pauses with `pause()`. Within one iteration of the loop (from one poll of the
-sockets to the next) bulk work has BUDGET seconds in all, or SHARE of the iteration if that is
-more. While that share lasts, a pause lets the greenlets that are ready run and comes back
-before the next poll (sleep(0)); once it is spent, it waits for the next poll (a timer, which
-libev runs after polling) and for an iteration with share left. Every iteration then serves
-every socket that is ready, and bulk work gets at least one turn however many greenlets have
-bulk work to do; under a crowd of requests it still gets about SHARE of the hub. (Waiting for
-the loop to be idle instead starves it: under steady requests the loop is never idle.)
-Requests' own long work (a big list's build and write) still yields with sleep(0): it runs
-again before bulk work does.
+So bulk work pauses with `pause()`. Within one iteration of the loop (from the return of one
+poll of the sockets to the next poll) bulk work has BUDGET seconds in all, or SHARE of the
+iteration if that is more. While that share lasts, a pause lets the greenlets that are ready
+run and comes back before the next poll (sleep(0)); once it is spent, it waits for the next
+poll and for an iteration with share left. Every iteration then serves every socket that is
+ready, and bulk work gets at least one turn however many greenlets have bulk work to do;
+under a crowd of requests it still gets about SHARE of the hub. (Waiting for the loop to be
+idle instead starves it: under steady requests the loop is never idle.) Requests' own long
+work (a big list's build and write) still yields with sleep(0): it runs again before bulk
+work does.
 
 Bulk work that finds the share spent waits in line (`_Iteration.line`), first come first
 served, and one greenlet is let go at a time: after the poll, then each time the one let go
@@ -50,7 +50,7 @@ _clock = time.perf_counter
 
 class _Iteration:
     """The current iteration of one hub's loop: when it started, and the bulk work done in it
-    so far (stamped by a prepare watcher, which libev runs just before each poll); and the
+    so far (stamped by a check watcher, which libev runs as each poll returns); and the
     bulk work waiting in line for a turn."""
 
     __slots__ = ("started", "spent", "polls", "watcher", "line", "letting", "loop", "timer")
@@ -59,7 +59,13 @@ class _Iteration:
         self.started = _clock()
         self.spent = 0.0
         self.polls = 0
-        self.watcher = hub.loop.prepare(ref=False)  # (it must not keep the loop alive)
+        # Stamped as the poll returns, before the timers and the sockets it woke run: the time
+        # an idle poll blocked is nobody's (stamped before it, as until 2026-12-04, it was
+        # counted as the iteration's, so that readers woken by a slow poll found most of a
+        # share left and took a turn each before a request woken with them; and a greenlet
+        # that had waited on its socket was charged the wait). (It must not keep the loop
+        # alive.)
+        self.watcher = hub.loop.check(ref=False)
         self.watcher.start(self._next)
         # Greenlets waiting for a turn, oldest first, each as what the hub switches to.
         self.line: deque[Waiter] = deque()
@@ -157,11 +163,9 @@ def pause() -> None:
     next poll; otherwise it waits in line (after the poll, once the share is spent)."""
     it = _iteration()
     _end_turn(it)
-    if it.line or not it.share_left():
-        it.wait_in_line()
-    else:
-        gevent.sleep(0)
-    _turn_from[getcurrent()] = _clock()
+    if not it.line and it.share_left():
+        gevent.sleep(0)  # the greenlets ready now run first: they may spend what was left
+    _start_turn(it)
 
 
 def poll() -> None:

@@ -120,6 +120,37 @@ def metric(h: "Harness", prefix: str) -> float:
     return sum(metric_series(h, prefix).values())
 
 
+class TurnClock:
+    """channelsd.turns' clock, moved only by the test: a turn 'takes' what the test says,
+    whatever the machine's speed, so a test counts turns, not time."""
+
+    def __init__(self) -> None:
+        self.now = time.perf_counter()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def turn_clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[TurnClock]:
+    """A TurnClock for channelsd.turns, from an iteration it stamped; the real clock again
+    after, from an iteration the real clock stamped."""
+    from channelsd import turns
+
+    it = turns._iteration()
+    assert not it.line, "a test before left greenlets in line"
+    c = TurnClock()
+    # (a test's fake clock runs ahead of the real one: one before may have stamped the
+    # iteration ahead of this clock's start, and a clock going back makes spent negative)
+    c.now = max(c.now, it.started) + 1.0
+    monkeypatch.setattr(turns, "_clock", c)
+    gevent.sleep(0.001)  # an iteration stamped by this clock
+    yield c
+    assert not it.line, "greenlets left in line"
+    monkeypatch.undo()
+    gevent.sleep(0.001)  # an iteration stamped by the real clock again
+
+
 def count_pauses(monkeypatch: pytest.MonkeyPatch, module: Any, name: str = "_pause") -> list[int]:
     """Wrap `module._pause` (its visit to the hub; channelsd.turns: `pause`) so each visit
     appends to the returned list."""

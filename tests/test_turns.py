@@ -23,25 +23,12 @@ import pytest
 
 from channelsd import turns
 
-from conftest import count_pauses
+from conftest import TurnClock, count_pauses
 
 
-class TurnClock:
-    """turns' clock, moved by the bulk work itself: each turn 'takes' a millisecond whatever
-    the machine's speed, so the test counts turns, not time."""
-
-    def __init__(self) -> None:
-        self.now = time.perf_counter()
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def served_after(bulk_greenlets: int, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+def served_after(bulk_greenlets: int, clock: TurnClock) -> list[int]:
     """Start bulk greenlets taking 1 ms turns, make a real socket readable, and return how many
     bulk turns ran before the greenlet waiting on it was served (for three bytes in a row)."""
-    clock = TurnClock()
-    monkeypatch.setattr(turns, "_clock", clock)
     done: list[int] = []
     running = [True]
 
@@ -86,9 +73,9 @@ def served_after(bulk_greenlets: int, monkeypatch: pytest.MonkeyPatch) -> list[i
 
 @pytest.mark.parametrize("bulk_greenlets", [1, 20])
 def test_a_readable_socket_waits_for_one_budget_of_bulk_work(
-    bulk_greenlets: int, monkeypatch: pytest.MonkeyPatch
+    bulk_greenlets: int, turn_clock: TurnClock
 ) -> None:
-    gaps = served_after(bulk_greenlets, monkeypatch)
+    gaps = served_after(bulk_greenlets, turn_clock)
     # BUDGET is 2 ms: two 1 ms turns end the iteration; the poll comes before a third
     # (with sleep(0) it came after thousands: the turns took no time on the hub's clock).
     turns_per_budget = round(turns.BUDGET / 0.001)
@@ -129,9 +116,10 @@ def test_requests_that_never_stop_leave_bulk_work_its_share() -> None:
     assert 0.25 < counts["bulk"] / total < 0.9, counts
 
 
-def test_a_turn_measured_by_pace_ends_with_a_pause(monkeypatch: pytest.MonkeyPatch) -> None:
-    clock = TurnClock()
-    monkeypatch.setattr(turns, "_clock", clock)
+def test_a_turn_measured_by_pace_ends_with_a_pause(
+    monkeypatch: pytest.MonkeyPatch, turn_clock: TurnClock
+) -> None:
+    clock = turn_clock
     pauses = count_pauses(monkeypatch, turns, "pause")
 
     def loop() -> None:
@@ -172,13 +160,12 @@ def _bulk_crowd(
 
 
 def test_bulk_work_waiting_for_a_turn_is_not_woken_before_it(
-    monkeypatch: pytest.MonkeyPatch,
+    turn_clock: TurnClock,
 ) -> None:
     """Twenty readers with events (twenty nodes): each is switched into about once a turn.
     Failed before the fix: each waiting greenlet slept on a timer of its own and was woken
     after every poll to look at the clock again, ~10 wake-ups a turn (5 % of the hub)."""
-    clock = TurnClock()
-    monkeypatch.setattr(turns, "_clock", clock)
+    clock = turn_clock
     try:
         order, resumed, workers = _bulk_crowd(20, 10, clock)
         gevent.joinall(workers, timeout=30)
@@ -190,12 +177,11 @@ def test_bulk_work_waiting_for_a_turn_is_not_woken_before_it(
 
 
 def test_bulk_work_takes_turns_first_come_first_served(
-    monkeypatch: pytest.MonkeyPatch,
+    turn_clock: TurnClock,
 ) -> None:
     """Readers waiting in line get turns in the order they came: in any 20 turns in a row,
     each of 20 readers has one (none waits while another has two)."""
-    clock = TurnClock()
-    monkeypatch.setattr(turns, "_clock", clock)
+    clock = turn_clock
     try:
         order, _, workers = _bulk_crowd(20, 10, clock)
         gevent.joinall(workers, timeout=30)
@@ -208,13 +194,12 @@ def test_bulk_work_takes_turns_first_come_first_served(
 
 
 def test_a_reader_killed_while_waiting_in_line_stalls_nobody(
-    monkeypatch: pytest.MonkeyPatch,
+    turn_clock: TurnClock,
 ) -> None:
     """A node removed while its reader waits for a turn: it leaves the line, and the others
     go on taking turns (a stale place in the line would never be let go, or let go twice).
     A guard of the line itself, which the timers before it did not need."""
-    clock = TurnClock()
-    monkeypatch.setattr(turns, "_clock", clock)
+    clock = turn_clock
     try:
         order, _, workers = _bulk_crowd(5, 40, clock)
         gevent.sleep(0)
