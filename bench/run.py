@@ -12,8 +12,10 @@ Options: `--only ingest,reads,...` (see ORDER; `soak` runs only when named), `--
 How it is measured: the daemon under test runs as `python -m channelsd run -c <generated
 toml>` in its own process; the stand-ins FreeSWITCH (channelsd.standin, real ESL over TCP), the
 baselines' senders and every HTTP client run in this process, on the other core; the baseline
-readers and the fan-out's subscribers run in processes of their own. All traffic is on
-127.0.0.1. Every comparison is measured in the same run and given as a ratio. Every loop is
+readers and the fan-out's subscribers run in processes of their own (this process's cyclic
+garbage collector is off while a scenario runs: its full collections, up to 200 ms by the
+many-nodes scenario, stopped the stand-ins and clients inside measured rounds). All traffic is
+on 127.0.0.1. Every comparison is measured in the same run and given as a ratio. Every loop is
 bounded in count and time, every child process dies with this one, and a watchdog ends the
 suite if it overruns. Results the daemon reports are not trusted: ingest ends when the HTTP API
 shows exactly the channels the capture leaves up, populations are confirmed through the API,
@@ -1305,7 +1307,9 @@ def render(
         "the baseline readers' sender and the HTTP clients of the other scenarios run in the "
         "bench process; the read and action clients (raw-socket keep-alive HTTP/1.1, their CPU "
         "measured beside every read figure), the baseline readers and the fan-out's "
-        "subscribers are processes of their own. All traffic is on "
+        "subscribers are processes of their own. The bench process's cyclic garbage "
+        "collector is off while a scenario runs (its full collections paused the stand-ins "
+        "and clients for up to 200 ms). All traffic is on "
         "127.0.0.1. Every comparison is measured side by side in the same run."
         + (" **Quick run: smaller sizes, targets not comparable.**" if quick else ""),
         "",
