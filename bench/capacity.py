@@ -145,7 +145,11 @@ def section(runs: list[Any]) -> list[str]:
         "B",
         lambda d: d["memory"].get("per_channel_settled", d["memory"]["per_channel_with_store"]),
     )
-    add("resident memory per ended call kept", "B", lambda d: d["memory"]["per_ended_call"])
+    add(
+        "resident memory per ended call kept (settled)",
+        "B",
+        lambda d: d["memory"]["per_ended_call"],
+    )
     add("resident memory per connected node (idle, beside its channels)", "KiB", _per_node("rss"))
     add("CPU per connected node, idle", "% of a core", _per_node("cpu"))
     add("daemon CPU per channel reconciled after a blip (list + uuid_dump)", "µs", _reconcile_us)
