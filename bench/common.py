@@ -335,6 +335,45 @@ def spawn(argv: list[str], **kw: Any) -> subprocess.Popen:
     return proc
 
 
+_COMPILED_CHECK = """
+import hashlib, importlib, pathlib
+for name, source in (("channelsd_picker", "picker.c"), ("channelsd_fields", "fields.c")):
+    digest = hashlib.sha256((pathlib.Path("channelsd") / source).read_bytes()).hexdigest()
+    try:
+        module = importlib.import_module(name)
+    except ImportError:
+        print(name, "missing")
+        continue
+    built = getattr(module, "SOURCE_SHA256", None)
+    print(name, "current" if built == digest else "stale", module.__file__)
+"""
+
+
+def compiled_parts() -> tuple[bool, str]:
+    """Whether the daemons this suite starts run the C parts built from this checkout's
+    sources (asked of an interpreter started as they are: same Python, path and directory),
+    and a line saying so for the report. Without them, or with a build of other sources,
+    the suite measures another daemon than the checkout's, silently: pip skips the C parts
+    where no compiler is found."""
+    out = subprocess.run(
+        [PYTHON, "-c", _COMPILED_CHECK],
+        cwd=str(ROOT),
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.split("\n")
+    states = dict(line.split(" ", 2)[:2] for line in out if line)
+    if all(state == "current" for state in states.values()):
+        return True, "C parts (`channelsd_picker`, `channelsd_fields`) built from these sources."
+    wrong = ", ".join(f"`{name}` {state}" for name, state in states.items() if state != "current")
+    return False, (
+        f"**C parts not as in these sources ({wrong}): the daemon measured is not this "
+        "checkout's** (build them: `.venv/bin/python setup.py build_ext --inplace`)."
+    )
+
+
 def proc_cpu(pid: int) -> float:
     """CPU seconds (user + system) a process has used, from /proc; 0 once it is gone."""
     try:

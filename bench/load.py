@@ -1,7 +1,9 @@
 """Load generators of the suite: closed-loop HTTP clients, paced background ingest, a bare ESL
 client, and what the stand-in has queued. Imported by run.py and the scenario modules.
 
-Every client here runs in the bench process (gevent). What that process spends is measured
+The closed-loop clients run in a process of their own (`http_load_apart`, which runs
+`http_load` in bench/http_client.py); `http_load` in the bench process itself only for the
+rows comparing with FreeSWITCH's own listing. What the clients' process spends is measured
 with every row (`LoadResult.client_cpu`), so that a row whose client was the bottleneck says
 so instead of passing the client's limit off as the daemon's.
 """

@@ -1305,6 +1305,7 @@ def render(
         f"Command: `{command}` — {time.strftime('%Y-%m-%d')}, {seconds / 60:.1f} min in all.  ",
         f"Machine: {machine()}, Python {platform.python_version()}, "
         f"{platform.system()} {platform.release()}.  ",
+        bc.compiled_parts()[1] + "  ",
         "Set-up: the daemon under test runs as `python -m channelsd run -c <generated toml>` in "
         "its own process; the stand-ins FreeSWITCH (`channelsd/standin`, real ESL over TCP), "
         "the baseline readers' sender and the HTTP clients of the other scenarios run in the "
@@ -1386,6 +1387,9 @@ def main() -> int:
     # install` compiles it): with PYTHONDONTWRITEBYTECODE set, as on the bench machines, an
     # editable checkout compiled every module at each start (~0.1 s of the start-up figure).
     compileall.compile_dir(str(bc.ROOT / "channelsd"), quiet=1)
+    built, said = bc.compiled_parts()
+    if not built:  # measured anyway (the report says so first): a figure, not a refusal
+        print(f"bench: warning: {said}", file=sys.stderr, flush=True)
     workdir = Path(tempfile.mkdtemp(prefix="channelsd-bench-"))
     limit = (900 if args.quick else 2400) * args.runs + (1200 if "soak" in only else 0)
     suites: list[Suite] = []
