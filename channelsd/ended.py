@@ -139,7 +139,7 @@ class Ended:
 
     def _kept(self) -> list[Any]:
         """The record's fields, decoded anew (see the class)."""
-        return orjson.loads(endedrecord.item(self.record, self._read_head()))  # type: ignore[no-any-return]
+        return orjson.loads(endedrecord.payload(self.record, self._read_head()))  # type: ignore[no-any-return]
 
     @property
     def item(self) -> bytes:

@@ -7,11 +7,10 @@ between the transient blocks of the events that ended their calls, pinned the he
 (malloc_trim gives back only whole free pages). As one record of ~370 B the call lives in
 CPython's small-object arenas, packed by size class, and nothing of the channel is referenced.
 
-The payload (the channel's fields as JSON: channelsd.ended.record_of; `item` below, as this
-module knows it only as bytes) is compressed by zstd (python-zstandard) with a dictionary
-(`ZDICT`) prepared once for its level: the keys of its nested objects, its booleans and the
-values most calls share (states, causes, codecs) are found there, and what is left is mostly
-the call's own ids and times. zlib with a
+The payload (the channel's fields as JSON: channelsd.ended.record_of) is compressed by zstd
+(python-zstandard) with a dictionary (`ZDICT`) prepared once for its level: the keys of its
+nested objects, its booleans and the values most calls share (states, causes, codecs) are
+found there, and what is left is mostly the call's own ids and times. zlib with a
 preset dictionary did the same ~10 B tighter, but set the dictionary up again for every call
 (deflate has no prepared form of one): 16 µs per ended call, against 3 µs here, on the ingest
 path (BENCHMARKS.md, issue #16). A record is decompressed only when an answer lists it, or
@@ -127,12 +126,12 @@ def encoded(value: str) -> bytes:
     return value.encode("utf-8", "surrogatepass")
 
 
-def pack(at: float, account_id: str | None, item: bytes) -> bytes:
-    """The record of one ended call; `item` is its payload (the JSON ended.record_of writes)."""
+def pack(at: float, account_id: str | None, payload: bytes) -> bytes:
+    """The record of one ended call; `payload` is the JSON ended.record_of writes."""
     if account_id is None:
-        return b"".join((_HEAD.pack(at, _NONE), _COMPRESSOR.compress(item)))
+        return b"".join((_HEAD.pack(at, _NONE), _COMPRESSOR.compress(payload)))
     account = encoded(account_id)
-    return b"".join((_HEAD.pack(at, len(account)), account, _COMPRESSOR.compress(item)))
+    return b"".join((_HEAD.pack(at, len(account)), account, _COMPRESSOR.compress(payload)))
 
 
 def at(record: bytes) -> float:
@@ -148,7 +147,7 @@ def of_account(record: bytes, account: bytes) -> bool:
 
 
 def account(record: bytes) -> tuple[str | None, int]:
-    """The account id, and where the compressed item starts (for item())."""
+    """The account id, and where the compressed payload starts (for payload())."""
     n = _ACCOUNT_LEN.unpack_from(record, 8)[0]
     if n == _NONE:
         return None, _HEAD.size
@@ -156,7 +155,7 @@ def account(record: bytes) -> tuple[str | None, int]:
     return record[_HEAD.size : stop].decode("utf-8", "surrogatepass"), stop
 
 
-def item(record: bytes, start: int | None = None) -> bytes:
+def payload(record: bytes, start: int | None = None) -> bytes:
     """The payload, as it was packed; `start` as account() found it, if it was called."""
     if start is None:
         start = account(record)[1]

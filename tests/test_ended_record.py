@@ -44,7 +44,7 @@ def test_a_record_gives_back_what_was_packed(at: float, account: str | None, ite
     record = endedrecord.pack(at, account, item)
     assert endedrecord.at(record) == at
     assert endedrecord.account(record)[0] == account
-    assert endedrecord.item(record) == item
+    assert endedrecord.payload(record) == item
     if account is not None:
         assert endedrecord.of_account(record, endedrecord.encoded(account))
         assert not endedrecord.of_account(record, endedrecord.encoded(account + "x"))
@@ -161,7 +161,7 @@ def test_long_keys_and_items_round_trip() -> None:
     item = orjson.dumps({"account_id": long[0], "owner_id": long[1], "n": list(range(5000))})
     record = endedrecord.pack(1.5, long[2], item)
     assert endedrecord.account(record)[0] == long[2]
-    assert endedrecord.item(record) == item
+    assert endedrecord.payload(record) == item
     assert endedrecord.of_account(record, endedrecord.encoded(long[2]))
 
 
