@@ -151,6 +151,23 @@ def turn_clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[TurnClock]:
     gevent.sleep(0.001)  # an iteration stamped by the real clock again
 
 
+def bulk_crowd(
+    clock: TurnClock, count: int, turns_each: int, log: list[int]
+) -> list[gevent.Greenlet]:
+    """`count` greenlets of bulk work (readers of as many nodes), each taking `turns_each`
+    turns of 1 ms on `clock` and appending its index to `log` at each: started, not joined."""
+    from channelsd import turns
+
+    def bulk(i: int) -> None:
+        turns.begin()  # as a reader does when its socket wakes it
+        for _ in range(turns_each):
+            clock.now += 0.001
+            log.append(i)
+            turns.pause()
+
+    return [gevent.spawn(bulk, i) for i in range(count)]
+
+
 def count_pauses(monkeypatch: pytest.MonkeyPatch, module: Any, name: str = "_pause") -> list[int]:
     """Wrap `module._pause` (its visit to the hub; channelsd.turns: `pause`) so each visit
     appends to the returned list."""

@@ -11,8 +11,10 @@ woken before its turn.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import gevent
@@ -23,7 +25,7 @@ import pytest
 
 from channelsd import turns
 
-from conftest import TurnClock, count_pauses
+from conftest import TurnClock, bulk_crowd, count_pauses
 
 
 def served_after(bulk_greenlets: int, clock: TurnClock) -> list[int]:
@@ -131,32 +133,28 @@ def test_a_turn_measured_by_pace_ends_with_a_pause(
     assert 4 <= len(pauses) <= 5  # every other step of half a turn
 
 
-def _bulk_crowd(
+@contextlib.contextmanager
+def _traced_crowd(
     count: int, turns_each: int, clock: TurnClock
-) -> tuple[list[int], dict[int, int], list[gevent.Greenlet]]:
-    """`count` bulk greenlets taking `turns_each` 1 ms turns; returns the order the turns were
-    taken in (greenlet index per turn), how many times each greenlet was switched into, and
-    the greenlets (started, not joined)."""
+) -> Iterator[tuple[list[int], dict[int, int], list[gevent.Greenlet]]]:
+    """conftest's bulk_crowd, each switch into its greenlets counted: yields the order the
+    turns were taken in (greenlet index per turn), how many times each greenlet was switched
+    into, and the greenlets; they are joined as the block ends."""
     order: list[int] = []
     resumed: dict[int, int] = dict.fromkeys(range(count), 0)
-    index: dict[Any, int] = {}
-
-    def bulk(i: int) -> None:
-        turns.begin()
-        for _ in range(turns_each):
-            clock.now += 0.001
-            order.append(i)
-            turns.pause()
+    workers = bulk_crowd(clock, count, turns_each, order)
+    index = {g: i for i, g in enumerate(workers)}
 
     def trace(event: str, args: tuple[Any, Any]) -> None:
         if event in ("switch", "throw") and args[1] in index:
             resumed[index[args[1]]] += 1
 
-    workers = [gevent.spawn(bulk, i) for i in range(count)]
-    for i, g in enumerate(workers):
-        index[g] = i
     greenlet.settrace(trace)
-    return order, resumed, workers
+    try:
+        yield order, resumed, workers
+        gevent.joinall(workers, timeout=30)
+    finally:
+        greenlet.settrace(None)
 
 
 def test_bulk_work_waiting_for_a_turn_is_not_woken_before_it(
@@ -165,12 +163,8 @@ def test_bulk_work_waiting_for_a_turn_is_not_woken_before_it(
     """Twenty readers with events (twenty nodes): each is switched into about once a turn.
     Failed before the fix: each waiting greenlet slept on a timer of its own and was woken
     after every poll to look at the clock again, ~10 wake-ups a turn (5 % of the hub)."""
-    clock = turn_clock
-    try:
-        order, resumed, workers = _bulk_crowd(20, 10, clock)
-        gevent.joinall(workers, timeout=30)
-    finally:
-        greenlet.settrace(None)
+    with _traced_crowd(20, 10, turn_clock) as (order, resumed, _):
+        pass
     assert len(order) == 200
     # a start and one switch a turn, give or take the pauses that came back at once
     assert sum(resumed.values()) <= 2 * len(order) + 2 * 20, resumed
@@ -181,12 +175,8 @@ def test_bulk_work_takes_turns_first_come_first_served(
 ) -> None:
     """Readers waiting in line get turns in the order they came: in any 20 turns in a row,
     each of 20 readers has one (none waits while another has two)."""
-    clock = turn_clock
-    try:
-        order, _, workers = _bulk_crowd(20, 10, clock)
-        gevent.joinall(workers, timeout=30)
-    finally:
-        greenlet.settrace(None)
+    with _traced_crowd(20, 10, turn_clock) as (order, _, _):
+        pass
     settled = order[40:160]  # (the first turns are taken as the readers start)
     for at in range(0, len(settled) - 20):
         window = settled[at : at + 20]
@@ -199,16 +189,12 @@ def test_a_reader_killed_while_waiting_in_line_stalls_nobody(
     """A node removed while its reader waits for a turn: it leaves the line, and the others
     go on taking turns (a stale place in the line would never be let go, or let go twice).
     A guard of the line itself, which the timers before it did not need."""
-    clock = turn_clock
-    try:
-        order, _, workers = _bulk_crowd(5, 40, clock)
-        gevent.sleep(0)
-        while len(order) < 12:
+    with _traced_crowd(5, 40, turn_clock) as (order, _, workers):
+        for _ in range(10_000):  # (bounded: a stalled line fails below, not by hanging)
+            if len(order) >= 12:
+                break
             gevent.sleep(0.001)
         gevent.killall(workers[1:3], block=True, timeout=5)
-        gevent.joinall(workers, timeout=30)
-    finally:
-        greenlet.settrace(None)
     assert all(w.dead for w in workers)
     for i in (0, 3, 4):
         assert order.count(i) == 40, order

@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -23,7 +24,7 @@ from gevent.threadpool import ThreadPool
 
 from channelsd import turns
 
-from conftest import TurnClock
+from conftest import TurnClock, bulk_crowd
 
 MS = 0.001
 # 1 ms turns in a budget, and the one turn let go after the poll before the sockets it woke
@@ -182,38 +183,37 @@ def test_a_pause_that_came_back_at_once_does_not_skip_the_line(clock: TurnClock)
 # --- attacks that held ---------------------------------------------------------------------
 
 
-def _crowd(clock: TurnClock, count: int, turns_each: int, log: list[int]) -> list[Any]:
-    def bulk(i: int) -> None:
+def _taking_turns(
+    clock: TurnClock, count: int, act: Callable[[deque[Any]], None]
+) -> gevent.Greenlet:
+    """A greenlet of bulk work taking `count` 1 ms turns, and in each one doing `act` to the
+    line as it is then."""
+
+    def run() -> None:
         turns.begin()
-        for _ in range(turns_each):
+        for _ in range(count):
             clock.now += MS
-            log.append(i)
+            act(turns._iteration().line)
             turns.pause()
 
-    return [gevent.spawn(bulk, i) for i in range(count)]
+    return gevent.spawn(run)
 
 
 def test_a_kill_queued_before_the_greenlet_is_let_go_lands_in_line(clock: TurnClock) -> None:
     """Let go with its kill already queued: it dies in line later; no stale place, no stall."""
     log: list[int] = []
-    workers = _crowd(clock, 5, 30, log)
+    workers = bulk_crowd(clock, 5, 30, log)
     killed: list[int] = []
     kill_at: list[int] = []
 
-    def killer() -> None:
-        turns.begin()
-        for _ in range(30):
-            clock.now += MS
-            it = turns._iteration()
-            if not killed and len(it.line) >= 2:
-                first = it.line[0].greenlet  # the next let go (its look is queued already)
-                victim = workers.index(first)
-                killed.append(victim)
-                kill_at.append(len(log))
-                first.kill(block=False)
-            turns.pause()
+    def kill_first(line: deque[Any]) -> None:
+        if not killed and len(line) >= 2:
+            first = line[0].greenlet  # the next let go (its look is queued already)
+            killed.append(workers.index(first))
+            kill_at.append(len(log))
+            first.kill(block=False)
 
-    k = gevent.spawn(killer)
+    k = _taking_turns(clock, 30, kill_first)
     gevent.joinall([*workers, k], timeout=10)
     settle()
     assert killed and all(w.dead for w in workers) and k.dead
@@ -228,20 +228,15 @@ def test_a_kill_queued_before_the_greenlet_is_let_go_lands_in_line(clock: TurnCl
 def test_kill_with_block_from_a_turn_of_the_next_in_line(clock: TurnClock) -> None:
     """A turn that kills the next in line and joins it: nobody stuck, the line ends idle."""
     log: list[int] = []
-    workers = _crowd(clock, 4, 20, log)
+    workers = bulk_crowd(clock, 4, 20, log)
     done: list[bool] = []
 
-    def killer() -> None:
-        turns.begin()
-        for _ in range(20):
-            clock.now += MS
-            it = turns._iteration()
-            if not done and it.line:
-                it.line[0].greenlet.kill(block=True, timeout=5)
-                done.append(True)
-            turns.pause()
+    def kill_first(line: deque[Any]) -> None:
+        if not done and line:
+            line[0].greenlet.kill(block=True, timeout=5)
+            done.append(True)
 
-    k = gevent.spawn(killer)
+    k = _taking_turns(clock, 20, kill_first)
     gevent.joinall([*workers, k], timeout=10)
     settle()
     assert done and k.dead and all(w.dead for w in workers)
@@ -270,7 +265,7 @@ def test_timeouts_expiring_in_line_leave_it_sound(clock: TurnClock) -> None:
     it = turns._iteration()
     assert not it.line and not it.letting
     log: list[int] = []
-    assert len(gevent.joinall(_crowd(clock, 3, 10, log), timeout=10)) == 3
+    assert len(gevent.joinall(bulk_crowd(clock, 3, 10, log), timeout=10)) == 3
     assert len(log) == 30
 
 
@@ -284,7 +279,7 @@ def test_a_greenlet_that_raises_after_it_is_let_go_stalls_nobody(clock: TurnCloc
 
     log: list[int] = []
     bad = [gevent.spawn(raiser) for _ in range(10)]
-    good = _crowd(clock, 3, 20, log)
+    good = bulk_crowd(clock, 3, 20, log)
     gevent.joinall([*bad, *good], timeout=10)
     settle()
     assert all(g.dead for g in bad) and all(isinstance(g.exception, RuntimeError) for g in bad)
@@ -305,7 +300,7 @@ def test_a_greenlet_let_go_that_blocks_on_its_socket_stalls_nobody(clock: TurnCl
 
     log: list[int] = []
     s = gevent.spawn(stuck)
-    workers = _crowd(clock, 4, 20, log)
+    workers = bulk_crowd(clock, 4, 20, log)
     try:
         gevent.joinall(workers, timeout=10)
         assert blocked and not s.dead
@@ -341,7 +336,7 @@ def test_stopping_while_many_wait_leaves_the_line_idle(clock: TurnClock) -> None
     it = turns._iteration()
     assert not it.line and not it.letting and not it.timer.active
     log: list[int] = []
-    assert len(gevent.joinall(_crowd(clock, 2, 10, log), timeout=10)) == 2
+    assert len(gevent.joinall(bulk_crowd(clock, 2, 10, log), timeout=10)) == 2
 
 
 def test_pause_from_the_hub_raises_and_leaves_the_line_sound(clock: TurnClock) -> None:
@@ -355,7 +350,7 @@ def test_pause_from_the_hub_raises_and_leaves_the_line_sound(clock: TurnClock) -
             errors.append(type(exc).__name__)
 
     log: list[int] = []
-    workers = _crowd(clock, 5, 20, log)
+    workers = bulk_crowd(clock, 5, 20, log)
     gevent.sleep(0)
     hub = gevent.get_hub()
     assert turns._iteration().line
@@ -398,7 +393,7 @@ def test_a_waiting_greenlet_is_only_resumed_by_the_hub_at_its_turn(clock: TurnCl
     it.line = Line()
     log: list[int] = []
     try:
-        workers = _crowd(clock, 10, 20, log)
+        workers = bulk_crowd(clock, 10, 20, log)
         greenlet.settrace(trace)
         gevent.joinall(workers, timeout=10)
     finally:
@@ -483,7 +478,7 @@ def test_pace_and_pause_share_the_line(clock: TurnClock) -> None:
     log: list[int] = []
     turns.pause = counting  # (pace looks it up in the module)
     try:
-        workers = [gevent.spawn(paced) for _ in range(3)] + _crowd(clock, 3, 20, log)
+        workers = [gevent.spawn(paced) for _ in range(3)] + bulk_crowd(clock, 3, 20, log)
         assert len(gevent.joinall(workers, timeout=10)) == 6
     finally:
         turns.pause = real_pause
