@@ -231,30 +231,41 @@ def test_a_request_the_lane_left_is_not_asked_again(world: World) -> None:
     assert len(called) == 1  # declined by the lane: straight to the app
 
 
-def test_the_lane_dates_each_answer_as_pywsgi_does(world: World) -> None:
-    """The lane's Date (made once a second, httpserver._date_line) is an HTTP-date of now,
-    spelt as the WSGI path spells it, and moves on with the clock: a Date kept from an
+def test_the_lane_dates_each_answer_as_pywsgi_does(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lane's Date (made once a second, httpserver._date_line) is an HTTP-date of the
+    server's now, spelt as pywsgi spells it, and moves on with its clock: a Date kept from an
     earlier second, or a head ended wrongly, fails here (the byte-for-byte tests above take
-    the Date out)."""
+    the Date out). The server's clock is held and moved by the test."""
     from email.utils import parsedate_to_datetime
 
     from gevent.pywsgi import format_date_time
 
+    class Clock:
+        """httpserver's `time` module, its wall clock the test's."""
+
+        now = float(int(time.time())) + 0.7
+
+        def time(self) -> float:
+            return self.now
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(time, name)
+
+    clock = Clock()
+    monkeypatch.setattr(httpserver, "time", clock)
     port = world.h.daemon.http.server_port
     wire = request("/v2/channels")
-    seen = []
-    for _ in range(2):
+    start = int(clock.now)
+    for step, second in ((0.0, 0), (0.2, 0), (0.2, 1), (60.0, 61)):
+        clock.now += step
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
             sock.sendall(wire)
-            before = time.time()
             head, _, _ = read_sized(sock, b"")
-            after = time.time()
         date = _DATE.search(head)
         assert date is not None and head.endswith(date.group(0)), head  # the head's last line
         value = date.group(0).split(b": ", 1)[1]
-        when = parsedate_to_datetime(value.decode("latin-1")).timestamp()
-        assert int(before) <= when <= after, (value, before, after)
-        assert value == format_date_time(when)
-        seen.append(when)
-        time.sleep(1.05 if len(seen) == 1 else 0)
-    assert seen[1] > seen[0]
+        expected = start + second
+        assert value == format_date_time(expected), (value, step)
+        assert parsedate_to_datetime(value.decode("latin-1")).timestamp() == expected
