@@ -335,18 +335,10 @@ def spawn(argv: list[str], **kw: Any) -> subprocess.Popen:
     return proc
 
 
-_COMPILED_CHECK = """
-import hashlib, importlib, pathlib
-for name, source in (("channelsd_picker", "picker.c"), ("channelsd_fields", "fields.c")):
-    digest = hashlib.sha256((pathlib.Path("channelsd") / source).read_bytes()).hexdigest()
-    try:
-        module = importlib.import_module(name)
-    except ImportError:
-        print(name, "missing")
-        continue
-    built = getattr(module, "SOURCE_SHA256", None)
-    print(name, "current" if built == digest else "stale", module.__file__)
-"""
+_COMPILED_CHECK = (
+    "from channelsd.builds import COMPILED, source_state\n"
+    "for name in COMPILED: print(name, source_state(name))"
+)
 
 
 def compiled_parts() -> tuple[bool, str]:
@@ -364,7 +356,7 @@ def compiled_parts() -> tuple[bool, str]:
         timeout=60,
         check=True,
     ).stdout.split("\n")
-    states = dict(line.split(" ", 2)[:2] for line in out if line)
+    states = dict(line.split(" ", 1) for line in out if line)
     if all(state == "current" for state in states.values()):
         return True, "C parts (`channelsd_picker`, `channelsd_fields`) built from these sources."
     wrong = ", ".join(f"`{name}` {state}" for name, state in states.items() if state != "current")

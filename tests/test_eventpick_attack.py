@@ -7,7 +7,6 @@ that a crash is a failed test, not a dead test run."""
 from __future__ import annotations
 
 import array
-import hashlib
 import os
 import pickle
 import subprocess
@@ -19,7 +18,7 @@ from typing import Any
 import orjson
 import pytest
 
-from channelsd import eventpick
+from channelsd import builds, eventpick
 from channelsd.table import ChannelTable, Identity
 
 Picker = eventpick.Picker
@@ -51,11 +50,8 @@ def _ok(code: str) -> None:
 def test_the_build_tested_is_of_this_source() -> None:
     # An in-place build (pip install -e ., or a venv shared with another checkout) is found
     # first and is never rebuilt by editing picker.c: the tests then hold an old build.
-    import channelsd_picker
-
-    source = hashlib.sha256((ROOT / "channelsd" / "picker.c").read_bytes()).hexdigest()
-    assert getattr(channelsd_picker, "SOURCE_SHA256", None) == source, (
-        f"{channelsd_picker.__file__} was not built from channelsd/picker.c as it is now: "
+    assert builds.source_state("channelsd_picker") == "current", (
+        "channelsd_picker was not built from channelsd/picker.c as it is now: "
         "`pip install -e .` again"
     )
 

@@ -10,7 +10,6 @@ refuses, interned where it should not or counted a refusal twice fails here.
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import sys
 import textwrap
@@ -23,7 +22,7 @@ from hypothesis import strategies as st
 from test_eventpick import ALL_EVENTS
 from test_eventpick import _state as _whole_state
 
-from channelsd import fields
+from channelsd import builds, fields
 from channelsd.channel import MAX_VALUE_CHARS, Channel
 from channelsd.table import _CORE_DETAILS, _RTP_DETAILS, _STATE_CHAINS, ChannelTable, Identity
 
@@ -37,11 +36,8 @@ def test_the_build_tested_is_of_this_source() -> None:
     # Optional at install time (setup.py); where the tests run it must be there and current,
     # or every comparison below would hold the Python loops equal to themselves.
     assert fields.built(), "channelsd_fields was not built: `pip install -e .` again"
-    import channelsd_fields
-
-    source = hashlib.sha256((ROOT / "channelsd" / "fields.c").read_bytes()).hexdigest()
-    assert getattr(channelsd_fields, "SOURCE_SHA256", None) == source, (
-        f"{channelsd_fields.__file__} was not built from channelsd/fields.c as it is now: "
+    assert builds.source_state("channelsd_fields") == "current", (
+        "channelsd_fields was not built from channelsd/fields.c as it is now: "
         "`pip install -e .` again"
     )
 
