@@ -132,6 +132,18 @@ class TurnClock:
 
 
 @pytest.fixture
+def picker_built() -> None:
+    """The tests of the C picker itself need it built: where it was not, each fails saying
+    so (a skip would pass a run that tested nothing of it)."""
+    from channelsd import eventpick
+
+    assert eventpick.built(), (
+        "channelsd_picker was not built: install a C compiler and Python's headers, "
+        "then `pip install -e .` again"
+    )
+
+
+@pytest.fixture
 def turn_clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[TurnClock]:
     """A TurnClock for channelsd.turns, from an iteration it stamped; the real clock again
     after, from an iteration the real clock stamped."""

@@ -24,7 +24,7 @@ from channelsd.table import ChannelTable, Identity
 Picker = eventpick.Picker
 ROOT = Path(__file__).resolve().parent.parent
 
-pytestmark = pytest.mark.skipif(Picker is None, reason="channelsd_picker is not built")
+pytestmark = pytest.mark.usefixtures("picker_built")  # (each fails where it is not)
 
 
 def _in_child(code: str) -> subprocess.CompletedProcess[str]:

@@ -30,7 +30,7 @@ from channelsd.fields import loops, pick_details
 from channelsd.table import _CORE_DETAILS, _RTP_DETAILS, ChannelTable, Identity
 
 Picker = eventpick.Picker
-pytestmark = pytest.mark.skipif(Picker is None, reason="channelsd_picker is not built")
+pytestmark = pytest.mark.usefixtures("picker_built")  # (each fails where it is not)
 
 KEPT = 64  # picker.c's MAX_KEPT_VALUE
 
