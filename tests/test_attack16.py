@@ -144,7 +144,7 @@ def test_a_failed_compression_answers_raw(
 ) -> None:
     calls: list[int] = []
 
-    def failing(head: bytes, data: bytes) -> Any:
+    def failing(head: bytes, data: bytes, pause: Any) -> Any:
         calls.append(len(data))
         raise MemoryError("no room for the compressed list")
 
@@ -164,11 +164,11 @@ def test_a_failed_preparation_does_not_kill_the_preparer(
     real = listing.compress
     tried: list[Any] = []  # the preparer greenlets that were refused their compression
 
-    def failing_in_preparer(head: bytes, data: bytes) -> Any:
+    def failing_in_preparer(head: bytes, data: bytes, pause: Any) -> Any:
         if preparing(lists):
             tried.append(gevent.getcurrent())
             raise MemoryError("no room for the next second's list")
-        return real(head, data)
+        return real(head, data, pause)
 
     monkeypatch.setattr(listing, "compress", failing_in_preparer)
     # asked in gzip until the preparer tries (a second turning over may skip a round)
@@ -210,10 +210,10 @@ def test_the_next_second_is_prepared_once_while_clients_poll(
     real = listing.compress
     prepared_in: list[int] = []  # the second in which the preparer compressed, per call
 
-    def counting(head: bytes, data: bytes) -> Any:
+    def counting(head: bytes, data: bytes, pause: Any) -> Any:
         if preparing(lists):
             prepared_in.append(int(time.time()))
-        return real(head, data)
+        return real(head, data, pause)
 
     monkeypatch.setattr(listing, "compress", counting)
     end = int(time.time()) + 3

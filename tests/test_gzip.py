@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
+from unittest import mock
 
 import gevent
 import gevent.event
@@ -22,10 +23,10 @@ from gevent.pywsgi import WSGIServer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from channelsd import listing
+from channelsd import gzipped, listing
 from channelsd.api import create_app
 from channelsd.channel import GREGORIAN_OFFSET as GREGORIAN
-from channelsd.gzipped import Compressed, accepts_gzip
+from channelsd.gzipped import accepts_gzip, compress
 
 from conftest import Harness, preparing, token, wait_until
 
@@ -36,11 +37,23 @@ PATHS = ("/v2/channels", "/v2/accounts/acc1/channels", "/v2/accounts/acc2/channe
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.binary(max_size=300), st.binary(max_size=5000), st.binary(max_size=140_000))
-def test_the_spliced_stream_reads_as_head_list_and_tail(head: bytes, data: bytes, tail: bytes):
-    body = b"".join(Compressed(head, data).answer(tail))
+@given(
+    st.binary(max_size=300),
+    st.binary(max_size=5000),
+    st.binary(max_size=140_000),
+    st.integers(min_value=1, max_value=6000),
+)
+def test_the_spliced_stream_reads_as_head_list_and_tail(
+    head: bytes, data: bytes, tail: bytes, piece: int
+) -> None:
+    """Compressed a slice at a time (of `piece` bytes), pausing between slices, and any tail
+    spliced after it: one gzip member of head, list and tail."""
+    pauses: list[None] = []
+    with mock.patch.object(gzipped, "COMPRESS_SLICE", piece):
+        body = b"".join(compress(head, data, lambda: pauses.append(None)).answer(tail))
     assert gzip.decompress(body) == head + data + tail
     assert zlib.decompress(body, 47) == head + data + tail  # one member, nothing after it
+    assert len(pauses) == max(0, -(-len(data) // piece) - 1)  # between slices, not after
 
 
 @pytest.mark.parametrize(
@@ -207,11 +220,11 @@ def _compressions(
     real = listing.compress
     seen: list[tuple[bool, float, float]] = []
 
-    def compress(head: bytes, data: bytes) -> Any:
+    def compress(head: bytes, data: bytes, pause: Callable[[], None]) -> Any:
         began = time.time()
         by_preparer = preparing(lists)
         before(by_preparer)
-        done = real(head, data)
+        done = real(head, data, pause)
         seen.append((by_preparer, began, time.time()))
         return done
 
