@@ -788,8 +788,8 @@ class Suite:
             listed = wait_until_count(http, "/v2/channels?ended=true", ended, 60)
             count = len(made)
             # 1 s after, and again once the daemon has given back what the burst and the
-            # answers above left freed but resident (channelsd.memory: malloc_trim every
-            # TRIM_EVERY s).
+            # answers above left freed but resident (channelsd.memory: malloc_trim at most
+            # every TRIM_EVERY s, at the first quiet tick: nothing happens meanwhile).
             for wait, label in ((1.0, ""), (TRIM_EVERY + 1.0, f", {TRIM_EVERY + 1:.0f} s later")):
                 gevent.sleep(wait)
                 rss = d.rss_kib()
@@ -830,8 +830,8 @@ class Suite:
             f"(`api.ended_calls_max` = {ended:,}; counted through `?ended=true`), the live set "
             "unchanged: the store (and the calls' tombstones) are counted in the figure; "
             "and the same once more after the daemon's next release of freed memory "
-            f"(`malloc_trim` every {TRIM_EVERY:g} s), what it holds while nothing happens: the "
-            "row the target is judged on.",
+            f"(`malloc_trim`, at most every {TRIM_EVERY:g} s, once the daemon is quiet), what "
+            "it holds while nothing happens: the row the target is judged on.",
             "",
             "| live channels | RSS MiB | per live channel |",
             "|---|---:|---:|",

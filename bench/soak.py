@@ -388,9 +388,10 @@ def _settle(plan: Plan, sampler: Sampler, sw: StandinSwitch, calls: Calls, phase
     RSS stops falling: the mean of its last three one-second samples.
 
     When the TTL is over the expired tombstones (tens of thousands after a burst) have just
-    been freed and the daemon gives the pages back at its next trim (every TRIM_EVERY s): a
-    sample taken at once lands anywhere on that slope, and after − before moved by several
-    MiB between runs of the same code. Both samples are taken the same way, at rest."""
+    been freed and the daemon gives the pages back at its next trim (a trickle is quiet: every
+    TRIM_EVERY s): a sample taken at once lands anywhere on that slope, and after − before
+    moved by several MiB between runs of the same code. Both samples are taken the same way,
+    at rest."""
     sampler.phase = phase
     end = perf() + plan.ttl + 2
     while perf() < end:
