@@ -78,6 +78,7 @@ from report import (  # noqa: E402
 )
 
 from channelsd.events import parse_json  # noqa: E402
+from channelsd.gzipped import GZIP_ABOVE  # noqa: E402
 from channelsd.memory import TRIM_EVERY  # noqa: E402
 from channelsd.node import SUBSCRIBED_EVENTS  # noqa: E402
 from channelsd.standin.server import StandinSwitch  # noqa: E402
@@ -592,13 +593,15 @@ class Suite:
             "of their own, apart from the stand-in and the events it replays), "
             f"a row where it reached {load.CLIENT_BOUND:.0%} is marked *client-bound*: there the "
             "clients, not the daemon, may be what the row measures. The clients send "
-            "`Accept-Encoding: gzip`, as browsers do: a list of 64 KiB or more answered again "
+            f"`Accept-Encoding: gzip`, as browsers do: a list of {GZIP_ABOVE >> 20} MiB or more "
+            "answered again "
             "within its second comes in gzip (`channelsd/gzipped.py`; in gzip = share of "
             "answers); MB/s = response bodies read, as they came. "
             "The closed-loop rows ask again the moment an answer ends, so with 16 clients "
             "the latency is 16 / req/s (Little's law): a p99 of 50 ms there needs ~320 lists a "
             "second, which for the system-wide list raw is 4 GB a second through loopback, "
-            "read by the clients too (in gzip ~14x less); the last row is 16 dashboards polling "
+            "read by the clients too (in gzip ~8x less: ISA-L's deflate at level 1, compressed "
+            "once a second on the daemon's hub); the last row is 16 dashboards polling "
             "once a second.",
             "",
             "| request | clients | ingest | req/s | p50 ms | p99 ms | requests | errors | "
@@ -830,7 +833,7 @@ class Suite:
             f"(`api.ended_calls_max` = {ended:,}; counted through `?ended=true`), the live set "
             "unchanged: the store (and the calls' tombstones) are counted in the figure; "
             "and the same once more after the daemon's next release of freed memory "
-            f"(`malloc_trim`, at most every {TRIM_EVERY:g} s, once the daemon is quiet), what "
+            f"(`malloc_trim`, every {TRIM_EVERY:g} s while the daemon is quiet), what "
             "it holds while nothing happens: the row the target is judged on.",
             "",
             "| live channels | RSS MiB | per live channel |",

@@ -9,12 +9,11 @@ free page of the heap; it runs in a worker thread (ctypes lets go of the GIL).
 
 The hub still waits for it: malloc_trim walks the heap's free chunks holding the heap's lock,
 and the hub's next malloc waits for the lock. Beside 10,000 channels, ingesting, the hub
-stopped for 13-85 ms once a trim every 10 s; 16 portals polling their account lists all
-waited (BENCHMARKS.md, issue #16). So a trim is at most every TRIM_EVERY seconds, and only
-when the process is quiet (less than QUIET of a core since the last tick, as after the calls
-stop) or when it has grown by TRIM_GROWTH since the last trim (a busy daemon that only churns
-gives back what churn left, without a pause every ten seconds). Elsewhere than glibc, nothing
-is done.
+stopped for 13-85 ms at each trim, every 10 s, and 16 portals polling their account lists
+all waited (BENCHMARKS.md, issue #16). So a trim comes every TRIM_EVERY seconds only while
+the process is quiet (less than QUIET of a core since the last tick, as after the calls
+stop), and every BUSY_TRIM_EVERY seconds while it is busy: a burst freed under load is given
+back within a minute, with a sixth of the pauses. Elsewhere than glibc, nothing is done.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
-import os
 import time
 from collections.abc import Callable
 
@@ -30,21 +28,9 @@ import gevent
 
 log = logging.getLogger("channelsd.memory")
 
-TRIM_EVERY = 10.0  # seconds: at most one trim in this long
+TRIM_EVERY = 10.0  # seconds between trims while the process is quiet
+BUSY_TRIM_EVERY = 60.0  # ... and while it is busy
 QUIET = 0.2  # of a core, over the last tick: a pause of the hub then delays little
-TRIM_GROWTH = 8 << 20  # bytes resident more than after the last trim: worth a pause anyway
-
-
-def resident_bytes() -> int:
-    """This process's resident size (Linux's /proc; 0 where there is none)."""
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * _PAGE
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
@@ -58,24 +44,23 @@ def _malloc_trim() -> Callable[[int], int] | None:
 
 
 class Trimmer:
-    """Calls malloc_trim(0) in a worker thread, one at a time, at most every `every` seconds
-    and only when the process is quiet or has grown (the module's doc)."""
+    """Calls malloc_trim(0) in a worker thread, one at a time: `every` seconds after the last
+    one once a tick finds the process quiet, `busy_every` seconds after it in any case."""
 
     def __init__(
         self,
         every: float = TRIM_EVERY,
         clock: Callable[[], float] = time.monotonic,
         cpu: Callable[[], float] = time.process_time,
-        resident: Callable[[], int] = resident_bytes,
+        busy_every: float = BUSY_TRIM_EVERY,
     ) -> None:
         self.every = every
+        self.busy_every = busy_every
         self.clock = clock
         self.cpu = cpu
-        self.resident = resident
         self._trim = _malloc_trim()
         self._last = clock()
         self._looked = (self._last, cpu())  # the last tick: (clock, CPU seconds)
-        self._after = resident()  # resident bytes after the last trim (or at the start)
         self._running: gevent.Greenlet | None = None
         self.trims = 0
 
@@ -89,10 +74,11 @@ class Trimmer:
         (then, cpu_then), self._looked = self._looked, (now, cpu)
         if self._trim is None or (self._running is not None and not self._running.ready()):
             return
-        if now - self._last < self.every:
+        since = now - self._last
+        if since < self.every:
             return
         quiet = cpu - cpu_then <= QUIET * (now - then)
-        if not quiet and self.resident() - self._after < TRIM_GROWTH:
+        if not quiet and since < self.busy_every:
             return
         self._last = now
         self._running = gevent.get_hub().threadpool.spawn(self._run)
@@ -100,5 +86,4 @@ class Trimmer:
     def _run(self) -> None:
         assert self._trim is not None
         self._trim(0)
-        self._after = self.resident()
         self.trims += 1

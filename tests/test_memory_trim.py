@@ -21,7 +21,7 @@ def test_malloc_trim_runs_in_a_worker_thread_at_most_every_interval(monkeypatch:
 
     monkeypatch.setattr(memory, "_malloc_trim", lambda: trim)
     clock = [100.0]
-    t = memory.Trimmer(every=10.0, clock=lambda: clock[0], cpu=lambda: 0.0, resident=lambda: 0)
+    t = memory.Trimmer(every=10.0, clock=lambda: clock[0], cpu=lambda: 0.0)
     t.tick()  # not due yet: the interval runs from the start
     gevent.sleep(0.05)
     assert calls == []
@@ -49,97 +49,54 @@ def test_the_daemon_trims_from_its_loop_ticks(make_daemon: Any, switch: Any) -> 
 
 
 class _Process:
-    """A process's clock, CPU time and resident size, moved by a test."""
+    """A process's clock and CPU time, moved by a test, and its trimmer's trims."""
 
-    def __init__(self) -> None:
+    def __init__(self, monkeypatch: Any) -> None:
         self.now = 100.0
         self.cpu = 0.0
-        self.rss = 500 << 20
+        monkeypatch.setattr(memory, "_malloc_trim", lambda: lambda pad: 1)
+        self.trimmer = memory.Trimmer(clock=lambda: self.now, cpu=lambda: self.cpu)
 
     def run(self, seconds: float, busy: float) -> None:
-        """`seconds` pass with `busy` of a core used."""
-        self.now += seconds
-        self.cpu += seconds * busy
-
-    def trimmer(self, monkeypatch: Any, trimmed: list[int]) -> memory.Trimmer:
-        def trim(pad: int) -> int:
-            trimmed.append(pad)
-            self.rss -= 4 << 20  # what the trim gave back
-            return 1
-
-        monkeypatch.setattr(memory, "_malloc_trim", lambda: trim)
-        return memory.Trimmer(
-            every=10.0, clock=lambda: self.now, cpu=lambda: self.cpu, resident=lambda: self.rss
-        )
+        """`seconds` of 0.25 s ticks with `busy` of a core used, each trim ended before the
+        next tick."""
+        for _ in range(round(seconds / 0.25)):
+            self.now += 0.25
+            self.cpu += 0.25 * busy
+            self.trimmer.tick()
+            running = self.trimmer._running
+            if running is not None:
+                running.get(timeout=10)
 
 
-def test_a_busy_process_is_trimmed_only_once_it_has_grown(monkeypatch: Any) -> None:
+def test_a_busy_process_is_trimmed_every_busy_interval_not_every_ten_seconds(
+    monkeypatch: Any,
+) -> None:
     """A trim holds glibc's heap lock while it walks the heap, and the hub's next malloc waits
     for it: beside 10,000 channels and 16 portals it stopped the hub for 13-85 ms every 10 s.
-    Failed before the fix: a trim every interval, however busy."""
-    p = _Process()
-    trimmed: list[int] = []
-    t = p.trimmer(monkeypatch, trimmed)
-    for _ in range(200):  # 50 s ingesting and serving: a whole core, RSS as it was
-        p.run(0.25, busy=1.0)
-        t.tick()
-        gevent.sleep(0)
-    assert trimmed == []
-    p.rss += memory.TRIM_GROWTH - 1  # grown, not yet enough
+    Failed before the fix: a trim every TRIM_EVERY, however busy (six in this minute)."""
+    p = _Process(monkeypatch)
+    p.run(memory.BUSY_TRIM_EVERY - 0.25, busy=1.0)
+    assert p.trimmer.trims == 0
     p.run(0.25, busy=1.0)
-    t.tick()
-    gevent.sleep(0.05)
-    assert trimmed == []
-    p.rss += 1
-    p.run(0.25, busy=1.0)
-    t.tick()
-    wait_until(lambda: t.trims == 1, what="the trim of a grown process")
-    # measured again after it: growth counts from what the trim left (counted from the start,
-    # it had grown enough already)
-    p.rss += memory.TRIM_GROWTH - 1
-    for _ in range(80):
-        p.run(0.25, busy=1.0)
-        t.tick()
-        gevent.sleep(0)
-    assert t.trims == 1
-    p.rss += 1
-    p.run(0.25, busy=1.0)
-    t.tick()
-    wait_until(lambda: t.trims == 2, what="the second trim of a grown process")
+    assert p.trimmer.trims == 1
+    p.run(memory.BUSY_TRIM_EVERY - 0.25, busy=0.5)
+    assert p.trimmer.trims == 1
+    p.run(0.25, busy=0.5)
+    assert p.trimmer.trims == 2
 
 
 def test_a_process_that_goes_quiet_is_trimmed_at_its_first_quiet_tick(monkeypatch: Any) -> None:
     """When the calls stop, memory returns to its floor (issue #17): the first tick that finds
-    the process quiet trims, as every interval did before; a tick as busy as QUIET allows does
+    the process quiet once TRIM_EVERY has passed trims; a tick as busy as QUIET allows does
     too, and one a little busier does not."""
-    p = _Process()
-    trimmed: list[int] = []
-    t = p.trimmer(monkeypatch, trimmed)
-    for _ in range(60):  # 15 s busy: due, not grown
-        p.run(0.25, busy=0.9)
-        t.tick()
+    p = _Process(monkeypatch)
+    p.run(15, busy=0.9)  # due if quiet, and not quiet
     p.run(0.25, busy=memory.QUIET * 1.2)
-    t.tick()
-    gevent.sleep(0.05)
-    assert trimmed == []
+    assert p.trimmer.trims == 0
     p.run(0.25, busy=memory.QUIET * 0.8)
-    t.tick()
-    wait_until(lambda: t.trims == 1, what="the trim of a quiet process")
-    for _ in range(39):  # quiet, within the interval: no second trim
-        p.run(0.25, busy=0.0)
-        t.tick()
-    gevent.sleep(0.05)
-    assert t.trims == 1
+    assert p.trimmer.trims == 1
+    p.run(memory.TRIM_EVERY - 0.25, busy=0.0)  # quiet, within the interval: no second trim
+    assert p.trimmer.trims == 1
     p.run(0.25, busy=0.0)
-    t.tick()
-    wait_until(lambda: t.trims == 2, what="the next interval's trim")
-
-
-def test_resident_bytes_is_this_process_resident_size() -> None:
-    before = memory.resident_bytes()
-    block = bytearray(64 << 20)  # touched: zero-filled pages are resident once written
-    for i in range(0, len(block), 4096):
-        block[i] = 1
-    grown = memory.resident_bytes() - before
-    del block
-    assert 60 << 20 <= grown <= 80 << 20
+    assert p.trimmer.trims == 2
