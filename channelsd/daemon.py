@@ -264,6 +264,7 @@ class Daemon:
         self.notifier.send("STOPPING=1")
         self.loop.stop()
         self.ctx.broker.close()
+        self.ctx.lists.close()
         if self.ctx.websockets is not None:
             self.ctx.websockets.close_all()
         for node in self.nodes.values():
