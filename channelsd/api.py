@@ -34,7 +34,7 @@ from channelsd.metrics import CONTENT_TYPE as METRICS_TYPE
 from channelsd.metrics import Metrics
 from channelsd.peers import Peers
 from channelsd.presented import header_token, truthy, wants_csv
-from channelsd.stream import Broker, Parked, subscribe
+from channelsd.stream import EVERY_ACCOUNT, Broker, Parked, subscribe
 from channelsd.subscriptions import Refused, Subscription, Subscriptions
 from channelsd.table import ChannelTable, Scope
 from channelsd.tokens import Authenticator, Token, log_failure
@@ -539,6 +539,7 @@ def create_app(ctx: ApiContext) -> Flask:
             (scope_name, narrowed, filters.key()),
             me,
             ask_by,
+            EVERY_ACCOUNT if account_id is None else account_id,
         )
         # A stream's client sends nothing after its request: the server says when it left,
         # so that its place is given back at once, not at the next keepalive write.

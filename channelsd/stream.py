@@ -2,7 +2,9 @@
 
 The work is shared, so that a crowd of subscribers does not slow ingest:
 
-* a table change costs O(1): the channel is noted as pending;
+* a table change costs O(1): the channel is noted as pending, and only when a subscriber
+  watches its account (or every account), now or within RESUME_GRACE: a crowd on one account
+  of a hundred does not make the broker render the other ninety-nine's changes;
 * every PUBLISH_INTERVAL the broker turns the pending channels into messages once — renders
   the item, diffs it against what it last published, serialises it — and appends them to a
   bounded ring with a sequence number, then wakes the subscribers;
@@ -46,6 +48,8 @@ RESUME_GRACE = 30.0
 PUBLISH_INTERVAL = 0.1
 # Keys that change every second by themselves: not worth an update message.
 _VOLATILE = ("elapsed_s",)
+# What a system-wide subscriber watches: every account (and channels with none).
+EVERY_ACCOUNT = "*"
 
 
 class _Message:
@@ -108,6 +112,14 @@ class Broker:
         self.wakes = 0
         self.feeds: dict[Any, Feed] = {}
         self._left = -RESUME_GRACE  # when the last subscriber left
+        # The accounts subscribers watch (EVERY_ACCOUNT: all of them): how many watch each
+        # now, and from which message on every change of its channels is in the ring (the
+        # sequence number when it began to be watched). One nobody watches any more is kept
+        # for RESUME_GRACE (`_unwatched`: since when), so that a client that comes back
+        # resumes. Changes of the others' channels are not rendered at all.
+        self._watchers: dict[str, int] = {}
+        self._watched_from: dict[str, int] = {}
+        self._unwatched: dict[str, float] = {}
         table.listen(self._on_change)
 
     @property
@@ -132,22 +144,69 @@ class Broker:
             self._quiet = True
             self.table.unlisten(self._on_change)
             return
-        self._pending[ch.key] = (ch, kind == "destroy")
+        key = ch.key
+        watched = self._watched_from
+        if (
+            EVERY_ACCOUNT not in watched
+            and ch.account_id not in watched
+            and key not in self._published
+            and key not in self._pending
+        ):
+            return  # nobody watches its account, and no subscriber was told of it
+        self._pending[key] = (ch, kind == "destroy")
         if self._timer is None and not self.closed:
             self._timer = gevent.spawn_later(self.interval, self.publish)
 
-    def joined(self) -> None:
-        """A subscriber came: no gap from here on, and the table tells changes again."""
+    def joined(self, account: str = EVERY_ACCOUNT) -> None:
+        """A subscriber came, watching `account`'s channels (EVERY_ACCOUNT: all): no gap from
+        here on, and the table tells changes again."""
         self.subscribers += 1
         self._gap = False
         if self._quiet:
             self._quiet = False
             self.table.listen(self._on_change)
+        self._watchers[account] = self._watchers.get(account, 0) + 1
+        self._unwatched.pop(account, None)
+        self._watched_from.setdefault(account, self.seq)
+
+    def left(self, account: str = EVERY_ACCOUNT) -> None:
+        """A subscriber that watched `account` left: its account is watched on for
+        RESUME_GRACE (forget_unwatched), for it to resume."""
+        self.subscribers -= 1
+        if not self.subscribers:
+            self._left = time.monotonic()
+        count = self._watchers[account] - 1
+        if count:
+            self._watchers[account] = count
+        else:
+            del self._watchers[account]
+            self._unwatched[account] = time.monotonic()
+
+    def covers(self, account: str, position: int) -> bool:
+        """Whether every change of `account`'s channels after message `position` is in the
+        ring (given that the ring reaches back that far): it, or every account, was watched
+        from then on."""
+        return any(
+            self._watched_from.get(watch, math.inf) <= position
+            for watch in (account, EVERY_ACCOUNT)
+        )
+
+    def forget_unwatched(self) -> None:
+        """Stop rendering the changes of accounts nobody has watched for RESUME_GRACE."""
+        if not self._unwatched:
+            return
+        now = time.monotonic()
+        for account, since in list(self._unwatched.items()):
+            if now - since > RESUME_GRACE:
+                del self._unwatched[account]
+                del self._watched_from[account]
 
     def release_idle(self) -> None:
         """Nobody listens any more: the ring and the published items go now, not at the next
         change (after the day's last call none comes; the daemon's tick calls this). A client
-        resuming from before gets a snapshot, as after any gap (since() reaches back no more)."""
+        resuming from before gets a snapshot, as after any gap (since() reaches back no more).
+        Accounts nobody has watched for RESUME_GRACE are no longer rendered."""
+        self.forget_unwatched()
         if not self._pending and self.idle:
             self._forget()
 
@@ -241,7 +300,13 @@ class Broker:
             self._append("destroy", key, ch, None, kept_json(ended))
             return
         item = self.render(ch)
-        self._published[key] = item
+        watched = self._watched_from
+        if EVERY_ACCOUNT not in watched and ch.account_id not in watched:
+            # Moved out of the accounts watched (or one nobody watches any more): this last
+            # message tells its subscribers it went; its next changes are not rendered.
+            self._published.pop(key, None)
+        else:
+            self._published[key] = item
         if before is None:
             self._append("create", key, ch, item, kept_json(item))
             return
@@ -303,6 +368,7 @@ def subscribe(
     kind: Any = None,
     parked: Parked | None = None,
     ask_by: Callable[[], float] = lambda: math.inf,
+    account: str = EVERY_ACCOUNT,
 ) -> Iterator[bytes]:
     """The byte stream of one subscriber: snapshot (or catch-up), then its feed's frames.
 
@@ -315,17 +381,20 @@ def subscribe(
 
     `parked` is this subscriber as the broker knows it; with a pusher (the stream's
     connection), once it has caught up it is written to by the publisher (Feed.push) until
-    its greenlet is needed.
+    its greenlet is needed. `account` is the account whose channels `in_scope` may take
+    (EVERY_ACCOUNT: any): the broker renders the changes of watched accounts only.
     """
     key = kind if kind is not None else object()
     me = parked if parked is not None else Parked(None)
+    position = broker.position_of(last_event_id)
+    resumed = position is not None and position <= broker.seq
+    resumed = resumed and broker.since(position) is not None  # type: ignore[arg-type]
+    # (asked before this subscriber watches: its own watch begins now, after the position)
+    resumed = resumed and broker.covers(account, position)  # type: ignore[arg-type]
     # Counted from the start: what changes while the snapshot is taken and sent is kept.
-    broker.joined()
+    broker.joined(account)
     feed: Feed | None = None
     try:
-        position = broker.position_of(last_event_id)
-        resumed = position is not None and position <= broker.seq
-        resumed = resumed and broker.since(position) is not None  # type: ignore[arg-type]
         if resumed:
             # The client knows channels this subscriber never told it: catch up from the ring
             # on its own (destroys of any channel in scope), then follow the feed.
@@ -375,9 +444,7 @@ def subscribe(
             else:
                 broker.wait_for(feed, position, KEEPALIVE_SECONDS)
     finally:
-        broker.subscribers -= 1
-        if not broker.subscribers:
-            broker._left = time.monotonic()
+        broker.left(account)
         if feed is not None:
             broker.leave(key, feed)
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from channelsd.channel import Channel
 from channelsd.listing import ListCache
-from channelsd.stream import Broker
+from channelsd.stream import RESUME_GRACE, Broker
 from channelsd.table import ChannelTable
 
 LIVE = 50
@@ -82,13 +82,14 @@ def test_destroyed_channels_are_unreachable_without_subscribers() -> None:
 def test_with_a_subscriber_only_the_ring_keeps_destroyed_channels() -> None:
     table = ChannelTable(tombstone_ttl=3600)
     broker = Broker(table, size=RING, interval=3600)
-    broker.subscribers = 1  # someone listens: messages (and their channels) are kept
+    broker.joined()  # someone listens to every account: messages (and their channels) kept
     before = reachable_channels()
     live = churn(table, broker, ListCache())
     extra = reachable_channels() - before - len(live)
     assert 0 < extra <= RING
     assert len(broker._published) == LIVE  # what was last published, per live channel only
-    broker.subscribers = 0
+    broker.left()
+    broker._left -= RESUME_GRACE  # (its grace to resume has run out)
     broker.publish()  # nobody listens any more: the ring empties
     assert reachable_channels() - before == LIVE
     gevent.sleep(0)
