@@ -90,6 +90,7 @@ class Feed:
         "in_scope",
         "keep",
         "visible",
+        "unsure",
         "last",
         "batches",
         "held",
@@ -108,6 +109,10 @@ class Feed:
         self.in_scope = in_scope
         self.keep = keep
         self.visible = set(visible)
+        # Channels a subscriber may hold that the feed was not told of (its snapshot rendered
+        # a change not yet published: stream._join): its next message tells them again, as a
+        # create while in scope and a destroy once out of it.
+        self.unsure: set[Key] = set()
         self.last = position  # the last message this feed has decided about
         self.batches: deque[_Batch] = deque()
         self.held = 0  # frames in the batches
@@ -128,6 +133,7 @@ class Feed:
             # burst (a node purged, a reconcile) ever hid from it.
             row = broker.table.row
             self.visible = {key for key in self.visible if row(*key) is not None}
+            self.unsure.clear()  # (every subscriber starts over from a snapshot)
             self.wake_parked()  # each starts over from a snapshot, in its own greenlet
             return
         before = self.last
@@ -135,7 +141,9 @@ class Feed:
         for msg in messages:
             # Destroys of any channel in scope, visible to the feed or not: a subscriber that
             # resumed may hold one the feed never told (a destroy it lacks changes nothing).
-            frame = frame_for(broker, msg, self.visible, self.in_scope, self.keep, True)
+            frame = frame_for(
+                broker, msg, self.visible, self.in_scope, self.keep, True, self.unsure
+            )
             if frame is not None:
                 frames.append((msg.seq, frame))
         if not messages:
@@ -215,16 +223,23 @@ def frame_for(
     in_scope: Callable[[Channel], bool],
     keep: Callable[[dict[str, Any]], bool],
     resumed: bool,
+    unsure: set[Key] | None = None,
 ) -> bytes | None:
-    """What this subscriber is sent for one shared message, if anything."""
+    """What this subscriber is sent for one shared message, if anything. A channel in
+    `unsure` (a feed's: some of its subscribers may hold it, `seen` does not) is told whole
+    once: created while in scope, destroyed once out of it."""
     key = msg.key
+    maybe = False
+    if unsure and key in unsure:
+        unsure.discard(key)
+        maybe = True
     if msg.kind == "destroy":
-        if key in seen or (resumed and in_scope(msg.channel)):
+        if key in seen or maybe or (resumed and in_scope(msg.channel)):
             seen.discard(key)
             return sse_frame(broker, msg.seq, "destroy", msg.data)
         return None
     if not (in_scope(msg.channel) and keep(msg.item)):  # e.g. moved to another account
-        if key in seen:
+        if key in seen or maybe:
             seen.discard(key)
             gone = {"uuid": key[1], "node": key[0]}
             return sse_frame(broker, msg.seq, "destroy", orjson.dumps(gone))

@@ -50,12 +50,13 @@ PUBLISH_INTERVAL = 0.1
 _VOLATILE = ("elapsed_s",)
 # What a system-wide subscriber watches: every account (and channels with none).
 EVERY_ACCOUNT = "*"
+NEVER = object()  # _Message.was of a channel's first message
 
 
 class _Message:
     """One published change: its kind, the channel, and the bytes every subscriber shares."""
 
-    __slots__ = ("seq", "kind", "key", "channel", "item", "data", "_full")
+    __slots__ = ("seq", "kind", "key", "channel", "item", "data", "was", "_full")
 
     def __init__(
         self,
@@ -65,8 +66,12 @@ class _Message:
         channel: Channel,
         item: dict[str, Any] | None,
         data: bytes,
+        was: Any = None,
     ) -> None:
         self.seq = seq
+        # The channel's account as it was last published before this message (NEVER: not
+        # published before): whom a resumed client may have been told of it.
+        self.was = was
         self.kind = kind
         self.key = key  # as it was when the change happened: a renamed channel moves on
         self.channel = channel  # a destroyed Channel keeps its fields: whom it concerned
@@ -297,7 +302,7 @@ class Broker:
             ended = ch.end_item(time.time())
             ended["uuid"] = uuid
             ended["node"] = node
-            self._append("destroy", key, ch, None, kept_json(ended))
+            self._append("destroy", key, ch, None, kept_json(ended), before)
             return
         item = self.render(ch)
         watched = self._watched_from
@@ -316,13 +321,20 @@ class Broker:
             data: dict[str, Any] = {"uuid": uuid, "node": node, "changed": changed}
             if removed:
                 data["removed"] = removed
-            self._append("update", key, ch, item, kept_json(data))
+            self._append("update", key, ch, item, kept_json(data), before)
 
     def _append(
-        self, kind: str, key: Key, ch: Channel, item: dict[str, Any] | None, data: bytes
+        self,
+        kind: str,
+        key: Key,
+        ch: Channel,
+        item: dict[str, Any] | None,
+        data: bytes,
+        before: dict[str, Any] | None = None,
     ) -> None:
         self.seq += 1
-        self.ring.append(_Message(self.seq, kind, key, ch, item, data))
+        was = NEVER if before is None else before.get("account_id")
+        self.ring.append(_Message(self.seq, kind, key, ch, item, data, was))
 
     def event_id(self, seq: int) -> bytes:
         return b"%s-%d" % (self.epoch.encode(), seq)
@@ -405,16 +417,24 @@ def subscribe(
             yield b": resumed\n\n"
             seen: set[Key] = set()
             for msg in broker.since(position) or ():
-                frame = frame_for(broker, msg, seen, in_scope, keep, True)
+                # What it holds is not known here: a channel last published in its scope may
+                # be on its screen (told whole again: a create, or a destroy once it left).
+                told = msg.was is not NEVER and account in (EVERY_ACCOUNT, msg.was)
+                frame = frame_for(
+                    broker, msg, seen, in_scope, keep, True, {msg.key} if told else None
+                )
                 if frame is not None:
                     yield frame
             position = broker.seq
             visible = {k for k in _visible(broker, in_scope, keep, snapshot)}
             feed = broker.feed(key, in_scope, keep, position, visible)
+            fix = _join(broker, feed, visible, in_scope, keep, position)
+            if fix:
+                yield fix
         else:
             position, frame, visible = _snapshot(broker, in_scope, keep, snapshot)
             feed = broker.feed(key, in_scope, keep, position, visible)
-            yield frame
+            yield frame + _join(broker, feed, visible, in_scope, keep, position)
         last_write = time.monotonic()
         while True:
             # (taken before ended() is asked: a wake-up from then on is not missed)
@@ -447,6 +467,35 @@ def subscribe(
         broker.left(account)
         if feed is not None:
             broker.leave(key, feed)
+
+
+def _join(
+    broker: Broker,
+    feed: Feed,
+    held: set[Key],
+    in_scope: Callable[[Channel], bool],
+    keep: Callable[[dict[str, Any]], bool],
+    position: int,
+) -> bytes:
+    """A subscriber joins `feed` holding `held` (its snapshot's channels); the feed decides
+    each message against the channels its subscribers hold (`visible`). One this subscriber
+    holds and the feed does not (a change not yet published when the snapshot was rendered:
+    a new call) is marked unsure while it is still in scope (its next message goes whole to
+    every subscriber: a create, or a destroy once out of scope; as visible, the others would
+    get an update of a call they never had); one that has left the scope meanwhile (moved to
+    another account, filtered out) is taken out of its view at once (the destroy frames
+    returned). Before, a call that left the scope before its first publish stayed in the
+    view of each subscriber whose snapshot had it, for good."""
+    row = broker.table.row
+    frames = []
+    for key in held - feed.visible:
+        ch = row(*key)
+        if ch is not None and in_scope(ch) and keep(broker.render(ch)):
+            feed.unsure.add(key)
+        else:
+            gone = orjson.dumps({"uuid": key[1], "node": key[0]})
+            frames.append(sse_frame(broker, position, "destroy", gone))
+    return b"".join(frames)
 
 
 def _parked(
