@@ -228,6 +228,8 @@ def frame_for(
     """What this subscriber is sent for one shared message, if anything. A channel in
     `unsure` (a feed's: some of its subscribers may hold it, `seen` does not) is told whole
     once: created while in scope, destroyed once out of it."""
+    if msg.kind == "mark":  # (stream.MARK: where a watch began, nothing to tell)
+        return None
     key = msg.key
     maybe = False
     if unsure and key in unsure:
@@ -244,7 +246,7 @@ def frame_for(
             gone = {"uuid": key[1], "node": key[0]}
             return sse_frame(broker, msg.seq, "destroy", orjson.dumps(gone))
         return None
-    if key in seen and msg.kind == "update":
+    if key in seen and msg.kind == "update" and not maybe:
         return sse_frame(broker, msg.seq, "update", msg.data)
     seen.add(key)  # new to this subscriber: the whole item
     return sse_frame(broker, msg.seq, "create", msg.full)

@@ -50,7 +50,20 @@ PUBLISH_INTERVAL = 0.1
 _VOLATILE = ("elapsed_s",)
 # What a system-wide subscriber watches: every account (and channels with none).
 EVERY_ACCOUNT = "*"
-NEVER = object()  # _Message.was of a channel's first message
+# A message that tells nobody anything: where a new watch began (Broker.joined).
+MARK = "mark"
+
+
+class _Was:
+    """A channel's fields that a stream is scoped by (account, owner, device), as a client
+    was last shown them: a scope's test (`in_scope`) reads them as it reads a Channel's."""
+
+    __slots__ = ("account_id", "owner_id", "authorizing_id")
+
+    def __init__(self, item: dict[str, Any]) -> None:
+        self.account_id = item.get("account_id")
+        self.owner_id = item.get("owner_id")
+        self.authorizing_id = item.get("authorizing_id")
 
 
 class _Message:
@@ -62,15 +75,15 @@ class _Message:
         self,
         seq: int,
         kind: str,
-        key: Key,
-        channel: Channel,
+        key: Key | None,
+        channel: Channel | None,
         item: dict[str, Any] | None,
         data: bytes,
-        was: Any = None,
+        was: tuple[_Was, ...] = (),
     ) -> None:
         self.seq = seq
-        # The channel's account as it was last published before this message (NEVER: not
-        # published before): whom a resumed client may have been told of it.
+        # The channel as clients were last shown it before this message (published, and in a
+        # snapshot since): whether a resumed client may hold it. Empty: never shown.
         self.was = was
         self.kind = kind
         self.key = key  # as it was when the change happened: a renamed channel moves on
@@ -110,6 +123,8 @@ class Broker:
         # only prolongs it).
         self._quiet = False
         self._published: dict[Key, dict[str, Any]] = {}
+        # Items a snapshot rendered while their change was pending (not yet published).
+        self._shown: dict[Key, dict[str, Any]] = {}
         self._timer: gevent.Greenlet | None = None
         self._wake = gevent.event.Event()
         # How many times wake() was called: a subscriber that was writing (no one's to wake)
@@ -125,6 +140,7 @@ class Broker:
         self._watchers: dict[str, int] = {}
         self._watched_from: dict[str, int] = {}
         self._unwatched: dict[str, float] = {}
+        self._skipped = False  # a change was left out since the last message
         table.listen(self._on_change)
 
     @property
@@ -157,6 +173,7 @@ class Broker:
             and key not in self._published
             and key not in self._pending
         ):
+            self._skipped = True
             return  # nobody watches its account, and no subscriber was told of it
         self._pending[key] = (ch, kind == "destroy")
         if self._timer is None and not self.closed:
@@ -172,7 +189,14 @@ class Broker:
             self.table.listen(self._on_change)
         self._watchers[account] = self._watchers.get(account, 0) + 1
         self._unwatched.pop(account, None)
-        self._watched_from.setdefault(account, self.seq)
+        if account not in self._watched_from:
+            if self._skipped:
+                # Changes were left out since the last message: a client at its number may
+                # lack them, so the watch begins after a mark of its own (seq moves on).
+                self.seq += 1
+                self.ring.append(_Message(self.seq, MARK, None, None, None, b""))
+                self._skipped = False
+            self._watched_from[account] = self.seq
 
     def left(self, account: str = EVERY_ACCOUNT) -> None:
         """A subscriber that watched `account` left: its account is watched on for
@@ -220,6 +244,7 @@ class Broker:
         bursts); a client resuming from before gets a snapshot, since() reaching back no more."""
         self.ring.clear()
         self._published.clear()
+        self._shown.clear()
 
     def render(self, ch: Channel) -> dict[str, Any]:
         return ch.to_item(time.time(), self.table.is_stale(ch))
@@ -296,13 +321,17 @@ class Broker:
     def _publish_one(self, key: Key, ch: Channel, destroyed: bool) -> None:
         node, uuid = key
         before = self._published.get(key)
+        # A snapshot rendered its change before this publish: told against that too, and
+        # the message says whom a resumed client may have been shown it as.
+        shown = self._shown.pop(key, None)
+        was = tuple(_Was(it) for it in (before, shown) if it is not None)
         if destroyed:
             # Even one never published: a subscriber's snapshot may hold it.
             self._published.pop(key, None)
             ended = ch.end_item(time.time())
             ended["uuid"] = uuid
             ended["node"] = node
-            self._append("destroy", key, ch, None, kept_json(ended), before)
+            self._append("destroy", key, ch, None, kept_json(ended), was)
             return
         item = self.render(ch)
         watched = self._watched_from
@@ -313,15 +342,20 @@ class Broker:
         else:
             self._published[key] = item
         if before is None:
-            self._append("create", key, ch, item, kept_json(item))
+            self._append("create", key, ch, item, kept_json(item), was)
             return
-        changed = {k: v for k, v in item.items() if before.get(k) != v and k not in _VOLATILE}
-        removed = [k for k in before if k not in item]
+        told = (before,) if shown is None else (before, shown)
+        changed = {
+            k: v
+            for k, v in item.items()
+            if k not in _VOLATILE and any(it.get(k) != v for it in told)
+        }
+        removed = sorted({k for it in told for k in it if k not in item})
         if changed or removed:
             data: dict[str, Any] = {"uuid": uuid, "node": node, "changed": changed}
             if removed:
                 data["removed"] = removed
-            self._append("update", key, ch, item, kept_json(data), before)
+            self._append("update", key, ch, item, kept_json(data), was)
 
     def _append(
         self,
@@ -330,10 +364,10 @@ class Broker:
         ch: Channel,
         item: dict[str, Any] | None,
         data: bytes,
-        before: dict[str, Any] | None = None,
+        was: tuple[_Was, ...] = (),
     ) -> None:
         self.seq += 1
-        was = NEVER if before is None else before.get("account_id")
+        self._skipped = False
         self.ring.append(_Message(self.seq, kind, key, ch, item, data, was))
 
     def event_id(self, seq: int) -> bytes:
@@ -411,26 +445,28 @@ def subscribe(
             # The client knows channels this subscriber never told it: catch up from the ring
             # on its own (destroys of any channel in scope), then follow the feed.
             assert position is not None
-            # The status line goes out with the first bytes: on a quiet account nothing would
-            # come before the keepalive, and a client (or a proxy's header timeout) would take
-            # the resumed stream for a dead one.
-            yield b": resumed\n\n"
+            # What it holds is not known here: a channel shown in its scope before (published,
+            # or in a snapshot) may be on its screen, and is told whole again (a create, or a
+            # destroy once out of scope: `was` is tested by its own scope, so nothing out of
+            # it is named). All of it is decided before anything is written: what is
+            # published while a slow socket takes it comes from the feed, after `upto`.
+            upto = broker.seq
             seen: set[Key] = set()
+            frames = [b": resumed\n\n"]
             for msg in broker.since(position) or ():
-                # What it holds is not known here: a channel last published in its scope may
-                # be on its screen (told whole again: a create, or a destroy once it left).
-                told = msg.was is not NEVER and account in (EVERY_ACCOUNT, msg.was)
+                told = any(in_scope(was) for was in msg.was)  # type: ignore[arg-type]
                 frame = frame_for(
                     broker, msg, seen, in_scope, keep, True, {msg.key} if told else None
                 )
                 if frame is not None:
-                    yield frame
-            position = broker.seq
+                    frames.append(frame)
+            position = upto
             visible = {k for k in _visible(broker, in_scope, keep, snapshot)}
             feed = broker.feed(key, in_scope, keep, position, visible)
-            fix = _join(broker, feed, visible, in_scope, keep, position)
-            if fix:
-                yield fix
+            # (the status line goes out with these first bytes: on a quiet account nothing
+            # would come before the keepalive, and a client or a proxy's header timeout would
+            # take the resumed stream for a dead one)
+            yield b"".join(frames) + _join(broker, feed, visible, in_scope, keep, position)
         else:
             position, frame, visible = _snapshot(broker, in_scope, keep, snapshot)
             feed = broker.feed(key, in_scope, keep, position, visible)
@@ -443,9 +479,9 @@ def subscribe(
                 break
             out = feed.after(position)
             if out is None:  # this subscriber fell behind its feed
-                position, frame, _ = _snapshot(broker, in_scope, keep, snapshot)
+                position, frame, held = _snapshot(broker, in_scope, keep, snapshot)
                 position = min(position, feed.last)
-                yield frame
+                yield frame + _join(broker, feed, held, in_scope, keep, position)
                 continue
             position = max(position, feed.last)
             if out:
@@ -488,6 +524,10 @@ def _join(
     view of each subscriber whose snapshot had it, for good."""
     row = broker.table.row
     frames = []
+    # Held by the feed's subscribers and not by this one (a change pending when its snapshot
+    # was rendered took the channel out of its scope): the next message goes whole too, or
+    # this one would get an update of a channel it never had.
+    feed.unsure.update(feed.visible - held)
     for key in held - feed.visible:
         ch = row(*key)
         if ch is not None and in_scope(ch) and keep(broker.render(ch)):
@@ -545,6 +585,7 @@ def _snapshot(
     items = []
     keys = set()
     published, pending, row = broker._published, broker._pending, broker.table.row
+    shown = broker._shown
     for part in in_slices(channels):
         for ch in part:
             if in_scope(ch):
@@ -554,7 +595,9 @@ def _snapshot(
                 # A channel destroyed while the snapshot was rendered (its destroy published
                 # meanwhile, between two slices) is not: nothing would ever take it out.
                 key = ch.key
-                if key not in published and key not in pending and row(*key) is ch:
+                if key in pending:
+                    shown[key] = item  # the publish tells its change against this too
+                elif key not in published and row(*key) is ch:
                     published[key] = item
                 if keep(item):
                     items.append(item)
