@@ -216,6 +216,13 @@ def sse_frame(broker: Broker, seq: int, event: str, data: bytes) -> bytes:
     return b"id: %s\nevent: %s\ndata: %s\n\n" % (broker.event_id(seq), event.encode(), data)
 
 
+def gone_frame(broker: Broker, seq: int, key: Key) -> bytes:
+    """A destroy for a channel that is still up but has left a subscriber's scope: only its
+    name (what it became is not this subscriber's to see)."""
+    gone = orjson.dumps({"uuid": key[1], "node": key[0]})
+    return sse_frame(broker, seq, "destroy", gone)
+
+
 def frame_for(
     broker: Broker,
     msg: _Message,
@@ -243,8 +250,7 @@ def frame_for(
     if not (in_scope(msg.channel) and keep(msg.item)):  # e.g. moved to another account
         if key in seen or maybe:
             seen.discard(key)
-            gone = {"uuid": key[1], "node": key[0]}
-            return sse_frame(broker, msg.seq, "destroy", orjson.dumps(gone))
+            return gone_frame(broker, msg.seq, key)
         return None
     if key in seen and msg.kind == "update" and not maybe:
         return sse_frame(broker, msg.seq, "update", msg.data)

@@ -36,7 +36,7 @@ import gevent.event
 import orjson
 
 from channelsd.channel import Channel, kept_json
-from channelsd.feeds import Feed, Parked, frame_for, sse_frame
+from channelsd.feeds import Feed, Parked, frame_for, gone_frame, sse_frame
 from channelsd.listing import in_slices
 from channelsd.table import ChannelTable, Key
 from channelsd.validate import whole_number
@@ -533,8 +533,7 @@ def _join(
         if ch is not None and in_scope(ch) and keep(broker.render(ch)):
             feed.unsure.add(key)
         else:
-            gone = orjson.dumps({"uuid": key[1], "node": key[0]})
-            frames.append(sse_frame(broker, position, "destroy", gone))
+            frames.append(gone_frame(broker, position, key))
     return b"".join(frames)
 
 
