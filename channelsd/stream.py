@@ -54,6 +54,11 @@ EVERY_ACCOUNT = "*"
 MARK = "mark"
 
 
+def _changed(item: dict[str, Any], told: dict[str, Any]) -> dict[str, Any]:
+    """The keys of `item` whose values differ from what a client was `told`."""
+    return {k: v for k, v in item.items() if told.get(k) != v and k not in _VOLATILE}
+
+
 class _Was:
     """A channel's fields that a stream is scoped by (account, owner, device), as a client
     was last shown them: a scope's test (`in_scope`) reads them as it reads a Channel's."""
@@ -344,13 +349,11 @@ class Broker:
         if before is None:
             self._append("create", key, ch, item, kept_json(item), was)
             return
-        told = (before,) if shown is None else (before, shown)
-        changed = {
-            k: v
-            for k, v in item.items()
-            if k not in _VOLATILE and any(it.get(k) != v for it in told)
-        }
-        removed = sorted({k for it in told for k in it if k not in item})
+        changed = _changed(item, before)
+        removed = [k for k in before if k not in item]
+        if shown is not None:  # (rare: a snapshot rendered it while the change was pending)
+            changed.update(_changed(item, shown))
+            removed += [k for k in shown if k not in item and k not in before]
         if changed or removed:
             data: dict[str, Any] = {"uuid": uuid, "node": node, "changed": changed}
             if removed:
