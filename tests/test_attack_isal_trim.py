@@ -25,6 +25,7 @@ import gevent.event
 import orjson
 import pytest
 import requests
+from test_gzip import comparable, get
 
 from channelsd import gzipped, listing, memory, turns
 from channelsd.gzipped import Compressed
@@ -170,22 +171,6 @@ def test_a_quiet_daemon_gives_a_burst_back_with_real_pages(clean_heap: None) -> 
 ACC1 = {"account_id": "acc1", "owner_id": "user1"}
 
 
-def _get(base: str, path: str, encoding: str = "gzip") -> tuple[requests.Response, bytes]:
-    """The answer and its body exactly as it came off the wire."""
-    headers = {"X-Auth-Token": token("super"), "Accept-Encoding": encoding}
-    resp = requests.get(base + path, headers=headers, timeout=10, stream=True)
-    return resp, resp.raw.read(decode_content=False)
-
-
-def _comparable(body: bytes) -> Any:
-    doc = orjson.loads(body)
-    for key in ("request_id", "timestamp"):
-        doc.pop(key)
-    for item in doc["data"]:
-        item.pop("elapsed_s")
-    return doc
-
-
 @pytest.fixture(scope="module")
 def big_switch() -> Iterator[Any]:
     from channelsd.standin.server import StandinSwitch
@@ -213,8 +198,8 @@ def _gzip_answer(base: str, path: str) -> tuple[requests.Response, bytes, bytes]
     """A raw answer of `path`, then one in gzip within the same second (tried again when a
     second turned over): (the gzip answer, its body off the wire, the raw body)."""
     for _ in range(20):
-        _, raw = _get(base, path, "identity")
-        resp, body = _get(base, path)
+        _, raw = get(base, path, "identity")
+        resp, body = get(base, path)
         if resp.headers.get("Content-Encoding") == "gzip":
             return resp, body, raw
     raise AssertionError("no gzip answer in 20 tries")
@@ -258,7 +243,7 @@ def test_a_list_of_many_slices_reads_as_the_raw_one_in_every_decoder(
         assert len(raw) >= gzipped.GZIP_ABOVE
         assert int(resp.headers["Content-Length"]) == len(body)
         doc = _decoded_everywhere(body)
-        assert _comparable(doc) == _comparable(raw)
+        assert comparable(doc) == comparable(raw)
         assert orjson.loads(doc)["request_id"] == resp.headers["X-Request-ID"]
         time.sleep(max(0.0, int(time.time()) + 1.05 - time.time()))
     assert by == {True, False}  # both an asker's compression and the preparer's were read
@@ -270,7 +255,7 @@ def test_curl_reads_the_spliced_gzip_of_a_big_list(big: Harness) -> None:
     assert shutil.which("curl"), "curl is needed: the check of a second decoder"
     base = big.api.base
     for _ in range(20):
-        _, raw = _get(base, "/v2/channels", "identity")
+        _, raw = get(base, "/v2/channels", "identity")
         out = subprocess.run(
             [
                 "curl",
@@ -288,7 +273,7 @@ def test_curl_reads_the_spliced_gzip_of_a_big_list(big: Harness) -> None:
         assert out.returncode == 0, out.stderr
         head, _, doc = out.stdout.partition(b"\r\n\r\n")
         if b"content-encoding: gzip" in head.lower():
-            assert _comparable(doc) == _comparable(raw)
+            assert comparable(doc) == comparable(raw)
             return
     raise AssertionError("curl never got gzip")
 
@@ -316,9 +301,9 @@ def test_many_askers_and_clients_that_vanish_while_it_is_compressed(
 
     for _ in range(20):
         second = int(time.time())
-        _get(base, "/v2/channels", "identity")  # answered once: the next ask compresses
+        get(base, "/v2/channels", "identity")  # answered once: the next ask compresses
         vanish()  # the asker that compresses, gone before its answer
-        jobs = [gevent.spawn(_get, base, "/v2/channels") for _ in range(12)]
+        jobs = [gevent.spawn(get, base, "/v2/channels") for _ in range(12)]
         jobs += [gevent.spawn(vanish) for _ in range(2)]
         gevent.joinall(jobs, timeout=20, raise_error=True)
         if int(time.time()) != second:
@@ -326,7 +311,7 @@ def test_many_askers_and_clients_that_vanish_while_it_is_compressed(
         answers = [j.value for j in jobs if j.value is not None]
         assert [r.status_code for r, _ in answers] == [200] * 12
         assert {r.headers.get("Content-Encoding") for r, _ in answers} == {"gzip"}
-        docs = {orjson.dumps(_comparable(_decoded_everywhere(body))) for _, body in answers}
+        docs = {orjson.dumps(comparable(_decoded_everywhere(body))) for _, body in answers}
         assert len(docs) == 1
         break
     else:
@@ -362,7 +347,7 @@ def test_a_call_that_comes_while_the_preparer_compresses_is_in_every_answer_afte
     seen = []
     end = time.time() + 2.5
     while time.time() < end:
-        resp, body = _get(base, "/v2/channels")
+        resp, body = get(base, "/v2/channels")
         gz = resp.headers.get("Content-Encoding") == "gzip"
         doc = orjson.loads(gzip.decompress(body) if gz else body)
         seen.append((gz, len(doc["data"])))
