@@ -1,10 +1,12 @@
 """The compiled parts of channelsd (everything else is in setup.cfg).
 
 channelsd_picker picks the table's headers out of json events (channelsd/eventpick.py);
-channelsd_fields runs the table's loops over an event's headers (channelsd/fields.py). Both
-are optional: where they cannot be built (no C compiler or Python headers), `pip install`
-goes on (saying so only with -v) and channelsd does the same work in Python, as it did before
-they existed (slower ingest: `channelsd check` and the daemon's start-up log warn).
+channelsd_fields runs the table's loops over an event's headers (channelsd/fields.py);
+channelsd_sendmany writes a publish to its subscribers' sockets off the main thread
+(channelsd/sendmany.py). All three are optional: where they cannot be built (no C compiler or
+Python headers), `pip install` goes on (saying so only with -v) and channelsd does the same
+work in Python, as it did before they existed (slower ingest: `channelsd check` and the
+daemon's start-up log warn).
 """
 
 import hashlib
@@ -24,5 +26,6 @@ setup(
     ext_modules=[
         extension("channelsd_picker", "channelsd/picker.c", "PICKER_SOURCE_SHA256"),
         extension("channelsd_fields", "channelsd/fields.c", "FIELDS_SOURCE_SHA256"),
+        extension("channelsd_sendmany", "channelsd/sendmany.c", "SENDMANY_SOURCE_SHA256"),
     ]
 )

@@ -14,7 +14,11 @@ import importlib
 from pathlib import Path
 
 # Each compiled module, and its source beside this file.
-COMPILED = {"channelsd_picker": "picker.c", "channelsd_fields": "fields.c"}
+COMPILED = {
+    "channelsd_picker": "picker.c",
+    "channelsd_fields": "fields.c",
+    "channelsd_sendmany": "sendmany.c",
+}
 
 
 def source_state(name: str) -> str:

@@ -79,7 +79,7 @@ def _token_new(args: argparse.Namespace) -> int:
 
 def _load(path: str):  # -> (Config, warnings), or exit with the one-line error
     """The one validation path of `check` and `run`: the file, then what serving needs."""
-    from channelsd import eventpick, fields
+    from channelsd import eventpick, fields, sendmany
     from channelsd.config import ConfigError, load, service_warnings
 
     try:
@@ -88,7 +88,11 @@ def _load(path: str):  # -> (Config, warnings), or exit with the one-line error
     except ConfigError as exc:
         print(f"channelsd: config error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    missing = [w for w in (eventpick.install_warning(), fields.install_warning()) if w]
+    missing = [
+        w
+        for w in (eventpick.install_warning(), fields.install_warning(), sendmany.install_warning())
+        if w
+    ]
     return cfg, [*warnings, *missing]
 
 

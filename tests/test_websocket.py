@@ -585,13 +585,13 @@ def test_a_subscriber_that_never_reads_is_dropped_with_bounded_memory(
     limit = 256 * 1024
     h = make_daemon([switch], websocket={"send_queue_bytes": limit})
     most = [0]
-    deliver = Session.deliver
+    queue = Session._queue  # where a publish's bytes wait that the socket did not take
 
-    def watched(self: Session, frames: bytes) -> None:
-        deliver(self, frames)
+    def watched(self: Session, frames: bytes, first: bool = False) -> None:
+        queue(self, frames, first)
         most[0] = max(most[0], self._queued)
 
-    monkeypatch.setattr(Session, "deliver", watched)
+    monkeypatch.setattr(Session, "_queue", watched)
     reader = WsClient(ws_url(h))
     reader.subscribe(token("admin1"), "acc1", "call.*.*")
     slow = socket.socket()
@@ -774,6 +774,12 @@ class Collector:
             self.got.append(json.loads(event.data))
 
 
+def deliver_each(pairs: list[tuple[Collector, bytes]]) -> None:
+    """The hub's courier for Collectors: each gets its bytes at once, in the publish."""
+    for collector, data in pairs:
+        collector.deliver(data)
+
+
 UUIDS = [f"00000000-0000-4000-8000-00000000000{i}" for i in range(4)]
 OPS = st.lists(
     st.one_of(
@@ -828,7 +834,7 @@ def test_each_socket_gets_exactly_what_its_bindings_match_in_order(subs, ops) ->
     from channelsd.table import ChannelTable, Identity
 
     table = ChannelTable(Identity(device_owners={"dev9": "u1"}))
-    hub = Hub(table, interval=3600)
+    hub = Hub(table, interval=3600, courier=deliver_each)
     everything = Collector()
     hub.add(Subscription(everything, "*", "call.*.*", ("*", "*"), None, None))
     sockets = [Collector() for _ in range(4)]
@@ -888,7 +894,7 @@ def test_an_unwatched_hub_leaves_the_ingest_path_and_comes_back() -> None:
     from channelsd.table import ChannelTable
 
     table = ChannelTable()
-    hub = Hub(table, interval=3600)
+    hub = Hub(table, interval=3600, courier=deliver_each)
 
     def listened() -> bool:
         return hub._on_change in table._on_change and hub._on_change in table._on_destroy

@@ -11,8 +11,9 @@ sockets does not slow ingest:
   for each of the (at most four) bindings that match is built once, and every socket gets
   the same bytes — server frames are not masked, so the bytes a socket writes are exactly
   the frame every other socket with that binding writes;
-* each socket then gets its batch in one call (a list extend and a wake-up), and its own
-  greenlet writes it.
+* the sockets' batches go out in one call of a Courier (channelsd.sendmany), which writes
+  them from a native thread while the hub goes on; what a socket does not take at once, its
+  own greenlet writes.
 
 Events are Kazoo's, one per FreeSWITCH event, never merged: CHANNEL_CREATE when a channel
 appears with an account (or when its account becomes known later: an event with no account
@@ -32,6 +33,7 @@ import gevent
 import orjson
 from wsproto.frame_protocol import FrameProtocol
 
+from channelsd import sendmany
 from channelsd.blackhole.events import ON_UPDATE, render
 from channelsd.blackhole.protocol import WILDCARD
 from channelsd.channel import Channel, kept_json
@@ -45,9 +47,14 @@ PUBLISH_INTERVAL = 0.1
 
 
 class Receiver(Protocol):
-    """What a subscription delivers to: its socket."""
+    """What a subscription delivers to: its socket (channelsd.sendmany.Addressee)."""
 
-    def deliver(self, frames: bytes) -> None: ...
+    def claim(self, data: bytes) -> int | None: ...
+
+    def sent(self, data: bytes, n: int) -> None: ...
+
+
+Courier = Callable[[list[tuple[Receiver, bytes]]], None]
 
 
 class Subscription:
@@ -95,8 +102,10 @@ class Hub:
         table: ChannelTable,
         interval: float = PUBLISH_INTERVAL,
         clock: Callable[[], float] = time.time,
+        courier: Courier | None = None,
     ) -> None:
         self.table = table
+        self._courier: Courier = courier if courier is not None else sendmany.Courier()
         self.interval = interval
         self._clock = clock
         self.closed = False
@@ -180,7 +189,7 @@ class Hub:
                     if keys:
                         self._match(seq, event, account, keys, batches, devices_of)
         self.published += len(pending)
-        self._deliver(batches)
+        self._courier(self._addressed(batches))
 
     def _match(
         self,
@@ -211,10 +220,12 @@ class Hub:
                     batch.owned.setdefault(sub.receiver, []).append((seq, frame))
 
     @staticmethod
-    def _deliver(batches: dict[tuple[str, tuple[str, str]], _Batch]) -> None:
-        """Each socket gets its batch in one call. The usual case, a socket with one binding
-        on an account, gets the very bytes object every other socket of that binding gets;
-        a socket with several gets them merged in the order the events happened."""
+    def _addressed(
+        batches: dict[tuple[str, tuple[str, str]], _Batch],
+    ) -> list[tuple[Receiver, bytes]]:
+        """Each socket's bytes of the publish, in one piece. The usual case, a socket with one
+        binding on an account, gets the very bytes object every other socket of that binding
+        gets; a socket with several gets them merged in the order the events happened."""
         only: dict[Receiver, _Batch] = {}  # sockets with one batch so far
         several: dict[Receiver, list[list[tuple[int, bytes]]]] = {}
 
@@ -237,12 +248,12 @@ class Hub:
                         only[receiver] = batch
             for receiver, frames in batch.owned.items():
                 add(receiver, frames)
-        for receiver, batch in only.items():
-            receiver.deliver(batch.blob())
+        addressed = [(receiver, batch.blob()) for receiver, batch in only.items()]
         for receiver, lists in several.items():
             merged = [item for frames in lists for item in frames]
             merged.sort(key=_first)  # stable: the order the events happened in
-            receiver.deliver(b"".join(frame for _, frame in merged))
+            addressed.append((receiver, b"".join(frame for _, frame in merged)))
+        return addressed
 
     def _frame(self, event: _Event, account: str, key: tuple[str, str]) -> bytes:
         message = (

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 import time
 from typing import TYPE_CHECKING, Any
@@ -105,6 +106,12 @@ class Session:
         self._out: list[bytes] = []
         self._queued = 0
         self._writing = False  # the writer has bytes in hand: nobody else may write
+        # The hub's courier (channelsd.sendmany) writes publishes from a native thread to a
+        # descriptor of its own, which this session closes only once no send is on its way
+        # (_let_go_fd); while one is (_in_flight), nobody else writes.
+        self._courier_fd = -1  # from run() on
+        self._in_flight: bytes | None = None
+        self._fd_done = False
         self._wake = gevent.event.Event()
         # (account, binding as written) -> its subscription in the hub
         self._subs: dict[tuple[str, str], Subscription] = {}
@@ -127,6 +134,13 @@ class Session:
 
     def run(self) -> None:
         """Serve the socket until it closes (runs in the request's greenlet)."""
+        self._courier_fd = os.dup(self.sock.fileno())
+        try:
+            self._serve()
+        finally:
+            self._let_go_fd()
+
+    def _serve(self) -> None:
         writer = gevent.spawn(self._write_loop)
         try:
             if not self._leftover or self._receive(self._leftover):
@@ -367,31 +381,63 @@ class Session:
 
     # -- the hub's side ----------------------------------------------------------------------
 
-    def deliver(self, frames: bytes) -> None:
-        """A batch of events for this socket, framed already: usually the very bytes object
-        every socket with the same binding gets."""
+    def claim(self, data: bytes) -> int | None:
+        """A publish's bytes for this socket, framed already (usually the very bytes object
+        every socket with the same binding gets): the descriptor the hub's courier writes them
+        to now, or None when the writer has them (it has bytes in hand or queued) or they are
+        dropped (closing, or too slow)."""
         if self.closing is not None:
+            return None
+        if (
+            not self._out
+            and not self._writing
+            and self._in_flight is None
+            and self._courier_fd >= 0
+        ):
+            self._in_flight = data
+            return self._courier_fd
+        self._queue(data)
+        return None
+
+    def sent(self, data: bytes, n: int) -> None:
+        """The courier wrote `n` bytes of what it claimed (-errno: none, and why)."""
+        self._in_flight = None
+        if self._fd_done:  # the session ended while the bytes were out
+            self._let_go_fd()
+        if n < 0:
+            self.abort("send failed")
+        elif n < len(data):
+            # The rest goes before anything queued meanwhile (replies, pings, a close frame).
+            self._queue(data[n:] if n else data, first=True)
+        self._wake.set()
+
+    def _queue(self, frames: bytes, first: bool = False) -> None:
+        if self.aborted:
             return
-        if not self._out and not self._writing:
-            try:
-                sent = self.sock.send(frames, 0, 0.0)  # (gevent's timeout 0: never wait)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                self.abort("send failed")
-                return
-            if sent == len(frames):
-                return
-            frames = frames[sent:]
         size = len(frames)
         if self._queued + size > self.cfg.send_queue_bytes:
             self.service.dropped_slow += 1
             log.info("websocket too slow client=%s queued=%d", self.client, self._queued)
             self.abort("too slow")
             return
-        self._out.append(frames)
+        if first:
+            self._out.insert(0, frames)
+        else:
+            self._out.append(frames)
         self._queued += size
         self._wake.set()
+
+    def _let_go_fd(self) -> None:
+        """Close the courier's descriptor, once no send is on its way to it: closed under a
+        native thread's send, its number could be given to the next client's socket."""
+        if self._in_flight is not None:
+            self._fd_done = True
+            return
+        self._fd_done = False
+        fd, self._courier_fd = self._courier_fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def _reply(self, message: bytes) -> None:
         if self.ws.state is ConnectionState.OPEN:
@@ -468,6 +514,9 @@ class Session:
         try:
             while not self.aborted:
                 self._wake.clear()
+                if self._in_flight is not None:  # the courier's bytes go first
+                    self._wake.wait()
+                    continue
                 if self._out:
                     out = self._out
                     data = out[0] if len(out) == 1 else b"".join(out)  # no copy for one batch

@@ -1,0 +1,152 @@
+"""A publish's bytes to a crowd of sockets, written off the hub.
+
+A thousand subscribers of one account get the same bytes at each publish. Written from the
+hub, the kernel's part of those sends (copying, the loopback's delivery, waking each reader)
+was what remained of the crowd's cost to ingest (BENCHMARKS.md, issue #16). The Courier writes
+a publish's sends in one call of `channelsd_sendmany` (C, built by `pip install` from
+channelsd/sendmany.c) in a native thread, which holds no interpreter lock while it sends: the
+hub goes on reading the switches meanwhile, on another core.
+
+What a socket's owner (an Addressee) promises and gets:
+* `claim(data)` is asked on the hub: the descriptor to write `data` to now, or None when the
+  owner keeps it itself (it is busy writing, or it queued it, or it is closing);
+* from a claim to its `sent(data, n)` nothing else writes the socket and the descriptor stays
+  open (the owner holds its own duplicate, closed only once no send is in flight);
+* `sent` is told on the hub how many bytes the socket took (the rest is the owner's to write,
+  before anything else), or -errno.
+
+Publishes are carried one after another, in the order they were made: a publish made while
+another is on its way waits for it, so a subscriber's events stay in order.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections import deque
+from collections.abc import Sequence
+from typing import Protocol
+
+import gevent
+
+try:
+    from channelsd_sendmany import send_each as _send_each
+except ImportError:  # built optionally: see setup.py
+    _send_each = None
+
+# Below this many bytes in one publish the native thread's hand-over (a wake-up and two
+# passes of the interpreter lock) costs more than the sends it would take off the hub.
+THREAD_BYTES = 64 * 1024
+
+
+class Addressee(Protocol):
+    """The owner of one socket a Courier writes to."""
+
+    def claim(self, data: bytes) -> int | None: ...
+
+    def sent(self, data: bytes, n: int) -> None: ...
+
+
+def send_each_python(fds: Sequence[int], datas: Sequence[bytes]) -> list[int]:
+    """send_each's definition, and what runs where the C could not be built (on the hub: in a
+    thread it would take the interpreter lock at every send). The descriptors are the
+    sockets' non-blocking ones (a duplicate shares the flag)."""
+    out = []
+    for fd, data in zip(fds, datas, strict=True):
+        view = memoryview(data)
+        off = 0
+        while off < len(view):
+            try:
+                n = os.write(fd, view[off:])
+            except InterruptedError:
+                continue
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if off == 0:
+                    off = -(exc.errno or errno.EIO)
+                break
+            if n == 0:
+                break
+            off += n
+        out.append(off)
+    return out
+
+
+def built() -> bool:
+    """Whether the C sends are installed."""
+    return _send_each is not None
+
+
+def install_warning() -> str | None:
+    """What `check` and `run` warn of when the C sends are missing."""
+    if _send_each is not None:
+        return None
+    return (
+        "channelsd_sendmany (C) is not installed: live events go to their subscribers from "
+        "the main thread (the same events, for ingest slowed by a crowd of subscribers); "
+        "install a C compiler and Python's headers (Debian: gcc python3-dev), then "
+        "`pip install .` again"
+    )
+
+
+class Courier:
+    """Carries each publish's (addressee, bytes) pairs to their sockets, in order."""
+
+    def __init__(self, thread_bytes: int = THREAD_BYTES, compiled: bool = True) -> None:
+        self.thread_bytes = thread_bytes
+        self._send = _send_each if compiled and _send_each is not None else None
+        self._queue: deque[list[tuple[Addressee, bytes]]] = deque()
+        self._carrying = False
+        self.threaded = 0  # publishes sent from the native thread (tests, metrics)
+
+    def __call__(self, pairs: list[tuple[Addressee, bytes]]) -> None:
+        """Send a publish (on the hub). Returns once it is carried, or queued behind the one
+        on its way, whose carrier then carries it too."""
+        self._queue.append(pairs)
+        if self._carrying:
+            return
+        self._carrying = True
+        try:
+            while self._queue:
+                self._carry(self._queue.popleft())
+        finally:
+            self._carrying = False
+
+    def _carry(self, pairs: list[tuple[Addressee, bytes]]) -> None:
+        claimed: list[Addressee] = []
+        fds: list[int] = []
+        datas: list[bytes] = []
+        total = 0
+        for addressee, data in pairs:
+            fd = addressee.claim(data)
+            if fd is not None:
+                claimed.append(addressee)
+                fds.append(fd)
+                datas.append(data)
+                total += len(data)
+        if not claimed:
+            return
+        if self._send is None:
+            self._tell(claimed, datas, send_each_python(fds, datas))
+        elif total < self.thread_bytes:
+            self._tell(claimed, datas, self._send(fds, datas))
+        else:
+            self.threaded += 1
+            job = gevent.get_hub().threadpool.spawn(self._send, fds, datas)
+            try:
+                sent = job.get()
+            except BaseException:
+                # Killed while the thread sends, or the call failed: the owners learn when
+                # the thread is done, and never before (their descriptors stay open and
+                # nobody else writes meanwhile).
+                job.rawlink(lambda done: self._tell(claimed, datas, done.value))
+                raise
+            self._tell(claimed, datas, sent)
+
+    @staticmethod
+    def _tell(claimed: list[Addressee], datas: list[bytes], sent: list[int] | None) -> None:
+        if sent is None:  # the call itself failed: what was taken is unknown
+            sent = [-errno.EIO] * len(claimed)
+        for addressee, data, n in zip(claimed, datas, sent, strict=True):
+            addressee.sent(data, n)
