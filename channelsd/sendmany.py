@@ -24,7 +24,7 @@ from __future__ import annotations
 import errno
 import os
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import gevent
@@ -37,6 +37,9 @@ except ImportError:  # built optionally: see setup.py
 # Below this many bytes in one publish the native thread's hand-over (a wake-up and two
 # passes of the interpreter lock) costs more than the sends it would take off the hub.
 THREAD_BYTES = 64 * 1024
+
+
+SendEach = Callable[[Sequence[int], Sequence[bytes]], list[int]]
 
 
 class Addressee(Protocol):
@@ -93,9 +96,11 @@ def install_warning() -> str | None:
 class Courier:
     """Carries each publish's (addressee, bytes) pairs to their sockets, in order."""
 
-    def __init__(self, thread_bytes: int = THREAD_BYTES, compiled: bool = True) -> None:
+    def __init__(self, thread_bytes: int = THREAD_BYTES, send: SendEach | None = None) -> None:
         self.thread_bytes = thread_bytes
-        self._send = _send_each if compiled and _send_each is not None else None
+        # send_each (C) unless told otherwise; None where it is not built: then
+        # send_each_python, on the hub.
+        self._send = send if send is not None else _send_each
         self._queue: deque[list[tuple[Addressee, bytes]]] = deque()
         self._carrying = False
         self.threaded = 0  # publishes sent from the native thread (tests, metrics)

@@ -409,7 +409,10 @@ class Session:
         elif n < len(data):
             # The rest goes before anything queued meanwhile (replies, pings, a close frame).
             self._queue(data[n:] if n else data, first=True)
-        self._wake.set()
+        elif self._out or self.closing is not None:
+            # The writer waited for these bytes to go first (waking it for nothing, a
+            # thousand sockets a publish, cost as much as the sends).
+            self._wake.set()
 
     def _queue(self, frames: bytes, first: bool = False) -> None:
         if self.aborted:

@@ -1,0 +1,412 @@
+"""A publish's bytes to many sockets (channelsd.sendmany, channelsd_sendmany): the C call held
+to its Python definition over real socket pairs, the Courier's order and hand-over, and the
+websocket sessions that the hub's courier writes to from a native thread."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import gevent
+import gevent.monkey
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from kazoo_support import WsClient
+from test_websocket import ACC1, call_ids, handshake, raw_frame, read_until, ws_url
+from wsproto.connection import Connection, ConnectionType
+from wsproto.events import Ping, TextMessage
+
+from channelsd import builds, sendmany
+
+from conftest import Harness, token, wait_until
+
+real_sleep = gevent.monkey.get_original("time", "sleep")
+real_socketpair = gevent.monkey.get_original("socket", "socketpair")
+
+try:
+    from channelsd_sendmany import send_each as c_send_each
+except ImportError:
+    c_send_each = None
+
+
+def test_the_c_sends_are_built_from_this_source() -> None:
+    assert c_send_each is not None, "channelsd_sendmany is not built: `pip install -e .` builds it"
+    assert builds.source_state("channelsd_sendmany") == "current", (
+        "channelsd_sendmany was built from another sendmany.c: `pip install -e .` again"
+    )
+    assert sendmany.built() and sendmany.install_warning() is None
+
+
+IMPLEMENTATIONS = {"c": lambda: c_send_each, "python": lambda: sendmany.send_each_python}
+
+
+@pytest.fixture
+def pairs() -> Iterator[Callable[..., list[tuple[socket.socket, socket.socket]]]]:
+    """Unblocking stream socket pairs (the kernel's, not gevent's), closed after the test."""
+    made: list[socket.socket] = []
+
+    def make(n: int, sndbuf: int | None = None) -> list[tuple[socket.socket, socket.socket]]:
+        out = []
+        for _ in range(n):
+            a, b = real_socketpair()
+            for s in (a, b):
+                s.setblocking(False)
+            if sndbuf is not None:
+                a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+            made.extend((a, b))
+            out.append((a, b))
+        return out
+
+    yield make
+    for s in made:
+        s.close()
+
+
+def drain(s: socket.socket) -> bytes:
+    got = b""
+    while True:
+        try:
+            chunk = s.recv(1 << 20)
+        except BlockingIOError:
+            return got
+        if not chunk:
+            return got
+        got += chunk
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.integers(0, 300_000), max_size=6), small=st.booleans())
+def test_each_socket_gets_a_prefix_of_its_data_and_is_told_its_length(
+    impl: str, sizes: list[int], small: bool
+) -> None:
+    send_each = IMPLEMENTATIONS[impl]()
+    made = []
+    try:
+        for _ in sizes:
+            a, b = real_socketpair()
+            a.setblocking(False)
+            b.setblocking(False)
+            if small:  # a peer that cannot take it all: the send stops short, never waits
+                a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            made.append((a, b))
+        datas = [os.urandom(n) for n in sizes]
+        sent = send_each([a.fileno() for a, _ in made], datas)
+        assert len(sent) == len(sizes)
+        for (_, b), data, n in zip(made, datas, sent, strict=True):
+            assert 0 <= n <= len(data)
+            assert drain(b) == data[:n]
+            if not small and len(data) <= 50_000:
+                assert n == len(data)  # what fits in an empty buffer is taken whole
+    finally:
+        for a, b in made:
+            a.close()
+            b.close()
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_a_socket_that_fails_is_its_own_error_and_nobody_elses(impl: str, pairs: Any) -> None:
+    send_each = IMPLEMENTATIONS[impl]()
+    (a, b), (c, d), (e, f) = pairs(3)
+    d.close()  # c's peer is gone: EPIPE (with no SIGPIPE: the test process would die of it)
+    r, w = os.pipe()  # not a socket
+    try:
+        notsock = w
+        closed_fd = 1_000_000  # no such descriptor (a closed one's number may be reused)
+        sent = send_each(
+            [a.fileno(), c.fileno(), closed_fd, e.fileno()],
+            [b"one", b"two", b"three", memoryview(b"four")],
+        )
+        assert sent[0] == 3 and drain(b) == b"one"
+        assert sent[1] in (-errno.EPIPE, -errno.ECONNRESET)
+        assert sent[2] == -errno.EBADF
+        assert sent[3] == 4 and drain(f) == b"four"
+        if impl == "c":  # (the definition's os.write would write to a pipe)
+            assert send_each([notsock], [b"x"]) == [-errno.ENOTSOCK]
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_the_c_call_refuses_what_it_cannot_send() -> None:
+    assert c_send_each is not None
+    with pytest.raises(ValueError):
+        c_send_each([1, 2], [b"x"])
+    with pytest.raises(TypeError):
+        c_send_each(["1"], [b"x"])
+    with pytest.raises(ValueError):
+        c_send_each([-1], [b"x"])
+    with pytest.raises(TypeError):
+        c_send_each([1], ["text is not bytes"])
+    with pytest.raises(TypeError):
+        c_send_each(3, [b"x"])
+    assert c_send_each([], []) == []
+    assert c_send_each((), ()) == []
+
+
+# -- the Courier ------------------------------------------------------------------------------
+
+
+class Owner:
+    """An addressee over a real socket pair: what it was told, in order."""
+
+    def __init__(self, sock: socket.socket, busy: bool = False) -> None:
+        self.sock = sock
+        self.busy = busy
+        self.kept: list[bytes] = []  # what it keeps to write itself
+        self.told: list[tuple[bytes, int]] = []
+        self.in_flight = False
+
+    def claim(self, data: bytes) -> int | None:
+        assert not self.in_flight, "claimed again before it was told"
+        if self.busy:
+            self.kept.append(data)
+            return None
+        self.in_flight = True
+        return self.sock.fileno()
+
+    def sent(self, data: bytes, n: int) -> None:
+        assert self.in_flight
+        self.in_flight = False
+        self.told.append((data, n))
+
+
+def slowly(send: sendmany.SendEach, seconds: float) -> sendmany.SendEach:
+    """send_each that first waits in its (native) thread."""
+
+    def slow(fds: Sequence[int], datas: Sequence[bytes]) -> list[int]:
+        real_sleep(seconds)
+        return send(fds, datas)
+
+    return slow
+
+
+def test_a_large_publish_goes_from_the_thread_a_small_one_from_the_hub(pairs: Any) -> None:
+    (a, b), (c, d) = pairs(2)
+    courier = sendmany.Courier(thread_bytes=1000)
+    small, large = Owner(a), Owner(c)
+    courier([(small, b"x" * 10)])
+    assert courier.threaded == 0 and small.told == [(b"x" * 10, 10)]
+    courier([(large, b"y" * 1000)])
+    assert courier.threaded == 1 and large.told == [(b"y" * 1000, 1000)]
+    assert drain(b) == b"x" * 10 and drain(d) == b"y" * 1000
+
+
+def test_the_hub_goes_on_while_the_thread_sends(pairs: Any) -> None:
+    ((a, b),) = pairs(1)
+    courier = sendmany.Courier(thread_bytes=1, send=slowly(c_send_each, 0.3))
+    owner = Owner(a)
+    ticks = []
+    ticker = gevent.spawn(lambda: [ticks.append(gevent.sleep(0.01)) for _ in range(10)])
+    courier([(owner, b"data")])
+    assert len(ticks) >= 5  # the hub ran other greenlets while the publish was out
+    ticker.kill()
+    assert owner.told == [(b"data", 4)] and drain(b) == b"data"
+
+
+def test_publishes_made_while_one_is_out_follow_it_in_order(pairs: Any) -> None:
+    (a, b), (c, d) = pairs(2)
+    courier = sendmany.Courier(thread_bytes=1, send=slowly(c_send_each, 0.1))
+    first, second = Owner(a), Owner(c)
+    carriers = [
+        gevent.spawn(courier, [(first, b"%d," % i), (second, b"%d," % i)]) for i in range(6)
+    ]
+    gevent.joinall(carriers, raise_error=True)
+    assert drain(b) == drain(d) == b"0,1,2,3,4,5,"
+    assert [n for _, n in first.told] == [2] * 6
+    # The first carrier carried the rest: the others returned at once.
+    assert courier.threaded == 6
+
+
+def test_a_busy_owner_keeps_its_bytes_and_is_not_told(pairs: Any) -> None:
+    (a, b), (c, d) = pairs(2)
+    courier = sendmany.Courier()
+    busy, free = Owner(a, busy=True), Owner(c)
+    courier([(busy, b"kept"), (free, b"sent")])
+    assert busy.kept == [b"kept"] and busy.told == [] and drain(b) == b""
+    assert free.told == [(b"sent", 4)]
+
+
+def test_a_carrier_killed_while_the_thread_sends_leaves_the_owners_claimed_until_it_is_done(
+    pairs: Any,
+) -> None:
+    ((a, b),) = pairs(1)
+    courier = sendmany.Courier(thread_bytes=1, send=slowly(c_send_each, 0.3))
+    owner = Owner(a)
+    carrier = gevent.spawn(courier, [(owner, b"out")])
+    gevent.sleep(0.05)
+    carrier.kill()
+    # The thread still holds the descriptor: the owner must not write or close it yet.
+    assert owner.in_flight and owner.told == []
+    wait_until(lambda: owner.told, timeout=5, what="the thread's answer")
+    assert owner.told == [(b"out", 3)] and drain(b) == b"out"
+    # The next publish is carried (the killed carrier let go of the queue).
+    courier([(owner, b"next")])
+    assert owner.told[-1] == (b"next", 4)
+
+
+def test_a_send_call_that_fails_tells_every_owner_an_error(pairs: Any) -> None:
+    (a, b), (c, d) = pairs(2)
+
+    def broken(fds: Sequence[int], datas: Sequence[bytes]) -> list[int]:
+        raise MemoryError
+
+    courier = sendmany.Courier(thread_bytes=1, send=broken)
+    one, two = Owner(a), Owner(c)
+    with pytest.raises(MemoryError):
+        courier([(one, b"x"), (two, b"y")])
+    gevent.sleep(0.05)
+    assert one.told == [(b"x", -errno.EIO)] and two.told == [(b"y", -errno.EIO)]
+
+
+# -- websocket sessions, written by the hub's courier -----------------------------------------
+
+
+def test_every_socket_of_a_crowd_gets_the_same_events_from_the_thread(
+    switch: Any, make_daemon: Any
+) -> None:
+    h: Harness = make_daemon([switch], websocket={"max_sockets_per_token": 32})
+    hub = h.daemon.ctx.websockets.hub
+    hub._courier.thread_bytes = 1  # every publish from the native thread
+    clients = [WsClient(ws_url(h)) for _ in range(24)]
+    try:
+        for c in clients:
+            assert c.subscribe(token("admin1"), "acc1", "call.*.*")["status"] == "success"
+        calls = []
+        for _ in range(6):
+            a, _ = switch.bridged_call(variables_a=ACC1, variables_b=ACC1)
+            calls.append(a)
+            switch.hangup(a)
+        for c in clients:
+            wait_until(
+                lambda c=c: set(call_ids(c, "CHANNEL_DESTROY")) >= set(calls), what="the ends"
+            )
+        gevent.sleep(0.3)
+        events = [[m for m in c.raw if b'"action":"event"' in m[1]] for c in clients]
+        assert all(e == events[0] for e in events)  # byte for byte
+        assert hub._courier.threaded > 0
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_what_a_socket_did_not_take_goes_before_its_next_reply(
+    switch: Any, make_daemon: Any
+) -> None:
+    """A slow reader's stream stays whole: the courier's partial send is finished by the
+    session's writer before the reply to a request made meanwhile."""
+    h: Harness = make_daemon([switch], websocket={"send_queue_bytes": 256 * 1024})
+    service = h.daemon.ctx.websockets
+    service.hub._courier.thread_bytes = 1
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.connect(h.daemon.http_address)
+    try:
+        slow.sendall(handshake(h))
+        head = read_until(slow, b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101")
+        leftover = head.split(b"\r\n\r\n", 1)[1]
+        subscribe = {
+            "action": "subscribe",
+            "auth_token": token("admin1"),
+            "request_id": "sub",
+            "data": {"account_id": "acc1", "binding": "call.*.*"},
+        }
+        slow.sendall(raw_frame(0x1, json.dumps(subscribe).encode()))
+        wait_until(lambda: len(service.subscriptions) == 1, what="subscribed")
+        (session,) = service.sessions
+        calls = []
+        while not session._out and len(calls) < 300:
+            a, _ = switch.bridged_call(variables_a=ACC1, variables_b=ACC1)
+            calls.append(a)
+            switch.hangup(a)
+            gevent.sleep(0.02)
+        assert session._out, "the socket took everything: nothing was left to queue"
+        ping = {"action": "ping", "request_id": "after"}
+        slow.sendall(raw_frame(0x1, json.dumps(ping).encode()))
+        gevent.sleep(0.2)
+        conn = Connection(ConnectionType.CLIENT)
+        conn.receive_data(leftover)
+        messages: list[dict[str, Any]] = []
+        part = ""
+        slow.settimeout(2)
+        while not any(m.get("request_id") == "after" for m in messages):
+            chunk = slow.recv(65536)
+            assert chunk, "closed before the reply"
+            conn.receive_data(chunk)
+            for event in conn.events():
+                assert not isinstance(event, Ping)
+                assert isinstance(event, TextMessage)
+                part += event.data
+                if event.message_finished:
+                    messages.append(json.loads(part))  # each message whole: never cut
+                    part = ""
+        destroyed = [m["data"]["call_id"] for m in messages if m.get("name") == "CHANNEL_DESTROY"]
+        assert set(calls) <= set(destroyed)  # every event of every call came first
+        assert service.dropped_slow == 0
+    finally:
+        slow.close()
+
+
+def test_a_sessions_descriptor_is_closed_only_once_the_thread_is_done_with_it(
+    switch: Any, make_daemon: Any
+) -> None:
+    h: Harness = make_daemon([switch])
+    service = h.daemon.ctx.websockets
+    courier = service.hub._courier
+    courier.thread_bytes = 1
+    courier._send = slowly(c_send_each, 0.5)
+    c = WsClient(ws_url(h))
+    assert c.subscribe(token("admin1"), "acc1", "call.*.*")["status"] == "success"
+    (session,) = service.sessions
+    fd = session._courier_fd
+    socket_inode = os.fstat(fd).st_ino
+    switch.bridged_call(variables_a=ACC1, variables_b=ACC1)
+    wait_until(lambda: session._in_flight is not None, what="a publish in the thread")
+    session.evict()  # as a full server drops it: at once, whatever its writer holds
+    wait_until(lambda: session not in service.sessions, what="the session's end")
+    assert session._in_flight is not None  # the thread still sends
+    assert os.fstat(fd).st_ino == socket_inode  # and its descriptor is still the session's
+    wait_until(lambda: session._in_flight is None, timeout=5, what="the thread's answer")
+    assert session._courier_fd == -1
+    c.close()
+    try:  # closed: the number is free, or already another file's
+        assert os.fstat(fd).st_ino != socket_inode
+    except OSError as exc:
+        assert exc.errno == errno.EBADF
+
+
+def test_a_reply_made_while_a_publish_is_out_follows_all_of_it(
+    switch: Any, make_daemon: Any
+) -> None:
+    """The session writes nothing while the courier's bytes are out, and what the socket did
+    not take of them goes before what was queued meanwhile: a frame is never cut by another."""
+    h: Harness = make_daemon([switch])
+    service = h.daemon.ctx.websockets
+    courier = service.hub._courier
+    courier.thread_bytes = 1
+
+    def half_slowly(fds: Sequence[int], datas: Sequence[bytes]) -> list[int]:
+        real_sleep(0.3)  # out long enough for a request to be answered meanwhile
+        return c_send_each(fds, [d[: len(d) // 2] for d in datas])  # the socket takes half
+
+    courier._send = half_slowly
+    c = WsClient(ws_url(h))
+    try:
+        assert c.subscribe(token("admin1"), "acc1", "call.*.*")["status"] == "success"
+        (session,) = service.sessions
+        a, b = switch.bridged_call(variables_a=ACC1, variables_b=ACC1)
+        wait_until(lambda: session._in_flight is not None, what="a publish in the thread")
+        assert c.request("ping")["data"] == {"response": "pong"}
+        assert c.closed is None  # every message was whole JSON in a whole frame
+        names = [m.get("name") or m.get("data", {}).get("response") for m in c.messages]
+        pong = names.index("pong")
+        assert "CHANNEL_CREATE" in names[:pong]  # the publish that was out came first
+        assert set(call_ids(c)) >= {a, b}
+    finally:
+        c.close()
