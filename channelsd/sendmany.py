@@ -132,10 +132,14 @@ class Courier:
                 total += len(data)
         if not claimed:
             return
-        if self._send is None:
-            self._tell(claimed, datas, send_each_python(fds, datas))
-        elif total < self.thread_bytes:
-            self._tell(claimed, datas, self._send(fds, datas))
+        if self._send is None or total < self.thread_bytes:
+            send = self._send if self._send is not None else send_each_python
+            try:
+                sent = send(fds, datas)
+            except BaseException:
+                self._tell(claimed, datas, None)  # as from the thread: nobody stays claimed
+                raise
+            self._tell(claimed, datas, sent)
         else:
             self.threaded += 1
             job = gevent.get_hub().threadpool.spawn(self._send, fds, datas)
