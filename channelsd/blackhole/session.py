@@ -134,7 +134,10 @@ class Session:
 
     def run(self) -> None:
         """Serve the socket until it closes (runs in the request's greenlet)."""
-        self._courier_fd = os.dup(self.sock.fileno())
+        try:
+            self._courier_fd = os.dup(self.sock.fileno())
+        except OSError:  # out of descriptors (EMFILE): the writer writes everything
+            self._courier_fd = -1
         try:
             self._serve()
         finally:
