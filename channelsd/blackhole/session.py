@@ -112,6 +112,7 @@ class Session:
         self._courier_fd = -1  # from run() on
         self._in_flight: bytes | None = None
         self._fd_done = False
+        self._cut = False  # _out[0] is the rest of a frame the courier cut: never discarded
         self._wake = gevent.event.Event()
         # (account, binding as written) -> its subscription in the hub
         self._subs: dict[tuple[str, str], Subscription] = {}
@@ -412,6 +413,7 @@ class Session:
         elif n < len(data):
             # The rest goes before anything queued meanwhile (replies, pings, a close frame).
             self._queue(data[n:] if n else data, first=True)
+            self._cut = n > 0
         elif self._out or self.closing is not None:
             # The writer waited for these bytes to go first (waking it for nothing, a
             # thousand sockets a publish, cost as much as the sends).
@@ -469,8 +471,9 @@ class Session:
         if self.closing is not None:
             return
         if discard:
-            self._out.clear()
-            self._queued = 0
+            kept = self._out[:1] if self._cut else []  # a cut frame's rest: whole frames only
+            self._out[:] = kept
+            self._queued = sum(map(len, kept))
         self._closing(reason)
         if self.ws.state is ConnectionState.OPEN:
             self._send(self.ws.send(CloseConnection(code=code, reason=reason)))
@@ -528,6 +531,7 @@ class Session:
                     data = out[0] if len(out) == 1 else b"".join(out)  # no copy for one batch
                     out.clear()
                     self._queued = 0
+                    self._cut = False
                     self._writing = True
                     try:
                         self._sendall(data)
