@@ -137,7 +137,10 @@ class Daemon:
 
     def start(self) -> None:
         limits = self.config.http_limits
-        budget = connection_budget(limits.max_connections, len(self.nodes))
+        ws = self.config.websocket
+        budget = connection_budget(
+            limits.max_connections, len(self.nodes), ws.max_sockets if ws.enabled else 0
+        )
         if budget < limits.max_connections:
             log.warning(
                 "http.max_connections=%d does not fit the open-file limit: serving at most %d "

@@ -83,13 +83,15 @@ YIELD_AFTER = "channelsd.yield_after"
 PUSHER = "channelsd.pusher"
 
 
-def connection_budget(configured: int, nodes: int) -> int:
+def connection_budget(configured: int, nodes: int, websockets: int = 0) -> int:
     """max_connections as the open-file limit allows it: connections, refusals in flight
-    (up to an eighth more) and the daemon's own descriptors must fit under RLIMIT_NOFILE."""
+    (up to an eighth more) and the daemon's own descriptors must fit under RLIMIT_NOFILE,
+    and a second descriptor for each of up to `websockets` websockets (the one its events
+    are written to from the courier's thread: channelsd.sendmany)."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return configured
-    budget = (soft - FD_RESERVE - 4 * nodes) * 8 // 9
+    budget = (soft - FD_RESERVE - 4 * nodes - websockets) * 8 // 9
     return max(1, min(configured, budget))
 
 

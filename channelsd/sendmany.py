@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-import gevent
+from gevent.threadpool import ThreadPool
 
 try:
     from channelsd_sendmany import send_each as _send_each
@@ -101,6 +101,9 @@ class Courier:
         # send_each (C) unless told otherwise; None where it is not built: then
         # send_each_python, on the hub.
         self._send = send if send is not None else _send_each
+        # One thread of its own: in gevent's shared pool, DNS lookups and trims could hold
+        # every thread while publishes queued behind them.
+        self._pool: ThreadPool | None = None
         self._queue: deque[list[tuple[Addressee, bytes]]] = deque()
         self._carrying = False
         self.threaded = 0  # publishes sent from the native thread (tests, metrics)
@@ -142,7 +145,9 @@ class Courier:
             self._tell(claimed, datas, sent)
         else:
             self.threaded += 1
-            job = gevent.get_hub().threadpool.spawn(self._send, fds, datas)
+            if self._pool is None:
+                self._pool = ThreadPool(1)
+            job = self._pool.spawn(self._send, fds, datas)
             try:
                 sent = job.get()
             except BaseException:
@@ -152,6 +157,12 @@ class Courier:
                 job.rawlink(lambda done: self._tell(claimed, datas, done.value))
                 raise
             self._tell(claimed, datas, sent)
+
+    def close(self) -> None:
+        """Let the thread go (a send on its way ends first)."""
+        if self._pool is not None:
+            self._pool.kill()
+            self._pool = None
 
     @staticmethod
     def _tell(claimed: list[Addressee], datas: list[bytes], sent: list[int] | None) -> None:

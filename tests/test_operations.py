@@ -19,7 +19,7 @@ import requests
 from gevent import monkey
 
 from channelsd import httpserver
-from channelsd.config import HttpLimits, parse
+from channelsd.config import HttpLimits, WebsocketConfig, parse
 from channelsd.daemon import Daemon
 from channelsd.health import SystemdNotifier
 from channelsd.logs import JsonFormatter
@@ -244,10 +244,13 @@ def test_the_unit_runs_on_the_file_operators_edit_and_its_user_may_read_it() -> 
         ("CapabilityBoundingSet", ""),
     ):
         assert unit[key] == [value], key
-    # Enough descriptors for the default connection limit, which the daemon would
-    # otherwise lower (channelsd.httpserver.connection_budget).
+    # Enough descriptors for the default connection limit and websockets (a second
+    # descriptor each), which the daemon would otherwise lower
+    # (channelsd.httpserver.connection_budget).
     nofile = int(unit["LimitNOFILE"][0])
-    assert (nofile - httpserver.FD_RESERVE - 4) * 8 // 9 >= HttpLimits().max_connections
+    most = HttpLimits().max_connections
+    sockets = WebsocketConfig().max_sockets
+    assert (nofile - httpserver.FD_RESERVE - 4 - sockets) * 8 // 9 >= most
 
 
 def test_systemd_sysusers_accepts_the_user_file() -> None:

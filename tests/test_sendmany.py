@@ -267,6 +267,15 @@ def test_a_send_call_that_fails_tells_every_owner_an_error(pairs: Any) -> None:
 # -- websocket sessions, written by the hub's courier -----------------------------------------
 
 
+def same_file(fd: int, inode: int) -> bool:
+    """Whether `fd` is still open on the file `inode` (closed, or the number reused: no)."""
+    try:
+        return os.fstat(fd).st_ino == inode
+    except OSError as exc:
+        assert exc.errno == errno.EBADF
+        return False
+
+
 def test_every_socket_of_a_crowd_gets_the_same_events_from_the_thread(
     switch: Any, make_daemon: Any
 ) -> None:
@@ -375,10 +384,8 @@ def test_a_sessions_descriptor_is_closed_only_once_the_thread_is_done_with_it(
     wait_until(lambda: session._in_flight is None, timeout=5, what="the thread's answer")
     assert session._courier_fd == -1
     c.close()
-    try:  # closed: the number is free, or already another file's
-        assert os.fstat(fd).st_ino != socket_inode
-    except OSError as exc:
-        assert exc.errno == errno.EBADF
+    # (gevent's os.close closes at the loop's next turn)
+    wait_until(lambda: not same_file(fd, socket_inode), what="the descriptor closed")
 
 
 def test_a_reply_made_while_a_publish_is_out_follows_all_of_it(
@@ -408,5 +415,48 @@ def test_a_reply_made_while_a_publish_is_out_follows_all_of_it(
         pong = names.index("pong")
         assert "CHANNEL_CREATE" in names[:pong]  # the publish that was out came first
         assert set(call_ids(c)) >= {a, b}
+    finally:
+        c.close()
+
+
+def test_the_connection_budget_leaves_room_for_each_websockets_second_descriptor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Failed before the fix: the budget counted one descriptor a connection, and a websocket
+    holds two (its socket, and the courier's duplicate)."""
+    from channelsd import httpserver
+
+    monkeypatch.setattr(httpserver.resource, "getrlimit", lambda _: (1024, 4096))
+    without = httpserver.connection_budget(10_000, 1)
+    with_sockets = httpserver.connection_budget(10_000, 1, websockets=512)
+    assert without == (1024 - httpserver.FD_RESERVE - 4) * 8 // 9
+    assert with_sockets == (1024 - httpserver.FD_RESERVE - 4 - 512) * 8 // 9
+    assert with_sockets + 512 <= 1024 - httpserver.FD_RESERVE - 4
+
+
+def test_a_stop_while_a_publish_is_in_the_thread_ends_cleanly(
+    switch: Any, make_daemon: Any
+) -> None:
+    """The daemon's stop closes the hub, whose courier lets its thread go: the send on its
+    way ends first, its sessions are told and let go of their descriptors."""
+    h: Harness = make_daemon([switch])
+    service = h.daemon.ctx.websockets
+    courier = service.hub._courier
+    courier.thread_bytes = 1
+    courier._send = slowly(c_send_each, 0.5)
+    c = WsClient(ws_url(h))
+    try:
+        assert c.subscribe(token("admin1"), "acc1", "call.*.*")["status"] == "success"
+        (session,) = service.sessions
+        fd = session._courier_fd
+        inode = os.fstat(fd).st_ino
+        switch.bridged_call(variables_a=ACC1, variables_b=ACC1)
+        wait_until(lambda: session._in_flight is not None, what="a publish in the thread")
+        h.daemon.stop()
+        wait_until(lambda: session._in_flight is None, timeout=5, what="the thread's answer")
+        assert session._courier_fd == -1 and courier._pool is None
+        wait_until(lambda: not same_file(fd, inode), what="the descriptor closed")
+        wait_until(lambda: c.closed is not None, what="the socket's end")
+        assert c.closed[0] in (1001, 1006)
     finally:
         c.close()

@@ -280,6 +280,9 @@ class Hub:
         if self._timer is not None:
             self._timer.kill(block=False)
             self._timer = None
+        close = getattr(self._courier, "close", None)  # (a test's courier may be a function)
+        if close is not None:
+            close()
 
 
 class _Batch:
