@@ -460,3 +460,18 @@ def test_a_stop_while_a_publish_is_in_the_thread_ends_cleanly(
         assert c.closed[0] in (1001, 1006)
     finally:
         c.close()
+
+
+def test_the_courier_thread_yields_to_ingest(pairs: Any) -> None:
+    """Its nice value is sendmany.NICE above the process's, in the kernel's view."""
+    ((a, b),) = pairs(1)
+    courier = sendmany.Courier(thread_bytes=1)
+    try:
+        courier([(Owner(a), b"x")])
+        tid = courier.thread_id
+        assert tid is not None and tid != os.getpid()
+        with open(f"/proc/self/task/{tid}/stat") as f:
+            nice = int(f.read().rsplit(")", 1)[1].split()[16])  # field 19 of stat(5)
+        assert nice == os.getpriority(os.PRIO_PROCESS, 0) + sendmany.NICE
+    finally:
+        courier.close()
