@@ -128,6 +128,7 @@ class Courier:
         self._pool: ThreadPool | None = None
         self._queue: deque[list[tuple[Addressee, bytes]]] = deque()
         self._carrying = False
+        self._closed = False
         self.threaded = 0  # publishes sent from the native thread (tests, metrics)
         self.thread_id: int | None = None  # the thread's, once it runs (and is niced)
 
@@ -158,7 +159,8 @@ class Courier:
                 total += len(data)
         if not claimed:
             return
-        if self._send is None or total < self.thread_bytes:
+        # (Closed: what is still carried during a stop goes from the hub, no thread anew.)
+        if self._send is None or total < self.thread_bytes or self._closed:
             send = self._send if self._send is not None else send_each_python
             try:
                 sent = send(fds, datas)
@@ -184,6 +186,7 @@ class Courier:
 
     def close(self) -> None:
         """Let the thread go (a send on its way ends first)."""
+        self._closed = True
         if self._pool is not None:
             self._pool.kill()
             self._pool = None

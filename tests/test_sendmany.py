@@ -475,3 +475,17 @@ def test_the_courier_thread_yields_to_ingest(pairs: Any) -> None:
         assert nice == os.getpriority(os.PRIO_PROCESS, 0) + sendmany.NICE
     finally:
         courier.close()
+
+
+def test_a_closed_courier_sends_from_the_hub_and_starts_no_thread(pairs: Any) -> None:
+    """Failed before the fix: a publish still carried during a stop, after the hub's close,
+    made a new thread that nothing let go."""
+    ((a, b),) = pairs(1)
+    courier = sendmany.Courier(thread_bytes=1)
+    courier([(Owner(a), b"before")])
+    assert courier.threaded == 1
+    courier.close()
+    owner = Owner(a)
+    courier([(owner, b"after")])
+    assert courier.threaded == 1 and courier._pool is None
+    assert owner.told == [(b"after", 5)] and drain(b) == b"beforeafter"
