@@ -4,6 +4,7 @@ websocket sessions that the hub's courier writes to from a native thread."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -17,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kazoo_support import WsClient
-from test_websocket import ACC1, call_ids, handshake, raw_frame, read_until, ws_url
+from test_websocket import ACC1, call_ids, raw_frame, slow_subscriber, ws_url
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import Ping, TextMessage
 
@@ -25,7 +26,7 @@ from channelsd import builds, sendmany
 
 from conftest import Harness, token, wait_until
 
-real_sleep = gevent.monkey.get_original("time", "sleep")
+real_lock = gevent.monkey.get_original("_thread", "allocate_lock")
 real_socketpair = gevent.monkey.get_original("socket", "socketpair")
 
 try:
@@ -45,26 +46,34 @@ def test_the_c_sends_are_built_from_this_source() -> None:
 IMPLEMENTATIONS = {"c": lambda: c_send_each, "python": lambda: sendmany.send_each_python}
 
 
-@pytest.fixture
-def pairs() -> Iterator[Callable[..., list[tuple[socket.socket, socket.socket]]]]:
-    """Unblocking stream socket pairs (the kernel's, not gevent's), closed after the test."""
-    made: list[socket.socket] = []
+Pair = tuple[socket.socket, socket.socket]
 
-    def make(n: int, sndbuf: int | None = None) -> list[tuple[socket.socket, socket.socket]]:
-        out = []
+
+@contextlib.contextmanager
+def socket_pairs(n: int, sndbuf: int | None = None) -> Iterator[list[Pair]]:
+    """Unblocking stream socket pairs (the kernel's, not gevent's), closed on leaving; the
+    first of each sends, with `sndbuf` as its send buffer when given."""
+    made: list[Pair] = []
+    try:
         for _ in range(n):
             a, b = real_socketpair()
+            made.append((a, b))
             for s in (a, b):
                 s.setblocking(False)
             if sndbuf is not None:
                 a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
-            made.extend((a, b))
-            out.append((a, b))
-        return out
+        yield made
+    finally:
+        for a, b in made:
+            a.close()
+            b.close()
 
-    yield make
-    for s in made:
-        s.close()
+
+@pytest.fixture
+def pairs() -> Iterator[Callable[[int], list[Pair]]]:
+    """socket_pairs for the length of a test."""
+    with contextlib.ExitStack() as stack:
+        yield lambda n: stack.enter_context(socket_pairs(n))
 
 
 def drain(s: socket.socket) -> bytes:
@@ -86,15 +95,8 @@ def test_each_socket_gets_a_prefix_of_its_data_and_is_told_its_length(
     impl: str, sizes: list[int], small: bool
 ) -> None:
     send_each = IMPLEMENTATIONS[impl]()
-    made = []
-    try:
-        for _ in sizes:
-            a, b = real_socketpair()
-            a.setblocking(False)
-            b.setblocking(False)
-            if small:  # a peer that cannot take it all: the send stops short, never waits
-                a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-            made.append((a, b))
+    # small: a peer that cannot take it all (the send stops short, never waits)
+    with socket_pairs(len(sizes), 4096 if small else None) as made:
         datas = [os.urandom(n) for n in sizes]
         sent = send_each([a.fileno() for a, _ in made], datas)
         assert len(sent) == len(sizes)
@@ -103,10 +105,6 @@ def test_each_socket_gets_a_prefix_of_its_data_and_is_told_its_length(
             assert drain(b) == data[:n]
             if not small and len(data) <= 50_000:
                 assert n == len(data)  # what fits in an empty buffer is taken whole
-    finally:
-        for a, b in made:
-            a.close()
-            b.close()
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
@@ -176,14 +174,24 @@ class Owner:
         self.told.append((data, n))
 
 
-def slowly(send: sendmany.SendEach, seconds: float) -> sendmany.SendEach:
-    """send_each that first waits in its (native) thread."""
+class Gate:
+    """send_each held in its (native) thread until the test opens the gate: what happens
+    while a publish is out is seen without guessing how long it is out. Once open, it stays
+    open. A gate never opened fails the send (the hub could not run the greenlet that opens
+    it)."""
 
-    def slow(fds: Sequence[int], datas: Sequence[bytes]) -> list[int]:
-        real_sleep(seconds)
-        return send(fds, datas)
+    def __init__(self, send: sendmany.SendEach | None = None) -> None:
+        self._send = send or c_send_each
+        self._shut = real_lock()
+        self._shut.acquire()
 
-    return slow
+    def __call__(self, fds: Sequence[int], datas: Sequence[bytes]) -> list[int]:
+        assert self._shut.acquire(timeout=10), "the gate was never opened"
+        self._shut.release()
+        return self._send(fds, datas)
+
+    def open(self) -> None:
+        self._shut.release()
 
 
 def test_a_large_publish_goes_from_the_thread_a_small_one_from_the_hub(pairs: Any) -> None:
@@ -199,27 +207,32 @@ def test_a_large_publish_goes_from_the_thread_a_small_one_from_the_hub(pairs: An
 
 def test_the_hub_goes_on_while_the_thread_sends(pairs: Any) -> None:
     ((a, b),) = pairs(1)
-    courier = sendmany.Courier(thread_bytes=1, send=slowly(c_send_each, 0.3))
+    gate = Gate()
+    courier = sendmany.Courier(thread_bytes=1, send=gate)
     owner = Owner(a)
-    ticks = []
-    ticker = gevent.spawn(lambda: [ticks.append(gevent.sleep(0.01)) for _ in range(10)])
+    # Only another greenlet can let the send go: the publish returns only if the hub ran it
+    # while the publish was out.
+    opener = gevent.spawn(gate.open)
     courier([(owner, b"data")])
-    assert len(ticks) >= 5  # the hub ran other greenlets while the publish was out
-    ticker.kill()
+    assert opener.successful()
     assert owner.told == [(b"data", 4)] and drain(b) == b"data"
 
 
 def test_publishes_made_while_one_is_out_follow_it_in_order(pairs: Any) -> None:
     (a, b), (c, d) = pairs(2)
-    courier = sendmany.Courier(thread_bytes=1, send=slowly(c_send_each, 0.1))
+    gate = Gate()
+    courier = sendmany.Courier(thread_bytes=1, send=gate)
     first, second = Owner(a), Owner(c)
     carriers = [
         gevent.spawn(courier, [(first, b"%d," % i), (second, b"%d," % i)]) for i in range(6)
     ]
+    # The first carrier's publish is out; the others queued behind it and returned.
+    wait_until(lambda: all(g.dead for g in carriers[1:]), what="the later carriers")
+    assert not carriers[0].dead and len(courier._queue) == 5
+    gate.open()
     gevent.joinall(carriers, raise_error=True)
     assert drain(b) == drain(d) == b"0,1,2,3,4,5,"
     assert [n for _, n in first.told] == [2] * 6
-    # The first carrier carried the rest: the others returned at once.
     assert courier.threaded == 6
 
 
@@ -236,13 +249,15 @@ def test_a_carrier_killed_while_the_thread_sends_leaves_the_owners_claimed_until
     pairs: Any,
 ) -> None:
     ((a, b),) = pairs(1)
-    courier = sendmany.Courier(thread_bytes=1, send=slowly(c_send_each, 0.3))
+    gate = Gate()
+    courier = sendmany.Courier(thread_bytes=1, send=gate)
     owner = Owner(a)
     carrier = gevent.spawn(courier, [(owner, b"out")])
-    gevent.sleep(0.05)
+    wait_until(lambda: owner.in_flight, what="the publish out")
     carrier.kill()
     # The thread still holds the descriptor: the owner must not write or close it yet.
     assert owner.in_flight and owner.told == []
+    gate.open()
     wait_until(lambda: owner.told, timeout=5, what="the thread's answer")
     assert owner.told == [(b"out", 3)] and drain(b) == b"out"
     # The next publish is carried (the killed carrier let go of the queue).
@@ -260,7 +275,7 @@ def test_a_send_call_that_fails_tells_every_owner_an_error(pairs: Any) -> None:
     one, two = Owner(a), Owner(c)
     with pytest.raises(MemoryError):
         courier([(one, b"x"), (two, b"y")])
-    gevent.sleep(0.05)
+    wait_until(lambda: one.told and two.told, what="the owners told")
     assert one.told == [(b"x", -errno.EIO)] and two.told == [(b"y", -errno.EIO)]
 
 
@@ -312,21 +327,8 @@ def test_what_a_socket_did_not_take_goes_before_its_next_reply(
     h: Harness = make_daemon([switch], websocket={"send_queue_bytes": 256 * 1024})
     service = h.daemon.ctx.websockets
     service.hub._courier.thread_bytes = 1
-    slow = socket.socket()
-    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    slow.connect(h.daemon.http_address)
+    slow, leftover = slow_subscriber(h)
     try:
-        slow.sendall(handshake(h))
-        head = read_until(slow, b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 101")
-        leftover = head.split(b"\r\n\r\n", 1)[1]
-        subscribe = {
-            "action": "subscribe",
-            "auth_token": token("admin1"),
-            "request_id": "sub",
-            "data": {"account_id": "acc1", "binding": "call.*.*"},
-        }
-        slow.sendall(raw_frame(0x1, json.dumps(subscribe).encode()))
         wait_until(lambda: len(service.subscriptions) == 1, what="subscribed")
         (session,) = service.sessions
         calls = []
@@ -362,17 +364,25 @@ def test_what_a_socket_did_not_take_goes_before_its_next_reply(
         slow.close()
 
 
+def one_subscriber(h: Harness, send: sendmany.SendEach) -> tuple[WsClient, Any]:
+    """A websocket subscribed to acc1's call events, and its session, on a daemon whose every
+    publish goes through `send` in the courier's thread."""
+    service = h.daemon.ctx.websockets
+    service.hub._courier.thread_bytes = 1
+    service.hub._courier._send = send
+    c = WsClient(ws_url(h))
+    assert c.subscribe(token("admin1"), "acc1", "call.*.*")["status"] == "success"
+    (session,) = service.sessions
+    return c, session
+
+
 def test_a_sessions_descriptor_is_closed_only_once_the_thread_is_done_with_it(
     switch: Any, make_daemon: Any
 ) -> None:
     h: Harness = make_daemon([switch])
     service = h.daemon.ctx.websockets
-    courier = service.hub._courier
-    courier.thread_bytes = 1
-    courier._send = slowly(c_send_each, 0.5)
-    c = WsClient(ws_url(h))
-    assert c.subscribe(token("admin1"), "acc1", "call.*.*")["status"] == "success"
-    (session,) = service.sessions
+    gate = Gate()
+    c, session = one_subscriber(h, gate)
     fd = session._courier_fd
     socket_inode = os.fstat(fd).st_ino
     switch.bridged_call(variables_a=ACC1, variables_b=ACC1)
@@ -381,6 +391,7 @@ def test_a_sessions_descriptor_is_closed_only_once_the_thread_is_done_with_it(
     wait_until(lambda: session not in service.sessions, what="the session's end")
     assert session._in_flight is not None  # the thread still sends
     assert os.fstat(fd).st_ino == socket_inode  # and its descriptor is still the session's
+    gate.open()
     wait_until(lambda: session._in_flight is None, timeout=5, what="the thread's answer")
     assert session._courier_fd == -1
     c.close()
@@ -394,27 +405,26 @@ def test_a_reply_made_while_a_publish_is_out_follows_all_of_it(
     """The session writes nothing while the courier's bytes are out, and what the socket did
     not take of them goes before what was queued meanwhile: a frame is never cut by another."""
     h: Harness = make_daemon([switch])
-    service = h.daemon.ctx.websockets
-    courier = service.hub._courier
-    courier.thread_bytes = 1
 
-    def half_slowly(fds: Sequence[int], datas: Sequence[bytes]) -> list[int]:
-        real_sleep(0.3)  # out long enough for a request to be answered meanwhile
+    def half(fds: Sequence[int], datas: Sequence[bytes]) -> list[int]:
         return c_send_each(fds, [d[: len(d) // 2] for d in datas])  # the socket takes half
 
-    courier._send = half_slowly
-    c = WsClient(ws_url(h))
+    gate = Gate(half)
+    c, session = one_subscriber(h, gate)
     try:
-        assert c.subscribe(token("admin1"), "acc1", "call.*.*")["status"] == "success"
-        (session,) = service.sessions
         a, b = switch.bridged_call(variables_a=ACC1, variables_b=ACC1)
         wait_until(lambda: session._in_flight is not None, what="a publish in the thread")
-        assert c.request("ping")["data"] == {"response": "pong"}
+        c.send({"action": "ping", "request_id": "meanwhile"})
+        wait_until(lambda: session._out, what="the reply queued while the publish is out")
+        gate.open()
+        wait_until(
+            lambda: any(m.get("request_id") == "meanwhile" for m in c.messages), what="the reply"
+        )
         assert c.closed is None  # every message was whole JSON in a whole frame
         names = [m.get("name") or m.get("data", {}).get("response") for m in c.messages]
         pong = names.index("pong")
         assert "CHANNEL_CREATE" in names[:pong]  # the publish that was out came first
-        assert set(call_ids(c)) >= {a, b}
+        wait_until(lambda: set(call_ids(c)) >= {a, b}, what="both legs' events")
     finally:
         c.close()
 
@@ -442,17 +452,21 @@ def test_a_stop_while_a_publish_is_in_the_thread_ends_cleanly(
     h: Harness = make_daemon([switch])
     service = h.daemon.ctx.websockets
     courier = service.hub._courier
-    courier.thread_bytes = 1
-    courier._send = slowly(c_send_each, 0.5)
-    c = WsClient(ws_url(h))
+    gate = Gate()
+    c, session = one_subscriber(h, gate)
     try:
-        assert c.subscribe(token("admin1"), "acc1", "call.*.*")["status"] == "success"
-        (session,) = service.sessions
         fd = session._courier_fd
         inode = os.fstat(fd).st_ino
         switch.bridged_call(variables_a=ACC1, variables_b=ACC1)
         wait_until(lambda: session._in_flight is not None, what="a publish in the thread")
+
+        def open_once_closed() -> None:  # the stop begins while the publish is out
+            wait_until(lambda: service.hub.closed, what="the hub's close")
+            gate.open()
+
+        opener = gevent.spawn(open_once_closed)
         h.daemon.stop()
+        opener.get()
         wait_until(lambda: session._in_flight is None, timeout=5, what="the thread's answer")
         assert session._courier_fd == -1 and courier._pool is None
         wait_until(lambda: not same_file(fd, inode), what="the descriptor closed")

@@ -557,6 +557,26 @@ def read_until(sock: socket.socket, end: bytes) -> bytes:
     return data
 
 
+def slow_subscriber(h: Harness) -> tuple[socket.socket, bytes]:
+    """A raw websocket with a 4 KiB receive buffer that subscribes to acc1's call events
+    (its request sent, not answered yet): the socket, and what came after the handshake's
+    head (the start of the first frames, if any)."""
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.connect(h.daemon.http_address)
+    slow.sendall(handshake(h))
+    head = read_until(slow, b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101")
+    subscribe = {
+        "action": "subscribe",
+        "auth_token": token("admin1"),
+        "request_id": "slow",
+        "data": {"account_id": "acc1", "binding": "call.*.*"},
+    }
+    slow.sendall(raw_frame(0x1, json.dumps(subscribe).encode()))
+    return slow, head.split(b"\r\n\r\n", 1)[1]
+
+
 def test_reconnect_and_resubscribe(switch: Any, wsd: Harness, connect) -> None:
     service = wsd.daemon.ctx.websockets
     first = connect()
@@ -594,19 +614,8 @@ def test_a_subscriber_that_never_reads_is_dropped_with_bounded_memory(
     monkeypatch.setattr(Session, "_queue", watched)
     reader = WsClient(ws_url(h))
     reader.subscribe(token("admin1"), "acc1", "call.*.*")
-    slow = socket.socket()
-    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    slow.connect(h.daemon.http_address)
+    slow, _ = slow_subscriber(h)
     try:
-        slow.sendall(handshake(h))
-        assert read_until(slow, b"\r\n\r\n").startswith(b"HTTP/1.1 101")
-        subscribe = {
-            "action": "subscribe",
-            "auth_token": token("admin1"),
-            "request_id": "slow",
-            "data": {"account_id": "acc1", "binding": "call.*.*"},
-        }
-        slow.sendall(raw_frame(0x1, json.dumps(subscribe).encode()))
         wait_until(lambda: len(h.daemon.ctx.websockets.subscriptions) == 2, what="subscribed")
         service = h.daemon.ctx.websockets
         calls = []
