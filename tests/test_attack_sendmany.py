@@ -108,16 +108,18 @@ def test_a_revocation_right_after_a_partial_send_keeps_the_cut_frame_whole(
         return c_send_each(fds, [d[: len(d) // 2] for d in datas])  # a slow reader's socket
 
     courier._send = takes_half
-    carry = hub._courier
     revoked = [0]
 
-    def then_revoke(pairs: list[Any]) -> None:
-        carry(pairs)
-        # A reload's revocation run before the session's writer got its turn.
-        if not revoked[0] and any(s._out for s, _ in pairs):
-            revoked[0] = service.subscriptions.revoke_changed(_Nothing())
+    class ThenRevoke:
+        def __call__(self, pairs: list[Any]) -> None:
+            courier(pairs)
+            # A reload's revocation run before the session's writer got its turn.
+            if not revoked[0] and any(s._out for s, _ in pairs):
+                revoked[0] = service.subscriptions.revoke_changed(_Nothing())
 
-    hub._courier = then_revoke
+        close = courier.close
+
+    hub._courier = ThenRevoke()
     c = WsClient(ws_url(h))
     try:
         assert c.subscribe(token("admin1"), "acc1", "call.*.*")["status"] == "success"

@@ -783,10 +783,15 @@ class Collector:
             self.got.append(json.loads(event.data))
 
 
-def deliver_each(pairs: list[tuple[Collector, bytes]]) -> None:
+class AtOnce:
     """The hub's courier for Collectors: each gets its bytes at once, in the publish."""
-    for collector, data in pairs:
-        collector.deliver(data)
+
+    def __call__(self, pairs: list[tuple[Collector, bytes]]) -> None:
+        for collector, data in pairs:
+            collector.deliver(data)
+
+    def close(self) -> None:
+        pass
 
 
 UUIDS = [f"00000000-0000-4000-8000-00000000000{i}" for i in range(4)]
@@ -843,7 +848,7 @@ def test_each_socket_gets_exactly_what_its_bindings_match_in_order(subs, ops) ->
     from channelsd.table import ChannelTable, Identity
 
     table = ChannelTable(Identity(device_owners={"dev9": "u1"}))
-    hub = Hub(table, interval=3600, courier=deliver_each)
+    hub = Hub(table, interval=3600, courier=AtOnce())
     everything = Collector()
     hub.add(Subscription(everything, "*", "call.*.*", ("*", "*"), None, None))
     sockets = [Collector() for _ in range(4)]
@@ -903,7 +908,7 @@ def test_an_unwatched_hub_leaves_the_ingest_path_and_comes_back() -> None:
     from channelsd.table import ChannelTable
 
     table = ChannelTable()
-    hub = Hub(table, interval=3600, courier=deliver_each)
+    hub = Hub(table, interval=3600, courier=AtOnce())
 
     def listened() -> bool:
         return hub._on_change in table._on_change and hub._on_change in table._on_destroy

@@ -54,7 +54,12 @@ class Receiver(Protocol):
     def sent(self, data: bytes, n: int) -> None: ...
 
 
-Courier = Callable[[list[tuple[Receiver, bytes]]], None]
+class Courier(Protocol):
+    """What carries a publish's bytes to its sockets (channelsd.sendmany.Courier)."""
+
+    def __call__(self, pairs: list[tuple[Receiver, bytes]]) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class Subscription:
@@ -280,9 +285,7 @@ class Hub:
         if self._timer is not None:
             self._timer.kill(block=False)
             self._timer = None
-        close = getattr(self._courier, "close", None)  # (a test's courier may be a function)
-        if close is not None:
-            close()
+        self._courier.close()
 
 
 class _Batch:

@@ -412,7 +412,7 @@ class Session:
             self.abort("send failed")
         elif n < len(data):
             # The rest goes before anything queued meanwhile (replies, pings, a close frame).
-            self._queue(data[n:] if n else data, first=True)
+            self._queue(data[n:], first=True)  # (data[0:] is data itself)
             self._cut = n > 0
         elif self._out or self.closing is not None:
             # The writer waited for these bytes to go first (waking it for nothing, a
