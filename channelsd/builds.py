@@ -33,3 +33,12 @@ def source_state(name: str) -> str:
         return "no source"
     digest = hashlib.sha256(source.read_bytes()).hexdigest()
     return "current" if getattr(module, "SOURCE_SHA256", None) == digest else "stale"
+
+
+def missing(name: str, consequence: str) -> str:
+    """What `check` and `run` warn of when the compiled part `name` is not installed
+    (`pip install` says nothing of an extension it could not build, unless run with -v)."""
+    return (
+        f"{name} (C) is not installed: {consequence}; install a C compiler and Python's "
+        "headers (Debian: gcc python3-dev), then `pip install .` again"
+    )

@@ -18,6 +18,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from channelsd import builds
 from channelsd.events import parse_json
 from channelsd.table import TABLE_EVENT_NAMES, TABLE_EVENT_PREFIX, ChannelTable, table_event
 
@@ -45,10 +46,9 @@ def install_warning() -> str | None:
     of an extension it could not build, unless run with -v)."""
     if Picker is not None:
         return None
-    return (
-        "channelsd_picker (C) is not installed: every json event is parsed whole (the same "
-        "table, for more CPU per event); install a C compiler and Python's headers (Debian: "
-        "gcc python3-dev), then `pip install .` again"
+    return builds.missing(
+        "channelsd_picker",
+        "every json event is parsed whole (the same table, for more CPU per event)",
     )
 
 

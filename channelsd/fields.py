@@ -15,6 +15,7 @@ from collections.abc import Callable
 from sys import intern
 from typing import Any
 
+from channelsd import builds
 from channelsd.channel import MAX_VALUE_CHARS, usable
 from channelsd.validate import is_uuid
 
@@ -112,8 +113,8 @@ def install_warning() -> str | None:
     """What `check` and `run` warn of when the C loops are missing."""
     if Fields is not None:
         return None
-    return (
-        "channelsd_fields (C) is not installed: the table's loops over each event's headers "
-        "run as Python (the same table, for more CPU per event); install a C compiler and "
-        "Python's headers (Debian: gcc python3-dev), then `pip install .` again"
+    return builds.missing(
+        "channelsd_fields",
+        "the table's loops over each event's headers run as Python (the same table, for more "
+        "CPU per event)",
     )

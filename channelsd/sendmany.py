@@ -30,6 +30,8 @@ from typing import Protocol
 from gevent.monkey import get_original
 from gevent.threadpool import ThreadPool
 
+from channelsd import builds
+
 try:
     from channelsd_sendmany import send_each as _send_each
 except ImportError:  # built optionally: see setup.py
@@ -107,11 +109,10 @@ def install_warning() -> str | None:
     """What `check` and `run` warn of when the C sends are missing."""
     if _send_each is not None:
         return None
-    return (
-        "channelsd_sendmany (C) is not installed: live events go to their subscribers from "
-        "the main thread (the same events, for ingest slowed by a crowd of subscribers); "
-        "install a C compiler and Python's headers (Debian: gcc python3-dev), then "
-        "`pip install .` again"
+    return builds.missing(
+        "channelsd_sendmany",
+        "live events go to their subscribers from the main thread (the same events, for "
+        "ingest slowed by a crowd of subscribers)",
     )
 
 
@@ -129,7 +130,7 @@ class Courier:
         self._queue: deque[list[tuple[Addressee, bytes]]] = deque()
         self._carrying = False
         self._closed = False
-        self.threaded = 0  # publishes sent from the native thread (tests, metrics)
+        self.threaded = 0  # publishes sent from the native thread (for tests)
         self.thread_id: int | None = None  # the thread's, once it runs (and is niced)
 
     def __call__(self, pairs: list[tuple[Addressee, bytes]]) -> None:
