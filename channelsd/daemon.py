@@ -33,6 +33,7 @@ from channelsd.memory import Trimmer
 from channelsd.metrics import Metrics
 from channelsd.node import NodeLink
 from channelsd.peers import Peers
+from channelsd.sendmany import Courier
 from channelsd.stream import Broker
 from channelsd.subscriptions import Subscriptions
 from channelsd.table import ChannelTable, Identity
@@ -86,6 +87,9 @@ class Daemon:
         self.metrics.watch(self.table, lambda: self.nodes, ended)
         self.notifier = notifier or SystemdNotifier()
         self.loop = LoopMonitor(on_tick=self._tick)
+        # One native thread writes the live events of both kinds of subscriber (SSE and
+        # websocket) to their sockets: channelsd.sendmany.
+        self.courier = courier = Courier()
         self.ctx = ApiContext(
             table=self.table,
             auth=authenticator(config),
@@ -93,7 +97,7 @@ class Daemon:
             max_body_bytes=config.max_body_bytes,
             nodes=self.nodes,
             actions=Actions(self.table, self.nodes, config.actions),
-            broker=Broker(self.table, config.event_buffer),
+            broker=Broker(self.table, config.event_buffer, courier=courier),
             ended=ended,
             metrics=self.metrics,
             loop=self.loop,
@@ -103,7 +107,7 @@ class Daemon:
         if config.websocket.enabled:
             self.ctx.websockets = Websockets(
                 config.websocket,
-                Hub(self.table),
+                Hub(self.table, courier=courier),
                 lambda: self.ctx.auth,
                 self.metrics,
                 self.ctx.peers,
@@ -138,9 +142,9 @@ class Daemon:
     def start(self) -> None:
         limits = self.config.http_limits
         ws = self.config.websocket
-        budget = connection_budget(
-            limits.max_connections, len(self.nodes), ws.max_sockets if ws.enabled else 0
-        )
+        # Every websocket and event stream may hold a second descriptor (the courier's).
+        pushed = limits.max_streams + (ws.max_sockets if ws.enabled else 0)
+        budget = connection_budget(limits.max_connections, len(self.nodes), pushed)
         if budget < limits.max_connections:
             log.warning(
                 "http.max_connections=%d does not fit the open-file limit: serving at most %d "
@@ -270,6 +274,7 @@ class Daemon:
         self.ctx.lists.close()
         if self.ctx.websockets is not None:
             self.ctx.websockets.close_all()
+        self.courier.close()  # (a send on its way ends first; later ones go from the hub)
         for node in self.nodes.values():
             node.stop()
         if self.ws_http is not None:

@@ -3,8 +3,9 @@
 Subscribers who see the same (scope, owner narrowing, filters) share a feed: each publish, it
 decides which messages they may see, frames them once (`_Batch`) and keeps the last batches
 for those still writing an earlier one. A subscriber that has caught up is parked (`Parked`)
-and the feed writes each batch to its socket itself (`Feed.push`, through the connection's
-channelsd.httpserver.Pusher), never waiting; its own greenlet wakes only when it is needed.
+and the feed hands each batch for all of them to the hub's courier (`Feed.push`, through each
+connection's channelsd.httpserver.Pusher; channelsd.sendmany writes them, from a native
+thread when large), never waiting; its own greenlet wakes only when it is needed.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from channelsd.channel import Channel
 from channelsd.table import Key
 
 if TYPE_CHECKING:
+    from channelsd.sendmany import Courier
     from channelsd.stream import Broker, _Message
 
 # Pushes between two visits to the hub: a crowd of subscribers is written in turns.
@@ -75,6 +77,26 @@ class Parked:
         self.until = math.inf  # when its greenlet must ask again whether it has ended
         self.wrote_at = 0.0  # time.monotonic() of its last write
         self.woken = gevent.event.Event()
+
+    # The courier's addressee (channelsd.sendmany): its pusher's bytes, and its greenlet
+    # woken when they are left for it to write.
+
+    def claim(self, piece: bytes) -> int | None:
+        fd = self.pusher.claim(piece)
+        if fd is None and self.pusher.owes(piece):
+            self.wake()  # still owed, and not the courier's to write: its greenlet writes it
+        return fd
+
+    def sent(self, piece: bytes, n: int) -> None:
+        if not self.pusher.sent(piece, n):
+            self.wake()
+
+    def wake(self) -> None:
+        """Back to its own greenlet (woken, if it waits)."""
+        if self.feed is not None:
+            self.feed.unpark(self)
+        else:
+            self.woken.set()
 
 
 class Feed:
@@ -162,32 +184,36 @@ class Feed:
             self.held -= len(dropped)
             self.cut = dropped.last
         if self.parked:
-            self.push(before, self.last, batch.joined if batch is not None else b"")
+            data = batch.joined if batch is not None else b""
+            self.push(before, self.last, data, broker.courier)
 
-    def push(self, before: int, last: int, data: bytes) -> None:
+    def push(self, before: int, last: int, data: bytes, courier: Courier) -> None:
         """The messages after `before` up to `last` (their frames: `data`) to every parked
-        subscriber that was sent everything up to `before`, written from here. One whose
-        socket did not take it all, or whose end must be checked, is woken instead."""
+        subscriber that was sent everything up to `before`, handed to `courier` in one
+        publish. One whose socket did not take it all, or whose end must be checked, is woken
+        instead."""
         chunk = b"%x\r\n%s\r\n" % (len(data), data) if data else b""  # HTTP/1.1's, once
+        pairs: list[tuple[Parked, bytes]] = []
         done = 0
         for parked in list(self.parked):
             if parked not in self.parked or parked.position != before:
-                continue  # it left, or caught up by itself, while this one was written
+                continue  # it left, or caught up by itself, while this one was handed over
             # (read for each: a token's exp is kept to the push, not to the batch's start)
             now = time.monotonic()
             if now >= parked.until or not parked.pusher.ready:
                 self.unpark(parked)
                 continue
-            written = True  # (no frame of these messages is for this feed: nothing to write)
-            if data:
-                written = parked.pusher.push(data, chunk)
+            if data:  # (no frame of these messages is for this feed: nothing to write)
+                pairs.append((parked, parked.pusher.push(data, chunk)))
                 parked.wrote_at = now
                 done += 1
             parked.position = last
-            if not written or last != self.last:  # (a later publish went on meanwhile)
+            if last != self.last:  # (a later publish went on meanwhile)
                 self.unpark(parked)
             if data and done % PUSH_TURN == 0:
                 turns.pause()
+        if pairs:
+            courier(pairs)
 
     def park(self, parked: Parked) -> None:
         self.parked.add(parked)

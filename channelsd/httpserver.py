@@ -32,10 +32,12 @@ import os
 import resource
 import socket
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import gevent
+import gevent.event
 from gevent.pywsgi import MAX_REQUEST_LINE, WSGIHandler, WSGIServer, format_date_time
 from gevent.socket import wait_read
 
@@ -83,15 +85,15 @@ YIELD_AFTER = "channelsd.yield_after"
 PUSHER = "channelsd.pusher"
 
 
-def connection_budget(configured: int, nodes: int, websockets: int = 0) -> int:
+def connection_budget(configured: int, nodes: int, pushed: int = 0) -> int:
     """max_connections as the open-file limit allows it: connections, refusals in flight
     (up to an eighth more) and the daemon's own descriptors must fit under RLIMIT_NOFILE,
-    and a second descriptor for each of up to `websockets` websockets (the one its events
-    are written to from the courier's thread: channelsd.sendmany)."""
+    and a second descriptor for each of up to `pushed` websockets and event streams (the one
+    their events are written to from the courier's thread: channelsd.sendmany)."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return configured
-    budget = (soft - FD_RESERVE - 4 * nodes - websockets) * 8 // 9
+    budget = (soft - FD_RESERVE - 4 * nodes - pushed) * 8 // 9
     return max(1, min(configured, budget))
 
 
@@ -301,50 +303,124 @@ def _date_line() -> bytes:
 
 
 class Pusher:
-    """The next pieces of an unsized answer (an event stream), written by another greenlet.
+    """The next pieces of an unsized answer (an event stream), written from outside its
+    greenlet: a feed's publisher hands each batch to the hub's courier (channelsd.sendmany),
+    which writes it to every caught-up subscriber at once, from a native thread when large.
 
-    A feed's publisher writes each batch to every caught-up subscriber itself: a thousand
-    subscribers woken to write the same bytes cost a thousand greenlet switches and passes
-    through the WSGI layers per batch, most of the daemon's time in the fan-out benchmark.
-    A push never waits: what the socket does not take at once is kept, and the answer's own
-    greenlet writes it (`flush`) before anything else."""
+    A thousand subscribers woken to write the same bytes cost a thousand greenlet switches and
+    passes through the WSGI layers per batch; written from the hub, the kernel's part of a
+    thousand sends was the crowd's cost to ingest (BENCHMARKS.md, issue #16).
 
-    __slots__ = ("_handler",)
+    A pushed piece is owed until the courier claims it (the descriptor it writes to is a
+    duplicate of the socket's, closed only once no send is on its way) or the answer's own
+    greenlet writes it; what the socket did not take is kept, and that greenlet writes it
+    (`flush`) before anything else, once the courier's send has landed."""
+
+    __slots__ = ("_handler", "_owed", "_fd", "_in_flight", "_landed", "_fd_done")
 
     def __init__(self, handler: Handler) -> None:
         self._handler: Handler | None = handler
+        self._owed: deque[bytes] = deque()  # pushed, neither claimed nor written yet
+        self._fd = -1  # the courier's duplicate, made at its first claim (-2: none to be had)
+        self._in_flight: bytes | None = None
+        self._landed: gevent.event.Event | None = None  # made when a greenlet waits on it
+        self._fd_done = False  # the answer ended while a send was on its way
 
     @property
     def ready(self) -> bool:
-        """A push may be made: the headers are out and nothing pushed is still waiting."""
+        """A push may be made: the headers are out, nothing the socket left is waiting, and
+        the courier can write to it."""
         h = self._handler
-        return h is not None and h.headers_sent and not h.unsent
+        return h is not None and h.headers_sent and not h.unsent and self._fd != -2
 
-    def push(self, data: bytes, chunk: bytes) -> bool:
-        """Write `data` as the answer's next piece, without waiting (only when `ready`);
-        `chunk` is the same piece framed as a chunk (made once for every subscriber of a
-        batch). True when the socket took all of it; else the rest waits for `flush`."""
+    def push(self, data: bytes, chunk: bytes) -> bytes:
+        """Owe `data` as the answer's next piece (only when `ready`); `chunk` is the same piece
+        framed as a chunk (made once for every subscriber of a batch). The bytes owed: the
+        courier's to claim."""
         h = self._handler
-        assert h is not None and h.headers_sent and not h.unsent
-        if h.response_use_chunked:
-            data = chunk
-        try:
-            sent = h.socket.send(data, 0, 0.0)  # (gevent's timeout 0: never wait)
-        except OSError:  # full (EAGAIN), or gone: its greenlet meets the error as it flushes
-            sent = 0
-        h.response_length += sent
-        if sent == len(data):
+        assert h is not None and h.headers_sent
+        piece = chunk if h.response_use_chunked else data
+        self._owed.append(piece)
+        return piece
+
+    def owes(self, piece: bytes) -> bool:
+        return bool(self._owed) and self._owed[0] is piece
+
+    def claim(self, piece: bytes) -> int | None:
+        """The courier's (on the hub): the descriptor to write `piece` to now, or None when
+        the answer's greenlet writes it (or already did, or the answer is over)."""
+        h = self._handler
+        if h is None or not self.owes(piece) or h.unsent or self._in_flight is not None:
+            return None
+        if self._fd == -1:
+            try:
+                self._fd = os.dup(h.socket.fileno())
+            except OSError:  # out of descriptors (EMFILE): its greenlet writes everything
+                self._fd = -2
+        if self._fd < 0:
+            return None
+        self._owed.popleft()
+        self._in_flight = piece
+        return self._fd
+
+    def sent(self, piece: bytes, n: int) -> bool:
+        """The courier wrote `n` bytes of `piece` (-errno: none). False when the rest is left
+        for the answer's greenlet (woken by the caller)."""
+        self._in_flight = None
+        if self._landed is not None:
+            self._landed.set()
+        if self._fd_done:
+            self._close_fd()
+        h = self._handler
+        if h is None:
             return True
-        h.unsent = data[sent:]
+        if n == len(piece):
+            h.response_length += n
+            return True
+        # Gone or full: the greenlet writes the rest first, or meets the socket's error.
+        n = max(n, 0)
+        h.response_length += n
+        h.unsent = piece[n:] if n else piece
         return False
 
+    def settle(self) -> None:
+        """In the answer's own greenlet, before it writes: wait for the courier's send on its
+        way, and take what is still owed as its own to write (after what a send left)."""
+        while self._in_flight is not None:
+            if self._landed is None:
+                self._landed = gevent.event.Event()
+            self._landed.clear()
+            self._landed.wait()
+        h = self._handler
+        if self._owed and h is not None:
+            h.unsent += b"".join(self._owed)
+            self._owed.clear()
+
     def flush(self) -> None:
-        """In the answer's own greenlet: write what a push left, waiting as any write does."""
+        """In the answer's own greenlet: write what is owed or left, waiting as any write
+        does."""
         if self._handler is not None:
             self._handler.send_unsent()
 
-    def let_go(self) -> None:
+    def let_go(self) -> bool:
+        """The answer is over: nothing more is written, and the duplicate is closed once no
+        send is on its way to it (closed under the thread's send, its number could be given
+        to the next client's socket). True when one still is (the answer was cut short: its
+        connection must not carry another)."""
         self._handler = None
+        self._owed.clear()
+        if self._in_flight is not None:
+            self._fd_done = True
+            return True
+        self._close_fd()
+        return False
+
+    def _close_fd(self) -> None:
+        self._fd_done = False
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 class Handler(WSGIHandler):
@@ -359,6 +435,7 @@ class Handler(WSGIHandler):
         self._reader = _Reader(conn, self)
         # Bytes of the answer a Pusher could not write: they go before anything else.
         self.unsent = b""
+        self.pusher: Pusher | None = None
         super().__init__(sock, address, server, rfile=io.BufferedReader(self._reader))
 
     # -- phases ------------------------------------------------------------------------------
@@ -480,7 +557,10 @@ class Handler(WSGIHandler):
             self._sendall(b"0\r\n\r\n")
 
     def send_unsent(self) -> None:
-        """Write what a Pusher could not (waiting as any write of the answer does)."""
+        """Write what a Pusher owes or could not write (waiting as any write of the answer
+        does), once the courier's send on its way has landed."""
+        if self.pusher is not None:
+            self.pusher.settle()
         if self.unsent:
             rest, self.unsent = self.unsent, b""
             self._sendall(rest)
@@ -602,11 +682,14 @@ class Handler(WSGIHandler):
                 return
         self.environ["channelsd.watch_disconnect"] = self._watch_disconnect
         self.environ["channelsd.takeover"] = self._takeover
-        pusher = self.environ[PUSHER] = Pusher(self)
+        pusher = self.environ[PUSHER] = self.pusher = Pusher(self)
         try:
             super().run_application()
         finally:
-            pusher.let_go()  # the answer is over: nobody writes into this connection now
+            # The answer is over: nobody writes into this connection now.
+            if pusher.let_go():
+                self.close_connection = True
+            self.pusher = None
             self.unsent = b""
             if self._watcher is not None:
                 self._watcher.kill(block=False)

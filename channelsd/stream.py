@@ -38,6 +38,7 @@ import orjson
 from channelsd.channel import Channel, kept_json
 from channelsd.feeds import Feed, Parked, frame_for, gone_frame, sse_frame
 from channelsd.listing import in_slices
+from channelsd.sendmany import Courier
 from channelsd.table import ChannelTable, Key
 from channelsd.validate import whole_number
 
@@ -110,9 +111,17 @@ class Broker:
     """Pending changes → published messages in a ring; fed by the table's listener hook."""
 
     def __init__(
-        self, table: ChannelTable, size: int = 10_000, interval: float = PUBLISH_INTERVAL
+        self,
+        table: ChannelTable,
+        size: int = 10_000,
+        interval: float = PUBLISH_INTERVAL,
+        courier: Courier | None = None,
     ) -> None:
         self.table = table
+        # Writes each feed's batch to its parked subscribers (Feed.push). The daemon's is
+        # shared with the websocket hub (one thread sends for both), and is its to close.
+        self._own_courier = courier is None
+        self.courier: Courier = courier if courier is not None else Courier()
         self.ring: deque[_Message] = deque(maxlen=size)
         self.seq = 0
         # This run's mark on its event ids (see ids()).
@@ -387,6 +396,8 @@ class Broker:
         self.closed = True
         if self._timer is not None:
             self._timer.kill(block=False)
+        if self._own_courier:
+            self.courier.close()  # (what is still carried goes from the hub)
         self.wake()
 
     def since(self, seq: int) -> list[_Message] | None:
@@ -546,6 +557,9 @@ def _parked(
     """Wait while the publisher writes to this caught-up subscriber: until its socket left a
     batch unwritten, its end must be checked, or a keepalive is due. Its position and last
     write after that, what a push left written first."""
+    # What a push's send left while this greenlet was away (it was not parked to be woken)
+    # goes first: after a wait, it would wait for the next publish or keepalive.
+    parked.pusher.flush()
     parked.position = position
     parked.wrote_at = last_write
     parked.until = until

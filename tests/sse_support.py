@@ -76,3 +76,21 @@ class WireReader:
     def close(self) -> None:
         self.greenlet.kill()
         self.sock.close()
+
+
+def short_sends(monkeypatch: Any) -> list[int]:
+    """One entry per pushed piece a stream's socket did not take whole (what the courier
+    left for the stream's own greenlet to write): Pusher.sent, counted."""
+    from channelsd.httpserver import Pusher
+
+    seen: list[int] = []
+    real = Pusher.sent
+
+    def sent(self: Pusher, piece: bytes, n: int) -> bool:
+        whole = real(self, piece, n)
+        if not whole:
+            seen.append(1)
+        return whole
+
+    monkeypatch.setattr(Pusher, "sent", sent)
+    return seen

@@ -438,7 +438,7 @@ def test_the_connection_budget_leaves_room_for_each_websockets_second_descriptor
 
     monkeypatch.setattr(httpserver.resource, "getrlimit", lambda _: (1024, 4096))
     without = httpserver.connection_budget(10_000, 1)
-    with_sockets = httpserver.connection_budget(10_000, 1, websockets=512)
+    with_sockets = httpserver.connection_budget(10_000, 1, pushed=512)
     assert without == (1024 - httpserver.FD_RESERVE - 4) * 8 // 9
     assert with_sockets == (1024 - httpserver.FD_RESERVE - 4 - 512) * 8 // 9
     assert with_sockets + 512 <= 1024 - httpserver.FD_RESERVE - 4

@@ -19,7 +19,7 @@ from typing import Any
 
 import gevent
 import pytest
-from sse_support import WireReader
+from sse_support import WireReader, short_sends
 
 from channelsd.feeds import Parked
 from channelsd.httpserver import Handler, Pusher
@@ -105,17 +105,7 @@ def frame_ids(body: bytes) -> list[int]:
 @pytest.fixture
 def partials(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """One entry per push a socket did not take whole."""
-    seen: list[int] = []
-    real = Pusher.push
-
-    def push(self: Pusher, data: bytes, chunk: bytes) -> bool:
-        whole = real(self, data, chunk)
-        if not whole:
-            seen.append(1)
-        return whole
-
-    monkeypatch.setattr(Pusher, "push", push)
-    return seen
+    return short_sends(monkeypatch)
 
 
 # -- revocation ----------------------------------------------------------------------------------
@@ -399,7 +389,7 @@ def test_a_kazoo_token_expiring_between_pushes_gets_nothing_after_its_exp(
     written: list[float] = []  # time.time() of each write of frames to the stream's client
     real_push, real_write = Pusher.push, Handler.write
 
-    def push(self: Pusher, data: bytes, chunk: bytes) -> bool:
+    def push(self: Pusher, data: bytes, chunk: bytes) -> bytes:
         written.append(time.time())
         return real_push(self, data, chunk)
 

@@ -110,6 +110,8 @@ class Hub:
         courier: Courier | None = None,
     ) -> None:
         self.table = table
+        # A courier given is its giver's to close (the daemon's, shared with the SSE feeds).
+        self._own_courier = courier is None
         self._courier: Courier = courier if courier is not None else sendmany.Courier()
         self.interval = interval
         self._clock = clock
@@ -285,7 +287,8 @@ class Hub:
         if self._timer is not None:
             self._timer.kill(block=False)
             self._timer = None
-        self._courier.close()
+        if self._own_courier:
+            self._courier.close()
 
 
 class _Batch:
