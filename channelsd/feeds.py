@@ -83,8 +83,11 @@ class Parked:
 
     def claim(self, piece: bytes) -> int | None:
         fd = self.pusher.claim(piece)
-        if fd is None and self.pusher.owes(piece):
-            self.wake()  # still owed, and not the courier's to write: its greenlet writes it
+        if fd is None and self.pusher.owing:
+            # Not the courier's to write (a short send's rest waits, no descriptor, or an
+            # earlier piece is still owed: two publishes' pushes handed over out of order,
+            # found by an outside attack): its greenlet writes everything owed, in order.
+            self.wake()
         return fd
 
     def sent(self, piece: bytes, n: int) -> None:

@@ -343,14 +343,17 @@ class Pusher:
         self._owed.append(piece)
         return piece
 
-    def owes(self, piece: bytes) -> bool:
-        return bool(self._owed) and self._owed[0] is piece
+    @property
+    def owing(self) -> bool:
+        """Pushed pieces are neither claimed nor written yet."""
+        return bool(self._owed)
 
     def claim(self, piece: bytes) -> int | None:
         """The courier's (on the hub): the descriptor to write `piece` to now, or None when
         the answer's greenlet writes it (or already did, or the answer is over)."""
         h = self._handler
-        if h is None or not self.owes(piece) or h.unsent or self._in_flight is not None:
+        owed = self._owed
+        if h is None or not owed or owed[0] is not piece or h.unsent or self._in_flight:
             return None
         if self._fd == -1:
             try:

@@ -35,6 +35,7 @@ import gevent
 import gevent.event
 import orjson
 
+from channelsd.cadence import Cadence
 from channelsd.channel import Channel, kept_json
 from channelsd.feeds import Feed, Parked, frame_for, gone_frame, sse_frame
 from channelsd.listing import in_slices
@@ -126,7 +127,7 @@ class Broker:
         self.seq = 0
         # This run's mark on its event ids (see ids()).
         self.epoch = os.urandom(4).hex()
-        self.interval = interval
+        self._cadence = Cadence(interval, self._publish_pending)
         self.subscribers = 0
         self.closed = False
         self._pending: dict[Key, tuple[Channel, bool]] = {}
@@ -139,7 +140,6 @@ class Broker:
         self._published: dict[Key, dict[str, Any]] = {}
         # Items a snapshot rendered while their change was pending (not yet published).
         self._shown: dict[Key, dict[str, Any]] = {}
-        self._timer: gevent.Greenlet | None = None
         self._wake = gevent.event.Event()
         # How many times wake() was called: a subscriber that was writing (no one's to wake)
         # when it was, sees it changed and asks whether it ended before it waits.
@@ -190,8 +190,8 @@ class Broker:
             self._skipped = True
             return  # nobody watches its account, and no subscriber was told of it
         self._pending[key] = (ch, kind == "destroy")
-        if self._timer is None and not self.closed:
-            self._timer = gevent.spawn_later(self.interval, self.publish)
+        if not self.closed:
+            self._cadence.noted()
 
     def joined(self, account: str = EVERY_ACCOUNT) -> None:
         """A subscriber came, watching `account`'s channels (EVERY_ACCOUNT: all): no gap from
@@ -264,8 +264,11 @@ class Broker:
         return ch.to_item(time.time(), self.table.is_stale(ch))
 
     def publish(self) -> None:
-        """Turn what changed since the last call into messages (the timer calls this)."""
-        self._timer = None
+        """Turn what changed since the last publish into messages (its cadence calls this on
+        time)."""
+        self._cadence.run()
+
+    def _publish_pending(self) -> None:
         pending, self._pending = self._pending, {}
         if self.idle:
             # Nobody listens: render nothing and keep no copies (memory, reconcile bursts).
@@ -394,8 +397,7 @@ class Broker:
     def close(self) -> None:
         """End every stream (the daemon is stopping)."""
         self.closed = True
-        if self._timer is not None:
-            self._timer.kill(block=False)
+        self._cadence.close()
         if self._own_courier:
             self.courier.close()  # (what is still carried goes from the hub)
         self.wake()

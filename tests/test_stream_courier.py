@@ -26,6 +26,7 @@ from test_stream_push_attack import (
 )
 
 from channelsd import httpserver
+from channelsd.feeds import Parked
 from channelsd.httpserver import Pusher
 from channelsd.sendmany import SendEach
 
@@ -201,7 +202,7 @@ def test_a_piece_its_greenlet_wrote_first_is_not_claimed_again() -> None:
         assert handler.unsent == b"onetwo"
         handler.unsent = b""  # and has written them
         assert pusher.claim(first) is None and pusher.claim(second) is None
-        assert not pusher.owes(first) and not pusher.owes(second)
+        assert not pusher.owing
         pusher.let_go()
     finally:
         a.close()
@@ -231,3 +232,22 @@ def test_out_of_descriptors_the_greenlet_writes_every_push(
     (parked,) = feed.parked
     assert parked.pusher._fd == -2  # it asked once, and writes for itself since
     assert daemon.daemon.courier.threaded == 0
+
+
+def test_a_claim_refused_while_an_earlier_piece_is_owed_wakes_the_stream() -> None:
+    """Pieces handed over out of order (the later one claimed first) are its greenlet's to
+    write, in order: woken, not left owed until the keepalive (found by an outside attack)."""
+    a, b = socket.socketpair()
+    try:
+        parked = Parked(Pusher(_Handler(a)))  # type: ignore[arg-type]
+        earlier = parked.pusher.push(b"one", b"")
+        later = parked.pusher.push(b"two", b"")
+        assert parked.claim(later) is None
+        assert parked.woken.is_set()
+        parked.pusher.settle()
+        assert parked.pusher._handler.unsent == b"onetwo"
+        assert parked.claim(earlier) is None  # taken by the greenlet: the courier leaves it
+        parked.pusher.let_go()
+    finally:
+        a.close()
+        b.close()

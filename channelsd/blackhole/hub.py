@@ -29,13 +29,13 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-import gevent
 import orjson
 from wsproto.frame_protocol import FrameProtocol
 
 from channelsd import sendmany
 from channelsd.blackhole.events import ON_UPDATE, render
 from channelsd.blackhole.protocol import WILDCARD
+from channelsd.cadence import Cadence
 from channelsd.channel import Channel, kept_json
 from channelsd.listing import in_slices
 from channelsd.table import ChannelTable
@@ -113,13 +113,12 @@ class Hub:
         # A courier given is its giver's to close (the daemon's, shared with the SSE feeds).
         self._own_courier = courier is None
         self._courier: Courier = courier if courier is not None else sendmany.Courier()
-        self.interval = interval
+        self._cadence = Cadence(interval, self._publish_pending)
         self._clock = clock
         self.closed = False
         # account (or "*") -> (event or "*", call id or "*") -> subscriptions
         self._index: dict[str, dict[tuple[str, str], dict[Subscription, None]]] = {}
         self._pending: list[_Event] = []
-        self._timer: gevent.Greenlet | None = None
         # Frames only: one encoder serves every socket (server frames carry no mask).
         self._encoder = FrameProtocol(client=False, extensions=[])
         self.published = 0
@@ -175,14 +174,15 @@ class Hub:
             return
         data = kept_json(render(name, ch, self._clock()))
         self._pending.append(_Event(account, name, ch.uuid, ch.owner_id, ch.authorizing_id, data))
-        if self._timer is None and not self.closed:
-            self._timer = gevent.spawn_later(self.interval, self.publish)
+        self._cadence.noted()
 
     # -- publishing --------------------------------------------------------------------------
 
     def publish(self) -> None:
-        """Send what was noted since the last call (the timer calls this)."""
-        self._timer = None
+        """Send what was noted since the last publish (its cadence calls this on time)."""
+        self._cadence.run()
+
+    def _publish_pending(self) -> None:
         pending, self._pending = self._pending, []
         batches: dict[tuple[str, tuple[str, str]], _Batch] = {}
         devices_of = self.table.identity.devices_of
@@ -284,9 +284,7 @@ class Hub:
 
     def close(self) -> None:
         self.closed = True
-        if self._timer is not None:
-            self._timer.kill(block=False)
-            self._timer = None
+        self._cadence.close()
         if self._own_courier:
             self._courier.close()
 
