@@ -15,18 +15,22 @@ What a socket's owner (an Addressee) promises and gets:
 * `sent` is told on the hub how many bytes the socket took (the rest is the owner's to write,
   before anything else), or -errno.
 
-Publishes are carried one after another, in the order they were made: a publish made while
-another is on its way waits for it, so a subscriber's events stay in order.
+Publishes are carried one after another: a publish made while another is on its way waits for
+it, and each call returns once its own publish is sent (a subscriber's events stay in order,
+since each publisher makes one publish at a time: channelsd.cadence). The websocket hub and
+the event streams share the daemon's courier; a carrier that also carried whatever was
+queued behind it never returned while the other publisher kept publishing, and its own
+publisher published nothing meanwhile (found by an outside attack).
 """
 
 from __future__ import annotations
 
 import errno
 import os
-from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from gevent.lock import Semaphore
 from gevent.monkey import get_original
 from gevent.threadpool import ThreadPool
 
@@ -127,24 +131,20 @@ class Courier:
         # One thread of its own: in gevent's shared pool, DNS lookups and trims could hold
         # every thread while publishes queued behind them.
         self._pool: ThreadPool | None = None
-        self._queue: deque[list[tuple[Addressee, bytes]]] = deque()
-        self._carrying = False
+        self._turn = Semaphore()  # held by the publish on its way
         self._closed = False
         self.threaded = 0  # publishes sent from the native thread (for tests)
         self.thread_id: int | None = None  # the thread's, once it runs (and is niced)
 
     def __call__(self, pairs: list[tuple[Addressee, bytes]]) -> None:
-        """Send a publish (on the hub). Returns once it is carried, or queued behind the one
-        on its way, whose carrier then carries it too."""
-        self._queue.append(pairs)
-        if self._carrying:
-            return
-        self._carrying = True
-        try:
-            while self._queue:
-                self._carry(self._queue.popleft())
-        finally:
-            self._carrying = False
+        """Send a publish (on the hub), after the one on its way: returns once it is sent."""
+        with self._turn:
+            self._carry(pairs)
+
+    @property
+    def waiting(self) -> int:
+        """Publishes waiting for the one on its way."""
+        return self._turn.linkcount()
 
     def _carry(self, pairs: list[tuple[Addressee, bytes]]) -> None:
         claimed: list[Addressee] = []

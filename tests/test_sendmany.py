@@ -226,9 +226,9 @@ def test_publishes_made_while_one_is_out_follow_it_in_order(pairs: Any) -> None:
     carriers = [
         gevent.spawn(courier, [(first, b"%d," % i), (second, b"%d," % i)]) for i in range(6)
     ]
-    # The first carrier's publish is out; the others queued behind it and returned.
-    wait_until(lambda: all(g.dead for g in carriers[1:]), what="the later carriers")
-    assert not carriers[0].dead and len(courier._queue) == 5
+    # The first carrier's publish is out; the others wait for it, each to send its own.
+    wait_until(lambda: courier.waiting == 5, what="the later carriers waiting")
+    assert not any(g.dead for g in carriers)
     gate.open()
     gevent.joinall(carriers, raise_error=True)
     assert drain(b) == drain(d) == b"0,1,2,3,4,5,"
