@@ -47,6 +47,7 @@ from channelsd.envelope import ApiError
 from channelsd.httpheaders import IndexedMessage, read_headers
 from channelsd.logs import RateLimited, mask
 from channelsd.metrics import Metrics
+from channelsd.sendmany import Line
 
 log = logging.getLogger("channelsd.http")
 
@@ -316,22 +317,20 @@ class Pusher:
     greenlet writes it; what the socket did not take is kept, and that greenlet writes it
     (`flush`) before anything else, once the courier's send has landed."""
 
-    __slots__ = ("_handler", "_owed", "_fd", "_in_flight", "_landed", "_fd_done")
+    __slots__ = ("_handler", "_owed", "_line", "_landed")
 
     def __init__(self, handler: Handler) -> None:
         self._handler: Handler | None = handler
         self._owed: deque[bytes] = deque()  # pushed, neither claimed nor written yet
-        self._fd = -1  # the courier's duplicate, made at its first claim (-2: none to be had)
-        self._in_flight: bytes | None = None
+        self._line = Line()  # the courier's duplicate, made at its first claim
         self._landed: gevent.event.Event | None = None  # made when a greenlet waits on it
-        self._fd_done = False  # the answer ended while a send was on its way
 
     @property
     def ready(self) -> bool:
         """A push may be made: the headers are out, nothing the socket left is waiting, and
         the courier can write to it."""
         h = self._handler
-        return h is not None and h.headers_sent and not h.unsent and self._fd != -2
+        return h is not None and h.headers_sent and not h.unsent and self._line.fd != -2
 
     def push(self, data: bytes, chunk: bytes) -> bytes:
         """Owe `data` as the answer's next piece (only when `ready`); `chunk` is the same piece
@@ -351,29 +350,20 @@ class Pusher:
     def claim(self, piece: bytes) -> int | None:
         """The courier's (on the hub): the descriptor to write `piece` to now, or None when
         the answer's greenlet writes it (or already did, or the answer is over)."""
-        h = self._handler
-        owed = self._owed
-        if h is None or not owed or owed[0] is not piece or h.unsent or self._in_flight:
+        h, owed, line = self._handler, self._owed, self._line
+        if h is None or not owed or owed[0] is not piece or h.unsent or line.in_flight:
             return None
-        if self._fd == -1:
-            try:
-                self._fd = os.dup(h.socket.fileno())
-            except OSError:  # out of descriptors (EMFILE): its greenlet writes everything
-                self._fd = -2
-        if self._fd < 0:
+        if not line.open(h.socket):  # out of descriptors: its greenlet writes everything
             return None
-        self._owed.popleft()
-        self._in_flight = piece
-        return self._fd
+        owed.popleft()
+        return line.take(piece)
 
     def sent(self, piece: bytes, n: int) -> bool:
         """The courier wrote `n` bytes of `piece` (-errno: none). False when the rest is left
         for the answer's greenlet (woken by the caller)."""
-        self._in_flight = None
+        self._line.landed()  # (closed, if the answer ended while it was out)
         if self._landed is not None:
             self._landed.set()
-        if self._fd_done:
-            self._close_fd()
         h = self._handler
         if h is None:
             return True
@@ -383,13 +373,13 @@ class Pusher:
         # Gone or full: the greenlet writes the rest first, or meets the socket's error.
         n = max(n, 0)
         h.response_length += n
-        h.unsent = piece[n:] if n else piece
+        h.unsent = piece[n:]  # (piece[0:] is piece itself)
         return False
 
     def settle(self) -> None:
         """In the answer's own greenlet, before it writes: wait for the courier's send on its
         way, and take what is still owed as its own to write (after what a send left)."""
-        while self._in_flight is not None:
+        while self._line.in_flight is not None:
             if self._landed is None:
                 self._landed = gevent.event.Event()
             self._landed.clear()
@@ -412,18 +402,7 @@ class Pusher:
         connection must not carry another)."""
         self._handler = None
         self._owed.clear()
-        if self._in_flight is not None:
-            self._fd_done = True
-            return True
-        self._close_fd()
-        return False
-
-    def _close_fd(self) -> None:
-        self._fd_done = False
-        fd, self._fd = self._fd, -1
-        if fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        return self._line.close()
 
 
 class Handler(WSGIHandler):

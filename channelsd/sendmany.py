@@ -25,8 +25,10 @@ publisher published nothing meanwhile (found by an outside attack).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import socket
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -118,6 +120,56 @@ def install_warning() -> str | None:
         "live events go to their subscribers from the main thread (the same events, for "
         "ingest slowed by a crowd of subscribers)",
     )
+
+
+# (a module name of its own: tests make it fail as at the open-file limit, and only here)
+_dup = os.dup
+
+
+class Line:
+    """An addressee's duplicate of its socket for the courier's thread, and the bytes on their
+    way to it. Closed only once no send is on its way: closed under the thread's send, its
+    number could be given to the next client's socket, which would get the bytes."""
+
+    __slots__ = ("fd", "in_flight", "_closing")
+
+    def __init__(self) -> None:
+        self.fd = -1  # -1: none yet (or closed); -2: none to be had (EMFILE)
+        self.in_flight: bytes | None = None  # claimed and not yet told `sent`
+        self._closing = False  # closed while a send was on its way: closed as it lands
+
+    def open(self, sock: socket.socket) -> bool:
+        """The duplicate, made at the first call: False when none can be had (out of
+        descriptors), and the owner writes everything itself."""
+        if self.fd == -1 and not self._closing:
+            try:
+                self.fd = _dup(sock.fileno())
+            except OSError:
+                self.fd = -2
+        return self.fd >= 0
+
+    def take(self, data: bytes) -> int:
+        """Claim the line for `data` (open, nothing on its way): its descriptor."""
+        self.in_flight = data
+        return self.fd
+
+    def landed(self) -> None:
+        """The courier told how its send went."""
+        self.in_flight = None
+        if self._closing:
+            self.close()
+
+    def close(self) -> bool:
+        """Close the duplicate now, or as the send on its way lands: True in that case."""
+        if self.in_flight is not None:
+            self._closing = True
+            return True
+        self._closing = False
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        return False
 
 
 class Courier:

@@ -190,8 +190,7 @@ class Broker:
             self._skipped = True
             return  # nobody watches its account, and no subscriber was told of it
         self._pending[key] = (ch, kind == "destroy")
-        if not self.closed:
-            self._cadence.noted()
+        self._cadence.noted()  # (closed with the broker: nothing is armed then)
 
     def joined(self, account: str = EVERY_ACCOUNT) -> None:
         """A subscriber came, watching `account`'s channels (EVERY_ACCOUNT: all): no gap from

@@ -5,8 +5,6 @@ names what was wrong."""
 from __future__ import annotations
 
 import errno
-import os
-import types
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,7 +13,7 @@ from channelsd_sendmany import send_each as c_send_each
 from kazoo_support import WsClient
 from test_websocket import ACC1, call_ids, ws_url
 
-from channelsd.blackhole import session as session_module
+from channelsd import sendmany
 
 from conftest import Harness, token, wait_until
 
@@ -28,14 +26,15 @@ def test_a_socket_accepted_at_the_descriptor_limit_is_served_not_dropped(
     socket accepted near RLIMIT_NOFILE got its 101 and then Session.run's os.dup raised
     EMFILE out of the handler: the client was dropped (1006) with a traceback, where before
     the change it was served. Without a descriptor of its own the session can still be
-    served by its writer (the courier never claims a session whose _courier_fd is -1)."""
+    served by its writer (the courier never claims a session whose line has no descriptor)."""
     h: Harness = make_daemon([switch])
 
     def no_more(fd: int) -> int:
         raise OSError(errno.EMFILE, "Too many open files")
 
-    # The session module's os only: the daemon's other descriptors are untouched.
-    monkeypatch.setattr(session_module, "os", types.SimpleNamespace(dup=no_more, close=os.close))
+    # The courier's duplicates only (sendmany.Line): the daemon's other descriptors are
+    # untouched.
+    monkeypatch.setattr(sendmany, "_dup", no_more)
     c = WsClient(ws_url(h))
     try:
         assert c.subscribe(token("admin1"), "acc1", "call.*.*")["status"] == "success"
@@ -75,10 +74,10 @@ def test_a_send_that_fails_on_the_hub_leaves_no_session_claimed(
         switch.bridged_call(variables_a=ACC1, variables_b=ACC1)
         wait_until(lambda: failures[0], what="the failed publish")
         # Told (an error: the session is dropped), not left claimed.
-        wait_until(lambda: session._in_flight is None, timeout=3, what="the owner told")
+        wait_until(lambda: session._line.in_flight is None, timeout=3, what="the owner told")
         wait_until(lambda: c.closed, what="the socket dropped")
         wait_until(lambda: session not in service.sessions, what="the session's end")
-        wait_until(lambda: session._courier_fd == -1, what="its descriptor closed")
+        wait_until(lambda: session._line.fd == -1, what="its descriptor closed")
     finally:
         c.close()
 

@@ -383,17 +383,17 @@ def test_a_sessions_descriptor_is_closed_only_once_the_thread_is_done_with_it(
     service = h.daemon.ctx.websockets
     gate = Gate()
     c, session = one_subscriber(h, gate)
-    fd = session._courier_fd
+    fd = session._line.fd
     socket_inode = os.fstat(fd).st_ino
     switch.bridged_call(variables_a=ACC1, variables_b=ACC1)
-    wait_until(lambda: session._in_flight is not None, what="a publish in the thread")
+    wait_until(lambda: session._line.in_flight is not None, what="a publish in the thread")
     session.evict()  # as a full server drops it: at once, whatever its writer holds
     wait_until(lambda: session not in service.sessions, what="the session's end")
-    assert session._in_flight is not None  # the thread still sends
+    assert session._line.in_flight is not None  # the thread still sends
     assert os.fstat(fd).st_ino == socket_inode  # and its descriptor is still the session's
     gate.open()
-    wait_until(lambda: session._in_flight is None, timeout=5, what="the thread's answer")
-    assert session._courier_fd == -1
+    wait_until(lambda: session._line.in_flight is None, timeout=5, what="the thread's answer")
+    assert session._line.fd == -1
     c.close()
     # (gevent's os.close closes at the loop's next turn)
     wait_until(lambda: not same_file(fd, socket_inode), what="the descriptor closed")
@@ -413,7 +413,7 @@ def test_a_reply_made_while_a_publish_is_out_follows_all_of_it(
     c, session = one_subscriber(h, gate)
     try:
         a, b = switch.bridged_call(variables_a=ACC1, variables_b=ACC1)
-        wait_until(lambda: session._in_flight is not None, what="a publish in the thread")
+        wait_until(lambda: session._line.in_flight is not None, what="a publish in the thread")
         c.send({"action": "ping", "request_id": "meanwhile"})
         wait_until(lambda: session._out, what="the reply queued while the publish is out")
         gate.open()
@@ -455,10 +455,10 @@ def test_a_stop_while_a_publish_is_in_the_thread_ends_cleanly(
     gate = Gate()
     c, session = one_subscriber(h, gate)
     try:
-        fd = session._courier_fd
+        fd = session._line.fd
         inode = os.fstat(fd).st_ino
         switch.bridged_call(variables_a=ACC1, variables_b=ACC1)
-        wait_until(lambda: session._in_flight is not None, what="a publish in the thread")
+        wait_until(lambda: session._line.in_flight is not None, what="a publish in the thread")
 
         def open_once_closed() -> None:  # the stop begins while the publish is out
             wait_until(lambda: service.hub.closed, what="the hub's close")
@@ -467,8 +467,8 @@ def test_a_stop_while_a_publish_is_in_the_thread_ends_cleanly(
         opener = gevent.spawn(open_once_closed)
         h.daemon.stop()
         opener.get()
-        wait_until(lambda: session._in_flight is None, timeout=5, what="the thread's answer")
-        assert session._courier_fd == -1 and courier._pool is None
+        wait_until(lambda: session._line.in_flight is None, timeout=5, what="the thread's answer")
+        assert session._line.fd == -1 and courier._pool is None
         wait_until(lambda: not same_file(fd, inode), what="the descriptor closed")
         wait_until(lambda: c.closed is not None, what="the socket's end")
         assert c.closed[0] in (1001, 1006)

@@ -25,7 +25,7 @@ from test_stream_push_attack import (
     unchunk,
 )
 
-from channelsd import httpserver
+from channelsd import sendmany
 from channelsd.feeds import Parked
 from channelsd.httpserver import Pusher
 from channelsd.sendmany import SendEach
@@ -68,7 +68,7 @@ def test_a_stream_revoked_while_its_push_is_out_ends_after_it(daemon: Harness, s
         got, _ = recv_for(sock, 5, until=b"event: snapshot")
         pusher = parked_pusher(daemon)
         call, _ = switch.bridged_call(variables_a=ACC1, variables_b=ACC1)
-        wait_until(lambda: pusher._in_flight is not None, what="a push in the thread")
+        wait_until(lambda: pusher._line.in_flight is not None, what="a push in the thread")
         assert revoke(daemon) == 1
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # pipelined after the stream
         wait_until(lambda: pusher._landed is not None, what="the greenlet waiting for the push")
@@ -134,8 +134,8 @@ def test_a_stop_while_a_push_is_out_closes_the_descriptor_once_it_landed(
     wait_until(r.frames, what="the snapshot")
     pusher = parked_pusher(h)
     call, _ = switch.bridged_call(variables_a=ACC1, variables_b=ACC1)
-    wait_until(lambda: pusher._in_flight is not None, what="a push in the thread")
-    fd = pusher._fd
+    wait_until(lambda: pusher._line.in_flight is not None, what="a push in the thread")
+    fd = pusher._line.fd
     inode = os.fstat(fd).st_ino
 
     def open_once_stopping() -> None:
@@ -145,7 +145,7 @@ def test_a_stop_while_a_push_is_out_closes_the_descriptor_once_it_landed(
     opener = gevent.spawn(open_once_stopping)
     h.daemon.stop()
     opener.get()
-    wait_until(lambda: pusher._in_flight is None, timeout=5, what="the thread's answer")
+    wait_until(lambda: pusher._line.in_flight is None, timeout=5, what="the thread's answer")
     wait_until(lambda: not same_file(fd, inode), what="the descriptor closed")
     assert h.daemon.courier._pool is None
     wait_until(lambda: h.daemon.ctx.broker.subscribers == 0, what="the stream's end")
@@ -215,7 +215,7 @@ def test_out_of_descriptors_the_greenlet_writes_every_push(
     def no_descriptor(_fd: int) -> int:
         raise OSError(errno.EMFILE, "Too many open files")
 
-    monkeypatch.setattr(httpserver.os, "dup", no_descriptor)
+    monkeypatch.setattr(sendmany, "_dup", no_descriptor)
     through(daemon, c_send_each)
     r = readers(daemon)
     wait_until(r.frames, what="the snapshot")
@@ -230,7 +230,7 @@ def test_out_of_descriptors_the_greenlet_writes_every_push(
     (feed,) = daemon.daemon.ctx.broker.feeds.values()
     wait_until(lambda: feed.parked, what="parked again")
     (parked,) = feed.parked
-    assert parked.pusher._fd == -2  # it asked once, and writes for itself since
+    assert parked.pusher._line.fd == -2  # it asked once, and writes for itself since
     assert daemon.daemon.courier.threaded == 0
 
 

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import socket
 import time
 from typing import TYPE_CHECKING, Any
@@ -66,6 +65,7 @@ from channelsd.blackhole import protocol
 from channelsd.blackhole.hub import Subscription
 from channelsd.blackhole.protocol import Refused
 from channelsd.envelope import request_id as loggable_id
+from channelsd.sendmany import Line
 from channelsd.subscriptions import Refused as NoPlace
 from channelsd.tokens import Authenticator, Token, log_failure
 
@@ -107,11 +107,9 @@ class Session:
         self._queued = 0
         self._writing = False  # the writer has bytes in hand: nobody else may write
         # The hub's courier (channelsd.sendmany) writes publishes from a native thread to a
-        # descriptor of its own, which this session closes only once no send is on its way
-        # (_let_go_fd); while one is (_in_flight), nobody else writes.
-        self._courier_fd = -1  # from run() on
-        self._in_flight: bytes | None = None
-        self._fd_done = False
+        # descriptor of its own (opened in run()); while a send is on its way
+        # (_line.in_flight), nobody else writes.
+        self._line = Line()
         self._cut = False  # _out[0] is the rest of a frame the courier cut: never discarded
         self._wake = gevent.event.Event()
         # (account, binding as written) -> its subscription in the hub
@@ -135,14 +133,11 @@ class Session:
 
     def run(self) -> None:
         """Serve the socket until it closes (runs in the request's greenlet)."""
-        try:
-            self._courier_fd = os.dup(self.sock.fileno())
-        except OSError:  # out of descriptors (EMFILE): the writer writes everything
-            self._courier_fd = -1
+        self._line.open(self.sock)  # (out of descriptors: the writer writes everything)
         try:
             self._serve()
         finally:
-            self._let_go_fd()
+            self._line.close()
 
     def _serve(self) -> None:
         writer = gevent.spawn(self._write_loop)
@@ -392,22 +387,15 @@ class Session:
         dropped (closing, or too slow)."""
         if self.closing is not None:
             return None
-        if (
-            not self._out
-            and not self._writing
-            and self._in_flight is None
-            and self._courier_fd >= 0
-        ):
-            self._in_flight = data
-            return self._courier_fd
+        line = self._line
+        if not self._out and not self._writing and line.in_flight is None and line.fd >= 0:
+            return line.take(data)
         self._queue(data)
         return None
 
     def sent(self, data: bytes, n: int) -> None:
         """The courier wrote `n` bytes of what it claimed (-errno: none, and why)."""
-        self._in_flight = None
-        if self._fd_done:  # the session ended while the bytes were out
-            self._let_go_fd()
+        self._line.landed()  # (closed, if the session ended while the bytes were out)
         if n < 0:
             self.abort("send failed")
         elif n < len(data):
@@ -434,18 +422,6 @@ class Session:
             self._out.append(frames)
         self._queued += size
         self._wake.set()
-
-    def _let_go_fd(self) -> None:
-        """Close the courier's descriptor, once no send is on its way to it: closed under a
-        native thread's send, its number could be given to the next client's socket."""
-        if self._in_flight is not None:
-            self._fd_done = True
-            return
-        self._fd_done = False
-        fd, self._courier_fd = self._courier_fd, -1
-        if fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(fd)
 
     def _reply(self, message: bytes) -> None:
         if self.ws.state is ConnectionState.OPEN:
@@ -523,7 +499,7 @@ class Session:
         try:
             while not self.aborted:
                 self._wake.clear()
-                if self._in_flight is not None:  # the courier's bytes go first
+                if self._line.in_flight is not None:  # the courier's bytes go first
                     self._wake.wait()
                     continue
                 if self._out:
