@@ -8,148 +8,93 @@ as an interval (the courier's thread is niced +10: on a machine short of CPU a c
 "a publish or two"), the carrier's publish never returned: its Cadence stayed `_running`,
 and every change noted to that publisher waited (`_again`) until the other one went quiet.
 Now each call waits for the publish on its way and sends only its own.
+
+The sends are held at gates (test_sendmany.Gate), one per publisher: what each publish does
+while the other's is out is seen without timing it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import gevent
-from gevent.monkey import get_original
 from kazoo_support import WsClient
+from test_sendmany import Gate, Owner, drain, socket_pairs
 from test_stream_courier import parked_pusher
-from test_websocket import ACC1, ws_url
+from test_websocket import ACC1, ACC2, call_ids, ws_url
 
-from channelsd.cadence import Cadence
-from channelsd.sendmany import Courier, send_each_python
+from channelsd.sendmany import Courier
 
 from conftest import Harness, token, wait_until
 
-_sleep = get_original("time", "sleep")  # the courier's native thread's own
+
+def test_a_publish_returns_once_its_own_is_sent_not_the_ones_queued_behind_it() -> None:
+    """Two publishers share the courier: B's publish is out, A's waits for it. Once B's send
+    lands, B's call returns, while A's is still out: B's publisher may publish again."""
+    a_gate, b_gate = Gate(), Gate()
+    with socket_pairs(2) as ((a_in, a_out), (b_in, b_out)):
+
+        def send(fds: Sequence[int], datas: Sequence[bytes]) -> list[int]:
+            return (a_gate if a_in.fileno() in fds else b_gate)(fds, datas)
+
+        courier = Courier(thread_bytes=1, send=send)
+        a, b = Owner(a_in), Owner(b_in)
+        try:
+            b_call = gevent.spawn(courier, [(b, b"b")])
+            wait_until(lambda: b.in_flight, what="B's publish out")
+            a_call = gevent.spawn(courier, [(a, b"a")])
+            wait_until(lambda: courier.waiting == 1, what="A's publish waiting for B's")
+            b_gate.open()
+            wait_until(lambda: b_call.dead, what="B's call returned, A's still held")
+            assert b.told == [(b"b", 1)] and drain(b_out) == b"b"
+            wait_until(lambda: a.in_flight, what="A's publish out, in its own call")
+            assert not a_call.dead
+            a_gate.open()
+            gevent.joinall([a_call, b_call], raise_error=True)
+            assert a.told == [(b"a", 1)] and drain(a_out) == b"a"
+        finally:
+            courier.close()
 
 
-def slow_send(seconds: float) -> Any:
-    """send_each, taking `seconds` in the courier's thread (a niced thread on a busy box, or
-    a large crowd's bytes)."""
-
-    def send(fds: Sequence[int], datas: Sequence[bytes]) -> list[int]:
-        _sleep(seconds)
-        return send_each_python(fds, datas)
-
-    return send
-
-
-class Sock:
-    """An addressee that always lets the courier write (a caught-up subscriber)."""
-
-    def __init__(self) -> None:
-        self.r, self.w = socket.socketpair()
-        self.w.setblocking(False)
-        self.got = 0
-
-    def claim(self, data: bytes) -> int:
-        return self.w.fileno()
-
-    def sent(self, data: bytes, n: int) -> None:
-        self.got += 1
-        with contextlib.suppress(OSError):
-            self.r.recv(65536)
-
-    def close(self) -> None:
-        self.r.close()
-        self.w.close()
-
-
-def test_a_publisher_whose_publish_carries_the_others_sends_is_starved() -> None:
-    """Real Cadence and Courier, two publishers sharing the courier (the daemon's Hub and
-    Broker). B publishes first and so carries; A keeps publishing every interval. B's second
-    change must go out within a few intervals: it waits instead for as long as A publishes
-    (B's publish is still 'on its way', carrying A's pairs)."""
-    courier = Courier(thread_bytes=0, send=slow_send(0.12))  # each carry > the interval
-    a_sock, b_sock = Sock(), Sock()
-    b_published: list[float] = []
-
-    def publish_a() -> None:
-        courier([(a_sock, b"a")])
-
-    def publish_b() -> None:
-        b_published.append(time.monotonic())
-        courier([(b_sock, b"b")])
-
-    a, b = Cadence(0.1, publish_a), Cadence(0.1, publish_b)
-    try:
-        b.noted()  # B's timer first: its publish finds the courier idle and carries
-        gevent.sleep(0.01)
-        a.noted()
-        wait_until(lambda: b_published, what="B's first publish")
-        gevent.sleep(0.05)
-        noted_at = time.monotonic()
-        b.noted()  # B's second change
-        # A hostile switch's steady stream for the websocket hub: a change every 30 ms.
-        deadline = noted_at + 2.0
-        while time.monotonic() < deadline and len(b_published) < 2:
-            a.noted()
-            gevent.sleep(0.03)
-        latency = (b_published[1] - noted_at) if len(b_published) > 1 else None
-        assert latency is not None and latency < 1.0, (
-            f"B's change waited {latency or '>2'} s: its publish ({b._running=}, "
-            f"{b._again=}) was carrying A's sends, queue {courier.waiting}"
-        )
-    finally:
-        a.close()
-        b.close()
-        courier.close()
-        a_sock.close()
-        b_sock.close()
-
-
-def test_an_event_stream_is_not_starved_by_a_websocket_crowds_steady_publishes(
+def test_an_event_streams_publish_ends_while_a_websockets_is_out(
     switch: Any, make_daemon: Any, readers: Any
 ) -> None:
-    """The same over real sockets: a websocket subscriber and an event stream on acc1, the
-    daemon's courier slowed to a carry of 0.15 s (above the 0.1 s interval). The switch keeps
-    making calls; each publisher must get every call out within a second or so of the call.
-    Whichever publisher's publish became the carrier gets nothing more out while the other
-    keeps publishing."""
+    """The same over real sockets: an event stream on acc1, a websocket on acc2. The stream's
+    publish is out; the websocket's waits for it, then goes out and is held. The broker's
+    publish has ended meanwhile (before the fix it carried the hub's, and stayed `_running`
+    as long as the hub kept publishing)."""
     h: Harness = make_daemon([switch])
     courier = h.daemon.courier
+    broker = h.daemon.ctx.broker
     c = WsClient(ws_url(h))
     try:
-        assert c.subscribe(token("admin1"), "acc1", "call.CHANNEL_CREATE.*")["status"] == (
+        assert c.subscribe(token("admin2"), "acc2", "call.CHANNEL_CREATE.*")["status"] == (
             "success"
         )
+        (session,) = h.daemon.ctx.websockets.sessions
         r = readers(h)
         wait_until(r.frames, what="the snapshot")
-        parked_pusher(h)
-        courier.thread_bytes = 0
-        courier._send = slow_send(0.15)
-        calls: list[tuple[float, str]] = []
-        late: list[str] = []
-        end = time.monotonic() + 3.0
-        while time.monotonic() < end:
-            uuid, _ = switch.bridged_call(variables_a=ACC1, variables_b=ACC1)
-            calls.append((time.monotonic(), uuid))
-            gevent.sleep(0.04)
-            # Every call older than 1.5 s must be on both by now.
-            now = time.monotonic()
-            ws = {m["data"].get("call_id") for m in c.messages if m.get("name")}
-            sse = {d["uuid"] for _, e, d in r.frames() if e == "create"}
-            for at, call in calls:
-                if now - at > 1.5:
-                    if call not in ws:
-                        late.append(f"websocket {call} after {now - at:.1f}s")
-                    if call not in sse:
-                        late.append(f"event stream {call} after {now - at:.1f}s")
-            if late:
-                break
-        assert not late, (
-            f"{late[:2]} (broker running={h.daemon.ctx.broker._cadence._running}, hub "
-            f"running={h.daemon.ctx.websockets.hub._cadence._running}, courier queue "
-            f"{courier.waiting})"
+        pusher = parked_pusher(h)
+        ws_gate, sse_gate = Gate(), Gate()
+
+        def send(fds: Sequence[int], datas: Sequence[bytes]) -> list[int]:
+            return (ws_gate if session._line.fd in fds else sse_gate)(fds, datas)
+
+        courier.thread_bytes = 1
+        courier._send = send
+        on_stream, _ = switch.bridged_call(variables_a=ACC1, variables_b=ACC1)
+        wait_until(lambda: pusher._line.in_flight is not None, what="the stream's push out")
+        on_socket, _ = switch.bridged_call(variables_a=ACC2, variables_b=ACC2)
+        wait_until(lambda: courier.waiting == 1, what="the websocket's publish waiting")
+        sse_gate.open()
+        wait_until(lambda: session._line.in_flight is not None, what="the websocket's out")
+        assert not broker._cadence._running, "the broker's publish carries the hub's"
+        wait_until(
+            lambda: on_stream in {d["uuid"] for _, e, d in r.frames() if e == "create"},
+            what="the call on the stream",
         )
+        ws_gate.open()
+        wait_until(lambda: on_socket in call_ids(c), what="the call on the websocket")
     finally:
         c.close()
