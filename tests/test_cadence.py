@@ -60,6 +60,9 @@ def test_a_websocket_gets_a_calls_events_in_order_when_a_publish_takes_long(
             lambda: "CHANNEL_DESTROY" in names(c) or h.daemon.ctx.websockets.hub._cadence._again,
             what="the hangup noted",
         )
+        # Nothing is armed while the held publish runs (seen at once, whatever the timing),
+        # and several intervals on, nothing overtook it.
+        assert h.daemon.ctx.websockets.hub._cadence._timer is None
         gevent.sleep(0.5)  # (several intervals: a second publish would have run)
         assert "CHANNEL_DESTROY" not in names(c), "a later publish overtook the one held"
         slices.go.set()
@@ -91,6 +94,9 @@ def test_an_event_stream_never_gets_a_hung_up_channel_back_when_a_publish_takes_
     switch.hold(a)  # second: held back
     assert slices.held.wait(5), "the publish never reached its second slice"
     switch.hangup(a)
+    cadence = daemon.daemon.ctx.broker._cadence
+    wait_until(lambda: cadence._again, what="the hangup noted while the publish is held")
+    assert cadence._timer is None  # nothing armed to overtake it
     gevent.sleep(0.5)  # (several intervals: a second publish would have run)
     slices.go.set()
     wait_until(lambda: not ({a, b} & live(r)), what="the call gone from the stream")
