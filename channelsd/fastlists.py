@@ -25,6 +25,7 @@ import orjson
 
 from channelsd import envelope
 from channelsd.channel import Channel
+from channelsd.httpserver import DECLINED
 from channelsd.presented import header_token, truthy, wants_csv
 from channelsd.table import Scope
 
@@ -36,9 +37,6 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 # An answer: the body's pieces, its encoding headers, the request id, the route (for metrics).
 Answer = tuple[tuple[bytes, ...], tuple[tuple[str, str], ...], str, str]
 Answers = Callable[[dict[str, Any]], Answer | None]
-# Set in the environ of a request the server's fast lane asked `answers` about and that
-# they left to the resource.
-DECLINED = "channelsd.fast_declined"
 
 # (Flask's rule, for the metrics label; the same rule as a pattern on PATH_INFO)
 _ROUTES = tuple(

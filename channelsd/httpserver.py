@@ -19,7 +19,8 @@ leaves every new client, /healthz included, waiting in the kernel's backlog). He
   connections are closed, and one line per interval is logged, not one per attempt.
 * A fast lane (`lane`, channelsd.fastlists' plain GETs) is asked before the application for
   a kept-alive HTTP/1.1 GET; what it answers is written here, in the bytes the WSGI path
-  would write (tests/test_fastlane.py).
+  would write (tests/test_fastlane.py). Such a GET whose head is already buffered whole, and
+  plain, is read by channelsd.quickhead instead of pywsgi (tests/test_quickhead.py).
 """
 
 from __future__ import annotations
@@ -38,10 +39,10 @@ from typing import Any
 
 import gevent
 import gevent.event
-from gevent.pywsgi import MAX_REQUEST_LINE, WSGIHandler, WSGIServer, format_date_time
+from gevent.pywsgi import MAX_REQUEST_LINE, Input, WSGIHandler, WSGIServer, format_date_time
 from gevent.socket import wait_read
 
-from channelsd import envelope, turns
+from channelsd import envelope, quickhead, turns
 from channelsd.config import HttpLimits
 from channelsd.envelope import ApiError
 from channelsd.httpheaders import IndexedMessage, read_headers
@@ -82,6 +83,11 @@ FD_RESERVE = 64
 # Set in a request's environ when its answer should be followed by giving up the CPU (see
 # Handler.process_result): an action's.
 YIELD_AFTER = "channelsd.yield_after"
+# Set in a request's environ by a lane that did not answer it: the application's own copy of
+# the lane (channelsd.fastlists) does not ask again.
+DECLINED = "channelsd.fast_declined"
+# The body of a request read by _quick: none (its _discard, at the answer's end, reads nothing).
+_NO_BODY = Input(None, 0)
 # The environ key of a request's Pusher (an unsized answer written from outside its greenlet).
 PUSHER = "channelsd.pusher"
 
@@ -418,22 +424,34 @@ class Handler(WSGIHandler):
         # Bytes of the answer a Pusher could not write: they go before anything else.
         self.unsent = b""
         self.pusher: Pusher | None = None
+        self._declined = False  # this request's lane said no already
+        self._answered: tuple[Any, ...] | None = None  # the lane's answer, asked by _quick
         super().__init__(sock, address, server, rfile=io.BufferedReader(self._reader))
 
     # -- phases ------------------------------------------------------------------------------
 
     def handle_one_request(self) -> Any:
-        # Visiting the hub first lets the other connections (and ingest) have a turn when a
-        # keep-alive connection's next request is already buffered.
-        gevent.sleep(0)
+        self._declined = False
         if self._requests:
             self.conn.begin("idle", self.limits.idle_timeout)
-            try:
-                if self.rfile.closed or not self.rfile.peek(1):
-                    return None
-            except (OSError, ValueError):
+        polled = turns.polls()
+        try:
+            if self.rfile.closed or not self.rfile.peek(1):
                 return None
+        except (OSError, ValueError):
+            return None  # as pywsgi ends a connection whose request line it cannot read
+        if turns.polls() == polled:
+            # The request was there already (pipelined, or sent before the last answer's
+            # end): the other connections and ingest have a turn first. One that was waited
+            # for came after a poll, where every socket had its turn: a visit then would be
+            # a round trip through the hub for nothing (~3 % of a single GET's time).
+            gevent.sleep(0)
+        if self._requests:
             self.conn.begin("header", self.limits.header_timeout)
+        if self.server.lane is not None and not self.server.access_log:
+            quick = self._quick()
+            if quick is not None:
+                return quick
         result = super().handle_one_request()
         if isinstance(result, tuple) and result[0] == "414":
             # pywsgi's own answer has no body: ours is in the API's envelope, as every error
@@ -444,6 +462,39 @@ class Handler(WSGIHandler):
             )
             return ("414", self.server.raw(err))
         return result
+
+    def _quick(self) -> bool | None:
+        """A plain GET the lane answers, its head read by channelsd.quickhead (True: the next
+        request; False: the connection ends). None leaves the request, unread, to pywsgi:
+        a head it does not take or the lane does not answer (marked: not asked again)."""
+        head = quickhead.parse(self.rfile.peek(1))
+        if head is None:
+            return None
+        length, path, env = head
+        try:
+            answer = self.server.lane(env)
+        except Exception:  # pywsgi's reading asks again, and answers the failure (a 500)
+            return None
+        if answer is None:
+            self._declined = True
+            return None
+        self.rfile.read(length)  # (the buffered head: no read from the socket)
+        # The state pywsgi's read_request would leave, then its response round (failures
+        # answered as it answers them) with the lane's answer.
+        self._requests += 1
+        self.requestline = f"GET {path} HTTP/1.1"
+        self.command, self.path, self.request_version = "GET", path, "HTTP/1.1"
+        self.close_connection = False
+        self.response_length = 0
+        self.conn.begin("body", self.limits.body_timeout)
+        self.environ = env
+        self.wsgi_input = _NO_BODY
+        self._answered = answer
+        try:
+            self.handle_one_response()
+        finally:
+            self._answered = None
+        return not (self.close_connection or self.rfile.closed)
 
     def MessageClass(self, fp: Any, *args: Any) -> Any:  # noqa: N802 (pywsgi's name)
         headers = read_headers(fp)  # pywsgi's parser, quicker for plain blocks
@@ -650,8 +701,14 @@ class Handler(WSGIHandler):
         # sets the state of one answer and turns a failure into handle_error's 500 for it as
         # for the application. Only where pywsgi would frame the answer just so: GET,
         # HTTP/1.1, kept alive, and no access line to write.
+        answer = self._answered
+        if answer is not None:
+            self._answer_at_once(*answer)
+            return
         lane = self.server.lane
-        if (
+        if self._declined:
+            self.environ[DECLINED] = True
+        elif (
             lane is not None
             and self.command == "GET"
             and self.request_version == "HTTP/1.1"

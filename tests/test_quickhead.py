@@ -1,0 +1,277 @@
+"""A plain GET's head read by channelsd.quickhead gives the lane what pywsgi's reading gives
+it, and the client the same answer, byte for byte but the Date.
+
+One daemon; each generated head goes over a raw socket twice: with the quick reading, and
+with it off (every head then read by pywsgi). The lane is wrapped to keep the environ it was
+asked with, and `parse` to see which heads it took: a generator that never produced a head
+it takes would test nothing, so the test also counts those."""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_api import World
+from test_fastlane import hold_the_clock, read_sized
+
+from channelsd import httpserver, quickhead
+
+from conftest import token
+
+_DATE = re.compile(rb"\r\nDate: [^\r]*")
+# A request id the server made (a random one per answer) in the head and in the body.
+_MADE_ID = re.compile(rb"(X-Request-ID: |\"request_id\": ?\")[0-9a-f]{32}")
+
+
+@pytest.fixture
+def world(switch: Any, make_daemon: Any, monkeypatch: pytest.MonkeyPatch) -> World:
+    h = make_daemon([switch], identity={"device_owners": {"dev9": "user1"}})
+    w = World(h, switch)
+    hold_the_clock(monkeypatch)
+    return w
+
+
+def ask(port: int, wire: bytes) -> bytes:
+    """One answer to `wire`, its Date and any request id the server made taken out (or what
+    came before the connection closed, for a request that gets none)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(wire)
+        try:
+            head, body, _ = read_sized(sock, b"", wire.startswith(b"HEAD "))
+        except AssertionError as closed:  # closed without a whole answer: say what came
+            return f"closed: {closed}".encode()
+    return _MADE_ID.sub(rb"\1<made>", _DATE.sub(b"", head) + b"\r\n\r\n" + body)
+
+
+PATHS = [
+    "/v2/channels",
+    "/v2/channels/",
+    "/v2/accounts/acc1/channels",
+    "/v2/accounts/acc2/channels",
+    "/v2/accounts/acc1/users/user1/channels",
+    "/v2/accounts/acc1/devices/dev9/channels",
+    "/v2/accounts/acc1/channels/{alice}",
+    "/v2/accounts/acc2/channels/{alice}",
+    "/v2/accounts/acc1/channels/no-such",
+    "/v2/accounts/acc1/channels?filter_answered=true",
+    "/v2/accounts/acc1/channels/%7Balice%7D",
+    "/v2/accounts/acc1/chan%6eels",
+    "/v2/accounts/acc1/channels#top",
+    "/v2/nothing",
+    "*",
+]
+NAMES = [
+    "Host",
+    "X-Auth-Token",
+    "x-auth-token",
+    "Authorization",
+    "X-Request-ID",
+    "Accept",
+    "Accept-Encoding",
+    "X-Pretty-Print",
+    "Content-Length",
+    "Connection",
+    "Cookie",
+    "Expect",
+    "Upgrade",
+    "X_Auth_Token",
+    "X-Other",
+    "Content-Type",
+]
+_VALUE_CHARS = st.sampled_from(list(' \t!#%,.-/:;=_abcXYZ019"*') + ["\x00", "\x7f", "é"])
+
+
+@st.composite
+def values(draw: st.DrawFn, name: str, tokens: dict[str, str]) -> str:
+    low = name.lower()
+    if low in ("x-auth-token", "x_auth_token"):
+        return draw(st.sampled_from([tokens["super"], tokens["admin1"], tokens["user1"], "bad"]))
+    if low == "authorization":
+        return "Bearer " + draw(st.sampled_from([tokens["super"], "bad"]))
+    if low == "content-length":
+        return draw(st.sampled_from(["0", " 0 ", ""]))
+    if low == "connection":
+        return draw(st.sampled_from(["close", "keep-alive", "Keep-Alive"]))
+    if low == "accept":
+        return draw(st.sampled_from(["*/*", "text/csv", "application/json, text/csv;q=0.5"]))
+    if low == "accept-encoding":
+        return draw(st.sampled_from(["gzip", "identity", "gzip, br"]))
+    if low == "x-pretty-print":
+        return draw(st.sampled_from(["true", "false", "1"]))
+    if low == "x-request-id":
+        return draw(st.sampled_from(["r1", "a" * 40, "bad id", "r\t2"]))
+    return draw(st.text(_VALUE_CHARS, max_size=12))
+
+
+@st.composite
+def heads(draw: st.DrawFn, alice: str, tokens: dict[str, str]) -> bytes:
+    # Half of them plain in form (GET, HTTP/1.1, CRLF, printable `Name: value` lines: the
+    # quick reading's, unless a path or a field is one it leaves), half anything.
+    plain = draw(st.booleans())
+    method = "GET" if plain else draw(st.sampled_from(["GET", "HEAD", "DELETE", "get"]))
+    # (plain: the lane's own paths and fields thrice as likely as the rest)
+    path = draw(st.sampled_from(PATHS + PATHS[:9] * 2 * plain)).format(alice=alice)
+    version = "HTTP/1.1" if plain else draw(st.sampled_from(["HTTP/1.1", "HTTP/1.0", "HTTP/1.2"]))
+    names = draw(st.lists(st.sampled_from(NAMES + NAMES[:8] * 2 * plain), max_size=4))
+    if draw(st.integers(0, 9)):  # mostly a token: the lane answers those
+        names.insert(draw(st.integers(0, len(names))), "X-Auth-Token")
+    lines = [f"{method} {path} {version}"]
+    for name in names:
+        value = draw(values(name, tokens))
+        if plain:
+            value = value.replace("\x00", "").replace("\x7f", "").replace("é", "")
+        gap = draw(st.sampled_from([": ", ":", ":  ", ": \t"] + ([] if plain else [" : "])))
+        trail = draw(st.sampled_from(["", " ", "\t"]))
+        lines.append(f"{name}{gap}{value}{trail}")
+    ending = "\r\n" if plain else draw(st.sampled_from(["\r\n", "\n"]))
+    return (ending.join(lines) + ending + ending).encode("utf-8")
+
+
+def test_the_quick_reading_gives_the_lane_and_the_client_what_pywsgi_gives(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = world.h.daemon.http
+    port = server.server_port
+    lane, parse = server.lane, quickhead.parse
+    asked: list[dict[str, Any]] = []
+    taken: list[bytes] = []
+    counts = {"taken": 0}
+
+    def kept(environ: dict[str, Any]) -> Any:
+        asked.append(dict(environ))
+        return lane(environ)
+
+    def seen(buffered: bytes) -> Any:
+        got = parse(buffered)
+        if got is not None:
+            taken.append(buffered[: got[0]])
+        return got
+
+    server.lane = kept
+    tokens = {name: token(name) for name in ("super", "admin1", "user1")}
+
+    tok = tokens["super"]
+    examples = [
+        f"GET /v2/channels HTTP/1.1\r\nConnection: close\r\nX-Auth-Token: {tok}\r\n\r\n",
+        f"GET /v2/channels HTTP/1.1\r\nExpect: 100-continue\r\nX-Auth-Token: {tok}\r\n\r\n",
+        f"GET /v2/channels HTTP/1.1\r\nCookie: a=1\r\nCookie: b\r\nX-Auth-Token: {tok}\r\n\r\n",
+        f"GET /v2/chan%6eels HTTP/1.1\r\nX-Auth-Token: {tok}\r\n\r\n",
+        f"GET /v2/channels?x=1 HTTP/1.1\r\nX-Auth-Token: {tok}\r\n\r\n",
+        f"GET /v2/channels HTTP/1.1\r\nX-Auth-Token: \t{tok} \r\nX-Pretty-Print:1\r\n\r\n",
+    ]
+
+    @settings(
+        max_examples=250,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+    @given(st.sampled_from(examples).map(str.encode) | heads(world.alice_a, tokens))
+    def check(wire: bytes) -> None:
+        asked.clear()
+        monkeypatch.setattr(quickhead, "parse", seen)
+        before = len(taken)
+        quick = ask(port, wire)
+        quick_asked = list(asked)
+        monkeypatch.setattr(quickhead, "parse", lambda buffered: None)
+        asked.clear()
+        slow = ask(port, wire)
+        assert quick == slow, wire
+        if len(taken) == before:
+            return
+        assert taken[-1] == wire  # the whole head, nothing after it
+        counts["taken"] += 1
+        # What the quick reading gave the lane, it also had from pywsgi, value for value.
+        assert len(quick_asked) == 1 and len(asked) == 1, wire
+        mine, pywsgis = quick_asked[0], asked[0]
+        for key, value in mine.items():
+            if key != httpserver.DECLINED:
+                assert pywsgis.get(key) == value, (key, wire)
+        # ... and every header pywsgi gave it is in the quick reading's
+        for key in pywsgis:
+            if key.startswith("HTTP_"):
+                assert key in mine, (key, wire)
+
+    try:
+        check()
+    finally:
+        server.lane = lane
+    # The generator reached the quick reading often (about half its heads are plain).
+    assert counts["taken"] >= 50, counts
+
+
+def test_a_head_cut_in_two_is_read_by_pywsgi_and_answered(world: World) -> None:
+    """A head that has not arrived whole is not the quick reading's: pywsgi waits for the
+    rest, and the lane still answers it."""
+    port = world.h.daemon.http.server_port
+    wire = (
+        f"GET /v2/accounts/acc1/channels/{world.alice_a} HTTP/1.1\r\n"
+        f"X-Auth-Token: {token('super')}\r\nX-Request-ID: cut\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(wire[:30])
+        time.sleep(0.2)  # (not a timing assertion: the head is read in two, however long)
+        sock.sendall(wire[30:])
+        head, body, _ = read_sized(sock, b"")
+    assert head.startswith(b"HTTP/1.1 200 OK") and b"X-Request-ID: cut" in head
+    assert world.alice_a.encode() in body
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /v2/channels HTTP/1.1\r\nX-A: 1\r\n",  # no blank line yet
+        b"GET /v2/channels?x=1 HTTP/1.1\r\n\r\n",
+        b"GET /v2/%63hannels HTTP/1.1\r\n\r\n",
+        b"GET /v2/channels HTTP/1.0\r\n\r\n",
+        b"HEAD /v2/channels HTTP/1.1\r\n\r\n",
+        b"GET  /v2/channels HTTP/1.1\r\n\r\n",
+        b"GET /v2/channels HTTP/1.1\n\n",
+        b"GET /v2/channels HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+        b"GET /v2/channels HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"GET /v2/channels HTTP/1.1\r\nConnection: keep-alive\r\n\r\n",
+        b"GET /v2/channels HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
+        b"GET /v2/channels HTTP/1.1\r\n folded\r\n\r\n",
+        b"GET /v2/channels HTTP/1.1\r\nX-A : 1\r\n\r\n",
+        b"GET /v2/channels HTTP/1.1\r\nX-A: \xe9\r\n\r\n",
+        b"GET /v2/channels HTTP/1.1\r\nX-A: 1\r2\r\n\r\n",
+        b"GET /v2/channels HTTP/1.1\r\n" + b"X-A: 1\r\n" * 100 + b"\r\n",  # http.client: 400
+    ],
+)
+def test_what_the_quick_reading_leaves_to_pywsgi(head: bytes) -> None:
+    assert quickhead.parse(head) is None
+
+
+def test_what_the_quick_reading_takes() -> None:
+    head = (
+        b"GET /v2/accounts/a/channels HTTP/1.1\r\nX-Auth-Token:  t \r\nx-auth-token: u\r\n"
+        b"X_Drop: 1\r\nCookie: a=1\r\nCookie: b=2\r\n" + b"X-B: 1\r\n" * 94 + b"\r\nGET /next"
+    )
+    length, path, env = quickhead.parse(head)
+    assert head[length:] == b"GET /next" and path == "/v2/accounts/a/channels"
+    assert env["HTTP_X_AUTH_TOKEN"] == "t,u" and env["HTTP_COOKIE"] == "a=1; b=2"
+    assert "HTTP_X_DROP" not in env and env["HTTP_X_B"] == ",".join(["1"] * 94)
+    assert env["PATH_INFO"] == path and env["QUERY_STRING"] == ""
+
+
+@pytest.mark.parametrize("fields", [99, 100])
+def test_the_field_limit_is_pywsgis(
+    world: World, monkeypatch: pytest.MonkeyPatch, fields: int
+) -> None:
+    """99 fields are read (the blank line makes http.client's 100 lines); 100 are refused, by
+    pywsgi, whichever reading was on."""
+    port = world.h.daemon.http.server_port
+    wire = (
+        f"GET /v2/accounts/acc1/channels HTTP/1.1\r\nX-Auth-Token: {token('super')}\r\n"
+        + "X-A: 1\r\n" * (fields - 2)
+        + "X-Request-ID: limit\r\n\r\n"
+    ).encode()
+    assert (quickhead.parse(wire) is not None) == (fields == 99)
+    quick = ask(port, wire)
+    monkeypatch.setattr(quickhead, "parse", lambda buffered: None)
+    assert ask(port, wire) == quick
+    assert quick.startswith(b"HTTP/1.1 200" if fields == 99 else b"HTTP/1.1 400")
