@@ -448,10 +448,9 @@ class Handler(WSGIHandler):
             gevent.sleep(0)
         if self._requests:
             self.conn.begin("header", self.limits.header_timeout)
-        if self.server.lane is not None and not self.server.access_log:
-            quick = self._quick()
-            if quick is not None:
-                return quick
+        if self.server.lane is not None and not self.server.access_log and self._quick():
+            # pywsgi's handle() takes None (the connection ends) or True (the next request)
+            return None if self.close_connection or self.rfile.closed else True
         result = super().handle_one_request()
         if isinstance(result, tuple) and result[0] == "414":
             # pywsgi's own answer has no body: ours is in the API's envelope, as every error
@@ -463,21 +462,21 @@ class Handler(WSGIHandler):
             return ("414", self.server.raw(err))
         return result
 
-    def _quick(self) -> bool | None:
-        """A plain GET the lane answers, its head read by channelsd.quickhead (True: the next
-        request; False: the connection ends). None leaves the request, unread, to pywsgi:
-        a head it does not take or the lane does not answer (marked: not asked again)."""
+    def _quick(self) -> bool:
+        """Answered: a plain GET the lane answers, its head read by channelsd.quickhead.
+        False leaves the request, unread, to pywsgi: a head it does not take or the lane does
+        not answer (marked: not asked again)."""
         head = quickhead.parse(self.rfile.peek(1))
         if head is None:
-            return None
+            return False
         length, path, env = head
         try:
             answer = self.server.lane(env)
         except Exception:  # pywsgi's reading asks again, and answers the failure (a 500)
-            return None
+            return False
         if answer is None:
             self._declined = True
-            return None
+            return False
         self.rfile.read(length)  # (the buffered head: no read from the socket)
         # The state pywsgi's read_request would leave, then its response round (failures
         # answered as it answers them) with the lane's answer.
@@ -494,7 +493,7 @@ class Handler(WSGIHandler):
             self.handle_one_response()
         finally:
             self._answered = None
-        return not (self.close_connection or self.rfile.closed)
+        return True
 
     def MessageClass(self, fp: Any, *args: Any) -> Any:  # noqa: N802 (pywsgi's name)
         headers = read_headers(fp)  # pywsgi's parser, quicker for plain blocks
