@@ -444,7 +444,7 @@ class Handler(WSGIHandler):
             # The request was there already (pipelined, or sent before the last answer's
             # end): the other connections and ingest have a turn first. One that was waited
             # for came after a poll, where every socket had its turn: a visit then would be
-            # a round trip through the hub for nothing (~3 % of a single GET's time).
+            # a round trip through the hub for nothing.
             gevent.sleep(0)
         if self._requests:
             self.conn.begin("header", self.limits.header_timeout)

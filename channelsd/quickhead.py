@@ -2,10 +2,10 @@
 
 A portal's poll is a small GET whose head arrives whole in one read. pywsgi reads it line by
 line, parses it into a message object, checks it, and builds a WSGI environ of some thirty
-entries, of which the lane (channelsd.fastlists) reads eleven: about a fifth of a
-single-channel GET's time in the daemon (BENCHMARKS.md, issue #16). Here a head that is
-already buffered whole, and plain in every respect, is read in one match into the entries
-the lane reads, with the values pywsgi would give them. Anything else is left to pywsgi,
+entries, of which the lane (channelsd.fastlists) reads eleven. Here a head that is already
+buffered whole, and plain in every respect, is read in one match into the entries the lane
+reads, with the values pywsgi would give them: a single-channel GET then costs the daemon
+~180 µs of CPU instead of ~210 (BENCHMARKS.md, issue #16). Anything else is left to pywsgi,
 unread: a head not yet whole, another method or version, a path with an escape or a
 query, a body or its framing, a connection header, a line that is not `Name: value` of
 printable ASCII, more fields than http.client takes. tests/test_quickhead.py holds that
