@@ -14,26 +14,20 @@ import time
 from typing import Any
 
 import pytest
+import test_fastlane
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_api import World
-from test_fastlane import hold_the_clock, read_sized
+from test_fastlane import _DATE, read_sized
 
 from channelsd import httpserver, quickhead
 
 from conftest import token
 
-_DATE = re.compile(rb"\r\nDate: [^\r]*")
+world = test_fastlane.world  # the fixture: test_fastlane's daemon, its clock held
+
 # A request id the server made (a random one per answer) in the head and in the body.
 _MADE_ID = re.compile(rb"(X-Request-ID: |\"request_id\": ?\")[0-9a-f]{32}")
-
-
-@pytest.fixture
-def world(switch: Any, make_daemon: Any, monkeypatch: pytest.MonkeyPatch) -> World:
-    h = make_daemon([switch], identity={"device_owners": {"dev9": "user1"}})
-    w = World(h, switch)
-    hold_the_clock(monkeypatch)
-    return w
 
 
 def ask(port: int, wire: bytes) -> bytes:

@@ -19,21 +19,16 @@ from typing import Any
 
 import gevent
 import pytest
+import test_fastlane
 from test_api import World
-from test_fastlane import hold_the_clock, read_sized
+from test_fastlane import read_sized
 from test_quickhead import _DATE, _MADE_ID
 
 from channelsd import quickhead
 
 from conftest import token, wait_until
 
-
-@pytest.fixture
-def world(switch: Any, make_daemon: Any, monkeypatch: pytest.MonkeyPatch) -> World:
-    h = make_daemon([switch], identity={"device_owners": {"dev9": "user1"}})
-    w = World(h, switch)
-    hold_the_clock(monkeypatch)
-    return w
+world = test_fastlane.world  # the fixture: test_fastlane's daemon, its clock held
 
 
 @pytest.fixture
