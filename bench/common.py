@@ -375,6 +375,17 @@ def proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def main_thread_sched(pid: int) -> tuple[float, float]:
+    """Seconds a process's main thread has run on a CPU and has waited, runnable, for one
+    (the kernel's /proc/PID/task/PID/schedstat); (0, 0) once it is gone or where the kernel
+    keeps no such figures. The wait is time the machine's other work took from it."""
+    try:
+        run, wait = Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[:2]
+    except (OSError, ValueError):
+        return 0.0, 0.0
+    return int(run) / 1e9, int(wait) / 1e9
+
+
 def rss_kib(pid: int) -> int:
     """A process's resident set (VmRSS) in KiB, from /proc."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

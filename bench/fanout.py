@@ -277,6 +277,11 @@ def lag_stats(
     }
 
 
+def _hub(r: dict[str, Any]) -> str:
+    ran, waited = r["hub"]
+    return f"{ran:.2f} / {waited:.2f}"
+
+
 def fanout(suite: Suite) -> None:
     """Every kind of subscriber in KINDS, one after the other."""
     for kind in KINDS:
@@ -376,6 +381,15 @@ def _fanout(suite: Suite, kind: str) -> None:
         "late. The daemon "
         f"used {paced['daemon_cpu']:.0%} of a core in the paced phase.",
         "",
+        "The daemon's main thread (the hub: ingest, the API, the publishes) in the full-speed "
+        "rounds, from the kernel's schedstat: on a CPU / runnable but waiting for one, in "
+        "seconds: none "
+        + ", ".join(_hub(r) for r in rounds["none"])
+        + f"; {n:,} subscribers "
+        + ", ".join(_hub(r) for r in rounds["crowd"])
+        + ". The wait is CPU the machine's other work (the readers, the stand-in, the "
+        "courier's sends) took from the hub while it had events to apply.",
+        "",
     ]
     suite.report.add("fanout", *lines)
     suite.report.target(
@@ -469,6 +483,7 @@ def _round(
         expected = expected_cut | set(probe_uuids)
         # -- full speed ------------------------------------------------------------------
         cpu0, lcpu0 = d.cpu_seconds(), load.load_cpu()
+        sched0 = bc.main_thread_sched(d.pid)
         sub0 = crowd.cpu() if crowd else []
         t0 = perf()
         burst_probes = prober.start()
@@ -491,6 +506,8 @@ def _round(
             "written": t_written - t0,
             "daemon_cpu": (d.cpu_seconds() - cpu0) / seconds,
             "load_cpu": (load.load_cpu() - lcpu0) / seconds,
+            # (ran, waited for a CPU): the hub's, in seconds
+            "hub": tuple(b - a for a, b in zip(sched0, bc.main_thread_sched(d.pid), strict=True)),
         }
         if crowd is not None:
             sub1 = crowd.cpu()

@@ -118,6 +118,7 @@ def _ingest(
             raise RuntimeError(f"{name}: the daemon holds {len(live)} channels, not the nodes'")
         total = sum(len(p) for p in parts)
         cpu0 = d.cpu_seconds()
+        sched0 = bc.main_thread_sched(d.pid)
         t0 = perf()
         for sw, part in zip(switches, parts, strict=True):
             sw.send_frames(part)
@@ -132,6 +133,8 @@ def _ingest(
             "seconds": seconds,
             "written": t_written - t0,
             "cpu": (d.cpu_seconds() - cpu0) / seconds,
+            # (ran, waited for a CPU): the hub's, in seconds
+            "hub": tuple(b - a for a, b in zip(sched0, bc.main_thread_sched(d.pid), strict=True)),
             "poll": polls[-1],
             "rss": d.rss_kib(),
             "events": total,
@@ -429,6 +432,14 @@ def _report_nodes(
         + ". Idle beside the same channels (a fresh daemon, 3 s doing nothing): one node "
         f"RSS {idle['one']['rss'] / 1024:.1f} MiB, CPU {idle['one']['cpu']:.1%}; {n} nodes "
         f"RSS {idle['many']['rss'] / 1024:.1f} MiB, CPU {idle['many']['cpu']:.1%}.",
+        "",
+        "The daemon's main thread (the hub) in each round, from the kernel's schedstat: on a "
+        "CPU / runnable but waiting for one, in seconds: one node "
+        + ", ".join(f"{r['hub'][0]:.2f} / {r['hub'][1]:.2f}" for r in rounds["one"])
+        + f"; {n} nodes "
+        + ", ".join(f"{r['hub'][0]:.2f} / {r['hub'][1]:.2f}" for r in rounds["many"])
+        + ". Each kind of round applies the same events every time: its time on a CPU varies "
+        "only with how fast the machine ran that work.",
         "",
         f"**A network blip.** Every node's connections dropped at once, new ones refused for "
         f"{blip['down_s']:.2f} s while each node ended {blip['change']} calls and started "

@@ -87,6 +87,7 @@ def targets_table(runs: list[RunResult]) -> list[str]:
             lines.append(f"| {t.scenario} | {t.what} | {t.measured} | {verdict(t.met)} |")
         return lines
     head = " | ".join(f"run {i + 1}" for i in range(len(runs)))
+    every = [all(found.get(key) is not None and found[key].met for key in keys) for found in by_run]
     lines = [
         f"| scenario | target | {head} | held in every run |",
         "|---|---|" + "---:|" * len(runs) + "---|",
@@ -103,7 +104,26 @@ def targets_table(runs: list[RunResult]) -> list[str]:
                 cells.append(t.measured + ("" if t.met else " **missed**"))
                 held = held and t.met
         lines.append(f"| {key[0]} | {key[1]} | {' | '.join(cells)} | {verdict(held)} |")
-    return lines
+    return [*lines, "", stretch_line(every)]
+
+
+def stretch_line(every: list[bool]) -> str:
+    """Which runs held every target, and the longest stretch of them in a row (the issue's
+    bar is three consecutive runs)."""
+    held = [str(i + 1) for i, ok in enumerate(every) if ok]
+    best = (0, 0)  # (length, first run)
+    length = 0
+    for i, ok in enumerate(every):
+        length = length + 1 if ok else 0
+        if length > best[0]:
+            best = (length, i - length + 2)
+    if not best[0]:
+        return f"Every target held in none of the {len(every)} runs."
+    span = f"run {best[1]}" if best[0] == 1 else f"runs {best[1]}–{best[1] + best[0] - 1}"
+    return (
+        f"Every target held in run(s) {', '.join(held)} of {len(every)}; the longest stretch "
+        f"of consecutive runs holding every target: {best[0]} ({span})."
+    )
 
 
 def verdict(met: bool) -> str:
