@@ -29,6 +29,7 @@ import pyte
 from gevent.server import StreamServer
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from wcwidth import wcwidth
 
 from channelsd.channel import GREGORIAN_OFFSET
 from channelsd.standin.replay import load_frames
@@ -383,6 +384,24 @@ def test_errors_are_one_line_with_their_exit_status(switch: Any, make_daemon: An
 # -- --watch in a pseudo-terminal -------------------------------------------------------------
 
 
+def _row_text(row: Any, columns: int) -> str:
+    """A pyte screen row as pyte's `display` reads it (a wide character's right half is not
+    a character of its own), with a lone empty cell read as a blank."""
+    out = []
+    wide = False
+    for x in range(columns):
+        if wide:
+            wide = False
+            continue
+        data = row[x].data
+        if not data:
+            out.append(" ")
+            continue
+        out.append(data)
+        wide = wcwidth(data[0]) == 2
+    return "".join(out)
+
+
 class Terminal:
     """A process on a pseudo-terminal, and the screen a terminal would show for its output."""
 
@@ -414,8 +433,15 @@ class Terminal:
             self.stream.feed(data)
 
     def text(self) -> str:
+        """The screen's text. Read cell by cell, not through pyte's `display`: pyte leaves the
+        right half of a wide character as an empty cell when a narrow one overwrites its left
+        half (rich redraws the live table in place), and `display` then fails with an
+        IndexError, where a real terminal shows a blank."""
         self.pump()
-        return "\n".join(line.rstrip() for line in self.screen.display)
+        screen = self.screen
+        return "\n".join(
+            _row_text(screen.buffer[y], screen.columns).rstrip() for y in range(screen.lines)
+        )
 
     def live(self) -> str:
         """The live calls part of the screen (above "Recently ended")."""
