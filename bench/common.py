@@ -386,6 +386,17 @@ def main_thread_sched(pid: int) -> tuple[float, float]:
     return int(run) / 1e9, int(wait) / 1e9
 
 
+def main_thread_since(pid: int, before: tuple[float, float]) -> tuple[float, float]:
+    """main_thread_sched's two figures since `before` (an earlier reading of it)."""
+    now = main_thread_sched(pid)
+    return now[0] - before[0], now[1] - before[1]
+
+
+def sched_text(figures: tuple[float, float]) -> str:
+    """`ran / waited`, in seconds, as the reports print main_thread_since."""
+    return f"{figures[0]:.2f} / {figures[1]:.2f}"
+
+
 def rss_kib(pid: int) -> int:
     """A process's resident set (VmRSS) in KiB, from /proc."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -277,11 +277,6 @@ def lag_stats(
     }
 
 
-def _hub(r: dict[str, Any]) -> str:
-    ran, waited = r["hub"]
-    return f"{ran:.2f} / {waited:.2f}"
-
-
 def fanout(suite: Suite) -> None:
     """Every kind of subscriber in KINDS, one after the other."""
     for kind in KINDS:
@@ -384,9 +379,9 @@ def _fanout(suite: Suite, kind: str) -> None:
         "The daemon's main thread (the hub: ingest, the API, the publishes) in the full-speed "
         "rounds, from the kernel's schedstat: on a CPU / runnable but waiting for one, in "
         "seconds: none "
-        + ", ".join(_hub(r) for r in rounds["none"])
+        + ", ".join(bc.sched_text(r["hub"]) for r in rounds["none"])
         + f"; {n:,} subscribers "
-        + ", ".join(_hub(r) for r in rounds["crowd"])
+        + ", ".join(bc.sched_text(r["hub"]) for r in rounds["crowd"])
         + ". The wait is CPU the machine's other work (the readers, the stand-in, the "
         "courier's sends) took from the hub while it had events to apply.",
         "",
@@ -507,7 +502,7 @@ def _round(
             "daemon_cpu": (d.cpu_seconds() - cpu0) / seconds,
             "load_cpu": (load.load_cpu() - lcpu0) / seconds,
             # (ran, waited for a CPU): the hub's, in seconds
-            "hub": tuple(b - a for a, b in zip(sched0, bc.main_thread_sched(d.pid), strict=True)),
+            "hub": bc.main_thread_since(d.pid, sched0),
         }
         if crowd is not None:
             sub1 = crowd.cpu()

@@ -134,7 +134,7 @@ def _ingest(
             "written": t_written - t0,
             "cpu": (d.cpu_seconds() - cpu0) / seconds,
             # (ran, waited for a CPU): the hub's, in seconds
-            "hub": tuple(b - a for a, b in zip(sched0, bc.main_thread_sched(d.pid), strict=True)),
+            "hub": bc.main_thread_since(d.pid, sched0),
             "poll": polls[-1],
             "rss": d.rss_kib(),
             "events": total,
@@ -435,9 +435,9 @@ def _report_nodes(
         "",
         "The daemon's main thread (the hub) in each round, from the kernel's schedstat: on a "
         "CPU / runnable but waiting for one, in seconds: one node "
-        + ", ".join(f"{r['hub'][0]:.2f} / {r['hub'][1]:.2f}" for r in rounds["one"])
+        + ", ".join(bc.sched_text(r["hub"]) for r in rounds["one"])
         + f"; {n} nodes "
-        + ", ".join(f"{r['hub'][0]:.2f} / {r['hub'][1]:.2f}" for r in rounds["many"])
+        + ", ".join(bc.sched_text(r["hub"]) for r in rounds["many"])
         + ". Each kind of round applies the same events every time: its time on a CPU varies "
         "only with how fast the machine ran that work.",
         "",
