@@ -162,6 +162,9 @@ def test_the_quick_reading_gives_the_lane_and_the_client_what_pywsgi_gives(
     @settings(
         max_examples=250,
         deadline=None,
+        # Fixed, so that how many heads reach the quick reading (asserted below) does not
+        # depend on the draw: a random one took 31 of 250 once.
+        derandomize=True,
         suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     )
     @given(st.sampled_from(examples).map(str.encode) | heads(world.alice_a, tokens))
