@@ -61,11 +61,12 @@ class SseStream:
         self._body = bytearray()  # decoded stream, not yet cut into messages
         self.chunked = True
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: bytes | memoryview, marker: bytes) -> tuple[int, list[bytes]]:
+        """Messages completed by `data`, and the probe ids (6 digits after `marker`) in them."""
         if self._head is not None:
             split = _take_head(self._head, data)
             if split is None:
-                return []
+                return 0, []
             head, data = split
             self._head = None
             status = head.split(" ", 2)[1] if " " in head else "?"
@@ -76,7 +77,7 @@ class SseStream:
             self._dechunk(data)
         else:
             self._body += data
-        return self._messages()
+        return self._messages(marker)
 
     def _dechunk(self, data: bytes) -> None:
         raw = self._raw
@@ -108,14 +109,16 @@ class SseStream:
             self._need = size
         del raw[:pos]
 
-    def _messages(self) -> list[bytes]:
+    def _messages(self, marker: bytes) -> tuple[int, list[bytes]]:
         body = self._body
         end = body.rfind(b"\n\n")
         if end < 0:
-            return []
+            return 0, []
         done = bytes(body[:end])
         del body[: end + 2]
-        return [m for m in done.split(b"\n\n") if m and not m.startswith(b":")]
+        # (a comment line, the keep-alive, is no message; no probe is ever in one)
+        count = sum(1 for m in done.split(b"\n\n") if m and not m.startswith(b":"))
+        return count, probes_in(done, 0, len(done), marker)
 
 
 class WebSocketStream:
@@ -148,21 +151,19 @@ class WebSocketStream:
         self._replied = False
         self.then_send: bytes | None = None
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: bytes | memoryview, marker: bytes) -> tuple[int, list[bytes]]:
+        """Messages completed by `data`, and the probe ids (6 digits after `marker`) in them."""
         if self._head is not None:
             split = _take_head(self._head, data)
             if split is None:
-                return []
+                return 0, []
             head, data = split
             self._head = None
             if " 101 " not in head.split("\r\n", 1)[0] + " ":
                 raise HttpStreamError(f"no upgrade: {head.splitlines()[0]}")
             self._send(self._frame(0x1, self._subscribe))
         self._buf += data
-        messages = self._frames()
-        if messages and not self._replied:
-            self._check_reply(messages[0])
-        return messages
+        return self._frames(marker)
 
     def _check_reply(self, message: bytes) -> None:
         try:
@@ -189,42 +190,71 @@ class WebSocketStream:
             head += bytes([0x80 | 127]) + n.to_bytes(8, "big")
         return bytes(head) + b"\0\0\0\0" + payload
 
-    def _frames(self) -> list[bytes]:
-        out = []
+    def _frames(self, marker: bytes) -> tuple[int, list[bytes]]:
+        """Walk the whole frames in the buffer. A whole unfragmented text frame after the
+        reply, nearly every frame, is only counted: its probes are found by one search over
+        the frames walked, as a marker and its digits lie inside one JSON payload, never
+        across a frame's head. Only the rest (the reply, fragments, pings, a close) is copied."""
+        count = 0
         buf = self._buf
+        end = len(buf)
         pos = 0
-        while len(buf) - pos >= 2:
+        while end - pos >= 2:
             b0, b1 = buf[pos], buf[pos + 1]
             n = b1 & 0x7F
             at = pos + 2
             if n == 126:
-                if len(buf) - at < 2:
+                if end - at < 2:
                     break
-                n, at = int.from_bytes(buf[at : at + 2], "big"), at + 2
+                n, at = (buf[at] << 8) | buf[at + 1], at + 2
             elif n == 127:
-                if len(buf) - at < 8:
+                if end - at < 8:
                     break
                 n, at = int.from_bytes(buf[at : at + 8], "big"), at + 8
             if b1 & 0x80:
                 at += 4  # a server never masks; skip a mask if one came anyway
-            if len(buf) - at < n:
+            if end - at < n:
                 break
-            payload = bytes(buf[at : at + n])
+            if b0 == 0x81 and self._replied and not self._parts:
+                count += 1
+            else:
+                count += self._other(b0, bytes(buf[at : at + n]))
             pos = at + n
-            opcode = b0 & 0x0F
-            if opcode == 0x8:
-                code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 0
-                reason = payload[2:].decode("utf-8", "replace")
-                raise HttpStreamError(f"the server closed the websocket: {code} {reason}")
-            if opcode == 0x9:
-                self._send(self._frame(0xA, payload))
-            if opcode in (0x0, 0x1, 0x2):
-                self._parts.append(payload)
-                if b0 & 0x80:
-                    out.append(b"".join(self._parts))
-                    self._parts = []
+        probes = probes_in(buf, 0, pos, marker)
         del buf[:pos]
-        return out
+        return count, probes
+
+    def _other(self, b0: int, payload: bytes) -> int:
+        """Any frame but a whole text message after the reply: 1 if it completed a message."""
+        opcode = b0 & 0x0F
+        if opcode == 0x8:
+            code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 0
+            reason = payload[2:].decode("utf-8", "replace")
+            raise HttpStreamError(f"the server closed the websocket: {code} {reason}")
+        if opcode == 0x9:
+            self._send(self._frame(0xA, payload))
+        if opcode not in (0x0, 0x1, 0x2):
+            return 0
+        self._parts.append(payload)
+        if not b0 & 0x80:
+            return 0
+        message = b"".join(self._parts)
+        self._parts = []
+        if not self._replied:
+            self._check_reply(message)
+        return 1
+
+
+def probes_in(buf: bytes | bytearray, start: int, end: int, marker: bytes) -> list[bytes]:
+    """The probe ids (the 6 digits after each `marker`) in buf[start:end]."""
+    out = []
+    at = buf.find(marker, start, end)
+    while at >= 0:
+        digits = bytes(buf[at + len(marker) : at + len(marker) + 6])
+        if digits.isdigit():
+            out.append(digits)
+        at = buf.find(marker, at + 1, end)
+    return out
 
 
 KINDS = ("sse", "websocket")
@@ -296,7 +326,7 @@ def main() -> int:
             sub.full += 1
         sub.bytes += n
         try:
-            messages = sub.stream.feed(bytes(view[:n]))
+            count, probes = sub.stream.feed(view[:n], marker)
         except HttpStreamError as exc:
             sub.closed = str(exc)
             sel.unregister(sub.sock)
@@ -307,21 +337,16 @@ def main() -> int:
             sub.sock.setblocking(True)
             sub.sock.sendall(send)
             sub.sock.setblocking(False)
-        if not messages:
+        if not count:
             return
         if sub.first is None:
             sub.first = now
-        sub.messages += len(messages)
-        for msg in messages:
-            at = msg.find(marker)
-            while at >= 0:
-                digits = msg[at + len(marker) : at + len(marker) + 6]
-                if digits.isdigit():
-                    key = (sub.index, int(digits))
-                    if key not in seen:
-                        seen.add(key)
-                        received.append((sub.index, int(digits), now))
-                at = msg.find(marker, at + 1)
+        sub.messages += count
+        for digits in probes:
+            key = (sub.index, int(digits))
+            if key not in seen:
+                seen.add(key)
+                received.append((sub.index, int(digits), now))
 
     def pump(timeout: float) -> None:
         for key, _ in sel.select(timeout):
