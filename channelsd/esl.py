@@ -103,9 +103,12 @@ _FORBIDDEN_IN_COMMAND = frozenset("\r\n\x00\u2028\u2029\x85")
 YIELD_EVERY = 300
 # One socket read: dozens of events in a burst, and FreeSWITCH's big listings in a few reads.
 RECV_BYTES = 256 * 1024
-# An event counts as one more frame for each 16 KiB of its body (FreeSWITCH's are 0.5-10 KB),
-# so that YIELD_EVERY frames stay a few milliseconds of parsing whatever their size.
-BIG_EVENT_SHIFT = 14
+# An event counts as one more frame for each 4 KiB of its body (FreeSWITCH's are 0.5-10 KB;
+# a Kazoo channel's ~2.6 KB counts one), so that YIELD_EVERY frames stay a few milliseconds of
+# parsing whatever their size: at most ~1.2 MB of events in a turn, however a switch sizes them.
+BIG_EVENT_SHIFT = 12
+# What one turn may read of events, at most (tests/test_esl_limits.py holds the reader to it).
+TURN_BYTES = YIELD_EVERY << BIG_EVENT_SHIFT
 # Bytes read into (or past) one body between visits to the hub: about a millisecond of copying.
 YIELD_BYTES = 1024 * 1024
 # FreeSWITCH's outer header blocks are a few short lines (captured: 26 to 137 bytes); this is

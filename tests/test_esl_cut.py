@@ -10,6 +10,7 @@ without the cutter, and the C call alone against hostile arguments and bytes.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import gevent
@@ -360,14 +361,17 @@ def test_a_table_fed_through_the_cutter_equals_one_fed_whole_events(identity: st
     bodies = [orjson.dumps(event) for _, event in ALL_EVENTS]
     stream = b"".join(frame(b) for b in bodies)
     pos = hinted = 0
+    batch: Iterator[tuple[Any, bytes, bytes | None]] = iter(())
     for i, body in enumerate(bodies):
         whole.apply("fs1", parse_json(body), body)
-        if i % 50 == 0:  # a cut of up to 50 events, as the reader would ask
+        taken = next(batch, None)
+        if taken is None:  # a cut of up to 50 frames' worth, as the reader would ask
             cut = reader.cut(stream, pos, 50, esl.BIG_EVENT_SHIFT, LIMIT)
             assert cut is not None
             picks, cut_bodies, hints, pos, _holds = cut
             batch = iter(zip(picks, cut_bodies, hints, strict=True))
-        picked, cut_body, hint = next(batch)
+            taken = next(batch)
+        picked, cut_body, hint = taken
         assert cut_body == body
         fed.apply("fs1", parse_json(body) if picked is None else picked, hint)
         hinted += hint == b""

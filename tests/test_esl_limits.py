@@ -240,6 +240,44 @@ def test_big_events_under_the_limit_cost_their_size_between_visits(
     assert len(pauses) >= count * units // esl.YIELD_EVERY - 1
 
 
+@pytest.mark.parametrize("kind", ["json", "plain"])
+def test_a_turn_takes_at_most_turn_bytes_of_events_whatever_their_size(
+    peer: Peer, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """The worst case for a turn's length: events just under one more frame's worth each, so
+    that every one counts as a single frame. Between two visits to the hub the reader still
+    delivers no more than TURN_BYTES of them (~1.2 MB; with turns of 300 frames, events of up
+    to 16 KiB counting as one would have let a switch make turns of 4.9 MB)."""
+    client = Client(peer)
+    delivered_at_visits: list[int] = []
+    pause = esl._pause
+
+    def counting() -> None:
+        delivered_at_visits.append(len(client.events))
+        pause()
+
+    monkeypatch.setattr(esl, "_pause", counting)
+    size = (1 << esl.BIG_EVENT_SHIFT) - 1
+    count = 4 * esl.YIELD_EVERY
+    frames = []
+    for i in range(count):
+        if kind == "json":
+            base = len(orjson.dumps({"Event-Name": "CUSTOM", "n": i, "pad": ""}))
+            frame = json_event({"Event-Name": "CUSTOM", "n": i, "pad": "p" * (size - base)})
+        else:
+            frame = plain_event("CUSTOM", 0)
+            frame = plain_event("CUSTOM", size - (len(frame) - frame.index(b"\n\n") - 2))
+        assert frame.startswith(b"Content-Length: %d\n" % size)
+        frames.append(frame)
+    peer.send(b"".join(frames))
+    wait_until(lambda: len(client.events) == count, HANG, "every event")
+    assert esl.TURN_BYTES <= 1_250_000
+    marks = [0, *delivered_at_visits, count]
+    longest = max(b - a for a, b in zip(marks, marks[1:], strict=False))
+    assert longest * size <= esl.TURN_BYTES
+    assert client.conn.alive
+
+
 def test_a_flood_of_unparseable_events_still_visits_the_hub(peer: Peer, pauses: list[int]) -> None:
     """An event that does not parse is dropped and counted, and costs its frame like any
     other: a switch sending nothing but broken events (each a failed parse, a retry and a
