@@ -103,11 +103,13 @@ _FORBIDDEN_IN_COMMAND = frozenset("\r\n\x00\u2028\u2029\x85")
 YIELD_EVERY = 300
 # One socket read: dozens of events in a burst, and FreeSWITCH's big listings in a few reads.
 RECV_BYTES = 256 * 1024
-# An event counts as one more frame for each 4 KiB of its body (FreeSWITCH's are 0.5-10 KB;
-# a Kazoo channel's ~2.6 KB counts one), so that YIELD_EVERY frames stay a few milliseconds of
-# parsing whatever their size: at most ~1.2 MB of events in a turn, however a switch sizes them.
+# A frame counts as one more for each 4 KiB of its body (FreeSWITCH's events are 0.5-10 KB; a
+# Kazoo channel's ~2.6 KB counts one), events, replies, log lines and bodies read past alike,
+# so that YIELD_EVERY frames stay a few milliseconds of work whatever their size.
 BIG_EVENT_SHIFT = 12
-# What one turn may read of events, at most (tests/test_esl_limits.py holds the reader to it).
+# What one turn reads of bodies, at most, before the frame that ends it (a frame is counted
+# once taken: the last may be up to MAX_EVENT_BYTES, or a reply; tests/test_esl_limits.py
+# holds the reader to it).
 TURN_BYTES = YIELD_EVERY << BIG_EVENT_SHIFT
 # Bytes read into (or past) one body between visits to the hub: about a millisecond of copying.
 YIELD_BYTES = 1024 * 1024
@@ -509,8 +511,8 @@ class ESLConnection(InboundESL):
                 self._event(buf[start:stop], self._parse_json)
             else:
                 self._dispatch(headers, buf[start:stop])
-                if ctype not in _EVENT_TYPES:
-                    self._tick()  # _event counted the events
+                if ctype not in _EVENT_TYPES:  # (_event counted the events)
+                    self._tick(1 + (length >> BIG_EVENT_SHIFT))
 
     def _skip(self, buf: bytes, start: int, length: int, ctype: str) -> tuple[bytes, int]:
         """Read past a body too large to keep, without keeping it: the buffer and position
@@ -540,7 +542,7 @@ class ESLConnection(InboundESL):
         if self._on_parse_error:
             self._on_parse_error(exc)
         log.warning("%s: dropped %s", self.label, exc)
-        self._tick()
+        self._tick(1 + (length >> BIG_EVENT_SHIFT))
         return rest, at
 
     @staticmethod
@@ -587,7 +589,7 @@ class ESLConnection(InboundESL):
                     handler(parsed, body)
                 except Exception:  # a bug in one event's handling must not end the reader
                     self._handler_failed(parsed)
-        # A big event costs its size to parse (one more frame per 16 KiB of it), and one that
+        # A big event costs its size to parse (one more frame per 4 KiB of it), and one that
         # does not parse costs its frame too: a switch sending only broken events must not
         # hold the hub. (_tick, inlined: this is the hot path of ingest.)
         self._since_yield += 1 + (len(body) >> BIG_EVENT_SHIFT)

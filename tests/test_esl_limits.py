@@ -240,41 +240,51 @@ def test_big_events_under_the_limit_cost_their_size_between_visits(
     assert len(pauses) >= count * units // esl.YIELD_EVERY - 1
 
 
-@pytest.mark.parametrize("kind", ["json", "plain"])
-def test_a_turn_takes_at_most_turn_bytes_of_events_whatever_their_size(
-    peer: Peer, monkeypatch: pytest.MonkeyPatch, kind: str
+def _frame_of(kind: str, i: int, size: int) -> bytes:
+    """A frame whose body is exactly `size` bytes: a json or plain event, or a log line."""
+    if kind == "json":
+        base = len(orjson.dumps({"Event-Name": "CUSTOM", "n": i, "pad": ""}))
+        frame = json_event({"Event-Name": "CUSTOM", "n": i, "pad": "p" * (size - base)})
+    elif kind == "plain":
+        frame = plain_event("CUSTOM", 0)
+        frame = plain_event("CUSTOM", size - (len(frame) - frame.index(b"\n\n") - 2))
+    else:
+        frame = b"Content-Type: log/data\nContent-Length: %d\n\n" % size + b"l" * size
+    assert frame.endswith(b"\n\n" + frame[-size:]) and b"Content-Length: %d\n" % size in frame
+    return frame
+
+
+@pytest.mark.parametrize("units", [1, 2], ids=["one frame each", "two frames each"])
+@pytest.mark.parametrize("kind", ["json", "plain", "log"])
+def test_a_turn_reads_at_most_turn_bytes_whatever_the_frames_size(
+    peer: Peer, monkeypatch: pytest.MonkeyPatch, kind: str, units: int
 ) -> None:
-    """The worst case for a turn's length: events just under one more frame's worth each, so
-    that every one counts as a single frame. Between two visits to the hub the reader still
-    delivers no more than TURN_BYTES of them (~1.2 MB; with turns of 300 frames, events of up
-    to 16 KiB counting as one would have let a switch make turns of 4.9 MB)."""
+    """The worst case for a turn's length: bodies just under one more frame's worth each.
+    Between two visits to the hub the reader still reads no more than TURN_BYTES of them
+    (~1.2 MB), events and the frames it drops (log lines) alike: counting every body as one
+    frame, 300 of them would be 2.4 MB here, and 4.9 MB with the 16 KiB frames of before."""
     client = Client(peer)
-    delivered_at_visits: list[int] = []
+    size = (units << esl.BIG_EVENT_SHIFT) - 1
+    count = 4 * esl.YIELD_EVERY
+    taken: list[int] = []  # bytes received when each visit to the hub began
     pause = esl._pause
 
     def counting() -> None:
-        delivered_at_visits.append(len(client.events))
+        taken.append(client.conn.rx_total)
         pause()
 
     monkeypatch.setattr(esl, "_pause", counting)
-    size = (1 << esl.BIG_EVENT_SHIFT) - 1
-    count = 4 * esl.YIELD_EVERY
-    frames = []
-    for i in range(count):
-        if kind == "json":
-            base = len(orjson.dumps({"Event-Name": "CUSTOM", "n": i, "pad": ""}))
-            frame = json_event({"Event-Name": "CUSTOM", "n": i, "pad": "p" * (size - base)})
-        else:
-            frame = plain_event("CUSTOM", 0)
-            frame = plain_event("CUSTOM", size - (len(frame) - frame.index(b"\n\n") - 2))
-        assert frame.startswith(b"Content-Length: %d\n" % size)
-        frames.append(frame)
-    peer.send(b"".join(frames))
-    wait_until(lambda: len(client.events) == count, HANG, "every event")
+    frames = [_frame_of(kind, i, size) for i in range(count)]
+    peer.send(b"".join(frames) + json_event({"Event-Name": "HEARTBEAT"}))
+    wanted = 1 + (count if kind != "log" else 0)
+    wait_until(lambda: len(client.events) == wanted, HANG, "every event")
     assert esl.TURN_BYTES <= 1_250_000
-    marks = [0, *delivered_at_visits, count]
+    # bytes received between two visits: at most a turn's bodies, their heads, the frame
+    # that ended the turn and one read past it
+    marks = [0, *taken, client.conn.rx_total]
     longest = max(b - a for a, b in zip(marks, marks[1:], strict=False))
-    assert longest * size <= esl.TURN_BYTES
+    head = len(frames[0]) - size
+    assert longest <= esl.TURN_BYTES + (esl.TURN_BYTES // size + 1) * head + esl.RECV_BYTES
     assert client.conn.alive
 
 
