@@ -192,13 +192,15 @@ class WebSocketStream:
 
     def _frames(self, marker: bytes) -> tuple[int, list[bytes]]:
         """Walk the whole frames in the buffer. A whole unfragmented text frame after the
-        reply, nearly every frame, is only counted: its probes are found by one search over
-        the frames walked, as a marker and its digits lie inside one JSON payload, never
-        across a frame's head. Only the rest (the reply, fragments, pings, a close) is copied."""
+        reply, nearly every frame, is only counted: the probes of a run of such frames are
+        found by one search over the run, as a marker and its digits lie inside one JSON
+        payload, never across a frame's head. The rest (the reply, fragments, pings, a
+        close) is copied out, and a fragmented message searched once it is whole."""
         count = 0
+        probes: list[bytes] = []
         buf = self._buf
         end = len(buf)
-        pos = 0
+        pos = run = 0  # run: where the current run of whole text frames began
         while end - pos >= 2:
             b0, b1 = buf[pos], buf[pos + 1]
             n = b1 & 0x7F
@@ -218,14 +220,19 @@ class WebSocketStream:
             if b0 == 0x81 and self._replied and not self._parts:
                 count += 1
             else:
-                count += self._other(b0, bytes(buf[at : at + n]))
+                probes += probes_in(buf, run, pos, marker)
+                message = self._other(b0, bytes(buf[at : at + n]))
+                if message is not None:
+                    count += 1
+                    probes += probes_in(message, 0, len(message), marker)
+                run = at + n
             pos = at + n
-        probes = probes_in(buf, 0, pos, marker)
+        probes += probes_in(buf, run, pos, marker)
         del buf[:pos]
         return count, probes
 
-    def _other(self, b0: int, payload: bytes) -> int:
-        """Any frame but a whole text message after the reply: 1 if it completed a message."""
+    def _other(self, b0: int, payload: bytes) -> bytes | None:
+        """Any frame but a whole text message after the reply: the message it completed."""
         opcode = b0 & 0x0F
         if opcode == 0x8:
             code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 0
@@ -234,15 +241,15 @@ class WebSocketStream:
         if opcode == 0x9:
             self._send(self._frame(0xA, payload))
         if opcode not in (0x0, 0x1, 0x2):
-            return 0
+            return None
         self._parts.append(payload)
         if not b0 & 0x80:
-            return 0
+            return None
         message = b"".join(self._parts)
         self._parts = []
         if not self._replied:
             self._check_reply(message)
-        return 1
+        return message
 
 
 def probes_in(buf: bytes | bytearray, start: int, end: int, marker: bytes) -> list[bytes]:
@@ -250,8 +257,8 @@ def probes_in(buf: bytes | bytearray, start: int, end: int, marker: bytes) -> li
     out = []
     at = buf.find(marker, start, end)
     while at >= 0:
-        digits = bytes(buf[at + len(marker) : at + len(marker) + 6])
-        if digits.isdigit():
+        digits = bytes(buf[at + len(marker) : min(end, at + len(marker) + 6)])
+        if len(digits) == 6 and digits.isdigit():
             out.append(digits)
         at = buf.find(marker, at + 1, end)
     return out
