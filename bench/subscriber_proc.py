@@ -36,7 +36,7 @@ class HttpStreamError(Exception):
     pass
 
 
-def _take_head(buf: bytearray, data: bytes) -> tuple[str, bytes] | None:
+def _take_head(buf: bytearray, data: bytes | memoryview) -> tuple[str, bytes] | None:
     """Add `data` to the response head read so far; once the head is whole, return it and
     the bytes after it (None until then)."""
     buf += data

@@ -96,10 +96,11 @@ class _Frame:
 
 _FORBIDDEN_IN_COMMAND = frozenset("\r\n\x00\u2028\u2029\x85")
 # Frames handled in a row before the reader lets HTTP requests and other nodes run: about
-# turns.BUDGET of json events (~7 µs each here), one turn per iteration of the hub. At 100
-# (2026-12-05) twenty nodes' readers took turns a third as long, each finding its socket
-# buffer and what it had cut cold after the other nineteen: one node's events cost ~15 % more
-# spread over twenty (the hub on a CPU 0.72-1.02 s against 0.64-0.76 s for the same events).
+# turns.BUDGET of json events (~7 µs each here), one turn per iteration of the hub. At 100,
+# twenty nodes' readers took turns a third as long, each coming back to its socket buffer
+# after the other nineteen's; the same events cost the hub ~0.1 s more a round spread over
+# twenty nodes than from one. With 300 that was ~0.04 s in one suite of six runs and ~0.1 s
+# again in the next (BENCHMARKS.md, 2026-12-05 night): a likely gain, not a settled one.
 YIELD_EVERY = 300
 # One socket read: dozens of events in a burst, and FreeSWITCH's big listings in a few reads.
 RECV_BYTES = 256 * 1024
@@ -512,7 +513,7 @@ class ESLConnection(InboundESL):
             else:
                 self._dispatch(headers, buf[start:stop])
                 if ctype not in _EVENT_TYPES:  # (_event counted the events)
-                    self._tick(1 + (length >> BIG_EVENT_SHIFT))
+                    self._tick(length)
 
     def _skip(self, buf: bytes, start: int, length: int, ctype: str) -> tuple[bytes, int]:
         """Read past a body too large to keep, without keeping it: the buffer and position
@@ -542,7 +543,7 @@ class ESLConnection(InboundESL):
         if self._on_parse_error:
             self._on_parse_error(exc)
         log.warning("%s: dropped %s", self.label, exc)
-        self._tick(1 + (length >> BIG_EVENT_SHIFT))
+        self._tick(length)
         return rest, at
 
     @staticmethod
@@ -675,10 +676,12 @@ class ESLConnection(InboundESL):
         if ESLConnection.awaiting > len(self._commands_sent):
             _pause()
 
-    def _tick(self, frames: int = 1) -> None:
-        """Frames handled: every YIELD_EVERY, or at once while a command of this process
-        waits for its answer, the hub runs (HTTP requests, other nodes, that command)."""
-        self._since_yield += frames
+    def _tick(self, body_bytes: int = 0) -> None:
+        """A frame handled, costing one more per 4 KiB of its body (BIG_EVENT_SHIFT; _event
+        and _events count events the same way, inlined): every YIELD_EVERY, or at once while
+        a command of this process waits for its answer, the hub runs (HTTP requests, other
+        nodes, that command)."""
+        self._since_yield += 1 + (body_bytes >> BIG_EVENT_SHIFT)
         if self._since_yield >= YIELD_EVERY or ESLConnection.awaiting > len(self._commands_sent):
             self._since_yield = 0
             _pause()

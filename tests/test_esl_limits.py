@@ -266,11 +266,11 @@ def test_a_turn_reads_at_most_turn_bytes_whatever_the_frames_size(
     client = Client(peer)
     size = (units << esl.BIG_EVENT_SHIFT) - 1
     count = 4 * esl.YIELD_EVERY
-    taken: list[int] = []  # bytes received when each visit to the hub began
+    received_at_visits: list[int] = []  # bytes received when each visit to the hub began
     pause = esl._pause
 
     def counting() -> None:
-        taken.append(client.conn.rx_total)
+        received_at_visits.append(client.conn.rx_total)
         pause()
 
     monkeypatch.setattr(esl, "_pause", counting)
@@ -281,7 +281,7 @@ def test_a_turn_reads_at_most_turn_bytes_whatever_the_frames_size(
     assert esl.TURN_BYTES <= 1_250_000
     # bytes received between two visits: at most a turn's bodies, their heads, the frame
     # that ended the turn and one read past it
-    marks = [0, *taken, client.conn.rx_total]
+    marks = [0, *received_at_visits, client.conn.rx_total]
     longest = max(b - a for a, b in zip(marks, marks[1:], strict=False))
     head = len(frames[0]) - size
     assert longest <= esl.TURN_BYTES + (esl.TURN_BYTES // size + 1) * head + esl.RECV_BYTES
