@@ -152,13 +152,17 @@ FULL = Sizes(
     fanout_subscribers=1_000,
     fanout_procs=2,
     fanout_reps=40,
-    fanout_rounds=3,
+    # Five rounds of each kind, not three: on these VMs the same events cost the hub up to
+    # half again as much CPU from one round to the next (the machine's speed of the moment),
+    # so that the best of three of each was sometimes a slow spell's (BENCHMARKS.md, issue
+    # #16, 2026-12-06).
+    fanout_rounds=5,
     fanout_share=0.01,
     fanout_paced_s=8.0,
     nodes_count=20,
     nodes_channels=500,
     nodes_reps=2,
-    nodes_rounds=3,
+    nodes_rounds=5,  # (as fanout_rounds)
     nodes_blip_change=25,
     startup_restarts=3,
     soak_calls=200_000,
