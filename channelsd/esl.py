@@ -443,10 +443,18 @@ class ESLConnection(InboundESL):
             if end < 0:
                 if len(buf) - pos > MAX_HEADER_BYTES:
                     raise ProtocolError(f"a header block not ended within {MAX_HEADER_BYTES} bytes")
+                polls = turns.polls()
                 data = recv()
                 if not data:
                     return  # EOF
-                turns.begin()
+                if turns.polls() != polls:
+                    # The read waited for its socket (the hub polled meanwhile): a new turn,
+                    # behind any bulk work in line. A read the socket answered at once goes
+                    # on with this turn, which YIELD_EVERY ends: with twenty readers in line,
+                    # a new turn at every read cost each read a pass through the line and
+                    # the hub, and their turns a read long, not YIELD_EVERY (BENCHMARKS.md,
+                    # 2026-12-06).
+                    turns.begin()
                 if pos < len(buf):
                     buf = buf[pos:] + data
                     scan = len(buf) - len(data) - 1  # the blank line may span both reads

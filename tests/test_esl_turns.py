@@ -1,0 +1,76 @@
+"""An event reader's turns on the hub (channelsd.esl with channelsd.turns), over a real
+socket: a turn is YIELD_EVERY frames however many socket reads they take, and a new turn,
+behind the bulk work in line, starts only where the reader waited for its socket.
+
+Until 2026-12-06 every read started a new turn: with other readers in line, a reader gave
+way after each read, so twenty nodes' readers each went through the line and the hub once a
+read, in turns a read long (about a third of YIELD_EVERY of Kazoo's events), where a single
+node's reader took YIELD_EVERY frames a turn (BENCHMARKS.md, issue #16).
+"""
+
+from __future__ import annotations
+
+import itertools
+import socket
+from typing import Any
+
+import gevent
+import pytest
+from test_esl_limits import Peer, json_event
+
+from channelsd import esl
+from channelsd.esl import ESLConnection
+
+from conftest import TurnClock, bulk_crowd, wait_until
+
+HANG = 30.0  # a bound against hangs, never a speed assertion
+# Each event's work as the turns' clock sees it: a turn of YIELD_EVERY of them (6 ms) spends
+# an iteration's whole budget, so that readers wait in line for their turns.
+EVENT_COST = 20e-6
+READER = -1  # (the crowd's greenlets log their indices, 0 up)
+
+
+def _backlog(peer: Peer, frames: list[bytes]) -> None:
+    """Queue every frame in the peer's socket at once, without letting the reader run: the
+    reader then finds a read's worth waiting at every read."""
+    payload = b"".join(frames)
+    peer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    peer.sock.settimeout(0.0)  # (a gevent socket: a send that would wait fails instead)
+    sent = peer.sock.send(payload)
+    assert sent == len(payload), f"the socket's buffers took {sent} of {len(payload)} bytes"
+
+
+def test_a_reader_with_a_backlog_takes_turns_of_yield_every_frames_not_of_one_read(
+    turn_clock: TurnClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader whose socket holds four turns' worth of events, read 4 KiB at a time (~35
+    events a read), beside nineteen greenlets of bulk work that keep the line full (twenty
+    nodes' readers): its events are handled in runs of YIELD_EVERY. Fails when each read
+    starts a turn: the reader then gives way after every read (runs of 38-91 events)."""
+    monkeypatch.setattr(esl, "RECV_BYTES", 4096)
+    order: list[int] = []  # READER for each of the reader's events, the others' turns
+
+    def handled(_event: dict[str, Any], _body: bytes) -> None:
+        turn_clock.now += EVENT_COST
+        order.append(READER)
+
+    peer = Peer()
+    conn = ESLConnection("127.0.0.1", peer.port, "ClueCon", timeout=HANG, on_event=handled)
+    crowd: list[Any] = []
+    try:
+        conn.connect()
+        assert peer.ready.wait(HANG)
+        each = 4 * esl.YIELD_EVERY
+        crowd = bulk_crowd(turn_clock, 19, each, order)  # (each turn appends its index)
+        _backlog(
+            peer, [json_event({"Event-Name": "HEARTBEAT", "X-Seq": str(k)}) for k in range(each)]
+        )
+        wait_until(lambda: order.count(READER) == each, HANG, "every event")
+        runs = [len(list(run)) for mark, run in itertools.groupby(order) if mark == READER]
+        # the first turn may have begun before the backlog came; the last is what was left
+        assert runs[1:-1], runs
+        assert all(r == esl.YIELD_EVERY for r in runs[1:-1]), runs
+    finally:
+        gevent.killall(crowd)
+        conn.close()
+        peer.close()
