@@ -112,6 +112,12 @@ BIG_EVENT_SHIFT = 12
 # once taken: the last may be up to MAX_EVENT_BYTES, or a reply; tests/test_esl_limits.py
 # holds the reader to it).
 TURN_BYTES = YIELD_EVERY << BIG_EVENT_SHIFT
+# A header block parsed here (every frame but the json event's two standard headers) counts
+# one more frame per 256 bytes: its lines are split and read in Python, some ten times a body
+# byte's work. FreeSWITCH's (26 to 137 bytes) count nothing more; blocks of up to
+# MAX_HEADER_BYTES counted as one frame each let a switch make a turn read 300 of them, ~19 MB
+# and 0.6 s between visits to the hub (found by an outside attack).
+HEADER_SHIFT = 8
 # Bytes read into (or past) one body between visits to the hub: about a millisecond of copying.
 YIELD_BYTES = 1024 * 1024
 # FreeSWITCH's outer header blocks are a few short lines (captured: 26 to 137 bytes); this is
@@ -450,7 +456,8 @@ class ESLConnection(InboundESL):
                 if turns.polls() != polls:
                     # The read waited for its socket (the hub polled meanwhile): a new turn,
                     # behind any bulk work in line. A read the socket answered at once goes
-                    # on with this turn, which YIELD_EVERY ends: with twenty readers in line,
+                    # on with this turn, which YIELD_EVERY ends (frames, each costing its
+                    # size: BIG_EVENT_SHIFT, HEADER_SHIFT): with twenty readers in line,
                     # a new turn at every read cost each read a pass through the line and
                     # the hub, and their turns a read long, not YIELD_EVERY (BENCHMARKS.md,
                     # 2026-12-06).
@@ -479,6 +486,7 @@ class ESLConnection(InboundESL):
                     scan = pos
                     continue
             else:
+                self._since_yield += len(block) >> HEADER_SHIFT  # (checked at its _tick)
                 headers = self._headers(block)
                 if not headers:  # a stray blank line between frames is harmless
                     pos = scan = end + 1

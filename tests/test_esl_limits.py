@@ -288,6 +288,47 @@ def test_a_turn_reads_at_most_turn_bytes_whatever_the_frames_size(
     assert client.conn.alive
 
 
+def _header_only_frame(lines: str) -> bytes:
+    """A log line's frame with no body and a header block just under MAX_HEADER_BYTES: one
+    long header line, or thousands of short ones (each split and read in Python)."""
+    head = b"Content-Type: log/data\n"
+    size = esl.MAX_HEADER_BYTES - 2048
+    if lines == "one long line":
+        block = head + b"X-Pad: " + b"A" * (size - len(head) - 7)
+    else:
+        block = head + (b"a: \n" * ((size - len(head)) // 4))[:-1]
+    assert len(block) < esl.MAX_HEADER_BYTES
+    return block + b"\n\n"
+
+
+@pytest.mark.parametrize("lines", ["one long line", "short lines"])
+def test_header_blocks_cost_a_turn_their_size(
+    peer: Peer, monkeypatch: pytest.MonkeyPatch, lines: str
+) -> None:
+    """Frames whose bytes are all in their header block. Counted as one frame each, a turn
+    took 300 of them: ~19 MB, and with short lines 0.6-1.2 s of parsing, between visits to
+    the hub (an outside attack). A block costs one more frame per 2**HEADER_SHIFT bytes: a
+    turn reads at most TURN_BYTES, one block past it and one read ahead."""
+    client = Client(peer)
+    received_at_visits: list[int] = []  # bytes received when each visit to the hub began
+    pause = esl._pause
+
+    def counting() -> None:
+        received_at_visits.append(client.conn.rx_total)
+        pause()
+
+    monkeypatch.setattr(esl, "_pause", counting)
+    frame = _header_only_frame(lines)
+    count = 40  # ~2.5 MB: past a turn's bound, far fewer than YIELD_EVERY frames
+    assert count * len(frame) > esl.TURN_BYTES + len(frame) + esl.RECV_BYTES
+    peer.send(frame * count + json_event({"Event-Name": "HEARTBEAT"}))
+    wait_until(lambda: len(client.events) == 1, HANG, "the event after the blocks")
+    marks = [0, *received_at_visits, client.conn.rx_total]
+    longest = max(b - a for a, b in zip(marks, marks[1:], strict=False))
+    assert longest <= esl.TURN_BYTES + len(frame) + esl.RECV_BYTES
+    assert client.conn.alive
+
+
 def test_a_flood_of_unparseable_events_still_visits_the_hub(peer: Peer, pauses: list[int]) -> None:
     """An event that does not parse is dropped and counted, and costs its frame like any
     other: a switch sending nothing but broken events (each a failed parse, a retry and a

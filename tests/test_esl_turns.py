@@ -18,10 +18,10 @@ import gevent
 import pytest
 from test_esl_limits import Peer, json_event
 
-from channelsd import esl
+from channelsd import esl, turns
 from channelsd.esl import ESLConnection
 
-from conftest import TurnClock, bulk_crowd, wait_until
+from conftest import TurnClock, bulk_crowd, count_pauses, wait_until
 
 HANG = 30.0  # a bound against hangs, never a speed assertion
 # Each event's work as the turns' clock sees it: a turn of YIELD_EVERY of them (6 ms) spends
@@ -43,7 +43,7 @@ def _backlog(peer: Peer, frames: list[bytes]) -> None:
 def test_a_reader_with_a_backlog_takes_turns_of_yield_every_frames_not_of_one_read(
     turn_clock: TurnClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A reader whose socket holds four turns' worth of events, read 4 KiB at a time (~35
+    """A reader whose socket holds four turns' worth of events, read 4 KiB at a time (~45
     events a read), beside nineteen greenlets of bulk work that keep the line full (twenty
     nodes' readers): its events are handled in runs of YIELD_EVERY. Fails when each read
     starts a turn: the reader then gives way after every read (runs of 38-91 events)."""
@@ -72,5 +72,36 @@ def test_a_reader_with_a_backlog_takes_turns_of_yield_every_frames_not_of_one_re
         assert all(r == esl.YIELD_EVERY for r in runs[1:-1]), runs
     finally:
         gevent.killall(crowd)
+        conn.close()
+        peer.close()
+
+
+def test_a_new_turn_begins_only_after_a_read_that_waited(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each event that arrives alone is read after a wait for the socket: a turn begins for
+    each. A backlog of ~40 reads' worth, read without waiting, begins one turn (two at most,
+    should the first read find only part of it)."""
+    monkeypatch.setattr(esl, "RECV_BYTES", 4096)
+    begun = count_pauses(monkeypatch, turns, "begin")
+    done: list[int] = []
+    peer = Peer()
+    conn = ESLConnection(
+        "127.0.0.1", peer.port, "ClueCon", timeout=HANG, on_event=lambda *_: done.append(1)
+    )
+    try:
+        conn.connect()
+        assert peer.ready.wait(HANG)
+        before = len(begun)
+        for n in (1, 2, 3):
+            peer.send(json_event({"Event-Name": "HEARTBEAT", "X-Seq": str(n)}))
+            wait_until(lambda n=n: len(done) == n, HANG, f"event {n}")
+        assert len(begun) - before == 3
+        before = len(begun)
+        many = 6 * esl.YIELD_EVERY
+        _backlog(
+            peer, [json_event({"Event-Name": "HEARTBEAT", "X-Seq": str(k)}) for k in range(many)]
+        )
+        wait_until(lambda: len(done) == 3 + many, HANG, "the backlog")
+        assert len(begun) - before <= 2, len(begun) - before
+    finally:
         conn.close()
         peer.close()
