@@ -128,6 +128,12 @@ MAX_HEADER_BYTES = 64 * 1024
 # larger is read past without being kept, dropped and counted: its framing is intact, and
 # another client's `bgapi` result (BACKGROUND_JOB, broadcast to every subscriber) may be big.
 MAX_EVENT_BYTES = 1024 * 1024
+# A plain event's body is read a line at a time in Python (events.parse_plain, each value
+# URL-decoded): it costs a turn as a header block does (HEADER_SHIFT), and one larger than this
+# is read past, dropped and counted. channelsd asks for json; FreeSWITCH's plain events are
+# under 7 KB (captured). A 1 MiB plain body of escapes took 0.25 s to parse, ~175 ms between
+# visits to the hub per frame (found by an outside attack).
+MAX_PLAIN_EVENT_BYTES = 64 * 1024
 # A reply to a command of ours: `show channels as json` is the largest (~0.9 KB a channel,
 # so about 70,000 channels). Beyond this no frame is believed: the connection is reset.
 MAX_FRAME_BYTES = 64 * 1024 * 1024
@@ -486,7 +492,7 @@ class ESLConnection(InboundESL):
                     scan = pos
                     continue
             else:
-                self._since_yield += len(block) >> HEADER_SHIFT  # (checked at its _tick)
+                self._since_yield += len(block) >> HEADER_SHIFT  # (checked at the frame's end)
                 headers = self._headers(block)
                 if not headers:  # a stray blank line between frames is harmless
                     pos = scan = end + 1
@@ -502,7 +508,7 @@ class ESLConnection(InboundESL):
                 if ctype in _REPLIES:
                     if not self._commands_sent:  # before reading what nobody asked for
                         raise ProtocolError(f"unsolicited {ctype}")
-                elif length > MAX_EVENT_BYTES:
+                elif length > _body_limit(ctype):
                     buf, pos = self._skip(buf, start, length, ctype)
                     scan = pos
                     continue
@@ -554,7 +560,7 @@ class ESLConnection(InboundESL):
                     _pause()
         self.parse_errors += 1
         exc = FrameTooLarge(
-            f"a {ctype or 'frame'} body of {length} bytes (limit {MAX_EVENT_BYTES})"
+            f"a {ctype or 'frame'} body of {length} bytes (limit {_body_limit(ctype)})"
         )
         if self._on_parse_error:
             self._on_parse_error(exc)
@@ -707,7 +713,11 @@ class ESLConnection(InboundESL):
         if ctype == "text/event-json" or ctype == "text/event-plain":
             if body is None:
                 raise ProtocolError(f"{ctype} frame without a Content-Length")
-            self._event(body, self._parse_json if ctype == "text/event-json" else parse_plain)
+            if ctype == "text/event-json":
+                self._event(body, self._parse_json)
+            else:
+                self._since_yield += len(body) >> HEADER_SHIFT  # (checked in _event)
+                self._event(body, parse_plain)
         elif ctype == "command/reply" or ctype == "api/response":
             if ctype == "api/response":
                 if body is None:
@@ -741,6 +751,11 @@ def _poll() -> None:
     """Let the hub poll its sockets before this reader goes on (a function, so that tests can
     count the visits)."""
     turns.poll()
+
+
+def _body_limit(ctype: str) -> int:
+    """The largest body of this frame type that is read and handled, not dropped."""
+    return MAX_PLAIN_EVENT_BYTES if ctype == "text/event-plain" else MAX_EVENT_BYTES
 
 
 def _checked_length(text: str | bytes) -> int:

@@ -329,6 +329,31 @@ def test_header_blocks_cost_a_turn_their_size(
     assert client.conn.alive
 
 
+def test_plain_events_cost_their_lines_and_a_big_one_is_dropped(
+    peer: Peer, pauses: list[int]
+) -> None:
+    """A plain event's body is parsed a line at a time in Python, each value URL-decoded:
+    1 MiB of escapes took 0.25 s, ~175 ms between visits to the hub per frame (an outside
+    attack). One over MAX_PLAIN_EVENT_BYTES is read past, dropped and counted; under it, each
+    256 bytes cost one more frame (HEADER_SHIFT), so a turn holds about one of them."""
+    client = Client(peer)
+    count = 8
+    pad = esl.MAX_PLAIN_EVENT_BYTES - 200
+    body = b"Event-Name: CUSTOM\nX-Pad: " + b"%41" * (pad // 3) + b"\n\n"
+    assert len(body) <= esl.MAX_PLAIN_EVENT_BYTES
+    frame = b"Content-Length: %d\nContent-Type: text/event-plain\n\n" % len(body) + body
+    too_big = plain_event("CUSTOM", 100 * 1024)  # (a json event this size would be kept)
+    assert esl.MAX_PLAIN_EVENT_BYTES < 100 * 1024 < esl.MAX_EVENT_BYTES
+    peer.send(too_big + frame * count + json_event({"Event-Name": "HEARTBEAT"}))
+    wait_until(lambda: len(client.events) == count + 1, HANG, "every event under the limit")
+    assert client.conn.parse_errors == 1 and isinstance(client.errors[0], FrameTooLarge)
+    assert client.events[0]["X-Pad"] == "A" * (pad // 3)
+    units = 1 + (len(body) >> esl.BIG_EVENT_SHIFT) + (len(body) >> esl.HEADER_SHIFT)
+    per_turn = -(-esl.YIELD_EVERY // units)  # the frames a turn takes: 2 (16 when uncharged)
+    assert len(pauses) >= count // per_turn - 1
+    assert client.conn.alive
+
+
 def test_a_flood_of_unparseable_events_still_visits_the_hub(peer: Peer, pauses: list[int]) -> None:
     """An event that does not parse is dropped and counted, and costs its frame like any
     other: a switch sending nothing but broken events (each a failed parse, a retry and a
