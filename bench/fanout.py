@@ -303,7 +303,12 @@ def _fanout(suite: Suite, kind: str) -> None:
         )
     none = max(rounds["none"], key=lambda r: r["rate"])
     crowd = max(rounds["crowd"], key=lambda r: r["rate"])
-    paced = min((r["paced"] for r in rounds["crowd"]), key=lambda x: x["worst_p99"])
+    # The lag target must hold in every crowd round: the worst round's paced phase is the one
+    # shown and judged, and a probe lost in any round fails it (until 2026-12-06 it was the
+    # best round's, and the others' losses went unchecked: an outside review).
+    paced = max((r["paced"] for r in rounds["crowd"]), key=lambda x: x["worst_p99"])
+    lost_all = sum(r["paced"]["lost"] for r in rounds["crowd"])
+    unwritten_all = sum(r["paced"]["unwritten"] for r in rounds["crowd"])
     burst = crowd["burst_lag"]
     ratio = crowd["rate"] / none["rate"]
     n = s.fanout_subscribers
@@ -346,6 +351,11 @@ def _fanout(suite: Suite, kind: str) -> None:
         + f"; {n:,} subscribers "
         + ", ".join(f"{r['rate']:,.0f}" for r in rounds["crowd"])
         + ".",
+        "",
+        "The paced phase of each crowd round, its worst subscriber's p99: "
+        + ", ".join(f"{bc.ms(r['paced']['worst_p99'])} ms" for r in rounds["crowd"])
+        + f"; probes lost in all of them: {lost_all:,} (unwritten: {unwritten_all:,}). The "
+        "row below is the worst round's.",
         "",
         "| lag (ms) | probes | lost | p50 | p99 (all) | worst subscriber's p99 | median "
         "subscriber's p99 | canary p50 / p99 | max |",
@@ -393,14 +403,14 @@ def _fanout(suite: Suite, kind: str) -> None:
         f"{ratio:.2f}×",
         ratio >= 0.8,
     )
-    ok = paced["worst_p99"] <= 0.2 and paced["lost"] == 0 and paced["unwritten"] == 0
+    ok = paced["worst_p99"] <= 0.2 and lost_all == 0 and unwritten_all == 0
     suite.report.target(
         "fanout",
         # The kind in the text: a target is keyed by it (report.Target.key), and the kinds'
         # lag rows would otherwise be one.
         f"… ({kind}) each subscriber's lag p99 ≤ 200 ms, ingesting {PACED_RATE:,.0f} ev/s, "
         "none lost",
-        f"{bc.ms(paced['worst_p99'])} ms worst, {paced['lost']:,} lost",
+        f"{bc.ms(paced['worst_p99'])} ms worst, {lost_all:,} lost",
         ok,
     )
 
