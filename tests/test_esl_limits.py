@@ -133,6 +133,25 @@ def framing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(Client, "cut", request.param == "cut in C")
 
 
+class BytesBetweenVisits:
+    """What a client's reader received between two visits to the hub (esl._pause)."""
+
+    def __init__(self, client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.client = client
+        self.at_visits: list[int] = []  # bytes received when each visit to the hub began
+        pause = esl._pause
+
+        def counting() -> None:
+            self.at_visits.append(client.conn.rx_total)
+            pause()
+
+        monkeypatch.setattr(esl, "_pause", counting)
+
+    def longest(self) -> int:
+        marks = [0, *self.at_visits, self.client.conn.rx_total]
+        return max(b - a for a, b in zip(marks, marks[1:], strict=False))
+
+
 @pytest.fixture
 def pauses(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Each visit the reader pays to the hub; the list grows by one per visit."""
@@ -266,14 +285,7 @@ def test_a_turn_reads_at_most_turn_bytes_whatever_the_frames_size(
     client = Client(peer)
     size = (units << esl.BIG_EVENT_SHIFT) - 1
     count = 4 * esl.YIELD_EVERY
-    received_at_visits: list[int] = []  # bytes received when each visit to the hub began
-    pause = esl._pause
-
-    def counting() -> None:
-        received_at_visits.append(client.conn.rx_total)
-        pause()
-
-    monkeypatch.setattr(esl, "_pause", counting)
+    visits = BytesBetweenVisits(client, monkeypatch)
     frames = [_frame_of(kind, i, size) for i in range(count)]
     peer.send(b"".join(frames) + json_event({"Event-Name": "HEARTBEAT"}))
     wanted = 1 + (count if kind != "log" else 0)
@@ -281,8 +293,7 @@ def test_a_turn_reads_at_most_turn_bytes_whatever_the_frames_size(
     assert esl.TURN_BYTES <= 1_250_000
     # bytes received between two visits: at most a turn's bodies, their heads, the frame
     # that ended the turn and one read past it
-    marks = [0, *received_at_visits, client.conn.rx_total]
-    longest = max(b - a for a, b in zip(marks, marks[1:], strict=False))
+    longest = visits.longest()
     head = len(frames[0]) - size
     assert longest <= esl.TURN_BYTES + (esl.TURN_BYTES // size + 1) * head + esl.RECV_BYTES
     assert client.conn.alive
@@ -310,22 +321,13 @@ def test_header_blocks_cost_a_turn_their_size(
     the hub (an outside attack). A block costs one more frame per 2**HEADER_SHIFT bytes: a
     turn reads at most TURN_BYTES, one block past it and one read ahead."""
     client = Client(peer)
-    received_at_visits: list[int] = []  # bytes received when each visit to the hub began
-    pause = esl._pause
-
-    def counting() -> None:
-        received_at_visits.append(client.conn.rx_total)
-        pause()
-
-    monkeypatch.setattr(esl, "_pause", counting)
+    visits = BytesBetweenVisits(client, monkeypatch)
     frame = _header_only_frame(lines)
     count = 40  # ~2.5 MB: past a turn's bound, far fewer than YIELD_EVERY frames
     assert count * len(frame) > esl.TURN_BYTES + len(frame) + esl.RECV_BYTES
     peer.send(frame * count + json_event({"Event-Name": "HEARTBEAT"}))
     wait_until(lambda: len(client.events) == 1, HANG, "the event after the blocks")
-    marks = [0, *received_at_visits, client.conn.rx_total]
-    longest = max(b - a for a, b in zip(marks, marks[1:], strict=False))
-    assert longest <= esl.TURN_BYTES + len(frame) + esl.RECV_BYTES
+    assert visits.longest() <= esl.TURN_BYTES + len(frame) + esl.RECV_BYTES
     assert client.conn.alive
 
 
