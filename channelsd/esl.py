@@ -124,6 +124,9 @@ YIELD_BYTES = 1024 * 1024
 # hundreds of times that. A block without its blank line past it is not ESL: the connection
 # is reset, as for any framing error.
 MAX_HEADER_BYTES = 64 * 1024
+# Of a dropped frame's Content-Type (the peer's text, a header block long at most) the
+# warning shows this much: FreeSWITCH's longest is `text/disconnect-notice`, 22 characters.
+CTYPE_SHOWN = 80
 # An event's body (captured: at most 10 KB, a CHANNEL_* event carrying every variable). One
 # larger is read past without being kept, dropped and counted: its framing is intact, and
 # another client's `bgapi` result (BACKGROUND_JOB, broadcast to every subscriber) may be big.
@@ -559,8 +562,11 @@ class ESLConnection(InboundESL):
                     unpaced = 0
                     _pause()
         self.parse_errors += 1
+        # The Content-Type is the switch's (or a peer's) text, up to a header block long:
+        # cut short as a malformed line is, so the warning stays a line's length.
         exc = FrameTooLarge(
-            f"a {ctype or 'frame'} body of {length} bytes (limit {_body_limit(ctype)})"
+            f"a {ctype[:CTYPE_SHOWN] or 'frame'} body of {length} bytes"
+            f" (limit {_body_limit(ctype)})"
         )
         if self._on_parse_error:
             self._on_parse_error(exc)

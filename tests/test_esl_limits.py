@@ -380,3 +380,19 @@ def test_a_content_length_is_ascii_digits_only(peer: Peer, length: bytes) -> Non
     peer.send(b"Content-Type: text/event-plain\nContent-Length: " + length + b"\n\n12345678901")
     wait_until(lambda: client.conn.closed.is_set(), HANG, "the reader resets the connection")
     assert "Content-Length" in client.conn.close_reason
+
+
+def test_a_dropped_frames_content_type_is_shown_cut_short(peer: Peer) -> None:
+    """A frame too big to keep is dropped with a warning naming its Content-Type, the peer's
+    own text: a header block's worth of it is cut to CTYPE_SHOWN characters, not logged whole."""
+    client = Client(peer)
+    ctype = "text/" + "x" * (esl.MAX_HEADER_BYTES // 2)
+    size = esl.MAX_EVENT_BYTES + 1
+    peer.send(b"Content-Type: %s\nContent-Length: %d\n\n" % (ctype.encode(), size) + b"z" * size)
+    peer.send(json_event({"Event-Name": "HEARTBEAT"}))
+    wait_until(lambda: len(client.events) == 1, HANG, "the event after the dropped frame")
+    [error] = client.errors
+    assert isinstance(error, FrameTooLarge)
+    assert ctype[: esl.CTYPE_SHOWN] in str(error)
+    assert len(str(error)) < esl.CTYPE_SHOWN + 60
+    assert client.conn.alive
