@@ -22,6 +22,7 @@ import os
 import re
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -341,6 +342,28 @@ _COMPILED_CHECK = (
 )
 
 
+def code_version() -> str:
+    """The commit measured, and whether the work tree differed from it."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (not a git work tree)"
+    return f"commit {head}" + (", with uncommitted changes" if dirty else "")
+
+
 def compiled_parts() -> tuple[bool, str]:
     """Whether the daemons this suite starts run the C parts built from this checkout's
     sources (asked of an interpreter started as they are: same Python, path and directory),
@@ -395,6 +418,19 @@ def main_thread_since(pid: int, before: tuple[float, float]) -> tuple[float, flo
 def sched_text(figures: tuple[float, float]) -> str:
     """`ran / waited`, in seconds, as the reports print main_thread_since."""
     return f"{figures[0]:.2f} / {figures[1]:.2f}"
+
+
+def paired_ratios_text(base: list[dict[str, Any]], other: list[dict[str, Any]]) -> str:
+    """The other estimator, printed beside the judged one (best round of each kind): each
+    round's rate over its interleaved neighbour's, and their median. Noise only slows a
+    round, so the paired median sits below the true ratio more often than the best of each
+    does (BENCHMARKS.md, 2026-12-06); it is shown, not judged, so that a reader can weigh both."""
+    ratios = [o["rate"] / b["rate"] for b, o in zip(base, other, strict=True)]
+    return (
+        "Each round over its interleaved neighbour (shown, not judged): "
+        + ", ".join(f"{r:.2f}×" for r in ratios)
+        + f"; median {statistics.median(ratios):.2f}×."
+    )
 
 
 def rss_kib(pid: int) -> int:

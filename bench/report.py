@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,8 +69,24 @@ def machine() -> str:
     return f"{os.cpu_count()}-core {model} ({platform.machine()}{mem})"
 
 
-def targets_table(runs: list[RunResult]) -> list[str]:
-    """One row per target, one column per run, and whether it held in every run."""
+# The targets each scenario judges (issue #16's table, 17 in all). A run that measured fewer
+# of them has not shown the missing ones held: a scenario that failed in every run, or stopped
+# judging a target, must not leave "every target held" standing on the rest.
+EXPECTED_TARGETS = {
+    "ingest": 2,
+    "reads": 5,
+    "memory": 1,
+    "actions": 1,
+    "fanout": 4,
+    "nodes": 3,
+    "startup": 1,
+}
+
+
+def targets_table(runs: list[RunResult], ran: Iterable[str] = ()) -> list[str]:
+    """One row per target, one column per run, and whether it held in every run. `ran`: the
+    scenarios run, whose EXPECTED_TARGETS must all be there; a run in which a scenario
+    failed holds nothing."""
     keys: list[tuple[str, str]] = []
     by_run: list[dict[tuple[str, str], Any]] = []
     for run in runs:
@@ -80,14 +97,31 @@ def targets_table(runs: list[RunResult]) -> list[str]:
             if t.key not in keys:
                 keys.append(t.key)
         by_run.append(found)
+    missing = {
+        scenario: count - sum(1 for key in keys if key[0] == scenario)
+        for scenario, count in EXPECTED_TARGETS.items()
+        if scenario in set(ran)
+    }
+    unmeasured = [
+        f"| {scenario} | {n} target(s) of this scenario never measured | "
+        + " | ".join(["not measured"] * len(runs))
+        + f" | {verdict(False)} |"
+        for scenario, n in missing.items()
+        if n > 0
+    ]
     if len(runs) == 1:
         lines = ["| scenario | target | measured | |", "|---|---|---:|---|"]
         for key in keys:
             t = by_run[0][key]
             lines.append(f"| {t.scenario} | {t.what} | {t.measured} | {verdict(t.met)} |")
-        return lines
+        return lines + unmeasured
     head = " | ".join(f"run {i + 1}" for i in range(len(runs)))
-    every = [all(found.get(key) is not None and found[key].met for key in keys) for found in by_run]
+    every = [
+        not unmeasured
+        and not run.failed
+        and all(found.get(key) is not None and found[key].met for key in keys)
+        for run, found in zip(runs, by_run, strict=True)
+    ]
     lines = [
         f"| scenario | target | {head} | held in every run |",
         "|---|---|" + "---:|" * len(runs) + "---|",
@@ -104,7 +138,7 @@ def targets_table(runs: list[RunResult]) -> list[str]:
                 cells.append(t.measured + ("" if t.met else " **missed**"))
                 held = held and t.met
         lines.append(f"| {key[0]} | {key[1]} | {' | '.join(cells)} | {verdict(held)} |")
-    return [*lines, "", stretch_line(every)]
+    return [*lines, *unmeasured, "", stretch_line(every)]
 
 
 def stretch_line(every: list[bool]) -> str:

@@ -77,6 +77,7 @@ from report import (  # noqa: E402
     write_benchmarks,
 )
 
+from channelsd.config import SyncConfig  # noqa: E402
 from channelsd.events import parse_json  # noqa: E402
 from channelsd.gzipped import GZIP_ABOVE  # noqa: E402
 from channelsd.memory import TRIM_EVERY  # noqa: E402
@@ -1305,6 +1306,16 @@ def run_once(sizes: Sizes, quick: bool, workdir: Path, only: list[str], whatif: 
     return result, suite
 
 
+def _non_default_sync() -> str:
+    """The `[sync]` keys the bench's daemons set away from a default install's."""
+    default = SyncConfig()
+    return ", ".join(
+        f"`{key} = {value:g}` (default {getattr(default, key):g})"
+        for key, value in bc.DaemonProcess.SYNC.items()
+        if value != getattr(default, key)
+    )
+
+
 def render(
     runs: list[RunResult], command: str, seconds: float, order: list[str], quick: bool
 ) -> str:
@@ -1315,6 +1326,7 @@ def render(
         f"Command: `{command}` — {time.strftime('%Y-%m-%d')}, {seconds / 60:.1f} min in all.  ",
         f"Machine: {machine()}, Python {platform.python_version()}, "
         f"{platform.system()} {platform.release()}.  ",
+        f"Code: {bc.code_version()}.  ",
         bc.compiled_parts()[1] + "  ",
         "Set-up: the daemon under test runs as `python -m channelsd run -c <generated toml>` in "
         "its own process; the stand-ins FreeSWITCH (`channelsd/standin`, real ESL over TCP), "
@@ -1324,7 +1336,11 @@ def render(
         "subscribers are processes of their own. The bench process's cyclic garbage "
         "collector is off while a scenario runs (its full collections paused the stand-ins "
         "and clients for up to 200 ms). All traffic is on "
-        "127.0.0.1. Every comparison is measured side by side in the same run."
+        "127.0.0.1. Every comparison is measured side by side in the same run. The daemon's "
+        "settings that differ from a default install (`[sync]`): "
+        + _non_default_sync()
+        + " (reconnects after a blip begin at once, and no periodic full reconcile lands in"
+        " a timed round; the blip's and the reconcile's own figures measure that work)."
         + (" **Quick run: smaller sizes, targets not comparable.**" if quick else ""),
         "",
         "### Targets" + (f" ({len(runs)} consecutive runs)" if len(runs) > 1 else ""),
@@ -1336,7 +1352,8 @@ def render(
             "shown, with its sections below.",
             "",
         ]
-    out += targets_table(runs)
+    ran = [owned for key in order for owned in OWNS.get(key, (key,))]
+    out += targets_table(runs, ran)
     out += ["", _noise_text(runs), ""]
     out += capacity.section(runs)
     for i, run in enumerate(runs):

@@ -1,0 +1,52 @@
+"""The suite's verdict (bench/report.py): "every target held in N consecutive runs" must not
+stand on targets that were never measured or on a run in which a scenario failed."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+
+from report import EXPECTED_TARGETS, Report, RunResult, targets_table  # noqa: E402
+
+
+def _run(met: bool = True, skip: str = "", failed: tuple[str, ...] = ()) -> RunResult:
+    report = Report()
+    for scenario, count in EXPECTED_TARGETS.items():
+        if scenario == skip:
+            continue
+        for i in range(count):
+            report.target(scenario, f"target {i}", "1", met)
+    return RunResult(report, {}, {}, 1.0, list(failed))
+
+
+def _verdict(runs: list[RunResult]) -> str:
+    return targets_table(runs, EXPECTED_TARGETS)[-1]
+
+
+def test_every_target_measured_and_held_makes_a_streak() -> None:
+    assert "longest stretch of consecutive runs holding every target: 3" in _verdict(
+        [_run(), _run(), _run()]
+    )
+
+
+def test_a_miss_breaks_the_streak() -> None:
+    verdict = _verdict([_run(), _run(met=False), _run()])
+    assert "run(s) 1, 3 of 3" in verdict and ": 1 (run 1)" in verdict
+
+
+def test_a_scenario_never_measured_holds_nothing() -> None:
+    lines = targets_table([_run(skip="nodes")] * 3, EXPECTED_TARGETS)
+    assert any("3 target(s) of this scenario never measured" in line for line in lines)
+    assert lines[-1] == "Every target held in none of the 3 runs."
+
+
+def test_a_run_with_a_failed_scenario_holds_nothing() -> None:
+    verdict = _verdict([_run(), _run(failed=("fanout",)), _run(), _run()])
+    assert "run(s) 1, 3, 4 of 4" in verdict and ": 2 (runs 3–4)" in verdict
+
+
+def test_scenarios_not_run_are_not_expected() -> None:
+    lines = targets_table([_run(skip="nodes")], [k for k in EXPECTED_TARGETS if k != "nodes"])
+    assert not any("never measured" in line for line in lines)
