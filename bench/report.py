@@ -87,6 +87,7 @@ def targets_table(runs: list[RunResult], ran: Iterable[str] = ()) -> list[str]:
     """One row per target, one column per run, and whether it held in every run. `ran`: the
     scenarios run, whose EXPECTED_TARGETS must all be there; a run in which a scenario
     failed holds nothing."""
+    wanted = set(ran)  # (looked up once per scenario: an iterator would be spent at the first)
     keys: list[tuple[str, str]] = []
     by_run: list[dict[tuple[str, str], Any]] = []
     for run in runs:
@@ -100,7 +101,7 @@ def targets_table(runs: list[RunResult], ran: Iterable[str] = ()) -> list[str]:
     missing = {
         scenario: count - sum(1 for key in keys if key[0] == scenario)
         for scenario, count in EXPECTED_TARGETS.items()
-        if scenario in set(ran)
+        if scenario in wanted
     }
     unmeasured = [
         f"| {scenario} | {n} target(s) of this scenario never measured | "

@@ -50,3 +50,9 @@ def test_a_run_with_a_failed_scenario_holds_nothing() -> None:
 def test_scenarios_not_run_are_not_expected() -> None:
     lines = targets_table([_run(skip="nodes")], [k for k in EXPECTED_TARGETS if k != "nodes"])
     assert not any("never measured" in line for line in lines)
+
+
+def test_the_scenarios_run_may_come_as_any_iterable() -> None:
+    """An iterator of the scenarios run is read once, not spent at the first scenario."""
+    lines = targets_table([_run(skip="startup")] * 3, iter(EXPECTED_TARGETS))
+    assert any("1 target(s) of this scenario never measured" in line for line in lines)
