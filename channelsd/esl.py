@@ -406,14 +406,25 @@ class ESLConnection(InboundESL):
     def _recv(self) -> bytes:
         """The reader's one read of the socket (b"" at its end). Every whole frame received
         so far has been handled when it comes here (_caught_up waits for that); what arrives
-        is counted, and is the connection's sign of life, whatever it holds."""
+        is counted, and is the connection's sign of life, whatever it holds.
+
+        A read that waited for its socket (the hub polled meanwhile) begins a new turn,
+        behind any bulk work in line, wherever the reader was: between frames, inside a
+        body, or past a skipped one. A read the socket answered at once goes on with this
+        turn, which YIELD_EVERY ends (frames, each costing its size: BIG_EVENT_SHIFT,
+        HEADER_SHIFT): with twenty readers in line, a new turn at every read cost each read
+        a pass through the line and the hub, and their turns a read long, not YIELD_EVERY
+        (BENCHMARKS.md, 2026-12-06)."""
         self.handled = self.rx_total
         if self._catching_up:
             self._progress.set()
+        polls = turns.polls()
         data = self.sock.recv(RECV_BYTES)
         if data:
             self.rx_total += len(data)
             self.last_rx = time.monotonic()
+            if turns.polls() != polls:
+                turns.begin()
         return data
 
     # -- reading (runs in greenswitch's reader greenlet) -------------------------------------
@@ -458,19 +469,9 @@ class ESLConnection(InboundESL):
             if end < 0:
                 if len(buf) - pos > MAX_HEADER_BYTES:
                     raise ProtocolError(f"a header block not ended within {MAX_HEADER_BYTES} bytes")
-                polls = turns.polls()
                 data = recv()
                 if not data:
                     return  # EOF
-                if turns.polls() != polls:
-                    # The read waited for its socket (the hub polled meanwhile): a new turn,
-                    # behind any bulk work in line. A read the socket answered at once goes
-                    # on with this turn, which YIELD_EVERY ends (frames, each costing its
-                    # size: BIG_EVENT_SHIFT, HEADER_SHIFT): with twenty readers in line,
-                    # a new turn at every read cost each read a pass through the line and
-                    # the hub, and their turns a read long, not YIELD_EVERY (BENCHMARKS.md,
-                    # 2026-12-06).
-                    turns.begin()
                 if pos < len(buf):
                     buf = buf[pos:] + data
                     scan = len(buf) - len(data) - 1  # the blank line may span both reads

@@ -106,3 +106,39 @@ def test_a_new_turn_begins_only_after_a_read_that_waited(monkeypatch: pytest.Mon
     finally:
         conn.close()
         peer.close()
+
+
+@pytest.mark.parametrize("where", ["inside a body", "inside a skipped body"])
+def test_a_read_that_waited_inside_a_body_begins_a_turn(
+    monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """The rest of a body that arrives after a wait is read, like the frame's head, after a
+    poll where every socket had its turn: it begins a turn too, whichever loop reads it
+    (until 2026-12-06 only the read between frames did)."""
+    begun = count_pauses(monkeypatch, turns, "begin")
+    done: list[int] = []
+    peer = Peer()
+    conn = ESLConnection(
+        "127.0.0.1", peer.port, "ClueCon", timeout=HANG, on_event=lambda *_: done.append(1)
+    )
+    try:
+        conn.connect()
+        assert peer.ready.wait(HANG)
+        pad = esl.MAX_EVENT_BYTES + 1 if where == "inside a skipped body" else 1000
+        frame = json_event({"Event-Name": "HEARTBEAT", "X-Pad": "x" * pad})
+        half = len(frame) - 100  # the head and most of the body, then the rest after a wait
+        # The reader back at its socket (it marks what it handled as it reads): the first
+        # part finds it waiting, and arrives whole in the socket before it runs.
+        wait_until(lambda: conn.handled == conn.rx_total, HANG, "the reader at its socket")
+        before, received = len(begun), conn.rx_total
+        _backlog(peer, [frame[:half]])
+        wait_until(lambda: conn.rx_total == received + half, HANG, "the first part read")
+        gevent.sleep(0.05)  # (the reader waits on its socket again: the hub polls meanwhile)
+        assert len(begun) - before == 1
+        peer.send(frame[half:] + json_event({"Event-Name": "HEARTBEAT"}))
+        wanted = 1 if where == "inside a skipped body" else 2
+        wait_until(lambda: len(done) == wanted, HANG, "the events")
+        assert len(begun) - before == 2
+    finally:
+        conn.close()
+        peer.close()
