@@ -471,7 +471,14 @@ class Suite:
             f"{best['written']:.2f} s of {best['seconds']:.2f} s (the rest waited inside the "
             f"daemon), the first `GET /v2/channels` sent then took {best['first_poll']:.2f} s "
             f"to answer, and the daemon's RSS went from {best['rss0'] / 1024:.0f} MiB to a peak "
-            f"of {best['rss_peak'] / 1024:.0f} MiB.",
+            f"of {best['rss_peak'] / 1024:.0f} MiB. "
+            + bc.steadiness_text(
+                {
+                    "floor": floor,
+                    "greenswitch": gs,
+                    "channelsd": [r["rate"] for r in daemon],
+                }
+            ),
             "",
         )
         self.data["ingest"] = {

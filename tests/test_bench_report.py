@@ -56,3 +56,10 @@ def test_the_scenarios_run_may_come_as_any_iterable() -> None:
     """An iterator of the scenarios run is read once, not spent at the first scenario."""
     lines = targets_table([_run(skip="startup")] * 3, iter(EXPECTED_TARGETS))
     assert any("1 target(s) of this scenario never measured" in line for line in lines)
+
+
+def test_the_machines_steadiness_is_each_kinds_fastest_round_over_its_slowest() -> None:
+    import common
+
+    text = common.steadiness_text({"none": [100.0, 50.0, 80.0], "crowd": [90.0, 90.0], "x": []})
+    assert text.endswith("none 2.00×, crowd 1.00×.")
