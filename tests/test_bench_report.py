@@ -58,8 +58,13 @@ def test_the_scenarios_run_may_come_as_any_iterable() -> None:
     assert any("1 target(s) of this scenario never measured" in line for line in lines)
 
 
-def test_the_machines_steadiness_is_each_kinds_fastest_round_over_its_slowest() -> None:
+def test_the_rounds_spread_is_each_kinds_fastest_round_over_its_slowest() -> None:
     import common
 
     text = common.steadiness_text({"none": [100.0, 50.0, 80.0], "crowd": [90.0, 90.0], "x": []})
     assert text.endswith("none 2.00×, crowd 1.00×.")
+    # one round is no spread (not a steady 1.00×); a failed round's zero is left out
+    assert common.steadiness_text({"a": [5.0], "b": [0.0, 4.0, 2.0]}).endswith(
+        "a one round, b 2.00×."
+    )
+    assert common.steadiness_text({"a": [], "b": [0.0]}) == ""

@@ -204,7 +204,8 @@ def test_requests_are_counted_once_with_the_lane_as_without(world: World) -> Non
 
 @pytest.fixture
 def still(world: World, monkeypatch: pytest.MonkeyPatch) -> World:
-    """fastlists' clock held still: both asks build the same bodies."""
+    """The answers' wall clock held still (test_fastlane.CLOCKED): both asks build the same
+    bodies."""
     hold_the_clock(monkeypatch)
     return world
 
