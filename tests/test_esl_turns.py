@@ -10,8 +10,10 @@ node's reader took YIELD_EVERY frames a turn (BENCHMARKS.md, issue #16).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 import gevent
@@ -38,6 +40,27 @@ def _backlog(peer: Peer, frames: list[bytes]) -> None:
     peer.sock.settimeout(0.0)  # (a gevent socket: a send that would wait fails instead)
     sent = peer.sock.send(payload)
     assert sent == len(payload), f"the socket's buffers took {sent} of {len(payload)} bytes"
+
+
+@contextlib.contextmanager
+def counted_reader(
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[tuple[ESLConnection, Peer, list[int], list[int]]]:
+    """A connected reader on a real socket, with the turns it begins (`turns.begin` calls)
+    and the events it handled counted: (conn, peer, begun, done)."""
+    begun = count_pauses(monkeypatch, turns, "begin")
+    done: list[int] = []
+    peer = Peer()
+    conn = ESLConnection(
+        "127.0.0.1", peer.port, "ClueCon", timeout=HANG, on_event=lambda *_: done.append(1)
+    )
+    try:
+        conn.connect()
+        assert peer.ready.wait(HANG)
+        yield conn, peer, begun, done
+    finally:
+        conn.close()
+        peer.close()
 
 
 def test_a_reader_with_a_backlog_takes_turns_of_yield_every_frames_not_of_one_read(
@@ -82,15 +105,7 @@ def test_a_new_turn_begins_only_after_a_read_that_waited(monkeypatch: pytest.Mon
     each. A backlog of ~40 reads' worth, read without waiting, begins one turn (two at most,
     should the first read find only part of it)."""
     monkeypatch.setattr(esl, "RECV_BYTES", 4096)
-    begun = count_pauses(monkeypatch, turns, "begin")
-    done: list[int] = []
-    peer = Peer()
-    conn = ESLConnection(
-        "127.0.0.1", peer.port, "ClueCon", timeout=HANG, on_event=lambda *_: done.append(1)
-    )
-    try:
-        conn.connect()
-        assert peer.ready.wait(HANG)
+    with counted_reader(monkeypatch) as (_conn, peer, begun, done):
         before = len(begun)
         for n in (1, 2, 3):
             peer.send(json_event({"Event-Name": "HEARTBEAT", "X-Seq": str(n)}))
@@ -103,9 +118,6 @@ def test_a_new_turn_begins_only_after_a_read_that_waited(monkeypatch: pytest.Mon
         )
         wait_until(lambda: len(done) == 3 + many, HANG, "the backlog")
         assert len(begun) - before <= 2, len(begun) - before
-    finally:
-        conn.close()
-        peer.close()
 
 
 @pytest.mark.parametrize("where", ["inside a body", "inside a skipped body"])
@@ -115,15 +127,7 @@ def test_a_read_that_waited_inside_a_body_begins_a_turn(
     """The rest of a body that arrives after a wait is read, like the frame's head, after a
     poll where every socket had its turn: it begins a turn too, whichever loop reads it
     (until 2026-12-06 only the read between frames did)."""
-    begun = count_pauses(monkeypatch, turns, "begin")
-    done: list[int] = []
-    peer = Peer()
-    conn = ESLConnection(
-        "127.0.0.1", peer.port, "ClueCon", timeout=HANG, on_event=lambda *_: done.append(1)
-    )
-    try:
-        conn.connect()
-        assert peer.ready.wait(HANG)
+    with counted_reader(monkeypatch) as (conn, peer, begun, done):
         pad = esl.MAX_EVENT_BYTES + 1 if where == "inside a skipped body" else 1000
         frame = json_event({"Event-Name": "HEARTBEAT", "X-Pad": "x" * pad})
         half = len(frame) - 100  # the head and most of the body, then the rest after a wait
@@ -133,12 +137,10 @@ def test_a_read_that_waited_inside_a_body_begins_a_turn(
         before, received = len(begun), conn.rx_total
         _backlog(peer, [frame[:half]])
         wait_until(lambda: conn.rx_total == received + half, HANG, "the first part read")
-        gevent.sleep(0.05)  # (the reader waits on its socket again: the hub polls meanwhile)
         assert len(begun) - before == 1
+        # Back at its socket inside the body, waiting again (the hub polls before it wakes)
+        wait_until(lambda: conn.handled == conn.rx_total, HANG, "the reader inside the body")
         peer.send(frame[half:] + json_event({"Event-Name": "HEARTBEAT"}))
         wanted = 1 if where == "inside a skipped body" else 2
         wait_until(lambda: len(done) == wanted, HANG, "the events")
         assert len(begun) - before == 2
-    finally:
-        conn.close()
-        peer.close()
