@@ -436,7 +436,7 @@ def steadiness_text(kinds: dict[str, list[float]]) -> str:
     the machine alone, the others the machine and the code together. Shown, not judged."""
     parts = []
     for kind, rates in kinds.items():
-        measured = [r for r in rates if r]  # (a zero rate is a failed round, reported apart)
+        measured = [r for r in rates if r]  # (a zero rate has no ratio to take)
         if len(measured) > 1:
             parts.append(f"{kind} {max(measured) / min(measured):.2f}×")
         elif measured:
@@ -447,6 +447,25 @@ def steadiness_text(kinds: dict[str, list[float]]) -> str:
         "Fastest round over slowest, each kind (the same work repeated: how much it varied): "
         + ", ".join(parts)
         + "."
+    )
+
+
+def rounds_text(
+    base_label: str, base: list[dict[str, Any]], other_label: str, other: list[dict[str, Any]]
+) -> str:
+    """Two kinds of interleaved rounds (each a dict with its "rate"): every round's events/s,
+    each round over its neighbour, and how much each kind varied."""
+    return (
+        f"All rounds, events/s: {base_label} "
+        + ", ".join(f"{r['rate']:,.0f}" for r in base)
+        + f"; {other_label} "
+        + ", ".join(f"{r['rate']:,.0f}" for r in other)
+        + ". "
+        + paired_ratios_text(base, other)
+        + " "
+        + steadiness_text(
+            {base_label: [r["rate"] for r in base], other_label: [r["rate"] for r in other]}
+        )
     )
 
 

@@ -346,19 +346,7 @@ def _fanout(suite: Suite, kind: str) -> None:
         )
     lines += [
         "",
-        "All rounds, events/s: none "
-        + ", ".join(f"{r['rate']:,.0f}" for r in rounds["none"])
-        + f"; {n:,} subscribers "
-        + ", ".join(f"{r['rate']:,.0f}" for r in rounds["crowd"])
-        + ". "
-        + bc.paired_ratios_text(rounds["none"], rounds["crowd"])
-        + " "
-        + bc.steadiness_text(
-            {
-                "none": [r["rate"] for r in rounds["none"]],
-                f"{n:,} subscribers": [r["rate"] for r in rounds["crowd"]],
-            }
-        ),
+        bc.rounds_text("none", rounds["none"], f"{n:,} subscribers", rounds["crowd"]),
         "",
         "The paced phase of each crowd round, its worst subscriber's p99: "
         + ", ".join(f"{bc.ms(r['paced']['worst_p99'])} ms" for r in rounds["crowd"])

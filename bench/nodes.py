@@ -425,19 +425,7 @@ def _report_nodes(
         )
     lines += [
         "",
-        "All rounds, events/s: one node "
-        + ", ".join(f"{r['rate']:,.0f}" for r in rounds["one"])
-        + f"; {n} nodes "
-        + ", ".join(f"{r['rate']:,.0f}" for r in rounds["many"])
-        + ". "
-        + bc.paired_ratios_text(rounds["one"], rounds["many"])
-        + " "
-        + bc.steadiness_text(
-            {
-                "one node": [r["rate"] for r in rounds["one"]],
-                f"{n} nodes": [r["rate"] for r in rounds["many"]],
-            }
-        )
+        bc.rounds_text("one node", rounds["one"], f"{n} nodes", rounds["many"])
         + " Idle beside the same channels (a fresh daemon, 3 s doing nothing): one node "
         f"RSS {idle['one']['rss'] / 1024:.1f} MiB, CPU {idle['one']['cpu']:.1%}; {n} nodes "
         f"RSS {idle['many']['rss'] / 1024:.1f} MiB, CPU {idle['many']['cpu']:.1%}.",

@@ -68,3 +68,16 @@ def test_the_rounds_spread_is_each_kinds_fastest_round_over_its_slowest() -> Non
         "a one round, b 2.00×."
     )
     assert common.steadiness_text({"a": [], "b": [0.0]}) == ""
+
+
+def test_interleaved_rounds_are_reported_with_both_estimators_and_their_spread() -> None:
+    import common
+
+    base = [{"rate": 100_000.0}, {"rate": 80_000.0}]
+    other = [{"rate": 90_000.0}, {"rate": 88_000.0}]
+    assert common.rounds_text("one node", base, "20 nodes", other) == (
+        "All rounds, events/s: one node 100,000, 80,000; 20 nodes 90,000, 88,000. "
+        "Each round over its interleaved neighbour (shown, not judged): 0.90×, 1.10×; "
+        "median 1.00×. Fastest round over slowest, each kind (the same work repeated: how "
+        "much it varied): one node 1.25×, 20 nodes 1.02×."
+    )
