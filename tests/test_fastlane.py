@@ -44,13 +44,14 @@ class StillTime:
         return getattr(time, name)
 
 
-def hold_the_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+def hold_the_clock(monkeypatch: pytest.MonkeyPatch) -> StillTime:
     """The answers' wall clock held still: durations and timestamps do not move between two
-    asks of one answer."""
+    asks of one answer (a test may move it on by hand: `.now`)."""
     still = StillTime()
     for module in CLOCKED:
         assert module.time is time, module  # each reads it as `time.time()`
         monkeypatch.setattr(module, "time", still)
+    return still
 
 
 @pytest.fixture

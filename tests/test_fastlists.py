@@ -18,7 +18,7 @@ import requests
 from flask import request_started
 from gevent.pywsgi import WSGIServer
 from test_api import World
-from test_fastlane import CLOCKED, StillTime
+from test_fastlane import hold_the_clock
 
 from channelsd.api import create_app
 
@@ -245,9 +245,7 @@ def test_comparable_leaves_out_all_that_a_turned_second_moves(
     # The tests above ask twice and compare; a second may turn between the asks. Each form
     # asked at one second and at the next compares equal, though its bytes moved (a CI run
     # once found a single channel's CSV row differing in elapsed_seconds).
-    still = StillTime()
-    for module in CLOCKED:
-        monkeypatch.setattr(module, "time", still)
+    still = hold_the_clock(monkeypatch)
     path = f"/v2/accounts/acc1/channels/{world.alice_a}" if path == "one" else path
     moved = 0
     for kw in [{}, *(kw for _, kw in FLASK_ONLY)]:
