@@ -42,6 +42,18 @@ def _backlog(peer: Peer, frames: list[bytes]) -> None:
     assert sent == len(payload), f"the socket's buffers took {sent} of {len(payload)} bytes"
 
 
+def _close(conn: ESLConnection, peer: Peer) -> None:
+    """Close both ends and wait for the reader to end: a reader waiting in line for a turn
+    when its connection closes leaves the line only when the hub lets it go (then it finds
+    the connection closed); a test that ended before would leave it there for the next."""
+    conn.close()
+    peer.close()
+    reader = conn._receive_events_greenlet
+    if reader is not None:
+        reader.join(HANG)
+        assert reader.dead, "the reader did not end"
+
+
 @contextlib.contextmanager
 def counted_reader(
     monkeypatch: pytest.MonkeyPatch,
@@ -59,8 +71,7 @@ def counted_reader(
         assert peer.ready.wait(HANG)
         yield conn, peer, begun, done
     finally:
-        conn.close()
-        peer.close()
+        _close(conn, peer)
 
 
 def test_a_reader_with_a_backlog_takes_turns_of_yield_every_frames_not_of_one_read(
@@ -96,8 +107,7 @@ def test_a_reader_with_a_backlog_takes_turns_of_yield_every_frames_not_of_one_re
         assert all(r == esl.YIELD_EVERY for r in runs[1:-1]), runs
     finally:
         gevent.killall(crowd)
-        conn.close()
-        peer.close()
+        _close(conn, peer)
 
 
 def test_a_new_turn_begins_only_after_a_read_that_waited(monkeypatch: pytest.MonkeyPatch) -> None:
