@@ -212,8 +212,17 @@ class Courier:
                 total += len(data)
         if not claimed:
             return
-        # (Closed: what is still carried during a stop goes from the hub, no thread anew.)
-        if self._send is None or total < self.thread_bytes or self._closed:
+        pool = None
+        if self._send is not None and total >= self.thread_bytes:
+            try:
+                pool = self._thread()
+                job = pool.spawn(self._send, fds, datas) if pool is not None else None
+            except BaseException:
+                # Killed while the thread started (or it could not): nothing went out, and
+                # nobody may stay claimed (a stream's greenlet waits for its claim to land).
+                self._tell(claimed, datas, [0] * len(claimed))
+                raise
+        if pool is None:  # small, not built, or closed: from the hub
             send = self._send if self._send is not None else send_each_python
             try:
                 sent = send(fds, datas)
@@ -221,21 +230,28 @@ class Courier:
                 self._tell(claimed, datas, None)  # as from the thread: nobody stays claimed
                 raise
             self._tell(claimed, datas, sent)
-        else:
-            self.threaded += 1
-            if self._pool is None:
-                self._pool = ThreadPool(1)
-                self.thread_id = self._pool.apply(_yield_to_ingest)
-            job = self._pool.spawn(self._send, fds, datas)
-            try:
-                sent = job.get()
-            except BaseException:
-                # Killed while the thread sends, or the call failed: the owners learn when
-                # the thread is done, and never before (their descriptors stay open and
-                # nobody else writes meanwhile).
-                job.rawlink(lambda done: self._tell(claimed, datas, done.value))
-                raise
-            self._tell(claimed, datas, sent)
+            return
+        self.threaded += 1
+        try:
+            sent = job.get()
+        except BaseException:
+            # Killed while the thread sends, or the call failed: the owners learn when the
+            # thread is done, and never before (their descriptors stay open and nobody else
+            # writes meanwhile).
+            job.rawlink(lambda done: self._tell(claimed, datas, done.value))
+            raise
+        self._tell(claimed, datas, sent)
+
+    def _thread(self) -> ThreadPool | None:
+        """The thread, started at the first publish that needs it; None once closed (what is
+        still carried during a stop goes from the hub, and no thread starts anew). Its start
+        waits for the thread: a close meanwhile is seen when it returns."""
+        if self._pool is None and not self._closed:
+            pool = self._pool = ThreadPool(1)
+            thread_id = pool.apply(_yield_to_ingest)
+            if self._pool is pool:
+                self.thread_id = thread_id
+        return None if self._closed else self._pool
 
     def close(self) -> None:
         """Let the thread go (a send on its way ends first)."""

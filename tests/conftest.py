@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import gevent
+import gevent.monkey
 import pytest
 import requests
 
@@ -265,6 +266,21 @@ class Harness:
     def wait_ready(self, timeout: float = 5.0) -> None:
         for node in self.daemon.nodes.values():
             wait_until(lambda n=node: n.state == "ready", timeout, f"{node.name} ready")
+
+
+@pytest.fixture
+def held_start(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
+    """The courier's thread starts (its first task) only once the test calls the returned
+    function: what a stop or a kill meets while the thread is starting, without timing it."""
+    gate = gevent.monkey.get_original("_thread", "allocate_lock")()
+    gate.acquire()
+
+    def start() -> None:
+        assert gate.acquire(timeout=10), "the thread's start was never let go"
+        gate.release()
+
+    monkeypatch.setattr("channelsd.sendmany._yield_to_ingest", start)
+    return gate.release
 
 
 @pytest.fixture

@@ -265,6 +265,45 @@ def test_a_carrier_killed_while_the_thread_sends_leaves_the_owners_claimed_until
     assert owner.told[-1] == (b"next", 4)
 
 
+def test_a_close_while_the_thread_starts_sends_that_publish_from_the_hub(
+    pairs: Any, held_start: Callable[[], None]
+) -> None:
+    """Failed before the fix (a CI run, once): the publish went on to a pool the close had
+    let go, or to none at all, and its owner stayed claimed, its stream waiting for ever."""
+    ((a, b),) = pairs(1)
+    courier = sendmany.Courier(thread_bytes=1)
+    owner = Owner(a)
+    carrier = gevent.spawn(courier, [(owner, b"out")])
+    wait_until(lambda: owner.in_flight and courier._pool is not None, what="the thread starting")
+    closer = gevent.spawn(courier.close)
+    wait_until(lambda: courier._closed, what="the close begun")
+    held_start()
+    carrier.get(timeout=10)
+    closer.get(timeout=10)
+    assert owner.told == [(b"out", 3)] and drain(b) == b"out"
+    assert courier.threaded == 0 and courier._pool is None
+
+
+def test_a_carrier_killed_while_the_thread_starts_tells_its_owners_nothing_went(
+    pairs: Any, held_start: Callable[[], None]
+) -> None:
+    """Failed before the fix: the kill left the owner claimed for ever."""
+    ((a, b),) = pairs(1)
+    courier = sendmany.Courier(thread_bytes=1)
+    owner = Owner(a)
+    carrier = gevent.spawn(courier, [(owner, b"out")])
+    wait_until(lambda: owner.in_flight and courier._pool is not None, what="the thread starting")
+    carrier.kill()
+    assert owner.told == [(b"out", 0)] and not owner.in_flight
+    held_start()
+    try:
+        courier([(owner, b"next")])  # the thread, once started, carries the next publish
+        assert owner.told[-1] == (b"next", 4) and courier.threaded == 1
+        assert drain(b) == b"next"
+    finally:
+        courier.close()
+
+
 def test_a_send_call_that_fails_tells_every_owner_an_error(pairs: Any) -> None:
     (a, b), (c, d) = pairs(2)
 

@@ -155,6 +155,37 @@ def test_a_stop_while_a_push_is_out_closes_the_descriptor_once_it_landed(
     )
 
 
+def test_a_stop_while_the_couriers_thread_starts_ends_the_stream_with_the_push(
+    switch: Any, make_daemon: Any, readers: Any, held_start: Any
+) -> None:
+    """The daemon's first push is out while the courier's thread starts, and the daemon
+    stops: the push goes from the hub, the stream ends and leaves nothing claimed. Failed
+    before the fix (a CI run, once): the stream's greenlet waited for ever for a push the
+    courier had lost, and kept its connection's handler alive."""
+    h: Harness = make_daemon([switch])
+    h.daemon.courier.thread_bytes = 1
+    r = readers(h)
+    wait_until(r.frames, what="the snapshot")
+    pusher = parked_pusher(h)
+    call, _ = switch.bridged_call(variables_a=ACC1, variables_b=ACC1)
+    wait_until(lambda: pusher._line.in_flight is not None, what="the push claimed")
+
+    def start_once_stopping() -> None:
+        wait_until(lambda: h.daemon.ctx.broker.closed, what="the stop")
+        held_start()
+
+    starter = gevent.spawn(start_once_stopping)
+    h.daemon.stop()
+    starter.get()
+    wait_until(lambda: pusher._line.in_flight is None, what="the push landed")
+    assert h.daemon.courier.threaded == 0 and h.daemon.courier._pool is None
+    wait_until(lambda: h.daemon.ctx.broker.subscribers == 0, what="the stream's end")
+    wait_until(
+        lambda: call in {d["uuid"] for _, e, d in r.frames() if e == "create"},
+        what="the push, at the client",
+    )
+
+
 class _Handler:
     """What a Pusher reads of its connection's handler."""
 
