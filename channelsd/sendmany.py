@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import socket
 from collections.abc import Callable, Sequence
@@ -37,6 +38,8 @@ from gevent.monkey import get_original
 from gevent.threadpool import ThreadPool
 
 from channelsd import builds
+
+log = logging.getLogger(__name__)
 
 try:
     from channelsd_sendmany import send_each as _send_each
@@ -216,13 +219,15 @@ class Courier:
         if self._send is not None and total >= self.thread_bytes:
             try:
                 pool = self._thread()
+                # (spawn waits only for the thread's slot, before it queues the job: killed
+                # there, the job was never queued)
                 job = pool.spawn(self._send, fds, datas) if pool is not None else None
             except BaseException:
-                # Killed while the thread started (or it could not): nothing went out, and
-                # nobody may stay claimed (a stream's greenlet waits for its claim to land).
+                # Killed while the thread started or before the job was queued: nothing went
+                # out, and nobody may stay claimed (a stream's greenlet waits for its claim).
                 self._tell(claimed, datas, [0] * len(claimed))
                 raise
-        if pool is None:  # small, not built, or closed: from the hub
+        if pool is None:  # small, not built, closed, or no thread to be had: from the hub
             send = self._send if self._send is not None else send_each_python
             try:
                 sent = send(fds, datas)
@@ -243,22 +248,35 @@ class Courier:
         self._tell(claimed, datas, sent)
 
     def _thread(self) -> ThreadPool | None:
-        """The thread, started at the first publish that needs it; None once closed (what is
-        still carried during a stop goes from the hub, and no thread starts anew). Its start
-        waits for the thread: a close meanwhile is seen when it returns."""
+        """The thread, started at the first publish that needs it (which waits for it); None
+        once closed (what is still carried during a stop goes from the hub, no thread starts
+        anew) or when no thread could be started (at the system's limit: the next publish
+        tries again)."""
         if self._pool is None and not self._closed:
             pool = self._pool = ThreadPool(1)
-            thread_id = pool.apply(_yield_to_ingest)
-            if self._pool is pool:
-                self.thread_id = thread_id
+            try:
+                self.thread_id = pool.apply(_yield_to_ingest)
+            except Exception as exc:
+                # The pool keeps the start's task queued for a thread it may start later:
+                # dropped, so that no publish's job ever waits in that queue (a job left
+                # there after its owners were told would write to their descriptors later,
+                # or to whichever sockets had their numbers by then).
+                self._pool = None
+                log.warning("courier thread not started (%s): sending from the main thread", exc)
+                return None
         return None if self._closed else self._pool
 
     def close(self) -> None:
-        """Let the thread go (a send on its way ends first)."""
+        """Let the thread go, once the publish on its way is done (in a greenlet: it waits).
+        Later publishes go from the hub."""
         self._closed = True
-        if self._pool is not None:
-            self._pool.kill()
-            self._pool = None
+        # Holding the turn, no publish is between its claims and its job: one waiting for
+        # the thread's slot meanwhile would queue its job to a pool with no thread left.
+        # Jobs of publishes killed while out are waited for by kill().
+        with self._turn:
+            pool, self._pool = self._pool, None
+            if pool is not None:
+                pool.kill()
 
     @staticmethod
     def _tell(claimed: list[Addressee], datas: list[bytes], sent: list[int] | None) -> None:

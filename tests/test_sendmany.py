@@ -13,8 +13,10 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import gevent
+import gevent.event
 import gevent.monkey
 import pytest
+from gevent.threadpool import ThreadPool
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kazoo_support import WsClient
@@ -300,6 +302,83 @@ def test_a_carrier_killed_while_the_thread_starts_tells_its_owners_nothing_went(
         courier([(owner, b"next")])  # the thread, once started, carries the next publish
         assert owner.told[-1] == (b"next", 4) and courier.threaded == 1
         assert drain(b) == b"next"
+    finally:
+        courier.close()
+
+
+def test_a_close_waits_for_a_publish_waiting_for_the_threads_slot(
+    pairs: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A publish that waits for the thread's slot (spawn's one wait, before it queues the
+    job: two publishes killed while out hold both slots) when the close begins. Held here
+    at that wait. Failed before the fix (an outside review's race): the close let the thread
+    go first, and the job was queued to a pool with no thread — its owner claimed for ever,
+    or a thread started after the close and never let go."""
+    ((a, b),) = pairs(1)
+    slot = gevent.event.Event()
+    slot.set()
+
+    class Pool(ThreadPool):
+        def spawn(self, *args: Any, **kwargs: Any) -> Any:
+            slot.wait()
+            return super().spawn(*args, **kwargs)
+
+    monkeypatch.setattr(sendmany, "ThreadPool", Pool)
+    courier = sendmany.Courier(thread_bytes=1)
+    courier([(Owner(a), b"warm")])  # the thread runs
+    pool = courier._pool
+    assert pool is not None and drain(b) == b"warm"
+    slot.clear()
+    owner = Owner(a)
+    carrier = gevent.spawn(courier, [(owner, b"out")])
+    wait_until(lambda: owner.in_flight, what="the publish claimed")
+    closer = gevent.spawn(courier.close)
+    gevent.sleep(0.01)
+    slot.set()
+    carrier.get(timeout=10)
+    closer.get(timeout=10)
+    assert owner.told == [(b"out", 3)] and drain(b) == b"out"
+    assert courier._pool is None and pool.size == 0, "a thread left running after the close"
+
+
+@pytest.fixture
+def thread_starts_fail(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The next N native threads cannot be started (N: the list's one item), as at the
+    system's limit: RuntimeError("can't start new thread")."""
+    import gevent.threadpool
+
+    real = gevent.threadpool.start_new_thread
+    left = [0]
+
+    def start(function: Any, args: Any) -> Any:
+        if left[0] > 0:
+            left[0] -= 1
+            raise RuntimeError("can't start new thread")
+        return real(function, args)
+
+    monkeypatch.setattr(gevent.threadpool, "start_new_thread", start)
+    return left
+
+
+def test_a_thread_that_cannot_start_leaves_the_publish_to_the_hub_and_nothing_queued(
+    pairs: Any, thread_starts_fail: list[int]
+) -> None:
+    """Failed before the fix (an outside review): a failed start left the publish's job in
+    the pool's queue after its owner was told nothing went, and the thread started for a
+    later publish wrote those bytes again (or to a socket that had the number by then)."""
+    (a, b), (c, d), (e, f) = pairs(3)
+    thread_starts_fail[0] = 2
+    courier = sendmany.Courier(thread_bytes=1)
+    one, two, three = Owner(a), Owner(c), Owner(e)
+    try:
+        courier([(one, b"first")])
+        courier([(two, b"second")])
+        assert one.told == [(b"first", 5)] and two.told == [(b"second", 6)]
+        assert courier.threaded == 0 and courier._pool is None
+        courier([(three, b"third")])  # the system has threads again
+        assert courier.threaded == 1 and three.told == [(b"third", 5)]
+        courier([(one, b"again")])  # (the thread's queue holds nothing of the failed starts)
+        assert drain(b) == b"firstagain" and drain(d) == b"second" and drain(f) == b"third"
     finally:
         courier.close()
 
