@@ -30,6 +30,7 @@ import errno
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -56,6 +57,10 @@ NICE = 10
 # Below this many bytes in one publish the native thread's hand-over (a wake-up and two
 # passes of the interpreter lock) costs more than the sends it would take off the hub.
 THREAD_BYTES = 64 * 1024
+
+# After a thread could not be started (the system's thread limit), publishes go from the hub
+# this long before a start is tried again: not a failed start and a warning every publish.
+START_RETRY_SECONDS = 30.0
 
 
 SendEach = Callable[[Sequence[int], Sequence[bytes]], list[int]]
@@ -188,6 +193,7 @@ class Courier:
         self._pool: ThreadPool | None = None
         self._turn = Semaphore()  # held by the publish on its way
         self._closed = False
+        self._start_failed_at: float | None = None  # the last failed start (monotonic)
         self.threaded = 0  # publishes sent from the native thread (for tests)
         self.thread_id: int | None = None  # the thread's, once it runs (and is niced)
 
@@ -198,7 +204,7 @@ class Courier:
 
     @property
     def waiting(self) -> int:
-        """Publishes waiting for the one on its way."""
+        """Publishes (and a close) waiting for the one on its way."""
         return self._turn.linkcount()
 
     def _carry(self, pairs: list[tuple[Addressee, bytes]]) -> None:
@@ -250,20 +256,34 @@ class Courier:
     def _thread(self) -> ThreadPool | None:
         """The thread, started at the first publish that needs it (which waits for it); None
         once closed (what is still carried during a stop goes from the hub, no thread starts
-        anew) or when no thread could be started (at the system's limit: the next publish
-        tries again)."""
+        anew) and while no thread can be started (the system's limit: tried again after
+        START_RETRY_SECONDS)."""
         if self._pool is None and not self._closed:
+            failed = self._start_failed_at
+            if failed is not None and time.monotonic() - failed < START_RETRY_SECONDS:
+                return None
             pool = self._pool = ThreadPool(1)
             try:
                 self.thread_id = pool.apply(_yield_to_ingest)
             except Exception as exc:
                 # The pool keeps the start's task queued for a thread it may start later:
-                # dropped, so that no publish's job ever waits in that queue (a job left
-                # there after its owners were told would write to their descriptors later,
-                # or to whichever sockets had their numbers by then).
+                # dropped (with its thread, if one started), so that no publish's job ever waits
+                # in that queue (a job left there after its owners were told would write to
+                # their descriptors later, or to whichever sockets had their numbers by then).
                 self._pool = None
-                log.warning("courier thread not started (%s): sending from the main thread", exc)
+                pool.kill()
+                if failed is None:
+                    log.warning(
+                        "courier thread not started (%s): sending from the main "
+                        "thread, trying again every %gs",
+                        exc,
+                        START_RETRY_SECONDS,
+                    )
+                self._start_failed_at = time.monotonic()
                 return None
+            if failed is not None:
+                self._start_failed_at = None
+                log.info("courier thread started after a failed start")
         return None if self._closed else self._pool
 
     def close(self) -> None:

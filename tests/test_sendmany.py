@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
 import socket
 from collections.abc import Callable, Iterator, Sequence
@@ -333,7 +334,7 @@ def test_a_close_waits_for_a_publish_waiting_for_the_threads_slot(
     carrier = gevent.spawn(courier, [(owner, b"out")])
     wait_until(lambda: owner.in_flight, what="the publish claimed")
     closer = gevent.spawn(courier.close)
-    gevent.sleep(0.01)
+    wait_until(lambda: courier.waiting == 1, what="the close waiting for the publish")
     slot.set()
     carrier.get(timeout=10)
     closer.get(timeout=10)
@@ -341,46 +342,124 @@ def test_a_close_waits_for_a_publish_waiting_for_the_threads_slot(
     assert courier._pool is None and pool.size == 0, "a thread left running after the close"
 
 
+class FailingStarts:
+    """How many more native thread starts fail, as at the system's limit, and how many
+    were tried."""
+
+    def __init__(self) -> None:
+        self.left = 0
+        self.tried = 0
+
+
 @pytest.fixture
-def thread_starts_fail(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The next N native threads cannot be started (N: the list's one item), as at the
-    system's limit: RuntimeError("can't start new thread")."""
+def thread_starts(monkeypatch: pytest.MonkeyPatch) -> FailingStarts:
+    """gevent's thread starts, failing while `left` says so: RuntimeError("can't start new
+    thread")."""
     import gevent.threadpool
 
     real = gevent.threadpool.start_new_thread
-    left = [0]
+    starts = FailingStarts()
 
     def start(function: Any, args: Any) -> Any:
-        if left[0] > 0:
-            left[0] -= 1
+        starts.tried += 1
+        if starts.left > 0:
+            starts.left -= 1
             raise RuntimeError("can't start new thread")
         return real(function, args)
 
     monkeypatch.setattr(gevent.threadpool, "start_new_thread", start)
-    return left
+    return starts
 
 
 def test_a_thread_that_cannot_start_leaves_the_publish_to_the_hub_and_nothing_queued(
-    pairs: Any, thread_starts_fail: list[int]
+    pairs: Any, thread_starts: FailingStarts, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Failed before the fix (an outside review): a failed start left the publish's job in
     the pool's queue after its owner was told nothing went, and the thread started for a
     later publish wrote those bytes again (or to a socket that had the number by then)."""
+    monkeypatch.setattr(sendmany, "START_RETRY_SECONDS", 0.0)  # each publish tries
     (a, b), (c, d), (e, f) = pairs(3)
-    thread_starts_fail[0] = 2
+    thread_starts.left = 2
     courier = sendmany.Courier(thread_bytes=1)
     one, two, three = Owner(a), Owner(c), Owner(e)
     try:
         courier([(one, b"first")])
         courier([(two, b"second")])
         assert one.told == [(b"first", 5)] and two.told == [(b"second", 6)]
-        assert courier.threaded == 0 and courier._pool is None
+        assert courier.threaded == 0 and courier._pool is None and thread_starts.tried == 2
         courier([(three, b"third")])  # the system has threads again
         assert courier.threaded == 1 and three.told == [(b"third", 5)]
         courier([(one, b"again")])  # (the thread's queue holds nothing of the failed starts)
         assert drain(b) == b"firstagain" and drain(d) == b"second" and drain(f) == b"third"
     finally:
         courier.close()
+
+
+def test_while_no_thread_starts_publishes_go_from_the_hub_with_one_warning(
+    pairs: Any, thread_starts: FailingStarts, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One failed start and one warning, then a try every START_RETRY_SECONDS (aged here by
+    hand), and a line when a start succeeds: not a failed start and a warning a publish."""
+    ((a, b),) = pairs(1)
+    thread_starts.left = 10**6
+    courier = sendmany.Courier(thread_bytes=1)
+    owner = Owner(a)
+
+    def publishes(n: int) -> None:
+        for _ in range(n):
+            courier([(owner, b"x")])
+
+    def age() -> None:
+        assert courier._start_failed_at is not None
+        courier._start_failed_at -= sendmany.START_RETRY_SECONDS
+
+    def lines(level: int) -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelno == level]
+
+    caplog.set_level(logging.INFO, logger="channelsd.sendmany")
+    try:
+        publishes(20)
+        assert thread_starts.tried == 1 and len(lines(logging.WARNING)) == 1
+        age()
+        publishes(20)
+        assert thread_starts.tried == 2 and len(lines(logging.WARNING)) == 1
+        thread_starts.left = 0
+        publishes(1)
+        assert thread_starts.tried == 2 and courier.threaded == 0  # (not yet due)
+        age()
+        publishes(1)
+        assert thread_starts.tried == 3 and courier.threaded == 1
+        assert lines(logging.INFO) == ["courier thread started after a failed start"]
+        assert owner.told == [(b"x", 1)] * 42 and drain(b) == b"x" * 42
+    finally:
+        courier.close()
+
+
+def test_a_start_whose_first_task_fails_lets_its_thread_go(
+    pairs: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread that started but whose first task raised: its pool is dropped with the
+    thread let go, not left running past the close (an outside review)."""
+
+    def broken() -> None:
+        raise OSError("no")
+
+    monkeypatch.setattr(sendmany, "_yield_to_ingest", broken)
+    ((a, b),) = pairs(1)
+    made: list[ThreadPool] = []
+
+    class Pool(ThreadPool):
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            made.append(self)
+
+    monkeypatch.setattr(sendmany, "ThreadPool", Pool)
+    courier = sendmany.Courier(thread_bytes=1)
+    owner = Owner(a)
+    courier([(owner, b"x")])
+    courier.close()
+    assert owner.told == [(b"x", 1)] and drain(b) == b"x"
+    assert len(made) == 1 and made[0].size == 0
 
 
 def test_a_send_call_that_fails_tells_every_owner_an_error(pairs: Any) -> None:
