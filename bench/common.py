@@ -428,6 +428,20 @@ def paired_ratios_text(base: list[dict[str, Any]], other: list[dict[str, Any]]) 
     )
 
 
+def machine_pace(seconds: float = 0.3, slice_s: float = 0.05) -> float:
+    """How fast this machine runs Python now: a fixed loop's iterations per ms, the median of
+    its `slice_s` slices over `seconds`. This VM's host slows it by up to ~40 % for spells
+    without showing steal time; a scenario's rounds slow with it (steadiness_text)."""
+    rates = []
+    end = time.perf_counter() + seconds
+    while (start := time.perf_counter()) < end:
+        stop, n = start + slice_s, 0
+        while time.perf_counter() < stop:
+            n += 1
+        rates.append(n / (time.perf_counter() - start) / 1000)
+    return statistics.median(rates)
+
+
 def steadiness_text(kinds: dict[str, list[float]]) -> str:
     """How much the same work varied between rounds: each kind's fastest round over its
     slowest. The machine here is a VM whose host slows it without showing steal time (a busy

@@ -73,6 +73,7 @@ from report import (  # noqa: E402
     Target,
     demote,
     machine,
+    pace_text,
     targets_table,
     write_benchmarks,
 )
@@ -212,6 +213,7 @@ class Suite:
         self.data: dict[str, Any] = {}
         # scenario -> (seconds, other processes' CPU meanwhile in cores, runs made)
         self.noise: dict[str, tuple[float, float, int]] = {}
+        self.pace: dict[str, float] = {}
         self._cleanup: list[Callable[[], None]] = []
 
     # infrastructure ------------------------------------------------------------------------
@@ -251,12 +253,13 @@ class Suite:
     def attempt(self, key: str, run: Callable[[], None]) -> bool:
         """Run a scenario on a quiet machine; repeat it (twice at most) while other processes
         used more than NOISY cores meanwhile, and keep the quietest run. False if all failed."""
-        best: tuple[float, float, Any] | None = None
+        best: tuple[float, float, Any, float] | None = None
         runs = 0
         error: Exception | None = None
         for _ in range(RETRIES + 1):
             runs += 1
             bc.wait_quiet(60)
+            pace = bc.machine_pace()
             self.take(key)
             meter, t = bc.MachineMeter(), perf()
             try:
@@ -271,7 +274,7 @@ class Suite:
             self.cleanup()
             foreign, seconds = meter.foreign(), perf() - t
             if best is None or foreign < best[0]:
-                best = (foreign, seconds, self.take(key))
+                best = (foreign, seconds, self.take(key), pace)
             else:
                 self.take(key)
             if foreign <= NOISY:
@@ -282,6 +285,7 @@ class Suite:
             return False
         self.put(key, best[2])
         self.noise[key] = (best[1], best[0], runs)
+        self.pace[key] = best[3]
         return True
 
     def cleanup(self) -> None:
@@ -1309,7 +1313,7 @@ def run_once(sizes: Sizes, quick: bool, workdir: Path, only: list[str], whatif: 
     if whatif and {"reads", "fs"} & set(only):
         print("bench: what-if (list cache off) ...", file=sys.stderr, flush=True)
         suite.attempt("whatif", suite.whatif)
-    result = RunResult(suite.report, suite.data, suite.noise, perf() - started, failed)
+    result = RunResult(suite.report, suite.data, suite.noise, perf() - started, failed, suite.pace)
     return result, suite
 
 
@@ -1362,6 +1366,8 @@ def render(
     ran = [owned for key in order for owned in OWNS.get(key, (key,))]
     out += targets_table(runs, ran)
     out += ["", _noise_text(runs), ""]
+    if paced := pace_text(runs):
+        out += [paced, ""]
     out += capacity.section(runs)
     for i, run in enumerate(runs):
         body: list[str] = []

@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
-from report import EXPECTED_TARGETS, Report, RunResult, targets_table  # noqa: E402
+from report import EXPECTED_TARGETS, Report, RunResult, pace_text, targets_table  # noqa: E402
 
 
 def _run(met: bool = True, skip: str = "", failed: tuple[str, ...] = ()) -> RunResult:
@@ -81,3 +81,21 @@ def test_interleaved_rounds_are_reported_with_both_estimators_and_their_spread()
         "median 1.00×. Fastest round over slowest, each kind (the same work repeated: how "
         "much it varied): one node 1.25×, 20 nodes 1.02×."
     )
+
+
+def test_the_pace_line_names_each_runs_scenarios_and_is_left_out_when_none_was_taken() -> None:
+    one, two = _run(), _run()
+    one.pace = {"ingest": 7641.2, "actions": 4433.0}
+    two.pace = {"ingest": 4190.6}
+    text = pace_text([one, two])
+    assert text.endswith("run 1: ingest 7,641, actions 4,433; run 2: ingest 4,191.")
+    assert pace_text([one]).endswith(": ingest 7,641, actions 4,433.")
+    assert pace_text([_run(), _run()]) == ""
+
+
+def test_the_machines_pace_is_a_loops_rate_per_ms() -> None:
+    import common
+
+    pace = common.machine_pace(seconds=0.1, slice_s=0.02)
+    # a Python loop of a few calls: thousands an ms on any machine this runs on, not millions
+    assert 100 < pace < 1_000_000
