@@ -430,8 +430,9 @@ def paired_ratios_text(base: list[dict[str, Any]], other: list[dict[str, Any]]) 
 
 def machine_pace(seconds: float = 0.3, slice_s: float = 0.05) -> float:
     """How fast this machine runs Python now: a fixed loop's iterations per ms, the median of
-    its `slice_s` slices over `seconds`. This VM's host slows it by up to ~40 % for spells
-    without showing steal time; a scenario's rounds slow with it (steadiness_text)."""
+    its `slice_s` slices over `seconds`. This VM's host slows it for spells without showing
+    steal time (2.6x between scenarios of one suite, BENCHMARKS.md); a short sample shows how
+    far the host moves, not the pace a scenario then meets over its seconds."""
     rates = []
     end = time.perf_counter() + seconds
     while (start := time.perf_counter()) < end:

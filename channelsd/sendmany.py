@@ -221,19 +221,20 @@ class Courier:
                 total += len(data)
         if not claimed:
             return
-        pool = None
+        job = None
         if self._send is not None and total >= self.thread_bytes:
             try:
                 pool = self._thread()
-                # (spawn waits only for the thread's slot, before it queues the job: killed
-                # there, the job was never queued)
-                job = pool.spawn(self._send, fds, datas) if pool is not None else None
+                if pool is not None:
+                    # (spawn waits only for the thread's slot, before it queues the job:
+                    # killed there, the job was never queued)
+                    job = pool.spawn(self._send, fds, datas)
             except BaseException:
                 # Killed while the thread started or before the job was queued: nothing went
                 # out, and nobody may stay claimed (a stream's greenlet waits for its claim).
                 self._tell(claimed, datas, [0] * len(claimed))
                 raise
-        if pool is None:  # small, not built, closed, or no thread to be had: from the hub
+        if job is None:  # small, not built, closed, or no thread to be had: from the hub
             send = self._send if self._send is not None else send_each_python
             try:
                 sent = send(fds, datas)
