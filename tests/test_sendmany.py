@@ -16,6 +16,7 @@ from typing import Any
 import gevent
 import gevent.event
 import gevent.monkey
+import gevent.threadpool
 import pytest
 from gevent.threadpool import ThreadPool
 from hypothesis import given, settings
@@ -307,35 +308,51 @@ def test_a_carrier_killed_while_the_thread_starts_tells_its_owners_nothing_went(
         courier.close()
 
 
-def test_a_close_waits_for_a_publish_waiting_for_the_threads_slot(
-    pairs: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+class Pools:
+    """The courier's pools, as made (`made`), each one's spawn first waiting for `slot`
+    (set: no wait) — spawn's one wait, the thread's slot, held by the test."""
+
+    def __init__(self) -> None:
+        self.made: list[ThreadPool] = []
+        self.slot = gevent.event.Event()
+        self.slot.set()
+
+
+@pytest.fixture
+def pools(monkeypatch: pytest.MonkeyPatch) -> Pools:
+    seen = Pools()
+
+    class Pool(ThreadPool):
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            seen.made.append(self)
+
+        def spawn(self, *args: Any, **kwargs: Any) -> Any:
+            seen.slot.wait()
+            return super().spawn(*args, **kwargs)
+
+    monkeypatch.setattr(sendmany, "ThreadPool", Pool)
+    return seen
+
+
+def test_a_close_waits_for_a_publish_waiting_for_the_threads_slot(pairs: Any, pools: Pools) -> None:
     """A publish that waits for the thread's slot (spawn's one wait, before it queues the
     job: two publishes killed while out hold both slots) when the close begins. Held here
     at that wait. Failed before the fix (an outside review's race): the close let the thread
     go first, and the job was queued to a pool with no thread — its owner claimed for ever,
     or a thread started after the close and never let go."""
     ((a, b),) = pairs(1)
-    slot = gevent.event.Event()
-    slot.set()
-
-    class Pool(ThreadPool):
-        def spawn(self, *args: Any, **kwargs: Any) -> Any:
-            slot.wait()
-            return super().spawn(*args, **kwargs)
-
-    monkeypatch.setattr(sendmany, "ThreadPool", Pool)
     courier = sendmany.Courier(thread_bytes=1)
     courier([(Owner(a), b"warm")])  # the thread runs
-    pool = courier._pool
-    assert pool is not None and drain(b) == b"warm"
-    slot.clear()
+    (pool,) = pools.made
+    assert courier._pool is pool and drain(b) == b"warm"
+    pools.slot.clear()
     owner = Owner(a)
     carrier = gevent.spawn(courier, [(owner, b"out")])
     wait_until(lambda: owner.in_flight, what="the publish claimed")
     closer = gevent.spawn(courier.close)
     wait_until(lambda: courier.waiting == 1, what="the close waiting for the publish")
-    slot.set()
+    pools.slot.set()
     carrier.get(timeout=10)
     closer.get(timeout=10)
     assert owner.told == [(b"out", 3)] and drain(b) == b"out"
@@ -355,8 +372,6 @@ class FailingStarts:
 def thread_starts(monkeypatch: pytest.MonkeyPatch) -> FailingStarts:
     """gevent's thread starts, failing while `left` says so: RuntimeError("can't start new
     thread")."""
-    import gevent.threadpool
-
     real = gevent.threadpool.start_new_thread
     starts = FailingStarts()
 
@@ -436,7 +451,7 @@ def test_while_no_thread_starts_publishes_go_from_the_hub_with_one_warning(
 
 
 def test_a_start_whose_first_task_fails_lets_its_thread_go(
-    pairs: Any, monkeypatch: pytest.MonkeyPatch
+    pairs: Any, pools: Pools, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A thread that started but whose first task raised: its pool is dropped with the
     thread let go, not left running past the close (an outside review)."""
@@ -446,20 +461,12 @@ def test_a_start_whose_first_task_fails_lets_its_thread_go(
 
     monkeypatch.setattr(sendmany, "_yield_to_ingest", broken)
     ((a, b),) = pairs(1)
-    made: list[ThreadPool] = []
-
-    class Pool(ThreadPool):
-        def __init__(self, *args: Any) -> None:
-            super().__init__(*args)
-            made.append(self)
-
-    monkeypatch.setattr(sendmany, "ThreadPool", Pool)
     courier = sendmany.Courier(thread_bytes=1)
     owner = Owner(a)
     courier([(owner, b"x")])
     courier.close()
     assert owner.told == [(b"x", 1)] and drain(b) == b"x"
-    assert len(made) == 1 and made[0].size == 0
+    assert len(pools.made) == 1 and pools.made[0].size == 0
 
 
 def test_a_send_call_that_fails_tells_every_owner_an_error(pairs: Any) -> None:
