@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,20 +57,26 @@ class RunResult:
     pace: dict[str, float] = field(default_factory=dict)
 
 
+def per_run(runs: list[RunResult], describe: Callable[[RunResult], str]) -> str:
+    """Each run's description ("run N: " before each when there are several), those that
+    say something, joined."""
+    return "; ".join(
+        (f"run {i + 1}: " if len(runs) > 1 else "") + said
+        for i, run in enumerate(runs)
+        if (said := describe(run))
+    )
+
+
 def pace_text(runs: list[RunResult]) -> str:
     """The machine's pace before each scenario of each run, or "" when none was taken."""
-    parts = []
-    for i, run in enumerate(runs):
-        if run.pace:
-            seen = ", ".join(f"{key} {pace:,.0f}" for key, pace in run.pace.items())
-            parts.append((f"run {i + 1}: " if len(runs) > 1 else "") + seen)
-    if not parts:
+    paces = per_run(runs, lambda run: ", ".join(f"{k} {v:,.0f}" for k, v in run.pace.items()))
+    if not paces:
         return ""
     return (
         "The machine's pace just before each scenario (a fixed Python loop's iterations per ms, "
         "the median of 50 ms slices over 0.3 s; higher is faster). This VM's host slows it for "
         "spells without steal time, which the quiet check cannot see; shown, not judged: "
-        + "; ".join(parts)
+        + paces
         + "."
     )
 

@@ -74,6 +74,7 @@ from report import (  # noqa: E402
     demote,
     machine,
     pace_text,
+    per_run,
     targets_table,
     write_benchmarks,
 )
@@ -1389,15 +1390,14 @@ def render(
 
 
 def _noise_text(runs: list[RunResult]) -> str:
-    parts = []
-    for i, run in enumerate(runs):
-        seen = ", ".join(f"{k} {cores:.2f} ({n})" for k, (_, cores, n) in run.noise.items())
-        parts.append((f"run {i + 1}: " if len(runs) > 1 else "") + seen)
+    seen = per_run(
+        runs, lambda run: ", ".join(f"{k} {c:.2f} ({n})" for k, (_, c, n) in run.noise.items())
+    )
     return (
         "The machine is shared: before each scenario the suite waits (up to 60 s) for a quiet "
         "second, measures what other processes use meanwhile, and runs a scenario again (twice "
         f"at most) when that exceeds {NOISY} of a core, keeping the quietest run. Other "
-        "processes' CPU during the runs kept, in cores of 2 (runs made): " + "; ".join(parts) + "."
+        "processes' CPU during the runs kept, in cores of 2 (runs made): " + seen + "."
     )
 
 
