@@ -201,6 +201,13 @@ def _loggable(path: str) -> str:
     return quote(path, safe="/:@-._~!$&'()*+,;=")[:200]
 
 
+def crashed(rid: str | None, method: str, path: str) -> ApiError:
+    """A bug met while answering (called from an except block): logged with the request id
+    and its traceback; the error to answer, in the envelope, never a traceback."""
+    log.exception("request_id=%s unhandled error on %s %s", rid, method, path)
+    return ApiError(500, "internal error", {"message": "internal error"})
+
+
 def create_app(ctx: ApiContext) -> Flask:
     """The Flask application serving /v2 over `ctx`."""
     # No static folder: Flask would otherwise route /static/<path> to channelsd/static, a
@@ -225,11 +232,6 @@ def create_app(ctx: ApiContext) -> Flask:
             route = request.url_rule.rule if request.url_rule else "unmatched"
             ctx.metrics.http(route, request.method, resp.status_code, time.perf_counter() - g.began)
         return resp
-
-    def crashed(rid: str | None, method: str, path: str) -> ApiError:
-        # A bug: log it with the request id, answer in the envelope, never a traceback.
-        log.exception("request_id=%s unhandled error on %s %s", rid, method, path)
-        return ApiError(500, "internal error", {"message": "internal error"})
 
     flask_wsgi = fast_lists(ctx, app.wsgi_app) if ctx.fast_lists else app.wsgi_app
     if ctx.fast_actions:

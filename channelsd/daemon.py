@@ -17,9 +17,9 @@ import gevent
 import gevent.event
 
 from channelsd import config as config_module
-from channelsd import fastlists
+from channelsd import fastactions, fastlists
 from channelsd.actions import Actions
-from channelsd.api import CORS_HEADERS, ApiContext, create_app
+from channelsd.api import CORS_HEADERS, ApiContext, crashed, create_app
 from channelsd.blackhole.hub import Hub
 from channelsd.blackhole.service import Websockets
 from channelsd.config import Config, ConfigError
@@ -161,6 +161,7 @@ class Daemon:
             extra_headers=CORS_HEADERS.items(),
             max_connections=budget,
             lane=fastlists.lane(self.ctx) if self.ctx.fast_lists else None,
+            action_lane=fastactions.lane(self.ctx, crashed) if self.ctx.fast_actions else None,
         )
         http = self.http
         self.metrics.watch_http(lambda: len(http.connections), lambda: len(self.ctx.subscriptions))

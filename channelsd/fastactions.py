@@ -2,18 +2,27 @@
 
 An action's answer waits for the switch's reply, and everything channelsd does around that
 round trip is added to it: Flask's request and response objects, routing, context push and
-hooks were its largest share once the rest was cut (issue #16). This WSGI layer answers only
-the plain case — POST on /v2/accounts/{account}/channels/{uuid}, no query string, a JSON
+hooks were its largest share once the rest was cut (issue #16). Only the plain case is
+answered here — POST on /v2/accounts/{account}/channels/{uuid}, no query string, a JSON
 object as the body with its Content-Length, a header token that may see the account and is
 not a `user` token, no pretty printing, a channel of that account — with the same body
 reading, authentication, validation, plan and ESL gate as the Flask resource
 (channelsd.actions does all of them), and the same envelope and metrics.
 
+It is answered in one of two places. A request whose head and body came whole in one read
+(a browser's small POST, any client that writes them together) is read by
+channelsd.quickhead and answered by the HTTP server's actions' lane (`lane`), before pywsgi
+reads it: its request line, headers, environ and input object, and the WSGI round of the
+answer, were ~0.1 ms of an action's answer on the bench's host. One that pywsgi read (its
+body came after its head, as requests writes it) is answered by the WSGI layer in front of
+the Flask app (`fast_actions`). Both plan with `planner`.
+
 Everything else goes to the Flask app, every refusal made before a command is sent included:
 the body read here is handed on as it came (or its read error is, for Flask to answer it the
 same way). Only what happens once the plan is being sent is answered here, in the envelope
 the Flask app would use (channelsd.envelope.failure), since a plan must not run twice.
-tests/test_fastactions.py checks that both answer alike.
+tests/test_fastactions.py checks that both places answer as Flask does, and
+tests/test_quickhead.py that the quick reading frames a POST as pywsgi does.
 """
 
 from __future__ import annotations
@@ -29,8 +38,9 @@ import orjson
 from channelsd import envelope, strictjson
 from channelsd.envelope import ApiError
 from channelsd.fastlists import ONE_CHANNEL, ONE_PATH
-from channelsd.httpserver import YIELD_AFTER
+from channelsd.httpserver import DECLINED, YIELD_AFTER
 from channelsd.presented import header_token, truthy
+from channelsd.quickhead import BODY
 
 if TYPE_CHECKING:
     from channelsd.api import ApiContext
@@ -53,8 +63,19 @@ class _Unreadable(io.RawIOBase):
         raise self.exc
 
 
-def fast_actions(ctx: ApiContext, app: WSGIApp, crashed: Crashed) -> WSGIApp:
-    """`app` with the plain POST actions answered in front of it."""
+# A plain POST's answer: its status line, headers and body.
+Answer = tuple[str, list[tuple[str, str]], tuple[bytes, ...]]
+Planner = Callable[
+    [dict[str, Any], Callable[[int], bytes | None], float], Callable[[], Answer] | None
+]
+
+
+def planner(ctx: ApiContext, crashed: Crashed) -> Planner:
+    """plan(environ, read, began): for a plain POST action, validated and planned, the call
+    that sends it and gives its Answer; None, with nothing sent, for anything the Flask
+    resource must see. `read(n)` gives the body's n bytes, or None when they cannot be read
+    (it is asked only for a request that is plain so far). The call never raises for what
+    happens once the plan is being sent (answered there: a plan must not run twice)."""
     table = ctx.table
 
     def plain(environ: dict[str, Any]) -> tuple[str, str, str, Any, int] | None:
@@ -88,21 +109,16 @@ def fast_actions(ctx: ApiContext, app: WSGIApp, crashed: Crashed) -> WSGIApp:
             return None  # per-owner rules, another account (perhaps Kazoo's descendant)
         return account, uuid, presented, token, length
 
-    def answer(
-        environ: dict[str, Any], start_response: Callable[..., Any], began: float
-    ) -> Iterable[bytes] | None:
+    def plan(
+        environ: dict[str, Any], read: Callable[[int], bytes | None], began: float
+    ) -> Callable[[], Answer] | None:
         found = plain(environ)
         if found is None:
             return None
         account, uuid, presented, token, length = found
-        # The body, as the resource reads it (channelsd.api.read_body_bytes): pywsgi's input
-        # ends where the Content-Length says.
-        try:
-            raw = environ["wsgi.input"].read(length)
-        except Exception as exc:
-            environ["wsgi.input"] = _Unreadable(exc)
+        raw = read(length)
+        if raw is None:
             return None
-        environ["wsgi.input"] = io.BytesIO(raw)  # for the resource, if it is its turn
         try:
             body = strictjson.loads(raw)
         except ValueError:  # (orjson.JSONDecodeError is one)
@@ -113,49 +129,82 @@ def fast_actions(ctx: ApiContext, app: WSGIApp, crashed: Crashed) -> WSGIApp:
         if ch is None:
             return None
         try:
-            flow, plan = ctx.actions.plan_post(ch, body, {})
+            flow, planned = ctx.actions.plan_post(ch, body, {})
         except Exception:  # a refusal (or a bug): nothing was sent, the resource answers
             return None
-        # From here commands go out: whatever happens is answered here, never run twice.
-        rid = envelope.request_id(environ.get("HTTP_X_REQUEST_ID"))
-        environ[YIELD_AFTER] = True  # as the resource does for an action
-        try:
-            status, data = ctx.actions.run_post(ch, flow, plan, token)
-        except ApiError as err:
-            return failed(err, rid, environ, start_response, began)
-        except Exception:
-            err = crashed(rid, "POST", environ.get("PATH_INFO", ""))
-            return failed(err, rid, environ, start_response, began)
-        body_parts = envelope.success_parts(orjson.dumps(data), rid, presented)
-        start_response(
-            _status_line(status),
-            [
-                ("Content-Type", envelope.JSON_TYPE),
-                ("Content-Length", str(sum(map(len, body_parts)))),
-                ("X-Request-ID", rid),
-            ],
-        )
-        measure(status, began)
-        return body_parts
 
-    def failed(
-        err: ApiError,
-        rid: str,
-        environ: dict[str, Any],
-        start_response: Callable[..., Any],
-        began: float,
-    ) -> Iterable[bytes]:
-        resp = envelope.failure(err, rid)
+        def run() -> Answer:
+            # From here commands go out: whatever happens is answered here, never run twice.
+            rid = envelope.request_id(environ.get("HTTP_X_REQUEST_ID"))
+            environ[YIELD_AFTER] = True  # as the resource does for an action
+            try:
+                status, data = ctx.actions.run_post(ch, flow, planned, token)
+            except ApiError as err:
+                return failed(err, rid, environ, began)
+            except Exception:
+                err = crashed(rid, "POST", environ.get("PATH_INFO", ""))
+                return failed(err, rid, environ, began)
+            parts = envelope.success_parts(orjson.dumps(data), rid, presented)
+            headers = [
+                ("Content-Type", envelope.JSON_TYPE),
+                ("Content-Length", str(sum(map(len, parts)))),
+                ("X-Request-ID", rid),
+            ]
+            measure(status, began)
+            return _status_line(status), headers, parts
+
+        return run
+
+    def failed(err: ApiError, rid: str, environ: dict[str, Any], began: float) -> Answer:
+        # The envelope the Flask app would answer with, as its WSGI answer is made.
+        body, status, headers = envelope.failure(err, rid).get_wsgi_response(environ)
         measure(err.status, began)
-        return resp(environ, start_response)
+        return status, list(headers), tuple(body)
 
     def measure(status: int, began: float) -> None:
         if ctx.metrics is not None:
             ctx.metrics.http(ONE_CHANNEL, "POST", status, time.perf_counter() - began)
 
+    return plan
+
+
+def lane(ctx: ApiContext, crashed: Crashed) -> Callable[[dict[str, Any]], Any]:
+    """The plain POST actions as the HTTP server's action lane (httpserver.ActionLane) takes
+    them: the environ of a request read whole by channelsd.quickhead, its body's bytes in it
+    (quickhead.BODY)."""
+    plan = planner(ctx, crashed)
+
+    def ask(environ: dict[str, Any]) -> Callable[[], Answer] | None:
+        return plan(environ, lambda _n: environ[BODY], time.perf_counter())
+
+    return ask
+
+
+def fast_actions(ctx: ApiContext, app: WSGIApp, crashed: Crashed) -> WSGIApp:
+    """`app` with the plain POST actions answered in front of it (the lane's answers, for a
+    server without an action lane or a request it could not read whole)."""
+    plan = planner(ctx, crashed)
+
+    def read(environ: dict[str, Any], length: int) -> bytes | None:
+        """The body, as the resource reads it (channelsd.api.read_body_bytes): pywsgi's input
+        ends where the Content-Length says. Handed on as it came, or its read error is, for
+        the Flask app to answer the same way."""
+        try:
+            raw = environ["wsgi.input"].read(length)
+        except Exception as exc:
+            environ["wsgi.input"] = _Unreadable(exc)
+            return None
+        environ["wsgi.input"] = io.BytesIO(raw)  # for the resource, if it is its turn
+        return raw
+
     def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        done = answer(environ, start_response, time.perf_counter())
-        return app(environ, start_response) if done is None else done
+        began = time.perf_counter()
+        run = None if DECLINED in environ else plan(environ, lambda n: read(environ, n), began)
+        if run is None:
+            return app(environ, start_response)
+        status, headers, body = run()
+        start_response(status, headers)
+        return body
 
     return wsgi
 

@@ -20,7 +20,9 @@ leaves every new client, /healthz included, waiting in the kernel's backlog). He
 * A fast lane (`lane`, channelsd.fastlists' plain GETs) is asked before the application for
   a kept-alive HTTP/1.1 GET; what it answers is written here, in the bytes the WSGI path
   would write (tests/test_fastlane.py). Such a GET whose head is already buffered whole, and
-  plain, is read by channelsd.quickhead instead of pywsgi (tests/test_quickhead.py).
+  plain, is read by channelsd.quickhead instead of pywsgi (tests/test_quickhead.py); so is a
+  plain POST whose head and body are, for the actions' lane (`action_lane`,
+  channelsd.fastactions; tests/test_fastactions.py).
 """
 
 from __future__ import annotations
@@ -75,6 +77,13 @@ JOIN_BELOW = 64 * 1024
 # A fast lane (HttpServer's `lane`): asked about a keep-alive HTTP/1.1 GET before the WSGI
 # application; its answer is a 200's headers and body, None leaves the request to the app.
 Lane = Callable[[dict[str, Any]], tuple[list[tuple[str, str]], tuple[bytes, ...]] | None]
+# The actions' lane (HttpServer's `action_lane`): asked about a keep-alive HTTP/1.1 POST read
+# whole (channelsd.quickhead); None leaves the request to the app, nothing done, otherwise the
+# call that runs the action and gives its answer's status line, headers and body.
+ActionLane = Callable[
+    [dict[str, Any]],
+    Callable[[], tuple[str, list[tuple[str, str]], tuple[bytes, ...]]] | None,
+]
 # Bytes read from one client between visits to the hub: a read buffer's worth, whose parsing
 # (a chunked body's size lines are read a byte at a time) stays within a few milliseconds.
 PACE_READ_BYTES = 8192
@@ -425,7 +434,8 @@ class Handler(WSGIHandler):
         self.unsent = b""
         self.pusher: Pusher | None = None
         self._declined = False  # this request's lane said no already
-        self._answered: tuple[Any, ...] | None = None  # the lane's answer, asked by _quick
+        # the lane's answer (a GET's), or the call that runs an action: asked by _quick
+        self._answered: tuple[Any, ...] | Callable[[], Any] | None = None
         super().__init__(sock, address, server, rfile=io.BufferedReader(self._reader))
 
     # -- phases ------------------------------------------------------------------------------
@@ -448,7 +458,7 @@ class Handler(WSGIHandler):
             gevent.sleep(0)
         if self._requests:
             self.conn.begin("header", self.limits.header_timeout)
-        if self.server.lane is not None and not self.server.access_log and self._quick():
+        if self.server.lanes and not self.server.access_log and self._quick():
             # pywsgi's handle() takes None (the connection ends) or True (the next request)
             return None if self.close_connection or self.rfile.closed else True
         result = super().handle_one_request()
@@ -463,26 +473,32 @@ class Handler(WSGIHandler):
         return result
 
     def _quick(self) -> bool:
-        """Answered: a plain GET the lane answers, its head read by channelsd.quickhead.
-        False leaves the request, unread, to pywsgi: a head it does not take or the lane does
-        not answer (marked: not asked again)."""
+        """Answered: a plain GET the lane answers, or a plain POST the action lane plans, read
+        by channelsd.quickhead. False leaves the request, unread, to pywsgi: one it does not
+        take or the lane does not answer (marked: not asked again). An action is only planned
+        here, nothing sent: it runs inside pywsgi's response round, where a failure is
+        answered (a 500) and never sends it again."""
         head = quickhead.parse(self.rfile.peek(1))
         if head is None:
             return False
         length, path, env = head
+        method = env["REQUEST_METHOD"]
+        lane = self.server.lane if method == "GET" else self.server.action_lane
+        if lane is None:
+            return False
         try:
-            answer = self.server.lane(env)
+            answer = lane(env)
         except Exception:  # pywsgi's reading asks again, and answers the failure (a 500)
             return False
         if answer is None:
             self._declined = True
             return False
-        self.rfile.read(length)  # (the buffered head: no read from the socket)
+        self.rfile.read(length)  # (the buffered request: no read from the socket)
         # The state pywsgi's read_request would leave, then its response round (failures
         # answered as it answers them) with the lane's answer.
         self._requests += 1
-        self.requestline = f"GET {path} HTTP/1.1"
-        self.command, self.path, self.request_version = "GET", path, "HTTP/1.1"
+        self.requestline = f"{method} {path} HTTP/1.1"
+        self.command, self.path, self.request_version = method, path, "HTTP/1.1"
         self.close_connection = False
         self.response_length = 0
         self.conn.begin("body", self.limits.body_timeout)
@@ -535,17 +551,29 @@ class Handler(WSGIHandler):
 
     # -- writing -----------------------------------------------------------------------------
 
-    def _answer_at_once(self, headers: list[tuple[str, str]], body: tuple[bytes, ...]) -> None:
-        """A lane's 200, in the bytes pywsgi would write for it (headers, then the server's
+    def _answer_at_once(
+        self, status: str, headers: list[tuple[str, str]], body: tuple[bytes, ...]
+    ) -> None:
+        """A lane's answer, in the bytes pywsgi would write for it (headers, then the server's
         extra headers, then Date), written as _write_result writes: the head with the first
         write when that is small, else ahead of it with MSG_MORE."""
-        head = bytearray(b"HTTP/1.1 200 OK\r\n")
+        # As pywsgi's start_response: a line break in the status or a header is refused (a
+        # split answer), and an answer that says `Connection: close` ends the connection.
+        if "\r" in status or "\n" in status:
+            raise ValueError("a line break in the answer's status")
+        line = status.encode("latin-1")
+        head = bytearray(b"HTTP/1.1 %s\r\n" % line)
         for name, value in headers:
-            head += f"{name}: {value}\r\n".encode("latin-1")
+            field = f"{name}: {value}"
+            if "\r" in field or "\n" in field:
+                raise ValueError(f"a line break in the answer's header {name!r}")
+            if name.lower() == "connection" and value.lower() == "close":
+                self.close_connection = True
+            head += f"{field}\r\n".encode("latin-1")
         head += self.server.extra_head
         head += _date_line()
         writes = _joined(body)
-        self.status, self.code, self.headers_sent = b"200 OK", 200, True
+        self.status, self.code, self.headers_sent = line, int(status[:3]), True
         self._send_head(head, next(writes, b""))
         for data in writes:
             self._write(data)
@@ -702,7 +730,12 @@ class Handler(WSGIHandler):
         # HTTP/1.1, kept alive, and no access line to write.
         answer = self._answered
         if answer is not None:
-            self._answer_at_once(*answer)
+            if callable(answer):  # an action's: it runs now
+                self._answer_at_once(*answer())
+                if self.environ.get(YIELD_AFTER):
+                    _yield_cpu()  # (as process_result does)
+                return
+            self._answer_at_once("200 OK", *answer)
             return
         lane = self.server.lane
         if self._declined:
@@ -716,7 +749,7 @@ class Handler(WSGIHandler):
         ):
             answer = lane(self.environ)
             if answer is not None:
-                self._answer_at_once(*answer)
+                self._answer_at_once("200 OK", *answer)
                 return
         self.environ["channelsd.watch_disconnect"] = self._watch_disconnect
         self.environ["channelsd.takeover"] = self._takeover
@@ -866,6 +899,7 @@ class HttpServer(WSGIServer):
         extra_headers: Iterable[tuple[str, str]] = (),
         max_connections: int | None = None,
         lane: Lane | None = None,
+        action_lane: ActionLane | None = None,
     ) -> None:
         super().__init__(
             address,
@@ -882,11 +916,17 @@ class HttpServer(WSGIServer):
         # The same lines on every answer of the lane: encoded once.
         self.extra_head = b"".join(f"{n}: {v}\r\n".encode("latin-1") for n, v in self.extra_headers)
         self.lane = lane
+        self.action_lane = action_lane
         self.connections = Connections(max_connections or limits.max_connections, metrics)
         self.client_errors = RateLimited(log)
         self._accept_errors = RateLimited(log)
         self._refusals = RateLimited(log)
         self._refusing = 0
+
+    @property
+    def lanes(self) -> bool:
+        """Whether a lane may answer a request before pywsgi reads it."""
+        return self.lane is not None or self.action_lane is not None
 
     def raw(self, err: ApiError) -> bytes:
         return envelope.raw_failure(err, self.extra_headers)

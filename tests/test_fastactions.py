@@ -10,20 +10,25 @@ must match. Flask's request_started signal tells which requests the fast path ke
 Flask.
 """
 
+import json
 import logging
 import socket
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import requests
 from flask import request_started
 from gevent.pywsgi import WSGIServer
+from requests.structures import CaseInsensitiveDict
+from test_fastlane import _DATE, read_sized
 
-from channelsd import httpserver
+from channelsd import httpserver, quickhead
 from channelsd.actions import Actions
 from channelsd.api import create_app
+from channelsd.envelope import ApiError
 
 from conftest import Harness, token, wait_until
 
@@ -42,9 +47,48 @@ class Lines(logging.Handler):
         self.records.append(record)
 
 
+class Raw:
+    """An answer read off a raw socket, shaped as much of a requests.Response as the tests
+    read."""
+
+    def __init__(self, head: bytes, content: bytes) -> None:
+        lines = head.decode("latin-1").split("\r\n")
+        self.status_code = int(lines[0].split(" ", 2)[1])
+        self.headers = CaseInsensitiveDict(line.split(": ", 1) for line in lines[1:])
+        self.content = content
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+def whole(url: str, **kw: Any) -> Raw:
+    """POST as requests would, but the head and the body in one write (a browser's small
+    POST; requests writes them apart), so that the request is read whole."""
+    req = requests.Request("POST", url, **kw).prepare()
+    parts = urlsplit(url)
+    head = [f"POST {req.path_url} HTTP/1.1", f"Host: {parts.netloc}"]
+    head += [f"{k}: {v}" for k, v in req.headers.items()]
+    body = req.body if isinstance(req.body, bytes | None) else None
+    if body is None and req.body is not None and not isinstance(req.body, str):
+        body = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in req.body) + b"0\r\n\r\n"
+    elif isinstance(req.body, str):
+        body = req.body.encode()
+    wire = ("\r\n".join(head) + "\r\n\r\n").encode() + (body or b"")
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        sock.sendall(wire)
+        head_bytes, content, _ = read_sized(sock, b"")
+    return Raw(head_bytes, content)
+
+
 class Bed:
-    def __init__(self, h: Harness, switch: Any, reference: str, lines: Lines) -> None:
+    def __init__(self, h: Harness, switch: Any, reference: str, lines: Lines, mode: str) -> None:
         self.h, self.switch, self.reference, self.lines = h, switch, reference, lines
+        # "whole": each request in one write (the actions' lane answers the plain ones);
+        # "in two": requests' own writes, head then body (the lane answers a plain one when
+        # both had come by its first read, else the WSGI layer does); "lane off": requests'
+        # writes and no lane (the WSGI layer answers them all).
+        self.mode = mode
+        self.laned: list[str] = []  # the requests the lane answered (their paths)
 
     def call(self, account: str = "acc1") -> str:
         a, _ = self.switch.originate(dest="9003", variables={**ALICE, "account_id": account})
@@ -64,7 +108,10 @@ class Bed:
         mark, logged = len(self.switch.received), len(self.lines.records)
         path = f"/v2/accounts/{kw.pop('account', 'acc1')}/channels/{uuid}{suffix}"
         kw.pop("other", None)
-        resp = requests.post(base + path, headers=headers, timeout=10, **kw)
+        if self.mode == "whole":
+            resp: Any = whole(base + path, headers=headers, **kw)
+        else:
+            resp = requests.post(base + path, headers=headers, timeout=10, **kw)
         sent = [c.replace(uuid, "<uuid>") for _, c in self.switch.received[mark:]]
         lines = [
             f"{r.name} {r.getMessage().replace(uuid, '<uuid>')} {bool(r.exc_info)}"
@@ -93,8 +140,8 @@ def comparable(
     return resp.status_code, headers, str(body).replace(uuid, "<uuid>"), sent, lines
 
 
-@pytest.fixture
-def bed(switch: Any, make_daemon: Any) -> Iterator[Bed]:
+@pytest.fixture(params=["whole", "in two", "lane off"])
+def bed(switch: Any, make_daemon: Any, request: pytest.FixtureRequest) -> Iterator[Bed]:
     h = make_daemon([switch])
     app = create_app(replace(h.daemon.ctx, fast_lists=False, fast_actions=False, metrics=None))
     server = WSGIServer(("127.0.0.1", 0), app, log=None)
@@ -103,7 +150,19 @@ def bed(switch: Any, make_daemon: Any) -> Iterator[Bed]:
     level = logger.level
     logger.setLevel(logging.INFO)
     logger.addHandler(lines)
-    yield Bed(h, switch, f"http://127.0.0.1:{server.server_port}", lines)
+    bed = Bed(h, switch, f"http://127.0.0.1:{server.server_port}", lines, request.param)
+    http = h.daemon.http
+    lane = http.action_lane
+
+    def kept(environ: dict[str, Any]) -> Any:
+        run = lane(environ)
+        if run is not None:
+            bed.laned.append(environ["PATH_INFO"])
+        return run
+
+    http.action_lane = None if bed.mode == "lane off" else kept
+    yield bed
+    http.action_lane = lane
     logger.removeHandler(lines)
     logger.setLevel(level)
     server.stop()
@@ -167,6 +226,8 @@ def test_plain_actions_answer_as_flask_does_without_flask(
     assert fast[0] == 200 and fast[3], "a command went out"
     assert [line.split(" ", 1)[0] for line in fast[4]] == ["channelsd.actions"]  # its line
     assert [p for p in flask_handled if p != "/metrics"] == []  # the fast path's own answer
+    if bed.mode != "in two":  # (in two, either: which read found the body decides)
+        assert len(bed.laned) == (bed.mode == "whole")  # the lane when whole
     assert posts_counted(bed, 200) == counted + 1  # under Flask's route label
 
 
@@ -206,7 +267,7 @@ def test_other_forms_and_refusals_are_left_to_flask(
 ) -> None:
     fast, slow = bed.both(**kw)
     assert fast == slow  # answers, commands and log lines (fail2ban's included)
-    assert len(flask_handled) == 1
+    assert len(flask_handled) == 1 and bed.laned == []
 
 
 def test_an_unknown_channel_is_left_to_flask(bed: Bed, flask_handled: list[str]) -> None:
@@ -281,14 +342,78 @@ def test_after_an_actions_answer_the_cpu_is_offered_to_others_once(
     def count(method: str, path: str, **kw: Any) -> tuple[int, int]:
         before = len(offered)
         headers = {"X-Auth-Token": token("admin1"), **kw.pop("headers", {})}
-        status = requests.request(method, base + path, headers=headers, timeout=10, **kw)
+        if method == "POST" and bed.mode == "whole":  # (the lane's, when it answers)
+            status: Any = whole(base + path, headers=headers, **kw)
+        else:
+            status = requests.request(method, base + path, headers=headers, timeout=10, **kw)
         return status.status_code, len(offered) - before
 
     one = f"/v2/accounts/acc1/channels/{bed.call()}"
     assert count("POST", one, json={"action": "break"}) == (200, 1)  # the fast path
+    if bed.mode != "in two":
+        assert len(bed.laned) == (bed.mode == "whole")  # (the lane's answer, when whole)
     pretty = {"X-Pretty-Print": "true"}
     assert count("POST", one, json={"action": "break"}, headers=pretty) == (200, 1)  # Flask's
     assert count("PUT", one, json={"action": "metaflow", "data": {"module": "break"}}) == (201, 1)
     assert count("GET", one) == (200, 0)
     assert count("GET", "/v2/accounts/acc1/channels") == (200, 0)
     assert count("POST", one.replace("acc1", "acc2"), json={"action": "break"})[1] == 0
+
+
+def test_an_answer_that_says_close_ends_the_connection_as_pywsgi_does(
+    switch: Any, make_daemon: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error after the command went out that says `Connection: close` (none does today):
+    the lane's answer ends the connection, the request behind it unanswered, as pywsgi's
+    does (found by an outside review)."""
+    h = make_daemon([switch])
+    sent_run = Actions._run
+
+    def refused(self: Actions, *args: Any) -> Any:
+        sent_run(self, *args)
+        raise ApiError(503, "freeswitch unavailable", "fs1", headers={"Connection": "close"})
+
+    monkeypatch.setattr(Actions, "_run", refused)
+
+    def ask() -> tuple[list[bytes], int]:
+        a, _ = switch.originate(dest="9003", variables=ALICE)
+        wait_until(lambda: h.table.get(a) is not None, what="the call in the table")
+        mark = len(switch.received)
+        body = b'{"action":"break"}'
+        head = (
+            f"POST /v2/accounts/acc1/channels/{a} HTTP/1.1\r\n"
+            f"X-Auth-Token: {token('admin1')}\r\nX-Request-ID: same\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        wire = head.encode() + body + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        out = b""
+        with socket.create_connection(h.daemon.http_address, timeout=10) as sock:
+            sock.sendall(wire)
+            while data := sock.recv(65536):  # (the server ends it: after 1 answer or after 2)
+                out += data
+                if out.count(b"HTTP/1.1 ") == 2:
+                    break
+        heads = [_DATE.sub(b"", a.split(b"\r\n\r\n", 1)[0]) for a in out.split(b"HTTP/1.1 ")[1:]]
+        return heads, len(switch.received) - mark
+
+    lane, parse = ask(), None
+    monkeypatch.setattr(quickhead, "parse", lambda buffered: None)
+    parse = ask()
+    assert lane == parse and len(lane[0]) == 1 and lane[1] == 1, (lane, parse)
+    assert lane[0][0].startswith(b"503 ") and b"Connection: close" in lane[0][0]
+
+
+def test_a_line_break_in_a_lanes_header_is_refused_as_pywsgi_refuses_it(
+    switch: Any, make_daemon: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lanes write their answers' heads themselves: a header with a line break (none has
+    one today: every value is the daemon's own or checked) is a 500, not a split answer, as
+    pywsgi's start_response makes it (found by an outside review)."""
+    h = make_daemon([switch])
+    http = h.daemon.http
+    monkeypatch.setattr(http, "lane", lambda env: ([("X-Split", "a\r\nSet-Cookie: x=1")], (b"{}",)))
+    wire = b"GET /v2/channels HTTP/1.1\r\nHost: x\r\n\r\n"
+    with socket.create_connection(h.daemon.http_address, timeout=10) as sock:
+        sock.sendall(wire)
+        head, _, _ = read_sized(sock, b"")
+    assert head.startswith(b"HTTP/1.1 500 ") and b"Set-Cookie" not in head

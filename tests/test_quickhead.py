@@ -8,6 +8,7 @@ it takes would test nothing, so the test also counts those."""
 
 from __future__ import annotations
 
+import io
 import re
 import socket
 import time
@@ -22,7 +23,7 @@ from test_fastlane import _DATE, read_sized
 
 from channelsd import httpserver, quickhead
 
-from conftest import token
+from conftest import token, wait_until
 
 world = test_fastlane.world  # the fixture: test_fastlane's daemon, its clock held
 
@@ -237,10 +238,35 @@ def test_a_head_cut_in_two_is_read_by_pywsgi_and_answered(world: World) -> None:
         b"GET /v2/channels HTTP/1.1\r\nX-A: \xe9\r\n\r\n",
         b"GET /v2/channels HTTP/1.1\r\nX-A: 1\r2\r\n\r\n",
         b"GET /v2/channels HTTP/1.1\r\n" + b"X-A: 1\r\n" * 100 + b"\r\n",  # http.client: 400
+        b"POST /v2/x HTTP/1.1\r\n\r\n",  # no length
+        b"POST /v2/x HTTP/1.1\r\nContent-Length: 5\r\n\r\nabcd",  # the body not all here
+        b"POST /v2/x HTTP/1.1\r\nContent-Length: 5 \r\n\r\nabcde",  # framing check: 400
+        b"POST /v2/x HTTP/1.1\r\nContent-Length: +5\r\n\r\nabcde",
+        b"POST /v2/x HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\nabcde",
+        b"POST /v2/x HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nabcde",
+        b"POST /v2/x HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"POST /v2/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\n0\r\n\r\n",
+        b"POST /v2/x HTTP/1.1\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\nabcde",
+        b"POST /v2/x HTTP/1.1\r\nContent-Length: 5\r\nConnection: close\r\n\r\nabcde",
+        b"POST /v2/x HTTP/1.1\r\nContent-Length: 1234567890\r\n\r\nabcde",
+        b"POST /v2/x HTTP/1.0\r\nContent-Length: 5\r\n\r\nabcde",
+        b"PUT /v2/x HTTP/1.1\r\nContent-Length: 5\r\n\r\nabcde",
     ],
 )
 def test_what_the_quick_reading_leaves_to_pywsgi(head: bytes) -> None:
     assert quickhead.parse(head) is None
+
+
+def test_what_the_quick_reading_takes_of_a_post() -> None:
+    wire = (
+        b"POST /v2/accounts/a/channels/u HTTP/1.1\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 007\r\nX-Auth-Token: t\r\n\r\n{"a":1}GET /next'
+    )
+    length, path, env = quickhead.parse(wire)
+    assert wire[length:] == b"GET /next" and path == "/v2/accounts/a/channels/u"
+    assert env[quickhead.BODY] == b'{"a":1}' and env["CONTENT_LENGTH"] == "007"
+    assert env["REQUEST_METHOD"] == "POST" and env["HTTP_X_AUTH_TOKEN"] == "t"
+    assert "CONTENT_TYPE" not in env and "HTTP_CONTENT_TYPE" not in env  # (no lane reads it)
 
 
 def test_what_the_quick_reading_takes() -> None:
@@ -272,3 +298,157 @@ def test_the_field_limit_is_pywsgis(
     monkeypatch.setattr(quickhead, "parse", lambda buffered: None)
     assert ask(port, wire) == quick
     assert quick.startswith(b"HTTP/1.1 200" if fields == 99 else b"HTTP/1.1 400")
+
+
+# -- a POST read whole, for the actions' lane ---------------------------------------------------
+
+# Bodies: a break (it leaves the call as it was, so each reading can send one to the same
+# call: the lane answers it when it reads it whole), and bodies no action is planned for (an
+# unknown action or field, a bad cause, not an object, not JSON: the Flask resource answers
+# them, whichever reading took them).
+_BODIES = [
+    b'{"action":"break"}',
+    b'{"action":"break"}',
+    b'{"action":"nonsense"}',
+    b'{"data":{"action":"hangup","nope":1}}',
+    b'{"action":"hangup","cause":"NOT A CAUSE"}',
+    b"{}",
+    b"[1]",
+    b"nope",
+    b'{"action":"hangup"',
+]
+
+
+def _next_request(tok: str) -> bytes:
+    """What follows the POST on the same connection: framed right, it is answered, then the
+    connection ends; framed wrong, its bytes are read as (part of) the body or as a request."""
+    return f"GET /v2/channels HTTP/1.1\r\nConnection: close\r\nX-Auth-Token: {tok}\r\n\r\n".encode()
+
+
+@st.composite
+def posts(draw: st.DrawFn, alice: str, tokens: dict[str, str]) -> bytes:
+    # Half of them plain (POST, a call's path, a body framed by its length, one of the
+    # tokens): mostly a break the lane answers; the rest anything.
+    plain = draw(st.booleans())
+    method = "POST" if plain else draw(st.sampled_from(["POST", "PUT", "post"]))
+    paths = PATHS[6:7] * 6 * plain + PATHS
+    path = draw(st.sampled_from(paths)).format(alice=alice)
+    body = draw(st.sampled_from(_BODIES[:1] * 12 * plain + _BODIES))
+    after = _next_request(tokens["super"])
+    harmless = ["Host", "X-Request-ID", "Accept", "Accept-Encoding", "Content-Type", "X-Other"]
+    names = draw(st.lists(st.sampled_from(harmless * plain + NAMES[:8]), max_size=3))
+    lines = [f"{method} {path} HTTP/1.1"]
+    for name in names:
+        lines.append(f"{name}: {draw(values(name, tokens))}")
+    if plain or draw(st.integers(0, 9)):
+        chosen = draw(st.sampled_from(["super", "admin1"] * 2 * plain + [*tokens, "bad"]))
+        field = f"X-Auth-Token: {tokens.get(chosen, chosen)}"
+        lines.insert(draw(st.integers(1, len(lines))), field)
+    # The framing: mostly the body's length; or too short (the rest is read as the next
+    # request), too long (the next request is read into the body), with blanks, signs or
+    # leading zeros, twice, beside chunked, or none at all.
+    exact = plain and draw(st.integers(0, 3)) > 0
+    length = len(body) + (0 if exact else draw(st.sampled_from([0, -1, 2, len(after) // 2])))
+    forms = [
+        f"Content-Length: {length}",
+        f"Content-Length:{length}",
+        f"Content-Length: \t{length}",
+        f"Content-Length: {length} ",
+        f"Content-Length: +{length}",
+        f"Content-Length: 00{length}",
+        f"content-length: {length}",
+        f"Content-Length: {length}\r\nContent-Length: {length}",
+        f"Content-Length: {length}\r\nTransfer-Encoding: chunked",
+        f"Content_Length: {length}",
+        "X-None: 1",
+    ]
+    framing = forms[0] if exact else draw(st.sampled_from(forms))
+    lines.insert(draw(st.integers(1, len(lines))), framing)
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body + after
+
+
+def ask_all(port: int, wire: bytes) -> bytes:
+    """Every byte answered to `wire` until the server ends the connection, Dates and made
+    request ids taken out."""
+    out = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(wire)
+        while data := sock.recv(65536):
+            out += data
+    return _MADE_ID.sub(rb"\1<made>", _DATE.sub(b"", out))
+
+
+def test_a_post_read_whole_gives_the_actions_lane_and_the_client_what_pywsgi_gives(
+    world: World, switch: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The quick reading of a POST frames its body where pywsgi does (a request behind it is
+    answered alike, or read alike as part of it), and gives the actions' lane the entries and
+    the body pywsgi gives the application."""
+    server = world.h.daemon.http
+    port = server.server_port
+    lane, app, parse = server.action_lane, server.application, quickhead.parse
+    laned: list[dict[str, Any]] = []
+    applied: list[dict[str, Any]] = []
+    counts = {"taken": 0, "answered": 0}
+    mark = len(switch.received)
+
+    def kept(environ: dict[str, Any]) -> Any:
+        laned.append(dict(environ))
+        return lane(environ)
+
+    def seen(environ: dict[str, Any], start_response: Any) -> Any:
+        entry = dict(environ)
+        if environ.get("REQUEST_METHOD") == "POST" and environ.get("CONTENT_LENGTH"):
+            try:
+                raw = environ["wsgi.input"].read(int(environ["CONTENT_LENGTH"]))
+            except Exception as exc:  # (a body cut short: pywsgi's error, for the app)
+                raw = repr(exc).encode()
+            entry[quickhead.BODY] = raw
+            environ["wsgi.input"] = io.BytesIO(raw)
+        applied.append(entry)
+        return app(environ, start_response)
+
+    monkeypatch.setattr(server, "action_lane", kept)
+    monkeypatch.setattr(server, "application", seen)
+    tokens = {name: token(name) for name in ("super", "admin1", "user1")}
+
+    # A parked call of acc1's (not playing: a break leaves it as it was).
+    parked, _ = switch.originate(dest="9003", variables={"account_id": "acc1"})
+    wait_until(lambda: world.h.table.get(parked) is not None, what="the parked call")
+
+    @settings(
+        max_examples=250,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+    @given(posts(parked, tokens))
+    def check(wire: bytes) -> None:
+        laned.clear()
+        applied.clear()
+        monkeypatch.setattr(quickhead, "parse", parse)
+        quick = ask_all(port, wire)
+        quick_laned = list(laned)
+        monkeypatch.setattr(quickhead, "parse", lambda buffered: None)
+        applied.clear()
+        slow = ask_all(port, wire)
+        assert quick == slow, wire
+        if not quick_laned:
+            return
+        counts["answered"] += b"HTTP/1.1 200 OK" in quick and b"initiated" in quick
+        counts["taken"] += 1
+        # What the quick reading gave the lane, pywsgi gave the application, value for value
+        # (the body as its input gives it); and every header pywsgi gave is among them.
+        assert applied, ("the quick reading took a POST pywsgi refuses", wire)
+        mine, pywsgis = quick_laned[0], applied[0]
+        for key, value in mine.items():
+            assert pywsgis.get(key) == value, (key, wire)
+        for key in pywsgis:
+            if key.startswith("HTTP_"):
+                assert key in mine, (key, wire)
+
+    check()
+    assert counts["taken"] >= 50 and counts["answered"] >= 20, counts
+    # The breaks, and nothing else, reached the switch; the call is still up.
+    sent = {c.split(" ", 2)[1] for _, c in switch.received[mark:] if c.startswith("api ")}
+    assert sent == {"uuid_break"} and world.h.table.get(parked) is not None, sent
