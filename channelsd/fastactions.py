@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from channelsd import envelope, strictjson
+from channelsd import envelope, strictjson, turns
 from channelsd.envelope import ApiError
 from channelsd.fastlists import ONE_CHANNEL, ONE_PATH
 from channelsd.httpserver import DECLINED, YIELD_AFTER
@@ -163,7 +163,8 @@ def planner(ctx: ApiContext, crashed: Crashed) -> Planner:
 
     def measure(status: int, began: float) -> None:
         if ctx.metrics is not None:
-            ctx.metrics.http(ONE_CHANNEL, "POST", status, time.perf_counter() - began)
+            seconds = time.perf_counter() - began
+            turns.after_answer(ctx.metrics.http, ONE_CHANNEL, "POST", status, seconds)
 
     return plan
 

@@ -179,7 +179,7 @@ class NodeLink:
         except ESLError as exc:
             raise self._lost(conn, name, exc) from None
         if self.metrics is not None:
-            self.metrics.command(self.name, name, time.monotonic() - began)
+            turns.after_answer(self.metrics.command, self.name, name, time.monotonic() - began)
         return reply
 
     def _count_error(self, command: str, reason: str) -> None:

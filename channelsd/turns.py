@@ -31,6 +31,8 @@ from __future__ import annotations
 import time
 import weakref
 from collections import deque
+from collections.abc import Callable
+from typing import Any
 
 import gevent
 from gevent import getcurrent
@@ -149,6 +151,14 @@ def _start_turn(it: _Iteration) -> None:
     if it.line or not it.share_left():
         it.wait_in_line()
     _turn_from[getcurrent()] = _clock()
+
+
+def after_answer(fn: Callable[..., Any], *args: Any) -> None:
+    """Call fn(*args) at the hub's next turn: bookkeeping of a request (its log line, its
+    metrics) that its answer need not wait for. A request's greenlet writes its answer before
+    it next blocks, and the hub runs callbacks only once it has: each action's answer was
+    ~45 µs later for its log line and ~50 µs for its metrics (issue #16)."""
+    gevent.get_hub().loop.run_callback(fn, *args)
 
 
 def polls() -> int:
