@@ -43,6 +43,8 @@ _LEFT = frozenset(
         "HTTP_EXPECT",
     )
 )
+# Of those, the ones a POST may have.
+_BODY_FIELDS = frozenset(("HTTP_CONTENT_LENGTH", "HTTP_CONTENT_TYPE"))
 # The POST body's bytes, in the lane's environ (pywsgi's would be in its wsgi.input).
 BODY = "channelsd.body"
 # A Content-Length longer than this is not a body that arrives in one read.
@@ -101,6 +103,3 @@ def parse(buffered: bytes) -> tuple[int, str, dict[str, Any]] | None:
     env["QUERY_STRING"] = ""
     env["SERVER_PROTOCOL"] = "HTTP/1.1"
     return end, path, env
-
-
-_BODY_FIELDS = frozenset(("HTTP_CONTENT_LENGTH", "HTTP_CONTENT_TYPE"))
