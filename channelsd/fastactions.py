@@ -38,7 +38,7 @@ import orjson
 from channelsd import envelope, strictjson, turns
 from channelsd.envelope import ApiError
 from channelsd.fastlists import ONE_CHANNEL, ONE_PATH
-from channelsd.httpserver import DECLINED, YIELD_AFTER
+from channelsd.httpserver import DECLINED, YIELD_AFTER, ActionLane, LaneAnswer
 from channelsd.presented import header_token, truthy
 from channelsd.quickhead import BODY
 
@@ -63,16 +63,14 @@ class _Unreadable(io.RawIOBase):
         raise self.exc
 
 
-# A plain POST's answer: its status line, headers and body.
-Answer = tuple[str, list[tuple[str, str]], tuple[bytes, ...]]
 Planner = Callable[
-    [dict[str, Any], Callable[[int], bytes | None], float], Callable[[], Answer] | None
+    [dict[str, Any], Callable[[int], bytes | None], float], Callable[[], LaneAnswer] | None
 ]
 
 
 def planner(ctx: ApiContext, crashed: Crashed) -> Planner:
     """plan(environ, read, began): for a plain POST action, validated and planned, the call
-    that sends it and gives its Answer; None, with nothing sent, for anything the Flask
+    that sends it and gives its LaneAnswer; None, with nothing sent, for anything the Flask
     resource must see. `read(n)` gives the body's n bytes, or None when they cannot be read
     (it is asked only for a request that is plain so far). The call never raises for what
     happens once the plan is being sent (answered there: a plan must not run twice)."""
@@ -111,7 +109,7 @@ def planner(ctx: ApiContext, crashed: Crashed) -> Planner:
 
     def plan(
         environ: dict[str, Any], read: Callable[[int], bytes | None], began: float
-    ) -> Callable[[], Answer] | None:
+    ) -> Callable[[], LaneAnswer] | None:
         found = plain(environ)
         if found is None:
             return None
@@ -133,7 +131,7 @@ def planner(ctx: ApiContext, crashed: Crashed) -> Planner:
         except Exception:  # a refusal (or a bug): nothing was sent, the resource answers
             return None
 
-        def run() -> Answer:
+        def run() -> LaneAnswer:
             # From here commands go out: whatever happens is answered here, never run twice.
             rid = envelope.request_id(environ.get("HTTP_X_REQUEST_ID"))
             environ[YIELD_AFTER] = True  # as the resource does for an action
@@ -155,7 +153,7 @@ def planner(ctx: ApiContext, crashed: Crashed) -> Planner:
 
         return run
 
-    def failed(err: ApiError, rid: str, environ: dict[str, Any], began: float) -> Answer:
+    def failed(err: ApiError, rid: str, environ: dict[str, Any], began: float) -> LaneAnswer:
         # The envelope the Flask app would answer with, as its WSGI answer is made.
         body, status, headers = envelope.failure(err, rid).get_wsgi_response(environ)
         measure(err.status, began)
@@ -169,13 +167,13 @@ def planner(ctx: ApiContext, crashed: Crashed) -> Planner:
     return plan
 
 
-def lane(ctx: ApiContext, crashed: Crashed) -> Callable[[dict[str, Any]], Any]:
+def lane(ctx: ApiContext, crashed: Crashed) -> ActionLane:
     """The plain POST actions as the HTTP server's action lane (httpserver.ActionLane) takes
     them: the environ of a request read whole by channelsd.quickhead, its body's bytes in it
     (quickhead.BODY)."""
     plan = planner(ctx, crashed)
 
-    def ask(environ: dict[str, Any]) -> Callable[[], Answer] | None:
+    def ask(environ: dict[str, Any]) -> Callable[[], LaneAnswer] | None:
         return plan(environ, lambda _n: environ[BODY], time.perf_counter())
 
     return ask

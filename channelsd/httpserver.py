@@ -77,13 +77,12 @@ JOIN_BELOW = 64 * 1024
 # A fast lane (HttpServer's `lane`): asked about a keep-alive HTTP/1.1 GET before the WSGI
 # application; its answer is a 200's headers and body, None leaves the request to the app.
 Lane = Callable[[dict[str, Any]], tuple[list[tuple[str, str]], tuple[bytes, ...]] | None]
+# A lane's answer of any status: its status line, headers and body.
+LaneAnswer = tuple[str, list[tuple[str, str]], tuple[bytes, ...]]
 # The actions' lane (HttpServer's `action_lane`): asked about a keep-alive HTTP/1.1 POST read
 # whole (channelsd.quickhead); None leaves the request to the app, nothing done, otherwise the
-# call that runs the action and gives its answer's status line, headers and body.
-ActionLane = Callable[
-    [dict[str, Any]],
-    Callable[[], tuple[str, list[tuple[str, str]], tuple[bytes, ...]]] | None,
-]
+# call that runs the action and gives its answer.
+ActionLane = Callable[[dict[str, Any]], Callable[[], LaneAnswer] | None]
 # Bytes read from one client between visits to the hub: a read buffer's worth, whose parsing
 # (a chunked body's size lines are read a byte at a time) stays within a few milliseconds.
 PACE_READ_BYTES = 8192
@@ -729,13 +728,10 @@ class Handler(WSGIHandler):
         # for the application. Only where pywsgi would frame the answer just so: GET,
         # HTTP/1.1, kept alive, and no access line to write.
         answer = self._answered
-        if answer is not None:
-            if callable(answer):  # an action's: it runs now
-                self._answer_at_once(*answer())
-                if self.environ.get(YIELD_AFTER):
-                    _yield_cpu()  # (as process_result does)
-                return
-            self._answer_at_once("200 OK", *answer)
+        if answer is not None:  # a GET's 200, or the call that runs an action (now)
+            self._answer_at_once(*(answer() if callable(answer) else ("200 OK", *answer)))
+            if self.environ.get(YIELD_AFTER):
+                _yield_cpu()  # (an action's, as process_result does)
             return
         lane = self.server.lane
         if self._declined:
