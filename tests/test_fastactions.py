@@ -68,12 +68,12 @@ def whole(url: str, **kw: Any) -> Raw:
     parts = urlsplit(url)
     head = [f"POST {req.path_url} HTTP/1.1", f"Host: {parts.netloc}"]
     head += [f"{k}: {v}" for k, v in req.headers.items()]
-    body = req.body if isinstance(req.body, bytes | None) else None
-    if body is None and req.body is not None and not isinstance(req.body, str):
-        body = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in req.body) + b"0\r\n\r\n"
-    elif isinstance(req.body, str):
-        body = req.body.encode()
-    wire = ("\r\n".join(head) + "\r\n\r\n").encode() + (body or b"")
+    body = req.body or b""
+    if isinstance(body, str):
+        body = body.encode()
+    elif not isinstance(body, bytes):  # a generator: chunked, as requests sends it
+        body = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in body) + b"0\r\n\r\n"
+    wire = ("\r\n".join(head) + "\r\n\r\n").encode() + body
     with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
         sock.sendall(wire)
         head_bytes, content, _ = read_sized(sock, b"")

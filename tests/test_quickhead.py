@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from test_api import World
 from test_fastlane import _DATE, read_sized
 
-from channelsd import httpserver, quickhead
+from channelsd import fastactions, httpserver, quickhead
 
 from conftest import token, wait_until
 
@@ -29,6 +29,32 @@ world = test_fastlane.world  # the fixture: test_fastlane's daemon, its clock he
 
 # A request id the server made (a random one per answer) in the head and in the body.
 _MADE_ID = re.compile(rb"(X-Request-ID: |\"request_id\": ?\")[0-9a-f]{32}")
+
+
+# Each property test: a fixed draw, so that how many requests reach the quick reading (asserted
+# after it) does not depend on the run (a random one took 31 heads of 250 once).
+_PROPERTY = settings(
+    max_examples=250,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+def _masked(answers: bytes) -> bytes:
+    """Answers less their Date and any request id the server made (a random one each)."""
+    return _MADE_ID.sub(rb"\1<made>", _DATE.sub(b"", answers))
+
+
+def same_entries(mine: dict[str, Any], pywsgis: dict[str, Any], wire: bytes) -> None:
+    """What the quick reading gave a lane, pywsgi gave too, value for value; and every header
+    pywsgi gave is among them."""
+    for key, value in mine.items():
+        if key != httpserver.DECLINED:
+            assert pywsgis.get(key) == value, (key, wire)
+    for key in pywsgis:
+        if key.startswith("HTTP_"):
+            assert key in mine, (key, wire)
 
 
 def ask(port: int, wire: bytes) -> bytes:
@@ -40,7 +66,7 @@ def ask(port: int, wire: bytes) -> bytes:
             head, body, _ = read_sized(sock, b"", wire.startswith(b"HEAD "))
         except AssertionError as closed:  # closed without a whole answer: say what came
             return f"closed: {closed}".encode()
-    return _MADE_ID.sub(rb"\1<made>", _DATE.sub(b"", head) + b"\r\n\r\n" + body)
+    return _masked(head + b"\r\n\r\n" + body)
 
 
 PATHS = [
@@ -160,14 +186,7 @@ def test_the_quick_reading_gives_the_lane_and_the_client_what_pywsgi_gives(
         f"GET /v2/channels HTTP/1.1\r\nX-Auth-Token: \t{tok} \r\nX-Pretty-Print:1\r\n\r\n",
     ]
 
-    @settings(
-        max_examples=250,
-        deadline=None,
-        # Fixed, so that how many heads reach the quick reading (asserted below) does not
-        # depend on the draw: a random one took 31 of 250 once.
-        derandomize=True,
-        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-    )
+    @_PROPERTY
     @given(st.sampled_from(examples).map(str.encode) | heads(world.alice_a, tokens))
     def check(wire: bytes) -> None:
         asked.clear()
@@ -183,16 +202,8 @@ def test_the_quick_reading_gives_the_lane_and_the_client_what_pywsgi_gives(
             return
         assert taken[-1] == wire  # the whole head, nothing after it
         counts["taken"] += 1
-        # What the quick reading gave the lane, it also had from pywsgi, value for value.
         assert len(quick_asked) == 1 and len(asked) == 1, wire
-        mine, pywsgis = quick_asked[0], asked[0]
-        for key, value in mine.items():
-            if key != httpserver.DECLINED:
-                assert pywsgis.get(key) == value, (key, wire)
-        # ... and every header pywsgi gave it is in the quick reading's
-        for key in pywsgis:
-            if key.startswith("HTTP_"):
-                assert key in mine, (key, wire)
+        same_entries(quick_asked[0], asked[0], wire)
 
     try:
         check()
@@ -375,7 +386,7 @@ def ask_all(port: int, wire: bytes) -> bytes:
         sock.sendall(wire)
         while data := sock.recv(65536):
             out += data
-    return _MADE_ID.sub(rb"\1<made>", _DATE.sub(b"", out))
+    return _masked(out)
 
 
 def test_a_post_read_whole_gives_the_actions_lane_and_the_client_what_pywsgi_gives(
@@ -401,10 +412,12 @@ def test_a_post_read_whole_gives_the_actions_lane_and_the_client_what_pywsgi_giv
         if environ.get("REQUEST_METHOD") == "POST" and environ.get("CONTENT_LENGTH"):
             try:
                 raw = environ["wsgi.input"].read(int(environ["CONTENT_LENGTH"]))
-            except Exception as exc:  # (a body cut short: pywsgi's error, for the app)
-                raw = repr(exc).encode()
-            entry[quickhead.BODY] = raw
-            environ["wsgi.input"] = io.BytesIO(raw)
+            except Exception as exc:  # a body cut short: its error, for the app, as it came
+                entry[quickhead.BODY] = None
+                environ["wsgi.input"] = fastactions._Unreadable(exc)
+            else:
+                entry[quickhead.BODY] = raw
+                environ["wsgi.input"] = io.BytesIO(raw)
         applied.append(entry)
         return app(environ, start_response)
 
@@ -416,16 +429,10 @@ def test_a_post_read_whole_gives_the_actions_lane_and_the_client_what_pywsgi_giv
     parked, _ = switch.originate(dest="9003", variables={"account_id": "acc1"})
     wait_until(lambda: world.h.table.get(parked) is not None, what="the parked call")
 
-    @settings(
-        max_examples=250,
-        deadline=None,
-        derandomize=True,
-        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-    )
+    @_PROPERTY
     @given(posts(parked, tokens))
     def check(wire: bytes) -> None:
         laned.clear()
-        applied.clear()
         monkeypatch.setattr(quickhead, "parse", parse)
         quick = ask_all(port, wire)
         quick_laned = list(laned)
@@ -437,15 +444,10 @@ def test_a_post_read_whole_gives_the_actions_lane_and_the_client_what_pywsgi_giv
             return
         counts["answered"] += b"HTTP/1.1 200 OK" in quick and b"initiated" in quick
         counts["taken"] += 1
-        # What the quick reading gave the lane, pywsgi gave the application, value for value
-        # (the body as its input gives it); and every header pywsgi gave is among them.
+        # pywsgi gave the application what the quick reading gave the lane (the body as its
+        # input gives it)
         assert applied, ("the quick reading took a POST pywsgi refuses", wire)
-        mine, pywsgis = quick_laned[0], applied[0]
-        for key, value in mine.items():
-            assert pywsgis.get(key) == value, (key, wire)
-        for key in pywsgis:
-            if key.startswith("HTTP_"):
-                assert key in mine, (key, wire)
+        same_entries(quick_laned[0], applied[0], wire)
 
     check()
     assert counts["taken"] >= 50 and counts["answered"] >= 20, counts
