@@ -18,10 +18,10 @@ Two measurements, side by side in one run:
   writes the same kind of traffic at a paced 5,000 events/s (the target), and also during
   the full-speed throughput round (where it includes the input queued ahead of the probe).
 
-The subscribers run in processes of their own (bench/subscriber_proc.py: epoll, no gevent), a
-few hundred each, plus one canary process with a single subscriber connected last; their CPU
-is measured, and the canary's lag beside the crowd's shows whether the readers themselves
-were late.
+The subscribers run in processes of their own (bench/subscriber_proc.py: epoll, no gevent,
+at nice READER_NICE: the CPU they use is what the daemon leaves), a few hundred each, plus one
+canary process with a single subscriber connected last; their CPU is measured, and the canary's
+lag beside the crowd's shows whether the readers themselves were late.
 
 Each kind of subscriber in KINDS gets the same rounds, tables and targets, one after the
 other: SSE (`GET /v2/accounts/{acc}/channel_events`), then Kazoo's websocket (blackhole's
@@ -54,6 +54,10 @@ MARKER = b"benchprobe-"
 PROBE_CHANNELS = 64
 PROBE_RATE = 20.0  # probes per second
 PACED_RATE = 5000.0  # events/s of the paced phase (the lag target)
+# The readers' nice value. They stand for browsers on other machines; sharing the daemon's two
+# cores at the same priority, they took 0.02-0.10 s of CPU a round from the hub while it had
+# events to apply (schedstat), which a crowd elsewhere would not.
+READER_NICE = 19
 MAX_BACKLOG = 2000  # frames the stand-in may hold queued during the full-speed rounds
 
 # What a monster-ui app subscribes to for an account's calls: every call event.
@@ -217,7 +221,8 @@ def start_crowd(
         out = workdir / f"subs-{tag}-{i}.json"
         out.unlink(missing_ok=True)
         outs.append(out)
-        proc = load.spawn_subscribers(kind, port, path, n, out, "--marker", MARKER.decode(), *extra)
+        options = ("--marker", MARKER.decode(), "--nice", str(READER_NICE), *extra)
+        proc = load.spawn_subscribers(kind, port, path, n, out, *options)
         started.append(proc)
         return proc
 
@@ -322,7 +327,9 @@ def _fanout(suite: Suite, kind: str) -> None:
         f"### 7. Fan-out: live-event subscribers on one account ({kind})",
         "",
         f"{n:,} subscribers ({title}) on one account, in {s.fanout_procs} reader process(es) "
-        "of their own (epoll, no gevent) plus a canary process holding one of them. Ingest: "
+        f"of their own (epoll, no gevent, at nice {READER_NICE}: they stand for browsers on "
+        "other machines, and take the CPU the daemon leaves) plus a canary process holding one "
+        "of them. Ingest: "
         f"the burst capture with every channel in a Kazoo account, 1 in {every} in the "
         f"watched one ({in_watched} of the capture's channels per repetition), "
         f"{s.fanout_reps} repetitions plus the cut ({len(frames):,} events), written as fast "

@@ -1,7 +1,7 @@
 """A crowd of live-event subscribers in a process of its own (the fan-out scenario's readers).
 
     subscriber_proc.py KIND PORT PATH COUNT OUT [--token T] [--marker M] [--lifetime S]
-                       [--account A] [--binding B]
+                       [--account A] [--binding B] [--nice N]
 
 Opens COUNT connections of one KIND (`sse`: GET PATH; `websocket`: Kazoo's websocket at PATH,
 each subscribing to account A's binding B with the token: see WebSocketStream), reads them
@@ -13,6 +13,10 @@ marker (`<marker><6 digits>`), which subscriber received which probe when — th
 clock (CLOCK_MONOTONIC, shared by every process of the machine) read right after the recv()
 that completed the message — plus per-subscriber byte and message counts, the connections
 that closed, and how many reads filled the whole buffer (the reader lagging behind).
+
+`--nice N` lowers the process's priority before it connects. The subscribers stand for
+browsers on other machines: on the bench's machine they should take the CPU the daemon leaves,
+not the daemon's (their own lateness is then in the lag they measure, not taken from ingest).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import argparse
 import contextlib
 import ctypes
 import json
+import os
 import selectors
 import signal
 import socket
@@ -306,8 +311,10 @@ def main() -> int:
     # websocket only: what each connection subscribes to (the path is the upgrade's)
     ap.add_argument("--account", default="")
     ap.add_argument("--binding", default="call.*.*")
+    ap.add_argument("--nice", type=int, default=0)
     args = ap.parse_args()
     _die_with_parent()
+    os.nice(args.nice)
     marker = args.marker.encode()
     sel = selectors.DefaultSelector()
     subs: list[Subscriber] = []
