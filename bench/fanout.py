@@ -34,6 +34,7 @@ CHANNEL_HOLD and CHANNEL_UNHOLD in turn, carrying the new callee name the same w
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from collections.abc import Callable
@@ -54,9 +55,10 @@ MARKER = b"benchprobe-"
 PROBE_CHANNELS = 64
 PROBE_RATE = 20.0  # probes per second
 PACED_RATE = 5000.0  # events/s of the paced phase (the lag target)
-# The readers' nice value. They stand for browsers on other machines; sharing the daemon's two
-# cores at the same priority, they took 0.02-0.10 s of CPU a round from the hub while it had
-# events to apply (schedstat), which a crowd elsewhere would not.
+# The crowd's readers' nice value (the canary's is the daemon's). They stand for browsers on
+# other machines; sharing the daemon's two cores at its priority, they kept the hub waiting for
+# a CPU up to ~0.1 s of a websocket crowd round while it had events to apply (schedstat; up to
+# 0.22 s in earlier suites), which a crowd elsewhere would not.
 READER_NICE = 19
 MAX_BACKLOG = 2000  # frames the stand-in may hold queued during the full-speed rounds
 
@@ -211,17 +213,18 @@ def start_crowd(
     """`total` subscribers: the rest over `procs` processes, then one canary process with one
     subscriber, connected last (the daemon wakes its subscribers roughly in the order they came, so
     the canary is at the end of every round: if it is no later than the crowd, the crowd's
-    readers did not add to the lag)."""
+    readers did not add to the lag). The crowd runs at nice READER_NICE, the canary at the
+    bench's own priority, so that the comparison also shows what the crowd's priority cost it."""
     counts = [len(range(i, total - 1, procs)) for i in range(procs)]
     counts = [c for c in counts if c] + [1]
     started: list[subprocess.Popen] = []
     outs: list[Path] = []
 
-    def spawn(i: int, n: int) -> subprocess.Popen:
+    def spawn(i: int, n: int, nice: int) -> subprocess.Popen:
         out = workdir / f"subs-{tag}-{i}.json"
         out.unlink(missing_ok=True)
         outs.append(out)
-        options = ("--marker", MARKER.decode(), "--nice", str(READER_NICE), *extra)
+        options = ("--marker", MARKER.decode(), "--nice", str(nice), *extra)
         proc = load.spawn_subscribers(kind, port, path, n, out, *options)
         started.append(proc)
         return proc
@@ -232,15 +235,19 @@ def start_crowd(
             raise RuntimeError(f"subscriber process: {line!r} (wanted ready {n})")
 
     try:
-        crowd = [spawn(i, n) for i, n in enumerate(counts[:-1])]
+        crowd = [spawn(i, n, READER_NICE) for i, n in enumerate(counts[:-1])]
         for proc, n in zip(crowd, counts, strict=False):
             ready(proc, n)
-        ready(spawn(len(counts) - 1, 1), 1)
+        ready(spawn(len(counts) - 1, 1, 0), 1)
     except BaseException:
         for p in started:
             load.stop_process(p)
         raise
     return Crowd(started, outs, counts)
+
+
+def _nices(values: list[int | None]) -> str:
+    return ", ".join("?" if v is None else str(v) for v in values)
 
 
 def lag_stats(
@@ -328,8 +335,8 @@ def _fanout(suite: Suite, kind: str) -> None:
         "",
         f"{n:,} subscribers ({title}) on one account, in {s.fanout_procs} reader process(es) "
         f"of their own (epoll, no gevent, at nice {READER_NICE}: they stand for browsers on "
-        "other machines, and take the CPU the daemon leaves) plus a canary process holding one "
-        "of them. Ingest: "
+        "other machines, and take the CPU the daemon leaves) plus a canary process at the "
+        "bench's priority holding one of them. Ingest: "
         f"the burst capture with every channel in a Kazoo account, 1 in {every} in the "
         f"watched one ({in_watched} of the capture's channels per repetition), "
         f"{s.fanout_reps} repetitions plus the cut ({len(frames):,} events), written as fast "
@@ -385,8 +392,9 @@ def _fanout(suite: Suite, kind: str) -> None:
         "Subscribers dropped by the daemon: "
         f"{crowd['closed'] or 'none'}. The canary reads one socket in an idle process and "
         "was connected last (the daemon wakes its subscribers roughly in the order they "
-        "came): a crowd later than the canary would mean the readers, not the daemon, were "
-        "late. The daemon "
+        "came): a crowd later than the canary would mean the readers (their work or their "
+        "priority), not the daemon, were late; nice values in effect, the readers' (the "
+        f"canary last) {_nices(crowd['nice'])}, the daemon's {crowd['daemon_nice']}. The daemon "
         f"used {paced['daemon_cpu']:.0%} of a core in the paced phase.",
         "",
         "The daemon's main thread (the hub: ingest, the API, the publishes) in the full-speed "
@@ -540,6 +548,8 @@ def _round(
             msgs = [m for r in results for m in r.get("messages", [])]
             out["msgs_per_sub"] = sum(msgs) / max(1, len(msgs))
             out["full_reads"] = sum(r.get("full_reads", 0) for r in results)
+            out["nice"] = [r.get("nice") for r in results]
+            out["daemon_nice"] = os.getpriority(os.PRIO_PROCESS, d.pid)
             out["closed"] = sum(len(r.get("closed", {})) for r in results)
             out["burst_lag"] = lag_stats(results, prober.written, burst_probes)
             paced = lag_stats(results, prober.written, paced_probes)

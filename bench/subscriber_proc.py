@@ -14,9 +14,10 @@ clock (CLOCK_MONOTONIC, shared by every process of the machine) read right after
 that completed the message — plus per-subscriber byte and message counts, the connections
 that closed, and how many reads filled the whole buffer (the reader lagging behind).
 
-`--nice N` lowers the process's priority before it connects. The subscribers stand for
-browsers on other machines: on the bench's machine they should take the CPU the daemon leaves,
-not the daemon's (their own lateness is then in the lag they measure, not taken from ingest).
+`--nice N` lowers the process's priority before it connects (OUT records the value in
+effect). The subscribers stand for browsers on other machines: on the bench's machine they
+should take the CPU the daemon leaves, not the daemon's (their own lateness is then in the lag
+they measure, not taken from ingest).
 """
 
 from __future__ import annotations
@@ -314,7 +315,7 @@ def main() -> int:
     ap.add_argument("--nice", type=int, default=0)
     args = ap.parse_args()
     _die_with_parent()
-    os.nice(args.nice)
+    niceness = os.nice(args.nice)  # (what is in effect: added to an inherited value, at most 19)
     marker = args.marker.encode()
     sel = selectors.DefaultSelector()
     subs: list[Subscriber] = []
@@ -408,6 +409,7 @@ def main() -> int:
         "messages": [s.messages for s in subs],
         "closed": {s.index: s.closed for s in subs if s.closed},
         "full_reads": sum(s.full for s in subs),
+        "nice": niceness,
         "cpu": time.process_time() - cpu0,
         "wall": wall,
     }
