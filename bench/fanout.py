@@ -55,10 +55,10 @@ MARKER = b"benchprobe-"
 PROBE_CHANNELS = 64
 PROBE_RATE = 20.0  # probes per second
 PACED_RATE = 5000.0  # events/s of the paced phase (the lag target)
-# The crowd's readers' nice value (the canary's is the daemon's). They stand for browsers on
-# other machines; sharing the daemon's two cores at its priority, they kept the hub waiting for
-# a CPU up to ~0.1 s of a websocket crowd round while it had events to apply (schedstat; up to
-# 0.22 s in earlier suites), which a crowd elsewhere would not.
+# The crowd's readers' nice value (the canary keeps the bench's, as the daemon it starts does).
+# They stand for browsers on other machines; sharing the daemon's two cores at its priority,
+# they kept the hub waiting for a CPU up to ~0.1 s of a websocket crowd round while it had
+# events to apply (schedstat; up to 0.22 s in earlier suites), which a crowd elsewhere would not.
 READER_NICE = 19
 MAX_BACKLOG = 2000  # frames the stand-in may hold queued during the full-speed rounds
 

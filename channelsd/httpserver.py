@@ -729,7 +729,8 @@ class Handler(WSGIHandler):
         # HTTP/1.1, kept alive, and no access line to write.
         answer = self._answered
         if answer is not None:  # a GET's 200, or the call that runs an action (now)
-            self._answer_at_once(*(answer() if callable(answer) else ("200 OK", *answer)))
+            status, headers, body = answer() if callable(answer) else ("200 OK", *answer)
+            self._answer_at_once(status, headers, body)
             if self.environ.get(YIELD_AFTER):
                 _yield_cpu()  # (an action's, as process_result does)
             return
